@@ -1,0 +1,111 @@
+"""`mediafm`: one command for the stack, the workers, the trainer and the tools.
+
+Run `mediafm <command> --help` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mediafm.config import Settings
+from mediafm.errors import MediaFMError
+
+EPILOG = """\
+typical session:
+  mediafm stack up            start Kafka + Triton on loopback (idempotent)
+  mediafm demo                push a generated title through the pipeline
+  mediafm worker              run the Faust agents (start several to share work)
+  mediafm stack down          stop everything; add --wipe to delete data
+
+settings come from defaults < mediafm.toml / $MEDIAFM_CONFIG < $MEDIAFM_<KEY>;
+`mediafm config` shows each value and where it came from.
+"""
+
+
+def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm import stack
+
+    if args.action == "up":
+        stack.up(settings)
+    elif args.action == "down":
+        stack.down(settings, wipe=args.wipe)
+    else:
+        rows = stack.status(settings)
+        for name, state, detail in rows:
+            print(f"{name:8s} {state:9s} {detail}")
+        return 0 if all(state == "ready" for _, state, _ in rows) else 3
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    for key, value, source in Settings.explain(args.config):
+        print(f"{key:24s} {str(value):50s} {source}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import app
+
+    argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel)]
+    if args.web_port:
+        argv += ["--web-port", str(args.web_port)]
+    sys.argv = argv
+    app.main()  # faust's own CLI: handles signals, rebalances and clean shutdown
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.demo import run_demo
+
+    return run_demo(settings, shots=args.shots, timeout_s=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mediafm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (default: $MEDIAFM_CONFIG or ./mediafm.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("stack", help="start / stop / inspect the local Kafka + Triton stack",
+                       description="The local stack: a real Apache Kafka broker (KRaft, Maven Central jars, "
+                       "Java 17) and a real Triton server (the binary in the nvidia-pytriton wheel), "
+                       "both bound to loopback. `up` is idempotent and creates the pipeline topics.")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--wipe", action="store_true", help="with down: delete broker data and worker state too")
+    s.set_defaults(fn=_cmd_stack)
+
+    s = sub.add_parser("config", help="print every setting, its value and where it came from")
+    s.set_defaults(fn=_cmd_config)
+
+    s = sub.add_parser("worker", help="run the Faust agents of the pipeline",
+                       description="Runs every agent of streams/ in one process. Start several workers "
+                       "(each with its own --web-port) to share the partitions.")
+    s.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--web-port", type=int, help="port of this worker's web server and /metrics "
+                   "(default: worker_web_port setting)")
+    s.set_defaults(fn=_cmd_worker)
+
+    s = sub.add_parser("demo", help="start the stack and push a generated title through the pipeline",
+                       description="Starts the stack (if needed) and a worker, publishes a generated "
+                       "sample title, waits for its embeddings and reports what happened.")
+    s.add_argument("--shots", type=int, default=48, help="shots in the generated title (default 48)")
+    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the outputs")
+    s.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.load(args.config)
+        return args.fn(args, settings)
+    except MediaFMError as e:
+        print(f"mediafm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Settings of the local stack and the pipeline: ports, directories, topics.
+
+One typed dataclass, filled in three layers, later wins:
+
+1. the defaults below (everything on loopback, state under ~/.local/state/mediafm);
+2. a TOML file: ``$MEDIAFM_CONFIG``, else ``./mediafm.toml`` if it exists,
+   with the same keys at top level (``kafka_port = 19092``);
+3. environment variables ``MEDIAFM_<KEY>`` (``MEDIAFM_KAFKA_PORT=19092``).
+
+``mediafm config`` prints the resolved values and where each came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from mediafm.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mediafm"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mediafm"
+
+
+@dataclass
+class Settings:
+    """Everything `mediafm stack` and the workers need to find each other."""
+
+    # --- where things live
+    state_dir: Path = field(default_factory=_default_state_dir)
+    """Broker data, Triton backend dir, faust tables, logs and pid files."""
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    """Downloaded artefacts (Kafka jars); safe to share between state dirs."""
+    model_repository: Path = REPO_ROOT / "model_repository"
+    """The Triton model repository that `stack up` serves."""
+
+    # --- network: loopback unless you say otherwise
+    bind_host: str = "127.0.0.1"
+    """Address every service binds to. Keep loopback unless you mean to expose it."""
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    worker_web_port: int = 6066
+    """Faust web server of a worker; serves /metrics for Prometheus."""
+
+    # --- Kafka broker
+    kafka_version: str = "3.9.2"
+    """3.9.x accepts every protocol version aiokafka may send (4.x dropped old ones)."""
+    kafka_heap: str = "512m"
+    partitions: int = 4
+    """Partitions of every pipeline topic. Faust and the broker must agree on it."""
+
+    topic_prefix: str = "mediafm"
+    """Every pipeline topic is named <prefix>.<stage> (see mediafm/topics.py)."""
+
+    # --- Triton
+    triton_models: tuple[str, ...] = ("fusion",)
+    """Models loaded at `stack up` (explicit model control: others stay unloaded)."""
+
+    # --- startup
+    start_timeout_s: float = 90.0
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).expanduser()
+        self.cache_dir = Path(self.cache_dir).expanduser()
+        self.model_repository = Path(self.model_repository).expanduser()
+        for name in ("kafka_port", "kafka_controller_port", "triton_http_port",
+                     "triton_grpc_port", "triton_metrics_port", "worker_web_port"):
+            port = getattr(self, name)
+            if not 0 < port < 65536:
+                raise ConfigError(f"{name}={port} is not a TCP port; choose 1..65535")
+        ports = [self.kafka_port, self.kafka_controller_port, self.triton_http_port,
+                 self.triton_grpc_port, self.triton_metrics_port]
+        if len(set(ports)) != len(ports):
+            raise ConfigError(f"two services share a port in {ports}; give each its own")
+        if self.partitions < 1:
+            raise ConfigError(f"partitions={self.partitions} must be >= 1")
+        if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":
+            raise ConfigError(f"kafka_heap={self.kafka_heap!r} is not a JVM size like '512m' or '1g'")
+
+    # --- derived values (never stored, so they cannot disagree)
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        return f"{self.bind_host}:{self.triton_http_port}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.bind_host}:{self.triton_grpc_port}"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides) -> "Settings":
+        """Defaults, then the TOML file, then MEDIAFM_* variables, then overrides."""
+        values, _ = _resolve(path)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def explain(cls, path: str | Path | None = None) -> list[tuple[str, object, str]]:
+        """(key, value, source) for every setting, for `mediafm config`."""
+        values, sources = _resolve(path)
+        s = cls(**values)
+        return [(f.name, getattr(s, f.name), sources.get(f.name, "default")) for f in fields(cls)]
+
+
+def _coerce(name: str, raw: object, typ: str) -> object:
+    try:
+        if typ == "int":
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        if typ == "Path":
+            return Path(str(raw))
+        if typ.startswith("tuple"):
+            if isinstance(raw, str):
+                return tuple(x.strip() for x in raw.split(",") if x.strip())
+            return tuple(raw)  # type: ignore[arg-type]
+        return str(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {name}={raw!r} is not a valid {typ}: {e}") from None
+
+
+def _resolve(path: str | Path | None) -> tuple[dict, dict]:
+    types = {f.name: str(f.type) for f in fields(Settings)}
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    path = path or os.environ.get("MEDIAFM_CONFIG")
+    if path is None and Path("mediafm.toml").is_file():
+        path = "mediafm.toml"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; create it or unset MEDIAFM_CONFIG")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        unknown = sorted(set(data) - set(types))
+        if unknown:
+            raise ConfigError(f"config file {p} has unknown keys {unknown}; known: {sorted(types)}")
+        for k, v in data.items():
+            values[k] = _coerce(k, v, types[k])
+            sources[k] = str(p)
+    for k, typ in types.items():
+        env = f"MEDIAFM_{k.upper()}"
+        if env in os.environ:
+            values[k] = _coerce(k, os.environ[env], typ)
+            sources[k] = f"${env}"
+    return values, sources
+
+
+def replace(settings: Settings, **changes) -> Settings:
+    """A copy with some fields changed (and validated again)."""
+    return dataclasses.replace(settings, **changes)

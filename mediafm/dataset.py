@@ -1,0 +1,273 @@
+"""Shot-embedding datasets, interchange format v1 (../shared/DATASET_FORMAT.md).
+
+    DATASET/meta.json  titles.parquet  shots/part-*.parquet  [clips.parquet]
+
+The trainer, the evaluation and the pipeline's sink all go through this
+module: :class:`DatasetWriter` writes, :class:`Dataset` opens, validates and
+streams titles shard by shard (never the whole dataset in memory).
+Every format problem raises :class:`DatasetError` naming the file and column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mediafm.errors import DatasetError
+from mediafm.fusion import Layout
+
+FORMAT, VERSION = "mediafm-shots", 1
+SHARD_SHOTS = 16384
+"""Shots per shard when writing: 16k x 2304 float32 = 151 MB before compression."""
+
+
+@dataclass
+class Meta:
+    fused_dim: int
+    modalities: dict[str, tuple[int, int]]
+    title_dim: int
+    encoders: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_layout(cls, layout: Layout, encoders: dict[str, str] | None = None) -> "Meta":
+        return cls(layout.fused_dim, dict(layout.slices), layout.title, dict(encoders or {}))
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "fused_dim": self.fused_dim,
+                "modalities": {k: list(v) for k, v in self.modalities.items()},
+                "title_dim": self.title_dim, "encoders": self.encoders}
+
+    @classmethod
+    def load(cls, path: Path) -> "Meta":
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: missing; a v1 dataset needs meta.json (see DATASET_FORMAT.md)") from None
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON: {e}") from None
+        if d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise DatasetError(f"{path}: format={d.get('format')!r} version={d.get('version')!r}, "
+                               f"expected {FORMAT!r} version {VERSION}")
+        for k in ("fused_dim", "modalities", "title_dim"):
+            if k not in d:
+                raise DatasetError(f"{path}: missing key {k!r}")
+        mods = {k: tuple(v) for k, v in d["modalities"].items()}
+        ends = sorted(mods.values())
+        if ends and (ends[0][0] != 0 or ends[-1][1] != d["fused_dim"]
+                     or any(a[1] != b[0] for a, b in zip(ends, ends[1:]))):
+            raise DatasetError(f"{path}: modalities {mods} do not tile [0, fused_dim={d['fused_dim']})")
+        return cls(int(d["fused_dim"]), mods, int(d["title_dim"]), dict(d.get("encoders", {})))
+
+
+def _vec_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path) -> np.ndarray:
+    """fixed_size_list<float32>[dim] -> (n, dim) float32, or DatasetError."""
+    if col not in table.column_names:
+        raise DatasetError(f"{path}: missing column {col!r} (columns: {table.column_names})")
+    arr = table.column(col).combine_chunks()
+    t = arr.type
+    if not pa.types.is_fixed_size_list(t) or t.list_size != dim:
+        got = t.list_size if pa.types.is_fixed_size_list(t) else str(t)
+        raise DatasetError(f"{path}: column {col!r} has dim {got}, expected fixed_size_list<float32>[{dim}] "
+                           "(from meta.json)")
+    if arr.null_count:
+        raise DatasetError(f"{path}: column {col!r} has {arr.null_count} null rows")
+    x = arr.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise DatasetError(f"{path}: column {col!r} has NaN/inf in {int(bad.sum())} rows "
+                           f"(first at row {int(np.flatnonzero(bad)[0])})")
+    return x
+
+
+@dataclass
+class TitleInfo:
+    title_id: str
+    title_embedding: np.ndarray
+    kind: str
+    split: str
+    genres: list[int] | None
+    n_shots: int
+    shard: int
+    row: int
+    """First row of the title inside its shard."""
+
+
+@dataclass
+class Title:
+    info: TitleInfo
+    fused: np.ndarray  # (n_shots, fused_dim) float32
+    start_s: np.ndarray  # (n_shots,)
+    end_s: np.ndarray
+
+
+class Dataset:
+    """An opened, validated v1 dataset. Cheap to open: reads only ids and indices."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: not a directory; pass a v1 dataset dir (meta.json, titles.parquet, shots/)")
+        self.meta = Meta.load(self.root / "meta.json")
+        self.shards = sorted((self.root / "shots").glob("*.parquet"))
+        if not self.shards:
+            raise DatasetError(f"{self.root / 'shots'}: no *.parquet shards")
+        self.titles = self._load_titles()
+        self._index_shots()
+
+    def _load_titles(self) -> dict[str, TitleInfo]:
+        path = self.root / "titles.parquet"
+        if not path.exists():
+            raise DatasetError(f"{path}: missing")
+        t = pq.read_table(path)
+        for col in ("title_id", "title_embedding", "kind"):
+            if col not in t.column_names:
+                raise DatasetError(f"{path}: missing column {col!r}")
+        emb = _check_vector_column(t, "title_embedding", self.meta.title_dim, path)
+        ids = t.column("title_id").to_pylist()
+        if len(set(ids)) != len(ids):
+            raise DatasetError(f"{path}: column 'title_id' has duplicates")
+        kinds = t.column("kind").to_pylist()
+        splits = t.column("split").to_pylist() if "split" in t.column_names else ["train"] * len(ids)
+        genres = t.column("genres").to_pylist() if "genres" in t.column_names else [None] * len(ids)
+        out = {}
+        for i, tid in enumerate(ids):
+            if splits[i] not in ("train", "val", "test", None):
+                raise DatasetError(f"{path}: column 'split' has {splits[i]!r} for {tid!r}; use train/val/test")
+            out[tid] = TitleInfo(tid, emb[i], kinds[i], splits[i] or "train", genres[i], 0, -1, -1)
+        return out
+
+    def _index_shots(self) -> None:
+        """One pass over title_id/shot_index only: where each title lives, and order checks."""
+        for s, path in enumerate(self.shards):
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            for col in ("title_id", "shot_index", "start_s", "end_s", "fused"):
+                if col not in names:
+                    raise DatasetError(f"{path}: missing column {col!r} (columns: {names})")
+            ft = pf.schema_arrow.field("fused").type
+            if not pa.types.is_fixed_size_list(ft) or ft.list_size != self.meta.fused_dim:
+                got = ft.list_size if pa.types.is_fixed_size_list(ft) else str(ft)
+                raise DatasetError(f"{path}: column 'fused' has dim {got}, meta.json says fused_dim="
+                                   f"{self.meta.fused_dim}")
+            t = pf.read(columns=["title_id", "shot_index"])
+            tids = t.column("title_id").to_pylist()
+            idx = t.column("shot_index").to_numpy()
+            row = 0
+            while row < len(tids):
+                tid = tids[row]
+                end = row
+                while end < len(tids) and tids[end] == tid:
+                    end += 1
+                info = self.titles.get(tid)
+                if info is None:
+                    raise DatasetError(f"{path}: column 'title_id' has {tid!r}, absent from titles.parquet")
+                if info.shard != -1:
+                    raise DatasetError(f"{path}: rows of title {tid!r} are not contiguous (column 'title_id')")
+                seq = idx[row:end]
+                if not np.array_equal(seq, np.arange(end - row)):
+                    raise DatasetError(f"{path}: column 'shot_index' of title {tid!r} is not 0..{end - row - 1} "
+                                       "in order; sort rows by shot_index with no gaps")
+                info.shard, info.row, info.n_shots = s, row, end - row
+                row = end
+        missing = [t for t, i in self.titles.items() if i.shard == -1]
+        if missing:
+            raise DatasetError(f"{self.root / 'titles.parquet'}: titles {missing[:5]} have no shots")
+
+    def split(self, name: str) -> list[TitleInfo]:
+        return [i for i in self.titles.values() if i.split == name]
+
+    def read_shard(self, shard: int) -> dict[str, Title]:
+        path = self.shards[shard]
+        t = pq.read_table(path)
+        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path)
+        start, end = t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
+        out = {}
+        for info in self.titles.values():
+            if info.shard == shard:
+                sl = slice(info.row, info.row + info.n_shots)
+                out[info.title_id] = Title(info, fused[sl], start[sl], end[sl])
+        return out
+
+    def iter_titles(self, titles: list[TitleInfo] | None = None) -> Iterator[Title]:
+        """Stream titles shard by shard: one shard in memory at a time."""
+        wanted = {i.title_id for i in (titles if titles is not None else self.titles.values())}
+        for s in range(len(self.shards)):
+            if any(i.shard == s and i.title_id in wanted for i in self.titles.values()):
+                for tid, title in self.read_shard(s).items():
+                    if tid in wanted:
+                        yield title
+
+
+class DatasetWriter:
+    """Writes a v1 dataset atomically: into DIR.partial, renamed to DIR on close."""
+
+    def __init__(self, root: str | Path, meta: Meta, *, shard_shots: int = SHARD_SHOTS) -> None:
+        self.root = Path(root)
+        self.meta = meta
+        self.shard_shots = shard_shots
+        self.tmp = self.root.with_name(self.root.name + ".partial")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        (self.tmp / "shots").mkdir(parents=True)
+        self._titles: list[dict] = []
+        self._rows: list[dict] = []
+        self._n_rows = 0
+        self._shard = 0
+
+    def add_title(self, *, title_id: str, title_embedding: np.ndarray, fused: np.ndarray,
+                  start_s: np.ndarray, end_s: np.ndarray, kind: str = "title",
+                  split: str = "train", genres: list[int] | None = None) -> None:
+        fused = np.asarray(fused, np.float32)
+        if fused.ndim != 2 or fused.shape[1] != self.meta.fused_dim:
+            raise DatasetError(f"title {title_id!r}: fused has shape {fused.shape}, expected (n, {self.meta.fused_dim})")
+        self._titles.append(dict(title_id=title_id, title_embedding=np.asarray(title_embedding, np.float32),
+                                 kind=kind, split=split, genres=genres))
+        self._rows.append(dict(title_id=title_id, fused=fused, start_s=np.asarray(start_s, np.float64),
+                               end_s=np.asarray(end_s, np.float64)))
+        self._n_rows += len(fused)
+        if self._n_rows >= self.shard_shots:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        fused = np.concatenate([r["fused"] for r in self._rows])
+        table = pa.table({
+            "title_id": pa.array([r["title_id"] for r in self._rows for _ in range(len(r["fused"]))], pa.string()),
+            "shot_index": pa.array(np.concatenate([np.arange(len(r["fused"])) for r in self._rows]).astype(np.int32)),
+            "start_s": pa.array(np.concatenate([r["start_s"] for r in self._rows])),
+            "end_s": pa.array(np.concatenate([r["end_s"] for r in self._rows])),
+            "fused": pa.FixedSizeListArray.from_arrays(pa.array(fused.reshape(-1)), self.meta.fused_dim),
+        })
+        pq.write_table(table, self.tmp / "shots" / f"part-{self._shard:05d}.parquet")
+        self._shard += 1
+        self._rows, self._n_rows = [], 0
+
+    def close(self) -> Path:
+        self._flush()
+        ts = self._titles
+        emb = np.stack([t["title_embedding"] for t in ts]).astype(np.float32) if ts else np.zeros((0, self.meta.title_dim), np.float32)
+        table = pa.table({
+            "title_id": pa.array([t["title_id"] for t in ts], pa.string()),
+            "title_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), self.meta.title_dim),
+            "kind": pa.array([t["kind"] for t in ts], pa.string()),
+            "split": pa.array([t["split"] for t in ts], pa.string()),
+            "genres": pa.array([t["genres"] for t in ts], pa.list_(pa.int32())),
+        })
+        pq.write_table(table, self.tmp / "titles.parquet")
+        (self.tmp / "meta.json").write_text(json.dumps(self.meta.to_json(), indent=2) + "\n")
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        os.replace(self.tmp, self.root)
+        return self.root

@@ -1,0 +1,113 @@
+"""Fusion: three modality embeddings of a shot -> one unit-norm fused vector.
+
+The one definition of fusion. The Triton `fusion` model, the agents and the
+dataset writer all call :func:`fuse`; nobody re-implements it.
+
+As in the source: concatenate video | audio | text in that order, a missing
+modality contributing zeros to its slice, then L2-normalise the whole vector.
+Balancing the modalities' scales is the encoders' job (each one returns unit
+vectors), so fusion stays exactly the source's rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("video", "audio", "text")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each modality sits inside the fused vector, for one encoder profile."""
+
+    name: str
+    video: int
+    audio: int
+    text: int
+    title: int
+    """Dimension of the title (metadata) embedding, the [GLOBAL] input."""
+
+    def __post_init__(self) -> None:
+        for m in (*MODALITIES, "title"):
+            if getattr(self, m) <= 0:
+                raise ValueError(f"Layout {self.name!r}: {m} dim must be > 0, got {getattr(self, m)}")
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: getattr(self, m) for m in MODALITIES}
+
+    @property
+    def fused_dim(self) -> int:
+        return self.video + self.audio + self.text
+
+    @property
+    def slices(self) -> dict[str, tuple[int, int]]:
+        """[start, end) of each modality, the `modalities` entry of meta.json."""
+        out, start = {}, 0
+        for m, d in self.dims.items():
+            out[m] = (start, start + d)
+            start += d
+        return out
+
+
+# The source's encoders: CLIP-style video 768 + wav2vec2 768 + text-embedding-3-large@768.
+PRODUCTION = Layout("production", video=768, audio=768, text=768, title=768)
+
+LAYOUTS: dict[str, Layout] = {PRODUCTION.name: PRODUCTION}
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder profile {name!r}; known: {sorted(LAYOUTS)}") from None
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def fuse(
+    video: np.ndarray,
+    audio: np.ndarray,
+    text: np.ndarray,
+    present: np.ndarray,
+    *,
+    layout: Layout = PRODUCTION,
+) -> np.ndarray:
+    """Fuse a batch of shots.
+
+    video (N, layout.video), audio (N, layout.audio), text (N, layout.text):
+    float embeddings; rows of an absent modality may hold anything.
+    present (N, 3) bool: which of video/audio/text each shot really has.
+    Returns (N, fused_dim) float32, each row of unit L2 norm.
+    Raises ValueError naming the input when shapes disagree, values are not
+    finite, or a shot has no modality at all (there is nothing to embed).
+    """
+    parts = {"video": video, "audio": audio, "text": text}
+    present = np.asarray(present, dtype=bool)
+    n = present.shape[0] if present.ndim == 2 else -1
+    if present.ndim != 2 or present.shape[1] != len(MODALITIES):
+        raise ValueError(f"present must be (N, 3) bool, got shape {present.shape}")
+    out = np.zeros((n, layout.fused_dim), dtype=np.float32)
+    for i, (m, (lo, hi)) in enumerate(layout.slices.items()):
+        x = np.asarray(parts[m], dtype=np.float32)
+        if x.shape != (n, hi - lo):
+            raise ValueError(
+                f"{m} embeddings have shape {x.shape}, expected ({n}, {hi - lo}) "
+                f"for profile {layout.name!r}"
+            )
+        keep = present[:, i]
+        if not np.isfinite(x[keep]).all():
+            raise ValueError(f"{m} embeddings contain NaN or inf for present shots")
+        out[keep, lo:hi] = x[keep]
+    empty = ~present.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"shots {np.flatnonzero(empty).tolist()[:10]} have no modality present; "
+            "a shot needs at least one of video/audio/text"
+        )
+    return _unit(out)

@@ -1,0 +1,116 @@
+"""Calling the Triton-served models, with the retry policy every caller shares.
+
+Two kinds of failure, two answers:
+
+- the request is bad (Triton answers 4xx: wrong shape, no modality): raise
+  :class:`BadRequest` at once, so the caller can dead-letter that input;
+- Triton is unreachable or overloaded (connection refused, 5xx, model not
+  ready): wait and retry with capped exponential backoff, for as long as the
+  caller allows (`give_up_after_s`, default forever): nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import numpy as np
+import tritonclient.http as httpclient
+import tritonclient.http.aio as aiohttpclient
+from tritonclient.utils import InferenceServerException
+
+from mediafm.errors import MediaFMError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL", np.dtype(np.int64): "INT64",
+           np.dtype(np.int32): "INT32"}
+
+
+class BadRequest(MediaFMError):
+    """Triton rejected the input itself (4xx); retrying cannot help."""
+
+
+class TritonUnavailable(MediaFMError):
+    """Triton did not answer within the caller's patience."""
+
+
+def _inputs(mod, tensors: dict[str, np.ndarray]) -> list:
+    out = []
+    for name, x in tensors.items():
+        x = np.ascontiguousarray(x)
+        i = mod.InferInput(name, list(x.shape), _DTYPES[x.dtype])
+        i.set_data_from_numpy(x)
+        out.append(i)
+    return out
+
+
+def _is_bad_request(e: InferenceServerException) -> bool:
+    status = str(e.status() or "")
+    return status.startswith("4") and status not in ("408", "429")
+
+
+class Triton:
+    """Async client with backoff. One per worker; call `close()` at shutdown."""
+
+    def __init__(self, url: str, *, give_up_after_s: float | None = None,
+                 backoff_s: tuple[float, float] = (0.2, 10.0), on_latency=None) -> None:
+        self.url = url
+        self.give_up_after_s = give_up_after_s
+        self.backoff_s = backoff_s
+        self.on_latency = on_latency  # callable(model, seconds), e.g. a Prometheus histogram
+        self._client: aiohttpclient.InferenceServerClient | None = None
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                    *, version: str = "") -> dict[str, np.ndarray]:
+        start = time.monotonic()
+        delay = self.backoff_s[0]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if self._client is None:
+                    self._client = aiohttpclient.InferenceServerClient(self.url)
+                t0 = time.monotonic()
+                res = await self._client.infer(model, _inputs(aiohttpclient, inputs), model_version=version,
+                                               outputs=[aiohttpclient.InferRequestedOutput(o) for o in outputs])
+                if self.on_latency is not None:
+                    self.on_latency(model, time.monotonic() - t0)
+                return {o: res.as_numpy(o) for o in outputs}
+            except InferenceServerException as e:
+                if _is_bad_request(e) and "not found" not in str(e) and "not ready" not in str(e):
+                    raise BadRequest(f"{model}: {e.message()}") from None
+                reason = f"{e.status()}: {e.message()}"
+            except (OSError, asyncio.TimeoutError) as e:  # aiohttp's connection errors are OSErrors
+                reason = f"{type(e).__name__}: {e}"
+                await self.close()
+            waited = time.monotonic() - start
+            if self.give_up_after_s is not None and waited > self.give_up_after_s:
+                raise TritonUnavailable(f"{model}: Triton at {self.url} unavailable for {waited:.0f}s "
+                                        f"({attempt} attempts); last error {reason}")
+            log.warning("triton %s unavailable (attempt %d, %s); retrying in %.1fs", model, attempt, reason, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in lockstep
+            delay = min(delay * 2, self.backoff_s[1])
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+
+def infer_sync(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+               *, version: str = "") -> dict[str, np.ndarray]:
+    """One blocking call without retries, for CLI tools and checks."""
+    client = httpclient.InferenceServerClient(url)
+    try:
+        res = client.infer(model, _inputs(httpclient, inputs), model_version=version,
+                           outputs=[httpclient.InferRequestedOutput(o) for o in outputs])
+    except InferenceServerException as e:
+        if _is_bad_request(e):
+            raise BadRequest(f"{model}: {e.message()}") from None
+        raise TritonUnavailable(f"{model}: {e.message()}") from None
+    finally:
+        client.close()
+    return {o: res.as_numpy(o) for o in outputs}

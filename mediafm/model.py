@@ -1,0 +1,222 @@
+"""MediaFM: a BERT-like encoder over a title's sequence of fused shot vectors.
+
+    shots (B, T, fused_dim) ──in_proj──► (B, T, H)
+    [CLS] (learned) , [GLOBAL] = title_proj(title embedding)   prepended ─► (B, T+2, H)
+    + learned positions ─► Block x n_layers ─► final norm ─► hidden (B, T+2, H)
+    out_proj ─► output (B, T+2, fused_dim), back in fused-embedding space
+
+`MediaFMEncoder` is what Triton serves. `MaskedShotModel` wraps it for
+training by Masked Shot Modeling, as in BERT: `BertForMaskedLM` = `BertModel`
++ head. Source: ../shared/MEDIAFM.md (Netflix's MediaFM blog post).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_SPECIAL = 2  # [CLS], [GLOBAL]
+
+
+@dataclass
+class MediaFMConfig:
+    fused_dim: int = 2304
+    """Width of a fused shot vector (video | audio | text); 2304 in production."""
+    title_dim: int = 768
+    """Width of the title (metadata) embedding that becomes [GLOBAL]."""
+    hidden: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    mlp_ratio: int = 4
+    max_shots: int = 512
+    """Longest shot sequence (window); positions cover max_shots + 2 tokens."""
+    dropout: float = 0.1
+    norm_first: bool = True
+    """Pre-norm (GPT-2 style, stabler with large lr) or post-norm (original BERT)."""
+    mask_rate: float = 0.2
+    """Fraction of real shots replaced by [MASK] in training (the source's 20%)."""
+
+    def __post_init__(self) -> None:
+        for name in ("fused_dim", "title_dim", "hidden", "n_layers", "n_heads", "mlp_ratio", "max_shots"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MediaFMConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.hidden % self.n_heads:
+            raise ValueError(f"MediaFMConfig.hidden={self.hidden} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MediaFMConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"MediaFMConfig.mask_rate must be in (0, 1), got {self.mask_rate}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Named sizes. `base` is BERT-base (the source does not publish its sizes).
+CONFIGS: dict[str, dict] = {
+    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0),
+    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1),
+    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1),
+}
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: MediaFMConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).split(H, dim=-1)
+        # (B, T, H) -> (B, heads, T, H/heads)
+        q, k, v = (t.view(B, T, self.n_heads, H // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        # attn_mask None lets SDPA pick the flash kernel (full windows, the common case).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: MediaFMConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.hidden, cfg.mlp_ratio * cfg.hidden)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.hidden, cfg.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MediaFMConfig) -> None:
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.ln1 = nn.LayerNorm(cfg.hidden)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.hidden)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+            return x + self.drop(self.mlp(self.ln2(x)))
+        x = self.ln1(x + self.drop(self.attn(x, attn_mask)))
+        return self.ln2(x + self.drop(self.mlp(x)))
+
+
+class MediaFMEncoder(nn.Module):
+    """The contextual shot encoder. Served by Triton; wrapped by MaskedShotModel."""
+
+    def __init__(self, cfg: MediaFMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.in_proj = nn.Linear(cfg.fused_dim, cfg.hidden)
+        self.title_proj = nn.Linear(cfg.title_dim, cfg.hidden)
+        self.cls = nn.Parameter(torch.zeros(cfg.hidden))
+        self.pos = nn.Embedding(cfg.max_shots + N_SPECIAL, cfg.hidden)
+        self.emb_norm = nn.LayerNorm(cfg.hidden)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden) if cfg.norm_first else nn.Identity()
+        self.out_proj = nn.Linear(cfg.hidden, cfg.fused_dim)
+        self.apply(self._init)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layers) so depth does not blow up the stream.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") and ".blocks." in f".{name}":
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(
+        self, shots: torch.Tensor, title: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """shots (B, T, fused_dim), title (B, title_dim), lengths (B,) real shots per row.
+
+        Returns (hidden (B, T, H), output (B, T, fused_dim)) for the T shot
+        positions; [CLS] and [GLOBAL] are dropped (they are inputs, not shots).
+        Padding positions (>= length) hold values that mean nothing.
+        """
+        B, T, D = shots.shape
+        assert D == self.cfg.fused_dim, f"shots have dim {D}, model expects fused_dim={self.cfg.fused_dim}"
+        assert T <= self.cfg.max_shots, f"{T} shots > max_shots={self.cfg.max_shots}; cut into windows"
+        x = self.in_proj(shots)  # (B, T, H)
+        special = torch.stack([self.cls.expand(B, -1), self.title_proj(title)], dim=1)  # (B, 2, H)
+        x = torch.cat([special.to(x.dtype), x], dim=1)  # (B, T+2, H)
+        x = x + self.pos.weight[: T + N_SPECIAL]
+        x = self.emb_drop(self.emb_norm(x))
+        attn_mask = None
+        if lengths is not None and bool((lengths < T).any()):
+            keep = torch.arange(T, device=shots.device)[None, :] < lengths[:, None]  # (B, T)
+            keep = F.pad(keep, (N_SPECIAL, 0), value=True)  # specials always attended
+            attn_mask = keep[:, None, None, :]  # (B, 1, 1, T+2): keys a query may look at
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        hidden = self.final_norm(x)[:, N_SPECIAL:]  # (B, T, H)
+        return hidden, self.out_proj(hidden)
+
+
+def mask_positions(lengths: torch.Tensor, T: int, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Choose which shots to mask: (B, T) bool.
+
+    Per row, k = max(1, floor(rate * length + 0.5)) real shots (round half up,
+    at least one) chosen uniformly without replacement. Padding is never
+    masked; [CLS]/[GLOBAL] are not in this tensor at all.
+    """
+    B = lengths.shape[0]
+    k = torch.clamp(torch.floor(rate * lengths.float() + 0.5), min=1).long()  # (B,)
+    k = torch.minimum(k, lengths)
+    scores = torch.rand(B, T, generator=generator, device=lengths.device)
+    pad = torch.arange(T, device=lengths.device)[None, :] >= lengths[:, None]
+    scores = scores.masked_fill(pad, 2.0)  # padding sorts last
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return ranks < k[:, None]
+
+
+class MaskedShotModel(nn.Module):
+    """Masked Shot Modeling: replace 20% of shots by [MASK], predict the originals."""
+
+    def __init__(self, cfg: MediaFMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = MediaFMEncoder(cfg)
+        # [MASK] lives in input (fused) space: a masked shot is a learned vector
+        # the encoder sees like any other shot.
+        self.mask_token = nn.Parameter(torch.randn(cfg.fused_dim) * 0.02)
+
+    def forward(
+        self,
+        shots: torch.Tensor,
+        title: torch.Tensor,
+        lengths: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (prediction (B, T, fused_dim), loss).
+
+        mask (B, T) bool selects the shots to hide; None means no masking and no
+        loss (inference). loss = mean over masked shots of 1 - cos(pred, shot).
+        """
+        if mask is None:
+            return self.encoder(shots, title, lengths)[1], None
+        x = torch.where(mask[..., None], self.mask_token.to(shots.dtype), shots)
+        _, pred = self.encoder(x, title, lengths)
+        loss = msm_loss(pred, shots, mask)
+        return pred, loss
+
+
+def msm_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cosine distance on masked positions only: mean(1 - cos) over mask."""
+    cos = F.cosine_similarity(pred[mask].float(), target[mask].float(), dim=-1)
+    return (1.0 - cos).mean()

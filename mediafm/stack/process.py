@@ -1,0 +1,151 @@
+"""Background services we own: start detached, track by pid file, stop for sure.
+
+A pid file alone is not proof: after a reboot the pid may belong to someone
+else. A service is "ours" only if the pid is alive *and* its command line
+contains the marker we started it with (its config path under our state dir).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mediafm.errors import PortInUseError, StackError
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_free_ports(service: str, host: str, ports: dict[str, int]) -> None:
+    for name, port in ports.items():
+        if not port_is_free(host, port):
+            raise PortInUseError(
+                f"{service}: port {host}:{port} ({name}) is already in use by another process; "
+                f"stop it, or pick another port with MEDIAFM_{name.upper()}=<port>"
+            )
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class Service:
+    """A detached process of ours, known by its pid file and a command-line marker."""
+
+    name: str
+    pid_file: Path
+    log_file: Path
+    marker: str
+    """A string only our instance has on its command line (a config path)."""
+
+    def pid(self) -> int | None:
+        """The pid if the process is alive and ours; clears a stale pid file."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if self.marker in _cmdline(pid):
+            return pid
+        self.pid_file.unlink(missing_ok=True)  # stale: dead, or the pid was reused
+        return None
+
+    def start(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True,  # survives our exit; own process group
+                )
+            except FileNotFoundError as e:
+                raise StackError(f"{self.name}: cannot run {argv[0]}: {e}") from None
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def alive(self) -> bool:
+        return self.pid() is not None
+
+    def stop(self, *, timeout_s: float = 30.0) -> bool:
+        """SIGTERM the process group, SIGKILL after timeout. True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    break
+                time.sleep(0.2)
+            else:
+                continue
+            break
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # a zombie child is dead for our purpose
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1]
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            return False
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(check, *, timeout_s: float, what: str, service: Service, interval_s: float = 0.5) -> None:
+    """Poll `check()` until it returns True; fail with the log's tail if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not service.alive():
+            raise StackError(
+                f"{service.name} exited while starting; last lines of {service.log_file}:\n"
+                f"{service.log_tail()}"
+            )
+        time.sleep(interval_s)
+    raise StackError(
+        f"{service.name} did not become ready ({what}) within {timeout_s:.0f}s; "
+        f"see {service.log_file}, or raise MEDIAFM_START_TIMEOUT_S"
+    )
+
+
+def start_and_wait(service: Service, check, *, timeout_s: float, what: str) -> None:
+    """Wait for a just-started service; stop it if it never gets ready (no orphans)."""
+    try:
+        wait_until(check, timeout_s=timeout_s, what=what, service=service)
+    except BaseException:
+        service.stop(timeout_s=10)
+        raise

@@ -1,0 +1,170 @@
+"""A real Triton Inference Server, from the binary inside the nvidia-pytriton wheel.
+
+The wheel ships `tritonserver` 2.51, its shared libraries and the python
+backend with one stub per Python version. We assemble a backend directory
+(the wheel's python backend + the stub for *our* Python), put our venv's
+`bin` first on PATH (the stub's embedded interpreter finds its environment
+through the `python3` on PATH and ignores PYTHONPATH) and start the server in
+explicit model-control mode, so new model versions load without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mediafm.config import Settings
+from mediafm.errors import MissingToolError, StackError
+from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
+
+
+def _wheel() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise MissingToolError(
+            "triton: the nvidia-pytriton wheel is not installed; `pip install -e '.[triton]'` "
+            "(Linux x86_64), or run Triton's official image with docker-compose"
+        ) from None
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def _dir(settings: Settings) -> Path:
+    return settings.state_dir / "triton"
+
+
+def service(settings: Settings) -> Service:
+    d = _dir(settings)
+    # The marker is our backend dir: only our instance has it on its command line.
+    return Service("triton", d / "triton.pid", d / "triton.log", marker=str(d / "backends"))
+
+
+def _backend_dir(settings: Settings) -> Path:
+    """backends/python = the wheel's python backend + the stub for this Python."""
+    wheel = _wheel()
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = wheel / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.exists():
+        raise MissingToolError(f"triton: the wheel has no python backend stub for Python {ver} ({stub})")
+    dst = _dir(settings) / "backends" / "python"
+    dst.mkdir(parents=True, exist_ok=True)
+    for src in [*(wheel / "backends" / "python").iterdir(), stub]:
+        if src.name == "__pycache__":
+            continue
+        target = dst / src.name
+        if not target.exists() or target.stat().st_mtime < src.stat().st_mtime:
+            shutil.copy2(src, target)
+    return dst.parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    wheel = _wheel()
+    libs = [str(wheel.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(":")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # Models import `mediafm` (one definition of fusion and the model); make it importable
+    # even when the package is not installed in editable mode.
+    env["PYTHONPATH"] = ":".join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")  # one core per model instance; 2-core machines
+    return env
+
+
+def _get(settings: Settings, path: str, *, timeout_s: float = 2.0) -> tuple[int, bytes]:
+    url = f"http://{settings.triton_http_url}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (OSError, urllib.error.URLError):
+        return 0, b""
+
+
+def _post(settings: Settings, path: str, body: dict | None = None, *, timeout_s: float = 300.0) -> tuple[int, bytes]:
+    url = f"http://{settings.triton_http_url}{path}"
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def ready(settings: Settings) -> bool:
+    return _get(settings, "/v2/health/ready")[0] == 200
+
+
+def model_ready(settings: Settings, model: str, version: str = "") -> bool:
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/ready"
+    return _get(settings, path)[0] == 200
+
+
+def repository_index(settings: Settings) -> list[dict]:
+    status, body = _post(settings, "/v2/repository/index", {}, timeout_s=10)
+    if status != 200:
+        raise StackError(f"triton: repository index failed ({status}): {body[:300]!r}")
+    return json.loads(body)
+
+
+def load_model(settings: Settings, model: str) -> None:
+    """Ask the running server to (re)load `model` from the repository.
+
+    With explicit model control Triton loads the new version set first and
+    keeps serving the old one until the new is ready; a failed load leaves the
+    old version serving and is reported here.
+    """
+    status, body = _post(settings, f"/v2/repository/models/{model}/load")
+    if status != 200:
+        try:
+            msg = json.loads(body).get("error", body.decode(errors="replace"))
+        except (ValueError, AttributeError):
+            msg = body.decode(errors="replace")
+        raise StackError(f"triton: loading model {model!r} failed: {msg}")
+
+
+def up(settings: Settings) -> str:
+    svc = service(settings)
+    if svc.alive():
+        try:
+            wait_until(lambda: ready(settings), timeout_s=settings.start_timeout_s, what="/v2/health/ready", service=svc)
+            return f"triton already running (pid {svc.pid()}) on http://{settings.triton_http_url}"
+        except StackError:
+            svc.stop()  # half-started or wedged: replace it
+    if not settings.model_repository.is_dir():
+        raise StackError(f"triton: model repository {settings.model_repository} does not exist; "
+                         "set MEDIAFM_MODEL_REPOSITORY")
+    binary = _wheel() / "bin" / "tritonserver"
+    backends = _backend_dir(settings)
+    require_free_ports("triton", settings.bind_host, {
+        "triton_http_port": settings.triton_http_port, "triton_grpc_port": settings.triton_grpc_port,
+        "triton_metrics_port": settings.triton_metrics_port})
+    h = settings.bind_host
+    argv = [
+        str(binary),
+        f"--model-repository={settings.model_repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        *(f"--load-model={m}" for m in settings.triton_models),
+        f"--http-address={h}", f"--http-port={settings.triton_http_port}",
+        f"--grpc-address={h}", f"--grpc-port={settings.triton_grpc_port}",
+        f"--metrics-address={h}", f"--metrics-port={settings.triton_metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--strict-readiness=true",
+        "--exit-timeout-secs=10",
+        "--log-info=true",
+    ]
+    pid = svc.start(argv, env=_env())
+    start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="/v2/health/ready")
+    return f"triton started (pid {pid}) on http://{settings.triton_http_url}, models {list(settings.triton_models)}"
+
+
+def down(settings: Settings) -> str:
+    return "triton stopped" if service(settings).stop() else "triton was not running"

@@ -1,0 +1,85 @@
+"""The Faust app: settings -> App -> topics -> dead letters -> /metrics.
+
+Every agent module (one per pipeline stage) imports `app` and `topics` from
+here. Topics carry raw bytes: each agent decodes with mediafm.schema inside a
+per-message try, so a malformed message reaches the dead-letter topic with its
+reason instead of being dropped by a serializer before any agent sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mediafm.config import Settings
+from mediafm.inference import Triton
+from mediafm.schema import MAX_MESSAGE_BYTES, DeadLetter
+from mediafm.topics import Topics
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+settings = Settings.load()
+names = Topics.from_settings(settings)
+
+app = faust.App(
+    "mediafm",
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="rocksdb://",
+    datadir=str(settings.state_dir / "faust"),
+    # Topics are created by `mediafm stack up` with this same count; faust
+    # refuses to start when the two disagree (PartitionsMismatch).
+    topic_partitions=settings.partitions,
+    topic_allow_declare=False,
+    producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
+    consumer_max_fetch_size=MAX_MESSAGE_BYTES + 64 * 1024,
+    web_bind=settings.bind_host,
+    web_host=settings.bind_host,
+    web_port=settings.worker_web_port,
+    # keys are title ids, so one title's shots stay ordered in one partition
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
+
+def topic(name: str) -> faust.TopicT:
+    return app.topic(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+
+
+class topics:  # noqa: N801 - a namespace, read as `topics.fused`
+    encoded = topic(names.encoded)
+    fused = topic(names.fused)
+    embeddings = topic(names.embeddings)
+    deadletter = topic(names.deadletter)
+
+
+triton = Triton(settings.triton_http_url, on_latency=lambda m, s: metrics.triton_seconds.labels(m).observe(s))
+
+
+async def dead_letter(stage: str, event: faust.EventT, reason: str) -> None:
+    """Send the raw message and the reason to the dead-letter topic. Never raises on the reason."""
+    msg = event.message
+    log.warning("dead letter from %s (%s[%d]@%d): %s", stage, msg.topic, msg.partition, msg.offset, reason)
+    metrics.dead_letters.labels(stage).inc()
+    value = msg.value if isinstance(msg.value, bytes) else bytes(str(msg.value), "utf-8")
+    letter = DeadLetter(stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                        key=msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode(),
+                        reason=reason[:2000], payload=value[: 1024 * 1024])
+    await topics.deadletter.send(key=letter.key, value=letter.to_bytes())
+
+
+@app.page("/metrics")
+async def prometheus_metrics(web, request):
+    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+@app.on_after_configured.connect
+def _configure(app, **kwargs):  # pragma: no cover - faust signal
+    log.info("mediafm worker: broker %s, triton %s, %d partitions",
+             settings.kafka_bootstrap, settings.triton_http_url, settings.partitions)
+
+
+# Agents register themselves on import; this list *is* the pipeline.
+from streams import fuse  # noqa: E402,F401
