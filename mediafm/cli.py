@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from mediafm.config import Settings
-from mediafm.errors import MediaFMError
+from mediafm.errors import MediaFMError, StackError
 
 EPILOG = """\
 typical session:
@@ -35,6 +35,24 @@ def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         for name, state, detail in rows:
             print(f"{name:8s} {state:9s} {detail}")
         return 0 if all(state == "ready" for _, state, _ in rows) else 3
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from mediafm.stack import kafka
+    from mediafm.topics import Topics
+
+    deadline = time.monotonic() + settings.start_timeout_s
+    while not kafka.ready(settings):  # in compose the broker may still be starting
+        if time.monotonic() > deadline:
+            raise StackError(f"no broker answered at {settings.kafka_bootstrap} within {settings.start_timeout_s:.0f}s")
+        time.sleep(1)
+    names = Topics.from_settings(settings).all()
+    created = kafka.create_topics(settings, names)
+    for name in names:
+        print(f"{name:32s} {settings.partitions} partitions {'(created)' if name in created else ''}")
     return 0
 
 
@@ -74,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["up", "down", "status"])
     s.add_argument("--wipe", action="store_true", help="with down: delete broker data and worker state too")
     s.set_defaults(fn=_cmd_stack)
+
+    s = sub.add_parser("topics", help="create the pipeline topics on any broker (idempotent)",
+                       description="Creates every topic of mediafm/topics.py with the `partitions` setting on "
+                       "the broker at kafka_servers (or the local stack), and checks existing ones agree. "
+                       "`stack up` does this for the local stack; docker-compose runs it once at start.")
+    s.set_defaults(fn=_cmd_topics)
 
     s = sub.add_parser("config", help="print every setting, its value and where it came from")
     s.set_defaults(fn=_cmd_config)

@@ -55,6 +55,11 @@ class Settings:
     triton_metrics_port: int = 8002
     worker_web_port: int = 6066
     """Faust web server of a worker; serves /metrics for Prometheus."""
+    kafka_servers: str = ""
+    """Where clients find the broker; empty = bind_host:kafka_port (the local stack).
+    In docker-compose: kafka:19092."""
+    triton_url: str = ""
+    """Where clients find Triton's HTTP endpoint; empty = bind_host:triton_http_port."""
 
     # --- Kafka broker
     kafka_version: str = "3.9.2"
@@ -94,18 +99,15 @@ class Settings:
     # --- derived values (never stored, so they cannot disagree)
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.bind_host}:{self.kafka_port}"
+        return self.kafka_servers or f"{self.bind_host}:{self.kafka_port}"
 
     @property
     def triton_http_url(self) -> str:
-        return f"{self.bind_host}:{self.triton_http_port}"
+        return self.triton_url or f"{self.bind_host}:{self.triton_http_port}"
 
-    @property
-    def triton_grpc_url(self) -> str:
-        return f"{self.bind_host}:{self.triton_grpc_port}"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides) -> "Settings":
+    def load(cls, path: str | Path | None = None, **overrides) -> Settings:
         """Defaults, then the TOML file, then MEDIAFM_* variables, then overrides."""
         values, _ = _resolve(path)
         values.update(overrides)

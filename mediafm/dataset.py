@@ -37,7 +37,7 @@ class Meta:
     encoders: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_layout(cls, layout: Layout, encoders: dict[str, str] | None = None) -> "Meta":
+    def from_layout(cls, layout: Layout, encoders: dict[str, str] | None = None) -> Meta:
         return cls(layout.fused_dim, dict(layout.slices), layout.title, dict(encoders or {}))
 
     def to_json(self) -> dict:
@@ -46,7 +46,7 @@ class Meta:
                 "title_dim": self.title_dim, "encoders": self.encoders}
 
     @classmethod
-    def load(cls, path: Path) -> "Meta":
+    def load(cls, path: Path) -> Meta:
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:
@@ -62,7 +62,7 @@ class Meta:
         mods = {k: tuple(v) for k, v in d["modalities"].items()}
         ends = sorted(mods.values())
         if ends and (ends[0][0] != 0 or ends[-1][1] != d["fused_dim"]
-                     or any(a[1] != b[0] for a, b in zip(ends, ends[1:]))):
+                     or any(a[1] != b[0] for a, b in zip(ends, ends[1:], strict=False))):
             raise DatasetError(f"{path}: modalities {mods} do not tile [0, fused_dim={d['fused_dim']})")
         return cls(int(d["fused_dim"]), mods, int(d["title_dim"]), dict(d.get("encoders", {})))
 

@@ -83,7 +83,7 @@ class Triton:
                 if _is_bad_request(e) and "not found" not in str(e) and "not ready" not in str(e):
                     raise BadRequest(f"{model}: {e.message()}") from None
                 reason = f"{e.status()}: {e.message()}"
-            except (OSError, asyncio.TimeoutError) as e:  # aiohttp's connection errors are OSErrors
+            except (TimeoutError, OSError) as e:  # aiohttp's connection errors are OSErrors
                 reason = f"{type(e).__name__}: {e}"
                 await self.close()
             waited = time.monotonic() - start

@@ -37,7 +37,7 @@ class Topics:
     """Model updates: a new MediaFM version is being served."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Topics":
+    def from_settings(cls, settings: Settings) -> Topics:
         p = settings.topic_prefix
         return cls(
             titles=f"{p}.titles",

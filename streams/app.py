@@ -29,10 +29,10 @@ app = faust.App(
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="rocksdb://",
     datadir=str(settings.state_dir / "faust"),
-    # Topics are created by `mediafm stack up` with this same count; faust
-    # refuses to start when the two disagree (PartitionsMismatch).
+    # Pipeline topics are created by `mediafm stack up` with this same count
+    # (faust refuses to start when the two disagree: PartitionsMismatch);
+    # faust declares only its own internal topics (changelogs, leader).
     topic_partitions=settings.partitions,
-    topic_allow_declare=False,
     producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
     consumer_max_fetch_size=MAX_MESSAGE_BYTES + 64 * 1024,
     web_bind=settings.bind_host,

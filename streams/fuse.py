@@ -72,7 +72,7 @@ async def fuse_shots(stream):
         # Group by profile: one Triton request has one layout.
         for profile in sorted({shot.profile for _, shot, _, _ in batch}):
             group = [b for b in batch if b[1].profile == profile]
-            for (event, shot, _, present), fused in zip(group, await _fuse(group)):
+            for (event, shot, _, present), fused in zip(group, await _fuse(group), strict=True):
                 if isinstance(fused, BadRequest):
                     await dead_letter(STAGE, event, str(fused))
                     continue

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from mediafm.errors import PortInUseError, StackError
 
+# Popen objects of the services this process started: kept so they are reaped
+# (no zombies) and never garbage-collected while running (no ResourceWarning).
+_children: dict[int, subprocess.Popen] = {}
+
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -75,6 +79,7 @@ class Service:
                 )
             except FileNotFoundError as e:
                 raise StackError(f"{self.name}: cannot run {argv[0]}: {e}") from None
+        _children[proc.pid] = proc
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
 
@@ -99,6 +104,9 @@ class Service:
             else:
                 continue
             break
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=10)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -6,7 +6,6 @@ request gets its own INVALID_ARG error and never fails the others in the batch.
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mediafm.fusion import fuse, get_layout
@@ -23,8 +22,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                get = lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()  # noqa: E731
-                fused = fuse(get("VIDEO"), get("AUDIO"), get("TEXT"), get("PRESENT"), layout=self.layout)
+                v, a, t, p = (pb_utils.get_input_tensor_by_name(request, n).as_numpy()
+                              for n in ("VIDEO", "AUDIO", "TEXT", "PRESENT"))
+                fused = fuse(v, a, t, p, layout=self.layout)
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("FUSED", fused.astype(self.out_dtype))]))
             except Exception as e:  # one bad request must not fail the batch

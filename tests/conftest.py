@@ -1,0 +1,96 @@
+"""Shared fixtures. The real Kafka broker and Triton server start once per test
+session (on free loopback ports, state in a temp dir) and stop at its end.
+
+Layers run alone with markers:
+    pytest -m "not kafka and not triton"     unit tests only, no services
+    pytest -m triton                          Triton-backed tests
+    pytest -m kafka                           broker-backed tests
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mediafm.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stack_settings(tmp: Path) -> Settings:
+    return Settings(
+        state_dir=tmp / "state",
+        cache_dir=Path(os.environ.get("MEDIAFM_CACHE_DIR", Path.home() / ".cache" / "mediafm")),
+        kafka_port=free_port(), kafka_controller_port=free_port(),
+        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
+        worker_web_port=free_port(), partitions=2, topic_prefix="test",
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process (a worker, the CLI) use `settings`."""
+    env = dict(os.environ)
+    for key in ("state_dir", "cache_dir", "model_repository", "bind_host", "kafka_port", "kafka_controller_port",
+                "triton_http_port", "triton_grpc_port", "triton_metrics_port", "worker_web_port",
+                "partitions", "topic_prefix"):
+        env[f"MEDIAFM_{key.upper()}"] = str(getattr(settings, key))
+    env["MEDIAFM_TRITON_MODELS"] = ",".join(settings.triton_models)
+    env.pop("MEDIAFM_CONFIG", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory) -> Settings:
+    return _stack_settings(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="session")
+def kafka_stack(stack_settings):
+    """A real broker with the pipeline topics; stopped at the end of the session."""
+    from mediafm.stack import kafka
+    from mediafm.topics import Topics
+
+    kafka.up(stack_settings)
+    kafka.create_topics(stack_settings, Topics.from_settings(stack_settings).all())
+    yield stack_settings
+    kafka.down(stack_settings)
+
+
+@pytest.fixture(scope="session")
+def triton_stack(stack_settings):
+    """A real Triton server over model_repository/; stopped at the end of the session."""
+    from mediafm.stack import triton
+
+    triton.up(stack_settings)
+    yield stack_settings
+    triton.down(stack_settings)
+
+
+@pytest.fixture(scope="session")
+def worker(kafka_stack, triton_stack):
+    """One `mediafm worker` process against the session's broker and Triton."""
+    log = kafka_stack.state_dir / "worker.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "info"],
+                                env=settings_env(kafka_stack), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        pytest.fail(f"worker exited at start:\n{log.read_text()[-3000:]}")
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,41 @@
+"""mediafm.config: defaults < TOML file < environment, validated."""
+
+import pytest
+
+from mediafm.config import Settings
+from mediafm.errors import ConfigError
+
+
+def test_layers_later_wins(tmp_path, monkeypatch):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('kafka_port = 19999\ntriton_http_port = 18888\n')
+    monkeypatch.setenv("MEDIAFM_TRITON_HTTP_PORT", "17777")
+    s = Settings.load(cfg)
+    assert (s.kafka_port, s.triton_http_port) == (19999, 17777)
+    sources = {k: src for k, _, src in Settings.explain(cfg)}
+    assert sources["kafka_port"] == str(cfg) and sources["triton_http_port"] == "$MEDIAFM_TRITON_HTTP_PORT"
+    assert sources["partitions"] == "default"
+
+
+def test_loopback_by_default():
+    assert Settings().bind_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"MEDIAFM_KAFKA_PORT": "abc"}, "kafka_port='abc' is not a valid int"),
+    ({"MEDIAFM_KAFKA_PORT": "70000"}, "kafka_port=70000 is not a TCP port"),
+    ({"MEDIAFM_TRITON_HTTP_PORT": "9092"}, "two services share a port"),
+    ({"MEDIAFM_KAFKA_HEAP": "lots"}, "kafka_heap='lots' is not a JVM size"),
+])
+def test_bad_values_are_named(env, match, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=match):
+        Settings.load()
+
+
+def test_unknown_keys_in_file_are_rejected(tmp_path):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text("kafka_prot = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['kafka_prot'\]"):
+        Settings.load(cfg)

@@ -1,0 +1,59 @@
+"""mediafm.fusion: the one definition of fusion."""
+
+import numpy as np
+import pytest
+
+from mediafm.fusion import PRODUCTION, Layout, fuse
+
+
+def _parts(n, layout=PRODUCTION, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, d)).astype(np.float32) for d in (layout.video, layout.audio, layout.text)]
+
+
+def test_production_layout_is_the_sources_2304():
+    assert PRODUCTION.fused_dim == 2304
+    assert PRODUCTION.slices == {"video": (0, 768), "audio": (768, 1536), "text": (1536, 2304)}
+
+
+def test_fuse_is_concatenation_then_unit_norm():
+    v, a, t = _parts(4)
+    out = fuse(v, a, t, np.ones((4, 3), bool))
+    cat = np.concatenate([v, a, t], axis=1)
+    np.testing.assert_allclose(out, cat / np.linalg.norm(cat, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_absent_modality_is_zeros_whatever_its_input():
+    v, a, t = _parts(3)
+    t[:] = 1e6  # garbage in an absent slice must not leak
+    present = np.array([[1, 1, 0]] * 3, bool)
+    out = fuse(v, a, t, present)
+    assert np.all(out[:, 1536:] == 0)
+    cat = np.concatenate([v, a], axis=1)
+    np.testing.assert_allclose(out[:, :1536], cat / np.linalg.norm(cat, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("shape", r"video embeddings have shape \(2, 5\), expected \(2, 768\)"),
+    ("nan", "audio embeddings contain NaN"),
+    ("empty", r"shots \[1\] have no modality present"),
+])
+def test_bad_input_is_named(bad, match):
+    v, a, t = _parts(2)
+    present = np.ones((2, 3), bool)
+    if bad == "shape":
+        v = v[:, :5]
+    elif bad == "nan":
+        a[0, 0] = np.nan
+    else:
+        present[1] = False
+    with pytest.raises(ValueError, match=match):
+        fuse(v, a, t, present)
+
+
+def test_other_layouts_tile_their_slices():
+    lay = Layout("small", video=3, audio=5, text=2, title=4)
+    assert lay.fused_dim == 10 and lay.slices["text"] == (8, 10)
+    out = fuse(*_parts(2, lay), np.ones((2, 3), bool), layout=lay)
+    assert out.shape == (2, 10)

@@ -1,0 +1,73 @@
+"""mediafm.schema: versioned msgpack records, validated on decode."""
+
+import msgpack
+import numpy as np
+import pytest
+
+from mediafm.errors import SchemaError
+from mediafm.schema import MAX_MESSAGE_BYTES, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+
+
+def _shot(**kw):
+    base = dict(title_id="tt1", shot_index=3, start_s=1.0, end_s=2.5, profile="production",
+                video=vec_to_bytes(np.arange(4, dtype=np.float32)), audio=None, text=None, n_shots=10)
+    base.update(kw)
+    return EncodedShot(**base)
+
+
+def test_roundtrip_keeps_every_field():
+    shot = _shot()
+    back = decode(shot.to_bytes(), expect=EncodedShot)
+    assert back == shot
+    np.testing.assert_array_equal(bytes_to_vec(back.video, 4), np.arange(4, dtype=np.float32))
+
+
+def test_vectors_are_little_endian_float32():
+    b = vec_to_bytes(np.array([1.0, -2.0], dtype=">f8"))
+    assert b == np.array([1.0, -2.0], dtype="<f4").tobytes()
+
+
+def _raw(**body):
+    return msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"\xc1garbage", "not msgpack"),
+    (_raw(schema="nope", v=1), "unknown schema 'nope'"),
+    (_raw(schema="mediafm.encoded_shot", v=99), "version 99 is not supported"),
+    (_raw(schema="mediafm.encoded_shot", v=1, title_id="t"), "missing required field 'shot_index'"),
+    (msgpack.packb([1, 2]), "must be a msgpack map"),
+])
+def test_malformed_messages_say_what_is_wrong(data, match):
+    with pytest.raises(SchemaError, match=match):
+        decode(data)
+
+
+def test_wrong_field_type_and_unknown_field():
+    body = msgpack.unpackb(_shot().to_bytes())
+    body["shot_index"] = "three"
+    with pytest.raises(SchemaError, match="field 'shot_index' must be int, got str"):
+        decode(msgpack.packb(body, use_bin_type=True))
+    body["shot_index"] = 3
+    body["surprise"] = 1
+    with pytest.raises(SchemaError, match=r"unknown fields \['surprise'\]"):
+        decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_expect_rejects_another_schema():
+    with pytest.raises(SchemaError, match="expected a mediafm.fused_shot message"):
+        decode(_shot().to_bytes(), expect=FusedShot)
+
+
+def test_size_limit_on_both_sides():
+    with pytest.raises(SchemaError, match="over the"):
+        _shot(video=b"\0" * (MAX_MESSAGE_BYTES + 8)).to_bytes()
+    with pytest.raises(SchemaError, match="over the"):
+        decode(b"\0" * (MAX_MESSAGE_BYTES + 1))
+
+
+def test_vector_length_and_nan_checked():
+    with pytest.raises(SchemaError, match="has 8 bytes, expected 12"):
+        bytes_to_vec(vec_to_bytes(np.zeros(2)), 3, what="video")
+    with pytest.raises(SchemaError, match="NaN"):
+        bytes_to_vec(vec_to_bytes(np.array([np.nan])), 1)

@@ -1,0 +1,77 @@
+"""mediafm stack: real Kafka and Triton processes, started and stopped for real."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, _stack_settings, settings_env
+
+from mediafm.config import replace
+from mediafm.errors import MissingToolError, PortInUseError
+from mediafm.stack import kafka, triton
+from mediafm.stack.process import Service
+
+pytestmark = [pytest.mark.kafka, pytest.mark.triton]
+
+
+def test_up_twice_is_harmless(kafka_stack, triton_stack):
+    pid_k, pid_t = kafka.service(kafka_stack).pid(), triton.service(triton_stack).pid()
+    assert "already running" in kafka.up(kafka_stack)
+    assert "already running" in triton.up(triton_stack)
+    assert (kafka.service(kafka_stack).pid(), triton.service(triton_stack).pid()) == (pid_k, pid_t)
+
+
+def test_status_command_reports_both_ready(kafka_stack, triton_stack):
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "stack", "status"], env=settings_env(kafka_stack),
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kafka    ready" in r.stdout and "triton   ready" in r.stdout and "fusion:1" in r.stdout
+
+
+def test_taken_port_is_one_clear_error(tmp_path, kafka_stack):
+    other = replace(_stack_settings(tmp_path), kafka_port=kafka_stack.kafka_port)
+    with pytest.raises(PortInUseError, match=rf"port 127.0.0.1:{kafka_stack.kafka_port} \(kafka_port\) is already in use.*MEDIAFM_KAFKA_PORT"):
+        kafka.up(other)
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "stack", "up"], env=settings_env(other),
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "already in use" in r.stderr
+
+
+def test_stale_pid_file_is_cleared(tmp_path):
+    # a pid that exists but is not ours: this test process
+    svc = Service("x", tmp_path / "x.pid", tmp_path / "x.log", marker="/nonexistent/marker")
+    svc.pid_file.write_text(f"{os.getpid()}\n")
+    assert svc.pid() is None and not svc.pid_file.exists()
+    svc.pid_file.write_text("999999999\n")
+    assert svc.pid() is None and not svc.pid_file.exists()
+
+
+def test_missing_java_is_named(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MissingToolError, match="`java` not found; install Java 17"):
+        kafka._java()
+
+
+@pytest.mark.slow
+def test_down_stops_everything_and_keeps_data_unless_wiped(tmp_path):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    s = _stack_settings(tmp_path)
+    kafka.up(s)
+    kafka.create_topics(s, ["keep"])
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap)
+    p.send("keep", b"still here").get(timeout=30)
+    p.close()
+    pid = kafka.service(s).pid()
+    assert kafka.down(s) == "kafka stopped"
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split(") ")[-1][:1]
+    assert kafka.service(s).pid() is None
+    kafka.up(s)  # data kept: the message is still there
+    c = KafkaConsumer("keep", bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest",
+                      consumer_timeout_ms=15000)
+    assert [m.value for m in c] == [b"still here"]
+    c.close()
+    assert "data wiped" in kafka.down(s, wipe=True)
+    assert not (s.state_dir / "kafka" / "data").exists()

@@ -1,0 +1,92 @@
+"""The fuse stage end to end: real broker, real Triton, a real `mediafm worker`."""
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from mediafm.bus import Tail, producer
+from mediafm.fusion import PRODUCTION, fuse
+from mediafm.schema import DeadLetter, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.synth import World, generate_title
+from mediafm.topics import Topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.triton]
+
+
+def _messages(title):
+    for i in range(len(title.start_s)):
+        yield EncodedShot(title_id=title.title_id, shot_index=i, start_s=float(title.start_s[i]),
+                          end_s=float(title.end_s[i]), profile="production", video=vec_to_bytes(title.video[i]),
+                          audio=vec_to_bytes(title.audio[i]),
+                          text=vec_to_bytes(title.text[i]) if title.present[i, 2] else None,
+                          n_shots=len(title.start_s))
+
+
+def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
+    names = Topics.from_settings(kafka_stack)
+    world = World(PRODUCTION, seed=1)
+    titles = [generate_title(world, f"t{i}-{time.time_ns()}", 20 + 7 * i, np.random.default_rng(i)) for i in range(2)]
+    good = _messages(titles[0])
+    bad_version = msgpack.unpackb(next(_messages(titles[1])).to_bytes())
+    bad_version["v"] = 7
+    no_modality = next(_messages(titles[1]))
+    no_modality.video = no_modality.audio = no_modality.text = None
+    wrong_dim = next(_messages(titles[1]))
+    wrong_dim.audio = vec_to_bytes(np.zeros(10))
+    bad = {b"garbage": "not msgpack", msgpack.packb(bad_version, use_bin_type=True): "version 7 is not supported",
+           no_modality.to_bytes(): "has no modality", wrong_dim.to_bytes(): "audio has 40 bytes, expected 3072"}
+
+    fused_tail, dead_tail = Tail(kafka_stack, names.fused), Tail(kafka_stack, names.deadletter)
+    p = producer(kafka_stack)
+    for i, msg in enumerate(good):
+        p.send(names.encoded, key=msg.title_id.encode(), value=msg.to_bytes())
+        if i == 5:  # bad messages in the middle of a title must not stop it
+            for raw in bad:
+                p.send(names.encoded, key=b"bad", value=raw)
+    for msg in _messages(titles[1]):
+        p.send(names.encoded, key=msg.title_id.encode(), value=msg.to_bytes())
+    p.flush()
+    p.close()
+
+    want = {t.title_id: len(t.start_s) for t in titles}
+    got: dict[str, dict[int, FusedShot]] = {t: {} for t in want}
+    for rec in fused_tail.poll(timeout_s=120, stop=lambda: all(len(got[t]) == n for t, n in want.items())):
+        m = decode(rec.value, expect=FusedShot)
+        if m.title_id in got:
+            assert m.shot_index not in got[m.title_id], "duplicate fused shot"
+            got[m.title_id][m.shot_index] = m
+            assert rec.key == m.title_id.encode()
+    letters = []
+    for rec in dead_tail.poll(timeout_s=60, stop=lambda: len(letters) >= len(bad)):
+        letters.append(decode(rec.value, expect=DeadLetter))
+    fused_tail.close()
+    dead_tail.close()
+
+    for t in titles:
+        assert sorted(got[t.title_id]) == list(range(len(t.start_s)))
+        ours = np.stack([bytes_to_vec(got[t.title_id][i].fused, 2304) for i in range(len(t.start_s))])
+        np.testing.assert_allclose(ours, fuse(t.video, t.audio, t.text, t.present), atol=1e-6)
+        assert [m.present for m in got[t.title_id].values()] == t.present.tolist()
+    assert len(letters) == len(bad)
+    for letter in letters:
+        assert letter.stage == "fuse" and letter.topic == names.encoded
+        assert bad[letter.payload] in letter.reason, letter.reason
+    assert worker.poll() is None, "the worker must survive bad input"
+
+
+def test_worker_serves_prometheus_metrics(kafka_stack, worker):
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{kafka_stack.worker_web_port}/metrics", timeout=5).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    text = body.decode()
+    assert "mediafm_messages_total" in text and "mediafm_triton_seconds_bucket" in text
