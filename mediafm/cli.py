@@ -17,6 +17,9 @@ typical session:
   mediafm demo                push a generated title through the pipeline
   mediafm worker              run the Faust agents (start several to share work)
   mediafm stack down          stop everything; add --wipe to delete data
+  mediafm synth corpus --out data/synth --titles 500
+  mediafm train --data data/synth --config small --out runs/small
+  mediafm export --run runs/small     new MediaFM version, loaded by the running Triton
 
 settings come from defaults < mediafm.toml / $MEDIAFM_CONFIG < $MEDIAFM_<KEY>;
 `mediafm config` shows each value and where it came from.
@@ -79,6 +82,31 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, shots=args.shots, timeout_s=args.timeout)
 
 
+def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.fusion import Layout, get_layout
+    from mediafm.synth import write_corpus
+
+    if args.dims:
+        v, a, t, ti = (int(x) for x in args.dims.split(","))
+        layout = Layout(f"synthetic-{args.dims}", video=v, audio=a, text=t, title=ti)
+    else:
+        layout = get_layout(args.profile)
+    lo, hi = (int(x) for x in args.shots.split(","))
+    path = write_corpus(args.out, n_titles=args.titles, layout=layout, seed=args.seed, shots=(lo, hi),
+                        noise=args.noise, progress=True)
+    print(f"wrote {args.titles} synthetic titles ({layout.fused_dim}-d fused) to {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.export import export
+
+    version, path = export(args.run, settings=settings, checkpoint=args.checkpoint, load=not args.no_load)
+    print(f"exported {args.run} as mediafm version {version} ({path})"
+          + ("" if args.no_load else "; Triton serves it (if running)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mediafm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
@@ -110,6 +138,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: worker_web_port setting)")
     s.set_defaults(fn=_cmd_worker)
 
+    s = sub.add_parser("synth", help="generate a synthetic shot-embedding corpus (v1 dataset format)",
+                       description="Writes titles with a documented latent structure (scenes, settings, "
+                       "characters in shot/reverse-shot, dialogue, tones, genres; see mediafm/synth.py) "
+                       "as a v1 dataset. It is synthetic: it compares methods, it does not predict catalog scores.")
+    s.add_argument("what", choices=["corpus"])
+    s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
+    s.add_argument("--titles", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shots", default="40,400", help="min,max shots per title (default 40,400)")
+    s.add_argument("--noise", type=float, default=1.0, help="per-shot noise; higher = less evidence per shot")
+    s.add_argument("--profile", default="production", help="encoder profile whose dims to use (default production)")
+    s.add_argument("--dims", help="video,audio,text,title dims instead of a profile, e.g. 32,32,32,32 for tests")
+    s.set_defaults(fn=_cmd_synth)
+
+    sub.add_parser("train", help="train MediaFM by masked shot modeling (see `mediafm train --help`)",
+                   add_help=False)  # handled in main(): the trainer parses its own arguments
+
+    s = sub.add_parser("export", help="export a trained run as the next Triton version of `mediafm`",
+                       description="Writes the run's encoder as model_repository/mediafm/<N+1>/ atomically, "
+                       "with lineage, and asks the running Triton to load it; the previous version keeps "
+                       "serving until the new one is ready. A broken export is rejected.")
+    s.add_argument("--run", required=True, help="run directory of `mediafm train`")
+    s.add_argument("--checkpoint", help="a specific checkpoint file (default: the run's latest)")
+    s.add_argument("--no-load", action="store_true", help="only write the version; do not ask Triton to load it")
+    s.set_defaults(fn=_cmd_export)
+
     s = sub.add_parser("demo", help="start the stack and push a generated title through the pipeline",
                        description="Starts the stack (if needed) and a worker, publishes a generated "
                        "sample title, waits for its embeddings and reports what happened.")
@@ -120,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # the trainer owns its arguments (open-ended --key value overrides)
+        from trainer.train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args.config)

@@ -72,8 +72,9 @@ class Settings:
     """Every pipeline topic is named <prefix>.<stage> (see mediafm/topics.py)."""
 
     # --- Triton
-    triton_models: tuple[str, ...] = ("fusion",)
-    """Models loaded at `stack up` (explicit model control: others stay unloaded)."""
+    triton_models: tuple[str, ...] = ("fusion", "mediafm")
+    """Models loaded at `stack up` if they have a version (explicit model control:
+    others stay unloaded; `mediafm export` loads new MediaFM versions)."""
 
     # --- startup
     start_timeout_s: float = 90.0

@@ -130,3 +130,23 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     end = np.cumsum(durations)
     return SynthTitle(title_id, title_emb.astype(np.float32), video, audio, text, present, end - durations, end,
                       genres, scene, tones, dialogue, layout=L)
+
+
+def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tuple[int, int] = (40, 400),
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, noise: float = 1.0, progress: bool = False):
+    """Write a synthetic corpus in the v1 dataset format; returns its path."""
+    from tqdm import tqdm
+
+    from mediafm.dataset import DatasetWriter, Meta
+
+    world = World(layout, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    enc = {m: f"synthetic (mediafm.synth, seed {seed}, noise {noise})" for m in ("video", "audio", "text")}
+    writer = DatasetWriter(out, Meta.from_layout(layout, enc))
+    for i in tqdm(range(n_titles), disable=not progress, unit="title", desc="synth corpus"):
+        t = generate_title(world, f"synth-{seed}-{i:06d}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise)
+        u = rng.random()
+        split = "val" if u < val_fraction else ("test" if u < val_fraction + test_fraction else "train")
+        writer.add_title(title_id=t.title_id, title_embedding=t.title_embedding, fused=t.fused,
+                         start_s=t.start_s, end_s=t.end_s, split=split, genres=t.genres)
+    return writer.close()

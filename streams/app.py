@@ -72,7 +72,8 @@ async def dead_letter(stage: str, event: faust.EventT, reason: str) -> None:
 
 @app.page("/metrics")
 async def prometheus_metrics(web, request):
-    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    # aiohttp refuses a charset inside content_type; pass the full header instead
+    return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @app.on_after_configured.connect

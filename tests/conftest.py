@@ -10,6 +10,7 @@ Layers run alone with markers:
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,8 +31,16 @@ def free_port() -> int:
 
 
 def _stack_settings(tmp: Path) -> Settings:
+    # A private copy of model_repository/ (configs and code, no exported versions),
+    # so tests can export versions without touching the working tree.
+    repo = tmp / "model_repository"
+    if not repo.exists():
+        shutil.copytree(REPO / "model_repository", repo,
+                        ignore=lambda d, names: [n for n in names if n.isdigit() or n.startswith(".")
+                                                 or n == "__pycache__"] if Path(d).name == "mediafm" else
+                        [n for n in names if n == "__pycache__"])
     return Settings(
-        state_dir=tmp / "state",
+        state_dir=tmp / "state", model_repository=repo,
         cache_dir=Path(os.environ.get("MEDIAFM_CACHE_DIR", Path.home() / ".cache" / "mediafm")),
         kafka_port=free_port(), kafka_controller_port=free_port(),
         triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),

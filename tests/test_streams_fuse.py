@@ -77,6 +77,7 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
 
 
 def test_worker_serves_prometheus_metrics(kafka_stack, worker):
+    import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + 60
@@ -84,6 +85,8 @@ def test_worker_serves_prometheus_metrics(kafka_stack, worker):
         try:
             body = urllib.request.urlopen(f"http://127.0.0.1:{kafka_stack.worker_web_port}/metrics", timeout=5).read()
             break
+        except urllib.error.HTTPError:
+            raise  # the server answered: an error status is a failure, not "not up yet"
         except OSError:
             if time.monotonic() > deadline:
                 raise

@@ -130,6 +130,10 @@ def load_model(settings: Settings, model: str) -> None:
         raise StackError(f"triton: loading model {model!r} failed: {msg}")
 
 
+def _has_version(model_dir: Path) -> bool:
+    return model_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir())
+
+
 def up(settings: Settings) -> str:
     svc = service(settings)
     if svc.alive():
@@ -146,13 +150,16 @@ def up(settings: Settings) -> str:
     require_free_ports("triton", settings.bind_host, {
         "triton_http_port": settings.triton_http_port, "triton_grpc_port": settings.triton_grpc_port,
         "triton_metrics_port": settings.triton_metrics_port})
+    # A model with no version yet (mediafm before the first export) cannot load;
+    # at startup that would stop the server, so it is left for `mediafm export`.
+    models = [m for m in settings.triton_models if _has_version(settings.model_repository / m)]
     h = settings.bind_host
     argv = [
         str(binary),
         f"--model-repository={settings.model_repository}",
         f"--backend-directory={backends}",
         "--model-control-mode=explicit",
-        *(f"--load-model={m}" for m in settings.triton_models),
+        *(f"--load-model={m}" for m in models),
         f"--http-address={h}", f"--http-port={settings.triton_http_port}",
         f"--grpc-address={h}", f"--grpc-port={settings.triton_grpc_port}",
         f"--metrics-address={h}", f"--metrics-port={settings.triton_metrics_port}",
@@ -163,7 +170,7 @@ def up(settings: Settings) -> str:
     ]
     pid = svc.start(argv, env=_env())
     start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="/v2/health/ready")
-    return f"triton started (pid {pid}) on http://{settings.triton_http_url}, models {list(settings.triton_models)}"
+    return f"triton started (pid {pid}) on http://{settings.triton_http_url}, models {models}"
 
 
 def down(settings: Settings) -> str:

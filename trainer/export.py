@@ -1,0 +1,88 @@
+"""Export a trained run's encoder as the next version of Triton's `mediafm` model.
+
+    mediafm export --run runs/small [--checkpoint PATH] [--no-load]
+
+1. load the run's latest checkpoint and keep the encoder (the MSM head stays behind);
+2. reject it if any weight or a test forward pass is not finite;
+3. write weights + lineage into a staging directory next to the versions, then
+   rename it to `<N+1>/` in one step: a half-written version is never visible;
+4. ask the running Triton to load the model (explicit model control). Triton
+   brings the new version up while the old keeps answering; if the new one
+   fails to load, its directory is moved aside and the old keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from mediafm.config import Settings
+from mediafm.errors import ModelError, StackError
+from mediafm.model import MaskedShotModel, MediaFMConfig
+from mediafm.serving import LINEAGE, MODEL_PY, WEIGHTS, check_encoder
+from mediafm.stack import triton
+from trainer.train import latest_checkpoint
+
+MODEL_NAME = "mediafm"
+
+
+def versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None = None, load: bool = True,
+           timeout_s: float = 300.0) -> tuple[int, Path]:
+    """Returns (version, directory) of the new version."""
+    run = Path(run)
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
+    if ckpt is None or not ckpt.exists():
+        raise ModelError(f"no checkpoint in {run / 'checkpoints'}; train first (`mediafm train --out {run}`)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = MediaFMConfig(**state["model_config"])
+    model = MaskedShotModel(cfg)
+    model.load_state_dict(state["model"])
+    encoder = model.encoder.eval()
+    check_encoder(encoder)
+
+    model_dir = settings.model_repository / MODEL_NAME
+    if not (model_dir / "config.pbtxt").exists():
+        raise ModelError(f"{model_dir / 'config.pbtxt'} is missing; is MEDIAFM_MODEL_REPOSITORY right?")
+    previous = versions(model_dir)
+    version = (previous[-1] if previous else 0) + 1
+    staging = model_dir / f".staging-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    torch.save({"config": cfg.to_dict(), "encoder": encoder.state_dict()}, staging / WEIGHTS)
+    (staging / "model.py").write_text(MODEL_PY)
+    (staging / LINEAGE).write_text(json.dumps({
+        "version": version, "run": str(run.resolve()), "checkpoint": ckpt.name, "step": state["step"],
+        "dataset": state.get("dataset"), "metrics": state.get("metrics", {}), "model_config": cfg.to_dict(),
+        "train_config": state.get("train_config"), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=2))
+    final = model_dir / str(version)
+    os.rename(staging, final)  # atomic on one filesystem; fails if <version> appeared meanwhile
+
+    if load and triton.ready(settings):
+        try:
+            triton.load_model(settings, MODEL_NAME)
+        except StackError as e:
+            rejected = model_dir / f".rejected-{version}-{int(time.time())}"
+            os.rename(final, rejected)
+            if previous:  # make Triton settle on the old version set again
+                try:
+                    triton.load_model(settings, MODEL_NAME)
+                except StackError:
+                    pass
+            raise ModelError(f"Triton refused version {version} ({e}); moved it to {rejected}, "
+                             f"version {previous[-1] if previous else 'none'} keeps serving") from None
+        deadline = time.monotonic() + timeout_s
+        while not triton.model_ready(settings, MODEL_NAME, str(version)):
+            if time.monotonic() > deadline:
+                raise ModelError(f"version {version} was loaded but is not ready after {timeout_s:.0f}s")
+            time.sleep(0.5)
+    return version, final

@@ -1,0 +1,364 @@
+"""Train MediaFM by Masked Shot Modeling on a v1 shot-embedding dataset.
+
+    mediafm train --data DATASET --config small --out runs/small [--key value ...]
+    torchrun --nproc-per-node 8 -m trainer.train --data ... (DDP, no code change)
+
+Reads top to bottom: config -> data -> model -> optimizers -> schedule ->
+resume -> one loop doing step, eval, checkpoint, log, in that order.
+Re-running the same command on the same --out resumes from its last
+checkpoint and continues exactly (model, optimizers, schedule, RNG, data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from mediafm.dataset import Dataset
+from mediafm.errors import ConfigError, MediaFMError
+from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
+from trainer.data import Batch, WindowLoader, eval_batches
+
+
+@dataclass
+class TrainConfig:
+    config: str = "small"
+    """Named model size: tiny (tests), small (CPU demo), base (GPU)."""
+    batch_size: int = 16
+    max_steps: int = 2000
+    lr_muon: float = 0.02
+    """Muon lr for the blocks' 2-D matrices (default 'original' lr adjustment; see ENVIRONMENT.md)."""
+    lr_adamw: float = 1e-3
+    """AdamW lr for embeddings, projections, norms, biases and special tokens."""
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at this fraction of the peak lr."""
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    val_batches: int = 16
+    ckpt_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    """auto = cuda if available, else cpu."""
+    compile: bool = False
+    """torch.compile the model (GPU runs; slow to start on CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.config not in CONFIGS:
+            raise ConfigError(f"config={self.config!r} is not a named model config; choose from {sorted(CONFIGS)}")
+        for name in ("batch_size", "max_steps", "eval_every", "ckpt_every", "val_batches"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"warmup_steps={self.warmup_steps} / min_lr_ratio={self.min_lr_ratio} out of range")
+
+
+# What may differ when resuming a run (everything else must match the checkpoint).
+RESUMABLE_CHANGES = {"max_steps", "eval_every", "ckpt_every", "val_batches", "device", "compile"}
+
+# Model fields a user may override; fused_dim and title_dim come from the dataset.
+MODEL_KEYS = {f.name for f in fields(MediaFMConfig)} - {"fused_dim", "title_dim"}
+
+
+def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """['--lr_muon', '0.01', '--hidden', '128'] -> (train overrides, model overrides). Unknown keys fail."""
+    train_types = {f.name: f.type for f in fields(TrainConfig)}
+    model_types = {f.name: f.type for f in fields(MediaFMConfig) if f.name in MODEL_KEYS}
+    if len(pairs) % 2:
+        raise ConfigError(f"overrides come in pairs --key value, got {pairs}")
+    train, model = {}, {}
+    for key, raw in zip(pairs[::2], pairs[1::2], strict=True):
+        if not key.startswith("--"):
+            raise ConfigError(f"override {key!r} must look like --key value")
+        k = key[2:].replace("-", "_")
+        typ = train_types.get(k) or model_types.get(k)
+        if typ is None:
+            raise ConfigError(f"unknown key {key}; training keys: {sorted(train_types)}, "
+                              f"model keys: {sorted(model_types)}")
+        typ = str(typ)
+        try:
+            value = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(typ, str)(raw)
+        except ValueError:
+            raise ConfigError(f"{key} {raw!r} is not a valid {typ}") from None
+        (train if k in train_types else model)[k] = value
+    return train, model
+
+
+def setup_optimizers(model: MaskedShotModel, tc: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Muon for the 2-D weight matrices of the transformer blocks; AdamW for everything else."""
+    muon, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if name.startswith("encoder.blocks.") and p.ndim == 2:
+            muon.append(p)  # attention qkv / proj, MLP fc / proj
+        elif p.ndim == 2 and name in ("encoder.in_proj.weight", "encoder.title_proj.weight", "encoder.out_proj.weight"):
+            decay.append(p)  # the projections in and out of fused space
+        else:
+            no_decay.append(p)  # biases, norms, positions, [CLS], [MASK]
+    n_total = len(list(model.parameters()))
+    assert len(muon) + len(decay) + len(no_decay) == n_total, (
+        f"optimizer groups cover {len(muon) + len(decay) + len(no_decay)} of {n_total} parameters")
+    assert len({id(p) for p in muon + decay + no_decay}) == n_total, "a parameter is in two optimizer groups"
+    return [
+        torch.optim.Muon(muon, lr=tc.lr_muon, weight_decay=tc.weight_decay),
+        torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr_adamw, betas=(0.9, 0.95)),
+    ]
+
+
+def lr_factor(step: int, tc: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio at max_steps."""
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
+    """Two context-free predictors of a masked shot, scored like the model.
+
+    title_mean: the mean of the window's visible shots.
+    neighbours: the mean of the visible shots at i-1 and i+1 (title_mean if neither is visible).
+    """
+    x, L = batch.shots, batch.lengths
+    T = x.shape[1]
+    real = torch.arange(T)[None, :] < L[:, None]
+    visible = (real & ~mask).float()[..., None]  # (B, T, 1)
+    title_mean = (x * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
+    left = torch.nn.functional.pad(x * visible, (0, 0, 1, 0))[:, :T]
+    right = torch.nn.functional.pad(x * visible, (0, 0, 0, 1))[:, 1:]
+    nvis = torch.nn.functional.pad(visible, (0, 0, 1, 0))[:, :T] + torch.nn.functional.pad(visible, (0, 0, 0, 1))[:, 1:]
+    neigh = torch.where(nvis > 0, (left + right) / nvis.clamp(min=1), title_mean.expand_as(x))
+    return {"title_mean": msm_loss(title_mean.expand_as(x), x, mask).item(),
+            "neighbours": msm_loss(neigh, x, mask).item()}
+
+
+@torch.no_grad()
+def evaluate(model: MaskedShotModel, ds: Dataset, tc: TrainConfig, cfg: MediaFMConfig, device: torch.device,
+             *, with_baselines: bool = False) -> dict[str, float]:
+    """Validation loss on fixed windows with fixed masks (comparable across steps and runs)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in eval_batches(ds, ds.split("val"), batch_size=tc.batch_size, max_shots=cfg.max_shots,
+                              max_batches=tc.val_batches):
+        mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=gen)
+        _, loss = model(batch.shots.to(device), batch.title.to(device), batch.lengths.to(device), mask.to(device))
+        parts = {"val_loss": loss.item()} | (baseline_losses(batch, mask) if with_baselines else {})
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+    model.train()
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def save_checkpoint(run: Path, state: dict, *, keep: int = 2) -> Path:
+    ckdir = run / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    path = ckdir / f"step-{state['step']:07d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint behind
+    (ckdir / "latest.json").write_text(json.dumps(
+        {"path": path.name, "step": state["step"], "metrics": state.get("metrics", {})}, indent=2))
+    for old in sorted(ckdir.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    ckpts = sorted((run / "checkpoints").glob("step-*.pt"))
+    return ckpts[-1] if ckpts else None
+
+
+def plot_losses(run: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tr = [r for r in rows if "train_loss" in r]
+    ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], label="train", alpha=0.5)
+    va = [r for r in rows if "val_loss" in r]
+    ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val (MediaFM)")
+    for key, style in (("title_mean", "--"), ("neighbours", ":")):
+        vals = [r[key] for r in va if key in r]
+        if vals:
+            ax.axhline(vals[-1], linestyle=style, color="gray", label=f"val baseline: {key.replace('_', ' ')}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("masked-shot cosine distance")
+    ax.set_title(f"MediaFM masked shot modeling - {run.name}")
+    ax.legend()
+    fig.tight_layout()
+    out = run / "loss.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: dict | None = None,
+          *, quiet: bool = False) -> dict:
+    # --- distributed (torchrun sets these; a plain run is world 1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    master = rank == 0
+    if tc.device == "auto":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(tc.device)
+
+    # --- data
+    ds = Dataset(data)
+    cfg = MediaFMConfig(**{**CONFIGS[tc.config], **(model_overrides or {}),
+                           "fused_dim": ds.meta.fused_dim, "title_dim": ds.meta.title_dim})
+    train_titles = ds.split("train")
+    loader = WindowLoader(ds, train_titles, batch_size=tc.batch_size, max_shots=cfg.max_shots, seed=tc.seed,
+                          rank=rank, world=world)
+
+    # --- model, optimizers, schedule
+    torch.manual_seed(tc.seed)
+    model = MaskedShotModel(cfg).to(device)
+    optimizers = setup_optimizers(model, tc)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tc)) for o in optimizers]
+    mask_gen = torch.Generator().manual_seed(tc.seed + 1)
+    step = 0
+
+    # --- resume
+    run = Path(out)
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
+        now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
+        if state["model_config"] != cfg.to_dict() or saved != now:
+            diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
+            raise ConfigError(f"{run} holds a run with another config {diff or state['model_config']}; "
+                              "pass a new --out, or the same settings to resume")
+        model.load_state_dict(state["model"])
+        for o, s in zip(optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(schedulers, state["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        loader.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+        mask_gen.set_state(state["rng"]["mask"])
+        step = state["step"]
+        if master and not quiet:
+            print(f"resuming {run} from {ckpt.name} (step {step})")
+    run.mkdir(parents=True, exist_ok=True)
+    if master:
+        (run / "config.json").write_text(json.dumps(
+            {"train": asdict(tc), "model": cfg.to_dict(), "data": str(Path(data).resolve()),
+             "dataset_meta": ds.meta.to_json(), "world_size": world}, indent=2))
+
+    net = DDP(model) if world > 1 else model
+    fwd = torch.compile(net) if tc.compile else net
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    log = open(run / "log.jsonl", "a") if master else None
+    n_params = sum(p.numel() for p in model.encoder.parameters())
+    if master and not quiet:
+        print(f"MediaFM {tc.config}: {n_params / 1e6:.2f}M encoder params, {len(train_titles)} train / "
+              f"{len(ds.split('val'))} val titles, device {device}, world {world}")
+
+    # --- the loop: step, eval, checkpoint, log
+    metrics: dict[str, float] = {}
+    baselines: dict[str, float] = {}
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not master or quiet, unit="step", dynamic_ncols=True)
+    batches = iter(loader)
+    t0, shots_seen = time.perf_counter(), 0
+    while step < tc.max_steps:
+        batch = next(batches)
+        mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=mask_gen)
+        with amp:
+            _, loss = fwd(batch.shots.to(device), batch.title.to(device), batch.lengths.to(device), mask.to(device))
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        for o, sch in zip(optimizers, schedulers, strict=True):
+            o.step()
+            sch.step()
+        step += 1
+        shots_seen += int(batch.lengths.sum())
+        row = {"step": step, "train_loss": loss.item(), "grad_norm": float(gnorm),
+               "lr_muon": schedulers[0].get_last_lr()[0], "lr_adamw": schedulers[1].get_last_lr()[0]}
+
+        if master and (step % tc.eval_every == 0 or step == tc.max_steps) and ds.split("val"):
+            metrics = evaluate(model, ds, tc, cfg, device, with_baselines=not baselines)
+            baselines = baselines or {k: metrics[k] for k in ("title_mean", "neighbours")}
+            metrics |= baselines
+            row |= metrics
+            bar.write(f"step {step:6d}  val {metrics['val_loss']:.4f}  |  baselines: title mean "
+                      f"{baselines['title_mean']:.4f}, neighbours {baselines['neighbours']:.4f}")
+        if master and (step % tc.ckpt_every == 0 or step == tc.max_steps):
+            save_checkpoint(run, {
+                "step": step, "model": model.state_dict(), "model_config": cfg.to_dict(),
+                "train_config": asdict(tc), "optimizers": [o.state_dict() for o in optimizers],
+                "schedulers": [s.state_dict() for s in schedulers], "data": loader.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "mask": mask_gen.get_state()},
+                "metrics": metrics, "dataset": str(Path(data).resolve())})
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if log is not None:
+        log.close()
+    if master:
+        plot_losses(run)
+    if world > 1:
+        dist.destroy_process_group()
+    return {"step": step, "shots_per_s": shots_seen * world / max(elapsed, 1e-9), **metrics}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mediafm train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train MediaFM by masked shot modeling (20% of each window's shots replaced by a learned "
+        "[MASK]; loss = cosine distance on masked shots). Rerun the same command to resume.",
+        epilog="overrides: any --key value of the training config or the model config, e.g.\n"
+        "  --max_steps 500 --lr_muon 0.01 --hidden 128 --n_layers 2\n"
+        "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
+        "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
+        "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")
+    p.add_argument("--data", required=True, help="v1 dataset directory (meta.json, titles.parquet, shots/)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, loss.png")
+    p.add_argument("--config", default="small", choices=sorted(CONFIGS), help="named model size")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = build_parser().parse_known_args(argv)
+    try:
+        train_over, model_over = parse_overrides(rest)
+        tc = TrainConfig(config=args.config, **train_over)
+        result = train(args.data, args.out, tc, model_over)
+    except (MediaFMError, ValueError) as e:
+        print(f"mediafm train: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
