@@ -101,9 +101,10 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.export import export
 
-    version, path = export(args.run, settings=settings, checkpoint=args.checkpoint, load=not args.no_load)
-    print(f"exported {args.run} as mediafm version {version} ({path})"
-          + ("" if args.no_load else "; Triton serves it (if running)"))
+    version, path, loaded = export(args.run, settings=settings, checkpoint=args.checkpoint, load=not args.no_load)
+    print(f"exported {args.run} as mediafm version {version} ({path}); "
+          + (f"Triton at {settings.triton_http_url} now serves it" if loaded else
+             "not loaded (no Triton running, or --no-load): `mediafm stack up` serves it"))
     return 0
 
 

@@ -36,8 +36,9 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None = None, load: bool = True,
-           timeout_s: float = 300.0) -> tuple[int, Path]:
-    """Returns (version, directory) of the new version."""
+           timeout_s: float = 300.0) -> tuple[int, Path, bool]:
+    """Returns (version, directory, loaded): loaded is False when no Triton was running
+    (the version is then served from the next `mediafm stack up`)."""
     run = Path(run)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
     if ckpt is None or not ckpt.exists():
@@ -67,7 +68,8 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     final = model_dir / str(version)
     os.rename(staging, final)  # atomic on one filesystem; fails if <version> appeared meanwhile
 
-    if load and triton.ready(settings):
+    loaded = load and triton.live(settings)
+    if loaded:
         try:
             triton.load_model(settings, MODEL_NAME)
         except StackError as e:
@@ -85,4 +87,4 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
             if time.monotonic() > deadline:
                 raise ModelError(f"version {version} was loaded but is not ready after {timeout_s:.0f}s")
             time.sleep(0.5)
-    return version, final
+    return version, final, loaded

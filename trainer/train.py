@@ -212,7 +212,9 @@ def plot_losses(run: Path) -> Path:
 
 
 def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: dict | None = None,
-          *, quiet: bool = False) -> dict:
+          *, quiet: bool = False, until_step: int | None = None) -> dict:
+    """Train (or resume) the run in `out`. until_step stops early after that step
+    and a checkpoint, as a preempted job would; rerunning continues the schedule."""
     # --- distributed (torchrun sets these; a plain run is world 1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -283,7 +285,8 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     bar = tqdm(total=tc.max_steps, initial=step, disable=not master or quiet, unit="step", dynamic_ncols=True)
     batches = iter(loader)
     t0, shots_seen = time.perf_counter(), 0
-    while step < tc.max_steps:
+    stop = min(tc.max_steps, until_step or tc.max_steps)
+    while step < stop:
         batch = next(batches)
         mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=mask_gen)
         with amp:
@@ -307,7 +310,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
             row |= metrics
             bar.write(f"step {step:6d}  val {metrics['val_loss']:.4f}  |  baselines: title mean "
                       f"{baselines['title_mean']:.4f}, neighbours {baselines['neighbours']:.4f}")
-        if master and (step % tc.ckpt_every == 0 or step == tc.max_steps):
+        if master and (step % tc.ckpt_every == 0 or step in (tc.max_steps, stop)):
             save_checkpoint(run, {
                 "step": step, "model": model.state_dict(), "model_config": cfg.to_dict(),
                 "train_config": asdict(tc), "optimizers": [o.state_dict() for o in optimizers],

@@ -99,7 +99,13 @@ def _post(settings: Settings, path: str, body: dict | None = None, *, timeout_s:
 
 
 def ready(settings: Settings) -> bool:
+    """Server up and every loaded model ready (strict readiness)."""
     return _get(settings, "/v2/health/ready")[0] == 200
+
+
+def live(settings: Settings) -> bool:
+    """Server up, whatever its models are doing (a model may be loading)."""
+    return _get(settings, "/v2/health/live")[0] == 200
 
 
 def model_ready(settings: Settings, model: str, version: str = "") -> bool:
@@ -127,7 +133,9 @@ def load_model(settings: Settings, model: str) -> None:
             msg = json.loads(body).get("error", body.decode(errors="replace"))
         except (ValueError, AttributeError):
             msg = body.decode(errors="replace")
-        raise StackError(f"triton: loading model {model!r} failed: {msg}")
+        # Triton appends the Python traceback; the first line names the cause, the log has the rest.
+        first = msg.strip().splitlines()[0] if msg.strip() else f"HTTP {status}"
+        raise StackError(f"triton: loading model {model!r} failed: {first} (see {service(settings).log_file})")
 
 
 def _has_version(model_dir: Path) -> bool:

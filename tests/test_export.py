@@ -1,0 +1,133 @@
+"""mediafm export -> a real Triton serves the new version; the old one answers until then."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mediafm.errors import ModelError
+from mediafm.fusion import Layout
+from mediafm.inference import BadRequest, infer_sync
+from mediafm.serving import load_encoder
+from mediafm.stack import triton
+from mediafm.synth import write_corpus
+from trainer import export as export_mod
+from trainer.export import export
+from trainer.train import TrainConfig, train
+
+pytestmark = pytest.mark.triton
+LAYOUT = Layout("test", video=32, audio=32, text=32, title=32)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    data = write_corpus(d / "data", n_titles=30, layout=LAYOUT, seed=0, shots=(10, 40))
+    tc = TrainConfig(config="tiny", max_steps=5, batch_size=4, eval_every=5, ckpt_every=5, val_batches=1)
+    train(data, d / "run", tc, quiet=True)
+    return d / "run"
+
+
+def _window(T=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"SHOTS": rng.normal(size=(2, T, 96)).astype(np.float32), "TITLE": rng.normal(size=(2, 32)).astype(np.float32),
+            "LENGTH": np.array([[T], [T // 2]], np.int64)}
+
+
+def _served_version(settings) -> str:
+    ready = [m["version"] for m in triton.repository_index(settings) if m["name"] == "mediafm" and m.get("state") == "READY"]
+    return ready[0] if len(ready) == 1 else f"{ready}"
+
+
+def test_export_serves_and_matches_in_process(triton_stack, run):
+    version, path, loaded = export(run, settings=triton_stack)
+    assert loaded
+    assert _served_version(triton_stack) == str(version)
+    lineage = json.loads((path / "lineage.json").read_text())
+    assert lineage["step"] == 5 and lineage["dataset"] and "val_loss" in lineage["metrics"]
+    x = _window()
+    out = infer_sync(triton_stack.triton_http_url, "mediafm", x, ["HIDDEN", "OUTPUT"])
+    enc = load_encoder(path)
+    with torch.no_grad():
+        h, o = enc(torch.from_numpy(x["SHOTS"]), torch.from_numpy(x["TITLE"]), torch.from_numpy(x["LENGTH"].ravel()))
+    # same code, same weights, same CPU kernels: agreement to float32 rounding
+    np.testing.assert_allclose(out["HIDDEN"], h.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["OUTPUT"], o.numpy(), atol=1e-5)
+
+
+def test_new_version_loads_while_the_old_keeps_answering(triton_stack, run):
+    before = int(_served_version(triton_stack)) if _served_version(triton_stack).isdigit() else None
+    if before is None:
+        before, _, _ = export(run, settings=triton_stack)
+    errors, answered, stop = [], [], threading.Event()
+
+    def client():
+        import tritonclient.http as http
+
+        c = http.InferenceServerClient(triton_stack.triton_http_url)
+        while not stop.is_set():
+            x = _window(12)
+            inputs = []
+            for name, arr in x.items():
+                i = http.InferInput(name, list(arr.shape), "INT64" if arr.dtype == np.int64 else "FP32")
+                i.set_data_from_numpy(arr)
+                inputs.append(i)
+            try:
+                res = c.infer("mediafm", inputs)
+                answered.append(int(res.get_response()["model_version"]))
+            except Exception as e:  # any failed request during the swap is a failure of the test
+                errors.append(repr(e))
+        c.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(0.5)
+    try:
+        version, _, _ = export(run, settings=triton_stack)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert version == before + 1 and _served_version(triton_stack) == str(version)
+    assert not errors, errors[:3]
+    # the old version answered until the swap, the new one after it; never a mix afterwards
+    assert answered[0] == before and answered[-1] == version
+    assert answered == sorted(answered), answered
+
+
+def test_non_finite_weights_are_rejected_before_anything_is_written(triton_stack, run, tmp_path):
+    ckpt = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    state = torch.load(ckpt, weights_only=False)
+    state["model"]["encoder.in_proj.weight"][0, 0] = float("nan")
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    repo = triton_stack.model_repository / "mediafm"
+    before = sorted(p.name for p in repo.iterdir())
+    with pytest.raises(ModelError, match="NaN/inf in 1 tensors"):
+        export(run, settings=triton_stack, checkpoint=bad)
+    assert sorted(p.name for p in repo.iterdir()) == before
+
+
+def test_version_triton_refuses_is_moved_aside_and_old_keeps_serving(triton_stack, run, monkeypatch):
+    if not _served_version(triton_stack).isdigit():
+        export(run, settings=triton_stack)
+    old = _served_version(triton_stack)
+    monkeypatch.setattr(export_mod, "MODEL_PY", "raise RuntimeError('broken on purpose')\n")
+    with pytest.raises(ModelError, match=rf"Triton refused version {int(old) + 1}.*version {old} keeps serving"):
+        export(run, settings=triton_stack)
+    assert _served_version(triton_stack) == old
+    assert not (triton_stack.model_repository / "mediafm" / str(int(old) + 1)).exists()
+    assert list((triton_stack.model_repository / "mediafm").glob(f".rejected-{int(old) + 1}-*"))
+    assert infer_sync(triton_stack.triton_http_url, "mediafm", _window(), ["HIDDEN"])["HIDDEN"].shape == (2, 30, 64)
+
+
+def test_bad_window_is_an_error_response(triton_stack, run):
+    if not _served_version(triton_stack).isdigit():
+        export(run, settings=triton_stack)
+    x = _window()
+    x["SHOTS"] = x["SHOTS"][:, :, :50]
+    with pytest.raises(BadRequest, match="SHOTS has dim 50, this model takes fused_dim=96"):
+        infer_sync(triton_stack.triton_http_url, "mediafm", x, ["HIDDEN"])

@@ -1,0 +1,89 @@
+"""mediafm.model: masking rule, loss placement, padding, special tokens."""
+
+import pytest
+import torch
+
+from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig, MediaFMEncoder, mask_positions, msm_loss
+
+
+def tiny(**kw) -> MediaFMConfig:
+    return MediaFMConfig(**{**CONFIGS["tiny"], "fused_dim": 24, "title_dim": 8, **kw})
+
+
+def test_mask_count_follows_the_documented_rounding_rule():
+    lengths = torch.tensor([10, 3, 50, 1, 7, 12])
+    m = mask_positions(lengths, 50, 0.2, generator=torch.Generator().manual_seed(0))
+    # k = max(1, floor(0.2 * n + 0.5)): 2, 1 (0.6 -> 1), 10, 1 (at least one), 1 (1.4 -> 1), 2 (2.4 -> 2)
+    assert m.sum(1).tolist() == [2, 1, 10, 1, 1, 2]
+
+
+def test_mask_never_touches_padding_and_covers_every_real_shot():
+    lengths = torch.tensor([5, 20])
+    seen = torch.zeros(2, 20)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        m = mask_positions(lengths, 20, 0.2, generator=g)
+        assert not m[0, 5:].any(), "padding masked"
+        seen += m.float()
+    assert (seen[0, :5] > 0).all() and (seen[1] > 0).all()
+    # uniform over real shots: every position masked 20% of the time, within noise
+    assert (seen[1] / 300 - 0.2).abs().max() < 0.08
+
+
+def test_loss_is_cosine_distance_on_masked_positions_only():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 6, 24), torch.randn(2, 6, 24)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 1] = mask[1, 4] = True
+    expected = 1 - torch.nn.functional.cosine_similarity(pred[mask], target[mask], dim=-1).mean()
+    assert torch.allclose(msm_loss(pred, target, mask), expected)
+    pred2 = pred.clone()
+    pred2[~mask] = torch.randn_like(pred2[~mask])  # unmasked predictions do not count
+    assert torch.allclose(msm_loss(pred2, target, mask), expected)
+
+
+def test_model_loss_uses_the_masked_shots_and_hides_them():
+    torch.manual_seed(0)
+    model = MaskedShotModel(tiny()).eval()
+    shots, title, lengths = torch.randn(2, 10, 24), torch.randn(2, 8), torch.tensor([10, 6])
+    mask = mask_positions(lengths, 10, 0.2, generator=torch.Generator().manual_seed(0))
+    pred, loss = model(shots, title, lengths, mask)
+    assert torch.allclose(loss, msm_loss(pred, shots, mask))
+    # what is under a mask is invisible to the model: changing it changes no prediction
+    hidden = shots.clone()
+    hidden[mask] = torch.randn_like(hidden[mask])
+    pred_b, _ = model(hidden, title, lengths, mask)
+    assert torch.allclose(pred, pred_b, atol=1e-6)
+
+
+def test_padding_does_not_change_real_positions():
+    torch.manual_seed(0)
+    enc = MediaFMEncoder(tiny()).eval()
+    shots, title = torch.randn(1, 7, 24), torch.randn(1, 8)
+    h_short, o_short = enc(shots, title, torch.tensor([7]))
+    padded = torch.cat([shots, 100 * torch.randn(1, 5, 24)], dim=1)
+    h_pad, o_pad = enc(padded, title, torch.tensor([7]))
+    assert torch.allclose(h_short, h_pad[:, :7], atol=1e-5) and torch.allclose(o_short, o_pad[:, :7], atol=1e-5)
+
+
+def test_title_embedding_reaches_every_shot_through_global():
+    torch.manual_seed(0)
+    enc = MediaFMEncoder(tiny()).eval()
+    shots = torch.randn(1, 5, 24)
+    h1, _ = enc(shots, torch.randn(1, 8), None)
+    h2, _ = enc(shots, torch.randn(1, 8), None)
+    assert ((h1 - h2).abs().amax(-1) > 1e-4).all()
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_shapes_for_both_norm_placements(norm_first):
+    enc = MediaFMEncoder(tiny(norm_first=norm_first))
+    h, o = enc(torch.randn(3, 9, 24), torch.randn(3, 8), torch.tensor([9, 4, 1]))
+    assert h.shape == (3, 9, 64) and o.shape == (3, 9, 24)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="hidden=65 is not divisible by n_heads=4"):
+        tiny(hidden=65)
+    with pytest.raises(ValueError, match="mask_rate must be in"):
+        tiny(mask_rate=1.5)

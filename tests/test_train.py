@@ -1,0 +1,114 @@
+"""trainer: optimizer groups, schedule, exact resume, learning, baselines, CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from mediafm.errors import ConfigError
+from mediafm.fusion import Layout
+from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig
+from mediafm.synth import write_corpus
+from trainer.train import TrainConfig, lr_factor, parse_overrides, setup_optimizers, train
+
+LAYOUT = Layout("test", video=32, audio=32, text=32, title=32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A structured synthetic corpus (scenes, shot/reverse-shot, dialogue): 160 titles."""
+    return write_corpus(tmp_path_factory.mktemp("data") / "synth", n_titles=160, layout=LAYOUT, seed=0,
+                        shots=(20, 80), val_fraction=0.1, test_fraction=0.0)
+
+
+def test_optimizer_groups_cover_every_parameter_once():
+    model = MaskedShotModel(MediaFMConfig(**{**CONFIGS["tiny"], "fused_dim": 96, "title_dim": 32}))
+    muon, adamw = setup_optimizers(model, TrainConfig(config="tiny"))
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+    adamw_ids = {id(p) for g in adamw.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert muon_ids.isdisjoint(adamw_ids) and muon_ids | adamw_ids == set(names)
+    assert sorted(names[i].split(".", 3)[-1] for i in muon_ids) == sorted(
+        ["attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight"] * 2)
+    assert all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
+    assert "mask_token" in {names[i] for i in adamw_ids} and "encoder.cls" in {names[i] for i in adamw_ids}
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    tc = TrainConfig(config="tiny", max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    f = [lr_factor(s, tc) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+    assert f[100] == pytest.approx(0.1)
+
+
+def test_overrides_are_typed_and_unknown_keys_rejected():
+    train_over, model_over = parse_overrides(["--lr_muon", "0.01", "--hidden", "128", "--compile", "true"])
+    assert train_over == {"lr_muon": 0.01, "compile": True} and model_over == {"hidden": 128}
+    with pytest.raises(ConfigError, match="unknown key --hiden"):
+        parse_overrides(["--hiden", "128"])
+    with pytest.raises(ConfigError, match="--max_steps 'many' is not a valid int"):
+        parse_overrides(["--max_steps", "many"])
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"config": "tiny", "batch_size": 8, "eval_every": 1000, "ckpt_every": 3, "warmup_steps": 2,
+                          "val_batches": 2, **kw})
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    """6 steps in one go == 4 steps, stop, resume for 2 more: same weights, bit for bit."""
+    over = {"dropout": 0.1}  # dropout makes the RNG state matter
+    train(corpus, tmp_path / "a", _cfg(max_steps=6), over, quiet=True)
+    train(corpus, tmp_path / "b", _cfg(max_steps=6), over, quiet=True, until_step=4)  # preempted at step 4
+    train(corpus, tmp_path / "b", _cfg(max_steps=6), over, quiet=True)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "step-0000006.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "step-0000006.pt", weights_only=False)
+    assert a["data"] == b["data"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert len(list((tmp_path / "b" / "checkpoints").glob("step-*.pt"))) == 2, "keeps the last two"
+
+
+def test_resume_refuses_another_config(corpus, tmp_path):
+    train(corpus, tmp_path / "r", _cfg(max_steps=3), quiet=True)
+    with pytest.raises(ConfigError, match="holds a run with another config"):
+        train(corpus, tmp_path / "r", _cfg(max_steps=6, lr_muon=0.5), quiet=True)
+
+
+def test_tiny_model_overfits_a_small_dataset(tmp_path):
+    data = write_corpus(tmp_path / "small", n_titles=4, layout=LAYOUT, seed=3, shots=(20, 30), val_fraction=0,
+                        test_fraction=0)
+    result = train(data, tmp_path / "run", _cfg(max_steps=300, batch_size=4, lr_adamw=3e-3, ckpt_every=1000),
+                   {"n_layers": 2}, quiet=True)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    first, last = sum(r["train_loss"] for r in rows[:10]) / 10, sum(r["train_loss"] for r in rows[-10:]) / 10
+    assert last < 0.45 and last < first / 2, (first, last)
+    assert result["step"] == 300
+
+
+@pytest.mark.slow
+def test_trained_model_beats_both_baselines_on_held_out_titles(corpus, tmp_path):
+    result = train(corpus, tmp_path / "run", _cfg(max_steps=300, eval_every=300, lr_adamw=3e-3, val_batches=8),
+                   quiet=True)
+    assert result["val_loss"] < result["title_mean"] and result["val_loss"] < result["neighbours"], result
+
+
+def test_cli_writes_log_plot_and_checkpoints(corpus, tmp_path):
+    run = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "train", "--data", str(corpus), "--out", str(run),
+                        "--config", "tiny", "--max_steps", "4", "--eval_every", "2", "--batch_size", "4"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["step"] == 4 and {"val_loss", "title_mean", "neighbours"} <= set(out)
+    assert (run / "loss.png").stat().st_size > 10_000
+    assert (run / "checkpoints" / "latest.json").exists()
+    assert "baselines: title mean" in r.stdout  # printed beside the validation loss
+    bad = subprocess.run([sys.executable, "-m", "mediafm.cli", "train", "--data", str(corpus), "--out", str(run),
+                          "--config", "tiny", "--bogus", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "unknown key --bogus" in bad.stderr
