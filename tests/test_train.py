@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from mediafm.errors import ConfigError
 from mediafm.fusion import Layout
 from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig
@@ -36,6 +36,8 @@ def test_optimizer_groups_cover_every_parameter_once():
         ["attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight"] * 2)
     assert all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
     assert "mask_token" in {names[i] for i in adamw_ids} and "encoder.cls" in {names[i] for i in adamw_ids}
+    (only,) = setup_optimizers(model, TrainConfig(config="tiny", optimizer="adamw"))  # the ablation
+    assert {id(p) for g in only.param_groups for p in g["params"]} == set(names)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
