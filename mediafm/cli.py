@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="start the stack and push a generated title through the pipeline",
                        description="Starts the stack (if needed) and a worker, publishes a generated "
                        "sample title, waits for its embeddings and reports what happened.")
-    s.add_argument("--shots", type=int, default=48, help="shots in the generated title (default 48)")
+    s.add_argument("--shots", type=int, default=600, help="shots in the generated title (default 600: two windows)")
     s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the outputs")
     s.set_defaults(fn=_cmd_demo)
     return p

@@ -71,6 +71,12 @@ class Settings:
     topic_prefix: str = "mediafm"
     """Every pipeline topic is named <prefix>.<stage> (see mediafm/topics.py)."""
 
+    # --- contextualisation
+    window_shots: int = 512
+    """Shots per MediaFM pass (the model's max_shots; the source's 512)."""
+    window_stride: int = 256
+    """Stride of the window plan; each shot takes its output from the window where it is most central."""
+
     # --- Triton
     triton_models: tuple[str, ...] = ("fusion", "mediafm")
     """Models loaded at `stack up` if they have a version (explicit model control:
@@ -92,6 +98,8 @@ class Settings:
                  self.triton_grpc_port, self.triton_metrics_port]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"two services share a port in {ports}; give each its own")
+        if not 0 < self.window_stride <= self.window_shots:
+            raise ConfigError(f"window_stride={self.window_stride} must be in (0, window_shots={self.window_shots}]")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":

@@ -64,7 +64,8 @@ class Triton:
         self._client: aiohttpclient.InferenceServerClient | None = None
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-                    *, version: str = "") -> dict[str, np.ndarray]:
+                    *, version: str = "", meta: dict | None = None) -> dict[str, np.ndarray]:
+        """Outputs by name. `meta`, if given, receives the answering model_version."""
         start = time.monotonic()
         delay = self.backoff_s[0]
         attempt = 0
@@ -78,6 +79,8 @@ class Triton:
                                                outputs=[aiohttpclient.InferRequestedOutput(o) for o in outputs])
                 if self.on_latency is not None:
                     self.on_latency(model, time.monotonic() - t0)
+                if meta is not None:
+                    meta["model_version"] = str(res.get_response().get("model_version", ""))
                 return {o: res.as_numpy(o) for o in outputs}
             except InferenceServerException as e:
                 if _is_bad_request(e) and "not found" not in str(e) and "not ready" not in str(e):

@@ -104,6 +104,37 @@ class FusedShot(Message):
 
 
 @dataclass
+class ContextualEmbedding(Message):
+    """A shot as MediaFM understands it in its title: the product's output. Key: title_id.
+
+    Consumers deduplicate on (title_id, shot_index, model_version): after a
+    worker restart a shot may be published again, with the same values.
+    """
+
+    SCHEMA: ClassVar[str] = "mediafm.contextual_embedding"
+    title_id: str
+    shot_index: int
+    start_s: float
+    end_s: float
+    embedding: bytes
+    """float32 little-endian, `dim` values: MediaFM's last hidden state for the shot."""
+    dim: int
+    model_version: str
+    profile: str
+    window_start: int
+    window_end: int
+    """The shots [window_start, window_end) of the MediaFM pass this output was taken from."""
+    final: bool
+    """False: provisional (live events, left context only); a final one follows."""
+    n_shots: int | None = None
+    kind: str = "title"
+    model: str = "mediafm"
+    published_at: float = 0.0
+    """When the source shot entered the pipeline (for end-to-end latency)."""
+    produced_at: float = field(default_factory=time.time)
+
+
+@dataclass
 class DeadLetter(Message):
     """A rejected message and why. Key: the original key."""
 
@@ -119,7 +150,7 @@ class DeadLetter(Message):
     at: float = field(default_factory=time.time)
 
 
-SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (EncodedShot, FusedShot, DeadLetter)}
+SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (EncodedShot, FusedShot, ContextualEmbedding, DeadLetter)}
 
 
 def _check_type(name: str, value: object, hint: object) -> object:

@@ -83,4 +83,4 @@ def _configure(app, **kwargs):  # pragma: no cover - faust signal
 
 
 # Agents register themselves on import; this list *is* the pipeline.
-from streams import fuse  # noqa: E402,F401
+from streams import contextualise, fuse  # noqa: E402,F401

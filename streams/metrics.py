@@ -4,6 +4,7 @@ from prometheus_client import Counter, Histogram
 
 messages = Counter("mediafm_messages_total", "Messages consumed, by stage", ["stage"])
 shots = Counter("mediafm_shots_total", "Shots produced, by stage", ["stage"])
+duplicates = Counter("mediafm_duplicates_total", "Redelivered messages recognised and skipped", ["stage"])
 dead_letters = Counter("mediafm_dead_letters_total", "Messages sent to the dead-letter topic", ["stage"])
 triton_seconds = Histogram("mediafm_triton_seconds", "Triton call latency", ["model"],
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -45,6 +45,7 @@ def _stack_settings(tmp: Path) -> Settings:
         kafka_port=free_port(), kafka_controller_port=free_port(),
         triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
         worker_web_port=free_port(), partitions=2, topic_prefix="test",
+        window_shots=64, window_stride=32,  # the tiny test model's max_shots; titles span several windows
     )
 
 
@@ -53,7 +54,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("state_dir", "cache_dir", "model_repository", "bind_host", "kafka_port", "kafka_controller_port",
                 "triton_http_port", "triton_grpc_port", "triton_metrics_port", "worker_web_port",
-                "partitions", "topic_prefix"):
+                "partitions", "topic_prefix", "window_shots", "window_stride"):
         env[f"MEDIAFM_{key.upper()}"] = str(getattr(settings, key))
     env["MEDIAFM_TRITON_MODELS"] = ",".join(settings.triton_models)
     env.pop("MEDIAFM_CONFIG", None)
@@ -71,10 +72,12 @@ def kafka_stack(stack_settings):
     from mediafm.stack import kafka
     from mediafm.topics import Topics
 
-    kafka.up(stack_settings)
-    kafka.create_topics(stack_settings, Topics.from_settings(stack_settings).all())
-    yield stack_settings
-    kafka.down(stack_settings)
+    try:  # finally: a broker that started but failed later in setup is stopped too
+        kafka.up(stack_settings)
+        kafka.create_topics(stack_settings, Topics.from_settings(stack_settings).all())
+        yield stack_settings
+    finally:
+        kafka.down(stack_settings)
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +85,11 @@ def triton_stack(stack_settings):
     """A real Triton server over model_repository/; stopped at the end of the session."""
     from mediafm.stack import triton
 
-    triton.up(stack_settings)
-    yield stack_settings
-    triton.down(stack_settings)
+    try:
+        triton.up(stack_settings)
+        yield stack_settings
+    finally:
+        triton.down(stack_settings)
 
 
 @pytest.fixture(scope="session")

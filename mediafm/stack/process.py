@@ -64,7 +64,14 @@ class Service:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if self.marker in _cmdline(pid):
+        child = _children.get(pid)
+        if child is not None:
+            # Started by this process: ask the handle. (/proc/<pid>/cmdline still shows
+            # *our* command line between fork and exec, so the marker test would race.)
+            if child.poll() is None:
+                return pid
+            del _children[pid]
+        elif self.marker in _cmdline(pid):
             return pid
         self.pid_file.unlink(missing_ok=True)  # stale: dead, or the pid was reused
         return None

@@ -1,16 +1,21 @@
-"""The fuse stage end to end: real broker, real Triton, a real `mediafm worker`."""
+"""The pipeline stages end to end: real broker, real Triton, a real `mediafm worker`."""
 
 import time
 
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from mediafm.bus import Tail, producer
 from mediafm.fusion import PRODUCTION, fuse
-from mediafm.schema import DeadLetter, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
-from mediafm.synth import World, generate_title
+from mediafm.schema import ContextualEmbedding, DeadLetter, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.serving import load_encoder
+from mediafm.synth import World, generate_title, write_corpus
 from mediafm.topics import Topics
+from mediafm.windows import plan
+from trainer.export import export
+from trainer.train import TrainConfig, train
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton]
 
@@ -93,3 +98,59 @@ def test_worker_serves_prometheus_metrics(kafka_stack, worker):
             time.sleep(1)
     text = body.decode()
     assert "mediafm_messages_total" in text and "mediafm_triton_seconds_bucket" in text
+
+
+def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worker, tmp_path):
+    """Fused shots -> MediaFM on Triton over the window plan -> one embedding per shot, equal to in-process."""
+    data = write_corpus(tmp_path / "data", n_titles=6, layout=PRODUCTION, seed=0, shots=(20, 40))
+    train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
+                                                val_batches=1), quiet=True)
+    version, vdir, loaded = export(tmp_path / "run", settings=kafka_stack)
+    assert loaded
+    names = Topics.from_settings(kafka_stack)
+    world = World(PRODUCTION, seed=2)
+    titles = [generate_title(world, f"ctx{i}-{time.time_ns()}", n, np.random.default_rng(10 + i))
+              for i, n in enumerate((150, 23))]
+    tail = Tail(kafka_stack, names.embeddings)
+    p = producer(kafka_stack)
+    for t in titles:
+        msgs = list(_messages(t))
+        for m in msgs:
+            m.title_embedding = vec_to_bytes(t.title_embedding)
+        order = list(np.random.default_rng(0).permutation(len(msgs))) + [3, 7]  # out of order, and two duplicates
+        for j in order:
+            p.send(names.encoded, key=t.title_id.encode(), value=msgs[j].to_bytes())
+    p.flush()
+    p.close()
+
+    want = {t.title_id: len(t.start_s) for t in titles}
+    got: dict[str, list[ContextualEmbedding]] = {t: [] for t in want}
+    for rec in tail.poll(timeout_s=180, stop=lambda: all(len(got[t]) >= n for t, n in want.items())):
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.title_id in got:
+            got[m.title_id].append(m)
+    time.sleep(2)  # anything more would be a duplicate
+    for rec in tail.poll(timeout_s=1):
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.title_id in got:
+            got[m.title_id].append(m)
+    tail.close()
+
+    enc = load_encoder(vdir)
+    for t in titles:
+        n = len(t.start_s)
+        msgs = got[t.title_id]
+        assert sorted(m.shot_index for m in msgs) == list(range(n)), "exactly one embedding per shot"
+        assert {m.model_version for m in msgs} == {str(version)} and all(m.final for m in msgs)
+        windows, owner = plan(n, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
+        fused = torch.from_numpy(fuse(t.video, t.audio, t.text, t.present))
+        with torch.no_grad():
+            hidden = [enc(fused[None, w.start:w.end], torch.from_numpy(t.title_embedding)[None], None)[0][0]
+                      for w in windows]
+        for m in msgs:
+            w = windows[owner[m.shot_index]]
+            assert (m.window_start, m.window_end) == (w.start, w.end)
+            expected = hidden[owner[m.shot_index]][m.shot_index - w.start].numpy()
+            np.testing.assert_allclose(bytes_to_vec(m.embedding, m.dim), expected, atol=1e-4)
+        assert len(windows) > 1 or n <= kafka_stack.window_shots
+    assert worker.poll() is None

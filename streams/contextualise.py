@@ -1,0 +1,120 @@
+"""Stage: fused shots of a title -> MediaFM over windows -> one contextual embedding per shot.
+
+    shots.fused ──► contextualise ──(Triton: mediafm)──► embeddings
+                       │  tables: contextualise-shots  "<title>/<index>" -> FusedShot bytes
+                       │          contextualise-titles "<title>" -> progress
+                       └── malformed / unsupported ──► deadletter
+
+A title is contextualised once all of its n_shots fused shots have arrived
+(they may arrive in any order, and twice). State lives in changelog-backed
+RocksDB tables, written to the partition of the event being processed, so
+they are co-partitioned with the title-keyed source topic and a restarted or
+rebalanced worker resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgpack
+import numpy as np
+
+from mediafm.errors import SchemaError
+from mediafm.fusion import get_layout
+from mediafm.inference import BadRequest
+from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.windows import plan
+from streams import metrics
+from streams.app import app, dead_letter, settings, topics, triton
+
+log = logging.getLogger(__name__)
+STAGE = "contextualise"
+
+# bytes in, bytes out: the app's raw key/value serializers apply to tables too
+shots_table = app.Table("contextualise-shots", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+titles_table = app.Table("contextualise-titles", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+
+
+def _shot_key(title_id: str, index: int) -> bytes:
+    return f"{title_id}/{index:07d}".encode()
+
+
+def _parse(raw: bytes) -> FusedShot:
+    shot = decode(raw, expect=FusedShot)
+    try:
+        layout = get_layout(shot.profile)
+    except ValueError as e:
+        raise SchemaError(str(e)) from None
+    if shot.kind != "title" or shot.n_shots is None:
+        raise SchemaError(f"{shot.title_id!r}: kind={shot.kind!r} n_shots={shot.n_shots}: only whole titles with "
+                          "a known n_shots are contextualised here (live events: not yet)")
+    if not 0 <= shot.shot_index < shot.n_shots:
+        raise SchemaError(f"shot_index {shot.shot_index} outside 0..{shot.n_shots - 1} of {shot.title_id!r}")
+    bytes_to_vec(shot.fused, layout.fused_dim, what="fused")
+    if shot.title_embedding is not None:
+        bytes_to_vec(shot.title_embedding, layout.title, what="title_embedding")
+    return shot
+
+
+async def contextualise_title(title_id: str, n: int) -> int:
+    """Run MediaFM over the title's windows and publish every shot. Returns shots published."""
+    shots = [decode(shots_table[_shot_key(title_id, i)], expect=FusedShot) for i in range(n)]
+    layout = get_layout(shots[0].profile)
+    fused = np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots])  # (n, fused_dim)
+    title_src = next((s.title_embedding for s in shots if s.title_embedding is not None), None)
+    title = bytes_to_vec(title_src, layout.title) if title_src else np.zeros(layout.title, np.float32)
+    windows, owner = plan(n, size=settings.window_shots, stride=settings.window_stride)
+    meta: dict = {}
+    out = await triton.infer("mediafm", {
+        "SHOTS": np.stack([fused[w.start : w.end] for w in windows]),  # (W, T, fused_dim)
+        "TITLE": np.repeat(title[None], len(windows), axis=0),
+        "LENGTH": np.array([[w.end - w.start] for w in windows], np.int64),
+    }, ["HIDDEN"], meta=meta)
+    hidden = out["HIDDEN"]  # (W, T, H)
+    for i, s in enumerate(shots):
+        w = windows[owner[i]]
+        emb = hidden[owner[i], i - w.start]
+        msg = ContextualEmbedding(
+            title_id=title_id, shot_index=i, start_s=s.start_s, end_s=s.end_s, embedding=vec_to_bytes(emb),
+            dim=int(emb.shape[0]), model_version=meta.get("model_version", ""), profile=s.profile,
+            window_start=w.start, window_end=w.end, final=True, n_shots=n, kind=s.kind, published_at=s.published_at)
+        await topics.embeddings.send(key=title_id.encode(), value=msg.to_bytes())
+        metrics.stage_seconds.labels(STAGE).observe(max(0.0, time.time() - s.published_at))
+    metrics.shots.labels(STAGE).inc(n)
+    return n
+
+
+@app.agent(topics.fused)
+async def contextualise(stream):
+    async for event in stream.events():
+        metrics.messages.labels(STAGE).inc()
+        try:
+            shot = _parse(event.message.value)
+        except SchemaError as e:
+            await dead_letter(STAGE, event, str(e))
+            continue
+        tid = shot.title_id
+        tkey = tid.encode()
+        progress = msgpack.unpackb(titles_table[tkey]) if tkey in titles_table else {"n": shot.n_shots, "got": 0, "done": False}
+        if progress["n"] != shot.n_shots:
+            await dead_letter(STAGE, event, f"{tid!r}: n_shots={shot.n_shots} disagrees with {progress['n']} "
+                                            "from earlier shots of the same title")
+            continue
+        key = _shot_key(tid, shot.shot_index)
+        if progress["done"] or key in shots_table:
+            metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart: already counted
+        else:
+            shots_table[key] = event.message.value
+            progress["got"] += 1
+            titles_table[tkey] = msgpack.packb(progress)
+        if progress["got"] == progress["n"] and not progress["done"]:
+            try:
+                await contextualise_title(tid, progress["n"])
+            except (BadRequest, SchemaError) as e:  # the title itself is unusable: say so, do not retry forever
+                await dead_letter(STAGE, event, f"title {tid!r} ({progress['n']} shots) rejected: {e}")
+            progress["done"] = True
+            titles_table[tkey] = msgpack.packb(progress)
+            for i in range(progress["n"]):  # the fused vectors are no longer needed
+                del shots_table[_shot_key(tid, i)]
+            log.info("contextualised %s: %d shots", tid, progress["n"])
