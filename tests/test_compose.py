@@ -53,7 +53,13 @@ def test_triton_serves_our_repository_with_explicit_control(compose):
     assert mounts["/models"] == str(REPO / "model_repository")
     cmd = t["command"]
     assert "--model-repository=/models" in cmd and "--model-control-mode=explicit" in cmd
-    assert sorted(c.split("=", 1)[1] for c in cmd if c.startswith("--load-model=")) == sorted(Settings().triton_models)
+    # Like `stack up`: load at start the configured models that have a version in the repository
+    # (committed ones; MediaFM versions arrive later through `mediafm export` and the load API).
+    committed = subprocess.run(["git", "ls-files", "model_repository"], capture_output=True, text=True, cwd=REPO).stdout
+    with_version = {m for m in Settings().triton_models if any(
+        line.split("/")[1] == m and line.split("/")[2].isdigit() for line in committed.splitlines() if line.count("/") >= 3)}
+    assert with_version == {"fusion"}
+    assert sorted(c.split("=", 1)[1] for c in cmd if c.startswith("--load-model=")) == sorted(with_version)
 
 
 def test_kafka_agrees_with_native_broker_settings(compose):

@@ -65,7 +65,9 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
             assert rec.key == m.title_id.encode()
     letters = []
     for rec in dead_tail.poll(timeout_s=60, stop=lambda: len(letters) >= len(bad)):
-        letters.append(decode(rec.value, expect=DeadLetter))
+        letter = decode(rec.value, expect=DeadLetter)
+        if letter.stage == "fuse":  # later stages may reject these titles for their own reasons
+            letters.append(letter)
     fused_tail.close()
     dead_tail.close()
 

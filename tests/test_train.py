@@ -1,8 +1,10 @@
 """trainer: optimizer groups, schedule, exact resume, learning, baselines, CLI."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +116,19 @@ def test_cli_writes_log_plot_and_checkpoints(corpus, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mediafm.cli", "train", "--data", str(corpus), "--out", str(run),
                           "--config", "tiny", "--bogus", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "unknown key --bogus" in bad.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_runs_without_code_changes(corpus, tmp_path):
+    """Two processes, gloo on CPU: the same entry point as a multi-GPU run."""
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "trainer.train",
+                        "--data", str(corpus), "--out", str(run), "--config", "tiny", "--max_steps", "4",
+                        "--eval_every", "4", "--batch_size", "4", "--val_batches", "1"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    ckpt = torch.load(run / "checkpoints" / "step-0000004.pt", weights_only=False)
+    # rank 0 took batches 0, 2, 4, 6 of the plan (rank 1 took the odd ones): its position is 7
+    assert ckpt["step"] == 4 and ckpt["data"]["batch"] == 7
