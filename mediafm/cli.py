@@ -20,6 +20,7 @@ typical session:
   mediafm synth corpus --out data/synth --titles 500
   mediafm train --data data/synth --config small --out runs/small
   mediafm export --run runs/small     new MediaFM version, loaded by the running Triton
+  mediafm evaluate --data data/synth --run runs/small --out reports/small
 
 settings come from defaults < mediafm.toml / $MEDIAFM_CONFIG < $MEDIAFM_<KEY>;
 `mediafm config` shows each value and where it came from.
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train MediaFM by masked shot modeling (see `mediafm train --help`)",
                    add_help=False)  # handled in main(): the trainer parses its own arguments
 
+    sub.add_parser("evaluate", help="linear probes on frozen embeddings: the ablation table (see `mediafm evaluate --help`)",
+                   add_help=False)  # handled in main()
+
     s = sub.add_parser("export", help="export a trained run as the next Triton version of `mediafm`",
                        description="Writes the run's encoder as model_repository/mediafm/<N+1>/ atomically, "
                        "with lineage, and asks the running Triton to load it; the previous version keeps "
@@ -180,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        from trainer.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args.config)

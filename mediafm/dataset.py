@@ -67,8 +67,11 @@ class Meta:
         return cls(int(d["fused_dim"]), mods, int(d["title_dim"]), dict(d.get("encoders", {})))
 
 
-def _vec_type(dim: int) -> pa.DataType:
-    return pa.list_(pa.float32(), dim)
+CLIPS_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("title_id", pa.string()), ("first_shot", pa.int32()), ("last_shot", pa.int32()),
+    ("ad_labels", pa.list_(pa.int32())), ("popularity", pa.float64()), ("tones", pa.list_(pa.int32())),
+    ("genres", pa.list_(pa.int32())), ("clip_worthy", pa.bool_()),
+])
 
 
 def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path) -> np.ndarray:
@@ -83,7 +86,8 @@ def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path) -> np.
                            "(from meta.json)")
     if arr.null_count:
         raise DatasetError(f"{path}: column {col!r} has {arr.null_count} null rows")
-    x = arr.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    # a writable copy: arrow buffers are read-only, and torch wants to own what it wraps
+    x = np.array(arr.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise DatasetError(f"{path}: column {col!r} has NaN/inf in {int(bad.sum())} rows "
@@ -185,6 +189,40 @@ class Dataset:
         if missing:
             raise DatasetError(f"{self.root / 'titles.parquet'}: titles {missing[:5]} have no shots")
 
+    def clips(self, *, n_tones: int = 100, n_genres: int = 11) -> pa.Table | None:
+        """clips.parquet validated against the titles (None if the dataset has none).
+
+        Raises DatasetError naming the column and clip for a clip past its
+        title's end, an unknown title, or a class index out of range.
+        """
+        path = self.root / "clips.parquet"
+        if not path.exists():
+            return None
+        t = pq.read_table(path)
+        for col in ("clip_id", "title_id", "first_shot", "last_shot"):
+            if col not in t.column_names:
+                raise DatasetError(f"{path}: missing column {col!r}")
+        ids = t.column("clip_id").to_pylist()
+        tids = t.column("title_id").to_pylist()
+        first = t.column("first_shot").to_pylist()
+        last = t.column("last_shot").to_pylist()
+        for cid, tid, a, b in zip(ids, tids, first, last, strict=True):
+            info = self.titles.get(tid)
+            if info is None:
+                raise DatasetError(f"{path}: clip {cid!r} column 'title_id' names {tid!r}, absent from titles.parquet")
+            if not 0 <= a <= b < info.n_shots:
+                raise DatasetError(f"{path}: clip {cid!r} columns 'first_shot'/'last_shot' = {a}..{b} are outside "
+                                   f"title {tid!r} (shots 0..{info.n_shots - 1})")
+        for col, limit in (("tones", n_tones), ("genres", n_genres), ("ad_labels", None)):
+            if col not in t.column_names:
+                continue
+            for cid, labels in zip(ids, t.column(col).to_pylist(), strict=True):
+                bad = [x for x in (labels or []) if x < 0 or (limit is not None and x >= limit)]
+                if bad:
+                    rng = f"0..{limit - 1}" if limit is not None else ">= 0"
+                    raise DatasetError(f"{path}: clip {cid!r} column {col!r} has classes {bad} outside {rng}")
+        return t
+
     def split(self, name: str) -> list[TitleInfo]:
         return [i for i in self.titles.values() if i.split == name]
 
@@ -224,6 +262,7 @@ class DatasetWriter:
         self._rows: list[dict] = []
         self._n_rows = 0
         self._shard = 0
+        self._clips: list[dict] | None = None
 
     def add_title(self, *, title_id: str, title_embedding: np.ndarray, fused: np.ndarray,
                   start_s: np.ndarray, end_s: np.ndarray, kind: str = "title",
@@ -254,8 +293,14 @@ class DatasetWriter:
         self._shard += 1
         self._rows, self._n_rows = [], 0
 
+    def add_clips(self, rows: list[dict]) -> None:
+        """Evaluation labels: rows with the columns of clips.parquet (None = unlabelled)."""
+        self._clips = (self._clips or []) + list(rows)
+
     def close(self) -> Path:
         self._flush()
+        if self._clips is not None:
+            pq.write_table(pa.Table.from_pylist(self._clips, schema=CLIPS_SCHEMA), self.tmp / "clips.parquet")
         ts = self._titles
         emb = np.stack([t["title_embedding"] for t in ts]).astype(np.float32) if ts else np.zeros((0, self.meta.title_dim), np.float32)
         table = pa.table({

@@ -14,8 +14,21 @@ measured without a private catalog. What it models:
   (A, B, A, B ...), so a shot resembles the shots two away more than its
   direct neighbours. Shots without dialogue have no text (zeros, as in the
   source);
+- a *narrative arc*: intensity rises to a climax late in the title (music
+  swells: an audio direction scaled by the arc);
 - every shot is its latent content plus strong noise, so a shot alone carries
   weak evidence and the surrounding scene carries most of it.
+
+Evaluation labels (clips.parquet, the five tasks of MEDIAFM.md) depend on
+context the way the source describes:
+- ad relevancy (8 categories): the ad categories of the settings of the scenes
+  *around* the clip (the one before, its own, the one after);
+- popularity: the arc at the clip's position plus dialogue, plus noise; ranked
+  within each title;
+- tone (100 classes): the tones of the scenes the clip overlaps;
+- genre (11 classes): the parent title's genres;
+- clip-worthiness: the 6-10 clips of a title with the highest arc-and-dialogue
+  score are positive, three times as many others negative, the rest unlabelled.
 
 What it cannot show: anything about real encoders, real editing rhythm or real
 human labels. Numbers on it compare methods; they do not predict catalog scores.
@@ -30,6 +43,7 @@ import numpy as np
 from mediafm.fusion import Layout, fuse
 
 N_GENRES = 11
+N_AD = 8
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -63,6 +77,7 @@ class World:
         self.characters = {"video": bank(self.n_characters, L.video), "audio": bank(self.n_characters, L.audio),
                            "text": bank(self.n_characters, L.text)}
         self.tones = bank(self.n_tones, L.audio)
+        self.intensity = bank(1, L.audio)[0]
 
 
 @dataclass
@@ -79,6 +94,8 @@ class SynthTitle:
     scene: np.ndarray  # (n,) scene index of each shot
     scene_tone: list[int]
     scene_dialogue: list[bool]
+    scene_setting: list[int]
+    arc: np.ndarray  # (n,) narrative intensity in [0, 1]
 
     @property
     def fused(self) -> np.ndarray:
@@ -96,7 +113,9 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     video, audio, text = (np.zeros((n_shots, d), np.float32) for d in (L.video, L.audio, L.text))
     present = np.ones((n_shots, 3), bool)
     scene = np.zeros(n_shots, np.int64)
-    tones, dialogue = [], []
+    tones, dialogue, settings_ = [], [], []
+    climax = rng.uniform(0.55, 0.9)
+    arc = np.exp(-(((np.arange(n_shots) + 0.5) / n_shots - climax) / 0.2) ** 2)
     i, s = 0, 0
     genre_v = world.genres["video"][genres].mean(0)
     genre_a = world.genres["audio"][genres].mean(0)
@@ -108,6 +127,7 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
         talk = bool(rng.random() < 0.6)
         tones.append(tone)
         dialogue.append(talk)
+        settings_.append(setting)
         for j in range(length):
             who = a if j % 2 == 0 else b  # shot / reverse shot
             k = i + j
@@ -119,7 +139,8 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
             video[k] = _unit(noisy(world.settings["video"][setting] + 1.2 * world.characters["video"][who]
                                    + 0.3 * genre_v))
             audio[k] = _unit(noisy(world.settings["audio"][setting] + world.tones[tone]
-                                   + (0.8 * world.characters["audio"][who] if talk else 0) + 0.3 * genre_a))
+                                   + (0.8 * world.characters["audio"][who] if talk else 0) + 0.3 * genre_a
+                                   + 0.8 * arc[k] * world.intensity))
             if talk:
                 text[k] = _unit(noisy(world.characters["text"][who]))
             else:
@@ -129,7 +150,38 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     durations = rng.uniform(0.8, 6.0, size=n_shots)
     end = np.cumsum(durations)
     return SynthTitle(title_id, title_emb.astype(np.float32), video, audio, text, present, end - durations, end,
-                      genres, scene, tones, dialogue, layout=L)
+                      genres, scene, tones, dialogue, settings_, arc, layout=L)
+
+
+def clips_for_title(t: SynthTitle, rng: np.random.Generator) -> list[dict]:
+    """Labelled clips (rows of clips.parquet) for one synthetic title."""
+    n = len(t.scene)
+    n_clips = int(np.clip(n // 6, 8, 48))
+    rows, scores = [], []
+    for j in range(n_clips):
+        length = int(rng.integers(3, 13))
+        first = int(rng.integers(0, max(1, n - length + 1)))
+        last = min(n - 1, first + length - 1)
+        scenes = sorted(set(t.scene[first : last + 1].tolist()))
+        around = sorted({max(0, scenes[0] - 1), *scenes, min(int(t.scene.max()), scenes[-1] + 1)})
+        talk = float(np.mean([t.scene_dialogue[s] for s in scenes]))
+        arc = float(t.arc[first : last + 1].mean())
+        rows.append({
+            "clip_id": f"{t.title_id}-c{j:03d}", "title_id": t.title_id, "first_shot": first, "last_shot": last,
+            "ad_labels": sorted({t.scene_setting[s] % N_AD for s in around}),
+            "popularity": arc + 0.3 * talk + 0.1 * float(rng.normal()),
+            "tones": sorted({t.scene_tone[s] for s in scenes}),
+            "genres": list(t.genres),
+            "clip_worthy": None,
+        })
+        scores.append(arc + 0.5 * talk + 0.05 * float(rng.normal()))
+    order = np.argsort(scores)[::-1]
+    k = min(int(rng.integers(6, 11)), len(rows) // 4)  # 1 positive : 3 negatives
+    for r in order[:k]:
+        rows[r]["clip_worthy"] = True
+    for r in rng.choice(order[k:], size=min(3 * k, len(order) - k), replace=False):
+        rows[r]["clip_worthy"] = False
+    return rows
 
 
 def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tuple[int, int] = (40, 400),
@@ -143,10 +195,13 @@ def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tu
     rng = np.random.default_rng([seed, 1])
     enc = {m: f"synthetic (mediafm.synth, seed {seed}, noise {noise})" for m in ("video", "audio", "text")}
     writer = DatasetWriter(out, Meta.from_layout(layout, enc))
+    clips: list[dict] = []
     for i in tqdm(range(n_titles), disable=not progress, unit="title", desc="synth corpus"):
         t = generate_title(world, f"synth-{seed}-{i:06d}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise)
         u = rng.random()
         split = "val" if u < val_fraction else ("test" if u < val_fraction + test_fraction else "train")
         writer.add_title(title_id=t.title_id, title_embedding=t.title_embedding, fused=t.fused,
                          start_s=t.start_s, end_s=t.end_s, split=split, genres=t.genres)
+        clips.extend(clips_for_title(t, rng))
+    writer.add_clips(clips)
     return writer.close()

@@ -1,0 +1,116 @@
+"""The evaluation: metrics against hand-computed cases, title-level splits, the whole command."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+
+from mediafm.dataset import Dataset
+from mediafm.errors import DatasetError
+from mediafm.fusion import Layout
+from mediafm.synth import write_corpus
+from trainer.evaluate import evaluate
+from trainer.probes import TASKS, kendall_within_titles, macro_ap_present, score, title_folds
+from trainer.train import TrainConfig, train
+
+LAYOUT = Layout("test", video=32, audio=32, text=32, title=32)
+TASK = {t.name: t for t in TASKS}
+
+
+def test_kendall_is_computed_within_each_title_then_averaged():
+    y = np.array([1, 2, 3, 1, 2, 3, 5.0])
+    s = np.array([1, 2, 3, 3, 2, 1, 0.0])
+    titles = np.array(["a", "a", "a", "b", "b", "b", "c"])  # c has one clip: no ranking, left out
+    assert kendall_within_titles(y, s, titles) == pytest.approx(0.0)  # (+1 + -1) / 2
+    assert kendall_within_titles(y[:3], s[:3], titles[:3]) == pytest.approx(1.0)
+
+
+def test_average_precision_cases():
+    # binary: positives at ranks 1 and 3 -> (1/1 + 2/3) / 2
+    assert score(TASK["retrieval"], np.array([1, 0, 1, 0.0]), np.array([.9, .8, .7, .1]), np.zeros(4)) == pytest.approx(5 / 6)
+    # micro AP over all (clip, tone) pairs: a perfect ranking scores 1
+    y = np.array([[1, 0], [0, 1.0]])
+    assert score(TASK["tone"], y, np.array([[.9, .1], [.2, .8]]), np.zeros(2)) == pytest.approx(1.0)
+    # macro over classes present: class 1 has no positive in this fold and is left out, not scored 0
+    y = np.array([[1, 0], [0, 0], [1, 0.0]])
+    s = np.array([[.9, .5], [.1, .9], [.8, .1]])
+    ap, n = macro_ap_present(y, s)
+    assert (ap, n) == (pytest.approx(1.0), 1)
+
+
+def test_folds_split_by_title_and_never_leak():
+    titles = np.repeat([f"t{i}" for i in range(23)], 7)
+    folds = title_folds(titles, 10, seed=0)
+    seen = []
+    for train_idx, test_idx in folds:
+        assert set(titles[train_idx]).isdisjoint(titles[test_idx])
+        assert len(train_idx) + len(test_idx) == len(titles)
+        seen.extend(set(titles[test_idx]))
+    assert sorted(seen) == sorted(set(titles)), "each title is tested exactly once"
+    assert [t.tolist() for _, t in title_folds(titles, 10, seed=1)] != [t.tolist() for _, t in folds]
+    with pytest.raises(ValueError, match="3 evaluation titles cannot make 10 folds"):
+        title_folds(np.array(["a", "b", "c"]), 10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("eval") / "data", n_titles=100, layout=LAYOUT, seed=0, shots=(40, 160),
+                        val_fraction=0.05, test_fraction=0.2)
+
+
+@pytest.mark.slow
+def test_trained_model_evaluates_better_than_a_random_one(corpus, tmp_path):
+    tc = dict(config="tiny", batch_size=8, eval_every=1000, ckpt_every=1000, lr_adamw=3e-3, val_batches=1)
+    train(corpus, tmp_path / "random", TrainConfig(**tc, max_steps=1), quiet=True)
+    train(corpus, tmp_path / "trained", TrainConfig(**tc, max_steps=400), quiet=True)
+    res = evaluate(corpus, [tmp_path / "random", tmp_path / "trained"], tmp_path / "report", seeds=1, folds=4,
+                   progress=False)
+
+    def mean_over_tasks(rep):
+        return np.mean([v["mean"] for v in res[rep].values()])
+
+    assert mean_over_tasks("trained:context") > mean_over_tasks("random:context"), json.dumps(res, indent=1)
+
+
+def test_evaluate_command_end_to_end(corpus, tmp_path):
+    train(corpus, tmp_path / "run", TrainConfig(config="tiny", max_steps=3, batch_size=4, eval_every=3, ckpt_every=3,
+                                                val_batches=1), quiet=True)
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "evaluate", "--data", str(corpus), "--run",
+                        str(tmp_path / "run"), "--out", str(out), "--seeds", "2", "--folds", "3"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["results"]) == {"video", "audio", "text", "concat", "run:clip", "run:context", "run:context-output"}
+    for row in res["results"].values():
+        assert set(row) == {t.name for t in TASKS}
+        assert all(len(v["seeds"]) == 2 and np.isfinite(v["mean"]) for v in row.values())
+    ds = Dataset(corpus)
+    test_titles = {t.title_id for t in ds.split("test")}
+    assert res["n_titles"] == len(test_titles), "only evaluation titles are probed"
+    report = (out / "report.md").read_text()
+    assert "| run:context |" in report and "±" in report
+    for png in ("probes.png", "similarity.png", "training-run.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("column, value, match", [
+    ("tones", [100], r"clip '.*' column 'tones' has classes \[100\] outside 0..99"),
+    ("genres", [-1], r"column 'genres' has classes \[-1\] outside 0..10"),
+    ("last_shot", 10_000, r"columns 'first_shot'/'last_shot' = \d+..10000 are outside title"),
+])
+def test_malformed_labels_are_named(corpus, tmp_path, column, value, match):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(corpus, bad)
+    t = pq.read_table(bad / "clips.parquet")
+    rows = t.to_pylist()
+    rows[0][column] = value
+    pq.write_table(type(t).from_pylist(rows, schema=t.schema), bad / "clips.parquet")
+    with pytest.raises(DatasetError, match=match):
+        Dataset(bad).clips()

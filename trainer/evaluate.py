@@ -1,0 +1,281 @@
+"""`mediafm evaluate`: linear probes on frozen clip embeddings, the ablation table.
+
+    mediafm evaluate --data DATASET --run runs/small [--run runs/other ...] --out report/
+
+For every clip of the evaluation titles (split `test`; never seen in
+pretraining) and every representation below, a ridge probe per task is
+trained on some titles and scored on others (10 folds over titles, three
+seeds), giving the rows of the ablation table:
+
+    video | audio | text      one modality alone: its slice of the fused vectors, mean over the clip
+    concat                    the fused vectors (the model's input, no context), mean over the clip
+    <run>:clip                MediaFM run on the clip's shots alone, hidden states, mean
+    <run>:context             MediaFM over the whole title (window plan), the clip's hidden states, mean
+    <run>:context-output      the same through the output projection (back in fused space)
+
+Writes report.md (mean +- std over seeds), results.json, PNG plots and the
+clip features (features/<representation>.npy, memory-mapped while written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mediafm.dataset import Dataset, Title
+from mediafm.errors import DatasetError, MediaFMError, ModelError
+from mediafm.model import MaskedShotModel, MediaFMConfig, MediaFMEncoder
+from mediafm.windows import plan
+from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
+from trainer.train import latest_checkpoint
+
+
+def load_run_encoder(run: Path) -> MediaFMEncoder:
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise ModelError(f"no checkpoint in {run / 'checkpoints'}; train first or pass another --run")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model = MaskedShotModel(MediaFMConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.encoder.eval()
+
+
+@torch.no_grad()
+def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden and output per shot from passes over the whole title (the pipeline's window plan)."""
+    size = enc.cfg.max_shots
+    windows, owner = plan(len(fused), size=size, stride=max(1, size // 2))
+    hid = np.zeros((len(fused), enc.cfg.hidden), np.float32)
+    out = np.zeros_like(fused)
+    t = torch.tensor(title)[None]  # pyarrow hands out read-only arrays
+    for k, w in enumerate(windows):
+        h, o = enc(torch.from_numpy(fused[w.start : w.end])[None], t, None)
+        mine = np.flatnonzero(owner == k)
+        hid[mine] = h[0, mine - w.start].numpy()
+        out[mine] = o[0, mine - w.start].numpy()
+    return hid, out
+
+
+def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store: Path | None = None,
+                  progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Title]]:
+    """Representation name -> (n_clips, dim) features, in clips' row order.
+
+    Titles stream shard by shard; with `store`, features go to memory-mapped
+    .npy files there (one per representation), so a catalog-sized evaluation
+    does not hold them in RAM, and they stay behind for other probes.
+    """
+    by_title: dict[str, list[int]] = {}
+    for i, tid in enumerate(clips.column("title_id").to_pylist()):
+        by_title.setdefault(tid, []).append(i)
+    first = clips.column("first_shot").to_numpy()
+    last = clips.column("last_shot").to_numpy()
+    n = clips.num_rows
+    feats: dict[str, np.ndarray] = {}
+    kept: dict[str, Title] = {}
+
+    def put(name: str, i: int, v: np.ndarray) -> None:
+        if name not in feats:
+            if store is None:
+                feats[name] = np.zeros((n, v.shape[-1]), np.float32)
+            else:
+                store.mkdir(parents=True, exist_ok=True)
+                feats[name] = np.lib.format.open_memmap(store / f"{name.replace(':', '.')}.npy", mode="w+",
+                                                        dtype=np.float32, shape=(n, v.shape[-1]))
+        feats[name][i] = v
+
+    infos = [ds.titles[t] for t in by_title]
+    bar = tqdm(total=len(infos), unit="title", desc="embedding clips", disable=not progress)
+    for title in ds.iter_titles(infos):
+        tid = title.info.title_id
+        if len(kept) < 1:
+            kept[tid] = title
+        ctx = {name: contextual(enc, title.fused, title.info.title_embedding) for name, enc in runs.items()}
+        for i in by_title[tid]:
+            sl = slice(int(first[i]), int(last[i]) + 1)
+            for m, (lo, hi) in ds.meta.modalities.items():
+                put(m, i, title.fused[sl, lo:hi].mean(0))
+            put("concat", i, title.fused[sl].mean(0))
+            for name, enc in runs.items():
+                with torch.no_grad():
+                    h, _ = enc(torch.from_numpy(title.fused[sl])[None], torch.tensor(title.info.title_embedding)[None], None)
+                put(f"{name}:clip", i, h[0].numpy().mean(0))
+                put(f"{name}:context", i, ctx[name][0][sl].mean(0))
+                put(f"{name}:context-output", i, ctx[name][1][sl].mean(0))
+        bar.update(1)
+    bar.close()
+    return feats, kept
+
+
+def targets(task: Task, clips) -> tuple[np.ndarray, np.ndarray]:
+    """(y, labelled mask) for one task; null cells are unlabelled clips."""
+    if task.column not in clips.column_names:
+        return np.zeros(clips.num_rows), np.zeros(clips.num_rows, bool)
+    col = clips.column(task.column).to_pylist()
+    mask = np.array([v is not None for v in col])
+    if task.kind == "multilabel":
+        n_classes = task.n_classes or 1 + max((max(v) for v in col if v), default=0)
+        return multilabel_targets([v or [] for v in col], n_classes), mask
+    return np.array([float(v) if v is not None else 0.0 for v in col]), mask
+
+
+def run_probes(feats: dict[str, np.ndarray], clips, *, seeds: int, folds: int, progress: bool = True) -> dict:
+    titles = np.array(clips.column("title_id").to_pylist())
+    results: dict[str, dict[str, dict]] = {}
+    jobs = [(rep, task) for rep in feats for task in TASKS]
+    for rep, task in tqdm(jobs, desc="probes", disable=not progress):
+        y, labelled = targets(task, clips)
+        if labelled.sum() == 0:
+            continue
+        k = min(task.folds, folds)
+        vals = [evaluate_task(task, feats[rep][labelled], y[labelled], titles[labelled], n_folds=k, seed=s)
+                for s in range(seeds)]
+        results.setdefault(rep, {})[task.name] = {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals)),
+                                                  "seeds": vals, "n_clips": int(labelled.sum())}
+    return results
+
+
+def markdown(results: dict, *, seeds: int, folds: int) -> str:
+    tasks = [t for t in TASKS if any(t.name in r for r in results.values())]
+    lines = [f"| representation | {' | '.join(t.name for t in tasks)} |",
+             "| --- |" + " --- |" * len(tasks),
+             f"| *metric* | {' | '.join(t.metric for t in tasks)} |"]
+    for rep, row in results.items():
+        cells = [f"{row[t.name]['mean']:.3f} ± {row[t.name]['std']:.3f}" if t.name in row else "-" for t in tasks]
+        lines.append(f"| {rep} | {' | '.join(cells)} |")
+    k = ", ".join(f"{t.name} {min(t.folds, folds)}" for t in tasks)
+    return "\n".join(lines) + (f"\n\nmean ± std over {seeds} seeds of k-fold cross-validation over titles "
+                               f"(folds: {k}); ridge probes, alpha by 3-fold inner CV over training titles.\n")
+
+
+def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, MediaFMEncoder],
+          run_dirs: dict[str, Path]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    tasks = [t for t in TASKS if any(t.name in r for r in results.values())]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 4.5), squeeze=False)
+    reps = list(results)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        m = [results[r].get(task.name, {}).get("mean", np.nan) for r in reps]
+        e = [results[r].get(task.name, {}).get("std", 0) for r in reps]
+        ax.barh(range(len(reps)), m, xerr=e, color=["#999" if ":" not in r else "#2a6" for r in reps])
+        ax.set_yticks(range(len(reps)), reps if ax is axes[0][0] else [""] * len(reps))
+        ax.set_title(f"{task.name}\n({task.metric})", fontsize=9)
+        ax.invert_yaxis()
+    fig.suptitle("Linear probes on frozen clip embeddings (green: MediaFM)")
+    fig.tight_layout()
+    fig.savefig(out / "probes.png", dpi=110)
+    plt.close(fig)
+    made.append(out / "probes.png")
+
+    for name, run in run_dirs.items():
+        log = run / "log.jsonl"
+        if log.exists():
+            rows = [json.loads(x) for x in log.read_text().splitlines()]
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            ax.plot([r["step"] for r in rows if "train_loss" in r], [r["train_loss"] for r in rows if "train_loss" in r],
+                    alpha=0.5, label="train")
+            va = [r for r in rows if "val_loss" in r]
+            ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
+            if va and "title_mean" in va[-1]:
+                ax.axhline(va[-1]["title_mean"], ls="--", c="gray", label="title-mean baseline")
+                ax.axhline(va[-1]["neighbours"], ls=":", c="gray", label="neighbours baseline")
+            ax.set_xlabel("step")
+            ax.set_ylabel("masked-shot cosine distance")
+            ax.set_title(f"training curve: {name}")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = out / f"training-{name}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            made.append(path)
+
+    if kept and runs:
+        title = next(iter(kept.values()))
+        name, enc = next(iter(runs.items()))
+        hid, _ = contextual(enc, title.fused, title.info.title_embedding)
+
+        def cos(x: np.ndarray) -> np.ndarray:
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+            return x @ x.T
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+        for ax, mat, label in ((axes[0], cos(title.fused), "fused shots (no context)"),
+                               (axes[1], cos(hid), f"MediaFM in context ({name})")):
+            im = ax.imshow(mat, cmap="viridis", vmin=-0.2, vmax=1)
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("shot")
+        axes[0].set_ylabel("shot")
+        fig.colorbar(im, ax=axes, shrink=0.8, label="cosine similarity")
+        fig.suptitle(f"shot-by-shot similarity, title {title.info.title_id}: scenes emerge as blocks")
+        path = out / "similarity.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds: int = 3, folds: int = 10,
+             split: str = "test", progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    ds = Dataset(data)
+    clips = ds.clips()
+    if clips is None:
+        raise DatasetError(f"{Path(data) / 'clips.parquet'}: missing; evaluation needs labelled clips")
+    eval_titles = {t.title_id for t in ds.split(split)}
+    if not eval_titles:
+        raise DatasetError(f"{Path(data) / 'titles.parquet'}: no titles with split={split!r} to evaluate on")
+    mask = np.array([t in eval_titles for t in clips.column("title_id").to_pylist()])
+    clips = clips.filter(mask)  # pretraining never sees these titles: the trainer reads split "train" only
+    run_dirs = {Path(r).name: Path(r) for r in runs}
+    encoders = {name: load_run_encoder(path) for name, path in run_dirs.items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    feats, kept = clip_features(ds, clips, encoders, store=out / "features", progress=progress)
+    results = run_probes(feats, clips, seeds=seeds, folds=folds, progress=progress)
+    table = markdown(results, seeds=seeds, folds=folds)
+    elapsed = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps({
+        "data": str(Path(data).resolve()), "runs": {k: str(v.resolve()) for k, v in run_dirs.items()},
+        "split": split, "seeds": seeds, "folds": folds, "n_clips": clips.num_rows,
+        "n_titles": len(set(clips.column("title_id").to_pylist())), "seconds": elapsed, "results": results}, indent=2))
+    (out / "report.md").write_text(f"# MediaFM linear-probe evaluation\n\ndata: `{data}`, {clips.num_rows} clips of "
+                                   f"{len(eval_titles)} `{split}` titles\n\n{table}")
+    made = plots(out, results, kept, encoders, run_dirs)
+    if progress:
+        print(table)
+        print(f"wrote {out / 'report.md'}, {out / 'results.json'}, " + ", ".join(p.name for p in made)
+              + f" in {elapsed:.0f}s")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mediafm evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="v1 dataset with clips.parquet")
+    p.add_argument("--run", action="append", default=[], help="a trained run dir (repeat to compare runs)")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--folds", type=int, default=10, help="most outer folds over titles (popularity 10, others 5)")
+    p.add_argument("--split", default="test", help="titles to evaluate on (default test)")
+    args = p.parse_args(argv)
+    try:
+        evaluate(args.data, args.run, args.out, seeds=args.seeds, folds=args.folds, split=args.split)
+    except (MediaFMError, ValueError) as e:
+        print(f"mediafm evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
