@@ -127,6 +127,12 @@ class MediaFMEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.hidden) if cfg.norm_first else nn.Identity()
         self.out_proj = nn.Linear(cfg.hidden, cfg.fused_dim)
         self.apply(self._init)
+        # Learned positions, initialised sinusoidally (Vaswani et al. 2017) at the scale of the
+        # other embeddings: a [MASK] token's query is the same at every position, so only its
+        # position tells it which scene it is in; random positions leave the model stuck at the
+        # global mean for hundreds of steps, sinusoidal ones give locality from step one.
+        with torch.no_grad():
+            self.pos.weight.copy_(0.02 * math.sqrt(2) * sinusoidal(cfg.max_shots + N_SPECIAL, cfg.hidden))
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layers) so depth does not blow up the stream.
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") and ".blocks." in f".{name}":
@@ -166,6 +172,16 @@ class MediaFMEncoder(nn.Module):
             x = block(x, attn_mask)
         hidden = self.final_norm(x)[:, N_SPECIAL:]  # (B, T, H)
         return hidden, self.out_proj(hidden)
+
+
+def sinusoidal(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) sin/cos position table of the original Transformer."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
 
 
 def mask_positions(lengths: torch.Tensor, T: int, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:

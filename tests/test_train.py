@@ -132,3 +132,20 @@ def test_torchrun_ddp_runs_without_code_changes(corpus, tmp_path):
     ckpt = torch.load(run / "checkpoints" / "step-0000004.pt", weights_only=False)
     # rank 0 took batches 0, 2, 4, 6 of the plan (rank 1 took the odd ones): its position is 7
     assert ckpt["step"] == 4 and ckpt["data"]["batch"] == 7
+
+
+def test_muon_on_cpu_orthogonalises_in_float32_like_torch_does_in_bf16():
+    from torch.optim import _muon
+
+    from trainer.train import _newton_schulz_fp32, use_fp32_newton_schulz_on_cpu
+
+    g = torch.randn(300, 96, generator=torch.Generator().manual_seed(0))
+    coeffs = (3.4445, -4.775, 2.0315)
+    ours = _newton_schulz_fp32(g, coeffs, 5, 1e-7)
+    assert ours.dtype == torch.float32 and ours.shape == g.shape
+    assert use_fp32_newton_schulz_on_cpu()
+    routed = _muon._zeropower_via_newtonschulz(g, coeffs, 5, 1e-7)
+    assert torch.equal(routed, ours), "CPU tensors take the float32 path"
+    # the same iteration as torch's bf16 one: singular values pushed into ~[0.5, 1.5]
+    s = torch.linalg.svdvals(ours)
+    assert 0.3 < s.min() and s.max() < 1.6, s

@@ -40,8 +40,7 @@ class TrainConfig:
     max_steps: int = 2000
     optimizer: str = "muon"
     """muon: Muon for the blocks' 2-D matrices + AdamW for the rest (the source's choice);
-    adamw: AdamW for everything (ablation; also ~8x faster per step on CPUs without
-    bf16 matmul, where torch's Muon runs its Newton-Schulz iterations in bf16)."""
+    adamw: AdamW for everything (the ablation)."""
     lr_muon: float = 0.02
     """Muon lr for the blocks' 2-D matrices (default 'original' lr adjustment; see ENVIRONMENT.md)."""
     lr_adamw: float = 1e-3
@@ -103,6 +102,45 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
     return train, model
 
 
+def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                        eps: float) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, in float32 instead of bf16.
+
+    Same iteration and coefficients as torch.optim._muon._zeropower_via_newtonschulz
+    (Keller Jordan's Muon); only the dtype differs. On CPUs without bf16 matrix
+    units a bf16 matmul is ~40x slower than float32 here, which made a Muon step
+    of the `small` config ~8x slower than an AdamW step (bench/train_cpu.py).
+    """
+    a, b, c = ns_coefficients
+    x = grad.to(dtype=torch.float32, copy=True)
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.T if tall else x).to(grad.dtype)
+
+
+def use_fp32_newton_schulz_on_cpu() -> bool:
+    """Route torch's Muon orthogonalisation through float32 for CPU tensors. Returns True if patched."""
+    from torch.optim import _muon
+
+    original = getattr(_muon, "_zeropower_via_newtonschulz", None)
+    if original is None or getattr(original, "_mediafm_fp32", False):
+        return original is not None  # a torch without this hook keeps its own behaviour
+
+    def dispatch(grad, ns_coefficients, ns_steps, eps):
+        if grad.device.type == "cpu":
+            return _newton_schulz_fp32(grad, ns_coefficients, ns_steps, eps)
+        return original(grad, ns_coefficients, ns_steps, eps)  # GPUs: bf16 as designed
+
+    dispatch._mediafm_fp32 = True  # type: ignore[attr-defined]
+    _muon._zeropower_via_newtonschulz = dispatch
+    return True
+
+
 def setup_optimizers(model: MaskedShotModel, tc: TrainConfig) -> list[torch.optim.Optimizer]:
     """Muon for the 2-D weight matrices of the transformer blocks; AdamW for everything else."""
     muon, decay, no_decay = [], [], []
@@ -121,6 +159,8 @@ def setup_optimizers(model: MaskedShotModel, tc: TrainConfig) -> list[torch.opti
         decay, muon = decay + muon, []
     adamw = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr_adamw, betas=(0.9, 0.95))
+    if muon and muon[0].device.type == "cpu":
+        use_fp32_newton_schulz_on_cpu()
     return [torch.optim.Muon(muon, lr=tc.lr_muon, weight_decay=tc.weight_decay), adamw] if muon else [adamw]
 
 
