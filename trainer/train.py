@@ -354,8 +354,9 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
             baselines = baselines or {k: metrics[k] for k in ("title_mean", "neighbours")}
             metrics |= baselines
             row |= metrics
-            bar.write(f"step {step:6d}  val {metrics['val_loss']:.4f}  |  baselines: title mean "
-                      f"{baselines['title_mean']:.4f}, neighbours {baselines['neighbours']:.4f}")
+            if not quiet:
+                bar.write(f"step {step:6d}  val {metrics['val_loss']:.4f}  |  baselines: title mean "
+                          f"{baselines['title_mean']:.4f}, neighbours {baselines['neighbours']:.4f}")
         if master and (step % tc.ckpt_every == 0 or step in (tc.max_steps, stop)):
             save_checkpoint(run, {
                 "step": step, "model": model.state_dict(), "model_config": cfg.to_dict(),
