@@ -114,7 +114,6 @@ class Settings:
     def triton_http_url(self) -> str:
         return self.triton_url or f"{self.bind_host}:{self.triton_http_port}"
 
-
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides) -> Settings:
         """Defaults, then the TOML file, then MEDIAFM_* variables, then overrides."""

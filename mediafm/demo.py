@@ -21,17 +21,17 @@ from mediafm import stack
 from mediafm.bus import Tail, producer
 from mediafm.config import Settings
 from mediafm.fusion import PRODUCTION, fuse
-from mediafm.schema import ContextualEmbedding, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode
 from mediafm.stack import triton
-from mediafm.synth import World, generate_title, write_corpus
+from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
 
 
 def _ensure_model(settings: Settings) -> str:
     """The served MediaFM version; trains and exports a tiny one first if there is none."""
-    served = [m for m in triton.repository_index(settings) if m["name"] == "mediafm" and m.get("state") == "READY"]
+    served = triton.ready_versions(settings).get("mediafm")
     if served:
-        return f"serving mediafm version {served[0]['version']}"
+        return f"serving mediafm version {served[0]}"
     from trainer.export import export
     from trainer.train import TrainConfig, train
 
@@ -70,12 +70,7 @@ def run_demo(settings: Settings, *, shots: int, timeout_s: float) -> int:
         print(f"== 4/5 publish title {title.title_id!r}: {shots} shots in {int(title.scene.max()) + 1} scenes, "
               f"{int((~title.present[:, 2]).sum())} without timed text -> {names.encoded}")
         prod = producer(settings)
-        for i in range(shots):
-            msg = EncodedShot(
-                title_id=title.title_id, shot_index=i, start_s=float(title.start_s[i]), end_s=float(title.end_s[i]),
-                profile=PRODUCTION.name, video=vec_to_bytes(title.video[i]), audio=vec_to_bytes(title.audio[i]),
-                text=vec_to_bytes(title.text[i]) if title.present[i, 2] else None, n_shots=shots,
-                title_embedding=vec_to_bytes(title.title_embedding))
+        for msg in encoded_shots(title):
             prod.send(names.encoded, key=title.title_id.encode(), value=msg.to_bytes())
         prod.flush()
         prod.close()

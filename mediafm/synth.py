@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mediafm.fusion import Layout, fuse
+from mediafm.schema import EncodedShot, vec_to_bytes
 
 N_GENRES = 11
 N_AD = 8
@@ -151,6 +152,16 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     end = np.cumsum(durations)
     return SynthTitle(title_id, title_emb.astype(np.float32), video, audio, text, present, end - durations, end,
                       genres, scene, tones, dialogue, settings_, arc, layout=L)
+
+
+def encoded_shots(t: SynthTitle) -> list[EncodedShot]:
+    """The title as pipeline input: one EncodedShot per shot, as an encoding stage publishes it."""
+    n = len(t.scene)
+    return [EncodedShot(title_id=t.title_id, shot_index=i, start_s=float(t.start_s[i]), end_s=float(t.end_s[i]),
+                        profile=t.layout.name, video=vec_to_bytes(t.video[i]), audio=vec_to_bytes(t.audio[i]),
+                        text=vec_to_bytes(t.text[i]) if t.present[i, 2] else None, n_shots=n,
+                        title_embedding=vec_to_bytes(t.title_embedding))
+            for i in range(n)]
 
 
 def clips_for_title(t: SynthTitle, rng: np.random.Generator) -> list[dict]:

@@ -38,7 +38,7 @@ def _window(T=30, seed=0):
 
 
 def _served_version(settings) -> str:
-    ready = [m["version"] for m in triton.repository_index(settings) if m["name"] == "mediafm" and m.get("state") == "READY"]
+    ready = triton.ready_versions(settings).get("mediafm", [])
     return ready[0] if len(ready) == 1 else f"{ready}"
 
 

@@ -5,40 +5,31 @@ import time
 import msgpack
 import numpy as np
 import pytest
-import torch
 
 from mediafm.bus import Tail, producer
 from mediafm.fusion import PRODUCTION, fuse
-from mediafm.schema import ContextualEmbedding, DeadLetter, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.schema import ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, decode, vec_to_bytes
 from mediafm.serving import load_encoder
-from mediafm.synth import World, generate_title, write_corpus
+from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
 from mediafm.windows import plan
+from trainer.evaluate import contextual
 from trainer.export import export
 from trainer.train import TrainConfig, train
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton]
 
 
-def _messages(title):
-    for i in range(len(title.start_s)):
-        yield EncodedShot(title_id=title.title_id, shot_index=i, start_s=float(title.start_s[i]),
-                          end_s=float(title.end_s[i]), profile="production", video=vec_to_bytes(title.video[i]),
-                          audio=vec_to_bytes(title.audio[i]),
-                          text=vec_to_bytes(title.text[i]) if title.present[i, 2] else None,
-                          n_shots=len(title.start_s))
-
-
 def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
     names = Topics.from_settings(kafka_stack)
     world = World(PRODUCTION, seed=1)
     titles = [generate_title(world, f"t{i}-{time.time_ns()}", 20 + 7 * i, np.random.default_rng(i)) for i in range(2)]
-    good = _messages(titles[0])
-    bad_version = msgpack.unpackb(next(_messages(titles[1])).to_bytes())
+    good = encoded_shots(titles[0])
+    bad_version = msgpack.unpackb(encoded_shots(titles[1])[0].to_bytes())
     bad_version["v"] = 7
-    no_modality = next(_messages(titles[1]))
+    no_modality = encoded_shots(titles[1])[0]
     no_modality.video = no_modality.audio = no_modality.text = None
-    wrong_dim = next(_messages(titles[1]))
+    wrong_dim = encoded_shots(titles[1])[0]
     wrong_dim.audio = vec_to_bytes(np.zeros(10))
     bad = {b"garbage": "not msgpack", msgpack.packb(bad_version, use_bin_type=True): "version 7 is not supported",
            no_modality.to_bytes(): "has no modality", wrong_dim.to_bytes(): "audio has 40 bytes, expected 3072"}
@@ -50,7 +41,7 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
         if i == 5:  # bad messages in the middle of a title must not stop it
             for raw in bad:
                 p.send(names.encoded, key=b"bad", value=raw)
-    for msg in _messages(titles[1]):
+    for msg in encoded_shots(titles[1]):
         p.send(names.encoded, key=msg.title_id.encode(), value=msg.to_bytes())
     p.flush()
     p.close()
@@ -116,9 +107,7 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
     tail = Tail(kafka_stack, names.embeddings)
     p = producer(kafka_stack)
     for t in titles:
-        msgs = list(_messages(t))
-        for m in msgs:
-            m.title_embedding = vec_to_bytes(t.title_embedding)
+        msgs = encoded_shots(t)
         order = list(np.random.default_rng(0).permutation(len(msgs))) + [3, 7]  # out of order, and two duplicates
         for j in order:
             p.send(names.encoded, key=t.title_id.encode(), value=msgs[j].to_bytes())
@@ -145,14 +134,11 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
         assert sorted(m.shot_index for m in msgs) == list(range(n)), "exactly one embedding per shot"
         assert {m.model_version for m in msgs} == {str(version)} and all(m.final for m in msgs)
         windows, owner = plan(n, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
-        fused = torch.from_numpy(fuse(t.video, t.audio, t.text, t.present))
-        with torch.no_grad():
-            hidden = [enc(fused[None, w.start:w.end], torch.from_numpy(t.title_embedding)[None], None)[0][0]
-                      for w in windows]
+        expected, _ = contextual(enc, fuse(t.video, t.audio, t.text, t.present), t.title_embedding,
+                                 size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
         for m in msgs:
             w = windows[owner[m.shot_index]]
             assert (m.window_start, m.window_end) == (w.start, w.end)
-            expected = hidden[owner[m.shot_index]][m.shot_index - w.start].numpy()
-            np.testing.assert_allclose(bytes_to_vec(m.embedding, m.dim), expected, atol=1e-4)
+            np.testing.assert_allclose(bytes_to_vec(m.embedding, m.dim), expected[m.shot_index], atol=1e-4)
         assert len(windows) > 1 or n <= kafka_stack.window_shots
     assert worker.poll() is None

@@ -31,27 +31,30 @@ from tqdm import tqdm
 
 from mediafm.dataset import Dataset, Title
 from mediafm.errors import DatasetError, MediaFMError, ModelError
-from mediafm.model import MaskedShotModel, MediaFMConfig, MediaFMEncoder
+from mediafm.model import MediaFMEncoder
 from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
-from trainer.train import latest_checkpoint
+from trainer.train import latest_checkpoint, load_checkpoint
 
 
 def load_run_encoder(run: Path) -> MediaFMEncoder:
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise ModelError(f"no checkpoint in {run / 'checkpoints'}; train first or pass another --run")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = MaskedShotModel(MediaFMConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.encoder.eval()
+    return load_checkpoint(ckpt)[0].encoder
 
 
 @torch.no_grad()
-def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hidden and output per shot from passes over the whole title (the pipeline's window plan)."""
-    size = enc.cfg.max_shots
-    windows, owner = plan(len(fused), size=size, stride=max(1, size // 2))
+def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, size: int | None = None,
+               stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden and output per shot from passes over the whole title, in process.
+
+    The same window plan as the contextualise stage (streams/contextualise.py):
+    windows of `size` shots (default the model's max_shots) every `stride`
+    (default size / 2, the pipeline's default), each shot from its most central window.
+    """
+    size = size or enc.cfg.max_shots
+    windows, owner = plan(len(fused), size=size, stride=stride or max(1, size // 2))
     hid = np.zeros((len(fused), enc.cfg.hidden), np.float32)
     out = np.zeros_like(fused)
     t = torch.tensor(title)[None]  # pyarrow hands out read-only arrays

@@ -23,10 +23,9 @@ import torch
 
 from mediafm.config import Settings
 from mediafm.errors import ModelError, StackError
-from mediafm.model import MaskedShotModel, MediaFMConfig
 from mediafm.serving import LINEAGE, MODEL_PY, WEIGHTS, check_encoder
 from mediafm.stack import triton
-from trainer.train import latest_checkpoint
+from trainer.train import latest_checkpoint, load_checkpoint
 
 MODEL_NAME = "mediafm"
 
@@ -43,11 +42,8 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
     if ckpt is None or not ckpt.exists():
         raise ModelError(f"no checkpoint in {run / 'checkpoints'}; train first (`mediafm train --out {run}`)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cfg = MediaFMConfig(**state["model_config"])
-    model = MaskedShotModel(cfg)
-    model.load_state_dict(state["model"])
-    encoder = model.encoder.eval()
+    model, state = load_checkpoint(ckpt)
+    encoder, cfg = model.encoder, model.cfg
     check_encoder(encoder)
 
     model_dir = settings.model_repository / MODEL_NAME

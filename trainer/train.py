@@ -192,7 +192,7 @@ def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: MaskedShotModel, ds: Dataset, tc: TrainConfig, cfg: MediaFMConfig, device: torch.device,
+def validate(model: MaskedShotModel, ds: Dataset, tc: TrainConfig, cfg: MediaFMConfig, device: torch.device,
              *, with_baselines: bool = False) -> dict[str, float]:
     """Validation loss on fixed windows with fixed masks (comparable across steps and runs)."""
     model.eval()
@@ -228,6 +228,14 @@ def save_checkpoint(run: Path, state: dict, *, keep: int = 2) -> Path:
 def latest_checkpoint(run: Path) -> Path | None:
     ckpts = sorted((run / "checkpoints").glob("step-*.pt"))
     return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> tuple[MaskedShotModel, dict]:
+    """A checkpoint as (model in eval mode, raw state); the encoder is `model.encoder`."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = MaskedShotModel(MediaFMConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
 
 
 def plot_losses(run: Path) -> Path:
@@ -350,7 +358,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
                "lr": [s.get_last_lr()[0] for s in schedulers]}
 
         if master and (step % tc.eval_every == 0 or step == tc.max_steps) and ds.split("val"):
-            metrics = evaluate(model, ds, tc, cfg, device, with_baselines=not baselines)
+            metrics = validate(model, ds, tc, cfg, device, with_baselines=not baselines)
             baselines = baselines or {k: metrics[k] for k in ("title_mean", "neighbours")}
             metrics |= baselines
             row |= metrics

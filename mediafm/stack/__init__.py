@@ -41,8 +41,7 @@ def status(settings: Settings) -> list[tuple[str, str, str]]:
     t = triton.service(settings)
     tp = t.pid()
     if tp and triton.ready(settings):
-        models = [f"{m['name']}:{m.get('version', '?')}" for m in triton.repository_index(settings)
-                  if m.get("state") == "READY"]
+        models = [f"{name}:{v}" for name, vs in triton.ready_versions(settings).items() for v in vs]
         rows.append(("triton", "ready", f"pid {tp} http://{settings.triton_http_url} models {models}"))
     else:
         rows.append(("triton", "starting" if tp else "stopped", f"pid {tp}" if tp else f"log {t.log_file}"))

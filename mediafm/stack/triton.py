@@ -120,6 +120,15 @@ def repository_index(settings: Settings) -> list[dict]:
     return json.loads(body)
 
 
+def ready_versions(settings: Settings) -> dict[str, list[str]]:
+    """Model name -> versions Triton reports READY (from the repository index)."""
+    out: dict[str, list[str]] = {}
+    for m in repository_index(settings):
+        if m.get("state") == "READY":
+            out.setdefault(m["name"], []).append(str(m.get("version", "?")))
+    return out
+
+
 def load_model(settings: Settings, model: str) -> None:
     """Ask the running server to (re)load `model` from the repository.
 
