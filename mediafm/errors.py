@@ -7,7 +7,13 @@
     │   └── MissingToolError     java, mvn, or the Triton binary is not installed
     ├── SchemaError              a Kafka message does not match its schema
     ├── DatasetError             a shot-embedding dataset breaks the v1 format
-    └── ModelError               a model checkpoint or export is unusable
+    ├── ModelError               a model checkpoint or export is unusable
+    └── MediaError               a media file, URI or subtitle file cannot be used
+        ├── MediaURIError        the URI's scheme or path is not allowed, or the file is missing/too big
+        ├── CorruptMediaError    FFmpeg cannot open or decode it (corrupt, truncated, zero-length)
+        ├── NoVideoError         the container has no video stream (audio-only, subtitles-only)
+        ├── SubtitleError        a subtitle file cannot be parsed or decoded (broken, unknown encoding)
+        └── EncoderError         an encoder checkpoint is missing or an embedding service failed
 
 Each message says what failed, with the offending values, and how to fix it.
 Messages are written for the person at the terminal: one line, cause and fix.
@@ -46,3 +52,27 @@ class DatasetError(MediaFMError):
 
 class ModelError(MediaFMError):
     """A checkpoint, config or exported model is unusable."""
+
+
+class MediaError(MediaFMError):
+    """A media file, its URI or its subtitles cannot be turned into shots and embeddings."""
+
+
+class MediaURIError(MediaError):
+    """A media URI has a scheme or path outside the allowed ones, or is missing, empty or too large."""
+
+
+class CorruptMediaError(MediaError):
+    """FFmpeg cannot open or decode the file (corrupt, truncated, not media)."""
+
+
+class NoVideoError(MediaError):
+    """The container has no video stream: nothing to cut into shots."""
+
+
+class SubtitleError(MediaError):
+    """A subtitle file or stream cannot be parsed or decoded."""
+
+
+class EncoderError(MediaError):
+    """An encoder cannot be loaded (checkpoint directory) or its service failed."""

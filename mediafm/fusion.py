@@ -55,7 +55,12 @@ class Layout:
 # The source's encoders: CLIP-style video 768 + wav2vec2 768 + text-embedding-3-large@768.
 PRODUCTION = Layout("production", video=768, audio=768, text=768, title=768)
 
-LAYOUTS: dict[str, Layout] = {PRODUCTION.name: PRODUCTION}
+# Pretrained weights that ship in registry packages (mediafm/media/encoders.py), at their
+# real widths, never padded: EfficientNet-Lite0 pooled features 1280 + aiSFX 512 +
+# all-MiniLM-L6-v2 384; the title is embedded with the same text model.
+OFFLINE = Layout("offline", video=1280, audio=512, text=384, title=384)
+
+LAYOUTS: dict[str, Layout] = {PRODUCTION.name: PRODUCTION, OFFLINE.name: OFFLINE}
 
 
 def get_layout(name: str) -> Layout:

@@ -36,6 +36,10 @@ stamp=.venv/.mediafm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "pip install -e '.[triton,dev]' (first time: torch and its CUDA libraries, a few GB)"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[triton,dev]'
+  # aisfx (the offline profile's audio encoder weights, CC BY 4.0) pins numpy 1.23 and
+  # librosa 0.9 in its metadata; we only load its checkpoint (mediafm/media/encoders.py),
+  # so it is installed without its dependencies and cannot be a normal dependency.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps 'aisfx==0.1.2'
   touch "$stamp"
 fi
 say "ready: $(.venv/bin/python -c 'import torch, numpy; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"

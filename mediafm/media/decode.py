@@ -1,0 +1,246 @@
+"""Decoding media with PyAV: checked URIs, a probe, and streamed frames and audio.
+
+Everything here streams: frames are converted to the small size the caller
+asks for as they are decoded and never collected, so memory stays bounded for
+a 4K or 8-hour file. Times are seconds from the container's start
+(`start_time`), from each frame's own timestamp, so variable frame rate is
+handled; rotation metadata (the display matrix) is applied to every frame.
+
+API for the agents (streams/) and the CLI::
+
+    path = check_uri(uri, settings)     # MediaURIError: scheme/root/size/empty
+    info = probe(path, settings)        # CorruptMediaError, NoVideoError, MediaURIError (too long)
+    for f in iter_frames(path, size=(48, 27)): ...   # Frame(index, time_s, rgb uint8 (H, W, 3))
+    for t0, pcm in iter_audio(path, rate=16000): ... # mono float32 chunks
+
+Every failure is a :class:`~mediafm.errors.MediaError` subclass with a
+one-line cause and fix; PyAV's own exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from mediafm.config import Settings
+from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
+
+# Opening a stream reads this much at most before giving up on finding streams
+# (a garbage file must fail fast, not scan gigabytes).
+_OPEN_OPTIONS = {"probesize": str(32 * 1024 * 1024), "analyzeduration": str(20_000_000)}
+
+
+def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
+    """A local path or file:// URI -> resolved Path, checked against the settings.
+
+    Raises MediaURIError for another scheme (http://, s3://: fetch it first), a
+    path outside `media_roots` (when set; symlinks are resolved first), a
+    missing or non-regular file, an empty file, or one over `max_media_bytes`.
+    """
+    s = os.fspath(uri)
+    parsed = urllib.parse.urlparse(s)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise MediaURIError(f"{s}: file URI names host {parsed.netloc!r}; only local files are read")
+        s = urllib.parse.unquote(parsed.path)
+    elif parsed.scheme and len(parsed.scheme) > 1:  # len 1: a Windows drive letter
+        raise MediaURIError(f"{s}: scheme {parsed.scheme!r} is not supported; copy the media to a local "
+                            "path (or file:// URI) under media_roots first")
+    path = Path(s).expanduser().resolve()
+    if settings.media_roots:
+        roots = [Path(r).expanduser().resolve() for r in settings.media_roots]
+        if not any(path == r or r in path.parents for r in roots):
+            raise MediaURIError(f"{path}: outside the allowed media_roots {[str(r) for r in roots]}; "
+                                "move it there or add its directory to media_roots")
+    if not path.exists():
+        raise MediaURIError(f"{path}: no such file")
+    if not path.is_file():
+        raise MediaURIError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise MediaURIError(f"{path}: zero-length file; the upload or copy did not finish")
+    if size > settings.max_media_bytes:
+        raise MediaURIError(f"{path}: {size} bytes, over max_media_bytes={settings.max_media_bytes}; "
+                            "raise the setting if this is intended")
+    return path
+
+
+@dataclass
+class MediaInfo:
+    path: Path
+    duration_s: float | None
+    """Container duration, None when the container does not say (live segments, raw streams)."""
+    width: int
+    height: int
+    """Display size, after rotation."""
+    fps: float
+    """Average frame rate (informational: times come from each frame's timestamp)."""
+    rotation: int
+    has_audio: bool
+    subtitle_streams: list[int] = field(default_factory=list)
+    video_codec: str = ""
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), options=_OPEN_OPTIONS, timeout=30.0)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise CorruptMediaError(f"{path}: FFmpeg cannot open it ({type(e).__name__}: {e}); the file is "
+                                "corrupt, truncated or not media: re-encode or re-fetch it") from None
+
+
+def _start(container) -> float:
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def _rotation(stream) -> int:
+    try:
+        rot = int(stream.metadata.get("rotate", 0))
+    except ValueError:
+        rot = 0
+    return rot % 360
+
+
+def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
+    """Open the file and describe it, decoding one frame to prove the video decodes."""
+    with _open(path) as c:
+        if not c.streams.video:
+            kinds = sorted({s.type for s in c.streams}) or ["none"]
+            raise NoVideoError(f"{path}: no video stream (streams: {', '.join(kinds)}); shots need video: "
+                               "pass a file with a video track")
+        v = c.streams.video[0]
+        try:
+            first = next(iter(c.decode(v)), None)
+        except av.FFmpegError as e:
+            raise CorruptMediaError(f"{path}: the video stream does not decode ({e}); the file is corrupt: "
+                                    "re-encode or re-fetch it") from None
+        if first is None:
+            raise CorruptMediaError(f"{path}: the video stream has no decodable frame; the file is truncated "
+                                    "or empty: re-fetch it")
+        rot = int(getattr(first, "rotation", 0) or 0) % 360 or _rotation(v)
+        w, h = first.width, first.height
+        if rot in (90, 270):
+            w, h = h, w
+        dur = c.duration / av.time_base if c.duration else None
+        if settings is not None and dur is not None and dur > settings.max_media_duration_s:
+            raise MediaURIError(f"{path}: {dur:.0f} s long, over max_media_duration_s="
+                                f"{settings.max_media_duration_s:.0f}; raise the setting if this is intended")
+        fps = float(v.average_rate or v.guessed_rate or 0) or 25.0
+        return MediaInfo(path, dur, w, h, fps, rot, bool(c.streams.audio),
+                         [s.index for s in c.streams.subtitles], v.codec_context.name)
+
+
+@dataclass
+class Frame:
+    index: int
+    """Decode-order index within the file (or across the segments fed to one detector)."""
+    time_s: float
+    image: np.ndarray
+    """(H, W, 3) uint8 RGB (or BGR when asked), rotation applied."""
+
+
+def _to_array(frame, size: tuple[int, int] | None, fmt: str, rot: int) -> np.ndarray:
+    if size is None:
+        img = frame.to_ndarray(format=fmt)
+    else:
+        w, h = size
+        if rot in (90, 270):  # scale to the pre-rotation shape so the result is (h, w)
+            w, h = h, w
+        img = frame.to_ndarray(width=w, height=h, format=fmt)
+    if rot:
+        # the display matrix's angle is counter-clockwise; turn the pixels the other way to display them
+        img = np.ascontiguousarray(np.rot90(img, k=-(rot // 90)))
+    return img
+
+
+def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None
+                      ) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
+    """(index, time_s, av frame, rotation) for every decoded frame; the av frame is not converted.
+
+    time_offset None: times from the container start; a number: the first frame gets that time
+    (segments of a live event laid end to end).
+    """
+    with _open(path) as c:
+        if not c.streams.video:
+            raise NoVideoError(f"{path}: no video stream; shots need video: pass a file with a video track")
+        v = c.streams.video[0]
+        v.thread_type = "AUTO"
+        base = _start(c)
+        stream_rot = _rotation(v)
+        first_t = None
+        i = start_index
+        last_t = None
+        try:
+            for frame in c.decode(v):
+                t = frame.time
+                if t is None:  # no timestamp: continue from the last one at the nominal rate
+                    t = (last_t if last_t is not None else base) + 1.0 / float(v.average_rate or 25)
+                last_t = t
+                if time_offset is None:
+                    ts = t - base
+                else:
+                    first_t = t if first_t is None else first_t
+                    ts = time_offset + (t - first_t)
+                rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
+                yield i, ts, frame, rot
+                i += 1
+        except av.FFmpegError as e:
+            if i == start_index:
+                raise CorruptMediaError(f"{path}: the video stream does not decode ({e}); re-encode or "
+                                        "re-fetch it") from None
+            # A truncated tail after good frames: keep what decoded (documented degraded result).
+            import logging
+
+            logging.getLogger(__name__).warning("%s: decoding stopped at frame %d (%s); using the frames "
+                                                "before it", path, i, e)
+
+
+def iter_frames(path: Path, *, size: tuple[int, int] | None = None, fmt: str = "rgb24",
+                start_index: int = 0, time_offset: float | None = None) -> Iterator[Frame]:
+    """Decoded frames scaled to `size` (w, h) as they come; never more than one in memory."""
+    for i, t, frame, rot in iter_video_frames(path, start_index=start_index, time_offset=time_offset):
+        yield Frame(i, t, _to_array(frame, size, fmt, rot))
+
+
+def to_array(frame, size: tuple[int, int] | None, rot: int, fmt: str = "rgb24") -> np.ndarray:
+    """Convert an av frame from :func:`iter_video_frames` (scaled, rotated)."""
+    return _to_array(frame, size, fmt, rot)
+
+
+def iter_audio(path: Path, *, rate: int, time_offset: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(start_s, mono float32 samples at `rate`) chunks of the first audio stream; nothing if none.
+
+    Resampled by FFmpeg (swresample) as it decodes; chunks are a few thousand samples.
+    A decode error after some audio ends the stream (a truncated file keeps what it had).
+    """
+    with _open(path) as c:
+        if not c.streams.audio:
+            return
+        a = c.streams.audio[0]
+        base = _start(c)
+        res = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        pos = None  # samples emitted so far, from the first chunk's time
+        t0 = 0.0
+        try:
+            for frame in c.decode(a):
+                if pos is None:
+                    ft = frame.time if frame.time is not None else base
+                    t0 = (ft - base) if time_offset is None else time_offset
+                    pos = 0
+                for out in res.resample(frame):
+                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    yield t0 + pos / rate, x
+                    pos += len(x)
+            if pos is not None:
+                for out in res.resample(None):
+                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    yield t0 + pos / rate, x
+                    pos += len(x)
+        except av.FFmpegError:
+            return
