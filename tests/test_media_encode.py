@@ -1,0 +1,152 @@
+"""Encoders on a real Triton vs in process; timed text; the embed path end to end on generated films."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mediafm.dataset import Dataset
+from mediafm.errors import SubtitleError
+from mediafm.fusion import OFFLINE
+from mediafm.inference import infer_sync
+from mediafm.media.embed import TitleMeta, encode_shots_sync, fuse_encoded, iter_shot_media
+from mediafm.media.shots import Shot
+from mediafm.media.subtitles import Cue as SubCue
+from mediafm.media.subtitles import align, container_subtitles, load_subtitles
+from mediafm.media.synthfilm import Cue, make_film, write_srt, write_vtt
+
+FPS = 24
+SHOTS = [36, 30, 42, 30]  # 1.5 s, 1.25 s, 1.75 s, 1.25 s
+CUES = [Cue(0.2, 1.3, "Hello, where is the station?"), Cue(3.0, 4.3, "The train leaves at noon.")]
+
+
+def truth_shots(frames: list[int]) -> list[Shot]:
+    edges = np.cumsum([0, *frames])
+    return [Shot(i, a / FPS, b / FPS, int(a), int(b)) for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False))]
+
+
+@pytest.fixture(scope="module")
+def film(tmp_path_factory):
+    d = tmp_path_factory.mktemp("embed")
+    return make_film(d / "film.mp4", shots=SHOTS, fps=FPS, size=(224, 128),
+                     audio=["speech:hello where is the station", "tone:440", "noise", "speech:the train leaves at noon"],
+                     cues=CUES, subtitle_codec="mov_text")
+
+
+# --- timed text
+
+
+def test_srt_vtt_and_container_subtitles_align_to_shots(film, tmp_path):
+    shots = truth_shots(SHOTS)  # 0-1.5, 1.5-2.75, 2.75-4.5, 4.5-5.75
+    srt = load_subtitles(write_srt(tmp_path / "a.srt", CUES))
+    vtt = load_subtitles(write_vtt(tmp_path / "a.vtt", CUES))
+    inner = container_subtitles(film.path)
+    for cues in (srt, vtt, inner):
+        assert [c.text for c in cues] == [c.text for c in CUES]
+        texts = align(cues, shots)
+        assert texts == ["Hello, where is the station?", "", "The train leaves at noon.", ""], texts
+    # a cue spanning a cut belongs to both shots
+    assert align([SubCue(1.0, 2.0, "across")], shots) == ["across", "across", "", ""]
+
+
+def test_broken_subtitles_and_encodings(tmp_path):
+    bad = tmp_path / "bad.srt"
+    bad.write_bytes(b"\x00\x01garbage that is not a subtitle file\n")
+    with pytest.raises(SubtitleError):
+        load_subtitles(bad)
+    latin = tmp_path / "latin.srt"
+    write_srt(latin, [Cue(0, 1, "Ça va très bien")], encoding="cp1252")
+    with pytest.raises(SubtitleError, match="not UTF-8"):
+        load_subtitles(latin)
+    assert load_subtitles(latin, encoding="cp1252")[0].text == "Ça va très bien"
+    with pytest.raises(SubtitleError, match="unknown text encoding"):
+        load_subtitles(latin, encoding="klingon-8")
+    (tmp_path / "empty.srt").write_text("")
+    with pytest.raises(SubtitleError, match="empty"):
+        load_subtitles(tmp_path / "empty.srt")
+
+
+def test_shot_media_is_sampled_inside_each_shot(film):
+    items = list(iter_shot_media(film.path, truth_shots(SHOTS), frames_per_shot=4, frame_size=64,
+                                 audio_rate=16000, audio_window_s=1.0))
+    assert [m.frames.shape for m in items] == [(4, 64, 64, 3)] * 4
+    # consecutive shots are different sources: frames of a shot resemble each other more than the next shot's
+    means = [m.frames.reshape(4, -1).astype(float).mean(0) for m in items]
+    assert all(np.abs(means[i] - means[i + 1]).mean() > 5 for i in range(3))
+    assert [len(m.audio) for m in items] == [16000] * 4  # central 1 s window of each shot
+    assert items[1].audio.std() > 0.05  # the 440 Hz tone
+
+
+# --- Triton
+
+
+@pytest.mark.triton
+def test_triton_encoders_equal_in_process(triton_stack):
+    from mediafm.media.encoders import AisfxAudio, EfficientNetLite0Video, MiniLMText
+
+    url = triton_stack.triton_http_url
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (3, 2, 224, 224, 3), dtype=np.uint8)
+    got = infer_sync(url, "video_efficientnet", {"FRAMES": frames}, ["EMBEDDING"])["EMBEDDING"]
+    assert got.shape == (3, 1280)
+    assert np.allclose(got, EfficientNetLite0Video().encode(frames), atol=1e-4)
+    audio = rng.standard_normal((2, 44100)).astype(np.float32) * 0.1
+    lengths = np.array([[44100], [30000]], np.int64)
+    got = infer_sync(url, "audio_aisfx", {"AUDIO": audio, "LENGTH": lengths}, ["EMBEDDING"])["EMBEDDING"]
+    assert got.shape == (2, 512) and np.allclose(got, AisfxAudio().encode(audio, lengths), atol=1e-4)
+    texts = ["a man walks a dog", "stock prices fell sharply"]
+    got = infer_sync(url, "text_minilm", {"TEXT": np.array([t.encode() for t in texts], dtype=object).reshape(-1, 1)},
+                     ["EMBEDDING"])["EMBEDDING"]
+    assert got.shape == (2, 384) and np.allclose(got, MiniLMText().encode(texts), atol=1e-5)
+
+
+@pytest.mark.triton
+def test_encode_shots_missing_modalities_and_separation(triton_stack, film):
+    shots = truth_shots(SHOTS)
+    meta = TitleMeta("tt-film", synopsis="Two travellers ask for the train station.", tags=["travel"])
+    msgs = encode_shots_sync(triton_stack.triton_http_url, film.path, shots, None, meta, "offline",
+                             settings=triton_stack)
+    assert [m.shot_index for m in msgs] == [0, 1, 2, 3] and all(m.n_shots == 4 for m in msgs)
+    assert [m.text is not None for m in msgs] == [True, False, True, False]  # container subtitles
+    assert all(m.video is not None and m.audio is not None for m in msgs)
+    fused, present = fuse_encoded(msgs, OFFLINE)
+    assert np.allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-5)
+    assert np.all(fused[[1, 3], 1280 + 512:] == 0)  # no timed text -> zeros in the text slice
+    a = {i: np.frombuffer(m.audio, "<f4") for i, m in enumerate(msgs)}
+    # speech vs speech closer than speech vs tone / noise (offline audio encoder separates them)
+    assert a[0] @ a[3] > max(a[0] @ a[1], a[0] @ a[2], a[3] @ a[1], a[3] @ a[2])
+    v = [np.frombuffer(m.video, "<f4") for m in msgs]
+    sims = np.array([[x @ y for y in v] for x in v])
+    assert np.all(np.diag(sims) > sims.max(axis=1, where=~np.eye(4, dtype=bool), initial=-1) + 0.01)
+    # a film without an audio stream: audio is None for every shot
+    silent = make_film(film.path.with_name("silent.mp4"), shots=[24, 24], fps=FPS)
+    msgs = encode_shots_sync(triton_stack.triton_http_url, silent.path, truth_shots([24, 24]), [], meta,
+                             "offline", settings=triton_stack)
+    assert all(m.audio is None and m.text is None and m.video is not None for m in msgs)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_cli_embed_writes_v1_dataset(triton_stack, film, tmp_path):
+    from tests.conftest import settings_env
+
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"title_id": "tt42", "synopsis": "Travellers at a station", "tags": ["drama"]}))
+    out = tmp_path / "ds"
+    env = settings_env(triton_stack)
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "embed", str(film.path), "--meta", str(meta),
+                        "--detector", "content", "--out", str(out)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    ds = Dataset(out)
+    assert ds.meta.fused_dim == 1280 + 512 + 384 and ds.meta.title_dim == 384
+    (title,) = list(ds.iter_titles())
+    assert title.info.title_id == "tt42" and len(title.fused) >= 3
+    assert np.allclose(np.linalg.norm(title.fused, axis=1), 1, atol=1e-5)
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "embed", str(tmp_path / "nope.mp4"), "--out",
+                        str(out)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
