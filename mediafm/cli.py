@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mediafm.config import Settings
 from mediafm.errors import MediaFMError, StackError
@@ -16,6 +17,10 @@ typical session:
   mediafm stack up            start Kafka + Triton on loopback (idempotent)
   mediafm demo                push a generated title through the pipeline
   mediafm worker              run the Faust agents (start several to share work)
+  mediafm publish title film.mp4 --meta film.json     a title for the pipeline
+  mediafm publish live match.mp4 --realtime           a file as a simulated live event
+  mediafm follow              print contextual embeddings as they arrive
+  mediafm sink --out data/pipeline                    what the pipeline made, as a v1 dataset
   mediafm stack down          stop everything; add --wipe to delete data
   mediafm synth corpus --out data/synth --titles 500
   mediafm train --data data/synth --config small --out runs/small
@@ -152,6 +157,49 @@ def _cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm import publish
+
+    if args.what == "title":
+        req = publish.publish_title(settings, args.file, title_id=args.id, meta=args.meta, subtitles=args.subtitles,
+                                    subtitle_encoding=args.subtitle_encoding)
+        print(f"published title {req.title_id} (request {req.request_id}): {req.uri}")
+    else:
+        event = args.id or Path(args.file).stem
+
+        def said(seg):
+            print(f"segment {seg.segment_index:4d} of {event} at {seg.start_s:8.2f}s{' (last)' if seg.last else ''}")
+
+        segs = publish.publish_live(settings, args.file, event_id=event, segment_s=args.segment_s,
+                                    realtime=args.realtime, meta=args.meta, on_segment=said)
+        print(f"published live event {event}: {len(segs)} segments")
+    return 0
+
+
+def _cmd_follow(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.publish import follow
+
+    follow(settings, from_beginning=args.from_beginning, title_id=args.title, timeout_s=args.timeout)
+    return 0
+
+
+def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.publish import sink
+
+    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout)
+    print(f"wrote {r['titles']} titles, {r['shots']} shots and {r['contextual']} final contextual embeddings "
+          f"to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
+    return 0
+
+
+def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.publish import backfill
+
+    for req in backfill(settings, args.titles):
+        print(f"re-published {req.title_id} as request {req.request_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mediafm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
@@ -239,6 +287,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--detector", choices=["transnetv2", "content"], help="default: the shot_detector setting")
     s.add_argument("--profile", choices=["offline", "production"], help="default: the encoder_profile setting")
     s.set_defaults(fn=_cmd_embed)
+
+    s = sub.add_parser("publish", help="publish a title, or a file as a simulated live event, to Kafka",
+                       description="title: one TitleRequest on the titles topic; the workers cut, encode, fuse "
+                       "and contextualise it. live: FILE is cut into segments (ffmpeg, keyframes at the cuts) "
+                       "published in order on live.segments, as a live encoder would; the workers publish a "
+                       "provisional embedding per shot as it closes and the final one once "
+                       "live_right_context later shots (or the end) arrived. Media outside the workers' "
+                       "media roots is linked or copied into <state_dir>/media first.",
+                       epilog="examples:\n  mediafm publish title film.mp4 --meta film.json --subtitles film.srt\n"
+                       "  mediafm publish live match.mp4 --id match-01 --segment-s 2 --realtime\n"
+                       '--meta JSON: {"title": "...", "synopsis": "...", "tags": ["..."]}',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("what", choices=["title", "live"])
+    s.add_argument("file", help="the media file")
+    s.add_argument("--id", help="title / event id (default: the file name without extension)")
+    s.add_argument("--meta", metavar="JSON", help="metadata file, embedded as the title embedding")
+    s.add_argument("--subtitles", metavar="FILE", help="title: SRT / WebVTT / ASS timed text")
+    s.add_argument("--subtitle-encoding", help="title: text encoding of --subtitles when not UTF-8")
+    s.add_argument("--segment-s", type=float, default=2.0, help="live: segment length in seconds (default 2)")
+    s.add_argument("--realtime", action="store_true", help="live: publish each segment when it would exist")
+    s.set_defaults(fn=_cmd_publish)
+
+    s = sub.add_parser("follow", help="print contextual embeddings as they arrive",
+                       description="Reads the embeddings topic (all partitions, no consumer group) and prints "
+                       "one line per embedding: title/event, shot, span, provisional or final, model version, "
+                       "window, and the seconds since its media was published.")
+    s.add_argument("--from-beginning", action="store_true", help="start at the oldest retained embedding")
+    s.add_argument("--title", help="only this title / event id")
+    s.add_argument("--timeout", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
+    s.set_defaults(fn=_cmd_follow)
+
+    s = sub.add_parser("sink", help="write the pipeline's output as a v1 dataset",
+                       description="Reads shots.fused and embeddings from the beginning until nothing new "
+                       "arrives for --idle seconds, and writes every complete title (its last request) as the "
+                       "v1 dataset format (the trainer's and evaluation's input) plus contextual.parquet with "
+                       "the final contextual embeddings, one per (title, shot, model version).")
+    s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
+    s.add_argument("--idle", type=float, default=5.0, help="stop after this many quiet seconds (default 5)")
+    s.add_argument("--timeout", type=float, default=600.0, help="stop after this many seconds in any case")
+    s.set_defaults(fn=_cmd_sink)
+
+    s = sub.add_parser("backfill", help="re-embed titles with the MediaFM version served now",
+                       description="Finds each title's last request on the titles topic and publishes it again "
+                       "with a new request id; the workers re-run it end to end and every new embedding names "
+                       "the model version that made it. Run after `mediafm export`.")
+    s.add_argument("titles", nargs="+", help="title ids")
+    s.set_defaults(fn=_cmd_backfill)
 
     s = sub.add_parser("demo", help="start the stack and push a generated title through the pipeline",
                        description="Starts the stack (if needed) and a worker, publishes a generated "

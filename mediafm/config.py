@@ -76,9 +76,13 @@ class Settings:
     """Shots per MediaFM pass (the model's max_shots; the source's 512)."""
     window_stride: int = 256
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
+    live_right_context: int = 16
+    """Live events: a shot's final embedding waits for this many later shots (or the event's end);
+    until then consumers get a provisional one from its left context."""
 
     # --- Triton
-    triton_models: tuple[str, ...] = ("fusion", "mediafm", "video_efficientnet", "audio_aisfx", "text_minilm")
+    triton_models: tuple[str, ...] = ("fusion", "mediafm", "mediafm_offline", "video_efficientnet", "audio_aisfx",
+                                      "text_minilm")
     """Models loaded at `stack up` if they have a version (explicit model control:
     others stay unloaded; `mediafm export` loads new MediaFM versions). The three
     encoders of the offline profile are listed; with the production profile add
@@ -87,7 +91,8 @@ class Settings:
     # --- media: what `mediafm shots/embed` and the agents accept (mediafm/media/)
     media_roots: tuple[str, ...] = ()
     """Local directories media may be read from (file paths or file:// URIs). Empty = any
-    local path (the CLI on a workstation); set it for workers that take URIs from Kafka."""
+    local path for the CLI on a workstation; workers taking URIs from Kafka then accept only
+    <state_dir>/media, where `mediafm publish` puts what it publishes."""
     max_media_bytes: int = 200 * 1024**3
     """Larger files are refused before decoding."""
     max_media_duration_s: float = 12 * 3600.0
@@ -111,6 +116,11 @@ class Settings:
     """Name of the environment variable holding the key (the key itself is never a setting)."""
     openai_model: str = "text-embedding-3-large"
 
+    @property
+    def worker_media_roots(self) -> tuple[str, ...]:
+        """Roots a worker reads media from: media_roots, or only <state_dir>/media when unset."""
+        return self.media_roots or (str(self.state_dir / "media"),)
+
     # --- startup
     start_timeout_s: float = 90.0
 
@@ -129,6 +139,8 @@ class Settings:
             raise ConfigError(f"two services share a port in {ports}; give each its own")
         if not 0 < self.window_stride <= self.window_shots:
             raise ConfigError(f"window_stride={self.window_stride} must be in (0, window_shots={self.window_shots}]")
+        if not 0 <= self.live_right_context < self.window_shots:
+            raise ConfigError(f"live_right_context={self.live_right_context} must be in [0, window_shots)")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
         if self.frames_per_shot < 1:

@@ -70,6 +70,16 @@ def get_layout(name: str) -> Layout:
         raise ValueError(f"unknown encoder profile {name!r}; known: {sorted(LAYOUTS)}") from None
 
 
+def layout_for_widths(video: int, audio: int, text: int) -> Layout:
+    """The encoder profile whose modality widths these are (the fusion model serves them all)."""
+    for layout in LAYOUTS.values():
+        if (layout.video, layout.audio, layout.text) == (video, audio, text):
+            return layout
+    known = {n: (lay.video, lay.audio, lay.text) for n, lay in LAYOUTS.items()}
+    raise ValueError(f"modality widths (video, audio, text) = {(video, audio, text)} match no encoder profile; "
+                     f"known: {known}")
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)

@@ -5,7 +5,8 @@ Two kinds of failure, two answers:
 - the request is bad (Triton answers 4xx: wrong shape, no modality): raise
   :class:`BadRequest` at once, so the caller can dead-letter that input;
 - Triton is unreachable or overloaded (connection refused, 5xx, model not
-  ready): wait and retry with capped exponential backoff, for as long as the
+  ready, unloaded or not yet exported): wait and retry with capped exponential
+  backoff, for as long as the
   caller allows (`give_up_after_s`, default forever): nothing is dropped.
 """
 
@@ -47,6 +48,12 @@ def _inputs(mod, tensors: dict[str, np.ndarray]) -> list:
     return out
 
 
+def _model_missing(e: InferenceServerException) -> bool:
+    """The model is not served right now (unloaded, loading, no version yet): wait, do not reject."""
+    text = str(e)
+    return any(s in text for s in ("not found", "not ready", "unknown model", "no available versions"))
+
+
 def _is_bad_request(e: InferenceServerException) -> bool:
     status = str(e.status() or "")
     return status.startswith("4") and status not in ("408", "429")
@@ -83,7 +90,7 @@ class Triton:
                     meta["model_version"] = str(res.get_response().get("model_version", ""))
                 return {o: res.as_numpy(o) for o in outputs}
             except InferenceServerException as e:
-                if _is_bad_request(e) and "not found" not in str(e) and "not ready" not in str(e):
+                if _is_bad_request(e) and not _model_missing(e):
                     raise BadRequest(f"{model}: {e.message()}") from None
                 reason = f"{e.status()}: {e.message()}"
             except (TimeoutError, OSError) as e:  # aiohttp's connection errors are OSErrors

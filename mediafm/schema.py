@@ -64,6 +64,71 @@ class Message:
 
 
 @dataclass
+class TitleRequest(Message):
+    """An ingestion system asks for a title to be embedded. Key: title_id.
+
+    `request_id` names this request: publishing the same title again with a new
+    request id (`mediafm backfill`) re-embeds it with the model served now.
+    """
+
+    SCHEMA: ClassVar[str] = "mediafm.title_request"
+    title_id: str
+    uri: str
+    """The media file (a path or file:// URI under one of the worker's media_roots)."""
+    request_id: str = ""
+    subtitles_uri: str | None = None
+    """An SRT / WebVTT / ASS file; the container's own text subtitle streams are always read too."""
+    subtitle_encoding: str | None = None
+    meta: dict = field(default_factory=dict)
+    """Title metadata: title, synopsis, tags (embedded as the [GLOBAL] title embedding)."""
+    published_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class LiveSegment(Message):
+    """One segment (a few seconds) of a live event, in order. Key: event_id."""
+
+    SCHEMA: ClassVar[str] = "mediafm.live_segment"
+    event_id: str
+    segment_index: int
+    uri: str
+    start_s: float
+    """Event time of the segment's first frame."""
+    last: bool = False
+    """True on the event's final segment: every open shot is closed and finalised."""
+    meta: dict = field(default_factory=dict)
+    published_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class ShotRef(Message):
+    """A shot cut by the segmentation stage: where its media is, not its pixels. Key: title_id.
+
+    `media` lists the file(s) holding the shot: the title's file, or the live
+    segments it spans, whose first one starts at event time `media_start_s`.
+    """
+
+    SCHEMA: ClassVar[str] = "mediafm.shot"
+    title_id: str
+    shot_index: int
+    start_s: float
+    end_s: float
+    start_frame: int
+    end_frame: int
+    media: list[str]
+    media_start_s: float
+    text: str
+    """Timed text overlapping the shot, joined ("" when none: zeros in the text slice)."""
+    title_text: str
+    """The metadata text the title embedding is made from."""
+    profile: str
+    n_shots: int | None = None
+    kind: str = "title"
+    request_id: str = ""
+    published_at: float = field(default_factory=time.time)
+
+
+@dataclass
 class EncodedShot(Message):
     """One shot's modality embeddings, before fusion. Key: title_id."""
 
@@ -81,6 +146,7 @@ class EncodedShot(Message):
     """Total shots of the title once known (titles); None for live events."""
     kind: str = "title"
     title_embedding: bytes | None = None
+    request_id: str = ""
     published_at: float = field(default_factory=time.time)
 
 
@@ -100,6 +166,7 @@ class FusedShot(Message):
     n_shots: int | None = None
     kind: str = "title"
     title_embedding: bytes | None = None
+    request_id: str = ""
     published_at: float = field(default_factory=time.time)
 
 
@@ -150,7 +217,8 @@ class DeadLetter(Message):
     at: float = field(default_factory=time.time)
 
 
-SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (EncodedShot, FusedShot, ContextualEmbedding, DeadLetter)}
+SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot, FusedShot,
+                                                            ContextualEmbedding, DeadLetter)}
 
 
 def _check_type(name: str, value: object, hint: object) -> object:

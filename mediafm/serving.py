@@ -29,6 +29,25 @@ from mediafm.errors import ModelError
 from mediafm.model import MediaFMConfig, MediaFMEncoder
 
 WEIGHTS, LINEAGE = "model.pt", "lineage.json"
+MODELS = {"production": "mediafm", "offline": "mediafm_offline"}
+"""The Triton model serving MediaFM for each encoder profile (their input dims differ)."""
+
+
+def model_name(profile: str) -> str:
+    """Triton model for an encoder profile; `mediafm` for production and any custom layout."""
+    return MODELS.get(profile, "mediafm")
+
+
+def model_for_dims(fused_dim: int, title_dim: int) -> str:
+    """Triton model a trained run is exported to: the profile whose layout has its dims."""
+    from mediafm.fusion import LAYOUTS
+
+    for name, layout in LAYOUTS.items():
+        if (layout.fused_dim, layout.title) == (fused_dim, title_dim):
+            return model_name(name)
+    return "mediafm"
+
+
 MODEL_PY = '"""Exported by `mediafm export`; the code lives in mediafm/serving.py."""\n' \
            "from mediafm.serving import TritonPythonModel  # noqa: F401\n"
 

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 settings = Settings.load()
 names = Topics.from_settings(settings)
+(settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # tables' RocksDB stores
 
 app = faust.App(
-    "mediafm",
+    # The app id names the consumer group and the changelog topics: one pipeline per topic prefix.
+    settings.topic_prefix,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="rocksdb://",
     datadir=str(settings.state_dir / "faust"),
@@ -33,6 +35,10 @@ app = faust.App(
     # (faust refuses to start when the two disagree: PartitionsMismatch);
     # faust declares only its own internal topics (changelogs, leader).
     topic_partitions=settings.partitions,
+    # A dead worker's partitions move to the others after 15 s without heartbeats
+    # (kill -9, a lost machine), not after faust's default minute.
+    broker_session_timeout=15.0,
+    broker_heartbeat_interval=3.0,
     producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
     consumer_max_fetch_size=MAX_MESSAGE_BYTES + 64 * 1024,
     web_bind=settings.bind_host,
@@ -49,6 +55,9 @@ def topic(name: str) -> faust.TopicT:
 
 
 class topics:  # noqa: N801 - a namespace, read as `topics.fused`
+    titles = topic(names.titles)
+    live_segments = topic(names.live_segments)
+    shots = topic(names.shots)
     encoded = topic(names.encoded)
     fused = topic(names.fused)
     embeddings = topic(names.embeddings)
@@ -83,4 +92,4 @@ def _configure(app, **kwargs):  # pragma: no cover - faust signal
 
 
 # Agents register themselves on import; this list *is* the pipeline.
-from streams import contextualise, fuse  # noqa: E402,F401
+from streams import contextualise, encode, fuse, live, segment  # noqa: E402,F401

@@ -1,12 +1,14 @@
 """Stage: fused shots of a title -> MediaFM over windows -> one contextual embedding per shot.
 
     shots.fused ──► contextualise ──(Triton: mediafm)──► embeddings
-                       │  tables: contextualise-shots  "<title>/<index>" -> FusedShot bytes
-                       │          contextualise-titles "<title>" -> progress
+                       │  tables: contextualise-shots  "<title>#<request>/<index>" -> FusedShot bytes
+                       │          contextualise-titles "<title>#<request>" -> progress
                        └── malformed / unsupported ──► deadletter
 
 A title is contextualised once all of its n_shots fused shots have arrived
-(they may arrive in any order, and twice). State lives in changelog-backed
+(they may arrive in any order, and twice); a new request for the same title
+(`mediafm backfill`) is contextualised again, with the model served then.
+Live events are streams/live.py's. State lives in changelog-backed
 RocksDB tables, written to the partition of the event being processed, so
 they are co-partitioned with the title-keyed source topic and a restarted or
 rebalanced worker resumes where it stopped.
@@ -24,6 +26,7 @@ from mediafm.errors import SchemaError
 from mediafm.fusion import get_layout
 from mediafm.inference import BadRequest
 from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.serving import model_name
 from mediafm.windows import plan
 from streams import metrics
 from streams.app import app, dead_letter, settings, topics, triton
@@ -36,8 +39,28 @@ shots_table = app.Table("contextualise-shots", key_type=bytes, value_type=bytes,
 titles_table = app.Table("contextualise-titles", key_type=bytes, value_type=bytes, partitions=settings.partitions)
 
 
-def _shot_key(title_id: str, index: int) -> bytes:
-    return f"{title_id}/{index:07d}".encode()
+def _shot_key(title_id: str, index: int, request_id: str = "") -> bytes:
+    return f"{title_id}#{request_id}/{index:07d}".encode()
+
+
+async def run_windows(fused: np.ndarray, title: np.ndarray, windows: list, profile: str) -> tuple[np.ndarray, str]:
+    """MediaFM on Triton over windows [(start, end)] of one title; (hidden (W, T, H), model version)."""
+    meta: dict = {}
+    T = max(w.end - w.start for w in windows)
+    shots = np.zeros((len(windows), T, fused.shape[1]), np.float32)
+    for k, w in enumerate(windows):
+        shots[k, : w.end - w.start] = fused[w.start : w.end]
+    out = await triton.infer(model_name(profile), {
+        "SHOTS": shots,  # (W, T, fused_dim), zero padding past each window's LENGTH
+        "TITLE": np.repeat(title[None], len(windows), axis=0),
+        "LENGTH": np.array([[w.end - w.start] for w in windows], np.int64),
+    }, ["HIDDEN"], meta=meta)
+    return out["HIDDEN"], meta.get("model_version", "")
+
+
+def title_vector(shots: list[FusedShot], dim: int) -> np.ndarray:
+    src = next((s.title_embedding for s in shots if s.title_embedding is not None), None)
+    return bytes_to_vec(src, dim) if src else np.zeros(dim, np.float32)
 
 
 def _parse(raw: bytes) -> FusedShot:
@@ -46,9 +69,11 @@ def _parse(raw: bytes) -> FusedShot:
         layout = get_layout(shot.profile)
     except ValueError as e:
         raise SchemaError(str(e)) from None
+    if shot.kind == "live":
+        return shot  # streams/live.py
     if shot.kind != "title" or shot.n_shots is None:
-        raise SchemaError(f"{shot.title_id!r}: kind={shot.kind!r} n_shots={shot.n_shots}: only whole titles with "
-                          "a known n_shots are contextualised here (live events: not yet)")
+        raise SchemaError(f"{shot.title_id!r}: kind={shot.kind!r} n_shots={shot.n_shots}: a title shot needs a "
+                          "known n_shots (kind is 'title' or 'live')")
     if not 0 <= shot.shot_index < shot.n_shots:
         raise SchemaError(f"shot_index {shot.shot_index} outside 0..{shot.n_shots - 1} of {shot.title_id!r}")
     bytes_to_vec(shot.fused, layout.fused_dim, what="fused")
@@ -57,30 +82,22 @@ def _parse(raw: bytes) -> FusedShot:
     return shot
 
 
-async def contextualise_title(title_id: str, n: int) -> int:
+async def contextualise_title(title_id: str, n: int, request_id: str = "") -> int:
     """Run MediaFM over the title's windows and publish every shot. Returns shots published."""
-    shots = [decode(shots_table[_shot_key(title_id, i)], expect=FusedShot) for i in range(n)]
+    shots = [decode(shots_table[_shot_key(title_id, i, request_id)], expect=FusedShot) for i in range(n)]
     layout = get_layout(shots[0].profile)
     fused = np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots])  # (n, fused_dim)
-    title_src = next((s.title_embedding for s in shots if s.title_embedding is not None), None)
-    title = bytes_to_vec(title_src, layout.title) if title_src else np.zeros(layout.title, np.float32)
     windows, owner = plan(n, size=settings.window_shots, stride=settings.window_stride)
-    meta: dict = {}
-    out = await triton.infer("mediafm", {
-        "SHOTS": np.stack([fused[w.start : w.end] for w in windows]),  # (W, T, fused_dim)
-        "TITLE": np.repeat(title[None], len(windows), axis=0),
-        "LENGTH": np.array([[w.end - w.start] for w in windows], np.int64),
-    }, ["HIDDEN"], meta=meta)
-    hidden = out["HIDDEN"]  # (W, T, H)
+    hidden, version = await run_windows(fused, title_vector(shots, layout.title), windows, layout.name)  # (W, T, H)
     for i, s in enumerate(shots):
         w = windows[owner[i]]
         emb = hidden[owner[i], i - w.start]
         msg = ContextualEmbedding(
             title_id=title_id, shot_index=i, start_s=s.start_s, end_s=s.end_s, embedding=vec_to_bytes(emb),
-            dim=int(emb.shape[0]), model_version=meta.get("model_version", ""), profile=s.profile,
+            dim=int(emb.shape[0]), model_version=version, profile=s.profile,
             window_start=w.start, window_end=w.end, final=True, n_shots=n, kind=s.kind, published_at=s.published_at)
         await topics.embeddings.send(key=title_id.encode(), value=msg.to_bytes())
-        metrics.stage_seconds.labels(STAGE).observe(max(0.0, time.time() - s.published_at))
+        metrics.e2e_seconds.labels("title", "final").observe(max(0.0, time.time() - s.published_at))
     metrics.shots.labels(STAGE).inc(n)
     return n
 
@@ -94,14 +111,16 @@ async def contextualise(stream):
         except SchemaError as e:
             await dead_letter(STAGE, event, str(e))
             continue
-        tid = shot.title_id
-        tkey = tid.encode()
+        if shot.kind == "live":
+            continue
+        tid, rid = shot.title_id, shot.request_id
+        tkey = f"{tid}#{rid}".encode()
         progress = msgpack.unpackb(titles_table[tkey]) if tkey in titles_table else {"n": shot.n_shots, "got": 0, "done": False}
         if progress["n"] != shot.n_shots:
             await dead_letter(STAGE, event, f"{tid!r}: n_shots={shot.n_shots} disagrees with {progress['n']} "
                                             "from earlier shots of the same title")
             continue
-        key = _shot_key(tid, shot.shot_index)
+        key = _shot_key(tid, shot.shot_index, rid)
         if progress["done"] or key in shots_table:
             metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart: already counted
         else:
@@ -110,11 +129,11 @@ async def contextualise(stream):
             titles_table[tkey] = msgpack.packb(progress)
         if progress["got"] == progress["n"] and not progress["done"]:
             try:
-                await contextualise_title(tid, progress["n"])
+                await contextualise_title(tid, progress["n"], rid)
             except (BadRequest, SchemaError) as e:  # the title itself is unusable: say so, do not retry forever
                 await dead_letter(STAGE, event, f"title {tid!r} ({progress['n']} shots) rejected: {e}")
             progress["done"] = True
             titles_table[tkey] = msgpack.packb(progress)
             for i in range(progress["n"]):  # the fused vectors are no longer needed
-                del shots_table[_shot_key(tid, i)]
+                del shots_table[_shot_key(tid, i, rid)]
             log.info("contextualised %s: %d shots", tid, progress["n"])

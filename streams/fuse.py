@@ -79,7 +79,8 @@ async def fuse_shots(stream):
                 out = FusedShot(title_id=shot.title_id, shot_index=shot.shot_index, start_s=shot.start_s,
                                 end_s=shot.end_s, profile=shot.profile, fused=vec_to_bytes(fused),
                                 present=[bool(p) for p in present], n_shots=shot.n_shots, kind=shot.kind,
-                                title_embedding=shot.title_embedding, published_at=shot.published_at)
+                                title_embedding=shot.title_embedding, request_id=shot.request_id,
+                                published_at=shot.published_at)
                 await topics.fused.send(key=shot.title_id.encode(), value=out.to_bytes())
                 metrics.shots.labels(STAGE).inc()
                 metrics.stage_seconds.labels(STAGE).observe(max(0.0, time.time() - shot.published_at))

@@ -10,3 +10,6 @@ triton_seconds = Histogram("mediafm_triton_seconds", "Triton call latency", ["mo
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 stage_seconds = Histogram("mediafm_stage_latency_seconds", "Time from a shot's publication to this stage's output",
                           ["stage"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+e2e_seconds = Histogram("mediafm_e2e_latency_seconds",
+                        "From publication (title request / live segment) to a contextual embedding",
+                        ["kind", "final"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))

@@ -37,7 +37,7 @@ def _stack_settings(tmp: Path) -> Settings:
     if not repo.exists():
         shutil.copytree(REPO / "model_repository", repo,
                         ignore=lambda d, names: [n for n in names if n.isdigit() or n.startswith(".")
-                                                 or n == "__pycache__"] if Path(d).name == "mediafm" else
+                                                 or n == "__pycache__"] if Path(d).name.startswith("mediafm") else
                         [n for n in names if n == "__pycache__"])
     return Settings(
         state_dir=tmp / "state", model_repository=repo,
@@ -46,6 +46,7 @@ def _stack_settings(tmp: Path) -> Settings:
         triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
         worker_web_port=free_port(), partitions=2, topic_prefix="test",
         window_shots=64, window_stride=32,  # the tiny test model's max_shots; titles span several windows
+        frames_per_shot=4, live_right_context=2,
     )
 
 
@@ -54,7 +55,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("state_dir", "cache_dir", "model_repository", "bind_host", "kafka_port", "kafka_controller_port",
                 "triton_http_port", "triton_grpc_port", "triton_metrics_port", "worker_web_port",
-                "partitions", "topic_prefix", "window_shots", "window_stride"):
+                "partitions", "topic_prefix", "window_shots", "window_stride", "frames_per_shot",
+                "live_right_context", "shot_detector"):
         env[f"MEDIAFM_{key.upper()}"] = str(getattr(settings, key))
     env["MEDIAFM_TRITON_MODELS"] = ",".join(settings.triton_models)
     env.pop("MEDIAFM_CONFIG", None)
@@ -92,19 +94,46 @@ def triton_stack(stack_settings):
         triton.down(stack_settings)
 
 
-@pytest.fixture(scope="session")
-def worker(kafka_stack, triton_stack):
-    """One `mediafm worker` process against the session's broker and Triton."""
-    log = kafka_stack.state_dir / "worker.log"
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
+    """A `mediafm worker` process with `settings`, its output appended to `log`."""
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "info"],
-                                env=settings_env(kafka_stack), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+                                env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     time.sleep(1.0)
     if proc.poll() is not None:
         pytest.fail(f"worker exited at start:\n{log.read_text()[-3000:]}")
-    yield proc
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(kafka_stack, triton_stack):
+    """One `mediafm worker` process against the session's broker and Triton."""
+    proc = start_worker(kafka_stack, kafka_stack.state_dir / "worker.log")
+    yield proc
+    stop_worker(proc)
+
+
+@pytest.fixture(scope="session")
+def offline_model(kafka_stack, triton_stack, tmp_path_factory):
+    """A tiny MediaFM on the offline profile's dims, served as `mediafm_offline`."""
+    from mediafm.fusion import OFFLINE
+    from mediafm.synth import write_corpus
+    from trainer.export import export
+    from trainer.train import TrainConfig, train
+
+    d = tmp_path_factory.mktemp("offline-model")
+    data = write_corpus(d / "data", n_titles=6, layout=OFFLINE, seed=0, shots=(20, 40))
+    train(data, d / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
+                                       val_batches=1), quiet=True)
+    version, vdir, loaded = export(d / "run", settings=kafka_stack)
+    assert loaded and vdir.parent.name == "mediafm_offline"
+    return str(version)

@@ -1,4 +1,5 @@
-"""Export a trained run's encoder as the next version of Triton's `mediafm` model.
+"""Export a trained run's encoder as the next version of its Triton model (`mediafm`; `mediafm_offline`
+for runs on the offline encoder profile's dims).
 
     mediafm export --run runs/small [--checkpoint PATH] [--no-load]
 
@@ -23,11 +24,9 @@ import torch
 
 from mediafm.config import Settings
 from mediafm.errors import ModelError, StackError
-from mediafm.serving import LINEAGE, MODEL_PY, WEIGHTS, check_encoder
+from mediafm.serving import LINEAGE, MODEL_PY, WEIGHTS, check_encoder, model_for_dims
 from mediafm.stack import triton
 from trainer.train import latest_checkpoint, load_checkpoint
-
-MODEL_NAME = "mediafm"
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -46,7 +45,8 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     encoder, cfg = model.encoder, model.cfg
     check_encoder(encoder)
 
-    model_dir = settings.model_repository / MODEL_NAME
+    name = model_for_dims(cfg.fused_dim, cfg.title_dim)  # one Triton model per encoder profile
+    model_dir = settings.model_repository / name
     if not (model_dir / "config.pbtxt").exists():
         raise ModelError(f"{model_dir / 'config.pbtxt'} is missing; is MEDIAFM_MODEL_REPOSITORY right?")
     previous = versions(model_dir)
@@ -67,19 +67,19 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     loaded = load and triton.live(settings)
     if loaded:
         try:
-            triton.load_model(settings, MODEL_NAME)
+            triton.load_model(settings, name)
         except StackError as e:
             rejected = model_dir / f".rejected-{version}-{int(time.time())}"
             os.rename(final, rejected)
             if previous:  # make Triton settle on the old version set again
                 try:
-                    triton.load_model(settings, MODEL_NAME)
+                    triton.load_model(settings, name)
                 except StackError:
                     pass
             raise ModelError(f"Triton refused version {version} ({e}); moved it to {rejected}, "
                              f"version {previous[-1] if previous else 'none'} keeps serving") from None
         deadline = time.monotonic() + timeout_s
-        while not triton.model_ready(settings, MODEL_NAME, str(version)):
+        while not triton.model_ready(settings, name, str(version)):
             if time.monotonic() > deadline:
                 raise ModelError(f"version {version} was loaded but is not ready after {timeout_s:.0f}s")
             time.sleep(0.5)

@@ -159,12 +159,22 @@ def _to_array(frame, size: tuple[int, int] | None, fmt: str, rot: int) -> np.nda
     return img
 
 
-def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None
-                      ) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
+def _seek(c, base: float, seek_s: float | None) -> None:
+    """Jump to the keyframe at or before seek_s (container time); decoding goes on from there."""
+    if seek_s and seek_s > 0:
+        try:
+            c.seek(int((base + seek_s) * av.time_base), backward=True)
+        except av.FFmpegError:  # not seekable (a pipe, a broken index): decode from the start
+            c.seek(0)
+
+
+def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None,
+                      seek_s: float | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
     """(index, time_s, av frame, rotation) for every decoded frame; the av frame is not converted.
 
     time_offset None: times from the container start; a number: the first frame gets that time
-    (segments of a live event laid end to end).
+    (segments of a live event laid end to end). seek_s: start near that time (the keyframe at
+    or before it) instead of at the first frame; frame indices then count from start_index.
     """
     with _open(path) as c:
         if not c.streams.video:
@@ -172,6 +182,7 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
         v = c.streams.video[0]
         v.thread_type = "AUTO"
         base = _start(c)
+        _seek(c, base, seek_s if time_offset is None else None)
         stream_rot = _rotation(v)
         first_t = None
         i = start_index
@@ -213,7 +224,8 @@ def to_array(frame, size: tuple[int, int] | None, rot: int, fmt: str = "rgb24") 
     return _to_array(frame, size, fmt, rot)
 
 
-def iter_audio(path: Path, *, rate: int, time_offset: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+def iter_audio(path: Path, *, rate: int, time_offset: float | None = None,
+               seek_s: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """(start_s, mono float32 samples at `rate`) chunks of the first audio stream; nothing if none.
 
     Resampled by FFmpeg (swresample) as it decodes; chunks are a few thousand samples.
@@ -224,6 +236,7 @@ def iter_audio(path: Path, *, rate: int, time_offset: float | None = None) -> It
             return
         a = c.streams.audio[0]
         base = _start(c)
+        _seek(c, base, seek_s if time_offset is None else None)
         res = av.AudioResampler(format="flt", layout="mono", rate=rate)
         pos = None  # samples emitted so far, from the first chunk's time
         t0 = 0.0

@@ -124,10 +124,11 @@ def _segments(media) -> list[Path]:
     return [Path(m) for m in media] if isinstance(media, (list, tuple)) else [Path(media)]
 
 
-def _video(paths: list[Path]) -> Iterator[tuple[float, object, int]]:
+def _video(paths: list[Path], seek_s: float | None = None) -> Iterator[tuple[float, object, int]]:
     offset, idx, last, dt = None, 0, None, 0.04
     for p in paths:
-        for i, t, frame, rot in iter_video_frames(p, start_index=idx, time_offset=offset):
+        for i, t, frame, rot in iter_video_frames(p, start_index=idx, time_offset=offset,
+                                                  seek_s=seek_s if len(paths) == 1 else None):
             if last is not None and t > last:
                 dt = t - last
             last, idx = t, i + 1
@@ -135,11 +136,11 @@ def _video(paths: list[Path]) -> Iterator[tuple[float, object, int]]:
         offset = (last + dt) if last is not None else None
 
 
-def _audio(paths: list[Path], rate: int) -> Iterator[tuple[float, np.ndarray]]:
+def _audio(paths: list[Path], rate: int, seek_s: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     offset = None
     for p in paths:
         end = offset
-        for t, x in iter_audio(p, rate=rate, time_offset=offset):
+        for t, x in iter_audio(p, rate=rate, time_offset=offset, seek_s=seek_s if len(paths) == 1 else None):
             end = t + len(x) / rate
             yield t, x
         offset = end
@@ -171,11 +172,16 @@ class _AudioCursor:
 
 def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame_size: int,
                     audio_rate: int, audio_window_s: float) -> Iterator[ShotMedia]:
-    """Per shot, in order: sampled frames and the central audio window, decoded in one streaming pass."""
+    """Per shot, in order: sampled frames and the central audio window, decoded in one streaming pass.
+
+    A run of shots from the middle of one file (the agents encode a title in batches) starts
+    decoding at the keyframe before its first shot, not at the file's start.
+    """
     paths = _segments(media)
-    video = _video(paths)
+    seek = max(0.0, shots[0].start_s - 1.0) if shots else None
+    video = _video(paths, seek)
     has_audio = any(_has_audio(p) for p in paths)
-    audio = _AudioCursor(_audio(paths, audio_rate), audio_rate) if has_audio else None
+    audio = _AudioCursor(_audio(paths, audio_rate, seek), audio_rate) if has_audio else None
     prev = nxt = None  # (time, av frame, rot)
     for shot in shots:
         dur = max(shot.end_s - shot.start_s, 1e-6)
@@ -247,11 +253,12 @@ async def encode_title(client: Triton, meta: TitleMeta, layout: str | Layout | E
 async def encode_shots(client: Triton, media, shots: Sequence[Shot], subtitles: list[Cue] | None,
                        meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
                        settings: Settings | None = None, batch_shots: int = 16,
-                       n_shots: int | None = -1) -> list[EncodedShot]:
+                       n_shots: int | None = -1, title_embedding: np.ndarray | None = None) -> list[EncodedShot]:
     """Encode shots on Triton; one EncodedShot per shot, in order.
 
     subtitles: cues to align to the shots; None = read the container's text subtitle streams.
     n_shots: total shots of the title (-1 = len(shots), None for a live event still running).
+    title_embedding: the title's embedding if already made (else made here from meta).
     Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
     """
     settings = settings or Settings.load()
@@ -260,7 +267,9 @@ async def encode_shots(client: Triton, media, shots: Sequence[Shot], subtitles: 
     if subtitles is None:
         subtitles = container_subtitles(_segments(media)[0]) if len(_segments(media)) == 1 else []
     texts = align(subtitles, shots)
-    title_vec = vec_to_bytes(await encode_title(client, meta, profile, settings=settings))
+    if title_embedding is None:  # callers encoding a title in batches pass the one they made first
+        title_embedding = await encode_title(client, meta, profile, settings=settings)
+    title_vec = vec_to_bytes(title_embedding)
     total = len(shots) if n_shots == -1 else n_shots
     it = iter_shot_media(media, shots, frames_per_shot=settings.frames_per_shot, frame_size=profile.frame_size,
                          audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s)

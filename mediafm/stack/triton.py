@@ -147,6 +147,13 @@ def load_model(settings: Settings, model: str) -> None:
         raise StackError(f"triton: loading model {model!r} failed: {first} (see {service(settings).log_file})")
 
 
+def unload_model(settings: Settings, model: str) -> None:
+    """Ask the running server to stop serving `model` (requests for it then wait and retry)."""
+    status, body = _post(settings, f"/v2/repository/models/{model}/unload")
+    if status != 200:
+        raise StackError(f"triton: unloading model {model!r} failed: HTTP {status} {body[:200]!r}")
+
+
 def _has_version(model_dir: Path) -> bool:
     return model_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir())
 

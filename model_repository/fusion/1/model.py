@@ -8,13 +8,12 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from mediafm.fusion import fuse, get_layout
+from mediafm.fusion import fuse, layout_for_widths
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        self.layout = get_layout(config["parameters"]["profile"]["string_value"])
         out = pb_utils.get_output_config_by_name(config, "FUSED")
         self.out_dtype = pb_utils.triton_string_to_numpy(out["data_type"])
 
@@ -24,7 +23,9 @@ class TritonPythonModel:
             try:
                 v, a, t, p = (pb_utils.get_input_tensor_by_name(request, n).as_numpy()
                               for n in ("VIDEO", "AUDIO", "TEXT", "PRESENT"))
-                fused = fuse(v, a, t, p, layout=self.layout)
+                # Every encoder profile: the request's widths say which one it is.
+                layout = layout_for_widths(v.shape[-1], a.shape[-1], t.shape[-1])
+                fused = fuse(v, a, t, p, layout=layout)
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("FUSED", fused.astype(self.out_dtype))]))
             except Exception as e:  # one bad request must not fail the batch
