@@ -87,7 +87,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.demo import run_demo
 
-    return run_demo(settings, shots=args.shots, timeout_s=args.timeout)
+    return run_demo(settings, timeout_s=args.timeout)
 
 
 def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
@@ -335,11 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("titles", nargs="+", help="title ids")
     s.set_defaults(fn=_cmd_backfill)
 
-    s = sub.add_parser("demo", help="start the stack and push a generated title through the pipeline",
-                       description="Starts the stack (if needed) and a worker, publishes a generated "
-                       "sample title, waits for its embeddings and reports what happened.")
-    s.add_argument("--shots", type=int, default=600, help="shots in the generated title (default 600: two windows)")
-    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the outputs")
+    s = sub.add_parser("demo", help="start the stack and push a film and a live event through the pipeline",
+                       description="Starts the stack (if needed) and a worker, makes two short films with ffmpeg "
+                       "and espeak-ng, publishes one as a title (with subtitles) and one as a live event, waits "
+                       "for every shot's contextual embedding and reports what happened. The first run also "
+                       "trains and exports a tiny MediaFM on synthetic data (it shows the path, not quality).")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the outputs")
     s.set_defaults(fn=_cmd_demo)
     return p
 

@@ -1,12 +1,14 @@
 """`mediafm demo`: the main job on the embedded default, end to end, narrated.
 
-1. start the stack (Kafka + Triton) if it is not running;
-2. if Triton serves no MediaFM yet: generate a synthetic corpus, train a tiny
-   MediaFM on it and export it (the trainer -> Triton refresh path);
-3. start a worker, publish one generated title (synthetic modality embeddings
-   with scene structure, see mediafm/synth.py) shot by shot;
-4. wait until every shot has come out fused and then contextualised, check
-   the fused vectors against in-process fusion and report what it saw.
+1. start the stack (Kafka + Triton, the offline encoders) if it is not running;
+2. if Triton serves no MediaFM for the offline profile yet: generate a
+   synthetic corpus in its dims, train a tiny MediaFM and export it (the
+   trainer -> Triton refresh path; it shows the path, not quality);
+3. start a worker; make two films with ffmpeg (hard cuts, espeak-ng speech,
+   tones, a subtitle file) and publish one as a title and the other as a live
+   event cut into 1-second segments;
+4. wait until every shot of both has its final contextual embedding (the live
+   one a provisional first) and report what came out.
 """
 
 from __future__ import annotations
@@ -18,37 +20,56 @@ import time
 import numpy as np
 
 from mediafm import stack
-from mediafm.bus import Tail, producer
+from mediafm.bus import Tail
 from mediafm.config import Settings
-from mediafm.fusion import PRODUCTION, fuse
-from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode
+from mediafm.fusion import get_layout
+from mediafm.schema import ContextualEmbedding, bytes_to_vec, decode
+from mediafm.serving import model_name
 from mediafm.stack import triton
-from mediafm.synth import World, encoded_shots, generate_title, write_corpus
+from mediafm.synth import write_corpus
 from mediafm.topics import Topics
 
 
 def _ensure_model(settings: Settings) -> str:
     """The served MediaFM version; trains and exports a tiny one first if there is none."""
-    served = triton.ready_versions(settings).get("mediafm")
+    name = model_name(settings.encoder_profile)
+    served = triton.ready_versions(settings).get(name)
     if served:
-        return f"serving mediafm version {served[0]}"
+        return f"serving {name} version {served[0]}"
     from trainer.export import export
     from trainer.train import TrainConfig, train
 
-    data = settings.state_dir / "demo" / "synth-corpus"
-    run = settings.state_dir / "demo" / "run-tiny"
+    data = settings.state_dir / "demo" / f"synth-corpus-{settings.encoder_profile}"
+    run = settings.state_dir / "demo" / f"run-tiny-{settings.encoder_profile}"
     print(f"   no MediaFM served yet: synthetic corpus -> {data}")
-    write_corpus(data, n_titles=120, layout=PRODUCTION, seed=0, shots=(40, 200), progress=True)
+    write_corpus(data, n_titles=120, layout=get_layout(settings.encoder_profile), seed=0, shots=(40, 200),
+                 progress=True)
     print(f"   training a tiny MediaFM (CPU, about two minutes) -> {run}")
     tc = TrainConfig(config="tiny", max_steps=300, batch_size=8, eval_every=300, ckpt_every=300, lr_adamw=3e-3,
                      warmup_steps=20)
     result = train(data, run, tc, {"max_shots": settings.window_shots})
     version, _, _ = export(run, settings=settings)
-    return (f"exported and serving mediafm version {version} (val loss {result.get('val_loss', float('nan')):.3f} vs "
+    return (f"exported and serving {name} version {version} (val loss {result.get('val_loss', float('nan')):.3f} vs "
             f"title-mean baseline {result.get('title_mean', float('nan')):.3f})")
 
 
-def run_demo(settings: Settings, *, shots: int, timeout_s: float) -> int:
+def _films(d) -> tuple:
+    from mediafm.media.synthfilm import Cue, make_film, write_srt
+
+    d.mkdir(parents=True, exist_ok=True)
+    title = make_film(d / "station.mp4", shots=[48, 36, 60, 40, 52, 44], fps=24, size=(320, 180),
+                      audio=["speech:where is the station", "tone:440", "noise", "speech:the train leaves at noon",
+                             "tone:330", "speech:goodbye"])
+    srt = write_srt(d / "station.srt", [Cue(0.3, 1.8, "Where is the station?"), Cue(6.2, 7.5, "The train leaves at noon."),
+                                        Cue(11.5, 12.3, "Goodbye.")])
+    live = make_film(d / "match.mp4", shots=[40, 30, 50, 36, 44, 30, 40], fps=24, size=(320, 180), first_source=3,
+                     audio=["noise", "tone:660", "noise", "speech:what a goal", "noise", "tone:880", "noise"])
+    return title, srt, live
+
+
+def run_demo(settings: Settings, *, timeout_s: float) -> int:
+    from mediafm.publish import publish_live, publish_title
+
     t0 = time.monotonic()
     print("== 1/5 stack")
     stack.up(settings)
@@ -64,63 +85,52 @@ def run_demo(settings: Settings, *, shots: int, timeout_s: float) -> int:
                                   stdout=out, stderr=subprocess.STDOUT)
     print(f"   worker pid {worker.pid}, log {log}")
     try:
-        fused_tail, ctx_tail = Tail(settings, names.fused), Tail(settings, names.embeddings)
-        title = generate_title(World(PRODUCTION, seed=0), f"demo-{int(time.time())}", shots,
-                               np.random.default_rng(int(time.time())))
-        print(f"== 4/5 publish title {title.title_id!r}: {shots} shots in {int(title.scene.max()) + 1} scenes, "
-              f"{int((~title.present[:, 2]).sum())} without timed text -> {names.encoded}")
-        prod = producer(settings)
-        for msg in encoded_shots(title):
-            prod.send(names.encoded, key=title.title_id.encode(), value=msg.to_bytes())
-        prod.flush()
-        prod.close()
-        published = time.monotonic()
+        film, srt, match = _films(settings.state_dir / "demo" / "films")
+        tail = Tail(settings, names.embeddings)
+        stamp = int(time.time())
+        tid, eid = f"station-{stamp}", f"match-{stamp}"
+        print(f"== 4/5 publish title {tid!r} ({len(film.shot_frames)} shots, {film.n_frames / film.fps:.1f}s, "
+              f"speech + subtitles) and live event {eid!r} ({len(match.shot_frames)} shots, 1 s segments)")
+        publish_title(settings, film.path, title_id=tid, subtitles=srt,
+                      meta={"title": "Station", "synopsis": "Two strangers wait for the noon train.", "tags": ["drama"]})
+        segs = publish_live(settings, match.path, event_id=eid, segment_s=1.0, realtime=False)
+        print(f"   {len(segs)} live segments published to {names.live_segments}")
 
-        print(f"== 5/5 wait for {names.fused} and {names.embeddings} (up to {timeout_s:.0f}s)")
-        fused: dict[int, np.ndarray] = {}
-        ctx: dict[int, ContextualEmbedding] = {}
+        want = {tid: len(film.shot_frames), eid: len(match.shot_frames)}
+        print(f"== 5/5 wait for {names.embeddings} (up to {timeout_s:.0f}s)")
+        got: dict[str, list[ContextualEmbedding]] = {k: [] for k in want}
         dead = lambda: worker.poll() is not None  # noqa: E731
-        for rec in fused_tail.poll(timeout_s=timeout_s, stop=lambda: len(fused) == shots or dead()):
-            m = decode(rec.value, expect=FusedShot)
-            if m.title_id == title.title_id:
-                fused[m.shot_index] = bytes_to_vec(m.fused, PRODUCTION.fused_dim)
-        t_fused = time.monotonic() - published
-        remaining = max(1.0, timeout_s - t_fused)
-        for rec in ctx_tail.poll(timeout_s=remaining, stop=lambda: len(ctx) == shots or dead()):
+
+        def done() -> bool:
+            return dead() or all(len({m.shot_index for m in got[k] if m.final}) >= n for k, n in want.items())
+
+        for rec in tail.poll(timeout_s=timeout_s, stop=done):
             m = decode(rec.value, expect=ContextualEmbedding)
-            if m.title_id == title.title_id:
-                ctx[m.shot_index] = m
-        t_ctx = time.monotonic() - published
-        fused_tail.close()
-        ctx_tail.close()
+            if m.title_id in got:
+                got[m.title_id].append(m)
+                print(f"   {m.kind:5s} {m.title_id} shot {m.shot_index} [{m.start_s:5.2f}, {m.end_s:5.2f}) "
+                      f"{'final' if m.final else 'provisional'} ({m.produced_at - m.published_at:.1f}s after publish)")
+        tail.close()
         if dead():
             print(f"worker exited with code {worker.returncode}; last lines of {log}:")
             print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
             return 1
-        if len(fused) < shots or len(ctx) < shots:
-            print(f"FAILED: {len(fused)}/{shots} fused and {len(ctx)}/{shots} contextual embeddings arrived; see {log}")
-            return 1
-
-        F = np.stack([fused[i] for i in range(shots)])
-        ref = fuse(title.video, title.audio, title.text, title.present)
-        C = np.stack([bytes_to_vec(ctx[i].embedding, ctx[i].dim) for i in range(shots)])
-        Cn = C / np.linalg.norm(C, axis=1, keepdims=True)
-        same = title.scene[:, None] == title.scene[None, :]
-        off = ~np.eye(shots, dtype=bool)
-
-        def contrast(x: np.ndarray) -> str:
-            s = x @ x.T
-            return f"{s[same & off].mean():.3f} within a scene vs {s[~same].mean():.3f} across"
-
-        windows = sorted({(m.window_start, m.window_end) for m in ctx.values()})
-        print(f"fused:      {shots}/{shots} shots after {t_fused:.1f}s, dim {F.shape[1]}, "
-              f"max |pipeline - in-process fusion| {np.abs(F - ref).max():.1e}")
-        print(f"contextual: {shots}/{shots} shots after {t_ctx:.1f}s, dim {C.shape[1]}, mediafm version "
-              f"{sorted({m.model_version for m in ctx.values()})}, windows {windows}")
-        print(f"cosine, fused shots:      {contrast(F)}")
-        print(f"cosine, contextual shots: {contrast(Cn)}")
-        print(f"done in {time.monotonic() - t0:.0f}s. The stack keeps running: `mediafm stack status`, "
-              "`mediafm stack down`.")
+        for k, n in want.items():
+            finals = {m.shot_index for m in got[k] if m.final}
+            if len(finals) < n:
+                print(f"FAILED: {len(finals)}/{n} final embeddings of {k} arrived; see {log} and "
+                      f"`mediafm follow --from-beginning`")
+                return 1
+        for k in want:
+            msgs = got[k]
+            finals = [m for m in msgs if m.final]
+            C = np.stack([bytes_to_vec(m.embedding, m.dim) for m in sorted(finals, key=lambda m: m.shot_index)])
+            Cn = C / np.linalg.norm(C, axis=1, keepdims=True)
+            print(f"{k}: {len(finals)} shots, final embeddings dim {C.shape[1]}, "
+                  f"{sum(not m.final for m in msgs)} provisional, model {sorted({m.model_version for m in msgs})}, "
+                  f"mean cosine between shots {float((Cn @ Cn.T)[~np.eye(len(C), dtype=bool)].mean()):.3f}")
+        print(f"done in {time.monotonic() - t0:.0f}s. The stack keeps running: `mediafm follow --from-beginning`, "
+              "`mediafm sink --out DIR`, `mediafm stack down`.")
         return 0
     finally:
         worker.terminate()

@@ -85,6 +85,16 @@ async def prometheus_metrics(web, request):
     return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@app.timer(interval=5.0)
+async def report_consumer_lag():
+    """Per assigned partition: end offset - committed offset, from faust's monitor."""
+    mon = app.monitor
+    committed = mon.tp_committed_offsets or {}
+    for tp, end in (mon.tp_end_offsets or {}).items():
+        if committed.get(tp) is not None:
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - committed[tp]))
+
+
 @app.on_after_configured.connect
 def _configure(app, **kwargs):  # pragma: no cover - faust signal
     log.info("mediafm worker: broker %s, triton %s, %d partitions",

@@ -1,6 +1,6 @@
 """Prometheus metrics of a worker, served at the faust web server's /metrics."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 messages = Counter("mediafm_messages_total", "Messages consumed, by stage", ["stage"])
 shots = Counter("mediafm_shots_total", "Shots produced, by stage", ["stage"])
@@ -13,3 +13,5 @@ stage_seconds = Histogram("mediafm_stage_latency_seconds", "Time from a shot's p
 e2e_seconds = Histogram("mediafm_e2e_latency_seconds",
                         "From publication (title request / live segment) to a contextual embedding",
                         ["kind", "final"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+consumer_lag = Gauge("mediafm_consumer_lag_messages", "Messages on a partition not yet committed by this worker",
+                     ["topic", "partition"])

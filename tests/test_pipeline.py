@@ -128,10 +128,35 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     want_fused = next(ref.iter_titles(list(ref.titles.values()))).fused
     # Same frames, audio and text through the same encoders; Triton batches the pipeline's requests
     # with others, which moves float rounding in the convolutions (~1e-4), nothing more.
-    cos = (a.fused * want_fused).sum(1)
+    cos = (a.fused * want_fused).sum(1)  # unit vectors
     diffs = {m: float(np.abs(a.fused[:, slice(*sl)] - want_fused[:, slice(*sl)]).max()) for m, sl in OFFLINE.slices.items()}
     assert cos.min() > 0.9999, (cos, diffs)
+
+    # the worker's Prometheus metrics saw it: latency publish -> embedding by kind, lag per partition
+    metrics = _metrics(kafka_stack)
+    for labels in ('final="final",kind="title"', 'final="provisional",kind="live"', 'final="final",kind="live"'):
+        assert _sample(metrics, f"mediafm_e2e_latency_seconds_count{{{labels}}}") > 0, labels
+    assert _sample(metrics, 'mediafm_shots_total{stage="encode"}') >= 13
+    assert "mediafm_consumer_lag_messages{" in metrics
     assert worker.poll() is None
+
+
+def _metrics(settings) -> str:
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:  # the lag gauge is refreshed every 5 s
+        text = urllib.request.urlopen(f"http://127.0.0.1:{settings.worker_web_port}/metrics", timeout=5).read().decode()
+        if "mediafm_consumer_lag_messages{" in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def _meta_file(tmp_path, title_id):
