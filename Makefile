@@ -4,7 +4,7 @@
 bootstrap:
 	@scripts/bootstrap.sh
 
-# Main job on the embedded default: start the stack, push a generated title through the pipeline.
+# Main job on the embedded default: start the stack, push a generated film and live event through the pipeline.
 demo: bootstrap
 	.venv/bin/mediafm demo
 

@@ -23,14 +23,17 @@ log = logging.getLogger(__name__)
 
 settings = Settings.load()
 names = Topics.from_settings(settings)
-(settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # tables' RocksDB stores
+# Tables' RocksDB stores, one directory per app: faust names the files after the tables only, so two
+# pipelines (topic prefixes) sharing a directory would read each other's changelog offsets.
+datadir = settings.state_dir / "faust" / settings.topic_prefix
+datadir.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     # The app id names the consumer group and the changelog topics: one pipeline per topic prefix.
     settings.topic_prefix,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="rocksdb://",
-    datadir=str(settings.state_dir / "faust"),
+    datadir=str(datadir),
     # Pipeline topics are created by `mediafm stack up` with this same count
     # (faust refuses to start when the two disagree: PartitionsMismatch);
     # faust declares only its own internal topics (changelogs, leader).

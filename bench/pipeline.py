@@ -1,0 +1,172 @@
+"""The streaming pipeline end to end vs the same code called directly, and live latency.
+
+    .venv/bin/python bench/pipeline.py [--titles 4] [--shots 8] [--live-shots 24]
+
+Needs the local stack (`mediafm stack up`; started here if it is not running)
+with the offline encoders; trains and exports a tiny MediaFM for the offline
+profile first if none is served (as `mediafm demo` does).
+
+1. Throughput, in one run on the same generated films (ffmpeg, 320x180, speech,
+   tones, noise), alternating rounds, medians:
+   - direct: per film, shot detection + mediafm.media.embed.encode_shots (Triton
+     encoders) + fusion + one MediaFM pass on Triton, called from this process;
+   - pipeline: the films published as title requests to a fresh topic prefix,
+     one `mediafm worker`, timed from the first publish to the last final
+     embedding (Kafka + Faust + the same Triton models).
+   Prints shots/s of each and pipeline / direct (target >= 0.7).
+2. Live latency: a film published as a live event in real time (1 s segments);
+   for every shot, seconds from its segment's publication to its provisional and
+   to its final embedding (live_right_context for this run: --right-context).
+   Prints p50 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from mediafm import stack
+from mediafm.bus import Tail
+from mediafm.config import Settings, replace
+from mediafm.demo import _ensure_model
+from mediafm.inference import Triton
+from mediafm.media.embed import TitleMeta, encode_shots, fuse_encoded, get_profile
+from mediafm.media.shots import detect_shots
+from mediafm.media.synthfilm import make_film
+from mediafm.publish import publish_live, publish_title
+from mediafm.schema import ContextualEmbedding, decode
+from mediafm.serving import model_name
+from mediafm.stack import kafka
+from mediafm.topics import Topics
+
+AUDIO = ["speech:hello there", "tone:440", "noise", "speech:the train leaves at noon", "tone:330", "noise"]
+
+
+def films(d: Path, n: int, shots: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    return [make_film(d / f"f{seed}-{i}.mp4", shots=[int(x) for x in rng.integers(24, 60, size=shots)], fps=24,
+                      size=(320, 180), first_source=i, audio=[AUDIO[(i + j) % len(AUDIO)] for j in range(shots)])
+            for i in range(n)]
+
+
+async def direct(settings: Settings, fs: list) -> int:
+    """The pipeline's work, called directly: detect, encode on Triton, fuse, MediaFM on Triton."""
+    profile = get_profile(settings.encoder_profile)
+    client = Triton(settings.triton_http_url)
+    n = 0
+    try:
+        for f in fs:
+            shots = await asyncio.to_thread(detect_shots, f.path, detector=settings.shot_detector)
+            msgs = await encode_shots(client, f.path, shots, [], TitleMeta(f.path.stem), profile, settings=settings)
+            fused, _ = fuse_encoded(msgs, profile.layout)
+            title = np.frombuffer(msgs[0].title_embedding, "<f4")
+            await client.infer(model_name(profile.layout.name), {
+                "SHOTS": fused[None], "TITLE": title[None].copy(), "LENGTH": np.array([[len(fused)]], np.int64)},
+                ["HIDDEN"])
+            n += len(shots)
+    finally:
+        await client.close()
+    return n
+
+
+def wait_finals(tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str, list[ContextualEmbedding]]:
+    got: dict[str, list[ContextualEmbedding]] = {k: [] for k in want}
+
+    def done():
+        return all(len({m.shot_index for m in got[k] if m.final}) >= n for k, n in want.items())
+
+    for rec in tail.poll(timeout_s=timeout_s, stop=done):
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.title_id in got:
+            got[m.title_id].append(m)
+    if not done():
+        raise SystemExit(f"timed out waiting for {want}: got { {k: len(v) for k, v in got.items()} }")
+    return got
+
+
+def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
+    ids = {f"{f.path.stem}-{uuid.uuid4().hex[:6]}": len(f.shot_frames) for f in fs}
+    t0 = time.perf_counter()
+    for (tid, _), f in zip(ids.items(), fs, strict=True):
+        publish_title(s, f.path, title_id=tid)
+    wait_finals(tail, ids, timeout_s=900)
+    return sum(ids.values()), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--titles", type=int, default=4, help="films per round")
+    ap.add_argument("--shots", type=int, default=8, help="shots per film")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--live-shots", type=int, default=24)
+    ap.add_argument("--right-context", type=int, default=4, help="live_right_context of the benchmark's worker")
+    args = ap.parse_args()
+
+    base = Settings.load()
+    stack.up(base)
+    print(_ensure_model(base))
+    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", live_right_context=args.right_context)
+    kafka.create_topics(s, Topics.from_settings(s).all())
+    tmp = Path(tempfile.mkdtemp(prefix="mediafm-bench-"))
+    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_LIVE_RIGHT_CONTEXT": str(args.right_context),
+           "MEDIAFM_WORKER_WEB_PORT": str(free_port())}
+    log = tmp / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,
+                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    tail = Tail(s, Topics.from_settings(s).embeddings)
+    try:
+        print(f"worker pid {worker.pid} (log {log}); warming up (first title: model loads, group joins)")
+        pipeline(s, tail, films(tmp, 1, 3, seed=99))
+        asyncio.run(direct(s, films(tmp, 1, 3, seed=98)))
+        rows = []
+        for r in range(args.rounds):  # alternate, so drift hits both alike
+            fs = films(tmp, args.titles, args.shots, seed=r)
+            t0 = time.perf_counter()
+            n_direct = asyncio.run(direct(s, fs))
+            t_direct = time.perf_counter() - t0
+            n_pipe, t_pipe = pipeline(s, tail, fs)
+            rows.append((n_direct / t_direct, n_pipe / t_pipe))
+            print(f"round {r}: direct {n_direct} shots in {t_direct:.1f}s ({rows[-1][0]:.2f} shots/s), "
+                  f"pipeline {n_pipe} shots in {t_pipe:.1f}s ({rows[-1][1]:.2f} shots/s)")
+        d, p = statistics.median(x for x, _ in rows), statistics.median(y for _, y in rows)
+        print(f"throughput (median of {args.rounds}): direct {d:.2f} shots/s, pipeline {p:.2f} shots/s, "
+              f"pipeline / direct x{p / d:.2f} (target >= 0.7)")
+
+        live = make_film(tmp / "live.mp4", shots=[int(x) for x in np.random.default_rng(7).integers(24, 60, args.live_shots)],
+                         fps=24, size=(320, 180), audio=[AUDIO[j % len(AUDIO)] for j in range(args.live_shots)])
+        eid = f"live-{uuid.uuid4().hex[:6]}"
+        print(f"live event {eid}: {args.live_shots} shots, {live.n_frames / live.fps:.0f}s, published in real time "
+              f"(1 s segments), live_right_context {args.right_context}")
+        publish_live(s, live.path, event_id=eid, segment_s=1.0, realtime=True)
+        got = wait_finals(tail, {eid: args.live_shots}, timeout_s=600)
+        for final in (False, True):
+            lat = np.array([m.produced_at - m.published_at for m in got[eid] if m.final == final])
+            name = "final" if final else "provisional"
+            print(f"live {name:11s}: p50 {np.percentile(lat, 50):6.2f}s  p99 {np.percentile(lat, 99):6.2f}s  "
+                  f"({len(lat)} shots; from the publication of the segment that closed the shot)")
+    finally:
+        tail.close()
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()
