@@ -76,6 +76,8 @@ class Settings:
     """Shots per MediaFM pass (the model's max_shots; the source's 512)."""
     window_stride: int = 256
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
+    embedding_dtype: str = "float32"
+    """Wire dtype of published contextual embeddings: float32, or float16 (half the bytes)."""
     live_right_context: int = 16
     """Live events: a shot's final embedding waits for this many later shots (or the event's end);
     until then consumers get a provisional one from its left context."""
@@ -139,6 +141,8 @@ class Settings:
             raise ConfigError(f"two services share a port in {ports}; give each its own")
         if not 0 < self.window_stride <= self.window_shots:
             raise ConfigError(f"window_stride={self.window_stride} must be in (0, window_shots={self.window_shots}]")
+        if self.embedding_dtype not in ("float32", "float16"):
+            raise ConfigError(f"embedding_dtype={self.embedding_dtype!r}; choose float32 or float16")
         if not 0 <= self.live_right_context < self.window_shots:
             raise ConfigError(f"live_right_context={self.live_right_context} must be in [0, window_shots)")
         if self.partitions < 1:

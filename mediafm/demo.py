@@ -23,7 +23,7 @@ from mediafm import stack
 from mediafm.bus import Tail
 from mediafm.config import Settings
 from mediafm.fusion import get_layout
-from mediafm.schema import ContextualEmbedding, bytes_to_vec, decode
+from mediafm.schema import ContextualEmbedding, decode
 from mediafm.serving import model_name
 from mediafm.stack import triton
 from mediafm.synth import write_corpus
@@ -124,7 +124,7 @@ def run_demo(settings: Settings, *, timeout_s: float) -> int:
         for k in want:
             msgs = got[k]
             finals = [m for m in msgs if m.final]
-            C = np.stack([bytes_to_vec(m.embedding, m.dim) for m in sorted(finals, key=lambda m: m.shot_index)])
+            C = np.stack([m.vector() for m in sorted(finals, key=lambda m: m.shot_index)])
             Cn = C / np.linalg.norm(C, axis=1, keepdims=True)
             print(f"{k}: {len(finals)} shots, final embeddings dim {C.shape[1]}, "
                   f"{sum(not m.final for m in msgs)} provisional, model {sorted({m.model_version for m in msgs})}, "

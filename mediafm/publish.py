@@ -158,7 +158,7 @@ def follow(settings: Settings, *, from_beginning: bool = False, title_id: str | 
                 continue
             if title_id and e.title_id != title_id:
                 continue
-            v = bytes_to_vec(e.embedding, e.dim)
+            v = e.vector()
             lag = e.produced_at - e.published_at if e.published_at else float("nan")
             print(f"{e.kind:5s} {e.title_id} shot {e.shot_index:4d} [{e.start_s:8.2f}, {e.end_s:8.2f}) "
                   f"{'final      ' if e.final else 'provisional'} {e.model}:{e.model_version} "
@@ -240,7 +240,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
         "title_id": pa.array([e.title_id for e in rows], pa.string()),
         "shot_index": pa.array([e.shot_index for e in rows], pa.int32()),
         "model_version": pa.array([e.model_version for e in rows], pa.string()),
-        "embedding": pa.array([np.frombuffer(e.embedding, "<f4") for e in rows],
+        "embedding": pa.array([e.vector() for e in rows],
                               pa.list_(pa.float32(), rows[0].dim if rows else 0)),
     }), Path(root) / "contextual.parquet")
     return {"out": str(root), "titles": len(latest), "shots": sum(len(v) for v in latest.values()),

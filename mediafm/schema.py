@@ -31,16 +31,23 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Hard cap on one encoded message; the broker's message.max.bytes matches it."""
 
 
-def vec_to_bytes(x: np.ndarray) -> bytes:
-    """A 1-D vector as little-endian float32 bytes."""
-    return np.ascontiguousarray(x, dtype="<f4").tobytes()
+DTYPES = {"float32": "<f4", "float16": "<f2"}
+"""Wire formats of vectors: little-endian float32, or float16 where configured (embedding_dtype)."""
 
 
-def bytes_to_vec(b: bytes, dim: int, *, what: str = "vector") -> np.ndarray:
-    """Inverse of :func:`vec_to_bytes`, checking the length matches `dim`."""
-    if len(b) != 4 * dim:
-        raise SchemaError(f"{what} has {len(b)} bytes, expected {4 * dim} (float32 x {dim})")
-    v = np.frombuffer(b, dtype="<f4")
+def vec_to_bytes(x: np.ndarray, dtype: str = "float32") -> bytes:
+    """A 1-D vector as little-endian float32 (or float16) bytes."""
+    return np.ascontiguousarray(x, dtype=DTYPES[dtype]).tobytes()
+
+
+def bytes_to_vec(b: bytes, dim: int, *, what: str = "vector", dtype: str = "float32") -> np.ndarray:
+    """Inverse of :func:`vec_to_bytes`, checking the length matches `dim`; float32 out."""
+    if dtype not in DTYPES:
+        raise SchemaError(f"{what}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    width = np.dtype(DTYPES[dtype]).itemsize
+    if len(b) != width * dim:
+        raise SchemaError(f"{what} has {len(b)} bytes, expected {width * dim} ({dtype} x {dim})")
+    v = np.frombuffer(b, dtype=DTYPES[dtype]).astype(np.float32)
     if not np.isfinite(v).all():
         raise SchemaError(f"{what} contains NaN or inf")
     return v
@@ -184,7 +191,7 @@ class ContextualEmbedding(Message):
     start_s: float
     end_s: float
     embedding: bytes
-    """float32 little-endian, `dim` values: MediaFM's last hidden state for the shot."""
+    """`dim` little-endian values of `dtype`: MediaFM's last hidden state for the shot (use .vector())."""
     dim: int
     model_version: str
     profile: str
@@ -199,6 +206,12 @@ class ContextualEmbedding(Message):
     published_at: float = 0.0
     """When the source shot entered the pipeline (for end-to-end latency)."""
     produced_at: float = field(default_factory=time.time)
+    dtype: str = "float32"
+    """float32, or float16 where the pipeline is configured so (embedding_dtype): half the bytes."""
+
+    def vector(self) -> np.ndarray:
+        """The embedding as a float32 array, whatever its wire dtype."""
+        return bytes_to_vec(self.embedding, self.dim, what="embedding", dtype=self.dtype)
 
 
 @dataclass

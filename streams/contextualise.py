@@ -93,7 +93,8 @@ async def contextualise_title(title_id: str, n: int, request_id: str = "") -> in
         w = windows[owner[i]]
         emb = hidden[owner[i], i - w.start]
         msg = ContextualEmbedding(
-            title_id=title_id, shot_index=i, start_s=s.start_s, end_s=s.end_s, embedding=vec_to_bytes(emb),
+            title_id=title_id, shot_index=i, start_s=s.start_s, end_s=s.end_s,
+            embedding=vec_to_bytes(emb, settings.embedding_dtype), dtype=settings.embedding_dtype,
             dim=int(emb.shape[0]), model_version=version, profile=s.profile,
             window_start=w.start, window_end=w.end, final=True, n_shots=n, kind=s.kind, published_at=s.published_at)
         await topics.embeddings.send(key=title_id.encode(), value=msg.to_bytes())

@@ -61,7 +61,8 @@ async def publish_window(event_id: str, window: Window, provisional: list[int], 
         s = shots[i - window.start]
         emb = hidden[0, i - window.start]
         msg = ContextualEmbedding(
-            title_id=event_id, shot_index=i, start_s=s.start_s, end_s=s.end_s, embedding=vec_to_bytes(emb),
+            title_id=event_id, shot_index=i, start_s=s.start_s, end_s=s.end_s,
+            embedding=vec_to_bytes(emb, settings.embedding_dtype), dtype=settings.embedding_dtype,
             dim=int(emb.shape[0]), model_version=version, profile=s.profile, window_start=window.start,
             window_end=window.end, final=is_final, n_shots=n_shots, kind="live", published_at=s.published_at)
         await topics.embeddings.send(key=event_id.encode(), value=msg.to_bytes())

@@ -56,7 +56,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for key in ("state_dir", "cache_dir", "model_repository", "bind_host", "kafka_port", "kafka_controller_port",
                 "triton_http_port", "triton_grpc_port", "triton_metrics_port", "worker_web_port",
                 "partitions", "topic_prefix", "window_shots", "window_stride", "frames_per_shot",
-                "live_right_context", "shot_detector"):
+                "live_right_context", "shot_detector", "embedding_dtype"):
         env[f"MEDIAFM_{key.upper()}"] = str(getattr(settings, key))
     env["MEDIAFM_TRITON_MODELS"] = ",".join(settings.triton_models)
     env.pop("MEDIAFM_CONFIG", None)

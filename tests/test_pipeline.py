@@ -21,7 +21,7 @@ from mediafm.fusion import OFFLINE
 from mediafm.media.embed import embed_title
 from mediafm.media.synthfilm import Cue, make_film, write_srt
 from mediafm.publish import backfill, publish_live, publish_title, sink
-from mediafm.schema import ContextualEmbedding, DeadLetter, LiveSegment, TitleRequest, bytes_to_vec, decode
+from mediafm.schema import ContextualEmbedding, DeadLetter, LiveSegment, TitleRequest, decode
 from mediafm.stack import triton
 from mediafm.synth import write_corpus
 from mediafm.topics import Topics
@@ -91,7 +91,7 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
         assert sorted(m.shot_index for m in finals) == list(range(n)), (key, [m.shot_index for m in finals])
         assert {m.model_version for m in msgs} == {offline_model} and {m.profile for m in msgs} == {"offline"}
         for m in msgs:
-            v = bytes_to_vec(m.embedding, m.dim)
+            v = m.vector()
             assert m.dim == 64 and np.isfinite(v).all() and np.linalg.norm(v) > 0
             assert m.n_shots in (n, None) and m.window_start <= m.shot_index < m.window_end
         # shot spans follow the film's hard cuts (TransNetV2 on decoded frames)
@@ -107,6 +107,17 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
         assert kinds == [False, True], (i, kinds)
         prov = next(m for m in live if m.shot_index == i and not m.final)
         assert prov.window_end == i + 1, "a provisional embedding sees left context only"
+
+    # `mediafm follow` prints them, one line each, provisional and final told apart
+    import io
+
+    from mediafm.publish import follow
+
+    buf = io.StringIO()
+    assert follow(kafka_stack, from_beginning=True, title_id=ids["live"], timeout_s=8, out=buf) == len(live)
+    lines = buf.getvalue().splitlines()
+    assert sum("provisional" in x for x in lines) == sum("final " in x for x in lines) == want[ids["live"]]
+    assert all(ids["live"] in x and f"mediafm:{offline_model}" in x for x in lines)
 
     # the sink writes what the pipeline made as a v1 dataset; equal to `mediafm embed` on the same file
     out = sink(kafka_stack, tmp_path / "sink", idle_s=3)

@@ -14,7 +14,7 @@ from conftest import free_port, start_worker, stop_worker
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.fusion import OFFLINE
-from mediafm.schema import ContextualEmbedding, bytes_to_vec, decode
+from mediafm.schema import ContextualEmbedding, decode
 from mediafm.stack import kafka
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.triton, pytest.mark.slow]
 def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, offline_model, tmp_path):
     # A pipeline of its own (topic prefix = faust app id = consumer group), so the session's worker stays out.
     s = replace(kafka_stack, topic_prefix=f"kill{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "a",
-                worker_web_port=free_port())
+                worker_web_port=free_port(), embedding_dtype="float16")  # and: half-size vectors on the wire
     names = Topics.from_settings(s)
     kafka.create_topics(s, names.all())
     world = World(OFFLINE, seed=3)
@@ -46,8 +46,9 @@ def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, o
 
     def take(rec):
         m = decode(rec.value, expect=ContextualEmbedding)
+        assert m.dtype == "float16" and len(m.embedding) == 2 * m.dim
         if m.final:
-            finals[(m.title_id, m.shot_index, m.model_version)].append(bytes_to_vec(m.embedding, m.dim))
+            finals[(m.title_id, m.shot_index, m.model_version)].append(m.vector())
 
     for rec in tail.poll(timeout_s=240, stop=lambda: len(finals) > 0 or a.poll() is not None):
         take(rec)

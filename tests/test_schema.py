@@ -71,3 +71,18 @@ def test_vector_length_and_nan_checked():
         bytes_to_vec(vec_to_bytes(np.zeros(2)), 3, what="video")
     with pytest.raises(SchemaError, match="NaN"):
         bytes_to_vec(vec_to_bytes(np.array([np.nan])), 1)
+
+
+def test_contextual_embedding_float16_on_the_wire():
+    from mediafm.schema import ContextualEmbedding, SchemaError, decode, vec_to_bytes
+
+    v = np.random.default_rng(0).normal(size=64).astype(np.float32)
+    m = ContextualEmbedding(title_id="t", shot_index=0, start_s=0.0, end_s=1.0, embedding=vec_to_bytes(v, "float16"),
+                            dim=64, model_version="1", profile="offline", window_start=0, window_end=1, final=True,
+                            dtype="float16")
+    back = decode(m.to_bytes(), expect=ContextualEmbedding)
+    assert len(back.embedding) == 128 and back.vector().dtype == np.float32
+    np.testing.assert_allclose(back.vector(), v, rtol=1e-3, atol=1e-3)
+    back.dtype = "float32"  # 128 bytes are not 64 float32 values
+    with pytest.raises(SchemaError, match="expected 256 \\(float32 x 64\\)"):
+        back.vector()

@@ -139,6 +139,6 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
         for m in msgs:
             w = windows[owner[m.shot_index]]
             assert (m.window_start, m.window_end) == (w.start, w.end)
-            np.testing.assert_allclose(bytes_to_vec(m.embedding, m.dim), expected[m.shot_index], atol=1e-4)
+            np.testing.assert_allclose(m.vector(), expected[m.shot_index], atol=1e-4)
         assert len(windows) > 1 or n <= kafka_stack.window_shots
     assert worker.poll() is None
