@@ -94,8 +94,7 @@ async def segment_titles(stream):
 # --- live events ---------------------------------------------------------------------------------
 
 def _new_state(seg: LiveSegment) -> dict:
-    return {"next_segment": 0, "next_shot": 0, "cut_s": 0.0, "segments": [], "done": False,
-            "title_text": "", "meta": seg.meta}
+    return {"next_segment": 0, "next_shot": 0, "cut_s": 0.0, "segments": [], "done": False, "meta": seg.meta}
 
 
 def _covering(segments: list[list], start_s: float, end_s: float) -> list[list]:
@@ -142,16 +141,21 @@ async def segment_live(stream):
             if seg.segment_index > state["next_segment"]:
                 raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} arrived but segment "
                                   f"{state['next_segment']} is next; publish segments in order, without gaps")
-            path = str(check_uri(seg.uri, media_settings))
             meta = title_meta(seg.event_id, "live", state["meta"] or seg.meta)
-            shots = await asyncio.to_thread(push_live, state, seg, path)
-        except (SchemaError, MediaError) as e:
+        except SchemaError as e:
             await dead_letter(STAGE, event, str(e))
             continue
-        except Exception as e:
-            log.exception("live segmentation failed")
-            _detectors.pop(seg.event_id, None)
-            await dead_letter(STAGE, event, f"live segmentation failed: {type(e).__name__}: {e}")
+        try:
+            path = str(check_uri(seg.uri, media_settings))
+            shots = await asyncio.to_thread(push_live, state, seg, path)
+        except Exception as e:  # this segment is unusable: say so, and let the event go on without it
+            if not isinstance(e, MediaError):
+                log.exception("live segmentation failed")
+            _detectors.pop(seg.event_id, None)  # rebuilt from the table's segments on the next one
+            await dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index} skipped: "
+                                            f"{type(e).__name__}: {e}")
+            state["next_segment"] += 1
+            live_table[key] = msgpack.packb(state)
             continue
         state["segments"].append([path, seg.start_s])
         total = state["next_shot"] + len(shots) if seg.last else None

@@ -196,10 +196,12 @@ def test_bad_requests_are_dead_lettered_with_the_reason(kafka_stack, worker, off
                                           "v": 9}), "version 9 is not supported"),
         f"gap-{run}": (LiveSegment(event_id=f"gap-{run}", segment_index=3, uri=f"{media}/x.ts", start_s=6.0).to_bytes(),
                        "segment 0 is next"),
+        f"live-corrupt-{run}": (LiveSegment(event_id=f"live-corrupt-{run}", segment_index=0, uri=staged.uri,
+                                            start_s=0.0).to_bytes(), "segment 0 skipped"),
     }
     p = producer(kafka_stack)
     for key, (raw, _) in bad.items():
-        p.send(names.live_segments if key.startswith("gap") else names.titles, key=key.encode(), value=raw)
+        p.send(names.live_segments if key.startswith(("gap", "live")) else names.titles, key=key.encode(), value=raw)
     p.flush()
     p.close()
     expect = {**{k.encode(): why for k, (_, why) in bad.items()}, staged.title_id.encode(): "corrupt"}
