@@ -38,7 +38,11 @@ class MediaFMConfig:
     norm_first: bool = True
     """Pre-norm (GPT-2 style, stabler with large lr) or post-norm (original BERT)."""
     mask_rate: float = 0.2
-    """Fraction of real shots replaced by [MASK] in training (the source's 20%)."""
+    """Fraction of real shots chosen for prediction in training (the source's 20%)."""
+    mask_keep: float = 0.0
+    """Of the chosen shots, the fraction left as they are (BERT: 0.1; the source: 0, all [MASK])."""
+    mask_random: float = 0.0
+    """Of the chosen shots, the fraction replaced by another shot of the batch (BERT: 0.1)."""
 
     def __post_init__(self) -> None:
         for name in ("fused_dim", "title_dim", "hidden", "n_layers", "n_heads", "mlp_ratio", "max_shots"):
@@ -50,6 +54,9 @@ class MediaFMConfig:
             raise ValueError(f"MediaFMConfig.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"MediaFMConfig.mask_rate must be in (0, 1), got {self.mask_rate}")
+        if not (0.0 <= self.mask_keep and 0.0 <= self.mask_random and self.mask_keep + self.mask_random < 1.0):
+            raise ValueError(f"MediaFMConfig.mask_keep={self.mask_keep} and mask_random={self.mask_random} must be "
+                             ">= 0 with a sum below 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,7 +233,18 @@ class MaskedShotModel(nn.Module):
         """
         if mask is None:
             return self.encoder(shots, title, lengths)[1], None
-        x = torch.where(mask[..., None], self.mask_token.to(shots.dtype), shots)
+        x = shots
+        keep, rand = self.cfg.mask_keep, self.cfg.mask_random
+        if keep or rand:  # BERT's rule: some chosen shots stay visible or turn into another shot
+            u = torch.rand(mask.shape, device=shots.device)
+            real = (torch.arange(shots.shape[1], device=shots.device)[None, :] < lengths[:, None]).flatten()
+            pool = shots.flatten(0, 1)[real]  # every real shot of the batch
+            other = pool[torch.randint(len(pool), mask.shape, device=shots.device)]
+            x = torch.where((mask & (u >= 1 - keep - rand) & (u < 1 - keep))[..., None], other, x)
+            mask_with_token = mask & (u < 1 - keep - rand)
+        else:
+            mask_with_token = mask
+        x = torch.where(mask_with_token[..., None], self.mask_token.to(shots.dtype), x)
         _, pred = self.encoder(x, title, lengths)
         loss = msm_loss(pred, shots, mask)
         return pred, loss

@@ -87,3 +87,32 @@ def test_config_errors_name_the_field():
         tiny(hidden=65)
     with pytest.raises(ValueError, match="mask_rate must be in"):
         tiny(mask_rate=1.5)
+
+
+def test_bert_replacement_rule_keeps_or_swaps_some_chosen_shots():
+    """mask_keep / mask_random: of the chosen shots, some stay as they are, some become another real shot."""
+    torch.manual_seed(0)
+    cfg = MediaFMConfig(fused_dim=16, title_dim=8, hidden=32, n_layers=1, n_heads=4, max_shots=64, dropout=0.0,
+                        mask_keep=0.3, mask_random=0.3)
+    model = MaskedShotModel(cfg)
+    seen = {}
+    model.encoder.register_forward_pre_hook(lambda mod, args: seen.update(x=args[0].clone()))  # returns None
+    shots = torch.nn.functional.normalize(torch.randn(4, 64, 16), dim=-1)
+    lengths = torch.tensor([64, 64, 40, 64])
+    mask = mask_positions(lengths, 64, 0.5)
+    _, loss = model(shots, torch.randn(4, 8), lengths, mask)
+    x = seen["x"]
+    is_token = (x == model.mask_token).all(-1)
+    is_same = (x == shots).all(-1)
+    assert not (is_token & ~mask).any() and is_same[~mask].all(), "unchosen shots are untouched"
+    n = int(mask.sum())
+    token, same = int((is_token & mask).sum()), int((is_same & mask).sum())
+    swapped = n - token - same
+    assert abs(token / n - 0.4) < 0.12 and abs(same / n - 0.3) < 0.12 and abs(swapped / n - 0.3) < 0.12
+    real = (torch.arange(64)[None, :] < lengths[:, None])
+    pool = shots[real]
+    for v in x[mask & ~is_token & ~is_same]:  # a swapped shot is some real shot of the batch, never padding
+        assert (pool == v).all(-1).any()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="mask_keep"):
+        MediaFMConfig(mask_keep=0.6, mask_random=0.5)

@@ -16,18 +16,19 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Visually distinct sources; each shot takes the next one (with a per-shot hue shift
+# Visually distinct sources (random ones seeded: the same film every time, so a test that passes
+# once passes again); each shot takes the next one (with a per-shot hue shift
 # when the list wraps so two shots never look the same).
 SOURCES = [
     "testsrc2=size={w}x{h}:rate={fps}",
     "smptebars=size={w}x{h}:rate={fps}",
     "mandelbrot=size={w}x{h}:rate={fps}",
-    "cellauto=size={w}x{h}:rate={fps}:rule=110",
+    "cellauto=size={w}x{h}:rate={fps}:rule=110:seed=1",
     "rgbtestsrc=size={w}x{h}:rate={fps}",
-    "gradients=size={w}x{h}:rate={fps}:speed=0.02",
-    "life=size={w}x{h}:rate={fps}:mold=10:ratio=0.3:death_color=#202080:life_color=#ffcc00",
+    "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed=1",
+    "life=size={w}x{h}:rate={fps}:mold=10:ratio=0.3:seed=1:death_color=#202080:life_color=#ffcc00",
     "yuvtestsrc=size={w}x{h}:rate={fps}",
-    "color=c=0x336633:size={w}x{h}:rate={fps},noise=alls=40:allf=t",
+    "color=c=0x336633:size={w}x{h}:rate={fps},noise=alls=40:allf=t:all_seed=1",
     "pal100bars=size={w}x{h}:rate={fps}",
 ]
 
