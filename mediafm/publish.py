@@ -13,7 +13,6 @@ the stand-in for the object store an ingestion system uploads to.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -57,16 +56,11 @@ def stage_media(settings: Settings, path: str | Path, name: str) -> Path:
 
 
 def _load_meta(meta: str | Path | dict | None) -> dict:
+    from mediafm.media.embed import TitleMeta
+
     if meta is None or isinstance(meta, dict):
         return dict(meta or {})
-    try:
-        d = json.loads(Path(meta).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MediaError(f"{meta}: metadata is not readable JSON ({e}); pass a JSON object like "
-                         '{"title": "...", "synopsis": "...", "tags": ["..."]}') from None
-    if not isinstance(d, dict):
-        raise MediaError(f"{meta}: metadata must be a JSON object, got {type(d).__name__}")
-    return d
+    return TitleMeta.read(meta)
 
 
 def publish_title(settings: Settings, file: str | Path, *, title_id: str | None = None,

@@ -94,10 +94,9 @@ class TitleMeta:
             parts.append("Tags: " + ", ".join(self.tags))
         return ". ".join(parts) or self.title_id
 
-    @classmethod
-    def load(cls, path: str | Path | None, *, default_id: str) -> TitleMeta:
-        if path is None:
-            return cls(default_id)
+    @staticmethod
+    def read(path: str | Path) -> dict:
+        """A metadata JSON file as a dict (keys not checked); MediaError naming what is wrong."""
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
@@ -105,6 +104,13 @@ class TitleMeta:
                              '{"title_id": "tt01", "synopsis": "...", "tags": ["..."]}') from None
         if not isinstance(d, dict):
             raise MediaError(f"{path}: metadata must be a JSON object, got {type(d).__name__}")
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path | None, *, default_id: str) -> TitleMeta:
+        if path is None:
+            return cls(default_id)
+        d = cls.read(path)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)
         if unknown:
