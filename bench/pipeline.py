@@ -38,7 +38,7 @@ import numpy as np
 from mediafm import stack
 from mediafm.bus import Tail
 from mediafm.config import Settings, replace
-from mediafm.demo import _ensure_model
+from mediafm.demo import ensure_model
 from mediafm.inference import Triton
 from mediafm.media.embed import TitleMeta, encode_shots, fuse_encoded, get_profile
 from mediafm.media.shots import detect_shots
@@ -114,7 +114,7 @@ def main() -> None:
 
     base = Settings.load()
     stack.up(base)
-    print(_ensure_model(base))
+    print(ensure_model(base))
     s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", live_right_context=args.right_context)
     kafka.create_topics(s, Topics.from_settings(s).all())
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-bench-"))

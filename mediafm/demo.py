@@ -30,7 +30,7 @@ from mediafm.synth import write_corpus
 from mediafm.topics import Topics
 
 
-def _ensure_model(settings: Settings) -> str:
+def ensure_model(settings: Settings) -> str:
     """The served MediaFM version; trains and exports a tiny one first if there is none."""
     name = model_name(settings.encoder_profile)
     served = triton.ready_versions(settings).get(name)
@@ -76,7 +76,7 @@ def run_demo(settings: Settings, *, timeout_s: float) -> int:
     names = Topics.from_settings(settings)
 
     print("== 2/5 model")
-    print("   " + _ensure_model(settings))
+    print("   " + ensure_model(settings))
 
     print("== 3/5 worker")
     log = settings.state_dir / "demo-worker.log"

@@ -31,18 +31,15 @@ from mediafm.schema import ContextualEmbedding, FusedShot, LiveSegment, TitleReq
 from mediafm.topics import Topics
 
 
-def _under(path: Path, roots: tuple[str, ...]) -> bool:
-    p = path.resolve()
-    return any(p == Path(r).resolve() or Path(r).resolve() in p.parents for r in roots)
-
-
 def stage_media(settings: Settings, path: str | Path, name: str) -> Path:
     """The file as workers may read it: itself if under an allowed root, else linked/copied into <state_dir>/media."""
     src = Path(path).expanduser()
     if not src.is_file():
         raise MediaError(f"{src}: no such file; pass the media file to publish")
+    from mediafm.media.decode import under_roots
+
     roots = settings.worker_media_roots
-    if _under(src, roots):
+    if under_roots(src, roots):
         return src.resolve()
     dest_dir = Path(roots[0]) / name
     dest_dir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def bytes_to_vec(b: bytes, dim: int, *, what: str = "vector", dtype: str = "floa
     width = np.dtype(DTYPES[dtype]).itemsize
     if len(b) != width * dim:
         raise SchemaError(f"{what} has {len(b)} bytes, expected {width * dim} ({dtype} x {dim})")
-    v = np.frombuffer(b, dtype=DTYPES[dtype]).astype(np.float32)
+    v = np.frombuffer(b, dtype=DTYPES[dtype]).astype(np.float32, copy=False)  # float32: a view, no copy
     if not np.isfinite(v).all():
         raise SchemaError(f"{what} contains NaN or inf")
     return v

@@ -1,7 +1,8 @@
 """The Faust app: settings -> App -> topics -> dead letters -> /metrics.
 
 Every agent module (one per pipeline stage) imports `app` and `topics` from
-here. Topics carry raw bytes: each agent decodes with mediafm.schema inside a
+here, and the two contextualising stages (titles, live) share `run_windows`,
+the MediaFM pass on Triton. Topics carry raw bytes: each agent decodes with mediafm.schema inside a
 per-message try, so a malformed message reaches the dead-letter topic with its
 reason instead of being dropped by a serializer before any agent sees it.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 import logging
 
 import faust
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediafm.config import Settings
 from mediafm.inference import Triton
-from mediafm.schema import MAX_MESSAGE_BYTES, DeadLetter
+from mediafm.schema import MAX_MESSAGE_BYTES, DeadLetter, FusedShot, bytes_to_vec
+from mediafm.serving import model_name
 from mediafm.topics import Topics
 from streams import metrics
 
@@ -80,6 +83,26 @@ async def dead_letter(stage: str, event: faust.EventT, reason: str) -> None:
                         key=msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode(),
                         reason=reason[:2000], payload=value[: 1024 * 1024])
     await topics.deadletter.send(key=letter.key, value=letter.to_bytes())
+
+
+async def run_windows(fused: np.ndarray, title: np.ndarray, windows: list, profile: str) -> tuple[np.ndarray, str]:
+    """MediaFM on Triton over windows [(start, end)] of one title; (hidden (W, T, H), model version)."""
+    meta: dict = {}
+    T = max(w.end - w.start for w in windows)
+    shots = np.zeros((len(windows), T, fused.shape[1]), np.float32)
+    for k, w in enumerate(windows):
+        shots[k, : w.end - w.start] = fused[w.start : w.end]
+    out = await triton.infer(model_name(profile), {
+        "SHOTS": shots,  # (W, T, fused_dim), zero padding past each window's LENGTH
+        "TITLE": np.repeat(title[None], len(windows), axis=0),
+        "LENGTH": np.array([[w.end - w.start] for w in windows], np.int64),
+    }, ["HIDDEN"], meta=meta)
+    return out["HIDDEN"], meta.get("model_version", "")
+
+
+def title_vector(shots: list[FusedShot], dim: int) -> np.ndarray:
+    src = next((s.title_embedding for s in shots if s.title_embedding is not None), None)
+    return bytes_to_vec(src, dim) if src else np.zeros(dim, np.float32)
 
 
 @app.page("/metrics")

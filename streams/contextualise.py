@@ -8,7 +8,8 @@
 A title is contextualised once all of its n_shots fused shots have arrived
 (they may arrive in any order, and twice); a new request for the same title
 (`mediafm backfill`) is contextualised again, with the model served then.
-Live events are streams/live.py's. State lives in changelog-backed
+Live shots are handed to streams/live.py: one agent reads this topic, so each
+message is decoded and checked once. State lives in changelog-backed
 RocksDB tables, written to the partition of the event being processed, so
 they are co-partitioned with the title-keyed source topic and a restarted or
 rebalanced worker resumes where it stopped.
@@ -26,10 +27,10 @@ from mediafm.errors import SchemaError
 from mediafm.fusion import get_layout
 from mediafm.inference import BadRequest
 from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
-from mediafm.serving import model_name
 from mediafm.windows import plan
 from streams import metrics
-from streams.app import app, dead_letter, settings, topics, triton
+from streams.app import app, dead_letter, run_windows, settings, title_vector, topics
+from streams.live import on_shot as on_live_shot
 
 log = logging.getLogger(__name__)
 STAGE = "contextualise"
@@ -43,42 +44,24 @@ def _shot_key(title_id: str, index: int, request_id: str = "") -> bytes:
     return f"{title_id}#{request_id}/{index:07d}".encode()
 
 
-async def run_windows(fused: np.ndarray, title: np.ndarray, windows: list, profile: str) -> tuple[np.ndarray, str]:
-    """MediaFM on Triton over windows [(start, end)] of one title; (hidden (W, T, H), model version)."""
-    meta: dict = {}
-    T = max(w.end - w.start for w in windows)
-    shots = np.zeros((len(windows), T, fused.shape[1]), np.float32)
-    for k, w in enumerate(windows):
-        shots[k, : w.end - w.start] = fused[w.start : w.end]
-    out = await triton.infer(model_name(profile), {
-        "SHOTS": shots,  # (W, T, fused_dim), zero padding past each window's LENGTH
-        "TITLE": np.repeat(title[None], len(windows), axis=0),
-        "LENGTH": np.array([[w.end - w.start] for w in windows], np.int64),
-    }, ["HIDDEN"], meta=meta)
-    return out["HIDDEN"], meta.get("model_version", "")
-
-
-def title_vector(shots: list[FusedShot], dim: int) -> np.ndarray:
-    src = next((s.title_embedding for s in shots if s.title_embedding is not None), None)
-    return bytes_to_vec(src, dim) if src else np.zeros(dim, np.float32)
-
-
 def _parse(raw: bytes) -> FusedShot:
     shot = decode(raw, expect=FusedShot)
     try:
         layout = get_layout(shot.profile)
     except ValueError as e:
         raise SchemaError(str(e)) from None
-    if shot.kind == "live":
-        return shot  # streams/live.py
+    bytes_to_vec(shot.fused, layout.fused_dim, what="fused")
+    if shot.title_embedding is not None:
+        bytes_to_vec(shot.title_embedding, layout.title, what="title_embedding")
+    if shot.kind == "live":  # its n_shots comes with the event's last shots (streams/live.py)
+        if shot.shot_index < 0 or (shot.n_shots is not None and shot.shot_index >= shot.n_shots):
+            raise SchemaError(f"shot_index {shot.shot_index} outside 0..{shot.n_shots} of live {shot.title_id!r}")
+        return shot
     if shot.kind != "title" or shot.n_shots is None:
         raise SchemaError(f"{shot.title_id!r}: kind={shot.kind!r} n_shots={shot.n_shots}: a title shot needs a "
                           "known n_shots (kind is 'title' or 'live')")
     if not 0 <= shot.shot_index < shot.n_shots:
         raise SchemaError(f"shot_index {shot.shot_index} outside 0..{shot.n_shots - 1} of {shot.title_id!r}")
-    bytes_to_vec(shot.fused, layout.fused_dim, what="fused")
-    if shot.title_embedding is not None:
-        bytes_to_vec(shot.title_embedding, layout.title, what="title_embedding")
     return shot
 
 
@@ -113,6 +96,10 @@ async def contextualise(stream):
             await dead_letter(STAGE, event, str(e))
             continue
         if shot.kind == "live":
+            try:
+                await on_live_shot(shot)
+            except (BadRequest, SchemaError) as e:
+                await dead_letter("live", event, str(e))
             continue
         tid, rid = shot.title_id, shot.request_id
         tkey = f"{tid}#{rid}".encode()

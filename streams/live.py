@@ -1,9 +1,10 @@
 """Stage: fused shots of a live event -> provisional, then final, contextual embeddings.
 
-    shots.fused (kind=live) ──► contextualise_live ──(Triton: mediafm)──► embeddings
+    shots.fused (kind=live) ──► contextualise agent ──► on_shot ──(Triton: mediafm)──► embeddings
                                    │  tables: live-shots "<event>/<index>" -> FusedShot bytes
                                    │          live-events "<event>" -> progress
-                                   └── malformed ──► deadletter (by streams/contextualise.py)
+                                   └── malformed, out of order ──► deadletter
+(streams/contextualise.py's agent reads the fused topic once and hands live shots here.)
 
 Shot i of an event arrives; one MediaFM pass over the window that ends at i
 (at most window_shots shots of left context) gives
@@ -31,12 +32,10 @@ import numpy as np
 
 from mediafm.errors import SchemaError
 from mediafm.fusion import get_layout
-from mediafm.inference import BadRequest
 from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
 from mediafm.windows import Window
 from streams import metrics
-from streams.app import app, dead_letter, settings, topics
-from streams.contextualise import run_windows, title_vector
+from streams.app import app, run_windows, settings, title_vector, topics
 
 log = logging.getLogger(__name__)
 STAGE = "live"
@@ -72,6 +71,8 @@ async def publish_window(event_id: str, window: Window, provisional: list[int], 
 
 
 async def on_shot(shot: FusedShot) -> None:
+    """One fused shot of a live event, already decoded and checked. Raises SchemaError / BadRequest."""
+    metrics.messages.labels(STAGE).inc()
     eid = shot.title_id
     ekey = eid.encode()
     st = msgpack.unpackb(events_table[ekey]) if ekey in events_table else {"next": 0, "final": 0, "n": None}
@@ -104,19 +105,3 @@ async def on_shot(shot: FusedShot) -> None:
         if old >= 0:
             shots_table.pop(_key(eid, old), None)
     events_table[ekey] = msgpack.packb(st)
-
-
-@app.agent(topics.fused)
-async def contextualise_live(stream):
-    async for event in stream.events():
-        try:
-            shot = decode(event.message.value, expect=FusedShot)
-        except SchemaError:
-            continue  # streams/contextualise.py dead-letters it (both agents read this topic)
-        if shot.kind != "live":
-            continue
-        metrics.messages.labels(STAGE).inc()
-        try:
-            await on_shot(shot)
-        except (BadRequest, SchemaError) as e:
-            await dead_letter(STAGE, event, str(e))

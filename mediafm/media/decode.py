@@ -36,6 +36,12 @@ from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
 _OPEN_OPTIONS = {"probesize": str(32 * 1024 * 1024), "analyzeduration": str(20_000_000)}
 
 
+def under_roots(path: Path, roots) -> bool:
+    """Is `path` (symlinks resolved) one of `roots` or inside one of them?"""
+    path = Path(path).expanduser().resolve()
+    return any(path == r or r in path.parents for r in (Path(x).expanduser().resolve() for x in roots))
+
+
 def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
     """A local path or file:// URI -> resolved Path, checked against the settings.
 
@@ -53,10 +59,9 @@ def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
         raise MediaURIError(f"{s}: scheme {parsed.scheme!r} is not supported; copy the media to a local "
                             "path (or file:// URI) under media_roots first")
     path = Path(s).expanduser().resolve()
-    if settings.media_roots:
-        roots = [Path(r).expanduser().resolve() for r in settings.media_roots]
-        if not any(path == r or r in path.parents for r in roots):
-            raise MediaURIError(f"{path}: outside the allowed media_roots {[str(r) for r in roots]}; "
+    if settings.media_roots and not under_roots(path, settings.media_roots):
+        roots = [str(Path(r).expanduser().resolve()) for r in settings.media_roots]
+        raise MediaURIError(f"{path}: outside the allowed media_roots {roots}; "
                                 "move it there or add its directory to media_roots")
     if not path.exists():
         raise MediaURIError(f"{path}: no such file")
