@@ -101,7 +101,8 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
         layout = get_layout(args.profile)
     lo, hi = (int(x) for x in args.shots.split(","))
     path = write_corpus(args.out, n_titles=args.titles, layout=layout, seed=args.seed, shots=(lo, hi),
-                        noise=args.noise, progress=True)
+                        noise=args.noise, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                        progress=True)
     print(f"wrote {args.titles} synthetic titles ({layout.fused_dim}-d fused) to {path}")
     return 0
 
@@ -240,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--titles", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shots", default="40,400", help="min,max shots per title (default 40,400)")
-    s.add_argument("--noise", type=float, default=1.0, help="per-shot noise; higher = less evidence per shot")
+    s.add_argument("--noise", type=float, default=1.5,
+                   help="per-shot noise scale (default 1.5); higher = less evidence in each shot alone")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="share of titles in split val (default 0.1)")
+    s.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of titles in split test, the evaluation titles, never trained on (default 0.1)")
     s.add_argument("--profile", default="production", help="encoder profile whose dims to use (default production)")
     s.add_argument("--dims", help="video,audio,text,title dims instead of a profile, e.g. 32,32,32,32 for tests")
     s.set_defaults(fn=_cmd_synth)

@@ -4,25 +4,31 @@ This is SYNTHETIC data in modality-embedding space, not decoded media. It
 exists so that training, the pipeline and the evaluation can be exercised and
 measured without a private catalog. What it models:
 
-- a *world*: fixed random directions for 11 genres, settings (places, which
-  drive video and ambient audio), characters (faces -> video, voices -> audio,
-  names/lines -> text) and tones (music/mood -> audio);
-- a *title*: one or two genres, a cast of characters, a sequence of scenes;
-  its title embedding (the [GLOBAL] input) is its genre mix plus noise;
-- a *scene*: a setting, a tone, two characters, dialogue or not, and a
-  shot/reverse-shot pattern: shots alternate between the two characters
-  (A, B, A, B ...), so a shot resembles the shots two away more than its
-  direct neighbours. Shots without dialogue have no text (zeros, as in the
-  source);
+- a *world* shared by the whole catalog: 11 genres, each with a visual and a
+  sonic style (colour grading, score) and a palette of tones and location
+  types it favours; 24 location types (kitchen, street, ...; they drive video
+  and ambient audio, and decide ad categories); 100 tones (music/mood in the
+  audio, grading in the video);
+- a *title*: one or two genres, its own cast of six characters and its own
+  handful of locations. Faces, voices and speech are drawn fresh for every
+  title, and a location is its type plus what is particular to this film, as
+  in a real catalog where no two films share a face or a set. A model cannot
+  memorise them: it has to read them from the title's other shots. The title
+  embedding (the [GLOBAL] input) is its genre mix plus noise;
+- a *scene*: a location, a tone (from the genres' palette), two characters,
+  dialogue or not, and a shot/reverse-shot pattern: shots alternate between
+  the two characters (A, B, A, B ...), so a shot resembles the shots two away
+  more than its direct neighbours. Shots without dialogue have no text (zeros,
+  as in the source). Scenes return to earlier locations;
 - a *narrative arc*: intensity rises to a climax late in the title (music
   swells: an audio direction scaled by the arc);
 - every shot is its latent content plus strong noise, so a shot alone carries
-  weak evidence and the surrounding scene carries most of it.
+  weak evidence and the surrounding scene and title carry most of it.
 
 Evaluation labels (clips.parquet, the five tasks of MEDIAFM.md) depend on
 context the way the source describes:
-- ad relevancy (8 categories): the ad categories of the settings of the scenes
-  *around* the clip (the one before, its own, the one after);
+- ad relevancy (8 categories): the ad categories of the location types of the
+  scenes *around* the clip (the one before, its own, the one after);
 - popularity: the arc at the clip's position plus dialogue, plus noise; ranked
   within each title;
 - tone (100 classes): the tones of the scenes the clip overlaps;
@@ -45,6 +51,8 @@ from mediafm.schema import EncodedShot, vec_to_bytes
 
 N_GENRES = 11
 N_AD = 8
+NOISE = 1.5
+"""Default per-shot noise scale: noise of norm 1.5 * NOISE on each unit-scale latent component."""
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -53,17 +61,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class World:
-    """The fixed random directions every title is drawn from."""
+    """What every title is drawn from: genres, location types, tones."""
 
     layout: Layout
     seed: int = 0
     n_settings: int = 24
-    n_characters: int = 64
+    """Location types (shared by the catalog; type % 8 is the ad category)."""
     n_tones: int = 100
+    cast_size: int = 6
     genres: dict[str, np.ndarray] = field(init=False)
     settings: dict[str, np.ndarray] = field(init=False)
-    characters: dict[str, np.ndarray] = field(init=False)
-    tones: np.ndarray = field(init=False)
+    tones: dict[str, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
@@ -75,10 +83,11 @@ class World:
         self.genres = {"title": bank(N_GENRES, L.title), "video": bank(N_GENRES, L.video),
                        "audio": bank(N_GENRES, L.audio)}
         self.settings = {"video": bank(self.n_settings, L.video), "audio": bank(self.n_settings, L.audio)}
-        self.characters = {"video": bank(self.n_characters, L.video), "audio": bank(self.n_characters, L.audio),
-                           "text": bank(self.n_characters, L.text)}
-        self.tones = bank(self.n_tones, L.audio)
+        self.tones = {"video": bank(self.n_tones, L.video), "audio": bank(self.n_tones, L.audio)}
         self.intensity = bank(1, L.audio)[0]
+        # What each genre favours: a sparse preference over tones and location types.
+        self.tone_palette = rng.dirichlet(np.full(self.n_tones, 1.0), size=N_GENRES)
+        self.setting_palette = rng.dirichlet(np.full(self.n_settings, 0.3), size=N_GENRES)
 
 
 @dataclass
@@ -96,6 +105,7 @@ class SynthTitle:
     scene_tone: list[int]
     scene_dialogue: list[bool]
     scene_setting: list[int]
+    """Location type of each scene (its ad category is type % N_AD)."""
     arc: np.ndarray  # (n,) narrative intensity in [0, 1]
 
     @property
@@ -106,44 +116,51 @@ class SynthTitle:
 
 
 def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Generator,
-                   *, noise: float = 1.0) -> SynthTitle:
+                   *, noise: float = NOISE) -> SynthTitle:
     L = world.layout
+
+    def fresh(n: int, dim: int) -> np.ndarray:  # this title's own faces, voices, sets
+        return _unit(rng.normal(size=(n, dim))).astype(np.float32)
+
     genres = sorted(rng.choice(N_GENRES, size=int(rng.integers(1, 3)), replace=False).tolist())
-    cast = rng.choice(world.n_characters, size=6, replace=False)
     title_emb = _unit(world.genres["title"][genres].sum(0) + 0.5 * rng.normal(size=L.title) / np.sqrt(L.title))
+    face, voice, speech = (fresh(world.cast_size, d) for d in (L.video, L.audio, L.text))
+    n_locations = int(rng.integers(3, 9))
+    loc_type = rng.choice(world.n_settings, size=n_locations, p=world.setting_palette[genres].mean(0))
+    loc_v = _unit(world.settings["video"][loc_type] + fresh(n_locations, L.video))
+    loc_a = _unit(world.settings["audio"][loc_type] + fresh(n_locations, L.audio))
+    tone_p = world.tone_palette[genres].mean(0)
+    genre_v = world.genres["video"][genres].mean(0)
+    genre_a = world.genres["audio"][genres].mean(0)
     video, audio, text = (np.zeros((n_shots, d), np.float32) for d in (L.video, L.audio, L.text))
     present = np.ones((n_shots, 3), bool)
     scene = np.zeros(n_shots, np.int64)
     tones, dialogue, settings_ = [], [], []
     climax = rng.uniform(0.55, 0.9)
     arc = np.exp(-(((np.arange(n_shots) + 0.5) / n_shots - climax) / 0.2) ** 2)
+
+    def noisy(v: np.ndarray) -> np.ndarray:
+        return v + 1.5 * noise * rng.normal(size=v.shape) / np.sqrt(v.shape[-1])
+
     i, s = 0, 0
-    genre_v = world.genres["video"][genres].mean(0)
-    genre_a = world.genres["audio"][genres].mean(0)
     while i < n_shots:
-        length = min(int(rng.integers(4, 16)), n_shots - i)
-        setting = int(rng.integers(world.n_settings))
-        tone = int(rng.integers(world.n_tones))
-        a, b = rng.choice(cast, size=2, replace=False)
+        length = min(int(rng.integers(6, 25)), n_shots - i)
+        loc = int(rng.integers(n_locations))
+        tone = int(rng.choice(world.n_tones, p=tone_p))
+        a, b = rng.choice(world.cast_size, size=2, replace=False)
         talk = bool(rng.random() < 0.6)
         tones.append(tone)
         dialogue.append(talk)
-        settings_.append(setting)
+        settings_.append(int(loc_type[loc]))
         for j in range(length):
             who = a if j % 2 == 0 else b  # shot / reverse shot
             k = i + j
             scene[k] = s
-
-            def noisy(v: np.ndarray) -> np.ndarray:
-                return v + noise * rng.normal(size=v.shape) / np.sqrt(v.shape[-1]) * 1.5
-
-            video[k] = _unit(noisy(world.settings["video"][setting] + 1.2 * world.characters["video"][who]
-                                   + 0.3 * genre_v))
-            audio[k] = _unit(noisy(world.settings["audio"][setting] + world.tones[tone]
-                                   + (0.8 * world.characters["audio"][who] if talk else 0) + 0.3 * genre_a
-                                   + 0.8 * arc[k] * world.intensity))
+            video[k] = _unit(noisy(loc_v[loc] + face[who] + 0.5 * world.tones["video"][tone] + 0.15 * genre_v))
+            audio[k] = _unit(noisy(loc_a[loc] + world.tones["audio"][tone] + (0.8 * voice[who] if talk else 0)
+                                   + 0.15 * genre_a + 0.8 * arc[k] * world.intensity))
             if talk:
-                text[k] = _unit(noisy(world.characters["text"][who]))
+                text[k] = _unit(noisy(speech[who]))
             else:
                 present[k, 2] = False
         i += length
@@ -196,9 +213,19 @@ def clips_for_title(t: SynthTitle, rng: np.random.Generator) -> list[dict]:
 
 
 def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tuple[int, int] = (40, 400),
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, noise: float = 1.0, progress: bool = False):
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, noise: float = NOISE, progress: bool = False):
     """Write a synthetic corpus in the v1 dataset format; returns its path."""
     from tqdm import tqdm
+
+    from mediafm.errors import ConfigError
+
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ConfigError(f"val fraction {val_fraction} + test fraction {test_fraction}: each must be >= 0 and "
+                          "together < 1, so that some titles are left to train on")
+    if not (1 <= shots[0] <= shots[1]):
+        raise ConfigError(f"shots per title {shots[0]},{shots[1]}: give MIN,MAX with 1 <= MIN <= MAX")
+    if n_titles < 1 or noise < 0:
+        raise ConfigError(f"titles={n_titles}, noise={noise}: need at least 1 title and noise >= 0")
 
     from mediafm.dataset import DatasetWriter, Meta
 
