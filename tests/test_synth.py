@@ -23,11 +23,12 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_a_shot_alone_is_weak_evidence_its_scene_is_strong(titles):
     world, ts = titles
     t = ts[0]
-    # Audio carries the scene's tone: faintly in one shot, clearly in the mean of its scene.
+    # Audio carries the scene's tone: as a minor part of one shot (the rest is location, voice
+    # and noise), more clearly in the mean of its scene.
     tone = world.tones["audio"][t.scene_tone[0]]
     one = float(_cos(t.audio[0], tone))
     scene = float(_cos(t.audio[t.scene == 0].mean(0), tone))
-    assert one < 0.35, one
+    assert 0.1 < one < 0.5, one
     assert scene > one + 0.1, (one, scene)
 
 
@@ -46,10 +47,11 @@ def test_shot_reverse_shot_makes_shots_two_apart_closer_than_neighbours(titles):
 def test_casts_and_locations_belong_to_their_title(titles):
     """No face is shared across titles: a model must read a title's cast from its context."""
     _, (a, b, *_) = titles
-    within = _cos(a.video[0::2][:20], a.video[0::2][:20])[np.triu_indices(20, 1)]
-    across = _cos(a.video[:40], b.video[:40])
-    assert within.mean() > across.mean() + 0.1
-    assert abs(across.mean()) < 0.1
+    v = a.video / np.linalg.norm(a.video, axis=1, keepdims=True)
+    same_face = [v[k] @ v[k + 2] for k in range(len(v) - 2) if a.scene[k] == a.scene[k + 2]]
+    across = _cos(a.video, b.video)
+    assert np.mean(same_face) > across.mean() + 0.2
+    assert abs(across.mean()) < 0.05
 
 
 def test_shots_without_dialogue_have_no_text(titles):
