@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mediafm.fusion import PRODUCTION
-from mediafm.synth import N_AD, World, clips_for_title, generate_title
+from mediafm.synth import N_AD, World, _unit, clips_for_title, generate_title
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +15,7 @@ def titles():
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return a @ b.T
+    return _unit(a) @ _unit(b).T
 
 
 def test_a_shot_alone_is_weak_evidence_its_scene_is_strong(titles):
@@ -36,7 +34,7 @@ def test_shot_reverse_shot_makes_shots_two_apart_closer_than_neighbours(titles):
     _, ts = titles
     near, two = [], []
     for t in ts:
-        v = t.video / np.linalg.norm(t.video, axis=1, keepdims=True)
+        v = _unit(t.video)
         for k in range(len(v) - 2):
             if t.scene[k] == t.scene[k + 2]:
                 near.append(v[k] @ v[k + 1])
@@ -47,7 +45,7 @@ def test_shot_reverse_shot_makes_shots_two_apart_closer_than_neighbours(titles):
 def test_casts_and_locations_belong_to_their_title(titles):
     """No face is shared across titles: a model must read a title's cast from its context."""
     _, (a, b, *_) = titles
-    v = a.video / np.linalg.norm(a.video, axis=1, keepdims=True)
+    v = _unit(a.video)
     same_face = [v[k] @ v[k + 2] for k in range(len(v) - 2) if a.scene[k] == a.scene[k + 2]]
     across = _cos(a.video, b.video)
     assert np.mean(same_face) > across.mean() + 0.2
