@@ -90,3 +90,15 @@ def test_the_arc_peaks_late_and_swells_the_music(titles):
         loud = t.audio[t.arc > 0.8] @ world.intensity
         quiet = t.audio[t.arc < 0.2] @ world.intensity
         assert loud.mean() > quiet.mean() + 0.1
+
+
+def test_a_genre_shows_in_the_tones_of_its_scenes(titles):
+    """Each genre favours a few tones (horror: creepy, scary): the tones of a title's scenes point to its genre."""
+    world, ts = titles
+    top20 = np.sort(world.tone_palette, axis=1)[:, ::-1][:, :20].sum(1)
+    assert top20.min() > 0.6, top20  # a sparse palette, not tones spread over all 100
+    right = 0
+    for t in ts:
+        loglik = np.log(world.tone_palette[:, t.scene_tone]).sum(1)  # (genres,): how each genre explains the tones
+        right += int(np.argmax(loglik)) in t.genres
+    assert right >= len(ts) - 1, right
