@@ -88,7 +88,8 @@ class World:
         self.intensity = bank(1, L.audio)[0]
         # What each genre favours: a sparse preference over tones and location types. A genre's 20 likeliest
         # tones carry about 65-80% of its palette (horror: creepy, scary; comedy: funny), so the tones of a title's
-        # scenes point to its genre. With tones spread evenly (Dirichlet 1.0: ~50%) only the faint style did.
+        # scenes point to its genre. With Dirichlet 1.0 (~50%) they said little about it, and MediaFM in context
+        # lost the genre probe to the concatenated inputs (bench/standin.py: 0.490 vs 0.522).
         self.tone_palette = rng.dirichlet(np.full(self.n_tones, 0.3), size=N_GENRES)
         self.setting_palette = rng.dirichlet(np.full(self.n_settings, 0.3), size=N_GENRES)
 
