@@ -75,3 +75,14 @@ def test_down_stops_everything_and_keeps_data_unless_wiped(tmp_path):
     c.close()
     assert "data wiped" in kafka.down(s, wipe=True)
     assert not (s.state_dir / "kafka" / "data").exists()
+
+
+def test_cluster_ids_are_what_kafka_storage_accepts():
+    # One in 64 base64url ids starts with "-", which `kafka-storage format -t ID` reads as an option
+    # (it failed a test session's broker start so); Kafka's own Uuid.randomUuid never makes those.
+    import base64
+
+    ids = [kafka._cluster_id() for _ in range(3000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -97,8 +97,11 @@ def install(settings: Settings, *, quiet: bool = True) -> Path:
 
 
 def _cluster_id() -> str:
-    # What `kafka-storage.sh random-uuid` prints: base64url of 16 random bytes, no padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # What `kafka-storage.sh random-uuid` prints: base64url of 16 random bytes, no padding, and (as in
+    # Kafka's Uuid.randomUuid) never starting with "-", which the storage tool would read as an option.
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cid
 
 
 def _write_config(settings: Settings) -> Path:
@@ -174,7 +177,7 @@ def up(settings: Settings) -> str:
     data = _dir(settings) / "data"
     if not (data / "meta.properties").exists():
         r = subprocess.run([java, "-cp", cp, f"-Dlog4j.configuration=file:{_dir(settings) / 'log4j.properties'}",
-                            "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(cfg)],
+                            "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(cfg)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise StackError(f"kafka: formatting {data} failed: {(r.stdout + r.stderr).strip()[-500:]}")
