@@ -1,15 +1,19 @@
-"""The Faust app: settings -> App -> topics -> dead letters -> /metrics.
+"""The Faust app: settings -> tables -> App -> topics -> dead letters -> /metrics.
 
 Every agent module (one per pipeline stage) imports `app` and `topics` from
 here, and the two contextualising stages (titles, live) share `run_windows`,
 the MediaFM pass on Triton. Topics carry raw bytes: each agent decodes with mediafm.schema inside a
 per-message try, so a malformed message reaches the dead-letter topic with its
 reason instead of being dropped by a serializer before any agent sees it.
+Agents that keep state iterate `events(stream)`: an event is acknowledged only
+once its table writes are in their changelogs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 
 import faust
 import numpy as np
@@ -30,6 +34,61 @@ names = Topics.from_settings(settings)
 # pipelines (topic prefixes) sharing a directory would read each other's changelog offsets.
 datadir = settings.state_dir / "faust" / settings.topic_prefix
 datadir.mkdir(parents=True, exist_ok=True)
+
+
+class Table(faust.Table):
+    """faust.Table whose changelog writes can be waited for: `changelog_sent()`, `events()`."""
+
+    def send_changelog(self, *args, **kwargs):
+        fut = super().send_changelog(*args, **kwargs)
+        _unsent.add(fut)
+        fut.add_done_callback(_unsent.discard)
+        return fut
+
+
+_unsent: set[asyncio.Future] = set()  # table writes handed to the producer, not yet acknowledged by the broker
+
+
+async def changelog_sent() -> None:
+    """Wait until every table write made so far is in its changelog topic.
+
+    A write the producer could not deliver (after its own retries) stops the worker at once, without
+    committing: the events since the last commit are then redelivered to whichever worker takes over,
+    which is what kill -9 does too, whereas going on would acknowledge an event whose state is lost.
+    """
+    while _unsent:
+        try:
+            await asyncio.gather(*list(_unsent))
+        except Exception as e:
+            log.critical("a table write did not reach its changelog (%s: %s); stopping this worker now so "
+                         "that the events it came from are processed again", type(e).__name__, e)
+            logging.shutdown()
+            os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
+
+
+async def events(stream):
+    """`stream.events()`, each event acknowledged only once its table writes are in their changelogs.
+
+    Faust acknowledges an event when the agent asks for the next one and later commits acknowledged
+    offsets after `producer.flush()`. In faust-streaming 0.15 that flush stops waiting on the send buffer
+    after 0.1 s without progress (ProducerBuffer.flush_atmost), so under load an offset could be committed
+    while its event's table writes were still buffered, and a crash then would lose them with nothing to
+    redeliver the event (read from Faust's code; not seen in a test run). It also says when a partition's offsets jump within one consumer generation: messages
+    that never reached the agent (the loss `_hold_streams_until_seek` closes), logged and counted.
+    """
+    last: dict = {}  # TP -> (consumer generation, offset) of the last event from it
+    async for event in stream.events():
+        msg = event.message
+        gen, prev = last.get(msg.tp, (None, None))
+        if gen == msg.generation_id and msg.offset > prev + 1:
+            metrics.offsets_skipped.labels(msg.topic).inc(msg.offset - prev - 1)
+            log.error("offsets %d..%d of %s[%d] never reached this agent: those messages were not processed "
+                      "(expected only if a transactional producer writes to this topic)",
+                      prev + 1, msg.offset - 1, msg.topic, msg.partition)
+        last[msg.tp] = (msg.generation_id, msg.offset)
+        yield event
+        await changelog_sent()
+
 
 app = faust.App(
     # The app id names the consumer group and the changelog topics: one pipeline per topic prefix.
@@ -53,7 +112,22 @@ app = faust.App(
     # keys are title ids, so one title's shots stay ordered in one partition
     key_serializer="raw",
     value_serializer="raw",
+    Table=Table,  # app.Table(...) makes the class above
 )
+
+
+@app.on_rebalance_complete.connect
+async def _hold_streams_until_seek(sender, **kwargs) -> None:
+    """Fetch nothing for the agents until Faust has sought their partitions to the committed offsets.
+
+    After a rebalance Faust (0.15, Recovery.on_recovery_completed) resumes the source partitions, then
+    seeks them to the committed offsets, then resumes flow, which empties the agents' queues. Whatever
+    was fetched in between was thrown away with the queues while the fetch position had moved past it,
+    and the consumer took the hole for acknowledged offsets: a restarted worker skipped a few messages
+    of each partition (tests/test_recovery.py saw titles wait for ever for shots it never delivered).
+    Stopping the consumer's flow here (Faust resumes it right after the seek) leaves nothing to lose.
+    """
+    app.consumer.stop_flow()
 
 
 def topic(name: str) -> faust.TopicT:

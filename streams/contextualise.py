@@ -2,7 +2,7 @@
 
     shots.fused ──► contextualise ──(Triton: mediafm)──► embeddings
                        │  tables: contextualise-shots  "<title>#<request>/<index>" -> FusedShot bytes
-                       │          contextualise-titles "<title>#<request>" -> progress
+                       │          contextualise-titles "<title>#<request>" -> progress (which shots are held)
                        └── malformed / unsupported ──► deadletter
 
 A title is contextualised once all of its n_shots fused shots have arrived
@@ -29,7 +29,7 @@ from mediafm.inference import BadRequest
 from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
 from mediafm.windows import plan
 from streams import metrics
-from streams.app import app, dead_letter, run_windows, settings, title_vector, topics
+from streams.app import app, changelog_sent, dead_letter, events, run_windows, settings, title_vector, topics
 from streams.live import on_shot as on_live_shot
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,17 @@ async def contextualise_title(title_id: str, n: int, request_id: str = "") -> in
     return n
 
 
+def _new_progress(n: int) -> dict:
+    return {"n": n, "have": bytearray((n + 7) // 8), "done": False}  # have: bit i = shot i is held
+
+
+def _count(have: bytearray) -> int:
+    return int.from_bytes(have, "little").bit_count()
+
+
 @app.agent(topics.fused)
 async def contextualise(stream):
-    async for event in stream.events():
+    async for event in events(stream):
         metrics.messages.labels(STAGE).inc()
         try:
             shot = _parse(event.message.value)
@@ -101,27 +109,47 @@ async def contextualise(stream):
             except (BadRequest, SchemaError) as e:
                 await dead_letter("live", event, str(e))
             continue
-        tid, rid = shot.title_id, shot.request_id
+        tid, rid, i = shot.title_id, shot.request_id, shot.shot_index
         tkey = f"{tid}#{rid}".encode()
-        progress = msgpack.unpackb(titles_table[tkey]) if tkey in titles_table else {"n": shot.n_shots, "got": 0, "done": False}
+        progress = msgpack.unpackb(titles_table[tkey]) if tkey in titles_table else _new_progress(shot.n_shots)
         if progress["n"] != shot.n_shots:
             await dead_letter(STAGE, event, f"{tid!r}: n_shots={shot.n_shots} disagrees with {progress['n']} "
                                             "from earlier shots of the same title")
             continue
-        key = _shot_key(tid, shot.shot_index, rid)
-        if progress["done"] or key in shots_table:
-            metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart: already counted
-        else:
+        key, n, have = _shot_key(tid, i, rid), progress["n"], bytearray(progress["have"])
+        if progress["done"]:
+            metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart
+            shots_table.pop(key, None)  # in case the worker died between "done" and the clean-up
+            continue
+        # The shot and its bit are two writes to two changelogs; either may be lost to a kill -9 before
+        # the event is acknowledged (streams.app.events), and then the event comes again: both writes
+        # are idempotent, and the check below trusts a bit only where the shot is held too.
+        if key not in shots_table:
             shots_table[key] = event.message.value
-            progress["got"] += 1
+        if have[i // 8] >> (i % 8) & 1:
+            metrics.duplicates.labels(STAGE).inc()
+        else:
+            have[i // 8] |= 1 << (i % 8)
+            progress["have"] = have
             titles_table[tkey] = msgpack.packb(progress)
-        if progress["got"] == progress["n"] and not progress["done"]:
-            try:
-                await contextualise_title(tid, progress["n"], rid)
-            except (BadRequest, SchemaError) as e:  # the title itself is unusable: say so, do not retry forever
-                await dead_letter(STAGE, event, f"title {tid!r} ({progress['n']} shots) rejected: {e}")
-            progress["done"] = True
+        if _count(have) < n:
+            continue
+        lost = [j for j in range(n) if _shot_key(tid, j, rid) not in shots_table]
+        if lost:  # their events were not acknowledged, so they come again
+            for j in lost:
+                have[j // 8] &= ~(1 << (j % 8))
+            progress["have"] = have
             titles_table[tkey] = msgpack.packb(progress)
-            for i in range(progress["n"]):  # the fused vectors are no longer needed
-                del shots_table[_shot_key(tid, i, rid)]
-            log.info("contextualised %s: %d shots", tid, progress["n"])
+            log.warning("%s: %d shots counted but not held (a restart lost them); waiting for them again",
+                        tid, len(lost))
+            continue
+        try:
+            await contextualise_title(tid, n, rid)
+        except (BadRequest, SchemaError) as e:  # the title itself is unusable: say so, do not retry forever
+            await dead_letter(STAGE, event, f"title {tid!r} ({n} shots) rejected: {e}")
+        progress["done"] = True
+        titles_table[tkey] = msgpack.packb(progress)
+        await changelog_sent()  # "done" first: shots deleted before it would leave a title that never ends
+        for j in range(n):  # the fused vectors are no longer needed
+            del shots_table[_shot_key(tid, j, rid)]
+        log.info("contextualised %s: %d shots", tid, n)

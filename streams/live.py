@@ -35,7 +35,7 @@ from mediafm.fusion import get_layout
 from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
 from mediafm.windows import Window
 from streams import metrics
-from streams.app import app, run_windows, settings, title_vector, topics
+from streams.app import app, changelog_sent, run_windows, settings, title_vector, topics
 
 log = logging.getLogger(__name__)
 STAGE = "live"
@@ -97,11 +97,15 @@ async def on_shot(shot: FusedShot) -> None:
         if rest:
             await publish_window(eid, Window(max(0, st["n"] - size), st["n"]), [], rest, st["n"])
         st["final"] = st["n"]
-        for j in range(max(0, st["n"] - size), st["n"]):
-            shots_table.pop(_key(eid, j), None)
+        unused = range(max(0, st["n"] - size), st["n"])
         log.info("live event %s finished: %d shots", eid, st["n"])
     else:
-        old = i + 1 - size - 1  # no longer inside any future window
-        if old >= 0:
-            shots_table.pop(_key(eid, old), None)
+        unused = range(max(0, i - size), i + 1 - size)  # no longer inside any future window
+    # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
+    # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
+    # and that progress before the shots it makes unused are deleted.
+    await changelog_sent()
     events_table[ekey] = msgpack.packb(st)
+    await changelog_sent()
+    for j in unused:
+        shots_table.pop(_key(eid, j), None)

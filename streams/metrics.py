@@ -15,3 +15,5 @@ e2e_seconds = Histogram("mediafm_e2e_latency_seconds",
                         ["kind", "final"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
 consumer_lag = Gauge("mediafm_consumer_lag_messages", "Messages on a partition not yet committed by this worker",
                      ["topic", "partition"])
+offsets_skipped = Counter("mediafm_offsets_skipped_total",
+                          "Offsets of a partition that never reached an agent (see streams.app.events)", ["topic"])

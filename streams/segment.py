@@ -30,7 +30,7 @@ from mediafm.media.shots import Shot, ShotDetector, detect_shots
 from mediafm.media.subtitles import align, container_subtitles, load_subtitles
 from mediafm.schema import LiveSegment, ShotRef, TitleRequest, decode
 from streams import metrics
-from streams.app import app, dead_letter, settings, topics
+from streams.app import app, dead_letter, events, settings, topics
 
 log = logging.getLogger(__name__)
 STAGE = "segment"
@@ -129,7 +129,7 @@ def push_live(state: dict, seg: LiveSegment, path: str) -> list[Shot]:
 
 @app.agent(topics.live_segments)
 async def segment_live(stream):
-    async for event in stream.events():
+    async for event in events(stream):
         metrics.messages.labels(STAGE).inc()
         try:
             seg = decode(event.message.value, expect=LiveSegment)
