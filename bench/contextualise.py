@@ -22,26 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
-from pipeline import free_port, wait_finals
+from pipeline import alternate, bench_worker, wait_finals
 
-from mediafm import stack
 from mediafm.bus import Tail, producer
-from mediafm.config import Settings, replace
-from mediafm.demo import ensure_model
+from mediafm.config import Settings
 from mediafm.fusion import get_layout
 from mediafm.inference import Triton
 from mediafm.serving import model_name
-from mediafm.stack import kafka
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 
@@ -50,11 +43,8 @@ async def direct(settings: Settings, titles: list) -> int:
     client = Triton(settings.triton_http_url)
     try:
         for t in titles:
-            present = t.present.copy()
-            text = np.where(present[:, 2:3], t.text, 0).astype(np.float32)
-            fused = (await client.infer("fusion", {"VIDEO": t.video.astype(np.float32),
-                                                   "AUDIO": t.audio.astype(np.float32), "TEXT": text,
-                                                   "PRESENT": present}, ["FUSED"]))["FUSED"]
+            fused = (await client.infer("fusion", {"VIDEO": t.video, "AUDIO": t.audio, "TEXT": t.text,
+                                                   "PRESENT": t.present}, ["FUSED"]))["FUSED"]
             await client.infer(model_name(t.layout.name), {
                 "SHOTS": fused[None], "TITLE": t.title_embedding[None].astype(np.float32),
                 "LENGTH": np.array([[len(fused)]], np.int64)}, ["HIDDEN"])
@@ -90,39 +80,19 @@ def main() -> None:
     base = Settings.load()
     if args.shots > base.window_shots:
         ap.error(f"--shots {args.shots} is more than window_shots={base.window_shots}; the direct path makes one pass")
-    stack.up(base)
-    print(ensure_model(base))
-    s = replace(base, topic_prefix=f"benchctx{uuid.uuid4().hex[:6]}")
-    kafka.create_topics(s, Topics.from_settings(s).all())
-    world = World(get_layout(s.encoder_profile), seed=0)
-    tmp = Path(tempfile.mkdtemp(prefix="mediafm-bench-"))
-    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(free_port())}
-    log = tmp / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,
-                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    tail = Tail(s, Topics.from_settings(s).embeddings)
-    try:
-        print(f"worker pid {worker.pid} (log {log}); warming up (first title: group joins, tables recover)")
+    world = World(get_layout(base.encoder_profile), seed=0)
+    with bench_worker(base, Path(tempfile.mkdtemp(prefix="mediafm-bench-"))) as (s, tail):
         warm = [generate_title(world, "warm", 20, np.random.default_rng(99))]
         stages(s, tail, warm)
         asyncio.run(direct(s, warm))
-        rows = []
-        for r in range(args.rounds):  # alternate, so drift hits both alike
+
+        def titles(r: int) -> list:
             rng = np.random.default_rng(r)
-            titles = [generate_title(world, f"r{r}t{i}", args.shots, rng) for i in range(args.titles)]
-            t0 = time.perf_counter()
-            n_direct = asyncio.run(direct(s, titles))
-            t_direct = time.perf_counter() - t0
-            n_stages, t_stages = stages(s, tail, titles)
-            rows.append((n_direct / t_direct, n_stages / t_stages))
-            print(f"round {r}: direct {n_direct} shots in {t_direct:.2f}s ({rows[-1][0]:.0f} shots/s), "
-                  f"stages {n_stages} shots in {t_stages:.2f}s ({rows[-1][1]:.0f} shots/s)")
-        d, st = statistics.median(x for x, _ in rows), statistics.median(y for _, y in rows)
-        print(f"median of {args.rounds}: direct {d:.0f} shots/s, stages {st:.0f} shots/s, stages / direct x{st / d:.2f}")
-    finally:
-        tail.close()
-        worker.terminate()
-        worker.wait(timeout=30)
+            return [generate_title(world, f"r{r}t{i}", args.shots, rng) for i in range(args.titles)]
+
+        d, st = alternate(args.rounds, titles, lambda ts: asyncio.run(direct(s, ts)),
+                          lambda ts: stages(s, tail, ts), "stages")
+        print(f"stages / direct x{st / d:.2f}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,51 @@ def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
     return sum(ids.values()), time.perf_counter() - t0
 
 
+@contextmanager
+def bench_worker(base: Settings, tmp: Path, **overrides) -> Iterator[tuple[Settings, Tail]]:
+    """The local stack (started if needed, a MediaFM served), a fresh topic prefix with its topics, one
+    `mediafm worker` on it (settings `overrides` passed as MEDIAFM_* variables, log in `tmp`) and a
+    tail of its embeddings topic. Yields (settings, tail)."""
+    stack.up(base)
+    print(ensure_model(base))
+    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", **overrides)
+    kafka.create_topics(s, Topics.from_settings(s).all())
+    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(free_port()),
+           **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}}
+    log = tmp / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,
+                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    tail = Tail(s, Topics.from_settings(s).embeddings)
+    print(f"worker pid {worker.pid} (log {log}); warming up (group joins, models load, tables recover)")
+    try:
+        yield s, tail
+    finally:
+        tail.close()
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def alternate(rounds: int, inputs: Callable, direct_run: Callable, streamed_run: Callable,
+              streamed: str) -> tuple[float, float]:
+    """Rounds of (direct, streamed) on the same inputs, alternating so drift hits both alike.
+
+    direct_run(x) -> shots; streamed_run(x) -> (shots, seconds). Prints each round and the medians;
+    returns the median shots/s (direct, streamed)."""
+    rows = []
+    for r in range(rounds):
+        x = inputs(r)
+        t0 = time.perf_counter()
+        n_direct = direct_run(x)
+        t_direct = time.perf_counter() - t0
+        n_streamed, t_streamed = streamed_run(x)
+        rows.append((n_direct / t_direct, n_streamed / t_streamed))
+        print(f"round {r}: direct {n_direct} shots in {t_direct:.2f}s ({rows[-1][0]:.4g} shots/s), "
+              f"{streamed} {n_streamed} shots in {t_streamed:.2f}s ({rows[-1][1]:.4g} shots/s)")
+    d, st = statistics.median(x for x, _ in rows), statistics.median(y for _, y in rows)
+    print(f"median of {rounds}: direct {d:.4g} shots/s, {streamed} {st:.4g} shots/s")
+    return d, st
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--titles", type=int, default=4, help="films per round")
@@ -112,35 +159,13 @@ def main() -> None:
     ap.add_argument("--right-context", type=int, default=4, help="live_right_context of the benchmark's worker")
     args = ap.parse_args()
 
-    base = Settings.load()
-    stack.up(base)
-    print(ensure_model(base))
-    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", live_right_context=args.right_context)
-    kafka.create_topics(s, Topics.from_settings(s).all())
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-bench-"))
-    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_LIVE_RIGHT_CONTEXT": str(args.right_context),
-           "MEDIAFM_WORKER_WEB_PORT": str(free_port())}
-    log = tmp / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,
-                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    tail = Tail(s, Topics.from_settings(s).embeddings)
-    try:
-        print(f"worker pid {worker.pid} (log {log}); warming up (first title: model loads, group joins)")
+    with bench_worker(Settings.load(), tmp, live_right_context=args.right_context) as (s, tail):
         pipeline(s, tail, films(tmp, 1, 3, seed=99))
         asyncio.run(direct(s, films(tmp, 1, 3, seed=98)))
-        rows = []
-        for r in range(args.rounds):  # alternate, so drift hits both alike
-            fs = films(tmp, args.titles, args.shots, seed=r)
-            t0 = time.perf_counter()
-            n_direct = asyncio.run(direct(s, fs))
-            t_direct = time.perf_counter() - t0
-            n_pipe, t_pipe = pipeline(s, tail, fs)
-            rows.append((n_direct / t_direct, n_pipe / t_pipe))
-            print(f"round {r}: direct {n_direct} shots in {t_direct:.1f}s ({rows[-1][0]:.2f} shots/s), "
-                  f"pipeline {n_pipe} shots in {t_pipe:.1f}s ({rows[-1][1]:.2f} shots/s)")
-        d, p = statistics.median(x for x, _ in rows), statistics.median(y for _, y in rows)
-        print(f"throughput (median of {args.rounds}): direct {d:.2f} shots/s, pipeline {p:.2f} shots/s, "
-              f"pipeline / direct x{p / d:.2f} (target >= 0.7)")
+        d, p = alternate(args.rounds, lambda r: films(tmp, args.titles, args.shots, seed=r),
+                         lambda fs: asyncio.run(direct(s, fs)), lambda fs: pipeline(s, tail, fs), "pipeline")
+        print(f"pipeline / direct x{p / d:.2f} (target >= 0.7)")
 
         live = make_film(tmp / "live.mp4", shots=[int(x) for x in np.random.default_rng(7).integers(24, 60, args.live_shots)],
                          fps=24, size=(320, 180), audio=[AUDIO[j % len(AUDIO)] for j in range(args.live_shots)])
@@ -154,10 +179,6 @@ def main() -> None:
             name = "final" if final else "provisional"
             print(f"live {name:11s}: p50 {np.percentile(lat, 50):6.2f}s  p99 {np.percentile(lat, 99):6.2f}s  "
                   f"({len(lat)} shots; from the publication of the segment that closed the shot)")
-    finally:
-        tail.close()
-        worker.terminate()
-        worker.wait(timeout=30)
 
 
 def free_port() -> int:
