@@ -15,7 +15,9 @@ COPY mediafm mediafm
 COPY streams streams
 COPY trainer trainer
 RUN pip install --no-cache-dir .
-RUN useradd --create-home mediafm && mkdir -p /state && chown mediafm /state
+# uid 1000 on purpose: the worker reads the host's ./media through a read-only bind mount (docker-compose.yml),
+# so staged files must be readable by this uid (README, docker-compose)
+RUN useradd --create-home --uid 1000 mediafm && mkdir -p /state && chown mediafm /state
 USER mediafm
 ENV MEDIAFM_STATE_DIR=/state
 EXPOSE 6066

@@ -32,20 +32,19 @@ from pipeline import alternate, bench_worker, wait_finals
 
 from mediafm.bus import Tail, producer
 from mediafm.config import Settings
-from mediafm.fusion import get_layout
-from mediafm.inference import Triton
-from mediafm.serving import model_name
+from mediafm.profiles import get_layout, get_profile
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
+from mediafm.triton_client import TritonClient
 
 
 async def direct(settings: Settings, titles: list) -> int:
-    client = Triton(settings.triton_http_url)
+    client = TritonClient(settings.triton_http_url)
     try:
         for t in titles:
             fused = (await client.infer("fusion", {"VIDEO": t.video, "AUDIO": t.audio, "TEXT": t.text,
                                                    "PRESENT": t.present}, ["FUSED"]))["FUSED"]
-            await client.infer(model_name(t.layout.name), {
+            await client.infer(get_profile(t.layout.name).mediafm_model, {
                 "SHOTS": fused[None], "TITLE": t.title_embedding[None].astype(np.float32),
                 "LENGTH": np.array([[len(fused)]], np.int64)}, ["HIDDEN"])
     finally:

@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def one(n_titles: int, seeds: int, work: Path) -> dict:
-    from mediafm.fusion import PRODUCTION
+    from mediafm.profiles import PRODUCTION
     from mediafm.synth import write_corpus
     from trainer.train import TrainConfig, train
 
-    data = write_corpus(work / f"data-{n_titles}", n_titles=n_titles, layout=PRODUCTION, seed=0, shots=(40, 300),
+    data = write_corpus(work / f"data-{n_titles}", n_titles=n_titles, layout=PRODUCTION.layout, seed=0, shots=(40, 300),
                         val_fraction=0.05, test_fraction=0.5)
     run = work / f"run-{n_titles}"
     train(data, run, TrainConfig(config="tiny", max_steps=5, batch_size=4, eval_every=5, ckpt_every=5,

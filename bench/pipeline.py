@@ -41,15 +41,15 @@ from mediafm import stack
 from mediafm.bus import Tail
 from mediafm.config import Settings, replace
 from mediafm.demo import ensure_model
-from mediafm.inference import Triton
-from mediafm.media.embed import TitleMeta, encode_shots, fuse_encoded, get_profile
+from mediafm.media.embed import encode_shots, fuse_encoded
 from mediafm.media.shots import detect_shots
 from mediafm.media.synthfilm import make_film
+from mediafm.profiles import get_profile
 from mediafm.publish import publish_live, publish_title
-from mediafm.schema import ContextualEmbedding, decode
-from mediafm.serving import model_name
+from mediafm.schema import ContextualEmbedding, TitleMeta, decode
 from mediafm.stack import kafka
 from mediafm.topics import Topics
+from mediafm.triton_client import TritonClient
 
 AUDIO = ["speech:hello there", "tone:440", "noise", "speech:the train leaves at noon", "tone:330", "noise"]
 
@@ -64,7 +64,7 @@ def films(d: Path, n: int, shots: int, seed: int) -> list:
 async def direct(settings: Settings, fs: list) -> int:
     """The pipeline's work, called directly: detect, encode on Triton, fuse, MediaFM on Triton."""
     profile = get_profile(settings.encoder_profile)
-    client = Triton(settings.triton_http_url)
+    client = TritonClient(settings.triton_http_url)
     n = 0
     try:
         for f in fs:
@@ -72,7 +72,7 @@ async def direct(settings: Settings, fs: list) -> int:
             msgs = await encode_shots(client, f.path, shots, [], TitleMeta(f.path.stem), profile, settings=settings)
             fused, _ = fuse_encoded(msgs, profile.layout)
             title = np.frombuffer(msgs[0].title_embedding, "<f4")
-            await client.infer(model_name(profile.layout.name), {
+            await client.infer(profile.mediafm_model, {
                 "SHOTS": fused[None], "TITLE": title[None].copy(), "LENGTH": np.array([[len(fused)]], np.int64)},
                 ["HIDDEN"])
             n += len(shots)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mediafm.fusion import PRODUCTION
 from mediafm.model import CONFIGS, MediaFMConfig, MediaFMEncoder
+from mediafm.profiles import PRODUCTION
 from mediafm.synth import World, generate_title
 from mediafm.windows import centred, plan
 
@@ -63,10 +63,10 @@ def main() -> None:
         enc = model.encoder.eval()
     else:
         torch.manual_seed(0)
-        enc = MediaFMEncoder(MediaFMConfig(**{**CONFIGS["small"], "dropout": 0.0}, fused_dim=PRODUCTION.fused_dim,
-                                           title_dim=PRODUCTION.title)).eval()
+        enc = MediaFMEncoder(MediaFMConfig(**{**CONFIGS["small"], "dropout": 0.0}, fused_dim=PRODUCTION.layout.fused_dim,
+                                           title_dim=PRODUCTION.layout.title)).eval()
     size = enc.cfg.max_shots
-    world = World(PRODUCTION, seed=0)
+    world = World(PRODUCTION.layout, seed=0)
     titles = [generate_title(world, f"w{i}", args.shots, np.random.default_rng(i)) for i in range(args.titles)]
     per_pass = flops_per_pass(enc.cfg, size)
 

@@ -48,5 +48,34 @@ class Tail:
             for records in batch.values():
                 yield from records
 
+    def to_end(self, *, timeout_s: float) -> Iterator:
+        """Yield every record up to the end offsets the topic has now; TimeoutError if not read by then."""
+        tps = sorted(self.consumer.assignment())
+        end = self.consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while any(self.consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                left = {f"{tp.topic}[{tp.partition}]": end[tp] - self.consumer.position(tp) for tp in tps}
+                raise TimeoutError(f"records left unread after {timeout_s:.0f}s: {left}")
+            for records in self.consumer.poll(timeout_ms=200).values():
+                yield from records
+
     def close(self) -> None:
         self.consumer.close()
+
+
+def caught_up(settings: Settings, group: str, topic: str) -> bool:
+    """True when consumer group `group` has committed every message of `topic` that is there now.
+
+    Faust commits an offset only after the producer flushed what its event made, so once a worker's group
+    has caught up on its input topic, everything it will publish for that input is in its output topics:
+    the condition tests and tools wait for, instead of a sleep.
+    """
+    # a consumer of the group that never subscribes: it only fetches the group's committed offsets
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        end = consumer.end_offsets(tps)
+        return all(end[tp] == 0 or (consumer.committed(tp) or 0) >= end[tp] for tp in tps)
+    finally:
+        consumer.close()

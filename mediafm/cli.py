@@ -19,6 +19,7 @@ typical session:
   mediafm worker              run the Faust agents (start several to share work)
   mediafm publish title film.mp4 --meta film.json     a title for the pipeline
   mediafm publish live match.mp4 --realtime           a file as a simulated live event
+  mediafm publish dataset data/catalog                a v1 dataset's fused shots, to be contextualised
   mediafm follow              print contextual embeddings as they arrive
   mediafm sink --out data/pipeline                    what the pipeline made, as a v1 dataset
   mediafm stack down          stop everything; add --wipe to delete data
@@ -74,12 +75,14 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.app import app
+    from mediafm.config import replace
+    from streams.app import create_app
 
-    argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel)]
     if args.web_port:
-        argv += ["--web-port", str(args.web_port)]
-    sys.argv = argv
+        settings = replace(settings, worker_web_port=args.web_port)
+    app = create_app(settings)  # these settings: --config FILE, then $MEDIAFM_*
+    sys.argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel),
+                "--web-port", str(settings.worker_web_port)]
     app.main()  # faust's own CLI: handles signals, rebalances and clean shutdown
     return 0
 
@@ -91,7 +94,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
-    from mediafm.fusion import Layout, get_layout
+    from mediafm.fusion import Layout
+    from mediafm.profiles import get_layout
     from mediafm.synth import write_corpus
 
     if args.dims:
@@ -165,15 +169,24 @@ def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
         req = publish.publish_title(settings, args.file, title_id=args.id, meta=args.meta, subtitles=args.subtitles,
                                     subtitle_encoding=args.subtitle_encoding)
         print(f"published title {req.title_id} (request {req.request_id}): {req.uri}")
-    else:
+    elif args.what == "live":
         event = args.id or Path(args.file).stem
 
         def said(seg):
             print(f"segment {seg.segment_index:4d} of {event} at {seg.start_s:8.2f}s{' (last)' if seg.last else ''}")
 
         segs = publish.publish_live(settings, args.file, event_id=event, segment_s=args.segment_s,
-                                    realtime=args.realtime, meta=args.meta, on_segment=said)
+                                    realtime=args.realtime, meta=args.meta, subtitles=args.subtitles,
+                                    subtitle_encoding=args.subtitle_encoding, on_segment=said)
         print(f"published live event {event}: {len(segs)} segments")
+    else:
+        from mediafm.topics import Topics
+
+        sent = publish.publish_dataset(settings, args.dir, title_ids=args.titles, progress=not args.quiet)
+        for tid, req, n in sent:
+            print(f"published {tid}: {n} shots (request {req})")
+        print(f"published {len(sent)} titles, {sum(n for _, _, n in sent)} shots to "
+              f"{Topics.from_settings(settings).fused}")
     return 0
 
 
@@ -293,26 +306,73 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=["offline", "production"], help="default: the encoder_profile setting")
     s.set_defaults(fn=_cmd_embed)
 
-    s = sub.add_parser("publish", help="publish a title, or a file as a simulated live event, to Kafka",
-                       description="title: one TitleRequest on the titles topic; the workers cut, encode, fuse "
-                       "and contextualise it. live: FILE is cut into segments (ffmpeg, keyframes at the cuts) "
-                       "published in order on live.segments, as a live encoder would; the workers publish a "
-                       "provisional embedding per shot as it closes and the final one once "
-                       "live_right_context later shots (or the end) arrived. Media outside the workers' "
-                       "media roots is linked or copied into <state_dir>/media first.",
+    from textwrap import fill
+
+    s = sub.add_parser("publish", help="publish a title, a live event or a v1 dataset to Kafka",
+                       description=fill("title: one TitleRequest on the titles topic; the workers cut, encode, fuse "
+                       "and contextualise it. live: FILE is cut into segments published in order on "
+                       "live.segments, as a live encoder would. dataset: the fused shots of a v1 dataset on "
+                       "shots.fused, contextualised by the workers. `mediafm publish WHAT --help` for each.", 100),
                        epilog="examples:\n  mediafm publish title film.mp4 --meta film.json --subtitles film.srt\n"
+                       "  mediafm publish title film.mp4 --meta '{\"title\": \"Film\", \"tags\": [\"drama\"]}'\n"
                        "  mediafm publish live match.mp4 --id match-01 --segment-s 2 --realtime\n"
-                       '--meta JSON: {"title": "...", "synopsis": "...", "tags": ["..."]}',
+                       "  mediafm publish dataset data/catalog --titles tt01 tt02",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("what", choices=["title", "live"])
-    s.add_argument("file", help="the media file")
-    s.add_argument("--id", help="title / event id (default: the file name without extension)")
-    s.add_argument("--meta", metavar="JSON", help="metadata file, embedded as the title embedding")
-    s.add_argument("--subtitles", metavar="FILE", help="title: SRT / WebVTT / ASS timed text")
-    s.add_argument("--subtitle-encoding", help="title: text encoding of --subtitles when not UTF-8")
-    s.add_argument("--segment-s", type=float, default=2.0, help="live: segment length in seconds (default 2)")
-    s.add_argument("--realtime", action="store_true", help="live: publish each segment when it would exist")
-    s.set_defaults(fn=_cmd_publish)
+    pub = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    meta_help = ("title metadata, embedded as the title embedding: inline JSON (a value starting with '{') "
+                 "or the path of a JSON file")
+    meta_epilog = ('--meta: inline JSON or a file holding it, e.g. {"title": "...", "synopsis": "...", '
+                   '"tags": ["..."]}; a "title_id" key names the title when --id is not given')
+    t = pub.add_parser("title", help="one title request: the workers cut, encode, fuse and contextualise FILE",
+                       description=fill("Publishes one TitleRequest on the titles topic. Media outside the "
+                                        "workers' media roots is linked or copied into <state_dir>/media first.", 100),
+                       epilog="examples:\n  mediafm publish title film.mp4 --meta film.json --subtitles film.srt\n"
+                       "  mediafm publish title film.mp4 --id tt01 --meta '{\"title\": \"Film\"}'\n" + meta_epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("file", help="the media file (a regular file)")
+    t.add_argument("--id", help="title id (default: title_id of --meta, else the file name without extension)")
+    t.add_argument("--meta", metavar="JSON|FILE", help=meta_help)
+    t.add_argument("--subtitles", metavar="FILE", help="SRT / WebVTT / ASS timed text")
+    t.add_argument("--subtitle-encoding", help="text encoding of --subtitles when not UTF-8 (e.g. cp1252)")
+    t.set_defaults(fn=_cmd_publish)
+
+    t = pub.add_parser("live", help="FILE cut into segments, published in order as a simulated live event",
+                       description=fill("FILE is cut into segments (ffmpeg, keyframes at the cuts) published in "
+                       "order on live.segments, as a live encoder would; the workers publish a provisional embedding "
+                       "per shot as it closes and the final one once live_right_context later shots (or the "
+                       "end) arrived.", 100),
+                       epilog="example:\n  mediafm publish live match.mp4 --id match-01 --segment-s 2 --realtime\n"
+                       + meta_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("file", help="the media file (a regular file)")
+    t.add_argument("--id", help="event id (default: the file name without extension)")
+    t.add_argument("--meta", metavar="JSON|FILE", help=meta_help)
+    t.add_argument("--subtitles", metavar="FILE", help="SRT / WebVTT timed text of FILE: each segment carries "
+                   "its cues as a WebVTT file (as HLS does), so live shots get their timed text")
+    t.add_argument("--subtitle-encoding", help="text encoding of --subtitles when not UTF-8 (e.g. cp1252)")
+    t.add_argument("--segment-s", type=float, default=2.0, help="segment length in seconds (default 2)")
+    t.add_argument("--realtime", action="store_true", help="publish each segment when it would exist")
+    t.set_defaults(fn=_cmd_publish)
+
+    from mediafm.profiles import PROFILES
+
+    profiles = ", ".join(f"{x.name}: video/audio/text {x.video}/{x.audio}/{x.text}, title {x.title}"
+                         for x in (p.layout for p in PROFILES.values()))
+    t = pub.add_parser("dataset", help="the fused shots of a v1 dataset, into the pipeline after fusion",
+                       description=fill("Publishes every title of a v1 dataset (or those of --titles) as FusedShot "
+                       "messages on shots.fused, keyed by title id, one message per shot, with n_shots set and "
+                       "a new request id per title: the workers contextualise each title once all its shots "
+                       "arrived, and `mediafm sink` collects them with the rest. A v1 dataset holds fused "
+                       "vectors only, so no encoding or fusion runs. Its modality widths and title_dim must be "
+                       f"those of an encoder profile ({profiles}); anything else is refused before a message "
+                       "is sent.", 100),
+                       epilog="examples:\n  mediafm publish dataset data/catalog\n"
+                       "  mediafm publish dataset data/catalog --titles tt01 tt02\n"
+                       "  mediafm sink --out data/contextualised       then collect what the workers made",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("dir", metavar="DIR", help="a v1 dataset directory (meta.json, titles.parquet, shots/)")
+    t.add_argument("--titles", nargs="+", metavar="ID", help="only these title ids (default: every title)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=_cmd_publish)
 
     s = sub.add_parser("follow", help="print contextual embeddings as they arrive",
                        description="Reads the embeddings topic (all partitions, no consumer group) and prints "

@@ -73,9 +73,14 @@ class Settings:
 
     # --- contextualisation
     window_shots: int = 512
-    """Shots per MediaFM pass (the model's max_shots; the source's 512)."""
+    """Shots per MediaFM pass (the source's 512). Cut to the served model's max_shots where that is
+    shorter (`mediafm export` records it), so a model trained on shorter windows gets what it knows."""
     window_stride: int = 256
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
+    embedding_representation: str = "output"
+    """What the pipeline publishes per shot: "output" (MediaFM's output projection, back in fused space: the
+    representation the evaluation supports, README "Evaluation") or "hidden" (the last hidden state).
+    Every message records which (ContextualEmbedding.representation)."""
     embedding_dtype: str = "float32"
     """Wire dtype of published contextual embeddings: float32, or float16 (half the bytes)."""
     live_right_context: int = 16
@@ -141,6 +146,8 @@ class Settings:
             raise ConfigError(f"two services share a port in {ports}; give each its own")
         if not 0 < self.window_stride <= self.window_shots:
             raise ConfigError(f"window_stride={self.window_stride} must be in (0, window_shots={self.window_shots}]")
+        if self.embedding_representation not in ("output", "hidden"):
+            raise ConfigError(f"embedding_representation={self.embedding_representation!r}; choose output or hidden")
         if self.embedding_dtype not in ("float32", "float16"):
             raise ConfigError(f"embedding_dtype={self.embedding_dtype!r}; choose float32 or float16")
         if not 0 <= self.live_right_context < self.window_shots:
@@ -164,6 +171,14 @@ class Settings:
     @property
     def triton_http_url(self) -> str:
         return self.triton_url or f"{self.bind_host}:{self.triton_http_port}"
+
+    def to_env(self) -> dict[str, str]:
+        """MEDIAFM_<KEY> variables that make a child process (a worker, the CLI) load exactly these settings."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f"MEDIAFM_{f.name.upper()}"] = ",".join(v) if isinstance(v, tuple) else str(v)
+        return out
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides) -> Settings:

@@ -104,8 +104,11 @@ class TitleInfo:
     genres: list[int] | None
     n_shots: int
     shard: int
+    """The shard file where the title starts (a title may continue into the next files)."""
     row: int
     """First row of the title inside its shard."""
+    pieces: list[tuple[int, int, int]] = field(default_factory=list)
+    """(shard, first row, rows) of each file holding part of the title, in order; one entry for most titles."""
 
 
 @dataclass
@@ -153,7 +156,14 @@ class Dataset:
         return out
 
     def _index_shots(self) -> None:
-        """One pass over title_id/shot_index only: where each title lives, and order checks."""
+        """One pass over title_id/shot_index only: where each title lives, and order checks.
+
+        A title's rows are contiguous within a file and ordered by shot_index; a file may end in the
+        middle of a title, which then continues at the top of the next (non-empty) file. Anything
+        else (a title's rows split by another title's, a title resuming further down a later file,
+        shot indices that skip, repeat or go back across the pieces) is a DatasetError.
+        """
+        prev_tail: str | None = None  # the title of the last rows of the previous non-empty file
         for s, path in enumerate(self.shards):
             pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
@@ -167,7 +177,7 @@ class Dataset:
                                    f"{self.meta.fused_dim}")
             t = pf.read(columns=["title_id", "shot_index"])
             tids = t.column("title_id").to_pylist()
-            idx = t.column("shot_index").to_numpy()
+            idx = t.column("shot_index").to_numpy(zero_copy_only=False)
             row = 0
             while row < len(tids):
                 tid = tids[row]
@@ -177,17 +187,55 @@ class Dataset:
                 info = self.titles.get(tid)
                 if info is None:
                     raise DatasetError(f"{path}: column 'title_id' has {tid!r}, absent from titles.parquet")
-                if info.shard != -1:
-                    raise DatasetError(f"{path}: rows of title {tid!r} are not contiguous (column 'title_id')")
+                if info.pieces:
+                    self._check_continuation(info, s, row, end, prev_tail)
                 seq = idx[row:end]
-                if not np.array_equal(seq, np.arange(end - row)):
-                    raise DatasetError(f"{path}: column 'shot_index' of title {tid!r} is not 0..{end - row - 1} "
-                                       "in order; sort rows by shot_index with no gaps")
-                info.shard, info.row, info.n_shots = s, row, end - row
+                first = info.n_shots
+                if not np.array_equal(seq, np.arange(first, first + end - row)):
+                    raise DatasetError(self._order_problem(info, path, row, seq, first))
+                if not info.pieces:
+                    info.shard, info.row = s, row
+                info.pieces.append((s, row, end - row))
+                info.n_shots += end - row
                 row = end
+            if tids:
+                prev_tail = tids[-1]
         missing = [t for t, i in self.titles.items() if i.shard == -1]
         if missing:
             raise DatasetError(f"{self.root / 'titles.parquet'}: titles {missing[:5]} have no shots")
+
+    def _where(self, piece: tuple[int, int, int]) -> str:
+        s, row, n = piece
+        return f"{self.shards[s].name} rows {row}..{row + n - 1}"
+
+    def _check_continuation(self, info: TitleInfo, s: int, row: int, end: int, prev_tail: str | None) -> None:
+        """Rows [row, end) of shard s belong to a title already seen: legal only at the top of this file,
+        when the previous non-empty file ended with that title."""
+        path, tid, last = self.shards[s], info.title_id, info.pieces[-1]
+        if last[0] == s:
+            why = f"rows {last[1] + last[2]}..{row - 1} between them hold other titles; write each title's rows together"
+        elif row != 0:
+            why = (f"it resumes at row {row} of {path.name}; a title may continue into the next file only at "
+                   "its top")
+        elif prev_tail != tid:
+            why = (f"other titles' rows follow it (the file before {path.name} ends with {prev_tail!r}); a title "
+                   "may continue only from the last rows of one file into the first rows of the next")
+        else:
+            return
+        raise DatasetError(f"{path}: rows of title {tid!r} are not contiguous (column 'title_id'): "
+                           f"{self._where(last)} and {path.name} rows {row}..{end - 1}, but {why}")
+
+    def _order_problem(self, info: TitleInfo, path: Path, row: int, seq: np.ndarray, first: int) -> str:
+        tid, n = info.title_id, len(seq)
+        want = np.arange(first, first + n)
+        k = int(np.flatnonzero(seq != want)[0])
+        got, exp = int(seq[k]), int(want[k])
+        what = (f"skips shot_index {exp}..{got - 1}" if got > exp else
+                f"repeats or goes back to shot_index {got}")
+        where = (f" (its rows {row}..{row + n - 1} here continue {self._where(info.pieces[-1])}, shots "
+                 f"0..{first - 1})" if info.pieces else "")
+        return (f"{path}: column 'shot_index' of title {tid!r} is not {first}..{first + n - 1} in order{where}: "
+                f"row {row + k} has {got}, expected {exp} ({what}); sort rows by shot_index with no gaps")
 
     def clips(self, *, n_tones: int = 100, n_genres: int = 11) -> pa.Table | None:
         """clips.parquet validated against the titles (None if the dataset has none).
@@ -226,35 +274,68 @@ class Dataset:
     def split(self, name: str) -> list[TitleInfo]:
         return [i for i in self.titles.values() if i.split == name]
 
-    def read_shard(self, shard: int) -> dict[str, Title]:
+    def _read_rows(self, shard: int, row: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fused, start_s, end_s) of rows [row, row + n) of one shard, reading no further than needed
+        (a title continued from the previous file sits at the top of this one)."""
+        path = self.shards[shard]
+        pf = pq.ParquetFile(path)
+        batches, seen = [], 0
+        for b in pf.iter_batches(batch_size=4096, columns=["start_s", "end_s", "fused"]):
+            if seen + b.num_rows > row:
+                batches.append(b.slice(max(0, row - seen)))
+            seen += b.num_rows
+            if seen >= row + n:
+                break
+        t = pa.Table.from_batches(batches, schema=batches[0].schema if batches else None).slice(0, n)
+        if t.num_rows != n:
+            raise DatasetError(f"{path}: has {seen} rows, fewer than the index read ({row + n})")
+        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path)
+        return fused, t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
+
+    def read_shard(self, shard: int, only: set[str] | None = None) -> dict[str, Title]:
+        """Every title that starts in this shard (or those of them in `only`), whole: a title continued
+        into the next shard(s) is completed with just its rows at their top (so one shard plus one
+        title's tail is in memory)."""
         path = self.shards[shard]
         t = pq.read_table(path)
         fused = _check_vector_column(t, "fused", self.meta.fused_dim, path)
         start, end = t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
         out = {}
         for info in self.titles.values():
-            if info.shard == shard:
-                sl = slice(info.row, info.row + info.n_shots)
-                out[info.title_id] = Title(info, fused[sl], start[sl], end[sl])
+            if info.shard == shard and (only is None or info.title_id in only):
+                parts = [(fused[r:r + n], start[r:r + n], end[r:r + n]) if s == shard else self._read_rows(s, r, n)
+                         for s, r, n in info.pieces]
+                if len(parts) == 1:
+                    out[info.title_id] = Title(info, *parts[0])
+                else:
+                    out[info.title_id] = Title(info, *(np.concatenate(c) for c in zip(*parts, strict=True)))
         return out
 
     def iter_titles(self, titles: list[TitleInfo] | None = None) -> Iterator[Title]:
-        """Stream titles shard by shard: one shard in memory at a time."""
+        """Stream whole titles shard by shard (each from the shard it starts in): one shard in memory at a
+        time, plus the rows of a title that continues into the next shard."""
         wanted = {i.title_id for i in (titles if titles is not None else self.titles.values())}
         for s in range(len(self.shards)):
             if any(i.shard == s and i.title_id in wanted for i in self.titles.values()):
-                for tid, title in self.read_shard(s).items():
-                    if tid in wanted:
-                        yield title
+                yield from self.read_shard(s, wanted).values()
 
 
 class DatasetWriter:
-    """Writes a v1 dataset atomically: into DIR.partial, renamed to DIR on close."""
+    """Writes a v1 dataset atomically: into DIR.partial, renamed to DIR on close.
 
-    def __init__(self, root: str | Path, meta: Meta, *, shard_shots: int = SHARD_SHOTS) -> None:
+    A shard is written once it holds at least `shard_shots` rows, after the title that crossed the
+    mark (a title stays in one file). With split_titles=True every shard but the last holds exactly
+    `shard_shots` rows and a title may continue at the top of the next file, as the format allows.
+    """
+
+    def __init__(self, root: str | Path, meta: Meta, *, shard_shots: int = SHARD_SHOTS,
+                 split_titles: bool = False) -> None:
         self.root = Path(root)
         self.meta = meta
+        if shard_shots < 1:
+            raise DatasetError(f"shard_shots must be >= 1, got {shard_shots}")
         self.shard_shots = shard_shots
+        self.split_titles = split_titles
         self.tmp = self.root.with_name(self.root.name + ".partial")
         shutil.rmtree(self.tmp, ignore_errors=True)
         (self.tmp / "shots").mkdir(parents=True)
@@ -273,10 +354,22 @@ class DatasetWriter:
         self._titles.append(dict(title_id=title_id, title_embedding=np.asarray(title_embedding, np.float32),
                                  kind=kind, split=split, genres=genres))
         self._rows.append(dict(title_id=title_id, fused=fused, start_s=np.asarray(start_s, np.float64),
-                               end_s=np.asarray(end_s, np.float64)))
+                               end_s=np.asarray(end_s, np.float64), first=0))
         self._n_rows += len(fused)
-        if self._n_rows >= self.shard_shots:
+        if not self.split_titles:
+            if self._n_rows >= self.shard_shots:
+                self._flush()
+            return
+        while self._n_rows >= self.shard_shots:  # a full file; the rest of the title opens the next one
+            over = self._n_rows - self.shard_shots
+            last = self._rows[-1]
+            keep = len(last["fused"]) - over
+            rest = dict(title_id=last["title_id"], first=last["first"] + keep,
+                        **{k: last[k][keep:] for k in ("fused", "start_s", "end_s")})
+            self._rows[-1] = dict(last, **{k: last[k][:keep] for k in ("fused", "start_s", "end_s")})
             self._flush()
+            if over:
+                self._rows, self._n_rows = [rest], over
 
     def _flush(self) -> None:
         if not self._rows:
@@ -284,7 +377,8 @@ class DatasetWriter:
         fused = np.concatenate([r["fused"] for r in self._rows])
         table = pa.table({
             "title_id": pa.array([r["title_id"] for r in self._rows for _ in range(len(r["fused"]))], pa.string()),
-            "shot_index": pa.array(np.concatenate([np.arange(len(r["fused"])) for r in self._rows]).astype(np.int32)),
+            "shot_index": pa.array(np.concatenate([r["first"] + np.arange(len(r["fused"]))
+                                                   for r in self._rows]).astype(np.int32)),
             "start_s": pa.array(np.concatenate([r["start_s"] for r in self._rows])),
             "end_s": pa.array(np.concatenate([r["end_s"] for r in self._rows])),
             "fused": pa.FixedSizeListArray.from_arrays(pa.array(fused.reshape(-1)), self.meta.fused_dim),

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -22,9 +23,8 @@ import numpy as np
 from mediafm import stack
 from mediafm.bus import Tail
 from mediafm.config import Settings
-from mediafm.fusion import get_layout
+from mediafm.profiles import get_layout, get_profile
 from mediafm.schema import ContextualEmbedding, decode
-from mediafm.serving import model_name
 from mediafm.stack import triton
 from mediafm.synth import write_corpus
 from mediafm.topics import Topics
@@ -32,10 +32,10 @@ from mediafm.topics import Topics
 
 def ensure_model(settings: Settings) -> str:
     """The served MediaFM version; trains and exports a tiny one first if there is none."""
-    name = model_name(settings.encoder_profile)
+    name = get_profile(settings.encoder_profile).mediafm_model
     served = triton.ready_versions(settings).get(name)
     if served:
-        return f"serving {name} version {served[0]}"
+        return f"serving {name} version {max(served, key=int)}"
     from trainer.export import export
     from trainer.train import TrainConfig, train
 
@@ -82,7 +82,8 @@ def run_demo(settings: Settings, *, timeout_s: float) -> int:
     log = settings.state_dir / "demo-worker.log"
     with open(log, "ab") as out:
         worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],
-                                  stdout=out, stderr=subprocess.STDOUT)
+                                  stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **settings.to_env()})  # these settings, --config included
     print(f"   worker pid {worker.pid}, log {log}")
     try:
         film, srt, match = _films(settings.state_dir / "demo" / "films")

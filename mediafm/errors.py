@@ -1,20 +1,29 @@
 """Every exception the platform raises on purpose, in one place.
 
     MediaFMError                 base: catch this to catch anything of ours
-    ├── ConfigError              a setting is missing, malformed or contradictory
+    ├── ConfigError              a setting is missing, malformed or contradictory (an unknown profile too)
     ├── StackError               the local Kafka / Triton stack cannot start or answer
     │   ├── PortInUseError       a port we need is taken by someone else
     │   └── MissingToolError     java, mvn, or the Triton binary is not installed
-    ├── SchemaError              a Kafka message does not match its schema
     ├── DatasetError             a shot-embedding dataset breaks the v1 format
     ├── ModelError               a model checkpoint or export is unusable
-    └── MediaError               a media file, URI or subtitle file cannot be used
-        ├── MediaURIError        the URI's scheme or path is not allowed, or the file is missing/too big
-        ├── CorruptMediaError    FFmpeg cannot open or decode it (corrupt, truncated, zero-length)
-        ├── NoVideoError         the container has no video stream (audio-only, subtitles-only)
-        ├── SubtitleError        a subtitle file cannot be parsed or decoded (broken, unknown encoding)
-        └── EncoderError         an encoder checkpoint is missing or an embedding service failed
+    │   └── VersionRetired       a model version asked for by number is no longer served
+    ├── BadInput                 the input itself is wrong: retrying cannot help; the streams dead-letter it
+    │   ├── SchemaError          a Kafka message does not match its schema
+    │   ├── BadRequest           Triton rejected a request itself (4xx: wrong shape, too long)
+    │   └── MediaError           a media file, URI or subtitle file cannot be used
+    │       ├── MediaURIError    the URI's scheme or path is not allowed, or the file is missing/too big
+    │       ├── CorruptMediaError  FFmpeg cannot open or decode it (corrupt, truncated, zero-length)
+    │       ├── NoVideoError     the container has no video stream (audio-only, subtitles-only)
+    │       ├── SubtitleError    a subtitle file cannot be parsed or decoded (broken, unknown encoding)
+    │       └── EncoderError     an encoder checkpoint is missing, or an embedding service refused the input
+    └── Transient                a service is down, overloaded or out of memory: wait and retry
+        ├── TritonUnavailable    Triton did not answer within the caller's patience
+        └── EncoderUnavailable   an embedding service (the OpenAI API) stayed unavailable that long
 
+Two families decide what the streams do with a failure: ``BadInput`` goes to
+the dead-letter topic with its message as the reason; ``Transient`` is waited
+out and retried (mediafm/triton_client.py), never dead-lettered.
 Each message says what failed, with the offending values, and how to fix it.
 Messages are written for the person at the terminal: one line, cause and fix.
 """
@@ -42,7 +51,15 @@ class MissingToolError(StackError):
     """An external program (java, mvn, tritonserver) is missing."""
 
 
-class SchemaError(MediaFMError):
+class BadInput(MediaFMError):
+    """The input (a message, a file, a request) is wrong; the same input will fail again."""
+
+
+class Transient(MediaFMError):
+    """A service is down, overloaded or out of memory; the same call may succeed later."""
+
+
+class SchemaError(BadInput):
     """A message does not decode to the schema it claims to have."""
 
 
@@ -54,7 +71,19 @@ class ModelError(MediaFMError):
     """A checkpoint, config or exported model is unusable."""
 
 
-class MediaError(MediaFMError):
+class BadRequest(BadInput):
+    """Triton rejected the input itself (4xx); retrying cannot help."""
+
+
+class TritonUnavailable(Transient):
+    """Triton did not answer within the caller's patience."""
+
+
+class EncoderUnavailable(Transient):
+    """An embedding service (the OpenAI API) stayed unavailable (5xx, 429, timeouts) past the caller's patience."""
+
+
+class MediaError(BadInput):
     """A media file, its URI or its subtitles cannot be turned into shots and embeddings."""
 
 
@@ -75,4 +104,8 @@ class SubtitleError(MediaError):
 
 
 class EncoderError(MediaError):
-    """An encoder cannot be loaded (checkpoint directory) or its service failed."""
+    """An encoder cannot be loaded (checkpoint directory), or its service refused the input (400) or answered nonsense."""
+
+
+class VersionRetired(ModelError):
+    """A model version asked for by number (a live event's pinned MediaFM) is no longer served."""

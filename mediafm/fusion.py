@@ -6,7 +6,8 @@ dataset writer all call :func:`fuse`; nobody re-implements it.
 As in the source: concatenate video | audio | text in that order, a missing
 modality contributing zeros to its slice, then L2-normalise the whole vector.
 Balancing the modalities' scales is the encoders' job (each one returns unit
-vectors), so fusion stays exactly the source's rule.
+vectors), so fusion stays exactly the source's rule. The layouts of the encoder
+profiles are in mediafm/profiles.py.
 """
 
 from __future__ import annotations
@@ -52,34 +53,6 @@ class Layout:
         return out
 
 
-# The source's encoders: CLIP-style video 768 + wav2vec2 768 + text-embedding-3-large@768.
-PRODUCTION = Layout("production", video=768, audio=768, text=768, title=768)
-
-# Pretrained weights that ship in registry packages (mediafm/media/encoders.py), at their
-# real widths, never padded: EfficientNet-Lite0 pooled features 1280 + aiSFX 512 +
-# all-MiniLM-L6-v2 384; the title is embedded with the same text model.
-OFFLINE = Layout("offline", video=1280, audio=512, text=384, title=384)
-
-LAYOUTS: dict[str, Layout] = {PRODUCTION.name: PRODUCTION, OFFLINE.name: OFFLINE}
-
-
-def get_layout(name: str) -> Layout:
-    try:
-        return LAYOUTS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoder profile {name!r}; known: {sorted(LAYOUTS)}") from None
-
-
-def layout_for_widths(video: int, audio: int, text: int) -> Layout:
-    """The encoder profile whose modality widths these are (the fusion model serves them all)."""
-    for layout in LAYOUTS.values():
-        if (layout.video, layout.audio, layout.text) == (video, audio, text):
-            return layout
-    known = {n: (lay.video, lay.audio, lay.text) for n, lay in LAYOUTS.items()}
-    raise ValueError(f"modality widths (video, audio, text) = {(video, audio, text)} match no encoder profile; "
-                     f"known: {known}")
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
@@ -91,7 +64,7 @@ def fuse(
     text: np.ndarray,
     present: np.ndarray,
     *,
-    layout: Layout = PRODUCTION,
+    layout: Layout,
 ) -> np.ndarray:
     """Fuse a batch of shots.
 

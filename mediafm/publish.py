@@ -5,6 +5,7 @@
     mediafm follow ◄────────────── embeddings       (prints contextual embeddings as they arrive)
     mediafm sink --out DIR ◄────── shots.fused + embeddings  (v1 dataset + contextual.parquet)
     mediafm backfill TITLE... ───► titles           (the title's last request again, new request id)
+    mediafm publish dataset DIR ─► shots.fused      (a v1 dataset's fused shots, a new request per title)
 
 Workers read media only from allowed roots (Settings.worker_media_roots);
 publishing a file from elsewhere links or copies it into <state_dir>/media,
@@ -13,8 +14,10 @@ the stand-in for the object store an ingestion system uploads to.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -26,16 +29,51 @@ import numpy as np
 
 from mediafm.bus import Tail, producer
 from mediafm.config import Settings
-from mediafm.errors import MediaError, SchemaError
-from mediafm.schema import ContextualEmbedding, FusedShot, LiveSegment, TitleRequest, bytes_to_vec, decode
+from mediafm.errors import ConfigError, DatasetError, MediaError, SchemaError, StackError
+from mediafm.fusion import MODALITIES, Layout
+from mediafm.schema import (
+    ContextualEmbedding,
+    FusedShot,
+    LiveSegment,
+    TitleRequest,
+    bytes_to_vec,
+    decode,
+    vec_to_bytes,
+)
 from mediafm.topics import Topics
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
-def stage_media(settings: Settings, path: str | Path, name: str) -> Path:
+
+def _not_a_file(p: Path) -> str | None:
+    """None if p is a regular file (or a link to one), else what it is instead."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return "no such file" + (" (a symbolic link to a missing file)" if p.is_symlink() else "")
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return f"exists but is {next((name for test, name in _KINDS if test(mode)), 'not a file')}, not a regular file"
+
+
+def check_file(path: str | Path, what: str = "media file") -> Path:
+    """`path` if it is a regular file (or a link to one); else MediaError saying what it is instead
+    (missing, a directory, a device, a FIFO) and that a `what` is wanted."""
+    p = Path(path).expanduser()
+    problem = _not_a_file(p)
+    if problem is None:
+        return p
+    if problem.startswith("no such file"):
+        raise MediaError(f"{p}: {problem}; pass the {what} to publish")
+    raise MediaError(f"{p}: {problem}; pass a {what}")
+
+
+def stage_media(settings: Settings, path: str | Path, name: str, what: str = "media file") -> Path:
     """The file as workers may read it: itself if under an allowed root, else linked/copied into <state_dir>/media."""
-    src = Path(path).expanduser()
-    if not src.is_file():
-        raise MediaError(f"{src}: no such file; pass the media file to publish")
+    src = check_file(path, what)
     from mediafm.media.decode import under_roots
 
     roots = settings.worker_media_roots
@@ -52,12 +90,43 @@ def stage_media(settings: Settings, path: str | Path, name: str) -> Path:
     return dest.resolve()
 
 
-def _load_meta(meta: str | Path | dict | None) -> dict:
-    from mediafm.media.embed import TitleMeta
+META_EXAMPLE = '{"title": "...", "synopsis": "...", "tags": ["..."]}'
 
+
+def _load_meta(meta: str | Path | dict | None) -> dict:
+    """Title metadata from a dict, inline JSON (a str starting with '{') or a JSON file path.
+
+    MediaError saying which of the two it was read as and what is wrong."""
     if meta is None or isinstance(meta, dict):
         return dict(meta or {})
-    return TitleMeta.read(meta)
+    if isinstance(meta, str) and meta.lstrip().startswith("{"):
+        source = "inline JSON (the --meta value starts with '{')"
+        try:
+            d = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise MediaError(f"metadata read as {source} is not valid JSON: {e.msg} at character {e.pos} of "
+                             f"{meta!r}; pass a JSON object like {META_EXAMPLE} (quoted for the shell), "
+                             "or the path of a JSON file") from None
+    else:
+        path = Path(meta).expanduser()
+        source = f"the file {path} (the --meta value does not start with '{{', so it is taken as a path)"
+        problem = _not_a_file(path)
+        if problem is not None:
+            raise MediaError(f"metadata (--meta) {str(meta)!r} does not start with '{{', so it was taken as a file "
+                             f"path, but {path}: {problem}; pass a JSON file, or inline JSON like {META_EXAMPLE}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MediaError(f"metadata read from {source} could not be read: {e}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MediaError(f"metadata read from {source} is not valid JSON: {e}; the file must hold a JSON "
+                             f"object like {META_EXAMPLE}") from None
+    if not isinstance(d, dict):
+        raise MediaError(f"metadata read from {source} must be a JSON object like {META_EXAMPLE}, "
+                         f"got a JSON {type(d).__name__}")
+    return d
 
 
 def publish_title(settings: Settings, file: str | Path, *, title_id: str | None = None,
@@ -66,8 +135,11 @@ def publish_title(settings: Settings, file: str | Path, *, title_id: str | None 
     m = _load_meta(meta)
     tid = title_id or m.pop("title_id", None) or Path(file).stem
     m.pop("title_id", None)
+    check_file(file)
+    if subtitles:
+        check_file(subtitles, "subtitle file")  # before anything is staged
     req = TitleRequest(title_id=tid, uri=str(stage_media(settings, file, tid)), request_id=uuid.uuid4().hex[:12],
-                       subtitles_uri=str(stage_media(settings, subtitles, tid)) if subtitles else None,
+                       subtitles_uri=str(stage_media(settings, subtitles, tid, "subtitle file")) if subtitles else None,
                        subtitle_encoding=subtitle_encoding, meta=m)
     p = producer(settings)
     try:
@@ -75,6 +147,122 @@ def publish_title(settings: Settings, file: str | Path, *, title_id: str | None 
     finally:
         p.close()
     return req
+
+
+def dataset_layout(meta, where: str | Path = "meta.json") -> Layout:
+    """The encoder profile of a v1 dataset's meta (mediafm.dataset.Meta), or DatasetError saying why none fits.
+
+    The pipeline contextualises only the profiles of mediafm/profiles.py, so a dataset's modality widths,
+    their order in the fused vector and its title_dim must be one profile's."""
+    mods = meta.modalities
+    if set(mods) != set(MODALITIES):
+        raise DatasetError(f"{where}: modalities {sorted(mods)}; the pipeline's encoder profiles have exactly "
+                           f"{list(MODALITIES)}")
+    widths = tuple(mods[m][1] - mods[m][0] for m in MODALITIES)
+    from mediafm.profiles import profile_for_widths
+
+    try:
+        layout = profile_for_widths(*widths).layout
+    except ConfigError as e:
+        raise DatasetError(f"{where}: {e}; the workers fuse and contextualise only those profiles, so this "
+                           "dataset cannot be published (train or evaluate on it directly instead)") from None
+    if {m: tuple(v) for m, v in mods.items()} != layout.slices:
+        raise DatasetError(f"{where}: modalities {dict(mods)} are not in the order of profile {layout.name!r} "
+                           f"{layout.slices} (video | audio | text)")
+    if meta.title_dim != layout.title:
+        raise DatasetError(f"{where}: title_dim {meta.title_dim}, but profile {layout.name!r} (modality widths "
+                           f"{widths}) has title embeddings of {layout.title}")
+    return layout
+
+
+def fused_shot_messages(title, layout: Layout, request_id: str) -> list[FusedShot]:
+    """One FusedShot per shot of a dataset Title (mediafm.dataset.Title), as the fuse stage would publish
+    them: kind "title", n_shots set, `present` from which modality slices are non-zero.
+
+    DatasetError for a shot with no modality or a message over MAX_MESSAGE_BYTES (checked here, before
+    anything of the title is sent)."""
+    info, n = title.info, len(title.fused)
+    te = vec_to_bytes(info.title_embedding)
+    out = []
+    for i in range(n):
+        v = title.fused[i]
+        present = [bool(np.any(v[lo:hi])) for lo, hi in layout.slices.values()]
+        if not any(present):
+            raise DatasetError(f"title {info.title_id!r} shot {i}: its fused vector is all zeros (no modality); "
+                               "every shot needs at least one of video/audio/text")
+        msg = FusedShot(title_id=info.title_id, shot_index=i, start_s=float(title.start_s[i]),
+                        end_s=float(title.end_s[i]), profile=layout.name, fused=vec_to_bytes(v), present=present,
+                        n_shots=n, kind="title", title_embedding=te, request_id=request_id)
+        try:
+            msg.to_bytes()
+        except SchemaError as e:
+            raise DatasetError(f"title {info.title_id!r} shot {i}: {e}; one shot per message cannot be split "
+                               "further") from None
+        out.append(msg)
+    return out
+
+
+def publish_dataset(settings: Settings, root: str | Path, *, title_ids: list[str] | None = None,
+                    progress: bool = True) -> list[tuple[str, str, int]]:
+    """Every title of a v1 dataset (or those named) as FusedShot messages on shots.fused.
+
+    A v1 dataset holds fused vectors only (DATASET_FORMAT.md), so its shots join the pipeline after
+    fusion: the workers contextualise each title once all its shots arrived, and `mediafm sink` collects
+    them. Each title gets a fresh request id (a new request, like `mediafm backfill`), so publishing
+    again re-embeds it. Titles are read shard by shard, one title's messages in memory at a time.
+    Returns [(title_id, request_id, n_shots)] in publishing order.
+    """
+    from kafka.errors import KafkaError
+    from tqdm import tqdm
+
+    from mediafm.dataset import Dataset
+
+    ds = Dataset(root)
+    layout = dataset_layout(ds.meta, ds.root / "meta.json")
+    if title_ids:
+        wanted = list(dict.fromkeys(title_ids))
+        missing = [t for t in wanted if t not in ds.titles]
+        if missing:
+            some = ", ".join(list(ds.titles)[:5])
+            raise DatasetError(f"{ds.root / 'titles.parquet'}: no title {missing}; it has {len(ds.titles)} titles "
+                               f"({some}{', ...' if len(ds.titles) > 5 else ''})")
+        infos = [ds.titles[t] for t in wanted]
+    else:
+        infos = list(ds.titles.values())
+    topic = Topics.from_settings(settings).fused
+    try:
+        p = producer(settings)
+    except KafkaError as e:
+        raise StackError(f"no Kafka broker answered at {settings.kafka_bootstrap} ({type(e).__name__}: {e}); "
+                         "start one with `mediafm stack up`") from None
+    sent: list[tuple[str, str, int]] = []
+    bar = tqdm(total=sum(i.n_shots for i in infos), unit="shot", desc=f"publishing to {topic}",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for title in ds.iter_titles(infos):
+            tid = title.info.title_id
+            req = uuid.uuid4().hex[:12]
+            msgs = fused_shot_messages(title, layout, req)
+            futures = [p.send(topic, key=tid.encode(), value=m.to_bytes()) for m in msgs]
+            p.flush(timeout=60)
+            try:
+                for f in futures:
+                    f.get(timeout=30)
+            except KafkaError as e:
+                raise StackError(f"the broker at {settings.kafka_bootstrap} did not take title {tid!r} "
+                                 f"({type(e).__name__}: {e})") from None
+            sent.append((tid, req, len(msgs)))
+            bar.update(len(msgs))
+            bar.set_postfix_str(tid, refresh=False)
+    except (DatasetError, StackError) as e:
+        if not sent:
+            raise
+        raise type(e)(f"{e}; {len(sent)} titles were published before it ({', '.join(t for t, _, _ in sent[:5])}"
+                      f"{', ...' if len(sent) > 5 else ''}); publish the others with --titles") from None
+    finally:
+        bar.close()
+        p.close()
+    return sent
 
 
 def _first_frame_time(path: Path) -> float:
@@ -92,7 +280,7 @@ def cut_segments(file: str | Path, out_dir: Path, segment_s: float) -> list[tupl
     Timestamps stay continuous across segments, so each segment's start is its first frame's time
     (the segmenter's own list reports packet times, a few frames off with B-frames)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("seg*.ts"):
+    for old in [*out_dir.glob("seg*.ts"), *out_dir.glob("seg*.vtt")]:
         old.unlink()
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(file), "-map", "0:v:0", "-map", "0:a?",
            "-c:v", "libx264", "-preset", "veryfast", "-force_key_frames", f"expr:gte(t,n_forced*{segment_s})",
@@ -107,15 +295,44 @@ def cut_segments(file: str | Path, out_dir: Path, segment_s: float) -> list[tupl
     return [(p, round(t - times[0], 6)) for p, t in zip(paths, times, strict=True)]
 
 
+def write_segment_cues(cues: list, segments: list[tuple[Path, float]], out_dir: Path) -> list[Path | None]:
+    """Per segment, a WebVTT file of the cues overlapping it, times on the event's clock (None: no cue).
+
+    What a live captioning feed publishes beside its media segments (HLS: WebVTT segments)."""
+    from mediafm.media.subtitles import write_webvtt
+
+    out: list[Path | None] = []
+    for k, (path, start) in enumerate(segments):
+        end = segments[k + 1][1] if k + 1 < len(segments) else float("inf")
+        mine = [c for c in cues if c.start_s < end and c.end_s > start]
+        if mine:
+            vtt = out_dir / f"{path.stem}.vtt"
+            write_webvtt(mine, vtt)
+            out.append(vtt)
+        else:
+            out.append(None)
+    return out
+
+
 def publish_live(settings: Settings, file: str | Path, *, event_id: str, segment_s: float = 2.0,
                  realtime: bool = False, meta: str | Path | dict | None = None,
+                 subtitles: str | Path | None = None, subtitle_encoding: str | None = None,
                  on_segment: Callable[[LiveSegment], None] | None = None) -> list[LiveSegment]:
     """Simulate a live event from FILE: cut it into segments and publish them in order
-    (paced at real time with realtime=True, else as fast as the broker takes them)."""
+    (paced at real time with realtime=True, else as fast as the broker takes them). With `subtitles`
+    (SRT / WebVTT of the whole file), each segment carries the cues overlapping it as a WebVTT file."""
+    m = _load_meta(meta)
+    check_file(file)
+    cues = []
+    if subtitles:
+        from mediafm.media.subtitles import load_subtitles
+
+        check_file(subtitles, "subtitle file")
+        cues = load_subtitles(subtitles, encoding=subtitle_encoding)
     seg_dir = Path(settings.worker_media_roots[0]) / "live" / event_id
     segments = cut_segments(file, seg_dir, segment_s)
+    vtts = write_segment_cues(cues, segments, seg_dir)
     topic = Topics.from_settings(settings).live_segments
-    m = _load_meta(meta)
     p = producer(settings)
     sent = []
     t0 = time.monotonic()
@@ -125,7 +342,8 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str, segment
                 end = segments[k + 1][1] if k + 1 < len(segments) else start + segment_s
                 time.sleep(max(0.0, end - (time.monotonic() - t0)))
             seg = LiveSegment(event_id=event_id, segment_index=k, uri=str(path.resolve()), start_s=start,
-                              last=k == len(segments) - 1, meta=m if k == 0 else {})
+                              last=k == len(segments) - 1, meta=m if k == 0 else {},
+                              subtitles_uri=str(vtts[k].resolve()) if vtts[k] else None)
             p.send(topic, key=event_id.encode(), value=seg.to_bytes()).get(timeout=30)
             sent.append(seg)
             if on_segment:
@@ -183,7 +401,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     import pyarrow.parquet as pq
 
     from mediafm.dataset import DatasetWriter, Meta
-    from mediafm.fusion import get_layout
+    from mediafm.profiles import get_profile
 
     names = Topics.from_settings(settings)
     titles: dict[tuple[str, str], dict[int, FusedShot]] = {}
@@ -206,10 +424,9 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     layouts = {s.profile for shots in latest.values() for s in shots.values()}
     if len(layouts) != 1:
         raise MediaError(f"titles of several encoder profiles {sorted(layouts)}; one dataset has one layout")
-    layout = get_layout(layouts.pop())
-    from mediafm.media.embed import get_profile
-
-    writer = DatasetWriter(out, Meta.from_layout(layout, get_profile(layout.name).encoders))
+    profile = get_profile(layouts.pop())
+    layout = profile.layout
+    writer = DatasetWriter(out, Meta.from_layout(layout, profile.encoders))
     for tid in sorted(latest):
         shots = [latest[tid][i] for i in range(len(latest[tid]))]
         te = next((s.title_embedding for s in shots if s.title_embedding), None)

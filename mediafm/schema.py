@@ -16,19 +16,45 @@ record or route the raw bytes to the dead-letter topic with the
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import msgpack
 import numpy as np
 
-from mediafm.errors import SchemaError
+from mediafm.errors import MediaError, SchemaError
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Hard cap on one encoded message; the broker's message.max.bytes matches it."""
+
+
+MAX_ID_CHARS = 512
+"""Longest title / event / request id accepted (ids name table keys, files and log lines)."""
+
+MAX_META_TEXT_CHARS = 32_000
+"""Longest metadata text (title, synopsis, tags) accepted: the text encoders read only its first
+few thousand tokens (MiniLM 256, OpenAI 8191), and every shot message of the title carries it."""
+
+_BIDI_AND_LINE = set("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_id(value: str, name: str = "title_id", *, empty_ok: bool = False) -> str:
+    """`value` if it is a usable id: not empty (unless empty_ok), at most MAX_ID_CHARS, no control characters
+    (C0/C1, DEL, line separators, bidi overrides: they forge log lines and hide in keys); else SchemaError."""
+    if not value and not empty_ok:
+        raise SchemaError(f"field {name!r} is empty; give every title/event an id")
+    if len(value) > MAX_ID_CHARS:
+        raise SchemaError(f"field {name!r} is {len(value)} characters, over the {MAX_ID_CHARS} limit: {value[:40]!r}...")
+    bad = [ch for ch in value if ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in _BIDI_AND_LINE]
+    if bad:
+        raise SchemaError(f"field {name!r} has control characters {sorted(set(bad))!r}: {value[:80]!r}; "
+                          "ids are printable text")
+    return value
 
 
 DTYPES = {"float32": "<f4", "float16": "<f2"}
@@ -104,6 +130,10 @@ class LiveSegment(Message):
     last: bool = False
     """True on the event's final segment: every open shot is closed and finalised."""
     meta: dict = field(default_factory=dict)
+    subtitles_uri: str | None = None
+    """Timed text for this segment (SRT / WebVTT, as HLS carries WebVTT beside its media segments), cue
+    times on the event's clock (the one start_s is on); the shots it overlaps get it as their text."""
+    subtitle_encoding: str | None = None
     published_at: float = field(default_factory=time.time)
 
 
@@ -191,9 +221,10 @@ class ContextualEmbedding(Message):
     start_s: float
     end_s: float
     embedding: bytes
-    """`dim` little-endian values of `dtype`: MediaFM's last hidden state for the shot (use .vector())."""
+    """`dim` little-endian values of `dtype` (use .vector()): MediaFM's `representation` of the shot."""
     dim: int
     model_version: str
+    """The version of `model` that made it."""
     profile: str
     window_start: int
     window_end: int
@@ -203,6 +234,10 @@ class ContextualEmbedding(Message):
     n_shots: int | None = None
     kind: str = "title"
     model: str = "mediafm"
+    """The served MediaFM model that made it (mediafm, or mediafm_offline for the offline profile)."""
+    representation: str = "hidden"
+    """"output" (the output projection, fused_dim wide) or "hidden" (the last hidden state);
+    messages from before this field existed carry hidden states."""
     published_at: float = 0.0
     """When the source shot entered the pipeline (for end-to-end latency)."""
     produced_at: float = field(default_factory=time.time)
@@ -228,6 +263,76 @@ class DeadLetter(Message):
     payload: bytes
     """The original bytes, cut to 1 MiB so a dead letter is always deliverable."""
     at: float = field(default_factory=time.time)
+
+
+@dataclass
+class TitleMeta:
+    """Title metadata: a TitleRequest's or LiveSegment's `meta`, or a `--meta` JSON file.
+
+    Its text (title, synopsis, tags) is what the title embedding is made from.
+    :meth:`from_dict` is the one validator, used by the streams and the CLI alike.
+    """
+
+    title_id: str
+    kind: str = "title"
+    title: str = ""
+    synopsis: str = ""
+    tags: list[str] = field(default_factory=list)
+    genres: list[int] | None = None
+    split: str = "train"
+
+    def text(self) -> str:
+        parts = [p for p in (self.title, self.synopsis) if p]
+        if self.tags:
+            parts.append("Tags: " + ", ".join(self.tags))
+        return ". ".join(parts) or self.title_id
+
+    @classmethod
+    def from_dict(cls, meta: object, *, title_id: str, kind: str = "title") -> TitleMeta:
+        """Checked metadata of `title_id`; SchemaError naming an unknown key or a wrong type.
+
+        `meta` may repeat the title id (a --meta file may name its title), never contradict it.
+        """
+        if not isinstance(meta, dict):
+            raise SchemaError(f"meta must be a JSON object (a map), got {type(meta).__name__}")
+        meta = dict(meta)
+        said = meta.pop("title_id", title_id)
+        if said != title_id:
+            raise SchemaError(f"meta names title_id {said!r}, but this is {title_id!r}; drop it or make them agree")
+        known = [f.name for f in dataclasses.fields(cls) if f.name not in ("title_id", "kind")]
+        unknown = sorted(set(meta) - set(known))
+        if unknown:
+            raise SchemaError(f"meta has unknown keys {unknown}; known: {known}")
+        hints = typing.get_type_hints(cls)
+        out = cls(title_id=title_id, kind=kind, **{k: _check_type(f"meta.{k}", v, hints[k]) for k, v in meta.items()})
+        size = len(out.title) + len(out.synopsis) + sum(len(t) + 2 for t in out.tags)
+        if size > MAX_META_TEXT_CHARS:
+            raise SchemaError(f"meta text (title, synopsis, tags) is {size} characters, over the {MAX_META_TEXT_CHARS} "
+                              "limit (the text encoders read only its first few thousand tokens); shorten the synopsis")
+        return out
+
+    @staticmethod
+    def read(path: str | Path) -> dict:
+        """A metadata JSON file as a dict (checked by from_dict); MediaError naming what is wrong."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MediaError(f"{path}: metadata is not readable JSON ({e}); pass a JSON object like "
+                             '{"title": "...", "synopsis": "...", "tags": ["..."]}') from None
+        if not isinstance(d, dict):
+            raise MediaError(f"{path}: metadata must be a JSON object, got {type(d).__name__}")
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path | None, *, default_id: str) -> TitleMeta:
+        """`mediafm embed --meta FILE`: the file's metadata; its title_id (or default_id) names the title."""
+        if path is None:
+            return cls(default_id)
+        d = cls.read(path)
+        try:
+            return cls.from_dict(d, title_id=d.get("title_id", default_id))
+        except SchemaError as e:
+            raise MediaError(f"{path}: {e}") from None
 
 
 SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot, FusedShot,
@@ -260,12 +365,16 @@ def _check_type(name: str, value: object, hint: object) -> object:
 
 def decode(data: bytes, expect: type[Message] | None = None) -> Message:
     """Bytes -> validated record. Raises SchemaError saying what is wrong."""
+    if not isinstance(data, bytes | bytearray | memoryview):  # a Kafka tombstone arrives as None
+        raise SchemaError(f"message has no bytes (value is {type(data).__name__}: a tombstone?); send a msgpack map")
     if len(data) > MAX_MESSAGE_BYTES:
         raise SchemaError(f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES} limit")
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types
-        raise SchemaError(f"not msgpack: {type(e).__name__}: {e}") from None
+        detail = str(e) or {"StackError": "nested too deeply", "FormatError": "a byte that starts no msgpack type"
+                            }.get(type(e).__name__, "")
+        raise SchemaError(f"not msgpack: {type(e).__name__}: {detail}") from None
     if not isinstance(body, dict):
         raise SchemaError(f"message must be a msgpack map, got {type(body).__name__}")
     name, version = body.pop("schema", None), body.pop("v", None)
@@ -285,4 +394,30 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
             raise SchemaError(f"{name} is missing required field {f.name!r}")
     if body:
         raise SchemaError(f"{name} has unknown fields {sorted(body)}")
+    _check_values(name, kwargs)
     return cls(**kwargs)
+
+
+_ID_FIELDS = {"title_id": False, "event_id": False, "request_id": True}  # field -> may be empty
+_TIME_FIELDS = ("start_s", "end_s", "media_start_s", "published_at", "produced_at", "at")
+
+
+def _check_values(name: str, f: dict) -> None:
+    """What the types cannot say: usable ids, finite times, spans and indices that make sense."""
+    for key, empty_ok in _ID_FIELDS.items():
+        if key in f:
+            check_id(f[key], key, empty_ok=empty_ok)
+    for key in _TIME_FIELDS:
+        if key in f and not np.isfinite(f[key]):
+            raise SchemaError(f"{name}: field {key!r} is {f[key]}; times are finite seconds")
+    if "start_s" in f and "end_s" in f and f["end_s"] < f["start_s"]:
+        raise SchemaError(f"{name} has span [{f['start_s']}, {f['end_s']}), which ends before it starts")
+    for key in ("segment_index", "start_frame", "end_frame", "window_start", "partition", "offset"):
+        if f.get(key) is not None and f[key] < 0:
+            raise SchemaError(f"{name}: field {key!r} is {f[key]}; it counts from 0")
+    i, n = f.get("shot_index"), f.get("n_shots")
+    if n is not None and n < 1:
+        raise SchemaError(f"{name}: n_shots={n}; a title has at least one shot")
+    # a live shot's index is checked against its event's n_shots where that is known (streams/contextualise.py)
+    if i is not None and (i < 0 or (n is not None and f.get("kind", "title") == "title" and i >= n)):
+        raise SchemaError(f"{name}: shot_index {i} outside 0..{'' if n is None else n - 1} of {f.get('title_id')!r}")

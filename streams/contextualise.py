@@ -2,7 +2,7 @@
 
     shots.fused ──► contextualise ──(Triton: mediafm)──► embeddings
                        │  tables: contextualise-shots  "<title>#<request>/<index>" -> FusedShot bytes
-                       │          contextualise-titles "<title>#<request>" -> progress (which shots are held)
+                       │          contextualise-titles "<title>#<request>" -> TitleProgress
                        └── malformed / unsupported ──► deadletter
 
 A title is contextualised once all of its n_shots fused shots have arrived
@@ -18,37 +18,30 @@ rebalanced worker resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import time
 
-import msgpack
-import numpy as np
-
-from mediafm.errors import SchemaError
-from mediafm.fusion import get_layout
-from mediafm.inference import BadRequest
-from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.errors import BadInput, ConfigError, SchemaError
+from mediafm.profiles import get_profile
+from mediafm.schema import FusedShot, bytes_to_vec, decode
 from mediafm.windows import plan
 from streams import metrics
-from streams.app import app, changelog_sent, dead_letter, events, run_windows, settings, title_vector, topics
-from streams.live import on_shot as on_live_shot
+from streams.live import LiveEvents
+from streams.progress import TitleProgress
+from streams.runtime import Runtime, processing
 
 log = logging.getLogger(__name__)
 STAGE = "contextualise"
-
-# bytes in, bytes out: the app's raw key/value serializers apply to tables too
-shots_table = app.Table("contextualise-shots", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-titles_table = app.Table("contextualise-titles", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-
-
-def _shot_key(title_id: str, index: int, request_id: str = "") -> bytes:
-    return f"{title_id}#{request_id}/{index:07d}".encode()
+BATCH = 256
+WITHIN_S = 0.02
+"""Events taken at once: their table writes wait for the broker together (Runtime.batches). A live shot
+waits at most WITHIN_S for its batch to fill."""
 
 
-def _parse(raw: bytes) -> FusedShot:
+def parse(raw: bytes) -> FusedShot:
+    """A fused shot, checked: known profile, vectors of its widths, a shot index inside its title."""
     shot = decode(raw, expect=FusedShot)
     try:
-        layout = get_layout(shot.profile)
-    except ValueError as e:
+        layout = get_profile(shot.profile).layout
+    except ConfigError as e:
         raise SchemaError(str(e)) from None
     bytes_to_vec(shot.fused, layout.fused_dim, what="fused")
     if shot.title_embedding is not None:
@@ -65,91 +58,102 @@ def _parse(raw: bytes) -> FusedShot:
     return shot
 
 
-async def contextualise_title(title_id: str, n: int, request_id: str = "") -> int:
-    """Run MediaFM over the title's windows and publish every shot. Returns shots published."""
-    shots = [decode(shots_table[_shot_key(title_id, i, request_id)], expect=FusedShot) for i in range(n)]
-    layout = get_layout(shots[0].profile)
-    fused = np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots])  # (n, fused_dim)
-    windows, owner = plan(n, size=settings.window_shots, stride=settings.window_stride)
-    hidden, version = await run_windows(fused, title_vector(shots, layout.title), windows, layout.name)  # (W, T, H)
-    for i, s in enumerate(shots):
-        w = windows[owner[i]]
-        emb = hidden[owner[i], i - w.start]
-        msg = ContextualEmbedding(
-            title_id=title_id, shot_index=i, start_s=s.start_s, end_s=s.end_s,
-            embedding=vec_to_bytes(emb, settings.embedding_dtype), dtype=settings.embedding_dtype,
-            dim=int(emb.shape[0]), model_version=version, profile=s.profile,
-            window_start=w.start, window_end=w.end, final=True, n_shots=n, kind=s.kind, published_at=s.published_at)
-        await topics.embeddings.send(key=title_id.encode(), value=msg.to_bytes())
-        metrics.e2e_seconds.labels("title", "final").observe(max(0.0, time.time() - s.published_at))
-    metrics.shots.labels(STAGE).inc(n)
-    return n
+class Titles:
+    """Collects a title's fused shots in a table and contextualises the title once all have arrived."""
 
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.shots = rt.table("contextualise-shots")
+        self.progress = rt.table("contextualise-titles")
+        self.pending: dict[bytes, tuple[TitleProgress, object]] = {}  # changed since flush(), with its last event
 
-def _new_progress(n: int) -> dict:
-    return {"n": n, "have": bytearray((n + 7) // 8), "done": False}  # have: bit i = shot i is held
+    @staticmethod
+    def shot_key(title_id: str, index: int, request_id: str = "") -> bytes:
+        return f"{title_id}#{request_id}/{index:07d}".encode()
 
-
-def _count(have: bytearray) -> int:
-    return int.from_bytes(have, "little").bit_count()
-
-
-@app.agent(topics.fused)
-async def contextualise(stream):
-    async for event in events(stream):
-        metrics.messages.labels(STAGE).inc()
-        try:
-            shot = _parse(event.message.value)
-        except SchemaError as e:
-            await dead_letter(STAGE, event, str(e))
-            continue
-        if shot.kind == "live":
-            try:
-                await on_live_shot(shot)
-            except (BadRequest, SchemaError) as e:
-                await dead_letter("live", event, str(e))
-            continue
+    async def on_shot(self, shot: FusedShot, event) -> None:
+        """One checked title shot (from `event`). Raises BadInput when it contradicts the title's other shots."""
+        raw = event.message.value
         tid, rid, i = shot.title_id, shot.request_id, shot.shot_index
         tkey = f"{tid}#{rid}".encode()
-        progress = msgpack.unpackb(titles_table[tkey]) if tkey in titles_table else _new_progress(shot.n_shots)
-        if progress["n"] != shot.n_shots:
-            await dead_letter(STAGE, event, f"{tid!r}: n_shots={shot.n_shots} disagrees with {progress['n']} "
-                                            "from earlier shots of the same title")
-            continue
-        key, n, have = _shot_key(tid, i, rid), progress["n"], bytearray(progress["have"])
-        if progress["done"]:
+        progress = self.pending[tkey][0] if tkey in self.pending else (
+            TitleProgress.from_bytes(self.progress[tkey]) if tkey in self.progress else TitleProgress(shot.n_shots))
+        if progress.n != shot.n_shots:
+            raise SchemaError(f"{tid!r}: n_shots={shot.n_shots} disagrees with {progress.n} from earlier shots of "
+                              "the same title")
+        key = self.shot_key(tid, i, rid)
+        if progress.done:
             metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart
-            shots_table.pop(key, None)  # in case the worker died between "done" and the clean-up
-            continue
-        # The shot and its bit are two writes to two changelogs; either may be lost to a kill -9 before
-        # the event is acknowledged (streams.app.events), and then the event comes again: both writes
-        # are idempotent, and the check below trusts a bit only where the shot is held too.
-        if key not in shots_table:
-            shots_table[key] = event.message.value
-        if have[i // 8] >> (i % 8) & 1:
-            metrics.duplicates.labels(STAGE).inc()
+            self.shots.pop(key, None)  # in case the worker died between "done" and the clean-up
+            return
+        # The shot and its bit are two writes to two changelogs (the bit once per batch, flush()); either
+        # may be lost to a kill -9 before the batch is acknowledged (Runtime.batches), and then its events
+        # come again: both writes are idempotent, and the check below trusts a bit only where the shot is
+        # held too.
+        if key not in self.shots:
+            self.shots[key] = raw
+        if progress.add(i):
+            self.pending[tkey] = (progress, event)
         else:
-            have[i // 8] |= 1 << (i % 8)
-            progress["have"] = have
-            titles_table[tkey] = msgpack.packb(progress)
-        if _count(have) < n:
-            continue
-        lost = [j for j in range(n) if _shot_key(tid, j, rid) not in shots_table]
+            metrics.duplicates.labels(STAGE).inc()
+        if not progress.complete:
+            return
+        lost = [j for j in range(progress.n) if self.shot_key(tid, j, rid) not in self.shots]
         if lost:  # their events were not acknowledged, so they come again
             for j in lost:
-                have[j // 8] &= ~(1 << (j % 8))
-            progress["have"] = have
-            titles_table[tkey] = msgpack.packb(progress)
+                progress.drop(j)
+            self.pending.pop(tkey, None)
+            self.progress[tkey] = progress.to_bytes()
             log.warning("%s: %d shots counted but not held (a restart lost them); waiting for them again",
                         tid, len(lost))
-            continue
+            return
         try:
-            await contextualise_title(tid, n, rid)
-        except (BadRequest, SchemaError) as e:  # the title itself is unusable: say so, do not retry forever
-            await dead_letter(STAGE, event, f"title {tid!r} ({n} shots) rejected: {e}")
-        progress["done"] = True
-        titles_table[tkey] = msgpack.packb(progress)
-        await changelog_sent()  # "done" first: shots deleted before it would leave a title that never ends
-        for j in range(n):  # the fused vectors are no longer needed
-            del shots_table[_shot_key(tid, j, rid)]
-        log.info("contextualised %s: %d shots", tid, n)
+            await self.contextualise(tid, progress.n, rid)
+        except BadInput as e:  # the title itself is unusable: say so, do not retry forever
+            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")
+        progress.done = True
+        self.pending.pop(tkey, None)
+        self.progress[tkey] = progress.to_bytes()
+        await self.rt.changelog_sent()  # "done" first: shots deleted before it would leave a title that never ends
+        for j in range(progress.n):  # the fused vectors are no longer needed
+            del self.shots[self.shot_key(tid, j, rid)]
+
+    def flush(self) -> None:
+        """Write the progress records changed since the last flush: once per title per batch."""
+        for tkey, (progress, event) in self.pending.items():
+            with processing(event):  # the title's partition
+                self.progress[tkey] = progress.to_bytes()
+        self.pending.clear()
+
+    async def contextualise(self, title_id: str, n: int, request_id: str = "") -> None:
+        """Run MediaFM over the title's windows and publish every shot's final embedding."""
+        shots = [decode(self.shots[self.shot_key(title_id, i, request_id)], expect=FusedShot) for i in range(n)]
+        def windows_for(size: int, stride: int):
+            windows, owner = plan(n, size=size, stride=stride)
+            return windows, [(i, int(owner[i]), True) for i in range(n)]
+
+        await self.rt.contextualise(shots, windows_for, n_shots=n)  # the newest version served
+        metrics.shots.labels(STAGE).inc(n)
+        log.info("contextualised %s: %d shots", title_id, n)
+
+
+def register(rt: Runtime) -> None:
+    titles, live = Titles(rt), LiveEvents(rt)
+
+    @rt.app.agent(rt.topics.fused, name=f"{__name__}.contextualise")
+    async def contextualise(stream):
+        async for events in rt.batches(stream, BATCH, WITHIN_S):
+            for event in events:
+                metrics.messages.labels(STAGE).inc()
+                stage = STAGE
+                try:
+                    with processing(event):
+                        shot = parse(event.message.value)
+                        if shot.kind == "live":
+                            stage = "live"
+                            await live.on_shot(shot)
+                        else:
+                            await titles.on_shot(shot, event)
+                except BadInput as e:
+                    await rt.dead_letter(stage, event, str(e))
+            titles.flush()

@@ -6,46 +6,46 @@
 Shots are taken in batches across messages (Faust `take`); each run of
 consecutive shots of one title is decoded in one streaming pass that starts
 at the keyframe before its first shot, and encoded with
-mediafm.media.embed.encode_shots, the same code `mediafm embed` runs. The
+mediafm.media.embed.encode_aligned, the same code `mediafm embed` runs (the
+shots arrive with their timed text already aligned by the segment stage). The
 title embedding is made once per title (request) and reused. Fusion is the
 next stage (streams/fuse.py), so pre-encoded input can join there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 
 import numpy as np
 
-from mediafm.errors import MediaError, SchemaError
-from mediafm.inference import BadRequest
+from mediafm.errors import BadInput, ConfigError, SchemaError, Transient
 from mediafm.media.decode import check_uri
-from mediafm.media.embed import TitleMeta, encode_shots, encode_title, get_profile
+from mediafm.media.embed import encode_aligned, encode_title, encoded_shot
 from mediafm.media.shots import Shot
-from mediafm.media.subtitles import Cue
-from mediafm.schema import ShotRef, decode
+from mediafm.profiles import get_profile
+from mediafm.schema import EncodedShot, ShotRef, TitleMeta, decode, vec_to_bytes
 from streams import metrics
-from streams.app import app, dead_letter, settings, topics, triton
-from streams.segment import media_settings
+from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STAGE = "encode"
 BATCH = 16
 WITHIN_S = 0.2
-
-_titles: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (title, request) -> title embedding
-_TITLES_KEPT = 1024
+TITLES_KEPT = 1024
 
 
-async def title_embedding(ref: ShotRef) -> np.ndarray:
-    key = (ref.title_id, ref.request_id)
-    if key not in _titles:
-        _titles[key] = await encode_title(triton, TitleMeta(ref.title_id, title=ref.title_text), ref.profile,
-                                          settings=settings)
-        while len(_titles) > _TITLES_KEPT:
-            _titles.popitem(last=False)
-    return _titles[key]
+def parse(raw: bytes) -> ShotRef:
+    ref = decode(raw, expect=ShotRef)
+    try:
+        get_profile(ref.profile)
+    except ConfigError as e:
+        raise SchemaError(str(e)) from None
+    if not ref.media or ref.end_s <= ref.start_s:
+        raise SchemaError(f"shot {ref.shot_index} of {ref.title_id!r}: no media or empty span "
+                          f"[{ref.start_s}, {ref.end_s})")
+    return ref
 
 
 def runs(items: list[tuple]) -> list[list[tuple]]:
@@ -64,50 +64,76 @@ def runs(items: list[tuple]) -> list[list[tuple]]:
     return out
 
 
-async def encode_run(run: list[tuple]) -> list:
-    refs: list[ShotRef] = [r for _, r in run]
-    first = refs[0]
-    media = [str(check_uri(m, media_settings)) for m in first.media]
-    off = first.media_start_s
-    shots = [Shot(r.shot_index, r.start_s - off, r.end_s - off, r.start_frame, r.end_frame) for r in refs]
-    cues = [Cue(s.start_s, s.end_s, r.text) for s, r in zip(shots, refs, strict=True) if r.text]
-    msgs = await encode_shots(triton, media if len(media) > 1 else media[0], shots, cues,
-                              TitleMeta(first.title_id, kind=first.kind), get_profile(first.profile),
-                              settings=settings, batch_shots=BATCH, n_shots=first.n_shots,
-                              title_embedding=await title_embedding(first))
-    for m, r in zip(msgs, refs, strict=True):  # back to title / event time, with the request's identity
-        m.start_s, m.end_s, m.kind = r.start_s, r.end_s, r.kind
-        m.request_id, m.published_at = r.request_id, r.published_at
-    return msgs
+class Encoder:
+    """Encodes runs of shots on Triton; keeps the title embeddings it made (one per title request)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.titles: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (title, request) -> embedding
+
+    async def title_embedding(self, ref: ShotRef) -> np.ndarray:
+        key = (ref.title_id, ref.request_id)
+        if key not in self.titles:
+            self.titles[key] = await encode_title(self.rt.triton, TitleMeta(ref.title_id, title=ref.title_text),
+                                                  ref.profile, settings=self.rt.settings)
+            while len(self.titles) > TITLES_KEPT:
+                self.titles.popitem(last=False)
+        return self.titles[key]
+
+    async def encode_run(self, refs: list[ShotRef]) -> list[EncodedShot]:
+        """One run of consecutive shots (runs()) -> their EncodedShot messages. Raises BadInput."""
+        first = refs[0]
+        media = [str(check_uri(m, self.rt.media_settings)) for m in first.media]
+        off = first.media_start_s  # shot times in the media's own time
+        shots = [Shot(r.shot_index, r.start_s - off, r.end_s - off, r.start_frame, r.end_frame) for r in refs]
+        vecs = await encode_aligned(self.rt.triton, media if len(media) > 1 else media[0], shots,
+                                    [r.text for r in refs], first.profile, settings=self.rt.settings,
+                                    batch_shots=BATCH)
+        title = vec_to_bytes(await self.title_embedding(first))
+        return [encoded_shot(v, title_id=r.title_id, shot_index=r.shot_index, start_s=r.start_s, end_s=r.end_s,
+                             profile=r.profile, n_shots=r.n_shots, kind=r.kind, title_embedding=title,
+                             request_id=r.request_id, published_at=r.published_at)
+                for r, v in zip(refs, vecs, strict=True)]
+
+    async def encode_run_patiently(self, refs: list[ShotRef]) -> list[EncodedShot]:
+        """encode_run, waiting out what is transient (an embedding service down past its own patience):
+        retried with capped backoff, never dead-lettered."""
+        delay = 1.0
+        while True:
+            try:
+                return await self.encode_run(refs)
+            except Transient as e:
+                log.warning("encoding %s shots %d..%d waits: %s; retrying in %.0fs", refs[0].title_id,
+                            refs[0].shot_index, refs[-1].shot_index, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 60.0)
 
 
-@app.agent(topics.shots)
-async def encode(stream):
-    async for events in stream.take_events(BATCH, within=WITHIN_S):
-        parsed = []
-        for event in events:
-            metrics.messages.labels(STAGE).inc()
-            try:
-                ref = decode(event.message.value, expect=ShotRef)
-                get_profile(ref.profile)
-                if not ref.media or ref.end_s <= ref.start_s:
-                    raise SchemaError(f"shot {ref.shot_index} of {ref.title_id!r}: no media or empty span "
-                                      f"[{ref.start_s}, {ref.end_s})")
-                parsed.append((event, ref))
-            except (SchemaError, MediaError) as e:
-                await dead_letter(STAGE, event, str(e))
-        for run in runs(parsed):
-            try:
-                msgs = await encode_run(run)
-            except (MediaError, BadRequest) as e:
-                for event, ref in run:
-                    await dead_letter(STAGE, event, f"shot {ref.shot_index} of {ref.title_id!r}: {e}")
-                continue
-            except Exception as e:  # a decoder failure on this media must not stop the worker
-                log.exception("encoding failed")
-                for event, _ in run:
-                    await dead_letter(STAGE, event, f"encoding failed: {type(e).__name__}: {e}")
-                continue
-            for m in msgs:
-                await topics.encoded.send(key=m.title_id.encode(), value=m.to_bytes())
-            metrics.shots.labels(STAGE).inc(len(msgs))
+def register(rt: Runtime) -> None:
+    encoder = Encoder(rt)
+
+    @rt.app.agent(rt.topics.shots, name=f"{__name__}.encode")
+    async def encode(stream):
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
+            parsed = []
+            for event in events:
+                metrics.messages.labels(STAGE).inc()
+                try:
+                    parsed.append((event, parse(event.message.value)))
+                except BadInput as e:
+                    await rt.dead_letter(STAGE, event, str(e))
+            for run in runs(parsed):
+                try:
+                    msgs = await encoder.encode_run_patiently([r for _, r in run])
+                except BadInput as e:
+                    for event, ref in run:
+                        await rt.dead_letter(STAGE, event, f"shot {ref.shot_index} of {ref.title_id!r}: {e}")
+                    continue
+                except Exception as e:  # a decoder failure on this media must not stop the worker
+                    log.exception("encoding failed")
+                    for event, _ in run:
+                        await rt.dead_letter(STAGE, event, f"encoding failed: {type(e).__name__}: {e}")
+                    continue
+                for m in msgs:
+                    await rt.topics.encoded.send(key=m.title_id.encode(), value=m.to_bytes())
+                metrics.shots.labels(STAGE).inc(len(msgs))

@@ -13,23 +13,24 @@ import time
 
 import numpy as np
 
-from mediafm.errors import SchemaError
-from mediafm.fusion import MODALITIES, get_layout
-from mediafm.inference import BadRequest
+from mediafm.errors import BadRequest, ConfigError, SchemaError
+from mediafm.fusion import MODALITIES
+from mediafm.profiles import get_layout
 from mediafm.schema import EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
 from streams import metrics
-from streams.app import app, dead_letter, topics, triton
+from streams.runtime import Runtime
 
 STAGE = "fuse"
 BATCH = 64
 WITHIN_S = 0.05
 
 
-def _parse(raw: bytes) -> tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]:
+def parse(raw: bytes) -> tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]:
+    """An encoded shot, checked: known profile, a real span, vectors of the profile's widths, one at least."""
     shot = decode(raw, expect=EncodedShot)
     try:
         layout = get_layout(shot.profile)
-    except ValueError as e:
+    except ConfigError as e:
         raise SchemaError(str(e)) from None
     if shot.end_s < shot.start_s or shot.shot_index < 0:
         raise SchemaError(f"shot {shot.shot_index} of {shot.title_id!r} has span [{shot.start_s}, {shot.end_s})")
@@ -44,43 +45,46 @@ def _parse(raw: bytes) -> tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]:
     return shot, vecs, present
 
 
-async def _fuse(batch: list) -> list[np.ndarray | BadRequest]:
+async def fuse(rt: Runtime, batch: list) -> list[np.ndarray | BadRequest]:
     """Fuse parsed shots in one Triton call; isolate bad ones if the batch is refused."""
     inputs = {m.upper(): np.stack([v[m] for _, _, v, _ in batch]) for m in MODALITIES}
     inputs["PRESENT"] = np.stack([p for _, _, _, p in batch])
     try:
-        return list((await triton.infer("fusion", inputs, ["FUSED"]))["FUSED"])
+        return list((await rt.triton.infer("fusion", inputs, ["FUSED"]))["FUSED"])
     except BadRequest as e:
         if len(batch) == 1:
             return [e]
     out: list = []
     for item in batch:  # one bad shot must not sink its neighbours
-        out.extend(await _fuse([item]))
+        out.extend(await fuse(rt, [item]))
     return out
 
 
-@app.agent(topics.encoded)
-async def fuse_shots(stream):
-    async for events in stream.take_events(BATCH, within=WITHIN_S):
-        batch = []
-        for event in events:
-            metrics.messages.labels(STAGE).inc()
-            try:
-                batch.append((event, *_parse(event.message.value)))
-            except SchemaError as e:
-                await dead_letter(STAGE, event, str(e))
-        # Group by profile: one Triton request has one layout.
-        for profile in sorted({shot.profile for _, shot, _, _ in batch}):
-            group = [b for b in batch if b[1].profile == profile]
-            for (event, shot, _, present), fused in zip(group, await _fuse(group), strict=True):
-                if isinstance(fused, BadRequest):
-                    await dead_letter(STAGE, event, str(fused))
-                    continue
-                out = FusedShot(title_id=shot.title_id, shot_index=shot.shot_index, start_s=shot.start_s,
-                                end_s=shot.end_s, profile=shot.profile, fused=vec_to_bytes(fused),
-                                present=[bool(p) for p in present], n_shots=shot.n_shots, kind=shot.kind,
-                                title_embedding=shot.title_embedding, request_id=shot.request_id,
-                                published_at=shot.published_at)
-                await topics.fused.send(key=shot.title_id.encode(), value=out.to_bytes())
-                metrics.shots.labels(STAGE).inc()
-                metrics.stage_seconds.labels(STAGE).observe(max(0.0, time.time() - shot.published_at))
+def fused_shot(shot: EncodedShot, fused: np.ndarray, present: np.ndarray) -> FusedShot:
+    return FusedShot(title_id=shot.title_id, shot_index=shot.shot_index, start_s=shot.start_s, end_s=shot.end_s,
+                     profile=shot.profile, fused=vec_to_bytes(fused), present=[bool(p) for p in present],
+                     n_shots=shot.n_shots, kind=shot.kind, title_embedding=shot.title_embedding,
+                     request_id=shot.request_id, published_at=shot.published_at)
+
+
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.encoded, name=f"{__name__}.fuse_shots")
+    async def fuse_shots(stream):
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
+            batch = []
+            for event in events:
+                metrics.messages.labels(STAGE).inc()
+                try:
+                    batch.append((event, *parse(event.message.value)))
+                except SchemaError as e:
+                    await rt.dead_letter(STAGE, event, str(e))
+            for profile in sorted({shot.profile for _, shot, _, _ in batch}):  # one Triton request, one layout
+                group = [b for b in batch if b[1].profile == profile]
+                for (event, shot, _, present), fused in zip(group, await fuse(rt, group), strict=True):
+                    if isinstance(fused, BadRequest):
+                        await rt.dead_letter(STAGE, event, str(fused))
+                        continue
+                    await rt.topics.fused.send(key=shot.title_id.encode(),
+                                               value=fused_shot(shot, fused, present).to_bytes())
+                    metrics.shots.labels(STAGE).inc()
+                    metrics.stage_seconds.labels(STAGE).observe(max(0.0, time.time() - shot.published_at))

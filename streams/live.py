@@ -1,8 +1,8 @@
 """Stage: fused shots of a live event -> provisional, then final, contextual embeddings.
 
-    shots.fused (kind=live) ──► contextualise agent ──► on_shot ──(Triton: mediafm)──► embeddings
+    shots.fused (kind=live) ──► contextualise agent ──► LiveEvents.on_shot ──(Triton: mediafm)──► embeddings
                                    │  tables: live-shots "<event>/<index>" -> FusedShot bytes
-                                   │          live-events "<event>" -> progress
+                                   │          live-events "<event>" -> LiveProgress
                                    └── malformed, out of order ──► deadletter
 (streams/contextualise.py's agent reads the fused topic once and hands live shots here.)
 
@@ -17,6 +17,13 @@ without a final one get it from a pass over the event's last window. A final
 is always published after its provisional, into the same partition (key =
 event id), so a consumer reading in order sees provisional then final.
 
+An event's embeddings all come from one MediaFM version: the one that made its
+first (pinned in its progress record and asked for by number). Triton keeps the
+two newest versions loaded (version_policy), so an export during an event
+serves new titles and events while the running event finishes on its own
+version; only a second export within one event retires it, and the event then
+moves to the newest version (logged; every message names its version).
+
 Shots arrive in order (one partition per event, each stage keeps order); a
 redelivered shot is recognised and skipped. Only the last window_shots fused
 vectors of an event are kept.
@@ -25,87 +32,86 @@ vectors of an event are kept.
 from __future__ import annotations
 
 import logging
-import time
 
-import msgpack
-import numpy as np
-
-from mediafm.errors import SchemaError
-from mediafm.fusion import get_layout
-from mediafm.schema import ContextualEmbedding, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.errors import SchemaError, VersionRetired
+from mediafm.schema import FusedShot, decode
 from mediafm.windows import Window
 from streams import metrics
-from streams.app import app, changelog_sent, run_windows, settings, title_vector, topics
+from streams.progress import LiveProgress
+from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STAGE = "live"
 
-shots_table = app.Table("live-shots", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-events_table = app.Table("live-events", key_type=bytes, value_type=bytes, partitions=settings.partitions)
 
+class LiveEvents:
+    """Live shots in, provisional and final contextual embeddings out (see the module docstring)."""
 
-def _key(event_id: str, index: int) -> bytes:
-    return f"{event_id}/{index:07d}".encode()
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.shots = rt.table("live-shots")
+        self.events = rt.table("live-events")
 
+    @staticmethod
+    def key(event_id: str, index: int) -> bytes:
+        return f"{event_id}/{index:07d}".encode()
 
-async def publish_window(event_id: str, window: Window, provisional: list[int], final: list[int],
-                         n_shots: int | None) -> None:
-    """One MediaFM pass over `window`; publish the provisional and final embeddings it yields, in index order."""
-    shots = [decode(shots_table[_key(event_id, i)], expect=FusedShot) for i in range(window.start, window.end)]
-    layout = get_layout(shots[0].profile)
-    fused = np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots])
-    hidden, version = await run_windows(fused, title_vector(shots, layout.title), [window], layout.name)
-    outs = sorted([(i, False) for i in provisional] + [(i, True) for i in final])
-    for i, is_final in outs:
-        s = shots[i - window.start]
-        emb = hidden[0, i - window.start]
-        msg = ContextualEmbedding(
-            title_id=event_id, shot_index=i, start_s=s.start_s, end_s=s.end_s,
-            embedding=vec_to_bytes(emb, settings.embedding_dtype), dtype=settings.embedding_dtype,
-            dim=int(emb.shape[0]), model_version=version, profile=s.profile, window_start=window.start,
-            window_end=window.end, final=is_final, n_shots=n_shots, kind="live", published_at=s.published_at)
-        await topics.embeddings.send(key=event_id.encode(), value=msg.to_bytes())
-        metrics.e2e_seconds.labels("live", "final" if is_final else "provisional").observe(
-            max(0.0, time.time() - s.published_at))
-    metrics.shots.labels(STAGE).inc(len(outs))
+    async def publish(self, event_id: str, end: int, provisional: list[int], final: list[int],
+                      st: LiveProgress) -> None:
+        """One MediaFM pass over the window ending at shot `end` (exclusive), as long as the served model
+        takes, on the event's version (st.version, pinned by its first pass); the provisional and final
+        embeddings it yields, in index order."""
+        start = max(0, end - self.rt.settings.window_shots)  # every shot a window may hold is kept
+        shots = [decode(self.shots[self.key(event_id, i)], expect=FusedShot) for i in range(start, end)]
+        picks = sorted([(i, 0, False) for i in provisional] + [(i, 0, True) for i in final])
 
+        def windows_for(size: int, _stride: int):
+            return [Window(max(0, end - size), end)], picks
 
-async def on_shot(shot: FusedShot) -> None:
-    """One fused shot of a live event, already decoded and checked. Raises SchemaError / BadRequest."""
-    metrics.messages.labels(STAGE).inc()
-    eid = shot.title_id
-    ekey = eid.encode()
-    st = msgpack.unpackb(events_table[ekey]) if ekey in events_table else {"next": 0, "final": 0, "n": None}
-    if shot.shot_index < st["next"] or (st["n"] is not None and st["final"] >= st["n"]):
-        metrics.duplicates.labels(STAGE).inc()
-        return
-    if shot.shot_index > st["next"]:
-        raise SchemaError(f"event {eid!r}: shot {shot.shot_index} arrived before shot {st['next']}; "
-                          "a live event's shots must arrive in order (one partition, keyed by event id)")
-    shots_table[_key(eid, shot.shot_index)] = shot.to_bytes()
-    if shot.n_shots is not None:
-        st["n"] = shot.n_shots
-    i = shot.shot_index
-    size, R = settings.window_shots, settings.live_right_context
-    window = Window(max(0, i + 1 - size), i + 1)
-    final = [i - R] if i - R >= st["final"] else []
-    await publish_window(eid, window, [i], final, st["n"])
-    st["next"] = i + 1
-    st["final"] += len(final)
-    if st["n"] is not None and st["next"] == st["n"]:  # the event is over: finalise the rest
-        rest = list(range(st["final"], st["n"]))
-        if rest:
-            await publish_window(eid, Window(max(0, st["n"] - size), st["n"]), [], rest, st["n"])
-        st["final"] = st["n"]
-        unused = range(max(0, st["n"] - size), st["n"])
-        log.info("live event %s finished: %d shots", eid, st["n"])
-    else:
-        unused = range(max(0, i - size), i + 1 - size)  # no longer inside any future window
-    # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
-    # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
-    # and that progress before the shots it makes unused are deleted.
-    await changelog_sent()
-    events_table[ekey] = msgpack.packb(st)
-    await changelog_sent()
-    for j in unused:
-        shots_table.pop(_key(eid, j), None)
+        try:
+            published, st.version = await self.rt.contextualise(shots, windows_for, n_shots=st.n,
+                                                                version=st.version)
+        except VersionRetired as e:  # two exports within the event: the older is gone, so it moves on
+            log.warning("live event %s: %s; its embeddings from shot %d on come from the newest version",
+                        event_id, e, min(provisional + final))
+            published, st.version = await self.rt.contextualise(shots, windows_for, n_shots=st.n)
+        metrics.shots.labels(STAGE).inc(published)
+
+    async def on_shot(self, shot: FusedShot) -> None:
+        """One fused shot of a live event, already decoded and checked. Raises BadInput."""
+        metrics.messages.labels(STAGE).inc()
+        eid = shot.title_id
+        ekey = eid.encode()
+        st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
+        if shot.shot_index < st.next or st.over:
+            metrics.duplicates.labels(STAGE).inc()
+            return
+        if shot.shot_index > st.next:
+            raise SchemaError(f"event {eid!r}: shot {shot.shot_index} arrived before shot {st.next}; "
+                              "a live event's shots must arrive in order (one partition, keyed by event id)")
+        self.shots[self.key(eid, shot.shot_index)] = shot.to_bytes()
+        if shot.n_shots is not None:
+            st.n = shot.n_shots
+        i = shot.shot_index
+        size, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
+        final = [i - R] if i - R >= st.final else []
+        await self.publish(eid, i + 1, [i], final, st)
+        st.next = i + 1
+        st.final += len(final)
+        if st.n is not None and st.next == st.n:  # the event is over: finalise the rest
+            rest = list(range(st.final, st.n))
+            if rest:
+                await self.publish(eid, st.n, [], rest, st)
+            st.final = st.n
+            unused = range(max(0, st.n - size), st.n)
+            log.info("live event %s finished: %d shots", eid, st.n)
+        else:
+            unused = range(max(0, i - size), i + 1 - size)  # no longer inside any future window
+        # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
+        # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
+        # and that progress before the shots it makes unused are deleted.
+        await self.rt.changelog_sent()
+        self.events[ekey] = st.to_bytes()
+        await self.rt.changelog_sent()
+        for j in unused:
+            self.shots.pop(self.key(eid, j), None)

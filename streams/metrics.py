@@ -16,4 +16,4 @@ e2e_seconds = Histogram("mediafm_e2e_latency_seconds",
 consumer_lag = Gauge("mediafm_consumer_lag_messages", "Messages on a partition not yet committed by this worker",
                      ["topic", "partition"])
 offsets_skipped = Counter("mediafm_offsets_skipped_total",
-                          "Offsets of a partition that never reached an agent (see streams.app.events)", ["topic"])
+                          "Offsets of a partition that never reached an agent (see streams.runtime.Runtime.events)", ["topic"])

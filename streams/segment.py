@@ -23,39 +23,22 @@ import logging
 
 import msgpack
 
-from mediafm.errors import MediaError, SchemaError
+from mediafm.config import Settings
+from mediafm.errors import BadInput, MediaError, SchemaError
 from mediafm.media.decode import check_uri, probe
-from mediafm.media.embed import TitleMeta
 from mediafm.media.shots import Shot, ShotDetector, detect_shots
-from mediafm.media.subtitles import align, container_subtitles, load_subtitles
-from mediafm.schema import LiveSegment, ShotRef, TitleRequest, decode
+from mediafm.media.subtitles import Cue, align, container_subtitles, load_subtitles
+from mediafm.schema import LiveSegment, ShotRef, TitleMeta, TitleRequest, decode
 from streams import metrics
-from streams.app import app, dead_letter, events, settings, topics
+from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STAGE = "segment"
 
-# Workers read media only from allowed roots: media_roots, or <state_dir>/media when unset.
-media_settings = dataclasses.replace(settings, media_roots=settings.worker_media_roots)
 
-live_table = app.Table("segment-live", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-_detectors: dict[str, ShotDetector] = {}  # event id -> detector (in memory; rebuilt from live_table)
-
-
-def title_meta(title_id: str, kind: str, meta: dict) -> TitleMeta:
-    known = {f.name for f in dataclasses.fields(TitleMeta)} - {"title_id", "kind"}
-    unknown = sorted(set(meta) - known)
-    if unknown:
-        raise SchemaError(f"meta has unknown keys {unknown}; known: {sorted(known)}")
-    try:
-        return TitleMeta(title_id=title_id, kind=kind, **meta)
-    except TypeError as e:
-        raise SchemaError(f"meta is malformed: {e}") from None
-
-
-def cut_title(req: TitleRequest) -> list[ShotRef]:
+def cut_title(req: TitleRequest, settings: Settings, media_settings: Settings) -> list[ShotRef]:
     """Blocking: decode, detect, align timed text. Runs in a thread."""
-    meta = title_meta(req.title_id, "title", req.meta)
+    meta = TitleMeta.from_dict(req.meta, title_id=req.title_id, kind="title")
     path = check_uri(req.uri, media_settings)
     probe(path, media_settings)
     cues = []
@@ -71,111 +54,172 @@ def cut_title(req: TitleRequest) -> list[ShotRef]:
             for s, t in zip(shots, texts, strict=True)]
 
 
-@app.agent(topics.titles)
-async def segment_titles(stream):
-    async for event in stream.events():
-        metrics.messages.labels(STAGE).inc()
-        try:
-            req = decode(event.message.value, expect=TitleRequest)
-            refs = await asyncio.to_thread(cut_title, req)  # CPU work off the event loop
-        except (SchemaError, MediaError) as e:
-            await dead_letter(STAGE, event, str(e))
-            continue
-        except Exception as e:  # a decoder/library failure on this input must not stop the worker
-            log.exception("segmenting failed")
-            await dead_letter(STAGE, event, f"segmentation failed: {type(e).__name__}: {e}")
-            continue
-        for ref in refs:
-            await topics.shots.send(key=ref.title_id.encode(), value=ref.to_bytes())
-        metrics.shots.labels(STAGE).inc(len(refs))
-        log.info("segmented %s: %d shots", req.title_id, len(refs))
-
-
 # --- live events ---------------------------------------------------------------------------------
 
-def _new_state(seg: LiveSegment) -> dict:
-    return {"next_segment": 0, "next_shot": 0, "cut_s": 0.0, "segments": [], "done": False, "meta": seg.meta}
+def new_state(seg: LiveSegment) -> dict:
+    """An event's record in the segment-live table."""
+    return {"next_segment": 0, "next_shot": 0, "cut_s": 0.0, "segments": [], "done": False, "meta": seg.meta,
+            "cues": []}
 
 
-def _covering(segments: list[list], start_s: float, end_s: float) -> list[list]:
-    """The [uri, start_s] segments that hold any of [start_s, end_s)."""
+def covering(segments: list[list], start_s: float, end_s: float) -> list[list]:
+    """The [uri, start_s] of the segments ([uri, start_s, first frame]) that hold any of [start_s, end_s)."""
     out = []
-    for i, (uri, s0) in enumerate(segments):
+    for i, (uri, s0, *_) in enumerate(segments):
         s1 = segments[i + 1][1] if i + 1 < len(segments) else float("inf")
         if s0 < end_s and s1 > start_s:
             out.append([uri, s0])
     return out
 
 
-def push_live(state: dict, seg: LiveSegment, path: str) -> list[Shot]:
-    """Blocking: feed one segment (rebuilding the detector after a restart); closed shots, renumbered."""
-    det = _detectors.get(seg.event_id)
-    if det is None:
-        det = _detectors[seg.event_id] = ShotDetector(settings.shot_detector)
-        for uri, s0 in state["segments"]:  # replay what is not yet behind a closed shot
-            det.push_segment(uri, time_offset=s0)
-    shots = det.push_segment(path, time_offset=seg.start_s)
-    if seg.last:
-        shots += det.flush()
-        del _detectors[seg.event_id]
-    out = []
-    for s in shots:  # a replayed detector re-finds shots already published: skip them
-        if s.end_s <= state["cut_s"] + 1e-6:
-            continue
-        start = max(s.start_s, state["cut_s"])
-        out.append(dataclasses.replace(s, index=state["next_shot"] + len(out), start_s=start))
-    return out
+class LiveCutter:
+    """One ShotDetector per live event, fed segment by segment; rebuilt from the table after a restart."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.detectors: dict[str, tuple[ShotDetector, int]] = {}  # event id -> (detector, its frame 0 in the event)
 
-@app.agent(topics.live_segments)
-async def segment_live(stream):
-    async for event in events(stream):
-        metrics.messages.labels(STAGE).inc()
-        try:
-            seg = decode(event.message.value, expect=LiveSegment)
-            key = seg.event_id.encode()
-            state = msgpack.unpackb(live_table[key]) if key in live_table else _new_state(seg)
-            if seg.segment_index < state["next_segment"] or state["done"]:
-                metrics.duplicates.labels(STAGE).inc()  # redelivered after a restart
+    def push(self, state: dict, seg: LiveSegment, path: str) -> tuple[list[Shot], int]:
+        """Blocking: feed one segment (rebuilding the detector after a restart); (closed shots, renumbered
+        in the event's shots and frames; the segment's frame count). state is read, not changed.
+
+        state["segments"] holds [uri, start_s, first frame in the event] of each kept segment, so a
+        detector rebuilt after a restart numbers frames where the event was."""
+        if seg.event_id not in self.detectors:
+            det = ShotDetector(self.settings.shot_detector)
+            kept = state["segments"]  # replay what is not yet behind a closed shot
+            self.detectors[seg.event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
+            for uri, s0, *_ in kept:
+                det.push_segment(uri, time_offset=s0)
+        det, frame0 = self.detectors[seg.event_id]
+        before = det.n_frames
+        shots = det.push_segment(path, time_offset=seg.start_s)
+        n_frames = det.n_frames - before
+        if seg.last:
+            shots += det.flush()
+            del self.detectors[seg.event_id]
+        out = []
+        for s in shots:  # a replayed detector re-finds shots already published: skip them
+            if s.end_s <= state["cut_s"] + 1e-6:
                 continue
-            if seg.segment_index > state["next_segment"]:
-                raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} arrived but segment "
-                                  f"{state['next_segment']} is next; publish segments in order, without gaps")
-            meta = title_meta(seg.event_id, "live", state["meta"] or seg.meta)
-        except SchemaError as e:
-            await dead_letter(STAGE, event, str(e))
-            continue
-        try:
-            path = str(check_uri(seg.uri, media_settings))
-            shots = await asyncio.to_thread(push_live, state, seg, path)
-        except Exception as e:  # this segment is unusable: say so, and let the event go on without it
-            if not isinstance(e, MediaError):
-                log.exception("live segmentation failed")
-            _detectors.pop(seg.event_id, None)  # rebuilt from the table's segments on the next one
-            await dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index} skipped: "
-                                            f"{type(e).__name__}: {e}")
-            state["next_segment"] += 1
-            live_table[key] = msgpack.packb(state)
-            continue
-        state["segments"].append([path, seg.start_s])
+            start = max(s.start_s, state["cut_s"])
+            first = max(s.start_frame + frame0, state.get("cut_frame", 0))
+            out.append(dataclasses.replace(s, index=state["next_shot"] + len(out), start_s=start, start_frame=first,
+                                           end_frame=s.end_frame + frame0))
+        return out, n_frames
+
+    def forget(self, event_id: str) -> None:
+        self.detectors.pop(event_id, None)  # rebuilt from the table's segments on the next segment
+
+    def refs(self, state: dict, seg: LiveSegment, shots: list[Shot], meta: TitleMeta) -> list[ShotRef]:
+        """The ShotRefs of the shots this segment closed (state["segments"] includes the segment), each with
+        the timed text of the event's cues (state["cues"]) it overlaps."""
         total = state["next_shot"] + len(shots) if seg.last else None
-        for s in shots:
-            media = _covering(state["segments"], s.start_s, s.end_s)
-            ref = ShotRef(title_id=seg.event_id, shot_index=s.index, start_s=s.start_s, end_s=s.end_s,
-                          start_frame=s.start_frame, end_frame=s.end_frame, media=[m[0] for m in media],
-                          media_start_s=media[0][1], text="", title_text=meta.text(),
-                          profile=settings.encoder_profile, n_shots=total, kind="live",
-                          published_at=seg.published_at)
-            await topics.shots.send(key=key, value=ref.to_bytes())
-        metrics.shots.labels(STAGE).inc(len(shots))
-        state["next_segment"] += 1
-        state["next_shot"] += len(shots)
-        if shots:
-            state["cut_s"] = shots[-1].end_s
-        # keep only the segments a restarted detector must replay: those ending after the last cut
-        # (less a second of lead-in); a segment ends where the next one starts
-        segs = state["segments"]
-        state["segments"] = [s for i, s in enumerate(segs)
-                             if i + 1 == len(segs) or segs[i + 1][1] > state["cut_s"] - 1.0]
-        state["done"] = seg.last
-        live_table[key] = msgpack.packb(state)
+        texts = align([Cue(*c) for c in state.get("cues", [])], shots)
+        out = []
+        for s, text in zip(shots, texts, strict=True):
+            media = covering(state["segments"], s.start_s, s.end_s)
+            out.append(ShotRef(title_id=seg.event_id, shot_index=s.index, start_s=s.start_s, end_s=s.end_s,
+                               start_frame=s.start_frame, end_frame=s.end_frame, media=[m[0] for m in media],
+                               media_start_s=media[0][1], text=text, title_text=meta.text(),
+                               profile=self.settings.encoder_profile, n_shots=total, kind="live",
+                               published_at=seg.published_at))
+        return out
+
+
+def advance(state: dict, seg: LiveSegment, shots: list[Shot]) -> None:
+    """The event's record after this segment and the shots it closed."""
+    state["next_segment"] += 1
+    state["next_shot"] += len(shots)
+    if shots:
+        state["cut_s"], state["cut_frame"] = shots[-1].end_s, shots[-1].end_frame
+    # keep only the segments a restarted detector must replay: those ending after the last cut
+    # (less a second of lead-in); a segment ends where the next one starts
+    segs = state["segments"]
+    state["segments"] = [s for i, s in enumerate(segs) if i + 1 == len(segs) or segs[i + 1][1] > state["cut_s"] - 1.0]
+    state["cues"] = [c for c in state.get("cues", []) if c[1] > state["cut_s"]]  # only cues of shots still open
+    state["done"] = seg.last
+
+
+def segment_cues(seg: LiveSegment, media_settings: Settings) -> list[list]:
+    """The segment's timed text as [start_s, end_s, text] on the event's clock. Raises BadInput."""
+    if not seg.subtitles_uri:
+        return []
+    cues = load_subtitles(check_uri(seg.subtitles_uri, media_settings), encoding=seg.subtitle_encoding)
+    return [[c.start_s, c.end_s, c.text] for c in cues]
+
+
+def check_next(state: dict, seg: LiveSegment) -> bool:
+    """True if `seg` is the event's next segment, False if already processed; SchemaError on a gap."""
+    if seg.segment_index < state["next_segment"] or state["done"]:
+        return False
+    if seg.segment_index > state["next_segment"]:
+        raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} arrived but segment "
+                          f"{state['next_segment']} is next; publish segments in order, without gaps")
+    return True
+
+
+def register(rt: Runtime) -> None:
+    live_table = rt.table("segment-live")
+    cutter = LiveCutter(rt.settings)
+
+    @rt.app.agent(rt.topics.titles, name=f"{__name__}.segment_titles")
+    async def segment_titles(stream):
+        async for event in stream.events():
+            metrics.messages.labels(STAGE).inc()
+            try:
+                req = decode(event.message.value, expect=TitleRequest)
+                refs = await asyncio.to_thread(cut_title, req, rt.settings, rt.media_settings)  # CPU: off the loop
+                out = [ref.to_bytes() for ref in refs]  # an oversize shot message is the title's fault too
+            except BadInput as e:
+                await rt.dead_letter(STAGE, event, str(e))
+                continue
+            except Exception as e:  # a decoder/library failure on this input must not stop the worker
+                log.exception("segmenting failed")
+                await rt.dead_letter(STAGE, event, f"segmentation failed: {type(e).__name__}: {e}")
+                continue
+            for raw in out:
+                await rt.topics.shots.send(key=req.title_id.encode(), value=raw)
+            metrics.shots.labels(STAGE).inc(len(refs))
+            log.info("segmented %s: %d shots", req.title_id, len(refs))
+
+    @rt.app.agent(rt.topics.live_segments, name=f"{__name__}.segment_live")
+    async def segment_live(stream):
+        async for event in rt.events(stream):
+            metrics.messages.labels(STAGE).inc()
+            try:
+                seg = decode(event.message.value, expect=LiveSegment)
+                key = seg.event_id.encode()
+                state = msgpack.unpackb(live_table[key]) if key in live_table else new_state(seg)
+                if not check_next(state, seg):
+                    metrics.duplicates.labels(STAGE).inc()  # redelivered after a restart
+                    continue
+                meta = TitleMeta.from_dict(state["meta"] or seg.meta, title_id=seg.event_id, kind="live")
+            except SchemaError as e:
+                await rt.dead_letter(STAGE, event, str(e))
+                continue
+            try:
+                path = str(check_uri(seg.uri, rt.media_settings))
+                shots, n_frames = await asyncio.to_thread(cutter.push, state, seg, path)
+            except Exception as e:  # this segment is unusable: say so, and let the event go on without it
+                if not isinstance(e, MediaError):
+                    log.exception("live segmentation failed")
+                cutter.forget(seg.event_id)
+                await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index} skipped: "
+                                                   f"{type(e).__name__}: {e}")
+                state["next_segment"] += 1
+                live_table[key] = msgpack.packb(state)
+                continue
+            state["segments"].append([path, seg.start_s, state.get("frames", 0)])
+            state["frames"] = state.get("frames", 0) + n_frames
+            try:
+                held = state.setdefault("cues", [])
+                held += [c for c in segment_cues(seg, rt.media_settings) if c not in held]  # one cue, two segments
+            except BadInput as e:  # the video goes on without this segment's text; the reason is kept
+                await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index}: "
+                                                   f"timed text skipped: {e}")
+            for ref in cutter.refs(state, seg, shots, meta):
+                await rt.topics.shots.send(key=key, value=ref.to_bytes())
+            metrics.shots.labels(STAGE).inc(len(shots))
+            advance(state, seg, shots)
+            live_table[key] = msgpack.packb(state)

@@ -52,13 +52,7 @@ def _stack_settings(tmp: Path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process (a worker, the CLI) use `settings`."""
-    env = dict(os.environ)
-    for key in ("state_dir", "cache_dir", "model_repository", "bind_host", "kafka_port", "kafka_controller_port",
-                "triton_http_port", "triton_grpc_port", "triton_metrics_port", "worker_web_port",
-                "partitions", "topic_prefix", "window_shots", "window_stride", "frames_per_shot",
-                "live_right_context", "shot_detector", "embedding_dtype"):
-        env[f"MEDIAFM_{key.upper()}"] = str(getattr(settings, key))
-    env["MEDIAFM_TRITON_MODELS"] = ",".join(settings.triton_models)
+    env = {**os.environ, **settings.to_env()}
     env.pop("MEDIAFM_CONFIG", None)
     return env
 
@@ -94,6 +88,13 @@ def triton_stack(stack_settings):
         triton.down(stack_settings)
 
 
+def newest_version(settings: Settings, model: str) -> str:
+    """The version Triton answers requests without a version number with: the newest ready one."""
+    from mediafm.stack import triton
+
+    return max(triton.ready_versions(settings)[model], key=int)
+
+
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
     """A `mediafm worker` process with `settings`, its output appended to `log`."""
     with open(log, "ab") as out:
@@ -125,13 +126,13 @@ def worker(kafka_stack, triton_stack):
 @pytest.fixture(scope="session")
 def offline_model(kafka_stack, triton_stack, tmp_path_factory):
     """A tiny MediaFM on the offline profile's dims, served as `mediafm_offline`."""
-    from mediafm.fusion import OFFLINE
+    from mediafm.profiles import OFFLINE
     from mediafm.synth import write_corpus
     from trainer.export import export
     from trainer.train import TrainConfig, train
 
     d = tmp_path_factory.mktemp("offline-model")
-    data = write_corpus(d / "data", n_titles=6, layout=OFFLINE, seed=0, shots=(20, 40))
+    data = write_corpus(d / "data", n_titles=6, layout=OFFLINE.layout, seed=0, shots=(20, 40))
     train(data, d / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
                                        val_batches=1), quiet=True)
     version, vdir, loaded = export(d / "run", settings=kafka_stack)

@@ -1,7 +1,9 @@
 """docker-compose.yml parses with a real compose parser and agrees with the native stack."""
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,14 +13,41 @@ from mediafm.config import Settings
 from mediafm.schema import MAX_MESSAGE_BYTES
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict:
+def _config(pwd: Path | None = REPO) -> subprocess.CompletedProcess:
+    """`docker-compose config` as a shell in `pwd` runs it (None: a shell that sets no PWD)."""
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose (Debian's, parses without an engine) is installed by scripts/bootstrap.sh"
-    r = subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True,
-                       cwd=REPO, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != "PWD" and not k.startswith("MEDIAFM_")}
+    if pwd is not None:
+        env["PWD"] = str(pwd)
+    return subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "--project-directory", str(REPO), "config"],
+                          capture_output=True, text=True, cwd=pwd or REPO, env=env, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    r = _config()
     assert r.returncode == 0, r.stderr
     return yaml.safe_load(r.stdout)
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """container path -> (host path or volume name, mode)"""
+    out = {}
+    for v in service.get("volumes", []):
+        src, target, *mode = v.split(":")
+        out[target] = (src, mode[0] if mode else "rw")
+    return out
+
+
+def _worker_settings(env: dict, monkeypatch, tmp_path) -> Settings:
+    """The settings `mediafm worker` loads from the container's environment (no TOML file, no host variables)."""
+    for k in [k for k in os.environ if k.startswith("MEDIAFM_")]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.chdir(tmp_path)
+    return Settings.load()
 
 
 def _host_ports(service: dict) -> dict[int, tuple[str, int]]:
@@ -72,9 +101,53 @@ def test_kafka_agrees_with_native_broker_settings(compose):
     worker_env = compose["services"]["worker"]["environment"]
     assert int(worker_env["MEDIAFM_PARTITIONS"]) == s.partitions
     assert worker_env["MEDIAFM_KAFKA_SERVERS"] == "kafka:19092" and "DOCKER://kafka:19092" in env["KAFKA_ADVERTISED_LISTENERS"]
-    # the worker's settings must load (the same validation as the native stack)
-    Settings(**{k[len("MEDIAFM_"):].lower(): v for k, v in worker_env.items()
-                if k not in ("MEDIAFM_PARTITIONS",)}, partitions=int(worker_env["MEDIAFM_PARTITIONS"]))
+
+
+def test_worker_settings_load_from_its_environment(compose, monkeypatch, tmp_path):
+    # the worker's settings must load (the same loader and validation as the native stack)
+    w = _worker_settings(compose["services"]["worker"]["environment"], monkeypatch, tmp_path)
+    assert (w.kafka_bootstrap, w.triton_http_url, w.partitions) == ("kafka:19092", "triton:8000", Settings().partitions)
+    assert w.worker_media_roots == (str(REPO / "media"),)
+
+
+def test_worker_reads_media_where_a_host_publish_stages_it(monkeypatch, tmp_path):
+    """Title requests carry host paths: the worker must see the host's media directory at the same path,
+    read-only, and have it as its only media root; a host `publish` with the README's MEDIAFM_MEDIA_ROOTS
+    stages into it, so the container's own checks (check_uri) accept what the host published."""
+    from mediafm.media.decode import check_uri, under_roots
+    from mediafm.publish import stage_media
+
+    project = tmp_path / "checkout"  # where an engineer runs `docker compose up` (PWD)
+    project.mkdir()
+    r = _config(project)
+    assert r.returncode == 0, r.stderr
+    worker = yaml.safe_load(r.stdout)["services"]["worker"]
+    mounts = _mounts(worker)
+    media = str(project / "media")
+    assert mounts[media] == (media, "ro"), mounts  # same absolute path inside as outside, read-only
+    assert mounts["/state"][0] == "worker-state"  # tables and logs stay in the named volume
+    w = _worker_settings(worker["environment"], monkeypatch, tmp_path)
+    assert w.worker_media_roots == (media,)
+    assert all(under_roots(root, [media]) for root in w.worker_media_roots), "every media root is mounted"
+
+    # the host side, as the README says: MEDIAFM_MEDIA_ROOTS=$PWD/media, then `mediafm publish title film.mp4`
+    (project / "media").mkdir()
+    film = tmp_path / "elsewhere" / "film.mp4"
+    film.parent.mkdir()
+    film.write_bytes(b"\x00" * 1024)
+    host = Settings(media_roots=(media,), state_dir=tmp_path / "host-state")
+    staged = stage_media(host, film, "tt01")
+    assert under_roots(staged, [media]) and staged.read_bytes() == film.read_bytes()
+    # the path in the TitleRequest is the same path inside the container: the worker's checks accept it
+    assert check_uri(str(staged), w) == staged
+    # and nothing outside the mount is a media root of the worker
+    with pytest.raises(Exception, match="outside the allowed media_roots"):
+        check_uri(str(film), w)
+
+
+def test_compose_refuses_to_guess_the_media_path_without_pwd():
+    r = _config(None)
+    assert r.returncode != 0 and "run docker compose from the repository root" in (r.stderr + r.stdout)
 
 
 def test_prometheus_scrapes_workers_and_triton():

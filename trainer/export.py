@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -24,9 +25,25 @@ import torch
 
 from mediafm.config import Settings
 from mediafm.errors import ModelError, StackError
-from mediafm.serving import LINEAGE, MODEL_PY, WEIGHTS, check_encoder, model_for_dims
+from mediafm.profiles import mediafm_model_for
+from mediafm.served_mediafm import LINEAGE, MAX_SHOTS_PARAM, MODEL_PY, WEIGHTS, check_encoder
 from mediafm.stack import triton
 from trainer.train import latest_checkpoint, load_checkpoint
+
+
+def record_max_shots(config: Path, max_shots: int) -> None:
+    """Set the served model config's max_shots parameter (replaced in place, written atomically).
+
+    Triton reads it with the config when it loads the new version; the python backend refuses a version
+    whose weights disagree (mediafm/served_mediafm.py), and the workers cut their windows to it.
+    """
+    text = config.read_text()
+    line = f'parameters {{ key: "{MAX_SHOTS_PARAM}" value: {{ string_value: "{max_shots}" }} }}'
+    pattern = re.compile(r'^parameters \{ key: "' + MAX_SHOTS_PARAM + r'" .*$', re.M)
+    text = pattern.sub(line, text) if pattern.search(text) else text.rstrip("\n") + "\n" + line + "\n"
+    tmp = config.with_name(f".{config.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, config)
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -45,10 +62,14 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     encoder, cfg = model.encoder, model.cfg
     check_encoder(encoder)
 
-    name = model_for_dims(cfg.fused_dim, cfg.title_dim)  # one Triton model per encoder profile
+    name = mediafm_model_for(cfg.fused_dim, cfg.title_dim)  # one Triton model per encoder profile
     model_dir = settings.model_repository / name
     if not (model_dir / "config.pbtxt").exists():
         raise ModelError(f"{model_dir / 'config.pbtxt'} is missing; is MEDIAFM_MODEL_REPOSITORY right?")
+    if cfg.max_shots <= settings.live_right_context:
+        raise ModelError(f"{run} was trained on windows of {cfg.max_shots} shots; live events need more than "
+                         f"live_right_context={settings.live_right_context} shots in a window. Train with a "
+                         "larger --max_shots, or lower live_right_context")
     previous = versions(model_dir)
     version = (previous[-1] if previous else 0) + 1
     staging = model_dir / f".staging-{version}-{os.getpid()}"
@@ -63,6 +84,8 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     }, indent=2))
     final = model_dir / str(version)
     os.rename(staging, final)  # atomic on one filesystem; fails if <version> appeared meanwhile
+    config_before = (model_dir / "config.pbtxt").read_text()
+    record_max_shots(model_dir / "config.pbtxt", cfg.max_shots)  # the workers' window plan follows it
 
     loaded = load and triton.live(settings)
     if loaded:
@@ -71,6 +94,7 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
         except StackError as e:
             rejected = model_dir / f".rejected-{version}-{int(time.time())}"
             os.rename(final, rejected)
+            (model_dir / "config.pbtxt").write_text(config_before)  # the old version's max_shots again
             if previous:  # make Triton settle on the old version set again
                 try:
                     triton.load_model(settings, name)

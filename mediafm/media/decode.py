@@ -9,7 +9,7 @@ handled; rotation metadata (the display matrix) is applied to every frame.
 API for the agents (streams/) and the CLI::
 
     path = check_uri(uri, settings)     # MediaURIError: scheme/root/size/empty
-    info = probe(path, settings)        # CorruptMediaError, NoVideoError, MediaURIError (too long)
+    info = probe(path, settings)        # CorruptMediaError, NoVideoError, MediaURIError (too long, frames too big)
     for f in iter_frames(path, size=(48, 27)): ...   # Frame(index, time_s, rgb uint8 (H, W, 3))
     for t0, pcm in iter_audio(path, rate=16000): ... # mono float32 chunks
 
@@ -20,6 +20,7 @@ one-line cause and fix; PyAV's own exceptions never escape.
 from __future__ import annotations
 
 import os
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,14 +33,31 @@ from mediafm.config import Settings
 from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
 
 # Opening a stream reads this much at most before giving up on finding streams
-# (a garbage file must fail fast, not scan gigabytes).
-_OPEN_OPTIONS = {"probesize": str(32 * 1024 * 1024), "analyzeduration": str(20_000_000)}
+# (a garbage file must fail fast, not scan gigabytes). FFmpeg may open local files
+# only (a playlist naming http:// or tcp:// URLs must not make the worker fetch them).
+_OPEN_OPTIONS = {"probesize": str(32 * 1024 * 1024), "analyzeduration": str(20_000_000), "protocol_whitelist": "file"}
+
+# Demuxers that read other files or URLs named inside the file (playlists, manifests, concat
+# scripts): through them a file under media_roots could make FFmpeg read media outside them.
+_INDIRECT_FORMATS = {"hls", "applehttp", "dash", "concat", "imf"}
+_INDIRECT_MAGIC = (b"#EXTM3U", b"ffconcat version")
+
+MAX_FRAME_SIDE = 16384
+MAX_FRAME_PIXELS = 8192 * 8192
+"""Frames larger than this (8K UHD is 7680 x 4320) are refused before any is decoded: a small
+file may declare huge frames (a decompression bomb: GBs per decoded frame)."""
 
 
 def under_roots(path: Path, roots) -> bool:
     """Is `path` (symlinks resolved) one of `roots` or inside one of them?"""
     path = Path(path).expanduser().resolve()
     return any(path == r or r in path.parents for r in (Path(x).expanduser().resolve() for x in roots))
+
+
+def _show(path, fmt=str) -> str:
+    """A path or URI for a one-line message: long ones keep their start and end."""
+    text = fmt(os.fspath(path) if isinstance(path, os.PathLike) else path)
+    return text if len(text) <= 300 else f"{text[:150]}...{text[-100:]} ({len(text)} characters)"
 
 
 def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
@@ -50,28 +68,45 @@ def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
     missing or non-regular file, an empty file, or one over `max_media_bytes`.
     """
     s = os.fspath(uri)
+    if not s.strip():
+        raise MediaURIError("empty media URI; pass a path or file:// URI under media_roots")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in s):
+        raise MediaURIError(f"{_show(s, repr)}: control characters in a media URI; pass a plain path or file:// URI")
     parsed = urllib.parse.urlparse(s)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise MediaURIError(f"{s}: file URI names host {parsed.netloc!r}; only local files are read")
+            raise MediaURIError(f"{_show(s)}: file URI names host {parsed.netloc!r}; only local files are read")
         s = urllib.parse.unquote(parsed.path)
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in s):  # %00, %0a... decoded
+            raise MediaURIError(f"{_show(uri)}: control characters in a media URI; pass a plain path or file:// URI")
     elif parsed.scheme and len(parsed.scheme) > 1:  # len 1: a Windows drive letter
-        raise MediaURIError(f"{s}: scheme {parsed.scheme!r} is not supported; copy the media to a local "
+        raise MediaURIError(f"{_show(s)}: scheme {parsed.scheme!r} is not supported; copy the media to a local "
                             "path (or file:// URI) under media_roots first")
-    path = Path(s).expanduser().resolve()
+    try:
+        path = Path(s).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long, an unknown ~user
+        raise MediaURIError(f"{_show(s)}: cannot resolve it ({type(e).__name__}: {str(e)[:200]}); pass the real "
+                            "path of a media file under media_roots") from None
     if settings.media_roots and not under_roots(path, settings.media_roots):
         roots = [str(Path(r).expanduser().resolve()) for r in settings.media_roots]
-        raise MediaURIError(f"{path}: outside the allowed media_roots {roots}; "
+        raise MediaURIError(f"{_show(path)}: outside the allowed media_roots {roots}; "
                                 "move it there or add its directory to media_roots")
-    if not path.exists():
-        raise MediaURIError(f"{path}: no such file")
-    if not path.is_file():
-        raise MediaURIError(f"{path}: not a regular file")
-    size = path.stat().st_size
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MediaURIError(f"{_show(path)}: no such file") from None
+    except OSError as e:
+        raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+        raise MediaURIError(f"{_show(path)}: not a regular file ({what}); pass a media file")
+    size = st.st_size
     if size == 0:
-        raise MediaURIError(f"{path}: zero-length file; the upload or copy did not finish")
+        raise MediaURIError(f"{_show(path)}: zero-length file; the upload or copy did not finish")
     if size > settings.max_media_bytes:
-        raise MediaURIError(f"{path}: {size} bytes, over max_media_bytes={settings.max_media_bytes}; "
+        raise MediaURIError(f"{_show(path)}: {size} bytes, over max_media_bytes={settings.max_media_bytes}; "
                             "raise the setting if this is intended")
     return path
 
@@ -94,10 +129,29 @@ class MediaInfo:
 
 def _open(path: Path) -> av.container.InputContainer:
     try:
-        return av.open(str(path), options=_OPEN_OPTIONS, timeout=30.0)
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError as e:
+        raise MediaURIError(f"{path}: cannot read it ({e.strerror}); check the path and its permissions") from None
+    if head.startswith(_INDIRECT_MAGIC):
+        raise MediaURIError(f"{path}: a playlist or concat script, not media (it names other files or URLs, which "
+                            "are not read); publish the media file itself")
+    try:
+        c = av.open(str(path), options=_OPEN_OPTIONS, timeout=30.0)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
         raise CorruptMediaError(f"{path}: FFmpeg cannot open it ({type(e).__name__}: {e}); the file is "
                                 "corrupt, truncated or not media: re-encode or re-fetch it") from None
+    if _INDIRECT_FORMATS & set(c.format.name.split(",")):
+        c.close()
+        raise MediaURIError(f"{path}: a {c.format.name} playlist or manifest, not media (it names other files or "
+                            "URLs, which are not read); publish the media file itself")
+    return c
+
+
+def _check_frame_size(path: Path, width: int, height: int, what: str) -> None:
+    if width > MAX_FRAME_SIDE or height > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS:
+        raise MediaURIError(f"{path}: {what} {width}x{height} pixels, over the limit ({MAX_FRAME_SIDE} a side, "
+                            f"{MAX_FRAME_PIXELS} in all); downscale it first")
 
 
 def _start(container) -> float:
@@ -120,6 +174,10 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
             raise NoVideoError(f"{path}: no video stream (streams: {', '.join(kinds)}); shots need video: "
                                "pass a file with a video track")
         v = c.streams.video[0]
+        if v.codec_context is None:  # PyAV opens no codec context when FFmpeg has no decoder for the codec
+            raise CorruptMediaError(f"{path}: FFmpeg has no decoder for its video codec (unsupported or unknown "
+                                    "codec); re-encode it, e.g. to H.264")
+        _check_frame_size(path, v.codec_context.width or 0, v.codec_context.height or 0, "declares frames of")
         try:
             first = next(iter(c.decode(v)), None)
         except av.FFmpegError as e:
@@ -130,6 +188,7 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
                                     "or empty: re-fetch it")
         rot = int(getattr(first, "rotation", 0) or 0) % 360 or _rotation(v)
         w, h = first.width, first.height
+        _check_frame_size(path, w, h, "has frames of")
         if rot in (90, 270):
             w, h = h, w
         dur = c.duration / av.time_base if c.duration else None

@@ -1,12 +1,15 @@
 """Shots -> modality embeddings on Triton -> EncodedShot messages; and `mediafm embed` for one title.
 
-The one encode path. The agents (streams/, issue 5) and `mediafm embed` both call
-:func:`encode_shots`::
+The one encode path, :func:`encode_aligned` (shots + their aligned timed text ->
+per-shot vectors). `mediafm embed` reaches it through :func:`encode_shots`, which
+aligns a title's subtitles first; the encode stage (streams/encode.py) calls it
+directly, since its shots arrive with their text already aligned::
 
     shots = detect_shots(path)                                  # or ShotDetector on live segments
     cues = load_subtitles(srt) + container_subtitles(path)      # or None: the container's streams
-    msgs = await encode_shots(triton, path, shots, cues, TitleMeta("tt01", synopsis=...), "offline")
+    msgs = await encode_shots(client, path, shots, cues, TitleMeta("tt01", synopsis=...), "offline")
     msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, meta, "offline")
+    vecs = await encode_aligned(client, path, shots, texts, "offline", settings=settings)
 
 `media` is one file or a list of consecutive segment files (their times continue one
 after the other, as in ShotDetector.push_segment). Decoding streams: per shot,
@@ -23,100 +26,23 @@ every message.
 from __future__ import annotations
 
 import asyncio
-import json
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mediafm.config import Settings
 from mediafm.errors import EncoderError, MediaError
-from mediafm.fusion import MODALITIES, Layout, fuse, get_layout
-from mediafm.inference import Triton
+from mediafm.fusion import MODALITIES, Layout, fuse
 from mediafm.media.decode import iter_audio, iter_video_frames, to_array
 from mediafm.media.shots import Shot
 from mediafm.media.subtitles import Cue, align, container_subtitles
-from mediafm.schema import EncodedShot, vec_to_bytes
-
-
-@dataclass(frozen=True)
-class EncoderProfile:
-    """Which Triton model serves each modality for a profile, and what it expects."""
-
-    layout: Layout
-    video_model: str
-    audio_model: str
-    text_model: str
-    """A Triton model name, or "openai" (the embeddings API, called from the client)."""
-    frame_size: int
-    audio_rate: int
-    encoders: dict[str, str] = field(default_factory=dict)
-    """Lineage for meta.json."""
-
-
-PROFILES = {
-    "offline": EncoderProfile(get_layout("offline"), "video_efficientnet", "audio_aisfx", "text_minilm",
-                              224, 44100, {"video": "efficientnet-lite0 ImageNet (mean of frames)",
-                                           "audio": "aiSFX 0.1.2 (44.1 kHz)",
-                                           "text": "sentence-transformers/all-MiniLM-L6-v2"}),
-    "production": EncoderProfile(get_layout("production"), "video_clip", "audio_wav2vec2", "openai",
-                                 224, 16000, {"video": "CLIP vision (clip_dir)", "audio": "wav2vec2 (wav2vec2_dir)",
-                                              "text": "text-embedding-3-large@768"}),
-}
-
-
-def get_profile(profile: str | Layout | EncoderProfile) -> EncoderProfile:
-    if isinstance(profile, EncoderProfile):
-        return profile
-    name = profile.name if isinstance(profile, Layout) else profile
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise MediaError(f"encoder profile {name!r} has no encoders; choose one of {sorted(PROFILES)}") from None
-
-
-@dataclass
-class TitleMeta:
-    """Title metadata; its text is embedded as the title embedding."""
-
-    title_id: str
-    kind: str = "title"
-    title: str = ""
-    synopsis: str = ""
-    tags: list[str] = field(default_factory=list)
-    genres: list[int] | None = None
-    split: str = "train"
-
-    def text(self) -> str:
-        parts = [p for p in (self.title, self.synopsis) if p]
-        if self.tags:
-            parts.append("Tags: " + ", ".join(self.tags))
-        return ". ".join(parts) or self.title_id
-
-    @staticmethod
-    def read(path: str | Path) -> dict:
-        """A metadata JSON file as a dict (keys not checked); MediaError naming what is wrong."""
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MediaError(f"{path}: metadata is not readable JSON ({e}); pass a JSON object like "
-                             '{"title_id": "tt01", "synopsis": "...", "tags": ["..."]}') from None
-        if not isinstance(d, dict):
-            raise MediaError(f"{path}: metadata must be a JSON object, got {type(d).__name__}")
-        return d
-
-    @classmethod
-    def load(cls, path: str | Path | None, *, default_id: str) -> TitleMeta:
-        if path is None:
-            return cls(default_id)
-        d = cls.read(path)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MediaError(f"{path}: unknown metadata keys {unknown}; known: {sorted(known)}")
-        d.setdefault("title_id", default_id)
-        return cls(**d)
+from mediafm.profiles import EncoderProfile, get_profile
+from mediafm.schema import EncodedShot, TitleMeta, vec_to_bytes
+from mediafm.triton_client import TritonClient
 
 
 @dataclass
@@ -226,7 +152,7 @@ MIN_AUDIO_S = 0.1
 """A shot with less audio than this (the stream ended) counts as having no audio."""
 
 
-async def _encode_text(client: Triton, profile: EncoderProfile, texts: list[str], settings: Settings) -> np.ndarray:
+async def _encode_text(client: TritonClient, profile: EncoderProfile, texts: list[str], settings: Settings) -> np.ndarray:
     if not texts:
         return np.zeros((0, profile.layout.text), np.float32)
     if profile.text_model == "openai":
@@ -249,57 +175,107 @@ def _openai(settings: Settings):
     return _OPENAI[key]
 
 
-async def encode_title(client: Triton, meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
+async def encode_title(client: TritonClient, meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
                        settings: Settings | None = None) -> np.ndarray:
     """The title embedding: the metadata text through the profile's text encoder, (title_dim,)."""
     profile = get_profile(layout)
     return (await _encode_text(client, profile, [meta.text()], settings or Settings.load()))[0]
 
 
-async def encode_shots(client: Triton, media, shots: Sequence[Shot], subtitles: list[Cue] | None,
-                       meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
-                       settings: Settings | None = None, batch_shots: int = 16,
-                       n_shots: int | None = -1, title_embedding: np.ndarray | None = None) -> list[EncodedShot]:
-    """Encode shots on Triton; one EncodedShot per shot, in order.
+@dataclass
+class ShotVectors:
+    """One shot's modality embeddings; None where the shot has no such modality."""
 
-    subtitles: cues to align to the shots; None = read the container's text subtitle streams.
-    n_shots: total shots of the title (-1 = len(shots), None for a live event still running).
-    title_embedding: the title's embedding if already made (else made here from meta).
+    video: np.ndarray
+    audio: np.ndarray | None
+    text: np.ndarray | None
+
+
+@contextmanager
+def _timed(timings: dict | None, stage: str):
+    """Adds the block's wall seconds to timings[stage] (bench/media.py); nothing when timings is None."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+async def encode_aligned(client: TritonClient, media, shots: Sequence[Shot], texts: Sequence[str],
+                         profile: str | Layout | EncoderProfile, *, settings: Settings,
+                         batch_shots: int = 16, timings: dict | None = None) -> list[ShotVectors]:
+    """The encoders on Triton over shots whose timed text is already aligned (texts[i]: shot i's, "" = none).
+
+    Shot times are in `media`'s own time. One ShotVectors per shot, in order.
+    timings: if given, wall seconds are added under "sample" (decoding, frame sampling, audio) and
+    "encode" (waiting for the encoders on Triton).
     Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
     """
-    settings = settings or Settings.load()
-    profile = get_profile(layout)
-    lay = profile.layout
-    if subtitles is None:
-        subtitles = container_subtitles(_segments(media)[0]) if len(_segments(media)) == 1 else []
-    texts = align(subtitles, shots)
-    if title_embedding is None:  # callers encoding a title in batches pass the one they made first
-        title_embedding = await encode_title(client, meta, profile, settings=settings)
-    title_vec = vec_to_bytes(title_embedding)
-    total = len(shots) if n_shots == -1 else n_shots
+    profile = get_profile(profile)
     it = iter_shot_media(media, shots, frames_per_shot=settings.frames_per_shot, frame_size=profile.frame_size,
                          audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s)
-    out: list[EncodedShot] = []
+    out: list[ShotVectors] = []
     while True:
         batch: list[ShotMedia] = []
         while len(batch) < batch_shots:
-            sm = await asyncio.to_thread(next, it, None)  # decoding is CPU work: off the event loop
+            with _timed(timings, "sample"):
+                sm = await asyncio.to_thread(next, it, None)  # decoding is CPU work: off the event loop
             if sm is None:
                 break
             batch.append(sm)
         if not batch:
             break
-        out += await _encode_batch(client, profile, batch, [texts[b.shot.index - shots[0].index] for b in batch],
-                                   meta, total, title_vec, settings)
-    for m in out:
-        for name, d in zip(MODALITIES, (lay.video, lay.audio, lay.text), strict=True):
-            v = getattr(m, name)
-            if v is not None and len(v) != 4 * d:
-                raise EncoderError(f"{name} encoder returned {len(v) // 4} dims, profile {lay.name!r} declares {d}")
+        with _timed(timings, "encode"):
+            out += await _encode_batch(client, profile, batch, texts[len(out): len(out) + len(batch)], settings)
+    lay = profile.layout
+    for v in out:
+        for name in MODALITIES:
+            x = getattr(v, name)
+            if x is not None and x.shape != (lay.dims[name],):
+                raise EncoderError(f"{name} encoder returned shape {x.shape}, profile {lay.name!r} declares "
+                                   f"{lay.dims[name]} dims")
     return out
 
 
-async def _encode_batch(client, profile, batch, texts, meta, total, title_vec, settings) -> list[EncodedShot]:
+async def encode_shots(client: TritonClient, media, shots: Sequence[Shot], subtitles: list[Cue] | None,
+                       meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
+                       settings: Settings | None = None, batch_shots: int = 16,
+                       n_shots: int | None = -1, title_embedding: np.ndarray | None = None,
+                       timings: dict | None = None) -> list[EncodedShot]:
+    """Encode a title's shots on Triton; one EncodedShot per shot, in order.
+
+    subtitles: cues to align to the shots; None = read the container's text subtitle streams.
+    n_shots: total shots of the title (-1 = len(shots), None for a live event still running).
+    title_embedding: the title's embedding if already made (else made here from meta).
+    timings: if given, wall seconds per stage are added to it ("title", and encode_aligned's).
+    Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
+    """
+    settings = settings or Settings.load()
+    profile = get_profile(layout)
+    if subtitles is None:
+        subtitles = container_subtitles(_segments(media)[0]) if len(_segments(media)) == 1 else []
+    texts = align(subtitles, shots)
+    if title_embedding is None:  # callers encoding a title in batches pass the one they made first
+        with _timed(timings, "title"):
+            title_embedding = await encode_title(client, meta, profile, settings=settings)
+    title_vec = vec_to_bytes(title_embedding)
+    total = len(shots) if n_shots == -1 else n_shots
+    vecs = await encode_aligned(client, media, shots, texts, profile, settings=settings, batch_shots=batch_shots,
+                                timings=timings)
+    return [encoded_shot(v, title_id=meta.title_id, shot_index=s.index, start_s=float(s.start_s),
+                         end_s=float(s.end_s), profile=profile.name, n_shots=total, kind=meta.kind,
+                         title_embedding=title_vec)
+            for s, v in zip(shots, vecs, strict=True)]
+
+
+def encoded_shot(v: ShotVectors, **identity) -> EncodedShot:
+    """The EncodedShot message of one shot's vectors; `identity`: its other fields (title_id, shot_index, ...)."""
+    return EncodedShot(video=vec_to_bytes(v.video), audio=None if v.audio is None else vec_to_bytes(v.audio),
+                       text=None if v.text is None else vec_to_bytes(v.text), **identity)
+
+
+async def _encode_batch(client, profile, batch, texts, settings) -> list[ShotVectors]:
     frames = np.stack([b.frames for b in batch])
     with_audio = [i for i, b in enumerate(batch) if b.audio is not None and len(b.audio) >= MIN_AUDIO_S * profile.audio_rate]
     with_text = [i for i, t in enumerate(texts) if t.strip()]
@@ -315,21 +291,13 @@ async def _encode_batch(client, profile, batch, texts, meta, total, title_vec, s
     video = res[0]["EMBEDDING"]
     audio_e = dict(zip(with_audio, res[1]["EMBEDDING"], strict=True)) if with_audio else {}
     text_e = dict(zip(with_text, res[-1], strict=True))
-    out = []
-    for i, b in enumerate(batch):
-        a, t = audio_e.get(i), text_e.get(i)
-        out.append(EncodedShot(
-            title_id=meta.title_id, shot_index=b.shot.index, start_s=float(b.shot.start_s), end_s=float(b.shot.end_s),
-            profile=profile.layout.name, video=vec_to_bytes(video[i]),
-            audio=None if a is None else vec_to_bytes(a), text=None if t is None else vec_to_bytes(t),
-            n_shots=total, kind=meta.kind, title_embedding=title_vec))
-    return out
+    return [ShotVectors(video[i], audio_e.get(i), text_e.get(i)) for i in range(len(batch))]
 
 
 def encode_shots_sync(triton_url: str, media, shots, subtitles, meta, layout="offline", **kw) -> list[EncodedShot]:
     """Blocking wrapper of :func:`encode_shots` (own event loop and client; gives up after 120 s unreachable)."""
     async def run():
-        client = Triton(triton_url, give_up_after_s=kw.pop("give_up_after_s", 120.0))
+        client = TritonClient(triton_url, give_up_after_s=kw.pop("give_up_after_s", 120.0))
         try:
             return await encode_shots(client, media, shots, subtitles, meta, layout, **kw)
         finally:
@@ -354,28 +322,37 @@ def fuse_encoded(msgs: list[EncodedShot], layout: Layout) -> tuple[np.ndarray, n
 
 def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subtitles: str | Path | None = None,
                 subtitle_encoding: str | None = None, meta: str | Path | None = None,
-                detector: str | None = None, progress=None) -> dict:
-    """`mediafm embed`: one title -> a v1 dataset (shots, fused vectors, title embedding) via Triton."""
+                detector: str | None = None, progress=None, timings: dict | None = None) -> dict:
+    """`mediafm embed`: one title -> a v1 dataset (shots, fused vectors, title embedding) via Triton.
+
+    timings: if given, wall seconds per stage are added to it: "open" (checks, probe, subtitles), "shots"
+    (decode + shot detection), "sample", "encode", "title" (see encode_shots), "fusion", "write".
+    """
     from mediafm.dataset import DatasetWriter, Meta
     from mediafm.media.decode import check_uri, probe
     from mediafm.media.shots import detect_shots
     from mediafm.media.subtitles import load_subtitles
 
-    path = check_uri(media, settings)
-    info = probe(path, settings)
-    profile = get_profile(settings.encoder_profile)
-    tmeta = TitleMeta.load(meta, default_id=path.stem)
-    cues = load_subtitles(subtitles, encoding=subtitle_encoding) if subtitles else []
-    cues += container_subtitles(path)
-    shots = detect_shots(path, detector=detector or settings.shot_detector)
+    with _timed(timings, "open"):
+        path = check_uri(media, settings)
+        info = probe(path, settings)
+        profile = get_profile(settings.encoder_profile)
+        tmeta = TitleMeta.load(meta, default_id=path.stem)
+        cues = load_subtitles(subtitles, encoding=subtitle_encoding) if subtitles else []
+        cues += container_subtitles(path)
+    with _timed(timings, "shots"):
+        shots = detect_shots(path, detector=detector or settings.shot_detector)
     if progress:
         progress(f"{len(shots)} shots in {info.duration_s or 0:.1f} s of video; encoding on Triton")
-    msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings)
-    fused, present = fuse_encoded(msgs, profile.layout)
-    w = DatasetWriter(out, Meta.from_layout(profile.layout, profile.encoders))
-    w.add_title(title_id=tmeta.title_id, title_embedding=np.frombuffer(msgs[0].title_embedding, "<f4"),
-                fused=fused, start_s=np.array([m.start_s for m in msgs]), end_s=np.array([m.end_s for m in msgs]),
-                kind=tmeta.kind, split=tmeta.split, genres=tmeta.genres)
-    root = w.close()
+    msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings,
+                             timings=timings)
+    with _timed(timings, "fusion"):
+        fused, present = fuse_encoded(msgs, profile.layout)
+    with _timed(timings, "write"):
+        w = DatasetWriter(out, Meta.from_layout(profile.layout, profile.encoders))
+        w.add_title(title_id=tmeta.title_id, title_embedding=np.frombuffer(msgs[0].title_embedding, "<f4"),
+                    fused=fused, start_s=np.array([m.start_s for m in msgs]), end_s=np.array([m.end_s for m in msgs]),
+                    kind=tmeta.kind, split=tmeta.split, genres=tmeta.genres)
+        root = w.close()
     return {"out": str(root), "title_id": tmeta.title_id, "shots": len(msgs), "profile": profile.layout.name,
             "present": {m: int(present[:, j].sum()) for j, m in enumerate(MODALITIES)}}

@@ -25,6 +25,12 @@ from mediafm.errors import SubtitleError
 
 log = logging.getLogger(__name__)
 MAX_SUBTITLE_BYTES = 64 * 1024 * 1024
+MAX_CUES = 100_000
+"""A feature film has a few thousand cues; more than this is not timed text of one title (and a
+million of them cost the worker a GB of memory and half a minute to parse): refused."""
+MAX_SHOT_TEXT_CHARS = 32_000
+"""A shot's timed text is cut here (the text encoders read at most 8191 tokens, MiniLM 256), so
+one shot's message stays far below the message size limit whatever the cues."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,9 @@ def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue
     text = _decode(path.read_bytes(), path, encoding)
     if not text.strip():
         raise SubtitleError(f"{path}: empty subtitle file; pass a non-empty SRT/WebVTT file or omit it")
+    n = max(text.count("-->"), text.count("\nDialogue:"))  # SRT/WebVTT timings, ASS events: cheap, before parsing
+    if n > MAX_CUES:
+        raise SubtitleError(f"{path}: {n} cues, over the limit of {MAX_CUES}; is it the timed text of this title?")
     fmt = "vtt" if path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT") else None
     try:
         subs = pysubs2.SSAFile.from_string(text, format_=fmt)
@@ -90,6 +99,17 @@ def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue
     if not cues:
         raise SubtitleError(f"{path}: no timed text found (is it a subtitle file?); expected SRT, WebVTT or ASS")
     return sorted(cues, key=lambda c: (c.start_s, c.end_s))
+
+
+def write_webvtt(cues: list[Cue], path: str | Path) -> Path:
+    """Cues as a WebVTT file (times as given), readable by load_subtitles."""
+    def ts(t: float) -> str:
+        ms = max(0, round(t * 1000))
+        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+    body = "".join(f"{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for c in cues)
+    Path(path).write_text("WEBVTT\n\n" + body, encoding="utf-8")
+    return Path(path)
 
 
 def container_subtitles(path: str | Path) -> list[Cue]:
@@ -116,16 +136,37 @@ def container_subtitles(path: str | Path) -> list[Cue]:
                         text = _clean(raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw))
                         if text and end > start:
                             cues.append(Cue(start, end, text))
+                            if len(cues) > MAX_CUES:
+                                raise SubtitleError(f"{path}: its subtitle streams hold over {MAX_CUES} cues; "
+                                                    "remux it without them (ffmpeg -sn) or fix them")
     except av.FFmpegError as e:
         log.warning("%s: subtitle streams unreadable (%s); continuing without them", path, e)
     return sorted(cues, key=lambda c: (c.start_s, c.end_s))
 
 
 def align(cues: list[Cue], shots, *, min_overlap_s: float = 0.05) -> list[str]:
-    """One string per shot: the text of the cues overlapping it ("" when none)."""
-    out = []
+    """One string per shot: the text of the cues overlapping it ("" when none), cut at MAX_SHOT_TEXT_CHARS.
+
+    One sweep over shots and cues in time order, so a long film with many cues stays linear
+    (the cues still open at a shot's start are the only ones looked at again).
+    """
     cues = sorted(cues, key=lambda c: c.start_s)
-    for shot in shots:
-        texts = [c.text for c in cues if min(c.end_s, shot.end_s) - max(c.start_s, shot.start_s) > min_overlap_s]
-        out.append(" ".join(texts))
+    out = [""] * len(shots)
+    active: list[Cue] = []  # cues started before the current shot ends, in start order
+    nxt = 0
+    for k in sorted(range(len(shots)), key=lambda k: shots[k].start_s):
+        shot = shots[k]
+        while nxt < len(cues) and cues[nxt].start_s < shot.end_s:
+            active.append(cues[nxt])
+            nxt += 1
+        # a cue that overlaps this shot by min_overlap_s at most overlaps no later shot more
+        active = [c for c in active if c.end_s - shot.start_s > min_overlap_s]
+        texts, size = [], 0
+        for c in active:
+            if min(c.end_s, shot.end_s) - max(c.start_s, shot.start_s) > min_overlap_s:
+                texts.append(c.text)
+                size += len(c.text) + 1
+                if size > MAX_SHOT_TEXT_CHARS:
+                    break
+        out[k] = " ".join(texts)[:MAX_SHOT_TEXT_CHARS]
     return out

@@ -3,10 +3,13 @@
 Used by the tests and by bench/shots.py (never by the pipeline): each film is
 a run of visually distinct lavfi sources joined by hard cuts at known frame
 indices, with optional audio (tones, noise or espeak-ng speech per shot) and
-optional soft subtitles (mov_text in MP4, SRT in MKV).
+optional soft subtitles (mov_text in MP4, SRT in MKV), and optional dissolves
+(cross-fades of a known number of frames) instead of hard cuts.
 
     film = make_film(tmp / "a.mp4", shots=[48, 30, 60], fps=24)
     film.cuts   # [48, 78]: first frame of every shot after the first
+    film = make_film(tmp / "b.mp4", shots=[48, 30, 60], fps=24, dissolves=[12, 0])
+    film.spans  # [(42, 54), (78, 78)]: the blended frames of each transition (empty for a hard cut)
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Film:
     fps: float
     shot_frames: list[int]
     cues: list[Cue] = field(default_factory=list)
+    dissolves: list[int] = field(default_factory=list)
+    """Per cut, the frames of its cross-fade (0 = a hard cut); empty = all hard cuts."""
 
     @property
     def cuts(self) -> list[int]:
@@ -55,6 +60,13 @@ class Film:
             acc += n
             out.append(acc)
         return out
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Per cut, the frames [first, end) that blend both shots: (c - d // 2, c - d // 2 + d) for a
+        d-frame dissolve centred on cut c, (c, c) for a hard cut."""
+        ds = self.dissolves or [0] * len(self.cuts)
+        return [(c - d // 2, c - d // 2 + d) for c, d in zip(self.cuts, ds, strict=True)]
 
     @property
     def n_frames(self) -> int:
@@ -84,9 +96,14 @@ def speech_wav(text: str, path: Path) -> Path:
 
 def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tuple[int, int] = (160, 96),
               audio: list[str] | None = None, cues: list[Cue] | None = None, subtitle_codec: str | None = None,
-              first_source: int = 0, vcodec: str = "libx264", gop: int = 250) -> Film:
+              first_source: int = 0, vcodec: str = "libx264", gop: int = 250,
+              dissolves: list[int] | None = None, preset: str = "ultrafast") -> Film:
     """Write a film of len(shots) shots (frame counts) with hard cuts between them.
 
+    dissolves: per cut (len(shots) - 1 entries), the length in frames of a cross-fade centred on it
+    (frames c - d//2 .. c - d//2 + d - 1 blend the two shots, the incoming shot's weight rising
+    linearly as (k + 1) / (d + 1)); 0 = a hard cut. The film keeps sum(shots) frames and its cuts.
+    preset: x264's preset (ultrafast has no B-frames; e.g. "veryfast" has them).
     audio: per shot, "tone:<Hz>", "noise", "silence" or "speech:<text>"; None = no audio stream.
     cues: timed text muxed as a soft subtitle stream (subtitle_codec "mov_text" for MP4, "srt" for MKV).
     """
@@ -100,6 +117,8 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
         hue = f",hue=h={(i // len(SOURCES)) * 67}" if i >= len(SOURCES) else ""
         parts.append(f"[{i}:v]trim=end_frame={n},setpts=PTS-STARTPTS,format=yuv420p{hue}[v{i}]")
     graph = ";".join(parts) + ";" + "".join(f"[v{i}]" for i in range(len(shots))) + f"concat=n={len(shots)}:v=1:a=0[v]"
+    if dissolves is not None and any(dissolves):
+        graph = _dissolve_graph(shots, dissolves, fps)  # input i is shot i's source, as above
     maps = ["-map", "[v]"]
     n_in = len(shots)
     if audio is not None:
@@ -129,10 +148,46 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
         maps += ["-map", f"{n_in}:s", "-c:s", subtitle_codec or "mov_text"]
     args += ["-filter_complex", graph, *maps, "-c:v", vcodec, "-r", str(fps)]
     if vcodec == "libx264":  # gop: segmenting with -c copy cuts at keyframes
-        args += ["-preset", "ultrafast", "-g", str(gop), "-pix_fmt", "yuv420p"]
+        args += ["-preset", preset, "-g", str(gop), "-pix_fmt", "yuv420p"]
     args += [str(path)]
     subprocess.run(args, check=True, timeout=300)
-    return Film(path, fps, list(shots), list(cues or []))
+    return Film(path, fps, list(shots), list(cues or []), list(dissolves or []))
+
+
+def _dissolve_graph(shots: list[int], dissolves: list[int], fps: float) -> str:
+    """The video filter graph of make_film with cross-fades: shot i's source (input i) runs over the film frames
+    [a_i, b_i) (its own frames plus its halves of the fades around it); each fade blends the tail of
+    one source with the head of the next, frame-exactly (the frame number from blend's T: its N
+    starts at 1 in some FFmpeg versions)."""
+    assert len(dissolves) == len(shots) - 1, f"dissolves has {len(dissolves)} entries for {len(shots) - 1} cuts"
+    cuts, acc = [], 0
+    for n in shots[:-1]:
+        acc += n
+        cuts.append(acc)
+    total = acc + shots[-1]
+    starts = [0] + [c - d // 2 for c, d in zip(cuts, dissolves, strict=True)]
+    ends = [c - d // 2 + d for c, d in zip(cuts, dissolves, strict=True)] + [total]
+    parts, chain = [], []
+    for i in range(len(shots)):
+        d_in = dissolves[i - 1] if i else 0
+        d_out = dissolves[i] if i < len(dissolves) else 0
+        length = ends[i] - starts[i]
+        assert length - d_in - d_out >= 1, f"shot {i} is too short for its dissolves"
+        hue = f",hue=h={(i // len(SOURCES)) * 67}" if i >= len(SOURCES) else ""
+        outs = ["mid"] + (["in"] if d_in else []) + (["out"] if d_out else [])
+        parts.append(f"[{i}:v]trim=end_frame={length},setpts=PTS-STARTPTS,format=yuv420p{hue},"
+                     f"split={len(outs)}" + "".join(f"[s{i}{o}]" for o in outs))
+        parts.append(f"[s{i}mid]trim=start_frame={d_in}:end_frame={length - d_out},setpts=PTS-STARTPTS[m{i}]")
+        if d_in:
+            parts.append(f"[s{i}in]trim=end_frame={d_in},setpts=PTS-STARTPTS[h{i}]")
+        if d_out:
+            parts.append(f"[s{i}out]trim=start_frame={length - d_out},setpts=PTS-STARTPTS[t{i}]")
+        chain.append(f"[m{i}]")
+        if d_out:
+            wt = f"((floor(T*{fps}+0.5)+1)/{d_out + 1})"
+            parts.append(f"[t{i}][h{i + 1}]blend=all_expr='A*(1-{wt})+B*{wt}'[x{i}]")
+            chain.append(f"[x{i}]")
+    return ";".join(parts) + ";" + "".join(chain) + f"concat=n={len(chain)}:v=1:a=0[v]"
 
 
 def _ts(t: float, sep: str = ",") -> str:
@@ -152,3 +207,60 @@ def write_vtt(path: str | Path, cues: list[Cue]) -> Path:
     body = "\n".join(f"{_ts(c.start_s, '.')} --> {_ts(c.end_s, '.')}\n{c.text}\n" for c in cues)
     path.write_text("WEBVTT\n\n" + body, encoding="utf-8")
     return path
+
+
+SENTENCES = [
+    "Where is the train station?", "The train leaves at noon.", "I have not seen her since the winter.",
+    "Keep the lights off until they are gone.", "We should have taken the other road.",
+    "Nobody told me the bridge was closed.", "Call me when you reach the harbour.",
+    "The storm will pass before morning.", "Did you hear that noise upstairs?", "This is the last letter she wrote.",
+]
+
+
+def make_long_film(path: str | Path, *, duration_s: float, fps: float = 25, size: tuple[int, int] = (1280, 720),
+                   shot_s: tuple[float, float] = (1.2, 4.8), speech_every: int = 3, seed: int = 0,
+                   chunk_shots: int = 10, preset: str = "ultrafast") -> Film:
+    """A long film (benchmarks): shots of random length in `shot_s` seconds up to `duration_s`, hard cuts,
+    audio in every shot (every `speech_every`-th shot espeak-ng speech, the others tones, noise or silence,
+    in turn), and one soft subtitle cue (mov_text) over every spoken shot, saying what is spoken.
+
+    Made `chunk_shots` shots at a time with make_film, joined without re-encoding (concat demuxer),
+    subtitles muxed last: the filter graphs stay small whatever the length. 10 minutes at 1280x720
+    (~200 shots) take a few minutes of CPU.
+    """
+    import numpy as np
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    frames: list[int] = []
+    while sum(frames) < duration_s * fps:
+        frames.append(int(round(rng.uniform(*shot_s) * fps)))
+    frames[-1] -= sum(frames) - int(round(duration_s * fps))
+    if frames[-1] < fps * shot_s[0] / 2 and len(frames) > 1:  # no sliver of a last shot
+        frames[-2] += frames.pop()
+    others = ["tone:{}", "noise", "silence"]
+    audio, cues, t = [], [], 0.0
+    for i, n in enumerate(frames):
+        if i % speech_every == 0:
+            text = SENTENCES[(i // speech_every) % len(SENTENCES)]
+            audio.append(f"speech:{text}")
+            cues.append(Cue(round(t + 0.1, 3), round(t + n / fps - 0.1, 3), text))
+        else:
+            audio.append(others[i % len(others)].format(220 + 55 * (i % 12)))
+        t += n / fps
+    work = path.with_name(path.stem + ".parts")
+    work.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for k in range(0, len(frames), chunk_shots):
+        part = work / f"part{k // chunk_shots:04d}.mp4"
+        make_film(part, shots=frames[k:k + chunk_shots], fps=fps, size=size, audio=audio[k:k + chunk_shots],
+                  first_source=k // chunk_shots, preset=preset)
+        parts.append(part)
+    listing = work / "parts.txt"
+    listing.write_text("".join(f"file '{p.name}'\n" for p in parts))
+    srt = write_srt(work / "cues.srt", cues)
+    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-i", str(srt), "-map", "0:v", "-map", "0:a", "-map", "1:s", "-c", "copy", "-c:s", "mov_text",
+                    str(path)], check=True, timeout=600)
+    shutil.rmtree(work, ignore_errors=True)
+    return Film(path, fps, frames, cues)

@@ -63,8 +63,12 @@ def _backend_dir(settings: Settings) -> Path:
     return dst.parent
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
+def _env(settings: Settings) -> dict[str, str]:
+    # MEDIAFM_* of these settings: the served models read their settings with Settings.load() in the
+    # server's environment (the production encoders' clip_dir / wav2vec2_dir), so they see the same
+    # ones that started the stack, whether they came from a TOML file, --config or the environment.
+    env = {**os.environ, **settings.to_env()}
+    env.pop("MEDIAFM_CONFIG", None)  # every setting is in the environment now
     wheel = _wheel()
     libs = [str(wheel.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(":")
@@ -72,7 +76,9 @@ def _env() -> dict[str, str]:
     # Models import `mediafm` (one definition of fusion and the model); make it importable
     # even when the package is not installed in editable mode.
     env["PYTHONPATH"] = ":".join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")  # one core per model instance; 2-core machines
+    # one OpenMP thread per torch thread: the encoders run their forward passes on threads of their own
+    # (parallel_passes); OpenMP teams on top would oversubscribe the cores and spin in their barriers
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
@@ -192,7 +198,7 @@ def up(settings: Settings) -> str:
         "--exit-timeout-secs=10",
         "--log-info=true",
     ]
-    pid = svc.start(argv, env=_env())
+    pid = svc.start(argv, env=_env(settings))
     start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="/v2/health/ready")
     return f"triton started (pid {pid}) on http://{settings.triton_http_url}, models {models}"
 

@@ -8,7 +8,8 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from mediafm.fusion import fuse, layout_for_widths
+from mediafm.fusion import fuse
+from mediafm.profiles import profile_for_widths
 
 
 class TritonPythonModel:
@@ -24,7 +25,7 @@ class TritonPythonModel:
                 v, a, t, p = (pb_utils.get_input_tensor_by_name(request, n).as_numpy()
                               for n in ("VIDEO", "AUDIO", "TEXT", "PRESENT"))
                 # Every encoder profile: the request's widths say which one it is.
-                layout = layout_for_widths(v.shape[-1], a.shape[-1], t.shape[-1])
+                layout = profile_for_widths(v.shape[-1], a.shape[-1], t.shape[-1]).layout
                 fused = fuse(v, a, t, p, layout=layout)
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("FUSED", fused.astype(self.out_dtype))]))

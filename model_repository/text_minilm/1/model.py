@@ -1,3 +1,3 @@
-"""Triton python backend: a thin shell around mediafm/media (see mediafm/media/serving.py)."""
+"""Triton python backend: a thin shell around mediafm/media (see mediafm/media/served_encoders.py)."""
 
-from mediafm.media.serving import EncoderModel as TritonPythonModel  # noqa: F401
+from mediafm.media.served_encoders import EncoderModel as TritonPythonModel  # noqa: F401

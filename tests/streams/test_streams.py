@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from mediafm.bus import Tail, producer
-from mediafm.fusion import PRODUCTION, fuse
+from mediafm.fusion import fuse
+from mediafm.profiles import PRODUCTION
 from mediafm.schema import ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, decode, vec_to_bytes
-from mediafm.serving import load_encoder
+from mediafm.served_mediafm import load_encoder
 from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
 from mediafm.windows import plan
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.triton]
 
 def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
     names = Topics.from_settings(kafka_stack)
-    world = World(PRODUCTION, seed=1)
+    world = World(PRODUCTION.layout, seed=1)
     titles = [generate_title(world, f"t{i}-{time.time_ns()}", 20 + 7 * i, np.random.default_rng(i)) for i in range(2)]
     good = encoded_shots(titles[0])
     bad_version = msgpack.unpackb(encoded_shots(titles[1])[0].to_bytes())
@@ -65,7 +66,7 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
     for t in titles:
         assert sorted(got[t.title_id]) == list(range(len(t.start_s)))
         ours = np.stack([bytes_to_vec(got[t.title_id][i].fused, 2304) for i in range(len(t.start_s))])
-        np.testing.assert_allclose(ours, fuse(t.video, t.audio, t.text, t.present), atol=1e-6)
+        np.testing.assert_allclose(ours, fuse(t.video, t.audio, t.text, t.present, layout=t.layout), atol=1e-6)
         assert [m.present for m in got[t.title_id].values()] == t.present.tolist()
     assert len(letters) == len(bad)
     for letter in letters:
@@ -95,13 +96,13 @@ def test_worker_serves_prometheus_metrics(kafka_stack, worker):
 
 def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worker, tmp_path):
     """Fused shots -> MediaFM on Triton over the window plan -> one embedding per shot, equal to in-process."""
-    data = write_corpus(tmp_path / "data", n_titles=6, layout=PRODUCTION, seed=0, shots=(20, 40))
+    data = write_corpus(tmp_path / "data", n_titles=6, layout=PRODUCTION.layout, seed=0, shots=(20, 40))
     train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
                                                 val_batches=1), quiet=True)
     version, vdir, loaded = export(tmp_path / "run", settings=kafka_stack)
     assert loaded
     names = Topics.from_settings(kafka_stack)
-    world = World(PRODUCTION, seed=2)
+    world = World(PRODUCTION.layout, seed=2)
     titles = [generate_title(world, f"ctx{i}-{time.time_ns()}", n, np.random.default_rng(10 + i))
               for i, n in enumerate((150, 23))]
     tail = Tail(kafka_stack, names.embeddings)
@@ -134,8 +135,10 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
         assert sorted(m.shot_index for m in msgs) == list(range(n)), "exactly one embedding per shot"
         assert {m.model_version for m in msgs} == {str(version)} and all(m.final for m in msgs)
         windows, owner = plan(n, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
-        expected, _ = contextual(enc, fuse(t.video, t.audio, t.text, t.present), t.title_embedding,
-                                 size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
+        hidden, output = contextual(enc, fuse(t.video, t.audio, t.text, t.present, layout=t.layout),
+                                    t.title_embedding, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
+        assert {(m.model, m.representation) for m in msgs} == {("mediafm", kafka_stack.embedding_representation)}
+        expected = {"hidden": hidden, "output": output}[kafka_stack.embedding_representation]
         for m in msgs:
             w = windows[owner[m.shot_index]]
             assert (m.window_start, m.window_end) == (w.start, w.end)

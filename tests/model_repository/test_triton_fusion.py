@@ -5,8 +5,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from mediafm.errors import BadRequest
 from mediafm.fusion import fuse
-from mediafm.inference import BadRequest, Triton, infer_sync
+from mediafm.profiles import PRODUCTION
+from mediafm.triton_client import TritonClient, infer_sync
 
 pytestmark = pytest.mark.triton
 
@@ -23,7 +25,7 @@ def test_triton_output_equals_in_process(triton_stack):
     v, a, t, p = _batch(37)
     out = infer_sync(triton_stack.triton_http_url, "fusion",
                      {"VIDEO": v, "AUDIO": a, "TEXT": t, "PRESENT": p}, ["FUSED"])["FUSED"]
-    np.testing.assert_allclose(out, fuse(v, a, t, p), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out, fuse(v, a, t, p, layout=PRODUCTION.layout), rtol=0, atol=1e-6)
 
 
 def test_bad_request_gets_an_error_and_the_server_keeps_serving(triton_stack):
@@ -39,7 +41,7 @@ def test_bad_request_gets_an_error_and_the_server_keeps_serving(triton_stack):
 def test_concurrent_requests_each_get_their_own_answer(triton_stack):
     """Dynamic batching merges concurrent requests; answers must not get mixed up."""
     async def run():
-        client = Triton(triton_stack.triton_http_url, give_up_after_s=30)
+        client = TritonClient(triton_stack.triton_http_url, give_up_after_s=30)
         batches = [_batch(1 + i % 5, seed=i) for i in range(24)]
         outs = await asyncio.gather(*(client.infer("fusion", {"VIDEO": v, "AUDIO": a, "TEXT": t, "PRESENT": p},
                                                    ["FUSED"]) for v, a, t, p in batches))
@@ -48,14 +50,14 @@ def test_concurrent_requests_each_get_their_own_answer(triton_stack):
 
     batches, outs = asyncio.run(run())
     for (v, a, t, p), out in zip(batches, outs, strict=True):
-        np.testing.assert_allclose(out["FUSED"], fuse(v, a, t, p), atol=1e-6)
+        np.testing.assert_allclose(out["FUSED"], fuse(v, a, t, p, layout=PRODUCTION.layout), atol=1e-6)
 
 
 def test_unreachable_triton_is_retried_then_reported():
-    from mediafm.inference import TritonUnavailable
+    from mediafm.errors import TritonUnavailable
 
     async def run():
-        client = Triton("127.0.0.1:1", give_up_after_s=1.0, backoff_s=(0.05, 0.2))
+        client = TritonClient("127.0.0.1:1", give_up_after_s=1.0, backoff_s=(0.05, 0.2))
         try:
             v, a, t, p = _batch(1)
             await client.infer("fusion", {"VIDEO": v, "AUDIO": a, "TEXT": t, "PRESENT": p}, ["FUSED"])

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from mediafm.errors import EncoderError
+from mediafm.errors import EncoderError, EncoderUnavailable
 from mediafm.media.encoders import ClipVideo, OpenAIText, Wav2Vec2Audio
 
 
@@ -127,5 +127,5 @@ def test_openai_missing_key_is_a_clear_error(monkeypatch):
 def test_openai_unreachable_gives_up(monkeypatch):
     monkeypatch.setenv("K", "x")
     enc = OpenAIText(base_url="http://127.0.0.1:9/v1", api_key_env="K", max_retries=0, timeout_s=2)
-    with pytest.raises(EncoderError, match="APIConnectionError"):
+    with pytest.raises(EncoderUnavailable, match="APIConnectionError"):
         enc.encode(["hello"])

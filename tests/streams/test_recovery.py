@@ -7,18 +7,19 @@ import time
 import uuid
 from collections import defaultdict
 
-import msgpack
 import numpy as np
 import pytest
 from conftest import free_port, start_worker, stop_worker
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
-from mediafm.fusion import OFFLINE, fuse
+from mediafm.fusion import fuse
+from mediafm.profiles import OFFLINE
 from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
 from mediafm.stack import kafka
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
+from streams.progress import TitleProgress
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton, pytest.mark.slow]
 
@@ -29,7 +30,7 @@ def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, o
                 worker_web_port=free_port(), embedding_dtype="float16")  # and: half-size vectors on the wire
     names = Topics.from_settings(s)
     kafka.create_topics(s, names.all())
-    world = World(OFFLINE, seed=3)
+    world = World(OFFLINE.layout, seed=3)
     titles = [generate_title(world, f"k{i}", n, np.random.default_rng(100 + i))
               for i, n in enumerate((150, 140, 130, 120, 110, 100))]
     want = {(t.title_id, i) for t in titles for i in range(len(t.start_s))}
@@ -98,7 +99,7 @@ def test_restart_on_torn_table_state_finishes_the_title(kafka_stack, offline_mod
     names = Topics.from_settings(s)
     shots_log, titles_log = (f"{s.topic_prefix}-contextualise-{t}-changelog" for t in ("shots", "titles"))
     kafka.create_topics(s, [*names.all(), shots_log, titles_log])
-    t = generate_title(World(OFFLINE, seed=5), "torn", 60, np.random.default_rng(7))
+    t = generate_title(World(OFFLINE.layout, seed=5), "torn", 60, np.random.default_rng(7))
     n = len(t.start_s)
     fused = fuse(t.video, t.audio, t.text, t.present, layout=t.layout)
 
@@ -107,14 +108,14 @@ def test_restart_on_torn_table_state_finishes_the_title(kafka_stack, offline_mod
                          profile=t.layout.name, fused=vec_to_bytes(fused[i]), present=t.present[i].tolist(),
                          n_shots=n, title_embedding=vec_to_bytes(t.title_embedding)).to_bytes()
 
-    held, counted = range(40), [i for i in range(n) if i != 3]
-    have = bytearray((n + 7) // 8)
-    for i in counted:
-        have[i // 8] |= 1 << (i % 8)
+    held, progress = range(40), TitleProgress(n)
+    for i in range(n):
+        if i != 3:
+            progress.add(i)
     p = producer(s)  # everything in partition 0: the tables live in their source event's partition
     for i in held:
         p.send(shots_log, key=f"torn#/{i:07d}".encode(), value=shot("torn", i), partition=0)
-    p.send(titles_log, key=b"torn#", value=msgpack.packb({"n": n, "have": bytes(have), "done": False}), partition=0)
+    p.send(titles_log, key=b"torn#", value=progress.to_bytes(), partition=0)
     for tid in ("torn", "twin"):
         for i in range(n):
             p.send(names.fused, key=tid.encode(), value=shot(tid, i), partition=0)

@@ -1,13 +1,15 @@
-"""Calling the Triton-served models, with the retry policy every caller shares.
+"""The Triton client: calling the served models, with the retry policy every caller shares.
 
 Two kinds of failure, two answers:
 
 - the request is bad (Triton answers 4xx: wrong shape, no modality): raise
   :class:`BadRequest` at once, so the caller can dead-letter that input;
 - Triton is unreachable or overloaded (connection refused, 5xx, model not
-  ready, unloaded or not yet exported): wait and retry with capped exponential
+  ready, unloaded or not yet exported; a served encoder out of memory answers
+  503, mediafm/media/served_encoders.py): wait and retry with capped exponential
   backoff, for as long as the
   caller allows (`give_up_after_s`, default forever): nothing is dropped.
+  Every retry counts in `mediafm_retries_total{service="triton"}` (mediafm/retry_metrics.py).
 """
 
 from __future__ import annotations
@@ -22,20 +24,13 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
 
-from mediafm.errors import MediaFMError
+from mediafm.errors import BadRequest, TritonUnavailable, VersionRetired
+from mediafm.retry_metrics import count_retry
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL", np.dtype(np.int64): "INT64",
            np.dtype(np.int32): "INT32", np.dtype(np.uint8): "UINT8", np.dtype(object): "BYTES"}
-
-
-class BadRequest(MediaFMError):
-    """Triton rejected the input itself (4xx); retrying cannot help."""
-
-
-class TritonUnavailable(MediaFMError):
-    """Triton did not answer within the caller's patience."""
 
 
 def _inputs(mod, tensors: dict[str, np.ndarray]) -> list:
@@ -59,7 +54,7 @@ def _is_bad_request(e: InferenceServerException) -> bool:
     return status.startswith("4") and status not in ("408", "429")
 
 
-class Triton:
+class TritonClient:
     """Async client with backoff. One per worker; call `close()` at shutdown."""
 
     def __init__(self, url: str, *, give_up_after_s: float | None = None,
@@ -73,6 +68,32 @@ class Triton:
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
                     *, version: str = "", meta: dict | None = None) -> dict[str, np.ndarray]:
         """Outputs by name. `meta`, if given, receives the answering model_version."""
+        async def call(client):
+            t0 = time.monotonic()
+            try:
+                res = await client.infer(model, _inputs(aiohttpclient, inputs), model_version=version,
+                                         outputs=[aiohttpclient.InferRequestedOutput(o) for o in outputs])
+            except InferenceServerException as e:
+                if version and _model_missing(e):  # retired for good, or only not ready yet?
+                    served = [str(v) for v in (await client.get_model_metadata(model)).get("versions", [])]
+                    if served and version not in served:
+                        raise VersionRetired(f"{model} version {version} is no longer served (now: "
+                                             f"{', '.join(served)})") from None
+                raise
+            if self.on_latency is not None:
+                self.on_latency(model, time.monotonic() - t0)
+            if meta is not None:
+                meta["model_version"] = str(res.get_response().get("model_version", ""))
+            return {o: res.as_numpy(o) for o in outputs}
+
+        return await self._retry(model, call)
+
+    async def model_config(self, model: str) -> dict:
+        """The served model's configuration as Triton reports it (max_batch_size, inputs, parameters)."""
+        return await self._retry(model, lambda client: client.get_model_config(model))
+
+    async def _retry(self, model: str, call):
+        """`await call(client)` until it answers: BadRequest at once on a 4xx, else wait with backoff."""
         start = time.monotonic()
         delay = self.backoff_s[0]
         attempt = 0
@@ -81,14 +102,7 @@ class Triton:
             try:
                 if self._client is None:
                     self._client = aiohttpclient.InferenceServerClient(self.url)
-                t0 = time.monotonic()
-                res = await self._client.infer(model, _inputs(aiohttpclient, inputs), model_version=version,
-                                               outputs=[aiohttpclient.InferRequestedOutput(o) for o in outputs])
-                if self.on_latency is not None:
-                    self.on_latency(model, time.monotonic() - t0)
-                if meta is not None:
-                    meta["model_version"] = str(res.get_response().get("model_version", ""))
-                return {o: res.as_numpy(o) for o in outputs}
+                return await call(self._client)
             except InferenceServerException as e:
                 if _is_bad_request(e) and not _model_missing(e):
                     raise BadRequest(f"{model}: {e.message()}") from None
@@ -101,6 +115,7 @@ class Triton:
                 raise TritonUnavailable(f"{model}: Triton at {self.url} unavailable for {waited:.0f}s "
                                         f"({attempt} attempts); last error {reason}")
             log.warning("triton %s unavailable (attempt %d, %s); retrying in %.1fs", model, attempt, reason, delay)
+            count_retry("triton")  # mediafm_retries_total{service="triton"}
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in lockstep
             delay = min(delay * 2, self.backoff_s[1])
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mediafm.errors import ModelError
+from mediafm.errors import BadRequest, ModelError
 from mediafm.fusion import Layout
-from mediafm.inference import BadRequest, infer_sync
-from mediafm.serving import load_encoder
+from mediafm.served_mediafm import load_encoder
 from mediafm.stack import triton
 from mediafm.synth import write_corpus
+from mediafm.triton_client import infer_sync
 from trainer import export as export_mod
 from trainer.export import export
 from trainer.train import TrainConfig, train
@@ -38,8 +38,10 @@ def _window(T=30, seed=0):
 
 
 def _served_version(settings) -> str:
+    """The version requests without a version number get: the newest ready (two are kept loaded)."""
     ready = triton.ready_versions(settings).get("mediafm", [])
-    return ready[0] if len(ready) == 1 else f"{ready}"
+    assert 1 <= len(ready) <= 2, ready
+    return str(max(int(v) for v in ready))
 
 
 def test_export_serves_and_matches_in_process(triton_stack, run):

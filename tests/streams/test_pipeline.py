@@ -17,9 +17,9 @@ import pytest
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.dataset import Dataset
-from mediafm.fusion import OFFLINE
 from mediafm.media.embed import embed_title
 from mediafm.media.synthfilm import Cue, make_film, write_srt
+from mediafm.profiles import OFFLINE
 from mediafm.publish import backfill, publish_live, publish_title, sink
 from mediafm.schema import ContextualEmbedding, DeadLetter, LiveSegment, TitleRequest, decode
 from mediafm.stack import triton
@@ -90,9 +90,11 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
         # exactly one final per (title, shot, version), every shot, the served version, the offline profile
         assert sorted(m.shot_index for m in finals) == list(range(n)), (key, [m.shot_index for m in finals])
         assert {m.model_version for m in msgs} == {offline_model} and {m.profile for m in msgs} == {"offline"}
+        # every message names the served model, its version and the representation (output by default)
+        assert {(m.model, m.representation) for m in msgs} == {("mediafm_offline", "output")}
         for m in msgs:
             v = m.vector()
-            assert m.dim == 64 and np.isfinite(v).all() and np.linalg.norm(v) > 0
+            assert m.dim == OFFLINE.layout.fused_dim and np.isfinite(v).all() and np.linalg.norm(v) > 0
             assert m.n_shots in (n, None) and m.window_start <= m.shot_index < m.window_end
         # shot spans follow the film's hard cuts (TransNetV2 on decoded frames)
         spans = sorted((m.start_s, m.end_s) for m in finals)
@@ -117,18 +119,18 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     assert follow(kafka_stack, from_beginning=True, title_id=ids["live"], timeout_s=8, out=buf) == len(live)
     lines = buf.getvalue().splitlines()
     assert sum("provisional" in x for x in lines) == sum("final " in x for x in lines) == want[ids["live"]]
-    assert all(ids["live"] in x and f"mediafm:{offline_model}" in x for x in lines)
+    assert all(ids["live"] in x and f"mediafm_offline:{offline_model}" in x for x in lines)
 
     # the sink writes what the pipeline made as a v1 dataset; equal to `mediafm embed` on the same file
     out = sink(kafka_stack, tmp_path / "sink", idle_s=3)
     ds = Dataset(out["out"])
-    assert ds.meta.fused_dim == OFFLINE.fused_dim and ds.meta.title_dim == OFFLINE.title
+    assert ds.meta.fused_dim == OFFLINE.layout.fused_dim and ds.meta.title_dim == OFFLINE.layout.title
     sunk = {t.info.title_id: t for t in ds.iter_titles([ds.titles[i] for i in ids.values()])}
     assert sunk[ids["live"]].info.kind == "live"
     a = sunk[ids["a"]]
-    assert a.fused.shape == (4, OFFLINE.fused_dim)
-    text = slice(*OFFLINE.slices["text"])
-    audio = slice(*OFFLINE.slices["audio"])
+    assert a.fused.shape == (4, OFFLINE.layout.fused_dim)
+    text = slice(*OFFLINE.layout.slices["text"])
+    audio = slice(*OFFLINE.layout.slices["audio"])
     # shots [0, 1.5) [1.5, 2.75) [2.75, 4.5) [4.5, 5.75); cues [0.2, 1.3) and [3.0, 4.3)
     assert [bool(np.abs(a.fused[i, text]).sum() > 0) for i in range(4)] == [True, False, True, False], \
         "timed text lands on the shots its cues overlap, zeros elsewhere"
@@ -140,7 +142,7 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     # Same frames, audio and text through the same encoders; Triton batches the pipeline's requests
     # with others, which moves float rounding in the convolutions (~1e-4), nothing more.
     cos = (a.fused * want_fused).sum(1)  # unit vectors
-    diffs = {m: float(np.abs(a.fused[:, slice(*sl)] - want_fused[:, slice(*sl)]).max()) for m, sl in OFFLINE.slices.items()}
+    diffs = {m: float(np.abs(a.fused[:, slice(*sl)] - want_fused[:, slice(*sl)]).max()) for m, sl in OFFLINE.layout.slices.items()}
     assert cos.min() > 0.9999, (cos, diffs)
 
     # the worker's Prometheus metrics saw it: latency publish -> embedding by kind, lag per partition
@@ -237,7 +239,7 @@ def test_triton_outage_waits_then_completes_and_backfill_uses_the_new_version(ka
 
     # a new MediaFM version: backfill re-embeds the title with it, and every output says so
     d = tmp_path / "v2"
-    data = write_corpus(d / "data", n_titles=6, layout=OFFLINE, seed=1, shots=(20, 40))
+    data = write_corpus(d / "data", n_titles=6, layout=OFFLINE.layout, seed=1, shots=(20, 40))
     train(data, d / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
                                        val_batches=1, seed=1), quiet=True)
     new, _, loaded = export(d / "run", settings=kafka_stack)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from mediafm.fusion import PRODUCTION
+from mediafm.profiles import PRODUCTION
 from mediafm.synth import N_AD, World, _unit, clips_for_title, generate_title
 
 
 @pytest.fixture(scope="module")
 def titles():
-    world = World(PRODUCTION, seed=0)
+    world = World(PRODUCTION.layout, seed=0)
     rng = np.random.default_rng(0)
     return world, [generate_title(world, f"t{i}", 120, rng) for i in range(6)]
 

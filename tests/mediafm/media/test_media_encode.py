@@ -11,13 +11,14 @@ import pytest
 
 from mediafm.dataset import Dataset
 from mediafm.errors import SubtitleError
-from mediafm.fusion import OFFLINE
-from mediafm.inference import infer_sync
-from mediafm.media.embed import TitleMeta, encode_shots_sync, fuse_encoded, iter_shot_media
+from mediafm.media.embed import encode_shots_sync, fuse_encoded, iter_shot_media
 from mediafm.media.shots import Shot
 from mediafm.media.subtitles import Cue as SubCue
 from mediafm.media.subtitles import align, container_subtitles, load_subtitles
 from mediafm.media.synthfilm import Cue, make_film, write_srt, write_vtt
+from mediafm.profiles import OFFLINE
+from mediafm.schema import TitleMeta
+from mediafm.triton_client import infer_sync
 
 FPS = 24
 SHOTS = [36, 30, 42, 30]  # 1.5 s, 1.25 s, 1.75 s, 1.25 s
@@ -113,7 +114,7 @@ def test_encode_shots_missing_modalities_and_separation(triton_stack, film):
     assert [m.shot_index for m in msgs] == [0, 1, 2, 3] and all(m.n_shots == 4 for m in msgs)
     assert [m.text is not None for m in msgs] == [True, False, True, False]  # container subtitles
     assert all(m.video is not None and m.audio is not None for m in msgs)
-    fused, present = fuse_encoded(msgs, OFFLINE)
+    fused, present = fuse_encoded(msgs, OFFLINE.layout)
     assert np.allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-5)
     assert np.all(fused[[1, 3], 1280 + 512:] == 0)  # no timed text -> zeros in the text slice
     a = {i: np.frombuffer(m.audio, "<f4") for i, m in enumerate(msgs)}

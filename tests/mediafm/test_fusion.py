@@ -3,22 +3,23 @@
 import numpy as np
 import pytest
 
-from mediafm.fusion import PRODUCTION, Layout, fuse
+from mediafm.fusion import Layout, fuse
+from mediafm.profiles import PRODUCTION
 
 
-def _parts(n, layout=PRODUCTION, seed=0):
+def _parts(n, layout=PRODUCTION.layout, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.normal(size=(n, d)).astype(np.float32) for d in (layout.video, layout.audio, layout.text)]
 
 
 def test_production_layout_is_the_sources_2304():
-    assert PRODUCTION.fused_dim == 2304
-    assert PRODUCTION.slices == {"video": (0, 768), "audio": (768, 1536), "text": (1536, 2304)}
+    assert PRODUCTION.layout.fused_dim == 2304
+    assert PRODUCTION.layout.slices == {"video": (0, 768), "audio": (768, 1536), "text": (1536, 2304)}
 
 
 def test_fuse_is_concatenation_then_unit_norm():
     v, a, t = _parts(4)
-    out = fuse(v, a, t, np.ones((4, 3), bool))
+    out = fuse(v, a, t, np.ones((4, 3), bool), layout=PRODUCTION.layout)
     cat = np.concatenate([v, a, t], axis=1)
     np.testing.assert_allclose(out, cat / np.linalg.norm(cat, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
@@ -28,7 +29,7 @@ def test_absent_modality_is_zeros_whatever_its_input():
     v, a, t = _parts(3)
     t[:] = 1e6  # garbage in an absent slice must not leak
     present = np.array([[1, 1, 0]] * 3, bool)
-    out = fuse(v, a, t, present)
+    out = fuse(v, a, t, present, layout=PRODUCTION.layout)
     assert np.all(out[:, 1536:] == 0)
     cat = np.concatenate([v, a], axis=1)
     np.testing.assert_allclose(out[:, :1536], cat / np.linalg.norm(cat, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
@@ -49,7 +50,7 @@ def test_bad_input_is_named(bad, match):
     else:
         present[1] = False
     with pytest.raises(ValueError, match=match):
-        fuse(v, a, t, present)
+        fuse(v, a, t, present, layout=PRODUCTION.layout)
 
 
 def test_other_layouts_tile_their_slices():

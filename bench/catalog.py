@@ -1,0 +1,168 @@
+"""A catalog through the fuse + contextualise stages: 1 and 2 workers vs the same Triton calls made directly.
+
+    .venv/bin/python bench/catalog.py [--titles 200] [--shots 1500] [--workers 1 2] [--partitions 4]
+
+Needs the local stack (`mediafm stack up`; started here if it is not running);
+trains and exports a tiny MediaFM for the configured profile first if none is
+served (as `mediafm demo` does).
+
+Pre-encoded titles (synthetic, the configured profile's widths, as the encode
+stage publishes them) go, in one run and on the same titles:
+- direct: per title, the fusion model in batches of 64 shots and MediaFM over
+  the worker's window plan in requests of the served max_batch_size, called
+  from this process;
+- through N workers (`mediafm worker` processes of one fresh pipeline with
+  --partitions partitions), timed from the first publish to the last final
+  embedding; each worker's peak RSS (VmHWM) is read from /proc at the end.
+Prints shots/s of each, stages / direct, N workers / 1 worker, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from pipeline import free_port, wait_finals
+
+from mediafm import stack
+from mediafm.bus import Tail, producer
+from mediafm.config import Settings, replace
+from mediafm.demo import ensure_model
+from mediafm.profiles import get_layout, get_profile
+from mediafm.stack import kafka
+from mediafm.synth import World, encoded_shots, generate_title
+from mediafm.topics import Topics
+from mediafm.triton_client import TritonClient
+from mediafm.windows import plan
+
+
+def titles(world: World, n: int, shots: int, seed: int):
+    """The catalog, one title at a time (a whole catalog of vectors would not fit in memory)."""
+    for i in range(n):
+        yield generate_title(world, f"c{seed}-{i}", shots, np.random.default_rng(seed * 100_000 + i))
+
+
+async def direct(s: Settings, world: World, args) -> tuple[int, float]:
+    client = TritonClient(s.triton_http_url)
+    model = get_profile(world.layout.name).mediafm_model
+    served = await client.model_config(model)
+    batch = int(served.get("max_batch_size", 1))
+    size = int(served.get("parameters", {}).get("max_shots", {}).get("string_value", s.window_shots))
+    size = min(size, s.window_shots)
+    stride = max(1, round(s.window_stride * size / s.window_shots))
+    n, t = 0, 0.0
+    try:
+        for title in titles(world, args.titles, args.shots, seed=1):
+            t0 = time.perf_counter()
+            fused = np.concatenate([(await client.infer("fusion", {
+                "VIDEO": title.video[k:k + 64], "AUDIO": title.audio[k:k + 64], "TEXT": title.text[k:k + 64],
+                "PRESENT": title.present[k:k + 64]}, ["FUSED"]))["FUSED"] for k in range(0, len(title.video), 64)])
+            windows, _ = plan(len(fused), size=size, stride=stride)
+            for k in range(0, len(windows), batch):
+                chunk = windows[k:k + batch]
+                shots = np.zeros((len(chunk), size, fused.shape[1]), np.float32)
+                for j, w in enumerate(chunk):
+                    shots[j, : w.end - w.start] = fused[w.start:w.end]
+                await client.infer(model, {
+                    "SHOTS": shots, "TITLE": np.repeat(title.title_embedding[None], len(chunk), 0).astype(np.float32),
+                    "LENGTH": np.array([[w.end - w.start] for w in chunk], np.int64)},
+                    [s.embedding_representation.upper()])
+            t += time.perf_counter() - t0
+            n += len(fused)
+    finally:
+        await client.close()
+    return n, t
+
+
+@contextmanager
+def workers(base: Settings, tmp: Path, k: int, partitions: int):
+    """k `mediafm worker` processes of one fresh pipeline; yields (settings, tail, processes)."""
+    s = replace(base, topic_prefix=f"cat{uuid.uuid4().hex[:6]}", partitions=partitions)
+    kafka.create_topics(s, Topics.from_settings(s).all())
+    procs = []
+    for i in range(k):
+        env = {**os.environ, **replace(s, worker_web_port=free_port()).to_env()}
+        log = tmp / f"{s.topic_prefix}-worker{i}.log"
+        procs.append(subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],
+                                      env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT))
+    tail = Tail(s, Topics.from_settings(s).embeddings)
+    try:
+        yield s, tail, procs
+    finally:
+        tail.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def publish(s: Settings, tail: Tail, world: World, n: int, shots: int, seed: int) -> tuple[int, float]:
+    names = Topics.from_settings(s)
+    ids = {}
+    p = producer(s)
+    t0 = time.perf_counter()
+    for title in titles(world, n, shots, seed):
+        tid = f"{title.title_id}-{uuid.uuid4().hex[:6]}"
+        ids[tid] = len(title.start_s)
+        for m in encoded_shots(title):
+            m.title_id = tid
+            p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
+    p.flush()
+    p.close()
+    wait_finals(tail, ids, timeout_s=24 * 3600)
+    return sum(ids.values()), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--titles", type=int, default=200)
+    ap.add_argument("--shots", type=int, default=1500, help="shots per title")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
+    ap.add_argument("--partitions", type=int, default=4)
+    args = ap.parse_args()
+
+    base = Settings.load()
+    stack.up(base)
+    print(ensure_model(base))
+    world = World(get_layout(base.encoder_profile), seed=0)
+    tmp = Path(tempfile.mkdtemp(prefix="mediafm-catalog-"))
+    total = args.titles * args.shots
+    n, t = asyncio.run(direct(base, world, args))
+    rate_direct = n / t
+    print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s")
+    rates = {}
+    for k in args.workers:
+        with workers(base, tmp, k, args.partitions) as (s, tail, procs):
+            publish(s, tail, world, 2 * k, 20, seed=9)  # warm-up: group joined, tables and models ready
+            n, t = publish(s, tail, world, args.titles, args.shots, seed=1)
+            rss = [peak_rss_mib(p.pid) for p in procs]
+            dead = [p.pid for p in procs if p.poll() is not None]
+        rates[k] = n / t
+        print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {rates[k]:.4g} shots/s, "
+              f"x{rates[k] / rate_direct:.2f} of direct; peak RSS per worker "
+              + ", ".join(f"{r:.0f} MiB" for r in rss) + (f"; exited early: {dead}" if dead else ""))
+    if 1 in rates:
+        for k, r in rates.items():
+            if k != 1:
+                print(f"{k} workers / 1 worker: x{r / rates[1]:.2f} (on {os.cpu_count()} cores)")
+    print(f"catalog: {args.titles} titles x {args.shots} shots = {total} shots per configuration")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""What every stage runs with: the Faust app built from Settings, and the operations the stages share.
+
+    Runtime(settings)
+      .app            faust.App: consumer group and changelog topics named by topic_prefix
+      .topics         the pipeline's topics (mediafm/topics.py names), raw bytes in and out
+      .triton         TritonClient: retries while Triton is down, BadRequest when the input is wrong
+      .table(name)    a changelog-backed table whose writes events() waits for
+      .events(stream) each event acknowledged only once its table writes are in their changelogs
+      .dead_letter()  the raw message and the reason to the dead-letter topic
+      .contextualise() MediaFM over windows of fused shots, then one ContextualEmbedding per shot
+
+Topics carry raw bytes: each agent decodes with mediafm.schema inside a
+per-message try, so a malformed message reaches the dead-letter topic with its
+reason instead of being dropped by a serializer before any agent sees it.
+This module imports no stage: streams/app.py builds a Runtime and hands it to
+each stage's `register`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import re
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import faust
+import numpy as np
+from faust.streams import _current_event
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mediafm.config import Settings, replace
+from mediafm.errors import BadRequest, ConfigError
+from mediafm.profiles import get_profile
+from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, vec_to_bytes
+from mediafm.topics import Topics
+from mediafm.triton_client import TritonClient
+from mediafm.windows import Window
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The Faust app of one worker and what its stages share; built from one Settings object."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Workers read media only from allowed roots: media_roots, or <state_dir>/media when unset.
+        self.media_settings = replace(settings, media_roots=settings.worker_media_roots)
+        self.names = Topics.from_settings(settings)
+        self._unsent: set[asyncio.Future] = set()  # table writes handed to the producer, not yet acknowledged
+        self.app = self._make_app()
+        self.topics = SimpleNamespace(**{name: self._topic(topic) for name, topic in vars(self.names).items()})
+        self.triton = TritonClient(settings.triton_http_url,
+                                   on_latency=lambda m, s: metrics.triton_seconds.labels(m).observe(s))
+        self._served: dict[str, Served] = {}  # MediaFM model -> what it accepts
+
+    # --- the app -------------------------------------------------------------------------------------
+    def _make_app(self) -> faust.App:
+        s, unsent = self.settings, self._unsent
+
+        class Table(faust.Table):
+            """faust.Table whose changelog writes can be waited for (Runtime.changelog_sent)."""
+
+            def send_changelog(self, *args, **kwargs):
+                fut = super().send_changelog(*args, **kwargs)
+                unsent.add(fut)
+                fut.add_done_callback(unsent.discard)
+                return fut
+
+        datadir = self._claim_state_dir()
+        app = faust.App(
+            # The app id names the consumer group and the changelog topics: one pipeline per topic prefix.
+            s.topic_prefix,
+            broker=f"kafka://{s.kafka_bootstrap}",
+            store="rocksdb://",
+            datadir=str(datadir),
+            # Pipeline topics are created by `mediafm stack up` with this same count
+            # (faust refuses to start when the two disagree: PartitionsMismatch);
+            # faust declares only its own internal topics (changelogs, leader).
+            topic_partitions=s.partitions,
+            # A dead worker's partitions move to the others after 15 s without heartbeats
+            # (kill -9, a lost machine), not after faust's default minute.
+            broker_session_timeout=15.0,
+            broker_heartbeat_interval=3.0,
+            producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
+            consumer_max_fetch_size=MAX_MESSAGE_BYTES + 64 * 1024,
+            web_bind=s.bind_host,
+            web_host=s.bind_host,
+            web_port=s.worker_web_port,
+            # keys are title ids, so one title's shots stay ordered in one partition
+            key_serializer="raw",
+            value_serializer="raw",
+            Table=Table,  # app.Table(...) makes the class above
+        )
+
+        @app.on_rebalance_complete.connect
+        async def _hold_streams_until_seek(sender, **kwargs) -> None:
+            """Fetch nothing for the agents until Faust has sought their partitions to the committed offsets.
+
+            After a rebalance Faust (0.15, Recovery.on_recovery_completed) resumes the source partitions, then
+            seeks them to the committed offsets, then resumes flow, which empties the agents' queues. Whatever
+            was fetched in between was thrown away with the queues while the fetch position had moved past it,
+            and the consumer took the hole for acknowledged offsets: a restarted worker skipped a few messages
+            of each partition (tests/test_recovery.py saw titles wait for ever for shots it never delivered).
+            Stopping the consumer's flow here (Faust resumes it right after the seek) leaves nothing to lose.
+            """
+            app.consumer.stop_flow()
+
+        @app.page("/metrics")
+        async def prometheus_metrics(web, request):
+            # aiohttp refuses a charset inside content_type; pass the full header instead
+            return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        @app.timer(interval=5.0)
+        async def report_consumer_lag():
+            """Per assigned partition: end offset - committed offset, from faust's monitor."""
+            mon = app.monitor
+            committed = mon.tp_committed_offsets or {}
+            for tp, end in (mon.tp_end_offsets or {}).items():
+                if committed.get(tp) is not None:
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - committed[tp]))
+
+        @app.on_after_configured.connect
+        def _configure(app, **kwargs):  # pragma: no cover - faust signal
+            log.info("mediafm worker: broker %s, triton %s, %d partitions", s.kafka_bootstrap, s.triton_http_url,
+                     s.partitions)
+
+        return app
+
+    def _claim_state_dir(self) -> Path:
+        """This worker's own directory for its tables' RocksDB stores, locked for as long as it runs.
+
+        One directory per pipeline (topic prefix): faust names the files after the tables only, so two
+        pipelines sharing one would read each other's changelog offsets. And one per worker (named by its web
+        port, which no two workers of a machine share): RocksDB locks each store, so a second worker on the
+        same directory crashed at its first rebalance ("While lock file ... LOCK: Resource temporarily
+        unavailable"). A worker whose directory is taken stops here, before joining the group, saying why.
+        """
+        s = self.settings
+        datadir = s.state_dir / "faust" / s.topic_prefix / f"worker-{s.worker_web_port}"
+        datadir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(datadir / "worker.lock", "w")  # noqa: SIM115 - held for the worker's lifetime
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ConfigError(f"another worker of pipeline {s.topic_prefix!r} on this machine holds {datadir} "
+                              f"(worker_web_port={s.worker_web_port}); give each worker its own --web-port") from None
+        return datadir
+
+    def _topic(self, name: str) -> faust.TopicT:
+        return self.app.topic(name, key_type=bytes, value_type=bytes, partitions=self.settings.partitions)
+
+    def table(self, name: str) -> faust.Table:
+        """A changelog-backed table, bytes in and out, co-partitioned with the title-keyed topics."""
+        return self.app.Table(name, key_type=bytes, value_type=bytes, partitions=self.settings.partitions)
+
+    # --- events, table writes, dead letters --------------------------------------------------------------
+    async def changelog_sent(self) -> None:
+        """Wait until every table write made so far is in its changelog topic.
+
+        A write the producer could not deliver (after its own retries) stops the worker at once, without
+        committing: the events since the last commit are then redelivered to whichever worker takes over,
+        which is what kill -9 does too, whereas going on would acknowledge an event whose state is lost.
+        """
+        while self._unsent:
+            try:
+                await asyncio.gather(*list(self._unsent))
+            except Exception as e:
+                log.critical("a table write did not reach its changelog (%s: %s); stopping this worker now so "
+                             "that the events it came from are processed again", type(e).__name__, e)
+                logging.shutdown()
+                os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
+
+    async def events(self, stream):
+        """`stream.events()`, each event acknowledged only once its table writes are in their changelogs.
+
+        Faust acknowledges an event when the agent asks for the next one and later commits acknowledged
+        offsets after `producer.flush()`. In faust-streaming 0.15 that flush stops waiting on the send buffer
+        after 0.1 s without progress (ProducerBuffer.flush_atmost), so under load an offset could be committed
+        while its event's table writes were still buffered, and a crash then would lose them with nothing to
+        redeliver the event (read from Faust's code; not seen in a test run). It also says when a partition's
+        offsets jump within one consumer generation: messages that never reached the agent (the loss
+        `_hold_streams_until_seek` closes), logged and counted.
+        """
+        last: dict = {}  # TP -> (consumer generation, offset) of the last event from it
+        async for event in stream.events():
+            _check_continuous(last, event)
+            yield event
+            await self.changelog_sent()
+
+    async def batches(self, stream, size: int, within_s: float):
+        """Like events(), a batch at a time: Faust's take_events acknowledges a batch's events once the agent
+        asks for the next batch, and this waits for the batch's table writes first. One wait per batch, not
+        per event: what lets a stage keep up with a title of thousands of shots arriving at once.
+        Process each event inside `with processing(event):` so its table writes go to its partition."""
+        last: dict = {}
+        async for events in stream.take_events(size, within=within_s):
+            for event in events:
+                _check_continuous(last, event)
+            yield events
+            await self.changelog_sent()
+
+    async def dead_letter(self, stage: str, event: faust.EventT, reason: str) -> None:
+        """Send the raw message and the reason to the dead-letter topic. Never raises on the reason."""
+        msg = event.message
+        log.warning("dead letter from %s (%s[%d]@%d): %s", stage, msg.topic, msg.partition, msg.offset, reason)
+        metrics.dead_letters.labels(stage).inc()
+        value = msg.value if isinstance(msg.value, bytes) else bytes(str(msg.value), "utf-8")
+        letter = DeadLetter(stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                            key=msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode(),
+                            reason=reason[:2000], payload=value[: 1024 * 1024])
+        await self.topics.deadletter.send(key=letter.key, value=letter.to_bytes())
+
+    # --- MediaFM ---------------------------------------------------------------------------------------
+    async def served(self, model: str) -> Served:
+        """What the served MediaFM model accepts: read from Triton's model config once per version."""
+        if model not in self._served:
+            cfg = await self.triton.model_config(model)
+            max_shots = cfg.get("parameters", {}).get("max_shots", {}).get("string_value")
+            self._served[model] = Served(max_batch=max(1, int(cfg.get("max_batch_size", 1))),
+                                         max_shots=int(max_shots) if max_shots else None)
+            log.info("%s accepts %d windows a request, max_shots %s", model, self._served[model].max_batch,
+                     self._served[model].max_shots or f"not recorded (the window_shots setting, "
+                                                        f"{self.settings.window_shots}, is assumed)")
+        return self._served[model]
+
+    async def window_plan(self, profile: str) -> tuple[int, int]:
+        """(size, stride) of the window plan: the window_* settings, cut to the served model's max_shots.
+
+        A model trained on shorter windows (`mediafm train --max_shots 128`; `mediafm export` records it in
+        the served model's config) gets windows it was trained for, the stride scaled with them.
+        """
+        served = await self.served(get_profile(profile).mediafm_model)
+        s = self.settings
+        size = min(s.window_shots, served.max_shots or s.window_shots)
+        return size, max(1, min(size, round(s.window_stride * size / s.window_shots)))
+
+    async def run_windows(self, fused: np.ndarray, title: np.ndarray, windows: list[Window],
+                          profile: str, *, version: str = "") -> tuple[np.ndarray, str]:
+        """MediaFM on Triton over windows [(start, end)] of `fused` (n, D); (vectors (W, T, H), model version).
+
+        The vectors are the embedding_representation setting's output (HIDDEN or OUTPUT). Windows go in
+        requests of at most the served model's max_batch_size, so a title of any length fits; all of one
+        title's requests must be answered by one version (a version loaded in between: the title again).
+        version: a version to ask for by number ("" = the newest served); VersionRetired once it is gone.
+        Raises WindowsTooLong when the model now served takes shorter windows than these.
+        """
+        model = get_profile(profile).mediafm_model
+        served = await self.served(model)
+        rep = self.settings.embedding_representation.upper()
+        T = max(w.end - w.start for w in windows)
+        if served.max_shots is not None and T > served.max_shots and not version:
+            raise WindowsTooLong(f"{model} takes windows of at most {served.max_shots} shots, not {T}",
+                                 served.max_shots)
+        out, versions = [], set()
+        for k0 in range(0, len(windows), served.max_batch):
+            chunk = windows[k0 : k0 + served.max_batch]
+            shots = np.zeros((len(chunk), T, fused.shape[1]), np.float32)  # zero padding past each LENGTH
+            for k, w in enumerate(chunk):
+                shots[k, : w.end - w.start] = fused[w.start : w.end]
+            meta: dict = {}
+            try:
+                res = await self.triton.infer(model, {
+                    "SHOTS": shots,
+                    "TITLE": np.repeat(title[None], len(chunk), axis=0),
+                    "LENGTH": np.array([[w.end - w.start] for w in chunk], np.int64),
+                }, [rep], meta=meta, version=version)
+            except BadRequest as e:
+                limit = re.search(r"max_shots=(\d+)", str(e))
+                if limit is None:
+                    raise
+                self._served.pop(model, None)  # a model trained on shorter windows was loaded: read it again
+                raise WindowsTooLong(str(e), int(limit.group(1))) from None
+            out.append(res[rep])
+            answered = meta.get("model_version", "")
+            versions.add(answered)
+            if served.version is None:
+                served.version = answered
+            elif answered != served.version and not version:  # a new version is served: read its config again
+                self._served.pop(model, None)
+        if len(versions) > 1:
+            log.info("%s: model version changed mid-title (%s); running the title again", model, sorted(versions))
+            return await self.run_windows(fused, title, windows, profile, version=version)
+        return np.concatenate(out), versions.pop()
+
+    async def contextualise(self, shots: list[FusedShot], windows_for, *, n_shots: int | None,
+                            version: str = "") -> tuple[int, str]:
+        """MediaFM over windows of a title's (or live event's) shots, then one ContextualEmbedding per pick.
+
+        shots: consecutive fused shots, shots[0] being shot `shots[0].shot_index`.
+        windows_for(size, stride) -> (windows, picks): the windows to run, for the served plan (size,
+        stride), and the picks (shot index, index into windows, final) to publish, in the order given.
+        version: the MediaFM version to ask for ("" = the newest; VersionRetired once it is gone).
+        The one publishing path of contextual embeddings, for titles and live events alike.
+        Returns (embeddings published, the version that made them).
+        """
+        first = shots[0].shot_index
+        profile = get_profile(shots[0].profile)
+        fused = np.stack([bytes_to_vec(s.fused, profile.layout.fused_dim) for s in shots])  # (n, fused_dim)
+        title = title_vector(shots, profile.layout.title)
+        limit = None  # what the answering version said it takes, when the plan asked for more
+        for attempt in range(3):
+            size, stride = await self.window_plan(profile.name)
+            if limit is not None and limit < size:
+                size, stride = limit, max(1, min(limit, round(stride * limit / size)))
+            windows, picks = windows_for(size, stride)
+            local = [Window(w.start - first, w.end - first) for w in windows]
+            try:
+                vectors, version = await self.run_windows(fused, title, local, profile.name, version=version)
+                break
+            except WindowsTooLong as e:
+                if attempt == 2:
+                    raise BadRequest(f"{e}; the served model keeps changing its window length") from None
+                limit = e.limit
+                log.info("%s; planning the windows again", e)
+        s, count = self.settings, 0
+        for i, k, final in picks:
+            shot, w = shots[i - first], windows[k]
+            emb = vectors[k, i - w.start]
+            msg = ContextualEmbedding(
+                title_id=shot.title_id, shot_index=i, start_s=shot.start_s, end_s=shot.end_s,
+                embedding=vec_to_bytes(emb, s.embedding_dtype), dtype=s.embedding_dtype, dim=int(emb.shape[0]),
+                model=profile.mediafm_model, model_version=version, representation=s.embedding_representation,
+                profile=shot.profile, window_start=w.start, window_end=w.end, final=final, n_shots=n_shots,
+                kind=shot.kind, published_at=shot.published_at)
+            await self.topics.embeddings.send(key=shot.title_id.encode(), value=msg.to_bytes())
+            metrics.e2e_seconds.labels(shot.kind, "final" if final else "provisional").observe(
+                max(0.0, time.time() - shot.published_at))
+            count += 1
+        return count, version
+
+
+class WindowsTooLong(Exception):
+    """The served MediaFM takes shorter windows than were planned: plan again (Runtime.contextualise)."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+@dataclass
+class Served:
+    """What a served MediaFM model accepts (Runtime.served)."""
+
+    max_batch: int
+    """Windows per request: the model config's max_batch_size."""
+    max_shots: int | None
+    """Shots per window: the `max_shots` parameter `mediafm export` records; None for older exports."""
+    version: str | None = None
+    """The version that answered first after the config was read."""
+
+
+@contextmanager
+def processing(event):
+    """Table writes in this block belong to `event`: they go to its partition's changelog.
+
+    Faust finds the partition of a table write from the event being iterated (faust.streams'
+    current-event context variable), which take_events leaves unset while a batch is processed.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield event
+    finally:
+        _current_event.reset(token)
+
+
+def _check_continuous(last: dict, event) -> None:
+    """Say when a partition's offsets jump within one consumer generation: messages never delivered."""
+    msg = event.message
+    gen, prev = last.get(msg.tp, (None, None))
+    if gen == msg.generation_id and msg.offset > prev + 1:
+        metrics.offsets_skipped.labels(msg.topic).inc(msg.offset - prev - 1)
+        log.error("offsets %d..%d of %s[%d] never reached this agent: those messages were not processed "
+                  "(expected only if a transactional producer writes to this topic)",
+                  prev + 1, msg.offset - 1, msg.topic, msg.partition)
+    last[msg.tp] = (msg.generation_id, msg.offset)
+
+
+def title_vector(shots: list[FusedShot], dim: int) -> np.ndarray:
+    """The title embedding riding on the shots (the first that has one); zeros when none does."""
+    src = next((s.title_embedding for s in shots if s.title_embedding is not None), None)
+    return bytes_to_vec(src, dim) if src else np.zeros(dim, np.float32)

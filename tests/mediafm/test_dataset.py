@@ -1,0 +1,246 @@
+"""mediafm.dataset: the v1 format, written, read back, and bad files named."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mediafm.dataset import Dataset, DatasetWriter, Meta
+from mediafm.errors import DatasetError
+from mediafm.fusion import Layout
+
+LAYOUT = Layout("t", video=4, audio=4, text=4, title=3)
+
+
+def _write(path, titles=3, shots=5, shard_shots=7):
+    rng = np.random.default_rng(0)
+    w = DatasetWriter(path, Meta.from_layout(LAYOUT, {"video": "v"}), shard_shots=shard_shots)
+    data = {}
+    for i in range(titles):
+        fused = rng.normal(size=(shots + i, 12)).astype(np.float32)
+        data[f"t{i}"] = fused
+        w.add_title(title_id=f"t{i}", title_embedding=rng.normal(size=3), fused=fused,
+                    start_s=np.arange(shots + i), end_s=np.arange(shots + i) + 1.0, split=["train", "val", "test"][i % 3],
+                    genres=[i])
+    w.close()
+    return data
+
+
+def test_roundtrip(tmp_path):
+    data = _write(tmp_path / "ds")
+    ds = Dataset(tmp_path / "ds")
+    assert json.loads((tmp_path / "ds" / "meta.json").read_text())["modalities"]["text"] == [8, 12]
+    assert len(ds.shards) >= 2, "shards split at shard_shots"
+    assert [t.title_id for t in ds.split("val")] == ["t1"]
+    for title in ds.iter_titles():
+        np.testing.assert_array_equal(title.fused, data[title.info.title_id])
+    assert not (tmp_path / "ds.partial").exists()
+
+
+def _shard(path):
+    return sorted((path / "shots").glob("*.parquet"))[0]
+
+
+def test_wrong_dim_named(tmp_path):
+    _write(tmp_path / "ds")
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    meta["fused_dim"] = 16
+    meta["modalities"]["text"] = [8, 16]
+    (tmp_path / "ds" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"part-00000.parquet: column 'fused' has dim 12, meta.json says fused_dim=16"):
+        Dataset(tmp_path / "ds")
+
+
+def _rewrite(path, fn):
+    t = pq.read_table(path)
+    pq.write_table(fn(t), path)
+
+
+def test_nan_named(tmp_path):
+    _write(tmp_path / "ds")
+    shard = _shard(tmp_path / "ds")
+
+    def poison(t):
+        x = t.column("fused").combine_chunks().values.to_numpy().copy()
+        x[5] = np.nan
+        return t.set_column(t.column_names.index("fused"), "fused", pa.FixedSizeListArray.from_arrays(pa.array(x), 12))
+
+    _rewrite(shard, poison)
+    ds = Dataset(tmp_path / "ds")  # opening reads only ids; the vectors are checked when read
+    with pytest.raises(DatasetError, match=r"part-00000.parquet: column 'fused' has NaN/inf in 1 rows \(first at row 0\)"):
+        list(ds.iter_titles())
+
+
+def test_unsorted_shots_named(tmp_path):
+    _write(tmp_path / "ds")
+    shard = _shard(tmp_path / "ds")
+
+    def swap(t):
+        idx = t.column("shot_index").to_numpy().copy()
+        idx[[0, 1]] = idx[[1, 0]]
+        return t.set_column(t.column_names.index("shot_index"), "shot_index", pa.array(idx))
+
+    _rewrite(shard, swap)
+    with pytest.raises(DatasetError, match=r"part-00000.parquet: column 'shot_index' of title 't0' is not 0..4 in order"):
+        Dataset(tmp_path / "ds")
+
+
+def test_missing_column_named(tmp_path):
+    _write(tmp_path / "ds")
+    shard = _shard(tmp_path / "ds")
+    _rewrite(shard, lambda t: t.drop(["end_s"]))
+    with pytest.raises(DatasetError, match=r"part-00000.parquet: missing column 'end_s'"):
+        Dataset(tmp_path / "ds")
+
+
+def test_unknown_title_and_missing_meta(tmp_path):
+    _write(tmp_path / "ds")
+    _rewrite(tmp_path / "ds" / "titles.parquet", lambda t: t.slice(1))
+    with pytest.raises(DatasetError, match="column 'title_id' has 't0', absent from titles.parquet"):
+        Dataset(tmp_path / "ds")
+    (tmp_path / "ds" / "meta.json").unlink()
+    with pytest.raises(DatasetError, match="meta.json: missing"):
+        Dataset(tmp_path / "ds")
+
+
+# --- titles continued across shard files (DATASET_FORMAT.md: "a title may continue into the next shard file")
+
+
+def _write_split(path, lengths=(5, 6, 7, 20, 3), shard_shots=7):
+    rng = np.random.default_rng(1)
+    w = DatasetWriter(path, Meta.from_layout(LAYOUT), shard_shots=shard_shots, split_titles=True)
+    data = {}
+    for i, n in enumerate(lengths):
+        data[f"t{i}"] = rng.normal(size=(n, 12)).astype(np.float32)
+        w.add_title(title_id=f"t{i}", title_embedding=rng.normal(size=3), fused=data[f"t{i}"],
+                    start_s=np.arange(n) * 2.0, end_s=np.arange(n) * 2.0 + 1.5)
+    w.close()
+    return data
+
+
+def test_titles_split_over_shards_read_whole(tmp_path):
+    data = _write_split(tmp_path / "ds")
+    ds = Dataset(tmp_path / "ds")
+    assert len(ds.shards) == 6  # 41 rows, 7 per file
+    for s in ds.shards[:-1]:
+        assert pq.read_metadata(s).num_rows == 7
+    # t1 starts in part 0 and ends in part 1; t3 (20 shots) spans parts 2..5
+    assert ds.titles["t1"].pieces == [(0, 5, 2), (1, 0, 4)]
+    assert [p[0] for p in ds.titles["t3"].pieces] == [2, 3, 4, 5]
+    assert {t: i.n_shots for t, i in ds.titles.items()} == {t: len(x) for t, x in data.items()}
+    got = {t.info.title_id: t for t in ds.iter_titles()}
+    assert sorted(got) == sorted(data)
+    for tid, title in got.items():
+        np.testing.assert_array_equal(title.fused, data[tid])
+        np.testing.assert_array_equal(title.start_s, np.arange(len(data[tid])) * 2.0)
+        np.testing.assert_array_equal(title.end_s, np.arange(len(data[tid])) * 2.0 + 1.5)
+    # a title belongs to the shard it starts in, assembled whole; the next shard does not yield it again
+    assert sorted(ds.read_shard(0)) == ["t0", "t1"]
+    assert sorted(ds.read_shard(1)) == ["t2"]
+    assert sorted(ds.read_shard(5)) == ["t4"]
+    assert [t.info.title_id for t in ds.iter_titles([ds.titles["t3"]])] == ["t3"]
+
+
+def test_split_titles_feed_training_whole(tmp_path):
+    from trainer.data import WindowLoader, eval_batches
+
+    data = _write_split(tmp_path / "ds")
+    ds = Dataset(tmp_path / "ds")
+    infos = list(ds.titles.values())
+    (batch,) = list(eval_batches(ds, infos, batch_size=len(infos), max_shots=64))
+    for i, tid in enumerate(batch.title_ids):
+        assert int(batch.lengths[i]) == len(data[tid])
+        np.testing.assert_array_equal(batch.shots[i, : len(data[tid])].numpy(), data[tid])
+    loader = WindowLoader(ds, infos, batch_size=1, max_shots=64, seed=0)
+    seen = {}
+    for _, b in zip(range(len(infos)), loader, strict=False):
+        seen[b.title_ids[0]] = b.shots[0, : int(b.lengths[0])].numpy()
+    assert sorted(seen) == sorted(data)
+    for tid, x in seen.items():
+        np.testing.assert_array_equal(x, data[tid])
+
+
+def _hand_made(path, files):
+    """A dataset whose shard k holds the (title_id, shot_index) rows of files[k]."""
+    path.mkdir()
+    (path / "shots").mkdir()
+    (path / "meta.json").write_text(json.dumps(Meta.from_layout(LAYOUT).to_json()))
+    tids = sorted({t for rows in files for t, _ in rows})
+    pq.write_table(pa.table({
+        "title_id": pa.array(tids, pa.string()),
+        "title_embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(3 * len(tids), np.float32)), 3),
+        "kind": pa.array(["title"] * len(tids), pa.string()),
+    }), path / "titles.parquet")
+    for k, rows in enumerate(files):
+        n = len(rows)
+        pq.write_table(pa.table({
+            "title_id": pa.array([t for t, _ in rows], pa.string()),
+            "shot_index": pa.array([i for _, i in rows], pa.int32()),
+            "start_s": pa.array(np.arange(n, dtype=np.float64)),
+            "end_s": pa.array(np.arange(n, dtype=np.float64) + 1),
+            "fused": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(12 * n, np.float32)), 12),
+        }), path / "shots" / f"part-{k:05d}.parquet")
+    return path
+
+
+def _rows(tid, a, b):
+    return [(tid, i) for i in range(a, b)]
+
+
+def test_continuation_accepted_across_an_empty_file(tmp_path):
+    ds = Dataset(_hand_made(tmp_path / "ds", [_rows("a", 0, 3), [], _rows("a", 3, 5) + _rows("b", 0, 2)]))
+    assert ds.titles["a"].pieces == [(0, 0, 3), (2, 0, 2)] and ds.titles["a"].n_shots == 5
+    (a,) = [t for t in ds.iter_titles() if t.info.title_id == "a"]
+    assert len(a.fused) == 5
+
+
+@pytest.mark.parametrize("files, message", [
+    # one title's rows split by another's inside one file
+    ([_rows("a", 0, 2) + _rows("b", 0, 1) + _rows("a", 2, 3)],
+     r"part-00000.parquet: rows of title 'a' are not contiguous \(column 'title_id'\): part-00000.parquet rows "
+     r"0..1 and part-00000.parquet rows 3..3, but rows 2..2 between them hold other titles"),
+    # continued further down the next file, not at its top
+    ([_rows("a", 0, 2), _rows("b", 0, 1) + _rows("a", 2, 4)],
+     r"part-00001.parquet: rows of title 'a' are not contiguous .*it resumes at row 1 of part-00001.parquet"),
+    # the previous file does not end with it
+    ([_rows("a", 0, 2) + _rows("b", 0, 1), _rows("a", 2, 4)],
+     r"part-00001.parquet: rows of title 'a' are not contiguous .*other titles' rows follow it "
+     r"\(the file before part-00001.parquet ends with 'b'\)"),
+    # resumed two files later, another title in between
+    ([_rows("a", 0, 2), _rows("b", 0, 2), _rows("a", 2, 3)],
+     r"part-00002.parquet: rows of title 'a' are not contiguous .*ends with 'b'"),
+    # a gap across the files
+    ([_rows("a", 0, 3), _rows("a", 4, 6)],
+     r"part-00001.parquet: column 'shot_index' of title 'a' is not 3..4 in order \(its rows 0..1 here continue "
+     r"part-00000.parquet rows 0..2, shots 0..2\): row 0 has 4, expected 3 \(skips shot_index 3..3\)"),
+    # a shot repeated across the files
+    ([_rows("a", 0, 3), _rows("a", 2, 5)],
+     r"part-00001.parquet: column 'shot_index' of title 'a' is not 3..5 in order \(.*\): row 0 has 2, expected 3 "
+     r"\(repeats or goes back to shot_index 2\)"),
+    # out of order inside the second piece
+    ([_rows("a", 0, 3), [("a", 3), ("a", 5), ("a", 4)]],
+     r"part-00001.parquet: column 'shot_index' of title 'a' is not 3..5 in order \(.*\): row 1 has 5, expected 4"),
+    # a title's first rows do not start at shot 0
+    ([_rows("a", 1, 3)],
+     r"part-00000.parquet: column 'shot_index' of title 'a' is not 0..1 in order: row 0 has 1, expected 0"),
+])
+def test_bad_continuations_named(tmp_path, files, message):
+    with pytest.raises(DatasetError, match=message):
+        Dataset(_hand_made(tmp_path / "ds", files))
+
+
+def test_nan_in_continued_rows_named(tmp_path):
+    _write_split(tmp_path / "ds")
+    shard = sorted((tmp_path / "ds" / "shots").glob("*.parquet"))[1]  # starts with t1's shots 2..5
+
+    def poison(t):
+        x = t.column("fused").combine_chunks().values.to_numpy().copy()
+        x[12 * 2] = np.inf  # row 2: t1's shot 4
+        return t.set_column(t.column_names.index("fused"), "fused", pa.FixedSizeListArray.from_arrays(pa.array(x), 12))
+
+    _rewrite(shard, poison)
+    ds = Dataset(tmp_path / "ds")
+    with pytest.raises(DatasetError, match=r"part-00001.parquet: column 'fused' has NaN/inf in 1 rows \(first at row 2\)"):
+        ds.read_shard(0)

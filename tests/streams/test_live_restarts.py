@@ -1,0 +1,106 @@
+"""A live event across a model refresh and a kill -9: one version per event, one final per shot.
+
+The event's fused shots go straight onto shots.fused (the stages before are tested on media elsewhere).
+Its first shots are contextualised by version N; then a new version is exported and the worker is killed
+with SIGKILL, a new worker starts, and the rest of the event is published, together with a title. The
+event's finals all come from version N (pinned at its start), every shot has exactly one final (a final
+published again after the restart is the same vector), and the title is made by the new version.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from conftest import free_port, start_worker, stop_worker
+
+from mediafm.bus import Tail, caught_up, producer
+from mediafm.config import replace
+from mediafm.profiles import PRODUCTION
+from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
+from mediafm.stack import kafka
+from mediafm.synth import write_corpus
+from mediafm.topics import Topics
+from trainer.export import export
+from trainer.train import TrainConfig, train
+
+pytestmark = [pytest.mark.kafka, pytest.mark.triton, pytest.mark.slow]
+
+LAY = PRODUCTION.layout
+
+
+def _shot(eid: str, i: int, n: int | None, rng, kind: str = "live") -> bytes:
+    v = rng.normal(size=LAY.fused_dim)
+    return FusedShot(title_id=eid, shot_index=i, start_s=2.0 * i, end_s=2.0 * i + 2, profile=LAY.name,
+                     fused=vec_to_bytes(v / np.linalg.norm(v)), present=[True, True, False], n_shots=n, kind=kind,
+                     title_embedding=vec_to_bytes(np.ones(LAY.title))).to_bytes()
+
+
+def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack, triton_stack, tmp_path):
+    data = write_corpus(tmp_path / "data", n_titles=6, layout=LAY, seed=0, shots=(20, 40))
+    train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
+                                                val_batches=1), quiet=True)
+    first, _, _ = export(tmp_path / "run", settings=kafka_stack)
+    s = replace(kafka_stack, topic_prefix=f"liver{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
+                live_right_context=2)
+    names = Topics.from_settings(s)
+    kafka.create_topics(s, names.all())
+    eid, tid, n = f"ev-{uuid.uuid4().hex[:6]}", f"t-{uuid.uuid4().hex[:6]}", 40
+    rng = np.random.default_rng(3)
+    shots = [_shot(eid, i, n if i == n - 1 else None, rng) for i in range(n)]
+
+    finals: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = defaultdict(list)
+
+    def take(rec):
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.final:
+            finals[(m.title_id, m.shot_index)].append((m.model_version, m.vector()))
+
+    tail = Tail(s, names.embeddings, from_beginning=True)
+    a = start_worker(replace(s, worker_web_port=free_port()), tmp_path / "a.log")
+    p = producer(s)
+    for raw in shots[:20]:
+        p.send(names.fused, key=eid.encode(), value=raw)
+    p.flush()
+    try:
+        for rec in tail.poll(timeout_s=300, stop=lambda: len(finals) >= 10 or a.poll() is not None):
+            take(rec)
+        assert a.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+        second, _, _ = export(tmp_path / "run", settings=kafka_stack)  # a model refresh mid-event
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        b = start_worker(replace(s, worker_web_port=free_port()), tmp_path / "b.log")
+        for raw in shots[20:]:
+            p.send(names.fused, key=eid.encode(), value=raw)
+        title_rng = np.random.default_rng(4)
+        for i in range(30):
+            p.send(names.fused, key=tid.encode(), value=_shot(tid, i, 30, title_rng, kind="title"))
+        p.flush()
+        p.close()
+        want = {(eid, i) for i in range(n)} | {(tid, i) for i in range(30)}
+        for rec in tail.poll(timeout_s=600, stop=lambda: set(finals) >= want or b.poll() is not None):
+            take(rec)
+        deadline = time.monotonic() + 120
+        while not caught_up(s, s.topic_prefix, names.fused):
+            assert time.monotonic() < deadline, "the worker did not commit its input"
+            time.sleep(0.5)
+        for rec in tail.to_end(timeout_s=120):
+            take(rec)
+        assert b.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
+    finally:
+        for w in (a, locals().get("b")):
+            if w is not None and w.poll() is None:
+                stop_worker(w)
+        tail.close()
+    assert set(finals) == want, sorted(want - set(finals))[:10]
+    assert second == first + 1
+    event_versions = {v for i in range(n) for v, _ in finals[(eid, i)]}
+    assert event_versions == {str(first)}, f"the event's finals mix versions: {event_versions}"
+    assert {v for i in range(30) for v, _ in finals[(tid, i)]} == {str(second)}, "new titles get the new version"
+    for key, got in finals.items():  # published twice after the kill: the same final
+        for _, v in got[1:]:
+            np.testing.assert_allclose(v, got[0][1], atol=1e-5, err_msg=str(key))

@@ -1,0 +1,88 @@
+"""Live events get timed text: cues published beside the segments reach the shots they overlap.
+
+Real segments (ffmpeg, as `mediafm publish live` cuts them) with a WebVTT file each, driven through the
+segment stage's live logic the way its agent drives it; each live shot's text must equal what the whole
+file's shots get from the same cues (mediafm.media.subtitles.align), cue by cue.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from mediafm.config import Settings
+from mediafm.media.shots import detect_shots
+from mediafm.media.subtitles import Cue, align, load_subtitles
+from mediafm.media.synthfilm import make_film
+from mediafm.publish import cut_segments, write_segment_cues
+from mediafm.schema import LiveSegment, TitleMeta
+from streams import segment
+
+
+def test_live_shots_get_the_cues_published_beside_their_segments(tmp_path):
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
+    cues = [Cue(0.2, 1.1, "Kick-off."), Cue(1.4, 2.9, "A long pass across two shots"),
+            Cue(4.0, 6.5, "spanning a segment edge"), Cue(7.0, 7.4, "Goal!")]
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), shot_detector="content")
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    vtts = write_segment_cues(cues, segs, tmp_path / "segs")
+    assert sum(v is not None for v in vtts) >= 4  # the long cue rides on two segments
+
+    cutter = segment.LiveCutter(settings)
+    state = None
+    refs = []
+    for k, ((path, start), vtt) in enumerate(zip(segs, vtts, strict=True)):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1,
+                          subtitles_uri=str(vtt) if vtt else None)
+        state = state or segment.new_state(seg)
+        assert segment.check_next(state, seg)
+        shots, n_frames = cutter.push(state, seg, str(path))
+        state["segments"].append([str(path), start, state.get("frames", 0)])
+        state["frames"] = state.get("frames", 0) + n_frames
+        state["cues"] += [c for c in segment.segment_cues(seg, settings) if c not in state["cues"]]
+        refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
+        segment.advance(state, seg, shots)
+        state = msgpack.unpackb(msgpack.packb(state))  # through the table, as the agent keeps it
+    assert state["cues"] == []  # nothing kept once every shot is closed
+
+    whole = detect_shots(film.path, detector="content")
+    assert [(r.start_frame, r.end_frame) for r in refs] == [(s.start_frame, s.end_frame) for s in whole]
+    # WebVTT keeps milliseconds: align against the cues as the files carry them
+    carried = load_subtitles(vtts[0]) if vtts[0] else []
+    assert carried[0].text == "Kick-off."
+    assert [r.text for r in refs] == align(cues, whole)
+    assert sum(bool(r.text) for r in refs) >= 4
+
+
+def _run_event(settings, segs, vtts, restart_at=()):
+    """The live segment logic over an event's segments, as the agent runs it; a fresh LiveCutter (a worker
+    restarted with the table's state) before each segment in restart_at."""
+    cutter, state, refs = segment.LiveCutter(settings), None, []
+    for k, ((path, start), vtt) in enumerate(zip(segs, vtts, strict=True)):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1,
+                          subtitles_uri=str(vtt) if vtt else None)
+        if k in restart_at:
+            cutter = segment.LiveCutter(settings)
+        state = state or segment.new_state(seg)
+        assert segment.check_next(state, seg)
+        shots, n_frames = cutter.push(state, seg, str(path))
+        state["segments"].append([str(path), start, state.get("frames", 0)])
+        state["frames"] = state.get("frames", 0) + n_frames
+        state["cues"] += [c for c in segment.segment_cues(seg, settings) if c not in state["cues"]]
+        refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
+        segment.advance(state, seg, shots)
+        state = msgpack.unpackb(msgpack.packb(state))
+    return [(r.shot_index, r.start_frame, r.end_frame, round(r.start_s, 6), round(r.end_s, 6), r.text) for r in refs]
+
+
+@pytest.mark.parametrize("detector, restarts", [("content", (2,)), ("content", (3, 5, 6)),
+                                                ("transnetv2", (4,))])
+def test_a_restarted_worker_numbers_frames_and_shots_where_the_event_was(tmp_path, detector, restarts):
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), shot_detector=detector)
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    vtts = write_segment_cues([Cue(1.4, 2.9, "across two shots"), Cue(4.0, 6.5, "across a segment edge")],
+                              segs, tmp_path / "segs")
+    straight = _run_event(settings, segs, vtts)
+    assert len(straight) == 6 and straight[-1][2] == sum([30, 36, 24, 40, 30, 28])
+    assert _run_event(settings, segs, vtts, restart_at=restarts) == straight

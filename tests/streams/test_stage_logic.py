@@ -1,0 +1,207 @@
+"""Unit tests of each stage's pure logic: no broker, no Triton (the stages run on both in tests/streams/)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mediafm.config import Settings
+from mediafm.errors import BadInput, SchemaError
+from mediafm.media.shots import Shot
+from mediafm.profiles import OFFLINE
+from mediafm.schema import EncodedShot, FusedShot, LiveSegment, ShotRef, TitleMeta, vec_to_bytes
+from streams import contextualise, encode, fuse, segment
+from streams.progress import LiveProgress, TitleProgress
+
+LAY = OFFLINE.layout
+
+
+# --- progress records -------------------------------------------------------------------------------
+
+def test_title_progress_counts_each_shot_once_and_roundtrips():
+    p = TitleProgress(11)
+    assert len(p.have) == 2 and p.count == 0 and not p.complete
+    assert p.add(0) and p.add(10) and not p.add(10)  # a redelivery is recognised
+    assert p.holds(10) and not p.holds(9) and p.count == 2
+    for i in range(11):
+        p.add(i)
+    assert p.complete
+    p.drop(3)
+    assert not p.holds(3) and p.count == 10 and not p.complete
+    q = TitleProgress.from_bytes(p.to_bytes())
+    assert (q.n, bytes(q.have), q.done) == (11, bytes(p.have), False)
+
+
+def test_title_progress_reads_the_format_older_workers_wrote():
+    import msgpack
+
+    raw = msgpack.packb({"n": 9, "have": bytes([0b00000101, 0b1]), "done": True})
+    p = TitleProgress.from_bytes(raw)
+    assert [i for i in range(9) if p.holds(i)] == [0, 2, 8] and p.done
+    assert msgpack.unpackb(p.to_bytes()) == msgpack.unpackb(raw)
+
+
+def test_title_progress_refuses_a_bitmap_of_the_wrong_size():
+    with pytest.raises(ValueError, match="needs 2 bytes, has 3"):
+        TitleProgress(9, bytearray(3))
+
+
+def test_live_progress_is_over_once_every_shot_is_final():
+    p = LiveProgress()
+    assert not p.over
+    p.n, p.final = 5, 4
+    assert not p.over
+    p.final = 5
+    assert p.over and LiveProgress.from_bytes(p.to_bytes()) == p
+
+
+# --- segment ----------------------------------------------------------------------------------------
+
+def _seg(i: int, start: float, last: bool = False) -> LiveSegment:
+    return LiveSegment(event_id="ev", segment_index=i, uri=f"/m/{i}.ts", start_s=start, last=last)
+
+
+def test_live_segments_must_come_in_order_without_gaps():
+    state = segment.new_state(_seg(0, 0.0))
+    assert segment.check_next(state, _seg(0, 0.0))
+    state["next_segment"] = 2
+    assert not segment.check_next(state, _seg(1, 2.0))  # already done: a redelivery
+    with pytest.raises(SchemaError, match="segment 3 arrived but segment 2 is next"):
+        segment.check_next(state, _seg(3, 6.0))
+    state["done"] = True
+    assert not segment.check_next(state, _seg(2, 4.0))
+
+
+def test_covering_segments_of_a_shot():
+    segs = [["a", 0.0], ["b", 2.0], ["c", 4.0]]
+    assert segment.covering(segs, 1.0, 2.0) == [["a", 0.0]]
+    assert segment.covering(segs, 1.5, 4.5) == segs
+    assert segment.covering(segs, 5.0, 9.0) == [["c", 4.0]]
+
+
+def test_advance_keeps_only_segments_a_restart_must_replay():
+    state = segment.new_state(_seg(0, 0.0))
+    for i in range(4):
+        state["segments"].append([f"/m/{i}.ts", 2.0 * i])
+    shots = [Shot(0, 0.0, 3.0, 0, 75), Shot(1, 3.0, 6.5, 75, 162)]
+    segment.advance(state, _seg(3, 6.0), shots)
+    assert (state["next_segment"], state["next_shot"], state["cut_s"]) == (1, 2, 6.5)
+    # segments ending after the last cut less a second of lead-in: those starting at 4.0 and 6.0
+    assert state["segments"] == [["/m/2.ts", 4.0], ["/m/3.ts", 6.0]]
+    assert not state["done"]
+    segment.advance(state, _seg(4, 8.0, last=True), [])
+    assert state["done"]
+
+
+def test_live_refs_carry_the_segments_they_span_and_n_shots_on_the_last():
+    cutter = segment.LiveCutter(Settings())
+    state = segment.new_state(_seg(0, 0.0))
+    state["segments"] = [["/m/0.ts", 0.0], ["/m/1.ts", 2.0]]
+    state["next_shot"] = 4
+    meta = TitleMeta("ev", kind="live", title="Final")
+    refs = cutter.refs(state, _seg(1, 2.0, last=True), [Shot(4, 1.5, 3.0, 37, 75)], meta)
+    (ref,) = refs
+    assert ref.media == ["/m/0.ts", "/m/1.ts"] and ref.media_start_s == 0.0
+    assert ref.n_shots == 5 and ref.kind == "live" and ref.title_text == "Final"
+
+
+def test_title_meta_has_one_validator():
+    assert TitleMeta.from_dict({"title": "T", "tags": ["a"]}, title_id="t1").text() == "T. Tags: a"
+    with pytest.raises(SchemaError, match=r"unknown keys \['colour'\]"):
+        TitleMeta.from_dict({"colour": 1}, title_id="t1")
+    with pytest.raises(SchemaError, match="'meta.tags' must be a list"):
+        TitleMeta.from_dict({"tags": "a"}, title_id="t1")
+    with pytest.raises(SchemaError, match="names title_id 'x', but this is 't1'"):
+        TitleMeta.from_dict({"title_id": "x"}, title_id="t1")
+    with pytest.raises(SchemaError, match="must be a JSON object"):
+        TitleMeta.from_dict(["title"], title_id="t1")
+
+
+# --- encode -----------------------------------------------------------------------------------------
+
+def _ref(i: int, title: str = "t", media: str = "/m/t.mp4", **kw) -> ShotRef:
+    return ShotRef(title_id=title, shot_index=i, start_s=float(i), end_s=i + 1.0, start_frame=25 * i,
+                   end_frame=25 * i + 25, media=[media], media_start_s=0.0, text="", title_text="",
+                   profile="offline", n_shots=10, **kw)
+
+
+def test_runs_split_where_title_media_or_continuity_changes():
+    items = [(None, r) for r in (_ref(0), _ref(1), _ref(3), _ref(4, title="u"), _ref(5, title="u"),
+                                  _ref(6, title="u", media="/m/other.mp4"), _ref(7, title="u", request_id="r2"))]
+    runs = encode.runs(items)
+    assert [[r.shot_index for _, r in run] for run in runs] == [[0, 1], [3], [4, 5], [6], [7]]
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"profile": "nope"}, "unknown encoder profile 'nope'"),
+    ({"media": []}, "no media or empty span"),
+    ({"end_s": 0.0}, "no media or empty span"),
+])
+def test_encode_parse_rejects(change, match):
+    ref = _ref(0)
+    for k, v in change.items():
+        setattr(ref, k, v)
+    with pytest.raises(BadInput, match=match):
+        encode.parse(ref.to_bytes())
+
+
+# --- fuse -------------------------------------------------------------------------------------------
+
+def _encoded(**kw) -> EncodedShot:
+    rng = np.random.default_rng(0)
+    base = dict(title_id="t", shot_index=0, start_s=0.0, end_s=1.0, profile="offline",
+                video=vec_to_bytes(rng.normal(size=LAY.video)), audio=None, text=None, n_shots=3)
+    return EncodedShot(**{**base, **kw})
+
+
+def test_fuse_parse_marks_present_modalities_and_zero_fills_the_rest():
+    shot, vecs, present = fuse.parse(_encoded().to_bytes())
+    assert present.tolist() == [True, False, False]
+    assert vecs["audio"].shape == (LAY.audio,) and not vecs["audio"].any()
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"profile": "nope"}, "unknown encoder profile"),
+    ({"video": None}, "has no modality"),
+    ({"video": vec_to_bytes(np.ones(7))}, "video has 28 bytes"),
+    ({"start_s": 2.0}, "has span"),
+    ({"video": vec_to_bytes(np.full(LAY.video, np.nan))}, "NaN or inf"),
+])
+def test_fuse_parse_rejects(change, match):
+    with pytest.raises(SchemaError, match=match):
+        fuse.parse(_encoded(**change).to_bytes())
+
+
+def test_fused_shot_keeps_the_identity_of_its_encoded_shot():
+    enc = _encoded(request_id="r1", kind="title", published_at=12.5, title_embedding=vec_to_bytes(np.ones(LAY.title)))
+    out = fuse.fused_shot(enc, np.ones(LAY.fused_dim, np.float32), np.array([True, False, True]))
+    assert (out.title_id, out.shot_index, out.request_id, out.published_at, out.n_shots) == ("t", 0, "r1", 12.5, 3)
+    assert out.present == [True, False, True] and out.title_embedding == enc.title_embedding
+
+
+# --- contextualise ----------------------------------------------------------------------------------
+
+def _fused(**kw) -> FusedShot:
+    base = dict(title_id="t", shot_index=0, start_s=0.0, end_s=1.0, profile="offline",
+                fused=vec_to_bytes(np.ones(LAY.fused_dim)), present=[True, True, False], n_shots=3)
+    return FusedShot(**{**base, **kw})
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"shot_index": 3}, "outside 0..2"),
+    ({"shot_index": -1}, "outside 0..2"),
+    ({"n_shots": None}, "needs a known n_shots"),
+    ({"kind": "clip"}, "kind is 'title' or 'live'"),
+    ({"profile": "nope"}, "unknown encoder profile"),
+    ({"fused": vec_to_bytes(np.ones(5))}, "fused has 20 bytes"),
+    ({"title_embedding": vec_to_bytes(np.ones(3))}, "title_embedding has 12 bytes"),
+    ({"kind": "live", "shot_index": 5}, "outside 0..3 of live"),
+])
+def test_contextualise_parse_rejects(change, match):
+    with pytest.raises(SchemaError, match=match):
+        contextualise.parse(_fused(**change).to_bytes())
+
+
+def test_contextualise_parse_accepts_live_shots_before_their_event_ends():
+    shot = contextualise.parse(_fused(kind="live", n_shots=None, shot_index=40).to_bytes())
+    assert shot.kind == "live" and shot.n_shots is None
