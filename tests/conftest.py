@@ -95,6 +95,23 @@ def newest_version(settings: Settings, model: str) -> str:
     return max(triton.ready_versions(settings)[model], key=int)
 
 
+def rest_of_output(settings: Settings, tail, sources: str | list[str], *, timeout_s: float = 180):
+    """The records a pipeline will still publish to `tail`'s topic for what is now in `sources`.
+
+    Waits until the pipeline's consumer group has committed all of each source topic, in data-path order
+    (Faust commits an offset only after what its event produced is flushed), then reads `tail` to its end
+    offsets: a condition, not a sleep.
+    """
+    from mediafm.bus import caught_up
+
+    deadline = time.monotonic() + timeout_s
+    for source in [sources] if isinstance(sources, str) else sources:
+        while not caught_up(settings, settings.topic_prefix, source):
+            assert time.monotonic() < deadline, f"the workers did not commit {source} within {timeout_s:.0f}s"
+            time.sleep(0.5)
+    yield from tail.to_end(timeout_s=timeout_s)
+
+
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
     """A `mediafm worker` process with `settings`, its output appended to `log`."""
     with open(log, "ab") as out:

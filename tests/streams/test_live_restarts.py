@@ -10,15 +10,14 @@ published again after the restart is the same vector), and the title is made by 
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import free_port, start_worker, stop_worker
+from conftest import free_port, rest_of_output, start_worker, stop_worker
 
-from mediafm.bus import Tail, caught_up, producer
+from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.profiles import PRODUCTION
 from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
@@ -84,11 +83,7 @@ def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack,
         want = {(eid, i) for i in range(n)} | {(tid, i) for i in range(30)}
         for rec in tail.poll(timeout_s=600, stop=lambda: set(finals) >= want or b.poll() is not None):
             take(rec)
-        deadline = time.monotonic() + 120
-        while not caught_up(s, s.topic_prefix, names.fused):
-            assert time.monotonic() < deadline, "the worker did not commit its input"
-            time.sleep(0.5)
-        for rec in tail.to_end(timeout_s=120):
+        for rec in rest_of_output(s, tail, names.fused, timeout_s=120):
             take(rec)
         assert b.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
     finally:

@@ -13,6 +13,7 @@ from collections import defaultdict
 import msgpack
 import numpy as np
 import pytest
+from conftest import rest_of_output
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
@@ -45,8 +46,9 @@ def films(tmp_path_factory):
     return {"a": a, "srt": srt, "b": b, "live": live}
 
 
-def _collect(tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str, list[ContextualEmbedding]]:
-    """Embeddings (in topic order) of the wanted ids until each has `want` final ones."""
+def _collect(settings, tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str, list[ContextualEmbedding]]:
+    """Embeddings (in topic order) of the wanted ids until each has `want` final ones, then the rest of what
+    the pipeline publishes for its input (any more would be duplicates)."""
     got: dict[str, list[ContextualEmbedding]] = defaultdict(list)
 
     def done():
@@ -56,8 +58,9 @@ def _collect(tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str, li
         m = decode(rec.value, expect=ContextualEmbedding)
         if m.title_id in want:
             got[m.title_id].append(m)
-    time.sleep(3)  # anything more now would be a duplicate
-    for rec in tail.poll(timeout_s=1):
+    names = Topics.from_settings(settings)
+    for rec in rest_of_output(settings, tail, [names.titles, names.live_segments, names.shots, names.encoded,
+                                               names.fused], timeout_s=timeout_s):
         m = decode(rec.value, expect=ContextualEmbedding)
         if m.title_id in want:
             got[m.title_id].append(m)
@@ -77,7 +80,7 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     assert len(segs) >= 5 and segs[-1].last
 
     want = {ids[k]: len(films[k].shot_frames) for k in ("a", "b", "live")}
-    got = _collect(tail, want, timeout_s=300)
+    got = _collect(kafka_stack, tail, want, timeout_s=300)
     tail.close()
     letters = [decode(r.value, expect=DeadLetter) for r in dead.poll(timeout_s=2)]
     dead.close()
@@ -233,7 +236,7 @@ def test_triton_outage_waits_then_completes_and_backfill_uses_the_new_version(ka
         assert not [m for m in early if m.title_id == tid], "no MediaFM is served: nothing can be contextualised"
     finally:
         triton.load_model(kafka_stack, "mediafm_offline")
-    got = _collect(tail, {tid: 3}, timeout_s=180)
+    got = _collect(kafka_stack, tail, {tid: 3}, timeout_s=180)
     assert sorted(m.shot_index for m in got[tid] if m.final) == [0, 1, 2]
     assert not [d for d in (decode(r.value, expect=DeadLetter) for r in dead.poll(timeout_s=1)) if d.key == tid.encode()]
 
@@ -245,7 +248,7 @@ def test_triton_outage_waits_then_completes_and_backfill_uses_the_new_version(ka
     new, _, loaded = export(d / "run", settings=kafka_stack)
     assert loaded and str(new) != got[tid][0].model_version
     (req,) = backfill(kafka_stack, [tid], idle_s=2)
-    again = _collect(tail, {tid: 3}, timeout_s=180)
+    again = _collect(kafka_stack, tail, {tid: 3}, timeout_s=180)
     tail.close()
     dead.close()
     assert req.request_id

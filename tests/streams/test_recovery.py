@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import free_port, start_worker, stop_worker
+from conftest import free_port, rest_of_output, start_worker, stop_worker
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
@@ -65,8 +64,7 @@ def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, o
     try:
         for rec in tail.poll(timeout_s=300, stop=lambda: {(t, i) for t, i, _ in finals} >= want):
             take(rec)
-        time.sleep(3)
-        for rec in tail.poll(timeout_s=2):
+        for rec in rest_of_output(s, tail, [names.encoded, names.fused]):  # anything more: a duplicate
             take(rec)
     finally:
         stop_worker(b)

@@ -11,15 +11,14 @@ worker reported offsets it never processed.
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import free_port, newest_version, start_worker, stop_worker
+from conftest import free_port, newest_version, rest_of_output, start_worker, stop_worker
 
-from mediafm.bus import Tail, caught_up, producer
+from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.profiles import OFFLINE
 from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
@@ -81,12 +80,7 @@ def test_workers_join_leave_and_die_mid_catalog_and_every_shot_gets_one_final(ka
         stopped.append(ws[1])
         for rec in tail.poll(timeout_s=1500, stop=lambda: done() or all(w.poll() is not None for w in ws[2:])):
             take(rec)
-        # what the survivors will publish is in the topic once they have committed all of their input
-        deadline = time.monotonic() + 180
-        while not caught_up(s, s.topic_prefix, names.fused):
-            assert time.monotonic() < deadline, "the surviving workers did not commit their input"
-            time.sleep(0.5)
-        for rec in tail.to_end(timeout_s=180):
+        for rec in rest_of_output(s, tail, names.fused, timeout_s=180):
             take(rec)
         assert all(w.poll() is None for w in ws[2:]), [lg.read_text()[-2000:] for lg in logs[2:]]
     finally:

@@ -5,6 +5,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+from conftest import rest_of_output
 
 from mediafm.bus import Tail, producer
 from mediafm.fusion import fuse
@@ -90,8 +91,15 @@ def test_worker_serves_prometheus_metrics(kafka_stack, worker):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
-    text = body.decode()
-    assert "mediafm_messages_total" in text and "mediafm_triton_seconds_bucket" in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+    # the test above sent this worker encoded shots and bad messages: counted, timed, dead-lettered
+    assert samples[("mediafm_messages_total", (("stage", "fuse"),))] > 0
+    assert samples[("mediafm_shots_total", (("stage", "fuse"),))] > 0
+    assert samples[("mediafm_dead_letters_total", (("stage", "fuse"),))] > 0
+    assert samples[("mediafm_triton_seconds_count", (("model", "fusion"),))] > 0
 
 
 def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worker, tmp_path):
@@ -121,8 +129,7 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
         m = decode(rec.value, expect=ContextualEmbedding)
         if m.title_id in got:
             got[m.title_id].append(m)
-    time.sleep(2)  # anything more would be a duplicate
-    for rec in tail.poll(timeout_s=1):
+    for rec in rest_of_output(kafka_stack, tail, [names.encoded, names.fused]):  # anything more: a duplicate
         m = decode(rec.value, expect=ContextualEmbedding)
         if m.title_id in got:
             got[m.title_id].append(m)

@@ -8,14 +8,13 @@ titles of 1 to 10,000 shots exactly one final, equal to an in-process pass over 
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import numpy as np
 import pytest
-from conftest import free_port, newest_version, start_worker, stop_worker
+from conftest import free_port, newest_version, rest_of_output, start_worker, stop_worker
 
-from mediafm.bus import Tail, caught_up, producer
+from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.profiles import OFFLINE
 from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
@@ -70,12 +69,7 @@ def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_st
     try:
         for rec in tail.poll(timeout_s=900, stop=lambda: count() >= want or w.poll() is not None):
             take(rec)
-        # nothing more will come: the worker committed all of its input, so its output is all there
-        deadline = time.monotonic() + 120
-        while not caught_up(s, s.topic_prefix, names.fused):
-            assert time.monotonic() < deadline, "the worker did not commit its input"
-            time.sleep(0.5)
-        for rec in tail.to_end(timeout_s=120):
+        for rec in rest_of_output(s, tail, names.fused, timeout_s=120):
             take(rec)
         assert w.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
     finally:

@@ -82,12 +82,19 @@ def test_new_version_loads_while_the_old_keeps_answering(triton_stack, run):
                 errors.append(repr(e))
         c.close()
 
+    def wait_for(cond, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert time.monotonic() < deadline and not errors, f"{what}: {errors[:3]}"
+            time.sleep(0.05)
+
     t = threading.Thread(target=client)
     t.start()
-    time.sleep(0.5)
     try:
+        wait_for(lambda: answered, "the old version answers before the export")
         version, _, _ = export(run, settings=triton_stack)
-        time.sleep(0.5)
+        seen = len(answered)
+        wait_for(lambda: len(answered) > seen + 2, "requests after the export")  # the new one answers them
     finally:
         stop.set()
         t.join()
