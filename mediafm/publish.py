@@ -277,13 +277,17 @@ def _first_frame_time(path: Path) -> float:
 def cut_segments(file: str | Path, out_dir: Path, segment_s: float) -> list[tuple[Path, float]]:
     """FILE -> MPEG-TS segments of about segment_s seconds (keyframes forced at the cuts); [(path, start_s)].
 
+    Lossless x264 (-qp 0): the segments hold the film's exact frames, so the live detector sees what a
+    whole-file pass sees (a lossy re-encode moved TransNetV2's scores by up to ~0.1: false and missed cuts).
+
     Timestamps stay continuous across segments, so each segment's start is its first frame's time
     (the segmenter's own list reports packet times, a few frames off with B-frames)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("seg*.ts"), *out_dir.glob("seg*.vtt")]:
         old.unlink()
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(file), "-map", "0:v:0", "-map", "0:a?",
-           "-c:v", "libx264", "-preset", "veryfast", "-force_key_frames", f"expr:gte(t,n_forced*{segment_s})",
+           "-c:v", "libx264", "-preset", "veryfast", "-qp", "0",  # lossless: the film's own frames (issue 13)
+           "-force_key_frames", f"expr:gte(t,n_forced*{segment_s})",
            "-c:a", "aac", "-f", "segment", "-segment_time", str(segment_s), str(out_dir / "seg%05d.ts")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

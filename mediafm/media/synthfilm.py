@@ -35,6 +35,12 @@ SOURCES = [
     "pal100bars=size={w}x{h}:rate={fps}",
 ]
 
+# SOURCES with gradients' two colours given: left "random", FFmpeg draws them from its own random
+# seed whatever `seed` says, so a film with a gradients shot differs from run to run. Same films
+# otherwise; for what must be reproducible (bench/shots.py, tests/test_live_cuts.py).
+STABLE_SOURCES = [s.replace(":seed=1", ":seed=1:c0=0x3060c0:c1=0xe0b040") if s.startswith("gradients") else s
+                  for s in SOURCES]
+
 
 @dataclass
 class Cue:
@@ -97,13 +103,15 @@ def speech_wav(text: str, path: Path) -> Path:
 def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tuple[int, int] = (160, 96),
               audio: list[str] | None = None, cues: list[Cue] | None = None, subtitle_codec: str | None = None,
               first_source: int = 0, vcodec: str = "libx264", gop: int = 250,
-              dissolves: list[int] | None = None, preset: str = "ultrafast") -> Film:
+              dissolves: list[int] | None = None, preset: str = "ultrafast", sources: list[str] | None = None) -> Film:
     """Write a film of len(shots) shots (frame counts) with hard cuts between them.
 
     dissolves: per cut (len(shots) - 1 entries), the length in frames of a cross-fade centred on it
     (frames c - d//2 .. c - d//2 + d - 1 blend the two shots, the incoming shot's weight rising
     linearly as (k + 1) / (d + 1)); 0 = a hard cut. The film keeps sum(shots) frames and its cuts.
     preset: x264's preset (ultrafast has no B-frames; e.g. "veryfast" has them).
+    sources: the lavfi sources to cycle through (default SOURCES; STABLE_SOURCES for the same film
+    on every run).
     audio: per shot, "tone:<Hz>", "noise", "silence" or "speech:<text>"; None = no audio stream.
     cues: timed text muxed as a soft subtitle stream (subtitle_codec "mov_text" for MP4, "srt" for MKV).
     """
@@ -112,13 +120,14 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
     args: list[str] = [ffmpeg(), "-y", "-loglevel", "error"]
     parts = []
     for i, n in enumerate(shots):
-        src = SOURCES[(first_source + i) % len(SOURCES)].format(w=w, h=h, fps=fps)
+        srcs = sources or SOURCES
+        src = srcs[(first_source + i) % len(srcs)].format(w=w, h=h, fps=fps)
         args += ["-f", "lavfi", "-i", src]
-        hue = f",hue=h={(i // len(SOURCES)) * 67}" if i >= len(SOURCES) else ""
+        hue = f",hue=h={(i // len(srcs)) * 67}" if i >= len(srcs) else ""
         parts.append(f"[{i}:v]trim=end_frame={n},setpts=PTS-STARTPTS,format=yuv420p{hue}[v{i}]")
     graph = ";".join(parts) + ";" + "".join(f"[v{i}]" for i in range(len(shots))) + f"concat=n={len(shots)}:v=1:a=0[v]"
     if dissolves is not None and any(dissolves):
-        graph = _dissolve_graph(shots, dissolves, fps)  # input i is shot i's source, as above
+        graph = _dissolve_graph(shots, dissolves, fps, len(sources or SOURCES))  # input i: shot i's source
     maps = ["-map", "[v]"]
     n_in = len(shots)
     if audio is not None:
@@ -154,7 +163,7 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
     return Film(path, fps, list(shots), list(cues or []), list(dissolves or []))
 
 
-def _dissolve_graph(shots: list[int], dissolves: list[int], fps: float) -> str:
+def _dissolve_graph(shots: list[int], dissolves: list[int], fps: float, n_sources: int) -> str:
     """The video filter graph of make_film with cross-fades: shot i's source (input i) runs over the film frames
     [a_i, b_i) (its own frames plus its halves of the fades around it); each fade blends the tail of
     one source with the head of the next, frame-exactly (the frame number from blend's T: its N
@@ -173,7 +182,7 @@ def _dissolve_graph(shots: list[int], dissolves: list[int], fps: float) -> str:
         d_out = dissolves[i] if i < len(dissolves) else 0
         length = ends[i] - starts[i]
         assert length - d_in - d_out >= 1, f"shot {i} is too short for its dissolves"
-        hue = f",hue=h={(i // len(SOURCES)) * 67}" if i >= len(SOURCES) else ""
+        hue = f",hue=h={(i // n_sources) * 67}" if i >= n_sources else ""
         outs = ["mid"] + (["in"] if d_in else []) + (["out"] if d_out else [])
         parts.append(f"[{i}:v]trim=end_frame={length},setpts=PTS-STARTPTS,format=yuv420p{hue},"
                      f"split={len(outs)}" + "".join(f"[s{i}{o}]" for o in outs))
