@@ -12,6 +12,7 @@ import pytest
 
 from mediafm.errors import EncoderError, EncoderUnavailable
 from mediafm.media.encoders import ClipVideo, OpenAIText, Wav2Vec2Audio
+from tests.mediafm.media.tiny_checkpoints import embeddings_json, send_json
 
 
 def test_clip_vision_from_local_dir(tmp_path):
@@ -72,18 +73,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "rate limited"}}')
             return
-        dim = body.get("dimensions", 8)
-        data = []
-        for i, text in enumerate(body["input"]):
-            v = np.random.default_rng(abs(hash(text)) % 2**32).standard_normal(dim)
-            data.append({"object": "embedding", "index": i, "embedding": (3 * v).tolist()})
-        out = json.dumps({"object": "list", "data": data[::-1], "model": body["model"],
-                          "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, 200, embeddings_json(  # reversed: the client must order by `index`
+            body, lambda t, dim: 3 * np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(dim),
+            default_dim=8, reverse=True))
 
     def log_message(self, *a):
         pass

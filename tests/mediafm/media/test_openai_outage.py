@@ -26,6 +26,7 @@ import pytest
 from mediafm.errors import BadInput, EncoderError, EncoderUnavailable, Transient
 from mediafm.media.encoders import OpenAIText
 from mediafm.retry_metrics import retry_count
+from tests.mediafm.media.tiny_checkpoints import embeddings_json, send_json
 
 OUTAGE_S = float(os.environ.get("MEDIAFM_TEST_OPENAI_OUTAGE_S", "30"))
 
@@ -52,22 +53,11 @@ class _Api(BaseHTTPRequestHandler):
             status = 503
         if status is not None:
             msg = {400: "This model's maximum context length is 8192 tokens", 429: "rate limited"}.get(status, "down")
-            out = json.dumps({"error": {"message": msg, "type": "test"}}).encode()
-            self.send_response(status)
-            if status == 429:
-                self.send_header("Retry-After", "0")
+            send_json(self, status, json.dumps({"error": {"message": msg, "type": "test"}}).encode(),
+                      {"Retry-After": "0"} if status == 429 else None)
         else:
-            dim = body.get("dimensions", 8)
-            data = [{"object": "embedding", "index": i,
-                     "embedding": np.random.default_rng(len(t)).standard_normal(dim).tolist()}
-                    for i, t in enumerate(body["input"])]
-            out = json.dumps({"object": "list", "data": data, "model": body["model"],
-                              "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+            send_json(self, 200, embeddings_json(
+                body, lambda t, dim: np.random.default_rng(len(t)).standard_normal(dim), default_dim=8))
 
     def log_message(self, *a):
         pass

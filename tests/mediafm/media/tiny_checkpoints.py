@@ -56,6 +56,26 @@ def text_vector(text: str, dim: int) -> np.ndarray:
     return 3 * np.random.default_rng(seed).standard_normal(dim)
 
 
+def embeddings_json(body: dict, vector, *, default_dim: int, reverse: bool = False) -> bytes:
+    """What an OpenAI-compatible /v1/embeddings answers to `body`: vector(text, dim) for each input. With
+    reverse, the data comes back in reverse order (the API's `index` field, not the order, says which)."""
+    dim = body.get("dimensions") or default_dim
+    data = [{"object": "embedding", "index": i, "embedding": np.asarray(vector(t, dim)).tolist()}
+            for i, t in enumerate(body["input"])]
+    return json.dumps({"object": "list", "data": data[::-1] if reverse else data, "model": body["model"],
+                       "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, out: bytes, headers: dict | None = None) -> None:
+    handler.send_response(status)
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(out)))
+    handler.end_headers()
+    handler.wfile.write(out)
+
+
 class _Embeddings(BaseHTTPRequestHandler):
     calls: list  # set per server
 
@@ -66,16 +86,7 @@ class _Embeddings(BaseHTTPRequestHandler):
             self.send_response(404)
             self.end_headers()
             return
-        dim = body.get("dimensions") or 3072
-        data = [{"object": "embedding", "index": i, "embedding": text_vector(t, dim).tolist()}
-                for i, t in enumerate(body["input"])]
-        out = json.dumps({"object": "list", "data": data, "model": body["model"],
-                          "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, 200, embeddings_json(body, text_vector, default_dim=3072))
 
     def log_message(self, *a):
         pass
