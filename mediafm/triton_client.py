@@ -19,6 +19,7 @@ import logging
 import random
 import time
 
+import aiohttp
 import numpy as np
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
@@ -107,7 +108,7 @@ class TritonClient:
                 if _is_bad_request(e) and not _model_missing(e):
                     raise BadRequest(f"{model}: {e.message()}") from None
                 reason = f"{e.status()}: {e.message()}"
-            except (TimeoutError, OSError) as e:  # aiohttp's connection errors are OSErrors
+            except (TimeoutError, OSError, aiohttp.ClientError) as e:  # refused, reset, or the server died mid-request
                 reason = f"{type(e).__name__}: {e}"
                 await self.close()
             waited = time.monotonic() - start

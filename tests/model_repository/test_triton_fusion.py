@@ -66,3 +66,44 @@ def test_unreachable_triton_is_retried_then_reported():
 
     with pytest.raises(TritonUnavailable, match=r"unavailable for \d+s \(\d+ attempts\)"):
         asyncio.run(run())
+
+
+def test_a_server_dying_mid_request_is_waited_out_not_raised():
+    """Triton killed while a request is in flight: the connection drops with no answer
+    (aiohttp's ServerDisconnectedError, not an OSError). It is retried like a refused connection."""
+    import socket
+    import threading
+
+    from mediafm.errors import TritonUnavailable
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    accepted = []
+
+    def hang_up():  # read the request, close without a response, every time
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+
+    async def run():
+        client = TritonClient(f"127.0.0.1:{srv.getsockname()[1]}", give_up_after_s=1.0, backoff_s=(0.05, 0.2))
+        try:
+            v, a, t, p = _batch(1)
+            await client.infer("fusion", {"VIDEO": v, "AUDIO": a, "TEXT": t, "PRESENT": p}, ["FUSED"])
+        finally:
+            await client.close()
+
+    try:
+        with pytest.raises(TritonUnavailable, match="Server disconnected"):
+            asyncio.run(run())
+    finally:
+        srv.close()
+    assert len(accepted) > 1, "retried"
