@@ -1,6 +1,6 @@
 """Decode + shot detection speed and accuracy, every detector on the same files in one run.
 
-Films: generated (mediafm.media.synthfilm, STABLE_SOURCES: the same films on every run), 480x270 at
+Films: generated (mediafm.media.synthfilm: the same films on every run), 480x270 at
 25 fps by default, shots of 1-6 s, about 40% of the cuts 6-24 frame dissolves, the rest hard cuts. Prints, for decoding and scaling alone (48x27 + thumbnail, as the TransNetV2 detectors are fed) and
 per detector, the median over rounds
 (detectors alternate within each round, their order rotating) of frames/s and x real time for
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mediafm.media.shots import detect_shots, detector_frames, transnetv2_cpu, transnetv2_model  # noqa: E402
-from mediafm.media.synthfilm import STABLE_SOURCES, Film, make_film  # noqa: E402
+from mediafm.media.synthfilm import Film, make_film  # noqa: E402
 
 
 def match(found: list[int], spans: list[tuple[int, int]], tol: int = 1) -> int:
@@ -64,7 +64,7 @@ def films(d: Path, n: int, seconds: float, fps: float, size: tuple[int, int], sh
             shots[-2] += shots.pop()
         dissolves = [int(rng.integers(6, 25)) if rng.random() < dissolve_frac else 0 for _ in shots[:-1]]
         out.append(make_film(d / f"film{k}.mp4", shots=shots, fps=fps, size=size, first_source=k * 3,
-                             dissolves=dissolves, sources=STABLE_SOURCES))  # the same films every run
+                             dissolves=dissolves))
     return out
 
 

@@ -28,18 +28,14 @@ SOURCES = [
     "mandelbrot=size={w}x{h}:rate={fps}",
     "cellauto=size={w}x{h}:rate={fps}:rule=110:seed=1",
     "rgbtestsrc=size={w}x{h}:rate={fps}",
-    "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed=1",
+    # gradients' two colours given: left out, FFmpeg draws them from its own random seed whatever `seed`
+    # says, and a film with a gradients shot would differ from run to run
+    "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed=1:c0=0x3060c0:c1=0xe0b040",
     "life=size={w}x{h}:rate={fps}:mold=10:ratio=0.3:seed=1:death_color=#202080:life_color=#ffcc00",
     "yuvtestsrc=size={w}x{h}:rate={fps}",
     "color=c=0x336633:size={w}x{h}:rate={fps},noise=alls=40:allf=t:all_seed=1",
     "pal100bars=size={w}x{h}:rate={fps}",
 ]
-
-# SOURCES with gradients' two colours given: left "random", FFmpeg draws them from its own random
-# seed whatever `seed` says, so a film with a gradients shot differs from run to run. Same films
-# otherwise; for what must be reproducible (bench/shots.py, tests/test_live_cuts.py).
-STABLE_SOURCES = [s.replace(":seed=1", ":seed=1:c0=0x3060c0:c1=0xe0b040") if s.startswith("gradients") else s
-                  for s in SOURCES]
 
 
 @dataclass
@@ -110,8 +106,7 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
     (frames c - d//2 .. c - d//2 + d - 1 blend the two shots, the incoming shot's weight rising
     linearly as (k + 1) / (d + 1)); 0 = a hard cut. The film keeps sum(shots) frames and its cuts.
     preset: x264's preset (ultrafast has no B-frames; e.g. "veryfast" has them).
-    sources: the lavfi sources to cycle through (default SOURCES; STABLE_SOURCES for the same film
-    on every run).
+    sources: the lavfi sources to cycle through (default SOURCES).
     audio: per shot, "tone:<Hz>", "noise", "silence" or "speech:<text>"; None = no audio stream.
     cues: timed text muxed as a soft subtitle stream (subtitle_codec "mov_text" for MP4, "srt" for MKV).
     """

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from mediafm.media.shots import ShotDetector, detect_shots, detector_frames
-from mediafm.media.synthfilm import STABLE_SOURCES, Film, ffmpeg, make_film
+from mediafm.media.synthfilm import Film, ffmpeg, make_film
 
 FPS = 24
 SIZE = (128, 72)
@@ -142,7 +142,7 @@ def films(tmp_path_factory) -> list[Film]:
     for k in range(N_FILMS):
         shots, dissolves = film_plan(k)
         out.append(make_film(d / f"film{k:02d}.mp4", shots=shots, fps=FPS, size=SIZE, first_source=k % 10,
-                             dissolves=dissolves, sources=STABLE_SOURCES))
+                             dissolves=dissolves))
     return out
 
 
@@ -238,8 +238,7 @@ ISSUE_SHOTS = [40, 30, 50, 36, 44, 30, 34]
 
 @pytest.fixture(scope="module")
 def issue_film(tmp_path_factory) -> Film:
-    return make_film(tmp_path_factory.mktemp("issue") / "issue13.mp4", shots=ISSUE_SHOTS, fps=FPS,
-                     sources=STABLE_SOURCES)
+    return make_film(tmp_path_factory.mktemp("issue") / "issue13.mp4", shots=ISSUE_SHOTS, fps=FPS)
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "transnetv2-fast"])
