@@ -156,4 +156,7 @@ def register(rt: Runtime) -> None:
                             await titles.on_shot(shot, event)
                 except BadInput as e:
                     await rt.dead_letter(stage, event, str(e))
+                except Exception as e:  # unforeseen: say so, never lose the batch with the agent
+                    log.exception("%s failed", stage)
+                    await rt.dead_letter(stage, event, f"{stage} failed: {type(e).__name__}: {e}")
             titles.flush()

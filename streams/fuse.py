@@ -9,6 +9,7 @@ fused in batches of up to BATCH shots across messages and titles.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from streams import metrics
 from streams.runtime import Runtime
 
 STAGE = "fuse"
+log = logging.getLogger(__name__)
 BATCH = 64
 WITHIN_S = 0.05
 
@@ -80,11 +82,19 @@ def register(rt: Runtime) -> None:
                     await rt.dead_letter(STAGE, event, str(e))
             for profile in sorted({shot.profile for _, shot, _, _ in batch}):  # one Triton request, one layout
                 group = [b for b in batch if b[1].profile == profile]
-                for (event, shot, _, present), fused in zip(group, await fuse(rt, group), strict=True):
+                try:
+                    results = await fuse(rt, group)
+                except Exception as e:  # unforeseen: say so for each shot, never lose the batch with the agent
+                    log.exception("fusing failed")
+                    for event, shot, _, _ in group:
+                        await rt.dead_letter(STAGE, event, f"shot {shot.shot_index} of {shot.title_id!r}: fusing "
+                                                           f"failed: {type(e).__name__}: {e}")
+                    continue
+                for (event, shot, _, present), fused in zip(group, results, strict=True):
                     if isinstance(fused, BadRequest):
                         await rt.dead_letter(STAGE, event, str(fused))
                         continue
                     await rt.topics.fused.send(key=shot.title_id.encode(),
                                                value=fused_shot(shot, fused, present).to_bytes())
                     metrics.shots.labels(STAGE).inc()
-                    metrics.stage_seconds.labels(STAGE).observe(max(0.0, time.time() - shot.published_at))
+                    metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, time.time() - shot.published_at))

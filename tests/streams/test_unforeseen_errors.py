@@ -1,0 +1,110 @@
+"""An error no stage foresaw (a library bug, an unexpected type from a dependency) dead-letters the events the
+stage held, with the reason, and the agent goes on with the next ones. Before, it crashed the agent: Faust
+restarted it, but the batch it held was acknowledged and lost without a trace.
+
+In-process (Faust's agent test context: no broker), with the stage's Triton calls replaced to fail once.
+The stages run against the real broker and Triton in the other tests of this folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from mediafm.config import Settings
+from mediafm.profiles import OFFLINE
+from mediafm.schema import EncodedShot, FusedShot, decode, vec_to_bytes
+from streams.app import create_runtime
+
+LAY = OFFLINE.layout
+
+
+def encoded(i: int) -> bytes:
+    return EncodedShot(title_id="t", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                       video=vec_to_bytes(np.ones(LAY.dims["video"], np.float32)), audio=None, text=None,
+                       n_shots=4, published_at=1.0).to_bytes()
+
+
+def fused_live(i: int) -> bytes:
+    return FusedShot(title_id="ev", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                     fused=vec_to_bytes(np.ones(LAY.fused_dim, np.float32)), present=[True, False, False],
+                     n_shots=None, kind="live", published_at=1.0).to_bytes()
+
+
+@pytest.fixture
+def rt(tmp_path):
+    rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="unforeseen", worker_web_port=16071))
+    rt.letters, rt.sent = [], []
+
+    async def dead_letter(stage, event, reason):
+        rt.letters.append((stage, event.message.value, reason))
+
+    rt.dead_letter = dead_letter
+    return rt
+
+
+async def _until(cond, what: str, timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+def test_fuse_dead_letters_a_batch_it_cannot_fuse_and_fuses_the_next(rt):
+    asyncio.run(_fuse(rt))
+
+
+async def _fuse(rt):
+    calls = []
+
+    async def infer(model, inputs, outputs, **kw):
+        calls.append(len(inputs["VIDEO"]))
+        if len(calls) == 1:
+            raise RuntimeError("a library bug")
+        return {"FUSED": np.zeros((len(inputs["VIDEO"]), LAY.fused_dim), np.float32)}
+
+    async def send(key, value):
+        rt.sent.append(decode(value, expect=FusedShot).shot_index)
+
+    rt.triton.infer, rt.topics.fused.send = infer, send
+    agent = rt.app.agents["streams.fuse.fuse_shots"]
+    async with agent.test_context() as ctx:
+        for i in range(2):
+            await ctx.put(key=b"t", value=encoded(i))
+        await _until(lambda: len(rt.letters) == 2, f"two dead letters, got {rt.letters}")
+        for i in range(2, 4):  # the agent is still there
+            await ctx.put(key=b"t", value=encoded(i))
+        await _until(lambda: rt.sent == [2, 3], f"shots 2 and 3 fused, got {rt.sent}")
+    assert [(s, v) for s, v, _ in rt.letters] == [("fuse", encoded(0)), ("fuse", encoded(1))]
+    assert all("fusing failed: RuntimeError: a library bug" in r for _, _, r in rt.letters), rt.letters
+    assert "shot 0 of 't'" in rt.letters[0][2]
+
+
+def test_contextualise_dead_letters_a_live_shot_it_cannot_contextualise_and_goes_on(rt):
+    asyncio.run(_contextualise(rt))
+
+
+async def _contextualise(rt):
+    seen = []
+
+    async def contextualise(shots, windows_for, *, n_shots, version=""):
+        seen.append(shots[-1].shot_index)
+        if len(seen) == 1:
+            raise TypeError("unexpected type from a dependency")
+        return 1, "1"
+
+    async def changelog_sent():
+        return None
+
+    rt.contextualise, rt.changelog_sent = contextualise, changelog_sent
+    agent = rt.app.agents["streams.contextualise.contextualise"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"ev", value=fused_live(0))
+        await _until(lambda: len(rt.letters) == 1, f"one dead letter, got {rt.letters}")
+        await ctx.put(key=b"ev", value=fused_live(0))  # the same shot again: it was not counted
+        await _until(lambda: seen == [0, 0], f"shot 0 contextualised again, got {seen}")
+    stage, value, reason = rt.letters[0]
+    assert (stage, value) == ("live", fused_live(0))
+    assert reason == "live failed: TypeError: unexpected type from a dependency"
