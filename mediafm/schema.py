@@ -407,6 +407,10 @@ def _check_values(name: str, f: dict) -> None:
     for key, empty_ok in _ID_FIELDS.items():
         if key in f:
             check_id(f[key], key, empty_ok=empty_ok)
+    if "#" in f.get("request_id", "") or "/" in f.get("request_id", ""):  # the stages' table keys join
+        # "<title_id>#<request_id>/<shot>": a request id without either keeps every (title, request) apart
+        raise SchemaError(f"{name}: request_id {f['request_id'][:80]!r} has '#' or '/'; request ids are "
+                          "tokens (e.g. a uuid), not paths")
     for key in _TIME_FIELDS:
         if key in f and not np.isfinite(f[key]):
             raise SchemaError(f"{name}: field {key!r} is {f[key]}; times are finite seconds")

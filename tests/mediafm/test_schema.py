@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mediafm.errors import SchemaError
-from mediafm.schema import MAX_MESSAGE_BYTES, EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.schema import MAX_MESSAGE_BYTES, EncodedShot, FusedShot, TitleRequest, bytes_to_vec, decode, vec_to_bytes
 
 
 def _shot(**kw):
@@ -86,3 +86,12 @@ def test_contextual_embedding_float16_on_the_wire():
     back.dtype = "float32"  # 128 bytes are not 64 float32 values
     with pytest.raises(SchemaError, match="expected 256 \\(float32 x 64\\)"):
         back.vector()
+
+
+@pytest.mark.parametrize("rid", ["b#", "2026/11/30"])
+def test_request_ids_that_could_join_two_titles_table_keys_are_refused(rid):
+    # the contextualise stage keys a title's shots "<title_id>#<request_id>/<shot>": with '#' or '/' in the
+    # request id, ("a#b", "") and ("a", "b#") would share keys and mix two titles' shots
+    with pytest.raises(SchemaError, match=r"request_id .* has '#' or '/'; request ids are tokens"):
+        decode(TitleRequest(title_id="a", uri="/m/a.mp4", request_id=rid).to_bytes())
+    assert decode(TitleRequest(title_id="a#b", uri="/m/a.mp4", request_id="c0ffee").to_bytes()).title_id == "a#b"
