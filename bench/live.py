@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 from pipeline import AUDIO, bench_worker, wait_finals
+from prometheus_client.parser import text_string_to_metric_families
 
 from mediafm.config import Settings
 from mediafm.media.synthfilm import make_film
@@ -31,6 +33,30 @@ from mediafm.publish import publish_live
 
 def p(x, q) -> float:
     return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def stage_buckets(port: int, kind: str = "live") -> dict[str, dict[float, float]]:
+    """{stage: {le: cumulative count}} of the worker's mediafm_stage_latency_seconds for `kind`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[float, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "mediafm_stage_latency_seconds":
+            for smp in fam.samples:
+                if smp.name.endswith("_bucket") and smp.labels.get("kind") == kind:
+                    out.setdefault(smp.labels["stage"], {})[float(smp.labels["le"])] = smp.value
+    return out
+
+
+def quantile(cum: dict[float, float], f: float) -> float:
+    """The f-quantile of a histogram's cumulative bucket counts, interpolated within its bucket (as
+    Prometheus' histogram_quantile does)."""
+    rank, lo, below = f * max(cum.values(), default=0.0), 0.0, 0.0
+    for le in sorted(cum):
+        if cum[le] >= rank and cum[le] > below:
+            return lo if le == float("inf") else lo + (le - lo) * (rank - below) / (cum[le] - below)
+        lo, below = le, cum[le]
+    return float("nan")
 
 
 def main() -> None:
@@ -59,12 +85,21 @@ def main() -> None:
         wid = f"warm-{uuid.uuid4().hex[:6]}"
         publish_live(s, warm.path, event_id=wid, segment_s=args.segment_s)
         wait_finals(tail, {wid: 3}, timeout_s=600)
+        before = stage_buckets(s.worker_web_port)
         eid = f"live-{uuid.uuid4().hex[:6]}"
         print(f"live event {eid}: {len(shots)} shots, {frames / fps:.0f}s, {args.segment_s:g} s segments in real time, "
               f"detector {s.shot_detector if not args.detector else args.detector}, right context {args.right_context}")
         publish_live(s, film.path, event_id=eid, segment_s=args.segment_s, realtime=True)
         got = wait_finals(tail, {eid: len(shots)}, timeout_s=3600)[eid]
+        after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots
+        stages = {k: {le: n - before.get(k, {}).get(le, 0.0) for le, n in v.items()} for k, v in after.items()}
 
+    print("where a live shot's time goes: seconds from the segment's publication to each stage's output "
+          "(the worker's mediafm_stage_latency_seconds, p50 / p99 within histogram buckets)")
+    for stage in ("segment", "encode", "fuse"):
+        cum = stages.get(stage, {})
+        print(f"  {stage:8s} p50 {quantile(cum, 0.5):6.2f}  p99 {quantile(cum, 0.99):6.2f}  "
+              f"({max(cum.values(), default=0):.0f} shots)")
     rows = {}
     for final in (False, True):
         ms = [m for m in got if m.final == final]

@@ -109,12 +109,12 @@ def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
 def bench_worker(base: Settings, tmp: Path, **overrides) -> Iterator[tuple[Settings, Tail]]:
     """The local stack (started if needed, a MediaFM served), a fresh topic prefix with its topics, one
     `mediafm worker` on it (settings `overrides` passed as MEDIAFM_* variables, log in `tmp`) and a
-    tail of its embeddings topic. Yields (settings, tail)."""
+    tail of its embeddings topic. Yields (settings, tail); the worker serves /metrics on settings.worker_web_port."""
     stack.up(base)
     print(ensure_model(base))
-    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", **overrides)
+    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=free_port(), **overrides)
     kafka.create_topics(s, Topics.from_settings(s).all())
-    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(free_port()),
+    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(s.worker_web_port),
            **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}}
     log = tmp / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -136,4 +137,5 @@ def register(rt: Runtime) -> None:
                     continue
                 for m in msgs:
                     await rt.topics.encoded.send(key=m.title_id.encode(), value=m.to_bytes())
+                    metrics.stage_seconds.labels(STAGE, m.kind).observe(max(0.0, time.time() - m.published_at))
                 metrics.shots.labels(STAGE).inc(len(msgs))

@@ -8,11 +8,14 @@ duplicates = Counter("mediafm_duplicates_total", "Redelivered messages recognise
 dead_letters = Counter("mediafm_dead_letters_total", "Messages sent to the dead-letter topic", ["stage"])
 triton_seconds = Histogram("mediafm_triton_seconds", "Triton call latency", ["model"],
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-stage_seconds = Histogram("mediafm_stage_latency_seconds", "Time from a shot's publication to this stage's output",
-                          ["stage"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+stage_seconds = Histogram("mediafm_stage_latency_seconds",
+                          "Time from a shot's publication (title request / live segment) to this stage's output",
+                          ["stage", "kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10,
+                                                      15, 30, 60, 300))
 e2e_seconds = Histogram("mediafm_e2e_latency_seconds",
                         "From publication (title request / live segment) to a contextual embedding",
-                        ["kind", "final"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+                        ["kind", "final"], buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 20, 30, 60,
+                                                   120, 300, 600))
 consumer_lag = Gauge("mediafm_consumer_lag_messages", "Messages on a partition not yet committed by this worker",
                      ["topic", "partition"])
 offsets_skipped = Counter("mediafm_offsets_skipped_total",

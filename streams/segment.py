@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 
 import msgpack
 
@@ -180,6 +181,8 @@ def register(rt: Runtime) -> None:
                 continue
             for raw in out:
                 await rt.topics.shots.send(key=req.title_id.encode(), value=raw)
+            if refs:
+                metrics.stage_seconds.labels(STAGE, "title").observe(max(0.0, time.time() - refs[0].published_at))
             metrics.shots.labels(STAGE).inc(len(refs))
             log.info("segmented %s: %d shots", req.title_id, len(refs))
 
@@ -220,6 +223,7 @@ def register(rt: Runtime) -> None:
                                                    f"timed text skipped: {e}")
             for ref in cutter.refs(state, seg, shots, meta):
                 await rt.topics.shots.send(key=key, value=ref.to_bytes())
+                metrics.stage_seconds.labels(STAGE, "live").observe(max(0.0, time.time() - seg.published_at))
             metrics.shots.labels(STAGE).inc(len(shots))
             advance(state, seg, shots)
             live_table[key] = msgpack.packb(state)

@@ -152,8 +152,14 @@ class _TransNetScorer:
     """Per-frame TransNetV2 scores, streamed; identical to TransNetV2.predict_frames on the whole film."""
 
     WINDOW, STEP, PAD = 100, 50, 25
+    # One window a forward pass on one intra-op thread. Measured on 2 cores shared with other work (a
+    # worker's machine always is: Triton and the broker run beside it), a 60 s 480x270 film: 22-25 s at
+    # 1 window / 1 thread, 30 s at 4 windows / 1 thread, 31-33 s at 4 / 2 threads, 71-76 s at 1 / 2 threads
+    # (every small parallel region waits for a descheduled thread). One window a pass also lets a live
+    # segment's windows run as soon as their frames are in (drain()).
+    THREADS = 1
 
-    def __init__(self, batch_windows: int = 4) -> None:
+    def __init__(self, batch_windows: int = 1) -> None:
         self.model = transnetv2_model()
         self.buf: list[np.ndarray] = []  # padded sequence from the current window start
         self.n_real = 0
@@ -176,8 +182,14 @@ class _TransNetScorer:
         while len(self.buf) >= self.WINDOW:
             k = min(self.batch_windows, (len(self.buf) - self.WINDOW) // self.STEP + 1)
             x = np.stack([np.stack(self.buf[j * self.STEP: j * self.STEP + self.WINDOW]) for j in range(k)])
-            with torch.inference_mode():
-                single, _ = self.model(torch.from_numpy(x))  # (k, 100, 1) logits
+            threads = torch.get_num_threads()
+            if self.THREADS:  # this thread's OpenMP/MKL setting only (per-thread in PyTorch), put back below
+                torch.set_num_threads(self.THREADS)
+            try:
+                with torch.inference_mode():
+                    single, _ = self.model(torch.from_numpy(x))  # (k, 100, 1) logits
+            finally:
+                torch.set_num_threads(threads)
             p = torch.sigmoid(single[:, self.PAD:self.PAD + self.STEP, 0]).reshape(-1).numpy()
             out.extend(p.tolist())
             del self.buf[: k * self.STEP]
@@ -186,6 +198,15 @@ class _TransNetScorer:
         keep = self.n_real - self.emitted
         out = out[:keep]
         self.emitted += len(out)
+        return out
+
+    def drain(self) -> list[float]:
+        """Score every window whose frames have all arrived, now (push() waits for batch_windows of them).
+        The windows and so the scores are the same; called at the end of each live segment, so that a cut
+        is decided as soon as the frames after it are in, not when three more windows have come."""
+        out: list[float] = []
+        while len(self.buf) >= self.WINDOW:
+            out += self._run(final=False)
         return out
 
     def flush(self) -> list[float]:
@@ -510,6 +531,8 @@ class ShotDetector:
                                                   time_offset=time_offset, thumb_width=self.thumb_width,
                                                   scaler=self._scaler):
             out += self.push_frame(i, t, small, thumb)
+        if self.detector == "transnetv2":  # what this segment's frames can decide, decided now
+            out += self._on_scores(self._scorer.drain())
         return out
 
     def push_frames(self, frames: Iterable[tuple[int, float, np.ndarray, np.ndarray | None]]) -> list[Shot]:
