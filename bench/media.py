@@ -20,7 +20,7 @@ Printed per film: wall time and x real time (film seconds / wall seconds), and t
   fusion    mediafm.fusion.fuse over all shots
   write     the v1 dataset
 
-    .venv/bin/python bench/media.py [--minutes 10] [--sizes 1280x720,1920x1080] [--detector transnetv2|content]
+    .venv/bin/python bench/media.py [--minutes 10] [--sizes 1280x720,1920x1080] [--detector transnetv2|transnetv2-fast|content]
         [--split]
 """
 
@@ -133,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0, help="film length (default 10)")
     ap.add_argument("--sizes", default="1280x720,1920x1080", help="comma-separated WxH (default 1280x720,1920x1080)")
-    ap.add_argument("--detector", choices=("transnetv2", "content"), default="transnetv2")
+    ap.add_argument("--detector", choices=("transnetv2", "transnetv2-fast", "content"), default="transnetv2")
     ap.add_argument("--split", action="store_true",
                     help="time a second shot-detection pass split into decode + conversions and the detector")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mediafm" / "bench-films",

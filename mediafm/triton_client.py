@@ -58,6 +58,10 @@ def _is_bad_request(e: InferenceServerException) -> bool:
 class TritonClient:
     """Async client with backoff. One per worker; call `close()` at shutdown."""
 
+    PLAIN_RESPONSE = {"Accept-Encoding": "identity"}
+    """aiohttp asks for gzip by default and Triton obliges: every response (MediaFM's windows are MBs of
+    float32) was compressed by the server and decompressed here, on the same CPUs, for a loopback hop."""
+
     def __init__(self, url: str, *, give_up_after_s: float | None = None,
                  backoff_s: tuple[float, float] = (0.2, 10.0), on_latency=None) -> None:
         self.url = url
@@ -73,7 +77,8 @@ class TritonClient:
             t0 = time.monotonic()
             try:
                 res = await client.infer(model, _inputs(aiohttpclient, inputs), model_version=version,
-                                         outputs=[aiohttpclient.InferRequestedOutput(o) for o in outputs])
+                                         outputs=[aiohttpclient.InferRequestedOutput(o) for o in outputs],
+                                         headers=dict(self.PLAIN_RESPONSE))
             except InferenceServerException as e:
                 if version and _model_missing(e):  # retired for good, or only not ready yet?
                     served = [str(v) for v in (await client.get_model_metadata(model)).get("versions", [])]

@@ -91,6 +91,12 @@ class Runtime:
             broker_session_timeout=15.0,
             broker_heartbeat_interval=3.0,
             producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
+            # Sends gathered for 5 ms into batches of up to 512 KiB a partition (Faust: no linger, 16 KiB):
+            # a fused shot and its changelog copy are 4-10 KiB each, so every few shots made a produce
+            # request of their own, and the socket writes and the broker's work on them cost more than the
+            # stages' own code (py-spy, bench/catalog.py). 5 ms is what a live shot pays per hop.
+            producer_linger=0.005,
+            producer_max_batch_size=512 * 1024,
             consumer_max_fetch_size=MAX_MESSAGE_BYTES + 64 * 1024,
             web_bind=s.bind_host,
             web_host=s.bind_host,
@@ -99,6 +105,7 @@ class Runtime:
             key_serializer="raw",
             value_serializer="raw",
             Table=Table,  # app.Table(...) makes the class above
+            Worker=QuietWorker,
         )
 
         @app.on_rebalance_complete.connect
@@ -337,6 +344,16 @@ class Runtime:
                 max(0.0, time.time() - shot.published_at))
             count += 1
         return count, version
+
+
+class QuietWorker(faust.Worker):
+    """Faust's worker without its terminal spinner. At --loglevel warn the spinner sets the root logger to
+    DEBUG so that every record spins it: each Kafka send then built a debug record nobody reads
+    (py-spy: ~7% of a busy worker's CPU), and the spinner's escape codes went into log files."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
 
 class WindowsTooLong(Exception):
