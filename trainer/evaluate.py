@@ -9,9 +9,14 @@ seeds), giving the rows of the ablation table:
 
     video | audio | text      one modality alone: its slice of the fused vectors, mean over the clip
     concat                    the fused vectors (the model's input, no context), mean over the clip
+    avg-k3 | avg-k8           context without learning: the fused vectors of the clip and k shots on either side
+                              (cut at the title's ends), mean
+    clip+next12               the fused vectors of the clip and the 12 shots after it, mean
     <run>:clip                MediaFM run on the clip's shots alone, hidden states, mean
     <run>:context             MediaFM over the whole title (window plan), the clip's hidden states, mean
     <run>:context-output      the same through the output projection (back in fused space)
+    <run>:context+input       per shot, the unit output plus the unit fused input, halved: a published vector
+                              of the fused width that keeps the shot's own detail beside its context, mean
 
 Writes report.md (mean +- std over seeds), results.json, PNG plots and the
 clip features (features/<representation>.npy, memory-mapped while written).
@@ -32,6 +37,7 @@ from tqdm import tqdm
 from mediafm.dataset import Dataset, Title
 from mediafm.errors import DatasetError, MediaFMError, ModelError
 from mediafm.model import MediaFMEncoder
+from mediafm.representations import context_plus_input
 from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
 from trainer.train import latest_checkpoint, load_checkpoint
@@ -64,6 +70,16 @@ def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, siz
         hid[mine] = h[0, mine - w.start].numpy()
         out[mine] = o[0, mine - w.start].numpy()
     return hid, out
+
+
+# Context without learning (issue 17): name -> (shots before the clip, shots after it), averaged with the clip.
+# A learned model in context should beat these; they show how much a plain moving average already gets.
+MOVING_AVERAGES: dict[str, tuple[int, int]] = {"avg-k3": (3, 3), "avg-k8": (8, 8), "clip+next12": (0, 12)}
+
+
+def window_mean(fused: np.ndarray, first: int, last: int, before: int, after: int) -> np.ndarray:
+    """Mean of fused[first - before : last + after + 1], cut at the title's ends."""
+    return fused[max(0, first - before) : min(len(fused), last + after + 1)].mean(0)
 
 
 def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store: Path | None = None,
@@ -105,12 +121,15 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
             for m, (lo, hi) in ds.meta.modalities.items():
                 put(m, i, title.fused[sl, lo:hi].mean(0))
             put("concat", i, title.fused[sl].mean(0))
+            for name, (before, after) in MOVING_AVERAGES.items():
+                put(name, i, window_mean(title.fused, int(first[i]), int(last[i]), before, after))
             for name, enc in runs.items():
                 with torch.no_grad():
                     h, _ = enc(torch.from_numpy(title.fused[sl])[None], torch.tensor(title.info.title_embedding)[None], None)
                 put(f"{name}:clip", i, h[0].numpy().mean(0))
                 put(f"{name}:context", i, ctx[name][0][sl].mean(0))
                 put(f"{name}:context-output", i, ctx[name][1][sl].mean(0))
+                put(f"{name}:context+input", i, context_plus_input(ctx[name][1][sl], title.fused[sl]).mean(0))
         bar.update(1)
     bar.close()
     return feats, kept
@@ -153,8 +172,12 @@ def markdown(results: dict, *, seeds: int, folds: int) -> str:
         cells = [f"{row[t.name]['mean']:.3f} ± {row[t.name]['std']:.3f}" if t.name in row else "-" for t in tasks]
         lines.append(f"| {rep} | {' | '.join(cells)} |")
     k = ", ".join(f"{t.name} {min(t.folds, folds)}" for t in tasks)
+    note = ""
+    if any(name in results for name in MOVING_AVERAGES):
+        note = ("\n\nContext without learning: avg-k3 / avg-k8 = mean of the fused vectors of the clip and k shots on "
+                "either side; clip+next12 = the clip and the 12 shots after it (cut at the title's ends).\n")
     return "\n".join(lines) + (f"\n\nmean ± std over {seeds} seeds of k-fold cross-validation over titles "
-                               f"(folds: {k}); ridge probes, alpha by 3-fold inner CV over training titles.\n")
+                               f"(folds: {k}); ridge probes, alpha by 3-fold inner CV over training titles.\n") + note
 
 
 def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, MediaFMEncoder],
@@ -229,7 +252,7 @@ def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, Medi
 
 
 def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds: int = 3, folds: int = 10,
-             split: str = "test", progress: bool = True) -> dict:
+             split: str = "test", progress: bool = True, plot: bool = True) -> dict:
     t0 = time.perf_counter()
     ds = Dataset(data)
     clips = ds.clips()
@@ -254,7 +277,7 @@ def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds
         "n_titles": len(set(clips.column("title_id").to_pylist())), "seconds": elapsed, "results": results}, indent=2))
     (out / "report.md").write_text(f"# MediaFM linear-probe evaluation\n\ndata: `{data}`, {clips.num_rows} clips of "
                                    f"{len(eval_titles)} `{split}` titles\n\n{table}")
-    made = plots(out, results, kept, encoders, run_dirs)
+    made = plots(out, results, kept, encoders, run_dirs) if plot else []
     if progress:
         print(table)
         print(f"wrote {out / 'report.md'}, {out / 'results.json'}, " + ", ".join(p.name for p in made)

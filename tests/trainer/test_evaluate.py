@@ -12,8 +12,9 @@ from conftest import REPO
 from mediafm.dataset import Dataset
 from mediafm.errors import DatasetError
 from mediafm.fusion import Layout
+from mediafm.representations import context_plus_input
 from mediafm.synth import write_corpus
-from trainer.evaluate import evaluate
+from trainer.evaluate import MOVING_AVERAGES, clip_features, evaluate
 from trainer.probes import TASKS, kendall_within_titles, macro_ap_present, score, title_folds
 from trainer.train import TrainConfig, train
 
@@ -85,7 +86,8 @@ def test_evaluate_command_end_to_end(corpus, tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
-    assert set(res["results"]) == {"video", "audio", "text", "concat", "run:clip", "run:context", "run:context-output"}
+    assert set(res["results"]) == {"video", "audio", "text", "concat", "avg-k3", "avg-k8", "clip+next12", "run:clip",
+                                   "run:context", "run:context-output", "run:context+input"}
     for row in res["results"].values():
         assert set(row) == {t.name for t in TASKS}
         assert all(len(v["seeds"]) == 2 and np.isfinite(v["mean"]) for v in row.values())
@@ -94,6 +96,8 @@ def test_evaluate_command_end_to_end(corpus, tmp_path):
     assert res["n_titles"] == len(test_titles), "only evaluation titles are probed"
     report = (out / "report.md").read_text()
     assert "| run:context |" in report and "±" in report
+    for baseline in ("avg-k3", "avg-k8", "clip+next12"):
+        assert f"| {baseline} |" in report, f"baseline row {baseline} missing from report.md"
     for png in ("probes.png", "similarity.png", "training-run.png"):
         assert (out / png).stat().st_size > 10_000
 
@@ -114,3 +118,39 @@ def test_malformed_labels_are_named(corpus, tmp_path, column, value, match):
     pq.write_table(type(t).from_pylist(rows, schema=t.schema), bad / "clips.parquet")
     with pytest.raises(DatasetError, match=match):
         Dataset(bad).clips()
+
+
+def test_moving_average_baselines_are_the_mean_of_the_clip_and_its_neighbours(tmp_path):
+    """avg-k3 / avg-k8 / clip+next12 against hand-computed means, cut at the title's ends."""
+    from mediafm.dataset import DatasetWriter, Meta
+
+    n, D = 20, LAYOUT.fused_dim
+    fused = np.zeros((n, D), np.float32)
+    fused[:, 0] = np.arange(n)  # shot i carries the value i: a window's mean is the mean of its indices
+    fused[:, 1] = 1.0
+    w = DatasetWriter(tmp_path / "d", Meta.from_layout(LAYOUT))
+    w.add_title(title_id="a", title_embedding=np.ones(LAYOUT.title, np.float32), fused=fused,
+                start_s=np.arange(n, dtype=float), end_s=np.arange(n, dtype=float) + 1, split="test", genres=[0])
+    w.add_clips([{"clip_id": f"a-{k}", "title_id": "a", "first_shot": f, "last_shot": last, "ad_labels": [0],
+                  "popularity": 0.0, "tones": [0], "genres": [0], "clip_worthy": None}
+                 for k, (f, last) in enumerate([(5, 7), (1, 2), (15, 18)])])
+    ds = Dataset(w.close())
+    feats, _ = clip_features(ds, ds.clips(), {}, progress=False)
+    assert MOVING_AVERAGES == {"avg-k3": (3, 3), "avg-k8": (8, 8), "clip+next12": (0, 12)}
+    expect = {  # clip 5..7, clip 1..2 (cut at shot 0), clip 15..18 (cut at shot 19)
+        "concat": [np.mean([5, 6, 7]), 1.5, np.mean([15, 16, 17, 18])],
+        "avg-k3": [np.mean(range(2, 11)), np.mean(range(0, 6)), np.mean(range(12, 20))],
+        "avg-k8": [np.mean(range(0, 16)), np.mean(range(0, 11)), np.mean(range(7, 20))],
+        "clip+next12": [np.mean(range(5, 20)), np.mean(range(1, 15)), np.mean(range(15, 20))],
+    }
+    for name, values in expect.items():
+        assert feats[name][:, 0] == pytest.approx(values), name
+        assert feats[name][:, 1] == pytest.approx(1.0), name
+
+
+def test_context_plus_input_halves_the_sum_of_unit_vectors():
+    out = np.array([[3.0, 0, 0], [0, 0, 2.0]])
+    fused = np.array([[0, 4.0, 0], [0, 0, 5.0]])
+    got = context_plus_input(out, fused)
+    assert got == pytest.approx(np.array([[0.5, 0.5, 0], [0, 0, 1.0]]))
+    assert got.shape == fused.shape, "the published vector keeps the fused width"
