@@ -53,7 +53,8 @@ class Layout:
         return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero."""
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
@@ -98,4 +99,4 @@ def fuse(
             f"shots {np.flatnonzero(empty).tolist()[:10]} have no modality present; "
             "a shot needs at least one of video/audio/text"
         )
-    return _unit(out)
+    return unit(out)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from mediafm.fusion import unit
 
 
 def context_plus_input(output: np.ndarray, fused: np.ndarray) -> np.ndarray:

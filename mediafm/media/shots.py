@@ -52,6 +52,7 @@ frames are scored without their left context, so they can differ.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -129,6 +130,21 @@ def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_ind
         yield i, t, small, thumb
 
 
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """Torch's intra-op threads set to n (0: left as is) inside the block, then put back. The setting is
+    this thread's own (OpenMP/MKL per thread in PyTorch), so a detector in a worker thread changes no other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 _model_lock = threading.Lock()
 _transnet = None
 
@@ -182,14 +198,8 @@ class _TransNetScorer:
         while len(self.buf) >= self.WINDOW:
             k = min(self.batch_windows, (len(self.buf) - self.WINDOW) // self.STEP + 1)
             x = np.stack([np.stack(self.buf[j * self.STEP: j * self.STEP + self.WINDOW]) for j in range(k)])
-            threads = torch.get_num_threads()
-            if self.THREADS:  # this thread's OpenMP/MKL setting only (per-thread in PyTorch), put back below
-                torch.set_num_threads(self.THREADS)
-            try:
-                with torch.inference_mode():
-                    single, _ = self.model(torch.from_numpy(x))  # (k, 100, 1) logits
-            finally:
-                torch.set_num_threads(threads)
+            with intra_op_threads(self.THREADS), torch.inference_mode():
+                single, _ = self.model(torch.from_numpy(x))  # (k, 100, 1) logits
             p = torch.sigmoid(single[:, self.PAD:self.PAD + self.STEP, 0]).reshape(-1).numpy()
             out.extend(p.tolist())
             del self.buf[: k * self.STEP]
@@ -436,14 +446,9 @@ class _FastTransNetScorer:
             o1 = min(o1, self.n)
             # before the first frame and after the last, the edge frame repeated (as TransNetV2 pads)
             x = torch.from_numpy(np.stack([self.frames[min(max(j, 0), self.n - 1)] for j in range(i0, i1)]))
-            threads = torch.get_num_threads()
-            if self.THREADS:  # this thread's OpenMP/MKL setting only (per-thread in PyTorch), put back below
-                torch.set_num_threads(self.THREADS)
-            try:
-                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                    p = torch.sigmoid(self.net.logits(x).float()).numpy()
-            finally:
-                torch.set_num_threads(threads)
+            with intra_op_threads(self.THREADS), torch.inference_mode(), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                p = torch.sigmoid(self.net.logits(x).float()).numpy()
             self.windows += 1
             self.window_frames += i1 - i0
             for j in range(max(o0, self.emitted), o1):
