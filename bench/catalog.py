@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pipeline import free_port, wait_finals
+from pipeline import counter, free_port, wait_finals
 
 from mediafm import stack
 from mediafm.bus import Tail, producer
@@ -85,23 +85,24 @@ async def direct(s: Settings, world: World, args) -> tuple[int, float]:
 
 @contextmanager
 def workers(base: Settings, tmp: Path, k: int, partitions: int):
-    """k `mediafm worker` processes of one fresh pipeline; yields (settings, tail, processes)."""
+    """k `mediafm worker` processes of one fresh pipeline; yields (settings, tail, [(process, web port)])."""
     s = replace(base, topic_prefix=f"cat{uuid.uuid4().hex[:6]}", partitions=partitions)
     kafka.create_topics(s, Topics.from_settings(s).all())
     procs = []
     for i in range(k):
-        env = {**os.environ, **replace(s, worker_web_port=free_port()).to_env()}
+        port = free_port()
+        env = {**os.environ, **replace(s, worker_web_port=port).to_env()}
         log = tmp / f"{s.topic_prefix}-worker{i}.log"
-        procs.append(subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],
-                                      env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT))
+        procs.append((subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],
+                                       env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT), port))
     tail = Tail(s, Topics.from_settings(s).embeddings)
     try:
         yield s, tail, procs
     finally:
         tail.close()
-        for p in procs:
+        for p, _ in procs:
             p.terminate()
-        for p in procs:
+        for p, _ in procs:
             p.wait(timeout=60)
 
 
@@ -151,12 +152,16 @@ def main() -> None:
         with workers(base, tmp, k, args.partitions) as (s, tail, procs):
             publish(s, tail, world, 2 * k, 20, seed=9)  # warm-up: group joined, tables and models ready
             n, t = publish(s, tail, world, args.titles, args.shots, seed=1)
-            rss = [peak_rss_mib(p.pid) for p in procs]
-            dead = [p.pid for p in procs if p.poll() is not None]
+            rss = [peak_rss_mib(p.pid) for p, _ in procs]
+            dead = [p.pid for p, _ in procs if p.poll() is not None]
+            # redeliveries: acknowledgements not committed across rebalances, and the repeats the stages saw
+            dropped = sum(counter(port, "mediafm_acks_dropped") for p, port in procs if p.poll() is None)
+            dups = sum(counter(port, "mediafm_duplicates") for p, port in procs if p.poll() is None)
         rates[k] = n / t
         print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {rates[k]:.4g} shots/s, "
               f"x{rates[k] / rate_direct:.2f} of direct; peak RSS per worker "
-              + ", ".join(f"{r:.0f} MiB" for r in rss) + (f"; exited early: {dead}" if dead else ""))
+              + ", ".join(f"{r:.0f} MiB" for r in rss) + (f"; exited early: {dead}" if dead else "")
+              + f"; acknowledgements dropped across rebalances {dropped:.0f}, redeliveries recognised {dups:.0f}")
     if 1 in rates:
         for k, r in rates.items():
             if k != 1:

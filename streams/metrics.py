@@ -20,3 +20,6 @@ consumer_lag = Gauge("mediafm_consumer_lag_messages", "Messages on a partition n
                      ["topic", "partition"])
 offsets_skipped = Counter("mediafm_offsets_skipped_total",
                           "Offsets of a partition that never reached an agent (see streams.runtime.Runtime.events)", ["topic"])
+acks_dropped = Counter("mediafm_acks_dropped_total",
+                       "Acknowledgements not committed: messages skipped or processed across a rebalance, fetched "
+                       "again (see streams/consumer.py)", ["topic"])

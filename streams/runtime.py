@@ -42,7 +42,7 @@ from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, F
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 from mediafm.windows import Window
-from streams import metrics
+from streams import consumer, metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Runtime:
             Table=Table,  # app.Table(...) makes the class above
             Worker=QuietWorker,
         )
+        consumer.install(app)  # commits cover processed messages only (streams/consumer.py)
 
         @app.on_rebalance_complete.connect
         async def _hold_streams_until_seek(sender, **kwargs) -> None:
