@@ -38,6 +38,7 @@ from mediafm.bus import Tail, producer
 from mediafm.config import Settings, replace
 from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
+from mediafm.representations import published, served_output
 from mediafm.stack import kafka
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
@@ -72,10 +73,12 @@ async def direct(s: Settings, world: World, args) -> tuple[int, float]:
                 shots = np.zeros((len(chunk), size, fused.shape[1]), np.float32)
                 for j, w in enumerate(chunk):
                     shots[j, : w.end - w.start] = fused[w.start:w.end]
-                await client.infer(model, {
+                rep = served_output(s.embedding_representation)
+                out = (await client.infer(model, {
                     "SHOTS": shots, "TITLE": np.repeat(title.title_embedding[None], len(chunk), 0).astype(np.float32),
-                    "LENGTH": np.array([[w.end - w.start] for w in chunk], np.int64)},
-                    [s.embedding_representation.upper()])
+                    "LENGTH": np.array([[w.end - w.start] for w in chunk], np.int64)}, [rep]))[rep]
+                for j, w in enumerate(chunk):  # what the worker publishes per shot
+                    published(s.embedding_representation, out[j, : w.end - w.start], fused[w.start:w.end])
             t += time.perf_counter() - t0
             n += len(fused)
     finally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mediafm.errors import ConfigError
+from mediafm.representations import REPRESENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,10 +78,11 @@ class Settings:
     shorter (`mediafm export` records it), so a model trained on shorter windows gets what it knows."""
     window_stride: int = 256
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
-    embedding_representation: str = "output"
-    """What the pipeline publishes per shot: "output" (MediaFM's output projection, back in fused space: the
-    representation the evaluation supports, README "Evaluation") or "hidden" (the last hidden state).
-    Every message records which (ContextualEmbedding.representation)."""
+    embedding_representation: str = "context+input"
+    """What the pipeline publishes per shot (mediafm/representations.py): "context+input" (MediaFM's output
+    beside the shot's own fused input, both unit length, halved: what the grid of worlds supports, README
+    "Evaluation"), "output" (the output projection alone, back in fused space) or "hidden" (the last hidden
+    state). Every message records which (ContextualEmbedding.representation)."""
     embedding_dtype: str = "float32"
     """Wire dtype of published contextual embeddings: float32, or float16 (half the bytes)."""
     live_right_context: int = 16
@@ -148,8 +150,9 @@ class Settings:
             raise ConfigError(f"two services share a port in {ports}; give each its own")
         if not 0 < self.window_stride <= self.window_shots:
             raise ConfigError(f"window_stride={self.window_stride} must be in (0, window_shots={self.window_shots}]")
-        if self.embedding_representation not in ("output", "hidden"):
-            raise ConfigError(f"embedding_representation={self.embedding_representation!r}; choose output or hidden")
+        if self.embedding_representation not in REPRESENTATIONS:
+            raise ConfigError(f"embedding_representation={self.embedding_representation!r}; choose one of "
+                              f"{', '.join(REPRESENTATIONS)}")
         if self.embedding_dtype not in ("float32", "float16"):
             raise ConfigError(f"embedding_dtype={self.embedding_dtype!r}; choose float32 or float16")
         if not 0 <= self.live_right_context < self.window_shots:

@@ -1,10 +1,12 @@
-"""Representations of a shot in context beyond what the served model returns: one definition, used by the
-evaluation (trainer/evaluate.py) and its tests.
+"""What is published per shot: one definition, used by the pipeline (streams/runtime.py), the evaluation
+(trainer/evaluate.py) and the tests that compare the two.
 
+    hidden          MediaFM's last hidden state of the shot in its window
+    output          the same through the output projection, back in the fused space (the fused width)
     context+input   per shot, (unit(output) + unit(fused input)) / 2: the shot in context beside the shot as it
-                    is, at the fused width. In a grid of 9 stand-in worlds (issue 17) the only MediaFM row above
-                    `concat` on average (35 of 45 cells, `output` 31). The pipeline does not publish it yet: it
-                    publishes `output` or `hidden` (the embedding_representation setting).
+                    is, at the fused width. What bench/worlds.py's grid of worlds supports (issue 17): the only
+                    MediaFM row above `concat` on average over 9 worlds x 5 tasks (35 of 45 cells, `output` 31),
+                    and never below `output` on tone, which masked-shot training throws away.
 """
 
 from __future__ import annotations
@@ -13,7 +15,30 @@ import numpy as np
 
 from mediafm.fusion import unit
 
+REPRESENTATIONS = ("context+input", "output", "hidden")
+DEFAULT = "context+input"
+
+
+def served_output(representation: str) -> str:
+    """The served MediaFM model's output tensor a representation is made from."""
+    check(representation)
+    return "HIDDEN" if representation == "hidden" else "OUTPUT"
+
+
+def check(representation: str) -> str:
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation {representation!r}; choose one of {', '.join(REPRESENTATIONS)}")
+    return representation
+
 
 def context_plus_input(output: np.ndarray, fused: np.ndarray) -> np.ndarray:
     """(unit(output) + unit(fused)) / 2 per shot (rows): the shot in context and as it is, at the fused width."""
     return ((unit(output.astype(np.float32)) + unit(fused.astype(np.float32))) / 2).astype(np.float32)
+
+
+def published(representation: str, served: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """The published vectors of shots (rows) from what the served model returned for them
+    (served_output(representation)) and their fused input vectors."""
+    if check(representation) == "context+input":
+        return context_plus_input(served, fused)
+    return served

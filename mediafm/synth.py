@@ -43,7 +43,7 @@ human labels. Numbers on it compare methods; they do not predict catalog scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -62,7 +62,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class World:
-    """What every title is drawn from: genres, location types, tones."""
+    """What every title is drawn from: genres, location types, tones, and how they show in shots.
+
+    The fields after `cast_size` are the knobs of issue 17's grid of worlds (bench/worlds.toml):
+    what decides whether context helps or hurts a shot's embedding. Their defaults are the
+    stand-in corpus as it always was (the same seed gives the same corpus, bit for bit).
+    """
 
     layout: Layout
     seed: int = 0
@@ -70,11 +75,48 @@ class World:
     """Location types (shared by the catalog; type % 8 is the ad category)."""
     n_tones: int = 100
     cast_size: int = 6
+    tone_video: float = 0.5
+    """Weight of the scene's tone in each shot's video (colour grading)."""
+    tone_audio: float = 1.0
+    """Weight of the scene's tone in each shot's audio (music, mood)."""
+    tone_text: float = 0.0
+    """Weight of the scene's tone in each dialogue shot's timed text (what is said); 0 = text carries no tone."""
+    setting_video: float = 1.0
+    """Weight of the location type (the ad topic) against what is particular to this film's set, in video."""
+    setting_audio: float = 1.0
+    """The same for ambient audio."""
+    face_weight: float = 1.0
+    """Weight of the character on screen in the video (shot / reverse shot)."""
+    voice_weight: float = 0.8
+    """Weight of the speaking character's voice in the audio of dialogue scenes."""
+    genre_weight: float = 0.15
+    """Weight of the title's genre style (grading, score) in every shot."""
+    locations_per_title: tuple[int, int] = (3, 8)
+    """Fewest and most locations of a title (inclusive): few = settings recur often."""
+    scene_shots: tuple[int, int] = (6, 24)
+    """Fewest and most shots in a scene (inclusive)."""
+    dialogue_rate: float = 0.6
+    """Fraction of scenes with dialogue, hence with timed text on their shots."""
     genres: dict[str, np.ndarray] = field(init=False)
     settings: dict[str, np.ndarray] = field(init=False)
     tones: dict[str, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
+        for name in ("n_settings", "n_tones", "cast_size"):
+            if getattr(self, name) < (2 if name == "cast_size" else 1):
+                raise ValueError(f"World.{name}={getattr(self, name)} is too small (cast_size >= 2, others >= 1)")
+        for name in ("tone_video", "tone_audio", "tone_text", "setting_video", "setting_audio", "face_weight",
+                     "voice_weight", "genre_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"World.{name}={getattr(self, name)} must be >= 0")
+        for name in ("locations_per_title", "scene_shots"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"World.{name}={getattr(self, name)}: give (min, max) with 1 <= min <= max")
+        if not 0 <= self.dialogue_rate <= 1:
+            raise ValueError(f"World.dialogue_rate={self.dialogue_rate} must be in [0, 1]")
+        self.locations_per_title = tuple(self.locations_per_title)
+        self.scene_shots = tuple(self.scene_shots)
         rng = np.random.default_rng(self.seed)
         L = self.layout
 
@@ -92,6 +134,10 @@ class World:
         # lost the genre probe to the concatenated inputs (bench/standin.py: 0.490 vs 0.522).
         self.tone_palette = rng.dirichlet(np.full(self.n_tones, 0.3), size=N_GENRES)
         self.setting_palette = rng.dirichlet(np.full(self.n_settings, 0.3), size=N_GENRES)
+        # Tones in timed text come from their own generator, so that the banks above (and every corpus
+        # written before this knob existed) stay the same.
+        self.tones["text"] = _unit(np.random.default_rng([self.seed, 7]).normal(
+            size=(self.n_tones, L.text))).astype(np.float32)
 
 
 @dataclass
@@ -121,7 +167,7 @@ class SynthTitle:
 
 def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Generator,
                    *, noise: float = NOISE) -> SynthTitle:
-    L = world.layout
+    L, W = world.layout, world
 
     def fresh(n: int, dim: int) -> np.ndarray:  # this title's own faces, voices, sets
         return _unit(rng.normal(size=(n, dim))).astype(np.float32)
@@ -129,10 +175,10 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     genres = sorted(rng.choice(N_GENRES, size=int(rng.integers(1, 3)), replace=False).tolist())
     title_emb = _unit(world.genres["title"][genres].sum(0) + 0.5 * rng.normal(size=L.title) / np.sqrt(L.title))
     face, voice, speech = (fresh(world.cast_size, d) for d in (L.video, L.audio, L.text))
-    n_locations = int(rng.integers(3, 9))
+    n_locations = int(rng.integers(world.locations_per_title[0], world.locations_per_title[1] + 1))
     loc_type = rng.choice(world.n_settings, size=n_locations, p=world.setting_palette[genres].mean(0))
-    loc_v = _unit(world.settings["video"][loc_type] + fresh(n_locations, L.video))
-    loc_a = _unit(world.settings["audio"][loc_type] + fresh(n_locations, L.audio))
+    loc_v = _unit(world.setting_video * world.settings["video"][loc_type] + fresh(n_locations, L.video))
+    loc_a = _unit(world.setting_audio * world.settings["audio"][loc_type] + fresh(n_locations, L.audio))
     tone_p = world.tone_palette[genres].mean(0)
     genre_v = world.genres["video"][genres].mean(0)
     genre_a = world.genres["audio"][genres].mean(0)
@@ -148,11 +194,11 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
 
     i, s = 0, 0
     while i < n_shots:
-        length = min(int(rng.integers(6, 25)), n_shots - i)
+        length = min(int(rng.integers(world.scene_shots[0], world.scene_shots[1] + 1)), n_shots - i)
         loc = int(rng.integers(n_locations))
         tone = int(rng.choice(world.n_tones, p=tone_p))
         a, b = rng.choice(world.cast_size, size=2, replace=False)
-        talk = bool(rng.random() < 0.6)
+        talk = bool(rng.random() < world.dialogue_rate)
         tones.append(tone)
         dialogue.append(talk)
         settings_.append(int(loc_type[loc]))
@@ -160,11 +206,14 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
             who = a if j % 2 == 0 else b  # shot / reverse shot
             k = i + j
             scene[k] = s
-            video[k] = _unit(noisy(loc_v[loc] + face[who] + 0.5 * world.tones["video"][tone] + 0.15 * genre_v))
-            audio[k] = _unit(noisy(loc_a[loc] + world.tones["audio"][tone] + (0.8 * voice[who] if talk else 0)
-                                   + 0.15 * genre_a + 0.8 * arc[k] * world.intensity))
+            video[k] = _unit(noisy(loc_v[loc] + W.face_weight * face[who] + W.tone_video * world.tones["video"][tone]
+                                   + W.genre_weight * genre_v))
+            audio[k] = _unit(noisy(loc_a[loc] + W.tone_audio * world.tones["audio"][tone]
+                                   + (W.voice_weight * voice[who] if talk else 0)
+                                   + W.genre_weight * genre_a + 0.8 * arc[k] * world.intensity))
             if talk:
-                text[k] = _unit(noisy(speech[who]))
+                text[k] = _unit(noisy(speech[who] + W.tone_text * world.tones["text"][tone] if W.tone_text
+                                      else speech[who]))
             else:
                 present[k, 2] = False
         i += length
@@ -217,8 +266,12 @@ def clips_for_title(t: SynthTitle, rng: np.random.Generator) -> list[dict]:
 
 
 def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tuple[int, int] = (40, 400),
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, noise: float = NOISE, progress: bool = False):
-    """Write a synthetic corpus in the v1 dataset format; returns its path."""
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, noise: float = NOISE, progress: bool = False,
+                 world: dict | None = None):
+    """Write a synthetic corpus in the v1 dataset format; returns its path.
+
+    world: overrides of World's fields (tone_video=1.0, scene_shots=(2, 6), ...); none = the stand-in corpus.
+    """
     from tqdm import tqdm
 
     from mediafm.errors import ConfigError
@@ -233,13 +286,22 @@ def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tu
 
     from mediafm.dataset import DatasetWriter, Meta
 
-    world = World(layout, seed=seed)
+    knobs = dict(world or {})
+    unknown = set(knobs) - {f.name for f in fields(World) if f.init} - {"layout", "seed"}
+    if unknown or {"layout", "seed"} & set(knobs):
+        raise ConfigError(f"world overrides {sorted(set(knobs) & ({'layout', 'seed'} | unknown))} are not World knobs; "
+                          f"choose from {sorted(f.name for f in fields(World) if f.init and f.name not in ('layout', 'seed'))}")
+    try:
+        w = World(layout, seed=seed, **knobs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     rng = np.random.default_rng([seed, 1])
-    enc = {m: f"synthetic (mediafm.synth, seed {seed}, noise {noise})" for m in ("video", "audio", "text")}
+    extra = "".join(f", {k} {v}" for k, v in sorted(knobs.items()))
+    enc = {m: f"synthetic (mediafm.synth, seed {seed}, noise {noise}{extra})" for m in ("video", "audio", "text")}
     writer = DatasetWriter(out, Meta.from_layout(layout, enc))
     clips: list[dict] = []
     for i in tqdm(range(n_titles), disable=not progress, unit="title", desc="synth corpus"):
-        t = generate_title(world, f"synth-{seed}-{i:06d}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise)
+        t = generate_title(w, f"synth-{seed}-{i:06d}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise)
         u = rng.random()
         split = "val" if u < val_fraction else ("test" if u < val_fraction + test_fraction else "train")
         writer.add_title(title_id=t.title_id, title_embedding=t.title_embedding, fused=t.fused,

@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mediafm.config import Settings, replace
 from mediafm.errors import BadRequest, ConfigError
 from mediafm.profiles import get_profile
+from mediafm.representations import published, served_output
 from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, vec_to_bytes
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -256,7 +257,8 @@ class Runtime:
                           profile: str, *, version: str = "") -> tuple[np.ndarray, str]:
         """MediaFM on Triton over windows [(start, end)] of `fused` (n, D); (vectors (W, T, H), model version).
 
-        The vectors are the embedding_representation setting's output (HIDDEN or OUTPUT). Windows go in
+        The vectors are the served output the embedding_representation setting is made from (HIDDEN or
+        OUTPUT; mediafm.representations.served_output). Windows go in
         requests of at most the served model's max_batch_size, so a title of any length fits; all of one
         title's requests must be answered by one version (a version loaded in between: the title again).
         version: a version to ask for by number ("" = the newest served); VersionRetired once it is gone.
@@ -264,7 +266,7 @@ class Runtime:
         """
         model = get_profile(profile).mediafm_model
         served = await self.served(model)
-        rep = self.settings.embedding_representation.upper()
+        rep = served_output(self.settings.embedding_representation)
         T = max(w.end - w.start for w in windows)
         if served.max_shots is not None and T > served.max_shots and not version:
             raise WindowsTooLong(f"{model} takes windows of at most {served.max_shots} shots, not {T}",
@@ -333,7 +335,7 @@ class Runtime:
         s, count = self.settings, 0
         for i, k, final in picks:
             shot, w = shots[i - first], windows[k]
-            emb = vectors[k, i - w.start]
+            emb = published(s.embedding_representation, vectors[k, i - w.start], fused[i - first])
             msg = ContextualEmbedding(
                 title_id=shot.title_id, shot_index=i, start_s=shot.start_s, end_s=shot.end_s,
                 embedding=vec_to_bytes(emb, s.embedding_dtype), dtype=s.embedding_dtype, dim=int(emb.shape[0]),

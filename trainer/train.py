@@ -58,6 +58,16 @@ class TrainConfig:
     """auto = cuda if available, else cpu."""
     compile: bool = False
     """torch.compile the model (GPU runs; slow to start on CPU)."""
+    loss: str = "cosine"
+    """cosine: 1 - cos over the whole fused vector (the source); per_modality: 1 - cos on each modality's
+    slice, averaged over the slices present (a shot without timed text is not scored on text), so video,
+    audio and text each count, whatever their norms (issue 17 ablation)."""
+    visible_loss_weight: float = 0.0
+    """Weight of the same loss on the visible (unmasked) shots: the model must also give back each
+    shot's own input, keeping its detail in the output (issue 17 ablation; 0 = the source)."""
+    modality_dropout: float = 0.0
+    """Probability of zeroing each modality of each visible input shot in training (targets keep it),
+    so the model learns to fill a modality from context (issue 17 ablation; 0 = the source)."""
 
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
@@ -69,6 +79,17 @@ class TrainConfig:
             raise ConfigError(f"optimizer={self.optimizer!r}; choose muon or adamw")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"warmup_steps={self.warmup_steps} / min_lr_ratio={self.min_lr_ratio} out of range")
+        if self.loss not in ("cosine", "per_modality"):
+            raise ConfigError(f"loss={self.loss!r}; choose cosine or per_modality")
+        if self.visible_loss_weight < 0:
+            raise ConfigError(f"visible_loss_weight={self.visible_loss_weight} must be >= 0")
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError(f"modality_dropout={self.modality_dropout} must be in [0, 1)")
+
+    @property
+    def source_objective(self) -> bool:
+        """True when training is the source's masked-shot cosine loss, untouched."""
+        return self.loss == "cosine" and self.visible_loss_weight == 0 and self.modality_dropout == 0
 
 
 # What may differ when resuming a run (everything else must match the checkpoint).
@@ -170,6 +191,47 @@ def lr_factor(step: int, tc: TrainConfig) -> float:
         return (step + 1) / tc.warmup_steps
     progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
     return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def per_modality_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tensor,
+                      slices: list[tuple[int, int]]) -> torch.Tensor:
+    """Mean of 1 - cos over (shot, modality) pairs at `where` (B, T), skipping absent (all-zero) slices."""
+    p, t = pred[where].float(), target[where].float()  # (N, fused_dim)
+    total, count = p.new_zeros(()), p.new_zeros(())
+    for lo, hi in slices:
+        present = t[:, lo:hi].norm(dim=-1) > 0  # (N,)
+        cos = torch.nn.functional.cosine_similarity(p[:, lo:hi], t[:, lo:hi], dim=-1)
+        total = total + ((1.0 - cos) * present).sum()
+        count = count + present.sum()
+    return total / count.clamp(min=1)
+
+
+def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, tc: TrainConfig,
+              slices: list[tuple[int, int]]) -> torch.Tensor:
+    """The training loss of the issue-17 ablations (`loss`, `visible_loss_weight`); targets are the real shots."""
+
+    def one(where: torch.Tensor) -> torch.Tensor:
+        if tc.loss == "per_modality":
+            return per_modality_loss(pred, shots, where, slices)
+        return msm_loss(pred, shots, where)
+
+    loss = one(mask)
+    if tc.visible_loss_weight:
+        visible = (torch.arange(shots.shape[1], device=shots.device)[None, :] < lengths[:, None]) & ~mask
+        if visible.any():
+            loss = loss + tc.visible_loss_weight * one(visible)
+    return loss
+
+
+def drop_modalities(shots: torch.Tensor, mask: torch.Tensor, slices: list[tuple[int, int]], p: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Zero each modality slice of each visible shot with probability p (masked shots become [MASK] anyway)."""
+    B, T, _ = shots.shape
+    drop = (torch.rand(B, T, len(slices), generator=generator) < p).to(shots.device) & ~mask[..., None]  # (B, T, M)
+    keep = torch.ones_like(shots)
+    for m, (lo, hi) in enumerate(slices):
+        keep[..., lo:hi] = (~drop[..., m]).to(shots.dtype)[..., None]
+    return shots * keep
 
 
 def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
@@ -294,6 +356,8 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     optimizers = setup_optimizers(model, tc)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tc)) for o in optimizers]
     mask_gen = torch.Generator().manual_seed(tc.seed + 1)
+    drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout only
+    slices = [tuple(v) for v in ds.meta.modalities.values()]
     step = 0
 
     # --- resume
@@ -301,7 +365,8 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
+        defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys added since the checkpoint was written
+        saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
         if state["model_config"] != cfg.to_dict() or saved != now:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
@@ -315,6 +380,8 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         loader.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
         mask_gen.set_state(state["rng"]["mask"])
+        if "drop" in state["rng"]:  # checkpoints from before the modality-dropout ablation have none
+            drop_gen.set_state(state["rng"]["drop"])
         step = state["step"]
         if master and not quiet:
             print(f"resuming {run} from {ckpt.name} (step {step})")
@@ -343,8 +410,12 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     while step < stop:
         batch = next(batches)
         mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=mask_gen)
+        shots, lengths, mask = batch.shots.to(device), batch.lengths.to(device), mask.to(device)
+        inputs = drop_modalities(shots, mask, slices, tc.modality_dropout, drop_gen) if tc.modality_dropout else shots
         with amp:
-            _, loss = fwd(batch.shots.to(device), batch.title.to(device), batch.lengths.to(device), mask.to(device))
+            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask)
+            if not tc.source_objective:  # the ablations score against the real shots, not the dropped inputs
+                loss = objective(pred, shots, lengths, mask, tc, slices)
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -370,7 +441,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
                 "step": step, "model": model.state_dict(), "model_config": cfg.to_dict(),
                 "train_config": asdict(tc), "optimizers": [o.state_dict() for o in optimizers],
                 "schedulers": [s.state_dict() for s in schedulers], "data": loader.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "mask": mask_gen.get_state()},
+                "rng": {"torch": torch.get_rng_state(), "mask": mask_gen.get_state(), "drop": drop_gen.get_state()},
                 "metrics": metrics, "dataset": str(Path(data).resolve())})
         if log is not None:
             log.write(json.dumps(row) + "\n")

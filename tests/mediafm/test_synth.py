@@ -102,3 +102,59 @@ def test_a_genre_shows_in_the_tones_of_its_scenes(titles):
         loglik = np.log(world.tone_palette[:, t.scene_tone]).sum(1)  # (genres,): how each genre explains the tones
         right += int(np.argmax(loglik)) in t.genres
     assert right >= len(ts) - 1, right
+
+
+def test_world_knobs_change_what_they_say():
+    """Issue 17's grid: scene lengths, dialogue rate, locations and where tone shows are knobs."""
+    from mediafm.fusion import Layout
+
+    L = Layout("t", video=64, audio=64, text=64, title=32)
+    world = World(L, seed=0, scene_shots=(2, 4), dialogue_rate=0.1, locations_per_title=(12, 12), tone_text=2.0,
+                  tone_audio=0.0)
+    rng = np.random.default_rng(0)
+    ts = [generate_title(world, f"t{i}", 150, rng) for i in range(4)]
+    for t in ts:
+        lengths = np.bincount(t.scene)
+        assert lengths[:-1].min() >= 2 and lengths.max() <= 4, lengths  # the last scene may be cut by the title's end
+    talk = np.mean([d for t in ts for d in t.scene_dialogue])
+    assert talk < 0.25, talk
+    # tone shows in what is said, no longer in the sound
+    with_text = [(t, k) for t in ts for k in range(len(t.scene)) if t.present[k, 2]]
+    text_cos = np.mean([_cos(t.text[k], world.tones["text"][t.scene_tone[t.scene[k]]]) for t, k in with_text])
+    audio_cos = np.mean([_cos(t.audio[k], world.tones["audio"][t.scene_tone[t.scene[k]]]) for t, k in with_text])
+    assert text_cos > 0.4 and abs(audio_cos) < 0.15, (text_cos, audio_cos)
+
+
+def test_default_knobs_leave_the_standin_corpus_as_it_was():
+    from mediafm.fusion import Layout
+
+    L = Layout("t", video=16, audio=16, text=16, title=16)
+    a = generate_title(World(L, seed=2), "t", 60, np.random.default_rng(4))
+    b = generate_title(World(L, seed=2, tone_video=0.5, tone_audio=1.0, tone_text=0.0, setting_video=1.0,
+                             scene_shots=(6, 24), locations_per_title=(3, 8), dialogue_rate=0.6),
+                       "t", 60, np.random.default_rng(4))
+    assert np.array_equal(a.video, b.video) and np.array_equal(a.audio, b.audio) and np.array_equal(a.text, b.text)
+    # fingerprint taken with mediafm/synth.py as it was before the knobs existed: the same seed draws the same title
+    assert a.scene_tone == [45, 91, 60, 21]
+    assert [float(a.video.sum()), float(a.audio.sum()), float(a.text.sum())] == pytest.approx(
+        [4.563112258911133, -15.911985397338867, 18.57564926147461], rel=1e-5)
+
+
+@pytest.mark.parametrize("knobs, match", [({"scene_shots": (5, 2)}, "scene_shots"),
+                                          ({"dialogue_rate": 1.5}, "dialogue_rate"),
+                                          ({"tone_video": -1.0}, "tone_video")])
+def test_bad_world_knobs_are_named(knobs, match):
+    from mediafm.fusion import Layout
+
+    with pytest.raises(ValueError, match=match):
+        World(Layout("t", video=8, audio=8, text=8, title=8), **knobs)
+
+
+def test_write_corpus_rejects_unknown_world_knobs(tmp_path):
+    from mediafm.errors import ConfigError
+    from mediafm.fusion import Layout
+    from mediafm.synth import write_corpus
+
+    with pytest.raises(ConfigError, match=r"\['scenes'\] are not World knobs"):
+        write_corpus(tmp_path / "d", n_titles=2, layout=Layout("t", video=8, audio=8, text=8, title=8),
+                     world={"scenes": (2, 3)})

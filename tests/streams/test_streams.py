@@ -10,6 +10,7 @@ from conftest import rest_of_output
 from mediafm.bus import Tail, producer
 from mediafm.fusion import fuse
 from mediafm.profiles import PRODUCTION
+from mediafm.representations import published, served_output
 from mediafm.schema import ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, decode, vec_to_bytes
 from mediafm.served_mediafm import load_encoder
 from mediafm.synth import World, encoded_shots, generate_title, write_corpus
@@ -142,10 +143,12 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
         assert sorted(m.shot_index for m in msgs) == list(range(n)), "exactly one embedding per shot"
         assert {m.model_version for m in msgs} == {str(version)} and all(m.final for m in msgs)
         windows, owner = plan(n, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
-        hidden, output = contextual(enc, fuse(t.video, t.audio, t.text, t.present, layout=t.layout),
-                                    t.title_embedding, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
-        assert {(m.model, m.representation) for m in msgs} == {("mediafm", kafka_stack.embedding_representation)}
-        expected = {"hidden": hidden, "output": output}[kafka_stack.embedding_representation]
+        fused = fuse(t.video, t.audio, t.text, t.present, layout=t.layout)
+        hidden, output = contextual(enc, fused, t.title_embedding, size=kafka_stack.window_shots,
+                                    stride=kafka_stack.window_stride)
+        rep = kafka_stack.embedding_representation
+        assert {(m.model, m.representation) for m in msgs} == {("mediafm", rep)}
+        expected = published(rep, {"HIDDEN": hidden, "OUTPUT": output}[served_output(rep)], fused)
         for m in msgs:
             w = windows[owner[m.shot_index]]
             assert (m.window_start, m.window_end) == (w.start, w.end)

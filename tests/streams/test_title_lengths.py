@@ -17,6 +17,7 @@ from conftest import free_port, newest_version, rest_of_output, start_worker, st
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.profiles import OFFLINE
+from mediafm.representations import published, served_output
 from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
 from mediafm.served_mediafm import load_encoder
 from mediafm.stack import kafka
@@ -91,7 +92,8 @@ def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_st
         assert {m.model_version for m in msgs} == {served}
         windows, owner = plan(n, size=64, stride=32)  # the served model's max_shots, stride scaled with it
         hidden, output = contextual(enc, fused, title, size=64, stride=32)
-        expected = {"hidden": hidden, "output": output}[s.embedding_representation]
+        rep = s.embedding_representation
+        expected = published(rep, {"HIDDEN": hidden, "OUTPUT": output}[served_output(rep)], fused)
         got = np.stack([m.vector() for m in sorted(msgs, key=lambda m: m.shot_index)])
         for m in msgs:
             assert (m.window_start, m.window_end) == (windows[owner[m.shot_index]].start,

@@ -150,3 +150,72 @@ def test_muon_on_cpu_orthogonalises_in_float32_like_torch_does_in_bf16():
     # the same iteration as torch's bf16 one: singular values pushed into ~[0.5, 1.5]
     s = torch.linalg.svdvals(ours)
     assert 0.3 < s.min() and s.max() < 1.6, s
+
+
+def test_per_modality_loss_scores_each_present_slice_once():
+    from trainer.train import per_modality_loss
+
+    slices = [(0, 2), (2, 4), (4, 6)]  # video | audio | text
+    target = torch.tensor([[[1.0, 0, 1, 0, 0, 0]]])  # text absent (zeros): not scored
+    pred = torch.tensor([[[2.0, 0, 0, 1, 9, 9]]])  # video right (cos 1), audio orthogonal (cos 0)
+    where = torch.tensor([[True]])
+    assert per_modality_loss(pred, target, where, slices).item() == pytest.approx(0.5)  # (0 + 1) / 2
+
+
+def test_visible_loss_adds_the_weighted_loss_on_unmasked_shots():
+    from trainer.train import objective
+
+    shots = torch.tensor([[[1.0, 0], [0, 1.0], [1.0, 1.0], [0, 0]]])  # last position is padding
+    lengths = torch.tensor([3])
+    mask = torch.tensor([[True, False, False, False]])
+    pred = torch.stack([torch.tensor([0, 1.0]), -shots[0, 1], -shots[0, 2], torch.tensor([5.0, 5.0])])[None]
+    slices = [(0, 1), (1, 2)]
+    base = objective(pred, shots, lengths, mask, TrainConfig(config="tiny"), slices)
+    assert base.item() == pytest.approx(1.0)  # masked shot orthogonal to its prediction
+    weighted = objective(pred, shots, lengths, mask, TrainConfig(config="tiny", visible_loss_weight=0.5), slices)
+    assert weighted.item() == pytest.approx(1.0 + 0.5 * 2.0)  # visible shots predicted as their opposites: 1 - (-1)
+
+
+def test_modality_dropout_zeroes_whole_slices_of_visible_shots_only():
+    from trainer.train import drop_modalities
+
+    torch.manual_seed(0)
+    shots = torch.rand(4, 10, 6) + 0.1
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[:, ::3] = True
+    slices = [(0, 2), (2, 4), (4, 6)]
+    out = drop_modalities(shots, mask, slices, 0.5, torch.Generator().manual_seed(0))
+    dropped = 0
+    for lo, hi in slices:
+        part, orig = out[..., lo:hi], shots[..., lo:hi]
+        zero = (part == 0).all(-1)
+        assert torch.equal(part[~zero], orig[~zero]), "a slice is kept whole or zeroed whole"
+        assert not zero[mask].any(), "masked shots are left to [MASK]"
+        dropped += int(zero.sum())
+    assert 0.3 < dropped / (3 * int((~mask).sum())) < 0.7, dropped
+
+
+@pytest.mark.parametrize("key, value, match", [("loss", "l2", "loss='l2'"),
+                                               ("visible_loss_weight", -1.0, "visible_loss_weight=-1.0"),
+                                               ("modality_dropout", 1.0, "modality_dropout=1.0")])
+def test_ablation_settings_are_validated(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(config="tiny", **{key: value})
+    assert TrainConfig(config="tiny").source_objective, "the defaults are the source's objective"
+
+
+def test_ablations_train_and_resume_exactly(corpus, tmp_path):
+    """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes."""
+    ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2)
+    train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
+    train(corpus, tmp_path / "a", _cfg(max_steps=4, **ablation), quiet=True)
+    train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True, until_step=3)
+    train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True)
+    src, a, b = (torch.load(tmp_path / r / "checkpoints" / "step-0000004.pt", weights_only=False)
+                 for r in ("src", "a", "b"))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert any(not torch.equal(a["model"][k], src["model"][k]) for k in a["model"])
+    for key, value in ablation.items():  # each one alone also trains
+        r = train(corpus, tmp_path / key, _cfg(max_steps=2, **{key: value}), quiet=True)
+        assert r["step"] == 2

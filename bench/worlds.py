@@ -1,0 +1,239 @@
+"""Model quality on a grid of stand-in worlds (issue 17): MediaFM in context vs its own inputs, per world.
+
+    .venv/bin/python bench/worlds.py                      # the whole grid at the small default (~25 min, 2 cores)
+    .venv/bin/python bench/worlds.py --worlds standin short-scenes --seeds 2 --steps 200
+    .venv/bin/python bench/worlds.py --variant mediafm= --variant adamw="--optimizer adamw"
+
+The worlds are fixed in bench/worlds.toml, written before any run and never
+edited to make a model win (its header says how to add one). For each world
+and each seed s (1..--seeds):
+
+  1. `mediafm synth corpus` with the world's knobs, corpus seed s;
+  2. `mediafm train` of every --variant (default one: the source's recipe), training seed s;
+  3. `mediafm evaluate` of all variants on the corpus' test titles.
+
+Then it prints and writes (OUT/worlds.md, OUT/worlds.json) ONE table: per world
+and task, the concatenated inputs (`concat`: the shot's own inputs, no context),
+the baselines that use context without learning (`avg-k3`, `avg-k8`,
+`clip+next12`: means of the fused vectors around the clip) and MediaFM in context
+(`<variant>:context` hidden states, `<variant>:context-output` through the output
+projection, `<variant>:context+input` the output and the shot's own input, unit
+vectors averaged, at the fused width), each as mean ± sd over the seeds (the spread covers both the corpus
+draw and the training seed). A cell marked ✗ is below concat: context hurt there.
+A second table gives validation loss (masked-shot cosine distance) over the two
+context-free predictors the trainer logs (title mean, neighbours): below 1 means
+the model predicts masked shots better than they do.
+
+Default budget (small on purpose, 2 CPU cores): measured 2026-11-30, 40 s per world
+and seed on a quiet machine, 65-90 s (one thread) while other work shared it, so
+the 27 runs of the whole grid take ~20-40 min; each --variant adds ~25-40 s a run. `tiny` model (hidden 64, 2 layers, 64-shot windows), 600 steps
+of batch 16 (AdamW lr 3e-3, warmup 30), 150 titles of 40-120 shots per corpus
+(35% evaluation titles, 10% validation), 64-d modalities (192-d fused), probes
+with 5 folds and one fold seed. Numbers at this size compare methods within a world; they are
+noisy and do not predict catalog scores. Raise --steps/--titles/--config for a
+real run (GPU: --config small --steps 2000 --titles 700).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TASK_ORDER = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
+BASE_ROWS = ("concat", "avg-k3", "avg-k8", "clip+next12")
+CONTEXT_ROWS = ("context", "context-output", "context+input")  # per variant, where the evaluation has them
+TRAIN_DEFAULTS = ["--batch_size", "16", "--lr_adamw", "3e-3", "--warmup_steps", "30", "--val_batches", "4"]
+
+
+def load_worlds(path: Path, only: list[str] | None) -> dict[str, dict]:
+    """name -> {"about", "noise", World knobs...}; unknown names in `only` are an error."""
+    worlds = tomllib.loads(path.read_text())
+    if only:
+        missing = [w for w in only if w not in worlds]
+        if missing:
+            raise SystemExit(f"worlds: {missing} not in {path}; choose from {list(worlds)}")
+        worlds = {w: worlds[w] for w in only}
+    return worlds
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """['mediafm=', 'adamw=--optimizer adamw'] -> {name: extra training flags}."""
+    out: dict[str, list[str]] = {}
+    for spec in specs or ["mediafm="]:
+        name, _, flags = spec.partition("=")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise SystemExit(f"--variant {spec!r}: give NAME=FLAGS, NAME of letters, digits, - and _")
+        if name in out:
+            raise SystemExit(f"--variant {name} given twice")
+        out[name] = shlex.split(flags)
+    return out
+
+
+def collect(work: Path, variants: dict[str, list[str]]) -> dict | None:
+    """The probes and losses of a finished (world, seed) from its files; None if its evaluation is missing."""
+    report = work / "report" / "results.json"
+    if not report.exists():
+        return None
+    res = json.loads(report.read_text())["results"]
+    losses = {}
+    for name in variants:
+        latest = work / name / "checkpoints" / "latest.json"
+        metrics = json.loads(latest.read_text()).get("metrics", {}) if latest.exists() else {}
+        losses[name] = {k: metrics[k] for k in ("val_loss", "title_mean", "neighbours") if k in metrics}
+    return {"probes": {rep: {t: v["mean"] for t, v in row.items()} for rep, row in res.items()}, "losses": losses}
+
+
+def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], args, work: Path) -> dict:
+    """Corpus, training of every variant and evaluation for one (world, seed); a finished one is read back."""
+    done = collect(work, variants)
+    if done is not None and all(done["losses"].get(v) for v in variants):
+        return done
+    from mediafm.fusion import Layout
+    from mediafm.synth import write_corpus
+    from trainer.evaluate import evaluate
+    from trainer.train import TrainConfig, parse_overrides, train
+
+    knobs = {k: v for k, v in spec.items() if k not in ("about", "noise")}
+    d = args.dims
+    lo, hi = (int(x) for x in args.shots.split(","))
+    data = work / "data"
+    if not (data / "meta.json").exists():
+        write_corpus(data, n_titles=args.titles, layout=Layout(f"worlds-{d}", video=d, audio=d, text=d, title=d),
+                     seed=seed, shots=(lo, hi), noise=float(spec.get("noise", 1.5)), val_fraction=0.1,
+                     test_fraction=0.35, world=knobs)
+    for name, flags in variants.items():  # a run already at --steps returns at once (train resumes)
+        train_over, model_over = parse_overrides([*TRAIN_DEFAULTS, "--max_steps", str(args.steps), "--eval_every",
+                                                  str(args.steps), "--ckpt_every", str(args.steps), "--seed",
+                                                  str(seed), *flags])
+        train(data, work / name, TrainConfig(config=args.config, **train_over), model_over, quiet=True)
+    evaluate(data, [work / n for n in variants], work / "report", seeds=args.eval_seeds, folds=args.folds,
+             progress=False, plot=False)
+    return collect(work, variants)
+
+
+def cell(vals: list[float], *, worse: bool = False) -> str:
+    s = f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "-"
+    return s + (" ✗" if worse else "")
+
+
+def tables(results: dict, variants: list[str], seeds: int) -> str:
+    """The probe table (world x representation, tasks as columns) and the loss-ratio table, in markdown."""
+    lines = ["| world | representation | " + " | ".join(TASK_ORDER) + " |", "| --- | --- |" + " --- |" * len(TASK_ORDER)]
+    summary = []
+    for world, per_seed in results.items():
+        probes = [r["probes"] for r in per_seed]
+        label = world if len(per_seed) == seeds else f"{world} (n={len(per_seed)})"
+
+        def vals(rep: str, task: str, probes: list[dict] = probes) -> list[float]:
+            return [p[rep][task] for p in probes if rep in p and task in p[rep]]
+
+        ours = [f"{v}:{kind}" for v in variants for kind in CONTEXT_ROWS if any(f"{v}:{kind}" in p for p in probes)]
+        rows = [*BASE_ROWS, *ours]
+        for rep in rows:
+            cells = []
+            for t in TASK_ORDER:
+                v, c = vals(rep, t), vals("concat", t)
+                few = f" (n={len(v)})" if 0 < len(v) < len(probes) else ""  # a row that only some seeds have
+                cells.append(cell(v, worse=rep != "concat" and bool(v) and np.mean(v) < np.mean(c)) + few)
+            lines.append(f"| {label} | {rep} | " + " | ".join(cells) + " |")
+        for out in (r for r in ours if not r.endswith(":context")):
+            beats = {b: sum(np.mean(vals(out, t)) > np.mean(vals(b, t)) for t in TASK_ORDER) for b in BASE_ROWS}
+            best = sum(np.mean(vals(out, t)) > max(np.mean(vals(b, t)) for b in BASE_ROWS) for t in TASK_ORDER)
+            summary.append(f"- {world}, {out}: beats concat on {beats['concat']}/5 tasks, avg-k3 on "
+                           f"{beats['avg-k3']}/5, avg-k8 on {beats['avg-k8']}/5, clip+next12 on "
+                           f"{beats['clip+next12']}/5, all four on {best}/5")
+    lines += ["", f"mean ± sd over {seeds} seeds (corpus draw and training seed; (n=k): only k of them); ✗ = below concat (the shot's own "
+              "inputs): context hurt there. Metrics: ad_relevancy AP, popularity Kendall's tau within title, tone "
+              "micro AP, genre macro AP, retrieval AP.", "", *summary, "",
+              "Validation loss (masked-shot cosine distance) / context-free predictor; < 1 = MediaFM better:", "",
+              "| world | variant | val loss | / title mean | / neighbours |", "| --- | --- | --- | --- | --- |"]
+    for world, per_seed in results.items():
+        for v in variants:
+            ls = [r["losses"][v] for r in per_seed if "val_loss" in r["losses"].get(v, {})]
+            if not ls:
+                lines.append(f"| {world} | {v} | - | - | - |")
+                continue
+            val = [x["val_loss"] for x in ls]
+            lines.append(f"| {world} | {v} | {cell(val)} | {cell([x['val_loss'] / x['title_mean'] for x in ls])} | "
+                         f"{cell([x['val_loss'] / x['neighbours'] for x in ls])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worlds-file", default=str(ROOT / "bench" / "worlds.toml"), help="the grid (default bench/worlds.toml)")
+    p.add_argument("--worlds", nargs="+", metavar="NAME", help="run only these worlds of the grid (default all)")
+    p.add_argument("--seeds", type=int, default=3, help="corpus + training seeds per world (default 3)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per run (default 600)")
+    p.add_argument("--config", default="tiny", help="named model size (default tiny; small/base for real runs)")
+    p.add_argument("--titles", type=int, default=150, help="titles per corpus, 35%% of them evaluation titles (default 150)")
+    p.add_argument("--shots", default="40,120", help="MIN,MAX shots per title (default 40,120)")
+    p.add_argument("--dims", type=int, default=64, help="width of each modality and of the title embedding (default 64)")
+    p.add_argument("--folds", type=int, default=5, help="outer folds over evaluation titles (default 5)")
+    p.add_argument("--eval-seeds", type=int, default=1, help="fold shuffles per evaluation (default 1)")
+    p.add_argument("--variant", action="append", metavar="NAME=FLAGS",
+                   help="a training recipe to compare, e.g. adamw=\"--optimizer adamw\" (repeat; default mediafm=, "
+                   "the source's recipe); FLAGS are `mediafm train` overrides")
+    p.add_argument("--out", default="bench-out/worlds", help="work dir: corpora, runs, reports, worlds.md/json")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a 2-core machine shared with other work, 2 threads spin "
+                   "against each other; a 600-step run took 4.5 min instead of ~40 s)")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: rebuild the table from the (world, seed) runs already finished in --out "
+                   "(a rerun without it resumes: finished ones are read back, the rest run)")
+    args = p.parse_args(argv)
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+
+    worlds = load_worlds(Path(args.worlds_file), args.worlds)
+    variants = parse_variants(args.variant)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    t0 = time.perf_counter()
+    jobs = [(w, s) for w in worlds for s in range(1, args.seeds + 1)]
+    bar = tqdm(jobs, unit="run", desc="worlds x seeds", dynamic_ncols=True)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+
+    def write(done: int) -> str:  # after every (world, seed): an interrupted grid leaves its partial table
+        wall = time.perf_counter() - t0
+        partial = "" if done == len(jobs) else f" (PARTIAL: {done} of {len(jobs)} world x seed runs)"
+        md = (f"# MediaFM on the grid of worlds ({args.worlds_file}){partial}\n\n`bench/worlds.py {command}`: "
+              f"config {args.config}, {args.steps} steps, {args.titles} titles of {args.shots} shots, {args.dims}-d "
+              f"modalities, {args.seeds} seeds, {args.folds} folds; {wall / 60:.1f} min\n\n"
+              + tables(results, list(variants), args.seeds))
+        (out / "worlds.md").write_text(md)
+        (out / "worlds.json").write_text(json.dumps({"args": vars(args), "worlds": worlds, "variants": variants,
+                                                     "seconds": wall, "done": done, "results": results}, indent=1))
+        return md
+
+    md = ""
+    for world, seed in bar:
+        bar.set_postfix_str(f"{world} seed {seed}")
+        t = time.perf_counter()
+        work = out / world / f"seed{seed}"
+        r = collect(work, variants) if args.collect else one_seed(world, worlds[world], seed, variants, args, work)
+        if r is None:
+            continue
+        results.setdefault(world, []).append(r)
+        bar.write(f"{world} seed {seed}: {time.perf_counter() - t:.0f} s")
+        md = write(sum(len(v) for v in results.values()))
+    print(md)
+    print(f"wrote {out / 'worlds.md'}, {out / 'worlds.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
