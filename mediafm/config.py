@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mediafm.errors import ConfigError
-from mediafm.representations import REPRESENTATIONS
+from mediafm.representations import DEFAULT as DEFAULT_REPRESENTATION, REPRESENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ class Settings:
     shorter (`mediafm export` records it), so a model trained on shorter windows gets what it knows."""
     window_stride: int = 256
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
-    embedding_representation: str = "context+input"
+    embedding_representation: str = DEFAULT_REPRESENTATION
     """What the pipeline publishes per shot (mediafm/representations.py): "context+input" (MediaFM's output
     beside the shot's own fused input, both unit length, halved: what the grid of worlds supports, README
     "Evaluation"), "output" (the output projection alone, back in fused space) or "hidden" (the last hidden
