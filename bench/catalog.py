@@ -12,8 +12,13 @@ stage publishes them) go, in one run and on the same titles:
   the worker's window plan in requests of the served max_batch_size, called
   from this process;
 - through N workers (`mediafm worker` processes of one fresh pipeline with
-  --partitions partitions), timed from the first publish to the last final
-  embedding; each worker's peak RSS (VmHWM) is read from /proc at the end.
+  --partitions partitions). The catalog is published first (this process's
+  kafka-python producer took as much of 2 cores as a worker when it published
+  during the timed run), then the workers start; timed from the first fused
+  shot to the last embedding, by the record timestamps their producers set,
+  so neither publishing, nor the group's join, nor this process's reading
+  counts. Then every shot's final is checked; each worker's peak RSS (VmHWM)
+  is read from /proc and its counters from /metrics.
 Prints shots/s of each, stages / direct, N workers / 1 worker, peak RSS.
 """
 
@@ -31,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from kafka import KafkaConsumer, TopicPartition
 from pipeline import counter, free_port, wait_finals
 
 from mediafm import stack
@@ -86,11 +92,16 @@ async def direct(s: Settings, world: World, args) -> tuple[int, float]:
     return n, t
 
 
-@contextmanager
-def workers(base: Settings, tmp: Path, k: int, partitions: int):
-    """k `mediafm worker` processes of one fresh pipeline; yields (settings, tail, [(process, web port)])."""
+def pipeline_settings(base: Settings, partitions: int) -> Settings:
+    """A fresh pipeline (topic prefix) with its topics created."""
     s = replace(base, topic_prefix=f"cat{uuid.uuid4().hex[:6]}", partitions=partitions)
     kafka.create_topics(s, Topics.from_settings(s).all())
+    return s
+
+
+@contextmanager
+def workers(s: Settings, tmp: Path, k: int):
+    """k `mediafm worker` processes of pipeline `s`; yields (tail from the beginning, [(process, web port)])."""
     procs = []
     for i in range(k):
         port = free_port()
@@ -98,9 +109,9 @@ def workers(base: Settings, tmp: Path, k: int, partitions: int):
         log = tmp / f"{s.topic_prefix}-worker{i}.log"
         procs.append((subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],
                                        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT), port))
-    tail = Tail(s, Topics.from_settings(s).embeddings)
+    tail = Tail(s, Topics.from_settings(s).embeddings, from_beginning=True)
     try:
-        yield s, tail, procs
+        yield tail, procs
     finally:
         tail.close()
         for p, _ in procs:
@@ -116,11 +127,11 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def publish(s: Settings, tail: Tail, world: World, n: int, shots: int, seed: int) -> tuple[int, float]:
+def publish(s: Settings, world: World, n: int, shots: int, seed: int) -> dict[str, int]:
+    """The catalog into the pipeline's encoded-shots topic, as the encode stage publishes it; {title: shots}."""
     names = Topics.from_settings(s)
     ids = {}
     p = producer(s)
-    t0 = time.perf_counter()
     for title in titles(world, n, shots, seed):
         tid = f"{title.title_id}-{uuid.uuid4().hex[:6]}"
         ids[tid] = len(title.start_s)
@@ -129,8 +140,37 @@ def publish(s: Settings, tail: Tail, world: World, n: int, shots: int, seed: int
             p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
     p.flush()
     p.close()
-    wait_finals(tail, ids, timeout_s=24 * 3600)
-    return sum(ids.values()), time.perf_counter() - t0
+    return ids
+
+
+def records(s: Settings, topic: str) -> int:
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    n = sum(c.end_offsets(tps).values())
+    c.close()
+    return n
+
+
+def stage_span_s(s: Settings) -> float:
+    """Seconds from the first fused shot to the last embedding, by the record timestamps the workers set."""
+    names = Topics.from_settings(s)
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
+
+    def stamps(topic: str, last: bool) -> list[int]:
+        out = []
+        for p in sorted(c.partitions_for_topic(topic) or ()):
+            tp = TopicPartition(topic, p)
+            end = c.end_offsets([tp])[tp]
+            if end == 0:
+                continue
+            c.assign([tp])
+            c.seek(tp, end - 1 if last else c.beginning_offsets([tp])[tp])
+            out.append(next(iter(c)).timestamp)
+        return out
+
+    first, last = min(stamps(names.fused, last=False)), max(stamps(names.embeddings, last=True))
+    c.close()
+    return (last - first) / 1000
 
 
 def main() -> None:
@@ -152,9 +192,17 @@ def main() -> None:
     print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s")
     rates = {}
     for k in args.workers:
-        with workers(base, tmp, k, args.partitions) as (s, tail, procs):
-            publish(s, tail, world, 2 * k, 20, seed=9)  # warm-up: group joined, tables and models ready
-            n, t = publish(s, tail, world, args.titles, args.shots, seed=1)
+        s = pipeline_settings(base, args.partitions)
+        t0 = time.perf_counter()
+        ids = publish(s, world, args.titles, args.shots, seed=1)
+        n = sum(ids.values())
+        print(f"published {n} encoded shots in {time.perf_counter() - t0:.1f}s (this process, kafka-python)")
+        with workers(s, tmp, k) as (tail, procs):
+            embeddings = Topics.from_settings(s).embeddings
+            while records(s, embeddings) < n and all(p.poll() is None for p, _ in procs):
+                time.sleep(0.5)  # the end offsets, not the records: reading them would take the workers' CPU
+            wait_finals(tail, ids, timeout_s=600)  # every shot has its final (raises if not)
+            t = stage_span_s(s)
             rss = [peak_rss_mib(p.pid) for p, _ in procs]
             dead = [p.pid for p, _ in procs if p.poll() is not None]
             # redeliveries: acknowledgements not committed across rebalances, and the repeats the stages saw
