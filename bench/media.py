@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mediafm.config import Settings  # noqa: E402
+from mediafm.config import SHOT_DETECTORS, Settings  # noqa: E402
 from mediafm.media.decode import iter_video_frames  # noqa: E402
 from mediafm.media.embed import embed_title  # noqa: E402
 from mediafm.media.synthfilm import make_long_film  # noqa: E402
@@ -133,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0, help="film length (default 10)")
     ap.add_argument("--sizes", default="1280x720,1920x1080", help="comma-separated WxH (default 1280x720,1920x1080)")
-    ap.add_argument("--detector", choices=("transnetv2", "transnetv2-fast", "content"), default="transnetv2")
+    ap.add_argument("--detector", choices=SHOT_DETECTORS, default="transnetv2")
     ap.add_argument("--split", action="store_true",
                     help="time a second shot-detection pass split into decode + conversions and the detector")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mediafm" / "bench-films",

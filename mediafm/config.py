@@ -19,9 +19,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mediafm.errors import ConfigError
-from mediafm.representations import DEFAULT as DEFAULT_REPRESENTATION, REPRESENTATIONS
+from mediafm.representations import DEFAULT as DEFAULT_REPRESENTATION
+from mediafm.representations import REPRESENTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHOT_DETECTORS = ("transnetv2", "transnetv2-fast", "content")
+"""The shot detectors (mediafm/media/shots.py): the shot_detector setting and every --detector option."""
 
 
 def _default_state_dir() -> Path:
@@ -161,8 +164,8 @@ class Settings:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
         if self.frames_per_shot < 1:
             raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
-        if self.shot_detector not in ("transnetv2", "transnetv2-fast", "content"):
-            raise ConfigError(f"shot_detector={self.shot_detector!r}; choose transnetv2, transnetv2-fast or content")
+        if self.shot_detector not in SHOT_DETECTORS:
+            raise ConfigError(f"shot_detector={self.shot_detector!r}; choose one of {', '.join(SHOT_DETECTORS)}")
         if self.audio_window_s <= 0 or self.max_media_bytes <= 0 or self.max_media_duration_s <= 0:
             raise ConfigError("audio_window_s, max_media_bytes and max_media_duration_s must be > 0")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":

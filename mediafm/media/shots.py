@@ -61,9 +61,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mediafm.config import SHOT_DETECTORS as DETECTORS
 from mediafm.media.decode import iter_video_frames
 
-DETECTORS = ("transnetv2", "transnetv2-fast", "content")
 THUMB_WIDTH = 128
 _TN_SIZE = (48, 27)  # TransNetV2's input (w, h)
 _CONTENT_WIDTH = 256  # PySceneDetect's default auto-downscale target
