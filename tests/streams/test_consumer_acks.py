@@ -1,11 +1,12 @@
 """A message Faust skipped is never committed (streams/consumer.py).
 
 Faust skips a message that reaches an agent during a rebalance (flow stopped) or that was fetched under an
-older consumer generation, and acknowledges it. Committed, it would never be fetched again: the loss
-bench/catalog.py saw when a second worker joined. These tests drive the worker's real consumer object
+older consumer generation, and acknowledges it. Committed, it would never be fetched again (read from
+Faust's code; streams/consumer.py). These tests drive the worker's real consumer object
 (the one `streams.app.create_runtime` builds; no broker needed for its acknowledgement bookkeeping) through
 a rebalance's sequence and ask it what it would commit. They fail with Faust's own consumer class.
-The real-broker proof is tests/streams/test_scaling.py (workers joining, leaving and dying mid-catalog).
+The real-broker proof of both of streams/consumer.py's fixes is tests/streams/test_scaling.py (workers
+joining, leaving and dying mid-catalog), which lost shots in most runs before the first of them.
 """
 
 from __future__ import annotations
