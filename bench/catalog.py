@@ -135,10 +135,13 @@ def publish(s: Settings, world: World, n: int, shots: int, seed: int) -> dict[st
     for title in titles(world, n, shots, seed):
         tid = f"{title.title_id}-{uuid.uuid4().hex[:6]}"
         ids[tid] = len(title.start_s)
+        futures = []
         for m in encoded_shots(title):
             m.title_id = tid
-            p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
-    p.flush()
+            futures.append(p.send(names.encoded, key=tid.encode(), value=m.to_bytes()))
+        p.flush()
+        for f in futures:  # a send the broker did not take fails its future only: without this, a silent hole
+            f.get(timeout=60)
     p.close()
     return ids
 
