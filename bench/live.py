@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
-from pipeline import AUDIO, bench_worker, wait_finals
-from prometheus_client.parser import text_string_to_metric_families
+from pipeline import AUDIO, bench_worker, wait_finals, worker_metrics
 
 from mediafm.config import Settings
 from mediafm.media.synthfilm import make_film
@@ -37,10 +35,8 @@ def p(x, q) -> float:
 
 def stage_buckets(port: int, kind: str = "live") -> dict[str, dict[float, float]]:
     """{stage: {le: cumulative count}} of the worker's mediafm_stage_latency_seconds for `kind`."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
     out: dict[str, dict[float, float]] = {}
-    for fam in text_string_to_metric_families(text):
+    for fam in worker_metrics(port):
         if fam.name == "mediafm_stage_latency_seconds":
             for smp in fam.samples:
                 if smp.name.endswith("_bucket") and smp.labels.get("kind") == kind:

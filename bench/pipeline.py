@@ -181,14 +181,18 @@ def main() -> None:
                   f"({len(lat)} shots; from the publication of the segment that closed the shot)")
 
 
-def counter(port: int, name: str) -> float:
-    """The sum over labels of a worker's Prometheus counter `name` (without _total), from its /metrics page."""
+def worker_metrics(port: int) -> list:
+    """A worker's Prometheus metric families, from its /metrics page (the worker_web_port setting)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return sum(smp.value for fam in text_string_to_metric_families(text) if fam.name == name
+        return list(text_string_to_metric_families(r.read().decode()))
+
+
+def counter(port: int, name: str) -> float:
+    """The sum over labels of a worker's Prometheus counter `name` (without _total)."""
+    return sum(smp.value for fam in worker_metrics(port) if fam.name == name
                for smp in fam.samples if smp.name == f"{name}_total")
 
 
