@@ -88,6 +88,8 @@ def main() -> None:
         publish_live(s, film.path, event_id=eid, segment_s=args.segment_s, realtime=True)
         got = wait_finals(tail, {eid: len(shots)}, timeout_s=3600)[eid]
         after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots
+        held = {smp.labels["result"]: smp.value for fam in worker_metrics(s.worker_web_port)
+                if fam.name == "mediafm_live_decoded_segments" for smp in fam.samples if smp.name.endswith("_total")}
         stages = {k: {le: n - before.get(k, {}).get(le, 0.0) for le, n in v.items()} for k, v in after.items()}
 
     print("where a live shot's time goes: seconds from the segment's publication to each stage's output "
@@ -96,6 +98,8 @@ def main() -> None:
         cum = stages.get(stage, {})
         print(f"  {stage:8s} p50 {quantile(cum, 0.5):6.2f}  p99 {quantile(cum, 0.99):6.2f}  "
               f"({max(cum.values(), default=0):.0f} shots)")
+    print(f"segments the encode stage found decoded in memory: {held.get('hit', 0):.0f}, decoded again: "
+          f"{held.get('miss', 0):.0f} (live_decoded_mb, mediafm/media/segment_cache.py)")
     rows = {}
     for final in (False, True):
         ms = [m for m in got if m.final == final]

@@ -91,6 +91,10 @@ class Settings:
     live_right_context: int = 16
     """Live events: a shot's final embedding waits for this many later shots (or the event's end);
     until then consumers get a provisional one from its left context."""
+    live_decoded_mb: int = 256
+    """Live events: MiB of a worker's memory for segments the shot detector has decoded, kept at the video
+    encoder's frame size so a live shot is encoded without decoding its segments again
+    (mediafm/media/segment_cache.py; ~7.5 MiB per 2 s of 25 fps video at 224 px). 0 = off."""
 
     # --- Triton
     triton_models: tuple[str, ...] = ("fusion", "mediafm", "mediafm_offline", "video_efficientnet", "audio_aisfx",
@@ -162,6 +166,8 @@ class Settings:
             raise ConfigError(f"live_right_context={self.live_right_context} must be in [0, window_shots)")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
+        if self.live_decoded_mb < 0:
+            raise ConfigError(f"live_decoded_mb={self.live_decoded_mb} must be >= 0 (0 = off)")
         if self.frames_per_shot < 1:
             raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
         if self.shot_detector not in SHOT_DETECTORS:

@@ -23,3 +23,6 @@ offsets_skipped = Counter("mediafm_offsets_skipped_total",
 acks_dropped = Counter("mediafm_acks_dropped_total",
                        "Acknowledgements not committed: messages skipped or processed across a rebalance, fetched "
                        "again (see streams/consumer.py)", ["topic"])
+live_decoded = Counter("mediafm_live_decoded_segments_total",
+                       "Live segments the encode stage found decoded in memory (hit) or decoded again (miss); "
+                       "see mediafm/media/segment_cache.py", ["result"])

@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediafm.config import Settings, replace
 from mediafm.errors import BadRequest, ConfigError
+from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
 from mediafm.representations import published, served_output
 from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, vec_to_bytes
@@ -62,6 +63,9 @@ class Runtime:
         self.triton = TritonClient(settings.triton_http_url,
                                    on_latency=lambda m, s: metrics.triton_seconds.labels(m).observe(s))
         self._served: dict[str, Served] = {}  # MediaFM model -> what it accepts
+        # Live segments the segment stage decoded, kept for the encode stage (mediafm/media/segment_cache.py)
+        self.decoded = DecodedSegments(settings.live_decoded_mb * 2**20,
+                                       on_lookup=lambda hit: metrics.live_decoded.labels("hit" if hit else "miss").inc())
 
     # --- the app -------------------------------------------------------------------------------------
     def _make_app(self) -> faust.App:

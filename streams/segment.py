@@ -12,7 +12,10 @@ encoding stage gets each shot's text with the shot.
 A live event's detector keeps state across segments (a shot spanning two
 segments is one shot). The segments not yet behind a closed shot are kept in
 a changelog-backed table: a restarted worker replays them into a fresh
-detector and carries on numbering shots where it stopped.
+detector and carries on numbering shots where it stopped. The frames the
+detector decodes are kept at the video encoder's size (Runtime.decoded,
+mediafm/media/segment_cache.py), so the encode stage samples a live shot's
+frames from memory instead of decoding its segments a second time.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import msgpack
 from mediafm.config import Settings
 from mediafm.errors import BadInput, MediaError, SchemaError
 from mediafm.media.decode import check_uri, probe
+from mediafm.media.segment_cache import DecodedSegments
 from mediafm.media.shots import Shot, ShotDetector, detect_shots
 from mediafm.media.subtitles import Cue, align, container_subtitles, load_subtitles
+from mediafm.profiles import get_profile
 from mediafm.schema import LiveSegment, ShotRef, TitleMeta, TitleRequest, decode
 from streams import metrics
 from streams.runtime import Runtime
@@ -74,10 +79,14 @@ def covering(segments: list[list], start_s: float, end_s: float) -> list[list]:
 
 
 class LiveCutter:
-    """One ShotDetector per live event, fed segment by segment; rebuilt from the table after a restart."""
+    """One ShotDetector per live event, fed segment by segment; rebuilt from the table after a restart.
+    Every segment it decodes is also kept in `decoded` at the video encoder's frame size, for the encode
+    stage (mediafm/media/segment_cache.py)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decoded: DecodedSegments | None = None) -> None:
         self.settings = settings
+        self.decoded = decoded
+        self.frame_size = get_profile(settings.encoder_profile).frame_size
         self.detectors: dict[str, tuple[ShotDetector, int]] = {}  # event id -> (detector, its frame 0 in the event)
 
     def push(self, state: dict, seg: LiveSegment, path: str) -> tuple[list[Shot], int]:
@@ -91,10 +100,10 @@ class LiveCutter:
             kept = state["segments"]  # replay what is not yet behind a closed shot
             self.detectors[seg.event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
             for uri, s0, *_ in kept:
-                det.push_segment(uri, time_offset=s0)
+                self._push(det, uri, s0)
         det, frame0 = self.detectors[seg.event_id]
         before = det.n_frames
-        shots = det.push_segment(path, time_offset=seg.start_s)
+        shots = self._push(det, path, seg.start_s)
         n_frames = det.n_frames - before
         if seg.last:
             shots += det.flush()
@@ -108,6 +117,13 @@ class LiveCutter:
             out.append(dataclasses.replace(s, index=state["next_shot"] + len(out), start_s=start, start_frame=first,
                                            end_frame=s.end_frame + frame0))
         return out, n_frames
+
+    def _push(self, det: ShotDetector, path: str, start_s: float) -> list[Shot]:
+        rec = self.decoded.recorder(self.frame_size) if self.decoded is not None else None
+        shots = det.push_segment(path, time_offset=start_s, tap=rec)
+        if rec is not None:
+            self.decoded.put(path, rec.result())
+        return shots
 
     def forget(self, event_id: str) -> None:
         self.detectors.pop(event_id, None)  # rebuilt from the table's segments on the next segment
@@ -162,7 +178,7 @@ def check_next(state: dict, seg: LiveSegment) -> bool:
 
 def register(rt: Runtime) -> None:
     live_table = rt.table("segment-live")
-    cutter = LiveCutter(rt.settings)
+    cutter = LiveCutter(rt.settings, rt.decoded)
 
     @rt.app.agent(rt.topics.titles, name=f"{__name__}.segment_titles")
     async def segment_titles(stream):

@@ -232,13 +232,36 @@ def _seek(c, base: float, seek_s: float | None) -> None:
             c.seek(0)
 
 
+class FrameTimes:
+    """The seconds iter_video_frames gives a stream's frames, from each frame's own timestamp (`frame.time`;
+    when it has none, the previous one plus a nominal frame): from the container start (`base`), or with
+    `time_offset` from that time at the first frame. One per pass over a stream; a decoded segment replayed
+    from memory (mediafm.media.segment_cache) goes through the same arithmetic, so its times are the same floats."""
+
+    def __init__(self, base: float, rate: float, time_offset: float | None) -> None:
+        self.base, self.rate, self.time_offset = base, rate, time_offset
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def __call__(self, t: float | None) -> float:
+        if t is None:  # no timestamp: continue from the last one at the nominal rate
+            t = (self.last if self.last is not None else self.base) + 1.0 / self.rate
+        self.last = t
+        if self.time_offset is None:
+            return t - self.base
+        self.first = t if self.first is None else self.first
+        return self.time_offset + (t - self.first)
+
+
 def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None,
-                      seek_s: float | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
+                      seek_s: float | None = None, tap=None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
     """(index, time_s, av frame, rotation) for every decoded frame; the av frame is not converted.
 
     time_offset None: times from the container start; a number: the first frame gets that time
     (segments of a live event laid end to end). seek_s: start near that time (the keyframe at
     or before it) instead of at the first frame; frame indices then count from start_index.
+    tap: told what a replay needs (mediafm.media.segment_cache.SegmentRecorder): `tap.opened(base, rate,
+    has_audio)` once, then `tap.frame(frame.time, frame, rotation)` per frame.
     """
     with _open(path) as c:
         if not c.streams.video:
@@ -248,22 +271,17 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
         base = _start(c)
         _seek(c, base, seek_s if time_offset is None else None)
         stream_rot = _rotation(v)
-        first_t = None
+        clock = FrameTimes(base, float(v.average_rate or 25), time_offset)
+        if tap is not None:
+            tap.opened(base, clock.rate, bool(c.streams.audio))
         i = start_index
-        last_t = None
         try:
             for frame in c.decode(v):
-                t = frame.time
-                if t is None:  # no timestamp: continue from the last one at the nominal rate
-                    t = (last_t if last_t is not None else base) + 1.0 / float(v.average_rate or 25)
-                last_t = t
-                if time_offset is None:
-                    ts = t - base
-                else:
-                    first_t = t if first_t is None else first_t
-                    ts = time_offset + (t - first_t)
+                raw = frame.time
                 rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
-                yield i, ts, frame, rot
+                if tap is not None:
+                    tap.frame(raw, frame, rot)
+                yield i, clock(raw), frame, rot
                 i += 1
         except av.FFmpegError as e:
             if i == start_index:

@@ -15,7 +15,9 @@ directly, since its shots arrive with their text already aligned::
 after the other, as in ShotDetector.push_segment). Decoding streams: per shot,
 `frames_per_shot` frames at uniform times inside it (scaled to the encoder's size
 on decode) and the central `audio_window_s` seconds of audio, then the shot is
-sent; memory is bounded by one batch of shots, whatever the file's length.
+sent; memory is bounded by one batch of shots, whatever the file's length. Live
+segments the shot detector has just decoded are read from memory instead
+(`decoded=`, mediafm/media/segment_cache.py: the same pixels at the same times).
 
 Missing modalities are None in the message (zeros in the fused vector, as the
 source): a file without audio stream -> audio None; a shot without timed text
@@ -38,6 +40,7 @@ from mediafm.config import Settings
 from mediafm.errors import EncoderError, MediaError
 from mediafm.fusion import MODALITIES, Layout, fuse
 from mediafm.media.decode import iter_audio, iter_video_frames, to_array
+from mediafm.media.segment_cache import DecodedSegment, DecodedSegments
 from mediafm.media.shots import Shot
 from mediafm.media.subtitles import Cue, align, container_subtitles
 from mediafm.profiles import EncoderProfile, get_profile
@@ -56,11 +59,16 @@ def _segments(media) -> list[Path]:
     return [Path(m) for m in media] if isinstance(media, (list, tuple)) else [Path(media)]
 
 
-def _video(paths: list[Path], seek_s: float | None = None) -> Iterator[tuple[float, object, int]]:
+def _video(paths: list[Path], seek_s: float | None = None,
+           held: dict[Path, DecodedSegment | None] | None = None) -> Iterator[tuple[float, object, int]]:
+    """(time, frame, rotation) of the files laid end to end; a file `held` decoded is replayed from memory
+    (its frames already pixels at the encoders' size), the others are decoded (av frames)."""
     offset, idx, last, dt = None, 0, None, 0.04
     for p in paths:
-        for i, t, frame, rot in iter_video_frames(p, start_index=idx, time_offset=offset,
-                                                  seek_s=seek_s if len(paths) == 1 else None):
+        seg = (held or {}).get(p)
+        frames = seg.replay(start_index=idx, time_offset=offset) if seg is not None else \
+            iter_video_frames(p, start_index=idx, time_offset=offset, seek_s=seek_s if len(paths) == 1 else None)
+        for i, t, frame, rot in frames:
             if last is not None and t > last:
                 dt = t - last
             last, idx = t, i + 1
@@ -103,16 +111,20 @@ class _AudioCursor:
 
 
 def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame_size: int,
-                    audio_rate: int, audio_window_s: float) -> Iterator[ShotMedia]:
+                    audio_rate: int, audio_window_s: float,
+                    decoded: DecodedSegments | None = None) -> Iterator[ShotMedia]:
     """Per shot, in order: sampled frames and the central audio window, decoded in one streaming pass.
 
     A run of shots from the middle of one file (the agents encode a title in batches) starts
-    decoding at the keyframe before its first shot, not at the file's start.
+    decoding at the keyframe before its first shot, not at the file's start. Live segments the
+    segment stage decoded moments ago are read from `decoded` instead (mediafm.media.segment_cache:
+    the same pixels at the same times).
     """
     paths = _segments(media)
     seek = max(0.0, shots[0].start_s - 1.0) if shots else None
-    video = _video(paths, seek)
-    has_audio = any(_has_audio(p) for p in paths)
+    held = {p: decoded.get(str(p), frame_size) if decoded is not None else None for p in paths}
+    video = _video(paths, seek, held)
+    has_audio = any(held[p].has_audio if held[p] is not None else _has_audio(p) for p in paths)
     audio = _AudioCursor(_audio(paths, audio_rate, seek), audio_rate) if has_audio else None
     prev = nxt = None  # (time, av frame, rot)
     for shot in shots:
@@ -129,7 +141,8 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
             if not cands:
                 raise MediaError(f"{paths[0]}: no video frames for shot {shot.index}; the media ended early")
             best = min(cands, key=lambda c: abs(c[0] - s))
-            frames.append(to_array(best[1], (frame_size, frame_size), best[2]))
+            frames.append(best[1] if isinstance(best[1], np.ndarray)  # replayed: pixels at frame_size already
+                          else to_array(best[1], (frame_size, frame_size), best[2]))
         x = None
         if audio is not None:
             w = min(dur, audio_window_s)
@@ -204,17 +217,19 @@ def _timed(timings: dict | None, stage: str):
 
 async def encode_aligned(client: TritonClient, media, shots: Sequence[Shot], texts: Sequence[str],
                          profile: str | Layout | EncoderProfile, *, settings: Settings,
-                         batch_shots: int = 16, timings: dict | None = None) -> list[ShotVectors]:
+                         batch_shots: int = 16, timings: dict | None = None,
+                         decoded: DecodedSegments | None = None) -> list[ShotVectors]:
     """The encoders on Triton over shots whose timed text is already aligned (texts[i]: shot i's, "" = none).
 
-    Shot times are in `media`'s own time. One ShotVectors per shot, in order.
+    Shot times are in `media`'s own time. One ShotVectors per shot, in order. decoded: segments held
+    decoded (live, mediafm.media.segment_cache), read from memory instead of their files.
     timings: if given, wall seconds are added under "sample" (decoding, frame sampling, audio) and
     "encode" (waiting for the encoders on Triton).
     Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
     """
     profile = get_profile(profile)
     it = iter_shot_media(media, shots, frames_per_shot=settings.frames_per_shot, frame_size=profile.frame_size,
-                         audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s)
+                         audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s, decoded=decoded)
     out: list[ShotVectors] = []
     while True:
         batch: list[ShotMedia] = []

@@ -85,7 +85,7 @@ class Shot:
                 "start_frame": self.start_frame, "end_frame": self.end_frame}
 
 
-class _Scaler:
+class Scaler:
     """Scales decoded frames with one libswscale context per output size, kept across frames and
     segments (a new context per frame, as VideoFrame.to_ndarray(width=...) makes, costs more than
     the scaling). Pixels identical to mediafm.media.decode.to_array's; rotation applied the same way."""
@@ -111,13 +111,15 @@ class _Scaler:
 
 def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_index: int = 0,
                     time_offset: float | None = None, thumb_width: int = THUMB_WIDTH,
-                    scaler: _Scaler | None = None):
+                    scaler: Scaler | None = None, tap=None):
     """(index, time_s, small, thumb) for every frame of one file, exactly as ShotDetector.push_segment
     feeds them to `detector`: small is 48x27 RGB for the TransNetV2 detectors, 256 px wide BGR for
     content; thumb is (h, thumb_width, 3) RGB. The frames of a film cut into segments (same frames,
-    e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it."""
-    scaler = scaler or _Scaler()
-    for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset):
+    e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it.
+    tap: sees every decoded frame too (iter_video_frames)."""
+    scaler = scaler or Scaler()
+    for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset,
+                                              tap=tap):
         fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
         h = max(2, round(thumb_width * fh / fw / 2) * 2)
         thumb = scaler(frame, (thumb_width, h), rot)
@@ -505,7 +507,7 @@ class ShotDetector:
         self._n_shots = 0
         self._last_t = 0.0
         self._frame_dt = 1 / 25
-        self._scaler = _Scaler()
+        self._scaler = Scaler()
         if detector in ("transnetv2", "transnetv2-fast"):
             self.threshold = 0.5 if threshold is None else threshold
             self._scorer = _TransNetScorer() if detector == "transnetv2" else _FastTransNetScorer()
@@ -523,18 +525,20 @@ class ShotDetector:
         return self._last_t + self._frame_dt if self.n_frames else 0.0
 
     # --- feeding
-    def push_segment(self, path: str | Path, *, time_offset: float | None = None) -> list[Shot]:
+    def push_segment(self, path: str | Path, *, time_offset: float | None = None, tap=None) -> list[Shot]:
         """Decode one file (a whole title or one segment of a live event) and push its frames.
 
         time_offset: the time of the segment's first frame; None = from the container start for the
         first push, then right after the previous segment's last frame (consecutive segments).
+        tap: sees every decoded frame too (iter_video_frames; the live segment stage keeps them for the
+        encoders, mediafm.media.segment_cache).
         """
         if time_offset is None and self.n_frames:
             time_offset = self.end_s
         out: list[Shot] = []
         for i, t, small, thumb in detector_frames(path, self.detector, start_index=self.n_frames,
                                                   time_offset=time_offset, thumb_width=self.thumb_width,
-                                                  scaler=self._scaler):
+                                                  scaler=self._scaler, tap=tap):
             out += self.push_frame(i, t, small, thumb)
         if self.detector == "transnetv2":  # what this segment's frames can decide, decided now
             out += self._on_scores(self._scorer.drain())

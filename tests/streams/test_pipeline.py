@@ -154,6 +154,9 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
         assert _sample(metrics, f"mediafm_e2e_latency_seconds_count{{{labels}}}") > 0, labels
     assert _sample(metrics, 'mediafm_shots_total{stage="encode"}') >= 13
     assert "mediafm_consumer_lag_messages{" in metrics
+    # the live shots were encoded from the frames the segment stage had decoded (mediafm/media/segment_cache.py),
+    # and still equal what a fresh decode gives (tests/mediafm/media/test_segment_cache.py)
+    assert _sample(metrics, 'mediafm_live_decoded_segments_total{result="hit"}') >= len(segs)
     assert worker.poll() is None
 
 
