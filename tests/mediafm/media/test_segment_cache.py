@@ -20,6 +20,7 @@ from mediafm.media.segment_cache import DecodedSegments
 from mediafm.media.shots import Shot, ShotDetector
 from mediafm.media.synthfilm import make_film
 from mediafm.publish import cut_segments
+from streams.segment import covering
 from tests.mediafm.media.test_live_cuts import copy_cut, copy_source
 
 FPS = 24
@@ -34,16 +35,14 @@ def film(tmp_path_factory):
 
 
 def live_spans(segments: list[tuple[str, float]]) -> list[tuple[list[str], Shot]]:
-    """Each shot as the encode stage gets it: the segments covering it (streams.segment.covering) and its
-    times relative to the first of them."""
+    """Each shot as the encode stage gets it: the segments covering it (the segment stage's own covering())
+    and its times relative to the first of them."""
     bounds = np.cumsum([0, *SHOTS]) / FPS
     out = []
     for i in range(len(SHOTS)):
-        a, b = bounds[i], bounds[i + 1]
-        cov = [(p, s0) for k, (p, s0) in enumerate(segments)
-               if s0 < b and (segments[k + 1][1] if k + 1 < len(segments) else float("inf")) > a]
+        cov = covering([list(seg) for seg in segments], bounds[i], bounds[i + 1])
         off = cov[0][1]
-        out.append(([p for p, _ in cov], Shot(i, a - off, b - off, 0, 0)))
+        out.append(([p for p, _ in cov], Shot(i, bounds[i] - off, bounds[i + 1] - off, 0, 0)))
     return out
 
 
