@@ -96,6 +96,10 @@ class Settings:
     encoder's frame size so a live shot is encoded without decoding its segments again
     (mediafm/media/segment_cache.py; ~7.5 MiB per 2 s of 25 fps video at 224 px). 0 = off."""
 
+    table_memory_mb: int = 128
+    """MiB of a worker's memory for its tables' RocksDB stores, all partitions together: one block cache with
+    the memtables charged to it; past half of it in memtables the fullest is flushed (streams/store.py)."""
+
     # --- Triton
     triton_models: tuple[str, ...] = ("fusion", "mediafm", "mediafm_offline", "video_efficientnet", "audio_aisfx",
                                       "text_minilm")
@@ -173,6 +177,9 @@ class Settings:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
         if self.live_decoded_mb < 0:
             raise ConfigError(f"live_decoded_mb={self.live_decoded_mb} must be >= 0 (0 = off)")
+        if self.table_memory_mb < 8:
+            raise ConfigError(f"table_memory_mb={self.table_memory_mb} must be >= 8 (RocksDB needs room for a "
+                              "write buffer per table partition)")
         if self.frames_per_shot < 1:
             raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
         for key in ("shot_detector", "live_shot_detector"):

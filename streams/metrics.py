@@ -26,3 +26,6 @@ acks_dropped = Counter("mediafm_acks_dropped_total",
 live_decoded = Counter("mediafm_live_decoded_segments_total",
                        "Live segments the encode stage found decoded in memory (hit) or decoded again (miss); "
                        "see mediafm/media/segment_cache.py", ["result"])
+table_memory = Gauge("mediafm_table_memory_bytes",
+                     "RocksDB memory of the worker's tables (block cache and the memtables charged to it; "
+                     "bounded by table_memory_mb, see streams/store.py)")

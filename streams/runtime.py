@@ -4,7 +4,7 @@
       .app            faust.App: consumer group and changelog topics named by topic_prefix
       .topics         the pipeline's topics (mediafm/topics.py names), raw bytes in and out
       .triton         TritonClient: retries while Triton is down, BadRequest when the input is wrong
-      .table(name)    a changelog-backed table whose writes events() waits for
+      .table(name)    a changelog-backed table whose writes events() waits for; RocksDB under table_memory_mb
       .events(stream) each event acknowledged only once its table writes are in their changelogs
       .dead_letter()  the raw message and the reason to the dead-letter topic
       .contextualise() MediaFM over windows of fused shots, then one ContextualEmbedding per shot
@@ -45,6 +45,7 @@ from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 from mediafm.windows import Window
 from streams import consumer, metrics
+from streams.store import Store, TableMemory
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,17 @@ class Runtime:
     # --- the app -------------------------------------------------------------------------------------
     def _make_app(self) -> faust.App:
         s, unsent = self.settings, self._unsent
+        memory = self.table_memory = TableMemory(s.table_memory_mb * 2**20)
+        metrics.table_memory.set_function(memory.usage)
 
         class Table(faust.Table):
-            """faust.Table whose changelog writes can be waited for (Runtime.changelog_sent)."""
+            """faust.Table whose changelog writes can be waited for (Runtime.changelog_sent), its RocksDB
+            stores under the worker's one memory budget (streams/store.py)."""
+
+            def _new_store_by_url(self, url):
+                return Store(url, self.app, self, table_name=self.name, key_type=self.key_type,
+                             key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                             value_type=self.value_type, loop=self.loop, options=self.options, memory=memory)
 
             def send_changelog(self, *args, **kwargs):
                 fut = super().send_changelog(*args, **kwargs)

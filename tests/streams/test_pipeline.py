@@ -157,6 +157,9 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     # the live shots were encoded from the frames the segment stage had decoded (mediafm/media/segment_cache.py),
     # and still equal what a fresh decode gives (tests/mediafm/media/test_segment_cache.py)
     assert _sample(metrics, 'mediafm_live_decoded_segments_total{result="hit"}') >= len(segs)
+    # its tables' RocksDB stores share one budget (streams/store.py): in use, and within it
+    table_memory = _sample(metrics, "mediafm_table_memory_bytes")
+    assert 0 < table_memory <= 1.25 * kafka_stack.table_memory_mb * 2**20, table_memory
     assert worker.poll() is None
 
 
