@@ -98,7 +98,7 @@ class Settings:
 
     table_memory_mb: int = 128
     """MiB of a worker's memory for its tables' RocksDB stores, all partitions together: one block cache with
-    the memtables charged to it; past half of it in memtables the fullest is flushed (streams/store.py)."""
+    the memtables charged to it; past half of it in memtables the store being written is flushed (streams/store.py)."""
 
     # --- Triton
     triton_models: tuple[str, ...] = ("fusion", "mediafm", "mediafm_offline", "video_efficientnet", "audio_aisfx",

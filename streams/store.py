@@ -12,7 +12,8 @@ RocksDB's LOG shows a flush of 66 MB per memtable). Here every store of the
 worker shares one LRU cache of `table_memory_mb`, and one write-buffer manager
 charges the memtables to it (RocksDB's "cost memtable memory to block cache"),
 so the stores together stay near that figure however many partitions the worker
-holds: the fullest memtable is flushed once half the budget is in memtables.
+holds: once memtables take about half the budget, the store being written flushes its
+memtable (a soft limit: flushes must keep up with the writes, as they do at a stage's rate).
 """
 
 from __future__ import annotations
