@@ -71,7 +71,7 @@ class Runtime:
     # --- the app -------------------------------------------------------------------------------------
     def _make_app(self) -> faust.App:
         s, unsent = self.settings, self._unsent
-        memory = self.table_memory = TableMemory(s.table_memory_mb * 2**20)
+        memory = TableMemory(s.table_memory_mb * 2**20)
         metrics.table_memory.set_function(memory.usage)
 
         class Table(faust.Table):
