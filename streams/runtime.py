@@ -45,7 +45,7 @@ from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 from mediafm.windows import Window
 from streams import consumer, metrics
-from streams.store import Store, TableMemory
+from streams.store import TableMemory, budgeted
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ class Runtime:
             stores under the worker's one memory budget (streams/store.py)."""
 
             def _new_store_by_url(self, url):
-                return Store(url, self.app, self, table_name=self.name, key_type=self.key_type,
-                             key_serializer=self.key_serializer, value_serializer=self.value_serializer,
-                             value_type=self.value_type, loop=self.loop, options=self.options, memory=memory)
+                return budgeted(super()._new_store_by_url(url), memory)
 
             def send_changelog(self, *args, **kwargs):
                 fut = super().send_changelog(*args, **kwargs)
@@ -267,11 +265,15 @@ class Runtime:
         return size, max(1, min(size, round(s.window_stride * size / s.window_shots)))
 
     async def run_windows(self, fused: np.ndarray, title: np.ndarray, windows: list[Window],
-                          profile: str, *, version: str = "") -> tuple[np.ndarray, str]:
-        """MediaFM on Triton over windows [(start, end)] of `fused` (n, D); (vectors (W, T, H), model version).
+                          rows: list[tuple[int, int]], profile: str, *,
+                          version: str = "") -> tuple[np.ndarray, str]:
+        """MediaFM on Triton over windows [(start, end)] of `fused` (n, D); (vectors (R, H), model version).
 
+        rows: the R vectors wanted, each (index into windows, shot within that window), in the order returned.
         The vectors are the served output the embedding_representation setting is made from (HIDDEN or
-        OUTPUT; mediafm.representations.served_output). Windows go in
+        OUTPUT; mediafm.representations.served_output). Only the rows wanted are kept, copied out of each
+        answer as it comes: a title's vectors once, not every window's (T, H), which at the stride of half a
+        window is twice as much (174 MB for a 10,000-shot title at the fused width). Windows go in
         requests of at most the served model's max_batch_size, so a title of any length fits; all of one
         title's requests must be answered by one version (a version loaded in between: the title again).
         version: a version to ask for by number ("" = the newest served); VersionRetired once it is gone.
@@ -284,7 +286,12 @@ class Runtime:
         if served.max_shots is not None and T > served.max_shots and not version:
             raise WindowsTooLong(f"{model} takes windows of at most {served.max_shots} shots, not {T}",
                                  served.max_shots)
-        out, versions = [], set()
+        ks, at = np.array([k for k, _ in rows], np.int64), np.array([r for _, r in rows], np.int64)
+        if ((ks < 0) | (ks >= len(windows))).any():
+            raise IndexError(f"rows wanted from windows outside the {len(windows)} to run")
+        order = np.argsort(ks, kind="stable")  # the rows wanted from each request, together
+        sorted_ks = ks[order]
+        out, versions = None, set()
         for k0 in range(0, len(windows), served.max_batch):
             chunk = windows[k0 : k0 + served.max_batch]
             shots = np.zeros((len(chunk), T, fused.shape[1]), np.float32)  # zero padding past each LENGTH
@@ -303,7 +310,12 @@ class Runtime:
                     raise
                 self._served.pop(model, None)  # a model trained on shorter windows was loaded: read it again
                 raise WindowsTooLong(str(e), int(limit.group(1))) from None
-            out.append(res[rep])
+            answer = res[rep]  # (len(chunk), T, H)
+            if out is None:
+                out = np.empty((len(rows), *answer.shape[2:]), answer.dtype)
+            mine = order[np.searchsorted(sorted_ks, k0) : np.searchsorted(sorted_ks, k0 + len(chunk))]
+            out[mine] = answer[ks[mine] - k0, at[mine]]
+            del res, answer  # not held while the next request is out
             answered = meta.get("model_version", "")
             versions.add(answered)
             if served.version is None:
@@ -312,8 +324,9 @@ class Runtime:
                 self._served.pop(model, None)
         if len(versions) > 1:
             log.info("%s: model version changed mid-title (%s); running the title again", model, sorted(versions))
-            return await self.run_windows(fused, title, windows, profile, version=version)
-        return np.concatenate(out), versions.pop()
+            del out
+            return await self.run_windows(fused, title, windows, rows, profile, version=version)
+        return out, versions.pop()
 
     async def contextualise(self, shots: list[FusedShot], windows_for, *, n_shots: int | None,
                             version: str = "") -> tuple[int, str]:
@@ -337,8 +350,9 @@ class Runtime:
                 size, stride = limit, max(1, min(limit, round(stride * limit / size)))
             windows, picks = windows_for(size, stride)
             local = [Window(w.start - first, w.end - first) for w in windows]
+            rows = [(k, i - windows[k].start) for i, k, _ in picks]
             try:
-                vectors, version = await self.run_windows(fused, title, local, profile.name, version=version)
+                vectors, version = await self.run_windows(fused, title, local, rows, profile.name, version=version)
                 break
             except WindowsTooLong as e:
                 if attempt == 2:
@@ -346,9 +360,9 @@ class Runtime:
                 limit = e.limit
                 log.info("%s; planning the windows again", e)
         s, count = self.settings, 0
-        for i, k, final in picks:
+        for vector, (i, k, final) in zip(vectors, picks, strict=True):
             shot, w = shots[i - first], windows[k]
-            emb = published(s.embedding_representation, vectors[k, i - w.start], fused[i - first])
+            emb = published(s.embedding_representation, vector, fused[i - first])
             msg = ContextualEmbedding(
                 title_id=shot.title_id, shot_index=i, start_s=shot.start_s, end_s=shot.end_s,
                 embedding=vec_to_bytes(emb, s.embedding_dtype), dtype=s.embedding_dtype, dim=int(emb.shape[0]),

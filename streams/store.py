@@ -1,7 +1,7 @@
 """The RocksDB stores behind a worker's tables, under one memory budget.
 
-    Runtime ──► Table ──► Store (one RocksDB per table partition) ──► TableMemory
-                                                                        one block cache, memtables charged to it
+    Runtime ──► Table ──► faust's Store (one RocksDB per table partition) ──► TableMemory
+                                                                                one block cache, memtables charged to it
 
 Faust opens a RocksDB for every partition of every table a worker owns, each
 with 64 MiB write buffers (up to 3) and its own 2 GiB block cache. A worker's
@@ -62,12 +62,16 @@ class _Options(faust_rocksdb.RocksDBOptions):
         return opts
 
 
-class Store(faust_rocksdb.Store):
-    """Faust's RocksDB store (rocksdict), its memory taken from the worker's TableMemory."""
+def budgeted(store: faust_rocksdb.Store, memory: TableMemory) -> faust_rocksdb.Store:
+    """Faust's RocksDB store (rocksdict), just built, its memory taken from the worker's TableMemory.
 
-    def __init__(self, *args, memory: TableMemory, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if not self.use_rocksdict:  # pragma: no cover - rocksdict is the driver faust-streaming[rocksdict] installs
-            raise RuntimeError("the tables need faust's rocksdict driver (pip install 'faust-streaming[rocksdict]')")
-        self.rocksdb_options = _Options(memory, **{k: v for k, v in self.options.items()
-                                                   if k in ("max_open_files", "ttl")})
+    The store's options are replaced before any of its databases exists: Faust opens them with
+    `store.rocksdb_options` only when a partition is first used (Store._open_for_partition), never while
+    the store is being built.
+    """
+    if not isinstance(store, faust_rocksdb.Store) or not store.use_rocksdict:  # pragma: no cover - app store=rocksdb://
+        raise RuntimeError(f"the tables need faust's RocksDB store with its rocksdict driver, not {store!r} "
+                           "(store='rocksdb://', pip install 'faust-streaming[rocksdict]')")
+    store.rocksdb_options = _Options(memory, **{k: v for k, v in store.options.items()
+                                                if k in ("max_open_files", "ttl")})
+    return store

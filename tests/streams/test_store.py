@@ -6,7 +6,10 @@ import os
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
+from mediafm.config import Settings
+from streams.app import create_runtime
 from streams.store import TableMemory, _Options
 
 MIB = 2**20
@@ -50,12 +53,14 @@ def test_stores_of_all_partitions_stay_within_one_budget(open_stores):
         keys = [f"title-{t}/{i:07d}".encode() for i in range(1500)]
         for i, k in enumerate(keys):
             db[k] = value
+            used = memory.usage()  # every title's writes: the memtables fill, then flush
+            peak = max(peak, used)
             if t == 0:
-                writing = max(writing, memory.usage())
+                writing = max(writing, used)
             if i % 100 == 0:
                 caught_up(dbs)
         assert all(db[k] == value for k in keys)  # read back whole, part from memtables, part from flushed files
-        peak = max(peak, writing, memory.usage())
+        peak = max(peak, memory.usage())
         for k in keys:
             del db[k]
     # memtables are charged to the shared cache (while the first title is written, nothing else is in it) ...
@@ -78,3 +83,25 @@ def test_one_budget_whatever_the_partitions(open_stores):
         caught_up(dbs)
     assert 16 * MIB < peak <= 1.25 * 64 * MIB, f"{peak / MIB:.1f} MiB"
     assert all(db[b"0001234"] == value for db in dbs)
+
+
+def test_a_workers_tables_open_their_stores_under_its_budget(tmp_path):
+    """The worker's Table builds Faust's own RocksDB store and gives it the worker's budget before any of its
+    databases is opened; the metric reports the budget's use."""
+    rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="budget", table_memory_mb=16))
+    stores = [rt.app.tables[name].data for name in ("contextualise-shots", "contextualise-titles", "live-events")]
+    memory = stores[0].rocksdb_options.memory
+    assert memory.budget == 16 * MIB
+    for store in stores:
+        assert type(store.rocksdb_options) is _Options and store.rocksdb_options.memory is memory
+        assert not store._dbs, "a database was opened before its options were replaced"
+    value = os.urandom(10_000)
+    dbs = [store._db_for_partition(0) for store in stores[:2]]  # opened as the first event of partition 0 opens it
+    try:
+        for i in range(300):  # 6 MB of memtables, under the 8 MiB that starts a flush
+            for db in dbs:
+                db[f"{i:07d}".encode()] = value
+        assert 4 * MIB < REGISTRY.get_sample_value("mediafm_table_memory_bytes") <= 1.25 * 16 * MIB
+    finally:
+        for db in dbs:
+            db.close()
