@@ -9,15 +9,16 @@ edited to make a model win (its header says how to add one). For each world
 and each seed s (1..--seeds):
 
   1. `mediafm synth corpus` with the world's knobs, corpus seed s;
-  2. `mediafm train` of every --variant (default one: the source's recipe), training seed s;
+  2. `mediafm train` of every --variant (default two: `mediafm`, the recipe of `mediafm train` with
+     its copy head, and `source`, the source's output projection), training seed s;
   3. `mediafm evaluate` of all variants on the corpus' test titles.
 
 Then it prints and writes (OUT/worlds.md, OUT/worlds.json) ONE table: per world
 and task, the concatenated inputs (`concat`: the shot's own inputs, no context),
 the baselines that use context without learning (`avg-k3`, `avg-k8`,
 `clip+next12`: means of the fused vectors around the clip) and MediaFM in context
-(`<variant>:context` hidden states, `<variant>:context-output` through the output
-projection, `<variant>:context+input` the output and the shot's own input, unit
+(`<variant>:context` hidden states, `<variant>:context-output` the model's output
+(copy head or projection), `<variant>:context+input` the output and the shot's own input, unit
 vectors averaged, at the fused width), each as mean ± sd over the seeds (the spread covers both the corpus
 draw and the training seed). A cell marked ✗ is below concat: context hurt there.
 A second table gives validation loss (masked-shot cosine distance) over the two
@@ -26,7 +27,8 @@ the model predicts masked shots better than they do.
 
 Default budget (small on purpose, 2 CPU cores): measured 2026-11-30, 40 s per world
 and seed on a quiet machine, 65-90 s (one thread) while other work shared it, so
-the 27 runs of the whole grid take ~20-40 min; each --variant adds ~25-40 s a run. `tiny` model (hidden 64, 2 layers, 64-shot windows), 600 steps
+the 27 runs of the whole grid take ~20-40 min a variant; on 2026-12-01 the two default variants took
+23 min as two processes side by side (--worlds split 5/4, 23 and 21 min, then --collect). `tiny` model (hidden 64, 2 layers, 64-shot windows), 600 steps
 of batch 16 (AdamW lr 3e-3, warmup 30), 150 titles of 40-120 shots per corpus
 (35% evaluation titles, 10% validation), 64-d modalities (192-d fused), probes
 with 5 folds and one fold seed. Numbers at this size compare methods within a world; they are
@@ -52,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 TASK_ORDER = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
 BASE_ROWS = ("concat", "avg-k3", "avg-k8", "clip+next12")
 CONTEXT_ROWS = ("context", "context-output", "context+input")  # per variant, where the evaluation has them
+DEFAULT_VARIANTS = ["mediafm=", "source=--head projection"]  # this repository's recipe; the source's output head
 TRAIN_DEFAULTS = ["--batch_size", "16", "--lr_adamw", "3e-3", "--warmup_steps", "30", "--val_batches", "4"]
 
 
@@ -69,7 +72,7 @@ def load_worlds(path: Path, only: list[str] | None) -> dict[str, dict]:
 def parse_variants(specs: list[str]) -> dict[str, list[str]]:
     """['mediafm=', 'adamw=--optimizer adamw'] -> {name: extra training flags}."""
     out: dict[str, list[str]] = {}
-    for spec in specs or ["mediafm="]:
+    for spec in specs or DEFAULT_VARIANTS:
         name, _, flags = spec.partition("=")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise SystemExit(f"--variant {spec!r}: give NAME=FLAGS, NAME of letters, digits, - and _")
@@ -182,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5, help="outer folds over evaluation titles (default 5)")
     p.add_argument("--eval-seeds", type=int, default=1, help="fold shuffles per evaluation (default 1)")
     p.add_argument("--variant", action="append", metavar="NAME=FLAGS",
-                   help="a training recipe to compare, e.g. adamw=\"--optimizer adamw\" (repeat; default mediafm=, "
-                   "the source's recipe); FLAGS are `mediafm train` overrides")
+                   help="a training recipe to compare, e.g. adamw=\"--optimizer adamw\" (repeat; default mediafm= "
+                   "(the recipe of `mediafm train`, copy head) and source=\"--head projection\" (the source's "
+                   "output projection)); FLAGS are `mediafm train` overrides")
     p.add_argument("--out", default="bench-out/worlds", help="work dir: corpora, runs, reports, worlds.md/json")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a 2-core machine shared with other work, 2 threads spin "

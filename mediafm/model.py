@@ -3,7 +3,16 @@
     shots (B, T, fused_dim) ──in_proj──► (B, T, H)
     [CLS] (learned) , [GLOBAL] = title_proj(title embedding)   prepended ─► (B, T+2, H)
     + learned positions ─► Block x n_layers ─► final norm ─► hidden (B, T+2, H)
-    out_proj ─► output (B, T+2, fused_dim), back in fused-embedding space
+    head ─► output (B, T, fused_dim), back in fused-embedding space:
+      copy        softmax(q(hidden) k(hidden)^T) @ shots: a learnt weighted mean of the window's shots
+                  (the named sizes; what bench/worlds.py's grid chose)
+      projection  out_proj(hidden), the source's: a linear map of each hidden state
+
+The copy head keeps the output a mixture of real shots, so the masked-shot loss
+can only be lowered by choosing which shots a masked one resembles (its scene,
+its reverse shot), not by memorising training titles in the weights; what every
+shot carries, such as its scene's tone, survives. The source's projection head
+kept what predicts a masked neighbour and dropped the rest (README, Evaluation).
 
 `MediaFMEncoder` is what Triton serves. `MaskedShotModel` wraps it for
 training by Masked Shot Modeling, as in BERT: `BertForMaskedLM` = `BertModel`
@@ -20,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 N_SPECIAL = 2  # [CLS], [GLOBAL]
+HEADS = ("projection", "copy")
 
 
 @dataclass
@@ -43,6 +53,9 @@ class MediaFMConfig:
     """Of the chosen shots, the fraction left as they are (BERT: 0.1; the source: 0, all [MASK])."""
     mask_random: float = 0.0
     """Of the chosen shots, the fraction replaced by another shot of the batch (BERT: 0.1)."""
+    head: str = "projection"
+    """How the output returns to fused space: "projection" (the source's: a linear map of each hidden
+    state) or "copy" (each shot's output is a learnt attention-weighted mean of the window's input shots)."""
 
     def __post_init__(self) -> None:
         for name in ("fused_dim", "title_dim", "hidden", "n_layers", "n_heads", "mlp_ratio", "max_shots"):
@@ -54,6 +67,8 @@ class MediaFMConfig:
             raise ValueError(f"MediaFMConfig.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"MediaFMConfig.mask_rate must be in (0, 1), got {self.mask_rate}")
+        if self.head not in HEADS:
+            raise ValueError(f"MediaFMConfig.head={self.head!r}; choose one of {', '.join(HEADS)}")
         if not (0.0 <= self.mask_keep and 0.0 <= self.mask_random and self.mask_keep + self.mask_random < 1.0):
             raise ValueError(f"MediaFMConfig.mask_keep={self.mask_keep} and mask_random={self.mask_random} must be "
                              ">= 0 with a sum below 1")
@@ -63,10 +78,12 @@ class MediaFMConfig:
 
 
 # Named sizes. `base` is BERT-base (the source does not publish its sizes).
+# Every named size uses the copy head, the one bench/worlds.py's grid chose (README, Evaluation); `--head
+# projection` trains the source's.
 CONFIGS: dict[str, dict] = {
-    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0),
-    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1),
-    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1),
+    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, head="copy"),
+    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, head="copy"),
+    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, head="copy"),
 }
 
 
@@ -132,7 +149,11 @@ class MediaFMEncoder(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden) if cfg.norm_first else nn.Identity()
-        self.out_proj = nn.Linear(cfg.hidden, cfg.fused_dim)
+        if cfg.head == "copy":
+            self.copy_q = nn.Linear(cfg.hidden, cfg.hidden)
+            self.copy_k = nn.Linear(cfg.hidden, cfg.hidden)
+        else:
+            self.out_proj = nn.Linear(cfg.hidden, cfg.fused_dim)
         self.apply(self._init)
         # Learned positions, initialised sinusoidally (Vaswani et al. 2017) at the scale of the
         # other embeddings: a [MASK] token's query is the same at every position, so only its
@@ -170,15 +191,22 @@ class MediaFMEncoder(nn.Module):
         x = torch.cat([special.to(x.dtype), x], dim=1)  # (B, T+2, H)
         x = x + self.pos.weight[: T + N_SPECIAL]
         x = self.emb_drop(self.emb_norm(x))
-        attn_mask = None
+        attn_mask = real = None
         if lengths is not None and bool((lengths < T).any()):
-            keep = torch.arange(T, device=shots.device)[None, :] < lengths[:, None]  # (B, T)
-            keep = F.pad(keep, (N_SPECIAL, 0), value=True)  # specials always attended
+            real = torch.arange(T, device=shots.device)[None, :] < lengths[:, None]  # (B, T)
+            keep = F.pad(real, (N_SPECIAL, 0), value=True)  # specials always attended
             attn_mask = keep[:, None, None, :]  # (B, 1, 1, T+2): keys a query may look at
         for block in self.blocks:
             x = block(x, attn_mask)
         hidden = self.final_norm(x)[:, N_SPECIAL:]  # (B, T, H)
-        return hidden, self.out_proj(hidden)
+        if self.cfg.head == "projection":
+            return hidden, self.out_proj(hidden)
+        # copy head: each shot's output is a mean of the window's input shots, weighted by a learnt
+        # attention over them; it cannot leave fused space, so what the shots carry survives.
+        scores = self.copy_q(hidden) @ self.copy_k(hidden).transpose(1, 2) / math.sqrt(self.cfg.hidden)
+        if real is not None:
+            scores = scores.masked_fill(~real[:, None, :], float("-inf"))
+        return hidden, torch.softmax(scores.float(), dim=-1).to(shots.dtype) @ shots
 
 
 def sinusoidal(n: int, dim: int) -> torch.Tensor:

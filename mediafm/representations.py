@@ -1,12 +1,13 @@
 """What is published per shot: one definition, used by the pipeline (streams/runtime.py), the evaluation
 (trainer/evaluate.py) and the tests that compare the two.
 
-    hidden          MediaFM's last hidden state of the shot in its window
-    output          the same through the output projection, back in the fused space (the fused width)
+    hidden          MediaFM's last hidden state of the shot in its window (with the copy head, the state that
+                    routes the copy: little of the shot itself)
+    output          the model's output for the shot, back in fused space (the fused width)
     context+input   per shot, (unit(output) + unit(fused input)) / 2: the shot in context beside the shot as it
-                    is, at the fused width. What bench/worlds.py's grid of worlds supports (issue 17): the only
-                    MediaFM row above `concat` on average over 9 worlds x 5 tasks (35 of 45 cells, `output` 31),
-                    and never below `output` on tone, which masked-shot training throws away.
+                    is, at the fused width. What bench/worlds.py's grid of worlds supports (issue 17, README
+                    "Evaluation"): with the copy head, at or above `concat` in 43 of 45 cells (9 worlds x 5
+                    tasks; `output` 41, `hidden` 3), tone x1.17 of `concat` (`output` x1.09).
 """
 
 from __future__ import annotations

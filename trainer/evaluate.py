@@ -14,7 +14,7 @@ seeds), giving the rows of the ablation table:
     clip+next12               the fused vectors of the clip and the 12 shots after it, mean
     <run>:clip                MediaFM run on the clip's shots alone, hidden states, mean
     <run>:context             MediaFM over the whole title (window plan), the clip's hidden states, mean
-    <run>:context-output      the same through the output projection (back in fused space)
+    <run>:context-output      the model's output for the clip's shots (copy head or output projection; fused space)
     <run>:context+input       per shot, the unit output plus the unit fused input, halved: a published vector
                               of the fused width that keeps the shot's own detail beside its context, mean
 

@@ -168,7 +168,8 @@ def setup_optimizers(model: MaskedShotModel, tc: TrainConfig) -> list[torch.opti
     for name, p in model.named_parameters():
         if name.startswith("encoder.blocks.") and p.ndim == 2:
             muon.append(p)  # attention qkv / proj, MLP fc / proj
-        elif p.ndim == 2 and name in ("encoder.in_proj.weight", "encoder.title_proj.weight", "encoder.out_proj.weight"):
+        elif p.ndim == 2 and name in ("encoder.in_proj.weight", "encoder.title_proj.weight", "encoder.out_proj.weight",
+                                     "encoder.copy_q.weight", "encoder.copy_k.weight"):
             decay.append(p)  # the projections in and out of fused space
         else:
             no_decay.append(p)  # biases, norms, positions, [CLS], [MASK]
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         "[MASK]; loss = cosine distance on masked shots). Rerun the same command to resume.",
         epilog="overrides: any --key value of the training config or the model config, e.g.\n"
         "  --max_steps 500 --lr_muon 0.01 --hidden 128 --n_layers 2\n"
+        "  --head projection   the source's output head instead of the copy head every named size uses\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

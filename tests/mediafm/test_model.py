@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig, MediaFMEncoder, mask_positions, msm_loss
+from mediafm.model import CONFIGS, HEADS, MaskedShotModel, MediaFMConfig, MediaFMEncoder, mask_positions, msm_loss
+from mediafm.served_mediafm import WEIGHTS, load_encoder
 
 
 def tiny(**kw) -> MediaFMConfig:
@@ -42,9 +43,10 @@ def test_loss_is_cosine_distance_on_masked_positions_only():
     assert torch.allclose(msm_loss(pred2, target, mask), expected)
 
 
-def test_model_loss_uses_the_masked_shots_and_hides_them():
+@pytest.mark.parametrize("head", HEADS)
+def test_model_loss_uses_the_masked_shots_and_hides_them(head):
     torch.manual_seed(0)
-    model = MaskedShotModel(tiny()).eval()
+    model = MaskedShotModel(tiny(head=head)).eval()
     shots, title, lengths = torch.randn(2, 10, 24), torch.randn(2, 8), torch.tensor([10, 6])
     mask = mask_positions(lengths, 10, 0.2, generator=torch.Generator().manual_seed(0))
     pred, loss = model(shots, title, lengths, mask)
@@ -56,9 +58,10 @@ def test_model_loss_uses_the_masked_shots_and_hides_them():
     assert torch.allclose(pred, pred_b, atol=1e-6)
 
 
-def test_padding_does_not_change_real_positions():
+@pytest.mark.parametrize("head", HEADS)
+def test_padding_does_not_change_real_positions(head):
     torch.manual_seed(0)
-    enc = MediaFMEncoder(tiny()).eval()
+    enc = MediaFMEncoder(tiny(head=head)).eval()
     shots, title = torch.randn(1, 7, 24), torch.randn(1, 8)
     h_short, o_short = enc(shots, title, torch.tensor([7]))
     padded = torch.cat([shots, 100 * torch.randn(1, 5, 24)], dim=1)
@@ -82,7 +85,38 @@ def test_shapes_for_both_norm_placements(norm_first):
     assert h.shape == (3, 9, 64) and o.shape == (3, 9, 24)
 
 
+def test_copy_head_outputs_a_weighted_mean_of_the_windows_real_shots():
+    torch.manual_seed(0)
+    enc = MediaFMEncoder(tiny(head="copy")).eval()
+    title = torch.randn(1, 8)
+    # one-hot shots: each output row is then the weights themselves, a distribution over the 10 shots
+    _, out = enc(torch.eye(24)[:10][None], title, None)
+    assert (out >= 0).all() and torch.allclose(out.sum(-1), torch.ones(1, 10), atol=1e-5)
+    assert (out[..., 10:] == 0).all()
+    # padding gets no weight: a window of one repeated shot returns that shot, whatever the padding holds
+    v = torch.nn.functional.normalize(torch.randn(24), dim=0)
+    padded = torch.cat([v.expand(1, 6, 24), 100 * torch.randn(1, 4, 24)], dim=1)
+    _, out = enc(padded, title, torch.tensor([6]))
+    assert torch.allclose(out[0, :6], v.expand(6, 24), atol=1e-5)
+
+
+def test_named_sizes_train_the_copy_head_and_old_exports_load_as_projection(tmp_path):
+    assert {c["head"] for c in CONFIGS.values()} == {"copy"}
+    # an export written before `head` existed has no such key: it is the source's projection head
+    torch.manual_seed(0)
+    cfg = tiny(head="projection")
+    enc = MediaFMEncoder(cfg).eval()
+    old = {k: v for k, v in cfg.to_dict().items() if k != "head"}
+    torch.save({"config": old, "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    loaded = load_encoder(tmp_path)
+    shots, title = torch.randn(2, 5, 24), torch.randn(2, 8)
+    assert loaded.cfg.head == "projection"
+    assert torch.allclose(loaded(shots, title, None)[1], enc(shots, title, None)[1])
+
+
 def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="head='linear'; choose one of projection, copy"):
+        tiny(head="linear")
     with pytest.raises(ValueError, match="hidden=65 is not divisible by n_heads=4"):
         tiny(hidden=65)
     with pytest.raises(ValueError, match="mask_rate must be in"):
