@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(res: dict, run_name: str, times: dict[str, float]) -> None:
     base = res["concat"]
-    print("\nMediaFM in context (hidden state; output projection) vs concatenated inputs (no context):")
+    print("\nMediaFM in context (hidden state; output) vs concatenated inputs (no context):")
     print(f"{'task':14s} {'concat':>15s} {'hidden':>15s} {'ratio':>6s} {'output':>15s} {'ratio':>6s}")
     wins = {"context": 0, "context-output": 0}
     for task, b in base.items():

@@ -70,7 +70,9 @@ def child(args) -> None:
     from trainer.train import TrainConfig, setup_optimizers
 
     torch.manual_seed(0)
-    cfg = MediaFMConfig(**{**CONFIGS[args.config], "max_shots": args.shots})
+    # the projection head on both sides: the same training step as BertMSM's out_proj (the copy head adds
+    # a (T, T) attention and the mix of the window's shots)
+    cfg = MediaFMConfig(**{**CONFIGS[args.config], "max_shots": args.shots, "head": "projection"})
     model = build(args.variant, cfg).train()
     if args.variant.startswith("mediafm"):
         opts = setup_optimizers(model, TrainConfig(config=args.config, optimizer=args.variant.split("-")[1]))

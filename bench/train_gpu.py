@@ -28,7 +28,8 @@ def model_flops(cfg: MediaFMConfig, batch: int, T: int) -> float:
     model = MaskedShotModel(cfg)
     matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and not n.endswith("pos.weight"))
     tokens = batch * (T + 2)
-    return 6 * matmul * tokens + 12 * cfg.n_layers * (T + 2) ** 2 * cfg.hidden * batch
+    copy = 6 * T**2 * (cfg.hidden + cfg.fused_dim) * batch if cfg.head == "copy" else 0  # scores, then the mix
+    return 6 * matmul * tokens + 12 * cfg.n_layers * (T + 2) ** 2 * cfg.hidden * batch + copy
 
 
 def main() -> None:

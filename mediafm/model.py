@@ -78,8 +78,8 @@ class MediaFMConfig:
 
 
 # Named sizes. `base` is BERT-base (the source does not publish its sizes).
-# Every named size uses the copy head, the one bench/worlds.py's grid chose (README, Evaluation); `--head
-# projection` trains the source's.
+# Every named size uses the copy head, the one bench/worlds.py's grid chose (README, Evaluation; measured with
+# `tiny` only, `small` and `base` were not run on the grid); `--head projection` trains the source's.
 CONFIGS: dict[str, dict] = {
     "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, head="copy"),
     "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, head="copy"),
@@ -203,10 +203,11 @@ class MediaFMEncoder(nn.Module):
             return hidden, self.out_proj(hidden)
         # copy head: each shot's output is a mean of the window's input shots, weighted by a learnt
         # attention over them; it cannot leave fused space, so what the shots carry survives.
-        scores = self.copy_q(hidden) @ self.copy_k(hidden).transpose(1, 2) / math.sqrt(self.cfg.hidden)
+        q, k = self.copy_q(hidden).float(), self.copy_k(hidden).float()  # float32 scores under autocast too
+        scores = q @ k.transpose(1, 2) / math.sqrt(self.cfg.hidden)
         if real is not None:
             scores = scores.masked_fill(~real[:, None, :], float("-inf"))
-        return hidden, torch.softmax(scores.float(), dim=-1).to(shots.dtype) @ shots
+        return hidden, torch.softmax(scores, dim=-1).to(shots.dtype) @ shots
 
 
 def sinusoidal(n: int, dim: int) -> torch.Tensor:

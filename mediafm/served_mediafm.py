@@ -15,7 +15,8 @@ Triton contract (model_repository/mediafm/config.pbtxt), per batch item:
     TITLE  FP32 [title_dim]      the title embedding ([GLOBAL])
     LENGTH INT64 [1]             real shots in the window (the rest is padding)
  -> HIDDEN FP32 [T, hidden]      contextual embeddings (last hidden states)
-    OUTPUT FP32 [T, fused_dim]   the same projected back to fused space
+    OUTPUT FP32 [T, fused_dim]   back in fused space: the copy head's weighted mean of the window's
+                                 shots, or (projection head) HIDDEN through out_proj
 """
 
 from __future__ import annotations

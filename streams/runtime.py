@@ -289,6 +289,9 @@ class Runtime:
         ks, at = np.array([k for k, _ in rows], np.int64), np.array([r for _, r in rows], np.int64)
         if ((ks < 0) | (ks >= len(windows))).any():
             raise IndexError(f"rows wanted from windows outside the {len(windows)} to run")
+        lengths = np.array([w.end - w.start for w in windows], np.int64)
+        if ((at < 0) | (at >= lengths[ks])).any():  # numpy would wrap a negative one round to another shot
+            raise IndexError("rows wanted from outside their window")
         order = np.argsort(ks, kind="stable")  # the rows wanted from each request, together
         sorted_ks = ks[order]
         out, versions = None, set()
@@ -310,22 +313,23 @@ class Runtime:
                     raise
                 self._served.pop(model, None)  # a model trained on shorter windows was loaded: read it again
                 raise WindowsTooLong(str(e), int(limit.group(1))) from None
+            answered = meta.get("model_version", "")
+            if served.version is None:
+                served.version = answered
+            elif answered != served.version and not version:  # a new version is served: read its config again
+                self._served.pop(model, None)
+            if versions and answered not in versions:  # before its rows are kept: the new one may be wider
+                log.info("%s: model version changed mid-title (%s, then %s); running the title again", model,
+                         versions.pop(), answered)
+                del out, res
+                return await self.run_windows(fused, title, windows, rows, profile, version=version)
+            versions.add(answered)
             answer = res[rep]  # (len(chunk), T, H)
             if out is None:
                 out = np.empty((len(rows), *answer.shape[2:]), answer.dtype)
             mine = order[np.searchsorted(sorted_ks, k0) : np.searchsorted(sorted_ks, k0 + len(chunk))]
             out[mine] = answer[ks[mine] - k0, at[mine]]
             del res, answer  # not held while the next request is out
-            answered = meta.get("model_version", "")
-            versions.add(answered)
-            if served.version is None:
-                served.version = answered
-            elif answered != served.version and not version:  # a new version is served: read its config again
-                self._served.pop(model, None)
-        if len(versions) > 1:
-            log.info("%s: model version changed mid-title (%s); running the title again", model, sorted(versions))
-            del out
-            return await self.run_windows(fused, title, windows, rows, profile, version=version)
         return out, versions.pop()
 
     async def contextualise(self, shots: list[FusedShot], windows_for, *, n_shots: int | None,

@@ -170,7 +170,7 @@ def setup_optimizers(model: MaskedShotModel, tc: TrainConfig) -> list[torch.opti
             muon.append(p)  # attention qkv / proj, MLP fc / proj
         elif p.ndim == 2 and name in ("encoder.in_proj.weight", "encoder.title_proj.weight", "encoder.out_proj.weight",
                                      "encoder.copy_q.weight", "encoder.copy_k.weight"):
-            decay.append(p)  # the projections in and out of fused space
+            decay.append(p)  # the projections in and out of fused space, and the copy head's query/key
         else:
             no_decay.append(p)  # biases, norms, positions, [CLS], [MASK]
     n_total = len(list(model.parameters()))
@@ -369,9 +369,11 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys added since the checkpoint was written
         saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
-        if state["model_config"] != cfg.to_dict() or saved != now:
+        saved_model = MediaFMConfig(**state["model_config"]).to_dict()  # fields added since: their defaults
+        if saved_model != cfg.to_dict() or saved != now:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
-            raise ConfigError(f"{run} holds a run with another config {diff or state['model_config']}; "
+            diff |= {k: (saved_model[k], v) for k, v in cfg.to_dict().items() if saved_model[k] != v}
+            raise ConfigError(f"{run} holds a run with another config {diff} (saved, now); "
                               "pass a new --out, or the same settings to resume")
         model.load_state_dict(state["model"])
         for o, s in zip(optimizers, state["optimizers"], strict=True):

@@ -89,7 +89,8 @@ def test_a_workers_tables_open_their_stores_under_its_budget(tmp_path):
     """The worker's Table builds Faust's own RocksDB store and gives it the worker's budget before any of its
     databases is opened; the metric reports the budget's use."""
     rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="budget", table_memory_mb=16))
-    stores = [rt.app.tables[name].data for name in ("contextualise-shots", "contextualise-titles", "live-events")]
+    stores = [table.data for table in rt.app.tables.values()]
+    assert len(stores) >= 3
     memory = stores[0].rocksdb_options.memory
     assert memory.budget == 16 * MIB
     for store in stores:

@@ -14,7 +14,7 @@ from mediafm.errors import ConfigError
 from mediafm.fusion import Layout
 from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig
 from mediafm.synth import write_corpus
-from trainer.train import TrainConfig, lr_factor, parse_overrides, setup_optimizers, train
+from trainer.train import TrainConfig, latest_checkpoint, lr_factor, parse_overrides, setup_optimizers, train
 
 LAYOUT = Layout("test", video=32, audio=32, text=32, title=32)
 
@@ -83,6 +83,17 @@ def test_resume_refuses_another_config(corpus, tmp_path):
     train(corpus, tmp_path / "r", _cfg(max_steps=3), quiet=True)
     with pytest.raises(ConfigError, match="holds a run with another config"):
         train(corpus, tmp_path / "r", _cfg(max_steps=6, lr_muon=0.5), quiet=True)
+
+
+def test_a_run_from_before_the_head_setting_resumes_as_projection(corpus, tmp_path):
+    train(corpus, tmp_path / "r", _cfg(max_steps=3), {"head": "projection"}, quiet=True)
+    ckpt = latest_checkpoint(tmp_path / "r")
+    state = torch.load(ckpt, weights_only=False)
+    del state["model_config"]["head"]  # as checkpoints were written before the field existed
+    torch.save(state, ckpt)
+    with pytest.raises(ConfigError, match=r"'head': \('projection', 'copy'\)"):  # the default is now copy
+        train(corpus, tmp_path / "r", _cfg(max_steps=6), quiet=True)
+    assert train(corpus, tmp_path / "r", _cfg(max_steps=6), {"head": "projection"}, quiet=True)["step"] == 6
 
 
 def test_tiny_model_overfits_a_small_dataset(tmp_path):

@@ -1,0 +1,92 @@
+"""Runtime.run_windows' bookkeeping: which row of which answer each shot gets, across requests and versions.
+
+The real path (Triton, the served model, the window plan) is tests/streams/test_title_lengths.py. What it
+cannot make happen on demand is a new model version answering between two requests of one title, so here
+Triton is a stand-in that answers each window with a vector that names the window, the shot and the version.
+"""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from mediafm.config import Settings
+from mediafm.windows import Window
+from streams.app import create_runtime
+
+WIDTH = 4
+
+
+class Triton:
+    """Answers OUTPUT[b, t] = (request number, window index, shot t, version), padded to `widths[version]`."""
+
+    def __init__(self, batch: int, versions: list[str], widths: dict[str, int] | None = None) -> None:
+        self.batch, self.versions, self.widths, self.requests = batch, versions, widths or {}, 0
+
+    async def model_config(self, model):
+        return {"max_batch_size": self.batch, "parameters": {"max_shots": {"string_value": "64"}}}
+
+    async def infer(self, model, inputs, outputs, *, meta=None, version=""):
+        v = self.versions[min(self.requests, len(self.versions) - 1)]
+        self.requests += 1
+        B, T, _ = inputs["SHOTS"].shape
+        out = np.zeros((B, T, self.widths.get(v, WIDTH)), np.float32)
+        out[..., 0] = self.requests
+        out[..., 1] = inputs["SHOTS"][:, :, 0]  # the window index, written into every shot below
+        out[..., 2] = np.arange(T)
+        out[..., 3] = float(v)
+        meta["model_version"] = v
+        return {"OUTPUT": out}
+
+
+def run(rt, windows, rows):
+    fused = np.zeros((max(w.end for w in windows), 8), np.float32)
+    for k, w in enumerate(windows):
+        fused[w.start : w.end, 0] = k  # overlapping windows: the shot's value is the last window's index
+    return asyncio.run(rt.run_windows(fused, np.zeros(3, np.float32), windows, rows, "offline"))
+
+
+@pytest.fixture
+def rt(tmp_path):
+    return create_runtime(Settings(state_dir=tmp_path, topic_prefix="rw"))
+
+
+def test_each_row_comes_from_its_window_in_the_order_asked(rt):
+    windows = [Window(10 * k, 10 * k + 10) for k in range(7)]  # disjoint: fused[:, 0] names the window
+    rng = np.random.default_rng(0)
+    rows = [(int(k), int(t)) for k, t in zip(rng.integers(0, 7, 40), rng.integers(0, 10, 40), strict=True)]
+    rows += rows[:5]  # a shot asked for twice (live: provisional and final from one window)
+    rt.triton = Triton(batch=3, versions=["1"])
+    out, version = run(rt, windows, rows)
+    assert version == "1" and rt.triton.requests == 3  # 7 windows, 3 a request
+    assert out.shape == (len(rows), WIDTH)
+    for (k, t), row in zip(rows, out, strict=True):
+        assert row[1] == k and row[2] == t, (k, t, row)
+        assert row[0] == k // 3 + 1, "the row of the request that carried its window"
+
+
+def test_a_version_loaded_mid_title_runs_the_title_again_on_it(rt):
+    windows = [Window(10 * k, 10 * k + 10) for k in range(6)]
+    rows = [(k, t) for k in range(6) for t in range(10)]
+    rt.triton = Triton(batch=2, versions=["1", "2"])  # the second request meets version 2
+    out, version = run(rt, windows, rows)
+    assert version == "2"
+    assert (out[:, 3] == 2).all(), "every row from the version the title was finished with"
+    assert rt.triton.requests == 2 + 3  # stopped at the change, then the whole title again
+
+
+def test_a_wider_version_mid_title_is_a_version_change_not_a_crash(rt):
+    windows = [Window(10 * k, 10 * k + 10) for k in range(4)]
+    rows = [(k, 3) for k in range(4)]
+    rt.triton = Triton(batch=2, versions=["1", "2"], widths={"2": 6})
+    out, version = run(rt, windows, rows)
+    assert version == "2" and out.shape == (4, 6)
+
+
+def test_rows_outside_their_window_are_refused_before_any_request(rt):
+    windows = [Window(0, 10), Window(5, 12)]
+    rt.triton = Triton(batch=2, versions=["1"])
+    for rows in ([(1, 7)], [(0, -1)], [(2, 0)]):  # shot 7 of a 7-shot window; -1 would wrap round in numpy
+        with pytest.raises(IndexError):
+            run(rt, windows, rows)
+    assert rt.triton.requests == 0
