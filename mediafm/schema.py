@@ -88,7 +88,9 @@ class Message:
     VERSION: ClassVar[int] = 1
 
     def to_bytes(self) -> bytes:
-        body = {"schema": self.SCHEMA, "v": self.VERSION, **dataclasses.asdict(self)}
+        # fields are flat (no nested records): a shallow dict, not dataclasses.asdict's deep copy
+        body = {"schema": self.SCHEMA, "v": self.VERSION}
+        body.update((name, getattr(self, name)) for name, _, _ in _fields(type(self)))
         data = msgpack.packb(body, use_bin_type=True)
         if len(data) > MAX_MESSAGE_BYTES:
             raise SchemaError(

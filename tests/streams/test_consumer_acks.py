@@ -12,6 +12,7 @@ joining, leaving and dying mid-catalog), which lost shots in most runs before th
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
@@ -70,3 +71,55 @@ async def _rebalance(rt):
     for o in range(5, 8):  # fetched again after the seek, in generation 2, and processed
         delivered(rt, tp, o).ack(c)
     assert c._new_offset(tp) == 8
+
+
+def test_the_fetch_loop_hands_on_every_message_once_in_order_and_drops_a_delivery_when_the_flow_stops(rt):
+    """streams/consumer.py, 3: the worker's own fetch loop. While the flow runs, each fetched message goes to
+    the conductor in order, once (a record below the partition's read offset, from a fetch that overlapped a
+    seek, is not handed on again) and a jump in offsets is recorded as a gap. While a rebalance stops the flow,
+    a delivery that cannot finish is given up when the flow is suspended, so the loop is never stuck on it."""
+    asyncio.run(_fetch_loop(rt))
+
+
+async def _fetch_loop(rt):
+    app, c = rt.app, rt.app.consumer
+    tp = TP(rt.names.fused, 0)
+    app.topics._acking_topics.add(tp.topic)
+    app.consumer_generation_id = 1
+    app.flow_control.resume()
+    c.resume_flow()
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    got: list[int] = []
+    fetches = [[0, 1, 2], [2, 1, 3, 7]]  # the second overlaps the first (a seek), then skips 4..6
+
+    async def deliver(message):
+        got.append(message.offset)
+
+    async def getmany(timeout):
+        offsets = fetches.pop(0)
+        if not fetches:
+            fetcher._stopped.set()  # the loop ends after this fetch
+        for o in offsets:
+            yield tp, delivered(rt, tp, o)
+
+    c.callback, c.getmany = deliver, getmany
+    await asyncio.wait_for(c._drain_messages(fetcher), 5)
+    assert got == [0, 1, 2, 2, 3, 7], "each offset once, in fetch order; 2 is the read offset, so it may come again"
+    assert c._read_offset[tp] == 7
+    assert [(i.begin, i.end) for i in c._gap[tp]] == [(4, 7)], "offsets 4..6 never came: a gap, not acked"
+
+    # A rebalance: the flow stops while a delivery waits on a full queue. The loop gives it up.
+    c.stop_flow()
+    app.flow_control.suspend()
+    fetcher._stopped.clear()
+    fetches.append([8, 9])
+    blocked: list[int] = []
+
+    async def stuck(message):
+        blocked.append(message.offset)
+        await asyncio.Event().wait()  # a queue that never drains
+
+    c.callback = stuck
+    await asyncio.wait_for(c._drain_messages(fetcher), 5)
+    assert blocked == [8, 9], "both deliveries were tried and given up, none hung the loop"
+    assert c._read_offset[tp] == 9
