@@ -114,7 +114,7 @@ class Titles:
         progress.done = True
         self.pending.pop(tkey, None)
         self.progress[tkey] = progress.to_bytes()
-        await self.rt.changelog_sent()  # "done" first: shots deleted before it would leave a title that never ends
+        await self.rt.sends_acknowledged()  # "done" first: shots deleted before it would leave a title that never ends
         for j in range(progress.n):  # the fused vectors are no longer needed
             del self.shots[self.shot_key(tid, j, rid)]
 

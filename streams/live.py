@@ -110,8 +110,8 @@ class LiveEvents:
         # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
         # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
         # and that progress before the shots it makes unused are deleted.
-        await self.rt.changelog_sent()
+        await self.rt.sends_acknowledged()
         self.events[ekey] = st.to_bytes()
-        await self.rt.changelog_sent()
+        await self.rt.sends_acknowledged()
         for j in unused:
             self.shots.pop(self.key(eid, j), None)

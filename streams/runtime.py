@@ -58,7 +58,7 @@ class Runtime:
         # Workers read media only from allowed roots: media_roots, or <state_dir>/media when unset.
         self.media_settings = replace(settings, media_roots=settings.worker_media_roots)
         self.names = Topics.from_settings(settings)
-        self._unsent: set[asyncio.Future] = set()  # table writes handed to the producer, not yet acknowledged
+        self._unsent: set[asyncio.Future] = set()  # table writes and embeddings handed to the producer, not yet acked
         self.app = self._make_app()
         self.topics = SimpleNamespace(**{name: self._topic(topic) for name, topic in vars(self.names).items()})
         self.triton = TritonClient(settings.triton_http_url,
@@ -75,7 +75,7 @@ class Runtime:
         metrics.table_memory.set_function(memory.usage)
 
         class Table(faust.Table):
-            """faust.Table whose changelog writes can be waited for (Runtime.changelog_sent), its RocksDB
+            """faust.Table whose changelog writes can be waited for (Runtime.sends_acknowledged), its RocksDB
             stores under the worker's one memory budget (streams/store.py)."""
 
             def _new_store_by_url(self, url):
@@ -184,8 +184,9 @@ class Runtime:
         return self.app.Table(name, key_type=bytes, value_type=bytes, partitions=self.settings.partitions)
 
     # --- events, table writes, dead letters --------------------------------------------------------------
-    async def changelog_sent(self) -> None:
-        """Wait until every table write made so far is in its changelog topic.
+    async def sends_acknowledged(self) -> None:
+        """Wait until every table write made so far is in its changelog topic, and every embedding published so
+        far is in the embeddings topic (Runtime.contextualise).
 
         A write the producer could not deliver (after its own retries) stops the worker at once, without
         committing: the events since the last commit are then redelivered to whichever worker takes over,
@@ -215,7 +216,7 @@ class Runtime:
         async for event in stream.events():
             _check_continuous(last, event)
             yield event
-            await self.changelog_sent()
+            await self.sends_acknowledged()
 
     async def batches(self, stream, size: int, within_s: float):
         """Like events(), a batch at a time: Faust's take_events acknowledges a batch's events once the agent
@@ -227,7 +228,7 @@ class Runtime:
             for event in events:
                 _check_continuous(last, event)
             yield events
-            await self.changelog_sent()
+            await self.sends_acknowledged()
 
     async def dead_letter(self, stage: str, event: faust.EventT, reason: str) -> None:
         """Send the raw message and the reason to the dead-letter topic. Never raises on the reason."""
@@ -341,7 +342,7 @@ class Runtime:
         stride), and the picks (shot index, index into windows, final) to publish, in the order given.
         version: the MediaFM version to ask for ("" = the newest; VersionRetired once it is gone).
         The one publishing path of contextual embeddings, for titles and live events alike.
-        Returns (embeddings published, the version that made them).
+        Returns (embeddings published, the version that made them) once the broker has acknowledged them all.
         """
         first = shots[0].shot_index
         profile = get_profile(shots[0].profile)
@@ -373,10 +374,16 @@ class Runtime:
                 model=profile.mediafm_model, model_version=version, representation=s.embedding_representation,
                 profile=shot.profile, window_start=w.start, window_end=w.end, final=final, n_shots=n_shots,
                 kind=shot.kind, published_at=shot.published_at)
-            await self.topics.embeddings.send(key=shot.title_id.encode(), value=msg.to_bytes())
+            sent = await self.topics.embeddings.send(key=shot.title_id.encode(), value=msg.to_bytes())
+            self._unsent.add(sent)
+            sent.add_done_callback(self._unsent.discard)
             metrics.e2e_seconds.labels(shot.kind, "final" if final else "provisional").observe(
                 max(0.0, time.time() - shot.published_at))
             count += 1
+        # Acknowledged before the caller records them as made ("done", a live event's final count): a partition
+        # of the progress changelog may be led by another broker than the embeddings', and a kill -9 between the
+        # two acknowledgements would otherwise leave shots counted as published that never were.
+        await self.sends_acknowledged()
         return count, version
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from mediafm.config import Settings
+from mediafm.profiles import get_profile
+from mediafm.schema import FusedShot, vec_to_bytes
 from mediafm.windows import Window
 from streams.app import create_runtime
 
@@ -90,3 +92,42 @@ def test_rows_outside_their_window_are_refused_before_any_request(rt):
         with pytest.raises(IndexError):
             run(rt, windows, rows)
     assert rt.triton.requests == 0
+
+
+def test_contextualise_returns_only_once_its_embeddings_are_acknowledged(rt):
+    """Callers record embeddings as made (a title's "done", a live event's final count) once contextualise
+    returns: with the progress changelog and the embeddings led by different brokers, returning before the
+    broker acknowledged the embeddings let a kill -9 leave shots counted as published that never were."""
+    asyncio.run(_acknowledged(rt))
+
+
+async def _acknowledged(rt):
+    profile = get_profile("offline")
+    rt.triton = Triton(batch=4, versions=["1"], widths={"1": profile.layout.fused_dim})  # OUTPUT: fused space
+    n = 5
+    shots = [FusedShot(title_id="t", shot_index=i, start_s=float(i), end_s=i + 1.0, profile=profile.name,
+                       fused=vec_to_bytes(np.full(profile.layout.fused_dim, i, np.float32)),
+                       present=[True, True, True], n_shots=n) for i in range(n)]
+    acks: list[asyncio.Future] = []
+
+    async def send(key, value):  # the producer's future, resolved when the broker acknowledges the record
+        acks.append(asyncio.get_running_loop().create_future())
+        return acks[-1]
+
+    rt.topics.embeddings.send = send
+
+    def windows_for(size, stride):
+        return [Window(0, n)], [(i, 0, True) for i in range(n)]
+
+    task = asyncio.create_task(rt.contextualise(shots, windows_for, n_shots=n))
+    for _ in range(1000):
+        if len(acks) == n:
+            break
+        await asyncio.sleep(0)
+    assert len(acks) == n, "one embedding sent per shot"
+    for ack in acks:
+        for _ in range(20):  # the loop runs everything that is ready
+            await asyncio.sleep(0)
+        assert not task.done(), "returned with embeddings not yet acknowledged"
+        ack.set_result(None)
+    assert await asyncio.wait_for(task, 5) == (n, "1")

@@ -95,10 +95,10 @@ async def _contextualise(rt):
             raise TypeError("unexpected type from a dependency")
         return 1, "1"
 
-    async def changelog_sent():
+    async def sends_acknowledged():
         return None
 
-    rt.contextualise, rt.changelog_sent = contextualise, changelog_sent
+    rt.contextualise, rt.sends_acknowledged = contextualise, sends_acknowledged
     agent = rt.app.agents["streams.contextualise.contextualise"]
     async with agent.test_context() as ctx:
         await ctx.put(key=b"ev", value=fused_live(0))
