@@ -94,7 +94,6 @@ def register(rt: Runtime) -> None:
                     if isinstance(fused, BadRequest):
                         await rt.dead_letter(STAGE, event, str(fused))
                         continue
-                    await rt.topics.fused.send(key=shot.title_id.encode(),
-                                               value=fused_shot(shot, fused, present).to_bytes())
+                    await rt.send(rt.topics.fused, shot.title_id.encode(), fused_shot(shot, fused, present).to_bytes())
                     metrics.shots.labels(STAGE).inc()
                     metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, time.time() - shot.published_at))

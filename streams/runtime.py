@@ -230,6 +230,17 @@ class Runtime:
             yield events
             await self.sends_acknowledged()
 
+    async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> asyncio.Future:
+        """One record to `topic` by the worker's producer; the future resolves once the broker has it.
+
+        For the records made per shot (fused shots, embeddings). Faust's Topic.send wraps each record in a
+        message future, a pending message and callbacks: a bare Faust worker sent 23,800 records of 9 KB a
+        second that way and 46,100 through the producer directly (one run, a one-off script). Partitioned by
+        key with the producer's default partitioner, as Topic.send does.
+        """
+        return await self.app.producer.send(topic.get_topic_name(), key, value, partition=None, timestamp=None,
+                                            headers=None)
+
     async def dead_letter(self, stage: str, event: faust.EventT, reason: str) -> None:
         """Send the raw message and the reason to the dead-letter topic. Never raises on the reason."""
         msg = event.message
@@ -374,7 +385,7 @@ class Runtime:
                 model=profile.mediafm_model, model_version=version, representation=s.embedding_representation,
                 profile=shot.profile, window_start=w.start, window_end=w.end, final=final, n_shots=n_shots,
                 kind=shot.kind, published_at=shot.published_at)
-            sent = await self.topics.embeddings.send(key=shot.title_id.encode(), value=msg.to_bytes())
+            sent = await self.send(self.topics.embeddings, shot.title_id.encode(), msg.to_bytes())
             self._unsent.add(sent)
             sent.add_done_callback(self._unsent.discard)
             metrics.e2e_seconds.labels(shot.kind, "final" if final else "provisional").observe(

@@ -65,10 +65,11 @@ async def _fuse(rt):
             raise RuntimeError("a library bug")
         return {"FUSED": np.zeros((len(inputs["VIDEO"]), LAY.fused_dim), np.float32)}
 
-    async def send(key, value):
+    async def send(topic, key, value):
+        assert topic is rt.topics.fused
         rt.sent.append(decode(value, expect=FusedShot).shot_index)
 
-    rt.triton.infer, rt.topics.fused.send = infer, send
+    rt.triton.infer, rt.send = infer, send
     agent = rt.app.agents["streams.fuse.fuse_shots"]
     async with agent.test_context() as ctx:
         for i in range(2):
