@@ -75,8 +75,8 @@ async def _rebalance(rt):
 
 def test_the_fetch_loop_hands_on_every_message_once_in_order_and_drops_a_delivery_when_the_flow_stops(rt):
     """streams/consumer.py, 3: the worker's own fetch loop. While the flow runs, each fetched message goes to
-    the conductor in order, once (a record below the partition's read offset, from a fetch that overlapped a
-    seek, is not handed on again) and a jump in offsets is recorded as a gap. While a rebalance stops the flow,
+    the conductor in order; a record below the partition's read offset, from a fetch that overlapped a seek, is
+    not handed on again (the one at it is, as in Faust), and a jump in offsets is recorded as a gap. While a rebalance stops the flow,
     a delivery that cannot finish is given up when the flow is suspended, so the loop is never stuck on it."""
     asyncio.run(_fetch_loop(rt))
 
