@@ -70,7 +70,7 @@ class Runtime:
 
     # --- the app -------------------------------------------------------------------------------------
     def _make_app(self) -> faust.App:
-        s, unsent = self.settings, self._unsent
+        s, awaited = self.settings, self._awaited
         memory = TableMemory(s.table_memory_mb * 2**20)
         metrics.table_memory.set_function(memory.usage)
 
@@ -82,10 +82,7 @@ class Runtime:
                 return budgeted(super()._new_store_by_url(url), memory)
 
             def send_changelog(self, *args, **kwargs):
-                fut = super().send_changelog(*args, **kwargs)
-                unsent.add(fut)
-                fut.add_done_callback(unsent.discard)
-                return fut
+                return awaited(super().send_changelog(*args, **kwargs))
 
         datadir = self._claim_state_dir()
         app = faust.App(
@@ -184,6 +181,12 @@ class Runtime:
         return self.app.Table(name, key_type=bytes, value_type=bytes, partitions=self.settings.partitions)
 
     # --- events, table writes, dead letters --------------------------------------------------------------
+    def _awaited(self, fut: asyncio.Future) -> asyncio.Future:
+        """A record handed to the producer that sends_acknowledged() waits for until the broker has it."""
+        self._unsent.add(fut)
+        fut.add_done_callback(self._unsent.discard)
+        return fut
+
     async def sends_acknowledged(self) -> None:
         """Wait until every table write made so far is in its changelog topic, and every embedding published so
         far is in the embeddings topic (Runtime.contextualise).
@@ -385,9 +388,7 @@ class Runtime:
                 model=profile.mediafm_model, model_version=version, representation=s.embedding_representation,
                 profile=shot.profile, window_start=w.start, window_end=w.end, final=final, n_shots=n_shots,
                 kind=shot.kind, published_at=shot.published_at)
-            sent = await self.send(self.topics.embeddings, shot.title_id.encode(), msg.to_bytes())
-            self._unsent.add(sent)
-            sent.add_done_callback(self._unsent.discard)
+            self._awaited(await self.send(self.topics.embeddings, shot.title_id.encode(), msg.to_bytes()))
             metrics.e2e_seconds.labels(shot.kind, "final" if final else "provisional").observe(
                 max(0.0, time.time() - shot.published_at))
             count += 1
