@@ -100,6 +100,10 @@ class Settings:
     table_memory_mb: int = 128
     """MiB of a worker's memory for its tables' RocksDB stores, all partitions together: one block cache with
     the memtables charged to it; past half of it in memtables the store being written is flushed (streams/store.py)."""
+    held_shots_mb: int = 256
+    """MiB of a worker's memory for the fused shots of titles still arriving. A shot is durable in the fused
+    topic and its title's progress records its offset; what does not fit here (and everything after a restart)
+    is read back from the topic when the title is complete (streams/fused_source.py). 0 = read every title back."""
 
     # --- Triton
     triton_models: tuple[str, ...] = ("fusion", "mediafm", "mediafm_offline", "video_efficientnet", "audio_aisfx",
@@ -181,6 +185,9 @@ class Settings:
         if self.table_memory_mb < 8:
             raise ConfigError(f"table_memory_mb={self.table_memory_mb} must be >= 8 (RocksDB needs room for a "
                               "write buffer per table partition)")
+        if self.held_shots_mb < 0:
+            raise ConfigError(f"held_shots_mb={self.held_shots_mb} must be >= 0 (0 = read every title back from "
+                              "the fused topic)")
         if self.frames_per_shot < 1:
             raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
         for key in ("shot_detector", "live_shot_detector"):

@@ -43,7 +43,14 @@ rule drops its acknowledgement, so it is fetched again after the seek. A jump in
 (transaction markers) is counted as acknowledged up to the message before it; Faust's loop included the
 message itself, which a commit could then pass before it was processed.
 
-All three read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
+4. A batch whose processing did not finish is never committed.
+Faust's take_events acknowledges a batch's messages in a `finally` (faust/streams.py), so also when the agent
+stopped or failed inside the batch: a worker stopped cleanly during a Triton call committed messages whose
+table writes (a title's progress) were never made, and their shots were lost. Runtime.batches and
+Runtime.events name the messages of the batch in hand in Consumer.unfinished until its writes are in their
+changelogs; an acknowledgement of an unfinished message is dropped like those of hole 2.
+
+All four read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
 be checked against this module.
 """
 
@@ -68,6 +75,11 @@ class Consumer(AIOKafkaConsumer):
     """aiokafka's Faust consumer: never-committed partitions read from the start after a rebalance, and
     commits that cover processed messages only (see the module doc)."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.unfinished: set[Message] = set()
+        """Messages an agent is processing (4.): an acknowledgement of one of them is dropped."""
+
     async def perform_seek(self) -> None:
         await super().perform_seek()  # sets _committed_offset: None where nothing (or 0) was committed
         if self.app.conf.consumer_auto_offset_reset != "earliest":
@@ -80,8 +92,10 @@ class Consumer(AIOKafkaConsumer):
 
     def ack(self, message: Message) -> bool:
         app = self.app
-        if app.flow_control.is_active() and message.generation_id == app.consumer_generation_id:
+        if (app.flow_control.is_active() and message.generation_id == app.consumer_generation_id
+                and message not in self.unfinished):
             return super().ack(message)
+        self.unfinished.discard(message)
         with ack_lock:  # the same critical section as Faust's ack: these sets are shared with it
             if message.acked:
                 return False
@@ -89,7 +103,8 @@ class Consumer(AIOKafkaConsumer):
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)
         metrics.acks_dropped.labels(message.topic).inc()
-        log.debug("not committing %s[%d]@%d: skipped or processed across a rebalance; it is fetched again",
+        log.debug("not committing %s[%d]@%d: skipped, unfinished or processed across a rebalance; it is fetched "
+                  "again",
                   message.topic, message.partition, message.offset)
         return False
 

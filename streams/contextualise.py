@@ -1,18 +1,21 @@
 """Stage: fused shots of a title -> MediaFM over windows -> one contextual embedding per shot.
 
     shots.fused ──► contextualise ──(Triton: mediafm)──► embeddings
-                       │  tables: contextualise-shots  "<title>#<request>/<index>" -> FusedShot bytes
-                       │          contextualise-titles "<title>#<request>" -> TitleProgress
+                       │  table:  contextualise-titles "<title>#<request>" -> TitleProgress (shots, offsets)
+                       │  memory: HeldShots, the raw shots up to held_shots_mb; the rest read back by offset
                        └── malformed / unsupported ──► deadletter
 
 A title is contextualised once all of its n_shots fused shots have arrived
 (they may arrive in any order, and twice); a new request for the same title
 (`mediafm backfill`) is contextualised again, with the model served then.
+A shot is not copied anywhere: it is durable in the fused topic already, and the
+title's progress record names its offset there (streams/fused_source.py). The
+record lives in a changelog-backed RocksDB table, written to the partition of
+the event being processed, so it is co-partitioned with the title-keyed source
+topic and a restarted or rebalanced worker resumes where it stopped, reading the
+shots it does not hold back from the topic.
 Live shots are handed to streams/live.py: one agent reads this topic, so each
-message is decoded and checked once. State lives in changelog-backed
-RocksDB tables, written to the partition of the event being processed, so
-they are co-partitioned with the title-keyed source topic and a restarted or
-rebalanced worker resumes where it stopped.
+message is decoded and checked once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mediafm.profiles import get_profile
 from mediafm.schema import FusedShot, bytes_to_vec, decode
 from mediafm.windows import plan
 from streams import metrics
+from streams.fused_source import HeldShots, OffsetReader
 from streams.live import LiveEvents
 from streams.progress import TitleProgress
 from streams.runtime import Runtime, processing
@@ -59,64 +63,92 @@ def parse(raw: bytes) -> FusedShot:
 
 
 class Titles:
-    """Collects a title's fused shots in a table and contextualises the title once all have arrived."""
+    """Collects a title's fused shots (their offsets, and in memory what fits) and contextualises the title
+    once all have arrived."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.shots = rt.table("contextualise-shots")
         self.progress = rt.table("contextualise-titles")
         self.pending: dict[bytes, tuple[TitleProgress, object]] = {}  # changed since flush(), with its last event
-
-    @staticmethod
-    def shot_key(title_id: str, index: int, request_id: str = "") -> bytes:
-        return f"{title_id}#{request_id}/{index:07d}".encode()
+        self.held = HeldShots(rt.settings.held_shots_mb * 2**20)
+        self.reader = OffsetReader(rt.settings.kafka_bootstrap)
+        metrics.held_shots.set_function(lambda: self.held.bytes)
 
     async def on_shot(self, shot: FusedShot, event) -> None:
         """One checked title shot (from `event`). Raises BadInput when it contradicts the title's other shots."""
-        raw = event.message.value
+        msg = event.message
         tid, rid, i = shot.title_id, shot.request_id, shot.shot_index
         tkey = f"{tid}#{rid}".encode()
-        progress = self.pending[tkey][0] if tkey in self.pending else (
-            TitleProgress.from_bytes(self.progress[tkey]) if tkey in self.progress else TitleProgress(shot.n_shots))
+        progress = self.pending[tkey][0] if tkey in self.pending else self._read(tkey, shot.n_shots)
         if progress.n != shot.n_shots:
             raise SchemaError(f"{tid!r}: n_shots={shot.n_shots} disagrees with {progress.n} from earlier shots of "
                               "the same title")
-        key = self.shot_key(tid, i, rid)
         if progress.done:
             metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart
-            self.shots.pop(key, None)  # in case the worker died between "done" and the clean-up
             return
-        # The shot and its bit are two writes to two changelogs (the bit once per batch, flush()); either
-        # may be lost to a kill -9 before the batch is acknowledged (Runtime.batches), and then its events
-        # come again: both writes are idempotent, and the check below trusts a bit only where the shot is
-        # held too.
-        if key not in self.shots:
-            self.shots[key] = raw
-        if progress.add(i):
+        if progress.partition < 0:
+            progress.partition = msg.partition
+        elif progress.partition != msg.partition:
+            raise SchemaError(f"shot {i} of {tid!r} came on partition {msg.partition}, its title's other shots on "
+                              f"{progress.partition}: key every shot of a title by its title id")
+        # The offset is recorded in the progress record (written once per title per batch, flush()), and the
+        # batch is acknowledged only once that record is in its changelog (Runtime.batches): a kill -9 before
+        # then loses the record and the events together, and they come again.
+        if progress.add(i, msg.offset):
             self.pending[tkey] = (progress, event)
         else:
             metrics.duplicates.labels(STAGE).inc()
-        if not progress.complete:
-            return
-        lost = [j for j in range(progress.n) if self.shot_key(tid, j, rid) not in self.shots]
-        if lost:  # their events were not acknowledged, so they come again
-            for j in lost:
-                progress.drop(j)
-            self.pending.pop(tkey, None)
-            self.progress[tkey] = progress.to_bytes()
-            log.warning("%s: %d shots counted but not held (a restart lost them); waiting for them again",
-                        tid, len(lost))
-            return
+        if progress.offsets[i] == msg.offset:  # the recorded copy (after a restart: read back otherwise)
+            self.held.put(tkey, i, msg.offset, shot, len(msg.value))
+        if progress.complete:
+            await self._finish(tid, rid, progress, event)
+
+    def _read(self, tkey: bytes, n: int) -> TitleProgress:
+        if tkey not in self.progress:
+            return TitleProgress(n)
+        progress = TitleProgress.from_bytes(self.progress[tkey])
+        if progress.forgotten:
+            log.warning("%s: %d shots were counted by a worker from before offsets were recorded; they have to be "
+                        "published again (mediafm backfill %s)", tkey.decode(), progress.forgotten,
+                        tkey.decode().rsplit("#", 1)[0])
+        return progress
+
+    async def _finish(self, tid: str, rid: str, progress: TitleProgress, event) -> None:
+        """All shots have arrived: gather them (memory, else the topic), contextualise, record "done"."""
+        tkey = f"{tid}#{rid}".encode()
         try:
-            await self.contextualise(tid, progress.n, rid)
+            await self.contextualise(tid, await self._gather(tkey, progress), rid)
+        except ShotsGone as e:  # nothing will send them again: say so, and let a new publication start afresh
+            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) cannot be "
+                                                    f"contextualised: {e}; publish it again")
+            self.pending.pop(tkey, None)
+            self.held.drop(tkey)
+            self.progress.pop(tkey, None)
+            return
         except BadInput as e:  # the title itself is unusable: say so, do not retry forever
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")
         progress.done = True
         self.pending.pop(tkey, None)
+        self.held.drop(tkey)
         self.progress[tkey] = progress.to_bytes()
-        await self.rt.sends_acknowledged()  # "done" first: shots deleted before it would leave a title that never ends
-        for j in range(progress.n):  # the fused vectors are no longer needed
-            del self.shots[self.shot_key(tid, j, rid)]
+
+    async def _gather(self, tkey: bytes, progress: TitleProgress) -> list[FusedShot]:
+        """The title's shots in index order: held ones from memory, the others read back by offset."""
+        shots: list = [self.held.get(tkey, i, int(o)) for i, o in enumerate(progress.offsets)]
+        missing = [i for i, r in enumerate(shots) if r is None]
+        if missing:
+            topic = self.rt.topics.fused.get_topic_name()
+            found, gone = await self.reader.read(topic, progress.partition, [int(progress.offsets[i]) for i in missing])
+            metrics.read_back.inc(len(missing) - len(gone))
+            log.info("%s: %d of %d shots read back from %s[%d]", tkey.decode(), len(missing) - len(gone),
+                     progress.n, topic, progress.partition)
+            if gone:
+                raise ShotsGone(f"{len(gone)} of its shots are no longer in {topic}[{progress.partition}] "
+                                f"(offsets {gone[0]}..{gone[-1]}; the topic's retention is shorter than the title "
+                                "took to arrive?)")
+            for i in missing:
+                shots[i] = parse(found[int(progress.offsets[i])])
+        return shots
 
     def flush(self) -> None:
         """Write the progress records changed since the last flush: once per title per batch."""
@@ -125,9 +157,14 @@ class Titles:
                 self.progress[tkey] = progress.to_bytes()
         self.pending.clear()
 
-    async def contextualise(self, title_id: str, n: int, request_id: str = "") -> None:
+    async def contextualise(self, title_id: str, shots: list[FusedShot], request_id: str = "") -> None:
         """Run MediaFM over the title's windows and publish every shot's final embedding."""
-        shots = [decode(self.shots[self.shot_key(title_id, i, request_id)], expect=FusedShot) for i in range(n)]
+        n = len(shots)
+        for i, shot in enumerate(shots):  # read back by offset: make sure each is the shot it stands for
+            if (shot.title_id, shot.request_id, shot.shot_index) != (title_id, request_id, i):
+                raise ShotsGone(f"the record kept for shot {i} is shot {shot.shot_index} of "
+                                f"{shot.title_id!r}#{shot.request_id}")
+
         def windows_for(size: int, stride: int):
             windows, owner = plan(n, size=size, stride=stride)
             return windows, [(i, int(owner[i]), True) for i in range(n)]
@@ -135,6 +172,10 @@ class Titles:
         await self.rt.contextualise(shots, windows_for, n_shots=n)  # the newest version served
         metrics.shots.labels(STAGE).inc(n)
         log.info("contextualised %s: %d shots", title_id, n)
+
+
+class ShotsGone(Exception):
+    """Shots a title's progress record names are not in the fused topic (any more)."""
 
 
 def register(rt: Runtime) -> None:

@@ -29,3 +29,9 @@ live_decoded = Counter("mediafm_live_decoded_segments_total",
 table_memory = Gauge("mediafm_table_memory_bytes",
                      "RocksDB memory of the worker's tables (block cache and the memtables charged to it; "
                      "bounded by table_memory_mb, see streams/store.py)")
+held_shots = Gauge("mediafm_held_shots_bytes",
+                   "Fused shots of titles still arriving, held in memory (bounded by held_shots_mb; "
+                   "see streams/fused_source.py)")
+read_back = Counter("mediafm_read_back_shots_total",
+                    "Fused shots read back from their topic by offset when their title was complete "
+                    "(not held in memory: a restart, a rebalance, held_shots_mb)")

@@ -1,53 +1,77 @@
 """Progress records the stages keep in their tables: small pure classes, msgpack in the changelogs.
 
-TitleProgress (contextualise-titles): which of a title's n shots are held, and whether it is done.
+TitleProgress (contextualise-titles): which of a title's n shots have arrived, the offset of each in its
+partition of the fused topic (streams/fused_source.py reads them back from there), and whether it is done.
 LiveProgress (live-events): the next shot expected, how many have their final embedding, n once known,
 and the MediaFM version the event is pinned to.
 
-The wire formats are those the tables have always held, so state written by
-an older worker is read by a newer one.
+The wire formats extend those the tables have always held, so state written by
+an older worker is read by a newer one. One exception: a title in flight under a
+worker from before the offsets (it kept its shots in a table, contextualise-shots)
+has its counted shots forgotten (TitleProgress.forgotten), and they must be
+published again; a finished title stays finished.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import msgpack
+import numpy as np
 
 
 @dataclass
 class TitleProgress:
-    """Bit i of `have` is set when shot i of the title is held in the shots table."""
+    """Bit i of `have` is set when shot i of the title has arrived; offsets[i] is where it is in
+    `partition` of the fused topic (-1: not arrived). A finished title's record keeps no offsets."""
 
     n: int
     have: bytearray = field(default_factory=bytearray)
     done: bool = False
+    partition: int = -1
+    offsets: np.ndarray = field(default=None)  # type: ignore[assignment]
+    forgotten: int = 0
+    """Shots an older worker counted without an offset (from_bytes): they have to come again."""
 
     def __post_init__(self) -> None:
         self.have = bytearray(self.have) or bytearray((self.n + 7) // 8)
         if len(self.have) != (self.n + 7) // 8:
             raise ValueError(f"progress of {self.n} shots needs {(self.n + 7) // 8} bytes, has {len(self.have)}")
+        if self.offsets is None:
+            self.offsets = np.full(self.n, -1, np.int64)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> TitleProgress:
         d = msgpack.unpackb(raw)
-        return cls(n=d["n"], have=bytearray(d["have"]), done=d["done"])
+        p = cls(n=d["n"], have=bytearray(d["have"]), done=d["done"], partition=d.get("p", -1))
+        if "offs" in d:  # deltas, so that a title's mostly consecutive offsets compress to little
+            p.offsets = np.cumsum(np.frombuffer(zlib.decompress(d["offs"]), "<i8"))
+        elif not p.done and p.count:  # an older worker's: the shots it held in its table are not known here
+            p.forgotten, p.have = p.count, bytearray(len(p.have))
+        return p
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb({"n": self.n, "have": bytes(self.have), "done": self.done})
+        d = {"n": self.n, "have": bytes(self.have), "done": self.done}
+        if not self.done:
+            d["p"] = self.partition
+            d["offs"] = zlib.compress(np.diff(self.offsets, prepend=0).astype("<i8").tobytes(), 1)
+        return msgpack.packb(d)
 
     def holds(self, i: int) -> bool:
         return bool(self.have[i // 8] >> (i % 8) & 1)
 
-    def add(self, i: int) -> bool:
-        """Mark shot i held; False if it already was (a redelivery)."""
+    def add(self, i: int, offset: int) -> bool:
+        """Mark shot i arrived at `offset`; False if it already was (a redelivery, or a second copy)."""
         if self.holds(i):
             return False
         self.have[i // 8] |= 1 << (i % 8)
+        self.offsets[i] = offset
         return True
 
     def drop(self, i: int) -> None:
         self.have[i // 8] &= ~(1 << (i % 8)) & 0xFF
+        self.offsets[i] = -1
 
     @property
     def count(self) -> int:

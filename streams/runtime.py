@@ -101,7 +101,7 @@ class Runtime:
             broker_heartbeat_interval=3.0,
             producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
             # Sends gathered for 5 ms into batches of up to 512 KiB a partition (Faust: no linger, 16 KiB):
-            # a fused shot and its changelog copy are 4-10 KiB each, so every few shots made a produce
+            # a fused shot and an embedding are 4-10 KiB each, so every few shots made a produce
             # request of their own, and the socket writes and the broker's work on them cost more than the
             # stages' own code (py-spy, bench/catalog.py). 5 ms is what a live shot pays per hop.
             producer_linger=0.005,
@@ -216,10 +216,13 @@ class Runtime:
         `_hold_streams_until_seek` closes), logged and counted.
         """
         last: dict = {}  # TP -> (consumer generation, offset) of the last event from it
+        unfinished = self.app.consumer.unfinished  # streams/consumer.py, 4.
         async for event in stream.events():
             _check_continuous(last, event)
+            unfinished.add(event.message)
             yield event
             await self.sends_acknowledged()
+            unfinished.discard(event.message)
 
     async def batches(self, stream, size: int, within_s: float):
         """Like events(), a batch at a time: Faust's take_events acknowledges a batch's events once the agent
@@ -227,11 +230,15 @@ class Runtime:
         per event: what lets a stage keep up with a title of thousands of shots arriving at once.
         Process each event inside `with processing(event):` so its table writes go to its partition."""
         last: dict = {}
+        unfinished = self.app.consumer.unfinished  # a batch left mid-way is not committed (streams/consumer.py, 4.)
         async for events in stream.take_events(size, within=within_s):
+            messages = [event.message for event in events]
             for event in events:
                 _check_continuous(last, event)
+            unfinished.update(messages)
             yield events
             await self.sends_acknowledged()
+            unfinished.difference_update(messages)
 
     async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> asyncio.Future:
         """One record to `topic` by the worker's producer; the future resolves once the broker has it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -215,9 +216,18 @@ def create_topics(settings: Settings, names: list[str]) -> list[str]:
                 admin.create_topics([NewTopic(n, settings.partitions, 1) for n in new])
             except TopicAlreadyExistsError:
                 pass  # another process raced us; the partition check below decides
-        described = admin.describe_topics(names)
-        wrong = {t["topic"]: len(t["partitions"]) for t in described
-                 if len(t["partitions"]) != settings.partitions}
+        deadline = time.monotonic() + 30
+        while True:  # a topic just created may not be in the metadata yet (UNKNOWN_TOPIC_OR_PARTITION)
+            described = admin.describe_topics(names)
+            if all(t["error_code"] == 0 for t in described) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        name = lambda t: t.get("name", t.get("topic"))  # noqa: E731 - kafka-python 3 says name, 2 topic
+        missing = [name(t) for t in described if t["error_code"] != 0]
+        if missing:
+            raise StackError(f"topics {missing} are not in the broker's metadata 30 s after creating them; "
+                             f"see {settings.state_dir / 'kafka' / 'kafka.log'}")
+        wrong = {name(t): len(t["partitions"]) for t in described if len(t["partitions"]) != settings.partitions}
         if wrong:
             raise StackError(f"topics {wrong} exist with another partition count than "
                              f"partitions={settings.partitions}; delete them or set MEDIAFM_PARTITIONS to match")

@@ -29,6 +29,7 @@ def test_loopback_by_default():
     ({"MEDIAFM_LIVE_SHOT_DETECTOR": "fast"}, "live_shot_detector='fast'; choose one of transnetv2, "),
     ({"MEDIAFM_LIVE_DECODED_MB": "-1"}, "live_decoded_mb=-1 must be >= 0"),
     ({"MEDIAFM_TABLE_MEMORY_MB": "4"}, "table_memory_mb=4 must be >= 8"),
+    ({"MEDIAFM_HELD_SHOTS_MB": "-1"}, "held_shots_mb=-1 must be >= 0"),
 ])
 def test_bad_values_are_named(env, match, monkeypatch):
     for k, v in env.items():

@@ -24,7 +24,7 @@ def test_app_is_built_from_the_settings_it_is_given(tmp_path):
     assert rt.triton.url == "127.0.0.1:18000"
     assert {a.split(".")[-1] for a in rt.app.agents} == {"segment_titles", "segment_live", "encode", "fuse_shots",
                                                          "contextualise"}
-    assert set(rt.app.tables) == {"segment-live", "contextualise-shots", "contextualise-titles", "live-shots",
+    assert set(rt.app.tables) == {"segment-live", "contextualise-titles", "live-shots",
                                   "live-events"}
     assert [m.__name__ for m in STAGES] == ["streams.segment", "streams.encode", "streams.fuse",
                                             "streams.contextualise"]

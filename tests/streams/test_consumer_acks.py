@@ -12,6 +12,7 @@ joining, leaving and dying mid-catalog), which lost shots in most runs before th
 from __future__ import annotations
 
 import asyncio
+import gc
 from types import SimpleNamespace
 
 import pytest
@@ -123,3 +124,42 @@ async def _fetch_loop(rt):
     await asyncio.wait_for(c._drain_messages(fetcher), 5)
     assert blocked == [8, 9], "both deliveries were tried and given up, none hung the loop"
     assert c._read_offset[tp] == 9
+
+
+def test_a_batch_left_mid_way_is_not_committed_though_faust_acknowledges_it(rt):
+    """streams/consumer.py, 4: Faust's take_events acknowledges a batch in a `finally`, also when the agent
+    stopped or failed inside it (a clean stop during a Triton call). Runtime.batches keeps such a batch's
+    messages out of the commit; a batch that finished is committed."""
+    asyncio.run(_left_mid_way(rt))
+
+
+async def _left_mid_way(rt):
+    app, c = rt.app, rt.app.consumer
+    tp = TP(rt.names.fused, 0)
+    app.topics._acking_topics.add(tp.topic)
+    app.consumer_generation_id = 1
+    app.flow_control.resume()
+
+    class Stream:
+        """Batches of real consumer messages, acknowledged as faust/streams.py's take_events does (0.15.3)."""
+
+        async def take_events(self, size, within):
+            for first in (0, 5):
+                events = [SimpleNamespace(message=delivered(rt, tp, o)) for o in range(first, first + 5)]
+                try:
+                    yield events
+                finally:
+                    for event in events:
+                        event.message.ack(c)
+
+    batches = rt.batches(Stream(), 5, 0.01)
+    assert [e.message.offset for e in await anext(batches)] == [0, 1, 2, 3, 4]
+    assert [e.message.offset for e in await anext(batches)] == [5, 6, 7, 8, 9]  # batch 1 done: acknowledged
+    assert c._new_offset(tp) == 5  # (and taken: the next call says what is new since)
+    await batches.aclose()  # the agent stops inside batch 2; once the loop finalizes take_events' generator,
+    del batches             # its finally acknowledges batch 2 all the same
+    gc.collect()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert c._new_offset(tp) is None, "offsets 5..9 were not processed to the end: committing them loses them"
+    assert not c.unacked and not c.unfinished

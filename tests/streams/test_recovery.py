@@ -9,6 +9,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from conftest import free_port, rest_of_output, start_worker, stop_worker
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
@@ -83,20 +85,22 @@ def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, o
             np.testing.assert_allclose(v, vecs[0], atol=1e-5, err_msg=str(key))
 
 
-def test_restart_on_torn_table_state_finishes_the_title(kafka_stack, offline_model, tmp_path):
-    """What a kill -9 can leave behind, laid down by hand so that every run meets it.
+def test_restart_reads_counted_shots_back_from_the_topic_or_says_they_are_gone(kafka_stack, offline_model, tmp_path):
+    """What a kill -9 leaves behind, laid down by hand so that every run meets it.
 
-    The contextualise stage keeps a title's shots in one table and which of them it holds in another:
-    two changelog topics, so a kill can keep either write of an unacknowledged event without the
-    other. Here shot 3 is held but not counted, shots 40-59 counted but not held, and no source offset
-    was committed, so every fused shot comes again. The title must come out whole, and equal to a twin
-    title with the same shots that went through cleanly.
+    The contextualise stage keeps no copy of a fused shot: the title's progress record names its offset in
+    the fused topic, and the event is acknowledged once that record is in its changelog. Here a worker died
+    after counting shots 0-59 of "torn" except shot 3 (record and commits in place, its memory lost). Shot 3
+    then arrives, and the new worker must read the other 59 back from the topic; "torn" must equal a twin
+    title with the same shots that went through without a restart.
+    "lost" was counted the same way, but the first half of its shots were deleted from the topic (retention)
+    before its last one came: the title is dead-lettered saying so, and published again it comes out whole.
     """
     s = replace(kafka_stack, topic_prefix=f"torn{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
                 worker_web_port=free_port())
     names = Topics.from_settings(s)
-    shots_log, titles_log = (f"{s.topic_prefix}-contextualise-{t}-changelog" for t in ("shots", "titles"))
-    kafka.create_topics(s, [*names.all(), shots_log, titles_log])
+    titles_log = f"{s.topic_prefix}-contextualise-titles-changelog"
+    kafka.create_topics(s, [*names.all(), titles_log])
     t = generate_title(World(OFFLINE.layout, seed=5), "torn", 60, np.random.default_rng(7))
     n = len(t.start_s)
     fused = fuse(t.video, t.audio, t.text, t.present, layout=t.layout)
@@ -106,34 +110,63 @@ def test_restart_on_torn_table_state_finishes_the_title(kafka_stack, offline_mod
                          profile=t.layout.name, fused=vec_to_bytes(fused[i]), present=t.present[i].tolist(),
                          n_shots=n, title_embedding=vec_to_bytes(t.title_embedding)).to_bytes()
 
-    held, progress = range(40), TitleProgress(n)
-    for i in range(n):
-        if i != 3:
-            progress.add(i)
     p = producer(s)  # everything in partition 0: the tables live in their source event's partition
-    for i in held:
-        p.send(shots_log, key=f"torn#/{i:07d}".encode(), value=shot("torn", i), partition=0)
-    p.send(titles_log, key=b"torn#", value=progress.to_bytes(), partition=0)
-    for tid in ("torn", "twin"):
+    progress = {tid: TitleProgress(n, partition=0) for tid in ("lost", "torn")}
+    for tid, last in (("lost", n - 1), ("torn", 3)):  # all counted but `last`
         for i in range(n):
-            p.send(names.fused, key=tid.encode(), value=shot(tid, i), partition=0)
+            if i != last:
+                progress[tid].add(i, p.send(names.fused, key=tid.encode(), value=shot(tid, i),
+                                            partition=0).get(timeout=30).offset)
+    for tid, pr in progress.items():
+        p.send(titles_log, key=f"{tid}#".encode(), value=pr.to_bytes(), partition=0)
     p.flush()
-    p.close()
+    fused_0 = TopicPartition(names.fused, 0)
+    gone_below = int(progress["lost"].offsets[n // 2])
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin.delete_records({fused_0: gone_below})  # what retention does to a topic
+    admin.close()
+    committed = int(progress["torn"].offsets.max()) + 1
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.topic_prefix, enable_auto_commit=False)
+    c.commit({fused_0: OffsetAndMetadata(committed, "", -1)})  # the dead worker's acknowledgements
+    c.close()
+    for tid, i in (("lost", n - 1), ("torn", 3)):
+        p.send(names.fused, key=tid.encode(), value=shot(tid, i), partition=0)
+    for i in range(n):
+        p.send(names.fused, key=b"twin", value=shot("twin", i), partition=0)
+    p.flush()
 
     finals: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     want = {(tid, i) for tid in ("torn", "twin") for i in range(n)}
     tail = Tail(s, names.embeddings, from_beginning=True)
+    dead = Tail(s, names.deadletter, from_beginning=True)
     w = start_worker(s, tmp_path / "worker.log")
     try:
         for rec in tail.poll(timeout_s=240, stop=lambda: set(finals) >= want or w.poll() is not None):
             m = decode(rec.value, expect=ContextualEmbedding)
             if m.final:
                 finals[(m.title_id, m.shot_index)].append(m.vector())
+        letters: list = []
+        for rec in dead.poll(timeout_s=120, stop=lambda: bool(letters) or w.poll() is not None):
+            letters.append(decode(rec.value))
+        # Published again (all of it), "lost" starts afresh and comes out whole.
+        for i in range(n):
+            p.send(names.fused, key=b"lost", value=shot("lost", i), partition=0)
+        p.flush()
+        want |= {("lost", i) for i in range(n)}
+        for rec in tail.poll(timeout_s=240, stop=lambda: set(finals) >= want or w.poll() is not None):
+            m = decode(rec.value, expect=ContextualEmbedding)
+            if m.final:
+                finals[(m.title_id, m.shot_index)].append(m.vector())
     finally:
+        p.close()
         stop_worker(w)
         tail.close()
+        dead.close()
     log = (tmp_path / "worker.log").read_text()
     assert set(finals) == want, f"missing {sorted(want - set(finals))[:10]}\n{log[-3000:]}"
-    assert "torn: 20 shots counted but not held" in log  # the restart noticed, and waited for them again
-    for i in range(n):
-        np.testing.assert_allclose(finals[("torn", i)][0], finals[("twin", i)][0], atol=1e-5, err_msg=str(i))
+    assert f"torn#: {n - 1} of {n} shots read back from {names.fused}[0]" in log, log[-3000:]
+    assert len(letters) == 1 and "no longer in" in letters[0].reason and "'lost'" in letters[0].reason, letters
+    for tid in ("torn", "lost"):
+        assert all(len(finals[(tid, i)]) == 1 for i in range(n)), tid
+        for i in range(n):
+            np.testing.assert_allclose(finals[(tid, i)][0], finals[("twin", i)][0], atol=1e-5, err_msg=f"{tid} {i}")

@@ -4,10 +4,13 @@ The worker runs with the default plan (512-shot windows, stride 256); the served
 MediaFM, trained on 64-shot windows, whose max_shots `mediafm export` recorded in its config. The worker must
 plan 64/32 windows from that, send them in requests of at most max_batch_size (8), and give every shot of
 titles of 1 to 10,000 shots exactly one final, equal to an in-process pass over the same plan.
+The worker holds at most 32 MiB of fused shots in memory (held_shots_mb), so the 10,000-shot title (87 MB of
+fused vectors) is contextualised from both: what was held, and the rest read back from the fused topic.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import numpy as np
@@ -40,7 +43,7 @@ def _title(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_stack, offline_model, tmp_path):
     s = replace(kafka_stack, topic_prefix=f"len{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
-                worker_web_port=free_port(), window_shots=512, window_stride=256)
+                worker_web_port=free_port(), window_shots=512, window_stride=256, held_shots_mb=32)
     names = Topics.from_settings(s)
     kafka.create_topics(s, names.all())
     run = uuid.uuid4().hex[:6]
@@ -78,6 +81,8 @@ def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_st
         tail.close()
     log = (tmp_path / "worker.log").read_text()
     assert "accepts 8 windows a request, max_shots 64" in log, log[-3000:]
+    back = re.search(rf"len10000-{run}#: (\d+) of 10000 shots read back", log)
+    assert back and 0 < int(back.group(1)) < 10000, "the long title was not read back in part"
 
     dead = Tail(s, names.deadletter, from_beginning=True)
     letters = list(dead.to_end(timeout_s=30))

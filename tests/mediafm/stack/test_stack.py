@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, _stack_settings, settings_env
 
 from mediafm.config import replace
-from mediafm.errors import MissingToolError, PortInUseError
+from mediafm.errors import MissingToolError, PortInUseError, StackError
 from mediafm.stack import kafka, triton
 from mediafm.stack.process import Service
 
@@ -27,6 +27,16 @@ def test_status_command_reports_both_ready(kafka_stack, triton_stack):
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kafka    ready" in r.stdout and "triton   ready" in r.stdout and "fusion:1" in r.stdout
+
+
+def test_topics_with_another_partition_count_are_refused_by_name(kafka_stack):
+    """create_topics checks the topics it just made too (they may not be in the metadata at once), and names
+    the ones Faust would refuse to start on."""
+    name = f"parts-{os.getpid()}-{id(kafka_stack)}"
+    assert kafka.create_topics(replace(kafka_stack, partitions=3), [name]) == [name]
+    with pytest.raises(StackError, match=rf"topics {{'{name}': 3}} exist with another partition count than "
+                                         r"partitions=2"):
+        kafka.create_topics(kafka_stack, [name])
 
 
 def test_taken_port_is_one_clear_error(tmp_path, kafka_stack):

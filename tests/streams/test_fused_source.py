@@ -1,0 +1,70 @@
+"""Where a title's fused shots wait: memory within a budget (HeldShots), else the topic, read back by offset."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from conftest import free_port
+from kafka import KafkaAdminClient, TopicPartition
+
+from mediafm.bus import producer
+from mediafm.config import replace
+from mediafm.stack import kafka
+from streams.fused_source import _OVERHEAD, HeldShots, OffsetReader
+
+
+def test_held_shots_stay_within_the_budget_and_let_whole_titles_go():
+    size = 1000 - _OVERHEAD  # each shot costs 1,000 bytes held
+    held = HeldShots(5_000)
+    for i in range(3):
+        held.put(b"a", i, 100 + i, f"a{i}", size)
+    for i in range(2):
+        held.put(b"b", i, 200 + i, f"b{i}", size)
+    assert held.bytes == 5_000 and held.get(b"a", 1, 101) == "a1"
+    assert held.get(b"a", 1, 999) is None  # another copy of the shot than the one the record names
+    held.put(b"b", 2, 202, "b2", size)  # over the budget: "a", used least recently, goes whole
+    assert [held.get(b"a", i, 100 + i) for i in range(3)] == [None] * 3 and held.bytes == 3_000
+    held.put(b"b", 2, 202, "again", size)  # a redelivery changes nothing
+    assert held.get(b"b", 2, 202) == "b2" and held.bytes == 3_000
+    held.put(b"b", 2, 950, "other copy", size)  # the record now names another copy: it replaces the held one
+    assert held.get(b"b", 2, 950) == "other copy" and held.get(b"b", 2, 202) is None and held.bytes == 3_000
+    for i in range(3, 9):  # one title alone over the budget: what fits is held, the rest is read back later
+        held.put(b"b", i, 200 + i, f"b{i}", size)
+    assert held.bytes == 5_000 and held.get(b"b", 4, 204) == "b4" and held.get(b"b", 5, 205) is None
+    held.drop(b"b")
+    assert held.bytes == 0 and held.get(b"b", 0, 200) is None
+    nothing = HeldShots(0)  # held_shots_mb=0: every title is read back
+    nothing.put(b"c", 0, 1, "c0", size)
+    assert nothing.bytes == 0 and nothing.get(b"c", 0, 1) is None
+
+
+@pytest.mark.kafka
+def test_offsets_read_back_from_a_real_broker_and_what_is_gone_is_named(kafka_stack):
+    s = replace(kafka_stack, partitions=1)
+    topic = f"readback-{uuid.uuid4().hex[:6]}"
+    kafka.create_topics(s, [topic])
+    p = producer(s)
+    n = 3 * OffsetReader.SEEK_GAP  # far enough apart that the reader seeks past what lies between
+    for i in range(n):
+        p.send(topic, key=b"k", value=f"record {i}".encode(), partition=0)
+    p.flush()
+    p.close()
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin.delete_records({TopicPartition(topic, 0): 50})  # as retention would
+    admin.close()
+
+    far = 2 * OffsetReader.SEEK_GAP + 17
+    wanted = [7, 49, 50, 51, 52, 600, far, n - 1, n + 5, n + 5 * OffsetReader.SEEK_GAP]
+    found, gone = asyncio.run(OffsetReader(s.kafka_bootstrap).read(topic, 0, wanted))
+    assert found == {o: f"record {o}".encode() for o in (50, 51, 52, 600, far, n - 1)}
+    assert gone == [7, 49, n + 5, n + 5 * OffsetReader.SEEK_GAP]  # below the first offset left, and past the end
+
+
+def test_a_broker_that_does_not_answer_is_waited_for_not_taken_for_lost_shots(caplog):
+    """No broker at the address: the reader keeps trying (and says so); it never reports the offsets gone."""
+    reader = OffsetReader(f"127.0.0.1:{free_port()}")
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(reader.read("nowhere", 0, [1, 2, 3]), timeout=4))
+    assert "reading nowhere[0] back: KafkaConnectionError" in caplog.text
