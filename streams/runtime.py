@@ -386,9 +386,9 @@ class Runtime:
                 limit = e.limit
                 log.info("%s; planning the windows again", e)
         s, count = self.settings, 0
-        for vector, (i, k, final) in zip(vectors, picks, strict=True):
+        embs = published(s.embedding_representation, vectors, fused[[i - first for i, _, _ in picks]])  # all rows at once
+        for emb, (i, k, final) in zip(embs, picks, strict=True):
             shot, w = shots[i - first], windows[k]
-            emb = published(s.embedding_representation, vector, fused[i - first])
             msg = ContextualEmbedding(
                 title_id=shot.title_id, shot_index=i, start_s=shot.start_s, end_s=shot.end_s,
                 embedding=vec_to_bytes(emb, s.embedding_dtype), dtype=s.embedding_dtype, dim=int(emb.shape[0]),

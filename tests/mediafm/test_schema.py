@@ -54,6 +54,36 @@ def test_wrong_field_type_and_unknown_field():
         decode(msgpack.packb(body, use_bin_type=True))
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("shot_index", True, "field 'shot_index' must be int, got bool"),
+    ("n_shots", False, "field 'n_shots' must be int, got bool"),
+    ("video", "text", "field 'video' must be bytes, got str"),
+    ("start_s", float("nan"), "field 'start_s' is nan; times are finite seconds"),
+    ("end_s", float("inf"), "field 'end_s' is inf"),
+    ("title_id", "a\x1b[2Jb", "field 'title_id' has control characters"),
+    ("title_id", "a\u202eb", "field 'title_id' has control characters"),
+    ("title_id", "a\x85b", "field 'title_id' has control characters"),
+    ("title_id", "a\x7fb", "field 'title_id' has control characters"),
+    ("request_id", "r\u2028", "field 'request_id' has control characters"),
+    ("request_id", "a#b", "has '#' or '/'"),
+])
+def test_each_field_is_checked_on_the_fast_path_too(field, value, match):
+    """decode checks plain-typed fields by exact type first (mediafm.schema._exact_types): what it let through
+    before must still pass, and what it refused must still be refused with the same reason."""
+    body = msgpack.unpackb(_shot().to_bytes())
+    body[field] = value
+    with pytest.raises(SchemaError, match=match):
+        decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_an_int_where_a_float_is_expected_is_taken_as_a_float():
+    body = msgpack.unpackb(_shot().to_bytes())
+    body["start_s"], body["n_shots"], body["text"] = 1, None, None
+    shot = decode(msgpack.packb(body, use_bin_type=True), expect=EncodedShot)
+    assert type(shot.start_s) is float and shot.start_s == 1.0 and shot.n_shots is None
+    assert decode(_shot(title_id="Ünïcode \u00e9 ok").to_bytes()).title_id == "Ünïcode \u00e9 ok"
+
+
 def test_expect_rejects_another_schema():
     with pytest.raises(SchemaError, match="expected a mediafm.fused_shot message"):
         decode(_shot().to_bytes(), expect=FusedShot)
