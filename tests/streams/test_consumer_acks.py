@@ -37,6 +37,17 @@ def delivered(rt, tp: TP, offset: int) -> ConsumerMessage:
     return m
 
 
+def flowing(rt) -> tuple:
+    """(app, consumer, TP of partition 0 of the fused topic), as after the first assignment: generation 1,
+    flow running, the topic acknowledged (what the conductor does when the agents subscribe; needs a broker)."""
+    app, c = rt.app, rt.app.consumer
+    tp = TP(rt.names.fused, 0)
+    app.topics._acking_topics.add(tp.topic)
+    app.consumer_generation_id = 1
+    app.flow_control.resume()
+    return app, c, tp
+
+
 def test_the_worker_consumes_with_the_safe_consumer(rt):
     assert type(rt.app.consumer).__module__ == "streams.consumer"
     assert isinstance(rt.app.consumer, FaustConsumer)
@@ -47,12 +58,8 @@ def test_messages_skipped_in_a_rebalance_are_not_committed_and_processed_ones_ar
 
 
 async def _rebalance(rt):
-    app, c = rt.app, rt.app.consumer
-    tp = TP(rt.names.fused, 0)
-    app.topics._acking_topics.add(tp.topic)  # what the conductor does when the agents subscribe (needs a broker)
+    app, c, tp = flowing(rt)
     dropped = metrics.acks_dropped.labels(tp.topic)._value.get()
-    app.consumer_generation_id = 1
-    app.flow_control.resume()
     for o in range(5):  # processed in generation 1
         delivered(rt, tp, o).ack(c)
     assert c._new_offset(tp) == 5
@@ -83,11 +90,7 @@ def test_the_fetch_loop_hands_on_every_message_once_in_order_and_drops_a_deliver
 
 
 async def _fetch_loop(rt):
-    app, c = rt.app, rt.app.consumer
-    tp = TP(rt.names.fused, 0)
-    app.topics._acking_topics.add(tp.topic)
-    app.consumer_generation_id = 1
-    app.flow_control.resume()
+    app, c, tp = flowing(rt)
     c.resume_flow()
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
     got: list[int] = []
@@ -134,11 +137,7 @@ def test_a_batch_left_mid_way_is_not_committed_though_faust_acknowledges_it(rt):
 
 
 async def _left_mid_way(rt):
-    app, c = rt.app, rt.app.consumer
-    tp = TP(rt.names.fused, 0)
-    app.topics._acking_topics.add(tp.topic)
-    app.consumer_generation_id = 1
-    app.flow_control.resume()
+    app, c, tp = flowing(rt)
 
     class Stream:
         """Batches of real consumer messages, acknowledged as faust/streams.py's take_events does (0.15.3)."""
