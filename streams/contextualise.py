@@ -2,7 +2,7 @@
 
     shots.fused ──► contextualise ──(Triton: mediafm)──► embeddings
                        │  table:  contextualise-titles "<title>#<request>" -> TitleProgress (shots, offsets)
-                       │  memory: HeldShots, the raw shots up to held_shots_mb; the rest read back by offset
+                       │  memory: HeldShots, the decoded shots up to held_shots_mb; the rest read back by offset
                        └── malformed / unsupported ──► deadletter
 
 A title is contextualised once all of its n_shots fused shots have arrived

@@ -116,26 +116,27 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.shots, name=f"{__name__}.encode")
     async def encode(stream):
         async for events in stream.take_events(BATCH, within=WITHIN_S):
-            parsed = []
-            for event in events:
-                metrics.messages.labels(STAGE).inc()
-                try:
-                    parsed.append((event, parse(event.message.value)))
-                except BadInput as e:
-                    await rt.dead_letter(STAGE, event, str(e))
-            for run in runs(parsed):
-                try:
-                    msgs = await encoder.encode_run_patiently([r for _, r in run])
-                except BadInput as e:
-                    for event, ref in run:
-                        await rt.dead_letter(STAGE, event, f"shot {ref.shot_index} of {ref.title_id!r}: {e}")
-                    continue
-                except Exception as e:  # a decoder failure on this media must not stop the worker
-                    log.exception("encoding failed")
-                    for event, _ in run:
-                        await rt.dead_letter(STAGE, event, f"encoding failed: {type(e).__name__}: {e}")
-                    continue
-                for m in msgs:
-                    await rt.topics.encoded.send(key=m.title_id.encode(), value=m.to_bytes())
-                    metrics.stage_seconds.labels(STAGE, m.kind).observe(max(0.0, time.time() - m.published_at))
-                metrics.shots.labels(STAGE).inc(len(msgs))
+            with rt.unfinished(events):  # left mid-way (a stop while encoding): fetched again, not committed
+                parsed = []
+                for event in events:
+                    metrics.messages.labels(STAGE).inc()
+                    try:
+                        parsed.append((event, parse(event.message.value)))
+                    except BadInput as e:
+                        await rt.dead_letter(STAGE, event, str(e))
+                for run in runs(parsed):
+                    try:
+                        msgs = await encoder.encode_run_patiently([r for _, r in run])
+                    except BadInput as e:
+                        for event, ref in run:
+                            await rt.dead_letter(STAGE, event, f"shot {ref.shot_index} of {ref.title_id!r}: {e}")
+                        continue
+                    except Exception as e:  # a decoder failure on this media must not stop the worker
+                        log.exception("encoding failed")
+                        for event, _ in run:
+                            await rt.dead_letter(STAGE, event, f"encoding failed: {type(e).__name__}: {e}")
+                        continue
+                    for m in msgs:
+                        await rt.topics.encoded.send(key=m.title_id.encode(), value=m.to_bytes())
+                        metrics.stage_seconds.labels(STAGE, m.kind).observe(max(0.0, time.time() - m.published_at))
+                    metrics.shots.labels(STAGE).inc(len(msgs))

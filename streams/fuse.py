@@ -73,27 +73,33 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.encoded, name=f"{__name__}.fuse_shots")
     async def fuse_shots(stream):
         async for events in stream.take_events(BATCH, within=WITHIN_S):
-            batch = []
-            for event in events:
-                metrics.messages.labels(STAGE).inc()
-                try:
-                    batch.append((event, *parse(event.message.value)))
-                except SchemaError as e:
-                    await rt.dead_letter(STAGE, event, str(e))
-            for profile in sorted({shot.profile for _, shot, _, _ in batch}):  # one Triton request, one layout
-                group = [b for b in batch if b[1].profile == profile]
-                try:
-                    results = await fuse(rt, group)
-                except Exception as e:  # unforeseen: say so for each shot, never lose the batch with the agent
-                    log.exception("fusing failed")
-                    for event, shot, _, _ in group:
-                        await rt.dead_letter(STAGE, event, f"shot {shot.shot_index} of {shot.title_id!r}: fusing "
-                                                           f"failed: {type(e).__name__}: {e}")
-                    continue
-                for (event, shot, _, present), fused in zip(group, results, strict=True):
-                    if isinstance(fused, BadRequest):
-                        await rt.dead_letter(STAGE, event, str(fused))
-                        continue
-                    await rt.send(rt.topics.fused, shot.title_id.encode(), fused_shot(shot, fused, present).to_bytes())
-                    metrics.shots.labels(STAGE).inc()
-                    metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, time.time() - shot.published_at))
+            with rt.unfinished(events):  # left mid-way (a stop during the Triton call): fetched again
+                await _fuse_batch(rt, events)
+
+
+async def _fuse_batch(rt: Runtime, events: list) -> None:
+    """Fuse one batch of encoded-shot events and publish the fused shots; bad ones to the dead-letter topic."""
+    batch = []
+    for event in events:
+        metrics.messages.labels(STAGE).inc()
+        try:
+            batch.append((event, *parse(event.message.value)))
+        except SchemaError as e:
+            await rt.dead_letter(STAGE, event, str(e))
+    for profile in sorted({shot.profile for _, shot, _, _ in batch}):  # one Triton request, one layout
+        group = [b for b in batch if b[1].profile == profile]
+        try:
+            results = await fuse(rt, group)
+        except Exception as e:  # unforeseen: say so for each shot, never lose the batch with the agent
+            log.exception("fusing failed")
+            for event, shot, _, _ in group:
+                await rt.dead_letter(STAGE, event, f"shot {shot.shot_index} of {shot.title_id!r}: fusing "
+                                                   f"failed: {type(e).__name__}: {e}")
+            continue
+        for (event, shot, _, present), fused in zip(group, results, strict=True):
+            if isinstance(fused, BadRequest):
+                await rt.dead_letter(STAGE, event, str(fused))
+                continue
+            await rt.send(rt.topics.fused, shot.title_id.encode(), fused_shot(shot, fused, present).to_bytes())
+            metrics.shots.labels(STAGE).inc()
+            metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, time.time() - shot.published_at))

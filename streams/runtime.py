@@ -216,13 +216,11 @@ class Runtime:
         `_hold_streams_until_seek` closes), logged and counted.
         """
         last: dict = {}  # TP -> (consumer generation, offset) of the last event from it
-        unfinished = self.app.consumer.unfinished  # streams/consumer.py, 4.
         async for event in stream.events():
             _check_continuous(last, event)
-            unfinished.add(event.message)
-            yield event
-            await self.sends_acknowledged()
-            unfinished.discard(event.message)
+            with self.unfinished([event]):
+                yield event
+                await self.sends_acknowledged()
 
     async def batches(self, stream, size: int, within_s: float):
         """Like events(), a batch at a time: Faust's take_events acknowledges a batch's events once the agent
@@ -230,15 +228,25 @@ class Runtime:
         per event: what lets a stage keep up with a title of thousands of shots arriving at once.
         Process each event inside `with processing(event):` so its table writes go to its partition."""
         last: dict = {}
-        unfinished = self.app.consumer.unfinished  # a batch left mid-way is not committed (streams/consumer.py, 4.)
         async for events in stream.take_events(size, within=within_s):
-            messages = [event.message for event in events]
             for event in events:
                 _check_continuous(last, event)
-            unfinished.update(messages)
-            yield events
-            await self.sends_acknowledged()
-            unfinished.difference_update(messages)
+            with self.unfinished(events):
+                yield events
+                await self.sends_acknowledged()
+
+    @contextmanager
+    def unfinished(self, events):
+        """Acknowledgements of `events` are not committed unless this block ends normally.
+
+        Faust's take_events acknowledges a batch in a `finally`, also when the agent stopped or failed inside
+        it (streams/consumer.py, 4): a batch left mid-way is then fetched again, not committed half done.
+        """
+        held = self.app.consumer.unfinished
+        messages = [event.message for event in events]
+        held.update(messages)
+        yield
+        held.difference_update(messages)
 
     async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> asyncio.Future:
         """One record to `topic` by the worker's producer; the future resolves once the broker has it.
