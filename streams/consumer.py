@@ -47,9 +47,9 @@ message itself, which a commit could then pass before it was processed.
 Faust's take_events acknowledges a batch's messages in a `finally` (faust/streams.py), so also when the agent
 stopped or failed inside the batch: a worker stopped cleanly during a Triton call committed messages whose
 table writes (a title's progress) were never made, and their shots were lost (read from Faust's code; not
-seen in a run). Runtime.unfinished, around every batch the stages process (Runtime.batches, Runtime.events, the
-fuse stage), names its messages in Consumer.unfinished until the batch is done and its writes are in their
-changelogs; an acknowledgement of an unfinished message is dropped like those of hole 2.
+seen in a run). Runtime.unfinished, around each batch an agent processes (in Runtime.batches and Runtime.events,
+and around the fuse and encode stages' own batches), names its messages in Consumer.unfinished until the batch is
+done and its writes are in their changelogs; an acknowledgement of an unfinished message is dropped like those of hole 2.
 
 All four read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
 be checked against this module.

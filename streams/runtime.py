@@ -245,7 +245,15 @@ class Runtime:
         held = self.app.consumer.unfinished
         messages = [event.message for event in events]
         held.update(messages)
-        yield
+        try:
+            yield
+        except Exception as e:  # not a stop (CancelledError, GeneratorExit): the agent failed outside its own checks
+            # Faust would restart the agent without a seek, and the offsets not committed would hold up every later
+            # commit of these partitions until a rebalance: stop, as a lost write does, so they are fetched again.
+            log.critical("a batch failed outside the stage's checks (%s: %s); stopping this worker now so that its "
+                         "messages are processed again", type(e).__name__, e, exc_info=True)
+            logging.shutdown()
+            os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
         held.difference_update(messages)
 
     async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> asyncio.Future:

@@ -182,7 +182,7 @@ def register(rt: Runtime) -> None:
 
     @rt.app.agent(rt.topics.titles, name=f"{__name__}.segment_titles")
     async def segment_titles(stream):
-        async for event in stream.events():
+        async for event in rt.events(stream):  # a stop while cutting: the title is fetched again, not committed
             metrics.messages.labels(STAGE).inc()
             try:
                 req = decode(event.message.value, expect=TitleRequest)

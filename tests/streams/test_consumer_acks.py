@@ -162,3 +162,30 @@ async def _left_mid_way(rt):
         await asyncio.sleep(0)
     assert c._new_offset(tp) is None, "offsets 5..9 were not processed to the end: committing them loses them"
     assert not c.unacked and not c.unfinished
+
+
+def test_a_batch_that_fails_outside_the_stage_checks_stops_the_worker_and_a_stop_does_not(rt, monkeypatch):
+    """Runtime.unfinished: an exception the stage did not handle stops the worker (exit 75, as a lost write does),
+    so the batch is fetched again; Faust would restart the agent without a seek and the uncommitted batch would
+    hold up every later commit of its partitions. A stop (CancelledError) just leaves the batch uncommitted."""
+    import streams.runtime as runtime
+
+    codes: list[int] = []
+
+    def exit_(code):
+        codes.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(runtime.os, "_exit", exit_)
+    monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
+    app, c, tp = flowing(rt)
+    events = [SimpleNamespace(message=delivered(rt, tp, o)) for o in range(3)]
+    with pytest.raises(SystemExit), rt.unfinished(events):
+        raise RuntimeError("the dead-letter topic could not be written")
+    assert codes == [75]
+    with pytest.raises(asyncio.CancelledError), rt.unfinished(events):
+        raise asyncio.CancelledError
+    assert codes == [75] and all(e.message in c.unfinished for e in events)
+    for e in events:
+        e.message.ack(c)
+    assert c._new_offset(tp) is None and not c.unfinished
