@@ -457,7 +457,8 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         log.close()
     if master:
         plot_losses(run)
-    if world > 1:
+    if world > 1:  # every rank here before any tears down: rank 0 still validates and saves after its last step
+        dist.barrier()
         dist.destroy_process_group()
     return {"step": step, "shots_per_s": shots_seen * world / max(elapsed, 1e-9), **metrics}
 
