@@ -69,10 +69,6 @@ class TitleProgress:
         self.offsets[i] = offset
         return True
 
-    def drop(self, i: int) -> None:
-        self.have[i // 8] &= ~(1 << (i % 8)) & 0xFF
-        self.offsets[i] = -1
-
     @property
     def count(self) -> int:
         return int.from_bytes(self.have, "little").bit_count()
