@@ -86,6 +86,9 @@ class Titles:
         if progress.done:
             metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart
             return
+        if msg.offset <= progress.floor and msg.partition == progress.partition:
+            metrics.duplicates.labels(STAGE).inc()  # redelivered from the publication given up (ShotsGone)
+            return
         if progress.partition < 0:
             progress.partition = msg.partition
         elif progress.partition != msg.partition:
@@ -123,7 +126,10 @@ class Titles:
                                                     f"contextualised: {e}; publish it again")
             self.pending.pop(tkey, None)
             self.held.drop(tkey)
-            self.progress.pop(tkey, None)
+            # Not forgotten: a redelivery of this publication's shots (a restart before the commit) would open a
+            # record that never completes. Shots after this event's offset are a new publication.
+            self.progress[tkey] = TitleProgress(progress.n, partition=progress.partition,
+                                                floor=event.message.offset).to_bytes()
             return
         except BadInput as e:  # the title itself is unusable: say so, do not retry forever
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")

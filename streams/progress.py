@@ -1,7 +1,8 @@
 """Progress records the stages keep in their tables: small pure classes, msgpack in the changelogs.
 
 TitleProgress (contextualise-titles): which of a title's n shots have arrived, the offset of each in its
-partition of the fused topic (streams/fused_source.py reads them back from there), and whether it is done.
+partition of the fused topic (streams/fused_source.py reads them back from there), and whether it is done
+(or where a publication whose shots were gone was given up).
 LiveProgress (live-events): the next shot expected, how many have their final embedding, n once known,
 and the MediaFM version the event is pinned to.
 
@@ -33,6 +34,9 @@ class TitleProgress:
     offsets: np.ndarray = field(default=None)  # type: ignore[assignment]
     forgotten: int = 0
     """Shots an older worker counted without an offset (from_bytes): they have to come again."""
+    floor: int = -1
+    """A publication of this request was given up at this offset of `partition` (its shots were gone from the
+    topic): a redelivery at or below it is not counted, and shots after it start the title afresh."""
 
     def __post_init__(self) -> None:
         self.have = bytearray(self.have) or bytearray((self.n + 7) // 8)
@@ -44,7 +48,8 @@ class TitleProgress:
     @classmethod
     def from_bytes(cls, raw: bytes) -> TitleProgress:
         d = msgpack.unpackb(raw)
-        p = cls(n=d["n"], have=bytearray(d["have"]), done=d["done"], partition=d.get("p", -1))
+        p = cls(n=d["n"], have=bytearray(d["have"]), done=d["done"], partition=d.get("p", -1),
+                floor=d.get("floor", -1))
         if "offs" in d:  # deltas, so that a title's mostly consecutive offsets compress to little
             p.offsets = np.cumsum(np.frombuffer(zlib.decompress(d["offs"]), "<i8"))
         elif not p.done and p.count:  # an older worker's: the shots it held in its table are not known here
@@ -56,6 +61,8 @@ class TitleProgress:
         if not self.done:
             d["p"] = self.partition
             d["offs"] = zlib.compress(np.diff(self.offsets, prepend=0).astype("<i8").tobytes(), 1)
+            if self.floor >= 0:
+                d["floor"] = self.floor
         return msgpack.packb(d)
 
     def holds(self, i: int) -> bool:

@@ -5,7 +5,8 @@
       .topics         the pipeline's topics (mediafm/topics.py names), raw bytes in and out
       .triton         TritonClient: retries while Triton is down, BadRequest when the input is wrong
       .table(name)    a changelog-backed table whose writes events() waits for; RocksDB under table_memory_mb
-      .events(stream) each event acknowledged only once its table writes are in their changelogs
+      .send()         a record to a topic; sends_acknowledged() waits for it (and for every table write)
+      .events(stream) each event acknowledged only once the records it made are in their topics (.batches too)
       .dead_letter()  the raw message and the reason to the dead-letter topic
       .contextualise() MediaFM over windows of fused shots, then one ContextualEmbedding per shot
 
@@ -58,7 +59,8 @@ class Runtime:
         # Workers read media only from allowed roots: media_roots, or <state_dir>/media when unset.
         self.media_settings = replace(settings, media_roots=settings.worker_media_roots)
         self.names = Topics.from_settings(settings)
-        self._unsent: set[asyncio.Future] = set()  # table writes and embeddings handed to the producer, not yet acked
+        self._unsent: set[asyncio.Future] = set()  # records handed to the producer, not yet acknowledged
+        self._lost: BaseException | None = None  # the first of them the producer could not deliver
         self.app = self._make_app()
         self.topics = SimpleNamespace(**{name: self._topic(topic) for name, topic in vars(self.names).items()})
         self.triton = TritonClient(settings.triton_http_url,
@@ -184,28 +186,35 @@ class Runtime:
     def _awaited(self, fut: asyncio.Future) -> asyncio.Future:
         """A record handed to the producer that sends_acknowledged() waits for until the broker has it."""
         self._unsent.add(fut)
-        fut.add_done_callback(self._unsent.discard)
+        fut.add_done_callback(self._sent)
         return fut
 
-    async def sends_acknowledged(self) -> None:
-        """Wait until every table write made so far is in its changelog topic, and every embedding published so
-        far is in the embeddings topic (Runtime.contextualise).
+    def _sent(self, fut: asyncio.Future) -> None:
+        self._unsent.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None and self._lost is None:
+            self._lost = fut.exception()  # kept: a record that failed before anyone waited is still a loss
 
-        A write the producer could not deliver (after its own retries) stops the worker at once, without
+    async def sends_acknowledged(self) -> None:
+        """Wait until every record handed to the producer so far (Runtime.send, table writes) is in its topic.
+
+        A record the producer could not deliver (after its own retries) stops the worker at once, without
         committing: the events since the last commit are then redelivered to whichever worker takes over,
-        which is what kill -9 does too, whereas going on would acknowledge an event whose state is lost.
+        which is what kill -9 does too, whereas going on would acknowledge an event whose output is lost.
         """
-        while self._unsent:
+        while self._unsent or self._lost is not None:
             try:
+                if self._lost is not None:
+                    raise self._lost
                 await asyncio.gather(*list(self._unsent))
             except Exception as e:
-                log.critical("a table write did not reach its changelog (%s: %s); stopping this worker now so "
-                             "that the events it came from are processed again", type(e).__name__, e)
+                log.critical("a record did not reach its topic (%s: %s); stopping this worker now so that the "
+                             "events it came from are processed again", type(e).__name__, e)
                 logging.shutdown()
                 os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
 
     async def events(self, stream):
-        """`stream.events()`, each event acknowledged only once its table writes are in their changelogs.
+        """`stream.events()`, each event acknowledged only once the records it made (Runtime.send, its table
+        writes) are in their topics.
 
         Faust acknowledges an event when the agent asks for the next one and later commits acknowledged
         offsets after `producer.flush()`. In faust-streaming 0.15 that flush stops waiting on the send buffer
@@ -224,8 +233,8 @@ class Runtime:
 
     async def batches(self, stream, size: int, within_s: float):
         """Like events(), a batch at a time: Faust's take_events acknowledges a batch's events once the agent
-        asks for the next batch, and this waits for the batch's table writes first. One wait per batch, not
-        per event: what lets a stage keep up with a title of thousands of shots arriving at once.
+        asks for the next batch, and this waits for the batch's records and table writes first. One wait per
+        batch, not per event: what lets a stage keep up with a title of thousands of shots arriving at once.
         Process each event inside `with processing(event):` so its table writes go to its partition."""
         last: dict = {}
         async for events in stream.take_events(size, within=within_s):
@@ -256,16 +265,19 @@ class Runtime:
             os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
         held.difference_update(messages)
 
-    async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> asyncio.Future:
-        """One record to `topic` by the worker's producer; the future resolves once the broker has it.
+    async def send(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> asyncio.Future:
+        """One record to `topic` by the worker's producer; the future resolves once the broker has it, and
+        sends_acknowledged() waits for it: a stage acknowledges a batch only once every record it made is in
+        its topic (shots, encoded and fused shots, embeddings, dead letters).
 
-        For the records made per shot (fused shots, embeddings). Faust's Topic.send wraps each record in a
-        message future, a pending message and callbacks: a bare Faust worker sent 23,800 records of 9 KB a
-        second that way and 46,100 through the producer directly (one run, a one-off script). Partitioned by
-        key with the producer's default partitioner, as Topic.send does.
+        Faust's Topic.send is not used: it queues each record in Faust's own send buffer first, which the
+        flush before a commit stops waiting on after 0.1 s without progress (Runtime.events), and it wraps
+        each record in a message future, a pending message and callbacks: a bare Faust worker sent 23,800
+        records of 9 KB a second that way and 46,100 through the producer directly (one run, a one-off script).
+        Partitioned by key with the producer's default partitioner, as Topic.send does.
         """
-        return await self.app.producer.send(topic.get_topic_name(), key, value, partition=None, timestamp=None,
-                                            headers=None)
+        return self._awaited(await self.app.producer.send(topic.get_topic_name(), key, value, partition=None,
+                                                          timestamp=None, headers=None))
 
     async def dead_letter(self, stage: str, event: faust.EventT, reason: str) -> None:
         """Send the raw message and the reason to the dead-letter topic. Never raises on the reason."""
@@ -276,7 +288,7 @@ class Runtime:
         letter = DeadLetter(stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                             key=msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode(),
                             reason=reason[:2000], payload=value[: 1024 * 1024])
-        await self.topics.deadletter.send(key=letter.key, value=letter.to_bytes())
+        await self.send(self.topics.deadletter, letter.key, letter.to_bytes())
 
     # --- MediaFM ---------------------------------------------------------------------------------------
     async def served(self, model: str) -> Served:
@@ -411,7 +423,7 @@ class Runtime:
                 model=profile.mediafm_model, model_version=version, representation=s.embedding_representation,
                 profile=shot.profile, window_start=w.start, window_end=w.end, final=final, n_shots=n_shots,
                 kind=shot.kind, published_at=shot.published_at)
-            self._awaited(await self.send(self.topics.embeddings, shot.title_id.encode(), msg.to_bytes()))
+            await self.send(self.topics.embeddings, shot.title_id.encode(), msg.to_bytes())
             metrics.e2e_seconds.labels(shot.kind, "final" if final else "provisional").observe(
                 max(0.0, time.time() - shot.published_at))
             count += 1

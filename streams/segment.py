@@ -196,7 +196,7 @@ def register(rt: Runtime) -> None:
                 await rt.dead_letter(STAGE, event, f"segmentation failed: {type(e).__name__}: {e}")
                 continue
             for raw in out:
-                await rt.topics.shots.send(key=req.title_id.encode(), value=raw)
+                await rt.send(rt.topics.shots, req.title_id.encode(), raw)
             if refs:
                 metrics.stage_seconds.labels(STAGE, "title").observe(max(0.0, time.time() - refs[0].published_at))
             metrics.shots.labels(STAGE).inc(len(refs))
@@ -238,7 +238,7 @@ def register(rt: Runtime) -> None:
                 await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index}: "
                                                    f"timed text skipped: {e}")
             for ref in cutter.refs(state, seg, shots, meta):
-                await rt.topics.shots.send(key=key, value=ref.to_bytes())
+                await rt.send(rt.topics.shots, key, ref.to_bytes())
                 metrics.stage_seconds.labels(STAGE, "live").observe(max(0.0, time.time() - seg.published_at))
             metrics.shots.labels(STAGE).inc(len(shots))
             advance(state, seg, shots)

@@ -110,12 +110,12 @@ async def _acknowledged(rt):
                        present=[True, True, True], n_shots=n) for i in range(n)]
     acks: list[asyncio.Future] = []
 
-    async def send(topic, key, value):  # the producer's future, resolved when the broker acknowledges the record
-        assert topic is rt.topics.embeddings
+    async def send(topic, key, value, **kw):  # the producer's future, resolved when the broker acknowledges it
+        assert topic == rt.topics.embeddings.get_topic_name()
         acks.append(asyncio.get_running_loop().create_future())
         return acks[-1]
 
-    rt.send = send
+    rt.app.producer.send = send
 
     def windows_for(size, stride):
         return [Window(0, n)], [(i, 0, True) for i in range(n)]

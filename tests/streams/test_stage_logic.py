@@ -224,3 +224,50 @@ def test_contextualise_parse_rejects(change, match):
 def test_contextualise_parse_accepts_live_shots_before_their_event_ends():
     shot = contextualise.parse(_fused(kind="live", n_shots=None, shot_index=40).to_bytes())
     assert shot.kind == "live" and shot.n_shots is None
+
+
+def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afresh_after(tmp_path):
+    """Shots gone from the fused topic: the title is dead-lettered and its record keeps where that happened.
+    A shot of it redelivered after a restart (offset at or below) is a duplicate, not a new one-shot record
+    that would never complete; shots published after it are a new publication and complete the title."""
+    import asyncio
+    from types import SimpleNamespace
+
+    letters, done = [], []
+
+    async def dead_letter(stage, event, reason):
+        letters.append((event.message.offset, reason))
+
+    rt = SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},  # the table, no broker
+                         dead_letter=dead_letter)
+    titles = contextualise.Titles(rt)
+    gathered = titles._gather
+
+    async def gather(tkey, progress):
+        if not letters:
+            raise contextualise.ShotsGone("3 of its shots are no longer in shots.fused[0]")
+        return await gathered(tkey, progress)
+
+    async def contextualise_(tid, shots, rid=""):
+        done.append([s.shot_index for s in shots])
+
+    titles._gather, titles.contextualise = gather, contextualise_
+
+    class Event:  # what the stage reads of a Faust event (weak-referenceable, as processing() needs)
+        def __init__(self, message):
+            self.message = message
+
+    async def main():
+        for offset, i in [(10, 0), (11, 1), (12, 2), (11, 1), (12, 2), (13, 0), (14, 1), (15, 2)]:
+            raw = _fused(shot_index=i).to_bytes()
+            await titles.on_shot(contextualise.parse(raw), Event(SimpleNamespace(partition=0, offset=offset,
+                                                                                   value=raw)))
+            titles.flush()
+            if offset == 12 and letters:  # given up: the record says where, and counts nothing
+                p = TitleProgress.from_bytes(titles.progress[b"t#"])
+                assert (p.count, p.floor, p.done) == (0, 12, False)
+
+    asyncio.run(main())
+    assert [o for o, _ in letters] == [12] and "publish it again" in letters[0][1]
+    assert done == [[0, 1, 2]], "published again after the floor, the title completes once"
+    assert TitleProgress.from_bytes(titles.progress[b"t#"]).done

@@ -1,0 +1,101 @@
+"""A stage acknowledges a batch only once every record it made (fused shots, dead letters, ...) is in its topic.
+
+Faust commits acknowledged offsets after a producer flush that stops waiting on its own send buffer after 0.1 s
+without progress, and that does not fail when a record could not be delivered: a kill -9 after such a commit
+loses the records with nothing left to redeliver their events (streams/runtime.py, Runtime.send).
+
+In-process (Faust's agent test context: no broker), with the producer replaced by one whose acknowledgements
+the test gives; the stages run against the real broker in the other tests of this folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+from mediafm.config import Settings
+from mediafm.profiles import OFFLINE
+from mediafm.schema import EncodedShot, vec_to_bytes
+from streams.app import create_runtime
+
+LAY = OFFLINE.layout
+
+
+def encoded(i: int) -> bytes:
+    return EncodedShot(title_id="t", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                       video=vec_to_bytes(np.ones(LAY.dims["video"], np.float32)), audio=None, text=None,
+                       n_shots=4, published_at=1.0).to_bytes()
+
+
+@pytest.fixture
+def rt(tmp_path):
+    rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="sends", worker_web_port=16073))
+    rt.sent = []  # (topic, future) per record handed to the producer
+
+    async def send(topic, key, value, **kw):  # the producer: a future the test resolves as the broker would
+        rt.sent.append((topic, asyncio.get_running_loop().create_future()))
+        return rt.sent[-1][1]
+
+    async def infer(model, inputs, outputs, **kw):
+        return {"FUSED": np.ones((len(inputs["VIDEO"]), LAY.fused_dim), np.float32)}
+
+    rt.app.producer.send, rt.triton.infer = send, infer
+    return rt
+
+
+async def _until(cond, what: str, timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+def test_fuse_holds_its_batch_until_the_fused_shots_and_dead_letters_are_acknowledged(rt):
+    asyncio.run(_fuse_holds(rt))
+
+
+async def _fuse_holds(rt):
+    held = rt.app.consumer.unfinished  # messages whose acknowledgement is not committed (streams/consumer.py)
+    agent = rt.app.agents["streams.fuse.fuse_shots"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"t", value=b"not msgpack")  # dead-lettered
+        await ctx.put(key=b"t", value=encoded(0))
+        await _until(lambda: len(rt.sent) == 2, f"a dead letter and a fused shot sent, got {rt.sent}")
+        assert sorted(t for t, _ in rt.sent) == sorted([rt.topics.deadletter.get_topic_name(),
+                                                        rt.topics.fused.get_topic_name()])
+        await _until(lambda: len(held) == 2, "the batch held while the broker has not acknowledged")
+        rt.sent[0][1].set_result(None)
+        for _ in range(20):  # the loop runs everything that is ready
+            await asyncio.sleep(0)
+        assert len(held) == 2, "released with one record of the batch not yet acknowledged"
+        rt.sent[1][1].set_result(None)
+        await _until(lambda: not held, "the batch released once both records are acknowledged")
+
+
+def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, monkeypatch):
+    """A send that fails (the producer gave up after its retries) between two waits is not forgotten: the next
+    wait stops the worker (exit 75, uncommitted) instead of acknowledging the events the record came from."""
+    import streams.runtime as runtime
+
+    codes: list[int] = []
+
+    def exit_(code):
+        codes.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(runtime.os, "_exit", exit_)
+    monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
+
+    async def main():
+        await rt.send(rt.topics.fused, b"t", b"x")
+        rt.sent[0][1].set_exception(KafkaTimeoutError())
+        for _ in range(5):
+            await asyncio.sleep(0)  # its done-callback has run: nothing is pending any more
+        with pytest.raises(SystemExit):
+            await rt.sends_acknowledged()
+
+    asyncio.run(main())
+    assert codes == [75]
