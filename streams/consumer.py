@@ -1,4 +1,4 @@
-"""The Kafka consumer of every worker: Faust's, with two holes closed through which messages were lost.
+"""The Kafka consumer of every worker: Faust's, with the holes closed through which messages were lost.
 
 1. A partition nothing was committed for yet is read from its start after a rebalance.
 After every rebalance Faust seeks each partition to its committed offset (aiokafka's seek_to_committed),
@@ -51,7 +51,17 @@ seen in a run). Runtime.unfinished, around each batch an agent processes (in Run
 and around the fuse and encode stages' own batches), names its messages in Consumer.unfinished until the batch is
 done and its writes are in their changelogs; an acknowledgement of an unfinished message is dropped like those of hole 2.
 
-All four read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
+5. Nothing is committed past a record the producer could not deliver.
+Before every commit Faust flushes the producer (Consumer._commit_offsets), and aiokafka's flush waits for
+every record handed to it, delivered or not; a record that failed (the broker unreachable past the
+producer's own retries) did not stop the commit, which then acknowledged the events the record came from.
+The stages send their records straight to aiokafka (Runtime.send, not Faust's buffered Topic.send), so the
+flush covers them all, and the runtime remembers a failed one (its done-callback runs before the flush
+returns: aiokafka resolves a batch's futures in one call, the flush's waiter wakes after their callbacks).
+Consumer._commit asks the runtime first (`before_commit`, set by install()): a lost record stops the worker
+with exit 75, uncommitted, and the events are processed again by whoever takes over.
+
+All five read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
 be checked against this module.
 """
 
@@ -80,6 +90,12 @@ class Consumer(AIOKafkaConsumer):
         super().__init__(*args, **kwargs)
         self.unfinished: set[Message] = set()
         """Messages an agent is processing (4.): an acknowledgement of one of them is dropped."""
+
+    async def _commit(self, offsets) -> bool:
+        before_commit = getattr(self.app, "mediafm_before_commit", None)  # install()
+        if before_commit is not None:
+            before_commit()  # stops the worker if a record handed to the producer was not delivered (5.)
+        return await super()._commit(offsets)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()  # sets _committed_offset: None where nothing (or 0) was committed
@@ -157,7 +173,9 @@ class Consumer(AIOKafkaConsumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
 
-def install(app) -> None:
-    """Make `app` (a faust.App not yet started) consume with Consumer."""
+def install(app, before_commit=None) -> None:
+    """Make `app` (a faust.App not yet started) consume with Consumer; `before_commit()` runs before each
+    commit, after the producer flush, and may stop the worker (5.)."""
     app.transport.Consumer = Consumer
+    app.mediafm_before_commit = before_commit
 

@@ -140,4 +140,3 @@ def register(rt: Runtime) -> None:
                         await rt.send(rt.topics.encoded, m.title_id.encode(), m.to_bytes())
                         metrics.stage_seconds.labels(STAGE, m.kind).observe(max(0.0, time.time() - m.published_at))
                     metrics.shots.labels(STAGE).inc(len(msgs))
-                await rt.sends_acknowledged()  # acknowledged once its shots are in shots.encoded

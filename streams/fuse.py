@@ -75,7 +75,6 @@ def register(rt: Runtime) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             with rt.unfinished(events):  # left mid-way (a stop during the Triton call): fetched again
                 await _fuse_batch(rt, events)
-                await rt.sends_acknowledged()  # acknowledged once its fused shots are in shots.fused
 
 
 async def _fuse_batch(rt: Runtime, events: list) -> None:

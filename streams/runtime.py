@@ -118,7 +118,7 @@ class Runtime:
             Table=Table,  # app.Table(...) makes the class above
             Worker=QuietWorker,
         )
-        consumer.install(app)  # commits cover processed messages only (streams/consumer.py)
+        consumer.install(app, before_commit=self._before_commit)  # commits cover processed messages only
 
         @app.on_rebalance_complete.connect
         async def _hold_streams_until_seek(sender, **kwargs) -> None:
@@ -194,9 +194,18 @@ class Runtime:
         if not fut.cancelled() and fut.exception() is not None and self._lost is None:
             self._lost = fut.exception()  # kept: a record that failed before anyone waited is still a loss
 
+    def _before_commit(self) -> None:
+        """Right before Faust commits offsets, after its producer flush (streams/consumer.py, 5): every record
+        handed to the producer before it is delivered or lost, so a lost one stops the worker uncommitted."""
+        if self._lost is not None:
+            self._stop(self._lost)
+
     async def sends_acknowledged(self) -> None:
         """Wait until every record handed to the producer so far (Runtime.send, table writes) is in its topic.
 
+        Stages whose table writes must be in their changelogs before an event is acknowledged wait here (events(),
+        batches()); Faust's own pre-commit flush stops waiting on its send buffer, through which table writes go,
+        after 0.1 s without progress. Records sent with Runtime.send are covered by the flush before every commit.
         A record the producer could not deliver (after its own retries) stops the worker at once, without
         committing: the events since the last commit are then redelivered to whichever worker takes over,
         which is what kill -9 does too, whereas going on would acknowledge an event whose output is lost.
@@ -207,10 +216,14 @@ class Runtime:
                     raise self._lost
                 await asyncio.gather(*list(self._unsent))
             except Exception as e:
-                log.critical("a record did not reach its topic (%s: %s); stopping this worker now so that the "
-                             "events it came from are processed again", type(e).__name__, e)
-                logging.shutdown()
-                os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
+                self._stop(e)
+
+    @staticmethod
+    def _stop(e: BaseException) -> None:
+        log.critical("a record did not reach its topic (%s: %s); stopping this worker now so that the "
+                     "events it came from are processed again", type(e).__name__, e)
+        logging.shutdown()
+        os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
 
     async def events(self, stream):
         """`stream.events()`, each event acknowledged only once the records it made (Runtime.send, its table
@@ -266,9 +279,10 @@ class Runtime:
         held.difference_update(messages)
 
     async def send(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> asyncio.Future:
-        """One record to `topic` by the worker's producer; the future resolves once the broker has it, and
-        sends_acknowledged() waits for it: a stage acknowledges a batch only once every record it made is in
-        its topic (shots, encoded and fused shots, embeddings, dead letters).
+        """One record to `topic` by the worker's producer; the future resolves once the broker has it.
+        Its events' offsets are not committed before it is delivered: Faust flushes the producer before each
+        commit, and a record that failed stops the worker first (streams/consumer.py, 5); sends_acknowledged()
+        waits for it too. For shots, encoded and fused shots, embeddings and dead letters.
 
         Faust's Topic.send is not used: it queues each record in Faust's own send buffer first, which the
         flush before a commit stops waiting on after 0.1 s without progress (Runtime.events), and it wraps

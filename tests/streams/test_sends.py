@@ -1,8 +1,9 @@
-"""A stage acknowledges a batch only once every record it made (fused shots, dead letters, ...) is in its topic.
+"""No offset is committed past a record its event made (fused shots, dead letters, ...) that is not in its topic.
 
 Faust commits acknowledged offsets after a producer flush that stops waiting on its own send buffer after 0.1 s
 without progress, and that does not fail when a record could not be delivered: a kill -9 after such a commit
-loses the records with nothing left to redeliver their events (streams/runtime.py, Runtime.send).
+loses the records with nothing left to redeliver their events (streams/runtime.py, Runtime.send; streams/
+consumer.py, 5).
 
 In-process (Faust's agent test context: no broker), with the producer replaced by one whose acknowledgements
 the test gives; the stages run against the real broker in the other tests of this folder.
@@ -15,6 +16,7 @@ import asyncio
 import numpy as np
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from faust.types import TP
 
 from mediafm.config import Settings
 from mediafm.profiles import OFFLINE
@@ -53,12 +55,11 @@ async def _until(cond, what: str, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_fuse_holds_its_batch_until_the_fused_shots_and_dead_letters_are_acknowledged(rt):
-    asyncio.run(_fuse_holds(rt))
+def test_fused_shots_and_dead_letters_go_to_the_producer_and_are_tracked_until_acknowledged(rt):
+    asyncio.run(_fuse_sends(rt))
 
 
-async def _fuse_holds(rt):
-    held = rt.app.consumer.unfinished  # messages whose acknowledgement is not committed (streams/consumer.py)
+async def _fuse_sends(rt):
     agent = rt.app.agents["streams.fuse.fuse_shots"]
     async with agent.test_context() as ctx:
         await ctx.put(key=b"t", value=b"not msgpack")  # dead-lettered
@@ -66,18 +67,13 @@ async def _fuse_holds(rt):
         await _until(lambda: len(rt.sent) == 2, f"a dead letter and a fused shot sent, got {rt.sent}")
         assert sorted(t for t, _ in rt.sent) == sorted([rt.topics.deadletter.get_topic_name(),
                                                         rt.topics.fused.get_topic_name()])
-        await _until(lambda: len(held) == 2, "the batch held while the broker has not acknowledged")
-        rt.sent[0][1].set_result(None)
-        for _ in range(20):  # the loop runs everything that is ready
-            await asyncio.sleep(0)
-        assert len(held) == 2, "released with one record of the batch not yet acknowledged"
-        rt.sent[1][1].set_result(None)
-        await _until(lambda: not held, "the batch released once both records are acknowledged")
+        assert rt._unsent == {f for _, f in rt.sent}, "both wait for the broker (Runtime.sends_acknowledged)"
+        for _, f in rt.sent:
+            f.set_result(None)
+        await _until(lambda: not rt._unsent, "acknowledged records are no longer waited for")
 
 
-def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, monkeypatch):
-    """A send that fails (the producer gave up after its retries) between two waits is not forgotten: the next
-    wait stops the worker (exit 75, uncommitted) instead of acknowledging the events the record came from."""
+def _exits(monkeypatch) -> list[int]:
     import streams.runtime as runtime
 
     codes: list[int] = []
@@ -88,6 +84,40 @@ def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, mo
 
     monkeypatch.setattr(runtime.os, "_exit", exit_)
     monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
+    return codes
+
+
+def test_no_commit_passes_a_record_the_producer_could_not_deliver(rt, monkeypatch):
+    """streams/consumer.py, 5: Faust flushes the producer before a commit but commits whether or not the
+    records were delivered. A lost record stops the worker (exit 75) before the commit reaches the broker."""
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    codes, commits = _exits(monkeypatch), []
+
+    async def commit(self, offsets):  # what reaches the broker
+        commits.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(FaustConsumer, "_commit", commit)
+    tp = TP(rt.topics.encoded.get_topic_name(), 0)
+
+    async def main():
+        c = rt.app.consumer
+        assert await c._commit({tp: 3})  # nothing lost: committed
+        await rt.send(rt.topics.fused, b"t", b"x")
+        rt.sent[0][1].set_exception(KafkaTimeoutError())  # the producer gave up on it
+        await asyncio.sleep(0)
+        with pytest.raises(SystemExit):
+            await c._commit({tp: 5})
+
+    asyncio.run(main())
+    assert commits == [{tp: 3}] and codes == [75]
+
+
+def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, monkeypatch):
+    """A send that fails (the producer gave up after its retries) between two waits is not forgotten: the next
+    wait stops the worker (exit 75, uncommitted) instead of acknowledging the events the record came from."""
+    codes = _exits(monkeypatch)
 
     async def main():
         await rt.send(rt.topics.fused, b"t", b"x")
