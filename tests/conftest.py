@@ -155,3 +155,29 @@ def offline_model(kafka_stack, triton_stack, tmp_path_factory):
     version, vdir, loaded = export(d / "run", settings=kafka_stack)
     assert loaded and vdir.parent.name == "mediafm_offline"
     return str(version)
+
+
+async def until(cond, what: str, timeout_s: float = 30.0) -> None:
+    """Wait (in an event loop) until cond() holds; fail with `what` after timeout_s."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def worker_exits(monkeypatch) -> list[int]:
+    """streams.runtime's os._exit made to record its code and raise SystemExit: the codes, in order."""
+    import streams.runtime as runtime
+
+    codes: list[int] = []
+
+    def exit_(code):
+        codes.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(runtime.os, "_exit", exit_)
+    monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
+    return codes

@@ -164,20 +164,11 @@ async def _left_mid_way(rt):
     assert not c.unacked and not c.unfinished
 
 
-def test_a_batch_that_fails_outside_the_stage_checks_stops_the_worker_and_a_stop_does_not(rt, monkeypatch):
+def test_a_batch_that_fails_outside_the_stage_checks_stops_the_worker_and_a_stop_does_not(rt, worker_exits):
     """Runtime.unfinished: an exception the stage did not handle stops the worker (exit 75, as a lost write does),
     so the batch is fetched again; Faust would restart the agent without a seek and the uncommitted batch would
     hold up every later commit of its partitions. A stop (CancelledError) just leaves the batch uncommitted."""
-    import streams.runtime as runtime
-
-    codes: list[int] = []
-
-    def exit_(code):
-        codes.append(code)
-        raise SystemExit(code)
-
-    monkeypatch.setattr(runtime.os, "_exit", exit_)
-    monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
+    codes = worker_exits
     app, c, tp = flowing(rt)
     events = [SimpleNamespace(message=delivered(rt, tp, o)) for o in range(3)]
     with pytest.raises(SystemExit), rt.unfinished(events):

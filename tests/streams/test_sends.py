@@ -16,6 +16,7 @@ import asyncio
 import numpy as np
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from conftest import until
 from faust.types import TP
 
 from mediafm.config import Settings
@@ -48,13 +49,6 @@ def rt(tmp_path):
     return rt
 
 
-async def _until(cond, what: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.02)
-
-
 def test_fused_shots_and_dead_letters_go_to_the_producer_and_are_tracked_until_acknowledged(rt):
     asyncio.run(_fuse_sends(rt))
 
@@ -64,35 +58,21 @@ async def _fuse_sends(rt):
     async with agent.test_context() as ctx:
         await ctx.put(key=b"t", value=b"not msgpack")  # dead-lettered
         await ctx.put(key=b"t", value=encoded(0))
-        await _until(lambda: len(rt.sent) == 2, f"a dead letter and a fused shot sent, got {rt.sent}")
+        await until(lambda: len(rt.sent) == 2, f"a dead letter and a fused shot sent, got {rt.sent}")
         assert sorted(t for t, _ in rt.sent) == sorted([rt.topics.deadletter.get_topic_name(),
                                                         rt.topics.fused.get_topic_name()])
         assert rt._unsent == {f for _, f in rt.sent}, "both wait for the broker (Runtime.sends_acknowledged)"
         for _, f in rt.sent:
             f.set_result(None)
-        await _until(lambda: not rt._unsent, "acknowledged records are no longer waited for")
+        await until(lambda: not rt._unsent, "acknowledged records are no longer waited for")
 
 
-def _exits(monkeypatch) -> list[int]:
-    import streams.runtime as runtime
-
-    codes: list[int] = []
-
-    def exit_(code):
-        codes.append(code)
-        raise SystemExit(code)
-
-    monkeypatch.setattr(runtime.os, "_exit", exit_)
-    monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
-    return codes
-
-
-def test_no_commit_passes_a_record_the_producer_could_not_deliver(rt, monkeypatch):
+def test_no_commit_passes_a_record_the_producer_could_not_deliver(rt, monkeypatch, worker_exits):
     """streams/consumer.py, 5: Faust flushes the producer before a commit but commits whether or not the
     records were delivered. A lost record stops the worker (exit 75) before the commit reaches the broker."""
     from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 
-    codes, commits = _exits(monkeypatch), []
+    codes, commits = worker_exits, []
 
     async def commit(self, offsets):  # what reaches the broker
         commits.append(dict(offsets))
@@ -114,10 +94,10 @@ def test_no_commit_passes_a_record_the_producer_could_not_deliver(rt, monkeypatc
     assert commits == [{tp: 3}] and codes == [75]
 
 
-def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, monkeypatch):
+def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, worker_exits):
     """A send that fails (the producer gave up after its retries) between two waits is not forgotten: the next
     wait stops the worker (exit 75, uncommitted) instead of acknowledging the events the record came from."""
-    codes = _exits(monkeypatch)
+    codes = worker_exits
 
     async def main():
         await rt.send(rt.topics.fused, b"t", b"x")

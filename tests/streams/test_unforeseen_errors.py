@@ -12,6 +12,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from conftest import until
 
 from mediafm.config import Settings
 from mediafm.profiles import OFFLINE
@@ -45,13 +46,6 @@ def rt(tmp_path):
     return rt
 
 
-async def _until(cond, what: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.02)
-
-
 def test_fuse_dead_letters_a_batch_it_cannot_fuse_and_fuses_the_next(rt):
     asyncio.run(_fuse(rt))
 
@@ -74,10 +68,10 @@ async def _fuse(rt):
     async with agent.test_context() as ctx:
         for i in range(2):
             await ctx.put(key=b"t", value=encoded(i))
-        await _until(lambda: len(rt.letters) == 2, f"two dead letters, got {rt.letters}")
+        await until(lambda: len(rt.letters) == 2, f"two dead letters, got {rt.letters}")
         for i in range(2, 4):  # the agent is still there
             await ctx.put(key=b"t", value=encoded(i))
-        await _until(lambda: rt.sent == [2, 3], f"shots 2 and 3 fused, got {rt.sent}")
+        await until(lambda: rt.sent == [2, 3], f"shots 2 and 3 fused, got {rt.sent}")
     assert [(s, v) for s, v, _ in rt.letters] == [("fuse", encoded(0)), ("fuse", encoded(1))]
     assert all("fusing failed: RuntimeError: a library bug" in r for _, _, r in rt.letters), rt.letters
     assert "shot 0 of 't'" in rt.letters[0][2]
@@ -103,9 +97,9 @@ async def _contextualise(rt):
     agent = rt.app.agents["streams.contextualise.contextualise"]
     async with agent.test_context() as ctx:
         await ctx.put(key=b"ev", value=fused_live(0))
-        await _until(lambda: len(rt.letters) == 1, f"one dead letter, got {rt.letters}")
+        await until(lambda: len(rt.letters) == 1, f"one dead letter, got {rt.letters}")
         await ctx.put(key=b"ev", value=fused_live(0))  # the same shot again: it was not counted
-        await _until(lambda: seen == [0, 0], f"shot 0 contextualised again, got {seen}")
+        await until(lambda: seen == [0, 0], f"shot 0 contextualised again, got {seen}")
     stage, value, reason = rt.letters[0]
     assert (stage, value) == ("live", fused_live(0))
     assert reason == "live failed: TypeError: unexpected type from a dependency"
