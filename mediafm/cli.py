@@ -200,7 +200,7 @@ def _cmd_follow(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.publish import sink
 
-    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout)
+    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout, progress=True)
     print(f"wrote {r['titles']} titles, {r['shots']} shots and {r['contextual']} final contextual embeddings "
           f"to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
     return 0
@@ -390,10 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reads shots.fused and embeddings from the beginning until nothing new "
                        "arrives for --idle seconds, and writes every complete title (its last request) as the "
                        "v1 dataset format (the trainer's and evaluation's input) plus contextual.parquet with "
-                       "the final contextual embeddings, one per (title, shot, model version).")
+                       "the final contextual embeddings, one per (title, shot, model version). Each topic is read "
+                       "twice (where each shot is, then the shots chosen, written title by title), so memory "
+                       "does not grow with the catalog.")
     s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
     s.add_argument("--idle", type=float, default=5.0, help="stop after this many quiet seconds (default 5)")
-    s.add_argument("--timeout", type=float, default=600.0, help="stop after this many seconds in any case")
+    s.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to read both topics to their end, twice (default 600; a catalog of millions of "
+                        "shots needs more); past it the sink stops with an error and writes nothing")
     s.set_defaults(fn=_cmd_sink)
 
     s = sub.add_parser("backfill", help="re-embed titles with the MediaFM version served now",

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from mediafm.config import Settings
 from mediafm.errors import ConfigError, DatasetError, MediaError, SchemaError, StackError
 from mediafm.fusion import MODALITIES, Layout
 from mediafm.schema import (
+    MAX_MESSAGE_BYTES,
     ContextualEmbedding,
     FusedShot,
     LiveSegment,
@@ -397,10 +399,99 @@ def _drain(settings: Settings, topic: str, idle_s: float, timeout_s: float):
         tail.close()
 
 
-def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s: float = 600.0) -> dict:
+def _index(settings: Settings, topic: str, idle_s: float, deadline: float, progress: bool, keep):
+    """Pass 1 of the sink: every record of `topic` from its beginning, decoded and handed to keep(record);
+    first every record there now (an error if that takes past `deadline`), then any that arrive until idle_s
+    passes without one (or the deadline)."""
+    from tqdm import tqdm
+
+    tail = Tail(settings, topic, from_beginning=True)
+    try:
+        tps = sorted(tail.consumer.assignment())
+        end = tail.consumer.end_offsets(tps)
+        begin = tail.consumer.beginning_offsets(tps)
+        with tqdm(total=sum(end[tp] - begin[tp] for tp in tps), unit="msg", desc=f"indexing {topic}",
+                  disable=not progress, dynamic_ncols=True, leave=False) as bar:
+            while any(tail.consumer.position(tp) < end[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    left = sum(max(0, end[tp] - tail.consumer.position(tp)) for tp in tps)
+                    raise MediaError(f"{left} records of {topic} were still unread at the timeout; nothing was "
+                                     "written: give the sink a longer --timeout")
+                for records in tail.consumer.poll(timeout_ms=200).values():
+                    bar.update(len(records))
+                    for rec in records:
+                        keep(rec)
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s and time.monotonic() < deadline:  # what the workers add meanwhile
+            for rec in tail.poll(timeout_s=0.5):
+                last = time.monotonic()
+                keep(rec)
+    finally:
+        tail.close()
+
+
+def _fetch(settings: Settings, topic: str, wanted: dict[int, np.ndarray], what: str, deadline: float, progress: bool):
+    """Pass 2 of the sink: the records at the `wanted` offsets {partition: sorted offsets} of `topic`, one
+    partition after another, each read once from its first wanted offset to its last (by `deadline`)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from tqdm import tqdm
+
+    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                      fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024)
+    try:
+        with tqdm(total=sum(len(v) for v in wanted.values()), unit="msg", desc=what, disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for partition, offsets in sorted(wanted.items()):
+                if not len(offsets):
+                    continue
+                tp = TopicPartition(topic, partition)
+                c.assign([tp])
+                c.seek(tp, int(offsets[0]))
+                last, want = int(offsets[-1]), set(offsets.tolist())
+                while c.position(tp) <= last:
+                    if time.monotonic() > deadline:
+                        raise MediaError(f"{topic}[{partition}] was not read back to offset {last} by the timeout; "
+                                         "nothing was written: give the sink a longer --timeout")
+                    for rec in c.poll(timeout_ms=500).get(tp, []):
+                        if rec.offset in want:
+                            bar.update()
+                            yield rec
+    finally:
+        c.close()
+
+
+class _Publication:
+    """Pass 1's note of one (title, request) on shots.fused: where each of its shots is."""
+
+    __slots__ = ("partition", "n", "index", "offset")
+
+    def __init__(self, partition: int) -> None:
+        self.partition, self.n = partition, None
+        self.index, self.offset = array("q"), array("q")  # 16 bytes a shot: a catalog's index fits in memory
+
+    def offsets(self) -> np.ndarray | None:
+        """Offsets by shot index when every one of the n shots is there, else None."""
+        if self.n is None:
+            return None
+        at = np.full(self.n, -1, np.int64)
+        idx = np.frombuffer(self.index, np.int64)
+        if idx.size and (idx.max() >= self.n):
+            return None
+        at[idx] = np.frombuffer(self.offset, np.int64)  # a shot sent twice: its last copy
+        return at if (at >= 0).all() else None
+
+
+def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s: float = 600.0,
+         progress: bool = False) -> dict:
     """Write what the pipeline produced as a v1 dataset: every complete title's fused shots
     (shots.fused; the trainer's and the evaluation's input) and, in contextual.parquet, the final
-    contextual embeddings (one per title, shot and model version)."""
+    contextual embeddings (one per title, shot and model version; rows in the order they were published).
+
+    Two passes over each topic, so that memory does not grow with the catalog: the first reads every record
+    and keeps only where each shot is (its offset; the titles' last complete requests), the second reads
+    back the records chosen, a partition at a time, writing each title as soon as its shots are in. What is
+    held is the titles whose shots are still being read (the shots of one title are in one partition).
+    Raises MediaError when the topics cannot be read to their end before timeout_s."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -408,55 +499,118 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     from mediafm.profiles import get_profile
 
     names = Topics.from_settings(settings)
-    titles: dict[tuple[str, str], dict[int, FusedShot]] = {}
-    for rec in _drain(settings, names.fused, idle_s, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    pubs: dict[tuple[str, str], _Publication] = {}  # in order of first shot: a later request replaces one before
+    profiles: set[str] = set()
+
+    def note_shot(rec) -> None:
         try:
             s = decode(rec.value, expect=FusedShot)
         except SchemaError:
-            continue  # the workers dead-letter it; nothing to sink
-        titles.setdefault((s.title_id, s.request_id), {})[s.shot_index] = s
-    latest: dict[str, dict[int, FusedShot]] = {}
-    skipped = []
-    for (tid, _), shots in titles.items():
-        n = next((s.n_shots for s in shots.values() if s.n_shots is not None), None)
-        if n is None or len(shots) != n:
-            skipped.append(tid)
+            return  # the workers dead-letter it; nothing to sink
+        pub = pubs.get((s.title_id, s.request_id))
+        if pub is None:
+            pub = pubs[(s.title_id, s.request_id)] = _Publication(rec.partition)
+        if s.n_shots is not None:
+            pub.n = s.n_shots
+        if rec.partition == pub.partition:  # keyed by title: any other copy is not this publication's
+            pub.index.append(s.shot_index)
+            pub.offset.append(rec.offset)
+            profiles.add(s.profile)
+
+    _index(settings, names.fused, idle_s, deadline, progress, note_shot)
+    latest: dict[str, tuple[_Publication, np.ndarray]] = {}
+    skipped = set()
+    for (tid, _), pub in pubs.items():
+        at = pub.offsets()
+        if at is None:
+            skipped.add(tid)
         else:
-            latest[tid] = shots  # a later request of the same title replaces an earlier one
+            latest[tid] = (pub, at)
+    pubs.clear()
     if not latest:
         raise MediaError(f"no complete title on {names.fused}; publish titles and run a worker first")
-    layouts = {s.profile for shots in latest.values() for s in shots.values()}
-    if len(layouts) != 1:
-        raise MediaError(f"titles of several encoder profiles {sorted(layouts)}; one dataset has one layout")
-    profile = get_profile(layouts.pop())
+    if len(profiles) != 1:
+        raise MediaError(f"titles of several encoder profiles {sorted(profiles)}; one dataset has one layout")
+    profile = get_profile(profiles.pop())
     layout = profile.layout
+
+    # where each wanted shot is: {partition: sorted offsets}, and offset -> (title, shot index)
+    owner: dict[tuple[int, int], tuple[str, int]] = {}
+    for tid, (pub, at) in latest.items():
+        owner.update(((pub.partition, int(o)), (tid, i)) for i, o in enumerate(at))
+    wanted: dict[int, list[int]] = {}
+    for p, o in owner:
+        wanted.setdefault(p, []).append(o)
     writer = DatasetWriter(out, Meta.from_layout(layout, profile.encoders))
-    for tid in sorted(latest):
-        shots = [latest[tid][i] for i in range(len(latest[tid]))]
-        te = next((s.title_embedding for s in shots if s.title_embedding), None)
-        writer.add_title(title_id=tid, kind=shots[0].kind,
-                         title_embedding=bytes_to_vec(te, layout.title) if te else np.zeros(layout.title, np.float32),
-                         fused=np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots]),
-                         start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]))
-    root = writer.close()
-    finals: dict[tuple[str, int, str], ContextualEmbedding] = {}
-    for rec in _drain(settings, names.embeddings, idle_s, timeout_s):
+    open_titles: dict[str, list] = {}  # title -> [shots so far (n slots), count]
+    for rec in _fetch(settings, names.fused, {p: np.sort(np.array(o, np.int64)) for p, o in wanted.items()},
+                      f"writing titles from {names.fused}", deadline, progress):
+        tid, i = owner.pop((rec.partition, rec.offset))
+        slots = open_titles.setdefault(tid, [[None] * len(latest[tid][1]), 0])
+        slots[0][i] = decode(rec.value, expect=FusedShot)
+        slots[1] += 1
+        if slots[1] == len(slots[0]):
+            shots = open_titles.pop(tid)[0]
+            te = next((s.title_embedding for s in shots if s.title_embedding), None)
+            writer.add_title(title_id=tid, kind=shots[0].kind,
+                             title_embedding=bytes_to_vec(te, layout.title) if te else np.zeros(layout.title, np.float32),
+                             fused=np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots]),
+                             start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]))
+    if owner:  # cannot happen unless the topic lost records between the passes (retention)
+        raise MediaError(f"{len(owner)} shots indexed on {names.fused} were gone when read back (the topic's "
+                         "retention?); nothing was written: run the sink again")
+    n_shots = {tid: len(at) for tid, (_, at) in latest.items()}
+    del latest, open_titles
+
+    finals: dict[tuple[str, str], np.ndarray] = {}  # (title, model version) -> offset of each shot's last final
+    final_partition: dict[str, int] = {}
+
+    def note_final(rec) -> None:
         try:
             e = decode(rec.value, expect=ContextualEmbedding)
         except SchemaError:
-            continue
-        if e.final and e.title_id in latest:
-            finals[(e.title_id, e.shot_index, e.model_version)] = e
-    rows = sorted(finals.values(), key=lambda e: (e.title_id, e.model_version, e.shot_index))
-    pq.write_table(pa.table({
-        "title_id": pa.array([e.title_id for e in rows], pa.string()),
-        "shot_index": pa.array([e.shot_index for e in rows], pa.int32()),
-        "model_version": pa.array([e.model_version for e in rows], pa.string()),
-        "embedding": pa.array([e.vector() for e in rows],
-                              pa.list_(pa.float32(), rows[0].dim if rows else 0)),
-    }), Path(root) / "contextual.parquet")
-    return {"out": str(root), "titles": len(latest), "shots": sum(len(v) for v in latest.values()),
-            "contextual": len(rows), "incomplete": sorted(set(skipped) - set(latest))}
+            return
+        n = n_shots.get(e.title_id)
+        if not e.final or n is None or not 0 <= e.shot_index < n:
+            return
+        at = finals.get((e.title_id, e.model_version))
+        if at is None:
+            at = finals[(e.title_id, e.model_version)] = np.full(n, -1, np.int64)
+        at[e.shot_index] = rec.offset
+        final_partition[e.title_id] = rec.partition
+
+    _index(settings, names.embeddings, idle_s, deadline, progress, note_final)
+    wanted = {}
+    for (tid, _), at in finals.items():
+        wanted.setdefault(final_partition[tid], []).extend(int(o) for o in at if o >= 0)
+    path, pqw, rows, count = writer.tmp / "contextual.parquet", None, [], 0
+
+    def write(rows: list[ContextualEmbedding]) -> None:
+        nonlocal pqw
+        table = pa.table({
+            "title_id": pa.array([e.title_id for e in rows], pa.string()),
+            "shot_index": pa.array([e.shot_index for e in rows], pa.int32()),
+            "model_version": pa.array([e.model_version for e in rows], pa.string()),
+            "embedding": pa.array([e.vector() for e in rows], pa.list_(pa.float32(), rows[0].dim if rows else 0)),
+        })
+        if pqw is None:
+            pqw = pq.ParquetWriter(path, table.schema)
+        pqw.write_table(table)
+
+    for rec in _fetch(settings, names.embeddings, {p: np.sort(np.array(o, np.int64)) for p, o in wanted.items()},
+                      f"writing finals from {names.embeddings}", deadline, progress):
+        rows.append(decode(rec.value, expect=ContextualEmbedding))
+        count += 1
+        if len(rows) == 4096:
+            write(rows)
+            rows = []
+    if rows or pqw is None:
+        write(rows)
+    pqw.close()
+    root = writer.close()
+    return {"out": str(root), "titles": len(n_shots), "shots": sum(n_shots.values()),
+            "contextual": count, "incomplete": sorted(skipped - set(n_shots))}
 
 
 def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0) -> list[TitleRequest]:
