@@ -431,8 +431,9 @@ def _index(settings: Settings, topic: str, idle_s: float, deadline: float, progr
 
 
 def _fetch(settings: Settings, topic: str, wanted: dict[int, np.ndarray], what: str, deadline: float, progress: bool):
-    """Pass 2 of the sink: the records at the `wanted` offsets {partition: sorted offsets} of `topic`, one
-    partition after another, each read once from its first wanted offset to its last (by `deadline`)."""
+    """Pass 2 of the sink: (partition, k, record) for the records at the `wanted` offsets {partition: sorted
+    offsets} of `topic` (k: the offset's place in that array), one partition after another, each read once from
+    its first wanted offset to its last (by `deadline`)."""
     from kafka import KafkaConsumer, TopicPartition
     from tqdm import tqdm
 
@@ -447,15 +448,17 @@ def _fetch(settings: Settings, topic: str, wanted: dict[int, np.ndarray], what: 
                 tp = TopicPartition(topic, partition)
                 c.assign([tp])
                 c.seek(tp, int(offsets[0]))
-                last, want = int(offsets[-1]), set(offsets.tolist())
+                last, k = int(offsets[-1]), 0
                 while c.position(tp) <= last:
                     if time.monotonic() > deadline:
                         raise MediaError(f"{topic}[{partition}] was not read back to offset {last} by the timeout; "
                                          "nothing was written: give the sink a longer --timeout")
-                    for rec in c.poll(timeout_ms=500).get(tp, []):
-                        if rec.offset in want:
+                    for rec in c.poll(timeout_ms=500).get(tp, []):  # in offset order, as the wanted ones
+                        while k < len(offsets) and offsets[k] < rec.offset:
+                            k += 1  # a wanted offset with no record (gone): the caller counts what came
+                        if k < len(offsets) and offsets[k] == rec.offset:
                             bar.update()
-                            yield rec
+                            yield partition, k, rec
     finally:
         c.close()
 
@@ -535,79 +538,89 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     profile = get_profile(profiles.pop())
     layout = profile.layout
 
-    # where each wanted shot is: {partition: sorted offsets}, and offset -> (title, shot index)
-    owner: dict[tuple[int, int], tuple[str, int]] = {}
-    for tid, (pub, at) in latest.items():
-        owner.update(((pub.partition, int(o)), (tid, i)) for i, o in enumerate(at))
-    wanted: dict[int, list[int]] = {}
-    for p, o in owner:
-        wanted.setdefault(p, []).append(o)
+    # where each wanted shot is, per partition: sorted offsets, and each one's title (index into `order`) and shot
+    order = list(latest)
+    wanted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for p in {pub.partition for pub, _ in latest.values()}:
+        mine = [(t, latest[tid][1]) for t, tid in enumerate(order) if latest[tid][0].partition == p]
+        off = np.concatenate([at for _, at in mine])
+        title = np.concatenate([np.full(len(at), t, np.int32) for t, at in mine])
+        shot = np.concatenate([np.arange(len(at), dtype=np.int32) for _, at in mine])
+        by = np.argsort(off, kind="stable")
+        wanted[p] = (off[by], title[by], shot[by])  # 16 bytes a shot: what the catalog costs in memory here
     writer = DatasetWriter(out, Meta.from_layout(layout, profile.encoders))
-    open_titles: dict[str, list] = {}  # title -> [shots so far (n slots), count]
-    for rec in _fetch(settings, names.fused, {p: np.sort(np.array(o, np.int64)) for p, o in wanted.items()},
-                      f"writing titles from {names.fused}", deadline, progress):
-        tid, i = owner.pop((rec.partition, rec.offset))
-        slots = open_titles.setdefault(tid, [[None] * len(latest[tid][1]), 0])
-        slots[0][i] = decode(rec.value, expect=FusedShot)
-        slots[1] += 1
-        if slots[1] == len(slots[0]):
-            shots = open_titles.pop(tid)[0]
-            te = next((s.title_embedding for s in shots if s.title_embedding), None)
-            writer.add_title(title_id=tid, kind=shots[0].kind,
-                             title_embedding=bytes_to_vec(te, layout.title) if te else np.zeros(layout.title, np.float32),
-                             fused=np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots]),
-                             start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]))
-    if owner:  # cannot happen unless the topic lost records between the passes (retention)
-        raise MediaError(f"{len(owner)} shots indexed on {names.fused} were gone when read back (the topic's "
-                         "retention?); nothing was written: run the sink again")
-    n_shots = {tid: len(at) for tid, (_, at) in latest.items()}
-    del latest, open_titles
+    try:
+        open_titles: dict[str, list] = {}  # title -> [shots so far (n slots), count]
+        found = 0
+        for p, k, rec in _fetch(settings, names.fused, {p: w[0] for p, w in wanted.items()},
+                                f"writing titles from {names.fused}", deadline, progress):
+            tid, i = order[wanted[p][1][k]], int(wanted[p][2][k])
+            found += 1
+            slots = open_titles.setdefault(tid, [[None] * len(latest[tid][1]), 0])
+            slots[0][i] = decode(rec.value, expect=FusedShot)
+            slots[1] += 1
+            if slots[1] == len(slots[0]):
+                shots = open_titles.pop(tid)[0]
+                te = next((s.title_embedding for s in shots if s.title_embedding), None)
+                writer.add_title(title_id=tid, kind=shots[0].kind,
+                                 title_embedding=bytes_to_vec(te, layout.title) if te else np.zeros(layout.title, np.float32),
+                                 fused=np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots]),
+                                 start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]))
+        missing = sum(len(w[0]) for w in wanted.values()) - found
+        if missing:  # cannot happen unless the topic lost records between the passes (retention)
+            raise MediaError(f"{missing} shots indexed on {names.fused} were gone when read back (the topic's "
+                             "retention?); nothing was written: run the sink again")
+        n_shots = {tid: len(at) for tid, (_, at) in latest.items()}
+        del latest, open_titles, wanted
 
-    finals: dict[tuple[str, str], np.ndarray] = {}  # (title, model version) -> offset of each shot's last final
-    final_partition: dict[str, int] = {}
+        finals: dict[tuple[str, str], np.ndarray] = {}  # (title, model version) -> offset of each shot's last final
+        final_partition: dict[str, int] = {}
 
-    def note_final(rec) -> None:
-        try:
-            e = decode(rec.value, expect=ContextualEmbedding)
-        except SchemaError:
-            return
-        n = n_shots.get(e.title_id)
-        if not e.final or n is None or not 0 <= e.shot_index < n:
-            return
-        at = finals.get((e.title_id, e.model_version))
-        if at is None:
-            at = finals[(e.title_id, e.model_version)] = np.full(n, -1, np.int64)
-        at[e.shot_index] = rec.offset
-        final_partition[e.title_id] = rec.partition
+        def note_final(rec) -> None:
+            try:
+                e = decode(rec.value, expect=ContextualEmbedding)
+            except SchemaError:
+                return
+            n = n_shots.get(e.title_id)
+            if not e.final or n is None or not 0 <= e.shot_index < n:
+                return
+            at = finals.get((e.title_id, e.model_version))
+            if at is None:
+                at = finals[(e.title_id, e.model_version)] = np.full(n, -1, np.int64)
+            at[e.shot_index] = rec.offset
+            final_partition[e.title_id] = rec.partition
 
-    _index(settings, names.embeddings, idle_s, deadline, progress, note_final)
-    wanted = {}
-    for (tid, _), at in finals.items():
-        wanted.setdefault(final_partition[tid], []).extend(int(o) for o in at if o >= 0)
-    path, pqw, rows, count = writer.tmp / "contextual.parquet", None, [], 0
+        _index(settings, names.embeddings, idle_s, deadline, progress, note_final)
+        chosen: dict[int, list[np.ndarray]] = {}
+        for (tid, _), at in finals.items():
+            chosen.setdefault(final_partition[tid], []).append(at[at >= 0])
+        path, pqw, rows, count = writer.tmp / "contextual.parquet", None, [], 0
 
-    def write(rows: list[ContextualEmbedding]) -> None:
-        nonlocal pqw
-        table = pa.table({
-            "title_id": pa.array([e.title_id for e in rows], pa.string()),
-            "shot_index": pa.array([e.shot_index for e in rows], pa.int32()),
-            "model_version": pa.array([e.model_version for e in rows], pa.string()),
-            "embedding": pa.array([e.vector() for e in rows], pa.list_(pa.float32(), rows[0].dim if rows else 0)),
-        })
-        if pqw is None:
-            pqw = pq.ParquetWriter(path, table.schema)
-        pqw.write_table(table)
+        def write(rows: list[ContextualEmbedding]) -> None:
+            nonlocal pqw
+            table = pa.table({
+                "title_id": pa.array([e.title_id for e in rows], pa.string()),
+                "shot_index": pa.array([e.shot_index for e in rows], pa.int32()),
+                "model_version": pa.array([e.model_version for e in rows], pa.string()),
+                "embedding": pa.array([e.vector() for e in rows], pa.list_(pa.float32(), rows[0].dim if rows else 0)),
+            })
+            if pqw is None:
+                pqw = pq.ParquetWriter(path, table.schema)
+            pqw.write_table(table)
 
-    for rec in _fetch(settings, names.embeddings, {p: np.sort(np.array(o, np.int64)) for p, o in wanted.items()},
-                      f"writing finals from {names.embeddings}", deadline, progress):
-        rows.append(decode(rec.value, expect=ContextualEmbedding))
-        count += 1
-        if len(rows) == 4096:
+        for _, _, rec in _fetch(settings, names.embeddings, {p: np.sort(np.concatenate(o)) for p, o in chosen.items()},
+                                f"writing finals from {names.embeddings}", deadline, progress):
+            rows.append(decode(rec.value, expect=ContextualEmbedding))
+            count += 1
+            if len(rows) == 4096:
+                write(rows)
+                rows = []
+        if rows or pqw is None:
             write(rows)
-            rows = []
-    if rows or pqw is None:
-        write(rows)
-    pqw.close()
+        pqw.close()
+    except BaseException:
+        shutil.rmtree(writer.tmp, ignore_errors=True)  # nothing half written is left behind
+        raise
     root = writer.close()
     return {"out": str(root), "titles": len(n_shots), "shots": sum(n_shots.values()),
             "contextual": count, "incomplete": sorted(skipped - set(n_shots))}

@@ -61,7 +61,18 @@ returns: aiokafka resolves a batch's futures in one call, the flush's waiter wak
 Consumer._commit asks the runtime first (`before_commit`, set by install()): a lost record stops the worker
 with exit 75, uncommitted, and the events are processed again by whoever takes over.
 
-All five read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
+6. An event whose work outlives its batch is committed once that work is done.
+The contextualise stage runs a title's MediaFM pass beside the agent, which goes on with the next shots
+(Runtime.later): the event that completed the title is then acknowledged by take_events before the pass is
+over. Consumer.deferred names such messages: Faust's acknowledgement of one is ignored (not dropped: it stays
+unacknowledged), and Consumer.settle acknowledges it once the work is done. Nothing past it in its partition
+is committed meanwhile: Faust's own offset finder (Consumer._new_offset, 0.15.3) commits past a single
+unacknowledged message at the head (it takes the committed offset for the last one processed) and past any
+number of them before the partition's first commit, so the acknowledged offsets at or above a deferred message
+are set aside while it looks. If the worker dies first, the partition is read again from that event on, and the title
+is contextualised again; a rebalance meanwhile drops the late acknowledgement as in 2.
+
+All six read from faust-streaming 0.15.3 and aiokafka 0.14 (pyproject.toml pins both lines): an upgrade must
 be checked against this module.
 """
 
@@ -90,6 +101,8 @@ class Consumer(AIOKafkaConsumer):
         super().__init__(*args, **kwargs)
         self.unfinished: set[Message] = set()
         """Messages an agent is processing (4.): an acknowledgement of one of them is dropped."""
+        self.deferred: set[Message] = set()
+        """Messages whose work outlives their batch (6.): acknowledged by settle(), not by the agent."""
 
     async def _commit(self, offsets) -> bool:
         before_commit = getattr(self.app, "mediafm_before_commit", None)  # install()
@@ -107,7 +120,30 @@ class Consumer(AIOKafkaConsumer):
             log.info("nothing committed yet on %d partition(s): reading them from the start", len(fresh))
             await self._thread.seek_to_beginning(*(ensure_aiokafka_TP(tp) for tp in fresh))
 
+    def _new_offset(self, tp):
+        """Faust's, blind to acknowledged offsets at or past the partition's first deferred message (6.)."""
+        held = [m.offset for m in self.deferred if m.tp == tp]
+        if not held:
+            return super()._new_offset(tp)
+        limit = min(held)
+        acked = self._acked[tp]
+        self._acked[tp] = [o for o in acked if o < limit]
+        try:
+            return super()._new_offset(tp)
+        finally:  # Faust's removes the run it returns from the list in place: keep the rest, and what was set aside
+            self._acked[tp] = self._acked[tp] + [o for o in acked if o >= limit]
+
+    def settle(self, message: Message) -> bool:
+        """The work a deferred message (6.) started is done: acknowledge it now, or, if its batch is still being
+        processed (4.), leave it to the batch's own acknowledgement."""
+        self.deferred.discard(message)
+        if message in self.unfinished:
+            return False
+        return self.ack(message)
+
     def ack(self, message: Message) -> bool:
+        if message in self.deferred:
+            return False  # settle() acknowledges it (6.); until then nothing past it is committed
         app = self.app
         if (app.flow_control.is_active() and message.generation_id == app.consumer_generation_id
                 and message not in self.unfinished):

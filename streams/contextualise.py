@@ -38,6 +38,9 @@ BATCH = 256
 WITHIN_S = 0.02
 """Events taken at once: their table writes wait for the broker together (Runtime.batches). A live shot
 waits at most WITHIN_S for its batch to fill."""
+FINISHING = 2
+"""Titles whose MediaFM pass runs beside the agent at once: the agent goes on with the next shots meanwhile
+(Runtime.later), and each holds its title's shots."""
 
 
 def parse(raw: bytes) -> FusedShot:
@@ -72,6 +75,7 @@ class Titles:
         self.pending: dict[bytes, tuple[TitleProgress, object]] = {}  # changed since flush(), with its last event
         self.held = HeldShots(rt.settings.held_shots_mb * 2**20)
         self.reader = OffsetReader(rt.settings.kafka_bootstrap)
+        self.finishing: set[bytes] = set()  # titles whose MediaFM pass is running beside the agent (Runtime.later)
         metrics.held_shots.set_function(lambda: self.held.bytes)
 
     async def on_shot(self, shot: FusedShot, event) -> None:
@@ -103,8 +107,9 @@ class Titles:
             metrics.duplicates.labels(STAGE).inc()
         if progress.offsets[i] == msg.offset:  # the recorded copy (after a restart: read back otherwise)
             self.held.put(tkey, i, msg.offset, shot, len(msg.value))
-        if progress.complete:
-            await self._finish(tid, rid, progress, event)
+        if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs
+            self.finishing.add(tkey)
+            await self.rt.later(self._finish(tid, rid, progress, event), event, at_most=FINISHING)
 
     def _read(self, tkey: bytes, n: int) -> TitleProgress:
         if tkey not in self.progress:
@@ -117,8 +122,19 @@ class Titles:
         return progress
 
     async def _finish(self, tid: str, rid: str, progress: TitleProgress, event) -> None:
-        """All shots have arrived: gather them (memory, else the topic), contextualise, record "done"."""
+        """All shots have arrived: gather them (memory, else the topic), contextualise, record "done".
+        Runs beside the agent (Runtime.later): `event`, the shot that completed the title, is committed after."""
         tkey = f"{tid}#{rid}".encode()
+        try:
+            await self._finish_title(tid, rid, tkey, progress, event)
+        except Exception as e:  # unforeseen: say so, as the agent does for a shot (the title stays not done)
+            log.exception("contextualising %s failed", tid)
+            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots): contextualise failed: "
+                                                    f"{type(e).__name__}: {e}")
+        finally:
+            self.finishing.discard(tkey)
+
+    async def _finish_title(self, tid: str, rid: str, tkey: bytes, progress: TitleProgress, event) -> None:
         try:
             await self.contextualise(tid, await self._gather(tkey, progress), rid)
         except ShotsGone as e:  # nothing will send them again: say so, and let a new publication start afresh

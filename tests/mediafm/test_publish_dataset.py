@@ -319,4 +319,4 @@ def test_sink_reads_back_interleaved_repeated_and_replaced_publications(kafka_st
 
     with pytest.raises(MediaError, match=r"still unread at the timeout; nothing was written"):
         sink(settings, tmp_path / "late", idle_s=1.0, timeout_s=0)
-    assert not (tmp_path / "late").exists()
+    assert not (tmp_path / "late").exists() and not list(tmp_path.glob("late*"))

@@ -16,6 +16,7 @@ import gc
 from types import SimpleNamespace
 
 import pytest
+from conftest import until
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP, ConsumerMessage
 
@@ -180,3 +181,65 @@ def test_a_batch_that_fails_outside_the_stage_checks_stops_the_worker_and_a_stop
     for e in events:
         e.message.ack(c)
     assert c._new_offset(tp) is None and not c.unfinished
+
+
+def test_an_event_whose_work_runs_beside_the_agent_is_committed_once_that_work_is_done(rt):
+    """streams/consumer.py, 6 (Runtime.later): the shot that completes a title starts its MediaFM pass beside
+    the agent, which acknowledges the batch and goes on. Nothing from that shot on is committed until the pass
+    is done; a pass cut short by a stop leaves it uncommitted (fetched again)."""
+    asyncio.run(_later(rt))
+
+
+async def _later(rt):
+    app, c, tp = flowing(rt)
+    messages = [delivered(rt, tp, o) for o in range(6)]
+    gate = asyncio.Event()
+
+    async def title_pass():
+        await gate.wait()
+
+    await rt.later(title_pass(), SimpleNamespace(message=messages[2]), at_most=2)
+    for m in messages:  # the agent's batch, acknowledged by take_events while the pass runs
+        m.ack(c)
+    assert c._new_offset(tp) == 2, "offsets 2..5 committed before the title's pass is done: a crash loses it"
+    gate.set()
+    await until(lambda: not rt._later, "the pass to finish")
+    assert c._new_offset(tp) == 6 and not c.deferred
+    c._committed_offset[tp] = 6  # as the commit of offset 6 sets it (Faust then skips one missing offset at the head)
+
+    stopped = asyncio.Event()
+    await rt.later(stopped.wait(), SimpleNamespace(message=delivered(rt, tp, 6)), at_most=2)
+    delivered(rt, tp, 7).ack(c)
+    await asyncio.sleep(0)
+    next(iter(rt._later)).cancel()  # the worker stops mid-pass
+    await until(lambda: not rt._later, "the pass to be cancelled")
+    assert c._new_offset(tp) is None, "a pass cut short must be run again: offset 6 stays uncommitted"
+    c.deferred.clear()
+
+    # a pass that ends before its own batch does: the batch's acknowledgement commits it, none is dropped
+    dropped = metrics.acks_dropped.labels(tp.topic)._value.get()
+    batch = [SimpleNamespace(message=delivered(rt, tp, o)) for o in (8, 9)]
+    with rt.unfinished(batch):
+        await rt.later(asyncio.sleep(0), batch[0], at_most=2)
+        await until(lambda: not rt._later, "the pass to finish")
+    for e in batch:
+        e.message.ack(c)
+    assert metrics.acks_dropped.labels(tp.topic)._value.get() == dropped
+    assert c._acked[tp] == [7, 8, 9] and not c.deferred
+
+
+def test_work_beside_the_agent_that_fails_outside_its_checks_stops_the_worker(rt, worker_exits):
+    """A title's pass dead-letters bad titles itself; anything else it raises stops the worker (exit 75), as an
+    unfinished batch does, so that the event is processed again rather than its partition's commits held up."""
+    app, c, tp = flowing(rt)
+
+    async def main():
+        async def failing():
+            raise RuntimeError("not a bad title: a bug")
+
+        await rt.later(failing(), SimpleNamespace(message=delivered(rt, tp, 0)), at_most=2)
+        await until(lambda: False, "the worker to stop", timeout_s=10)
+
+    with pytest.raises(SystemExit):
+        asyncio.run(main())
+    assert worker_exits == [75] and c._new_offset(tp) is None

@@ -79,10 +79,12 @@ def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, o
         assert "never reached this agent" not in log, log[log.index("never reached") - 300:][:1000]
     assert len({v for _, _, v in finals}) == 1, "one model version served throughout"
     # At-least-once delivery may publish a shot twice across the kill; consumers deduplicate on
-    # (title, shot, version), so a repeat must carry the same embedding: one final in effect.
+    # (title, shot, version), so a repeat must carry the same embedding: one final in effect. The same up to
+    # float rounding: a worker runs two titles' passes at once (Runtime.later), and Triton may batch the two
+    # titles' windows together, which moves the rounding (3e-5 seen); 1e-4 is issue 12's tolerance for equal.
     for key, vecs in finals.items():
         for v in vecs[1:]:
-            np.testing.assert_allclose(v, vecs[0], atol=1e-5, err_msg=str(key))
+            np.testing.assert_allclose(v, vecs[0], atol=1e-4, err_msg=str(key))
 
 
 def test_restart_reads_counted_shots_back_from_the_topic_or_says_they_are_gone(kafka_stack, offline_model, tmp_path):
@@ -169,4 +171,4 @@ def test_restart_reads_counted_shots_back_from_the_topic_or_says_they_are_gone(k
     for tid in ("torn", "lost"):
         assert all(len(finals[(tid, i)]) == 1 for i in range(n)), tid
         for i in range(n):
-            np.testing.assert_allclose(finals[(tid, i)][0], finals[("twin", i)][0], atol=1e-5, err_msg=f"{tid} {i}")
+            np.testing.assert_allclose(finals[(tid, i)][0], finals[("twin", i)][0], atol=1e-4, err_msg=f"{tid} {i}")

@@ -238,8 +238,11 @@ def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afres
     async def dead_letter(stage, event, reason):
         letters.append((event.message.offset, reason))
 
+    async def later(work, event, *, at_most):  # the title's pass at once, not beside the agent
+        await work
+
     rt = SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},  # the table, no broker
-                         dead_letter=dead_letter)
+                         dead_letter=dead_letter, later=later)
     titles = contextualise.Titles(rt)
     gathered = titles._gather
 
@@ -271,3 +274,41 @@ def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afres
     assert [o for o, _ in letters] == [12] and "publish it again" in letters[0][1]
     assert done == [[0, 1, 2]], "published again after the floor, the title completes once"
     assert TitleProgress.from_bytes(titles.progress[b"t#"]).done
+
+
+def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_not_recorded_done(tmp_path):
+    """The title's pass runs beside the agent (Runtime.later), outside the agent's per-shot try: an error no
+    check foresaw is still dead-lettered with its reason, as it was inside the agent, and the title is not
+    recorded done, so a redelivery of its last shot tries again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    letters = []
+
+    async def dead_letter(stage, event, reason):
+        letters.append((stage, event.message.offset, reason))
+
+    async def later(work, event, *, at_most):
+        await work
+
+    titles = contextualise.Titles(SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},
+                                                  dead_letter=dead_letter, later=later))
+
+    async def failing(tid, shots, rid=""):
+        raise KeyError("a bug")
+
+    titles.contextualise = failing
+
+    class Event:
+        def __init__(self, message):
+            self.message = message
+
+    async def main():
+        for offset, i in [(5, 0), (6, 1), (7, 2)]:
+            raw = _fused(shot_index=i).to_bytes()
+            await titles.on_shot(contextualise.parse(raw), Event(SimpleNamespace(partition=0, offset=offset, value=raw)))
+            titles.flush()
+
+    asyncio.run(main())
+    assert letters == [("contextualise", 7, "title 't' (3 shots): contextualise failed: KeyError: 'a bug'")]
+    assert not TitleProgress.from_bytes(titles.progress[b"t#"]).done and not titles.finishing
