@@ -391,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "arrives for --idle seconds, and writes every complete title (its last request) as the "
                        "v1 dataset format (the trainer's and evaluation's input) plus contextual.parquet with "
                        "the final contextual embeddings, one per (title, shot, model version). Each topic is read "
-                       "twice (where each shot is, then the shots chosen, written title by title), so memory "
-                       "does not grow with the catalog.")
+                       "twice (where each shot is, then the shots chosen, written title by title), so it holds "
+                       "about 16 bytes a shot, not the shots.")
     s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
     s.add_argument("--idle", type=float, default=5.0, help="stop after this many quiet seconds (default 5)")
     s.add_argument("--timeout", type=float, default=600.0,
