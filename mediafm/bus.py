@@ -24,13 +24,18 @@ def producer(settings: Settings) -> KafkaProducer:
                          max_request_size=MAX_MESSAGE_BYTES + 64 * 1024, linger_ms=5, batch_size=512 * 1024)
 
 
+def consumer(settings: Settings, **kwargs) -> KafkaConsumer:
+    """A consumer that fetches messages up to MAX_MESSAGE_BYTES and commits nothing by itself."""
+    return KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                         fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024,
+                         **kwargs)
+
+
 class Tail:
     """Read a topic from its current end (or its beginning), all partitions, no group."""
 
     def __init__(self, settings: Settings, topic: str, *, from_beginning: bool = False) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                      fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
-                                      max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024)
+        self.consumer = consumer(settings)
         parts = self.consumer.partitions_for_topic(topic) or set()
         if not parts:
             raise RuntimeError(f"topic {topic!r} does not exist; run `mediafm stack up` first")
@@ -50,6 +55,20 @@ class Tail:
             batch = self.consumer.poll(timeout_ms=200)
             for records in batch.values():
                 yield from records
+
+    def until_idle(self, *, idle_s: float, timeout_s: float) -> Iterator:
+        """Yield records until idle_s passes without one (or timeout_s in all)."""
+        last = time.monotonic()
+        deadline = last + timeout_s
+        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+            for rec in self.poll(timeout_s=0.5):
+                last = time.monotonic()
+                yield rec
+
+    def backlog(self) -> int:
+        """Records between the assigned partitions' beginnings and their ends now."""
+        tps = sorted(self.consumer.assignment())
+        return sum(self.consumer.end_offsets(tps).values()) - sum(self.consumer.beginning_offsets(tps).values())
 
     def to_end(self, *, timeout_s: float) -> Iterator:
         """Yield every record up to the end offsets the topic has now; TimeoutError if not read by then."""
@@ -75,10 +94,10 @@ def caught_up(settings: Settings, group: str, topic: str) -> bool:
     the condition tests and tools wait for, instead of a sleep.
     """
     # a consumer of the group that never subscribes: it only fetches the group's committed offsets
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    c = consumer(settings, group_id=group)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        end = consumer.end_offsets(tps)
-        return all(end[tp] == 0 or (consumer.committed(tp) or 0) >= end[tp] for tp in tps)
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        end = c.end_offsets(tps)
+        return all(end[tp] == 0 or (c.committed(tp) or 0) >= end[tp] for tp in tps)
     finally:
-        consumer.close()
+        c.close()

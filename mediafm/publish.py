@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mediafm.bus import Tail, producer
+from mediafm.bus import Tail, consumer, producer
 from mediafm.config import Settings
 from mediafm.errors import ConfigError, DatasetError, MediaError, SchemaError, StackError
 from mediafm.fusion import MODALITIES, Layout
 from mediafm.schema import (
-    MAX_MESSAGE_BYTES,
     ContextualEmbedding,
     FusedShot,
     LiveSegment,
@@ -388,44 +387,30 @@ def follow(settings: Settings, *, from_beginning: bool = False, title_id: str | 
 def _drain(settings: Settings, topic: str, idle_s: float, timeout_s: float):
     """Every record of `topic` from the beginning, until nothing new for idle_s (or timeout_s)."""
     tail = Tail(settings, topic, from_beginning=True)
-    last = time.monotonic()
-    deadline = last + timeout_s
     try:
-        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
-            for rec in tail.poll(timeout_s=0.5):
-                last = time.monotonic()
-                yield rec
+        yield from tail.until_idle(idle_s=idle_s, timeout_s=timeout_s)
     finally:
         tail.close()
 
 
 def _index(settings: Settings, topic: str, idle_s: float, deadline: float, progress: bool, keep):
-    """Pass 1 of the sink: every record of `topic` from its beginning, decoded and handed to keep(record);
-    first every record there now (an error if that takes past `deadline`), then any that arrive until idle_s
-    passes without one (or the deadline)."""
+    """Pass 1 of the sink: every record of `topic` from its beginning, handed to keep(record); first every
+    record there now (MediaError if that takes past `deadline`), then any that arrive until idle_s passes
+    without one (or the deadline)."""
     from tqdm import tqdm
 
     tail = Tail(settings, topic, from_beginning=True)
     try:
-        tps = sorted(tail.consumer.assignment())
-        end = tail.consumer.end_offsets(tps)
-        begin = tail.consumer.beginning_offsets(tps)
-        with tqdm(total=sum(end[tp] - begin[tp] for tp in tps), unit="msg", desc=f"indexing {topic}",
-                  disable=not progress, dynamic_ncols=True, leave=False) as bar:
-            while any(tail.consumer.position(tp) < end[tp] for tp in tps):
-                if time.monotonic() > deadline:
-                    left = sum(max(0, end[tp] - tail.consumer.position(tp)) for tp in tps)
-                    raise MediaError(f"{left} records of {topic} were still unread at the timeout; nothing was "
-                                     "written: give the sink a longer --timeout")
-                for records in tail.consumer.poll(timeout_ms=200).values():
-                    bar.update(len(records))
-                    for rec in records:
-                        keep(rec)
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s and time.monotonic() < deadline:  # what the workers add meanwhile
-            for rec in tail.poll(timeout_s=0.5):
-                last = time.monotonic()
-                keep(rec)
+        with tqdm(total=tail.backlog(), unit="msg", desc=f"indexing {topic}", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            try:
+                for rec in tail.to_end(timeout_s=max(0.0, deadline - time.monotonic())):
+                    bar.update()
+                    keep(rec)
+            except TimeoutError as e:
+                raise MediaError(f"{topic}: {e}; nothing was written: give the sink a longer --timeout") from None
+        for rec in tail.until_idle(idle_s=idle_s, timeout_s=deadline - time.monotonic()):  # what workers add now
+            keep(rec)
     finally:
         tail.close()
 
@@ -434,11 +419,10 @@ def _fetch(settings: Settings, topic: str, wanted: dict[int, np.ndarray], what: 
     """Pass 2 of the sink: (partition, k, record) for the records at the `wanted` offsets {partition: sorted
     offsets} of `topic` (k: the offset's place in that array), one partition after another, each read once from
     its first wanted offset to its last (by `deadline`)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
     from tqdm import tqdm
 
-    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                      fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024)
+    c = consumer(settings)
     try:
         with tqdm(total=sum(len(v) for v in wanted.values()), unit="msg", desc=what, disable=not progress,
                   dynamic_ncols=True, leave=False) as bar:

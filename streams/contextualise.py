@@ -126,16 +126,6 @@ class Titles:
         Runs beside the agent (Runtime.later): `event`, the shot that completed the title, is committed after."""
         tkey = f"{tid}#{rid}".encode()
         try:
-            await self._finish_title(tid, rid, tkey, progress, event)
-        except Exception as e:  # unforeseen: say so, as the agent does for a shot (the title stays not done)
-            log.exception("contextualising %s failed", tid)
-            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots): contextualise failed: "
-                                                    f"{type(e).__name__}: {e}")
-        finally:
-            self.finishing.discard(tkey)
-
-    async def _finish_title(self, tid: str, rid: str, tkey: bytes, progress: TitleProgress, event) -> None:
-        try:
             await self.contextualise(tid, await self._gather(tkey, progress), rid)
         except ShotsGone as e:  # nothing will send them again: say so, and let a new publication start afresh
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) cannot be "
@@ -149,6 +139,13 @@ class Titles:
             return
         except BadInput as e:  # the title itself is unusable: say so, do not retry forever
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")
+        except Exception as e:  # unforeseen: say so, as the agent does for a shot (the title stays not done)
+            log.exception("contextualising %s failed", tid)
+            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots): contextualise failed: "
+                                                    f"{type(e).__name__}: {e}")
+            return
+        finally:
+            self.finishing.discard(tkey)
         progress.done = True
         self.pending.pop(tkey, None)
         self.held.drop(tkey)
