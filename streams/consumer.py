@@ -62,9 +62,9 @@ Consumer._commit asks the runtime first (`before_commit`, set by install()): a l
 with exit 75, uncommitted, and the events are processed again by whoever takes over.
 
 6. An event whose work outlives its batch is committed once that work is done.
-The contextualise stage runs a title's MediaFM pass beside the agent, which goes on with the next shots, and
-the fuse stage a batch's fusion request and sends while the agent parses the next batch (Runtime.later): the
-events are then acknowledged by take_events before that work is over. Consumer.deferred names such messages: Faust's acknowledgement of one is ignored (not dropped: it stays
+The contextualise stage runs a title's MediaFM pass beside the agent, which goes on with the next shots
+(Runtime.later): the event that completed the title is then acknowledged by take_events before the pass is
+over. Consumer.deferred names such messages: Faust's acknowledgement of one is ignored (not dropped: it stays
 unacknowledged), and Consumer.settle acknowledges it once the work is done. Nothing past it in its partition
 is committed meanwhile: Faust's own offset finder (Consumer._new_offset, 0.15.3) commits past a single
 unacknowledged message at the head (it takes the committed offset for the last one processed) and past any

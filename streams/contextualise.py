@@ -109,7 +109,7 @@ class Titles:
             self.held.put(tkey, i, msg.offset, shot, len(msg.value))
         if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs
             self.finishing.add(tkey)
-            await self.rt.later(self._finish(tid, rid, progress, event), [event], lane=STAGE, at_most=FINISHING)
+            await self.rt.later(self._finish(tid, rid, progress, event), event, at_most=FINISHING)
 
     def _read(self, tkey: bytes, n: int) -> TitleProgress:
         if tkey not in self.progress:

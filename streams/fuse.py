@@ -4,13 +4,11 @@
                           └── malformed / rejected ──► deadletter
 
 Messages are decoded one by one (a bad one is dead-lettered alone), then
-fused in batches of up to BATCH shots across messages and titles, up to AHEAD
-batches in Triton at once; the fused shots leave in the order they came.
+fused in batches of up to BATCH shots across messages and titles.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -27,9 +25,6 @@ STAGE = "fuse"
 log = logging.getLogger(__name__)
 BATCH = 64
 WITHIN_S = 0.05
-AHEAD = 2
-"""Batches whose fusion request is out at once (Runtime.later): while Triton fuses one, the agent parses the
-next; their shots are still published in order."""
 
 
 def parse(raw: bytes) -> tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]:
@@ -77,17 +72,13 @@ def fused_shot(shot: EncodedShot, fused: np.ndarray, present: np.ndarray) -> Fus
 def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.encoded, name=f"{__name__}.fuse_shots")
     async def fuse_shots(stream):
-        previous = None  # the batch before this one: its fused shots go out first
         async for events in stream.take_events(BATCH, within=WITHIN_S):
-            with rt.unfinished(events):  # left mid-way (a stop while parsing): fetched again
-                batch = await _parse_batch(rt, events)
-                if batch:
-                    previous = await rt.later(_fuse_batch(rt, batch, after=previous), events, lane=STAGE,
-                                              at_most=AHEAD, acknowledged=False)
+            with rt.unfinished(events):  # left mid-way (a stop during the Triton call): fetched again
+                await _fuse_batch(rt, events)
 
 
-async def _parse_batch(rt: Runtime, events: list) -> list:
-    """The batch's encoded shots, parsed: [(event, shot, vectors, present)]; bad ones to the dead-letter topic."""
+async def _fuse_batch(rt: Runtime, events: list) -> None:
+    """Fuse one batch of encoded-shot events and publish the fused shots; bad ones to the dead-letter topic."""
     batch = []
     for event in events:
         metrics.messages.labels(STAGE).inc()
@@ -95,28 +86,20 @@ async def _parse_batch(rt: Runtime, events: list) -> list:
             batch.append((event, *parse(event.message.value)))
         except SchemaError as e:
             await rt.dead_letter(STAGE, event, str(e))
-    return batch
-
-
-async def _fuse_batch(rt: Runtime, batch: list, *, after: asyncio.Future | None) -> None:
-    """Fuse parsed shots, one Triton request per profile, and publish them once the batch `after` (the one
-    before) has published its own: shots leave in the order they came (a live event's, streams/live.py)."""
-    fused = []
     for profile in sorted({shot.profile for _, shot, _, _ in batch}):  # one Triton request, one layout
         group = [b for b in batch if b[1].profile == profile]
         try:
-            fused.append((group, await fuse(rt, group)))
+            results = await fuse(rt, group)
         except Exception as e:  # unforeseen: say so for each shot, never lose the batch with the agent
             log.exception("fusing failed")
-            fused.append((group, [f"shot {shot.shot_index} of {shot.title_id!r}: fusing failed: "
-                                  f"{type(e).__name__}: {e}" for _, shot, _, _ in group]))
-    if after is not None:
-        await after  # it failed or was cancelled: so is this one (the worker is stopping)
-    for group, results in fused:
-        for (event, shot, _, present), result in zip(group, results, strict=True):
-            if not isinstance(result, np.ndarray):
-                await rt.dead_letter(STAGE, event, str(result))
+            for event, shot, _, _ in group:
+                await rt.dead_letter(STAGE, event, f"shot {shot.shot_index} of {shot.title_id!r}: fusing "
+                                                   f"failed: {type(e).__name__}: {e}")
+            continue
+        for (event, shot, _, present), fused in zip(group, results, strict=True):
+            if isinstance(fused, BadRequest):
+                await rt.dead_letter(STAGE, event, str(fused))
                 continue
-            await rt.send(rt.topics.fused, shot.title_id.encode(), fused_shot(shot, result, present).to_bytes())
+            await rt.send(rt.topics.fused, shot.title_id.encode(), fused_shot(shot, fused, present).to_bytes())
             metrics.shots.labels(STAGE).inc()
             metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, time.time() - shot.published_at))

@@ -7,8 +7,7 @@
       .table(name)    a changelog-backed table whose writes events() waits for; RocksDB under table_memory_mb
       .send()         a record to a topic; sends_acknowledged() waits for it (and for every table write)
       .events(stream) each event acknowledged only once the records it made are in their topics (.batches too)
-      .later()        work beside the agent (a title's MediaFM pass, a fusion request), its events committed
-                      once it is done
+      .later()        work beside the agent (a title's MediaFM pass), its event committed once it is done
       .dead_letter()  the raw message and the reason to the dead-letter topic
       .contextualise() MediaFM over windows of fused shots, then one ContextualEmbedding per shot
 
@@ -63,7 +62,7 @@ class Runtime:
         self.names = Topics.from_settings(settings)
         self._unsent: set[asyncio.Future] = set()  # records handed to the producer, not yet acknowledged
         self._lost: BaseException | None = None  # the first of them the producer could not deliver
-        self._later: dict[str, set[asyncio.Task]] = {}  # lane -> work running beside the agents (later())
+        self._later: set[asyncio.Task] = set()  # work running beside the agents (later())
         self.app = self._make_app()
         self.topics = SimpleNamespace(**{name: self._topic(topic) for name, topic in vars(self.names).items()})
         self.triton = TritonClient(settings.triton_http_url,
@@ -281,52 +280,40 @@ class Runtime:
             os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
         held.difference_update(messages)
 
-    async def later(self, work, events: list, *, lane: str, at_most: int, acknowledged: bool = True) -> asyncio.Task:
-        """Run coroutine `work`, started by `events`, beside the agent; the events are committed once it is done.
+    async def later(self, work, event, *, at_most: int) -> None:
+        """Run coroutine `work`, started by `event`, beside the agent; `event` is committed once it is done.
 
         The agent goes on with its next events meanwhile (a title's MediaFM pass while the next titles' shots
-        arrive; the next batch's fusion request while this one's is out). `events` stay uncommitted, and with
-        them their partitions from there on (streams/consumer.py, 6), until `work` is done and, if
-        `acknowledged`, the records and table writes it made are in their topics (without it, Faust's flush
-        before each commit covers the records sent with Runtime.send: a stage that writes no table need not
-        wait for the broker). A worker that dies first has the events delivered again. Waits here while
-        `at_most` of the same `lane` are running. `work` must handle bad input itself (dead letters); anything
-        else it raises stops the worker, as an unfinished batch does. Returns the task running `work`.
+        arrive). `event` stays uncommitted, and with it its partition from there on (streams/consumer.py, 6),
+        until `work` and the records and table writes it made are in their topics: a worker that dies first
+        has the event delivered again. Waits here while `at_most` are running. `work` must handle bad input
+        itself (dead letters); anything else it raises stops the worker, as an unfinished batch does.
         """
-        running = self._later.setdefault(lane, set())
-        try:
-            while len(running) >= at_most:
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # the worker is stopping: `work` never starts
-            work.close()
-            raise
+        while len(self._later) >= at_most:
+            await asyncio.wait(self._later, return_when=asyncio.FIRST_COMPLETED)
         consumer = self.app.consumer
-        messages = [event.message for event in events]
-        consumer.deferred.update(messages)
+        consumer.deferred.add(event.message)
 
         async def run():
             await work
-            if acknowledged:
-                await self.sends_acknowledged()
+            await self.sends_acknowledged()
 
         task = asyncio.ensure_future(run())  # with the current event's context: its table writes' partition
-        running.add(task)
+        self._later.add(task)
 
         def done(t: asyncio.Task) -> None:
-            running.discard(t)
-            if t.cancelled():  # the worker is stopping: the events are fetched again
+            self._later.discard(t)
+            if t.cancelled():  # the worker is stopping: the event is fetched again
                 work.close()  # never started, if cancelled at once
                 return
             if t.exception() is not None:
                 e = t.exception()
                 log.critical("work left to run beside the agent failed (%s: %s); stopping this worker now so that "
-                             "its events are processed again", type(e).__name__, e, exc_info=e)
+                             "its event is processed again", type(e).__name__, e, exc_info=e)
                 self._stop(e)
-            for message in messages:
-                consumer.settle(message)
+            consumer.settle(event.message)
 
         task.add_done_callback(done)
-        return task
 
     async def send(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> asyncio.Future:
         """One record to `topic` by the worker's producer; the future resolves once the broker has it.

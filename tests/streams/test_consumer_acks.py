@@ -198,21 +198,21 @@ async def _later(rt):
     async def title_pass():
         await gate.wait()
 
-    await rt.later(title_pass(), [SimpleNamespace(message=messages[2])], lane="titles", at_most=2)
+    await rt.later(title_pass(), SimpleNamespace(message=messages[2]), at_most=2)
     for m in messages:  # the agent's batch, acknowledged by take_events while the pass runs
         m.ack(c)
     assert c._new_offset(tp) == 2, "offsets 2..5 committed before the title's pass is done: a crash loses it"
     gate.set()
-    await until(lambda: not rt._later["titles"], "the pass to finish")
+    await until(lambda: not rt._later, "the pass to finish")
     assert c._new_offset(tp) == 6 and not c.deferred
     c._committed_offset[tp] = 6  # as the commit of offset 6 sets it (Faust then skips one missing offset at the head)
 
     stopped = asyncio.Event()
-    await rt.later(stopped.wait(), [SimpleNamespace(message=delivered(rt, tp, 6))], lane="titles", at_most=2)
+    await rt.later(stopped.wait(), SimpleNamespace(message=delivered(rt, tp, 6)), at_most=2)
     delivered(rt, tp, 7).ack(c)
     await asyncio.sleep(0)
-    next(iter(rt._later["titles"])).cancel()  # the worker stops mid-pass
-    await until(lambda: not rt._later["titles"], "the pass to be cancelled")
+    next(iter(rt._later)).cancel()  # the worker stops mid-pass
+    await until(lambda: not rt._later, "the pass to be cancelled")
     assert c._new_offset(tp) is None, "a pass cut short must be run again: offset 6 stays uncommitted"
     c.deferred.clear()
 
@@ -220,8 +220,8 @@ async def _later(rt):
     dropped = metrics.acks_dropped.labels(tp.topic)._value.get()
     batch = [SimpleNamespace(message=delivered(rt, tp, o)) for o in (8, 9)]
     with rt.unfinished(batch):
-        await rt.later(asyncio.sleep(0), batch[:1], lane="titles", at_most=2)
-        await until(lambda: not rt._later["titles"], "the pass to finish")
+        await rt.later(asyncio.sleep(0), batch[0], at_most=2)
+        await until(lambda: not rt._later, "the pass to finish")
     for e in batch:
         e.message.ack(c)
     assert metrics.acks_dropped.labels(tp.topic)._value.get() == dropped
@@ -237,7 +237,7 @@ def test_work_beside_the_agent_that_fails_outside_its_checks_stops_the_worker(rt
         async def failing():
             raise RuntimeError("not a bad title: a bug")
 
-        await rt.later(failing(), [SimpleNamespace(message=delivered(rt, tp, 0))], lane="titles", at_most=2)
+        await rt.later(failing(), SimpleNamespace(message=delivered(rt, tp, 0)), at_most=2)
         await until(lambda: False, "the worker to stop", timeout_s=10)
 
     with pytest.raises(SystemExit):

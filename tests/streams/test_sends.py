@@ -37,11 +37,9 @@ def encoded(i: int) -> bytes:
 def rt(tmp_path):
     rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="sends", worker_web_port=16073))
     rt.sent = []  # (topic, future) per record handed to the producer
-    rt.values = []  # and its value
 
     async def send(topic, key, value, **kw):  # the producer: a future the test resolves as the broker would
         rt.sent.append((topic, asyncio.get_running_loop().create_future()))
-        rt.values.append(value)
         return rt.sent[-1][1]
 
     async def infer(model, inputs, outputs, **kw):
@@ -67,41 +65,6 @@ async def _fuse_sends(rt):
         for _, f in rt.sent:
             f.set_result(None)
         await until(lambda: not rt._unsent, "acknowledged records are no longer waited for")
-
-
-def test_the_next_batch_is_fused_while_triton_has_this_one_and_shots_leave_in_order(rt):
-    """streams/fuse.py: up to AHEAD fusion requests are out at once (Runtime.later). A batch answered first
-    waits for the batch before it, so shots are published in the order they came (a live event's must be);
-    each batch's messages stay uncommitted (Consumer.deferred) until its shots went to the producer."""
-    asyncio.run(_fuse_ahead(rt))
-
-
-async def _fuse_ahead(rt):
-    from mediafm.schema import FusedShot, decode
-
-    calls, first_answer = [], asyncio.Event()
-
-    async def infer(model, inputs, outputs, **kw):
-        calls.append(len(inputs["VIDEO"]))
-        if len(calls) == 1:
-            await first_answer.wait()  # Triton answers the first batch last
-        return {"FUSED": np.ones((len(inputs["VIDEO"]), LAY.fused_dim), np.float32)}
-
-    rt.triton.infer = infer
-    deferred = rt.app.consumer.deferred
-    async with rt.app.agents["streams.fuse.fuse_shots"].test_context() as ctx:
-        await ctx.put(key=b"t", value=encoded(0))
-        await until(lambda: len(calls) == 1, "the first batch's fusion request")
-        await ctx.put(key=b"t", value=encoded(1))
-        await until(lambda: len(calls) == 2, "the next batch's request while Triton has the first")
-        for _ in range(50):  # let the second batch run as far as it may
-            await asyncio.sleep(0)
-        assert rt.values == [], "the second batch's shot went out before the first batch's"
-        assert sorted(m.offset for m in deferred) == [0, 1], "both batches uncommitted while shots are unsent"
-        first_answer.set()
-        await until(lambda: len(rt.values) == 2, "both fused shots sent")
-        assert [decode(v, expect=FusedShot).shot_index for v in rt.values] == [0, 1]
-        await until(lambda: not deferred, "both batches settled once their shots went to the producer")
 
 
 def test_no_commit_passes_a_record_the_producer_could_not_deliver(rt, monkeypatch, worker_exits):

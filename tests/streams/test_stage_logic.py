@@ -238,7 +238,7 @@ def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afres
     async def dead_letter(stage, event, reason):
         letters.append((event.message.offset, reason))
 
-    async def later(work, events, *, lane, at_most):  # the title's pass at once, not beside the agent
+    async def later(work, event, *, at_most):  # the title's pass at once, not beside the agent
         await work
 
     rt = SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},  # the table, no broker
@@ -288,7 +288,7 @@ def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_not_recorded_d
     async def dead_letter(stage, event, reason):
         letters.append((stage, event.message.offset, reason))
 
-    async def later(work, events, *, lane, at_most):
+    async def later(work, event, *, at_most):
         await work
 
     titles = contextualise.Titles(SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},
