@@ -80,6 +80,10 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.web_port:
         settings = replace(settings, worker_web_port=args.web_port)
+    from mediafm.topics import Topics
+    from streams.fused_source import check_retention
+
+    print(check_retention(settings, Topics.from_settings(settings).fused), file=sys.stderr)  # ConfigError: refused
     app = create_app(settings)  # these settings: --config FILE, then $MEDIAFM_*
     sys.argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel),
                 "--web-port", str(settings.worker_web_port)]

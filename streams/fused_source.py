@@ -11,7 +11,9 @@ it records the shot's offset in the title's progress record, and an event is ack
 is in its changelog (Runtime.batches). Holding the shot in memory is only a shortcut; everything the memory
 loses (a kill -9, a partition moving to another worker, the budget) is read back from the topic.
 The topic's retention must outlast the slowest title: a shot deleted before its title is complete cannot
-be read back, and the title is dead-lettered saying so (OffsetReader.read reports it as gone).
+be read back, and the title is dead-lettered saying so (OffsetReader.read reports it as gone). A worker
+checks the topic's configuration before it starts (check_retention): compaction, or time retention under
+the fused_retention_min_h setting, is refused; a size limit is logged with what it holds.
 """
 
 from __future__ import annotations
@@ -144,3 +146,51 @@ class OffsetReader:
             return {o: found[o] for o in want if o in found}, sorted(gone)
         finally:
             await consumer.stop()
+
+
+def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
+    """Refuse a fused topic that would delete shots a title still needs (ConfigError naming the fix); returns a
+    line saying what was found. A broker that does not answer is not checked (logged): Faust waits for it."""
+    from kafka import KafkaAdminClient  # lazy: kafka-python is slow to import
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    from mediafm.errors import ConfigError
+
+    if not settings.fused_retention_min_h:
+        return f"{topic}: retention not checked (fused_retention_min_h=0)"
+    keys = ("cleanup.policy", "retention.ms", "retention.bytes")
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        try:
+            found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(keys))],
+                                           config_filter="all")["topic"].get(topic) or {}
+        finally:
+            admin.close()
+    except (KafkaError, OSError, KeyError) as e:
+        log.warning("could not read the configuration of %s (%s: %s); its retention is not checked", topic,
+                    type(e).__name__, e)
+        return f"{topic}: retention not checked (broker did not answer)"
+    if not found:
+        return f"{topic}: not there yet; retention not checked"
+    value = {k: str(found.get(k, {}).get("value")) for k in keys}
+    alter = f"kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics " \
+            f"--entity-name {topic} --add-config"
+    if "compact" in value["cleanup.policy"].split(","):
+        raise ConfigError(f"{topic} has cleanup.policy={value['cleanup.policy']}: compaction keeps one record per key "
+                          f"(title id) and deletes the shots a title still needs; fix it with `{alter} "
+                          "cleanup.policy=delete`")
+    ms = int(value["retention.ms"]) if value["retention.ms"].lstrip("-").isdigit() else -1
+    if ms >= 0 and ms < settings.fused_retention_min_h * 3600_000:
+        raise ConfigError(f"{topic} keeps records {ms / 3600_000:g} h (retention.ms={ms}), less than "
+                          f"fused_retention_min_h={settings.fused_retention_min_h:g}: a title whose shots take longer "
+                          f"to arrive would lose them. Raise it (`{alter} retention.ms="
+                          f"{int(settings.fused_retention_min_h * 3600_000)}` or more), or lower the setting "
+                          "(MEDIAFM_FUSED_RETENTION_MIN_H) if titles always arrive faster")
+    size = int(value["retention.bytes"]) if value["retention.bytes"].lstrip("-").isdigit() else -1
+    if size >= 0:
+        log.warning("%s keeps at most %d MiB a partition (retention.bytes): a backlog larger than that deletes shots "
+                    "of titles still arriving, which are then dead-lettered", topic, size >> 20)
+    kept = "forever" if ms < 0 else f"{ms / 3600_000:g} h"
+    return f"{topic}: cleanup.policy={value['cleanup.policy']}, kept {kept}" + (
+        f", at most {size >> 20} MiB a partition" if size >= 0 else "")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 
 import pytest
-from conftest import free_port
+from conftest import free_port, settings_env, until
 from kafka import KafkaAdminClient, TopicPartition
 
 from mediafm.bus import producer
 from mediafm.config import replace
+from mediafm.errors import ConfigError
 from mediafm.stack import kafka
-from streams.fused_source import _OVERHEAD, HeldShots, OffsetReader
+from streams.fused_source import _OVERHEAD, HeldShots, OffsetReader, check_retention
 
 
 def test_held_shots_stay_within_the_budget_and_let_whole_titles_go():
@@ -68,3 +71,48 @@ def test_a_broker_that_does_not_answer_is_waited_for_not_taken_for_lost_shots(ca
     with pytest.raises(TimeoutError):
         asyncio.run(asyncio.wait_for(reader.read("nowhere", 0, [1, 2, 3]), timeout=4))
     assert "reading nowhere[0] back: KafkaConnectionError" in caplog.text
+
+
+@pytest.mark.kafka
+def test_a_worker_refuses_a_fused_topic_that_would_delete_shots_a_title_still_needs(kafka_stack, caplog):
+    """check_retention, on the real broker: compaction (one record per title id) and a time retention under
+    fused_retention_min_h are refused with the fix; a size limit is logged; a topic kept 7 days passes. The
+    worker itself (`mediafm worker`) stops on the refusal with its reason, before joining the group."""
+    s = replace(kafka_stack, topic_prefix=f"ret{uuid.uuid4().hex[:6]}", partitions=1)
+    names = {cfg: f"{s.topic_prefix}.{name}" for name, cfg in [
+        ("compact", "cleanup.policy=compact"), ("hour", "retention.ms=3600000"),
+        ("bytes", "retention.bytes=104857600"), ("week", "retention.ms=604800000")]}
+    create_with_configs(s, {t: dict([cfg.split("=")]) for cfg, t in names.items()})
+    with pytest.raises(ConfigError, match=r"cleanup.policy=compact: compaction keeps one record per key .* "
+                                          r"--add-config cleanup.policy=delete"):
+        check_retention(s, names["cleanup.policy=compact"])
+    with pytest.raises(ConfigError, match=r"keeps records 1 h \(retention.ms=3600000\), less than "
+                                          r"fused_retention_min_h=24.*retention.ms=86400000"):
+        check_retention(s, names["retention.ms=3600000"])
+    assert "not checked" in check_retention(replace(s, fused_retention_min_h=0), names["retention.ms=3600000"])
+    assert check_retention(s, names["retention.ms=604800000"]).endswith("cleanup.policy=delete, kept 168 h")
+    assert check_retention(s, names["retention.bytes=104857600"]).endswith("at most 100 MiB a partition")
+    assert "keeps at most 100 MiB a partition (retention.bytes)" in caplog.text
+    assert "not there yet" in check_retention(s, f"{s.topic_prefix}.none")
+
+    # the worker, with its fused topic compacted: refused at start, saying why
+    kafka.create_topics(s, [f"{s.topic_prefix}.{t}" for t in ("titles", "live.segments", "shots", "shots.encoded",
+                                                               "embeddings", "deadletter", "models")])
+    create_with_configs(s, {f"{s.topic_prefix}.shots.fused": {"cleanup.policy": "compact"}})
+    run = subprocess.run([sys.executable, "-m", "mediafm.cli", "worker"], env=settings_env(s), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"mediafm worker: error: {s.topic_prefix}.shots.fused has cleanup.policy=compact" in run.stderr
+
+
+def create_with_configs(s, topics: dict[str, dict[str, str]]) -> None:
+    """Create one-partition topics with these configs, and wait until the broker's metadata has them."""
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(t, 1, 1, topic_configs=cfg) for t, cfg in topics.items()])
+        asyncio.run(until(lambda: all(t["error_code"] == 0 for t in admin.describe_topics(list(topics))),
+                          f"topics {list(topics)} in the broker's metadata"))
+    finally:
+        admin.close()
