@@ -18,8 +18,10 @@ and task, the concatenated inputs (`concat`: the shot's own inputs, no context),
 the baselines that use context without learning (`avg-k3`, `avg-k8`,
 `clip+next12`: means of the fused vectors around the clip) and MediaFM in context
 (`<variant>:context` hidden states, `<variant>:context-output` the model's output
-(copy head or projection), `<variant>:context+input` the output and the shot's own input, unit
-vectors averaged, at the fused width), each as mean ± sd over the seeds (the spread covers both the corpus
+(copy head or projection; with the copy head's copy_wide, its sharp and wide copies), `<variant>:context+input`
+the output and the shot's own input, unit vectors averaged, at the fused width, the published vector;
+`<variant>:sharp+input` the same with the sharp copy alone, what was published before copy_wide), each as
+mean ± sd over the seeds (the spread covers both the corpus
 draw and the training seed). A cell marked ✗ is below concat: context hurt there.
 A second table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
@@ -53,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 TASK_ORDER = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
 BASE_ROWS = ("concat", "avg-k3", "avg-k8", "clip+next12")
-CONTEXT_ROWS = ("context", "context-output", "context+input")  # per variant, where the evaluation has them
+CONTEXT_ROWS = ("context", "context-output", "context+input", "sharp+input")  # per variant, where the evaluation has them
 DEFAULT_VARIANTS = ["mediafm=", "source=--head projection"]  # this repository's recipe; the source's output head
 TRAIN_DEFAULTS = ["--batch_size", "16", "--lr_adamw", "3e-3", "--warmup_steps", "30", "--val_batches", "4"]
 

@@ -5,7 +5,8 @@
     + learned positions ─► Block x n_layers ─► final norm ─► hidden (B, T+2, H)
     head ─► output (B, T, fused_dim), back in fused-embedding space:
       copy        softmax(q(hidden) k(hidden)^T) @ shots: a learnt weighted mean of the window's shots
-                  (the named sizes; what bench/worlds.py's grid chose)
+                  (the named sizes; what bench/worlds.py's grid chose); with copy_wide, served as the mean
+                  of that sharp copy and a wide one, softmax(scores / copy_wide) @ shots, both unit length
       projection  out_proj(hidden), the source's: a linear map of each hidden state
 
 The copy head keeps the output a mixture of real shots, so the masked-shot loss
@@ -56,6 +57,12 @@ class MediaFMConfig:
     head: str = "projection"
     """How the output returns to fused space: "projection" (the source's: a linear map of each hidden
     state) or "copy" (each shot's output is a learnt attention-weighted mean of the window's input shots)."""
+    copy_wide: float = 0.0
+    """Copy head only: > 0 makes the served output the mean of two unit copies with the same learnt scores,
+    the sharp one the loss trains (the shots a masked one resembles: its scene, its reverse shot) and a wide
+    one, its softmax at this temperature (the same choice spread over the window: the scenes around, the
+    title). 0: the sharp copy alone. Used at inference only; training fits the sharp copy. The projection
+    head has no copy and ignores it."""
 
     def __post_init__(self) -> None:
         for name in ("fused_dim", "title_dim", "hidden", "n_layers", "n_heads", "mlp_ratio", "max_shots"):
@@ -69,6 +76,8 @@ class MediaFMConfig:
             raise ValueError(f"MediaFMConfig.mask_rate must be in (0, 1), got {self.mask_rate}")
         if self.head not in HEADS:
             raise ValueError(f"MediaFMConfig.head={self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.copy_wide < 0.0:
+            raise ValueError(f"MediaFMConfig.copy_wide={self.copy_wide}: a temperature > 0, or 0 for none")
         if not (0.0 <= self.mask_keep and 0.0 <= self.mask_random and self.mask_keep + self.mask_random < 1.0):
             raise ValueError(f"MediaFMConfig.mask_keep={self.mask_keep} and mask_random={self.mask_random} must be "
                              ">= 0 with a sum below 1")
@@ -78,12 +87,13 @@ class MediaFMConfig:
 
 
 # Named sizes. `base` is BERT-base (the source does not publish its sizes).
-# Every named size uses the copy head, the one bench/worlds.py's grid chose (README, Evaluation; measured with
-# `tiny` only, `small` and `base` were not run on the grid); `--head projection` trains the source's.
+# Every named size uses the copy head with a wide copy at temperature 4, what bench/worlds.py's grid chose
+# (README, Evaluation; measured with `tiny` only, `small` and `base` were not run on the grid);
+# `--head projection` trains the source's, `--copy_wide 0` publishes the sharp copy alone.
 CONFIGS: dict[str, dict] = {
-    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, head="copy"),
-    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, head="copy"),
-    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, head="copy"),
+    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, head="copy", copy_wide=4.0),
+    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, head="copy", copy_wide=4.0),
+    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, head="copy", copy_wide=4.0),
 }
 
 
@@ -175,13 +185,14 @@ class MediaFMEncoder(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def forward(
-        self, shots: torch.Tensor, title: torch.Tensor, lengths: torch.Tensor | None = None
+        self, shots: torch.Tensor, title: torch.Tensor, lengths: torch.Tensor | None = None, *, wide: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """shots (B, T, fused_dim), title (B, title_dim), lengths (B,) real shots per row.
 
         Returns (hidden (B, T, H), output (B, T, fused_dim)) for the T shot
         positions; [CLS] and [GLOBAL] are dropped (they are inputs, not shots).
         Padding positions (>= length) hold values that mean nothing.
+        wide=False: the copy head's sharp copy alone, as trained, even with copy_wide set.
         """
         B, T, D = shots.shape
         assert D == self.cfg.fused_dim, f"shots have dim {D}, model expects fused_dim={self.cfg.fused_dim}"
@@ -207,7 +218,12 @@ class MediaFMEncoder(nn.Module):
         scores = q @ k.transpose(1, 2) / math.sqrt(self.cfg.hidden)
         if real is not None:
             scores = scores.masked_fill(~real[:, None, :], float("-inf"))
-        return hidden, torch.softmax(scores, dim=-1).to(shots.dtype) @ shots
+        sharp = torch.softmax(scores, dim=-1).to(shots.dtype) @ shots
+        if not (wide and self.cfg.copy_wide > 0):
+            return hidden, sharp
+        # the same scores, flatter: what the sharp copy picks, spread over the window (cfg.copy_wide)
+        broad = torch.softmax(scores / self.cfg.copy_wide, dim=-1).to(shots.dtype) @ shots
+        return hidden, (F.normalize(sharp, dim=-1) + F.normalize(broad, dim=-1)) / 2
 
 
 def sinusoidal(n: int, dim: int) -> torch.Tensor:
@@ -274,7 +290,7 @@ class MaskedShotModel(nn.Module):
         else:
             mask_with_token = mask
         x = torch.where(mask_with_token[..., None], self.mask_token.to(shots.dtype), x)
-        _, pred = self.encoder(x, title, lengths)
+        _, pred = self.encoder(x, title, lengths, wide=False)  # the loss fits the sharp copy
         loss = msm_loss(pred, shots, mask)
         return pred, loss
 

@@ -3,11 +3,11 @@
 
     hidden          MediaFM's last hidden state of the shot in its window (with the copy head, the state that
                     routes the copy: little of the shot itself)
-    output          the model's output for the shot, back in fused space (the fused width)
+    output          the model's output for the shot, back in fused space (the fused width); with the copy head
+                    and copy_wide (every named size), the mean of its sharp and wide copies (mediafm/model.py)
     context+input   per shot, (unit(output) + unit(fused input)) / 2: the shot in context beside the shot as it
                     is, at the fused width. What bench/worlds.py's grid of worlds supports (issue 17, README
-                    "Evaluation"): with the copy head, at or above `concat` in 43 of 45 cells (9 worlds x 5
-                    tasks; `output` 41, `hidden` 3), tone x1.17 of `concat` (`output` x1.09).
+                    "Evaluation").
 """
 
 from __future__ import annotations

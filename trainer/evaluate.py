@@ -17,6 +17,8 @@ seeds), giving the rows of the ablation table:
     <run>:context-output      the model's output for the clip's shots (copy head or output projection; fused space)
     <run>:context+input       per shot, the unit output plus the unit fused input, halved: a published vector
                               of the fused width that keeps the shot's own detail beside its context, mean
+    <run>:sharp+input         (a copy head with copy_wide) the same with the sharp copy alone: what the wide
+                              copy adds
 
 Writes report.md (mean +- std over seeds), results.json, PNG plots and the
 clip features (features/<representation>.npy, memory-mapped while written).
@@ -52,12 +54,13 @@ def load_run_encoder(run: Path) -> MediaFMEncoder:
 
 @torch.no_grad()
 def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, size: int | None = None,
-               stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               stride: int | None = None, wide: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Hidden and output per shot from passes over the whole title, in process.
 
     The same window plan as the contextualise stage (streams/contextualise.py):
     windows of `size` shots (default the model's max_shots) every `stride`
     (default size / 2, the pipeline's default), each shot from its most central window.
+    wide=False: the copy head's sharp copy alone (MediaFMEncoder.forward).
     """
     size = size or enc.cfg.max_shots
     windows, owner = plan(len(fused), size=size, stride=stride or max(1, size // 2))
@@ -65,7 +68,7 @@ def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, siz
     out = np.zeros_like(fused)
     t = torch.tensor(title)[None]  # pyarrow hands out read-only arrays
     for k, w in enumerate(windows):
-        h, o = enc(torch.from_numpy(fused[w.start : w.end])[None], t, None)
+        h, o = enc(torch.from_numpy(fused[w.start : w.end])[None], t, None, wide=wide)
         mine = np.flatnonzero(owner == k)
         hid[mine] = h[0, mine - w.start].numpy()
         out[mine] = o[0, mine - w.start].numpy()
@@ -116,6 +119,8 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
         if len(kept) < 1:
             kept[tid] = title
         ctx = {name: contextual(enc, title.fused, title.info.title_embedding) for name, enc in runs.items()}
+        sharp = {name: contextual(enc, title.fused, title.info.title_embedding, wide=False)[1]
+                 for name, enc in runs.items() if enc.cfg.copy_wide}  # what the wide copy adds
         for i in by_title[tid]:
             sl = slice(int(first[i]), int(last[i]) + 1)
             for m, (lo, hi) in ds.meta.modalities.items():
@@ -130,6 +135,8 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
                 put(f"{name}:context", i, ctx[name][0][sl].mean(0))
                 put(f"{name}:context-output", i, ctx[name][1][sl].mean(0))
                 put(f"{name}:context+input", i, context_plus_input(ctx[name][1][sl], title.fused[sl]).mean(0))
+                if name in sharp:
+                    put(f"{name}:sharp+input", i, context_plus_input(sharp[name][sl], title.fused[sl]).mean(0))
         bar.update(1)
     bar.close()
     return feats, kept

@@ -87,7 +87,7 @@ def test_shapes_for_both_norm_placements(norm_first):
 
 def test_copy_head_outputs_a_weighted_mean_of_the_windows_real_shots():
     torch.manual_seed(0)
-    enc = MediaFMEncoder(tiny(head="copy")).eval()
+    enc = MediaFMEncoder(tiny(head="copy", copy_wide=0.0)).eval()
     title = torch.randn(1, 8)
     # one-hot shots: each output row is then the weights themselves, a distribution over the 10 shots
     _, out = enc(torch.eye(24)[:10][None], title, None)
@@ -100,13 +100,41 @@ def test_copy_head_outputs_a_weighted_mean_of_the_windows_real_shots():
     assert torch.allclose(out[0, :6], v.expand(6, 24), atol=1e-5)
 
 
+def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_path):
+    """copy_wide: the served output is the mean of the unit sharp copy and the unit copy at that temperature;
+    wide=False and the masked-shot loss see the sharp copy alone; an export without the key serves it alone."""
+    torch.manual_seed(0)
+    cfg = tiny(copy_wide=4.0)
+    enc = MediaFMEncoder(cfg).eval()
+    shots, title, lengths = torch.randn(2, 10, 24), torch.randn(2, 8), torch.tensor([10, 7])
+    hidden, served = enc(shots, title, lengths)
+    scores = enc.copy_q(hidden) @ enc.copy_k(hidden).transpose(1, 2) / cfg.hidden**0.5
+    scores[1, :, 7:] = float("-inf")  # padding
+    unit = torch.nn.functional.normalize
+    sharp, broad = torch.softmax(scores, -1) @ shots, torch.softmax(scores / 4.0, -1) @ shots
+    assert torch.allclose(served, (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2, atol=1e-5)
+    assert torch.allclose(enc(shots, title, lengths, wide=False)[1], sharp, atol=1e-5)
+    assert not torch.allclose(unit(sharp, dim=-1), unit(broad, dim=-1), atol=1e-2), "the wide copy adds nothing"
+    # the loss: the same with and without a wide copy
+    model = MaskedShotModel(cfg).eval()
+    sharp_only = MaskedShotModel(tiny(copy_wide=0.0)).eval()
+    sharp_only.load_state_dict(model.state_dict())
+    mask = mask_positions(lengths, 10, 0.2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model(shots, title, lengths, mask)[1], sharp_only(shots, title, lengths, mask)[1])
+    # an export from before copy_wide: the sharp copy alone, as it was served then
+    old = {k: v for k, v in cfg.to_dict().items() if k != "copy_wide"}
+    torch.save({"config": old, "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    loaded = load_encoder(tmp_path)
+    assert loaded.cfg.copy_wide == 0.0 and torch.allclose(loaded(shots, title, lengths)[1], sharp, atol=1e-5)
+
+
 def test_named_sizes_train_the_copy_head_and_old_exports_load_as_projection(tmp_path):
     assert {c["head"] for c in CONFIGS.values()} == {"copy"}
     # an export written before `head` existed has no such key: it is the source's projection head
     torch.manual_seed(0)
-    cfg = tiny(head="projection")
+    cfg = tiny(head="projection", copy_wide=0.0)
     enc = MediaFMEncoder(cfg).eval()
-    old = {k: v for k, v in cfg.to_dict().items() if k != "head"}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("head", "copy_wide")}
     torch.save({"config": old, "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
     loaded = load_encoder(tmp_path)
     shots, title = torch.randn(2, 5, 24), torch.randn(2, 8)
@@ -121,6 +149,8 @@ def test_config_errors_name_the_field():
         tiny(hidden=65)
     with pytest.raises(ValueError, match="mask_rate must be in"):
         tiny(mask_rate=1.5)
+    with pytest.raises(ValueError, match="copy_wide=-1.0: a temperature > 0, or 0 for none"):
+        tiny(copy_wide=-1.0)
 
 
 def test_bert_replacement_rule_keeps_or_swaps_some_chosen_shots():

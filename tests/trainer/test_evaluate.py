@@ -90,7 +90,7 @@ def test_evaluate_command_end_to_end(corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert set(res["results"]) == {"video", "audio", "text", "concat", "avg-k3", "avg-k8", "clip+next12", "run:clip",
-                                   "run:context", "run:context-output", "run:context+input"}
+                                   "run:context", "run:context-output", "run:context+input", "run:sharp+input"}
     for row in res["results"].values():
         assert set(row) == {t.name for t in TASKS}
         assert all(len(v["seeds"]) == 2 and np.isfinite(v["mean"]) for v in row.values())
