@@ -120,7 +120,7 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
             kept[tid] = title
         ctx = {name: contextual(enc, title.fused, title.info.title_embedding) for name, enc in runs.items()}
         sharp = {name: contextual(enc, title.fused, title.info.title_embedding, wide=False)[1]
-                 for name, enc in runs.items() if enc.cfg.copy_wide}  # what the wide copy adds
+                 for name, enc in runs.items() if enc.cfg.head == "copy" and enc.cfg.copy_wide}  # what the wide adds
         for i in by_title[tid]:
             sl = slice(int(first[i]), int(last[i]) + 1)
             for m, (lo, hi) in ds.meta.modalities.items():
