@@ -8,7 +8,7 @@ served (as `mediafm demo` does).
 
 Pre-encoded titles (synthetic, the configured profile's widths, as the encode
 stage publishes them) go, in one run and on the same titles:
-- direct: per title, the fusion model in batches of 64 shots and MediaFM over
+- direct: per title, the fusion model in the fuse stage's batches (streams/fuse.py BATCH) and MediaFM over
   the worker's window plan in requests of the served max_batch_size, called
   from this process;
 - through N workers (`mediafm worker` processes of one fresh pipeline with
@@ -50,6 +50,7 @@ from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 from mediafm.windows import plan
+from streams.fuse import BATCH as B  # the fuse stage's batch: the same fusion requests as the workers make
 
 
 def titles(world: World, n: int, shots: int, seed: int):
@@ -71,8 +72,8 @@ async def direct(s: Settings, world: World, args) -> tuple[int, float]:
         for title in titles(world, args.titles, args.shots, seed=1):
             t0 = time.perf_counter()
             fused = np.concatenate([(await client.infer("fusion", {
-                "VIDEO": title.video[k:k + 64], "AUDIO": title.audio[k:k + 64], "TEXT": title.text[k:k + 64],
-                "PRESENT": title.present[k:k + 64]}, ["FUSED"]))["FUSED"] for k in range(0, len(title.video), 64)])
+                "VIDEO": title.video[k:k + B], "AUDIO": title.audio[k:k + B], "TEXT": title.text[k:k + B],
+                "PRESENT": title.present[k:k + B]}, ["FUSED"]))["FUSED"] for k in range(0, len(title.video), B)])
             windows, _ = plan(len(fused), size=size, stride=stride)
             for k in range(0, len(windows), batch):
                 chunk = windows[k:k + batch]
