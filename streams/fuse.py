@@ -23,7 +23,7 @@ from streams.runtime import Runtime
 
 STAGE = "fuse"
 log = logging.getLogger(__name__)
-BATCH = 64
+BATCH = 256
 WITHIN_S = 0.05
 
 
