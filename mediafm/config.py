@@ -107,7 +107,7 @@ class Settings:
     fused_retention_min_h: float = 24.0
     """Hours of the fused topic's retention below which a worker refuses to start: a title's shots must stay in
     that topic until the title is complete (streams/fused_source.py), so this is the longest a title may take to
-    arrive whole. 0 = do not check."""
+    arrive whole. 0 = no time check (a compacted topic is refused all the same)."""
 
     # --- Triton
     triton_models: tuple[str, ...] = ("fusion", "mediafm", "mediafm_offline", "video_efficientnet", "audio_aisfx",
@@ -193,7 +193,7 @@ class Settings:
             raise ConfigError(f"held_shots_mb={self.held_shots_mb} must be >= 0 (0 = read every title back from "
                               "the fused topic)")
         if self.fused_retention_min_h < 0:
-            raise ConfigError(f"fused_retention_min_h={self.fused_retention_min_h} must be >= 0 (0 = do not check)")
+            raise ConfigError(f"fused_retention_min_h={self.fused_retention_min_h} must be >= 0 (0 = no time check)")
         if self.frames_per_shot < 1:
             raise ConfigError(f"frames_per_shot={self.frames_per_shot} must be >= 1")
         for key in ("shot_detector", "live_shot_detector"):

@@ -157,8 +157,6 @@ def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
 
     from mediafm.errors import ConfigError
 
-    if not settings.fused_retention_min_h:
-        return f"{topic}: retention not checked (fused_retention_min_h=0)"
     keys = ("cleanup.policy", "retention.ms", "retention.bytes")
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000))
@@ -181,7 +179,7 @@ def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
                           f"(title id) and deletes the shots a title still needs; fix it with `{alter} "
                           "cleanup.policy=delete`")
     ms = int(value["retention.ms"]) if value["retention.ms"].lstrip("-").isdigit() else -1
-    if ms >= 0 and ms < settings.fused_retention_min_h * 3600_000:
+    if 0 <= ms < settings.fused_retention_min_h * 3600_000:  # fused_retention_min_h=0: no time check
         raise ConfigError(f"{topic} keeps records {ms / 3600_000:g} h (retention.ms={ms}), less than "
                           f"fused_retention_min_h={settings.fused_retention_min_h:g}: a title whose shots take longer "
                           f"to arrive would lose them. Raise it (`{alter} retention.ms="

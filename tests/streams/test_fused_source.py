@@ -89,7 +89,9 @@ def test_a_worker_refuses_a_fused_topic_that_would_delete_shots_a_title_still_ne
     with pytest.raises(ConfigError, match=r"keeps records 1 h \(retention.ms=3600000\), less than "
                                           r"fused_retention_min_h=24.*retention.ms=86400000"):
         check_retention(s, names["retention.ms=3600000"])
-    assert "not checked" in check_retention(replace(s, fused_retention_min_h=0), names["retention.ms=3600000"])
+    assert check_retention(replace(s, fused_retention_min_h=0), names["retention.ms=3600000"]).endswith("kept 1 h")
+    with pytest.raises(ConfigError, match="compaction"):  # refused whatever fused_retention_min_h says
+        check_retention(replace(s, fused_retention_min_h=0), names["cleanup.policy=compact"])
     assert check_retention(s, names["retention.ms=604800000"]).endswith("cleanup.policy=delete, kept 168 h")
     assert check_retention(s, names["retention.bytes=104857600"]).endswith("at most 100 MiB a partition")
     assert "keeps at most 100 MiB a partition (retention.bytes)" in caplog.text
