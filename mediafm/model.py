@@ -214,16 +214,26 @@ class MediaFMEncoder(nn.Module):
             return hidden, self.out_proj(hidden)
         # copy head: each shot's output is a mean of the window's input shots, weighted by a learnt
         # attention over them; it cannot leave fused space, so what the shots carry survives.
-        q, k = self.copy_q(hidden).float(), self.copy_k(hidden).float()  # float32 scores under autocast too
-        scores = q @ k.transpose(1, 2) / math.sqrt(self.cfg.hidden)
-        if real is not None:
-            scores = scores.masked_fill(~real[:, None, :], float("-inf"))
-        sharp = torch.softmax(scores, dim=-1).to(shots.dtype) @ shots
+        sharp = self._copy(hidden, shots, real, 1.0)
         if not (wide and self.cfg.copy_wide > 0):
             return hidden, sharp
-        # the same scores, flatter: what the sharp copy picks, spread over the window (cfg.copy_wide)
-        broad = torch.softmax(scores / self.cfg.copy_wide, dim=-1).to(shots.dtype) @ shots
-        return hidden, (F.normalize(sharp, dim=-1) + F.normalize(broad, dim=-1)) / 2
+        return hidden, self.widen(hidden, shots, sharp, real)
+
+    def widen(self, hidden: torch.Tensor, shots: torch.Tensor, sharp: torch.Tensor,
+              real: torch.Tensor | None = None) -> torch.Tensor:
+        """The served output of a copy head with copy_wide from a pass's hidden states and its sharp copy:
+        the mean of the unit sharp copy and the unit copy at temperature copy_wide (the same scores, flatter:
+        what the sharp copy picks, spread over the window). real (B, T): real shots, as forward's lengths."""
+        broad = self._copy(hidden, shots, real, self.cfg.copy_wide)
+        return (F.normalize(sharp, dim=-1) + F.normalize(broad, dim=-1)) / 2
+
+    def _copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None,
+              temperature: float) -> torch.Tensor:
+        q, k = self.copy_q(hidden).float(), self.copy_k(hidden).float()  # float32 scores under autocast too
+        scores = q @ k.transpose(1, 2) / (math.sqrt(self.cfg.hidden) * temperature)
+        if real is not None:
+            scores = scores.masked_fill(~real[:, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1).to(shots.dtype) @ shots
 
 
 def sinusoidal(n: int, dim: int) -> torch.Tensor:

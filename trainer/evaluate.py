@@ -54,25 +54,31 @@ def load_run_encoder(run: Path) -> MediaFMEncoder:
 
 @torch.no_grad()
 def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, size: int | None = None,
-               stride: int | None = None, wide: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Hidden and output per shot from passes over the whole title, in process.
+               stride: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Hidden, output and (for a copy head with copy_wide) the sharp copy alone per shot, from passes over
+    the whole title, in process; None for the sharp copy of other models.
 
     The same window plan as the contextualise stage (streams/contextualise.py):
     windows of `size` shots (default the model's max_shots) every `stride`
     (default size / 2, the pipeline's default), each shot from its most central window.
-    wide=False: the copy head's sharp copy alone (MediaFMEncoder.forward).
     """
     size = size or enc.cfg.max_shots
     windows, owner = plan(len(fused), size=size, stride=stride or max(1, size // 2))
+    wide = enc.cfg.head == "copy" and enc.cfg.copy_wide > 0
     hid = np.zeros((len(fused), enc.cfg.hidden), np.float32)
     out = np.zeros_like(fused)
+    sharp = np.zeros_like(fused) if wide else None
     t = torch.tensor(title)[None]  # pyarrow hands out read-only arrays
     for k, w in enumerate(windows):
-        h, o = enc(torch.from_numpy(fused[w.start : w.end])[None], t, None, wide=wide)
+        x = torch.from_numpy(fused[w.start : w.end])[None]
+        h, o = enc(x, t, None, wide=False)  # the served output is the sharp one widened: one pass for both
         mine = np.flatnonzero(owner == k)
         hid[mine] = h[0, mine - w.start].numpy()
+        if wide:
+            sharp[mine] = o[0, mine - w.start].numpy()
+            o = enc.widen(h, x, o)
         out[mine] = o[0, mine - w.start].numpy()
-    return hid, out
+    return hid, out, sharp
 
 
 # Context without learning (issue 17): name -> (shots before the clip, shots after it), averaged with the clip.
@@ -119,8 +125,6 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
         if len(kept) < 1:
             kept[tid] = title
         ctx = {name: contextual(enc, title.fused, title.info.title_embedding) for name, enc in runs.items()}
-        sharp = {name: contextual(enc, title.fused, title.info.title_embedding, wide=False)[1]
-                 for name, enc in runs.items() if enc.cfg.head == "copy" and enc.cfg.copy_wide}  # what the wide adds
         for i in by_title[tid]:
             sl = slice(int(first[i]), int(last[i]) + 1)
             for m, (lo, hi) in ds.meta.modalities.items():
@@ -135,8 +139,8 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
                 put(f"{name}:context", i, ctx[name][0][sl].mean(0))
                 put(f"{name}:context-output", i, ctx[name][1][sl].mean(0))
                 put(f"{name}:context+input", i, context_plus_input(ctx[name][1][sl], title.fused[sl]).mean(0))
-                if name in sharp:
-                    put(f"{name}:sharp+input", i, context_plus_input(sharp[name][sl], title.fused[sl]).mean(0))
+                if ctx[name][2] is not None:  # what the wide copy adds
+                    put(f"{name}:sharp+input", i, context_plus_input(ctx[name][2][sl], title.fused[sl]).mean(0))
         bar.update(1)
     bar.close()
     return feats, kept
@@ -236,7 +240,7 @@ def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, Medi
     if kept and runs:
         title = next(iter(kept.values()))
         name, enc = next(iter(runs.items()))
-        hid, _ = contextual(enc, title.fused, title.info.title_embedding)
+        hid, _, _ = contextual(enc, title.fused, title.info.title_embedding)
 
         def cos(x: np.ndarray) -> np.ndarray:
             x = x / np.linalg.norm(x, axis=1, keepdims=True)

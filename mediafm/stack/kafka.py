@@ -197,8 +197,9 @@ def down(settings: Settings, *, wipe: bool = False) -> str:
     return ("kafka stopped" if stopped else "kafka was not running") + (" (data wiped)" if wipe else "")
 
 
-def create_topics(settings: Settings, names: list[str]) -> list[str]:
-    """Create the topics with Settings.partitions; check existing ones agree.
+def create_topics(settings: Settings, names: list[str], *, configs: dict[str, str] | None = None) -> list[str]:
+    """Create the topics with Settings.partitions (and topic `configs`, e.g. retention.ms, for the ones
+    created here); check existing ones agree.
 
     Returns the names that were created. Raises StackError if an existing topic
     has another partition count (faust would refuse to start on it).
@@ -213,7 +214,7 @@ def create_topics(settings: Settings, names: list[str]) -> list[str]:
         new = [n for n in names if n not in existing]
         if new:
             try:
-                admin.create_topics([NewTopic(n, settings.partitions, 1) for n in new])
+                admin.create_topics([NewTopic(n, settings.partitions, 1, topic_configs=configs or {}) for n in new])
             except TopicAlreadyExistsError:
                 pass  # another process raced us; the partition check below decides
         deadline = time.monotonic() + 30

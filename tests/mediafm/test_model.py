@@ -114,6 +114,8 @@ def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_
     sharp, broad = torch.softmax(scores, -1) @ shots, torch.softmax(scores / 4.0, -1) @ shots
     assert torch.allclose(served, (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2, atol=1e-5)
     assert torch.allclose(enc(shots, title, lengths, wide=False)[1], sharp, atol=1e-5)
+    real = torch.arange(10)[None, :] < lengths[:, None]  # one pass for both (trainer/evaluate.py): the same output
+    assert torch.allclose(enc.widen(hidden, shots, enc(shots, title, lengths, wide=False)[1], real), served)
     assert not torch.allclose(unit(sharp, dim=-1), unit(broad, dim=-1), atol=1e-2), "the wide copy adds nothing"
     # the loss: the same with and without a wide copy
     model = MaskedShotModel(cfg).eval()

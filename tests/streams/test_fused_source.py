@@ -8,7 +8,7 @@ import sys
 import uuid
 
 import pytest
-from conftest import free_port, settings_env, until
+from conftest import free_port, settings_env
 from kafka import KafkaAdminClient, TopicPartition
 
 from mediafm.bus import producer
@@ -82,7 +82,8 @@ def test_a_worker_refuses_a_fused_topic_that_would_delete_shots_a_title_still_ne
     names = {cfg: f"{s.topic_prefix}.{name}" for name, cfg in [
         ("compact", "cleanup.policy=compact"), ("hour", "retention.ms=3600000"),
         ("bytes", "retention.bytes=104857600"), ("week", "retention.ms=604800000")]}
-    create_with_configs(s, {t: dict([cfg.split("=")]) for cfg, t in names.items()})
+    for cfg, t in names.items():
+        kafka.create_topics(s, [t], configs=dict([cfg.split("=")]))
     with pytest.raises(ConfigError, match=r"cleanup.policy=compact: compaction keeps one record per key .* "
                                           r"--add-config cleanup.policy=delete"):
         check_retention(s, names["cleanup.policy=compact"])
@@ -100,21 +101,9 @@ def test_a_worker_refuses_a_fused_topic_that_would_delete_shots_a_title_still_ne
     # the worker, with its fused topic compacted: refused at start, saying why
     kafka.create_topics(s, [f"{s.topic_prefix}.{t}" for t in ("titles", "live.segments", "shots", "shots.encoded",
                                                                "embeddings", "deadletter", "models")])
-    create_with_configs(s, {f"{s.topic_prefix}.shots.fused": {"cleanup.policy": "compact"}})
+    kafka.create_topics(s, [f"{s.topic_prefix}.shots.fused"], configs={"cleanup.policy": "compact"})
     run = subprocess.run([sys.executable, "-m", "mediafm.cli", "worker"], env=settings_env(s), capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2, run.stderr[-2000:]
     assert f"mediafm worker: error: {s.topic_prefix}.shots.fused has cleanup.policy=compact" in run.stderr
 
-
-def create_with_configs(s, topics: dict[str, dict[str, str]]) -> None:
-    """Create one-partition topics with these configs, and wait until the broker's metadata has them."""
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    try:
-        admin.create_topics([NewTopic(t, 1, 1, topic_configs=cfg) for t, cfg in topics.items()])
-        asyncio.run(until(lambda: all(t["error_code"] == 0 for t in admin.describe_topics(list(topics))),
-                          f"topics {list(topics)} in the broker's metadata"))
-    finally:
-        admin.close()

@@ -144,7 +144,7 @@ def test_titles_are_contextualised_over_windows_once_per_shot(kafka_stack, worke
         assert {m.model_version for m in msgs} == {str(version)} and all(m.final for m in msgs)
         windows, owner = plan(n, size=kafka_stack.window_shots, stride=kafka_stack.window_stride)
         fused = fuse(t.video, t.audio, t.text, t.present, layout=t.layout)
-        hidden, output = contextual(enc, fused, t.title_embedding, size=kafka_stack.window_shots,
+        hidden, output, _ = contextual(enc, fused, t.title_embedding, size=kafka_stack.window_shots,
                                     stride=kafka_stack.window_stride)
         rep = kafka_stack.embedding_representation
         assert {(m.model, m.representation) for m in msgs} == {("mediafm", rep)}

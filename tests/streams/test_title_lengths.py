@@ -96,7 +96,7 @@ def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_st
         assert sorted(m.shot_index for m in msgs) == list(range(n)), f"{tid}: not exactly one final per shot"
         assert {m.model_version for m in msgs} == {served}
         windows, owner = plan(n, size=64, stride=32)  # the served model's max_shots, stride scaled with it
-        hidden, output = contextual(enc, fused, title, size=64, stride=32)
+        hidden, output, _ = contextual(enc, fused, title, size=64, stride=32)
         rep = s.embedding_representation
         expected = published(rep, {"HIDDEN": hidden, "OUTPUT": output}[served_output(rep)], fused)
         got = np.stack([m.vector() for m in sorted(msgs, key=lambda m: m.shot_index)])
