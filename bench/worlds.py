@@ -95,7 +95,14 @@ def collect(work: Path, variants: dict[str, list[str]]) -> dict | None:
         latest = work / name / "checkpoints" / "latest.json"
         metrics = json.loads(latest.read_text()).get("metrics", {}) if latest.exists() else {}
         losses[name] = {k: metrics[k] for k in ("val_loss", "title_mean", "neighbours") if k in metrics}
-    return {"probes": {rep: {t: v["mean"] for t, v in row.items()} for rep, row in res.items()}, "losses": losses}
+    return {"probes": {rep: {t: v["mean"] for t, v in row.items()} for rep, row in res.items()}, "losses": losses,
+            "recipe": {name: trained_as(work / name) for name in variants if (work / name / "config.json").exists()}}
+
+
+def trained_as(run: Path) -> str:
+    """'<config>, <steps> steps' as the run recorded it (mediafm train's config.json)."""
+    train = json.loads((run / "config.json").read_text())["train"]
+    return f"{train['config']}, {train['max_steps']} steps"
 
 
 def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], args, work: Path) -> dict:
@@ -196,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                    "against each other; a 600-step run took 4.5 min instead of ~40 s)")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: rebuild the table from the (world, seed) runs already finished in --out "
-                   "(a rerun without it resumes: finished ones are read back, the rest run)")
+                   "(a rerun without it resumes: finished ones are read back, the rest run); the variants, their model size "
+                   "and steps come from the runs' files, the corpus sizes from OUT/worlds.json")
     args = p.parse_args(argv)
     import torch
     from tqdm import tqdm
@@ -204,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     worlds = load_worlds(Path(args.worlds_file), args.worlds)
-    variants = parse_variants(args.variant)
     out = Path(args.out).resolve()
+    shown = vars(args).copy()  # what the table says the corpora were
+    stored = json.loads((out / "worlds.json").read_text()) if args.collect and (out / "worlds.json").exists() else {}
+    if stored:  # --collect: the corpora of the runs, not this command's defaults
+        shown.update({k: stored["args"][k] for k in ("titles", "shots", "dims", "folds")})
+    if args.collect and not args.variant:  # the variants that were trained, not this command's defaults
+        variants = {run.parent.name: [] for run in sorted(out.glob("*/seed*/*/config.json"))} or parse_variants(None)
+    else:
+        variants = parse_variants(args.variant)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
@@ -216,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     def write(done: int) -> str:  # after every (world, seed): an interrupted grid leaves its partial table
         wall = time.perf_counter() - t0
         partial = "" if done == len(jobs) else f" (PARTIAL: {done} of {len(jobs)} world x seed runs)"
+        recipes = sorted({f"{v} {r}" for runs in results.values() for x in runs for v, r in x["recipe"].items()})
         md = (f"# MediaFM on the grid of worlds ({args.worlds_file}){partial}\n\n`bench/worlds.py {command}`: "
-              f"config {args.config}, {args.steps} steps, {args.titles} titles of {args.shots} shots, {args.dims}-d "
-              f"modalities, {args.seeds} seeds, {args.folds} folds; {wall / 60:.1f} min\n\n"
+              f"trained as {'; '.join(recipes) or '-'}; {shown['titles']} titles of {shown['shots']} shots, "
+              f"{shown['dims']}-d modalities, {args.seeds} seeds, {shown['folds']} folds; "
+              + ("collected from finished runs" if args.collect else f"{wall / 60:.1f} min") + "\n\n"
               + tables(results, list(variants), args.seeds))
         (out / "worlds.md").write_text(md)
-        (out / "worlds.json").write_text(json.dumps({"args": vars(args), "worlds": worlds, "variants": variants,
+        (out / "worlds.json").write_text(json.dumps({"args": shown, "worlds": worlds, "variants": variants,
                                                      "seconds": wall, "done": done, "results": results}, indent=1))
         return md
 
