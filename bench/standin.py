@@ -8,8 +8,8 @@ Runs the three commands a user would run, printing each one first:
     mediafm train --data WORK/data --out WORK/run --config small --max_shots 128 ...
     mediafm evaluate --data WORK/data --run WORK/run --out WORK/report --seeds 3
 
-then prints, per task, MediaFM in context (its output, and the published
-context+input) and the moving averages against the concatenated inputs (the
+then prints, per task, MediaFM in context (its output, the published vector,
+and context+input) and the moving averages against the concatenated inputs (the
 model's own input, no context) as ratios, and the wall time of each step.
 The corpus is synthetic (mediafm/synth.py documents its latent structure): it
 shows whether a model uses context; it does not predict scores on a catalog.
@@ -69,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(res: dict, run_name: str, times: dict[str, float]) -> None:
-    """Per task: concat, the moving averages, and MediaFM's output and published vector, as ratios to concat."""
+    """Per task: concat, the moving averages, and MediaFM's output (published) and context+input, as ratios to
+    concat."""
     base = res["concat"]
     rows = {"avg-k3": "avg-k3", "avg-k8": "avg-k8", "output": f"{run_name}:context-output",
             "context+input": f"{run_name}:context+input"}
-    print("\nMediaFM in context (output; context+input, the published vector) and the moving averages vs the "
+    print("\nMediaFM in context (output, the published vector; context+input) and the moving averages vs the "
           "concatenated inputs (no context), ratio to concat:")
     print(f"{'task':14s} {'concat':>15s}" + "".join(f" {k:>14s}" for k in rows))
     wins = dict.fromkeys(("output", "context+input"), 0)

@@ -18,8 +18,8 @@ and task, the concatenated inputs (`concat`: the shot's own inputs, no context),
 the baselines that use context without learning (`avg-k3`, `avg-k8`,
 `clip+next12`: means of the fused vectors around the clip) and MediaFM in context
 (`<variant>:context` hidden states, `<variant>:context-output` the model's output
-(copy head or projection; with the copy head's copy_wide, its sharp and wide copies), `<variant>:context+input`
-the output and the shot's own input, unit vectors averaged, at the fused width, the published vector;
+(copy head or projection; with the copy head's copy_wide, its sharp and wide copies), the published vector;
+`<variant>:context+input` the output and the shot's own input, unit vectors averaged, at the fused width;
 `<variant>:sharp+input` the same with the sharp copy alone, what was published before copy_wide), each as
 mean ± sd over the seeds (the spread covers both the corpus
 draw and the training seed). A cell marked ✗ is below concat: context hurt there.

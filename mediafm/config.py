@@ -82,10 +82,10 @@ class Settings:
     window_stride: int = 256
     """Stride of the window plan; each shot takes its output from the window where it is most central."""
     embedding_representation: str = DEFAULT_REPRESENTATION
-    """What the pipeline publishes per shot (mediafm/representations.py): "context+input" (MediaFM's output
-    beside the shot's own fused input, both unit length, halved: what the grid of worlds supports, README
-    "Evaluation"), "output" (the model's output alone, back in fused space) or "hidden" (the last hidden
-    state; with the copy head every named size trains, it routes the copy and carries little of the shot).
+    """What the pipeline publishes per shot (mediafm/representations.py): "output" (MediaFM's output, back in
+    fused space: what the grid of worlds supports, README "Evaluation"), "context+input" (that output beside
+    the shot's own fused input, both unit length, halved) or "hidden" (the last hidden state; with the copy
+    head every named size trains, it routes the copy and carries little of the shot).
     Every message records which (ContextualEmbedding.representation)."""
     embedding_dtype: str = "float32"
     """Wire dtype of published contextual embeddings: float32, or float16 (half the bytes)."""

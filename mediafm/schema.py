@@ -243,9 +243,9 @@ class ContextualEmbedding(Message):
     model: str = "mediafm"
     """The served MediaFM model that made it (mediafm, or mediafm_offline for the offline profile)."""
     representation: str = "hidden"
-    """mediafm/representations.py: "context+input" (the pipeline's default), "output" (the model's output,
-    fused_dim wide) or "hidden" (the last hidden state); messages from before this field existed carry
-    hidden states."""
+    """mediafm/representations.py: "output" (the model's output, fused_dim wide; the pipeline's default),
+    "context+input" (that output beside the shot's fused input, fused_dim wide) or "hidden" (the last hidden
+    state); messages from before this field existed carry hidden states."""
     published_at: float = 0.0
     """When the source shot entered the pipeline (for end-to-end latency)."""
     produced_at: float = field(default_factory=time.time)

@@ -14,9 +14,10 @@ seeds), giving the rows of the ablation table:
     clip+next12               the fused vectors of the clip and the 12 shots after it, mean
     <run>:clip                MediaFM run on the clip's shots alone, hidden states, mean
     <run>:context             MediaFM over the whole title (window plan), the clip's hidden states, mean
-    <run>:context-output      the model's output for the clip's shots (copy head or output projection; fused space)
-    <run>:context+input       per shot, the unit output plus the unit fused input, halved: a published vector
-                              of the fused width that keeps the shot's own detail beside its context, mean
+    <run>:context-output      the model's output for the clip's shots (copy head or output projection; fused space):
+                              what the pipeline publishes by default (mediafm/representations.py)
+    <run>:context+input       per shot, the unit output plus the unit fused input, halved: the other published
+                              vector of the fused width, the shot's own detail beside its context, mean
     <run>:sharp+input         (a copy head with copy_wide) the same with the sharp copy alone: what the wide
                               copy adds
 

@@ -130,6 +130,40 @@ def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_
     assert loaded.cfg.copy_wide == 0.0 and torch.allclose(loaded(shots, title, lengths)[1], sharp, atol=1e-5)
 
 
+def test_copy_span_keeps_the_wide_copy_within_its_reach_whatever_the_window(tmp_path):
+    """copy_span: the wide copy of a shot mixes only the shots at most copy_span positions away (the same
+    scores, cut to that band); padding that sees no real shot within reach stays finite; an export from before
+    copy_span reaches over the whole window, as it was served then."""
+    torch.manual_seed(0)
+    cfg = tiny(copy_wide=4.0, copy_span=3)
+    enc = MediaFMEncoder(cfg).eval()
+    shots, title, lengths = torch.randn(2, 20, 24), torch.randn(2, 8), torch.tensor([20, 9])
+    hidden, served = enc(shots, title, lengths)
+    sharp = enc(shots, title, lengths, wide=False)[1]
+    scores = enc.copy_q(hidden) @ enc.copy_k(hidden).transpose(1, 2) / (cfg.hidden**0.5 * 4.0)
+    far = (torch.arange(20)[:, None] - torch.arange(20)[None, :]).abs() > 3
+    scores = scores.masked_fill(far, float("-inf"))
+    unit = torch.nn.functional.normalize
+    broad = torch.softmax(scores, -1) @ shots
+    assert torch.allclose(served[0], ((unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2)[0], atol=1e-5)
+    # the same hidden states and sharp copy, other shots out of reach of shot 5: its served output is unchanged
+    moved = shots.clone()
+    moved[:, 10:] = 100 * torch.randn(2, 10, 24)
+    real = torch.arange(20)[None, :] < lengths[:, None]
+    before, after = enc.widen(hidden, shots, sharp, real), enc.widen(hidden, moved, sharp, real)
+    assert torch.allclose(before[:, :7], after[:, :7], atol=1e-6)  # shots 0..6 reach at most shot 9
+    assert not torch.allclose(before[0, 7:10], after[0, 7:10], atol=1e-3)  # shots 7..9 reach shot 10
+    assert torch.isfinite(served).all()  # row 1's padding shots 13..19 see no real shot within reach
+    whole = MediaFMEncoder(tiny(copy_wide=4.0)).eval()
+    whole.load_state_dict(enc.state_dict())
+    assert not torch.allclose(whole.widen(hidden, shots, sharp, real)[:, :7], after[:, :7], atol=1e-3)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "copy_span"}
+    torch.save({"config": old, "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    assert load_encoder(tmp_path).cfg.copy_span == 0
+    with pytest.raises(ValueError, match="copy_span=-1: shots either side"):
+        tiny(copy_span=-1)
+
+
 def test_named_sizes_train_the_copy_head_and_old_exports_load_as_projection(tmp_path):
     assert {c["head"] for c in CONFIGS.values()} == {"copy"}
     # an export written before `head` existed has no such key: it is the source's projection head

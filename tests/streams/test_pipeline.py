@@ -93,8 +93,8 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
         # exactly one final per (title, shot, version), every shot, the served version, the offline profile
         assert sorted(m.shot_index for m in finals) == list(range(n)), (key, [m.shot_index for m in finals])
         assert {m.model_version for m in msgs} == {offline_model} and {m.profile for m in msgs} == {"offline"}
-        # every message names the served model, its version and the representation (context+input by default)
-        assert {(m.model, m.representation) for m in msgs} == {("mediafm_offline", "context+input")}
+        # every message names the served model, its version and the representation (output by default)
+        assert {(m.model, m.representation) for m in msgs} == {("mediafm_offline", "output")}
         for m in msgs:
             v = m.vector()
             assert m.dim == OFFLINE.layout.fused_dim and np.isfinite(v).all() and np.linalg.norm(v) > 0

@@ -6,6 +6,7 @@ plan 64/32 windows from that, send them in requests of at most max_batch_size (8
 titles of 1 to 10,000 shots exactly one final, equal to an in-process pass over the same plan.
 The worker holds at most 32 MiB of fused shots in memory (held_shots_mb), so the 10,000-shot title (87 MB of
 fused vectors) is contextualised from both: what was held, and the rest read back from the fused topic.
+It publishes context+input, the representation that is not the default, so both go through the real stack.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _title(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_stack, offline_model, tmp_path):
     s = replace(kafka_stack, topic_prefix=f"len{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
-                worker_web_port=free_port(), window_shots=512, window_stride=256, held_shots_mb=32)
+                worker_web_port=free_port(), window_shots=512, window_stride=256, held_shots_mb=32,
+                embedding_representation="context+input")  # the default (output) goes through test_streams
     names = Topics.from_settings(s)
     kafka.create_topics(s, names.all())
     run = uuid.uuid4().hex[:6]

@@ -74,7 +74,7 @@ def test_trained_model_evaluates_better_than_a_random_one(corpus, tmp_path):
     def mean_over_tasks(rep):
         return np.mean([v["mean"] for v in res[rep].values()])
 
-    # The context part of what the pipeline publishes (context+input). With the copy head an untrained model's
+    # What the pipeline publishes (output, the default). With the copy head an untrained model's
     # output is about the mean of its window, itself a moving average: training has to pick the right shots to
     # beat it. (The hidden states route the copy; they are not the shot's content and are not compared.)
     assert mean_over_tasks("trained:context-output") > mean_over_tasks("random:context-output"), json.dumps(res, indent=1)
