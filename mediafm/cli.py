@@ -204,7 +204,7 @@ def _cmd_follow(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.publish import sink
 
-    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout, progress=True)
+    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout, profile=args.profile, progress=True)
     print(f"wrote {r['titles']} titles, {r['shots']} shots and {r['contextual']} final contextual embeddings "
           f"to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
     return 0
@@ -402,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to read both topics to their end, twice (default 600; a catalog of millions of "
                         "shots needs more); past it the sink stops with an error and writes nothing")
+    s.add_argument("--profile", help="write only titles of this encoder profile (offline, production): a dataset "
+                   "has one layout, so a pipeline that carries both is sunk once per profile")
     s.set_defaults(fn=_cmd_sink)
 
     s = sub.add_parser("backfill", help="re-embed titles with the MediaFM version served now",

@@ -469,7 +469,7 @@ class _Publication:
 
 
 def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s: float = 600.0,
-         progress: bool = False) -> dict:
+         profile: str | None = None, progress: bool = False) -> dict:
     """Write what the pipeline produced as a v1 dataset: every complete title's fused shots
     (shots.fused; the trainer's and the evaluation's input) and, in contextual.parquet, the final
     contextual embeddings (one per title, shot and model version; rows in the order they were published).
@@ -478,7 +478,9 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     first reads every record and keeps only where each shot is (its offset; the titles' last complete requests), the second reads
     back the records chosen, a partition at a time, writing each title as soon as its shots are in. What is
     held is the titles whose shots are still being read (the shots of one title are in one partition).
-    Raises MediaError when the topics cannot be read to their end before timeout_s."""
+    A dataset has one layout: with titles of several encoder profiles on the topic, `profile` names the one
+    to write (the others are left out). Raises MediaError when the topics cannot be read to their end before
+    timeout_s."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -489,12 +491,18 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     deadline = time.monotonic() + timeout_s
     pubs: dict[tuple[str, str], _Publication] = {}  # in order of first shot: a later request replaces one before
     profiles: set[str] = set()
+    others: set[str] = set()  # profiles left out (`profile`)
+    if profile is not None:
+        get_profile(profile)  # a ConfigError naming the known profiles
 
     def note_shot(rec) -> None:
         try:
             s = decode(rec.value, expect=FusedShot)
         except SchemaError:
             return  # the workers dead-letter it; nothing to sink
+        if profile is not None and s.profile != profile:
+            others.add(s.profile)
+            return
         pub = pubs.get((s.title_id, s.request_id))
         if pub is None:
             pub = pubs[(s.title_id, s.request_id)] = _Publication(rec.partition)
@@ -516,11 +524,14 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             latest[tid] = (pub, at)
     pubs.clear()
     if not latest:
-        raise MediaError(f"no complete title on {names.fused}; publish titles and run a worker first")
+        raise MediaError(f"no complete title{f' of profile {profile!r}' if profile else ''} on {names.fused}; "
+                         "publish titles and run a worker first" + (f" (titles of {sorted(others)} were left out)"
+                                                                    if others else ""))
     if len(profiles) != 1:
-        raise MediaError(f"titles of several encoder profiles {sorted(profiles)}; one dataset has one layout")
-    profile = get_profile(profiles.pop())
-    layout = profile.layout
+        raise MediaError(f"titles of several encoder profiles {sorted(profiles)} on {names.fused}; one dataset has "
+                         "one layout: choose one with --profile")
+    written = get_profile(profiles.pop())
+    layout = written.layout
 
     # where each wanted shot is, per partition: sorted offsets, and each one's title (index into `order`) and shot
     order = list(latest)
@@ -532,7 +543,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
         shot = np.concatenate([np.arange(len(at), dtype=np.int32) for _, at in mine])
         by = np.argsort(off, kind="stable")
         wanted[p] = (off[by], title[by], shot[by])  # 16 bytes a shot: what the catalog costs in memory here
-    writer = DatasetWriter(out, Meta.from_layout(layout, profile.encoders))
+    writer = DatasetWriter(out, Meta.from_layout(layout, written.encoders))
     try:
         open_titles: dict[str, list] = {}  # title -> [shots so far (n slots), count]
         found = 0

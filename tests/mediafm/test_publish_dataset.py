@@ -320,3 +320,42 @@ def test_sink_reads_back_interleaved_repeated_and_replaced_publications(kafka_st
     with pytest.raises(MediaError, match=r"records left unread after 0s: .*; nothing was written: give the sink a longer --timeout"):
         sink(settings, tmp_path / "late", idle_s=1.0, timeout_s=0)
     assert not (tmp_path / "late").exists() and not list(tmp_path.glob("late*"))
+
+
+@pytest.mark.kafka
+def test_sink_of_a_pipeline_carrying_two_profiles_writes_the_one_named(kafka_stack, tmp_path):
+    """A dataset has one layout: titles of both encoder profiles on the fused topic are refused with a message
+    naming --profile, and with a profile named only its titles are written."""
+    from mediafm.bus import producer
+    from mediafm.config import replace
+    from mediafm.errors import ConfigError, MediaError
+    from mediafm.profiles import PRODUCTION
+    from mediafm.publish import sink
+    from mediafm.topics import Topics
+
+    settings = replace(kafka_stack, topic_prefix=f"prof-{uuid.uuid4().hex[:6]}", partitions=2)
+    _create_topics(settings)
+    names = Topics.from_settings(settings)
+    offline = write_dataset(tmp_path / "off", [4, 3], prefix="off-")
+    production = write_dataset(tmp_path / "prod", [5], prefix="prod-", layout=PRODUCTION.layout)
+    p = producer(settings)
+    for path, layout in ((tmp_path / "off", LAYOUT), (tmp_path / "prod", PRODUCTION.layout)):
+        for title in Dataset(path).iter_titles():
+            for m in fused_shot_messages(title, layout, "r"):
+                p.send(names.fused, key=m.title_id.encode(), value=m.to_bytes())
+    p.flush()
+    p.close()
+
+    with pytest.raises(MediaError, match=r"titles of several encoder profiles \['offline', 'production'\].*"
+                                         "choose one with --profile"):
+        sink(settings, tmp_path / "both", idle_s=1.0, timeout_s=60)
+    assert not (tmp_path / "both").exists()
+    for name, want in (("offline", offline), ("production", production)):
+        out = sink(settings, tmp_path / name, idle_s=1.0, timeout_s=60, profile=name)
+        assert (out["titles"], out["shots"]) == (len(want), sum(len(d["fused"]) for d in want.values()))
+        sunk = Dataset(tmp_path / name)
+        assert sunk.meta.fused_dim == (LAYOUT if name == "offline" else PRODUCTION.layout).fused_dim
+        for title in sunk.iter_titles():
+            np.testing.assert_array_equal(title.fused, want[title.info.title_id]["fused"])
+    with pytest.raises(ConfigError, match="nonesuch"):
+        sink(settings, tmp_path / "x", idle_s=1.0, timeout_s=60, profile="nonesuch")

@@ -125,7 +125,7 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     assert all(ids["live"] in x and f"mediafm_offline:{offline_model}" in x for x in lines)
 
     # the sink writes what the pipeline made as a v1 dataset; equal to `mediafm embed` on the same file
-    out = sink(kafka_stack, tmp_path / "sink", idle_s=3)
+    out = sink(kafka_stack, tmp_path / "sink", idle_s=3, profile="offline")  # other tests send production titles
     ds = Dataset(out["out"])
     assert ds.meta.fused_dim == OFFLINE.layout.fused_dim and ds.meta.title_dim == OFFLINE.layout.title
     sunk = {t.info.title_id: t for t in ds.iter_titles([ds.titles[i] for i in ids.values()])}
