@@ -146,7 +146,7 @@ def test_copy_span_keeps_the_wide_copy_within_its_reach_whatever_the_window(tmp_
     unit = torch.nn.functional.normalize
     broad = torch.softmax(scores, -1) @ shots
     assert torch.allclose(served[0], ((unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2)[0], atol=1e-5)
-    # the same hidden states and sharp copy, other shots out of reach of shot 5: its served output is unchanged
+    # the same hidden states and sharp copy, shots 10.. changed: what cannot reach them is unchanged
     moved = shots.clone()
     moved[:, 10:] = 100 * torch.randn(2, 10, 24)
     real = torch.arange(20)[None, :] < lengths[:, None]
