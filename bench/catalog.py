@@ -1,6 +1,6 @@
 """A catalog through the fuse + contextualise stages: 1 and 2 workers vs the same Triton calls made directly.
 
-    .venv/bin/python bench/catalog.py [--titles 200] [--shots 1500] [--workers 1 2] [--partitions 4]
+    .venv/bin/python bench/catalog.py [--titles 200] [--shots 1500] [--workers 1 2] [--partitions 4] [--pin]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running);
 trains and exports a tiny MediaFM for the configured profile first if none is
@@ -19,7 +19,15 @@ stage publishes them) go, in one run and on the same titles:
   so neither publishing, nor the group's join, nor this process's reading
   counts. Then every shot's final is checked; each worker's peak RSS (VmHWM)
   is read from /proc and its counters from /metrics.
-Prints shots/s of each, stages / direct, N workers / 1 worker, peak RSS.
+Prints shots/s of each, stages / direct, N workers / 1 worker, peak RSS, and
+the CPU time each process spent per 1,000 shots (Triton with its model
+processes, the broker, the workers or this process), read from /proc: on a
+machine whose cores are all busy, that, not the wall time, says what bounds it.
+
+--pin gives serving and the pipeline separate cores, as a machine with the
+cores for both would: Triton's processes on the last core (or last half of the
+cores), the broker, the workers and this process (direct's client) on the rest,
+in every configuration alike; both are set back to every core at the end.
 """
 
 from __future__ import annotations
@@ -177,12 +185,67 @@ def stage_span_s(s: Settings) -> float:
     return (last - first) / 1000
 
 
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Triton: the server, its backend stubs, the models' processes)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    out, todo = [], [pid]
+    while todo:
+        out.append(p := todo.pop())
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have spent so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += sum(int(v) for v in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of the processes onto `cpus` (threads started later inherit it from theirs)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except (OSError, ValueError):
+                continue  # the thread ended meanwhile
+
+
+class Cpu:
+    """CPU seconds per 1,000 shots of serving (Triton's tree), the broker and the pipeline's own processes."""
+
+    def __init__(self, s: Settings) -> None:
+        self.serving = tree(stack.triton.service(s).pid())
+        self.broker = [stack.kafka.service(s).pid()]
+
+    def start(self, own: list[int], name: str) -> None:
+        self.own, self.name = own, name
+        self.t0 = [cpu_s(self.serving), cpu_s(self.broker), cpu_s(own)]
+
+    def per_1k(self, n: int) -> str:
+        used = [b - a for a, b in zip(self.t0, (cpu_s(self.serving), cpu_s(self.broker), cpu_s(self.own)), strict=True)]
+        names = ("Triton", "broker", self.name)
+        return "CPU s / 1,000 shots: " + ", ".join(f"{k} {1000 * u / n:.2f}" for k, u in zip(names, used, strict=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--titles", type=int, default=200)
     ap.add_argument("--shots", type=int, default=1500, help="shots per title")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--pin", action="store_true", help="serving and the pipeline on separate cores (see above)")
     args = ap.parse_args()
 
     base = Settings.load()
@@ -191,9 +254,26 @@ def main() -> None:
     world = World(get_layout(base.encoder_profile), seed=0)
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-catalog-"))
     total = args.titles * args.shots
+    cpu = Cpu(base)
+    every = os.sched_getaffinity(0)
+    if args.pin:
+        serving_cpus = set(sorted(every)[len(every) // 2:])
+        pin(cpu.serving, serving_cpus)
+        pin(cpu.broker + [os.getpid()], every - serving_cpus)  # workers started later inherit this process's
+        print(f"pinned: Triton on CPUs {sorted(serving_cpus)}; broker, workers, this process on "
+              f"{sorted(every - serving_cpus)}")
+    try:
+        run(base, world, args, cpu, tmp, total)
+    finally:
+        if args.pin:
+            pin(cpu.serving + cpu.broker + [os.getpid()], every)
+
+
+def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> None:
+    cpu.start([os.getpid()], "this process, generating the titles too")
     n, t = asyncio.run(direct(base, world, args))
     rate_direct = n / t
-    print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s")
+    print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s; {cpu.per_1k(n)}")
     rates = {}
     for k in args.workers:
         s = pipeline_settings(base, args.partitions)
@@ -202,9 +282,11 @@ def main() -> None:
         n = sum(ids.values())
         print(f"published {n} encoded shots in {time.perf_counter() - t0:.1f}s (this process, kafka-python)")
         with workers(s, tmp, k) as (tail, procs):
+            cpu.start([p.pid for p, _ in procs], "workers")  # their start-up and the group's join count too
             embeddings = Topics.from_settings(s).embeddings
             while records(s, embeddings) < n and all(p.poll() is None for p, _ in procs):
                 time.sleep(0.5)  # the end offsets, not the records: reading them would take the workers' CPU
+            used = cpu.per_1k(n)
             wait_finals(tail, ids, timeout_s=600)  # every shot has its final (raises if not)
             t = stage_span_s(s)
             rss = [peak_rss_mib(p.pid) for p, _ in procs]
@@ -216,7 +298,8 @@ def main() -> None:
         print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {rates[k]:.4g} shots/s, "
               f"x{rates[k] / rate_direct:.2f} of direct; peak RSS per worker "
               + ", ".join(f"{r:.0f} MiB" for r in rss) + (f"; exited early: {dead}" if dead else "")
-              + f"; acknowledgements dropped across rebalances {dropped:.0f}, redeliveries recognised {dups:.0f}")
+              + f"; acknowledgements dropped across rebalances {dropped:.0f}, redeliveries recognised {dups:.0f}"
+              + f"; {used}")
     if 1 in rates:
         for k, r in rates.items():
             if k != 1:
