@@ -70,6 +70,11 @@ class MediaFMConfig:
     512-shot window spreads over 8x the shots of a 64-shot one; with it, its reach is the same whatever the
     window plan. Used at inference only, like copy_wide."""
 
+    @property
+    def widens(self) -> bool:
+        """The served output is the sharp copy widened (MediaFM.widen): a copy head with copy_wide."""
+        return self.head == "copy" and self.copy_wide > 0
+
     def __post_init__(self) -> None:
         for name in ("fused_dim", "title_dim", "hidden", "n_layers", "n_heads", "mlp_ratio", "max_shots"):
             if getattr(self, name) <= 0:
@@ -228,7 +233,7 @@ class MediaFMEncoder(nn.Module):
         # copy head: each shot's output is a mean of the window's input shots, weighted by a learnt
         # attention over them; it cannot leave fused space, so what the shots carry survives.
         sharp = self._copy(hidden, shots, real, 1.0)
-        if not (wide and self.cfg.copy_wide > 0):
+        if not (wide and self.cfg.widens):
             return hidden, sharp
         return hidden, self.widen(hidden, shots, sharp, real)
 

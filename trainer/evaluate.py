@@ -65,7 +65,7 @@ def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, siz
     """
     size = size or enc.cfg.max_shots
     windows, owner = plan(len(fused), size=size, stride=stride or max(1, size // 2))
-    wide = enc.cfg.head == "copy" and enc.cfg.copy_wide > 0
+    wide = enc.cfg.widens
     hid = np.zeros((len(fused), enc.cfg.hidden), np.float32)
     out = np.zeros_like(fused)
     sharp = np.zeros_like(fused) if wide else None
