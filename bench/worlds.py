@@ -3,6 +3,7 @@
     .venv/bin/python bench/worlds.py                      # the whole grid at the small default (~25 min, 2 cores)
     .venv/bin/python bench/worlds.py --worlds standin short-scenes --seeds 2 --steps 200
     .venv/bin/python bench/worlds.py --variant mediafm= --variant adamw="--optimizer adamw"
+    .venv/bin/python bench/worlds.py --variant mediafm= --served copy_span=8 --served copy_span=32
 
 The worlds are fixed in bench/worlds.toml, written before any run and never
 edited to make a model win (its header says how to add one). For each world
@@ -23,7 +24,13 @@ the baselines that use context without learning (`avg-k3`, `avg-k8`,
 `<variant>:sharp+input` the same with the sharp copy alone, what was published before copy_wide), each as
 mean ± sd over the seeds (the spread covers both the corpus
 draw and the training seed). A cell marked ✗ is below concat: context hurt there.
-A second table gives validation loss (masked-shot cosine distance) over the two
+With --served KEY=VALUE[,KEY=VALUE] (repeat), every variant is also evaluated as
+served with those inference-only settings (trainer/evaluate.py SERVED: copy_wide,
+copy_span), rows `<variant>@<setting>:...`; finished (world, seed) runs are
+evaluated again for them, not trained again. A summary table counts, per
+representation over the grid's cells (world x task, means over seeds), those at
+or above `concat`, above `avg-k8` and above all four baselines, and the mean
+ratio to `concat`. A second table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
 the model predicts masked shots better than they do.
 
@@ -106,9 +113,12 @@ def trained_as(run: Path) -> str:
 
 
 def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], args, work: Path) -> dict:
-    """Corpus, training of every variant and evaluation for one (world, seed); a finished one is read back."""
+    """Corpus, training of every variant and evaluation for one (world, seed); a finished one is read back
+    (evaluated again when a --served row is missing from it)."""
+    served = [f"{v}@{x}" for v in variants for x in args.served]
     done = collect(work, variants)
-    if done is not None and all(done["losses"].get(v) for v in variants):
+    if (done is not None and all(done["losses"].get(v) for v in variants)
+            and all(f"{name}:context-output" in done["probes"] for name in served)):
         return done
     from mediafm.fusion import Layout
     from mediafm.synth import write_corpus
@@ -124,12 +134,14 @@ def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], 
                      seed=seed, shots=(lo, hi), noise=float(spec.get("noise", 1.5)), val_fraction=0.1,
                      test_fraction=0.35, world=knobs)
     for name, flags in variants.items():  # a run already at --steps returns at once (train resumes)
+        if done is not None and done["losses"].get(name):
+            continue  # trained and validated: evaluated again only (a --served row was missing)
         train_over, model_over = parse_overrides([*TRAIN_DEFAULTS, "--max_steps", str(args.steps), "--eval_every",
                                                   str(args.steps), "--ckpt_every", str(args.steps), "--seed",
                                                   str(seed), *flags])
         train(data, work / name, TrainConfig(config=args.config, **train_over), model_over, quiet=True)
-    evaluate(data, [work / n for n in variants], work / "report", seeds=args.eval_seeds, folds=args.folds,
-             progress=False, plot=False)
+    evaluate(data, [work / n for n in variants] + [f"{work / name}" for name in served], work / "report",
+             seeds=args.eval_seeds, folds=args.folds, progress=False, plot=False)
     return collect(work, variants)
 
 
@@ -138,8 +150,47 @@ def cell(vals: list[float], *, worse: bool = False) -> str:
     return s + (" ✗" if worse else "")
 
 
+def run_names(results: dict, variants: list[str]) -> list[str]:
+    """The variants, then each as evaluated with other inference settings (`<variant>@<setting>`), as found."""
+    found = {rep.split(":")[0] for runs in results.values() for r in runs for rep in r["probes"] if ":" in rep}
+    return [*variants, *sorted(n for n in found if "@" in n and n.split("@")[0] in variants)]
+
+
+def grid_summary(results: dict, names: list[str]) -> list[str]:
+    """Per representation, over the grid's cells (world x task, each the mean over its seeds): how many are at or
+    above concat, above avg-k8, above all four baselines, and the mean ratio to concat (overall, per task)."""
+    def mean(world: str, rep: str, task: str) -> float | None:
+        v = [r["probes"][rep][task] for r in results[world] if task in r["probes"].get(rep, {})]
+        return float(np.mean(v)) if v else None
+
+    reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
+    lines = ["| representation | cells | at or above concat | above avg-k8 | above all four baselines | mean ratio to "
+             "concat | " + " / ".join(TASK_ORDER) + " |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rep in reps:
+        n = ge = k8 = best = 0
+        ratios: dict[str, list[float]] = {t: [] for t in TASK_ORDER}
+        for world in results:
+            for t in TASK_ORDER:
+                x, c = mean(world, rep, t), mean(world, "concat", t)
+                base = [mean(world, b, t) for b in BASE_ROWS]
+                if x is None or c is None or None in base:
+                    continue
+                n += 1
+                ge += x >= c
+                k8 += x > base[BASE_ROWS.index("avg-k8")]
+                best += x > max(base)
+                ratios[t].append(x / c)
+        if n:
+            per = " / ".join(f"{np.mean(ratios[t]):.2f}" if ratios[t] else "-" for t in TASK_ORDER)
+            lines.append(f"| {rep} | {n} | {ge} | {k8 if rep != 'avg-k8' else '-'} | {best} | "
+                         f"{np.mean([r for v in ratios.values() for r in v]):.3f} | {per} |")
+    return lines
+
+
 def tables(results: dict, variants: list[str], seeds: int) -> str:
-    """The probe table (world x representation, tasks as columns) and the loss-ratio table, in markdown."""
+    """The probe table (world x representation, tasks as columns), the grid's summary and the loss-ratio table,
+    in markdown."""
+    names = run_names(results, variants)
     lines = ["| world | representation | " + " | ".join(TASK_ORDER) + " |", "| --- | --- |" + " --- |" * len(TASK_ORDER)]
     summary = []
     for world, per_seed in results.items():
@@ -149,7 +200,7 @@ def tables(results: dict, variants: list[str], seeds: int) -> str:
         def vals(rep: str, task: str, probes: list[dict] = probes) -> list[float]:
             return [p[rep][task] for p in probes if rep in p and task in p[rep]]
 
-        ours = [f"{v}:{kind}" for v in variants for kind in CONTEXT_ROWS if any(f"{v}:{kind}" in p for p in probes)]
+        ours = [f"{v}:{kind}" for v in names for kind in CONTEXT_ROWS if any(f"{v}:{kind}" in p for p in probes)]
         rows = [*BASE_ROWS, *ours]
         for rep in rows:
             cells = []
@@ -167,6 +218,8 @@ def tables(results: dict, variants: list[str], seeds: int) -> str:
     lines += ["", f"mean ± sd over {seeds} seeds (corpus draw and training seed; (n=k): only k of them); ✗ = below concat (the shot's own "
               "inputs): context hurt there. Metrics: ad_relevancy AP, popularity Kendall's tau within title, tone "
               "micro AP, genre macro AP, retrieval AP.", "", *summary, "",
+              "Over the grid (cells: world x task, each the mean over its seeds; ratio: the cell over concat's):", "",
+              *grid_summary(results, names), "",
               "Validation loss (masked-shot cosine distance) / context-free predictor; < 1 = MediaFM better:", "",
               "| world | variant | val loss | / title mean | / neighbours |", "| --- | --- | --- | --- | --- |"]
     for world, per_seed in results.items():
@@ -197,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a training recipe to compare, e.g. adamw=\"--optimizer adamw\" (repeat; default mediafm= "
                    "(the recipe of `mediafm train`, copy head) and source=\"--head projection\" (the source's "
                    "output projection)); FLAGS are `mediafm train` overrides")
+    p.add_argument("--served", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="also evaluate every variant with these inference-only settings (copy_span, copy_wide), e.g. "
+                   "copy_span=8 (repeat); finished runs are evaluated again, not trained again")
     p.add_argument("--out", default="bench-out/worlds", help="work dir: corpora, runs, reports, worlds.md/json")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a 2-core machine shared with other work, 2 threads spin "
@@ -210,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
+    from trainer.evaluate import parse_run
+
+    for x in args.served:  # refused now, not after the first training
+        try:
+            parse_run(f"run@{x}")
+        except ValueError as e:
+            raise SystemExit(f"--served {x}: {e}") from None
 
     worlds = load_worlds(Path(args.worlds_file), args.worlds)
     out = Path(args.out).resolve()

@@ -1,6 +1,11 @@
 """`mediafm evaluate`: linear probes on frozen clip embeddings, the ablation table.
 
     mediafm evaluate --data DATASET --run runs/small [--run runs/other ...] --out report/
+    mediafm evaluate --data DATASET --run runs/small --run runs/small@copy_span=8 --out report/
+
+A run named RUN@KEY=VALUE[,KEY=VALUE] is the same trained run with settings that
+act at inference only changed (SERVED: copy_wide, copy_span), as an export of
+it with those values would serve it: its rows are named `small@copy_span=8:...`.
 
 For every clip of the evaluation titles (split `test`; never seen in
 pretraining) and every representation below, a ridge probe per task is
@@ -28,6 +33,7 @@ clip features (features/<representation>.npy, memory-mapped while written).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -39,18 +45,44 @@ from tqdm import tqdm
 
 from mediafm.dataset import Dataset, Title
 from mediafm.errors import DatasetError, MediaFMError, ModelError
-from mediafm.model import MediaFMEncoder
+from mediafm.model import MediaFMConfig, MediaFMEncoder
 from mediafm.representations import context_plus_input
 from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
 from trainer.train import latest_checkpoint, load_checkpoint
 
+SERVED = ("copy_wide", "copy_span")
+"""MediaFMConfig fields used at inference only: a trained run can be evaluated with other values of them."""
 
-def load_run_encoder(run: Path) -> MediaFMEncoder:
+
+def parse_run(spec: str | Path) -> tuple[str, Path, dict]:
+    """A --run: 'DIR' or 'DIR@KEY=VALUE[,KEY=VALUE]' (KEY in SERVED) -> (row name, run dir, overrides)."""
+    path, at, tail = str(spec).rpartition("@")
+    if not at or not tail or "=" not in tail or "/" in tail:  # a directory whose name holds an '@'
+        return Path(spec).name, Path(spec), {}
+    fields = {f.name: f.type for f in dataclasses.fields(MediaFMConfig)}
+    served = {}
+    for item in tail.split(","):
+        key, _, value = item.partition("=")
+        if key not in SERVED or not value:
+            raise ValueError(f"--run {spec}: {item!r}; after '@' give KEY=VALUE pairs, KEY one of {', '.join(SERVED)} "
+                             "(settings used at inference only), e.g. runs/small@copy_span=8")
+        try:
+            served[key] = (float if fields[key] in (float, "float") else int)(value)
+        except ValueError:
+            raise ValueError(f"--run {spec}: {key}={value!r} is not a number") from None
+    return f"{Path(path).name}@{tail}", Path(path), served
+
+
+def load_run_encoder(run: Path, served: dict | None = None) -> MediaFMEncoder:
+    """The encoder of a run's latest checkpoint, with `served` (SERVED fields) in place of its own values."""
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise ModelError(f"no checkpoint in {run / 'checkpoints'}; train first or pass another --run")
-    return load_checkpoint(ckpt)[0].encoder
+    enc = load_checkpoint(ckpt)[0].encoder
+    if served:
+        enc.cfg = dataclasses.replace(enc.cfg, **served)  # validated again (__post_init__)
+    return enc
 
 
 @torch.no_grad()
@@ -216,7 +248,10 @@ def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, Medi
     plt.close(fig)
     made.append(out / "probes.png")
 
+    curves = {}  # one training curve a run dir, though it may be evaluated with several inference settings
     for name, run in run_dirs.items():
+        curves.setdefault(run.resolve(), name.split("@")[0])
+    for run, name in curves.items():
         log = run / "log.jsonl"
         if log.exists():
             rows = [json.loads(x) for x in log.read_text().splitlines()]
@@ -275,8 +310,11 @@ def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds
         raise DatasetError(f"{Path(data) / 'titles.parquet'}: no titles with split={split!r} to evaluate on")
     mask = np.array([t in eval_titles for t in clips.column("title_id").to_pylist()])
     clips = clips.filter(mask)  # pretraining never sees these titles: the trainer reads split "train" only
-    run_dirs = {Path(r).name: Path(r) for r in runs}
-    encoders = {name: load_run_encoder(path) for name, path in run_dirs.items()}
+    specs = [parse_run(r) for r in runs]
+    if len({name for name, _, _ in specs}) < len(specs):
+        raise ValueError(f"runs {[str(r) for r in runs]}: two have the same name; their rows would mix")
+    run_dirs = {name: path for name, path, _ in specs}
+    encoders = {name: load_run_encoder(path, served) for name, path, served in specs}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     feats, kept = clip_features(ds, clips, encoders, store=out / "features", progress=progress)
@@ -285,6 +323,7 @@ def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds
     elapsed = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps({
         "data": str(Path(data).resolve()), "runs": {k: str(v.resolve()) for k, v in run_dirs.items()},
+        "served": {name: served for name, _, served in specs if served},
         "split": split, "seeds": seeds, "folds": folds, "n_clips": clips.num_rows,
         "n_titles": len(set(clips.column("title_id").to_pylist())), "seconds": elapsed, "results": results}, indent=2))
     (out / "report.md").write_text(f"# MediaFM linear-probe evaluation\n\ndata: `{data}`, {clips.num_rows} clips of "
@@ -301,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mediafm evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="v1 dataset with clips.parquet")
-    p.add_argument("--run", action="append", default=[], help="a trained run dir (repeat to compare runs)")
+    p.add_argument("--run", action="append", default=[],
+                   help="a trained run dir (repeat to compare runs); DIR@copy_span=8 (or copy_wide=2, or both, comma "
+                   "separated): the same run with that inference setting, beside it")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=10, help="most outer folds over titles (popularity 10, others 5)")

@@ -157,3 +157,26 @@ def test_context_plus_input_halves_the_sum_of_unit_vectors():
     got = context_plus_input(out, fused)
     assert got == pytest.approx(np.array([[0.5, 0.5, 0], [0, 0, 1.0]]))
     assert got.shape == fused.shape, "the published vector keeps the fused width"
+
+
+def test_a_run_is_evaluated_with_other_inference_settings_beside_itself(corpus, tmp_path):
+    """`--run DIR@copy_span=1`: the same trained weights, served with another span (or temperature), as rows of
+    their own in the same report; what the span changes changes, and settings that act in training are refused."""
+    train(corpus, tmp_path / "run", TrainConfig(config="tiny", max_steps=3, batch_size=4, eval_every=3, ckpt_every=3,
+                                                val_batches=1), quiet=True)
+    run = tmp_path / "run"
+    out = tmp_path / "report"
+    res = evaluate(corpus, [run, f"{run}@copy_span=1", f"{run}@copy_wide=0"], out, seeds=1, folds=3, progress=False)
+    assert {"run:context-output", "run@copy_span=1:context-output", "run@copy_wide=0:context-output"} <= set(res)
+    assert "run:sharp+input" in res and "run@copy_wide=0:sharp+input" not in res, "copy_wide=0 serves the sharp copy"
+    feats = {name: np.load(out / "features" / f"{name}.context-output.npy")
+             for name in ("run", "run@copy_span=1", "run@copy_wide=0")}
+    assert not np.allclose(feats["run"], feats["run@copy_span=1"]), "a span of 1 must change the wide copy"
+    assert not np.allclose(feats["run"], feats["run@copy_wide=0"])
+    assert sorted(p.name for p in out.glob("training-*.png")) == ["training-run.png"], "one curve a trained run"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["served"] == {"run@copy_span=1": {"copy_span": 1}, "run@copy_wide=0": {"copy_wide": 0.0}}
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "evaluate", "--data", str(corpus), "--run",
+                        f"{run}@mask_rate=0.5", "--out", str(tmp_path / "bad")], capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 2 and "KEY one of copy_wide, copy_span" in r.stderr, r.stderr[-2000:]
