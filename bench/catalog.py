@@ -54,6 +54,7 @@ from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
 from mediafm.stack import kafka
+from mediafm.stack.process import cpu_seconds
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -203,13 +204,7 @@ def tree(pid: int) -> list[int]:
 
 def cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds the processes have spent so far (all their threads)."""
-    total = 0
-    for pid in pids:
-        try:
-            total += sum(int(v) for v in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def pin(pids: list[int], cpus: set[int]) -> None:

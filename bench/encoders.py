@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mediafm.config import Settings  # noqa: E402
 from mediafm.stack import triton  # noqa: E402
+from mediafm.stack.process import cpu_seconds  # noqa: E402
 from mediafm.triton_client import TritonClient  # noqa: E402
 
 MODELS = ("video_efficientnet", "audio_aisfx", "text_minilm")
@@ -115,10 +116,9 @@ def stub_cpu_s(settings: Settings, model: str) -> float:
         try:
             if marker not in (d / "cmdline").read_bytes().decode(errors="replace"):
                 continue
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        total += cpu_seconds(int(d.name))
     return total
 
 

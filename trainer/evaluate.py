@@ -45,14 +45,15 @@ from tqdm import tqdm
 
 from mediafm.dataset import Dataset, Title
 from mediafm.errors import DatasetError, MediaFMError, ModelError
-from mediafm.model import MediaFMConfig, MediaFMEncoder
+from mediafm.model import MediaFMEncoder
 from mediafm.representations import context_plus_input
 from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
 from trainer.train import latest_checkpoint, load_checkpoint
 
-SERVED = ("copy_wide", "copy_span")
-"""MediaFMConfig fields used at inference only: a trained run can be evaluated with other values of them."""
+SERVED = {"copy_wide": float, "copy_span": int}
+"""MediaFMConfig fields used at inference only, and their types: a trained run can be evaluated with other
+values of them."""
 
 
 def parse_run(spec: str | Path) -> tuple[str, Path, dict]:
@@ -60,7 +61,6 @@ def parse_run(spec: str | Path) -> tuple[str, Path, dict]:
     path, at, tail = str(spec).rpartition("@")
     if not at or not tail or "=" not in tail or "/" in tail:  # a directory whose name holds an '@'
         return Path(spec).name, Path(spec), {}
-    fields = {f.name: f.type for f in dataclasses.fields(MediaFMConfig)}
     served = {}
     for item in tail.split(","):
         key, _, value = item.partition("=")
@@ -68,7 +68,7 @@ def parse_run(spec: str | Path) -> tuple[str, Path, dict]:
             raise ValueError(f"--run {spec}: {item!r}; after '@' give KEY=VALUE pairs, KEY one of {', '.join(SERVED)} "
                              "(settings used at inference only), e.g. runs/small@copy_span=8")
         try:
-            served[key] = (float if fields[key] in (float, "float") else int)(value)
+            served[key] = SERVED[key](value)
         except ValueError:
             raise ValueError(f"--run {spec}: {key}={value!r} is not a number") from None
     return f"{Path(path).name}@{tail}", Path(path), served

@@ -139,6 +139,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has spent so far; 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def wait_until(check, *, timeout_s: float, what: str, service: Service, interval_s: float = 0.5) -> None:
     """Poll `check()` until it returns True; fail with the log's tail if the process dies."""
     deadline = time.monotonic() + timeout_s

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, _stack_settings, settings_env
@@ -10,7 +11,7 @@ from conftest import REPO, _stack_settings, settings_env
 from mediafm.config import replace
 from mediafm.errors import MissingToolError, PortInUseError, StackError
 from mediafm.stack import kafka, triton
-from mediafm.stack.process import Service
+from mediafm.stack.process import Service, cpu_seconds
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton]
 
@@ -96,3 +97,18 @@ def test_cluster_ids_are_what_kafka_storage_accepts():
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_cpu_seconds_counts_a_process_s_own_cpu_time_and_nothing_once_it_is_gone():
+    """What the benchmarks charge each process (bench/catalog.py, bench/encoders.py): its user + system time."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.5: pass\ninput()"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while cpu_seconds(busy.pid) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polled until the condition, never a fixed wait
+        assert cpu_seconds(busy.pid) >= 0.5, "half a second of spinning must be counted"
+        assert cpu_seconds(os.getpid()) > 0
+    finally:
+        busy.communicate(b"\n", timeout=30)
+    assert cpu_seconds(busy.pid) == 0.0, "a reaped process has spent nothing more"
