@@ -91,6 +91,13 @@ def test_triton_serves_our_repository_with_explicit_control(compose):
     assert sorted(c.split("=", 1)[1] for c in cmd if c.startswith("--load-model=")) == sorted(with_version)
 
 
+def test_triton_runs_its_models_with_the_native_stack_s_openmp_settings(compose):
+    from mediafm.stack.triton import OPENMP
+
+    env = compose["services"]["triton"].get("environment", {})
+    assert {k: str(env.get(k)) for k in OPENMP} == OPENMP
+
+
 def test_kafka_agrees_with_native_broker_settings(compose):
     env = compose["services"]["kafka"]["environment"]
     s = Settings()

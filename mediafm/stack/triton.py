@@ -23,6 +23,17 @@ from mediafm.config import Settings
 from mediafm.errors import MissingToolError, StackError
 from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
 
+OPENMP = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+"""OpenMP in the served models' processes (libgomp, torch's CPU threads), also the Triton service of
+docker-compose.yml. OMP_NUM_THREADS=1: one OpenMP thread per torch thread; the encoders run their forward
+passes on threads of their own (parallel_passes), teams on top would oversubscribe the cores.
+OMP_WAIT_POLICY=PASSIVE: a thread whose share of a parallel region is done sleeps until the next one instead
+of spinning for it (libgomp's default spins first). MediaFM runs torch_threads=2 teams; on cores shared with
+the broker and the workers their spinning took the CPU the others needed (README, Real-size work: two workers
+x1.17 the shots/s). On a quiet machine spinning is faster (`bench/openmp.py`: the pass x1.40 the wall time
+with PASSIVE): a Triton host that serves no one else can be started with OMP_WAIT_POLICY=ACTIVE, since an
+operator's own values are kept."""
+
 
 def _wheel() -> Path:
     try:
@@ -76,9 +87,8 @@ def _env(settings: Settings) -> dict[str, str]:
     # Models import `mediafm` (one definition of fusion and the model); make it importable
     # even when the package is not installed in editable mode.
     env["PYTHONPATH"] = ":".join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
-    # one OpenMP thread per torch thread: the encoders run their forward passes on threads of their own
-    # (parallel_passes); OpenMP teams on top would oversubscribe the cores and spin in their barriers
-    env.setdefault("OMP_NUM_THREADS", "1")
+    for name, value in OPENMP.items():  # an operator's own value wins
+        env.setdefault(name, value)
     return env
 
 

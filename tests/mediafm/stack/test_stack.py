@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, _stack_settings, settings_env
@@ -21,6 +22,28 @@ def test_up_twice_is_harmless(kafka_stack, triton_stack):
     assert "already running" in kafka.up(kafka_stack)
     assert "already running" in triton.up(triton_stack)
     assert (kafka.service(kafka_stack).pid(), triton.service(triton_stack).pid()) == (pid_k, pid_t)
+
+
+def test_served_models_run_with_passive_openmp_threads_unless_the_operator_says_otherwise(triton_stack,
+                                                                                          monkeypatch):
+    # the real server's model processes (python backend stubs): idle OpenMP threads sleep, not spin
+    server = triton.service(triton_stack).pid()
+    stubs = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == server]
+    assert stubs, "Triton runs no model process"
+    for pid in stubs:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        environ = dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
+        want = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        assert {k: environ.get(k) for k in want} == want == triton.OPENMP, f"model process {pid}"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert triton._env(triton_stack)["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def test_status_command_reports_both_ready(kafka_stack, triton_stack):
