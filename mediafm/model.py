@@ -102,7 +102,7 @@ class MediaFMConfig:
 
 # Named sizes. `base` is BERT-base (the source does not publish its sizes).
 # Every named size uses the copy head with a wide copy at temperature 4 within 16 shots either side, what
-# bench/worlds.py's grid chose (README, Evaluation; `tiny` on all 9 worlds x 3 seeds, `small` on 8, one seed);
+# bench/worlds.py's grid chose (README, Evaluation; `tiny` on all 9 worlds x 3 seeds, `small` on all 9, 1-2 seeds);
 # `--head projection` trains the source's, `--copy_wide 0` publishes the sharp copy alone, `--copy_span 0`
 # spreads the wide copy over the whole window.
 CONFIGS: dict[str, dict] = {
