@@ -54,7 +54,7 @@ from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
 from mediafm.stack import kafka
-from mediafm.stack.process import cpu_seconds
+from mediafm.stack.process import cpu_seconds, descendants
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -186,22 +186,6 @@ def stage_span_s(s: Settings) -> float:
     return (last - first) / 1000
 
 
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Triton: the server, its backend stubs, the models' processes)."""
-    parent = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-    out, todo = [], [pid]
-    while todo:
-        out.append(p := todo.pop())
-        todo += [c for c, pp in parent.items() if pp == p]
-    return out
-
-
 def cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds the processes have spent so far (all their threads)."""
     return sum(cpu_seconds(pid) for pid in pids)
@@ -221,7 +205,7 @@ class Cpu:
     """CPU seconds per 1,000 shots of serving (Triton's tree), the broker and the pipeline's own processes."""
 
     def __init__(self, s: Settings) -> None:
-        self.serving = tree(stack.triton.service(s).pid())
+        self.serving = descendants(stack.triton.service(s).pid())
         self.broker = [stack.kafka.service(s).pid()]
 
     def start(self, own: list[int], name: str) -> None:

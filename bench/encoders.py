@@ -107,6 +107,12 @@ def stats(settings: Settings, model: str) -> dict:
                         for b in s.get("batch_stats", [])}}
 
 
+def config_param(config: str, key: str, default: str) -> str:
+    """A `parameters { key: ... value: { string_value: ... } }` of a config.pbtxt's text, or `default`."""
+    m = re.search(rf'"{key}" value: {{ string_value: "(\w+)"', config)
+    return m.group(1) if m else default
+
+
 def stub_cpu_s(settings: Settings, model: str) -> float:
     """CPU seconds (user + system, all threads) of `model`'s python-backend stub processes so far."""
     total, marker = 0.0, f"{settings.model_repository / model}/"
@@ -270,12 +276,8 @@ def main() -> None:
         triton.up(s)
         try:
             cfgs = {m: (repo / m / "config.pbtxt").read_text() for m in models}
-            def param(c, key, default):
-                m = re.search(rf'"{key}" value: {{ string_value: "(\w+)"', c)
-                return m.group(1) if m else default
-
-            desc = {m: (re.search(r"count: (\d+)", c).group(1), param(c, "parallel_passes", "1"),
-                        param(c, "per_pass", "default"), param(c, "torch_threads", "env"),
+            desc = {m: (re.search(r"count: (\d+)", c).group(1), config_param(c, "parallel_passes", "1"),
+                        config_param(c, "per_pass", "default"), config_param(c, "torch_threads", "env"),
                         re.search(r"max_queue_delay_microseconds: (\d+)", c).group(1))
                     for m, c in cfgs.items()}
             print(f"{args.shots} single-shot requests per run (video: 8 frames 224x224 uint8; audio: 5 s; text: one "

@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from encoders import config_param  # bench/encoders.py: the same config.pbtxt reading
 
 from mediafm.stack.triton import OPENMP
 
@@ -36,9 +37,8 @@ POLICIES = {"default": None, "PASSIVE": OPENMP["OMP_WAIT_POLICY"]}
 
 def served_threads() -> int:
     """torch_threads of the served offline MediaFM (what the python backend sets)."""
-    text = (REPO / "model_repository" / "mediafm_offline" / "config.pbtxt").read_text()
-    m = re.search(r'key: "torch_threads" value: \{ string_value: "(\d+)" \}', text)
-    return int(m.group(1)) if m else 1
+    return int(config_param((REPO / "model_repository" / "mediafm_offline" / "config.pbtxt").read_text(),
+                            "torch_threads", "1"))
 
 
 def child(args) -> None:

@@ -124,28 +124,45 @@ class Service:
             return "(no log)"
 
 
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...: proc(5) from field 3), or None
+    once the process is gone. The name is cut at its last ')': it may hold spaces and parentheses."""
     try:
-        # a zombie child is dead for our purpose
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1]
-        if state == "Z":
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            return False
-        return True
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    if fields is None:
         return False
+    if fields[0] == "Z":  # a zombie child is dead for our purpose
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process (all its threads) has spent so far; 0.0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Triton: the server, then its model processes), as /proc has them now."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (fields := _stat(int(d.name))) is not None:  # None: gone meanwhile
+            parent[int(d.name)] = int(fields[1])
+    out, todo = [], [pid]
+    while todo:
+        out.append(p := todo.pop())
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
 
 
 def wait_until(check, *, timeout_s: float, what: str, service: Service, interval_s: float = 0.5) -> None:

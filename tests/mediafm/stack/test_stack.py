@@ -12,7 +12,7 @@ from conftest import REPO, _stack_settings, settings_env
 from mediafm.config import replace
 from mediafm.errors import MissingToolError, PortInUseError, StackError
 from mediafm.stack import kafka, triton
-from mediafm.stack.process import Service, cpu_seconds
+from mediafm.stack.process import Service, cpu_seconds, descendants
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton]
 
@@ -28,7 +28,7 @@ def test_served_models_run_with_passive_openmp_threads_unless_the_operator_says_
                                                                                           monkeypatch):
     # the real server's model processes (python backend stubs): idle OpenMP threads sleep, not spin
     server = triton.service(triton_stack).pid()
-    stubs = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == server]
+    stubs = [p for p in descendants(server) if p != server]
     assert stubs, "Triton runs no model process"
     for pid in stubs:
         raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
@@ -37,13 +37,6 @@ def test_served_models_run_with_passive_openmp_threads_unless_the_operator_says_
         assert {k: environ.get(k) for k in want} == want == triton.OPENMP, f"model process {pid}"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert triton._env(triton_stack)["OMP_WAIT_POLICY"] == "ACTIVE"
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def test_status_command_reports_both_ready(kafka_stack, triton_stack):
@@ -122,7 +115,7 @@ def test_cluster_ids_are_what_kafka_storage_accepts():
     assert len(set(ids)) == len(ids)
 
 
-def test_cpu_seconds_counts_a_process_s_own_cpu_time_and_nothing_once_it_is_gone():
+def test_cpu_seconds_and_descendants_see_a_child_while_it_lives_and_not_once_it_is_gone():
     """What the benchmarks charge each process (bench/catalog.py, bench/encoders.py): its user + system time."""
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
                              "while time.process_time() - t < 0.5: pass\ninput()"], stdin=subprocess.PIPE)
@@ -132,6 +125,8 @@ def test_cpu_seconds_counts_a_process_s_own_cpu_time_and_nothing_once_it_is_gone
             time.sleep(0.05)  # polled until the condition, never a fixed wait
         assert cpu_seconds(busy.pid) >= 0.5, "half a second of spinning must be counted"
         assert cpu_seconds(os.getpid()) > 0
+        assert busy.pid in descendants(os.getpid()) and descendants(os.getpid())[0] == os.getpid()
     finally:
         busy.communicate(b"\n", timeout=30)
     assert cpu_seconds(busy.pid) == 0.0, "a reaped process has spent nothing more"
+    assert busy.pid not in descendants(os.getpid())
