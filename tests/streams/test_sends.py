@@ -109,3 +109,28 @@ def test_a_record_that_failed_before_anyone_waited_still_stops_the_worker(rt, wo
 
     asyncio.run(main())
     assert codes == [75]
+
+
+def test_a_wait_covers_the_records_handed_on_before_it_not_those_other_agents_send_while_it_waits(rt, worker_exits):
+    """A title's pass waits for its own embeddings and table writes, not for the fused shots the fuse stage keeps
+    handing on meanwhile (before, it waited until nothing at all was in flight); a record it waits for that fails
+    still stops the worker."""
+
+    async def main():
+        await rt.send(rt.topics.embeddings, b"t", b"mine")
+        waiting = asyncio.ensure_future(rt.sends_acknowledged())
+        await asyncio.sleep(0)
+        await rt.send(rt.topics.fused, b"u", b"another agent's")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done(), "a record handed on before the wait is waited for"
+        rt.sent[0][1].set_result(None)
+        await asyncio.wait_for(waiting, 5)
+        assert not rt.sent[1][1].done(), "returned while the later record was still in flight"
+
+        asyncio.get_running_loop().call_soon(rt.sent[1][1].set_exception, KafkaTimeoutError())
+        with pytest.raises(SystemExit):
+            await rt.sends_acknowledged()  # the later one, failing while it is waited for
+
+    asyncio.run(main())
+    assert worker_exits == [75]
