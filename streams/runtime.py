@@ -218,16 +218,13 @@ class Runtime:
         each title's pass to the fuse stage's stream of fused shots: under load they waited for records they
         had nothing to do with (bench/catalog.py; the README's "what bounds it").
         """
-        pending = list(self._unsent)
+        pending = [] if self._lost is not None else list(self._unsent)
         if pending:
-            await asyncio.wait(pending)  # never raises: each outcome is looked at below
-        for fut in pending:
-            if fut.cancelled():  # the producer is stopping: so is the worker; nothing after this may count as sent
-                raise asyncio.CancelledError("a record was cancelled before the broker had it")
-            if fut.exception() is not None:
-                self._stop(fut.exception())
-        if self._lost is not None:  # one that failed before (its callback ran before anyone waited)
+            await asyncio.wait(pending)  # never raises; a failure is in self._lost (_sent runs before the wait returns)
+        if self._lost is not None:
             self._stop(self._lost)
+        if any(fut.cancelled() for fut in pending):  # the producer is stopping, so is the worker: nothing counts as sent
+            raise asyncio.CancelledError("a record was cancelled before the broker had it")
 
     @staticmethod
     def _stop(e: BaseException) -> None:

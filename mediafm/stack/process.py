@@ -154,14 +154,14 @@ def cpu_seconds(pid: int) -> float:
 
 def descendants(pid: int) -> list[int]:
     """`pid` and every process below it (Triton: the server, then its model processes), as /proc has them now."""
-    parent = {}
+    children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and (fields := _stat(int(d.name))) is not None:  # None: gone meanwhile
-            parent[int(d.name)] = int(fields[1])
+            children.setdefault(int(fields[1]), []).append(int(d.name))
     out, todo = [], [pid]
     while todo:
         out.append(p := todo.pop())
-        todo += [c for c, pp in parent.items() if pp == p]
+        todo += children.get(p, [])
     return out
 
 

@@ -134,3 +134,17 @@ def test_a_wait_covers_the_records_handed_on_before_it_not_those_other_agents_se
 
     asyncio.run(main())
     assert worker_exits == [75]
+
+
+def test_a_record_cancelled_while_it_is_waited_for_is_not_taken_for_sent(rt, worker_exits):
+    """The producer cancels what it holds when it stops: the wait ends with the worker's stop (CancelledError), and
+    what the caller would record next (a title "done") is never written."""
+
+    async def main():
+        await rt.send(rt.topics.embeddings, b"t", b"mine")
+        asyncio.get_running_loop().call_soon(rt.sent[0][1].cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await rt.sends_acknowledged()
+
+    asyncio.run(main())
+    assert worker_exits == []
