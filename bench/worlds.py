@@ -26,7 +26,7 @@ mean ± sd over the seeds (the spread covers both the corpus
 draw and the training seed). A cell marked ✗ is below concat: context hurt there.
 With --served KEY=VALUE[,KEY=VALUE] (repeat), every variant is also evaluated as
 served with those inference-only settings (trainer/evaluate.py SERVED: copy_wide,
-copy_span), rows `<variant>@<setting>:...`; finished (world, seed) runs are
+copy_span, sharp_span), rows `<variant>@<setting>:...`; finished (world, seed) runs are
 evaluated again for them, not trained again. A summary table counts, per
 representation over the grid's cells (world x task, means over seeds), those at
 or above `concat`, above `avg-k8` and above all four baselines, and the mean
@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(the recipe of `mediafm train`, copy head) and source=\"--head projection\" (the source's "
                    "output projection)); FLAGS are `mediafm train` overrides")
     p.add_argument("--served", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                   help="also evaluate every variant with these inference-only settings (copy_span, copy_wide), e.g. "
-                   "copy_span=8 (repeat); finished runs are evaluated again, not trained again")
+                   help="also evaluate every variant with these inference-only settings (copy_span, copy_wide, "
+                   "sharp_span), e.g. copy_span=8 (repeat); finished runs are evaluated again, not trained again")
     p.add_argument("--out", default="bench-out/worlds", help="work dir: corpora, runs, reports, worlds.md/json")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a 2-core machine shared with other work, 2 threads spin "

@@ -5,9 +5,9 @@
     + learned positions ─► Block x n_layers ─► final norm ─► hidden (B, T+2, H)
     head ─► output (B, T, fused_dim), back in fused-embedding space:
       copy        softmax(q(hidden) k(hidden)^T) @ shots: a learnt weighted mean of the window's shots
-                  (the named sizes; what bench/worlds.py's grid chose); with copy_wide, served as the mean
-                  of that sharp copy and a wide one, softmax(scores / copy_wide) @ shots over the shots within
-                  copy_span of the shot, both unit length
+                  (the named sizes; what bench/worlds.py's grid chose); served within sharp_span shots of the
+                  shot and, with copy_wide, as the mean of that sharp copy and a wide one,
+                  softmax(scores / copy_wide) @ shots over the shots within copy_span, both unit length
       projection  out_proj(hidden), the source's: a linear map of each hidden state
 
 The copy head keeps the output a mixture of real shots, so the masked-shot loss
@@ -32,6 +32,9 @@ from torch import nn
 
 N_SPECIAL = 2  # [CLS], [GLOBAL]
 HEADS = ("projection", "copy")
+INFERENCE_ONLY = ("copy_wide", "copy_span", "sharp_span")
+"""MediaFMConfig fields read at inference only: training and its validation loss never see them, so a trained
+run can be served and evaluated with other values (trainer/evaluate.py) and resumes whatever they say."""
 
 
 @dataclass
@@ -69,10 +72,15 @@ class MediaFMConfig:
     window. A temperature flattens a softmax over every shot it sees, so without a span the wide copy of a
     512-shot window spreads over 8x the shots of a 64-shot one; with it, its reach is the same whatever the
     window plan. Used at inference only, like copy_wide."""
+    sharp_span: int = 0
+    """Copy head only: the served sharp copy reaches at most this many shots either side; 0 = the whole
+    window. Training fits the sharp copy over the whole window (the loss, the validation loss); served, the
+    same scores are cut to this band, so a shot's own copy stays with the shots around it instead of a
+    look-alike scene further off. Used at inference only, like copy_span."""
 
     @property
     def widens(self) -> bool:
-        """The served output is the sharp copy widened (MediaFM.widen): a copy head with copy_wide."""
+        """The served output is the sharp copy widened (MediaFMEncoder.served_copy): a copy head with copy_wide."""
         return self.head == "copy" and self.copy_wide > 0
 
     def __post_init__(self) -> None:
@@ -89,9 +97,10 @@ class MediaFMConfig:
             raise ValueError(f"MediaFMConfig.head={self.head!r}; choose one of {', '.join(HEADS)}")
         if self.copy_wide < 0.0:
             raise ValueError(f"MediaFMConfig.copy_wide={self.copy_wide}: a temperature > 0, or 0 for none")
-        if self.copy_span < 0:
-            raise ValueError(f"MediaFMConfig.copy_span={self.copy_span}: shots either side (> 0), or 0 for the "
-                             "whole window")
+        for name in ("copy_span", "sharp_span"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MediaFMConfig.{name}={getattr(self, name)}: shots either side (> 0), or 0 for "
+                                 "the whole window")
         if not (0.0 <= self.mask_keep and 0.0 <= self.mask_random and self.mask_keep + self.mask_random < 1.0):
             raise ValueError(f"MediaFMConfig.mask_keep={self.mask_keep} and mask_random={self.mask_random} must be "
                              ">= 0 with a sum below 1")
@@ -101,17 +110,15 @@ class MediaFMConfig:
 
 
 # Named sizes. `base` is BERT-base (the source does not publish its sizes).
-# Every named size uses the copy head with a wide copy at temperature 4 within 16 shots either side, what
-# bench/worlds.py's grid chose (README, Evaluation; `tiny` on all 9 worlds x 3 seeds, `small` on all 9, 1-2 seeds);
-# `--head projection` trains the source's, `--copy_wide 0` publishes the sharp copy alone, `--copy_span 0`
-# spreads the wide copy over the whole window.
+# Every named size uses the copy head, served as its sharp copy within 8 shots either side beside a wide copy at
+# temperature 4 within 16, what bench/worlds.py's grid chose (README, Evaluation; `tiny` on all 9 worlds x 3
+# seeds, `small` on all 9, 1-2 seeds); `--head projection` trains the source's, `--copy_wide 0` publishes the
+# sharp copy alone, `--copy_span 0` / `--sharp_span 0` let the wide / sharp copy reach over the whole window.
+COPY = dict(head="copy", copy_wide=4.0, copy_span=16, sharp_span=8)
 CONFIGS: dict[str, dict] = {
-    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, head="copy", copy_wide=4.0,
-                 copy_span=16),
-    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, head="copy", copy_wide=4.0,
-                  copy_span=16),
-    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, head="copy", copy_wide=4.0,
-                 copy_span=16),
+    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, **COPY),
+    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, **COPY),
+    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, **COPY),
 }
 
 
@@ -210,7 +217,8 @@ class MediaFMEncoder(nn.Module):
         Returns (hidden (B, T, H), output (B, T, fused_dim)) for the T shot
         positions; [CLS] and [GLOBAL] are dropped (they are inputs, not shots).
         Padding positions (>= length) hold values that mean nothing.
-        wide=False: the copy head's sharp copy alone, as trained, even with copy_wide set.
+        wide=False: the copy head's sharp copy alone over the whole window, as trained, even with copy_wide
+        or sharp_span set.
         """
         B, T, D = shots.shape
         assert D == self.cfg.fused_dim, f"shots have dim {D}, model expects fused_dim={self.cfg.fused_dim}"
@@ -232,17 +240,19 @@ class MediaFMEncoder(nn.Module):
             return hidden, self.out_proj(hidden)
         # copy head: each shot's output is a mean of the window's input shots, weighted by a learnt
         # attention over them; it cannot leave fused space, so what the shots carry survives.
-        sharp = self._copy(hidden, shots, real, 1.0)
-        if not (wide and self.cfg.widens):
-            return hidden, sharp
-        return hidden, self.widen(hidden, shots, sharp, real)
+        if not wide:
+            return hidden, self._copy(hidden, shots, real, 1.0)
+        return hidden, self.served_copy(hidden, shots, real)
 
-    def widen(self, hidden: torch.Tensor, shots: torch.Tensor, sharp: torch.Tensor,
-              real: torch.Tensor | None = None) -> torch.Tensor:
-        """The served output of a copy head with copy_wide from a pass's hidden states and its sharp copy:
-        the mean of the unit sharp copy and the unit copy at temperature copy_wide (the same scores, flatter:
-        what the sharp copy picks, spread over the shots within copy_span, or the window). real (B, T): real
-        shots, as forward's lengths."""
+    def served_copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The served output of a copy head from a pass's hidden states: its sharp copy within sharp_span
+        (or the window); with copy_wide, the mean of that unit sharp copy and the unit copy at temperature
+        copy_wide (the same scores, flatter: what the sharp copy picks, spread over the shots within
+        copy_span, or the window). real (B, T): real shots, as forward's lengths."""
+        sharp = self._copy(hidden, shots, real, 1.0, span=self.cfg.sharp_span)
+        if not self.cfg.widens:
+            return sharp
         broad = self._copy(hidden, shots, real, self.cfg.copy_wide, span=self.cfg.copy_span)
         return (F.normalize(sharp, dim=-1) + F.normalize(broad, dim=-1)) / 2
 

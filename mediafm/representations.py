@@ -4,9 +4,9 @@
     hidden          MediaFM's last hidden state of the shot in its window (with the copy head, the state that
                     routes the copy: little of the shot itself)
     output          the model's output for the shot, back in fused space (the fused width); with the copy head
-                    and copy_wide (every named size), the mean of its sharp copy and its wide copy within
-                    copy_span shots (mediafm/model.py). The default: what bench/worlds.py's grid of worlds
-                    supports (issue 17, README "Evaluation").
+                    and copy_wide (every named size), the mean of its sharp copy within sharp_span shots and its
+                    wide copy within copy_span shots (mediafm/model.py). The default: what bench/worlds.py's
+                    grid of worlds supports (issue 17, README "Evaluation").
     context+input   per shot, (unit(output) + unit(fused input)) / 2: the shot in context beside the shot as it
                     is, at the fused width (the default before the wide copy had a span).
 """

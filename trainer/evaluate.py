@@ -4,7 +4,7 @@
     mediafm evaluate --data DATASET --run runs/small --run runs/small@copy_span=8 --out report/
 
 A run named RUN@KEY=VALUE[,KEY=VALUE] is the same trained run with settings that
-act at inference only changed (SERVED: copy_wide, copy_span), as an export of
+act at inference only changed (SERVED: copy_wide, copy_span, sharp_span), as an export of
 it with those values would serve it: its rows are named `small@copy_span=8:...`.
 
 For every clip of the evaluation titles (split `test`; never seen in
@@ -45,13 +45,13 @@ from tqdm import tqdm
 
 from mediafm.dataset import Dataset, Title
 from mediafm.errors import DatasetError, MediaFMError, ModelError
-from mediafm.model import MediaFMEncoder
+from mediafm.model import INFERENCE_ONLY, MediaFMConfig, MediaFMEncoder
 from mediafm.representations import context_plus_input
 from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
 from trainer.train import latest_checkpoint, load_checkpoint
 
-SERVED = {"copy_wide": float, "copy_span": int}
+SERVED = {name: type(getattr(MediaFMConfig, name)) for name in INFERENCE_ONLY}
 """MediaFMConfig fields used at inference only, and their types: a trained run can be evaluated with other
 values of them."""
 
@@ -104,12 +104,13 @@ def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, siz
     t = torch.tensor(title)[None]  # pyarrow hands out read-only arrays
     for k, w in enumerate(windows):
         x = torch.from_numpy(fused[w.start : w.end])[None]
-        h, o = enc(x, t, None, wide=False)  # the served output is the sharp one widened: one pass for both
+        h, o = enc(x, t, None, wide=False)  # the sharp copy as trained, and the served output from the same pass
         mine = np.flatnonzero(owner == k)
         hid[mine] = h[0, mine - w.start].numpy()
         if wide:
             sharp[mine] = o[0, mine - w.start].numpy()
-            o = enc.widen(h, x, o)
+        if enc.cfg.head == "copy":
+            o = enc.served_copy(h, x)
         out[mine] = o[0, mine - w.start].numpy()
     return hid, out, sharp
 
@@ -341,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="v1 dataset with clips.parquet")
     p.add_argument("--run", action="append", default=[],
-                   help="a trained run dir (repeat to compare runs); DIR@copy_span=8 (or copy_wide=2, or both, comma "
-                   "separated): the same run with that inference setting, beside it")
+                   help="a trained run dir (repeat to compare runs); DIR@copy_span=8 (or copy_wide=2, sharp_span=8, "
+                   "several comma separated): the same run with that inference setting, beside it")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=10, help="most outer folds over titles (popularity 10, others 5)")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from mediafm.dataset import Dataset
 from mediafm.errors import ConfigError, MediaFMError
-from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
+from mediafm.model import CONFIGS, INFERENCE_ONLY, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
 from trainer.data import Batch, WindowLoader, eval_batches
 
 
@@ -370,9 +370,10 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
         saved_model = MediaFMConfig(**state["model_config"]).to_dict()  # fields added since: their defaults
-        if saved_model != cfg.to_dict() or saved != now:
+        trained = {k: v for k, v in cfg.to_dict().items() if k not in INFERENCE_ONLY}  # served as set now
+        if any(saved_model[k] != v for k, v in trained.items()) or saved != now:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
-            diff |= {k: (saved_model[k], v) for k, v in cfg.to_dict().items() if saved_model[k] != v}
+            diff |= {k: (saved_model[k], v) for k, v in trained.items() if saved_model[k] != v}
             raise ConfigError(f"{run} holds a run with another config {diff} (saved, now); "
                               "pass a new --out, or the same settings to resume")
         model.load_state_dict(state["model"])

@@ -104,7 +104,7 @@ def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_
     """copy_wide: the served output is the mean of the unit sharp copy and the unit copy at that temperature;
     wide=False and the masked-shot loss see the sharp copy alone; an export without the key serves it alone."""
     torch.manual_seed(0)
-    cfg = tiny(copy_wide=4.0)
+    cfg = tiny(copy_wide=4.0, sharp_span=0)
     enc = MediaFMEncoder(cfg).eval()
     shots, title, lengths = torch.randn(2, 10, 24), torch.randn(2, 8), torch.tensor([10, 7])
     hidden, served = enc(shots, title, lengths)
@@ -114,8 +114,8 @@ def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_
     sharp, broad = torch.softmax(scores, -1) @ shots, torch.softmax(scores / 4.0, -1) @ shots
     assert torch.allclose(served, (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2, atol=1e-5)
     assert torch.allclose(enc(shots, title, lengths, wide=False)[1], sharp, atol=1e-5)
-    real = torch.arange(10)[None, :] < lengths[:, None]  # one pass for both (trainer/evaluate.py): the same output
-    assert torch.allclose(enc.widen(hidden, shots, enc(shots, title, lengths, wide=False)[1], real), served)
+    real = torch.arange(10)[None, :] < lengths[:, None]  # from one pass's hidden states (trainer/evaluate.py)
+    assert torch.allclose(enc.served_copy(hidden, shots, real), served)
     assert not torch.allclose(unit(sharp, dim=-1), unit(broad, dim=-1), atol=1e-2), "the wide copy adds nothing"
     # the loss: the same with and without a wide copy
     model = MaskedShotModel(cfg).eval()
@@ -130,38 +130,46 @@ def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_
     assert loaded.cfg.copy_wide == 0.0 and torch.allclose(loaded(shots, title, lengths)[1], sharp, atol=1e-5)
 
 
-def test_copy_span_keeps_the_wide_copy_within_its_reach_whatever_the_window(tmp_path):
-    """copy_span: the wide copy of a shot mixes only the shots at most copy_span positions away (the same
-    scores, cut to that band); padding that sees no real shot within reach stays finite; an export from before
-    copy_span reaches over the whole window, as it was served then."""
+def test_copy_spans_keep_each_served_copy_within_its_reach_whatever_the_window(tmp_path):
+    """copy_span and sharp_span: the served wide and sharp copies of a shot mix only the shots at most that many
+    positions away (the same scores, cut to that band); padding that sees no real shot within reach stays finite;
+    training (wide=False) fits the sharp copy over the whole window; a model without copy_wide serves its sharp
+    copy within sharp_span; an export from before the keys reaches over the whole window, as it was served then."""
     torch.manual_seed(0)
-    cfg = tiny(copy_wide=4.0, copy_span=3)
+    cfg = tiny(copy_wide=4.0, copy_span=3, sharp_span=2)
     enc = MediaFMEncoder(cfg).eval()
     shots, title, lengths = torch.randn(2, 20, 24), torch.randn(2, 8), torch.tensor([20, 9])
     hidden, served = enc(shots, title, lengths)
-    sharp = enc(shots, title, lengths, wide=False)[1]
-    scores = enc.copy_q(hidden) @ enc.copy_k(hidden).transpose(1, 2) / (cfg.hidden**0.5 * 4.0)
-    far = (torch.arange(20)[:, None] - torch.arange(20)[None, :]).abs() > 3
-    scores = scores.masked_fill(far, float("-inf"))
+    scores = enc.copy_q(hidden) @ enc.copy_k(hidden).transpose(1, 2) / cfg.hidden**0.5
+    scores[1, :, 9:] = float("-inf")  # padding
+    apart = (torch.arange(20)[:, None] - torch.arange(20)[None, :]).abs()
     unit = torch.nn.functional.normalize
-    broad = torch.softmax(scores, -1) @ shots
-    assert torch.allclose(served[0], ((unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2)[0], atol=1e-5)
-    # the same hidden states and sharp copy, shots 10.. changed: what cannot reach them is unchanged
+    sharp = torch.softmax(scores.masked_fill(apart > 2, float("-inf")), -1) @ shots
+    broad = torch.softmax((scores / 4.0).masked_fill(apart > 3, float("-inf")), -1) @ shots
+    expect = (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2
+    assert torch.allclose(served[0], expect[0], atol=1e-5) and torch.allclose(served[1, :9], expect[1, :9], atol=1e-5)
+    trained = enc(shots, title, lengths, wide=False)[1]  # the loss's sharp copy: the whole window
+    assert torch.allclose(trained[0], (torch.softmax(scores, -1) @ shots)[0], atol=1e-5)
+    alone = MediaFMEncoder(tiny(copy_wide=0.0, sharp_span=2)).eval()
+    alone.load_state_dict(enc.state_dict())
+    assert torch.allclose(alone(shots, title, lengths)[1][0], sharp[0], atol=1e-5)
+    # the same hidden states, shots 10.. changed: what cannot reach them is unchanged
     moved = shots.clone()
     moved[:, 10:] = 100 * torch.randn(2, 10, 24)
     real = torch.arange(20)[None, :] < lengths[:, None]
-    before, after = enc.widen(hidden, shots, sharp, real), enc.widen(hidden, moved, sharp, real)
+    before, after = enc.served_copy(hidden, shots, real), enc.served_copy(hidden, moved, real)
     assert torch.allclose(before[:, :7], after[:, :7], atol=1e-6)  # shots 0..6 reach at most shot 9
     assert not torch.allclose(before[0, 7:10], after[0, 7:10], atol=1e-3)  # shots 7..9 reach shot 10
     assert torch.isfinite(served).all()  # row 1's padding shots 13..19 see no real shot within reach
-    whole = MediaFMEncoder(tiny(copy_wide=4.0)).eval()
-    whole.load_state_dict(enc.state_dict())
-    assert not torch.allclose(whole.widen(hidden, shots, sharp, real)[:, :7], after[:, :7], atol=1e-3)
-    old = {k: v for k, v in cfg.to_dict().items() if k != "copy_span"}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("copy_span", "sharp_span")}
     torch.save({"config": old, "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
-    assert load_encoder(tmp_path).cfg.copy_span == 0
-    with pytest.raises(ValueError, match="copy_span=-1: shots either side"):
-        tiny(copy_span=-1)
+    loaded = load_encoder(tmp_path)
+    assert loaded.cfg.copy_span == 0 and loaded.cfg.sharp_span == 0
+    whole, moved_whole = loaded.served_copy(hidden, shots, real), loaded.served_copy(hidden, moved, real)
+    assert not torch.allclose(whole[:, :7], moved_whole[:, :7], atol=1e-3), "an old export reaches the whole window"
+    for key in ("copy_span", "sharp_span"):
+        with pytest.raises(ValueError, match=f"{key}=-1: shots either side"):
+            tiny(**{key: -1})
 
 
 def test_named_sizes_train_the_copy_head_and_old_exports_load_as_projection(tmp_path):

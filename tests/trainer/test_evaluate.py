@@ -166,17 +166,21 @@ def test_a_run_is_evaluated_with_other_inference_settings_beside_itself(corpus, 
                                                 val_batches=1), quiet=True)
     run = tmp_path / "run"
     out = tmp_path / "report"
-    res = evaluate(corpus, [run, f"{run}@copy_span=1", f"{run}@copy_wide=0"], out, seeds=1, folds=3, progress=False)
-    assert {"run:context-output", "run@copy_span=1:context-output", "run@copy_wide=0:context-output"} <= set(res)
+    res = evaluate(corpus, [run, f"{run}@copy_span=1", f"{run}@copy_wide=0", f"{run}@sharp_span=1"], out, seeds=1,
+                   folds=3, progress=False)
+    assert {"run:context-output", "run@copy_span=1:context-output", "run@copy_wide=0:context-output",
+            "run@sharp_span=1:context-output"} <= set(res)
     assert "run:sharp+input" in res and "run@copy_wide=0:sharp+input" not in res, "copy_wide=0 serves the sharp copy"
     feats = {name: np.load(out / "features" / f"{name}.context-output.npy")
-             for name in ("run", "run@copy_span=1", "run@copy_wide=0")}
+             for name in ("run", "run@copy_span=1", "run@copy_wide=0", "run@sharp_span=1")}
     assert not np.allclose(feats["run"], feats["run@copy_span=1"]), "a span of 1 must change the wide copy"
+    assert not np.allclose(feats["run"], feats["run@sharp_span=1"]), "a span of 1 must change the sharp copy"
     assert not np.allclose(feats["run"], feats["run@copy_wide=0"])
     assert sorted(p.name for p in out.glob("training-*.png")) == ["training-run.png"], "one curve a trained run"
     saved = json.loads((out / "results.json").read_text())
-    assert saved["served"] == {"run@copy_span=1": {"copy_span": 1}, "run@copy_wide=0": {"copy_wide": 0.0}}
+    assert saved["served"] == {"run@copy_span=1": {"copy_span": 1}, "run@copy_wide=0": {"copy_wide": 0.0},
+                               "run@sharp_span=1": {"sharp_span": 1}}
     r = subprocess.run([sys.executable, "-m", "mediafm.cli", "evaluate", "--data", str(corpus), "--run",
                         f"{run}@mask_rate=0.5", "--out", str(tmp_path / "bad")], capture_output=True, text=True,
                        cwd=REPO, timeout=600)
-    assert r.returncode == 2 and "KEY one of copy_wide, copy_span" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "KEY one of copy_wide, copy_span, sharp_span" in r.stderr, r.stderr[-2000:]

@@ -85,6 +85,22 @@ def test_resume_refuses_another_config(corpus, tmp_path):
         train(corpus, tmp_path / "r", _cfg(max_steps=6, lr_muon=0.5), quiet=True)
 
 
+def test_a_run_resumes_whatever_its_inference_only_settings_say(corpus, tmp_path):
+    """copy_wide, copy_span, sharp_span act at inference only: a run trained with other values (or from before
+    a key existed) resumes, and its next checkpoint records the values it is now served with."""
+    train(corpus, tmp_path / "r", _cfg(max_steps=3), {"sharp_span": 0, "copy_span": 4}, quiet=True)
+    ckpt = latest_checkpoint(tmp_path / "r")
+    state = torch.load(ckpt, weights_only=False)
+    del state["model_config"]["sharp_span"]  # as checkpoints were written before the field existed
+    torch.save(state, ckpt)
+    assert train(corpus, tmp_path / "r", _cfg(max_steps=6), quiet=True)["step"] == 6
+    resumed = torch.load(latest_checkpoint(tmp_path / "r"), weights_only=False)["model_config"]
+    tiny = CONFIGS["tiny"]
+    assert (resumed["sharp_span"], resumed["copy_span"]) == (tiny["sharp_span"], tiny["copy_span"])
+    with pytest.raises(ConfigError, match=r"'dropout': \(0.0, 0.2\)"):  # a setting training reads still refuses
+        train(corpus, tmp_path / "r", _cfg(max_steps=9), {"dropout": 0.2}, quiet=True)
+
+
 def test_a_run_from_before_the_head_setting_resumes_as_projection(corpus, tmp_path):
     train(corpus, tmp_path / "r", _cfg(max_steps=3), {"head": "projection"}, quiet=True)
     ckpt = latest_checkpoint(tmp_path / "r")
