@@ -113,12 +113,13 @@ class MediaFMConfig:
 # Every named size uses the copy head, served as its sharp copy within 8 shots either side beside a wide copy at
 # temperature 4 within 16, what bench/worlds.py's grid chose (README, Evaluation; `tiny` on all 9 worlds x 3
 # seeds, `small` on all 9, 1-2 seeds); `--head projection` trains the source's, `--copy_wide 0` publishes the
-# sharp copy alone, `--copy_span 0` / `--sharp_span 0` let the wide / sharp copy reach over the whole window.
-COPY = dict(head="copy", copy_wide=4.0, copy_span=16, sharp_span=8)
+# sharp copy alone, `--copy_span 0` / `--sharp_span 0` let the wide / sharp copy reach over the whole window
+# (`--copy_wide 0 --sharp_span 0`: what models exported before 2026-12-01 serve).
+COPY_HEAD = dict(head="copy", copy_wide=4.0, copy_span=16, sharp_span=8)
 CONFIGS: dict[str, dict] = {
-    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, **COPY),
-    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, **COPY),
-    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, **COPY),
+    "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, **COPY_HEAD),
+    "small": dict(hidden=256, n_layers=4, n_heads=4, max_shots=512, dropout=0.1, **COPY_HEAD),
+    "base": dict(hidden=768, n_layers=12, n_heads=12, max_shots=512, dropout=0.1, **COPY_HEAD),
 }
 
 

@@ -23,8 +23,8 @@ seeds), giving the rows of the ablation table:
                               what the pipeline publishes by default (mediafm/representations.py)
     <run>:context+input       per shot, the unit output plus the unit fused input, halved: the other published
                               vector of the fused width, the shot's own detail beside its context, mean
-    <run>:sharp+input         (a copy head with copy_wide) the same with the sharp copy alone: what the wide
-                              copy adds
+    <run>:sharp+input         (a copy head with copy_wide) the same with the sharp copy alone, as trained (over
+                              the whole window): what the wide copy and sharp_span add
 
 Writes report.md (mean +- std over seeds), results.json, PNG plots and the
 clip features (features/<representation>.npy, memory-mapped while written).
@@ -38,6 +38,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
 from trainer.train import latest_checkpoint, load_checkpoint
 
-SERVED = {name: type(getattr(MediaFMConfig, name)) for name in INFERENCE_ONLY}
+SERVED = {name: get_type_hints(MediaFMConfig)[name] for name in INFERENCE_ONLY}
 """MediaFMConfig fields used at inference only, and their types: a trained run can be evaluated with other
 values of them."""
 
@@ -88,8 +89,9 @@ def load_run_encoder(run: Path, served: dict | None = None) -> MediaFMEncoder:
 @torch.no_grad()
 def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, size: int | None = None,
                stride: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Hidden, output and (for a copy head with copy_wide) the sharp copy alone per shot, from passes over
-    the whole title, in process; None for the sharp copy of other models.
+    """Hidden, output (as served) and (for a copy head with copy_wide) the sharp copy alone, as trained
+    (over the whole window), per shot, from passes over the whole title, in process; None for the sharp
+    copy of other models.
 
     The same window plan as the contextualise stage (streams/contextualise.py):
     windows of `size` shots (default the model's max_shots) every `stride`

@@ -376,6 +376,12 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
             diff |= {k: (saved_model[k], v) for k, v in trained.items() if saved_model[k] != v}
             raise ConfigError(f"{run} holds a run with another config {diff} (saved, now); "
                               "pass a new --out, or the same settings to resume")
+        served = {k: (saved_model[k], getattr(cfg, k)) for k in INFERENCE_ONLY if saved_model[k] != getattr(cfg, k)}
+        if served and master:  # recorded now, so that an export serves them even if no step is left to run
+            state["model_config"] = cfg.to_dict()
+            save_checkpoint(run, state)
+            changes = ", ".join(f"{k}={v} (was {was})" for k, (was, v) in served.items())
+            print(f"{run}: served from now on with {changes}; inference only, training is unchanged", file=sys.stderr)
         model.load_state_dict(state["model"])
         for o, s in zip(optimizers, state["optimizers"], strict=True):
             o.load_state_dict(s)

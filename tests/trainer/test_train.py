@@ -85,18 +85,27 @@ def test_resume_refuses_another_config(corpus, tmp_path):
         train(corpus, tmp_path / "r", _cfg(max_steps=6, lr_muon=0.5), quiet=True)
 
 
-def test_a_run_resumes_whatever_its_inference_only_settings_say(corpus, tmp_path):
+def test_a_run_resumes_whatever_its_inference_only_settings_say(corpus, tmp_path, capsys):
     """copy_wide, copy_span, sharp_span act at inference only: a run trained with other values (or from before
-    a key existed) resumes, and its next checkpoint records the values it is now served with."""
-    train(corpus, tmp_path / "r", _cfg(max_steps=3), {"sharp_span": 0, "copy_span": 4}, quiet=True)
+    a key existed) resumes exactly as if they had never changed, says what it now serves, and its checkpoint
+    records the new values at once, also when no step is left to run (an export reads them from there)."""
+    train(corpus, tmp_path / "a", _cfg(max_steps=6), quiet=True)
+    train(corpus, tmp_path / "r", _cfg(max_steps=6), {"sharp_span": 0, "copy_span": 4, "copy_wide": 0.0}, quiet=True,
+          until_step=3)  # preempted at step 3
     ckpt = latest_checkpoint(tmp_path / "r")
     state = torch.load(ckpt, weights_only=False)
     del state["model_config"]["sharp_span"]  # as checkpoints were written before the field existed
     torch.save(state, ckpt)
     assert train(corpus, tmp_path / "r", _cfg(max_steps=6), quiet=True)["step"] == 6
-    resumed = torch.load(latest_checkpoint(tmp_path / "r"), weights_only=False)["model_config"]
+    assert "copy_span=16 (was 4)" in capsys.readouterr().err
+    a, r = (torch.load(latest_checkpoint(tmp_path / x), weights_only=False) for x in ("a", "r"))
+    for k in a["model"]:  # the same weights as a run that never had other inference-only values
+        assert torch.equal(a["model"][k], r["model"][k]), k
     tiny = CONFIGS["tiny"]
-    assert (resumed["sharp_span"], resumed["copy_span"]) == (tiny["sharp_span"], tiny["copy_span"])
+    assert {k: r["model_config"][k] for k in ("copy_wide", "copy_span", "sharp_span")} == {
+        k: tiny[k] for k in ("copy_wide", "copy_span", "sharp_span")}
+    train(corpus, tmp_path / "r", _cfg(max_steps=6), {"sharp_span": 0}, quiet=True)  # finished: no step to run
+    assert torch.load(latest_checkpoint(tmp_path / "r"), weights_only=False)["model_config"]["sharp_span"] == 0
     with pytest.raises(ConfigError, match=r"'dropout': \(0.0, 0.2\)"):  # a setting training reads still refuses
         train(corpus, tmp_path / "r", _cfg(max_steps=9), {"dropout": 0.2}, quiet=True)
 
