@@ -245,13 +245,18 @@ class MediaFMEncoder(nn.Module):
             return hidden, self._copy(hidden, shots, real, 1.0)
         return hidden, self.served_copy(hidden, shots, real)
 
-    def served_copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+    def served_copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None = None, *,
+                    trained: torch.Tensor | None = None) -> torch.Tensor:
         """The served output of a copy head from a pass's hidden states: its sharp copy within sharp_span
         (or the window); with copy_wide, the mean of that unit sharp copy and the unit copy at temperature
         copy_wide (the same scores, flatter: what the sharp copy picks, spread over the shots within
-        copy_span, or the window). real (B, T): real shots, as forward's lengths."""
-        sharp = self._copy(hidden, shots, real, 1.0, span=self.cfg.sharp_span)
+        copy_span, or the window). real (B, T): real shots, as forward's lengths. trained: the same pass's
+        sharp copy over the whole window (forward with wide=False), if the caller has it: not made again
+        where it is the served one (sharp_span 0)."""
+        if trained is not None and not self.cfg.sharp_span:
+            sharp = trained
+        else:
+            sharp = self._copy(hidden, shots, real, 1.0, span=self.cfg.sharp_span)
         if not self.cfg.widens:
             return sharp
         broad = self._copy(hidden, shots, real, self.cfg.copy_wide, span=self.cfg.copy_span)

@@ -112,7 +112,7 @@ def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, siz
         if wide:
             sharp[mine] = o[0, mine - w.start].numpy()
         if enc.cfg.head == "copy":
-            o = enc.served_copy(h, x)
+            o = enc.served_copy(h, x, trained=o)
         out[mine] = o[0, mine - w.start].numpy()
     return hid, out, sharp
 

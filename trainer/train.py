@@ -370,13 +370,12 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
         saved_model = MediaFMConfig(**state["model_config"]).to_dict()  # fields added since: their defaults
-        trained = {k: v for k, v in cfg.to_dict().items() if k not in INFERENCE_ONLY}  # served as set now
-        if any(saved_model[k] != v for k, v in trained.items()) or saved != now:
-            diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
-            diff |= {k: (saved_model[k], v) for k, v in trained.items() if saved_model[k] != v}
+        changed = {k: (saved_model[k], v) for k, v in cfg.to_dict().items() if saved_model[k] != v}
+        served = {k: changed.pop(k) for k in INFERENCE_ONLY if k in changed}  # served as set now
+        if changed or saved != now:
+            diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)} | changed
             raise ConfigError(f"{run} holds a run with another config {diff} (saved, now); "
                               "pass a new --out, or the same settings to resume")
-        served = {k: (saved_model[k], getattr(cfg, k)) for k in INFERENCE_ONLY if saved_model[k] != getattr(cfg, k)}
         if served and master:  # recorded now, so that an export serves them even if no step is left to run
             state["model_config"] = cfg.to_dict()
             save_checkpoint(run, state)

@@ -116,6 +116,9 @@ def test_wide_copy_spreads_the_same_scores_and_training_fits_the_sharp_copy(tmp_
     assert torch.allclose(enc(shots, title, lengths, wide=False)[1], sharp, atol=1e-5)
     # a window served padded in a batch (Triton) gives its real shots what it gives them alone (trainer/evaluate.py)
     assert torch.allclose(served[1, :7], enc(shots[1:, :7], title[1:], None)[1][0], atol=1e-5)
+    real = torch.arange(10)[None, :] < lengths[:, None]  # sharp_span 0: the whole-window copy handed in is reused
+    trained = enc(shots, title, lengths, wide=False)[1]
+    assert torch.allclose(enc.served_copy(hidden, shots, real, trained=trained), served, atol=1e-6)
     assert not torch.allclose(unit(sharp, dim=-1), unit(broad, dim=-1), atol=1e-2), "the wide copy adds nothing"
     # the loss: the same with and without a wide copy
     model = MaskedShotModel(cfg).eval()
@@ -151,13 +154,15 @@ def test_copy_spans_keep_each_served_copy_within_its_reach_whatever_the_window(t
     assert torch.allclose(served[1, :9], enc(shots[1:, :9], title[1:], None)[1][0], atol=1e-5), "padded != alone"
     trained = enc(shots, title, lengths, wide=False)[1]  # the loss's sharp copy: the whole window
     assert torch.allclose(trained[0], (torch.softmax(scores, -1) @ shots)[0], atol=1e-5)
+    real = torch.arange(20)[None, :] < lengths[:, None]
+    # handed the whole-window copy (trainer/evaluate.py), the served one is still cut to sharp_span
+    assert torch.allclose(enc.served_copy(hidden, shots, real, trained=trained), served, atol=1e-6)
     alone = MediaFMEncoder(tiny(copy_wide=0.0, sharp_span=2)).eval()
     alone.load_state_dict(enc.state_dict())
     assert torch.allclose(alone(shots, title, lengths)[1][0], sharp[0], atol=1e-5)
     # the same hidden states, shots 10.. changed: what cannot reach them is unchanged
     moved = shots.clone()
     moved[:, 10:] = 100 * torch.randn(2, 10, 24)
-    real = torch.arange(20)[None, :] < lengths[:, None]
     before, after = enc.served_copy(hidden, shots, real), enc.served_copy(hidden, moved, real)
     assert torch.allclose(before[:, :7], after[:, :7], atol=1e-6)  # shots 0..6 reach at most shot 9
     assert not torch.allclose(before[0, 7:10], after[0, 7:10], atol=1e-3)  # shots 7..9 reach shot 10
