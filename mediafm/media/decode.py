@@ -11,7 +11,8 @@ API for the agents (streams/) and the CLI::
     path = check_uri(uri, settings)     # MediaURIError: scheme/root/size/empty
     info = probe(path, settings)        # CorruptMediaError, NoVideoError, MediaURIError (too long, frames too big)
     for f in iter_frames(path, size=(48, 27)): ...   # Frame(index, time_s, rgb uint8 (H, W, 3))
-    for t0, pcm in iter_audio(path, rate=16000): ... # mono float32 chunks
+    for i, rate, pcm in iter_audio(path): ...        # mono float32 chunks, sample i at i / rate s
+    pcm = resample_span(pcm, i, rate, 16000, k0, k1)  # samples k0..k1-1 at 16 kHz
 
 Every failure is a :class:`~mediafm.errors.MediaError` subclass with a
 one-line cause and fix; PyAV's own exceptions never escape.
@@ -19,6 +20,8 @@ one-line cause and fix; PyAV's own exceptions never escape.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import stat
 import urllib.parse
@@ -223,11 +226,15 @@ def _to_array(frame, size: tuple[int, int] | None, fmt: str, rot: int) -> np.nda
     return img
 
 
-def _seek(c, base: float, seek_s: float | None) -> None:
-    """Jump to the keyframe at or before seek_s (container time); decoding goes on from there."""
+def _seek(c, base: float, seek_s: float | None, stream=None) -> None:
+    """Jump to the keyframe at or before seek_s (container time) of `stream` (default: the container's
+    own choice, its video); decoding goes on from there."""
     if seek_s and seek_s > 0:
         try:
-            c.seek(int((base + seek_s) * av.time_base), backward=True)
+            if stream is None:
+                c.seek(int((base + seek_s) * av.time_base), backward=True)
+            else:
+                c.seek(int((base + seek_s) / stream.time_base), backward=True, stream=stream)
         except av.FFmpegError:  # not seekable (a pipe, a broken index): decode from the start
             c.seek(0)
 
@@ -306,11 +313,16 @@ def to_array(frame, size: tuple[int, int] | None, rot: int, fmt: str = "rgb24") 
     return _to_array(frame, size, fmt, rot)
 
 
-def iter_audio(path: Path, *, rate: int, time_offset: float | None = None,
-               seek_s: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
-    """(start_s, mono float32 samples at `rate`) chunks of the first audio stream; nothing if none.
+def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None = None,
+               seek_s: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first sample's index, rate, mono float32 samples) chunks of the first audio stream; nothing if none.
 
-    Resampled by FFmpeg (swresample) as it decodes; chunks are a few thousand samples.
+    Samples are at the stream's own rate (`rate`: converted to that one instead, for a file that continues
+    another at another rate); sample `i` lies at `i / rate` seconds from the container start, or from
+    `time_offset` at the first chunk. The first decoded frame's timestamp gives its index and samples are
+    counted from there, so a pass started after a seek gives each sample the index a pass from the start
+    gives it. Resample with :func:`resample_span`, which gives each output sample the same value wherever
+    decoding started (FFmpeg's streaming resampler does not: its output depends on where it began).
     A decode error after some audio ends the stream (a truncated file keeps what it had).
     """
     with _open(path) as c:
@@ -318,24 +330,67 @@ def iter_audio(path: Path, *, rate: int, time_offset: float | None = None,
             return
         a = c.streams.audio[0]
         base = _start(c)
-        _seek(c, base, seek_s if time_offset is None else None)
-        res = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        pos = None  # samples emitted so far, from the first chunk's time
-        t0 = 0.0
+        _seek(c, base, seek_s if time_offset is None else None, a)  # audio frames are all keyframes
+        res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
+        pos = 0  # the next sample's index
         try:
             for frame in c.decode(a):
-                if pos is None:
+                if res is None:
+                    rate = rate or frame.sample_rate
+                    res = av.AudioResampler(format="flt", layout="mono", rate=rate)
                     ft = frame.time if frame.time is not None else base
-                    t0 = (ft - base) if time_offset is None else time_offset
-                    pos = 0
+                    pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
+                if frame.format.name in ("flt", "fltp") and frame.layout.nb_channels == 1 and frame.sample_rate == rate:
+                    x = frame.to_ndarray().reshape(-1)  # mono float at the rate asked: what the resampler would give
+                    yield pos, rate, x
+                    pos += len(x)
+                    continue
                 for out in res.resample(frame):
                     x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    yield t0 + pos / rate, x
+                    yield pos, rate, x
                     pos += len(x)
-            if pos is not None:
+            if res is not None:
                 for out in res.resample(None):
                     x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    yield t0 + pos / rate, x
+                    yield pos, rate, x
                     pos += len(x)
         except av.FFmpegError:
             return
+
+
+@functools.lru_cache(maxsize=16)
+def _resample_filter(up: int, down: int) -> np.ndarray:
+    from scipy.signal import firwin  # what resample_poly designs, made once per ratio
+
+    half = 10 * max(up, down)
+    return firwin(2 * half + 1, 1.0 / max(up, down), window=("kaiser", 5.0))  # resample_poly scales it by up
+
+
+def resample_span(x: np.ndarray, first: int, rate_in: int, rate: int, k0: int, k1: int) -> np.ndarray:
+    """Samples `k0 .. k1-1` at `rate` (sample k at k / rate s) of the samples `x` at `rate_in` (x[0] is sample
+    `first`), for the part of that span `x` covers.
+
+    Polyphase resampling (scipy's resample_poly, a Kaiser-windowed FIR) of just the samples the span needs,
+    cut on the grid both rates share: each output sample is the same sum over the same input samples
+    whichever part of the stream `x` is, so a shot's audio does not depend on where decoding started."""
+    if rate == rate_in:
+        lo, hi = max(k0, first), min(k1, first + len(x))
+        return np.array(x[lo - first: hi - first], np.float32) if hi > lo else np.zeros(0, np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(rate, rate_in)
+    up, down = rate // g, rate_in // g
+    h = _resample_filter(up, down)
+    reach = -(-(len(h) // 2) // up) + 1  # input samples on each side an output sample reads
+    k1 = min(k1, -(-(first + len(x)) * up // down))  # no samples past the end of what was decoded
+    if k1 <= k0:
+        return np.zeros(0, np.float32)
+    lo = ((k0 * down) // up - reach) // down * down  # on both rates' grid: output sample lo * up / down
+    hi = (k1 * down) // up + reach + 1
+    seg = np.zeros(hi - lo, np.float32)
+    a, b = max(lo, first), min(hi, first + len(x))
+    if b > a:
+        seg[a - lo: b - lo] = x[a - first: b - first]
+    out = resample_poly(seg, up, down, window=h)
+    j0 = k0 - lo * up // down
+    return out[j0: j0 + (k1 - k0)].astype(np.float32)

@@ -82,6 +82,51 @@ def test_shot_media_is_sampled_inside_each_shot(film):
     assert items[1].audio.std() > 0.05  # the 440 Hz tone
 
 
+@pytest.mark.parametrize("rate", [16000, 44100])  # resampled from the film's 44.1 kHz, and its own rate
+def test_a_shots_media_does_not_depend_on_where_decoding_started(film, rate, monkeypatch):
+    """The encode stage decodes a title in batches of shots, `mediafm embed` whole: a shot must get the same
+    frames and the same audio samples either way. Before, audio decoding started before each batch's first
+    shot, and both FFmpeg's streaming resampler and the AAC decoder (its overlap, the noise it substitutes)
+    gave other samples, up to 0.02 apart, and so other audio embeddings."""
+    from mediafm.media.embed import _AudioCursor
+
+    monkeypatch.setattr(_AudioCursor, "PERIOD_S", 2.0)  # restarts inside this 5.75 s film: at 1 s and 3 s
+    shots = truth_shots(SHOTS)
+    whole = list(iter_shot_media(film.path, shots, frames_per_shot=4, frame_size=64, audio_rate=rate,
+                                 audio_window_s=1.0))
+    for start in range(1, len(shots)):
+        part = list(iter_shot_media(film.path, shots[start:], frames_per_shot=4, frame_size=64, audio_rate=rate,
+                                    audio_window_s=1.0))
+        for a, b in zip(whole[start:], part, strict=True):
+            assert a.shot == b.shot and np.array_equal(a.frames, b.frames)
+            assert len(a.audio) == len(b.audio) == rate  # the central 1 s
+            np.testing.assert_array_equal(a.audio, b.audio, err_msg=f"shot {a.shot.index} from shot {start}")
+    # and the samples are the sound: shot 1 is a 440 Hz tone at either rate, at the level the film has it
+    spectrum = np.abs(np.fft.rfft(whole[1].audio))
+    assert abs(np.argmax(spectrum) * rate / len(whole[1].audio) - 440) <= 1
+    if rate != 44100:
+        (native,) = list(iter_shot_media(film.path, shots[1:2], frames_per_shot=4, frame_size=64, audio_rate=44100,
+                                         audio_window_s=1.0))
+        assert np.isclose(whole[1].audio.std(), native.audio.std(), rtol=0.01)
+
+
+@pytest.mark.parametrize(("rate_in", "rate"), [(44100, 16000), (48000, 16000), (8000, 16000), (22050, 44100)])
+def test_resample_span_is_the_whole_signal_resampled_cut_to_the_span(rate_in, rate):
+    """Any span, from samples starting anywhere before it, equals resampling the whole signal and cutting."""
+    from scipy.signal import resample_poly
+
+    from mediafm.media.decode import _resample_filter, resample_span
+
+    g = np.gcd(rate, rate_in)
+    x = np.random.default_rng(0).standard_normal(2 * rate_in).astype(np.float32)
+    whole = resample_poly(x, rate // g, rate_in // g, window=_resample_filter(rate // g, rate_in // g))
+    for k0, k1, first in [(rate // 2, rate, 0), (rate // 2, rate, rate_in // 3), (rate // 3 + 7, rate + 11, 1001),
+                          (3 * rate // 2, 3 * rate, rate_in)]:  # the last runs past the signal's end: cut there
+        got = resample_span(x[first:], first, rate_in, rate, k0, k1)
+        want = whole[k0:k1]
+        assert len(got) == len(want) and np.allclose(got, want, atol=1e-5), (k0, k1, first)
+
+
 # --- Triton
 
 
