@@ -239,6 +239,31 @@ def _seek(c, base: float, seek_s: float | None, stream=None) -> None:
             c.seek(0)
 
 
+def _decode(c, stream, base: float, seek_s: float | None, seek_stream=None):
+    """Decoded frames of `stream`, the first at or before seek_s (container time) when it is given.
+
+    A seek lands at or before the time asked in an indexed container (MP4, Matroska); in MPEG-TS, which has no
+    index, FFmpeg searches timestamps and may land seconds after it. Then seek again further back (1, 2, 4 ...
+    s more), and decode from the start after that: the frames a caller wants are never skipped, and the same
+    file and time always give the same first frame."""
+    if not seek_s or seek_s <= 0:
+        yield from c.decode(stream)
+        return
+    target, back = seek_s, 1.0
+    while target > 0:
+        _seek(c, base, target, seek_stream)
+        frames = c.decode(stream)
+        first = next(frames, None)
+        if first is None or first.time is None or first.time - base <= seek_s + 1e-6:
+            if first is not None:
+                yield first
+            yield from frames
+            return
+        target, back = target - back, back * 2
+    c.seek(0)
+    yield from c.decode(stream)
+
+
 class FrameTimes:
     """The seconds iter_video_frames gives a stream's frames, from each frame's own timestamp (`frame.time`;
     when it has none, the previous one plus a nominal frame): from the container start (`base`), or with
@@ -276,14 +301,13 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
         v = c.streams.video[0]
         v.thread_type = "AUTO"
         base = _start(c)
-        _seek(c, base, seek_s if time_offset is None else None)
         stream_rot = _rotation(v)
         clock = FrameTimes(base, float(v.average_rate or 25), time_offset)
         if tap is not None:
             tap.opened(base, clock.rate, bool(c.streams.audio))
         i = start_index
         try:
-            for frame in c.decode(v):
+            for frame in _decode(c, v, base, seek_s if time_offset is None else None):
                 raw = frame.time
                 rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
                 if tap is not None:
@@ -330,11 +354,10 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
             return
         a = c.streams.audio[0]
         base = _start(c)
-        _seek(c, base, seek_s if time_offset is None else None, a)  # audio frames are all keyframes
         res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
         pos = 0  # the next sample's index
         try:
-            for frame in c.decode(a):
+            for frame in _decode(c, a, base, seek_s if time_offset is None else None, a):  # audio: all keyframes
                 if res is None:
                     rate = rate or frame.sample_rate
                     res = av.AudioResampler(format="flt", layout="mono", rate=rate)

@@ -124,7 +124,8 @@ class _AudioCursor:
         period = int(max(a, 0.0) // self.PERIOD_S) if len(self.paths) == 1 else 0
         if period != self.period:
             self._restart(period)
-        k0, k1 = math.ceil(a * self.rate), math.ceil(b * self.rate)
+        k0 = math.ceil(a * self.rate)
+        k1 = k0 + round((b - a) * self.rate)  # a window of w seconds is w * rate samples, wherever it starts
         while not self.done and (not self.buf or (self.buf[-1][0] + len(self.buf[-1][1])) / self.rate_in
                                  < b + self.MARGIN_S):
             nxt = next(self.chunks, None)
