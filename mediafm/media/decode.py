@@ -226,40 +226,38 @@ def _to_array(frame, size: tuple[int, int] | None, fmt: str, rot: int) -> np.nda
     return img
 
 
-def _seek(c, base: float, seek_s: float | None, stream=None) -> None:
-    """Jump to the keyframe at or before seek_s (container time) of `stream` (default: the container's
-    own choice, its video); decoding goes on from there."""
+def _seek(c, base: float, seek_s: float | None) -> None:
+    """Jump to the keyframe at or before seek_s (container time); decoding goes on from there."""
     if seek_s and seek_s > 0:
         try:
-            if stream is None:
-                c.seek(int((base + seek_s) * av.time_base), backward=True)
-            else:
-                c.seek(int((base + seek_s) / stream.time_base), backward=True, stream=stream)
+            c.seek(int((base + seek_s) * av.time_base), backward=True)
         except av.FFmpegError:  # not seekable (a pipe, a broken index): decode from the start
             c.seek(0)
 
 
-def _decode(c, stream, base: float, seek_s: float | None, seek_stream=None):
+def _decode(c, stream, base: float, seek_s: float | None):
     """Decoded frames of `stream`, the first at or before seek_s (container time) when it is given.
 
     A seek lands at or before the time asked in an indexed container (MP4, Matroska); in MPEG-TS, which has no
     index, FFmpeg searches timestamps and may land seconds after it. Then seek again further back (1, 2, 4 ...
     s more), and decode from the start after that: the frames a caller wants are never skipped, and the same
-    file and time always give the same first frame."""
+    file and time always give the same first frame. The container seeks (its index is usually the video's:
+    Matroska's cues, whose audio-stream seek reads the file from its start), for audio too."""
     if not seek_s or seek_s <= 0:
         yield from c.decode(stream)
         return
     target, back = seek_s, 1.0
     while target > 0:
-        _seek(c, base, target, seek_stream)
+        _seek(c, base, target)
         frames = c.decode(stream)
         first = next(frames, None)
-        if first is None or first.time is None or first.time - base <= seek_s + 1e-6:
-            if first is not None:
-                yield first
+        if first is not None and first.time is None:
+            break  # no timestamp: where it landed is unknown
+        if first is not None and first.time - base <= seek_s + 1e-6:
+            yield first
             yield from frames
             return
-        target, back = target - back, back * 2
+        target, back = target - back, back * 2  # landed late, or past the stream's last frame
     c.seek(0)
     yield from c.decode(stream)
 
@@ -357,7 +355,7 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
         res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
         pos = 0  # the next sample's index
         try:
-            for frame in _decode(c, a, base, seek_s if time_offset is None else None, a):  # audio: all keyframes
+            for frame in _decode(c, a, base, seek_s if time_offset is None else None):
                 if res is None:
                     rate = rate or frame.sample_rate
                     res = av.AudioResampler(format="flt", layout="mono", rate=rate)
@@ -405,7 +403,8 @@ def resample_span(x: np.ndarray, first: int, rate_in: int, rate: int, k0: int, k
     up, down = rate // g, rate_in // g
     h = _resample_filter(up, down)
     reach = -(-(len(h) // 2) // up) + 1  # input samples on each side an output sample reads
-    k1 = min(k1, -(-(first + len(x)) * up // down))  # no samples past the end of what was decoded
+    k0 = max(k0, -(-first * up // down))  # no samples before the start or past the end of what was decoded
+    k1 = min(k1, -(-(first + len(x)) * up // down))
     if k1 <= k0:
         return np.zeros(0, np.float32)
     lo = ((k0 * down) // up - reach) // down * down  # on both rates' grid: output sample lo * up / down

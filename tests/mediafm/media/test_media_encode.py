@@ -91,7 +91,7 @@ def _same_media_from_any_shot(path, shots, rate) -> list:
         for a, b in zip(whole[start:], part, strict=True):
             assert a.shot == b.shot
             assert np.array_equal(a.frames, b.frames), f"shot {a.shot.index} from shot {start}: other frames"
-            assert len(a.audio) == len(b.audio) == rate  # the central 1 s
+            assert len(a.audio) == len(b.audio) == round(min(a.shot.end_s - a.shot.start_s, 1.0) * rate)  # central 1 s
             np.testing.assert_array_equal(a.audio, b.audio, err_msg=f"shot {a.shot.index} from shot {start}")
     return whole
 
@@ -114,12 +114,23 @@ def test_a_shots_media_does_not_depend_on_where_decoding_started(film, rate, mon
         (native,) = list(iter_shot_media(film.path, shots[1:2], frames_per_shot=4, frame_size=64, audio_rate=44100,
                                          audio_window_s=1.0))
         assert np.isclose(whole[1].audio.std(), native.audio.std(), rtol=0.01)
+    else:  # each shot's samples are those at its own times: one pass over the file, no seek, gives them there
+        from mediafm.media.decode import iter_audio
+
+        chunks = list(iter_audio(film.path))
+        assert chunks[0][0] == 0 and {r for _, r, _ in chunks} == {44100}
+        stream = np.concatenate([x for _, _, x in chunks])
+        for m in whole:
+            k0 = int(np.ceil((m.shot.start_s + m.shot.end_s - 1.0) / 2 * rate))
+            lags = range(-40, 41)  # (the decoder restarted 1 s before: its samples differ a little, not in time)
+            corr = [float(m.audio @ stream[k0 + lag: k0 + lag + len(m.audio)]) for lag in lags]
+            assert lags[int(np.argmax(corr))] == 0, f"shot {m.shot.index}: its audio is {lags[int(np.argmax(corr))]} samples off"
 
 
 def test_an_mpeg_ts_title_gives_a_shot_the_same_media_from_any_shot(tmp_path, monkeypatch):
     """MPEG-TS has no index: FFmpeg's seek searches timestamps and landed 1.6 s after the time asked, so a
     batch of shots got frames from the wrong time (other pixels in 4 of 8 batches here). Also: 48 kHz stereo
-    audio (downmixed), starting 0.5 s after the video, and 2-s GOPs."""
+    audio (downmixed), silent for its first 0.5 s, and 2-s GOPs."""
     from mediafm.media.embed import _AudioCursor
     from mediafm.media.synthfilm import ffmpeg
 
@@ -131,11 +142,12 @@ def test_an_mpeg_ts_title_gives_a_shot_the_same_media_from_any_shot(tmp_path, mo
                     "-t", "12", "-c:v", "libx264", "-g", "50", "-c:a", "aac", "-ac", "2", str(path)],
                    check=True, timeout=120)
     monkeypatch.setattr(_AudioCursor, "PERIOD_S", 2.0)
-    shots = [Shot(i, i * 1.2, (i + 1) * 1.2, i * 30, (i + 1) * 30) for i in range(9)]
+    # the last shot starts in the last GOP (from 10 s): a seek 1 s before it, at 10.2 s, lands past the last frame
+    shots = [Shot(i, i * 1.2, (i + 1) * 1.2, i * 30, (i + 1) * 30) for i in range(9)] + [Shot(9, 11.2, 11.9, 280, 297)]
     whole = _same_media_from_any_shot(path, shots, 16000)
     # the frames are those of the shot's own times: testsrc2 moves, so each sampled frame differs from the next
     assert all(not np.array_equal(m.frames[0], m.frames[1]) for m in whole)
-    # the audio starts 0.5 s in: silent before it in shot 0's central second (0.1-1.1 s), sound after
+    # the sound starts 0.5 s in: silence before it in shot 0's central second (0.1-1.1 s), sound after
     assert np.abs(whole[0].audio[: int(0.35 * 16000)]).max() == 0 and whole[0].audio[int(0.45 * 16000):].std() > 0.05
 
 
@@ -154,6 +166,9 @@ def test_resample_span_is_the_whole_signal_resampled_cut_to_the_span(rate_in, ra
         got = resample_span(x[first:], first, rate_in, rate, k0, k1)
         want = whole[k0:k1]
         assert len(got) == len(want) and np.allclose(got, want, atol=1e-5), (k0, k1, first)
+    # a span starting before the samples do (a stream whose audio starts late) is cut there too, as at its end
+    got = resample_span(x[rate_in // 2:], rate_in // 2, rate_in, rate, 0, rate)
+    assert len(got) == rate - rate // 2
 
 
 # --- Triton
