@@ -95,11 +95,12 @@ class _AudioCursor:
       the same for every pass;
     - the codec: an AAC decoder started elsewhere gives other samples for a while (overlap, and the noise it
       substitutes for noisy bands comes from a running generator). A window starting in period
-      `[n * PERIOD_S, (n + 1) * PERIOD_S)` is always decoded from the audio frame at `n * PERIOD_S - 1 s` (from
-      the file's start for n = 0): the encode stage, which decodes a title in batches of shots, and
-      `mediafm embed`, which decodes it whole, give a shot the same samples. A pass restarts once per period
-      (measured on a 20-minute film, 400 shots: the whole pass x1.03 of the old one's time at 16 kHz, x0.89 at
-      the file's own 44.1 kHz, where nothing is resampled).
+      `[n * PERIOD_S, (n + 1) * PERIOD_S)` is always decoded from where the container seeks for `n * PERIOD_S - 1 s`
+      (decode._decode: at or before it; from the file's start for n = 0): the encode stage, which decodes a title
+      in batches of shots, and `mediafm embed`, which decodes it whole, give a shot the same samples. A pass
+      restarts once per period (a one-off script, 20-minute film, 400 shots, 2-s windows: the whole pass took
+      x0.9 of the old one's time at 16 kHz and x0.8-0.9 at the file's own 44.1 kHz: windows are resampled, not
+      the whole stream).
 
     Segments laid end to end (live) are decoded once, from their start.
     """
