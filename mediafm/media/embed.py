@@ -93,8 +93,9 @@ class _AudioCursor:
     - resampling: FFmpeg's streaming resampler's output depends on where it began; samples are kept at the
       file's rate and each window is resampled on its own (decode.resample_span), on a grid of times that is
       the same for every pass;
-    - the codec: an AAC decoder started elsewhere gives other samples for a while (overlap, and the noise it
-      substitutes for noisy bands comes from a running generator). A window starting in period
+    - the codec: an AAC decoder started elsewhere gave other samples, up to 0.02 apart and to the end of a test
+      film (likely its overlap, and the noise it substitutes for noisy bands, drawn from a running generator).
+      A window starting in period
       `[n * PERIOD_S, (n + 1) * PERIOD_S)` is always decoded from where the container seeks for `n * PERIOD_S - 1 s`
       (decode._decode: at or before it; from the file's start for n = 0): the encode stage, which decodes a title
       in batches of shots, and `mediafm embed`, which decodes it whole, give a shot the same samples. A pass
