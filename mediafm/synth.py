@@ -23,13 +23,17 @@ measured without a private catalog. What it models:
   as in the source). Scenes return to earlier locations;
 - a *narrative arc*: intensity rises to a climax late in the title (music
   swells: an audio direction scaled by the arc);
+- *storylines* (World.storylines, default 1): two or more stories cross-cut,
+  scenes taking turns between them, each with its own characters, locations
+  and arc;
 - every shot is its latent content plus strong noise, so a shot alone carries
   weak evidence and the surrounding scene and title carry most of it.
 
 Evaluation labels (clips.parquet, the five tasks of MEDIAFM.md) depend on
 context the way the source describes:
 - ad relevancy (8 categories): the ad categories of the location types of the
-  scenes *around* the clip (the one before, its own, the one after);
+  scenes *around* the clip (the one before, its own, the one after; or, with
+  World.ad_scenes = "next", only the scene after it);
 - popularity: the arc at the clip's position plus dialogue, plus noise; ranked
   within each title;
 - tone (100 classes): the tones of the scenes the clip overlaps;
@@ -97,6 +101,12 @@ class World:
     """Fewest and most shots in a scene (inclusive)."""
     dialogue_rate: float = 0.6
     """Fraction of scenes with dialogue, hence with timed text on their shots."""
+    storylines: int = 1
+    """Storylines cross-cut in a title: scenes take turns between them (A, B, A, B ...), each storyline with its
+    own characters, its own locations and its own arc (climax). 1 = one story told in order."""
+    ad_scenes: str = "around"
+    """Which scenes decide a clip's ad categories: "around" (the one before, its own, the one after) or "next"
+    (only the scene after the clip's last one: the ad break comes before it)."""
     genres: dict[str, np.ndarray] = field(init=False)
     settings: dict[str, np.ndarray] = field(init=False)
     tones: dict[str, np.ndarray] = field(init=False)
@@ -115,6 +125,13 @@ class World:
                 raise ValueError(f"World.{name}={getattr(self, name)}: give (min, max) with 1 <= min <= max")
         if not 0 <= self.dialogue_rate <= 1:
             raise ValueError(f"World.dialogue_rate={self.dialogue_rate} must be in [0, 1]")
+        if not 1 <= self.storylines or self.cast_size < 2 * self.storylines \
+                or self.locations_per_title[0] < self.storylines:
+            raise ValueError(f"World.storylines={self.storylines}: need >= 1, and each storyline two characters "
+                             f"(cast_size {self.cast_size}) and a location (locations_per_title "
+                             f"{tuple(self.locations_per_title)}) of its own")
+        if self.ad_scenes not in ("around", "next"):
+            raise ValueError(f"World.ad_scenes={self.ad_scenes!r}: choose 'around' or 'next'")
         self.locations_per_title = tuple(self.locations_per_title)
         self.scene_shots = tuple(self.scene_shots)
         rng = np.random.default_rng(self.seed)
@@ -156,13 +173,17 @@ class SynthTitle:
     scene_dialogue: list[bool]
     scene_setting: list[int]
     """Location type of each scene (its ad category is type % N_AD)."""
-    arc: np.ndarray  # (n,) narrative intensity in [0, 1]
+    arc: np.ndarray  # (n,) narrative intensity in [0, 1] (of the shot's storyline)
 
     @property
     def fused(self) -> np.ndarray:
         return fuse(self.video, self.audio, self.text, self.present, layout=self.layout)
 
     layout: Layout = field(default=None, repr=False)  # type: ignore[assignment]
+    scene_storyline: list[int] = field(default_factory=list)
+    """Storyline of each scene (World.storylines; all 0 in a title told in order)."""
+    ad_scenes: str = "around"
+    """World.ad_scenes: which scenes decide a clip's ad categories."""
 
 
 def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Generator,
@@ -187,7 +208,14 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     scene = np.zeros(n_shots, np.int64)
     tones, dialogue, settings_ = [], [], []
     climax = rng.uniform(0.55, 0.9)
-    arc = np.exp(-(((np.arange(n_shots) + 0.5) / n_shots - climax) / 0.2) ** 2)
+    lines = world.storylines  # a title told in order draws nothing more: the stand-in corpus stays as it was
+    if lines > 1:
+        climax = np.array([climax, *rng.uniform(0.55, 0.9, size=lines - 1)])[:, None]
+        cast_of = [np.arange(world.cast_size)[j::lines] for j in range(lines)]
+        locations_of = [np.arange(n_locations)[j::lines] for j in range(lines)]
+    arcs = np.exp(-(((np.arange(n_shots) + 0.5) / n_shots - climax) / 0.2) ** 2).reshape(-1, n_shots)
+    arc = arcs[0].copy()
+    storyline = []
 
     def noisy(v: np.ndarray) -> np.ndarray:
         return v + 1.5 * noise * rng.normal(size=v.shape) / np.sqrt(v.shape[-1])
@@ -195,17 +223,23 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     i, s = 0, 0
     while i < n_shots:
         length = min(int(rng.integers(world.scene_shots[0], world.scene_shots[1] + 1)), n_shots - i)
-        loc = int(rng.integers(n_locations))
+        line = s % lines
+        if lines > 1:
+            loc = int(rng.choice(locations_of[line]))
+        else:
+            loc = int(rng.integers(n_locations))
         tone = int(rng.choice(world.n_tones, p=tone_p))
-        a, b = rng.choice(world.cast_size, size=2, replace=False)
+        a, b = rng.choice(cast_of[line] if lines > 1 else world.cast_size, size=2, replace=False)
         talk = bool(rng.random() < world.dialogue_rate)
         tones.append(tone)
         dialogue.append(talk)
         settings_.append(int(loc_type[loc]))
+        storyline.append(line)
         for j in range(length):
             who = a if j % 2 == 0 else b  # shot / reverse shot
             k = i + j
             scene[k] = s
+            arc[k] = arcs[line, k]
             video[k] = _unit(noisy(loc_v[loc] + W.face_weight * face[who] + W.tone_video * world.tones["video"][tone]
                                    + W.genre_weight * genre_v))
             audio[k] = _unit(noisy(loc_a[loc] + W.tone_audio * world.tones["audio"][tone]
@@ -221,7 +255,8 @@ def generate_title(world: World, title_id: str, n_shots: int, rng: np.random.Gen
     durations = rng.uniform(0.8, 6.0, size=n_shots)
     end = np.cumsum(durations)
     return SynthTitle(title_id, title_emb.astype(np.float32), video, audio, text, present, end - durations, end,
-                      genres, scene, tones, dialogue, settings_, arc, layout=L)
+                      genres, scene, tones, dialogue, settings_, arc, layout=L, scene_storyline=storyline,
+                      ad_scenes=world.ad_scenes)
 
 
 def encoded_shots(t: SynthTitle) -> list[EncodedShot]:
@@ -244,7 +279,8 @@ def clips_for_title(t: SynthTitle, rng: np.random.Generator) -> list[dict]:
         first = int(rng.integers(0, max(1, n - length + 1)))
         last = min(n - 1, first + length - 1)
         scenes = sorted(set(t.scene[first : last + 1].tolist()))
-        around = sorted({max(0, scenes[0] - 1), *scenes, min(int(t.scene.max()), scenes[-1] + 1)})
+        after = min(int(t.scene.max()), scenes[-1] + 1)
+        around = [after] if t.ad_scenes == "next" else sorted({max(0, scenes[0] - 1), *scenes, after})
         talk = float(np.mean([t.scene_dialogue[s] for s in scenes]))
         arc = float(t.arc[first : last + 1].mean())
         rows.append({
