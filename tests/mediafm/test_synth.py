@@ -158,3 +158,60 @@ def test_write_corpus_rejects_unknown_world_knobs(tmp_path):
     with pytest.raises(ConfigError, match=r"\['scenes'\] are not World knobs"):
         write_corpus(tmp_path / "d", n_titles=2, layout=Layout("t", video=8, audio=8, text=8, title=8),
                      world={"scenes": (2, 3)})
+
+
+def test_storylines_cross_cut_with_their_own_cast_locations_and_arc():
+    """World.storylines: scenes take turns between the stories, and each story keeps its own people and places."""
+    from mediafm.fusion import Layout
+
+    L = Layout("t", video=64, audio=64, text=64, title=32)
+    world = World(L, seed=0, storylines=2)
+    rng = np.random.default_rng(0)
+    ts = [generate_title(world, f"t{i}", 200, rng) for i in range(4)]
+    peaks_apart = 0
+    for t in ts:
+        assert t.scene_storyline == [s % 2 for s in range(len(t.scene_storyline))]
+        line = np.array(t.scene_storyline)[t.scene]
+        v = _unit(t.video)
+        # the sets of one story recur in it, never in the other: video of same-story scenes is closer
+        scene_mean = np.stack([v[t.scene == s].mean(0) for s in range(len(t.scene_storyline))])
+        same = [_cos(scene_mean[a], scene_mean[b]) for a in range(len(scene_mean)) for b in range(a + 2, len(scene_mean), 2)]
+        other = [_cos(scene_mean[a], scene_mean[b]) for a in range(len(scene_mean)) for b in range(a + 1, len(scene_mean), 2)]
+        assert np.mean(same) > np.mean(other) + 0.1, (np.mean(same), np.mean(other))
+        settings = [{t.scene_setting[s] for s in range(len(t.scene_storyline)) if t.scene_storyline[s] == j}
+                    for j in (0, 1)]
+        assert settings[0] and settings[1]
+        # each story has its own arc: a shot's intensity is its story's, and the music follows it
+        for j in (0, 1):
+            assert np.all(t.arc[line == j] >= 0) and t.arc[line == j].max() > 0.5
+        peaks_apart += abs(int(np.argmax(np.where(line == 0, t.arc, -1))) - int(np.argmax(np.where(line == 1, t.arc, -1)))) > 10
+        loud = t.audio[t.arc > 0.8] @ world.intensity
+        quiet = t.audio[t.arc < 0.2] @ world.intensity
+        assert loud.mean() > quiet.mean() + 0.1
+    assert peaks_apart >= 2, "the stories' climaxes fall at different times"
+
+
+def test_ads_from_the_next_scene_only():
+    from mediafm.fusion import Layout
+
+    L = Layout("t", video=16, audio=16, text=16, title=16)
+    world = World(L, seed=0, ad_scenes="next")
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i in range(4):
+        t = generate_title(world, f"t{i}", 120, rng)
+        for r in clips_for_title(t, rng):
+            last = int(t.scene[r["last_shot"]])
+            after = min(last + 1, int(t.scene.max()))
+            assert r["ad_labels"] == [t.scene_setting[after] % N_AD]
+            checked += 1
+    assert checked > 20
+
+
+@pytest.mark.parametrize("knobs, match", [({"storylines": 4}, "storylines"), ({"storylines": 0}, "storylines"),
+                                          ({"ad_scenes": "before"}, "ad_scenes")])
+def test_bad_storyline_and_ad_knobs_are_named(knobs, match):
+    from mediafm.fusion import Layout
+
+    with pytest.raises(ValueError, match=match):
+        World(Layout("t", video=8, audio=8, text=8, title=8), **knobs)
