@@ -110,9 +110,28 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
     lo, hi = (int(x) for x in args.shots.split(","))
     path = write_corpus(args.out, n_titles=args.titles, layout=layout, seed=args.seed, shots=(lo, hi),
                         noise=args.noise, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                        progress=True)
+                        progress=True, world=_world_knobs(args.world))
     print(f"wrote {args.titles} synthetic titles ({layout.fused_dim}-d fused) to {path}")
     return 0
+
+
+def _world_knobs(specs: list[str]) -> dict:
+    """['storylines=2', 'scene_shots=[2, 6]', 'ad_scenes=next'] -> World overrides; values read as TOML
+    (numbers, lists), else as plain text."""
+    import tomllib
+
+    from mediafm.errors import ConfigError
+
+    knobs = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--world {spec!r}: give KNOB=VALUE, e.g. storylines=2 or scene_shots=[2,6]")
+        try:
+            knobs[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            knobs[key.strip()] = value.strip()
+    return knobs
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -265,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of titles in split test, the evaluation titles, never trained on (default 0.1)")
     s.add_argument("--profile", default="production", help="encoder profile whose dims to use (default production)")
     s.add_argument("--dims", help="video,audio,text,title dims instead of a profile, e.g. 32,32,32,32 for tests")
+    s.add_argument("--world", action="append", default=[], metavar="KNOB=VALUE",
+                   help="change what the world is like (repeat): any field of mediafm.synth.World, e.g. "
+                   "storylines=2 (two stories cross-cut), ad_scenes=next (ads from the scene after a clip), "
+                   "scene_shots=[2,6], tone_text=1.0, dialogue_rate=0.15; bench/worlds.toml has the grid's "
+                   "worlds. An unknown knob is named")
     s.set_defaults(fn=_cmd_synth)
 
     sub.add_parser("train", help="train MediaFM by masked shot modeling (see `mediafm train --help`)",

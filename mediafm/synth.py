@@ -329,8 +329,8 @@ def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tu
                           f"choose from {sorted(f.name for f in fields(World) if f.init and f.name not in ('layout', 'seed'))}")
     try:
         w = World(layout, seed=seed, **knobs)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    except (ValueError, TypeError) as e:  # TypeError: a knob of the wrong kind (storylines="two")
+        raise ConfigError(f"world knobs {knobs}: {e}") from None
     rng = np.random.default_rng([seed, 1])
     extra = "".join(f", {k} {v}" for k, v in sorted(knobs.items()))
     enc = {m: f"synthetic (mediafm.synth, seed {seed}, noise {noise}{extra})" for m in ("video", "audio", "text")}
