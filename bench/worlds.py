@@ -6,8 +6,11 @@
     .venv/bin/python bench/worlds.py --variant mediafm= --served copy_span=8 --served copy_span=32
 
 The worlds are fixed in bench/worlds.toml, written before any run and never
-edited to make a model win (its header says how to add one). For each world
-and each seed s (1..--seeds):
+edited to make a model win (its header says how to add one): the grid's nine
+(2026-11-30), on which the recipe was chosen, and three held out (2026-12-02:
+storylines cross-cut, ads from the next scene), written after the choice and
+before any run on them. The default runs all twelve; --worlds picks. For each
+world and each seed s (1..--seeds):
 
   1. `mediafm synth corpus` with the world's knobs, corpus seed s;
   2. `mediafm train` of every --variant (default two: `mediafm`, the recipe of `mediafm train` with
@@ -36,7 +39,7 @@ the model predicts masked shots better than they do.
 
 Default budget (small on purpose, 2 CPU cores): measured 2026-11-30, 40 s per world
 and seed on a quiet machine, 65-90 s (one thread) while other work shared it, so
-the 27 runs of the whole grid take ~20-40 min a variant; on 2026-12-01 the two default variants took
+the 27 runs of the nine-world grid take ~20-40 min a variant; on 2026-12-01 the two default variants took
 23 min as two processes side by side (--worlds split 5/4, 23 and 21 min, then --collect). `tiny` model (hidden 64, 2 layers, 64-shot windows), 600 steps
 of batch 16 (AdamW lr 3e-3, warmup 30), 150 titles of 40-120 shots per corpus
 (35% evaluation titles, 10% validation), 64-d modalities (192-d fused), probes
