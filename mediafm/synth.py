@@ -33,7 +33,8 @@ Evaluation labels (clips.parquet, the five tasks of MEDIAFM.md) depend on
 context the way the source describes:
 - ad relevancy (8 categories): the ad categories of the location types of the
   scenes *around* the clip (the one before, its own, the one after; or, with
-  World.ad_scenes = "next", only the scene after it);
+  World.ad_scenes = "next", only the scene after it, or its own last scene at
+  the title's end);
 - popularity: the arc at the clip's position plus dialogue, plus noise; ranked
   within each title;
 - tone (100 classes): the tones of the scenes the clip overlaps;
@@ -106,12 +107,23 @@ class World:
     own characters, its own locations and its own arc (climax). 1 = one story told in order."""
     ad_scenes: str = "around"
     """Which scenes decide a clip's ad categories: "around" (the one before, its own, the one after) or "next"
-    (only the scene after the clip's last one: the ad break comes before it)."""
+    (only the scene after the clip's last one: the ad break comes before it; a clip that ends in the title's
+    last scene, with none after it, takes that scene's own)."""
     genres: dict[str, np.ndarray] = field(init=False)
     settings: dict[str, np.ndarray] = field(init=False)
     tones: dict[str, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
+        def whole(x) -> bool:
+            return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+        for name in ("n_settings", "n_tones", "cast_size", "storylines"):
+            if not whole(getattr(self, name)):
+                raise ValueError(f"World.{name}={getattr(self, name)!r}: give a whole number")
+        for name in ("locations_per_title", "scene_shots"):
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(whole(x) for x in value)):
+                raise ValueError(f"World.{name}={value!r}: give two whole numbers (min, max), e.g. [2, 6]")
         for name in ("n_settings", "n_tones", "cast_size"):
             if getattr(self, name) < (2 if name == "cast_size" else 1):
                 raise ValueError(f"World.{name}={getattr(self, name)} is too small (cast_size >= 2, others >= 1)")
