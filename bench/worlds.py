@@ -9,10 +9,12 @@ The worlds are fixed in bench/worlds.toml, written before any run and never
 edited to make a model win (its header says how to add one): the grid's nine
 (2026-11-30), on which the recipe was chosen, and three held out (2026-12-02:
 storylines cross-cut, ads from the next scene), written after the choice and
-before any run on them. The default runs all twelve; --worlds picks. For each
+before any run on them; and two from a second generator that shares nothing with
+mediafm/synth.py (bench/elsewhere.py, `generator = "elsewhere"`; 2026-12-02, also
+before any run on them). The default runs all fourteen; --worlds picks. For each
 world and each seed s (1..--seeds):
 
-  1. `mediafm synth corpus` with the world's knobs, corpus seed s;
+  1. `mediafm synth corpus` with the world's knobs (or bench/elsewhere.py at the world's noise), corpus seed s;
   2. `mediafm train` of every --variant (default two: `mediafm`, the recipe of `mediafm train` with
      its copy head, and `source`, the source's output projection), training seed s;
   3. `mediafm evaluate` of all variants on the corpus' test titles.
@@ -128,11 +130,22 @@ def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], 
     from trainer.evaluate import evaluate
     from trainer.train import TrainConfig, parse_overrides, train
 
-    knobs = {k: v for k, v in spec.items() if k not in ("about", "noise")}
+    knobs = {k: v for k, v in spec.items() if k not in ("about", "noise", "generator")}
     d = args.dims
     lo, hi = (int(x) for x in args.shots.split(","))
     data = work / "data"
-    if not (data / "meta.json").exists():
+    generator = spec.get("generator", "synth")
+    if generator not in ("synth", "elsewhere"):
+        raise SystemExit(f"generator = {generator!r}: 'synth' (mediafm/synth.py, the default) or 'elsewhere' "
+                         "(bench/elsewhere.py)")
+    if not (data / "meta.json").exists() and generator == "elsewhere":
+        import elsewhere  # bench/elsewhere.py, the second generator: no knobs but its noise
+
+        if knobs:
+            raise SystemExit(f"bench/elsewhere.py takes no World knobs ({sorted(knobs)}): only about and noise")
+        elsewhere.write_corpus(data, n_titles=args.titles, dims=d, seed=seed, shots=(lo, hi),
+                               noise=float(spec.get("noise", 0.3)), val_fraction=0.1, test_fraction=0.35)
+    elif not (data / "meta.json").exists():
         write_corpus(data, n_titles=args.titles, layout=Layout(f"worlds-{d}", video=d, audio=d, text=d, title=d),
                      seed=seed, shots=(lo, hi), noise=float(spec.get("noise", 1.5)), val_fraction=0.1,
                      test_fraction=0.35, world=knobs)
