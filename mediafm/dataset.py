@@ -11,9 +11,11 @@ Every format problem raises :class:`DatasetError` naming the file and column.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,10 @@ import pyarrow.parquet as pq
 from mediafm.errors import DatasetError
 from mediafm.fusion import Layout
 
+log = logging.getLogger(__name__)
 FORMAT, VERSION = "mediafm-shots", 1
+N_GENRES = 11
+"""Genres of MEDIAFM.md (Action ... Thriller): titles.parquet's and clips.parquet's genre indices are below it."""
 SHARD_SHOTS = 16384
 """Shots per shard when writing: 16k x 2304 float32 = 151 MB before compression."""
 
@@ -53,18 +58,63 @@ class Meta:
             raise DatasetError(f"{path}: missing; a v1 dataset needs meta.json (see DATASET_FORMAT.md)") from None
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise DatasetError(f"{path}: holds a JSON {type(d).__name__}; meta.json is one object, "
+                               '{"format": "mediafm-shots", "version": 1, "fused_dim": ..., ...} (DATASET_FORMAT.md)')
         if d.get("format") != FORMAT or d.get("version") != VERSION:
             raise DatasetError(f"{path}: format={d.get('format')!r} version={d.get('version')!r}, "
                                f"expected {FORMAT!r} version {VERSION}")
         for k in ("fused_dim", "modalities", "title_dim"):
             if k not in d:
                 raise DatasetError(f"{path}: missing key {k!r}")
+        for k in ("fused_dim", "title_dim"):
+            if not _whole(d[k]) or d[k] < 1:
+                raise DatasetError(f"{path}: {k!r} is {d[k]!r}; give a whole number >= 1 (not a string)")
+        if not isinstance(d["modalities"], dict) or not d["modalities"]:
+            raise DatasetError(f"{path}: 'modalities' is {d['modalities']!r}; give an object of modality -> "
+                               '[start, end) slice of the fused vector, e.g. {"video": [0, 768], ...}')
+        for k, v in d["modalities"].items():
+            if not (isinstance(v, list) and len(v) == 2 and all(_whole(x) for x in v) and 0 <= v[0] < v[1]):
+                raise DatasetError(f"{path}: modalities[{k!r}] is {v!r}; give [start, end) as two whole numbers "
+                                   "with 0 <= start < end")
+        if not isinstance(d.get("encoders", {}), dict):
+            raise DatasetError(f"{path}: 'encoders' is {d['encoders']!r}; give an object of modality -> free text")
         mods = {k: tuple(v) for k, v in d["modalities"].items()}
         ends = sorted(mods.values())
-        if ends and (ends[0][0] != 0 or ends[-1][1] != d["fused_dim"]
-                     or any(a[1] != b[0] for a, b in zip(ends, ends[1:], strict=False))):
+        if (ends[0][0] != 0 or ends[-1][1] != d["fused_dim"]
+                or any(a[1] != b[0] for a, b in zip(ends, ends[1:], strict=False))):
             raise DatasetError(f"{path}: modalities {mods} do not tile [0, fused_dim={d['fused_dim']})")
-        return cls(int(d["fused_dim"]), mods, int(d["title_dim"]), dict(d.get("encoders", {})))
+        return cls(d["fused_dim"], mods, d["title_dim"], dict(d.get("encoders", {})))
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@contextmanager
+def _arrow(path: Path):
+    """pyarrow's errors reading `path` as DatasetError naming the file (a parquet file pyarrow cannot read at
+    all: a null row of a fixed_size_list column is one way to write such a file)."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        hint = ("; a fixed_size_list column (fused, title_embedding) holds a null or short row: write every "
+                "vector whole" if "lists to be of size" in str(e) else "")
+        raise DatasetError(f"{path}: pyarrow cannot read it: {type(e).__name__}: {e}{hint}") from None
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+def _is_int_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
 
 
 CLIPS_SCHEMA = pa.schema([
@@ -74,8 +124,9 @@ CLIPS_SCHEMA = pa.schema([
 ])
 
 
-def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path) -> np.ndarray:
-    """fixed_size_list<float32>[dim] -> (n, dim) float32, or DatasetError."""
+def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path, *, unit: bool = False) -> np.ndarray:
+    """fixed_size_list<float32>[dim] -> (n, dim) float32, or DatasetError. unit (the fused vectors): a row of
+    zeros is refused (it has no direction to norm), and rows off unit norm are logged, once a file."""
     if col not in table.column_names:
         raise DatasetError(f"{path}: missing column {col!r} (columns: {table.column_names})")
     arr = table.column(col).combine_chunks()
@@ -92,7 +143,23 @@ def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path) -> np.
     if bad.any():
         raise DatasetError(f"{path}: column {col!r} has NaN/inf in {int(bad.sum())} rows "
                            f"(first at row {int(np.flatnonzero(bad)[0])})")
+    if unit and len(x):
+        norm = np.linalg.norm(x, axis=1)
+        zero = norm == 0
+        if zero.any():
+            raise DatasetError(f"{path}: column {col!r} has {int(zero.sum())} rows of zeros (first at row "
+                               f"{int(np.flatnonzero(zero)[0])}): a shot needs at least one modality; leave out "
+                               "shots with none")
+        off = np.abs(norm - 1) > 1e-3
+        if off.any() and path not in _WARNED:
+            _WARNED.add(path)
+            log.warning("%s: %d of %d rows of column %r are not of unit norm (row %d: %.4f); DATASET_FORMAT.md "
+                        "wants each row divided by its L2 norm, after the modalities are concatenated", path,
+                        int(off.sum()), len(x), col, int(np.flatnonzero(off)[0]), float(norm[off][0]))
     return x
+
+
+_WARNED: set[Path] = set()
 
 
 @dataclass
@@ -137,12 +204,20 @@ class Dataset:
         path = self.root / "titles.parquet"
         if not path.exists():
             raise DatasetError(f"{path}: missing")
-        t = pq.read_table(path)
+        with _arrow(path):
+            t = pq.read_table(path)
         for col in ("title_id", "title_embedding", "kind"):
             if col not in t.column_names:
                 raise DatasetError(f"{path}: missing column {col!r}")
+        for col, ok, want in (("title_id", _is_text, "string"), ("kind", _is_text, "string"),
+                              ("split", _is_text, "string"), ("genres", _is_int_list, "list<int32>")):
+            if col in t.column_names and not ok(t.schema.field(col).type):
+                raise DatasetError(f"{path}: column {col!r} is {t.schema.field(col).type}; DATASET_FORMAT.md has "
+                                   f"{want}")
         emb = _check_vector_column(t, "title_embedding", self.meta.title_dim, path)
         ids = t.column("title_id").to_pylist()
+        if None in ids:
+            raise DatasetError(f"{path}: column 'title_id' is null in row {ids.index(None)}; every title needs an id")
         if len(set(ids)) != len(ids):
             raise DatasetError(f"{path}: column 'title_id' has duplicates")
         kinds = t.column("kind").to_pylist()
@@ -152,6 +227,12 @@ class Dataset:
         for i, tid in enumerate(ids):
             if splits[i] not in ("train", "val", "test", None):
                 raise DatasetError(f"{path}: column 'split' has {splits[i]!r} for {tid!r}; use train/val/test")
+            if kinds[i] not in ("title", "live"):
+                raise DatasetError(f"{path}: column 'kind' has {kinds[i]!r} for {tid!r}; use 'title' or 'live'")
+            bad = [g for g in genres[i] or [] if g is None or not 0 <= g < N_GENRES]
+            if bad:
+                raise DatasetError(f"{path}: column 'genres' of {tid!r} has {bad}: indices into the {N_GENRES} "
+                                   f"genres of MEDIAFM.md, 0..{N_GENRES - 1}, none null")
             out[tid] = TitleInfo(tid, emb[i], kinds[i], splits[i] or "train", genres[i], 0, -1, -1)
         return out
 
@@ -165,7 +246,8 @@ class Dataset:
         """
         prev_tail: str | None = None  # the title of the last rows of the previous non-empty file
         for s, path in enumerate(self.shards):
-            pf = pq.ParquetFile(path)
+            with _arrow(path):
+                pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
             for col in ("title_id", "shot_index", "start_s", "end_s", "fused"):
                 if col not in names:
@@ -175,9 +257,22 @@ class Dataset:
                 got = ft.list_size if pa.types.is_fixed_size_list(ft) else str(ft)
                 raise DatasetError(f"{path}: column 'fused' has dim {got}, meta.json says fused_dim="
                                    f"{self.meta.fused_dim}")
-            t = pf.read(columns=["title_id", "shot_index"])
+            for col, ok, want in (("title_id", _is_text, "string"), ("shot_index", pa.types.is_integer, "int32"),
+                                  ("start_s", _is_number, "float64"), ("end_s", _is_number, "float64")):
+                if not ok(pf.schema_arrow.field(col).type):
+                    raise DatasetError(f"{path}: column {col!r} is {pf.schema_arrow.field(col).type}; "
+                                       f"DATASET_FORMAT.md has {want}")
+            with _arrow(path):
+                t = pf.read(columns=["title_id", "shot_index", "start_s", "end_s"])
+            for col in t.column_names:
+                if t.column(col).null_count:
+                    row = int(np.flatnonzero(t.column(col).is_null().to_numpy(zero_copy_only=False))[0])
+                    raise DatasetError(f"{path}: column {col!r} is null in row {row}; every shot needs its "
+                                       "title_id, shot_index, start_s and end_s")
             tids = t.column("title_id").to_pylist()
             idx = t.column("shot_index").to_numpy(zero_copy_only=False)
+            self._check_spans(path, tids, t.column("start_s").to_numpy(zero_copy_only=False),
+                              t.column("end_s").to_numpy(zero_copy_only=False))
             row = 0
             while row < len(tids):
                 tid = tids[row]
@@ -203,6 +298,15 @@ class Dataset:
         missing = [t for t, i in self.titles.items() if i.shard == -1]
         if missing:
             raise DatasetError(f"{self.root / 'titles.parquet'}: titles {missing[:5]} have no shots")
+
+    @staticmethod
+    def _check_spans(path: Path, tids: list[str], start: np.ndarray, end: np.ndarray) -> None:
+        """Shot spans are finite seconds that do not end before they start."""
+        bad = ~(np.isfinite(start) & np.isfinite(end) & (end >= start))
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"{path}: row {r} (title {tids[r]!r}) has span start_s={start[r]}, end_s={end[r]}; "
+                               f"a shot's span is finite seconds with end_s >= start_s ({int(bad.sum())} such rows)")
 
     def _where(self, piece: tuple[int, int, int]) -> str:
         s, row, n = piece
@@ -237,7 +341,7 @@ class Dataset:
         return (f"{path}: column 'shot_index' of title {tid!r} is not {first}..{first + n - 1} in order{where}: "
                 f"row {row + k} has {got}, expected {exp} ({what}); sort rows by shot_index with no gaps")
 
-    def clips(self, *, n_tones: int = 100, n_genres: int = 11) -> pa.Table | None:
+    def clips(self, *, n_tones: int = 100, n_genres: int = N_GENRES) -> pa.Table | None:
         """clips.parquet validated against the titles (None if the dataset has none).
 
         Raises DatasetError naming the column and clip for a clip past its
@@ -246,10 +350,32 @@ class Dataset:
         path = self.root / "clips.parquet"
         if not path.exists():
             return None
-        t = pq.read_table(path)
+        with _arrow(path):
+            t = pq.read_table(path)
         for col in ("clip_id", "title_id", "first_shot", "last_shot"):
             if col not in t.column_names:
                 raise DatasetError(f"{path}: missing column {col!r}")
+        types = {"clip_id": (_is_text, "string"), "title_id": (_is_text, "string"),
+                 "first_shot": (pa.types.is_integer, "int32"), "last_shot": (pa.types.is_integer, "int32"),
+                 "ad_labels": (_is_int_list, "list<int32>"), "tones": (_is_int_list, "list<int32>"),
+                 "genres": (_is_int_list, "list<int32>"), "popularity": (_is_number, "float64"),
+                 "clip_worthy": (pa.types.is_boolean, "bool")}
+        for col, (ok, want) in types.items():
+            if col in t.column_names and not ok(t.schema.field(col).type):
+                raise DatasetError(f"{path}: column {col!r} is {t.schema.field(col).type}; DATASET_FORMAT.md has "
+                                   f"{want}")
+        for col in ("clip_id", "title_id", "first_shot", "last_shot"):
+            if t.column(col).null_count:
+                row = int(np.flatnonzero(t.column(col).is_null().to_numpy(zero_copy_only=False))[0])
+                raise DatasetError(f"{path}: column {col!r} is null in row {row}; every clip needs its id, title "
+                                   "and shots (a null marks only a task a clip is not labelled for)")
+        if "popularity" in t.column_names:
+            pop = t.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls read as NaN
+            nan = np.isnan(pop) & ~t.column("popularity").is_null().to_numpy(zero_copy_only=False)
+            if (nan | np.isinf(pop)).any():
+                row = int(np.flatnonzero(nan | np.isinf(pop))[0])
+                raise DatasetError(f"{path}: column 'popularity' is {pop[row]} in row {row}; give a finite number, "
+                                   "or null for a clip not labelled for popularity")
         ids = t.column("clip_id").to_pylist()
         tids = t.column("title_id").to_pylist()
         first = t.column("first_shot").to_pylist()
@@ -258,6 +384,9 @@ class Dataset:
             info = self.titles.get(tid)
             if info is None:
                 raise DatasetError(f"{path}: clip {cid!r} column 'title_id' names {tid!r}, absent from titles.parquet")
+            if a > b:
+                raise DatasetError(f"{path}: clip {cid!r} has first_shot {a} after last_shot {b}; a clip is the "
+                                   "shots first_shot..last_shot, inclusive")
             if not 0 <= a <= b < info.n_shots:
                 raise DatasetError(f"{path}: clip {cid!r} columns 'first_shot'/'last_shot' = {a}..{b} are outside "
                                    f"title {tid!r} (shots 0..{info.n_shots - 1})")
@@ -265,6 +394,9 @@ class Dataset:
             if col not in t.column_names:
                 continue
             for cid, labels in zip(ids, t.column(col).to_pylist(), strict=True):
+                if labels is not None and None in labels:
+                    raise DatasetError(f"{path}: clip {cid!r} column {col!r} has a null class in {labels}; give "
+                                       "class indices, or a null cell for a clip not labelled for the task")
                 bad = [x for x in (labels or []) if x < 0 or (limit is not None and x >= limit)]
                 if bad:
                     rng = f"0..{limit - 1}" if limit is not None else ">= 0"
@@ -278,18 +410,18 @@ class Dataset:
         """(fused, start_s, end_s) of rows [row, row + n) of one shard, reading no further than needed
         (a title continued from the previous file sits at the top of this one)."""
         path = self.shards[shard]
-        pf = pq.ParquetFile(path)
         batches, seen = [], 0
-        for b in pf.iter_batches(batch_size=4096, columns=["start_s", "end_s", "fused"]):
-            if seen + b.num_rows > row:
-                batches.append(b.slice(max(0, row - seen)))
-            seen += b.num_rows
-            if seen >= row + n:
-                break
+        with _arrow(path):
+            for b in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=["start_s", "end_s", "fused"]):
+                if seen + b.num_rows > row:
+                    batches.append(b.slice(max(0, row - seen)))
+                seen += b.num_rows
+                if seen >= row + n:
+                    break
         t = pa.Table.from_batches(batches, schema=batches[0].schema if batches else None).slice(0, n)
         if t.num_rows != n:
             raise DatasetError(f"{path}: has {seen} rows, fewer than the index read ({row + n})")
-        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path)
+        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path, unit=True)
         return fused, t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
 
     def read_shard(self, shard: int, only: set[str] | None = None) -> dict[str, Title]:
@@ -297,8 +429,9 @@ class Dataset:
         into the next shard(s) is completed with just its rows at their top (so one shard plus one
         title's tail is in memory)."""
         path = self.shards[shard]
-        t = pq.read_table(path)
-        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path)
+        with _arrow(path):
+            t = pq.read_table(path)
+        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path, unit=True)
         start, end = t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
         out = {}
         for info in self.titles.values():

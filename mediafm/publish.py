@@ -195,6 +195,10 @@ def fused_shot_messages(title, layout: Layout, request_id: str) -> list[FusedSho
                         end_s=float(title.end_s[i]), profile=layout.name, fused=vec_to_bytes(v), present=present,
                         n_shots=n, kind="title", title_embedding=te, request_id=request_id)
         try:
+            msg.check()  # what a worker's decode would refuse (an id with control characters, a span backwards)
+        except SchemaError as e:
+            raise DatasetError(f"title {info.title_id!r} shot {i}: a worker would refuse it: {e}") from None
+        try:
             msg.to_bytes()
         except SchemaError as e:
             raise DatasetError(f"title {info.title_id!r} shot {i}: {e}; one shot per message cannot be split "

@@ -102,6 +102,11 @@ class Message:
             )
         return data
 
+    def check(self) -> None:
+        """The value checks `decode` makes of a received message (ids, finite times, spans, indices), made of
+        one built here before it is sent: SchemaError saying what a worker would refuse."""
+        _check_values(self.SCHEMA, {name: getattr(self, name) for name, _, _ in _fields(type(self))})
+
 
 @dataclass
 class TitleRequest(Message):

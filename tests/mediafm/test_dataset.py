@@ -244,3 +244,150 @@ def test_nan_in_continued_rows_named(tmp_path):
     ds = Dataset(tmp_path / "ds")
     with pytest.raises(DatasetError, match=r"part-00001.parquet: column 'fused' has NaN/inf in 1 rows \(first at row 2\)"):
         ds.read_shard(0)
+
+
+def _set_meta(path, **changes):
+    meta = json.loads((path / "meta.json").read_text())
+    meta.update(changes)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"modalities": {"video": [0], "audio": [4, 8], "text": [8, 12]}},
+     r"modalities\['video'\] is \[0\]; give \[start, end\) as two whole numbers"),
+    ({"modalities": {"video": [0.0, 4.0], "audio": [4, 8], "text": [8, 12]}}, r"modalities\['video'\] is \[0.0, 4.0\]"),
+    ({"modalities": {}}, r"'modalities' is \{\}; give an object of modality"),
+    ({"modalities": [[0, 4], [4, 8], [8, 12]]}, r"'modalities' is \[\[0, 4\]"),
+    ({"fused_dim": "12"}, r"'fused_dim' is '12'; give a whole number >= 1"),
+    ({"title_dim": None}, r"'title_dim' is None; give a whole number >= 1"),
+    ({"encoders": "v"}, r"'encoders' is 'v'; give an object"),
+])
+def test_meta_json_of_the_wrong_shape_named(tmp_path, changes, message):
+    """Before: tracebacks (IndexError, AttributeError, TypeError) from train, evaluate and publish, or float
+    slices accepted until evaluate sliced with them."""
+    _write(tmp_path / "ds")
+    _set_meta(tmp_path / "ds", **changes)
+    with pytest.raises(DatasetError, match=r"meta.json: " + message):
+        Dataset(tmp_path / "ds")
+
+
+def test_meta_json_that_is_not_an_object_named(tmp_path):
+    _write(tmp_path / "ds")
+    (tmp_path / "ds" / "meta.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"meta.json: holds a JSON list; meta.json is one object"):
+        Dataset(tmp_path / "ds")
+
+
+def _column(name, values, typ=None):
+    return lambda t: t.set_column(t.column_names.index(name), name, pa.array(values, typ))
+
+
+IDX = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]  # shard 0: t0's 5 shots, then t1's 6
+START = [float(i) for i in IDX]
+
+
+def _with(values, at, value):
+    out = list(values)
+    out[at] = value
+    return out
+
+
+@pytest.mark.parametrize("column, values, typ, message", [
+    ("shot_index", _with(IDX, 2, None), pa.int32(), r"column 'shot_index' is null in row 2"),
+    ("shot_index", [str(i) for i in IDX], None, r"column 'shot_index' is string; DATASET_FORMAT.md has int32"),
+    ("start_s", _with(START, 1, None), pa.float64(), r"column 'start_s' is null in row 1"),
+    ("start_s", _with(START, 3, 30.0), pa.float64(),
+     r"row 3 \(title 't0'\) has span start_s=30.0, end_s=4.0; a shot's span is finite seconds with end_s >= start_s"),
+    ("end_s", _with([x + 1 for x in START], 2, float("inf")), pa.float64(), r"row 2 \(title 't0'\) has span"),
+    ("title_id", [1] * 5 + [2] * 6, None, r"column 'title_id' is int64; DATASET_FORMAT.md has string"),
+])
+def test_shot_rows_of_the_wrong_kind_named_at_open(tmp_path, column, values, typ, message):
+    """A shot's id, index and span are checked when the dataset opens (before: a null shot_index was 'cannot
+    convert float NaN to integer', a string one 'row 0 has 0, expected 0', a backwards span was sent by
+    `mediafm publish dataset` and refused by every worker)."""
+    _write(tmp_path / "ds")
+    shard = _shard(tmp_path / "ds")
+    assert pq.read_table(shard).column('shot_index').to_pylist() == IDX
+    _rewrite(shard, _column(column, values, typ))
+    with pytest.raises(DatasetError, match=r"part-00000.parquet: " + message):
+        Dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("column, values, typ, message", [
+    ("kind", ["title", "movie", "title"], None, r"column 'kind' has 'movie' for 't1'; use 'title' or 'live'"),
+    ("genres", [[0], [11], [2]], pa.list_(pa.int32()), r"column 'genres' of 't1' has \[11\]: indices into the 11 "
+     r"genres"),
+    ("genres", [[0], [None], [2]], pa.list_(pa.int32()), r"column 'genres' of 't1' has \[None\]"),
+    ("title_id", ["t0", None, "t2"], pa.string(), r"column 'title_id' is null in row 1"),
+])
+def test_titles_of_the_wrong_kind_named(tmp_path, column, values, typ, message):
+    _write(tmp_path / "ds")
+    _rewrite(tmp_path / "ds" / "titles.parquet", _column(column, values, typ))
+    with pytest.raises(DatasetError, match=r"titles.parquet: " + message):
+        Dataset(tmp_path / "ds")
+
+
+def test_a_file_pyarrow_cannot_read_is_named(tmp_path):
+    """A null row in a fixed_size_list column makes a file pyarrow refuses to read; before, its error named
+    neither the file nor the column, and for a shard it came in the middle of training."""
+    _write(tmp_path / "ds")
+    path = tmp_path / "ds" / "titles.parquet"
+    t = pq.read_table(path)
+    emb = pa.array([[0.1, 0.2, 0.3], None, [0.4, 0.5, 0.6]], pa.list_(pa.float32(), 3))
+    pq.write_table(t.set_column(t.column_names.index("title_embedding"), "title_embedding", emb), path)
+    with pytest.raises(DatasetError, match=r"titles.parquet: (pyarrow cannot read it|column 'title_embedding' has "
+                                           r"1 null rows)"):
+        Dataset(tmp_path / "ds")
+
+
+def test_fused_rows_of_zeros_refused_and_off_unit_rows_told(tmp_path, caplog):
+    data = _write(tmp_path / "ds")
+    with caplog.at_level("WARNING", logger="mediafm.dataset"):
+        list(Dataset(tmp_path / "ds").iter_titles())  # _write's rows are not normalised
+    assert "are not of unit norm" in caplog.text and "divided by its L2 norm" in caplog.text
+    shard = _shard(tmp_path / "ds")
+
+    def zero(t):
+        x = t.column("fused").combine_chunks().values.to_numpy().copy().reshape(-1, 12)
+        x[3] = 0
+        return t.set_column(t.column_names.index("fused"), "fused",
+                            pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 12))
+
+    _rewrite(shard, zero)
+    assert len(data["t0"]) == 5
+    with pytest.raises(DatasetError, match=r"column 'fused' has 1 rows of zeros \(first at row 3\): a shot needs at "
+                                           r"least one modality"):
+        list(Dataset(tmp_path / "ds").iter_titles())
+
+
+def _clip(**kw):
+    row = {"clip_id": "c0", "title_id": "t0", "first_shot": 0, "last_shot": 2, "ad_labels": [1], "popularity": 0.5,
+           "tones": [3], "genres": [0], "clip_worthy": True}
+    return row | kw
+
+
+@pytest.mark.parametrize("table, message", [
+    (pa.table({"clip_id": ["c0"], "title_id": ["t0"], "first_shot": pa.array([None], pa.int32()),
+               "last_shot": [2]}), r"column 'first_shot' is null in row 0; every clip needs its id, title and shots"),
+    (pa.table({"clip_id": ["c0"], "title_id": ["t0"], "first_shot": ["0"], "last_shot": [2]}),
+     r"column 'first_shot' is string; DATASET_FORMAT.md has int32"),
+    (pa.Table.from_pylist([_clip(popularity=float("nan"))]),
+     r"column 'popularity' is nan in row 0; give a finite number, or null for a clip not labelled"),
+    (pa.Table.from_pylist([_clip(tones=[1, None])]), r"clip 'c0' column 'tones' has a null class in \[1, None\]"),
+    (pa.Table.from_pylist([_clip(genres=4)]), r"column 'genres' is int64; DATASET_FORMAT.md has list<int32>"),
+    (pa.Table.from_pylist([_clip(first_shot=2, last_shot=1)]), r"clip 'c0' has first_shot 2 after last_shot 1"),
+])
+def test_clips_of_the_wrong_kind_named(tmp_path, table, message):
+    """Before: TypeErrors from the checks, or (NaN popularity) every clip embedded, then a scikit-learn
+    traceback from the probe."""
+    _write(tmp_path / "ds")
+    pq.write_table(table, tmp_path / "ds" / "clips.parquet")
+    with pytest.raises(DatasetError, match=r"clips.parquet: " + message):
+        Dataset(tmp_path / "ds").clips()
+
+
+def test_null_popularity_is_an_unlabelled_clip(tmp_path):
+    _write(tmp_path / "ds")
+    pq.write_table(pa.Table.from_pylist([_clip(), _clip(clip_id="c1", popularity=None)]),
+                   tmp_path / "ds" / "clips.parquet")
+    assert Dataset(tmp_path / "ds").clips().column("popularity").null_count == 1

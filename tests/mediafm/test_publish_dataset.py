@@ -73,6 +73,19 @@ def test_all_zero_shot_refused(tmp_path):
         fused_shot_messages(title, LAYOUT, "r")
 
 
+@pytest.mark.parametrize("prefix, message", [
+    ("bell\x07", r"field 'title_id' has control characters \['\\x07'\]"),
+    ("x" * 600, r"field 'title_id' is 602 characters, over the 512 limit"),
+])
+def test_a_title_a_worker_would_refuse_is_refused_before_sending(tmp_path, prefix, message):
+    """The dataset format takes any string as a title id; the pipeline does not. Before, such a title was sent
+    and every one of its shots dead-lettered by the worker, so it never completed."""
+    write_dataset(tmp_path / "ds", [3], prefix=prefix)
+    (title,) = list(Dataset(tmp_path / "ds").iter_titles())
+    with pytest.raises(DatasetError, match=r"shot 0: a worker would refuse it: " + message):
+        fused_shot_messages(title, LAYOUT, "r")
+
+
 def _offline_settings(tmp_path):
     from conftest import free_port
 
