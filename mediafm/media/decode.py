@@ -162,11 +162,19 @@ def _start(container) -> float:
 
 
 def _rotation(stream) -> int:
+    """The counter-clockwise angle of an old-style `rotate` tag (FFmpeg before 5 exported it; new files carry a
+    display matrix, read per frame): the tag is the clockwise angle to display the picture by."""
     try:
         rot = int(stream.metadata.get("rotate", 0))
     except ValueError:
         rot = 0
-    return rot % 360
+    return -rot % 360
+
+
+def turn(img: np.ndarray, rot: int) -> np.ndarray:
+    """Pixels as a player shows them. `rot` is the display matrix's angle, counter-clockwise (what PyAV's
+    frame.rotation and ffprobe report); FFmpeg's own autorotation turns the picture counter-clockwise by it."""
+    return np.ascontiguousarray(np.rot90(img, k=rot // 90)) if rot else img
 
 
 def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
@@ -220,10 +228,7 @@ def _to_array(frame, size: tuple[int, int] | None, fmt: str, rot: int) -> np.nda
         if rot in (90, 270):  # scale to the pre-rotation shape so the result is (h, w)
             w, h = h, w
         img = frame.to_ndarray(width=w, height=h, format=fmt)
-    if rot:
-        # the display matrix's angle is counter-clockwise; turn the pixels the other way to display them
-        img = np.ascontiguousarray(np.rot90(img, k=-(rot // 90)))
-    return img
+    return turn(img, rot)
 
 
 def _seek(c, base: float, seek_s: float | None) -> None:

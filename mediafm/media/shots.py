@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from mediafm.config import SHOT_DETECTORS as DETECTORS
-from mediafm.media.decode import iter_video_frames
+from mediafm.media.decode import iter_video_frames, turn
 
 THUMB_WIDTH = 128
 _TN_SIZE = (48, 27)  # TransNetV2's input (w, h)
@@ -103,10 +103,7 @@ class Scaler:
         r = self._by_size.get((w, h, fmt))
         if r is None:
             r = self._by_size[(w, h, fmt)] = self._new()
-        img = r.reformat(frame, width=w, height=h, format=fmt).to_ndarray()
-        if rot:  # the display matrix's angle is counter-clockwise; turn the pixels the other way
-            img = np.ascontiguousarray(np.rot90(img, k=-(rot // 90)))
-        return img
+        return turn(r.reformat(frame, width=w, height=h, format=fmt).to_ndarray(), rot)
 
 
 def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_index: int = 0,

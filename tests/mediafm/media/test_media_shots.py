@@ -11,7 +11,7 @@ import pytest
 from mediafm.config import Settings
 from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
 from mediafm.media.decode import check_uri, iter_frames, probe
-from mediafm.media.shots import ShotDetector, detect_shots
+from mediafm.media.shots import ShotDetector, detect_shots, detector_frames
 from mediafm.media.synthfilm import ffmpeg, make_film
 
 
@@ -130,9 +130,23 @@ def test_rotation_metadata_applied(film, tmp_path):
     assert (info.width, info.height, info.rotation) == (96, 160, 90)
     f = next(iter_frames(rot, size=(48, 80)))
     assert f.image.shape == (80, 48, 3)
-    # the rotated frame is the original turned by 90 degrees
-    g = next(iter_frames(film.path, size=(80, 48)))
-    assert np.abs(f.image.astype(int) - np.rot90(g.image, k=-1)).mean() < 3
+    # as a player shows it: FFmpeg's own autorotated decode (before: turned the other way, 180 degrees off)
+    def shown(w, h):
+        out = subprocess.run([ffmpeg(), "-loglevel", "error", "-i", str(rot), "-frames:v", "1", "-s", f"{w}x{h}",
+                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+        return np.frombuffer(out, np.uint8).reshape(h, w, 3).astype(int)
+
+    def off(img, ref):
+        return np.abs(img.astype(int) - ref).mean()
+
+    full = next(iter_frames(rot)).image  # no scaling: the same pixels as FFmpeg's
+    assert full.shape == (160, 96, 3) and off(full, shown(96, 160)) < 1
+    assert off(np.rot90(full, 2), shown(96, 160)) > 20, "a test picture that looks the same upside down"
+    # scaled (before the turn here, after it in FFmpeg), and the thumbnails the shot detector keeps
+    _, _, _, thumb = next(detector_frames(rot, "content"))
+    for img in (f.image, thumb):
+        h, w = img.shape[:2]
+        assert off(img, shown(w, h)) < off(np.rot90(img, 2), shown(w, h)) / 3
 
 
 # --- bad input: clear errors, never a hang
