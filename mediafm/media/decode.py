@@ -130,7 +130,9 @@ class MediaInfo:
     video_codec: str = ""
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def open_media(path: Path) -> av.container.InputContainer:
+    """The file opened for reading, with the guards every reader of media uses: not a playlist or concat
+    script, FFmpeg's file protocol only, a timeout; MediaURIError or CorruptMediaError otherwise."""
     try:
         with open(path, "rb") as f:
             head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -149,6 +151,28 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaURIError(f"{path}: a {c.format.name} playlist or manifest, not media (it names other files or "
                             "URLs, which are not read); publish the media file itself")
     return c
+
+
+def video_stream(c):
+    """The film's picture, as a player picks it: of the video streams that are not an attached picture (an
+    audio file's cover art, a thumbnail track), the one marked default, else the first; None if none."""
+    pics = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+    return _default([s for s in c.streams.video if not s.disposition & pics])
+
+
+def _default(streams: list):
+    return next((s for s in streams if s.disposition & av.stream.Disposition.default), streams[0] if streams else None)
+
+
+def audio_stream(c):
+    """The film's sound: the audio stream marked default (a player's choice), else the first; None if none."""
+    return _default(list(c.streams.audio))
+
+
+def has_audio(path: Path) -> bool:
+    """Whether the file has an audio stream (opened with the same guards as for decoding)."""
+    with open_media(path) as c:
+        return audio_stream(c) is not None
 
 
 def _check_frame_size(path: Path, width: int, height: int, what: str) -> None:
@@ -179,12 +203,13 @@ def turn(img: np.ndarray, rot: int) -> np.ndarray:
 
 def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
     """Open the file and describe it, decoding one frame to prove the video decodes."""
-    with _open(path) as c:
-        if not c.streams.video:
+    with open_media(path) as c:
+        v = video_stream(c)
+        if v is None:
             kinds = sorted({s.type for s in c.streams}) or ["none"]
-            raise NoVideoError(f"{path}: no video stream (streams: {', '.join(kinds)}); shots need video: "
+            cover = " (its picture is cover art, not video)" if c.streams.video else ""
+            raise NoVideoError(f"{path}: no video stream (streams: {', '.join(kinds)}){cover}; shots need video: "
                                "pass a file with a video track")
-        v = c.streams.video[0]
         if v.codec_context is None:  # PyAV opens no codec context when FFmpeg has no decoder for the codec
             raise CorruptMediaError(f"{path}: FFmpeg has no decoder for its video codec (unsupported or unknown "
                                     "codec); re-encode it, e.g. to H.264")
@@ -207,7 +232,7 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
             raise MediaURIError(f"{path}: {dur:.0f} s long, over max_media_duration_s="
                                 f"{settings.max_media_duration_s:.0f}; raise the setting if this is intended")
         fps = float(v.average_rate or v.guessed_rate or 0) or 25.0
-        return MediaInfo(path, dur, w, h, fps, rot, bool(c.streams.audio),
+        return MediaInfo(path, dur, w, h, fps, rot, audio_stream(c) is not None,
                          [s.index for s in c.streams.subtitles], v.codec_context.name)
 
 
@@ -298,16 +323,16 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
     tap: told what a replay needs (mediafm.media.segment_cache.SegmentRecorder): `tap.opened(base, rate,
     has_audio)` once, then `tap.frame(frame.time, frame, rotation)` per frame.
     """
-    with _open(path) as c:
-        if not c.streams.video:
+    with open_media(path) as c:
+        v = video_stream(c)
+        if v is None:
             raise NoVideoError(f"{path}: no video stream; shots need video: pass a file with a video track")
-        v = c.streams.video[0]
         v.thread_type = "AUTO"
         base = _start(c)
         stream_rot = _rotation(v)
         clock = FrameTimes(base, float(v.average_rate or 25), time_offset)
         if tap is not None:
-            tap.opened(base, clock.rate, bool(c.streams.audio))
+            tap.opened(base, clock.rate, audio_stream(c) is not None)
         i = start_index
         try:
             for frame in _decode(c, v, base, seek_s if time_offset is None else None):
@@ -342,7 +367,8 @@ def to_array(frame, size: tuple[int, int] | None, rot: int, fmt: str = "rgb24") 
 
 def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None = None,
                seek_s: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(first sample's index, rate, mono float32 samples) chunks of the first audio stream; nothing if none.
+    """(first sample's index, rate, mono float32 samples) chunks of the audio stream (audio_stream: the default
+    one, else the first); nothing if none.
 
     Samples are at the stream's own rate (`rate`: converted to that one instead, for a file that continues
     another at another rate); sample `i` lies at `i / rate` seconds from the container start, or from
@@ -352,10 +378,10 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
     decoding started (FFmpeg's streaming resampler does not: its output depends on where it began).
     A decode error after some audio ends the stream (a truncated file keeps what it had).
     """
-    with _open(path) as c:
-        if not c.streams.audio:
+    with open_media(path) as c:
+        a = audio_stream(c)
+        if a is None:
             return
-        a = c.streams.audio[0]
         base = _start(c)
         res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
         pos = 0  # the next sample's index

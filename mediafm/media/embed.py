@@ -40,7 +40,7 @@ import numpy as np
 from mediafm.config import Settings
 from mediafm.errors import EncoderError, MediaError
 from mediafm.fusion import MODALITIES, Layout, fuse
-from mediafm.media.decode import iter_audio, iter_video_frames, resample_span, to_array
+from mediafm.media.decode import has_audio, iter_audio, iter_video_frames, resample_span, to_array
 from mediafm.media.segment_cache import DecodedSegment, DecodedSegments
 from mediafm.media.shots import Shot
 from mediafm.media.subtitles import Cue, align, container_subtitles
@@ -189,12 +189,9 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
 
 
 def _has_audio(path: Path) -> bool:
-    import av
-
     try:
-        with av.open(str(path)) as c:
-            return bool(c.streams.audio)
-    except av.FFmpegError:
+        return has_audio(path)
+    except MediaError:  # unreadable here: the video pass says why
         return False
 
 

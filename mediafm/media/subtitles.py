@@ -21,7 +21,8 @@ from pathlib import Path
 
 import av
 
-from mediafm.errors import SubtitleError
+from mediafm.errors import MediaError, SubtitleError
+from mediafm.media.decode import open_media
 
 log = logging.getLogger(__name__)
 MAX_SUBTITLE_BYTES = 64 * 1024 * 1024
@@ -116,7 +117,7 @@ def container_subtitles(path: str | Path) -> list[Cue]:
     """Text subtitle streams inside the media container (all of them, merged by time)."""
     cues: list[Cue] = []
     try:
-        with av.open(str(path)) as c:
+        with open_media(Path(path)) as c:  # the decoder's guards: no playlists, file protocol only, a timeout
             streams = [s for s in c.streams.subtitles]
             if not streams:
                 return []
@@ -139,7 +140,7 @@ def container_subtitles(path: str | Path) -> list[Cue]:
                             if len(cues) > MAX_CUES:
                                 raise SubtitleError(f"{path}: its subtitle streams hold over {MAX_CUES} cues; "
                                                     "remux it without them (ffmpeg -sn) or fix them")
-    except av.FFmpegError as e:
+    except (av.FFmpegError, MediaError) as e:
         log.warning("%s: subtitle streams unreadable (%s); continuing without them", path, e)
     return sorted(cues, key=lambda c: (c.start_s, c.end_s))
 
