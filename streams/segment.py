@@ -218,7 +218,9 @@ def register(rt: Runtime) -> None:
                 await rt.dead_letter(STAGE, event, str(e))
                 continue
             try:
-                path = str(check_uri(seg.uri, rt.media_settings))
+                path = check_uri(seg.uri, rt.media_settings)
+                await asyncio.to_thread(probe, path, rt.media_settings)  # its size and length limits, as a title's
+                path = str(path)
                 shots, n_frames = await asyncio.to_thread(cutter.push, state, seg, path)
             except Exception as e:  # this segment is unusable: say so, and let the event go on without it
                 if not isinstance(e, MediaError):

@@ -21,6 +21,7 @@ one-line cause and fix; PyAV's own exceptions never escape.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import stat
@@ -34,6 +35,8 @@ import numpy as np
 
 from mediafm.config import Settings
 from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
+
+log = logging.getLogger(__name__)
 
 # Opening a stream reads this much at most before giving up on finding streams
 # (a garbage file must fail fast, not scan gigabytes). FFmpeg may open local files
@@ -214,11 +217,8 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
             raise CorruptMediaError(f"{path}: FFmpeg has no decoder for its video codec (unsupported or unknown "
                                     "codec); re-encode it, e.g. to H.264")
         _check_frame_size(path, v.codec_context.width or 0, v.codec_context.height or 0, "declares frames of")
-        try:
-            first = next(iter(c.decode(v)), None)
-        except av.FFmpegError as e:
-            raise CorruptMediaError(f"{path}: the video stream does not decode ({e}); the file is corrupt: "
-                                    "re-encode or re-fetch it") from None
+        _limit_pixels(v)
+        first = next(_frames(c, v, Damage(path, "video")), None)
         if first is None:
             raise CorruptMediaError(f"{path}: the video stream has no decodable frame; the file is truncated "
                                     "or empty: re-fetch it")
@@ -256,6 +256,72 @@ def _to_array(frame, size: tuple[int, int] | None, fmt: str, rot: int) -> np.nda
     return turn(img, rot)
 
 
+GAP_S = 0.02
+"""iter_audio: a frame's timestamp further than this from the samples counted before it means audio is missing
+there (or repeated): the count follows the timestamp. AAC frames are 21-23 ms; timestamp rounding is far less."""
+
+MAX_BAD_PACKETS = 50
+"""Packets in a row that do not decode before a stream is given up as undecodable. Fewer are skipped, as
+FFmpeg's CLI skips them: a damaged stretch of a file costs its own frames or audio, not the rest of the file."""
+
+
+class Damage:
+    """The packets of one pass over a stream that did not decode (skipped), and a read error that ended it."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+        self.skipped, self.in_row = 0, 0
+        self.first: str | None = None
+        self.ended: str | None = None
+
+    def skip(self, packet, error: Exception) -> None:
+        self.skipped += 1
+        self.in_row += 1
+        if self.first is None:
+            at = float(packet.pts * packet.time_base) if packet.pts is not None else None
+            self.first = f"{'?' if at is None else f'{at:.2f}'} s: {error}"
+        if self.in_row >= MAX_BAD_PACKETS:
+            raise CorruptMediaError(f"{self.path}: {self.in_row} {self.what} packets in a row do not decode "
+                                    f"(the first at {self.first}); the file is corrupt: re-encode or re-fetch it")
+
+    def report(self) -> None:
+        """A warning for what was skipped or cut short (once, at the end of the pass)."""
+        if self.skipped:
+            log.warning("%s: %d %s packets did not decode and were skipped (the first at %s): a damaged file, or "
+                        "frames over the size limit; re-encode or re-fetch it for a clean copy", self.path,
+                        self.skipped, self.what, self.first)
+        if self.ended:
+            log.warning("%s: reading the %s stopped early (%s); using what came before: a truncated file",
+                        self.path, self.what, self.ended)
+
+
+def _frames(c, stream, damage: Damage):
+    """Decoded frames of `stream` from where the container is; a packet that does not decode is skipped
+    (`damage` counts it), a read error of the container ends the stream (a truncated file)."""
+    packets = c.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as e:
+            damage.ended = str(e)
+            return
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as e:
+            damage.skip(packet, e)
+            continue
+        damage.in_row = 0
+        yield from frames
+
+
+def _limit_pixels(stream) -> None:
+    """The decoder refuses frames over MAX_FRAME_PIXELS (FFmpeg's max_pixels) before it allocates them: a
+    file whose first frame is small may still hold huge ones (a decompression bomb)."""
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(MAX_FRAME_PIXELS)}
+
+
 def _seek(c, base: float, seek_s: float | None) -> None:
     """Jump to the keyframe at or before seek_s (container time); decoding goes on from there."""
     if seek_s and seek_s > 0:
@@ -265,7 +331,7 @@ def _seek(c, base: float, seek_s: float | None) -> None:
             c.seek(0)
 
 
-def _decode(c, stream, base: float, seek_s: float | None):
+def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
     """Decoded frames of `stream`, the first at or before seek_s (container time) when it is given.
 
     A seek lands at or before the time asked in an indexed container (MP4, Matroska); in MPEG-TS, which has no
@@ -274,12 +340,12 @@ def _decode(c, stream, base: float, seek_s: float | None):
     file and time always give the same first frame. The container seeks (its index is usually the video's:
     Matroska's cues, whose audio-stream seek reads the file from its start), for audio too."""
     if not seek_s or seek_s <= 0:
-        yield from c.decode(stream)
+        yield from _frames(c, stream, damage)
         return
     target, back = seek_s, 1.0
     while target > 0:
         _seek(c, base, target)
-        frames = c.decode(stream)
+        frames = _frames(c, stream, damage)
         first = next(frames, None)
         if first is not None and first.time is None:
             break  # no timestamp: where it landed is unknown
@@ -289,7 +355,7 @@ def _decode(c, stream, base: float, seek_s: float | None):
             return
         target, back = target - back, back * 2  # landed late, or past the stream's last frame
     c.seek(0)
-    yield from c.decode(stream)
+    yield from _frames(c, stream, damage)
 
 
 class FrameTimes:
@@ -298,14 +364,23 @@ class FrameTimes:
     `time_offset` from that time at the first frame. One per pass over a stream; a decoded segment replayed
     from memory (mediafm.media.segment_cache) goes through the same arithmetic, so its times are the same floats."""
 
-    def __init__(self, base: float, rate: float, time_offset: float | None) -> None:
-        self.base, self.rate, self.time_offset = base, rate, time_offset
+    BACK_S = 0.5
+    """Frames whose timestamps go back by more than this are refused: recordings joined end to end (MPEG-TS
+    files concatenated), whose times repeat, so shots would overlap and a seek by time could land in either."""
+
+    def __init__(self, base: float, rate: float, time_offset: float | None, path: Path | str = "") -> None:
+        self.base, self.rate, self.time_offset, self.path = base, rate, time_offset, path
         self.first: float | None = None
         self.last: float | None = None
 
     def __call__(self, t: float | None) -> float:
         if t is None:  # no timestamp: continue from the last one at the nominal rate
             t = (self.last if self.last is not None else self.base) + 1.0 / self.rate
+        if self.last is not None and t < self.last - self.BACK_S:
+            raise CorruptMediaError(
+                f"{self.path}: its video timestamps go back from {self.last - self.base:.2f} s to "
+                f"{t - self.base:.2f} s: recordings joined end to end? Lay them out in one timeline, e.g. "
+                "`ffmpeg -i IN -c copy OUT.mp4` (FFmpeg's CLI joins MPEG-TS discontinuities), or the concat demuxer")
         self.last = t
         if self.time_offset is None:
             return t - self.base
@@ -328,29 +403,26 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
         if v is None:
             raise NoVideoError(f"{path}: no video stream; shots need video: pass a file with a video track")
         v.thread_type = "AUTO"
+        _limit_pixels(v)
         base = _start(c)
         stream_rot = _rotation(v)
-        clock = FrameTimes(base, float(v.average_rate or 25), time_offset)
+        clock = FrameTimes(base, float(v.average_rate or 25), time_offset, path)
         if tap is not None:
             tap.opened(base, clock.rate, audio_stream(c) is not None)
+        damage = Damage(path, "video")
         i = start_index
-        try:
-            for frame in _decode(c, v, base, seek_s if time_offset is None else None):
-                raw = frame.time
-                rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
-                if tap is not None:
-                    tap.frame(raw, frame, rot)
-                yield i, clock(raw), frame, rot
-                i += 1
-        except av.FFmpegError as e:
-            if i == start_index:
-                raise CorruptMediaError(f"{path}: the video stream does not decode ({e}); re-encode or "
-                                        "re-fetch it") from None
-            # A truncated tail after good frames: keep what decoded (documented degraded result).
-            import logging
-
-            logging.getLogger(__name__).warning("%s: decoding stopped at frame %d (%s); using the frames "
-                                                "before it", path, i, e)
+        for frame in _decode(c, v, base, seek_s if time_offset is None else None, damage):
+            raw = frame.time
+            rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
+            t = clock(raw)
+            if tap is not None:
+                tap.frame(raw, frame, rot)
+            yield i, t, frame, rot
+            i += 1
+        if i == start_index:
+            raise CorruptMediaError(f"{path}: the video stream does not decode ({damage.first or damage.ended or 'no frame'}); "
+                                    "re-encode or re-fetch it")
+        damage.report()  # a damaged stretch, or a truncated tail after good frames: the frames that decoded
 
 
 def iter_frames(path: Path, *, size: tuple[int, int] | None = None, fmt: str = "rgb24",
@@ -376,7 +448,10 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
     counted from there, so a pass started after a seek gives each sample the index a pass from the start
     gives it. Resample with :func:`resample_span`, which gives each output sample the same value wherever
     decoding started (FFmpeg's streaming resampler does not: its output depends on where it began).
-    A decode error after some audio ends the stream (a truncated file keeps what it had).
+    Where a frame's timestamp is more than GAP_S from the samples counted, the count follows the timestamp:
+    silence fills a gap (audio missing from the file, packets lost), and samples for times already given are
+    dropped. A packet that does not decode is skipped (its samples are a gap then); a read error ends the
+    stream (a truncated file keeps what it had).
     """
     with open_media(path) as c:
         a = audio_stream(c)
@@ -385,29 +460,40 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
         base = _start(c)
         res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
         pos = 0  # the next sample's index
-        try:
-            for frame in _decode(c, a, base, seek_s if time_offset is None else None):
-                if res is None:
-                    rate = rate or frame.sample_rate
-                    res = av.AudioResampler(format="flt", layout="mono", rate=rate)
-                    ft = frame.time if frame.time is not None else base
-                    pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
-                if frame.format.name in ("flt", "fltp") and frame.layout.nb_channels == 1 and frame.sample_rate == rate:
-                    x = frame.to_ndarray().reshape(-1)  # mono float at the rate asked: what the resampler would give
+        origin = (0.0, 0)  # (timestamp, index) samples are placed from
+        damage = Damage(path, "audio")
+        for frame in _decode(c, a, base, seek_s if time_offset is None else None, damage):
+            drop = 0
+            if res is None:
+                rate = rate or frame.sample_rate
+                res = av.AudioResampler(format="flt", layout="mono", rate=rate)
+                ft = frame.time if frame.time is not None else base
+                pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
+                # From the container start, an index follows from the timestamp alone, wherever decoding began.
+                origin = (ft, pos) if time_offset is not None else (base, 0)
+            elif frame.time is not None:
+                at = origin[1] + round((frame.time - origin[0]) * rate)  # where this frame's samples belong
+                if at - pos > GAP_S * rate:
+                    for k in range(pos, at, rate):  # silence for the missing audio, a second at a time
+                        yield k, rate, np.zeros(min(rate, at - k), np.float32)
+                    pos = at
+                elif pos - at > GAP_S * rate:
+                    drop = pos - at  # times already given (a repeated stretch): not given twice
+            if frame.format.name in ("flt", "fltp") and frame.layout.nb_channels == 1 and frame.sample_rate == rate:
+                outs = [frame.to_ndarray().reshape(-1)]  # mono float at the rate asked: what the resampler gives
+            else:
+                outs = [o.to_ndarray().reshape(-1).astype(np.float32, copy=False) for o in res.resample(frame)]
+            for x in outs:
+                x, drop = x[drop:], max(0, drop - len(x))
+                if len(x):
                     yield pos, rate, x
                     pos += len(x)
-                    continue
-                for out in res.resample(frame):
-                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    yield pos, rate, x
-                    pos += len(x)
-            if res is not None:
-                for out in res.resample(None):
-                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                    yield pos, rate, x
-                    pos += len(x)
-        except av.FFmpegError:
-            return
+        if res is not None:
+            for out in res.resample(None):
+                x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                yield pos, rate, x
+                pos += len(x)
+        damage.report()
 
 
 @functools.lru_cache(maxsize=16)

@@ -115,17 +115,19 @@ def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_ind
     e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it.
     tap: sees every decoded frame too (iter_video_frames)."""
     scaler = scaler or Scaler()
+    sizes = None  # (thumb, content detector's) sizes, from the first frame: a stream whose frame size changes
+    # (a broadcast switching 16:9 to 4:3) keeps them, as the detectors compare frames of one size
     for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset,
                                               tap=tap):
-        fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
-        h = max(2, round(thumb_width * fh / fw / 2) * 2)
-        thumb = scaler(frame, (thumb_width, h), rot)
+        if sizes is None:
+            fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
+            h = max(2, round(thumb_width * fh / fw / 2) * 2)
+            sizes = (thumb_width, h), (_CONTENT_WIDTH, max(2, round(_CONTENT_WIDTH * h / thumb_width / 2) * 2))
+        thumb = scaler(frame, sizes[0], rot)
         if detector in ("transnetv2", "transnetv2-fast"):
             small = scaler(frame, _TN_SIZE, rot)
         else:
-            w = _CONTENT_WIDTH
-            h = max(2, round(w * thumb.shape[0] / thumb.shape[1] / 2) * 2)
-            small = scaler(frame, (w, h), rot, fmt="bgr24")
+            small = scaler(frame, sizes[1], rot, fmt="bgr24")
         yield i, t, small, thumb
 
 

@@ -269,6 +269,13 @@ def _cases(run: str, m: dict) -> list[Case]:
         Case("live-fifo", "live_segments",
              LiveSegment(event_id=k("live-fifo"), segment_index=0, uri=str(m["fifo"]), start_s=0.0).to_bytes(),
              "segment 0 skipped: MediaURIError"),
+        # a segment is probed as a title is (before: decoded whatever its size and length)
+        Case("live-16000x16000", "live_segments",
+             LiveSegment(event_id=k("live-16000x16000"), segment_index=0, uri=str(m["big"]), start_s=0.0).to_bytes(),
+             "declares frames of 16000x16000 pixels, over the limit"),
+        Case("live-24-hours", "live_segments",
+             LiveSegment(event_id=k("live-24-hours"), segment_index=0, uri=str(m["day"]), start_s=0.0).to_bytes(),
+             "86401 s long, over max_media_duration_s=43200"),
         # --- shots (encode stage)
         Case("shot-negative-index", "shots", _raw(ShotRef, **_shot_ref(k("shot-negative-index"), good, shot_index=-1)),
              "shot_index -1 outside 0..1"),

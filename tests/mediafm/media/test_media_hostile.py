@@ -70,3 +70,130 @@ def test_other_readers_of_a_file_keep_the_decoders_guards(base, tmp_path):
     with pytest.raises(MediaURIError, match="a playlist or concat script, not media"):
         has_audio(pl)
     assert container_subtitles(pl) == []
+
+
+def _tone_at(x: np.ndarray, rate: int, t0: float, t1: float) -> float:
+    """The strongest frequency (Hz) of samples [t0, t1) s, or 0.0 for silence."""
+    seg = x[int(t0 * rate):int(t1 * rate)]
+    if np.sqrt(np.mean(seg ** 2)) < 1e-3:
+        return 0.0
+    return float(np.argmax(np.abs(np.fft.rfft(seg))) * rate / len(seg))
+
+
+def _audio(path) -> tuple[np.ndarray, int]:
+    """The whole audio of a file by index: chunk (i, rate, x) put at i."""
+    chunks = list(iter_audio(path))
+    rate = chunks[0][1]
+    out = np.zeros(max(i + len(x) for i, _, x in chunks), np.float32)
+    for i, _, x in chunks:
+        out[i:i + len(x)] = x
+    return out, rate
+
+
+@pytest.mark.parametrize("container", ["mkv", "ts"])
+def test_audio_after_a_gap_stays_at_its_time(base, container):
+    """440 Hz for 3 s, nothing from 3 to 4 s, 880 Hz from 4 s: the second tone plays at 4 s. Before: samples
+    were counted on from the first, and everything after the gap came 1 s early."""
+    out = base / f"gap.{container}"
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=25:d=8", "-f", "lavfi",
+               "-i", "aevalsrc=sin(2*PI*if(lt(t\\,3.5)\\,440\\,880)*t):s=44100:d=8",
+               "-af", "aselect='not(between(t,3,4))'", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+               "-c:a", "pcm_s16le" if container == "mkv" else "aac", "-shortest", out)
+    x, rate = _audio(out)
+    start = probe(out)  # times from the container start, as the shots' (a TS starts at 1.4 s or so)
+    assert start.duration_s > 7
+    assert abs(_tone_at(x, rate, 1.0, 2.0) - 440) < 5
+    assert _tone_at(x, rate, 3.2, 3.8) == 0.0, "the gap is silence"
+    assert abs(_tone_at(x, rate, 4.2, 5.2) - 880) < 5
+    assert len(x) > 7.9 * rate
+
+
+def _overwrite_packets(path, stream_type: str, after_s: float, n: int) -> None:
+    """Overwrite n packets of the first stream of `stream_type` from after_s with random bytes (sizes kept)."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = getattr(c.streams, stream_type)[0]
+        spots = [(p.pos, p.size) for p in c.demux(s) if p.pts is not None and p.pos is not None
+                 and float(p.pts * p.time_base) > after_s][:n]
+    rng = np.random.default_rng(0)
+    with open(path, "r+b") as f:
+        for pos, size in spots:
+            f.seek(pos)
+            f.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+
+
+def test_damaged_audio_packets_cost_their_own_samples_only(base, tmp_path, caplog):
+    """Before: the first packet that did not decode ended the audio; every shot after it had none."""
+    out = tmp_path / "bad_audio.mp4"
+    out.write_bytes((base / "base.mp4").read_bytes())
+    _overwrite_packets(out, "audio", 4.0, 3)
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        x, rate = _audio(out)
+    assert len(x) > 7.9 * rate
+    assert abs(_tone_at(x, rate, 5.0, 7.0) - 440) < 5
+    assert "audio packets did not decode and were skipped" in caplog.text
+
+
+def test_a_damaged_video_packet_costs_its_own_frames_only(base, tmp_path, caplog):
+    """Before: decoding stopped at the first packet that did not decode, and the title ended there."""
+    from mediafm.media.decode import iter_video_frames
+
+    out = tmp_path / "bad_video.mp4"
+    out.write_bytes((base / "base.mp4").read_bytes())
+    _overwrite_packets(out, "video", 3.0, 2)
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        times = [t for _, t, _, _ in iter_video_frames(out)]
+    assert times[-1] > 7.8 and len(times) > 150
+    assert "video packets did not decode and were skipped" in caplog.text
+
+
+def test_recordings_joined_end_to_end_are_refused_with_the_fix(base, tmp_path):
+    """Two MPEG-TS recordings concatenated: times run 0..8 s twice. Before: shots that end before they start,
+    and frames taken from the wrong recording."""
+    from mediafm.errors import CorruptMediaError
+    from mediafm.media.shots import detect_shots
+
+    ts = tmp_path / "one.ts"
+    run_ffmpeg("-i", base / "base.mp4", "-c", "copy", ts)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(ts.read_bytes() * 2)
+    with pytest.raises(CorruptMediaError, match=r"video timestamps go back from 7.\d\d s to 0.\d\d s: recordings "
+                                                r"joined end to end\? .*ffmpeg -i IN -c copy OUT.mp4"):
+        detect_shots(joined, detector="content")
+
+
+def test_a_stream_whose_frame_size_changes_is_cut(tmp_path):
+    """16:9 then 4:3 in one MPEG-TS (a broadcast switching format). Before: the content detector failed an
+    assertion (scenedetect compares frames of one size), a traceback instead of shots."""
+    from mediafm.media.shots import detect_shots
+
+    a, b = tmp_path / "a.ts", tmp_path / "b.ts"
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=25:d=4", "-pix_fmt", "yuv420p", "-c:v", "libx264", a)
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc=s=120x90:r=25:d=4", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+               "-output_ts_offset", "4", b)
+    both = tmp_path / "both.ts"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    shots = detect_shots(both, detector="content")
+    assert shots[0].start_s < 0.1 and shots[-1].end_s > 7.5
+    assert any(abs(s.start_s - 4.0) < 0.2 for s in shots), "the cut where the picture changes"
+
+
+def test_huge_frames_after_small_ones_are_not_decoded(tmp_path, caplog):
+    """A decompression bomb: 1 s of 160x90, then frames of 9000x9000 (81 M pixels, over the 67 M limit). The
+    probe sees only the first frame. Before: every frame was decoded at full size (805 MB for three of
+    16000x16000 in a review's run)."""
+    from mediafm.media.decode import iter_video_frames
+
+    small, big, both = tmp_path / "small.mjpeg", tmp_path / "big.mjpeg", tmp_path / "both.mjpeg"
+    run_ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x90:r=25:d=1", "-c:v", "mjpeg", "-f", "mjpeg", small)
+    run_ffmpeg("-f", "lavfi", "-i", "color=c=white:s=9000x9000:r=1:d=2", "-c:v", "mjpeg", "-q:v", "31",
+               "-f", "mjpeg", big)
+    both.write_bytes(small.read_bytes() + big.read_bytes())
+    film = tmp_path / "bomb.mkv"
+    run_ffmpeg("-framerate", "25", "-i", both, "-c", "copy", film)
+    assert probe(film).width == 160
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        sizes = {(f.width, f.height) for _, _, f, _ in iter_video_frames(film)}
+    assert sizes == {(160, 90)}
+    assert "2 video packets did not decode and were skipped" in caplog.text
