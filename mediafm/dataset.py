@@ -87,6 +87,11 @@ class Meta:
         return cls(d["fused_dim"], mods, d["title_dim"], dict(d.get("encoders", {})))
 
 
+OPTIONAL = {"split", "genres", "ad_labels", "popularity", "tones", "clip_worthy"}
+"""Columns whose cells may be null (DATASET_FORMAT.md): one that is null throughout may have arrow's null type
+(what pandas writes for a column of None)."""
+
+
 def _whole(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -211,7 +216,8 @@ class Dataset:
                 raise DatasetError(f"{path}: missing column {col!r}")
         for col, ok, want in (("title_id", _is_text, "string"), ("kind", _is_text, "string"),
                               ("split", _is_text, "string"), ("genres", _is_int_list, "list<int32>")):
-            if col in t.column_names and not ok(t.schema.field(col).type):
+            typ = t.schema.field(col).type if col in t.column_names else None
+            if typ is not None and not ok(typ) and not (col in OPTIONAL and pa.types.is_null(typ)):
                 raise DatasetError(f"{path}: column {col!r} is {t.schema.field(col).type}; DATASET_FORMAT.md has "
                                    f"{want}")
         emb = _check_vector_column(t, "title_embedding", self.meta.title_dim, path)
@@ -361,7 +367,8 @@ class Dataset:
                  "genres": (_is_int_list, "list<int32>"), "popularity": (_is_number, "float64"),
                  "clip_worthy": (pa.types.is_boolean, "bool")}
         for col, (ok, want) in types.items():
-            if col in t.column_names and not ok(t.schema.field(col).type):
+            typ = t.schema.field(col).type if col in t.column_names else None
+            if typ is not None and not ok(typ) and not (col in OPTIONAL and pa.types.is_null(typ)):
                 raise DatasetError(f"{path}: column {col!r} is {t.schema.field(col).type}; DATASET_FORMAT.md has "
                                    f"{want}")
         for col in ("clip_id", "title_id", "first_shot", "last_shot"):

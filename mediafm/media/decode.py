@@ -261,8 +261,9 @@ GAP_S = 0.02
 there (or repeated): the count follows the timestamp. AAC frames are 21-23 ms; timestamp rounding is far less."""
 
 MAX_BAD_PACKETS = 50
-"""Packets in a row that do not decode before a stream is given up as undecodable. Fewer are skipped, as
-FFmpeg's CLI skips them: a damaged stretch of a file costs its own frames or audio, not the rest of the file."""
+"""Packets in a row that do not decode before the rest of a stream is given up (it ends there, as a truncated
+file's does: about 1 s of AAC, 2 s of 25-fps video). Fewer are skipped, as FFmpeg's CLI skips them: a damaged
+stretch costs its own frames or audio, not the rest of the file."""
 
 
 class Damage:
@@ -270,19 +271,25 @@ class Damage:
 
     def __init__(self, path: Path, what: str) -> None:
         self.path, self.what = path, what
+        self.restart()
+
+    def restart(self) -> None:
+        """A new attempt from another point (_decode's seeks): what an abandoned one met is not counted."""
         self.skipped, self.in_row = 0, 0
         self.first: str | None = None
         self.ended: str | None = None
 
-    def skip(self, packet, error: Exception) -> None:
+    def skip(self, packet, error: Exception) -> bool:
+        """Count a packet that did not decode; False once MAX_BAD_PACKETS came in a row (the stream ends)."""
         self.skipped += 1
         self.in_row += 1
         if self.first is None:
             at = float(packet.pts * packet.time_base) if packet.pts is not None else None
             self.first = f"{'?' if at is None else f'{at:.2f}'} s: {error}"
         if self.in_row >= MAX_BAD_PACKETS:
-            raise CorruptMediaError(f"{self.path}: {self.in_row} {self.what} packets in a row do not decode "
-                                    f"(the first at {self.first}); the file is corrupt: re-encode or re-fetch it")
+            self.ended = f"{self.in_row} packets in a row did not decode"
+            return False
+        return True
 
     def report(self) -> None:
         """A warning for what was skipped or cut short (once, at the end of the pass)."""
@@ -310,8 +317,9 @@ def _frames(c, stream, damage: Damage):
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
-            damage.skip(packet, e)
-            continue
+            if damage.skip(packet, e):
+                continue
+            return
         damage.in_row = 0
         yield from frames
 
@@ -345,6 +353,7 @@ def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
     target, back = seek_s, 1.0
     while target > 0:
         _seek(c, base, target)
+        damage.restart()
         frames = _frames(c, stream, damage)
         first = next(frames, None)
         if first is not None and first.time is None:
@@ -355,6 +364,7 @@ def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
             return
         target, back = target - back, back * 2  # landed late, or past the stream's last frame
     c.seek(0)
+    damage.restart()
     yield from _frames(c, stream, damage)
 
 
@@ -411,18 +421,21 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
             tap.opened(base, clock.rate, audio_stream(c) is not None)
         damage = Damage(path, "video")
         i = start_index
-        for frame in _decode(c, v, base, seek_s if time_offset is None else None, damage):
-            raw = frame.time
-            rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
-            t = clock(raw)
-            if tap is not None:
-                tap.frame(raw, frame, rot)
-            yield i, t, frame, rot
-            i += 1
-        if i == start_index:
-            raise CorruptMediaError(f"{path}: the video stream does not decode ({damage.first or damage.ended or 'no frame'}); "
-                                    "re-encode or re-fetch it")
-        damage.report()  # a damaged stretch, or a truncated tail after good frames: the frames that decoded
+        try:
+            for frame in _decode(c, v, base, seek_s if time_offset is None else None, damage):
+                raw = frame.time
+                rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
+                t = clock(raw)
+                if tap is not None:
+                    tap.frame(raw, frame, rot)
+                yield i, t, frame, rot
+                i += 1
+            if i == start_index:
+                raise CorruptMediaError(f"{path}: the video stream does not decode "
+                                        f"({damage.first or damage.ended or 'no frame'}); re-encode or re-fetch it")
+        finally:  # also for a pass its reader leaves early (the encode stage's batches)
+            if i > start_index:
+                damage.report()  # a damaged stretch, or a truncated tail after good frames: what decoded is used
 
 
 def iter_frames(path: Path, *, size: tuple[int, int] | None = None, fmt: str = "rgb24",
@@ -458,42 +471,50 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
         if a is None:
             return
         base = _start(c)
-        res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
-        pos = 0  # the next sample's index
-        origin = (0.0, 0)  # (timestamp, index) samples are placed from
         damage = Damage(path, "audio")
-        for frame in _decode(c, a, base, seek_s if time_offset is None else None, damage):
-            drop = 0
-            if res is None:
-                rate = rate or frame.sample_rate
-                res = av.AudioResampler(format="flt", layout="mono", rate=rate)
-                ft = frame.time if frame.time is not None else base
-                pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
-                # From the container start, an index follows from the timestamp alone, wherever decoding began.
-                origin = (ft, pos) if time_offset is not None else (base, 0)
-            elif frame.time is not None:
-                at = origin[1] + round((frame.time - origin[0]) * rate)  # where this frame's samples belong
-                if at - pos > GAP_S * rate:
-                    for k in range(pos, at, rate):  # silence for the missing audio, a second at a time
-                        yield k, rate, np.zeros(min(rate, at - k), np.float32)
-                    pos = at
-                elif pos - at > GAP_S * rate:
-                    drop = pos - at  # times already given (a repeated stretch): not given twice
-            if frame.format.name in ("flt", "fltp") and frame.layout.nb_channels == 1 and frame.sample_rate == rate:
-                outs = [frame.to_ndarray().reshape(-1)]  # mono float at the rate asked: what the resampler gives
-            else:
-                outs = [o.to_ndarray().reshape(-1).astype(np.float32, copy=False) for o in res.resample(frame)]
-            for x in outs:
-                x, drop = x[drop:], max(0, drop - len(x))
-                if len(x):
-                    yield pos, rate, x
-                    pos += len(x)
-        if res is not None:
-            for out in res.resample(None):
-                x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+        try:
+            yield from _audio_chunks(c, a, base, rate, time_offset, seek_s, damage)
+        finally:  # also for a pass its reader leaves early (_AudioCursor restarts every 30 s)
+            damage.report()
+
+
+def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None, seek_s: float | None,
+                  damage: Damage) -> Iterator[tuple[int, int, np.ndarray]]:
+    """iter_audio's chunks from an open container's stream `a`."""
+    res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
+    pos = 0  # the next sample's index
+    origin = (0.0, 0)  # (timestamp, index) samples are placed from
+    for frame in _decode(c, a, base, seek_s if time_offset is None else None, damage):
+        drop = 0
+        if res is None:
+            rate = rate or frame.sample_rate
+            res = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            ft = frame.time if frame.time is not None else base
+            pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
+            # From the container start, an index follows from the timestamp alone, wherever decoding began.
+            origin = (ft, pos) if time_offset is not None else (base, 0)
+        elif frame.time is not None:
+            at = origin[1] + round((frame.time - origin[0]) * rate)  # where this frame's samples belong
+            if at - pos > GAP_S * rate:
+                for k in range(pos, at, rate):  # silence for the missing audio, a second at a time
+                    yield k, rate, np.zeros(min(rate, at - k), np.float32)
+                pos = at
+            elif pos - at > GAP_S * rate:
+                drop = pos - at  # times already given (a repeated stretch): not given twice
+        if frame.format.name in ("flt", "fltp") and frame.layout.nb_channels == 1 and frame.sample_rate == rate:
+            outs = [frame.to_ndarray().reshape(-1)]  # mono float at the rate asked: what the resampler gives
+        else:
+            outs = [o.to_ndarray().reshape(-1).astype(np.float32, copy=False) for o in res.resample(frame)]
+        for x in outs:
+            x, drop = x[drop:], max(0, drop - len(x))
+            if len(x):
                 yield pos, rate, x
                 pos += len(x)
-        damage.report()
+    if res is not None:
+        for out in res.resample(None):
+            x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            yield pos, rate, x
+            pos += len(x)
 
 
 @functools.lru_cache(maxsize=16)

@@ -391,3 +391,15 @@ def test_null_popularity_is_an_unlabelled_clip(tmp_path):
     pq.write_table(pa.Table.from_pylist([_clip(), _clip(clip_id="c1", popularity=None)]),
                    tmp_path / "ds" / "clips.parquet")
     assert Dataset(tmp_path / "ds").clips().column("popularity").null_count == 1
+
+
+def test_an_optional_column_null_throughout_is_read_as_unlabelled(tmp_path):
+    """pandas writes a column of None with arrow's null type: for the columns whose cells may be null it means
+    the same as null cells (split: train; a clip label: not labelled)."""
+    _write(tmp_path / "ds")
+    _rewrite(tmp_path / "ds" / "titles.parquet", _column("split", [None] * 3, pa.null()))
+    pq.write_table(pa.Table.from_pylist([_clip(popularity=None, clip_worthy=None)]), tmp_path / "ds" / "clips.parquet")
+    ds = Dataset(tmp_path / "ds")
+    assert pq.read_table(tmp_path / "ds" / "clips.parquet").schema.field("popularity").type == pa.null()
+    assert {i.split for i in ds.titles.values()} == {"train"}
+    assert ds.clips().column("popularity").null_count == 1

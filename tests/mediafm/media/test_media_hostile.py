@@ -124,15 +124,42 @@ def _overwrite_packets(path, stream_type: str, after_s: float, n: int) -> None:
 
 
 def test_damaged_audio_packets_cost_their_own_samples_only(base, tmp_path, caplog):
-    """Before: the first packet that did not decode ended the audio; every shot after it had none."""
+    """Before: the first packet that did not decode ended the audio; every shot after it had none. The
+    samples after the damage are where they were (a gap for the skipped packets), and the encode stage's
+    passes, which stop early, say what they skipped too."""
+    from mediafm.media.embed import iter_shot_media
+    from mediafm.media.shots import Shot
+
     out = tmp_path / "bad_audio.mp4"
     out.write_bytes((base / "base.mp4").read_bytes())
     _overwrite_packets(out, "audio", 4.0, 3)
     with caplog.at_level("WARNING", logger="mediafm.media.decode"):
         x, rate = _audio(out)
-    assert len(x) > 7.9 * rate
-    assert abs(_tone_at(x, rate, 5.0, 7.0) - 440) < 5
+    good, _ = _audio(base / "base.mp4")
+    assert abs(len(x) - len(good)) < 1024
+    np.testing.assert_allclose(x[5 * rate:7 * rate], good[5 * rate:7 * rate], atol=1e-3)
+    assert "3 audio packets did not decode and were skipped" in caplog.text
+    caplog.clear()
+    shots = [Shot(0, 3.0, 5.0, 75, 125)]  # the pass stops after this shot, before the stream's end
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        (m,) = iter_shot_media(out, shots, frames_per_shot=2, frame_size=32, audio_rate=16000, audio_window_s=2.0)
+    assert m.audio is not None and len(m.audio) == 32000
     assert "audio packets did not decode and were skipped" in caplog.text
+
+
+def test_a_long_damaged_stretch_ends_the_audio_not_the_title(base, tmp_path, caplog):
+    """60 audio packets in a row that do not decode (1.4 s of AAC): the audio ends there, as a truncated
+    file's does, and the video goes on."""
+    from mediafm.media.decode import iter_video_frames
+
+    out = tmp_path / "bad_audio_long.mp4"
+    out.write_bytes((base / "base.mp4").read_bytes())
+    _overwrite_packets(out, "audio", 2.0, 60)
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        x, rate = _audio(out)
+    assert 1.9 * rate < len(x) < 3.5 * rate
+    assert "reading the audio stopped early (50 packets in a row did not decode)" in caplog.text
+    assert [t for _, t, _, _ in iter_video_frames(out)][-1] > 7.8
 
 
 def test_a_damaged_video_packet_costs_its_own_frames_only(base, tmp_path, caplog):
