@@ -243,3 +243,37 @@ def test_work_beside_the_agent_that_fails_outside_its_checks_stops_the_worker(rt
     with pytest.raises(SystemExit):
         asyncio.run(main())
     assert worker_exits == [75] and c._new_offset(tp) is None
+
+
+def test_a_partition_whose_start_is_being_looked_up_does_not_crash_the_livelock_check(rt):
+    """Faust's livelock detector read the position aiokafka asserts is known; after a seek to the start (1.),
+    between a second rebalance and the fetcher's offset lookup, it is not, and the consumer thread crashed
+    with a bare AssertionError (a worker of tests/streams/test_live_restarts.py in CI, 2026-12-02). The
+    aiokafka consumer here is real; it is not started (no broker), so its fetcher's view of the subscription
+    is set to the consumer's own, as start() does."""
+    asyncio.run(_livelock_check(rt))
+
+
+async def _livelock_check(rt):
+    import time
+
+    from aiokafka.consumer.fetcher import OffsetResetStrategy
+    from aiokafka.structs import TopicPartition
+
+    c = rt.app.consumer
+    c._thread._consumer = c._thread._create_consumer(loop=asyncio.get_running_loop())
+    ak = c._thread._ensure_consumer()
+    tp = TP(rt.names.fused, 0)
+    ak._subscription.assign_from_user({TopicPartition(tp.topic, 0)})
+    ak._fetcher = SimpleNamespace(_subscriptions=ak._subscription)
+    rt.app.topics._acking_topics.add(tp.topic)
+    state = ak._subscription.subscription.assignment.state_value(TopicPartition(tp.topic, 0))
+    state.highwater, state.timestamp = 10, time.time() * 1000  # fetched from once
+    c._thread.time_started = time.monotonic()
+    state.seek(3)
+    c.verify_event_path(time.monotonic(), tp)  # a known position: Faust's check runs
+    state.await_reset(OffsetResetStrategy.EARLIEST)  # what seek_to_beginning leaves until the lookup
+    assert not state.has_valid_position
+    c.verify_event_path(time.monotonic(), tp)  # before: AssertionError from aiokafka's position
+    with pytest.raises(AssertionError):
+        FaustConsumer.verify_event_path(c, time.monotonic(), tp)  # Faust's own check, the same state
