@@ -108,6 +108,22 @@ def _arrow(path: Path):
         raise DatasetError(f"{path}: pyarrow cannot read it: {type(e).__name__}: {e}{hint}") from None
 
 
+def _check_types(path: Path, schema: pa.Schema, want: dict[str, tuple]) -> None:
+    """Each column of `want` that is present has a type its check accepts ({column: (check, type named in the
+    error)}); a column of OPTIONAL may also be null throughout (arrow's null type)."""
+    for col, (ok, name) in want.items():
+        typ = schema.field(col).type if col in schema.names else None
+        if typ is not None and not ok(typ) and not (col in OPTIONAL and pa.types.is_null(typ)):
+            raise DatasetError(f"{path}: column {col!r} is {typ}; DATASET_FORMAT.md has {name}")
+
+
+def _check_not_null(path: Path, t: pa.Table, cols, why: str) -> None:
+    for col in cols:
+        if t.column(col).null_count:
+            row = int(np.flatnonzero(t.column(col).is_null().to_numpy(zero_copy_only=False))[0])
+            raise DatasetError(f"{path}: column {col!r} is null in row {row}; {why}")
+
+
 def _is_text(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
@@ -214,12 +230,8 @@ class Dataset:
         for col in ("title_id", "title_embedding", "kind"):
             if col not in t.column_names:
                 raise DatasetError(f"{path}: missing column {col!r}")
-        for col, ok, want in (("title_id", _is_text, "string"), ("kind", _is_text, "string"),
-                              ("split", _is_text, "string"), ("genres", _is_int_list, "list<int32>")):
-            typ = t.schema.field(col).type if col in t.column_names else None
-            if typ is not None and not ok(typ) and not (col in OPTIONAL and pa.types.is_null(typ)):
-                raise DatasetError(f"{path}: column {col!r} is {t.schema.field(col).type}; DATASET_FORMAT.md has "
-                                   f"{want}")
+        _check_types(path, t.schema, {"title_id": (_is_text, "string"), "kind": (_is_text, "string"),
+                                      "split": (_is_text, "string"), "genres": (_is_int_list, "list<int32>")})
         emb = _check_vector_column(t, "title_embedding", self.meta.title_dim, path)
         ids = t.column("title_id").to_pylist()
         if None in ids:
@@ -263,18 +275,12 @@ class Dataset:
                 got = ft.list_size if pa.types.is_fixed_size_list(ft) else str(ft)
                 raise DatasetError(f"{path}: column 'fused' has dim {got}, meta.json says fused_dim="
                                    f"{self.meta.fused_dim}")
-            for col, ok, want in (("title_id", _is_text, "string"), ("shot_index", pa.types.is_integer, "int32"),
-                                  ("start_s", _is_number, "float64"), ("end_s", _is_number, "float64")):
-                if not ok(pf.schema_arrow.field(col).type):
-                    raise DatasetError(f"{path}: column {col!r} is {pf.schema_arrow.field(col).type}; "
-                                       f"DATASET_FORMAT.md has {want}")
+            _check_types(path, pf.schema_arrow, {
+                "title_id": (_is_text, "string"), "shot_index": (pa.types.is_integer, "int32"),
+                "start_s": (_is_number, "float64"), "end_s": (_is_number, "float64")})
             with _arrow(path):
                 t = pf.read(columns=["title_id", "shot_index", "start_s", "end_s"])
-            for col in t.column_names:
-                if t.column(col).null_count:
-                    row = int(np.flatnonzero(t.column(col).is_null().to_numpy(zero_copy_only=False))[0])
-                    raise DatasetError(f"{path}: column {col!r} is null in row {row}; every shot needs its "
-                                       "title_id, shot_index, start_s and end_s")
+            _check_not_null(path, t, t.column_names, "every shot needs its title_id, shot_index, start_s and end_s")
             tids = t.column("title_id").to_pylist()
             idx = t.column("shot_index").to_numpy(zero_copy_only=False)
             self._check_spans(path, tids, t.column("start_s").to_numpy(zero_copy_only=False),
@@ -361,21 +367,14 @@ class Dataset:
         for col in ("clip_id", "title_id", "first_shot", "last_shot"):
             if col not in t.column_names:
                 raise DatasetError(f"{path}: missing column {col!r}")
-        types = {"clip_id": (_is_text, "string"), "title_id": (_is_text, "string"),
-                 "first_shot": (pa.types.is_integer, "int32"), "last_shot": (pa.types.is_integer, "int32"),
-                 "ad_labels": (_is_int_list, "list<int32>"), "tones": (_is_int_list, "list<int32>"),
-                 "genres": (_is_int_list, "list<int32>"), "popularity": (_is_number, "float64"),
-                 "clip_worthy": (pa.types.is_boolean, "bool")}
-        for col, (ok, want) in types.items():
-            typ = t.schema.field(col).type if col in t.column_names else None
-            if typ is not None and not ok(typ) and not (col in OPTIONAL and pa.types.is_null(typ)):
-                raise DatasetError(f"{path}: column {col!r} is {t.schema.field(col).type}; DATASET_FORMAT.md has "
-                                   f"{want}")
-        for col in ("clip_id", "title_id", "first_shot", "last_shot"):
-            if t.column(col).null_count:
-                row = int(np.flatnonzero(t.column(col).is_null().to_numpy(zero_copy_only=False))[0])
-                raise DatasetError(f"{path}: column {col!r} is null in row {row}; every clip needs its id, title "
-                                   "and shots (a null marks only a task a clip is not labelled for)")
+        _check_types(path, t.schema, {
+            "clip_id": (_is_text, "string"), "title_id": (_is_text, "string"),
+            "first_shot": (pa.types.is_integer, "int32"), "last_shot": (pa.types.is_integer, "int32"),
+            "ad_labels": (_is_int_list, "list<int32>"), "tones": (_is_int_list, "list<int32>"),
+            "genres": (_is_int_list, "list<int32>"), "popularity": (_is_number, "float64"),
+            "clip_worthy": (pa.types.is_boolean, "bool")})
+        _check_not_null(path, t, ("clip_id", "title_id", "first_shot", "last_shot"),
+                        "every clip needs its id, title and shots (a null marks only a task a clip is not labelled for)")
         if "popularity" in t.column_names:
             pop = t.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls read as NaN
             nan = np.isnan(pop) & ~t.column("popularity").is_null().to_numpy(zero_copy_only=False)

@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import msgpack
 
@@ -202,6 +203,10 @@ def register(rt: Runtime) -> None:
             metrics.shots.labels(STAGE).inc(len(refs))
             log.info("segmented %s: %d shots", req.title_id, len(refs))
 
+    def probe_and_push(state: dict, seg: LiveSegment, path: str):
+        probe(Path(path), rt.media_settings)  # its size and length limits, as a title's, before decoding it all
+        return cutter.push(state, seg, path)
+
     @rt.app.agent(rt.topics.live_segments, name=f"{__name__}.segment_live")
     async def segment_live(stream):
         async for event in rt.events(stream):
@@ -218,10 +223,8 @@ def register(rt: Runtime) -> None:
                 await rt.dead_letter(STAGE, event, str(e))
                 continue
             try:
-                path = check_uri(seg.uri, rt.media_settings)
-                await asyncio.to_thread(probe, path, rt.media_settings)  # its size and length limits, as a title's
-                path = str(path)
-                shots, n_frames = await asyncio.to_thread(cutter.push, state, seg, path)
+                path = str(check_uri(seg.uri, rt.media_settings))
+                shots, n_frames = await asyncio.to_thread(probe_and_push, state, seg, path)
             except Exception as e:  # this segment is unusable: say so, and let the event go on without it
                 if not isinstance(e, MediaError):
                     log.exception("live segmentation failed")
