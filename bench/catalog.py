@@ -1,6 +1,7 @@
 """A catalog through the fuse + contextualise stages: 1 and 2 workers vs the same Triton calls made directly.
 
     .venv/bin/python bench/catalog.py [--titles 200] [--shots 1500] [--workers 1 2] [--partitions 4] [--pin]
+                                      [--rounds 1]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running);
 trains and exports a tiny MediaFM for the configured profile first if none is
@@ -24,6 +25,11 @@ the CPU time each process spent per 1,000 shots (Triton with its model
 processes, the broker, the workers or this process), read from /proc: on a
 machine whose cores are all busy, that, not the wall time, says what bounds it.
 
+--rounds measures direct and each worker count that many times, alternating,
+the workers each time in a fresh pipeline; with more than one round the medians
+(and the median worker rate over the median direct rate) are printed last; a
+round's own line compares it with that round's direct.
+
 --pin gives serving and the pipeline separate cores, as a machine with the
 cores for both would: Triton's processes on the last core (or last half of the
 cores), the broker, the workers and this process (direct's client) on the rest,
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,6 +232,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--pin", action="store_true", help="serving and the pipeline on separate cores (see above)")
+    ap.add_argument("--rounds", type=int, default=1, help="times each configuration is measured, alternating")
     args = ap.parse_args()
 
     base = Settings.load()
@@ -249,12 +257,14 @@ def main() -> None:
 
 
 def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> None:
-    cpu.start([os.getpid()], "this process, generating the titles too")
-    n, t = asyncio.run(direct(base, world, args))
-    rate_direct = n / t
-    print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s; {cpu.per_1k(n)}")
-    rates = {}
-    for k in args.workers:
+    rates: dict[int | str, list[float]] = {}
+    for k in [k for _ in range(args.rounds) for k in ["direct", *args.workers]]:
+        if k == "direct":
+            cpu.start([os.getpid()], "this process, generating the titles too")
+            n, t = asyncio.run(direct(base, world, args))
+            rates.setdefault(k, []).append(rate_direct := n / t)
+            print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s; {cpu.per_1k(n)}")
+            continue
         s = pipeline_settings(base, args.partitions)
         t0 = time.perf_counter()
         ids = publish(s, world, args.titles, args.shots, seed=1)
@@ -273,16 +283,21 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
             # redeliveries: acknowledgements not committed across rebalances, and the repeats the stages saw
             dropped = sum(counter(port, "mediafm_acks_dropped") for p, port in procs if p.poll() is None)
             dups = sum(counter(port, "mediafm_duplicates") for p, port in procs if p.poll() is None)
-        rates[k] = n / t
-        print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {rates[k]:.4g} shots/s, "
-              f"x{rates[k] / rate_direct:.2f} of direct; peak RSS per worker "
+        rates.setdefault(k, []).append(n / t)
+        print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {n / t:.4g} "
+              f"shots/s, x{n / t / rate_direct:.2f} of direct; peak RSS per worker "
               + ", ".join(f"{r:.0f} MiB" for r in rss) + (f"; exited early: {dead}" if dead else "")
               + f"; acknowledgements dropped across rebalances {dropped:.0f}, redeliveries recognised {dups:.0f}"
               + f"; {used}")
-    if 1 in rates:
-        for k, r in rates.items():
-            if k != 1:
-                print(f"{k} workers / 1 worker: x{r / rates[1]:.2f} (on {os.cpu_count()} cores)")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    if args.rounds > 1:
+        for k, r in med.items():
+            print(f"median of {args.rounds}: {k}{'' if k == 'direct' else ' worker(s)'}: {r:.4g} shots/s"
+                  + ("" if k == "direct" else f", x{r / med['direct']:.2f} of direct"))
+    if 1 in med:
+        for k, r in med.items():
+            if k not in (1, "direct"):
+                print(f"{k} workers / 1 worker: x{r / med[1]:.2f} (on {os.cpu_count()} cores)")
     print(f"catalog: {args.titles} titles x {args.shots} shots = {total} shots per configuration")
 
 
