@@ -23,9 +23,8 @@ Printed per world (mean ± sd over corpus seeds; titles, shot counts, widths and
 masked-shot cosine distance of the title mean, the neighbours, the copies and the
 oracle, and the copies and the oracle over the title mean (the oracle's: the
 lowest ratio any model can reach there), to read beside the validation ratios
-bench/worlds.py prints. Worlds of the second
-generator (bench/elsewhere.py) are skipped: it does not draw its noise apart.
-Seconds per world on 2 cores.
+bench/worlds.py prints. Worlds of the second generator (bench/elsewhere.py) are
+skipped: it does not draw its noise apart. Seconds per world on 2 cores.
 """
 
 from __future__ import annotations
@@ -71,11 +70,12 @@ def oracle(noisy: np.ndarray, clean: np.ndarray, present: np.ndarray, slices: li
 
 
 def losses(titles_noisy: list, titles_clean: list, slices: list[tuple[int, int]], seed: int) -> dict[str, float]:
-    """Masked-shot cosine distance of the title mean, the neighbours (trainer.train.baseline_losses) and the
-    oracle, over 64-shot windows of every title, one mask of rate 0.2 per window."""
+    """Masked-shot cosine distance of the title mean, the neighbours (trainer.train.baseline_losses), the oracle
+    and the copies (the module's docstring), over 64-shot windows of every title, one mask of rate 0.2 a window."""
     import torch
 
     from mediafm.model import mask_positions, msm_loss
+    from trainer.data import Batch
     from trainer.train import baseline_losses
 
     x = np.concatenate([t.fused for t in titles_noisy])
@@ -95,18 +95,15 @@ def losses(titles_noisy: list, titles_clean: list, slices: list[tuple[int, int]]
     shots, lengths_t = torch.from_numpy(np.stack(rows_x)), torch.tensor(lengths)
     mask = mask_positions(lengths_t, WINDOW, 0.2, generator=torch.Generator().manual_seed(seed))
 
-    class _Batch:  # what baseline_losses reads of trainer.data.Batch
-        pass
-
-    batch = _Batch()
-    batch.shots, batch.lengths = shots, lengths_t
-    out = baseline_losses(batch, mask)  # type: ignore[arg-type]
+    batch = Batch(shots, torch.zeros(len(lengths), 1), lengths_t, title_ids=[], starts=[])  # no title input used
+    out = baseline_losses(batch, mask)
     out["oracle"] = msm_loss(torch.from_numpy(np.stack(rows_p)), shots, mask).item()
     g = torch.from_numpy(np.stack(rows_g))
     visible = ((g >= 0) & ~mask).float()
     same = (g[:, :, None] == g[:, None, :]).float() * visible[:, None, :]  # (B, T, T): visible shots, same content
     fallback = (shots * visible[..., None]).sum(1, keepdim=True) / visible.sum(1)[:, None, None].clamp(min=1)
-    copies = torch.where(same.sum(2, keepdim=True) > 0, same @ shots, fallback.expand_as(shots))
+    count = same.sum(2, keepdim=True)
+    copies = torch.where(count > 0, (same @ shots) / count.clamp(min=1), fallback.expand_as(shots))
     out["copies"] = msm_loss(copies, shots, mask).item()
     return out
 
@@ -119,7 +116,7 @@ def content_groups(scene: np.ndarray) -> np.ndarray:
 
 
 def world_losses(spec: dict, *, titles: int, shots: tuple[int, int], dims: int, seed: int) -> dict[str, float]:
-    """One world (a worlds.toml table) and corpus seed: the three losses."""
+    """One world (a worlds.toml table) and corpus seed: the four losses."""
     from mediafm.fusion import Layout
     from mediafm.synth import World
 
