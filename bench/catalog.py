@@ -262,7 +262,8 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
         if k == "direct":
             cpu.start([os.getpid()], "this process, generating the titles too")
             n, t = asyncio.run(direct(base, world, args))
-            rates.setdefault(k, []).append(rate_direct := n / t)
+            rate_direct = n / t
+            rates.setdefault(k, []).append(rate_direct)
             print(f"direct: {n} shots in {t:.1f}s, {rate_direct:.4g} shots/s; {cpu.per_1k(n)}")
             continue
         s = pipeline_settings(base, args.partitions)

@@ -44,16 +44,10 @@ WINDOW = 64
 
 
 def draw(world, n_titles: int, shots: tuple[int, int], seed: int, noise: float) -> list:
-    """The corpus' titles as write_corpus draws them (same generator streams) at this noise."""
-    from mediafm.synth import clips_for_title, generate_title
+    """The corpus' titles as write_corpus draws them (mediafm.synth.corpus_titles), at this noise."""
+    from mediafm.synth import corpus_titles
 
-    rng = np.random.default_rng([seed, 1])
-    out = []
-    for i in range(n_titles):
-        out.append(generate_title(world, f"t{i}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise))
-        rng.random()  # the split draw
-        clips_for_title(out[-1], rng)  # the clips' draws: the next title starts where the corpus' does
-    return out
+    return [t for t, _, _ in corpus_titles(world, n_titles, seed=seed, shots=shots, noise=noise)]
 
 
 def oracle(noisy: np.ndarray, clean: np.ndarray, present: np.ndarray, slices: list[tuple[int, int]]) -> np.ndarray:

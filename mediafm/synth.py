@@ -48,6 +48,7 @@ human labels. Numbers on it compare methods; they do not predict catalog scores.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -343,17 +344,29 @@ def write_corpus(out, *, n_titles: int, layout: Layout, seed: int = 0, shots: tu
         w = World(layout, seed=seed, **knobs)
     except (ValueError, TypeError) as e:  # TypeError: a knob of the wrong kind (storylines="two")
         raise ConfigError(f"world knobs {knobs}: {e}") from None
-    rng = np.random.default_rng([seed, 1])
     extra = "".join(f", {k} {v}" for k, v in sorted(knobs.items()))
     enc = {m: f"synthetic (mediafm.synth, seed {seed}, noise {noise}{extra})" for m in ("video", "audio", "text")}
     writer = DatasetWriter(out, Meta.from_layout(layout, enc))
     clips: list[dict] = []
-    for i in tqdm(range(n_titles), disable=not progress, unit="title", desc="synth corpus"):
-        t = generate_title(w, f"synth-{seed}-{i:06d}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise)
-        u = rng.random()
-        split = "val" if u < val_fraction else ("test" if u < val_fraction + test_fraction else "train")
+    titles = corpus_titles(w, n_titles, seed=seed, shots=shots, noise=noise, val_fraction=val_fraction,
+                           test_fraction=test_fraction)
+    for t, split, title_clips in tqdm(titles, total=n_titles, disable=not progress, unit="title", desc="synth corpus"):
         writer.add_title(title_id=t.title_id, title_embedding=t.title_embedding, fused=t.fused,
                          start_s=t.start_s, end_s=t.end_s, split=split, genres=t.genres)
-        clips.extend(clips_for_title(t, rng))
+        clips.extend(title_clips)
     writer.add_clips(clips)
     return writer.close()
+
+
+def corpus_titles(world: World, n_titles: int, *, seed: int, shots: tuple[int, int], noise: float = NOISE,
+                  val_fraction: float = 0.1, test_fraction: float = 0.1) -> Iterator[tuple[SynthTitle, str, list[dict]]]:
+    """The titles of write_corpus's corpus, in order, each with its split and clips: (title, split, clips).
+
+    Every random draw of a title comes from one stream seeded by `seed`, and the noise only scales draws made
+    anyway, so the same seed at noise 0 gives the same titles without their noise (bench/floor.py)."""
+    rng = np.random.default_rng([seed, 1])
+    for i in range(n_titles):
+        t = generate_title(world, f"synth-{seed}-{i:06d}", int(rng.integers(shots[0], shots[1] + 1)), rng, noise=noise)
+        u = rng.random()
+        split = "val" if u < val_fraction else ("test" if u < val_fraction + test_fraction else "train")
+        yield t, split, clips_for_title(t, rng)

@@ -9,6 +9,7 @@ Layers run alone with markers:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -181,3 +182,17 @@ def worker_exits(monkeypatch) -> list[int]:
     monkeypatch.setattr(runtime.os, "_exit", exit_)
     monkeypatch.setattr(runtime.logging, "shutdown", lambda: None)
     return codes
+
+
+@pytest.fixture
+def bench_script():
+    """bench_script("floor") -> the module bench/floor.py, loaded from its file (the bench scripts are not a
+    package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

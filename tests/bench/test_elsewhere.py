@@ -1,27 +1,15 @@
 """bench/elsewhere.py, the grid's second generator: its files are a v1 dataset the project reads as written."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
 
 from mediafm.dataset import Dataset
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
-
-def load_elsewhere():
-    spec = importlib.util.spec_from_file_location("elsewhere", BENCH / "elsewhere.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_a_corpus_written_apart_reads_back_as_written(tmp_path):
+def test_a_corpus_written_apart_reads_back_as_written(tmp_path, bench_script):
     """Written with pyarrow alone (none of mediafm's writer), 700-row shards so titles continue into the next
     file: the reader gives every title whole, every row as written, and takes the clips."""
-    elsewhere = load_elsewhere()
+    elsewhere = bench_script("elsewhere")
     out = elsewhere.write_corpus(tmp_path / "d", n_titles=12, dims=16, seed=3, shots=(40, 300), shard_shots=700,
                                  test_fraction=0.3)
     files = sorted((out / "shots").glob("part-*.parquet"))
@@ -48,8 +36,8 @@ def test_a_corpus_written_apart_reads_back_as_written(tmp_path):
     assert {s.split for s in (t.info for t in titles.values())} >= {"train", "test"}
 
 
-def test_the_same_seed_draws_the_same_corpus_and_another_seed_another(tmp_path):
-    elsewhere = load_elsewhere()
+def test_the_same_seed_draws_the_same_corpus_and_another_seed_another(tmp_path, bench_script):
+    elsewhere = bench_script("elsewhere")
     a, b, c = (elsewhere.write_corpus(tmp_path / n, n_titles=4, dims=8, seed=s, shots=(20, 40))
                for n, s in (("a", 1), ("b", 1), ("c", 2)))
     fa, fb, fc = (Dataset(p).iter_titles() for p in (a, b, c))
