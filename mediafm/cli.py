@@ -226,6 +226,8 @@ def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout, profile=args.profile, progress=True)
     print(f"wrote {r['titles']} titles, {r['shots']} shots and {r['contextual']} final contextual embeddings "
           f"to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
+    for tid, why in r["refused"].items():
+        print(f"left out {tid!r}: {why} (the workers dead-letter it too)")
     return 0
 
 

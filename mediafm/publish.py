@@ -39,6 +39,8 @@ from mediafm.schema import (
     TitleRequest,
     bytes_to_vec,
     decode,
+    fused_records,
+    fused_shots,
     vec_to_bytes,
 )
 from mediafm.topics import Topics
@@ -209,7 +211,8 @@ def fused_shot_messages(title, layout: Layout, request_id: str) -> list[FusedSho
 
 def publish_dataset(settings: Settings, root: str | Path, *, title_ids: list[str] | None = None,
                     progress: bool = True) -> list[tuple[str, str, int]]:
-    """Every title of a v1 dataset (or those named) as FusedShot messages on shots.fused.
+    """Every title of a v1 dataset (or those named) as FusedShot messages on shots.fused, a title's shots
+    in FusedShots records as the fuse stage sends them (mediafm.schema.fused_records).
 
     A v1 dataset holds fused vectors only (DATASET_FORMAT.md), so its shots join the pipeline after
     fusion: the workers contextualise each title once all its shots arrived, and `mediafm sink` collects
@@ -248,7 +251,8 @@ def publish_dataset(settings: Settings, root: str | Path, *, title_ids: list[str
             tid = title.info.title_id
             req = uuid.uuid4().hex[:12]
             msgs = fused_shot_messages(title, layout, req)
-            futures = [p.send(topic, key=tid.encode(), value=m.to_bytes()) for m in msgs]
+            futures = [p.send(topic, key=tid.encode(), value=record)  # as the fuse stage sends them
+                       for record in fused_records([m.to_bytes() for m in msgs], tid, req)]
             p.flush(timeout=60)
             try:
                 for f in futures:
@@ -444,9 +448,10 @@ def _fetch(settings: Settings, topic: str, wanted: dict[int, np.ndarray], what: 
                     for rec in c.poll(timeout_ms=500).get(tp, []):  # in offset order, as the wanted ones
                         while k < len(offsets) and offsets[k] < rec.offset:
                             k += 1  # a wanted offset with no record (gone): the caller counts what came
-                        if k < len(offsets) and offsets[k] == rec.offset:
+                        while k < len(offsets) and offsets[k] == rec.offset:  # once per shot the record holds
                             bar.update()
                             yield partition, k, rec
+                            k += 1
     finally:
         c.close()
 
@@ -501,21 +506,22 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
 
     def note_shot(rec) -> None:
         try:
-            s = decode(rec.value, expect=FusedShot)
+            shots = fused_shots(rec.value)
         except SchemaError:
             return  # the workers dead-letter it; nothing to sink
-        if profile is not None and s.profile != profile:
-            others.add(s.profile)
-            return
-        pub = pubs.get((s.title_id, s.request_id))
-        if pub is None:
-            pub = pubs[(s.title_id, s.request_id)] = _Publication(rec.partition)
-        if s.n_shots is not None:
-            pub.n = s.n_shots
-        if rec.partition == pub.partition:  # keyed by title: any other copy is not this publication's
-            pub.index.append(s.shot_index)
-            pub.offset.append(rec.offset)
-            profiles.add(s.profile)
+        for s in shots:
+            if profile is not None and s.profile != profile:
+                others.add(s.profile)
+                continue
+            pub = pubs.get((s.title_id, s.request_id))
+            if pub is None:
+                pub = pubs[(s.title_id, s.request_id)] = _Publication(rec.partition)
+            if s.n_shots is not None:
+                pub.n = s.n_shots
+            if rec.partition == pub.partition:  # keyed by title: any other copy is not this publication's
+                pub.index.append(s.shot_index)
+                pub.offset.append(rec.offset)
+                profiles.add(s.profile)
 
     _index(settings, names.fused, idle_s, deadline, progress, note_shot)
     latest: dict[str, tuple[_Publication, np.ndarray]] = {}
@@ -550,26 +556,35 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     writer = DatasetWriter(out, Meta.from_layout(layout, written.encoders))
     try:
         open_titles: dict[str, list] = {}  # title -> [shots so far (n slots), count]
-        found = 0
+        refused: dict[str, str] = {}  # title -> why its shots are not written
+        found, last = 0, (None, {})  # the record read last and its shots by index (a record holds several)
         for p, k, rec in _fetch(settings, names.fused, {p: w[0] for p, w in wanted.items()},
                                 f"writing titles from {names.fused}", deadline, progress):
             tid, i = order[wanted[p][1][k]], int(wanted[p][2][k])
             found += 1
+            if last[0] != (p, rec.offset):
+                last = ((p, rec.offset), {(s.title_id, s.shot_index): s for s in fused_shots(rec.value)})
             slots = open_titles.setdefault(tid, [[None] * len(latest[tid][1]), 0])
-            slots[0][i] = decode(rec.value, expect=FusedShot)
+            slots[0][i] = last[1][(tid, i)]
             slots[1] += 1
             if slots[1] == len(slots[0]):
                 shots = open_titles.pop(tid)[0]
                 te = next((s.title_embedding for s in shots if s.title_embedding), None)
-                writer.add_title(title_id=tid, kind=shots[0].kind,
-                                 title_embedding=bytes_to_vec(te, layout.title) if te else np.zeros(layout.title, np.float32),
-                                 fused=np.stack([bytes_to_vec(s.fused, layout.fused_dim) for s in shots]),
+                try:  # what a worker refuses (dead-lettered there) is not written here either
+                    fused = np.stack([bytes_to_vec(s.fused, layout.fused_dim, what=f"shot {s.shot_index}'s fused")
+                                      for s in shots])
+                    title = bytes_to_vec(te, layout.title, what="title_embedding") if te else np.zeros(layout.title,
+                                                                                                       np.float32)
+                except SchemaError as e:
+                    refused[tid] = str(e)
+                    continue
+                writer.add_title(title_id=tid, kind=shots[0].kind, title_embedding=title, fused=fused,
                                  start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]))
         missing = sum(len(w[0]) for w in wanted.values()) - found
         if missing:  # cannot happen unless the topic lost records between the passes (retention)
             raise MediaError(f"{missing} shots indexed on {names.fused} were gone when read back (the topic's "
                              "retention?); nothing was written: run the sink again")
-        n_shots = {tid: len(at) for tid, (_, at) in latest.items()}
+        n_shots = {tid: len(at) for tid, (_, at) in latest.items() if tid not in refused}
         del latest, open_titles, wanted
 
         finals: dict[tuple[str, str], np.ndarray] = {}  # (title, model version) -> offset of each shot's last final
@@ -622,7 +637,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
         raise
     root = writer.close()
     return {"out": str(root), "titles": len(n_shots), "shots": sum(n_shots.values()),
-            "contextual": count, "incomplete": sorted(skipped - set(n_shots))}
+            "contextual": count, "incomplete": sorted(skipped - set(n_shots) - set(refused)), "refused": refused}
 
 
 def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0) -> list[TitleRequest]:

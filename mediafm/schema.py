@@ -220,6 +220,63 @@ class FusedShot(Message):
 
 
 @dataclass
+class FusedShots(Message):
+    """Several fused shots of one title (one request) in one record: what the fuse stage publishes, so that
+    the contextualise stage reads, records and acknowledges a record per run of a title's shots rather than
+    one per shot (bench/catalog.py). Key: title_id. Read it, or a lone FusedShot, with `fused_shots`.
+    """
+
+    SCHEMA: ClassVar[str] = "mediafm.fused_shots"
+    title_id: str
+    shots: list[bytes]
+    """FusedShot messages (each its to_bytes()), all of title_id and request_id, in the order they were made."""
+    request_id: str = ""
+
+
+FUSED_RECORD_BYTES = 448 * 1024
+"""A title's fused shots go in one FusedShots record up to this many bytes (a lone shot may be more): under
+the workers' producer batch (streams/runtime.py, 512 KiB), so that a record does not take a batch of its own."""
+
+
+def fused_records(shots: list[bytes], title_id: str, request_id: str, limit: int = FUSED_RECORD_BYTES):
+    """The records that carry a run of one title's fused shots (FusedShot bytes, in order): FusedShots of up
+    to `limit` bytes of shots, a lone shot as its FusedShot. What the fuse stage and `mediafm publish dataset`
+    send to the fused topic."""
+    k = 0
+    while k < len(shots):
+        end, size = k + 1, len(shots[k])
+        while end < len(shots) and size + len(shots[end]) <= limit:
+            size += len(shots[end])
+            end += 1
+        yield shots[k] if end - k == 1 else FusedShots(title_id=title_id, shots=shots[k:end],
+                                                      request_id=request_id).to_bytes()
+        k = end
+
+
+def fused_shots(data: bytes) -> list[FusedShot]:
+    """The fused shots of one record of the fused topic: a FusedShot, or the shots of a FusedShots, each
+    checked as a FusedShot is. Raises SchemaError naming what is wrong (a shot of another title, none at all)."""
+    msg = decode(data)
+    if isinstance(msg, FusedShot):
+        return [msg]
+    if not isinstance(msg, FusedShots):
+        raise SchemaError(f"expected a {FusedShot.SCHEMA} or {FusedShots.SCHEMA} message, got {msg.SCHEMA}")
+    if not msg.shots:
+        raise SchemaError(f"{FusedShots.SCHEMA} of {msg.title_id!r} holds no shot")
+    shots = []
+    for k, raw in enumerate(msg.shots):
+        try:
+            shot = decode(raw, expect=FusedShot)
+        except SchemaError as e:
+            raise SchemaError(f"{FusedShots.SCHEMA} of {msg.title_id!r}, shot {k}: {e}") from None
+        if (shot.title_id, shot.request_id) != (msg.title_id, msg.request_id):
+            raise SchemaError(f"{FusedShots.SCHEMA} of {msg.title_id!r}#{msg.request_id} holds a shot of "
+                              f"{shot.title_id!r}#{shot.request_id}: one record carries one title's shots")
+        shots.append(shot)
+    return shots
+
+
+@dataclass
 class ContextualEmbedding(Message):
     """A shot as MediaFM understands it in its title: the product's output. Key: title_id.
 
@@ -349,7 +406,7 @@ class TitleMeta:
 
 
 SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot, FusedShot,
-                                                            ContextualEmbedding, DeadLetter)}
+                                                            FusedShots, ContextualEmbedding, DeadLetter)}
 
 
 def _check_type(name: str, value: object, hint: object) -> object:

@@ -9,7 +9,9 @@ A title is contextualised once all of its n_shots fused shots have arrived
 (they may arrive in any order, and twice); a new request for the same title
 (`mediafm backfill`) is contextualised again, with the model served then.
 A shot is not copied anywhere: it is durable in the fused topic already, and the
-title's progress record names its offset there (streams/fused_source.py). The
+title's progress record names its offset there (streams/fused_source.py): the
+offset of the record that holds it, as the fuse stage sends a title's shots
+several to a record (FusedShots). The
 record lives in a changelog-backed RocksDB table, written to the partition of
 the event being processed, so it is co-partitioned with the title-keyed source
 topic and a restarted or rebalanced worker resumes where it stopped, reading the
@@ -24,7 +26,7 @@ import logging
 
 from mediafm.errors import BadInput, ConfigError, SchemaError
 from mediafm.profiles import get_profile
-from mediafm.schema import FusedShot, bytes_to_vec, decode
+from mediafm.schema import FusedShot, bytes_to_vec, fused_shots
 from mediafm.windows import plan
 from streams import metrics
 from streams.fused_source import HeldShots, OffsetReader
@@ -43,9 +45,21 @@ FINISHING = 2
 (Runtime.later), and each holds its title's shots."""
 
 
-def parse(raw: bytes) -> FusedShot:
+def parse(raw: bytes) -> list[FusedShot]:
+    """The fused shots of a record (a FusedShot, or a FusedShots of one title's), each checked (check)."""
+    shots = fused_shots(raw)
+    if len(shots) == 1:
+        return [check(shots[0])]
+    for shot in shots:
+        try:
+            check(shot)
+        except SchemaError as e:
+            raise SchemaError(f"shot {shot.shot_index} of {shot.title_id!r} in a record of {len(shots)}: {e}") from None
+    return shots
+
+
+def check(shot: FusedShot) -> FusedShot:
     """A fused shot, checked: known profile, vectors of its widths, a shot index inside its title."""
-    shot = decode(raw, expect=FusedShot)
     try:
         layout = get_profile(shot.profile).layout
     except ConfigError as e:
@@ -78,8 +92,9 @@ class Titles:
         self.finishing: set[bytes] = set()  # titles whose MediaFM pass is running beside the agent (Runtime.later)
         metrics.held_shots.set_function(lambda: self.held.bytes)
 
-    async def on_shot(self, shot: FusedShot, event) -> None:
-        """One checked title shot (from `event`). Raises BadInput when it contradicts the title's other shots."""
+    async def on_shot(self, shot: FusedShot, event, size: int) -> None:
+        """One checked title shot (from `event`, whose record may hold more shots of the title; `size`: its
+        share of the record's bytes). Raises BadInput when it contradicts the title's other shots."""
         msg = event.message
         tid, rid, i = shot.title_id, shot.request_id, shot.shot_index
         tkey = f"{tid}#{rid}".encode()
@@ -106,7 +121,7 @@ class Titles:
         else:
             metrics.duplicates.labels(STAGE).inc()
         if progress.offsets[i] == msg.offset:  # the recorded copy (after a restart: read back otherwise)
-            self.held.put(tkey, i, msg.offset, shot, len(msg.value))
+            self.held.put(tkey, i, msg.offset, shot, size)
         if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs
             self.finishing.add(tkey)
             await self.rt.later(self._finish(tid, rid, progress, event), event, at_most=FINISHING)
@@ -158,15 +173,19 @@ class Titles:
         if missing:
             topic = self.rt.topics.fused.get_topic_name()
             found, gone = await self.reader.read(topic, progress.partition, [int(progress.offsets[i]) for i in missing])
-            metrics.read_back.inc(len(missing) - len(gone))
-            log.info("%s: %d of %d shots read back from %s[%d]", tkey.decode(), len(missing) - len(gone),
-                     progress.n, topic, progress.partition)
             if gone:
-                raise ShotsGone(f"{len(gone)} of its shots are no longer in {topic}[{progress.partition}] "
+                raise ShotsGone(f"{len(gone)} of its records are no longer in {topic}[{progress.partition}] "
                                 f"(offsets {gone[0]}..{gone[-1]}; the topic's retention is shorter than the title "
                                 "took to arrive?)")
+            records = {o: {s.shot_index: s for s in parse(raw)} for o, raw in found.items()}  # a record: several shots
             for i in missing:
-                shots[i] = parse(found[int(progress.offsets[i])])
+                shots[i] = records[int(progress.offsets[i])].get(i)
+                if shots[i] is None:
+                    raise ShotsGone(f"the record at offset {progress.offsets[i]} of {topic}[{progress.partition}] "
+                                    f"kept for shot {i} does not hold it")
+            metrics.read_back.inc(len(missing))
+            log.info("%s: %d of %d shots read back from %s[%d]", tkey.decode(), len(missing), progress.n, topic,
+                     progress.partition)
         return shots
 
     def flush(self) -> None:
@@ -208,12 +227,14 @@ def register(rt: Runtime) -> None:
                 stage = STAGE
                 try:
                     with processing(event):
-                        shot = parse(event.message.value)
-                        if shot.kind == "live":
-                            stage = "live"
-                            await live.on_shot(shot)
-                        else:
-                            await titles.on_shot(shot, event)
+                        shots = parse(event.message.value)  # all checked before any is counted
+                        size = len(event.message.value) // len(shots)
+                        for shot in shots:
+                            if shot.kind == "live":
+                                stage = "live"
+                                await live.on_shot(shot)
+                            else:
+                                await titles.on_shot(shot, event, size)
                 except BadInput as e:
                     await rt.dead_letter(stage, event, str(e))
                 except Exception as e:  # unforeseen: say so, never lose the batch with the agent

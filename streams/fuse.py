@@ -4,7 +4,10 @@
                           └── malformed / rejected ──► deadletter
 
 Messages are decoded one by one (a bad one is dead-lettered alone), then
-fused in batches of up to BATCH shots across messages and titles.
+fused in batches of up to BATCH shots across messages and titles. A batch's
+fused shots of one title go out together, in FusedShots records
+(mediafm.schema.fused_records): the contextualise stage then reads, records
+and acknowledges a record per run of a title's shots, not one per shot.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from mediafm.errors import BadRequest, ConfigError, SchemaError
 from mediafm.fusion import MODALITIES
 from mediafm.profiles import get_layout
-from mediafm.schema import EncodedShot, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.schema import EncodedShot, FusedShot, bytes_to_vec, decode, fused_records, vec_to_bytes
 from streams import metrics
 from streams.runtime import Runtime
 
@@ -96,10 +99,17 @@ async def _fuse_batch(rt: Runtime, events: list) -> None:
                 await rt.dead_letter(STAGE, event, f"shot {shot.shot_index} of {shot.title_id!r}: fusing "
                                                    f"failed: {type(e).__name__}: {e}")
             continue
+        runs: dict[tuple, list[tuple[EncodedShot, bytes]]] = {}  # a title's fused shots, in the order they came
         for (event, shot, _, present), fused in zip(group, results, strict=True):
             if isinstance(fused, BadRequest):
                 await rt.dead_letter(STAGE, event, str(fused))
                 continue
-            await rt.send(rt.topics.fused, shot.title_id.encode(), fused_shot(shot, fused, present).to_bytes())
-            metrics.shots.labels(STAGE).inc()
-            metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, time.time() - shot.published_at))
+            key = (shot.title_id, shot.request_id)
+            runs.setdefault(key, []).append((shot, fused_shot(shot, fused, present).to_bytes()))
+        for (tid, rid), run in runs.items():
+            for record in fused_records([raw for _, raw in run], tid, rid):
+                await rt.send(rt.topics.fused, tid.encode(), record)
+            now = time.time()
+            for shot, _ in run:
+                metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, now - shot.published_at))
+            metrics.shots.labels(STAGE).inc(len(run))

@@ -38,7 +38,7 @@ from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediafm.config import Settings, replace
-from mediafm.errors import BadRequest, ConfigError
+from mediafm.errors import BadRequest, ConfigError, SchemaError
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
 from mediafm.representations import published, served_output
@@ -452,7 +452,13 @@ class Runtime:
         """
         first = shots[0].shot_index
         profile = get_profile(shots[0].profile)
-        fused = np.stack([bytes_to_vec(s.fused, profile.layout.fused_dim) for s in shots])  # (n, fused_dim)
+        width = 4 * profile.layout.fused_dim
+        for s in shots:
+            if len(s.fused) != width:
+                raise SchemaError(f"shot {s.shot_index} of {s.title_id!r} has {len(s.fused)} bytes of fused vector, "
+                                  f"{width} in profile {profile.name!r} of its shot {first}: one title, one profile")
+        # (n, fused_dim) at once: each vector was checked (width, finite) when its record was parsed
+        fused = np.frombuffer(b"".join(s.fused for s in shots), "<f4").reshape(len(shots), -1)
         title = title_vector(shots, profile.layout.title)
         limit = None  # what the answering version said it takes, when the plan asked for more
         for attempt in range(3):

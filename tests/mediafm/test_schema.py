@@ -5,7 +5,19 @@ import numpy as np
 import pytest
 
 from mediafm.errors import SchemaError
-from mediafm.schema import MAX_MESSAGE_BYTES, EncodedShot, FusedShot, TitleRequest, bytes_to_vec, decode, vec_to_bytes
+from mediafm.schema import (
+    FUSED_RECORD_BYTES,
+    MAX_MESSAGE_BYTES,
+    EncodedShot,
+    FusedShot,
+    FusedShots,
+    TitleRequest,
+    bytes_to_vec,
+    decode,
+    fused_records,
+    fused_shots,
+    vec_to_bytes,
+)
 
 
 def _shot(**kw):
@@ -87,6 +99,47 @@ def test_an_int_where_a_float_is_expected_is_taken_as_a_float():
 def test_expect_rejects_another_schema():
     with pytest.raises(SchemaError, match="expected a mediafm.fused_shot message"):
         decode(_shot().to_bytes(), expect=FusedShot)
+
+
+def _fused(i: int, **kw) -> FusedShot:
+    return FusedShot(**{**dict(title_id="tt1", shot_index=i, start_s=float(i), end_s=i + 1.0, profile="offline",
+                               fused=vec_to_bytes(np.full(3, i, np.float32)), present=[True, True, False],
+                               n_shots=10, request_id="r1", published_at=5.0), **kw})
+
+
+def test_a_fused_record_holds_one_shot_or_several_of_one_title():
+    assert fused_shots(_fused(4).to_bytes()) == [_fused(4)]
+    many = FusedShots(title_id="tt1", request_id="r1", shots=[_fused(i).to_bytes() for i in (7, 2, 3)])
+    assert fused_shots(many.to_bytes()) == [_fused(7), _fused(2), _fused(3)], "every shot, in the order sent"
+
+
+@pytest.mark.parametrize("shots, match", [
+    ([], "holds no shot"),
+    ([_fused(1).to_bytes(), _fused(2, title_id="tt2").to_bytes()], "holds a shot of 'tt2'#r1: one record carries one"),
+    ([_fused(1, request_id="r2").to_bytes()], "holds a shot of 'tt1'#r2"),
+    ([_fused(1).to_bytes(), b"\xc1"], "shot 1: not msgpack"),
+    ([_fused(1).to_bytes(), _shot().to_bytes()], "shot 1: expected a mediafm.fused_shot message"),
+])
+def test_a_fused_record_that_mixes_titles_or_holds_a_bad_shot_is_refused_whole(shots, match):
+    with pytest.raises(SchemaError, match=match):
+        fused_shots(FusedShots(title_id="tt1", request_id="r1", shots=shots).to_bytes())
+
+
+def test_a_run_of_fused_shots_goes_in_as_few_records_as_fit_the_limit():
+    run = [_fused(i, n_shots=120, fused=vec_to_bytes(np.full(2176, i, np.float32))).to_bytes() for i in range(120)]
+    per = len(run[0])
+    records = list(fused_records(run, "tt1", "r1"))
+    assert len(records) == -(-120 // (FUSED_RECORD_BYTES // per)), "as few records as fit"
+    assert all(len(r) <= FUSED_RECORD_BYTES + 1024 for r in records)
+    assert [len(fused_shots(r)) for r in records[:-1]] == [FUSED_RECORD_BYTES // per] * (len(records) - 1)
+    assert [s.shot_index for r in records for s in fused_shots(r)] == list(range(120)), "each once, in order"
+    assert list(fused_records(run[:1], "tt1", "r1")) == run[:1], "a lone shot goes as its FusedShot"
+    assert list(fused_records(run[:3], "tt1", "r1", limit=1)) == run[:3], "a shot over the limit goes alone"
+
+
+def test_a_fused_record_is_a_fused_shot_or_fused_shots():
+    with pytest.raises(SchemaError, match="expected a mediafm.fused_shot or mediafm.fused_shots message, got mediafm.enc"):
+        fused_shots(_shot().to_bytes())
 
 
 def test_size_limit_on_both_sides():

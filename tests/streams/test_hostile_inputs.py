@@ -38,6 +38,7 @@ from mediafm.schema import (
     DeadLetter,
     EncodedShot,
     FusedShot,
+    FusedShots,
     LiveSegment,
     ShotRef,
     TitleRequest,
@@ -302,6 +303,17 @@ def _cases(run: str, m: dict) -> list[Case]:
              _raw(FusedShot, **_fused(k("fused-wrong-width"), fused=vec_to_bytes(np.ones(7)))), "fused has 28 bytes"),
         Case("fused-huge-index", "fused", _raw(FusedShot, **_fused(k("fused-huge-index"), shot_index=10**12)),
              "outside 0..1"),
+        # --- several fused shots in one record (what the fuse stage sends)
+        Case("fused-shots-two-titles", "fused", _raw(FusedShots, title_id=k("fused-shots-two-titles"), shots=[
+            _raw(FusedShot, **_fused(k("fused-shots-two-titles"))), _raw(FusedShot, **_fused(k("other"), shot_index=1))]),
+             "one record carries one title's shots"),
+        Case("fused-shots-none", "fused", _raw(FusedShots, title_id=k("fused-shots-none"), shots=[]), "holds no shot"),
+        Case("fused-shots-one-bad", "fused", _raw(FusedShots, title_id=k("fused-shots-one-bad"), shots=[
+            _raw(FusedShot, **_fused(k("fused-shots-one-bad"))),
+            _raw(FusedShot, **_fused(k("fused-shots-one-bad"), shot_index=1, fused=vec_to_bytes(inf)))]),
+             "shot 1 of 'hx-"),
+        Case("fused-shots-not-bytes", "fused", _raw(FusedShots, title_id=k("fused-shots-not-bytes"), shots=[7]),
+             "field 'shots[]' must be bytes"),
     ]
     return cases
 

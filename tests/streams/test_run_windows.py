@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mediafm.config import Settings
+from mediafm.errors import SchemaError
 from mediafm.profiles import get_profile
 from mediafm.schema import FusedShot, vec_to_bytes
 from mediafm.windows import Window
@@ -132,3 +133,15 @@ async def _acknowledged(rt):
         assert not task.done(), "returned with embeddings not yet acknowledged"
         ack.set_result(None)
     assert await asyncio.wait_for(task, 5) == (n, "1")
+
+
+def test_a_title_whose_shots_name_two_profiles_is_refused_with_what_differs(rt):
+    """Runtime.contextualise reads a title's fused vectors as one block of its first shot's width (each was
+    checked against its own profile on arrival): a shot of another width must be named, not misread."""
+    offline, production = get_profile("offline"), get_profile("production")
+    shots = [FusedShot(title_id="t", shot_index=i, start_s=float(i), end_s=i + 1.0, profile=p.name,
+                       fused=vec_to_bytes(np.ones(p.layout.fused_dim, np.float32)), present=[True, True, True],
+                       n_shots=3) for i, p in enumerate([offline, offline, production])]
+    with pytest.raises(SchemaError, match="shot 2 of 't' has .* bytes of fused vector, .* in profile 'offline' of its "
+                                          "shot 0: one title, one profile"):
+        asyncio.run(rt.contextualise(shots, lambda size, stride: ([Window(0, 3)], [(0, 0, True)]), n_shots=3))

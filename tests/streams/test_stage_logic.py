@@ -9,7 +9,15 @@ from mediafm.config import Settings
 from mediafm.errors import BadInput, SchemaError
 from mediafm.media.shots import Shot
 from mediafm.profiles import OFFLINE
-from mediafm.schema import EncodedShot, FusedShot, LiveSegment, ShotRef, TitleMeta, vec_to_bytes
+from mediafm.schema import (
+    EncodedShot,
+    FusedShot,
+    FusedShots,
+    LiveSegment,
+    ShotRef,
+    TitleMeta,
+    vec_to_bytes,
+)
 from streams import contextualise, encode, fuse, segment
 from streams.progress import LiveProgress, TitleProgress
 
@@ -222,7 +230,7 @@ def test_contextualise_parse_rejects(change, match):
 
 
 def test_contextualise_parse_accepts_live_shots_before_their_event_ends():
-    shot = contextualise.parse(_fused(kind="live", n_shots=None, shot_index=40).to_bytes())
+    (shot,) = contextualise.parse(_fused(kind="live", n_shots=None, shot_index=40).to_bytes())
     assert shot.kind == "live" and shot.n_shots is None
 
 
@@ -263,8 +271,8 @@ def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afres
     async def main():
         for offset, i in [(10, 0), (11, 1), (12, 2), (11, 1), (12, 2), (13, 0), (14, 1), (15, 2)]:
             raw = _fused(shot_index=i).to_bytes()
-            await titles.on_shot(contextualise.parse(raw), Event(SimpleNamespace(partition=0, offset=offset,
-                                                                                   value=raw)))
+            (shot,) = contextualise.parse(raw)
+            await titles.on_shot(shot, Event(SimpleNamespace(partition=0, offset=offset, value=raw)), len(raw))
             titles.flush()
             if offset == 12 and letters:  # given up: the record says where, and counts nothing
                 p = TitleProgress.from_bytes(titles.progress[b"t#"])
@@ -306,9 +314,68 @@ def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_not_recorded_d
     async def main():
         for offset, i in [(5, 0), (6, 1), (7, 2)]:
             raw = _fused(shot_index=i).to_bytes()
-            await titles.on_shot(contextualise.parse(raw), Event(SimpleNamespace(partition=0, offset=offset, value=raw)))
+            (shot,) = contextualise.parse(raw)
+            await titles.on_shot(shot, Event(SimpleNamespace(partition=0, offset=offset, value=raw)), len(raw))
             titles.flush()
 
     asyncio.run(main())
     assert letters == [("contextualise", 7, "title 't' (3 shots): contextualise failed: KeyError: 'a bug'")]
     assert not TitleProgress.from_bytes(titles.progress[b"t#"]).done and not titles.finishing
+
+
+def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_without_its_shot_named(tmp_path):
+    """A FusedShots record stands at one offset for each of its shots: the title's record names that offset for
+    each, and the shots the memory did not keep (held_shots_mb=0 here) are picked from the records read back.
+    A record that does not hold the shot named for it (a topic made again under the same name) is not taken
+    for it: the title is dead-lettered saying so."""
+    import asyncio
+    from types import SimpleNamespace
+
+    letters, done = [], []
+
+    async def dead_letter(stage, event, reason):
+        letters.append(reason)
+
+    async def later(work, event, *, at_most):
+        await work
+
+    rt = SimpleNamespace(settings=Settings(state_dir=tmp_path, held_shots_mb=0), table=lambda name: {},
+                         dead_letter=dead_letter, later=later,
+                         topics=SimpleNamespace(fused=SimpleNamespace(get_topic_name=lambda: "shots.fused")))
+    titles = contextualise.Titles(rt)
+    topic: dict[int, bytes] = {}  # offset -> record: what the reader reads back (the broker's part: test_fused_source)
+
+    class Reader:
+        async def read(self, name, partition, offsets):
+            assert name == "shots.fused" and partition == 0
+            return {o: topic[o] for o in offsets}, []
+
+    async def contextualise_(tid, shots, rid=""):
+        done.append((tid, [s.shot_index for s in shots], [s.start_s for s in shots]))
+
+    titles.reader, titles.contextualise = Reader(), contextualise_
+
+    class Event:
+        def __init__(self, message):
+            self.message = message
+
+    def fused(tid, i):
+        return _fused(title_id=tid, shot_index=i, start_s=float(i), end_s=i + 1.0, n_shots=5)
+
+    async def main():
+        for offset, tid, idx in [(3, "a", [4, 0, 2]), (4, "a", [1]), (5, "a", [3]), (6, "b", [0, 1, 2]),
+                                 (7, "b", [3, 4])]:
+            raw = fused(tid, idx[0]).to_bytes() if len(idx) == 1 else FusedShots(
+                title_id=tid, shots=[fused(tid, i).to_bytes() for i in idx]).to_bytes()
+            topic[offset] = raw if tid == "a" else fused(tid, 9 - offset).to_bytes()  # b's records: not its shots
+            shots = contextualise.parse(raw)
+            for shot in shots:
+                await titles.on_shot(shot, Event(SimpleNamespace(partition=0, offset=offset, value=raw)),
+                                     len(raw) // len(shots))
+            titles.flush()
+
+    asyncio.run(main())
+    assert done == [("a", [0, 1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0, 4.0])]
+    assert TitleProgress.from_bytes(titles.progress[b"a#"]).done
+    assert len(letters) == 1 and "'b' (5 shots) cannot be contextualised" in letters[0], letters
+    assert "does not hold it" in letters[0]

@@ -11,7 +11,7 @@ from mediafm.bus import Tail, producer
 from mediafm.fusion import fuse
 from mediafm.profiles import PRODUCTION
 from mediafm.representations import published, served_output
-from mediafm.schema import ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, decode, vec_to_bytes
+from mediafm.schema import ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, decode, fused_shots, vec_to_bytes
 from mediafm.served_mediafm import load_encoder
 from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
@@ -52,11 +52,11 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
     want = {t.title_id: len(t.start_s) for t in titles}
     got: dict[str, dict[int, FusedShot]] = {t: {} for t in want}
     for rec in fused_tail.poll(timeout_s=120, stop=lambda: all(len(got[t]) == n for t, n in want.items())):
-        m = decode(rec.value, expect=FusedShot)
-        if m.title_id in got:
-            assert m.shot_index not in got[m.title_id], "duplicate fused shot"
-            got[m.title_id][m.shot_index] = m
-            assert rec.key == m.title_id.encode()
+        for m in fused_shots(rec.value):  # the fuse stage sends a batch's shots of one title in one record
+            if m.title_id in got:
+                assert m.shot_index not in got[m.title_id], "duplicate fused shot"
+                got[m.title_id][m.shot_index] = m
+                assert rec.key == m.title_id.encode()
     letters = []
     for rec in dead_tail.poll(timeout_s=60, stop=lambda: len(letters) >= len(bad)):
         letter = decode(rec.value, expect=DeadLetter)

@@ -16,7 +16,7 @@ from conftest import until
 
 from mediafm.config import Settings
 from mediafm.profiles import OFFLINE
-from mediafm.schema import EncodedShot, FusedShot, decode, vec_to_bytes
+from mediafm.schema import EncodedShot, FusedShot, fused_shots, vec_to_bytes
 from streams.app import create_runtime
 
 LAY = OFFLINE.layout
@@ -61,7 +61,7 @@ async def _fuse(rt):
 
     async def send(topic, key, value):
         assert topic is rt.topics.fused
-        rt.sent.append(decode(value, expect=FusedShot).shot_index)
+        rt.sent.extend(shot.shot_index for shot in fused_shots(value))
 
     rt.triton.infer, rt.send = infer, send
     agent = rt.app.agents["streams.fuse.fuse_shots"]
