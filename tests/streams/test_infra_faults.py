@@ -21,7 +21,7 @@ from conftest import _stack_settings, rest_of_output, start_worker, stop_worker
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.profiles import OFFLINE
-from mediafm.schema import ContextualEmbedding, decode
+from mediafm.schema import ContextualEmbedding, decode, fused_shots
 from mediafm.stack import kafka, triton
 from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
@@ -56,7 +56,7 @@ def _run_title_through_a_fault(s, tmp_path, fault, recover):
     msgs = encoded_shots(t)
     want = {(t.title_id, i) for i in range(len(msgs))}
     finals: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
-    fused_seen: set[int] = set()
+    fused_seen: set[int] = set()  # shot indices fused (the fuse stage sends several to a record)
 
     def take(rec):
         m = decode(rec.value, expect=ContextualEmbedding)
@@ -73,7 +73,7 @@ def _run_title_through_a_fault(s, tmp_path, fault, recover):
             p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
         p.flush()
         for rec in fused.poll(timeout_s=300, stop=lambda: len(fused_seen) >= 60):
-            fused_seen.add(rec.offset)
+            fused_seen.update(f.shot_index for f in fused_shots(rec.value) if f.title_id == t.title_id)
         assert len(fused_seen) >= 60, log.read_text()[-3000:]
         fault()  # mid-title: some shots fused, most not, the title not yet contextualised
         recover()
