@@ -1,14 +1,16 @@
 """A catalog through the fuse + contextualise stages: 1 and 2 workers vs the same Triton calls made directly.
 
     .venv/bin/python bench/catalog.py [--titles 200] [--shots 1500] [--workers 1 2] [--partitions 4] [--pin]
-                                      [--rounds 1]
+                                      [--rounds 1] [--records runs|shots]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running);
 trains and exports a tiny MediaFM for the configured profile first if none is
 served (as `mediafm demo` does).
 
-Pre-encoded titles (synthetic, the configured profile's widths, as the encode
-stage publishes them) go, in one run and on the same titles:
+Pre-encoded titles (synthetic, the configured profile's widths; by default in
+EncodedShots records of a run of a title's shots, as the encode stage sends
+its runs and an ingestion system may; --records shots: one shot per record)
+go, in one run and on the same titles:
 - direct: per title, the fusion model in the fuse stage's batches (streams/fuse.py BATCH) and MediaFM over
   the worker's window plan in requests of the served max_batch_size, called
   from this process;
@@ -60,6 +62,7 @@ from mediafm.config import Settings, replace
 from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
+from mediafm.schema import EncodedShots, shot_records
 from mediafm.stack import kafka
 from mediafm.stack.process import cpu_seconds, descendants
 from mediafm.synth import World, encoded_shots, generate_title
@@ -144,18 +147,22 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def publish(s: Settings, world: World, n: int, shots: int, seed: int) -> dict[str, int]:
-    """The catalog into the pipeline's encoded-shots topic, as the encode stage publishes it; {title: shots}."""
+def publish(s: Settings, world: World, n: int, shots: int, seed: int, packing: str) -> dict[str, int]:
+    """The catalog into the pipeline's encoded-shots topic; {title: shots}. packing="runs": each title in
+    EncodedShots records as full as RECORD_BYTES allows (mediafm.schema.shot_records, as the encode stage sends
+    its runs); "shots": an EncodedShot per record."""
     names = Topics.from_settings(s)
     ids = {}
     p = producer(s)
     for title in titles(world, n, shots, seed):
         tid = f"{title.title_id}-{uuid.uuid4().hex[:6]}"
         ids[tid] = len(title.start_s)
-        futures = []
-        for m in encoded_shots(title):
+        msgs = encoded_shots(title)
+        for m in msgs:
             m.title_id = tid
-            futures.append(p.send(names.encoded, key=tid.encode(), value=m.to_bytes()))
+        raw = [m.to_bytes() for m in msgs]
+        futures = [p.send(names.encoded, key=tid.encode(), value=r)
+                   for r in (raw if packing == "shots" else shot_records(EncodedShots, raw, tid, ""))]
         p.flush()
         for f in futures:  # a send the broker did not take fails its future only: without this, a silent hole
             f.get(timeout=60)
@@ -233,6 +240,9 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--pin", action="store_true", help="serving and the pipeline on separate cores (see above)")
     ap.add_argument("--rounds", type=int, default=1, help="times each configuration is measured, alternating")
+    ap.add_argument("--records", choices=("runs", "shots"), default="runs",
+                    help="how the encoded titles are published: runs of a title's shots in EncodedShots records of "
+                         "up to 448 KiB, as the encode stage sends its runs (default), or one EncodedShot per record")
     args = ap.parse_args()
 
     base = Settings.load()
@@ -268,9 +278,10 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
             continue
         s = pipeline_settings(base, args.partitions)
         t0 = time.perf_counter()
-        ids = publish(s, world, args.titles, args.shots, seed=1)
+        ids = publish(s, world, args.titles, args.shots, seed=1, packing=args.records)
         n = sum(ids.values())
-        print(f"published {n} encoded shots in {time.perf_counter() - t0:.1f}s (this process, kafka-python)")
+        print(f"published {n} encoded shots ({records(s, Topics.from_settings(s).encoded)} records) in "
+              f"{time.perf_counter() - t0:.1f}s (this process, kafka-python)")
         with workers(s, tmp, k) as (tail, procs):
             cpu.start([p.pid for p, _ in procs], "workers")  # their start-up and the group's join count too
             embeddings = Topics.from_settings(s).embeddings

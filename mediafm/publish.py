@@ -35,12 +35,13 @@ from mediafm.fusion import MODALITIES, Layout
 from mediafm.schema import (
     ContextualEmbedding,
     FusedShot,
+    FusedShots,
     LiveSegment,
     TitleRequest,
     bytes_to_vec,
     decode,
-    fused_records,
-    fused_shots,
+    record_shots,
+    shot_records,
     vec_to_bytes,
 )
 from mediafm.topics import Topics
@@ -212,7 +213,7 @@ def fused_shot_messages(title, layout: Layout, request_id: str) -> list[FusedSho
 def publish_dataset(settings: Settings, root: str | Path, *, title_ids: list[str] | None = None,
                     progress: bool = True) -> list[tuple[str, str, int]]:
     """Every title of a v1 dataset (or those named) as FusedShot messages on shots.fused, a title's shots
-    in FusedShots records as the fuse stage sends them (mediafm.schema.fused_records).
+    in FusedShots records as the fuse stage sends them (mediafm.schema.shot_records).
 
     A v1 dataset holds fused vectors only (DATASET_FORMAT.md), so its shots join the pipeline after
     fusion: the workers contextualise each title once all its shots arrived, and `mediafm sink` collects
@@ -252,7 +253,7 @@ def publish_dataset(settings: Settings, root: str | Path, *, title_ids: list[str
             req = uuid.uuid4().hex[:12]
             msgs = fused_shot_messages(title, layout, req)
             futures = [p.send(topic, key=tid.encode(), value=record)  # as the fuse stage sends them
-                       for record in fused_records([m.to_bytes() for m in msgs], tid, req)]
+                       for record in shot_records(FusedShots, [m.to_bytes() for m in msgs], tid, req)]
             p.flush(timeout=60)
             try:
                 for f in futures:
@@ -506,7 +507,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
 
     def note_shot(rec) -> None:
         try:
-            shots = fused_shots(rec.value)
+            shots = record_shots(FusedShots, rec.value)
         except SchemaError:
             return  # the workers dead-letter it; nothing to sink
         for s in shots:
@@ -563,7 +564,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             tid, i = order[wanted[p][1][k]], int(wanted[p][2][k])
             found += 1
             if last[0] != (p, rec.offset):
-                last = ((p, rec.offset), {(s.title_id, s.shot_index): s for s in fused_shots(rec.value)})
+                last = ((p, rec.offset), {(s.title_id, s.shot_index): s for s in record_shots(FusedShots, rec.value)})
             slots = open_titles.setdefault(tid, [[None] * len(latest[tid][1]), 0])
             slots[0][i] = last[1][(tid, i)]
             slots[1] += 1

@@ -220,57 +220,79 @@ class FusedShot(Message):
 
 
 @dataclass
+class EncodedShots(Message):
+    """Several encoded shots of one title (one request) in one record: what the encode stage publishes, and
+    what an ingestion system may publish, so that the fuse stage reads and acknowledges a record per run of a
+    title's shots rather than one per shot (bench/catalog.py). Key: title_id. A lone EncodedShot is accepted
+    too; read either with `record_shots(EncodedShots, data)`, write with `shot_records`.
+    """
+
+    SCHEMA: ClassVar[str] = "mediafm.encoded_shots"
+    SHOT: ClassVar[type[Message]] = EncodedShot
+    title_id: str
+    shots: list[bytes]
+    """EncodedShot messages (each its to_bytes()), all of title_id and request_id, in the order they were made."""
+    request_id: str = ""
+
+
+@dataclass
 class FusedShots(Message):
     """Several fused shots of one title (one request) in one record: what the fuse stage publishes, so that
     the contextualise stage reads, records and acknowledges a record per run of a title's shots rather than
-    one per shot (bench/catalog.py). Key: title_id. Read it, or a lone FusedShot, with `fused_shots`.
+    one per shot (bench/catalog.py). Key: title_id. A lone FusedShot is accepted too; read either with
+    `record_shots(FusedShots, data)`, write with `shot_records`.
     """
 
     SCHEMA: ClassVar[str] = "mediafm.fused_shots"
+    SHOT: ClassVar[type[Message]] = FusedShot
     title_id: str
     shots: list[bytes]
     """FusedShot messages (each its to_bytes()), all of title_id and request_id, in the order they were made."""
     request_id: str = ""
 
 
-FUSED_RECORD_BYTES = 448 * 1024
-"""A title's fused shots go in one FusedShots record up to this many bytes (a lone shot may be more): under
-the workers' producer batch (streams/runtime.py, 512 KiB), so that a record does not take a batch of its own."""
+RECORD_BYTES = 448 * 1024
+"""A run of a title's shots goes in one EncodedShots / FusedShots record up to this many bytes (a lone shot
+may be more): under the workers' producer batch (streams/runtime.py, 512 KiB), so that a record does not take
+a batch of its own. About 40 shots at the offline profile's widths."""
+
+Runs = type[EncodedShots] | type[FusedShots]
 
 
-def fused_records(shots: list[bytes], title_id: str, request_id: str, limit: int = FUSED_RECORD_BYTES):
-    """The records that carry a run of one title's fused shots (FusedShot bytes, in order): FusedShots of up
-    to `limit` bytes of shots, a lone shot as its FusedShot. What the fuse stage and `mediafm publish dataset`
-    send to the fused topic."""
+def shot_records(kind: Runs, shots: list[bytes], title_id: str, request_id: str, limit: int = RECORD_BYTES):
+    """The records that carry a run of one title's shots (`kind.SHOT` bytes, in order): `kind` records of up
+    to `limit` bytes of shots, a lone shot as itself. What the encode and fuse stages, `mediafm publish
+    dataset` and the benchmarks send."""
     k = 0
     while k < len(shots):
         end, size = k + 1, len(shots[k])
         while end < len(shots) and size + len(shots[end]) <= limit:
             size += len(shots[end])
             end += 1
-        yield shots[k] if end - k == 1 else FusedShots(title_id=title_id, shots=shots[k:end],
-                                                      request_id=request_id).to_bytes()
+        yield shots[k] if end - k == 1 else kind(title_id=title_id, shots=shots[k:end],
+                                                 request_id=request_id).to_bytes()
         k = end
 
 
-def fused_shots(data: bytes) -> list[FusedShot]:
-    """The fused shots of one record of the fused topic: a FusedShot, or the shots of a FusedShots, each
-    checked as a FusedShot is. Raises SchemaError naming what is wrong (a shot of another title, none at all)."""
+def record_shots(kind: Runs, data: bytes) -> list:
+    """The shots of one record: a lone `kind.SHOT`, or the shots of a `kind` record, each checked as a lone
+    one is. Raises SchemaError naming what is wrong (a shot of another title, none at all, which shot)."""
+    one = kind.SHOT
     msg = decode(data)
-    if isinstance(msg, FusedShot):
+    if isinstance(msg, one):
         return [msg]
-    if not isinstance(msg, FusedShots):
-        raise SchemaError(f"expected a {FusedShot.SCHEMA} or {FusedShots.SCHEMA} message, got {msg.SCHEMA}")
+    if not isinstance(msg, kind):
+        raise SchemaError(f"expected a {one.SCHEMA} or {kind.SCHEMA} message, got {msg.SCHEMA}")
     if not msg.shots:
-        raise SchemaError(f"{FusedShots.SCHEMA} of {msg.title_id!r} holds no shot")
+        raise SchemaError(f"{kind.SCHEMA} of {msg.title_id!r} holds no shot")
     shots = []
     for k, raw in enumerate(msg.shots):
         try:
-            shot = decode(raw, expect=FusedShot)
+            shot = decode(raw, expect=one)
         except SchemaError as e:
-            raise SchemaError(f"{FusedShots.SCHEMA} of {msg.title_id!r}, shot {k}: {e}") from None
+            raise SchemaError(f"{kind.SCHEMA} of {msg.title_id!r}, shot {k}: {e}") from None
         if (shot.title_id, shot.request_id) != (msg.title_id, msg.request_id):
-            raise SchemaError(f"{FusedShots.SCHEMA} of {msg.title_id!r}#{msg.request_id} holds a shot of "
+            raise SchemaError(f"{kind.SCHEMA} of {msg.title_id!r}#{msg.request_id} holds a shot of "
                               f"{shot.title_id!r}#{shot.request_id}: one record carries one title's shots")
         shots.append(shot)
     return shots
@@ -405,8 +427,9 @@ class TitleMeta:
             raise MediaError(f"{path}: {e}") from None
 
 
-SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot, FusedShot,
-                                                            FusedShots, ContextualEmbedding, DeadLetter)}
+SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot,
+                                                            EncodedShots, FusedShot, FusedShots, ContextualEmbedding,
+                                                            DeadLetter)}
 
 
 def _check_type(name: str, value: object, hint: object) -> object:

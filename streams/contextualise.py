@@ -26,7 +26,7 @@ import logging
 
 from mediafm.errors import BadInput, ConfigError, SchemaError
 from mediafm.profiles import get_profile
-from mediafm.schema import FusedShot, bytes_to_vec, fused_shots
+from mediafm.schema import FusedShot, FusedShots, bytes_to_vec, record_shots
 from mediafm.windows import plan
 from streams import metrics
 from streams.fused_source import HeldShots, OffsetReader
@@ -47,7 +47,7 @@ FINISHING = 2
 
 def parse(raw: bytes) -> list[FusedShot]:
     """The fused shots of a record (a FusedShot, or a FusedShots of one title's), each checked (check)."""
-    shots = fused_shots(raw)
+    shots = record_shots(FusedShots, raw)
     if len(shots) == 1:
         return [check(shots[0])]
     for shot in shots:

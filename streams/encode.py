@@ -8,8 +8,10 @@ consecutive shots of one title is decoded in one streaming pass that starts
 at the keyframe before its first shot, and encoded with
 mediafm.media.embed.encode_aligned, the same code `mediafm embed` runs (the
 shots arrive with their timed text already aligned by the segment stage). The
-title embedding is made once per title (request) and reused. Fusion is the
-next stage (streams/fuse.py), so pre-encoded input can join there.
+title embedding is made once per title (request) and reused. A run's encoded
+shots go out together, in EncodedShots records (mediafm.schema.shot_records).
+Fusion is the next stage (streams/fuse.py), so pre-encoded input can join
+there, a shot or a run of a title's shots per record.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mediafm.media.decode import check_uri
 from mediafm.media.embed import encode_aligned, encode_title, encoded_shot
 from mediafm.media.shots import Shot
 from mediafm.profiles import get_profile
-from mediafm.schema import EncodedShot, ShotRef, TitleMeta, decode, vec_to_bytes
+from mediafm.schema import EncodedShot, EncodedShots, ShotRef, TitleMeta, decode, shot_records, vec_to_bytes
 from streams import metrics
 from streams.runtime import Runtime
 
@@ -136,7 +138,11 @@ def register(rt: Runtime) -> None:
                         for event, _ in run:
                             await rt.dead_letter(STAGE, event, f"encoding failed: {type(e).__name__}: {e}")
                         continue
+                    first = msgs[0]  # a run is of one title and request: it goes out in EncodedShots records
+                    for record in shot_records(EncodedShots, [m.to_bytes() for m in msgs], first.title_id,
+                                               first.request_id):
+                        await rt.send(rt.topics.encoded, first.title_id.encode(), record)
+                    now = time.time()
                     for m in msgs:
-                        await rt.send(rt.topics.encoded, m.title_id.encode(), m.to_bytes())
-                        metrics.stage_seconds.labels(STAGE, m.kind).observe(max(0.0, time.time() - m.published_at))
+                        metrics.stage_seconds.labels(STAGE, m.kind).observe(max(0.0, now - m.published_at))
                     metrics.shots.labels(STAGE).inc(len(msgs))

@@ -3,11 +3,14 @@
     shots.encoded ──► fuse_shots ──(Triton: fusion)──► shots.fused
                           └── malformed / rejected ──► deadletter
 
-Messages are decoded one by one (a bad one is dead-lettered alone), then
-fused in batches of up to BATCH shots across messages and titles. A batch's
-fused shots of one title go out together, in FusedShots records
-(mediafm.schema.fused_records): the contextualise stage then reads, records
-and acknowledges a record per run of a title's shots, not one per shot.
+A record of the encoded topic holds one shot (EncodedShot) or a run of one
+title's shots (EncodedShots, as the encode stage publishes them). Records are
+checked one by one, and a record is fused whole or not at all: a bad shot
+dead-letters its record alone, naming the shot. Shots are fused in Triton calls
+of up to BATCH shots across records and titles. A call's fused shots of one
+title go out together, in FusedShots records (mediafm.schema.shot_records): the
+contextualise stage then reads, records and acknowledges a record per run of a
+title's shots, not one per shot.
 """
 
 from __future__ import annotations
@@ -20,19 +23,34 @@ import numpy as np
 from mediafm.errors import BadRequest, ConfigError, SchemaError
 from mediafm.fusion import MODALITIES
 from mediafm.profiles import get_layout
-from mediafm.schema import EncodedShot, FusedShot, bytes_to_vec, decode, fused_records, vec_to_bytes
+from mediafm.schema import (
+    EncodedShot,
+    EncodedShots,
+    FusedShot,
+    FusedShots,
+    bytes_to_vec,
+    record_shots,
+    shot_records,
+    vec_to_bytes,
+)
 from streams import metrics
 from streams.runtime import Runtime
 
 STAGE = "fuse"
 log = logging.getLogger(__name__)
 BATCH = 256
+"""Shots a Triton call fuses at most."""
+TAKE = 64
+"""Records a batch takes at most: single-shot records are fused 64 at a time; records of a run of shots (up to
+448 KiB each, about 40 shots) fill BATCH with 6, and a batch of 256 of them held 112 MiB of raw records."""
 WITHIN_S = 0.05
 
 
-def parse(raw: bytes) -> tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]:
+Parsed = tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]
+
+
+def checked(shot: EncodedShot) -> Parsed:
     """An encoded shot, checked: known profile, a real span, vectors of the profile's widths, one at least."""
-    shot = decode(raw, expect=EncodedShot)
     try:
         layout = get_layout(shot.profile)
     except ConfigError as e:
@@ -50,10 +68,26 @@ def parse(raw: bytes) -> tuple[EncodedShot, dict[str, np.ndarray], np.ndarray]:
     return shot, vecs, present
 
 
-async def fuse(rt: Runtime, batch: list) -> list[np.ndarray | BadRequest]:
+def parse(raw: bytes) -> list[Parsed]:
+    """The encoded shots of one record (an EncodedShot, or the shots of an EncodedShots), each checked. Raises
+    SchemaError for the whole record, naming the shot at fault in a record of several."""
+    shots = record_shots(EncodedShots, raw)
+    out = []
+    for k, shot in enumerate(shots):
+        try:
+            out.append(checked(shot))
+        except SchemaError as e:
+            if len(shots) == 1:
+                raise
+            raise SchemaError(f"{EncodedShots.SCHEMA} of {shot.title_id!r}, shot {k} (index {shot.shot_index}): "
+                              f"{e}") from None
+    return out
+
+
+async def fuse(rt: Runtime, batch: list[Parsed]) -> list[np.ndarray | BadRequest]:
     """Fuse parsed shots in one Triton call; isolate bad ones if the batch is refused."""
-    inputs = {m.upper(): np.stack([v[m] for _, _, v, _ in batch]) for m in MODALITIES}
-    inputs["PRESENT"] = np.stack([p for _, _, _, p in batch])
+    inputs = {m.upper(): np.stack([v[m] for _, v, _ in batch]) for m in MODALITIES}
+    inputs["PRESENT"] = np.stack([p for _, _, p in batch])
     try:
         return list((await rt.triton.infer("fusion", inputs, ["FUSED"]))["FUSED"])
     except BadRequest as e:
@@ -75,41 +109,69 @@ def fused_shot(shot: EncodedShot, fused: np.ndarray, present: np.ndarray) -> Fus
 def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.encoded, name=f"{__name__}.fuse_shots")
     async def fuse_shots(stream):
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
+        async for events in stream.take_events(TAKE, within=WITHIN_S):
             with rt.unfinished(events):  # left mid-way (a stop during the Triton call): fetched again
                 await _fuse_batch(rt, events)
 
 
 async def _fuse_batch(rt: Runtime, events: list) -> None:
-    """Fuse one batch of encoded-shot events and publish the fused shots; bad ones to the dead-letter topic."""
-    batch = []
+    """Fuse one batch of encoded-shot records and publish the fused shots; bad records to the dead-letter topic.
+    Records are parsed, fused and published in slices of up to BATCH shots (a record is never split), so that
+    a batch of records of many shots holds one slice's decoded shots and fused vectors at a time."""
+    records: list[tuple[object, list[Parsed]]] = []
+    size = 0
     for event in events:
         metrics.messages.labels(STAGE).inc()
         try:
-            batch.append((event, *parse(event.message.value)))
+            shots = parse(event.message.value)
         except SchemaError as e:
             await rt.dead_letter(STAGE, event, str(e))
-    for profile in sorted({shot.profile for _, shot, _, _ in batch}):  # one Triton request, one layout
-        group = [b for b in batch if b[1].profile == profile]
-        try:
-            results = await fuse(rt, group)
-        except Exception as e:  # unforeseen: say so for each shot, never lose the batch with the agent
-            log.exception("fusing failed")
-            for event, shot, _, _ in group:
-                await rt.dead_letter(STAGE, event, f"shot {shot.shot_index} of {shot.title_id!r}: fusing "
-                                                   f"failed: {type(e).__name__}: {e}")
             continue
-        runs: dict[tuple, list[tuple[EncodedShot, bytes]]] = {}  # a title's fused shots, in the order they came
-        for (event, shot, _, present), fused in zip(group, results, strict=True):
-            if isinstance(fused, BadRequest):
-                await rt.dead_letter(STAGE, event, str(fused))
+        if records and size + len(shots) > BATCH:
+            await _fuse_slice(rt, records)
+            records, size = [], 0
+        records.append((event, shots))
+        size += len(shots)
+    if records:
+        await _fuse_slice(rt, records)
+
+
+async def _fuse_slice(rt: Runtime, records: list[tuple[object, list[Parsed]]]) -> None:
+    """Fuse whole records in Triton calls of up to BATCH shots of one profile; a record with a shot the fusion
+    model refuses (or a call that fails unforeseen) is dead-lettered whole, with the first reason; the others'
+    fused shots go out as each title's runs, in the order they came."""
+    items = [(k, *p) for k, (_, shots) in enumerate(records) for p in shots]
+    fused: dict[int, np.ndarray] = {}  # position in items -> fused vector
+    refused: dict[int, str] = {}  # record -> why
+    for profile in sorted({shot.profile for _, shot, _, _ in items}):  # one Triton request, one layout
+        group = [j for j, item in enumerate(items) if item[1].profile == profile]
+        for c in range(0, len(group), BATCH):
+            chunk = group[c:c + BATCH]
+            try:
+                results = await fuse(rt, [items[j][1:] for j in chunk])
+            except Exception as e:  # unforeseen: say so for each record, never lose the batch with the agent
+                log.exception("fusing failed")
+                for j in chunk:
+                    shot = items[j][1]
+                    refused.setdefault(items[j][0], f"shot {shot.shot_index} of {shot.title_id!r}: fusing failed: "
+                                                    f"{type(e).__name__}: {e}")
                 continue
-            key = (shot.title_id, shot.request_id)
-            runs.setdefault(key, []).append((shot, fused_shot(shot, fused, present).to_bytes()))
-        for (tid, rid), run in runs.items():
-            for record in fused_records([raw for _, raw in run], tid, rid):
-                await rt.send(rt.topics.fused, tid.encode(), record)
-            now = time.time()
-            for shot, _ in run:
-                metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, now - shot.published_at))
-            metrics.shots.labels(STAGE).inc(len(run))
+            for j, result in zip(chunk, results, strict=True):
+                if isinstance(result, BadRequest):
+                    refused.setdefault(items[j][0], str(result))
+                else:
+                    fused[j] = result
+    for k, why in sorted(refused.items()):
+        await rt.dead_letter(STAGE, records[k][0], why)
+    runs: dict[tuple, list[tuple[EncodedShot, bytes]]] = {}  # a title's fused shots, in the order they came
+    for j, (k, shot, _, present) in enumerate(items):
+        if k not in refused:
+            runs.setdefault((shot.title_id, shot.request_id), []).append(
+                (shot, fused_shot(shot, fused[j], present).to_bytes()))
+    for (tid, rid), run in runs.items():
+        for record in shot_records(FusedShots, [raw for _, raw in run], tid, rid):
+            await rt.send(rt.topics.fused, tid.encode(), record)
+        now = time.time()
+        for shot, _ in run:
+            metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, now - shot.published_at))
+        metrics.shots.labels(STAGE).inc(len(run))

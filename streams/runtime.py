@@ -52,6 +52,14 @@ from streams.store import TableMemory, budgeted
 log = logging.getLogger(__name__)
 
 
+RUNS_BUFFER = 64
+"""Records the agents of the encoded and fused topics hold fetched and not yet taken (Faust's stream buffer,
+stream_buffer_maxsize = 4096 records for every other channel; fetching pauses at 1/1.25 of it). A record there
+may be a run of shots of up to 448 KiB (EncodedShots, FusedShots): 64 of them are 28 MiB. With 4096, one worker
+on a backlog of runs peaked at 1.1 GiB; with 256, at 818 MiB; with 64, at 599 MiB (bench/catalog.py --titles 40,
+one worker)."""
+
+
 class Runtime:
     """The Faust app of one worker and what its stages share; built from one Settings object."""
 
@@ -64,7 +72,8 @@ class Runtime:
         self._lost: BaseException | None = None  # the first of them the producer could not deliver
         self._later: set[asyncio.Task] = set()  # work running beside the agents (later())
         self.app = self._make_app()
-        self.topics = SimpleNamespace(**{name: self._topic(topic) for name, topic in vars(self.names).items()})
+        self.topics = SimpleNamespace(**{name: self._topic(topic, RUNS_BUFFER if name in ("encoded", "fused") else None)
+                                         for name, topic in vars(self.names).items()})
         self.triton = TritonClient(settings.triton_http_url,
                                    on_latency=lambda m, s: metrics.triton_seconds.labels(m).observe(s))
         self._served: dict[str, Served] = {}  # MediaFM model -> what it accepts
@@ -177,8 +186,11 @@ class Runtime:
                               f"(worker_web_port={s.worker_web_port}); give each worker its own --web-port") from None
         return datadir
 
-    def _topic(self, name: str) -> faust.TopicT:
-        return self.app.topic(name, key_type=bytes, value_type=bytes, partitions=self.settings.partitions)
+    def _topic(self, name: str, buffer: int | None) -> faust.TopicT:
+        """A pipeline topic; `buffer`: its agents' stream buffer in records (None: Faust's default)."""
+        topic = self.app.topic(name, key_type=bytes, value_type=bytes, partitions=self.settings.partitions)
+        topic.maxsize = buffer  # App.topic takes maxsize and drops it (faust-streaming 0.15); the agents' clones
+        return topic            # of the topic, whose queues hold the fetched records, copy it
 
     def table(self, name: str) -> faust.Table:
         """A changelog-backed table, bytes in and out, co-partitioned with the title-keyed topics."""

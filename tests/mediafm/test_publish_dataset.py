@@ -16,7 +16,7 @@ from mediafm.errors import DatasetError
 from mediafm.fusion import Layout
 from mediafm.profiles import OFFLINE
 from mediafm.publish import dataset_layout, fused_shot_messages, publish_dataset
-from mediafm.schema import FusedShot, FusedShots, bytes_to_vec, decode, fused_shots, vec_to_bytes
+from mediafm.schema import FusedShot, FusedShots, bytes_to_vec, decode, record_shots, vec_to_bytes
 
 LAYOUT = OFFLINE.layout  # 1280 + 512 + 384, title 384
 
@@ -196,7 +196,7 @@ def test_publish_dataset_on_a_real_broker(kafka_stack, tmp_path):
 
     got: dict[str, dict[int, list[FusedShot]]] = {}
     for rec in records:
-        for m in fused_shots(rec.value):  # a title's shots in FusedShots records, as the fuse stage sends them
+        for m in record_shots(FusedShots, rec.value):  # a title's shots in FusedShots records, as the fuse stage sends them
             if m.title_id in data:
                 assert rec.key == m.title_id.encode()
                 got.setdefault(m.title_id, {}).setdefault(m.shot_index, []).append(m)
@@ -245,7 +245,7 @@ def test_publish_dataset_on_a_real_broker(kafka_stack, tmp_path):
     sent = publish_dataset(settings, tmp_path / "ds", title_ids=[f"{run}-t1"], progress=False)
     assert [(t, n) for t, _, n in sent] == [(f"{run}-t1", 9)]
     records = _read_range(settings, topic, before, _offsets(settings, topic))
-    again = [m for r in records for m in fused_shots(r.value)]
+    again = [m for r in records for m in record_shots(FusedShots, r.value)]
     again = [m for m in again if m.title_id in data]
     assert sorted(m.shot_index for m in again) == list(range(9))
     assert {m.request_id for m in again} == {sent[0][1]} and sent[0][1] not in requests

@@ -6,16 +6,17 @@ import pytest
 
 from mediafm.errors import SchemaError
 from mediafm.schema import (
-    FUSED_RECORD_BYTES,
     MAX_MESSAGE_BYTES,
+    RECORD_BYTES,
     EncodedShot,
+    EncodedShots,
     FusedShot,
     FusedShots,
     TitleRequest,
     bytes_to_vec,
     decode,
-    fused_records,
-    fused_shots,
+    record_shots,
+    shot_records,
     vec_to_bytes,
 )
 
@@ -108,9 +109,9 @@ def _fused(i: int, **kw) -> FusedShot:
 
 
 def test_a_fused_record_holds_one_shot_or_several_of_one_title():
-    assert fused_shots(_fused(4).to_bytes()) == [_fused(4)]
+    assert record_shots(FusedShots, _fused(4).to_bytes()) == [_fused(4)]
     many = FusedShots(title_id="tt1", request_id="r1", shots=[_fused(i).to_bytes() for i in (7, 2, 3)])
-    assert fused_shots(many.to_bytes()) == [_fused(7), _fused(2), _fused(3)], "every shot, in the order sent"
+    assert record_shots(FusedShots, many.to_bytes()) == [_fused(7), _fused(2), _fused(3)], "every shot, in the order sent"
 
 
 @pytest.mark.parametrize("shots, match", [
@@ -122,24 +123,40 @@ def test_a_fused_record_holds_one_shot_or_several_of_one_title():
 ])
 def test_a_fused_record_that_mixes_titles_or_holds_a_bad_shot_is_refused_whole(shots, match):
     with pytest.raises(SchemaError, match=match):
-        fused_shots(FusedShots(title_id="tt1", request_id="r1", shots=shots).to_bytes())
+        record_shots(FusedShots, FusedShots(title_id="tt1", request_id="r1", shots=shots).to_bytes())
 
 
 def test_a_run_of_fused_shots_goes_in_as_few_records_as_fit_the_limit():
     run = [_fused(i, n_shots=120, fused=vec_to_bytes(np.full(2176, i, np.float32))).to_bytes() for i in range(120)]
     per = len(run[0])
-    records = list(fused_records(run, "tt1", "r1"))
-    assert len(records) == -(-120 // (FUSED_RECORD_BYTES // per)), "as few records as fit"
-    assert all(len(r) <= FUSED_RECORD_BYTES + 1024 for r in records)
-    assert [len(fused_shots(r)) for r in records[:-1]] == [FUSED_RECORD_BYTES // per] * (len(records) - 1)
-    assert [s.shot_index for r in records for s in fused_shots(r)] == list(range(120)), "each once, in order"
-    assert list(fused_records(run[:1], "tt1", "r1")) == run[:1], "a lone shot goes as its FusedShot"
-    assert list(fused_records(run[:3], "tt1", "r1", limit=1)) == run[:3], "a shot over the limit goes alone"
+    records = list(shot_records(FusedShots, run, "tt1", "r1"))
+    assert len(records) == -(-120 // (RECORD_BYTES // per)), "as few records as fit"
+    assert all(len(r) <= RECORD_BYTES + 1024 for r in records)
+    assert [len(record_shots(FusedShots, r)) for r in records[:-1]] == [RECORD_BYTES // per] * (len(records) - 1)
+    assert [s.shot_index for r in records for s in record_shots(FusedShots, r)] == list(range(120)), "each once, in order"
+    assert list(shot_records(FusedShots, run[:1], "tt1", "r1")) == run[:1], "a lone shot goes as its FusedShot"
+    assert list(shot_records(FusedShots, run[:3], "tt1", "r1", limit=1)) == run[:3], "a shot over the limit goes alone"
 
 
 def test_a_fused_record_is_a_fused_shot_or_fused_shots():
     with pytest.raises(SchemaError, match="expected a mediafm.fused_shot or mediafm.fused_shots message, got mediafm.enc"):
-        fused_shots(_shot().to_bytes())
+        record_shots(FusedShots, _shot().to_bytes())
+
+
+def test_an_encoded_record_holds_one_encoded_shot_or_a_run_of_one_title_and_nothing_else():
+    run = [_shot(shot_index=i, title_id="tt1", request_id="r1") for i in range(3)]
+    assert record_shots(EncodedShots, run[0].to_bytes()) == run[:1]
+    [record] = shot_records(EncodedShots, [m.to_bytes() for m in run], "tt1", "r1")
+    assert record_shots(EncodedShots, record) == run, "every shot, in the order sent"
+    mixed = EncodedShots(title_id="tt1", request_id="r1", shots=[run[0].to_bytes(), _shot(title_id="tt2").to_bytes()])
+    with pytest.raises(SchemaError, match="mediafm.encoded_shots of 'tt1'#r1 holds a shot of 'tt2'#: one record"):
+        record_shots(EncodedShots, mixed.to_bytes())
+    fused_inside = EncodedShots(title_id="tt1", request_id="r1", shots=[_fused(1).to_bytes()])
+    with pytest.raises(SchemaError, match="shot 0: expected a mediafm.encoded_shot message, got mediafm.fused_shot"):
+        record_shots(EncodedShots, fused_inside.to_bytes())
+    with pytest.raises(SchemaError, match="expected a mediafm.encoded_shot or mediafm.encoded_shots message, got "
+                                          "mediafm.fused_shots"):
+        record_shots(EncodedShots, FusedShots(title_id="tt1", request_id="r1", shots=[_fused(1).to_bytes()]).to_bytes())
 
 
 def test_size_limit_on_both_sides():

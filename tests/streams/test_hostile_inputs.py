@@ -37,6 +37,7 @@ from mediafm.schema import (
     ContextualEmbedding,
     DeadLetter,
     EncodedShot,
+    EncodedShots,
     FusedShot,
     FusedShots,
     LiveSegment,
@@ -296,6 +297,16 @@ def _cases(run: str, m: dict) -> list[Case]:
              f"video has 400 bytes, expected {4 * LAY.video}"),
         Case("encoded-unknown-profile", "encoded",
              _raw(EncodedShot, **_encoded(k("encoded-unknown-profile"), profile="../../etc")), "unknown encoder profile"),
+        # --- several encoded shots in one record (what the encode stage sends; ingestion systems may)
+        Case("encoded-shots-two-titles", "encoded", _raw(EncodedShots, title_id=k("encoded-shots-two-titles"), shots=[
+            _raw(EncodedShot, **_encoded(k("encoded-shots-two-titles"))),
+            _raw(EncodedShot, **_encoded(k("other"), shot_index=1))]), "one record carries one title's shots"),
+        Case("encoded-shots-none", "encoded", _raw(EncodedShots, title_id=k("encoded-shots-none"), shots=[]),
+             "holds no shot"),
+        Case("encoded-shots-one-bad", "encoded", _raw(EncodedShots, title_id=k("encoded-shots-one-bad"), shots=[
+            _raw(EncodedShot, **_encoded(k("encoded-shots-one-bad"))),
+            _raw(EncodedShot, **_encoded(k("encoded-shots-one-bad"), shot_index=1, audio=vec_to_bytes(np.ones(3))))]),
+             "shot 1 (index 1): audio has 12 bytes"),
         # --- fused shots (contextualise stage)
         Case("fused-inf", "fused", _raw(FusedShot, **_fused(k("fused-inf"), fused=vec_to_bytes(inf))),
              "fused contains NaN or inf"),

@@ -21,7 +21,7 @@ from conftest import _stack_settings, rest_of_output, start_worker, stop_worker
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.profiles import OFFLINE
-from mediafm.schema import ContextualEmbedding, decode, fused_shots
+from mediafm.schema import ContextualEmbedding, FusedShots, decode, record_shots
 from mediafm.stack import kafka, triton
 from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
@@ -73,7 +73,7 @@ def _run_title_through_a_fault(s, tmp_path, fault, recover):
             p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
         p.flush()
         for rec in fused.poll(timeout_s=300, stop=lambda: len(fused_seen) >= 60):
-            fused_seen.update(f.shot_index for f in fused_shots(rec.value) if f.title_id == t.title_id)
+            fused_seen.update(f.shot_index for f in record_shots(FusedShots, rec.value) if f.title_id == t.title_id)
         assert len(fused_seen) >= 60, log.read_text()[-3000:]
         fault()  # mid-title: some shots fused, most not, the title not yet contextualised
         recover()

@@ -16,7 +16,7 @@ from mediafm.bus import Tail, producer
 from mediafm.config import replace
 from mediafm.fusion import fuse
 from mediafm.profiles import OFFLINE
-from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
+from mediafm.schema import ContextualEmbedding, EncodedShots, FusedShot, decode, shot_records, vec_to_bytes
 from mediafm.stack import kafka
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
@@ -39,9 +39,10 @@ def test_kill_9_mid_stream_then_restart_every_shot_gets_one_final(kafka_stack, o
     tail = Tail(s, names.embeddings, from_beginning=True)
     a = start_worker(s, tmp_path / "worker-a.log")
     p = producer(s)
-    for t in titles:
-        for m in encoded_shots(t):
-            p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
+    for k, t in enumerate(titles):  # half a shot per record, half in runs of a title's shots (as encode sends them)
+        raw = [m.to_bytes() for m in encoded_shots(t)]
+        for r in raw if k % 2 else shot_records(EncodedShots, raw, t.title_id, ""):
+            p.send(names.encoded, key=t.title_id.encode(), value=r)
     p.flush()
     p.close()
 

@@ -11,6 +11,7 @@ from mediafm.media.shots import Shot
 from mediafm.profiles import OFFLINE
 from mediafm.schema import (
     EncodedShot,
+    EncodedShots,
     FusedShot,
     FusedShots,
     LiveSegment,
@@ -182,7 +183,7 @@ def _encoded(**kw) -> EncodedShot:
 
 
 def test_fuse_parse_marks_present_modalities_and_zero_fills_the_rest():
-    shot, vecs, present = fuse.parse(_encoded().to_bytes())
+    [(shot, vecs, present)] = fuse.parse(_encoded().to_bytes())
     assert present.tolist() == [True, False, False]
     assert vecs["audio"].shape == (LAY.audio,) and not vecs["audio"].any()
 
@@ -197,6 +198,16 @@ def test_fuse_parse_marks_present_modalities_and_zero_fills_the_rest():
 def test_fuse_parse_rejects(change, match):
     with pytest.raises(SchemaError, match=match):
         fuse.parse(_encoded(**change).to_bytes())
+
+
+def test_fuse_parse_reads_every_shot_of_a_record_of_several_and_refuses_it_whole_for_one_bad_shot():
+    shots = [_encoded(shot_index=i, request_id="r1") for i in range(3)]
+    record = EncodedShots(title_id="t", request_id="r1", shots=[s.to_bytes() for s in shots]).to_bytes()
+    assert [shot for shot, _, _ in fuse.parse(record)] == shots, "every shot, in the order sent"
+    shots[1] = _encoded(shot_index=1, request_id="r1", video=vec_to_bytes(np.ones(7)))
+    record = EncodedShots(title_id="t", request_id="r1", shots=[s.to_bytes() for s in shots]).to_bytes()
+    with pytest.raises(SchemaError, match=r"mediafm.encoded_shots of 't', shot 1 \(index 1\): video has 28 bytes"):
+        fuse.parse(record)
 
 
 def test_fused_shot_keeps_the_identity_of_its_encoded_shot():

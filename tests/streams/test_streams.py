@@ -11,7 +11,16 @@ from mediafm.bus import Tail, producer
 from mediafm.fusion import fuse
 from mediafm.profiles import PRODUCTION
 from mediafm.representations import published, served_output
-from mediafm.schema import ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, decode, fused_shots, vec_to_bytes
+from mediafm.schema import (
+    ContextualEmbedding,
+    DeadLetter,
+    FusedShot,
+    FusedShots,
+    bytes_to_vec,
+    decode,
+    record_shots,
+    vec_to_bytes,
+)
 from mediafm.served_mediafm import load_encoder
 from mediafm.synth import World, encoded_shots, generate_title, write_corpus
 from mediafm.topics import Topics
@@ -52,7 +61,7 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
     want = {t.title_id: len(t.start_s) for t in titles}
     got: dict[str, dict[int, FusedShot]] = {t: {} for t in want}
     for rec in fused_tail.poll(timeout_s=120, stop=lambda: all(len(got[t]) == n for t, n in want.items())):
-        for m in fused_shots(rec.value):  # the fuse stage sends a batch's shots of one title in one record
+        for m in record_shots(FusedShots, rec.value):  # the fuse stage sends a batch's shots of one title in one record
             if m.title_id in got:
                 assert m.shot_index not in got[m.title_id], "duplicate fused shot"
                 got[m.title_id][m.shot_index] = m

@@ -15,9 +15,11 @@ import pytest
 from conftest import until
 
 from mediafm.config import Settings
+from mediafm.errors import BadRequest
 from mediafm.profiles import OFFLINE
-from mediafm.schema import EncodedShot, FusedShot, fused_shots, vec_to_bytes
+from mediafm.schema import EncodedShot, EncodedShots, FusedShot, FusedShots, record_shots, shot_records, vec_to_bytes
 from streams.app import create_runtime
+from streams.fuse import BATCH
 
 LAY = OFFLINE.layout
 
@@ -61,7 +63,7 @@ async def _fuse(rt):
 
     async def send(topic, key, value):
         assert topic is rt.topics.fused
-        rt.sent.extend(shot.shot_index for shot in fused_shots(value))
+        rt.sent.extend(shot.shot_index for shot in record_shots(FusedShots, value))
 
     rt.triton.infer, rt.send = infer, send
     agent = rt.app.agents["streams.fuse.fuse_shots"]
@@ -103,3 +105,48 @@ async def _contextualise(rt):
     stage, value, reason = rt.letters[0]
     assert (stage, value) == ("live", fused_live(0))
     assert reason == "live failed: TypeError: unexpected type from a dependency"
+
+
+def test_fuse_fuses_records_of_many_shots_whole_in_calls_of_at_most_its_batch(rt):
+    """Records of several shots (EncodedShots) are never split across Triton calls, no call is over BATCH, and a
+    record holding a shot the fusion model refuses (a foreseen BadRequest) is dead-lettered whole, once, with the
+    reason, while every other record's shots go on, in order."""
+    asyncio.run(_fuse_records(rt))
+
+
+async def _fuse_records(rt):
+    per, n_records, bad = 50, 12, 137  # records of 50 shots; shot 137 (record 2) is refused by the model
+    n = per * n_records
+
+    def shot(i: int) -> bytes:
+        return EncodedShot(title_id="t", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                           video=vec_to_bytes(np.full(LAY.dims["video"], i, np.float32)), audio=None, text=None,
+                           n_shots=n, published_at=1.0).to_bytes()
+
+    records = [EncodedShots(title_id="t", shots=[shot(i) for i in range(k, k + per)]).to_bytes()
+               for k in range(0, n, per)]
+    assert list(shot_records(EncodedShots, [shot(i) for i in range(per)], "t", "")) == records[:1]
+    calls = []
+
+    async def infer(model, inputs, outputs, **kw):
+        firsts = inputs["VIDEO"][:, 0].astype(int).tolist()
+        calls.append(firsts)
+        if bad in firsts:
+            raise BadRequest(f"shot {bad} refused")
+        return {"FUSED": np.zeros((len(firsts), LAY.fused_dim), np.float32)}
+
+    async def send(topic, key, value):
+        rt.sent.extend(s.shot_index for s in record_shots(FusedShots, value))
+
+    rt.triton.infer, rt.send = infer, send
+    agent = rt.app.agents["streams.fuse.fuse_shots"]
+    async with agent.test_context() as ctx:
+        for r in records:
+            await ctx.put(key=b"t", value=r)
+        want = [i for i in range(n) if i // per != bad // per]
+        await until(lambda: rt.sent == want, f"every shot but those of record 2, in order; got {len(rt.sent)}")
+    assert [(s, v) for s, v, _ in rt.letters] == [("fuse", records[bad // per])], "record 2, once"
+    assert f"shot {bad} refused" in rt.letters[0][2]
+    whole = [c for c in calls if len(c) > 1]  # before one call was taken apart to find the refused shot
+    assert whole and all(len(c) <= BATCH for c in whole), [len(c) for c in whole]
+    assert all(c[0] % per == 0 and len(c) % per == 0 for c in whole), "a record is never split across calls"
