@@ -39,10 +39,9 @@ from streams.runtime import Runtime
 STAGE = "fuse"
 log = logging.getLogger(__name__)
 BATCH = 256
-"""Shots a Triton call fuses at most."""
-TAKE = 64
-"""Records a batch takes at most: single-shot records are fused 64 at a time; records of a run of shots (up to
-448 KiB each, about 40 shots) fill BATCH with 6, and a batch of 256 of them held 112 MiB of raw records."""
+"""Shots a Triton call fuses at most, and records a batch takes at most. Records of runs of shots are parsed
+and fused a slice of up to BATCH shots at a time; how many of them wait fetched is bounded by the topic's
+stream buffer (streams/runtime.py RUNS_BUFFER)."""
 WITHIN_S = 0.05
 
 
@@ -109,7 +108,7 @@ def fused_shot(shot: EncodedShot, fused: np.ndarray, present: np.ndarray) -> Fus
 def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.encoded, name=f"{__name__}.fuse_shots")
     async def fuse_shots(stream):
-        async for events in stream.take_events(TAKE, within=WITHIN_S):
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
             with rt.unfinished(events):  # left mid-way (a stop during the Triton call): fetched again
                 await _fuse_batch(rt, events)
 

@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 RUNS_BUFFER = 64
 """Records the agents of the encoded and fused topics hold fetched and not yet taken (Faust's stream buffer,
 stream_buffer_maxsize = 4096 records for every other channel; fetching pauses at 1/1.25 of it). A record there
-may be a run of shots of up to 448 KiB (EncodedShots, FusedShots): 64 of them are 28 MiB. With 4096, one worker
-on a backlog of runs peaked at 1.1 GiB; with 256, at 818 MiB; with 64, at 599 MiB (bench/catalog.py --titles 40,
-one worker)."""
+may be a run of shots of up to 448 KiB (EncodedShots, FusedShots): 64 of them are 28 MiB. One worker on a
+backlog of runs (bench/catalog.py --titles 40) peaked at 1.1 GiB with 4096, 0.9 GiB with 256, and 613-641 MiB
+with 64, against 546-582 MiB for one shot a record."""
 
 
 class Runtime:
