@@ -54,11 +54,11 @@ from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from pipeline import counter, free_port, wait_finals
+from pipeline import counter, wait_finals
 
 from mediafm import stack
 from mediafm.bus import Tail, producer
-from mediafm.config import Settings, replace
+from mediafm.config import Settings, free_ports, replace
 from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
@@ -123,8 +123,7 @@ def pipeline_settings(base: Settings, partitions: int) -> Settings:
 def workers(s: Settings, tmp: Path, k: int):
     """k `mediafm worker` processes of pipeline `s`; yields (tail from the beginning, [(process, web port)])."""
     procs = []
-    for i in range(k):
-        port = free_port()
+    for i, port in enumerate(free_ports(k)):  # chosen together: workers bind theirs only once started
         env = {**os.environ, **replace(s, worker_web_port=port).to_env()}
         log = tmp / f"{s.topic_prefix}-worker{i}.log"
         procs.append((subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,19 +41,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mediafm.config import Settings  # noqa: E402
+from mediafm.config import Settings, private_ports  # noqa: E402
 from mediafm.stack import triton  # noqa: E402
 from mediafm.stack.process import cpu_seconds  # noqa: E402
 from mediafm.triton_client import TritonClient  # noqa: E402
 
 MODELS = ("video_efficientnet", "audio_aisfx", "text_minilm")
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
-
-
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def inputs(model: str, rng) -> dict[str, np.ndarray]:
@@ -270,9 +263,7 @@ def main() -> None:
         repo = model_repository(Path(d) / "model_repository", models, instances=args.instances,
                                 threads=args.threads, passes=args.passes, per_pass=args.per_pass,
                                 delay_us=args.delay_us)
-        s = Settings(state_dir=Path(d) / "state", model_repository=repo, triton_http_port=port(),
-                     triton_grpc_port=port(), triton_metrics_port=port(), kafka_port=port(),
-                     kafka_controller_port=port(), triton_models=tuple(models))
+        s = Settings(state_dir=Path(d) / "state", model_repository=repo, **private_ports(), triton_models=tuple(models))
         triton.up(s)
         try:
             cfgs = {m: (repo / m / "config.pbtxt").read_text() for m in models}

@@ -30,7 +30,6 @@ import asyncio
 import importlib.util
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 import torch  # noqa: E402
 
-from mediafm.config import Settings  # noqa: E402
+from mediafm.config import Settings, private_ports  # noqa: E402
 from mediafm.stack import triton  # noqa: E402
 
 OFFLINE = ("video_efficientnet", "audio_aisfx", "text_minilm")
@@ -55,12 +54,6 @@ def _load(name: str, path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def production_checkpoints(d: Path, *, tiny: bool) -> tuple[Path, Path]:
@@ -199,8 +192,7 @@ def main() -> None:
                       f"in {time.perf_counter() - t0:.0f} s", flush=True)
                 models += PRODUCTION
                 extra = {"clip_dir": str(clip), "wav2vec2_dir": str(w2v)}
-            s = Settings(state_dir=tmp / "state", triton_http_port=port(), triton_grpc_port=port(),
-                         triton_metrics_port=port(), kafka_port=port(), kafka_controller_port=port(),
+            s = Settings(state_dir=tmp / "state", **private_ports(),
                          triton_models=tuple(models), encoder_profile="offline", shot_detector=args.detector,
                          **extra)
             t0 = time.perf_counter()

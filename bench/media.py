@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mediafm.config import SHOT_DETECTORS, Settings  # noqa: E402
+from mediafm.config import SHOT_DETECTORS, Settings, private_ports  # noqa: E402
 from mediafm.media.decode import iter_video_frames  # noqa: E402
 from mediafm.media.embed import embed_title  # noqa: E402
 from mediafm.media.synthfilm import make_long_film  # noqa: E402
@@ -46,12 +45,6 @@ from mediafm.stack import triton  # noqa: E402
 
 ENCODERS = (OFFLINE.video_model, OFFLINE.audio_model, OFFLINE.text_model)
 STAGES = ("open", "shots", "sample", "encode", "title", "fusion", "write")
-
-
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def busy_s(settings: Settings, model: str) -> float:
@@ -142,8 +135,7 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
     args.cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
-        s = Settings(state_dir=Path(d) / "state", triton_http_port=port(), triton_grpc_port=port(),
-                     triton_metrics_port=port(), kafka_port=port(), kafka_controller_port=port(),
+        s = Settings(state_dir=Path(d) / "state", **private_ports(),
                      triton_models=ENCODERS, encoder_profile="offline", shot_detector=args.detector)
         print(f"mediafm embed, offline profile, {args.detector} shots, {s.frames_per_shot} frames a shot, "
               f"{s.audio_window_s:g} s of audio a shot; private Triton; {len(os.sched_getaffinity(0))} cores; "

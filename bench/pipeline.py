@@ -39,7 +39,7 @@ import numpy as np
 
 from mediafm import stack
 from mediafm.bus import Tail
-from mediafm.config import Settings, replace
+from mediafm.config import Settings, free_ports, replace
 from mediafm.demo import ensure_model
 from mediafm.media.embed import encode_shots, fuse_encoded
 from mediafm.media.shots import detect_shots
@@ -112,7 +112,7 @@ def bench_worker(base: Settings, tmp: Path, **overrides) -> Iterator[tuple[Setti
     tail of its embeddings topic. Yields (settings, tail); the worker serves /metrics on settings.worker_web_port."""
     stack.up(base)
     print(ensure_model(base))
-    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=free_port(), **overrides)
+    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=free_ports(1)[0], **overrides)
     kafka.create_topics(s, Topics.from_settings(s).all())
     env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(s.worker_web_port),
            **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}}
@@ -194,14 +194,6 @@ def counter(port: int, name: str) -> float:
     """The sum over labels of a worker's Prometheus counter `name` (without _total)."""
     return sum(smp.value for fam in worker_metrics(port) if fam.name == name
                for smp in fam.samples if smp.name == f"{name}_total")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

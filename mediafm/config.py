@@ -27,6 +27,10 @@ SHOT_DETECTORS = ("transnetv2", "transnetv2-fast", "content")
 """The shot detectors (mediafm/media/shots.py): the shot_detector setting and every --detector option."""
 
 
+PORT_FIELDS = ("kafka_port", "kafka_controller_port", "triton_http_port", "triton_grpc_port",
+               "triton_metrics_port", "worker_web_port")
+
+
 def _default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "mediafm"
@@ -164,8 +168,7 @@ class Settings:
         self.state_dir = Path(self.state_dir).expanduser()
         self.cache_dir = Path(self.cache_dir).expanduser()
         self.model_repository = Path(self.model_repository).expanduser()
-        for name in ("kafka_port", "kafka_controller_port", "triton_http_port",
-                     "triton_grpc_port", "triton_metrics_port", "worker_web_port"):
+        for name in PORT_FIELDS:
             port = getattr(self, name)
             if not 0 < port < 65536:
                 raise ConfigError(f"{name}={port} is not a TCP port; choose 1..65535")
@@ -285,3 +288,26 @@ def _resolve(path: str | Path | None) -> tuple[dict, dict]:
 def replace(settings: Settings, **changes) -> Settings:
     """A copy with some fields changed (and validated again)."""
     return dataclasses.replace(settings, **changes)
+
+
+def private_ports() -> dict[str, int]:
+    """Every port field of `Settings` on its own free loopback port:
+    `Settings(state_dir=tmp, **private_ports())` is a stack beside any other."""
+    return dict(zip(PORT_FIELDS, free_ports(len(PORT_FIELDS)), strict=True))
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports that nothing listens on now, for a private stack
+    (tests, benchmarks). The sockets are held open together while choosing, so the
+    kernel cannot hand the same port out twice: picked one at a time, Triton's HTTP
+    and gRPC once drew the same port and the stack could not start."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

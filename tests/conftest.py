@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,29 @@ from pathlib import Path
 
 import pytest
 
-from mediafm.config import Settings
+from mediafm.config import Settings, free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+PORTS = ("kafka_port", "kafka_controller_port", "triton_http_port", "triton_grpc_port",
+         "triton_metrics_port", "worker_web_port")
+_GIVEN: set[int] = set()
+
+
+def _given(port: int) -> int:
+    _GIVEN.add(port)
+    return port
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on and that this session has not handed out
+    before (a worker given a port waits for it while it starts, and the kernel may
+    offer that port again meanwhile)."""
+    while True:
+        (port,) = free_ports(1)
+        if port not in _GIVEN:
+            return _given(port)
 
 
 def _stack_settings(tmp: Path) -> Settings:
@@ -43,9 +56,8 @@ def _stack_settings(tmp: Path) -> Settings:
     return Settings(
         state_dir=tmp / "state", model_repository=repo,
         cache_dir=Path(os.environ.get("MEDIAFM_CACHE_DIR", Path.home() / ".cache" / "mediafm")),
-        kafka_port=free_port(), kafka_controller_port=free_port(),
-        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
-        worker_web_port=free_port(), partitions=2, topic_prefix="test",
+        **dict(zip(PORTS, (_given(p) for p in free_ports(len(PORTS))), strict=True)),
+        partitions=2, topic_prefix="test",
         window_shots=64, window_stride=32,  # the tiny test model's max_shots; titles span several windows
         frames_per_shot=4, live_right_context=2,
     )

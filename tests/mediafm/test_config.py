@@ -1,8 +1,10 @@
 """mediafm.config: defaults < TOML file < environment, validated."""
 
+import socket
+
 import pytest
 
-from mediafm.config import Settings
+from mediafm.config import PORT_FIELDS, Settings, private_ports
 from mediafm.errors import ConfigError
 
 
@@ -43,3 +45,14 @@ def test_unknown_keys_in_file_are_rejected(tmp_path):
     cfg.write_text("kafka_prot = 1\n")
     with pytest.raises(ConfigError, match=r"unknown keys \['kafka_prot'\]"):
         Settings.load(cfg)
+
+
+def test_private_ports_are_distinct_and_free(tmp_path):
+    # Many draws: ports chosen one at a time once gave Triton's HTTP and gRPC the same one.
+    for _ in range(200):
+        ports = private_ports()
+        assert set(ports) == set(PORT_FIELDS) and len(set(ports.values())) == len(PORT_FIELDS)
+    Settings(state_dir=tmp_path, **ports)  # validates
+    for port in ports.values():  # nothing listens there: each can be bound
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

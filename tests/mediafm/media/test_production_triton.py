@@ -23,7 +23,7 @@ import uuid
 import numpy as np
 import pytest
 
-from mediafm.config import Settings
+from mediafm.config import Settings, private_ports
 from mediafm.dataset import Dataset
 from mediafm.media.embed import MIN_AUDIO_S, embed_title, encode_shots_sync, fuse_encoded, iter_shot_media
 from mediafm.media.shots import Shot
@@ -67,9 +67,7 @@ def production(tmp_path_factory, openai_url):
     for m in SERVED:  # configs and shells; no MediaFM versions (exported by the test that needs one)
         skip = (lambda _d, names: [n for n in names if n.isdigit()]) if m == "mediafm" else None
         shutil.copytree(REPO / "model_repository" / m, repo / m, ignore=skip)
-    settings = Settings(state_dir=d / "state", model_repository=repo, triton_http_port=free_port(),
-                        triton_grpc_port=free_port(), triton_metrics_port=free_port(), kafka_port=free_port(),
-                        kafka_controller_port=free_port(), triton_models=MODELS, encoder_profile="production",
+    settings = Settings(state_dir=d / "state", model_repository=repo, **private_ports(), triton_models=MODELS, encoder_profile="production",
                         clip_dir=str(clip), wav2vec2_dir=str(w2v), openai_base_url=openai_url,
                         openai_api_key_env="MEDIAFM_TEST_NO_KEY", frames_per_shot=4, audio_window_s=1.0,
                         shot_detector="content")
