@@ -8,6 +8,8 @@
                   (the named sizes; what bench/worlds.py's grid chose); served within sharp_span shots of the
                   shot and, with copy_wide, as the mean of that sharp copy and a wide one,
                   softmax(scores / copy_wide) @ shots over the shots within copy_span, both unit length
+                  (copy_per_modality: one such copy per modality slice of the fused vector, each with its
+                  own scores, as attention heads are: video copied from the shots whose video fits, and so on)
       projection  out_proj(hidden), the source's: a linear map of each hidden state
 
 The copy head keeps the output a mixture of real shots, so the masked-shot loss
@@ -24,7 +26,7 @@ training by Masked Shot Modeling, as in BERT: `BertForMaskedLM` = `BertModel`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,13 @@ class MediaFMConfig:
     window. A temperature flattens a softmax over every shot it sees, so without a span the wide copy of a
     512-shot window spreads over 8x the shots of a 64-shot one; with it, its reach is the same whatever the
     window plan. Used at inference only, like copy_wide."""
+    copy_per_modality: bool = False
+    """Copy head only: each modality slice of the fused vector (`modalities`) is copied with scores of its
+    own, as attention heads are (video from the shots whose video a masked one shares, audio from those whose
+    sound it shares); False: one set of scores for the whole vector."""
+    modalities: list = field(default_factory=list)
+    """The fused vector's modality slices, [start, end) each, tiling [0, fused_dim): from the dataset
+    (`mediafm train` fills it), used by copy_per_modality."""
     sharp_span: int = 0
     """Copy head only: the served sharp copy reaches at most this many shots either side; 0 = the whole
     window. Training fits the sharp copy over the whole window (the loss, the validation loss); served, the
@@ -101,6 +110,16 @@ class MediaFMConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"MediaFMConfig.{name}={getattr(self, name)}: shots either side (> 0), or 0 for "
                                  "the whole window")
+        self.modalities = [[int(lo), int(hi)] for lo, hi in self.modalities]
+        if self.copy_per_modality:
+            if self.head != "copy":
+                raise ValueError(f"MediaFMConfig.copy_per_modality needs head='copy', got head={self.head!r}")
+            edges = [e for lo_hi in self.modalities for e in lo_hi]
+            if not edges or edges[0] != 0 or edges[-1] != self.fused_dim or any(
+                    a != b for a, b in zip(edges[1:-1:2], edges[2::2], strict=True)) or any(
+                    lo >= hi for lo, hi in self.modalities):
+                raise ValueError(f"MediaFMConfig.modalities={self.modalities} must tile [0, fused_dim="
+                                 f"{self.fused_dim}) in order for copy_per_modality; the dataset's meta.json has them")
         if not (0.0 <= self.mask_keep and 0.0 <= self.mask_random and self.mask_keep + self.mask_random < 1.0):
             raise ValueError(f"MediaFMConfig.mask_keep={self.mask_keep} and mask_random={self.mask_random} must be "
                              ">= 0 with a sum below 1")
@@ -185,9 +204,10 @@ class MediaFMEncoder(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden) if cfg.norm_first else nn.Identity()
-        if cfg.head == "copy":
-            self.copy_q = nn.Linear(cfg.hidden, cfg.hidden)
-            self.copy_k = nn.Linear(cfg.hidden, cfg.hidden)
+        if cfg.head == "copy":  # one (query, key) per copied slice: the whole vector, or each modality
+            self.copy_slices = cfg.modalities if cfg.copy_per_modality else [[0, cfg.fused_dim]]
+            self.copy_q = nn.Linear(cfg.hidden, cfg.hidden * len(self.copy_slices))
+            self.copy_k = nn.Linear(cfg.hidden, cfg.hidden * len(self.copy_slices))
         else:
             self.out_proj = nn.Linear(cfg.hidden, cfg.fused_dim)
         self.apply(self._init)
@@ -264,14 +284,20 @@ class MediaFMEncoder(nn.Module):
 
     def _copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None,
               temperature: float, *, span: int = 0) -> torch.Tensor:
-        q, k = self.copy_q(hidden).float(), self.copy_k(hidden).float()  # float32 scores under autocast too
-        scores = q @ k.transpose(1, 2) / (math.sqrt(self.cfg.hidden) * temperature)
+        B, T, H = hidden.shape
+        M = len(self.copy_slices)  # (B, M, T, H): one query and key per copied slice, as attention heads
+        q = self.copy_q(hidden).float().view(B, T, M, H).transpose(1, 2)  # float32 scores under autocast too
+        k = self.copy_k(hidden).float().view(B, T, M, H).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / (math.sqrt(H) * temperature)  # (B, M, T, T)
         if span:  # shots farther than span: out of reach (finite, so a padding row that sees none stays a number)
-            pos = torch.arange(scores.shape[-1], device=scores.device)
+            pos = torch.arange(T, device=scores.device)
             scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > span, -1e9)
         if real is not None:
-            scores = scores.masked_fill(~real[:, None, :], float("-inf"))
-        return torch.softmax(scores, dim=-1).to(shots.dtype) @ shots
+            scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1).to(shots.dtype)
+        if M == 1:
+            return weights[:, 0] @ shots
+        return torch.cat([weights[:, m] @ shots[..., lo:hi] for m, (lo, hi) in enumerate(self.copy_slices)], dim=-1)
 
 
 def sinusoidal(n: int, dim: int) -> torch.Tensor:

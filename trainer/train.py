@@ -95,8 +95,8 @@ class TrainConfig:
 # What may differ when resuming a run (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"max_steps", "eval_every", "ckpt_every", "val_batches", "device", "compile"}
 
-# Model fields a user may override; fused_dim and title_dim come from the dataset.
-MODEL_KEYS = {f.name for f in fields(MediaFMConfig)} - {"fused_dim", "title_dim"}
+# Model fields a user may override; fused_dim, title_dim and modalities come from the dataset.
+MODEL_KEYS = {f.name for f in fields(MediaFMConfig)} - {"fused_dim", "title_dim", "modalities"}
 
 
 def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
@@ -345,8 +345,10 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
 
     # --- data
     ds = Dataset(data)
-    cfg = MediaFMConfig(**{**CONFIGS[tc.config], **(model_overrides or {}),
-                           "fused_dim": ds.meta.fused_dim, "title_dim": ds.meta.title_dim})
+    over = {**CONFIGS[tc.config], **(model_overrides or {})}
+    cfg = MediaFMConfig(**over, fused_dim=ds.meta.fused_dim, title_dim=ds.meta.title_dim,  # slices: only where used
+                        modalities=[list(v) for v in ds.meta.modalities.values()] if over.get("copy_per_modality")
+                        else [])
     train_titles = ds.split("train")
     loader = WindowLoader(ds, train_titles, batch_size=tc.batch_size, max_shots=cfg.max_shots, seed=tc.seed,
                           rank=rank, world=world)
@@ -477,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="overrides: any --key value of the training config or the model config, e.g.\n"
         "  --max_steps 500 --lr_muon 0.01 --hidden 128 --n_layers 2\n"
         "  --head projection   the source's output head instead of the copy head every named size uses\n"
+        "  --copy_per_modality 1   a copy per modality slice (video, audio, text), each with its own scores\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

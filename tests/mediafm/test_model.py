@@ -178,6 +178,55 @@ def test_copy_spans_keep_each_served_copy_within_its_reach_whatever_the_window(t
             tiny(**{key: -1})
 
 
+def test_copy_per_modality_mixes_each_slice_with_its_own_scores(tmp_path):
+    """copy_per_modality: each modality slice of the output is a softmax-weighted mean of the same slice of the
+    window's real shots, with a query and key of its own (not one mix for the whole vector); spans and the wide
+    copy apply to every slice; the export loads and serves the same output."""
+    torch.manual_seed(0)
+    slices = [[0, 8], [8, 20], [20, 24]]
+    cfg = tiny(copy_per_modality=True, modalities=slices, copy_wide=4.0, copy_span=3, sharp_span=2)
+    enc = MediaFMEncoder(cfg).eval()
+    shots, title, lengths = torch.randn(2, 12, 24), torch.randn(2, 8), torch.tensor([12, 7])
+    hidden, served = enc(shots, title, lengths)
+    H, unit = cfg.hidden, torch.nn.functional.normalize
+    apart = (torch.arange(12)[:, None] - torch.arange(12)[None, :]).abs()
+    sharp, broad, trained = [], [], []
+    for m, (lo, hi) in enumerate(slices):
+        q, k = enc.copy_q(hidden)[..., m * H:(m + 1) * H], enc.copy_k(hidden)[..., m * H:(m + 1) * H]
+        scores = q @ k.transpose(1, 2) / H**0.5
+        scores[1, :, 7:] = float("-inf")  # padding
+        sharp.append(torch.softmax(scores.masked_fill(apart > 2, float("-inf")), -1) @ shots[..., lo:hi])
+        broad.append(torch.softmax((scores / 4.0).masked_fill(apart > 3, float("-inf")), -1) @ shots[..., lo:hi])
+        trained.append(torch.softmax(scores, -1) @ shots[..., lo:hi])
+    sharp, broad, trained = (torch.cat(x, -1) for x in (sharp, broad, trained))
+    expect = (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2
+    assert torch.allclose(served[0], expect[0], atol=1e-5) and torch.allclose(served[1, :7], expect[1, :7], atol=1e-5)
+    assert torch.allclose(enc(shots, title, lengths, wide=False)[1][0], trained[0], atol=1e-5)
+    assert torch.allclose(served[1, :7], enc(shots[1:, :7], title[1:], None)[1][0], atol=1e-5), "padded != alone"
+    # the slices' mixes differ: one set of weights for the whole vector would not give this output
+    whole = torch.softmax(enc.copy_q(hidden)[..., :H] @ enc.copy_k(hidden)[..., :H].transpose(1, 2) / H**0.5, -1)
+    assert not torch.allclose((whole @ shots)[0, :, 8:], trained[0, :, 8:], atol=1e-3)
+    torch.save({"config": cfg.to_dict(), "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    loaded = load_encoder(tmp_path)
+    assert loaded.cfg.modalities == slices and torch.allclose(loaded(shots, title, lengths)[1], served, atol=1e-6)
+    # trained by masked shot modeling like the whole-vector copy
+    model = MaskedShotModel(cfg)
+    mask = mask_positions(lengths, 12, 0.2, generator=torch.Generator().manual_seed(0))
+    model(shots, title, lengths, mask)[1].backward()
+    assert model.encoder.copy_q.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(copy_per_modality=True), r"modalities=\[\] must tile \[0, fused_dim=24\)"),
+    (dict(copy_per_modality=True, modalities=[[0, 8], [9, 24]]), "must tile"),
+    (dict(copy_per_modality=True, modalities=[[0, 8], [8, 20]]), "must tile"),
+    (dict(copy_per_modality=True, modalities=[[0, 24]], head="projection"), "copy_per_modality needs head='copy'"),
+])
+def test_copy_per_modality_needs_slices_that_tile_the_fused_vector(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kw)
+
+
 def test_named_sizes_train_the_copy_head_and_old_exports_load_as_projection(tmp_path):
     assert {c["head"] for c in CONFIGS.values()} == {"copy"}
     # an export written before `head` existed has no such key: it is the source's projection head

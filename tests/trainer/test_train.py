@@ -255,3 +255,24 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     for key, value in ablation.items():  # each one alone also trains
         r = train(corpus, tmp_path / key, _cfg(max_steps=2, **{key: value}), quiet=True)
         assert r["step"] == 2
+
+
+def test_copy_per_modality_takes_the_slices_from_the_dataset_and_resumes_exactly(corpus, tmp_path):
+    """`mediafm train --copy_per_modality 1`: the model copies each of the dataset's modality slices with its own
+    scores (meta.json's slices recorded in the checkpoint), trains and resumes exactly; without it nothing changes."""
+    from mediafm.dataset import Dataset
+
+    over = parse_overrides(["--copy_per_modality", "1"])[1]
+    assert over == {"copy_per_modality": True}
+    train(corpus, tmp_path / "a", _cfg(max_steps=4), over, quiet=True)
+    train(corpus, tmp_path / "b", _cfg(max_steps=4), over, quiet=True, until_step=2)
+    train(corpus, tmp_path / "b", _cfg(max_steps=4), over, quiet=True)
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "step-0000004.pt", weights_only=False) for r in ("a", "b"))
+    slices = [list(v) for v in Dataset(corpus).meta.modalities.values()]
+    assert a["model_config"]["modalities"] == slices and len(slices) == 3
+    assert a["model"]["encoder.copy_q.weight"].shape[0] == 3 * a["model_config"]["hidden"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    train(corpus, tmp_path / "whole", _cfg(max_steps=2), quiet=True)
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "step-0000002.pt", weights_only=False)
+    assert whole["model_config"]["modalities"] == [] and not whole["model_config"]["copy_per_modality"]
