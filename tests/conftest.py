@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from mediafm.config import Settings, free_ports
+from mediafm.config import Settings, free_ports, private_ports
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-PORTS = ("kafka_port", "kafka_controller_port", "triton_http_port", "triton_grpc_port",
-         "triton_metrics_port", "worker_web_port")
 _GIVEN: set[int] = set()
 
 
@@ -56,7 +54,7 @@ def _stack_settings(tmp: Path) -> Settings:
     return Settings(
         state_dir=tmp / "state", model_repository=repo,
         cache_dir=Path(os.environ.get("MEDIAFM_CACHE_DIR", Path.home() / ".cache" / "mediafm")),
-        **dict(zip(PORTS, (_given(p) for p in free_ports(len(PORTS))), strict=True)),
+        **{name: _given(port) for name, port in private_ports().items()},
         partitions=2, topic_prefix="test",
         window_shots=64, window_stride=32,  # the tiny test model's max_shots; titles span several windows
         frames_per_shot=4, live_right_context=2,
