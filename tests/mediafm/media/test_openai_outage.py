@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from mediafm.config import free_ports
 from mediafm.errors import BadInput, EncoderError, EncoderUnavailable, Transient
 from mediafm.media.encoders import OpenAIText
 from mediafm.retry_metrics import retry_count
@@ -63,17 +63,11 @@ class _Api(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     """The stand-in API on a fixed port; `start()` may come late (until then: connection refused)."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.srv: ThreadingHTTPServer | None = None
         _Api.script, _Api.cycle, _Api.calls, _Api.down_until = [], [], [], 0.0
