@@ -78,7 +78,7 @@ class MediaFMConfig:
     """Copy head only: each modality slice of the fused vector (`modalities`) is copied with scores of its
     own, as attention heads are (video from the shots whose video a masked one shares, audio from those whose
     sound it shares); False: one set of scores for the whole vector. Tried on the grid (2026-12-03): a lower
-    validation loss in 10 of 12 worlds, the probes no better; not the recipe (README, Evaluation)."""
+    validation loss in 9 of 12 worlds, the probes no better; not the recipe (README, Evaluation)."""
     modalities: list = field(default_factory=list)
     """The fused vector's modality slices, [start, end) each, tiling [0, fused_dim): from the dataset
     (`mediafm train` fills it), used by copy_per_modality."""
