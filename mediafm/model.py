@@ -115,9 +115,8 @@ class MediaFMConfig:
         if self.copy_per_modality:
             if self.head != "copy":
                 raise ValueError(f"MediaFMConfig.copy_per_modality needs head='copy', got head={self.head!r}")
-            edges = [e for lo_hi in self.modalities for e in lo_hi]
-            if not edges or edges[0] != 0 or edges[-1] != self.fused_dim or any(
-                    a != b for a, b in zip(edges[1:-1:2], edges[2::2], strict=True)) or any(
+            starts, ends = [lo for lo, _ in self.modalities], [hi for _, hi in self.modalities]
+            if not starts or starts != [0, *ends[:-1]] or ends[-1] != self.fused_dim or any(
                     lo >= hi for lo, hi in self.modalities):
                 raise ValueError(f"MediaFMConfig.modalities={self.modalities} must tile [0, fused_dim="
                                  f"{self.fused_dim}) in order for copy_per_modality; the dataset's meta.json has them")
