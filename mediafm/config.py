@@ -73,6 +73,11 @@ class Settings:
     kafka_version: str = "3.9.2"
     """3.9.x accepts every protocol version aiokafka may send (4.x dropped old ones)."""
     kafka_heap: str = "512m"
+    kafka_group_join_delay_ms: int = 3000
+    """The local broker's group.initial.rebalance.delay.ms: how long an empty consumer group waits for more
+    members before its first assignment (Kafka's default, 3 s). Workers started together (several
+    `mediafm worker`, a scaled docker-compose) then share the first assignment instead of a rebalance as each
+    joins, which sends the work of the first seconds again. The tests set 0: their workers start one at a time."""
     partitions: int = 4
     """Partitions of every pipeline topic. Faust and the broker must agree on it."""
 
@@ -204,6 +209,9 @@ class Settings:
                 raise ConfigError(f"{key}={getattr(self, key)!r}; choose one of {', '.join(SHOT_DETECTORS)}")
         if self.audio_window_s <= 0 or self.max_media_bytes <= 0 or self.max_media_duration_s <= 0:
             raise ConfigError("audio_window_s, max_media_bytes and max_media_duration_s must be > 0")
+        if self.kafka_group_join_delay_ms < 0:
+            raise ConfigError(f"kafka_group_join_delay_ms={self.kafka_group_join_delay_ms} must be >= 0 "
+                              "(0 = assign at the first join)")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":
             raise ConfigError(f"kafka_heap={self.kafka_heap!r} is not a JVM size like '512m' or '1g'")
 

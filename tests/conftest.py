@@ -56,6 +56,7 @@ def _stack_settings(tmp: Path) -> Settings:
         cache_dir=Path(os.environ.get("MEDIAFM_CACHE_DIR", Path.home() / ".cache" / "mediafm")),
         **{name: _given(port) for name, port in private_ports().items()},
         partitions=2, topic_prefix="test",
+        kafka_group_join_delay_ms=0,  # workers start one at a time here; a 3 s wait at each first join adds up
         window_shots=64, window_stride=32,  # the tiny test model's max_shots; titles span several windows
         frames_per_shot=4, live_right_context=2,
     )

@@ -104,6 +104,7 @@ def test_kafka_agrees_with_native_broker_settings(compose):
     assert compose["services"]["kafka"]["image"] == f"apache/kafka:{s.kafka_version}"
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert int(env["KAFKA_NUM_PARTITIONS"]) == s.partitions
+    assert int(env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"]) == s.kafka_group_join_delay_ms  # scaled workers share
     assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_MESSAGE_BYTES + 64 * 1024
     worker_env = compose["services"]["worker"]["environment"]
     assert int(worker_env["MEDIAFM_PARTITIONS"]) == s.partitions

@@ -127,7 +127,7 @@ def _write_config(settings: Settings) -> Path:
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "offsets.topic.num.partitions": "8",
-        "group.initial.rebalance.delay.ms": "0",
+        "group.initial.rebalance.delay.ms": str(settings.kafka_group_join_delay_ms),
         "message.max.bytes": str(MAX_MESSAGE_BYTES + 64 * 1024),
         "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),
         "log.retention.hours": "168",

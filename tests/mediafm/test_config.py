@@ -28,6 +28,7 @@ def test_loopback_by_default():
     ({"MEDIAFM_KAFKA_PORT": "70000"}, "kafka_port=70000 is not a TCP port"),
     ({"MEDIAFM_TRITON_HTTP_PORT": "9092"}, "two services share a port"),
     ({"MEDIAFM_KAFKA_HEAP": "lots"}, "kafka_heap='lots' is not a JVM size"),
+    ({"MEDIAFM_KAFKA_GROUP_JOIN_DELAY_MS": "-1"}, "kafka_group_join_delay_ms=-1 must be >= 0"),
     ({"MEDIAFM_LIVE_SHOT_DETECTOR": "fast"}, "live_shot_detector='fast'; choose one of transnetv2, "),
     ({"MEDIAFM_LIVE_DECODED_MB": "-1"}, "live_decoded_mb=-1 must be >= 0"),
     ({"MEDIAFM_TABLE_MEMORY_MB": "4"}, "table_memory_mb=4 must be >= 8"),

@@ -46,6 +46,22 @@ def test_status_command_reports_both_ready(kafka_stack, triton_stack):
     assert "kafka    ready" in r.stdout and "triton   ready" in r.stdout and "fusion:1" in r.stdout
 
 
+def test_broker_runs_with_the_configured_group_join_delay(kafka_stack):
+    """kafka_group_join_delay_ms reaches the broker: the test stack's 0, not Kafka's own 3,000 (what the
+    default setting gives a user's stack, so that workers started together share the first assignment)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_stack.kafka_bootstrap)
+    try:
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")], config_filter="all")
+    finally:
+        admin.close()
+    (broker,) = next(iter(configs.values())).values()
+    assert kafka_stack.kafka_group_join_delay_ms == 0
+    assert str(broker["group.initial.rebalance.delay.ms"]["value"]) == "0", broker["group.initial.rebalance.delay.ms"]
+
+
 def test_topics_with_another_partition_count_are_refused_by_name(kafka_stack):
     """create_topics checks the topics it just made too (they may not be in the metadata at once), and names
     the ones Faust would refuse to start on."""
