@@ -38,9 +38,16 @@ def context_plus_input(output: np.ndarray, fused: np.ndarray) -> np.ndarray:
     return ((unit(output.astype(np.float32)) + unit(fused.astype(np.float32))) / 2).astype(np.float32)
 
 
-def published(representation: str, served: np.ndarray, fused: np.ndarray) -> np.ndarray:
+def uses_input(representation: str) -> bool:
+    """Whether the published vectors are made from the shots' fused input vectors too, not the served output alone."""
+    return check(representation) == "context+input"
+
+
+def published(representation: str, served: np.ndarray, fused: np.ndarray | None) -> np.ndarray:
     """The published vectors of shots (rows) from what the served model returned for them
-    (served_output(representation)) and their fused input vectors."""
-    if check(representation) == "context+input":
+    (served_output(representation)) and their fused input vectors (None where not uses_input(representation))."""
+    if uses_input(representation):
+        if fused is None:
+            raise ValueError(f"representation {representation!r} is made from the fused input vectors too")
         return context_plus_input(served, fused)
     return served

@@ -43,6 +43,14 @@ waits at most WITHIN_S for its batch to fill."""
 FINISHING = 2
 """Titles whose MediaFM pass runs beside the agent at once: the agent goes on with the next shots meanwhile
 (Runtime.later), and each holds its title's shots."""
+PASS_COPIES = 4
+"""A title's MediaFM pass holds about this many times its shots' bytes: the shots, their vectors in one block,
+the outputs kept, and a request with its answer (streams/runtime.py Runtime.contextualise, run_windows)."""
+PASSES_BYTES = 128 * 2**20
+"""Two titles' passes run at once only while their shots (records' bytes) together are under this: a pass holds
+PASS_COPIES times its title's shots, so two 10,000-shot titles at once (about 90 MB of shots each at the offline
+width) took one worker to 1.35 GiB (bench/catalog.py --titles 12 --shots 10000). A title over it has its pass
+alone."""
 
 
 def parse(raw: bytes) -> list[FusedShot]:
@@ -120,11 +128,12 @@ class Titles:
             self.pending[tkey] = (progress, event)
         else:
             metrics.duplicates.labels(STAGE).inc()
-        if progress.offsets[i] == msg.offset:  # the recorded copy (after a restart: read back otherwise)
-            self.held.put(tkey, i, msg.offset, shot, size)
+        if progress.offsets[i] == msg.offset and tkey not in self.finishing:  # the recorded copy (after a
+            self.held.put(tkey, i, msg.offset, shot, size)                     # restart: read back otherwise)
         if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs
             self.finishing.add(tkey)
-            await self.rt.later(self._finish(tid, rid, progress, event), event, at_most=FINISHING)
+            await self.rt.later(self._finish(tid, rid, progress, event, progress.n * size), event,
+                                at_most=FINISHING, size=progress.n * size, budget=PASSES_BYTES)
 
     def _read(self, tkey: bytes, n: int) -> TitleProgress:
         if tkey not in self.progress:
@@ -136,12 +145,22 @@ class Titles:
                         tkey.decode().rsplit("#", 1)[0])
         return progress
 
-    async def _finish(self, tid: str, rid: str, progress: TitleProgress, event) -> None:
+    async def _finish(self, tid: str, rid: str, progress: TitleProgress, event, size: int) -> None:
         """All shots have arrived: gather them (memory, else the topic), contextualise, record "done".
-        Runs beside the agent (Runtime.later): `event`, the shot that completed the title, is committed after."""
+        Runs beside the agent (Runtime.later): `event`, the shot that completed the title, is committed after.
+        size: the title's shots' bytes. The pass's memory (PASS_COPIES times that) comes out of held_shots_mb
+        while it runs: titles still arriving are held only in what is left, the rest read back later."""
         tkey = f"{tid}#{rid}".encode()
+        work = min(PASS_COPIES * size, self.held.budget)
         try:
-            await self.contextualise(tid, await self._gather(tkey, progress), rid)
+            shots = await self._gather(tkey, progress)
+            self.held.drop(tkey)  # the pass holds them now, and its reservation counts them
+            self.held.reserve(work)
+            try:
+                await self.contextualise(tid, shots, rid)
+            finally:
+                self.held.release(work)
+                del shots
         except ShotsGone as e:  # nothing will send them again: say so, and let a new publication start afresh
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) cannot be "
                                                     f"contextualised: {e}; publish it again")

@@ -47,7 +47,18 @@ class HeldShots:
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
         self.bytes = 0
+        self.reserved = 0  # of the budget, for titles' passes running (reserve())
         self._titles: OrderedDict[bytes, dict[int, tuple[int, int, object]]] = OrderedDict()
+
+    def reserve(self, n: int) -> None:
+        """Take `n` bytes of the budget for other work (a title's MediaFM pass) until release(n): titles held
+        are let go, least recently used first, until what is held fits beside it."""
+        self.reserved += n
+        while self.bytes + self.reserved > self.budget and self._titles:
+            self.drop(next(iter(self._titles)))
+
+    def release(self, n: int) -> None:
+        self.reserved -= n
 
     def put(self, title: bytes, index: int, offset: int, shot: object, size: int) -> None:
         size += _OVERHEAD
@@ -56,7 +67,7 @@ class HeldShots:
             if shots[index][0] == offset:
                 return
             self.bytes -= shots.pop(index)[1]  # a copy held under an older record: the one named now replaces it
-        while self.bytes + size > self.budget and self._titles:
+        while self.bytes + self.reserved + size > self.budget and self._titles:
             oldest = next(iter(self._titles))
             if oldest == title:
                 if len(self._titles) == 1:
@@ -64,7 +75,7 @@ class HeldShots:
                 self._titles.move_to_end(title)
                 continue
             self.drop(oldest)
-        if self.bytes + size > self.budget:
+        if self.bytes + self.reserved + size > self.budget:
             return
         if shots is None:
             shots = self._titles[title] = {}

@@ -41,7 +41,7 @@ from mediafm.config import Settings, replace
 from mediafm.errors import BadRequest, ConfigError, SchemaError
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
-from mediafm.representations import published, served_output
+from mediafm.representations import published, served_output, uses_input
 from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, vec_to_bytes
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -70,7 +70,7 @@ class Runtime:
         self.names = Topics.from_settings(settings)
         self._unsent: set[asyncio.Future] = set()  # records handed to the producer, not yet acknowledged
         self._lost: BaseException | None = None  # the first of them the producer could not deliver
-        self._later: set[asyncio.Task] = set()  # work running beside the agents (later())
+        self._later: dict[asyncio.Task, int] = {}  # work running beside the agents (later()), with its size
         self.app = self._make_app()
         self.topics = SimpleNamespace(**{name: self._topic(topic, RUNS_BUFFER if name in ("encoded", "fused") else None)
                                          for name, topic in vars(self.names).items()})
@@ -298,16 +298,18 @@ class Runtime:
             os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
         held.difference_update(messages)
 
-    async def later(self, work, event, *, at_most: int) -> None:
+    async def later(self, work, event, *, at_most: int, size: int = 0, budget: int = 0) -> None:
         """Run coroutine `work`, started by `event`, beside the agent; `event` is committed once it is done.
 
         The agent goes on with its next events meanwhile (a title's MediaFM pass while the next titles' shots
         arrive). `event` stays uncommitted, and with it its partition from there on (streams/consumer.py, 6),
         until `work` and the records and table writes it made are in their topics: a worker that dies first
-        has the event delivered again. Waits here while `at_most` are running. `work` must handle bad input
-        itself (dead letters); anything else it raises stops the worker, as an unfinished batch does.
+        has the event delivered again. Waits here while `at_most` are running, or, with a `budget`, while
+        others are running whose sizes and this one's `size` together are over it (work over the budget on
+        its own runs alone). `work` must handle bad input itself (dead letters); anything else it raises stops
+        the worker, as an unfinished batch does.
         """
-        while len(self._later) >= at_most:
+        while len(self._later) >= at_most or (budget and self._later and sum(self._later.values()) + size > budget):
             await asyncio.wait(self._later, return_when=asyncio.FIRST_COMPLETED)
         consumer = self.app.consumer
         consumer.deferred.add(event.message)
@@ -317,10 +319,10 @@ class Runtime:
             await self.sends_acknowledged()
 
         task = asyncio.ensure_future(run())  # with the current event's context: its table writes' partition
-        self._later.add(task)
+        self._later[task] = size
 
         def done(t: asyncio.Task) -> None:
-            self._later.discard(t)
+            self._later.pop(t, None)
             if t.cancelled():  # the worker is stopping: the event is fetched again
                 work.close()  # never started, if cancelled at once
                 return
@@ -489,7 +491,8 @@ class Runtime:
                 limit = e.limit
                 log.info("%s; planning the windows again", e)
         s, count = self.settings, 0
-        embs = published(s.embedding_representation, vectors, fused[[i - first for i, _, _ in picks]])  # all rows at once
+        inputs = fused[[i - first for i, _, _ in picks]] if uses_input(s.embedding_representation) else None
+        embs = published(s.embedding_representation, vectors, inputs)  # all rows at once
         for emb, (i, k, final) in zip(embs, picks, strict=True):
             shot, w = shots[i - first], windows[k]
             msg = ContextualEmbedding(

@@ -228,6 +228,52 @@ async def _later(rt):
     assert c._acked[tp] == [7, 8, 9] and not c.deferred
 
 
+def test_work_beside_the_agent_waits_while_what_runs_with_it_would_pass_its_budget(rt):
+    """Runtime.later with a budget (a title's pass sized by its shots' bytes, streams/contextualise.py
+    PASSES_BYTES): a second pass starts beside a running one only while both fit; one over the budget on its
+    own runs alone, never forever refused."""
+    asyncio.run(_budget(rt))
+
+
+async def _budget(rt):
+    app, c, tp = flowing(rt)
+    started, gates = [], {name: asyncio.Event() for name in ("big", "small", "bigger", "next")}
+
+    def title_pass(name):
+        async def run():
+            started.append(name)
+            await gates[name].wait()
+        return run()
+
+    def later(name, size, offset):
+        return asyncio.ensure_future(rt.later(title_pass(name), SimpleNamespace(message=delivered(rt, tp, offset)),
+                                              at_most=2, size=size, budget=100))
+
+    await later("big", 70, 0)
+    await until(lambda: started == ["big"], "the first pass to start")
+    await later("small", 30, 1)  # 70 + 30: within the budget, beside it
+    await until(lambda: started == ["big", "small"], "the second pass to start beside the first")
+    gates["small"].set()
+    await until(lambda: len(rt._later) == 1, "the small pass to finish")
+    waiting = later("bigger", 150, 2)  # over the budget on its own: waits for the big one, then runs alone
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done() and started == ["big", "small"], "a pass started beside one it does not fit with"
+    gates["big"].set()
+    await waiting
+    await until(lambda: started[-1] == "bigger", "the large pass to run once alone")
+    assert list(rt._later.values()) == [150]
+    nxt = later("next", 1, 3)  # anything beside a pass over the budget waits too
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not nxt.done()
+    gates["bigger"].set()
+    await nxt
+    gates["next"].set()
+    await until(lambda: not rt._later, "every pass to finish")
+    assert not c.deferred, "each pass's event is settled once its pass is done"
+
+
 def test_work_beside_the_agent_that_fails_outside_its_checks_stops_the_worker(rt, worker_exits):
     """A title's pass dead-letters bad titles itself; anything else it raises stops the worker (exit 75), as an
     unfinished batch does, so that the event is processed again rather than its partition's commits held up."""

@@ -43,6 +43,31 @@ def test_held_shots_stay_within_the_budget_and_let_whole_titles_go():
     assert nothing.bytes == 0 and nothing.get(b"c", 0, 1) is None
 
 
+def test_a_pass_reserves_its_memory_from_the_same_budget():
+    """While a title's MediaFM pass runs, its working memory comes out of held_shots_mb: titles held are let go
+    (least recently used first) and shots arriving are held only in what is left; released, the budget is whole."""
+    size = 1000 - _OVERHEAD
+    held = HeldShots(5_000)
+    for i in range(2):
+        held.put(b"a", i, i, f"a{i}", size)
+        held.put(b"b", i, 10 + i, f"b{i}", size)
+    held.reserve(2_500)  # 4,000 held + 2,500: "a" goes whole, "b" fits beside the pass
+    assert held.bytes == 2_000 and held.get(b"a", 0, 0) is None and held.get(b"b", 1, 11) == "b1"
+    held.put(b"c", 0, 20, "c0", size)
+    held.put(b"c", 1, 21, "c1", size)  # 2,000 + 2,500 + 1,000 > 5,000: "b" goes for it
+    assert held.get(b"c", 1, 21) == "c1" and held.get(b"b", 0, 10) is None and held.bytes == 2_000
+    held.reserve(10_000)  # a pass over the whole budget: nothing is held beside it
+    assert held.bytes == 0
+    held.put(b"d", 0, 30, "d0", size)
+    assert held.get(b"d", 0, 30) is None
+    held.release(10_000)
+    held.release(2_500)
+    assert held.reserved == 0
+    for i in range(5):
+        held.put(b"d", i, 30 + i, f"d{i}", size)
+    assert held.bytes == 5_000 and held.get(b"d", 4, 34) == "d4"
+
+
 @pytest.mark.kafka
 def test_offsets_read_back_from_a_real_broker_and_what_is_gone_is_named(kafka_stack):
     s = replace(kafka_stack, partitions=1)

@@ -257,7 +257,7 @@ def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afres
     async def dead_letter(stage, event, reason):
         letters.append((event.message.offset, reason))
 
-    async def later(work, event, *, at_most):  # the title's pass at once, not beside the agent
+    async def later(work, event, *, at_most, size=0, budget=0):  # the title's pass at once, not beside the agent
         await work
 
     rt = SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},  # the table, no broker
@@ -307,7 +307,7 @@ def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_not_recorded_d
     async def dead_letter(stage, event, reason):
         letters.append((stage, event.message.offset, reason))
 
-    async def later(work, event, *, at_most):
+    async def later(work, event, *, at_most, size=0, budget=0):
         await work
 
     titles = contextualise.Titles(SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},
@@ -347,7 +347,7 @@ def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_
     async def dead_letter(stage, event, reason):
         letters.append(reason)
 
-    async def later(work, event, *, at_most):
+    async def later(work, event, *, at_most, size=0, budget=0):
         await work
 
     rt = SimpleNamespace(settings=Settings(state_dir=tmp_path, held_shots_mb=0), table=lambda name: {},

@@ -12,7 +12,7 @@ from conftest import REPO
 from mediafm.dataset import Dataset
 from mediafm.errors import DatasetError
 from mediafm.fusion import Layout
-from mediafm.representations import context_plus_input
+from mediafm.representations import REPRESENTATIONS, context_plus_input, published, uses_input
 from mediafm.synth import write_corpus
 from trainer.evaluate import MOVING_AVERAGES, clip_features, evaluate
 from trainer.probes import TASKS, kendall_within_titles, macro_ap_present, score, title_folds
@@ -157,6 +157,18 @@ def test_context_plus_input_halves_the_sum_of_unit_vectors():
     got = context_plus_input(out, fused)
     assert got == pytest.approx(np.array([[0.5, 0.5, 0], [0, 0, 1.0]]))
     assert got.shape == fused.shape, "the published vector keeps the fused width"
+
+
+def test_only_context_plus_input_needs_the_fused_inputs_and_says_so_without_them():
+    """The worker gathers a title's fused input rows only where the published representation uses them
+    (streams/runtime.py: a 10,000-shot title's copy of them is 90 MB)."""
+    out, fused = np.array([[3.0, 0, 0]]), np.array([[0, 4.0, 0]])
+    assert {r for r in REPRESENTATIONS if uses_input(r)} == {"context+input"}
+    for rep in ("output", "hidden"):
+        assert published(rep, out, None) is out
+    assert published("context+input", out, fused) == pytest.approx(context_plus_input(out, fused))
+    with pytest.raises(ValueError, match="made from the fused input vectors too"):
+        published("context+input", out, None)
 
 
 def test_a_run_is_evaluated_with_other_inference_settings_beside_itself(corpus, tmp_path):
