@@ -132,8 +132,9 @@ class Titles:
             self.held.put(tkey, i, msg.offset, shot, size)                     # restart: read back otherwise)
         if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs
             self.finishing.add(tkey)
-            await self.rt.later(self._finish(tid, rid, progress, event, progress.n * size), event,
-                                at_most=FINISHING, size=progress.n * size, budget=PASSES_BYTES)
+            title_bytes = progress.n * size
+            await self.rt.later(self._finish(tid, rid, progress, event, title_bytes), event,
+                                at_most=FINISHING, size=title_bytes, budget=PASSES_BYTES)
 
     def _read(self, tkey: bytes, n: int) -> TitleProgress:
         if tkey not in self.progress:
@@ -160,7 +161,6 @@ class Titles:
                 await self.contextualise(tid, shots, rid)
             finally:
                 self.held.release(work)
-                del shots
         except ShotsGone as e:  # nothing will send them again: say so, and let a new publication start afresh
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) cannot be "
                                                     f"contextualised: {e}; publish it again")
@@ -180,9 +180,8 @@ class Titles:
             return
         finally:
             self.finishing.discard(tkey)
-        progress.done = True
+        progress.done = True  # (its held shots went when the pass began)
         self.pending.pop(tkey, None)
-        self.held.drop(tkey)
         self.progress[tkey] = progress.to_bytes()
 
     async def _gather(self, tkey: bytes, progress: TitleProgress) -> list[FusedShot]:
