@@ -34,7 +34,8 @@ served with those inference-only settings (trainer/evaluate.py SERVED: copy_wide
 copy_span, sharp_span), rows `<variant>@<setting>:...`; finished (world, seed) runs are
 evaluated again for them, not trained again. A summary table counts, per
 representation over the grid's cells (world x task, means over seeds), those at
-or above `concat`, above `avg-k8` and above all four baselines, and the mean
+or above `concat`, below it in every seed (a paired verdict: each seed's corpus is
+the same for both), above `avg-k8` and above all four baselines, and the mean
 ratio to `concat`. A second table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
 the model predicts masked shots better than they do.
@@ -179,11 +180,19 @@ def grid_summary(results: dict, names: list[str]) -> list[str]:
         v = [r["probes"][rep][task] for r in results[world] if task in r["probes"].get(rep, {})]
         return float(np.mean(v)) if v else None
 
+    def every_seed_below(world: str, rep: str, task: str) -> bool:
+        """Below concat in each seed that has the row: the corpus of a seed is the same for both, so this is a
+        paired verdict; a cell below on the mean but not in every seed may be the draw."""
+        pairs = [(r["probes"][rep][task], r["probes"]["concat"][task]) for r in results[world]
+                 if task in r["probes"].get(rep, {}) and task in r["probes"].get("concat", {})]
+        return bool(pairs) and all(x < c for x, c in pairs)
+
     reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
-    lines = ["| representation | cells | at or above concat | above avg-k8 | above all four baselines | mean ratio to "
-             "concat | " + " / ".join(TASK_ORDER) + " |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
+             "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rep in reps:
-        n = ge = k8 = best = 0
+        n = ge = always = k8 = best = 0
         ratios: dict[str, list[float]] = {t: [] for t in TASK_ORDER}
         for world in results:
             for t in TASK_ORDER:
@@ -193,12 +202,13 @@ def grid_summary(results: dict, names: list[str]) -> list[str]:
                     continue
                 n += 1
                 ge += x >= c
+                always += every_seed_below(world, rep, t)
                 k8 += x > base[BASE_ROWS.index("avg-k8")]
                 best += x > max(base)
                 ratios[t].append(x / c)
         if n:
             per = " / ".join(f"{np.mean(ratios[t]):.2f}" if ratios[t] else "-" for t in TASK_ORDER)
-            lines.append(f"| {rep} | {n} | {ge} | {k8 if rep != 'avg-k8' else '-'} | {best} | "
+            lines.append(f"| {rep} | {n} | {ge} | {always} | {k8 if rep != 'avg-k8' else '-'} | {best} | "
                          f"{np.mean([r for v in ratios.values() for r in v]):.3f} | {per} |")
     return lines
 

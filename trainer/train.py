@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -30,6 +31,9 @@ from mediafm.dataset import Dataset
 from mediafm.errors import ConfigError, MediaFMError
 from mediafm.model import CONFIGS, INFERENCE_ONLY, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
 from trainer.data import Batch, WindowLoader, eval_batches
+
+LOSSES = ("cosine", "per_modality", "contrastive")  # TrainConfig.loss
+CONTRASTIVE_TEMPERATURE = 0.1  # wav2vec 2.0's (Baevski et al. 2020, section 3.3)
 
 
 @dataclass
@@ -59,9 +63,12 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model (GPU runs; slow to start on CPU)."""
     loss: str = "cosine"
-    """cosine: 1 - cos over the whole fused vector (the source); per_modality: 1 - cos on each modality's
-    slice, averaged over the slices present (a shot without timed text is not scored on text), so video,
-    audio and text each count, whatever their norms (issue 17 ablation)."""
+    """cosine: 1 - cos over the whole fused vector (the source's, the recipe); per_modality: 1 - cos on each
+    modality's slice, averaged over the slices present (a shot without timed text is not scored on text), so
+    video, audio and text each count, whatever their norms; contrastive: InfoNCE as in wav2vec 2.0, each
+    masked shot's prediction told apart from the batch's other masked shots (issue 17 ablations; README,
+    Evaluation). The validation loss is the cosine one whatever the training loss, so runs and the
+    context-free predictors compare."""
     visible_loss_weight: float = 0.0
     """Weight of the same loss on the visible (unmasked) shots: the model must also give back each
     shot's own input, keeping its detail in the output (issue 17 ablation; 0 = the source)."""
@@ -79,8 +86,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer={self.optimizer!r}; choose muon or adamw")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"warmup_steps={self.warmup_steps} / min_lr_ratio={self.min_lr_ratio} out of range")
-        if self.loss not in ("cosine", "per_modality"):
-            raise ConfigError(f"loss={self.loss!r}; choose cosine or per_modality")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.visible_loss_weight < 0:
             raise ConfigError(f"visible_loss_weight={self.visible_loss_weight} must be >= 0")
         if not 0 <= self.modality_dropout < 1:
@@ -207,6 +214,18 @@ def per_modality_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Ten
     return total / count.clamp(min=1)
 
 
+def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tensor,
+                     temperature: float = CONTRASTIVE_TEMPERATURE) -> torch.Tensor:
+    """InfoNCE over the shots at `where` (B, T): each one's prediction scored by cosine / temperature against
+    every such shot of the batch, cross-entropy to its own. The others are the distractors (wav2vec 2.0 draws
+    them from the masked steps of the same utterance; here every masked shot of the batch is one): a
+    prediction is paid for what tells its shot apart from the rest, not for what all of them share."""
+    p = F.normalize(pred[where].float(), dim=-1)  # (N, D)
+    t = F.normalize(target[where].float(), dim=-1)
+    logits = p @ t.T / temperature  # (N, N)
+    return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+
+
 def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, tc: TrainConfig,
               slices: list[tuple[int, int]]) -> torch.Tensor:
     """The training loss of the issue-17 ablations (`loss`, `visible_loss_weight`); targets are the real shots."""
@@ -214,6 +233,8 @@ def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, ma
     def one(where: torch.Tensor) -> torch.Tensor:
         if tc.loss == "per_modality":
             return per_modality_loss(pred, shots, where, slices)
+        if tc.loss == "contrastive":
+            return contrastive_loss(pred, shots, where)
         return msm_loss(pred, shots, where)
 
     loss = one(mask)
@@ -310,7 +331,13 @@ def plot_losses(run: Path) -> Path:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(7, 4))
     tr = [r for r in rows if "train_loss" in r]
-    ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], label="train", alpha=0.5)
+    config = run / "config.json"
+    trained_on = json.loads(config.read_text())["train"].get("loss", "cosine") if config.exists() else "cosine"
+    if trained_on == "contrastive":  # another scale: its own axis, so the cosine curves keep theirs
+        ax.twinx().plot([r["step"] for r in tr], [r["train_loss"] for r in tr], color="tab:green", alpha=0.4)
+        ax.plot([], [], color="tab:green", alpha=0.4, label="train (InfoNCE, right axis)")
+    else:
+        ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], label="train", alpha=0.5)
     va = [r for r in rows if "val_loss" in r]
     ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val (MediaFM)")
     for key, style in (("title_mean", "--"), ("neighbours", ":")):
@@ -480,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --max_steps 500 --lr_muon 0.01 --hidden 128 --n_layers 2\n"
         "  --head projection   the source's output head instead of the copy head every named size uses\n"
         "  --copy_per_modality 1   a copy per modality slice (video, audio, text), each with its own scores\n"
+        "  --loss per_modality | contrastive   the loss per modality slice, or InfoNCE over the masked shots\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

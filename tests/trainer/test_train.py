@@ -198,6 +198,24 @@ def test_per_modality_loss_scores_each_present_slice_once():
     assert per_modality_loss(pred, target, where, slices).item() == pytest.approx(0.5)  # (0 + 1) / 2
 
 
+def test_contrastive_loss_pays_for_telling_a_shot_from_the_other_masked_shots():
+    from trainer.train import contrastive_loss
+
+    target = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]])  # two look-alikes and one apart
+    where = torch.tensor([[True, True, True]])
+    exact = contrastive_loss(target, target, where)
+    shared = target.mean(1, keepdim=True).expand_as(target)  # what the three share: the cosine loss's compromise
+    chance = torch.log(torch.tensor(3.0)).item()  # one prediction for all three is at best chance (Jensen)
+    assert exact.item() < chance <= contrastive_loss(shared, target, where).item() + 1e-6
+    # the two look-alikes are told apart by their small difference: a prediction of each as the other costs more
+    swapped = target[:, [1, 0, 2]]
+    assert contrastive_loss(swapped, target, where).item() > exact.item()
+    # by hand: the batch's cosine matrix over the temperature 0.1, cross-entropy to the diagonal
+    cos = torch.nn.functional.normalize(target[0], dim=-1) @ torch.nn.functional.normalize(target[0], dim=-1).T
+    expected = torch.nn.functional.cross_entropy(cos / 0.1, torch.arange(3))
+    assert exact.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_visible_loss_adds_the_weighted_loss_on_unmasked_shots():
     from trainer.train import objective
 
@@ -232,6 +250,7 @@ def test_modality_dropout_zeroes_whole_slices_of_visible_shots_only():
 
 
 @pytest.mark.parametrize("key, value, match", [("loss", "l2", "loss='l2'"),
+                                               ("loss", "infonce", "choose one of cosine, per_modality, contrastive"),
                                                ("visible_loss_weight", -1.0, "visible_loss_weight=-1.0"),
                                                ("modality_dropout", 1.0, "modality_dropout=1.0")])
 def test_ablation_settings_are_validated(key, value, match):
@@ -252,9 +271,9 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert any(not torch.equal(a["model"][k], src["model"][k]) for k in a["model"])
-    for key, value in ablation.items():  # each one alone also trains
-        r = train(corpus, tmp_path / key, _cfg(max_steps=2, **{key: value}), quiet=True)
-        assert r["step"] == 2
+    for key, value in [*ablation.items(), ("loss", "contrastive")]:  # each one alone also trains
+        r = train(corpus, tmp_path / f"{key}-{value}", _cfg(max_steps=2, **{key: value}), quiet=True)
+        assert r["step"] == 2 and 0 < r["val_loss"] < 2, r  # validated with the cosine loss whatever it trains on
 
 
 def test_copy_per_modality_takes_the_slices_from_the_dataset_and_resumes_exactly(corpus, tmp_path):
