@@ -219,7 +219,9 @@ def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tens
     """InfoNCE over the shots at `where` (B, T): each one's prediction scored by cosine / temperature against
     every such shot of the batch, cross-entropy to its own. The others are the distractors (wav2vec 2.0 draws
     them from the masked steps of the same utterance; here every masked shot of the batch is one): a
-    prediction is paid for what tells its shot apart from the rest, not for what all of them share."""
+    prediction is paid for what tells its shot apart from the rest, not for what all of them share. Under
+    torchrun each rank's distractors are its own batch's masked shots (no all-gather): the loss, and so the
+    model, depends on the per-rank batch size, not on the global one."""
     p = F.normalize(pred[where].float(), dim=-1)  # (N, D)
     t = F.normalize(target[where].float(), dim=-1)
     logits = p @ t.T / temperature  # (N, N)
