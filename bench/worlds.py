@@ -38,7 +38,10 @@ or above `concat`, below it in every seed (a paired verdict: each seed's corpus 
 the same for both), above `avg-k8` and above all four baselines, and the mean
 ratio to `concat`. A second table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
-the model predicts masked shots better than they do.
+the model predicts masked shots better than they do. OUT/worlds.png draws the grid:
+a heatmap per representation (the moving averages, each variant's published output
+and context+input), worlds down, tasks across, each cell its ratio to `concat`
+(blue above, red below; ✗ below it in every seed).
 
 Default budget (small on purpose, 2 CPU cores): measured 2026-11-30, 40 s per world
 and seed on a quiet machine, 65-90 s (one thread) while other work shared it, so
@@ -173,20 +176,23 @@ def run_names(results: dict, variants: list[str]) -> list[str]:
     return [*variants, *sorted(n for n in found if "@" in n and n.split("@")[0] in variants)]
 
 
+def cell_mean(results: dict, world: str, rep: str, task: str) -> float | None:
+    """A cell of the grid: the representation's score on the task in the world, the mean over the seeds that have it."""
+    v = [r["probes"][rep][task] for r in results[world] if task in r["probes"].get(rep, {})]
+    return float(np.mean(v)) if v else None
+
+
+def below_every_seed(results: dict, world: str, rep: str, task: str) -> bool:
+    """Below concat in each seed that has the row: the corpus of a seed is the same for both, so this is a
+    paired verdict; a cell below on the mean but not in every seed may be the draw."""
+    pairs = [(r["probes"][rep][task], r["probes"]["concat"][task]) for r in results[world]
+             if task in r["probes"].get(rep, {}) and task in r["probes"].get("concat", {})]
+    return bool(pairs) and all(x < c for x, c in pairs)
+
+
 def grid_summary(results: dict, names: list[str]) -> list[str]:
     """Per representation, over the grid's cells (world x task, each the mean over its seeds): how many are at or
     above concat, above avg-k8, above all four baselines, and the mean ratio to concat (overall, per task)."""
-    def mean(world: str, rep: str, task: str) -> float | None:
-        v = [r["probes"][rep][task] for r in results[world] if task in r["probes"].get(rep, {})]
-        return float(np.mean(v)) if v else None
-
-    def every_seed_below(world: str, rep: str, task: str) -> bool:
-        """Below concat in each seed that has the row: the corpus of a seed is the same for both, so this is a
-        paired verdict; a cell below on the mean but not in every seed may be the draw."""
-        pairs = [(r["probes"][rep][task], r["probes"]["concat"][task]) for r in results[world]
-                 if task in r["probes"].get(rep, {}) and task in r["probes"].get("concat", {})]
-        return bool(pairs) and all(x < c for x, c in pairs)
-
     reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
     lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
              "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " |",
@@ -196,13 +202,13 @@ def grid_summary(results: dict, names: list[str]) -> list[str]:
         ratios: dict[str, list[float]] = {t: [] for t in TASK_ORDER}
         for world in results:
             for t in TASK_ORDER:
-                x, c = mean(world, rep, t), mean(world, "concat", t)
-                base = [mean(world, b, t) for b in BASE_ROWS]
+                x, c = cell_mean(results, world, rep, t), cell_mean(results, world, "concat", t)
+                base = [cell_mean(results, world, b, t) for b in BASE_ROWS]
                 if x is None or c is None or None in base:
                     continue
                 n += 1
                 ge += x >= c
-                always += every_seed_below(world, rep, t)
+                always += below_every_seed(results, world, rep, t)
                 k8 += x > base[BASE_ROWS.index("avg-k8")]
                 best += x > max(base)
                 ratios[t].append(x / c)
@@ -211,6 +217,52 @@ def grid_summary(results: dict, names: list[str]) -> list[str]:
             lines.append(f"| {rep} | {n} | {ge} | {always} | {k8 if rep != 'avg-k8' else '-'} | {best} | "
                          f"{np.mean([r for v in ratios.values() for r in v]):.3f} | {per} |")
     return lines
+
+
+def plot_grid(results: dict, names: list[str], path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """OUT/worlds.png: one heatmap per representation (the moving averages, each variant's published output and
+    context+input), worlds down, tasks across, each cell its mean over seeds as a ratio to concat's (blue above,
+    red below), ✗ where it is below concat in every seed. Returns {representation: (ratios, below in every
+    seed)}, the arrays drawn (NaN where a cell is missing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    worlds = list(results)
+    found = {rep for runs in results.values() for r in runs for rep in r["probes"]}
+    reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in ("context-output", "context+input")
+                              if f"{n}:{k}" in found)]
+    drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fig, axes = plt.subplots(1, len(reps), figsize=(2.2 + 2.6 * len(reps), 1.2 + 0.42 * len(worlds)),
+                             squeeze=False, sharey=True)
+    norm = TwoSlopeNorm(vmin=0.7, vcenter=1.0, vmax=1.3)
+    for ax, rep in zip(axes[0], reps, strict=True):
+        ratio = np.full((len(worlds), len(TASK_ORDER)), np.nan)
+        below = np.zeros_like(ratio, dtype=bool)
+        for i, w in enumerate(worlds):
+            for j, t in enumerate(TASK_ORDER):
+                x, c = cell_mean(results, w, rep, t), cell_mean(results, w, "concat", t)
+                if x is not None and c:
+                    ratio[i, j] = x / c
+                    below[i, j] = below_every_seed(results, w, rep, t)
+        drawn[rep] = (ratio, below)
+        ax.imshow(np.clip(ratio, 0.7, 1.3), cmap="RdBu", norm=norm, aspect="auto")
+        for (i, j), v in np.ndenumerate(ratio):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}" + (" ✗" if below[i, j] else ""), ha="center", va="center", fontsize=7,
+                        color="white" if abs(v - 1.0) > 0.2 else "black")  # readable on the darkest cells
+        ok = int(np.sum(ratio >= 1.0))
+        ax.set_title(f"{rep}\nat or above concat: {ok} / {int(np.isfinite(ratio).sum())}", fontsize=8)
+        ax.set_xticks(range(len(TASK_ORDER)), [t.replace("_", " ") for t in TASK_ORDER], rotation=45, ha="right",
+                      fontsize=7)
+        ax.set_yticks(range(len(worlds)), worlds, fontsize=7)
+    fig.suptitle("score / concat's per world and task (mean over seeds); ✗ = below concat in every seed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
 
 
 def tables(results: dict, variants: list[str], seeds: int) -> str:
@@ -279,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--served", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                    help="also evaluate every variant with these inference-only settings (copy_span, copy_wide, "
                    "sharp_span), e.g. copy_span=8 (repeat); finished runs are evaluated again, not trained again")
-    p.add_argument("--out", default="bench-out/worlds", help="work dir: corpora, runs, reports, worlds.md/json")
+    p.add_argument("--out", default="bench-out/worlds", help="work dir: corpora, runs, reports, worlds.md/json/png")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a 2-core machine shared with other work, 2 threads spin "
                    "against each other; a 600-step run took 4.5 min instead of ~40 s)")
@@ -329,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "worlds.md").write_text(md)
         (out / "worlds.json").write_text(json.dumps({"args": shown, "worlds": worlds, "variants": variants,
                                                      "seconds": wall, "done": done, "results": results}, indent=1))
+        if results:
+            plot_grid(results, run_names(results, list(variants)), out / "worlds.png")
         return md
 
     md = ""
@@ -343,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.write(f"{world} seed {seed}: {time.perf_counter() - t:.0f} s")
         md = write(sum(len(v) for v in results.values()))
     print(md)
-    print(f"wrote {out / 'worlds.md'}, {out / 'worlds.json'}")
+    print(f"wrote {out / 'worlds.md'}, {out / 'worlds.json'}, {out / 'worlds.png'}")
     return 0
 
 
