@@ -9,7 +9,8 @@
                   shot and, with copy_wide, as the mean of that sharp copy and a wide one,
                   softmax(scores / copy_wide) @ shots over the shots within copy_span, both unit length
                   (copy_per_modality: one such copy per modality slice of the fused vector, each with its
-                  own scores, as attention heads are: video copied from the shots whose video fits, and so on)
+                  own scores, as attention heads are: video copied from the shots whose video fits, and so on;
+                  copy_mix: several sets of scores over the whole vector, mixed per shot by a learnt gate)
       projection  out_proj(hidden), the source's: a linear map of each hidden state
 
 The copy head keeps the output a mixture of real shots, so the masked-shot loss
@@ -79,6 +80,14 @@ class MediaFMConfig:
     own, as attention heads are (video from the shots whose video a masked one shares, audio from those whose
     sound it shares); False: one set of scores for the whole vector. Tried on the grid (2026-12-03): a lower
     validation loss in 9 of 12 worlds, the probes no better; not the recipe (README, Evaluation)."""
+    copy_mix: int = 1
+    """Copy head only: > 1 copies with this many sets of scores, each a softmax over the window, mixed per shot by
+    a learnt gate (a softmax over the sets, from the shot's hidden state): one set can pick the shot's scene,
+    another the shots with its face or voice anywhere in the window, and the mix weighs them as the shot needs.
+    One softmax multiplies what its scores add, so it favours shots alike in every respect; a mix adds them.
+    1: one set of scores. Not with copy_per_modality. Tried on the grid (2026-12-04, 4 sets): the same
+    validation loss within 0.015, the probes no better (fewer cells above the moving averages); not the recipe
+    (README, Evaluation)."""
     modalities: list = field(default_factory=list)
     """The fused vector's modality slices, [start, end) each, tiling [0, fused_dim): from the dataset
     (`mediafm train` fills it), used by copy_per_modality."""
@@ -112,6 +121,11 @@ class MediaFMConfig:
                 raise ValueError(f"MediaFMConfig.{name}={getattr(self, name)}: shots either side (> 0), or 0 for "
                                  "the whole window")
         self.modalities = [[int(lo), int(hi)] for lo, hi in self.modalities]
+        if self.copy_mix < 1:
+            raise ValueError(f"MediaFMConfig.copy_mix={self.copy_mix}: the number of score sets the copy mixes (>= 1)")
+        if self.copy_mix > 1 and (self.head != "copy" or self.copy_per_modality):
+            raise ValueError(f"MediaFMConfig.copy_mix={self.copy_mix} needs head='copy' without copy_per_modality "
+                             f"(got head={self.head!r}, copy_per_modality={self.copy_per_modality})")
         if self.copy_per_modality:
             if self.head != "copy":
                 raise ValueError(f"MediaFMConfig.copy_per_modality needs head='copy', got head={self.head!r}")
@@ -206,11 +220,16 @@ class MediaFMEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.hidden) if cfg.norm_first else nn.Identity()
         if cfg.head == "copy":  # one (query, key) per copied slice: the whole vector, or each modality
             self.copy_slices = cfg.modalities if cfg.copy_per_modality else [[0, cfg.fused_dim]]
-            self.copy_q = nn.Linear(cfg.hidden, cfg.hidden * len(self.copy_slices))
-            self.copy_k = nn.Linear(cfg.hidden, cfg.hidden * len(self.copy_slices))
+            n_scores = len(self.copy_slices) * cfg.copy_mix
+            self.copy_q = nn.Linear(cfg.hidden, cfg.hidden * n_scores)
+            self.copy_k = nn.Linear(cfg.hidden, cfg.hidden * n_scores)
+            if cfg.copy_mix > 1:  # zero at start: an even mix of the score sets
+                self.copy_gate = nn.Linear(cfg.hidden, cfg.copy_mix)
         else:
             self.out_proj = nn.Linear(cfg.hidden, cfg.fused_dim)
         self.apply(self._init)
+        if cfg.head == "copy" and cfg.copy_mix > 1:
+            nn.init.zeros_(self.copy_gate.weight)
         # Learned positions, initialised sinusoidally (Vaswani et al. 2017) at the scale of the
         # other embeddings: a [MASK] token's query is the same at every position, so only its
         # position tells it which scene it is in; random positions leave the model stuck at the
@@ -285,7 +304,7 @@ class MediaFMEncoder(nn.Module):
     def _copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None,
               temperature: float, *, span: int = 0) -> torch.Tensor:
         B, T, H = hidden.shape
-        M = len(self.copy_slices)  # (B, M, T, H): one query and key per copied slice, as attention heads
+        M = len(self.copy_slices) * self.cfg.copy_mix  # (B, M, T, H): one query and key per copied slice or score set
         q = self.copy_q(hidden).float().view(B, T, M, H).transpose(1, 2)  # float32 scores under autocast too
         k = self.copy_k(hidden).float().view(B, T, M, H).transpose(1, 2)
         scores = q @ k.transpose(-1, -2) / (math.sqrt(H) * temperature)  # (B, M, T, T)
@@ -294,7 +313,12 @@ class MediaFMEncoder(nn.Module):
             scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > span, -1e9)
         if real is not None:
             scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1).to(shots.dtype)
+        weights = torch.softmax(scores, dim=-1)
+        if self.cfg.copy_mix > 1:  # (B, M, T, T) -> (B, 1, T, T): each shot's gate mixes its M distributions
+            gate = torch.softmax(self.copy_gate(hidden).float(), dim=-1)  # (B, T, M)
+            weights = (weights * gate.transpose(1, 2)[..., None]).sum(1, keepdim=True)
+            M = 1
+        weights = weights.to(shots.dtype)
         if M == 1:
             return weights[:, 0] @ shots
         return torch.cat([weights[:, m] @ shots[..., lo:hi] for m, (lo, hi) in enumerate(self.copy_slices)], dim=-1)

@@ -176,8 +176,9 @@ def setup_optimizers(model: MaskedShotModel, tc: TrainConfig) -> list[torch.opti
         if name.startswith("encoder.blocks.") and p.ndim == 2:
             muon.append(p)  # attention qkv / proj, MLP fc / proj
         elif p.ndim == 2 and name in ("encoder.in_proj.weight", "encoder.title_proj.weight", "encoder.out_proj.weight",
-                                     "encoder.copy_q.weight", "encoder.copy_k.weight"):
-            decay.append(p)  # the projections in and out of fused space, and the copy head's query/key
+                                     "encoder.copy_q.weight", "encoder.copy_k.weight",
+                                     "encoder.copy_gate.weight"):
+            decay.append(p)  # the projections in and out of fused space, and the copy head's query, key and gate
         else:
             no_decay.append(p)  # biases, norms, positions, [CLS], [MASK]
     n_total = len(list(model.parameters()))
@@ -509,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  --max_steps 500 --lr_muon 0.01 --hidden 128 --n_layers 2\n"
         "  --head projection   the source's output head instead of the copy head every named size uses\n"
         "  --copy_per_modality 1   a copy per modality slice (video, audio, text), each with its own scores\n"
+        "  --copy_mix 4   four sets of copy scores mixed per shot by a learnt gate (scene, face, voice: added, not\n"
+        "                 multiplied as one softmax does)\n"
         "  --loss per_modality | contrastive   the loss per modality slice, or InfoNCE over the masked shots\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"

@@ -227,6 +227,51 @@ def test_copy_per_modality_needs_slices_that_tile_the_fused_vector(kw, match):
         tiny(**kw)
 
 
+def test_copy_mix_adds_score_sets_with_a_learnt_gate_per_shot(tmp_path):
+    """copy_mix K: K softmax distributions over the window, from K query/key pairs, mixed per shot by a softmax
+    gate of its hidden state (zero at start: an even mix), so the output is a convex mix of real shots; spans and
+    the wide copy apply to every set; the export loads and serves the same output; the gate trains."""
+    torch.manual_seed(0)
+    cfg = tiny(copy_mix=3, copy_wide=4.0, copy_span=3, sharp_span=2)
+    enc = MediaFMEncoder(cfg).eval()
+    assert torch.equal(enc.copy_gate.weight, torch.zeros(3, cfg.hidden))
+    with torch.no_grad():
+        enc.copy_gate.weight.normal_(std=0.5)  # a trained gate: shots mix their sets unevenly
+    shots, title, lengths = torch.randn(2, 12, 24), torch.randn(2, 8), torch.tensor([12, 7])
+    hidden, served = enc(shots, title, lengths)
+    H, unit = cfg.hidden, torch.nn.functional.normalize
+    apart = (torch.arange(12)[:, None] - torch.arange(12)[None, :]).abs()
+    gate = torch.softmax(enc.copy_gate(hidden), -1)  # (B, T, 3)
+    assert (gate.std(-1) > 1e-3).all(), "the gate should not be even here"
+    sharp = broad = trained = 0
+    for m in range(3):
+        q, k = enc.copy_q(hidden)[..., m * H:(m + 1) * H], enc.copy_k(hidden)[..., m * H:(m + 1) * H]
+        scores = q @ k.transpose(1, 2) / H**0.5
+        scores[1, :, 7:] = float("-inf")  # padding
+        g = gate[..., m:m + 1]
+        sharp = sharp + g * (torch.softmax(scores.masked_fill(apart > 2, float("-inf")), -1) @ shots)
+        broad = broad + g * (torch.softmax((scores / 4.0).masked_fill(apart > 3, float("-inf")), -1) @ shots)
+        trained = trained + g * (torch.softmax(scores, -1) @ shots)
+    expect = (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2
+    assert torch.allclose(served[0], expect[0], atol=1e-5) and torch.allclose(served[1, :7], expect[1, :7], atol=1e-5)
+    assert torch.allclose(enc(shots, title, lengths, wide=False)[1][0], trained[0], atol=1e-5)
+    assert torch.allclose(served[1, :7], enc(shots[1:, :7], title[1:], None)[1][0], atol=1e-5), "padded != alone"
+    # one set alone, or an even mix, would not give this output
+    first = torch.softmax(enc.copy_q(hidden)[..., :H] @ enc.copy_k(hidden)[..., :H].transpose(1, 2) / H**0.5, -1)
+    assert not torch.allclose((first @ shots)[0], trained[0], atol=1e-3)
+    torch.save({"config": cfg.to_dict(), "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    loaded = load_encoder(tmp_path)
+    assert loaded.cfg.copy_mix == 3 and torch.allclose(loaded(shots, title, lengths)[1], served, atol=1e-6)
+    model = MaskedShotModel(cfg)
+    mask = mask_positions(lengths, 12, 0.2, generator=torch.Generator().manual_seed(0))
+    model(shots, title, lengths, mask)[1].backward()
+    assert model.encoder.copy_gate.weight.grad.abs().sum() > 0
+    for kw, match in ((dict(copy_mix=0), "copy_mix=0"), (dict(copy_mix=2, head="projection"), "needs head='copy'"),
+                      (dict(copy_mix=2, copy_per_modality=True, modalities=[[0, 24]]), "without copy_per_modality")):
+        with pytest.raises(ValueError, match=match):
+            tiny(**kw)
+
+
 def test_named_sizes_train_the_copy_head_and_old_exports_load_as_projection(tmp_path):
     assert {c["head"] for c in CONFIGS.values()} == {"copy"}
     # an export written before `head` existed has no such key: it is the source's projection head

@@ -41,6 +41,10 @@ def test_optimizer_groups_cover_every_parameter_once():
     assert "mask_token" in {names[i] for i in adamw_ids} and "encoder.cls" in {names[i] for i in adamw_ids}
     (only,) = setup_optimizers(model, TrainConfig(config="tiny", optimizer="adamw"))  # the ablation
     assert {id(p) for g in only.param_groups for p in g["params"]} == set(names)
+    mixed = MaskedShotModel(MediaFMConfig(**{**CONFIGS["tiny"], "fused_dim": 96, "title_dim": 32, "copy_mix": 4}))
+    _, adamw = setup_optimizers(mixed, TrainConfig(config="tiny", weight_decay=0.1))
+    decayed = {id(p) for g in adamw.param_groups if g["weight_decay"] for p in g["params"]}
+    assert id(mixed.encoder.copy_gate.weight) in decayed and id(mixed.encoder.copy_gate.bias) not in decayed
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
