@@ -256,7 +256,7 @@ def test_copy_mix_adds_score_sets_with_a_learnt_gate_per_shot(tmp_path):
     assert torch.allclose(served[0], expect[0], atol=1e-5) and torch.allclose(served[1, :7], expect[1, :7], atol=1e-5)
     assert torch.allclose(enc(shots, title, lengths, wide=False)[1][0], trained[0], atol=1e-5)
     assert torch.allclose(served[1, :7], enc(shots[1:, :7], title[1:], None)[1][0], atol=1e-5), "padded != alone"
-    # one set alone, or an even mix, would not give this output
+    # the gate is uneven, so an even mix fails the checks above; one set alone gives another output
     first = torch.softmax(enc.copy_q(hidden)[..., :H] @ enc.copy_k(hidden)[..., :H].transpose(1, 2) / H**0.5, -1)
     assert not torch.allclose((first @ shots)[0], trained[0], atol=1e-3)
     torch.save({"config": cfg.to_dict(), "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
