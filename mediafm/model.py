@@ -334,21 +334,47 @@ def sinusoidal(n: int, dim: int) -> torch.Tensor:
     return table
 
 
-def mask_positions(lengths: torch.Tensor, T: int, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def mask_positions(lengths: torch.Tensor, T: int, rate: float, generator: torch.Generator | None = None, *,
+                   max_span: int = 1) -> torch.Tensor:
     """Choose which shots to mask: (B, T) bool.
 
     Per row, k = max(1, floor(rate * length + 0.5)) real shots (round half up,
-    at least one) chosen uniformly without replacement. Padding is never
+    at least one). max_span 1 (the source): chosen uniformly without
+    replacement. max_span > 1: contiguous spans as in SpanBERT (Joshi et al.
+    2020, section 3.1), lengths ~ Geometric(SPAN_P) clipped to max_span
+    (mean 3.8 at 10), each at a uniform start, until k shots are masked (the
+    last span cut to the budget; spans may touch or overlap). Padding is never
     masked; [CLS]/[GLOBAL] are not in this tensor at all.
     """
     B = lengths.shape[0]
     k = torch.clamp(torch.floor(rate * lengths.float() + 0.5), min=1).long()  # (B,)
     k = torch.minimum(k, lengths)
+    if max_span > 1:
+        return _mask_spans(lengths, T, k, max_span, generator)
     scores = torch.rand(B, T, generator=generator, device=lengths.device)
     pad = torch.arange(T, device=lengths.device)[None, :] >= lengths[:, None]
     scores = scores.masked_fill(pad, 2.0)  # padding sorts last
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return ranks < k[:, None]
+
+
+SPAN_P = 0.2  # SpanBERT's geometric parameter for span lengths
+
+
+def _mask_spans(lengths: torch.Tensor, T: int, k: torch.Tensor, max_span: int,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """mask_positions with max_span > 1: k[b] shots of row b in spans (a loop over rows: B is a batch)."""
+    mask = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for b, (n, need) in enumerate(zip(lengths.tolist(), k.tolist(), strict=True)):
+        row = mask[b]
+        while need > 0:
+            u = torch.rand(2, generator=generator).tolist()
+            span = min(max_span, n, 1 + int(math.log(max(u[0], 1e-12)) / math.log(1 - SPAN_P)))
+            start = min(int(u[1] * (n - span + 1)), n - span)
+            new = (~row[start:start + span]).nonzero().flatten()[:need] + start
+            row[new] = True
+            need -= len(new)
+    return mask.to(lengths.device)
 
 
 class MaskedShotModel(nn.Module):

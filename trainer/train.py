@@ -75,6 +75,11 @@ class TrainConfig:
     modality_dropout: float = 0.0
     """Probability of zeroing each modality of each visible input shot in training (targets keep it),
     so the model learns to fill a modality from context (issue 17 ablation; 0 = the source)."""
+    mask_span: int = 1
+    """Longest span of contiguous shots masked together in training: lengths ~ Geometric(0.2) clipped to it,
+    as SpanBERT masks words (10 there: mean 3.8), so a masked shot's neighbours are often hidden too and the
+    model has to find it further off (issue 17 ablation; 1 = the source, single shots). The rate is the
+    model's mask_rate either way, and validation keeps single-shot masks, so runs compare."""
 
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
@@ -92,6 +97,8 @@ class TrainConfig:
             raise ConfigError(f"visible_loss_weight={self.visible_loss_weight} must be >= 0")
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError(f"modality_dropout={self.modality_dropout} must be in [0, 1)")
+        if self.mask_span < 1:
+            raise ConfigError(f"mask_span={self.mask_span} must be >= 1 (1: single shots, the source)")
 
     @property
     def source_objective(self) -> bool:
@@ -450,7 +457,8 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     stop = min(tc.max_steps, until_step or tc.max_steps)
     while step < stop:
         batch = next(batches)
-        mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=mask_gen)
+        mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=mask_gen,
+                              max_span=tc.mask_span)
         shots, lengths, mask = batch.shots.to(device), batch.lengths.to(device), mask.to(device)
         inputs = drop_modalities(shots, mask, slices, tc.modality_dropout, drop_gen) if tc.modality_dropout else shots
         with amp:
@@ -513,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --copy_mix 4   four sets of copy scores mixed per shot by a learnt gate (scene, face, voice: added, not\n"
         "                 multiplied as one softmax does)\n"
         "  --loss per_modality | contrastive   the loss per modality slice, or InfoNCE over the masked shots\n"
+        "  --mask_span 10   mask runs of shots (SpanBERT's lengths, mean 3.8) instead of single shots\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

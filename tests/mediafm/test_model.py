@@ -31,6 +31,33 @@ def test_mask_never_touches_padding_and_covers_every_real_shot():
     assert (seen[1] / 300 - 0.2).abs().max() < 0.08
 
 
+def test_span_masks_keep_the_count_and_hide_runs_of_neighbours():
+    """max_span > 1 (mediafm train --mask_span): the same number of masked shots per row as single-shot masks,
+    never padding, every real shot reachable, and in runs: SpanBERT's lengths (Geometric(0.2) clipped to 10,
+    mean 3.8) leave most masked shots next to another masked one, where single shots rarely are."""
+    lengths = torch.tensor([64, 40, 5, 1, 120])
+    g = torch.Generator().manual_seed(0)
+    single = mask_positions(lengths, 128, 0.2, generator=g)
+    seen, runs, neighbours = torch.zeros(5, 128), [], {"span": 0.0, "single": 0.0}
+    for _ in range(200):
+        m = mask_positions(lengths, 128, 0.2, generator=g, max_span=10)
+        assert m.sum(1).tolist() == single.sum(1).tolist() == [13, 8, 1, 1, 24]
+        pad = torch.arange(128)[None, :] >= lengths[:, None]
+        assert not (m & pad).any(), "padding masked"
+        seen += m.float()
+        row = m[4].int().tolist()  # the lengths of the masked runs in the longest row
+        runs += [len(r) for r in "".join(map(str, row)).split("0") if r]
+        for name, mm in (("span", m[4]), ("single", mask_positions(lengths, 128, 0.2, generator=g)[4])):
+            next_to = mm[1:] & mm[:-1]
+            neighbours[name] += float(next_to.sum()) / float(mm.sum())
+    assert (seen[:, :1] > 0).all() and (seen[4, :120] > 0).all() and (seen[0, :64] > 0).all()
+    assert neighbours["span"] / 200 > 0.5 > 0.3 > neighbours["single"] / 200, neighbours
+    assert max(runs) >= 8 and 2.5 < sum(runs) / len(runs), (max(runs), sum(runs) / len(runs))
+    assert torch.equal(mask_positions(lengths, 128, 0.2, generator=torch.Generator().manual_seed(3), max_span=1),
+                       mask_positions(lengths, 128, 0.2, generator=torch.Generator().manual_seed(3))), \
+        "max_span=1 is the source's masking, draw for draw"
+
+
 def test_loss_is_cosine_distance_on_masked_positions_only():
     torch.manual_seed(0)
     pred, target = torch.randn(2, 6, 24), torch.randn(2, 6, 24)

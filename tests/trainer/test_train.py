@@ -256,7 +256,8 @@ def test_modality_dropout_zeroes_whole_slices_of_visible_shots_only():
 @pytest.mark.parametrize("key, value, match", [("loss", "l2", "loss='l2'"),
                                                ("loss", "infonce", "choose one of cosine, per_modality, contrastive"),
                                                ("visible_loss_weight", -1.0, "visible_loss_weight=-1.0"),
-                                               ("modality_dropout", 1.0, "modality_dropout=1.0")])
+                                               ("modality_dropout", 1.0, "modality_dropout=1.0"),
+                                               ("mask_span", 0, "mask_span=0")])
 def test_ablation_settings_are_validated(key, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(config="tiny", **{key: value})
@@ -265,7 +266,7 @@ def test_ablation_settings_are_validated(key, value, match):
 
 def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes."""
-    ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2)
+    ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10)
     train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
     train(corpus, tmp_path / "a", _cfg(max_steps=4, **ablation), quiet=True)
     train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True, until_step=3)
