@@ -276,9 +276,13 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert any(not torch.equal(a["model"][k], src["model"][k]) for k in a["model"])
-    for key, value in [*ablation.items(), ("loss", "contrastive")]:  # each one alone also trains
+    train(corpus, tmp_path / "src2", _cfg(max_steps=2), quiet=True)
+    src2 = torch.load(tmp_path / "src2" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
+    for key, value in [*ablation.items(), ("loss", "contrastive")]:  # each one alone trains, and differently
         r = train(corpus, tmp_path / f"{key}-{value}", _cfg(max_steps=2, **{key: value}), quiet=True)
         assert r["step"] == 2 and 0 < r["val_loss"] < 2, r  # validated with the cosine loss whatever it trains on
+        alone = torch.load(tmp_path / f"{key}-{value}" / "checkpoints" / "step-0000002.pt", weights_only=False)
+        assert any(not torch.equal(alone["model"][k], src2[k]) for k in src2), f"{key}={value} changed nothing"
 
 
 def test_copy_per_modality_takes_the_slices_from_the_dataset_and_resumes_exactly(corpus, tmp_path):
