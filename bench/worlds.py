@@ -35,8 +35,11 @@ copy_span, sharp_span), rows `<variant>@<setting>:...`; finished (world, seed) r
 evaluated again for them, not trained again. A summary table counts, per
 representation over the grid's cells (world x task, means over seeds), those at
 or above `concat`, below it in every seed (a paired verdict: each seed's corpus is
-the same for both), above `avg-k8` and above all four baselines, and the mean
-ratio to `concat`. A second table gives validation loss (masked-shot cosine distance) over the two
+the same for both), above `avg-k8` and above all four baselines, the mean
+ratio to `concat`, and those clearly above and clearly below `concat` and `avg-k8`
+by a paired t-test over the seeds (two-sided, 5%, 3 seeds at least; paired_verdict).
+With more than one variant, a table sets each against the first (the reference),
+cell by cell: clearly better, clearly worse, or not told apart by the seeds. A further table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
 the model predicts masked shots better than they do. OUT/worlds.png draws the grid:
 a heatmap per representation (the moving averages, each variant's published output
@@ -73,6 +76,7 @@ TASK_ORDER = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
 BASE_ROWS = ("concat", "avg-k3", "avg-k8", "clip+next12")
 CONTEXT_ROWS = ("context", "context-output", "context+input", "sharp+input")  # per variant, where the evaluation has them
 DEFAULT_VARIANTS = ["mediafm=", "source=--head projection"]  # this repository's recipe; the source's output head
+ALPHA = 0.05  # level of the paired t-tests over seeds (paired_verdict)
 TRAIN_DEFAULTS = ["--batch_size", "16", "--lr_adamw", "3e-3", "--warmup_steps", "30", "--val_batches", "4"]
 
 
@@ -190,15 +194,37 @@ def below_every_seed(results: dict, world: str, rep: str, task: str) -> bool:
     return bool(pairs) and all(x < c for x, c in pairs)
 
 
+def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, alpha: float = ALPHA) -> int:
+    """+1 where `rep` is above `ref` on the task in the world by a paired t-test over the seeds that have both
+    (two-sided, level alpha), -1 where it is below, 0 where the seeds cannot tell them apart (or fewer than 3
+    seeds have both). Paired: a seed's corpus and probe folds are the same for both rows, so the corpus draw,
+    which moves a cell more than most methods do, cancels out. Of cells with no true difference, about alpha of
+    them are called either way by chance (3 of 60 at 5%)."""
+    from scipy import stats
+
+    pairs = [(r["probes"][rep][task], r["probes"][ref][task]) for r in results[world]
+             if task in r["probes"].get(rep, {}) and task in r["probes"].get(ref, {})]
+    if len(pairs) < 3:
+        return 0
+    diff = np.array([x - y for x, y in pairs])
+    sd = diff.std(ddof=1)
+    if sd == 0:  # every seed moved by the same amount: no spread to test against (a copy of a row: 0)
+        return int(np.sign(diff.mean()))
+    t = diff.mean() / (sd / np.sqrt(len(diff)))
+    return int(np.sign(t)) if 2 * stats.t.sf(abs(t), len(diff) - 1) < alpha else 0
+
+
 def grid_summary(results: dict, names: list[str]) -> list[str]:
     """Per representation, over the grid's cells (world x task, each the mean over its seeds): how many are at or
     above concat, above avg-k8, above all four baselines, and the mean ratio to concat (overall, per task)."""
     reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
     lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
-             "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " | paired t: clearly above / "
+             "below concat | clearly above / below avg-k8 | clearly above all four / below one |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rep in reps:
         n = ge = always = k8 = best = 0
+        clear = {"concat": [0, 0], "avg-k8": [0, 0], "all": [0, 0]}  # cells clearly above, clearly below
         ratios: dict[str, list[float]] = {t: [] for t in TASK_ORDER}
         for world in results:
             for t in TASK_ORDER:
@@ -212,10 +238,52 @@ def grid_summary(results: dict, names: list[str]) -> list[str]:
                 k8 += x > base[BASE_ROWS.index("avg-k8")]
                 best += x > max(base)
                 ratios[t].append(x / c)
+                verdict = {b: paired_verdict(results, world, rep, b, t) for b in BASE_ROWS if b != rep}
+                for ref in ("concat", "avg-k8"):
+                    clear[ref][0] += verdict.get(ref, 0) > 0
+                    clear[ref][1] += verdict.get(ref, 0) < 0
+                clear["all"][0] += rep not in BASE_ROWS and all(v > 0 for v in verdict.values())
+                clear["all"][1] += any(v < 0 for v in verdict.values())
         if n:
             per = " / ".join(f"{np.mean(ratios[t]):.2f}" if ratios[t] else "-" for t in TASK_ORDER)
+            vs_k8 = "-" if rep == "avg-k8" else "{} / {}".format(*clear["avg-k8"])
             lines.append(f"| {rep} | {n} | {ge} | {always} | {k8 if rep != 'avg-k8' else '-'} | {best} | "
-                         f"{np.mean([r for v in ratios.values() for r in v]):.3f} | {per} |")
+                         f"{np.mean([r for v in ratios.values() for r in v]):.3f} | {per} | "
+                         "{} / {} | ".format(*clear["concat"]) + f"{vs_k8} | "
+                         + ("- |" if rep in BASE_ROWS else "{} / {} |".format(*clear["all"])))
+    return lines
+
+
+def variant_comparison(results: dict, names: list[str]) -> list[str]:
+    """Each variant (and served setting) against the first variant, the reference, representation by
+    representation (its output, context+input): over the grid's cells, how many it is clearly better and clearly
+    worse in (paired_verdict: the seeds of one corpus paired), how many the seeds cannot tell, and its mean ratio
+    to the reference. Judge a variant by these, not by a count of cells at or above concat moving by one or two:
+    at a few seeds a cell crosses concat with the draw."""
+    if len(names) < 2:
+        return []
+    ref = names[0]
+    lines = ["| representation | against | cells | clearly better | clearly worse | seeds cannot tell | mean ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in names[1:]:
+        for kind in ("context-output", "context+input"):
+            rep, base = f"{name}:{kind}", f"{ref}:{kind}"
+            better = worse = n = 0
+            ratios = []
+            for world in results:
+                for t in TASK_ORDER:
+                    x, y = cell_mean(results, world, rep, t), cell_mean(results, world, base, t)
+                    if x is None or y is None:
+                        continue
+                    n += 1
+                    v = paired_verdict(results, world, rep, base, t)
+                    better += v > 0
+                    worse += v < 0
+                    if y:
+                        ratios.append(x / y)
+            if n:
+                lines.append(f"| {rep} | {base} | {n} | {better} | {worse} | {n - better - worse} | "
+                             f"{np.mean(ratios):.3f} |")
     return lines
 
 
@@ -298,6 +366,11 @@ def tables(results: dict, variants: list[str], seeds: int) -> str:
               "micro AP, genre macro AP, retrieval AP.", "", *summary, "",
               "Over the grid (cells: world x task, each the mean over its seeds; ratio: the cell over concat's):", "",
               *grid_summary(results, names), "",
+              f"Paired t (two-sided, {ALPHA:.0%}, over the seeds; 3 seeds at least): a cell is clearly above or below "
+              "where the seeds' paired differences say so; of cells with no true difference about "
+              f"{ALPHA:.0%} are called by chance.", "",
+              *([f"Each variant against {names[0]}, cell by cell (paired t over the seeds, {ALPHA:.0%}):", "",
+                 *variant_comparison(results, names), ""] if len(names) > 1 else []),
               "Validation loss (masked-shot cosine distance) / context-free predictor; < 1 = MediaFM better:", "",
               "| world | variant | val loss | / title mean | / neighbours |", "| --- | --- | --- | --- | --- |"]
     for world, per_seed in results.items():

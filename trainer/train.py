@@ -75,6 +75,11 @@ class TrainConfig:
     modality_dropout: float = 0.0
     """Probability of zeroing each modality of each visible input shot in training (targets keep it),
     so the model learns to fill a modality from context (issue 17 ablation; 0 = the source)."""
+    contrastive_weight: float = 0.0
+    """Weight of InfoNCE over the batch's masked shots (as `loss=contrastive`) added to the cosine loss, so the
+    copy is paid both for coming close to its shot and for telling it apart from the others (issue 17
+    ablation; 0 = the source). 0.1 gives the two the same pull on a prediction's cosine to its own shot at the
+    start: InfoNCE's gradient there is up to 1 / temperature = 10 a unit."""
     mask_span: int = 1
     """Longest span of contiguous shots masked together in training: lengths ~ Geometric(0.2) clipped to it,
     as SpanBERT masks words (10 there: mean 3.8), so a masked shot's neighbours are often hidden too and the
@@ -97,13 +102,17 @@ class TrainConfig:
             raise ConfigError(f"visible_loss_weight={self.visible_loss_weight} must be >= 0")
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError(f"modality_dropout={self.modality_dropout} must be in [0, 1)")
+        if self.contrastive_weight < 0 or (self.contrastive_weight and self.loss == "contrastive"):
+            raise ConfigError(f"contrastive_weight={self.contrastive_weight} must be >= 0, and 0 with "
+                              "loss=contrastive (which is InfoNCE alone)")
         if self.mask_span < 1:
             raise ConfigError(f"mask_span={self.mask_span} must be >= 1 (1: single shots, the source)")
 
     @property
     def source_objective(self) -> bool:
         """True when training is the source's masked-shot cosine loss, untouched."""
-        return self.loss == "cosine" and self.visible_loss_weight == 0 and self.modality_dropout == 0
+        return (self.loss == "cosine" and self.visible_loss_weight == 0 and self.modality_dropout == 0
+                and self.contrastive_weight == 0)
 
 
 # What may differ when resuming a run (everything else must match the checkpoint).
@@ -238,7 +247,8 @@ def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tens
 
 def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, tc: TrainConfig,
               slices: list[tuple[int, int]]) -> torch.Tensor:
-    """The training loss of the issue-17 ablations (`loss`, `visible_loss_weight`); targets are the real shots."""
+    """The training loss of the issue-17 ablations (`loss`, `visible_loss_weight`, `contrastive_weight`); targets
+    are the real shots."""
 
     def one(where: torch.Tensor) -> torch.Tensor:
         if tc.loss == "per_modality":
@@ -248,6 +258,8 @@ def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, ma
         return msm_loss(pred, shots, where)
 
     loss = one(mask)
+    if tc.contrastive_weight:
+        loss = loss + tc.contrastive_weight * contrastive_loss(pred, shots, mask)
     if tc.visible_loss_weight:
         visible = (torch.arange(shots.shape[1], device=shots.device)[None, :] < lengths[:, None]) & ~mask
         if visible.any():
@@ -521,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --copy_mix 4   four sets of copy scores mixed per shot by a learnt gate (scene, face, voice: added, not\n"
         "                 multiplied as one softmax does)\n"
         "  --loss per_modality | contrastive   the loss per modality slice, or InfoNCE over the masked shots\n"
+        "  --contrastive_weight 0.1   add InfoNCE over the masked shots to the cosine loss, at that weight\n"
         "  --mask_span 10   mask runs of shots (SpanBERT's lengths, mean 3.8) instead of single shots\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"

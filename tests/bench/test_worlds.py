@@ -1,5 +1,7 @@
 """bench/worlds.py's summary over the grid: what each count means, on a grid small enough to count by hand."""
 
+from scipy import stats
+
 TASKS = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
 
 
@@ -39,3 +41,51 @@ def test_the_grid_plot_draws_each_cell_as_its_ratio_to_concat_and_marks_the_pair
     assert below.tolist() == [[False, False, True, False, False], [True, False, False, False, False]]
     assert drawn["avg-k8"][0][0].round(3).tolist() == [0.8, 0.8, 0.8, 1.2, 0.8]
     assert (tmp_path / "worlds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _pairs(xs: list[float], refs: list[float]) -> dict:
+    """One world, a seed per pair: the representation `m:context-output` at x, concat at ref."""
+    return {"w": [{"probes": {"concat": {"tone": r}, "m:context-output": {"tone": x}}} for x, r in zip(xs, refs, strict=True)]}
+
+
+def test_the_paired_verdict_calls_a_steady_gap_and_not_a_large_mean_that_the_seeds_do_not_agree_on(bench_script):
+    worlds = bench_script("worlds")
+    corpora = [0.30, 0.50, 0.70, 0.40]  # the corpus draw moves both rows far more than the gap between them
+    steady = _pairs([c - 0.01 + d for c, d in zip(corpora, (0.001, -0.001, 0.0, 0.0005), strict=True)], corpora)
+    assert worlds.paired_verdict(steady, "w", "m:context-output", "concat", "tone") == -1
+    assert worlds.paired_verdict(steady, "w", "concat", "m:context-output", "tone") == 1
+    # unpaired, the same numbers are nowhere near a verdict: the spread of the seeds is 15x the gap
+    ours = [r["probes"]["m:context-output"]["tone"] for r in steady["w"]]
+    assert stats.ttest_ind(ours, corpora, equal_var=False).pvalue > 0.5
+    wild = _pairs([c + d for c, d in zip(corpora, (0.10, -0.06, 0.09, -0.05), strict=True)], corpora)  # mean +0.02, signs split
+    assert worlds.paired_verdict(wild, "w", "m:context-output", "concat", "tone") == 0
+    two = _pairs([0.29, 0.49], [0.30, 0.50])  # below in both seeds, but two seeds test nothing
+    assert worlds.paired_verdict(two, "w", "m:context-output", "concat", "tone") == 0
+    assert worlds.below_every_seed(two, "w", "m:context-output", "tone")
+
+
+def test_the_summary_and_the_variant_table_count_cells_by_the_paired_verdict(bench_script):
+    worlds = bench_script("worlds")
+    noise = (0.0, 0.1, -0.1)  # the corpus draw, the same for every row of a seed
+
+    def seed(i: int, m: dict, v: dict) -> dict:
+        def row(xs: dict) -> dict:
+            return {t: xs.get(t, 0.5) + noise[i] + 0.001 * i for t in TASKS}
+        base = {"concat": row({}), "avg-k3": row({t: 0.45 for t in TASKS}), "avg-k8": row({"genre": 0.6}),
+                "clip+next12": row({t: 0.4 for t in TASKS})}
+        return {"probes": {**base, "m:context-output": row(m), "v:context-output": row(v)}, "losses": {}}
+
+    m = {"ad_relevancy": 0.7, "popularity": 0.52, "tone": 0.45, "genre": 0.55}  # retrieval equal to concat
+    v = {**m, "ad_relevancy": 0.71, "tone": 0.4}
+    results = {"w": [seed(i, m, v) for i in range(3)]}
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("|").split("|")]
+            for line in worlds.grid_summary(results, ["m", "v"])}
+    # against concat: clearly above on ads, popularity and genre, below on tone, retrieval a tie (equal seed for
+    # seed: no verdict); against avg-k8 (0.6 on genre): above on ads and popularity, below on tone and genre;
+    # so above all four baselines on ads and popularity, below one of them on tone and genre
+    assert rows["m:context-output"][8:] == ["3 / 1", "2 / 2", "2 / 2"], rows["m:context-output"]
+    assert rows["avg-k8"][8:] == ["1 / 0", "-", "-"]
+    table = worlds.variant_comparison(results, ["m", "v"])
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:6] == ["v:context-output", "m:context-output", "5", "1", "1", "3"], cells
+    assert worlds.variant_comparison(results, ["m"]) == []

@@ -220,6 +220,21 @@ def test_contrastive_loss_pays_for_telling_a_shot_from_the_other_masked_shots():
     assert exact.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_contrastive_weight_adds_infonce_over_the_masked_shots_to_the_cosine_loss():
+    from trainer.train import contrastive_loss, msm_loss, objective
+
+    g = torch.Generator().manual_seed(0)
+    shots, pred = torch.randn(2, 5, 6, generator=g), torch.randn(2, 5, 6, generator=g)
+    mask = torch.tensor([[True, False, True, False, False], [False, True, False, False, True]])
+    lengths = torch.tensor([5, 5])
+    cosine = objective(pred, shots, lengths, mask, TrainConfig(config="tiny"), [])
+    both = objective(pred, shots, lengths, mask, TrainConfig(config="tiny", contrastive_weight=0.1), [])
+    assert cosine.item() == pytest.approx(msm_loss(pred, shots, mask).item())
+    assert both.item() == pytest.approx(cosine.item() + 0.1 * contrastive_loss(pred, shots, mask).item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="0 with loss=contrastive"):  # InfoNCE twice over is not a recipe
+        TrainConfig(config="tiny", loss="contrastive", contrastive_weight=0.1)
+
+
 def test_visible_loss_adds_the_weighted_loss_on_unmasked_shots():
     from trainer.train import objective
 
@@ -257,7 +272,8 @@ def test_modality_dropout_zeroes_whole_slices_of_visible_shots_only():
                                                ("loss", "infonce", "choose one of cosine, per_modality, contrastive"),
                                                ("visible_loss_weight", -1.0, "visible_loss_weight=-1.0"),
                                                ("modality_dropout", 1.0, "modality_dropout=1.0"),
-                                               ("mask_span", 0, "mask_span=0")])
+                                               ("mask_span", 0, "mask_span=0"),
+                                               ("contrastive_weight", -0.1, "contrastive_weight=-0.1")])
 def test_ablation_settings_are_validated(key, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(config="tiny", **{key: value})
@@ -266,7 +282,8 @@ def test_ablation_settings_are_validated(key, value, match):
 
 def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes."""
-    ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10)
+    ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10,
+                    contrastive_weight=0.1)
     train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
     train(corpus, tmp_path / "a", _cfg(max_steps=4, **ablation), quiet=True)
     train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True, until_step=3)
