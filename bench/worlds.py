@@ -39,7 +39,8 @@ the same for both), above `avg-k8` and above all four baselines, the mean
 ratio to `concat`, and those clearly above and clearly below `concat` and `avg-k8`
 by a paired t-test over the seeds (two-sided, 5%, 3 seeds at least; paired_verdict).
 With more than one variant, a table sets each against the first (the reference),
-cell by cell: clearly better, clearly worse, or not told apart by the seeds. A further table gives validation loss (masked-shot cosine distance) over the two
+cell by cell: clearly better, clearly worse, or not told apart by the seeds. A
+further table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
 the model predicts masked shots better than they do. OUT/worlds.png draws the grid:
 a heatmap per representation (the moving averages, each variant's published output
@@ -216,7 +217,9 @@ def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, 
 
 def grid_summary(results: dict, names: list[str]) -> list[str]:
     """Per representation, over the grid's cells (world x task, each the mean over its seeds): how many are at or
-    above concat, above avg-k8, above all four baselines, and the mean ratio to concat (overall, per task)."""
+    above concat, below it in every seed, above avg-k8, above all four baselines, the mean ratio to concat
+    (overall, per task), and by paired_verdict how many are clearly above and clearly below concat, avg-k8, and
+    all four baselines (below: below at least one)."""
     reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
     lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
              "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " | paired t: clearly above / "

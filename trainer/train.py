@@ -76,10 +76,11 @@ class TrainConfig:
     """Probability of zeroing each modality of each visible input shot in training (targets keep it),
     so the model learns to fill a modality from context (issue 17 ablation; 0 = the source)."""
     contrastive_weight: float = 0.0
-    """Weight of InfoNCE over the batch's masked shots (as `loss=contrastive`) added to the cosine loss, so the
-    copy is paid both for coming close to its shot and for telling it apart from the others (issue 17
-    ablation; 0 = the source). 0.1 gives the two the same pull on a prediction's cosine to its own shot at the
-    start: InfoNCE's gradient there is up to 1 / temperature = 10 a unit."""
+    """Weight of InfoNCE over the batch's masked shots (as `loss=contrastive`) added to the training loss (the
+    cosine one by default), so the copy is paid both for coming close to its shot and for telling it apart from
+    the others (issue 17 ablation; 0 = the source). 0.1 gives the two the same pull on a prediction's cosine to
+    its own shot at the start: InfoNCE's gradient there is up to 1 / temperature = 10 a unit. loss.png draws
+    the sum on an axis of its own."""
     mask_span: int = 1
     """Longest span of contiguous shots masked together in training: lengths ~ Geometric(0.2) clipped to it,
     as SpanBERT masks words (10 there: mean 3.8), so a masked shot's neighbours are often hidden too and the
@@ -354,10 +355,12 @@ def plot_losses(run: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     tr = [r for r in rows if "train_loss" in r]
     config = run / "config.json"
-    trained_on = json.loads(config.read_text())["train"].get("loss", "cosine") if config.exists() else "cosine"
-    if trained_on == "contrastive":  # another scale: its own axis, so the cosine curves keep theirs
+    trained = json.loads(config.read_text())["train"] if config.exists() else {}
+    trained_on, weight = trained.get("loss", "cosine"), trained.get("contrastive_weight", 0)
+    if trained_on == "contrastive" or weight:  # another scale: its own axis, so the cosine curves keep theirs
+        what = "InfoNCE" if trained_on == "contrastive" else f"{trained_on} + {weight:g} x InfoNCE"
         ax.twinx().plot([r["step"] for r in tr], [r["train_loss"] for r in tr], color="tab:green", alpha=0.4)
-        ax.plot([], [], color="tab:green", alpha=0.4, label="train (InfoNCE, right axis)")
+        ax.plot([], [], color="tab:green", alpha=0.4, label=f"train ({what}, right axis)")
     else:
         ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], label="train", alpha=0.5)
     va = [r for r in rows if "val_loss" in r]
