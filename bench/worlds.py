@@ -190,9 +190,14 @@ def cell_mean(results: dict, world: str, rep: str, task: str) -> float | None:
 def below_every_seed(results: dict, world: str, rep: str, task: str) -> bool:
     """Below concat in each seed that has the row: the corpus of a seed is the same for both, so this is a
     paired verdict; a cell below on the mean but not in every seed may be the draw."""
-    pairs = [(r["probes"][rep][task], r["probes"]["concat"][task]) for r in results[world]
-             if task in r["probes"].get(rep, {}) and task in r["probes"].get("concat", {})]
+    pairs = seed_pairs(results, world, rep, "concat", task)
     return bool(pairs) and all(x < c for x, c in pairs)
+
+
+def seed_pairs(results: dict, world: str, rep: str, ref: str, task: str) -> list[tuple[float, float]]:
+    """(rep's score, ref's score) on the task in each seed of the world that has both rows."""
+    return [(r["probes"][rep][task], r["probes"][ref][task]) for r in results[world]
+            if task in r["probes"].get(rep, {}) and task in r["probes"].get(ref, {})]
 
 
 def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, alpha: float = ALPHA) -> int:
@@ -203,8 +208,7 @@ def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, 
     them are called either way by chance (3 of 60 at 5%)."""
     from scipy import stats
 
-    pairs = [(r["probes"][rep][task], r["probes"][ref][task]) for r in results[world]
-             if task in r["probes"].get(rep, {}) and task in r["probes"].get(ref, {})]
+    pairs = seed_pairs(results, world, rep, ref, task)
     if len(pairs) < 3:
         return 0
     diff = np.array([x - y for x, y in pairs])
