@@ -45,7 +45,8 @@ context-free predictors the trainer logs (title mean, neighbours): below 1 means
 the model predicts masked shots better than they do. OUT/worlds.png draws the grid:
 a heatmap per representation (the moving averages, each variant's published output
 and context+input), worlds down, tasks across, each cell its ratio to `concat`
-(blue above, red below; ✗ below it in every seed).
+(blue above, red below; ✗ clearly below it by the paired t-test, or with fewer than
+3 seeds below it in every seed).
 
 Default budget (small on purpose, 2 CPU cores): measured 2026-11-30, 40 s per world
 and seed on a quiet machine, 65-90 s (one thread) while other work shared it, so
@@ -200,6 +201,14 @@ def seed_pairs(results: dict, world: str, rep: str, ref: str, task: str) -> list
             if task in r["probes"].get(rep, {}) and task in r["probes"].get(ref, {})]
 
 
+def marked_below(results: dict, world: str, rep: str, task: str) -> bool:
+    """The heatmap's ✗: clearly below concat by paired_verdict where 3 seeds or more have both rows; with fewer,
+    which the t-test cannot judge, below it in every seed."""
+    if len(seed_pairs(results, world, rep, "concat", task)) >= 3:
+        return paired_verdict(results, world, rep, "concat", task) < 0
+    return below_every_seed(results, world, rep, task)
+
+
 def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, alpha: float = ALPHA) -> int:
     """+1 where `rep` is above `ref` on the task in the world by a paired t-test over the seeds that have both
     (two-sided, level alpha), -1 where it is below, 0 where the seeds cannot tell them apart (or fewer than 3
@@ -297,8 +306,9 @@ def variant_comparison(results: dict, names: list[str]) -> list[str]:
 def plot_grid(results: dict, names: list[str], path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """OUT/worlds.png: one heatmap per representation (the moving averages, each variant's published output and
     context+input), worlds down, tasks across, each cell its mean over seeds as a ratio to concat's (blue above,
-    red below), ✗ where it is below concat in every seed. Returns {representation: (ratios, below in every
-    seed)}, the arrays drawn (NaN where a cell is missing)."""
+    red below), ✗ where it is clearly below concat (marked_below: the paired t-test over 3 seeds or more, else
+    below in every seed). Returns {representation: (ratios, marked)}, the arrays drawn (NaN where a cell is
+    missing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,7 +331,7 @@ def plot_grid(results: dict, names: list[str], path: Path) -> dict[str, tuple[np
                 x, c = cell_mean(results, w, rep, t), cell_mean(results, w, "concat", t)
                 if x is not None and c:
                     ratio[i, j] = x / c
-                    below[i, j] = below_every_seed(results, w, rep, t)
+                    below[i, j] = marked_below(results, w, rep, t)
         drawn[rep] = (ratio, below)
         ax.imshow(np.clip(ratio, 0.7, 1.3), cmap="RdBu", norm=norm, aspect="auto")
         for (i, j), v in np.ndenumerate(ratio):
@@ -329,11 +339,13 @@ def plot_grid(results: dict, names: list[str], path: Path) -> dict[str, tuple[np
                 ax.text(j, i, f"{v:.2f}" + (" ✗" if below[i, j] else ""), ha="center", va="center", fontsize=7,
                         color="white" if abs(v - 1.0) > 0.2 else "black")  # readable on the darkest cells
         ok = int(np.sum(ratio >= 1.0))
-        ax.set_title(f"{rep}\nat or above concat: {ok} / {int(np.isfinite(ratio).sum())}", fontsize=8)
+        ax.set_title(f"{rep}\nat or above concat: {ok} / {int(np.isfinite(ratio).sum())}, ✗ {int(below.sum())}",
+                     fontsize=8)
         ax.set_xticks(range(len(TASK_ORDER)), [t.replace("_", " ") for t in TASK_ORDER], rotation=45, ha="right",
                       fontsize=7)
         ax.set_yticks(range(len(worlds)), worlds, fontsize=7)
-    fig.suptitle("score / concat's per world and task (mean over seeds); ✗ = below concat in every seed", fontsize=9)
+    fig.suptitle("score / concat's per world and task (mean over seeds); ✗ = clearly below concat (paired t-test "
+                 f"over the seeds, {ALPHA:.0%}; with fewer than 3 seeds: below it in every seed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

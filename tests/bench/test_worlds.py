@@ -43,6 +43,21 @@ def test_the_grid_plot_draws_each_cell_as_its_ratio_to_concat_and_marks_the_pair
     assert (tmp_path / "worlds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_with_three_seeds_or_more_the_plot_marks_what_the_paired_test_calls_not_what_every_seed_shows(bench_script,
+                                                                                                      tmp_path):
+    worlds = bench_script("worlds")
+    # five seeds of one world: tone 0.05 below concat in four seeds and 0.001 above in the fifth (a steady loss the
+    # t-test calls); popularity below in every seed, by 0.001 to 0.1 (too uneven for five seeds to call)
+    tone = (-0.05, -0.05, -0.05, -0.05, 0.001)
+    popularity = (-0.001, -0.05, -0.1, -0.002, -0.08)
+    results = {"w": [_seed({"ad_relevancy": 0.6, "popularity": 0.5 + p, "tone": 0.5 + t, "genre": 0.55,
+                            "retrieval": 0.5}) for t, p in zip(tone, popularity, strict=True)]}
+    assert worlds.paired_verdict(results, "w", "m:context-output", "concat", "tone") == -1
+    assert worlds.below_every_seed(results, "w", "m:context-output", "popularity")
+    _, marked = worlds.plot_grid(results, ["m"], tmp_path / "worlds.png")["m:context-output"]
+    assert marked.tolist() == [[False, False, True, False, False]]
+
+
 def _pairs(xs: list[float], refs: list[float]) -> dict:
     """One world, a seed per pair: the representation `m:context-output` at x, concat at ref."""
     return {"w": [{"probes": {"concat": {"tone": r}, "m:context-output": {"tone": x}}} for x, r in zip(xs, refs, strict=True)]}
