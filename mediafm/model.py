@@ -79,7 +79,7 @@ class MediaFMConfig:
     """Copy head only: each modality slice of the fused vector (`modalities`) is copied with scores of its
     own, as attention heads are (video from the shots whose video a masked one shares, audio from those whose
     sound it shares); False: one set of scores for the whole vector. Tried on the grid (2026-12-03): a lower
-    validation loss in 9 of 12 worlds, the probes no better; not the recipe (README, Evaluation)."""
+    validation loss in 9 of 12 worlds, the probes no better; not the recipe (bench/WORLDS.md)."""
     copy_mix: int = 1
     """Copy head only: > 1 copies with this many sets of scores, each a softmax over the window, mixed per shot by
     a learnt gate (a softmax over the sets, from the shot's hidden state): one set can pick the shot's scene,
@@ -87,7 +87,7 @@ class MediaFMConfig:
     One softmax multiplies what its scores add, so it favours shots alike in every respect; a mix adds them.
     1: one set of scores. Not with copy_per_modality. Tried on the grid (2026-12-04, 4 sets): the same
     validation loss within 0.015, the probes no better (fewer cells above the moving averages); not the recipe
-    (README, Evaluation)."""
+    (bench/WORLDS.md)."""
     modalities: list = field(default_factory=list)
     """The fused vector's modality slices, [start, end) each, tiling [0, fused_dim): from the dataset
     (`mediafm train` fills it), used by copy_per_modality."""
@@ -144,10 +144,10 @@ class MediaFMConfig:
 
 # Named sizes. `base` is BERT-base (the source does not publish its sizes).
 # Every named size uses the copy head, served as its sharp copy within 8 shots either side beside a wide copy at
-# temperature 4 within 16, what bench/worlds.py's grid chose (README, Evaluation; `tiny` on all 9 worlds x 3
-# seeds, `small` on all 9, 1-2 seeds); `--head projection` trains the source's, `--copy_wide 0` publishes the
-# sharp copy alone, `--copy_span 0` / `--sharp_span 0` let the wide / sharp copy reach over the whole window
-# (`--copy_wide 0 --sharp_span 0`: what models exported before 2026-12-01 serve).
+# temperature 4 within 16, what bench/worlds.py's grid chose (README, "A grid of worlds", and bench/WORLDS.md;
+# `tiny` on all 9 worlds x 3 seeds, `small` on all 9, 1-2 seeds); `--head projection` trains the source's,
+# `--copy_wide 0` publishes the sharp copy alone, `--copy_span 0` / `--sharp_span 0` let the wide / sharp copy
+# reach over the whole window (`--copy_wide 0 --sharp_span 0`: what models exported before 2026-12-01 serve).
 COPY_HEAD = dict(head="copy", copy_wide=4.0, copy_span=16, sharp_span=8)
 CONFIGS: dict[str, dict] = {
     "tiny": dict(hidden=64, n_layers=2, n_heads=4, max_shots=64, dropout=0.0, **COPY_HEAD),

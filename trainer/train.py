@@ -66,8 +66,8 @@ class TrainConfig:
     """cosine: 1 - cos over the whole fused vector (the source's, the recipe); per_modality: 1 - cos on each
     modality's slice, averaged over the slices present (a shot without timed text is not scored on text), so
     video, audio and text each count, whatever their norms; contrastive: InfoNCE as in wav2vec 2.0, each
-    masked shot's prediction told apart from the batch's other masked shots (issue 17 ablations; README,
-    Evaluation). The validation loss is the cosine one whatever the training loss, so runs and the
+    masked shot's prediction told apart from the batch's other masked shots (issue 17 ablations;
+    bench/WORLDS.md). The validation loss is the cosine one whatever the training loss, so runs and the
     context-free predictors compare."""
     visible_loss_weight: float = 0.0
     """Weight of the same loss on the visible (unmasked) shots: the model must also give back each
