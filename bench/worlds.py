@@ -182,10 +182,13 @@ def run_names(results: dict, variants: list[str]) -> list[str]:
     return [*variants, *sorted(n for n in found if "@" in n and n.split("@")[0] in variants)]
 
 
-def cell_mean(results: dict, world: str, rep: str, task: str) -> float | None:
-    """A cell of the grid: the representation's score on the task in the world, the mean over the seeds that have it."""
-    v = [r["probes"][rep][task] for r in results[world] if task in r["probes"].get(rep, {})]
-    return float(np.mean(v)) if v else None
+def matched_means(results: dict, world: str, rows: tuple[str, ...], task: str) -> list[float] | None:
+    """Cells of the grid compared: each row's score on the task in the world, the mean over the seeds that have
+    every one of the rows (None where no seed has them all). A variant run on fewer seeds than the baselines is
+    set against them on its own seeds only: the corpus draw moves every row of a seed alike, and more than most
+    methods differ."""
+    seeds = [r["probes"] for r in results[world] if all(task in r["probes"].get(row, {}) for row in rows)]
+    return [float(np.mean([p[row][task] for p in seeds])) for row in rows] if seeds else None
 
 
 def below_every_seed(results: dict, world: str, rep: str, task: str) -> bool:
@@ -229,10 +232,11 @@ def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, 
 
 
 def grid_summary(results: dict, names: list[str]) -> list[str]:
-    """Per representation, over the grid's cells (world x task, each the mean over its seeds): how many are at or
-    above concat, below it in every seed, above avg-k8, above all four baselines, the mean ratio to concat
-    (overall, per task), and by paired_verdict how many are clearly above and clearly below concat, avg-k8, and
-    all four baselines (below: below at least one)."""
+    """Per representation, over the grid's cells (world x task, each the mean over the seeds the representation
+    has, the baselines' on the same seeds: matched_means): how many are at or above concat, below it in every seed,
+    above avg-k8, above all four baselines, the mean ratio to concat (overall, per task), and by paired_verdict
+    how many are clearly above and clearly below concat, avg-k8, and all four baselines (below: below at least
+    one)."""
     reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
     lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
              "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " | paired t: clearly above / "
@@ -244,10 +248,11 @@ def grid_summary(results: dict, names: list[str]) -> list[str]:
         ratios: dict[str, list[float]] = {t: [] for t in TASK_ORDER}
         for world in results:
             for t in TASK_ORDER:
-                x, c = cell_mean(results, world, rep, t), cell_mean(results, world, "concat", t)
-                base = [cell_mean(results, world, b, t) for b in BASE_ROWS]
-                if x is None or c is None or None in base:
+                means = matched_means(results, world, (rep, *BASE_ROWS), t)
+                if means is None:
                     continue
+                x, base = means[0], means[1:]
+                c = base[BASE_ROWS.index("concat")]
                 n += 1
                 ge += x >= c
                 always += below_every_seed(results, world, rep, t)
@@ -288,9 +293,10 @@ def variant_comparison(results: dict, names: list[str]) -> list[str]:
             ratios = []
             for world in results:
                 for t in TASK_ORDER:
-                    x, y = cell_mean(results, world, rep, t), cell_mean(results, world, base, t)
-                    if x is None or y is None:
+                    means = matched_means(results, world, (rep, base), t)
+                    if means is None:
                         continue
+                    x, y = means
                     n += 1
                     v = paired_verdict(results, world, rep, base, t)
                     better += v > 0
@@ -328,7 +334,7 @@ def plot_grid(results: dict, names: list[str], path: Path) -> dict[str, tuple[np
         below = np.zeros_like(ratio, dtype=bool)
         for i, w in enumerate(worlds):
             for j, t in enumerate(TASK_ORDER):
-                x, c = cell_mean(results, w, rep, t), cell_mean(results, w, "concat", t)
+                x, c = matched_means(results, w, (rep, "concat"), t) or (None, None)
                 if x is not None and c:
                     ratio[i, j] = x / c
                     below[i, j] = marked_below(results, w, rep, t)
@@ -370,20 +376,24 @@ def tables(results: dict, variants: list[str], seeds: int) -> str:
         for rep in rows:
             cells = []
             for t in TASK_ORDER:
-                v, c = vals(rep, t), vals("concat", t)
+                v, vs_concat = vals(rep, t), matched_means(results, world, (rep, "concat"), t)
                 few = f" (n={len(v)})" if 0 < len(v) < len(probes) else ""  # a row that only some seeds have
-                cells.append(cell(v, worse=rep != "concat" and bool(v) and np.mean(v) < np.mean(c)) + few)
+                worse = rep != "concat" and vs_concat is not None and vs_concat[0] < vs_concat[1]
+                cells.append(cell(v, worse=worse) + few)
             lines.append(f"| {label} | {rep} | " + " | ".join(cells) + " |")
         for out in (r for r in ours if not r.endswith(":context")):
-            beats = {b: sum(np.mean(vals(out, t)) > np.mean(vals(b, t)) for t in TASK_ORDER) for b in BASE_ROWS}
-            best = sum(np.mean(vals(out, t)) > max(np.mean(vals(b, t)) for b in BASE_ROWS) for t in TASK_ORDER)
+            means = {t: matched_means(results, world, (out, *BASE_ROWS), t) for t in TASK_ORDER}
+            means = {t: m for t, m in means.items() if m is not None}
+            beats = {b: sum(m[0] > m[1 + i] for m in means.values()) for i, b in enumerate(BASE_ROWS)}
+            best = sum(m[0] > max(m[1:]) for m in means.values())
             summary.append(f"- {world}, {out}: beats concat on {beats['concat']}/5 tasks, avg-k3 on "
                            f"{beats['avg-k3']}/5, avg-k8 on {beats['avg-k8']}/5, clip+next12 on "
                            f"{beats['clip+next12']}/5, all four on {best}/5")
     lines += ["", f"mean ± sd over {seeds} seeds (corpus draw and training seed; (n=k): only k of them); ✗ = below concat (the shot's own "
-              "inputs): context hurt there. Metrics: ad_relevancy AP, popularity Kendall's tau within title, tone "
+              "inputs) on the seeds the row has: context hurt there. Metrics: ad_relevancy AP, popularity Kendall's tau within title, tone "
               "micro AP, genre macro AP, retrieval AP.", "", *summary, "",
-              "Over the grid (cells: world x task, each the mean over its seeds; ratio: the cell over concat's):", "",
+              "Over the grid (cells: world x task, each the mean over the seeds the row has, the baselines on the "
+              "same seeds; ratio: the cell over concat's):", "",
               *grid_summary(results, names), "",
               f"Paired t (two-sided, {ALPHA:.0%}, over the seeds; 3 seeds at least): a cell is clearly above or below "
               "where the seeds' paired differences say so; of cells with no true difference about "

@@ -104,3 +104,30 @@ def test_the_summary_and_the_variant_table_count_cells_by_the_paired_verdict(ben
     cells = [c.strip() for c in table[2].strip("|").split("|")]
     assert cells[:6] == ["v:context-output", "m:context-output", "5", "1", "1", "3"], cells
     assert worlds.variant_comparison(results, ["m"]) == []
+
+
+def test_a_variant_run_on_fewer_seeds_is_compared_on_its_own_seeds_only(bench_script, tmp_path):
+    worlds = bench_script("worlds")
+    # four seeds of the recipe `m`, two of the variant `v`; seeds 3-4 drew an easy corpus (every row +0.3). On the
+    # two seeds it has, v is 0.02 above concat; over all four, concat's mean is far above v's.
+    def seed(i: int, with_v: bool) -> dict:
+        r = _seed({t: 0.51 + 0.3 * (i >= 2) for t in TASKS})
+        r["probes"] = {k: {t: x + 0.3 * (i >= 2) for t, x in row.items()} if not k.startswith("m:") else row
+                       for k, row in r["probes"].items()}
+        if with_v:
+            r["probes"]["v:context-output"] = {t: 0.52 for t in TASKS}
+        return r
+
+    results = {"w": [seed(i, with_v=i < 2) for i in range(4)]}
+    assert worlds.matched_means(results, "w", ("v:context-output", "concat"), "tone") == [0.52, 0.5]
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("|").split("|")]
+            for line in worlds.grid_summary(results, ["m", "v"])}
+    assert rows["v:context-output"][1:4] == ["5", "5", "0"], rows["v:context-output"]  # at or above concat in all five
+    assert rows["v:context-output"][6] == "1.040"
+    # against the recipe on the seeds both have (0.52 / 0.51), not v's two seeds over m's four
+    table = worlds.variant_comparison(results, ["m", "v"])
+    assert table[2].strip("|").split("|")[-1].strip() == "1.020", table[2]
+    _, marked = worlds.plot_grid(results, ["m", "v"], tmp_path / "worlds.png")["v:context-output"]
+    assert not marked.any()
+    row = next(line for line in worlds.tables(results, ["m", "v"], 4).splitlines() if "| v:context-output |" in line)
+    assert "✗" not in row and "(n=2)" in row, row
