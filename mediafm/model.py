@@ -10,7 +10,8 @@
                   softmax(scores / copy_wide) @ shots over the shots within copy_span, both unit length
                   (copy_per_modality: one such copy per modality slice of the fused vector, each with its
                   own scores, as attention heads are: video copied from the shots whose video fits, and so on;
-                  copy_mix: several sets of scores over the whole vector, mixed per shot by a learnt gate)
+                  copy_mix: several sets of scores over the whole vector, mixed per shot by a learnt gate;
+                  copy_norm="entmax15": sparse weights instead of the softmax)
       projection  out_proj(hidden), the source's: a linear map of each hidden state
 
 The copy head keeps the output a mixture of real shots, so the masked-shot loss
@@ -35,6 +36,7 @@ from torch import nn
 
 N_SPECIAL = 2  # [CLS], [GLOBAL]
 HEADS = ("projection", "copy")
+COPY_NORMS = ("softmax", "entmax15")
 INFERENCE_ONLY = ("copy_wide", "copy_span", "sharp_span")
 """MediaFMConfig fields read at inference only: training and its validation loss never see them, so a trained
 run can be served and evaluated with other values (trainer/evaluate.py) and resumes whatever they say."""
@@ -88,6 +90,11 @@ class MediaFMConfig:
     1: one set of scores. Not with copy_per_modality. Tried on the grid (2026-12-04, 4 sets): the same
     validation loss within 0.015, the probes no better (fewer cells above the moving averages); not the recipe
     (bench/WORLDS.md)."""
+    copy_norm: str = "softmax"
+    """Copy head only: how the copy's scores become weights. "softmax": every shot of the window gets some
+    weight. "entmax15": 1.5-entmax (Peters, Niculae & Martins 2019; the `entmax` package), which gives exact
+    zeros, so a copy can keep a few shots (its scene, its look-alikes) without a tail over the rest of the
+    window; the wide copy is the same map at temperature copy_wide. Both in training and served."""
     modalities: list = field(default_factory=list)
     """The fused vector's modality slices, [start, end) each, tiling [0, fused_dim): from the dataset
     (`mediafm train` fills it), used by copy_per_modality."""
@@ -126,6 +133,10 @@ class MediaFMConfig:
         if self.copy_mix > 1 and (self.head != "copy" or self.copy_per_modality):
             raise ValueError(f"MediaFMConfig.copy_mix={self.copy_mix} needs head='copy' without copy_per_modality "
                              f"(got head={self.head!r}, copy_per_modality={self.copy_per_modality})")
+        if self.copy_norm not in COPY_NORMS:
+            raise ValueError(f"MediaFMConfig.copy_norm={self.copy_norm!r}; choose one of {', '.join(COPY_NORMS)}")
+        if self.copy_norm != "softmax" and self.head != "copy":
+            raise ValueError(f"MediaFMConfig.copy_norm={self.copy_norm!r} needs head='copy', got head={self.head!r}")
         if self.copy_per_modality:
             if self.head != "copy":
                 raise ValueError(f"MediaFMConfig.copy_per_modality needs head='copy', got head={self.head!r}")
@@ -313,7 +324,12 @@ class MediaFMEncoder(nn.Module):
             scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > span, -1e9)
         if real is not None:
             scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
+        if self.cfg.copy_norm == "entmax15":
+            from entmax import entmax15  # only models trained with it need the package
+
+            weights = entmax15(scores, dim=-1)
+        else:
+            weights = torch.softmax(scores, dim=-1)
         if self.cfg.copy_mix > 1:  # (B, M, T, T) -> (B, 1, T, T): each shot's gate mixes its M distributions
             gate = torch.softmax(self.copy_gate(hidden).float(), dim=-1)  # (B, T, M)
             weights = (weights * gate.transpose(1, 2)[..., None]).sum(1, keepdim=True)

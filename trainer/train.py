@@ -538,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --loss per_modality | contrastive   the loss per modality slice, or InfoNCE over the masked shots\n"
         "  --contrastive_weight 0.1   add InfoNCE over the masked shots to the cosine loss, at that weight\n"
         "  --mask_span 10   mask runs of shots (SpanBERT's lengths, mean 3.8) instead of single shots\n"
+        "  --copy_norm entmax15   sparse copy weights (1.5-entmax) instead of the softmax: exact zeros\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

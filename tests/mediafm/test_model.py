@@ -351,3 +351,52 @@ def test_bert_replacement_rule_keeps_or_swaps_some_chosen_shots():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="mask_keep"):
         MediaFMConfig(mask_keep=0.6, mask_random=0.5)
+
+
+def test_entmax_copy_gives_exact_zeros_trains_and_serves_the_same_after_export(tmp_path):
+    """copy_norm="entmax15": the copy's weights are 1.5-entmax of the same scores (sharp copy, and the wide copy
+    at temperature copy_wide within copy_span), so the output is a convex mix of a few real shots, with exact
+    zeros where a softmax gives every shot some weight; the export loads and serves the same output; gradients
+    reach the scores; a config saved before the option existed loads as softmax."""
+    from entmax import entmax15
+
+    torch.manual_seed(0)
+    cfg = tiny(copy_norm="entmax15", copy_wide=4.0, copy_span=3, sharp_span=2)
+    enc = MediaFMEncoder(cfg).eval()
+    with torch.no_grad():  # trained scores are far from flat; at init every shot looks alike
+        enc.copy_q.weight.normal_(std=0.5)
+        enc.copy_k.weight.normal_(std=0.5)
+    shots, title, lengths = torch.randn(2, 12, 24), torch.randn(2, 8), torch.tensor([12, 7])
+    hidden, served = enc(shots, title, lengths)
+    H, unit = cfg.hidden, torch.nn.functional.normalize
+    apart = (torch.arange(12)[:, None] - torch.arange(12)[None, :]).abs()
+    scores = enc.copy_q(hidden) @ enc.copy_k(hidden).transpose(1, 2) / H**0.5
+    scores[1, :, 7:] = float("-inf")  # padding
+    trained_w = entmax15(scores, dim=-1)
+    assert (trained_w[0] == 0).float().mean() > 0.3, "entmax should leave most shots out of a sharp copy"
+    assert (torch.softmax(scores, -1)[0] > 0).all()
+    assert torch.allclose(trained_w.sum(-1)[0], torch.ones(12)) and (trained_w[1, :, 7:] == 0).all()
+    # out of reach: -1e9, as the model does (a padding row whose reach holds only padding stays a number)
+    sharp = entmax15(scores.masked_fill(apart > 2, -1e9), dim=-1) @ shots
+    broad = entmax15((scores / 4.0).masked_fill(apart > 3, -1e9), dim=-1) @ shots
+    expect = (unit(sharp, dim=-1) + unit(broad, dim=-1)) / 2
+    assert torch.allclose(served[0], expect[0], atol=1e-5) and torch.allclose(served[1, :7], expect[1, :7], atol=1e-5)
+    assert torch.allclose(enc(shots, title, lengths, wide=False)[1][0], (trained_w @ shots)[0], atol=1e-5)
+    assert torch.allclose(served[1, :7], enc(shots[1:, :7], title[1:], None)[1][0], atol=1e-5), "padded != alone"
+    softmax_enc = MediaFMEncoder(tiny(copy_wide=4.0, copy_span=3, sharp_span=2)).eval()
+    softmax_enc.load_state_dict(enc.state_dict())
+    assert not torch.allclose(softmax_enc(shots, title, lengths)[1][0], served[0], atol=1e-3)
+    torch.save({"config": cfg.to_dict(), "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    loaded = load_encoder(tmp_path)
+    assert loaded.cfg.copy_norm == "entmax15" and torch.allclose(loaded(shots, title, lengths)[1], served, atol=1e-6)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "copy_norm"}
+    torch.save({"config": old, "encoder": enc.state_dict()}, tmp_path / WEIGHTS)
+    assert load_encoder(tmp_path).cfg.copy_norm == "softmax"
+    model = MaskedShotModel(cfg)
+    mask = mask_positions(lengths, 12, 0.2, generator=torch.Generator().manual_seed(0))
+    model(shots, title, lengths, mask)[1].backward()
+    assert model.encoder.copy_q.weight.grad.abs().sum() > 0
+    for kw, match in ((dict(copy_norm="sparsemax"), "copy_norm='sparsemax'"),
+                      (dict(copy_norm="entmax15", head="projection"), "needs head='copy'")):
+        with pytest.raises(ValueError, match=match):
+            tiny(**kw)
