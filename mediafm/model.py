@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -217,12 +218,23 @@ class Block(nn.Module):
         return self.ln2(x + self.drop(self.mlp(x)))
 
 
+def copy_weights(norm: str):
+    """The map from a copy's scores to its weights over the last axis (MediaFMConfig.copy_norm), chosen once per
+    model: a missing `entmax` package is an error when a model that needs it is built, not at its first pass."""
+    if norm == "entmax15":
+        from entmax import entmax15
+
+        return partial(entmax15, dim=-1)
+    return partial(torch.softmax, dim=-1)
+
+
 class MediaFMEncoder(nn.Module):
     """The contextual shot encoder. Served by Triton; wrapped by MaskedShotModel."""
 
     def __init__(self, cfg: MediaFMConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.copy_weights = copy_weights(cfg.copy_norm)
         self.in_proj = nn.Linear(cfg.fused_dim, cfg.hidden)
         self.title_proj = nn.Linear(cfg.title_dim, cfg.hidden)
         self.cls = nn.Parameter(torch.zeros(cfg.hidden))
@@ -326,12 +338,7 @@ class MediaFMEncoder(nn.Module):
             scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > span, -1e9)
         if real is not None:
             scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
-        if self.cfg.copy_norm == "entmax15":
-            from entmax import entmax15  # only models trained with it need the package
-
-            weights = entmax15(scores, dim=-1)
-        else:
-            weights = torch.softmax(scores, dim=-1)
+        weights = self.copy_weights(scores)
         if self.cfg.copy_mix > 1:  # (B, M, T, T) -> (B, 1, T, T): each shot's gate mixes its M distributions
             gate = torch.softmax(self.copy_gate(hidden).float(), dim=-1)  # (B, T, M)
             weights = (weights * gate.transpose(1, 2)[..., None]).sum(1, keepdim=True)
