@@ -21,19 +21,22 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from mediafm.dataset import Dataset
+from mediafm.dataset import Dataset, TitleInfo
 from mediafm.errors import ConfigError, MediaFMError
 from mediafm.model import CONFIGS, INFERENCE_ONLY, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
 from trainer.data import Batch, WindowLoader, eval_batches
 
-LOSSES = ("cosine", "per_modality", "contrastive")  # TrainConfig.loss
+LOSSES = ("cosine", "per_modality", "contrastive", "whitened")  # TrainConfig.loss
 CONTRASTIVE_TEMPERATURE = 0.1  # wav2vec 2.0's (Baevski et al. 2020, section 3.3)
+WHITEN_SHRINK = 0.1  # loss=whitened: (C + lam I)^-1/2 with lam this fraction of the mean variance (fixed before any run)
+WHITEN_SHOTS = 100_000  # loss=whitened: at most this many training shots, evenly spaced, estimate the covariance
 
 
 @dataclass
@@ -66,9 +69,11 @@ class TrainConfig:
     """cosine: 1 - cos over the whole fused vector (the source's, the recipe); per_modality: 1 - cos on each
     modality's slice, averaged over the slices present (a shot without timed text is not scored on text), so
     video, audio and text each count, whatever their norms; contrastive: InfoNCE as in wav2vec 2.0, each
-    masked shot's prediction told apart from the batch's other masked shots (issue 17 ablations;
-    bench/WORLDS.md). The validation loss is the cosine one whatever the training loss, so runs and the
-    context-free predictors compare."""
+    masked shot's prediction told apart from the batch's other masked shots; whitened: 1 - cos after centring
+    the vectors and whitening them with the training shots' covariance, shrunk toward the identity
+    (`whitening`), so directions where shots vary little (a scene's tone) count as much as those where they vary
+    most (cast, sets) (issue 17 ablations; bench/WORLDS.md). The validation loss is the cosine one whatever the
+    training loss, so runs and the context-free predictors compare."""
     visible_loss_weight: float = 0.0
     """Weight of the same loss on the visible (unmasked) shots: the model must also give back each
     shot's own input, keeping its detail in the output (issue 17 ablation; 0 = the source)."""
@@ -246,16 +251,45 @@ def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tens
     return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
 
 
+def whitening(ds: Dataset, titles: list[TitleInfo], *, shrink: float = WHITEN_SHRINK,
+              max_shots: int = WHITEN_SHOTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), W (D, D)) of the titles' fused shots, W = (C + lam I)^-1/2 with C their covariance and lam =
+    shrink x its mean eigenvalue (trace / D): a direction far weaker than the average is lifted to about
+    1 / sqrt(lam), not to the inverse of its own spread, so noise that hardly varies is not blown up. At most
+    max_shots shots, every k-th of each title (the same on every rank and on resume: a function of the data)."""
+    total = sum(i.n_shots for i in titles)
+    if not total:
+        raise ConfigError("loss=whitened needs training shots to estimate their covariance; the train split is empty")
+    every = max(1, -(-total // max_shots))
+    x = torch.from_numpy(np.concatenate([t.fused[::every] for t in ds.iter_titles(titles)])).double()
+    mean = x.mean(0)
+    cov = torch.cov((x - mean).T) if len(x) > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
+    lam = shrink * float(cov.trace()) / cov.shape[0] or 1.0
+    vals, vecs = torch.linalg.eigh(cov)
+    w = vecs @ torch.diag((vals.clamp(min=0) + lam).rsqrt()) @ vecs.T
+    return mean.float(), w.float()
+
+
+def whitened_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tensor,
+                  whiten: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean of 1 - cos over the shots at `where` (B, T), both sides centred and whitened (`whitening`)."""
+    mean, w = whiten
+    p, t = (pred[where].float() - mean) @ w, (target[where].float() - mean) @ w
+    return (1.0 - F.cosine_similarity(p, t, dim=-1)).mean()
+
+
 def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, tc: TrainConfig,
-              slices: list[tuple[int, int]]) -> torch.Tensor:
+              slices: list[tuple[int, int]], whiten: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The training loss of the issue-17 ablations (`loss`, `visible_loss_weight`, `contrastive_weight`); targets
-    are the real shots."""
+    are the real shots. whiten: `whitening`'s (mean, W), for loss=whitened."""
 
     def one(where: torch.Tensor) -> torch.Tensor:
         if tc.loss == "per_modality":
             return per_modality_loss(pred, shots, where, slices)
         if tc.loss == "contrastive":
             return contrastive_loss(pred, shots, where)
+        if tc.loss == "whitened":
+            return whitened_loss(pred, shots, where, whiten)
         return msm_loss(pred, shots, where)
 
     loss = one(mask)
@@ -357,8 +391,9 @@ def plot_losses(run: Path) -> Path:
     config = run / "config.json"
     trained = json.loads(config.read_text())["train"] if config.exists() else {}
     trained_on, weight = trained.get("loss", "cosine"), trained.get("contrastive_weight", 0)
-    if trained_on == "contrastive" or weight:  # another scale: its own axis, so the cosine curves keep theirs
-        what = "InfoNCE" if trained_on == "contrastive" else f"{trained_on} + {weight:g} x InfoNCE"
+    if trained_on in ("contrastive", "whitened") or weight:  # another quantity: its own axis, the cosine curves keep theirs
+        what = {"contrastive": "InfoNCE", "whitened": "whitened cosine"}.get(trained_on) if not weight \
+            else f"{trained_on} + {weight:g} x InfoNCE"
         ax.twinx().plot([r["step"] for r in tr], [r["train_loss"] for r in tr], color="tab:green", alpha=0.4)
         ax.plot([], [], color="tab:green", alpha=0.4, label=f"train ({what}, right axis)")
     else:
@@ -413,6 +448,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     mask_gen = torch.Generator().manual_seed(tc.seed + 1)
     drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout only
     slices = [tuple(v) for v in ds.meta.modalities.values()]
+    whiten = tuple(v.to(device) for v in whitening(ds, train_titles)) if tc.loss == "whitened" else None
     step = 0
 
     # --- resume
@@ -479,7 +515,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         with amp:
             pred, loss = fwd(inputs, batch.title.to(device), lengths, mask)
             if not tc.source_objective:  # the ablations score against the real shots, not the dropped inputs
-                loss = objective(pred, shots, lengths, mask, tc, slices)
+                loss = objective(pred, shots, lengths, mask, tc, slices, whiten)
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -535,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  --copy_per_modality 1   a copy per modality slice (video, audio, text), each with its own scores\n"
         "  --copy_mix 4   four sets of copy scores mixed per shot by a learnt gate (scene, face, voice: added, not\n"
         "                 multiplied as one softmax does)\n"
-        "  --loss per_modality | contrastive   the loss per modality slice, or InfoNCE over the masked shots\n"
+        "  --loss per_modality | contrastive | whitened   the loss per modality slice, InfoNCE over the masked\n"
+        "                 shots, or the cosine after whitening with the training shots' covariance\n"
         "  --contrastive_weight 0.1   add InfoNCE over the masked shots to the cosine loss, at that weight\n"
         "  --mask_span 10   mask runs of shots (SpanBERT's lengths, mean 3.8) instead of single shots\n"
         "  --copy_norm entmax15   sparse copy weights (1.5-entmax) instead of the softmax: exact zeros\n"
