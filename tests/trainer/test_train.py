@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -235,6 +236,36 @@ def test_contrastive_weight_adds_infonce_over_the_masked_shots_to_the_cosine_los
         TrainConfig(config="tiny", loss="contrastive", contrastive_weight=0.1)
 
 
+def test_whitening_lifts_the_directions_where_shots_vary_least(corpus):
+    """`--loss whitened`: W = (C + lam I)^-1/2 from the training shots, lam = 0.1 x the mean variance; an error
+    along a direction where shots hardly vary costs more than the same error along the strongest one, where the
+    raw cosine makes them cost the same."""
+    from mediafm.dataset import Dataset
+    from mediafm.model import msm_loss
+    from trainer.train import whitened_loss, whitening
+
+    ds = Dataset(corpus)
+    titles = ds.split("train")
+    mean, w = whitening(ds, titles)
+    x = torch.from_numpy(np.concatenate([t.fused for t in ds.iter_titles(titles)])).double()
+    cov = torch.cov((x - x.mean(0)).T)
+    lam = 0.1 * float(cov.trace()) / cov.shape[0]
+    eye = torch.eye(cov.shape[0], dtype=torch.float64)
+    assert torch.allclose(mean.double(), x.mean(0), atol=1e-5)
+    assert torch.allclose(w.double() @ (cov + lam * eye) @ w.double(), eye, atol=1e-3)  # every shot read (< 100k)
+    vals, vecs = torch.linalg.eigh(cov)
+    weak, strong = vecs[:, 0].float(), vecs[:, -1].float()  # the least and the most varied direction
+    assert vals[-1] > 4 * vals[0].clamp(min=0)
+    target = x[:4].float()[None]  # (1, 4, D)
+    where = torch.ones(1, 4, dtype=torch.bool)
+    off_weak, off_strong = target + 0.1 * weak, target + 0.1 * strong
+    raw = [msm_loss(p, target, where).item() for p in (off_weak, off_strong)]
+    white = [whitened_loss(p, target, where, (mean, w)).item() for p in (off_weak, off_strong)]
+    assert white[0] > 3 * white[1], white  # the weak direction lifted ...
+    assert raw[0] < 1.5 * raw[1] + 1e-4, raw  # ... where the raw cosine barely tells them apart
+    assert whitened_loss(target, target, where, (mean, w)).item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_visible_loss_adds_the_weighted_loss_on_unmasked_shots():
     from trainer.train import objective
 
@@ -281,7 +312,8 @@ def test_ablation_settings_are_validated(key, value, match):
 
 
 def test_ablations_train_and_resume_exactly(corpus, tmp_path):
-    """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes."""
+    """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes; the
+    whitened loss resumes exactly too (its whitening is a function of the data, made again on resume)."""
     ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10,
                     contrastive_weight=0.1)
     train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
@@ -295,11 +327,17 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     assert any(not torch.equal(a["model"][k], src["model"][k]) for k in a["model"])
     train(corpus, tmp_path / "src2", _cfg(max_steps=2), quiet=True)
     src2 = torch.load(tmp_path / "src2" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
-    for key, value in [*ablation.items(), ("loss", "contrastive")]:  # each one alone trains, and differently
+    for key, value in [*ablation.items(), ("loss", "contrastive"), ("loss", "whitened")]:  # each alone trains, and differently
         r = train(corpus, tmp_path / f"{key}-{value}", _cfg(max_steps=2, **{key: value}), quiet=True)
         assert r["step"] == 2 and 0 < r["val_loss"] < 2, r  # validated with the cosine loss whatever it trains on
         alone = torch.load(tmp_path / f"{key}-{value}" / "checkpoints" / "step-0000002.pt", weights_only=False)
         assert any(not torch.equal(alone["model"][k], src2[k]) for k in src2), f"{key}={value} changed nothing"
+    train(corpus, tmp_path / "w", _cfg(max_steps=2, loss="whitened"), quiet=True, until_step=1)
+    train(corpus, tmp_path / "w", _cfg(max_steps=2, loss="whitened"), quiet=True)
+    resumed = torch.load(tmp_path / "w" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
+    whole = torch.load(tmp_path / "loss-whitened" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
+    for k in whole:
+        assert torch.equal(resumed[k], whole[k]), k
 
 
 def test_copy_per_modality_takes_the_slices_from_the_dataset_and_resumes_exactly(corpus, tmp_path):
