@@ -239,7 +239,7 @@ def test_contrastive_weight_adds_infonce_over_the_masked_shots_to_the_cosine_los
 def test_whitening_lifts_the_directions_where_shots_vary_least(corpus):
     """`--loss whitened`: W = (C + lam I)^-1/2 from the training shots, lam = 0.1 x the mean variance; an error
     along a direction where shots hardly vary costs more than the same error along the strongest one, where the
-    raw cosine makes them cost the same."""
+    raw cosine makes them cost nearly the same; past max_shots it reads every k-th shot of each title."""
     from mediafm.dataset import Dataset
     from mediafm.model import msm_loss
     from trainer.train import whitened_loss, whitening
@@ -264,6 +264,11 @@ def test_whitening_lifts_the_directions_where_shots_vary_least(corpus):
     assert white[0] > 3 * white[1], white  # the weak direction lifted ...
     assert raw[0] < 1.5 * raw[1] + 1e-4, raw  # ... where the raw cosine barely tells them apart
     assert whitened_loss(target, target, where, (mean, w)).item() == pytest.approx(0.0, abs=1e-5)
+    every = -(-len(x) // (len(x) // 3))  # a cap of a third of the shots: every 3rd or 4th shot
+    sub = torch.from_numpy(np.concatenate([t.fused[::every] for t in ds.iter_titles(titles)])).double()
+    sub_mean, sub_w = whitening(ds, titles, max_shots=len(x) // 3)
+    assert len(sub) <= len(x) // 3 + len(titles) and torch.allclose(sub_mean.double(), sub.mean(0), atol=1e-5)
+    assert not torch.allclose(sub_mean, mean, atol=1e-7)
 
 
 def test_visible_loss_adds_the_weighted_loss_on_unmasked_shots():
