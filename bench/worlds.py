@@ -42,7 +42,9 @@ With more than one variant, a table sets each against the first (the reference),
 cell by cell: clearly better, clearly worse, or not told apart by the seeds. A
 further table gives validation loss (masked-shot cosine distance) over the two
 context-free predictors the trainer logs (title mean, neighbours): below 1 means
-the model predicts masked shots better than they do. OUT/worlds.png draws the grid:
+the model predicts masked shots better than they do. A last table gives each world's shot spectrum
+(shot_spectrum: the strongest direction's share of the variance, the effective rank over the width), which says
+where a loss that reweighs directions can change anything. OUT/worlds.png draws the grid:
 a heatmap per representation (the moving averages, each variant's published output
 and context+input), worlds down, tasks across, each cell its ratio to `concat`
 (blue above, red below; ✗ clearly below it by the paired t-test, or with fewer than
@@ -106,11 +108,37 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
     return out
 
 
+SPECTRUM_SHOTS = 20_000  # shot_spectrum reads at most this many training shots, every k-th of each title
+
+
+def shot_spectrum(data: Path, *, max_shots: int = SPECTRUM_SHOTS) -> dict[str, float]:
+    """How a corpus's training shots spread their variance over directions (eigenvalues of their covariance):
+    `top_share`, the strongest direction's share of it, and `effective_rank`, exp of the entropy of the shares
+    (Roy & Vetterli 2007) over the width. Isotropic shots have a share near 1 / width and an effective rank near
+    1; learnt encoders' embeddings are usually steeper. A loss that reweighs directions (`--loss whitened`) can only change
+    anything where the spectrum is steep, so the grid's table says which worlds can judge one."""
+    from mediafm.dataset import Dataset
+
+    ds = Dataset(data)
+    titles = ds.split("train")
+    every = max(1, -(-sum(i.n_shots for i in titles) // max_shots))
+    x = np.concatenate([t.fused[::every] for t in ds.iter_titles(titles)]).astype(np.float64)
+    share = np.clip(np.linalg.eigvalsh(np.cov(x, rowvar=False)), 0, None)
+    share = share / share.sum()
+    nz = share[share > 0]
+    return {"top_share": float(share.max()), "effective_rank": float(np.exp(-(nz * np.log(nz)).sum()) / len(share))}
+
+
 def collect(work: Path, variants: dict[str, list[str]]) -> dict | None:
-    """The probes and losses of a finished (world, seed) from its files; None if its evaluation is missing."""
+    """The probes and losses of a finished (world, seed) from its files; None if its evaluation is missing.
+    The corpus's shot spectrum (shot_spectrum) is measured once and kept beside the report."""
     report = work / "report" / "results.json"
     if not report.exists():
         return None
+    spectrum_file = work / "report" / "spectrum.json"
+    if not spectrum_file.exists() and (work / "data" / "meta.json").exists():
+        spectrum_file.write_text(json.dumps(shot_spectrum(work / "data")))
+    spectrum = json.loads(spectrum_file.read_text()) if spectrum_file.exists() else None
     res = json.loads(report.read_text())["results"]
     losses = {}
     for name in variants:
@@ -118,7 +146,8 @@ def collect(work: Path, variants: dict[str, list[str]]) -> dict | None:
         metrics = json.loads(latest.read_text()).get("metrics", {}) if latest.exists() else {}
         losses[name] = {k: metrics[k] for k in ("val_loss", "title_mean", "neighbours") if k in metrics}
     return {"probes": {rep: {t: v["mean"] for t, v in row.items()} for rep, row in res.items()}, "losses": losses,
-            "recipe": {name: trained_as(work / name) for name in variants if (work / name / "config.json").exists()}}
+            "recipe": {name: trained_as(work / name) for name in variants if (work / name / "config.json").exists()},
+            **({"spectrum": spectrum} if spectrum else {})}
 
 
 def trained_as(run: Path) -> str:
@@ -411,6 +440,14 @@ def tables(results: dict, variants: list[str], seeds: int) -> str:
             val = [x["val_loss"] for x in ls]
             lines.append(f"| {world} | {v} | {cell(val)} | {cell([x['val_loss'] / x['title_mean'] for x in ls])} | "
                          f"{cell([x['val_loss'] / x['neighbours'] for x in ls])} |")
+    spectra = {w: [r["spectrum"] for r in per_seed if r.get("spectrum")] for w, per_seed in results.items()}
+    if any(spectra.values()):
+        lines += ["", "The shots' spectrum (training shots, mean ± sd over the seeds; shot_spectrum): the strongest "
+                  "direction's share of the variance, and the effective rank over the width (1: isotropic). A loss "
+                  "that reweighs directions can change little where the shots are near isotropic.", "",
+                  "| world | strongest direction's share | effective rank / width |", "| --- | --- | --- |"]
+        lines += [f"| {w} | {cell([x['top_share'] for x in sp])} | {cell([x['effective_rank'] for x in sp])} |"
+                  for w, sp in spectra.items() if sp]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,7 @@
 """bench/worlds.py's summary over the grid: what each count means, on a grid small enough to count by hand."""
 
+import json
+
 from scipy import stats
 
 TASKS = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
@@ -131,3 +133,30 @@ def test_a_variant_run_on_fewer_seeds_is_compared_on_its_own_seeds_only(bench_sc
     assert not marked.any()
     row = next(line for line in worlds.tables(results, ["m", "v"], 4).splitlines() if "| v:context-output |" in line)
     assert "✗" not in row and "(n=2)" in row, row
+
+
+def test_the_shot_spectrum_tells_a_near_isotropic_world_from_a_steep_one_and_the_table_shows_it(bench_script,
+                                                                                                 tmp_path):
+    """shot_spectrum on the two generators' corpora: mediafm/synth.py's shots are near isotropic, bench/elsewhere.py's
+    (each modality a random network of the latent state) are steep; collect keeps it beside the report and the
+    table prints it per world."""
+    from mediafm.fusion import Layout
+    from mediafm.synth import write_corpus
+
+    worlds, elsewhere = bench_script("worlds"), bench_script("elsewhere")
+    flat = write_corpus(tmp_path / "synth" / "data", n_titles=30, layout=Layout("t", video=16, audio=16, text=16,
+                        title=16), seed=1, shots=(40, 80), noise=1.5, val_fraction=0.1, test_fraction=0.35)
+    steep = elsewhere.write_corpus(tmp_path / "else" / "data", n_titles=30, dims=16, seed=1, shots=(40, 80),
+                                   test_fraction=0.35)
+    a, b = worlds.shot_spectrum(flat), worlds.shot_spectrum(steep)
+    assert 1 / 48 <= a["top_share"] < b["top_share"] <= 1 and 0 < b["effective_rank"] < a["effective_rank"] <= 1, (a, b)
+    assert a["effective_rank"] > 0.8 and b["effective_rank"] < 0.7, (a, b)  # measured: 0.90 and 0.58
+    for work in (tmp_path / "synth", tmp_path / "else"):
+        (work / "report").mkdir()
+        (work / "report" / "results.json").write_text(json.dumps(
+            {"results": {"concat": {t: {"mean": 0.5} for t in TASKS}}}))
+    results = {"synth": [worlds.collect(tmp_path / "synth", {})], "else": [worlds.collect(tmp_path / "else", {})]}
+    assert results["synth"][0]["spectrum"] == a and json.loads((tmp_path / "synth" / "report" / "spectrum.json")
+                                                                .read_text()) == a
+    table = worlds.tables(results, [], 1)
+    assert f"| else | {b['top_share']:.3f} ± 0.000 | {b['effective_rank']:.3f} ± 0.000 |" in table, table
