@@ -115,8 +115,8 @@ def shot_spectrum(data: Path, *, max_shots: int = SPECTRUM_SHOTS) -> dict[str, f
     """How a corpus's training shots spread their variance over directions (eigenvalues of their covariance):
     `top_share`, the strongest direction's share of it, and `effective_rank`, exp of the entropy of the shares
     (Roy & Vetterli 2007) over the width. Isotropic shots have a share near 1 / width and an effective rank near
-    1; learnt encoders' embeddings are usually steeper. A loss that reweighs directions (`--loss whitened`) can only change
-    anything where the spectrum is steep, so the grid's table says which worlds can judge one."""
+    1; learnt encoders' embeddings are usually steeper. A loss that reweighs directions (`--loss whitened`) can
+    only change anything where the spectrum is steep, so the grid's table says which worlds can judge one."""
     from mediafm.dataset import Dataset
 
     ds = Dataset(data)
