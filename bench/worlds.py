@@ -118,12 +118,11 @@ def shot_spectrum(data: Path, *, max_shots: int = SPECTRUM_SHOTS) -> dict[str, f
     1; learnt encoders' embeddings are usually steeper. A loss that reweighs directions (`--loss whitened`) can
     only change anything where the spectrum is steep, so the grid's table says which worlds can judge one."""
     from mediafm.dataset import Dataset
+    from trainer.data import shot_moments
 
     ds = Dataset(data)
-    titles = ds.split("train")
-    every = max(1, -(-sum(i.n_shots for i in titles) // max_shots))
-    x = np.concatenate([t.fused[::every] for t in ds.iter_titles(titles)]).astype(np.float64)
-    share = np.clip(np.linalg.eigvalsh(np.cov(x, rowvar=False)), 0, None)
+    _, cov = shot_moments(ds, ds.split("train"), max_shots=max_shots)
+    share = np.clip(np.linalg.eigvalsh(cov.numpy()), 0, None)
     share = share / share.sum()
     nz = share[share > 0]
     return {"top_share": float(share.max()), "effective_rank": float(np.exp(-(nz * np.log(nz)).sum()) / len(share))}

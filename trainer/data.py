@@ -119,3 +119,20 @@ def eval_batches(ds: Dataset, titles: list[TitleInfo], *, batch_size: int, max_s
                 return
     if chunk:
         yield collate(chunk)
+
+
+def shot_moments(ds: Dataset, titles: list[TitleInfo], *, max_shots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), covariance (D, D)) of the titles' fused shots, float64: at most max_shots of them, every k-th
+    of each title, summed title by title (memory D x D, not shots x D); a function of the data, so the same on
+    every rank and on resume. The whitened loss (trainer/train.py `whitening`) and the grid's spectrum
+    (bench/worlds.py `shot_spectrum`) read it."""
+    total = sum(i.n_shots for i in titles)
+    if not total:
+        raise ValueError("no shots in these titles to take the mean and covariance of")
+    every, dim = max(1, -(-total // max_shots)), ds.meta.fused_dim
+    n, s, ss = 0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+    for title in ds.iter_titles(titles):
+        x = torch.from_numpy(title.fused[::every]).double()
+        n, s, ss = n + len(x), s + x.sum(0), ss + x.T @ x
+    mean = s / n
+    return mean, (ss - n * torch.outer(mean, mean)) / max(n - 1, 1)

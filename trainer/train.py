@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mediafm.dataset import Dataset, TitleInfo
 from mediafm.errors import ConfigError, MediaFMError
 from mediafm.model import CONFIGS, INFERENCE_ONLY, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
-from trainer.data import Batch, WindowLoader, eval_batches
+from trainer.data import Batch, WindowLoader, eval_batches, shot_moments
 
 LOSSES = ("cosine", "per_modality", "contrastive", "whitened")  # TrainConfig.loss
 CONTRASTIVE_TEMPERATURE = 0.1  # wav2vec 2.0's (Baevski et al. 2020, section 3.3)
@@ -253,22 +253,14 @@ def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Tens
 
 def whitening(ds: Dataset, titles: list[TitleInfo], *, shrink: float = WHITEN_SHRINK,
               max_shots: int = WHITEN_SHOTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean (D,), W (D, D)) of the titles' fused shots, W = (C + lam I)^-1/2 with C their covariance and lam =
-    shrink x its mean eigenvalue (trace / D): a direction far weaker than the average is lifted to about
-    1 / sqrt(lam), not to the inverse of its own spread, so noise that hardly varies is not blown up. At most
-    max_shots shots, every k-th of each title, summed title by title in float64 (memory: D x D, not shots x D);
-    the same on every rank and on resume: a function of the data."""
-    total = sum(i.n_shots for i in titles)
-    if not total:
+    """(mean (D,), W (D, D)) of the titles' fused shots (`shot_moments`: at most max_shots, every k-th of each
+    title), W = (C + lam I)^-1/2 with C their covariance and lam = shrink x its mean eigenvalue (trace / D): a
+    direction far weaker than the average is lifted to about 1 / sqrt(lam), not to the inverse of its own spread,
+    so noise that hardly varies is not blown up."""
+    if not sum(i.n_shots for i in titles):
         raise ConfigError("loss=whitened needs training shots to estimate their covariance; the train split is empty")
-    every, dim = max(1, -(-total // max_shots)), ds.meta.fused_dim
-    n, s, ss = 0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
-    for title in ds.iter_titles(titles):
-        x = torch.from_numpy(title.fused[::every]).double()
-        n, s, ss = n + len(x), s + x.sum(0), ss + x.T @ x
-    mean = s / n
-    cov = (ss - n * torch.outer(mean, mean)) / max(n - 1, 1)
-    lam = shrink * float(cov.trace()) / dim or 1.0
+    mean, cov = shot_moments(ds, titles, max_shots=max_shots)
+    lam = shrink * float(cov.trace()) / cov.shape[0] or 1.0
     vals, vecs = torch.linalg.eigh(cov)
     w = vecs @ torch.diag((vals.clamp(min=0) + lam).rsqrt()) @ vecs.T
     return mean.float(), w.float()
