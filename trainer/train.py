@@ -71,9 +71,9 @@ class TrainConfig:
     masked shot's prediction told apart from the batch's other masked shots; whitened: 1 - cos after centring
     the vectors and whitening them with the training shots' covariance, shrunk toward the identity
     (`whitening`), so directions where shots vary little (a scene's tone) count as much as those where they vary
-    most (cast, sets) (tried on the grid, 2026-12-04, 5 seeds: 2 cells clearly better than the recipe and 1 worse;
-    not the recipe) (issue 17 ablations; bench/WORLDS.md). The validation loss is the cosine one whatever the
-    training loss, so runs and the context-free predictors compare."""
+    most (cast, sets): an issue 17 ablation, not the recipe (bench/WORLDS.md: on the grid, 5 seeds, 2 cells
+    clearly better than the recipe and 1 worse; at the issue's size, tone lower). The validation loss is the cosine
+    one whatever the training loss, so runs and the context-free predictors compare."""
     visible_loss_weight: float = 0.0
     """Weight of the same loss on the visible (unmasked) shots: the model must also give back each
     shot's own input, keeping its detail in the output (issue 17 ablation; 0 = the source)."""

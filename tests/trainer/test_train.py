@@ -269,6 +269,9 @@ def test_whitening_lifts_the_directions_where_shots_vary_least(corpus):
     sub_mean, sub_w = whitening(ds, titles, max_shots=len(x) // 3)
     assert len(sub) <= len(x) // 3 + len(titles) and torch.allclose(sub_mean.double(), sub.mean(0), atol=1e-5)
     assert not torch.allclose(sub_mean, mean, atol=1e-7)
+    sub_cov = torch.cov((sub - sub.mean(0)).T)  # ... and its covariance is theirs too, not all the shots'
+    sub_eye = sub_w.double() @ (sub_cov + 0.1 * float(sub_cov.trace()) / len(sub_cov) * eye) @ sub_w.double()
+    assert torch.allclose(sub_eye, eye, atol=1e-3)
 
 
 def test_visible_loss_adds_the_weighted_loss_on_unmasked_shots():
