@@ -259,13 +259,13 @@ def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, 
     return int(np.sign(t)) if 2 * stats.t.sf(abs(t), len(diff) - 1) < alpha else 0
 
 
-def grid_summary(results: dict, names: list[str]) -> list[str]:
+def grid_summary(results: dict, names: list[str], extra: tuple[str, ...] = ()) -> list[str]:
     """Per representation, over the grid's cells (world x task, each the mean over the seeds the representation
     has, the baselines' on the same seeds: matched_means): how many are at or above concat, below it in every seed,
     above avg-k8, above all four baselines, the mean ratio to concat (overall, per task), and by paired_verdict
     how many are clearly above and clearly below concat, avg-k8, and all four baselines (below: below at least
-    one)."""
-    reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context")]
+    one). extra: further rows of the results to count the same way (bench/both.py's)."""
+    reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context"), *extra]
     lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
              "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " | paired t: clearly above / "
              "below concat | clearly above / below avg-k8 | clearly above all four / below one |",

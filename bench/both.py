@@ -1,0 +1,97 @@
+"""Can one vector carry a clip's own shots and its neighbourhood, for the grid's probes? (issue 17, items 1 and 3)
+
+    .venv/bin/python bench/both.py --out bench-out/worlds          # a finished bench/worlds.py grid
+    .venv/bin/python bench/both.py --out OUT --worlds elsewhere short-scenes
+
+Items 1 and 3 of issue 17 ask one published vector to be at or above `concat` (the clip's own shots) in every
+cell and above every moving average (`avg-k8`: the clip and 8 shots either side) too. Where a label is set by the
+clip's own shots, `concat` wins; where it is set by the scenes around, `avg-k8` does. This script asks what the
+grid's ridge probes make of a vector that has both, with no learning at all:
+
+  both:side-by-side   [concat, avg-k8]: both, untouched, at twice the fused width
+  both:unit-mean      (unit(concat) + unit(avg-k8)) / 2: both at the fused width, as `context+input` is made
+
+It reads the clip features `mediafm evaluate` stored in each (world, seed) run of a finished grid
+(OUT/<world>/seed<s>/report/features), scores them with the same probes (trainer/evaluate.py run_probes, the
+grid's folds and fold seed) and prints bench/worlds.py's summary over the grid for them beside the grid's
+published output and `context+input`: each cell called by the paired t-test over the seeds against `concat` and
+the three moving averages. If carrying both were enough, these rows would be clearly below no baseline. Nothing
+is written into OUT. On the 12 worlds x 5 seeds of 2026-12-05 they were clearly below a baseline in 16 and 19
+cells, the published output in 5 (bench/WORLDS.md, "Is one vector that carries both enough?").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+ROWS = ("both:side-by-side", "both:unit-mean")
+
+
+def both_features(features: Path, n_clips: int | None = None) -> dict[str, np.ndarray]:
+    """The two no-learning rows from a run's stored clip features (concat.npy, avg-k8.npy); with n_clips, a store
+    of another number of clips (features of an older evaluation) is refused."""
+    from mediafm.fusion import unit
+
+    own, around = (np.load(features / f"{name}.npy") for name in ("concat", "avg-k8"))
+    expected = len(own) if n_clips is None else n_clips
+    for name, x in (("concat", own), ("avg-k8", around)):
+        if len(x) != expected:
+            raise SystemExit(f"{features / name}.npy: {len(x)} stored clip features for {expected} clips; "
+                             "evaluate the run again (bench/worlds.py --out ...)")
+    return {"both:side-by-side": np.concatenate([own, around], axis=1), "both:unit-mean": (unit(own) + unit(around)) / 2}
+
+
+def score_run(work: Path, *, folds: int, seeds: int) -> dict[str, dict[str, float]]:
+    """Probe scores (row -> task -> mean over fold seeds) of both rows on one (world, seed) run's test clips."""
+    from mediafm.dataset import Dataset
+    from trainer.evaluate import run_probes
+
+    ds = Dataset(work / "data")
+    clips = ds.clips()
+    evaluated = {t.title_id for t in ds.split("test")}  # as mediafm evaluate picks them
+    clips = clips.filter(np.array([t in evaluated for t in clips.column("title_id").to_pylist()]))
+    feats = both_features(work / "report" / "features", clips.num_rows)
+    results = run_probes(feats, clips, seeds=seeds, folds=folds, progress=False)
+    return {row: {task: v["mean"] for task, v in tasks.items()} for row, tasks in results.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="a bench/worlds.py work dir with finished runs (its worlds.json)")
+    p.add_argument("--worlds", nargs="+", metavar="NAME", help="only these worlds (default: all the grid has)")
+    args = p.parse_args(argv)
+    import worlds as grid  # bench/worlds.py: its summary and paired test
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    stored = json.loads((out / "worlds.json").read_text())
+    folds, seeds, variants = stored["args"]["folds"], stored["args"]["eval_seeds"], stored["variants"]
+    runs = {}  # (world, seed dir) -> the grid's record of it, read back from its files as --collect does
+    for world in args.worlds or stored["worlds"]:
+        for work in sorted((out / world).glob("seed*"), key=lambda d: int(d.name.removeprefix("seed"))):
+            if (record := grid.collect(work, variants)) is not None:
+                runs[world, work] = record
+    if not runs:
+        raise SystemExit(f"{out}: no finished (world, seed) run of {args.worlds or list(stored['worlds'])}")
+    results: dict[str, list[dict]] = {}
+    for (world, work), record in tqdm(runs.items(), unit="run", desc="probes on both", dynamic_ncols=True):
+        record["probes"].update(score_run(work, folds=folds, seeds=seeds))
+        results.setdefault(world, []).append(record)
+    lines = grid.grid_summary(results, grid.run_names(results, list(variants)), extra=ROWS)
+    shown = ("avg-k3", "avg-k8", "clip+next12", ":context-output", ":context+input", ":sharp+input", *ROWS)
+    print(f"{len(runs)} runs of {len(results)} worlds ({out}); folds {folds}, fold seeds {seeds}\n")
+    print("\n".join([*lines[:2], *(x for x in lines[2:] if x.split(" | ")[0].removeprefix("| ").endswith(shown))]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
