@@ -63,3 +63,19 @@ def test_the_grid_summary_counts_extra_rows_as_it_counts_a_variants(bench_script
     cells = [c.strip() for c in rows["both:side-by-side"].strip("|").split("|")]
     assert cells[1:6] == ["5", "5", "0", "5", "5"]  # 5 cells, all above concat and every baseline on the mean
     assert cells[-1] == "5 / 0"  # and clearly above all four in each, by the paired test over 3 seeds
+
+
+def test_the_trade_off_counts_each_rows_cells_clearly_below_concat_and_avg_k8_and_draws_them(bench_script, tmp_path):
+    both = bench_script("both")
+    tasks = ("ad_relevancy", "popularity", "tone", "genre", "retrieval")
+    base = {"concat": {t: 0.5 for t in tasks}, "avg-k3": {t: 0.4 for t in tasks},
+            "avg-k8": {**{t: 0.4 for t in tasks}, "genre": 0.7}, "clip+next12": {t: 0.4 for t in tasks}}
+    # 'own' keeps the clip's detail but not its scenes': tone steadily below concat (still above avg-k8), genre
+    # steadily below avg-k8; 'around' is above both in every cell; avg-k8 is below concat on all but genre
+    seeds = [{"probes": {**base,
+                         "own": {**{t: 0.6 for t in tasks}, "tone": 0.45 - 0.01 * s, "genre": 0.6 - 0.01 * s},
+                         "around": {**{t: 0.6 for t in tasks}, "genre": 0.71 + 0.01 * s}}} for s in range(3)]
+    counts = both.trade_off({"w": seeds}, ["own", "around", "avg-k8"])
+    assert counts == {"own": (1, 1), "around": (0, 0), "avg-k8": (4, 0)}
+    both.plot_trade_off(counts, 5, tmp_path / "t.png", "test")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
