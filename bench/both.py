@@ -80,7 +80,7 @@ def trade_off(results: dict, reps: list[str]) -> dict[str, tuple[int, int]]:
 
 def plot_trade_off(counts: dict[str, tuple[int, int]], cells: int, path: Path, title: str) -> None:
     """One point a representation: cells clearly below concat (x) against cells clearly below avg-k8 (y). The
-    issue's targets are the corner at (0, 0); no learning at all, MediaFM's rows in green."""
+    issue's targets are the corner at (0, 0). Green: MediaFM's rows; grey: rows that learn nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     stored = json.loads((out / "worlds.json").read_text())
     folds, seeds, variants = stored["args"]["folds"], stored["args"]["eval_seeds"], stored["variants"]
+    unknown = sorted(set(args.worlds or ()) - set(stored["worlds"]))
+    if unknown:
+        raise SystemExit(f"--worlds {unknown}: not in this grid ({out / 'worlds.json'}); it has {list(stored['worlds'])}")
     runs = {}  # (world, seed dir) -> the grid's record of it, read back from its files as --collect does
     for world in args.worlds or stored["worlds"]:
         for work in sorted((out / world).glob("seed*"), key=lambda d: int(d.name.removeprefix("seed"))):
