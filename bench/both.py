@@ -54,12 +54,9 @@ def both_features(features: Path, n_clips: int | None = None) -> dict[str, np.nd
 def score_run(work: Path, *, folds: int, seeds: int) -> dict[str, dict[str, float]]:
     """Probe scores (row -> task -> mean over fold seeds) of both rows on one (world, seed) run's test clips."""
     from mediafm.dataset import Dataset
-    from trainer.evaluate import run_probes
+    from trainer.evaluate import evaluation_clips, run_probes
 
-    ds = Dataset(work / "data")
-    clips = ds.clips()
-    evaluated = {t.title_id for t in ds.split("test")}  # as mediafm evaluate picks them
-    clips = clips.filter(np.array([t in evaluated for t in clips.column("title_id").to_pylist()]))
+    clips = evaluation_clips(Dataset(work / "data"))
     feats = both_features(work / "report" / "features", clips.num_rows)
     results = run_probes(feats, clips, seeds=seeds, folds=folds, progress=False)
     return {row: {task: v["mean"] for task, v in tasks.items()} for row, tasks in results.items()}
@@ -67,15 +64,12 @@ def score_run(work: Path, *, folds: int, seeds: int) -> dict[str, dict[str, floa
 
 def trade_off(results: dict, reps: list[str]) -> dict[str, tuple[int, int]]:
     """Per representation, over the grid's cells: (cells clearly below concat, cells clearly below avg-k8), each by
-    bench/worlds.py's paired t-test over the seeds. Item 1 of issue 17 asks for the first to be 0, item 3 for both."""
+    bench/worlds.py's paired t-test over the seeds (clear_counts). Item 1 of issue 17 asks for the first to be 0,
+    item 3 for both."""
     import worlds as grid
 
-    counts = {}
-    for rep in reps:
-        calls = [(grid.paired_verdict(results, w, rep, "concat", t), grid.paired_verdict(results, w, rep, "avg-k8", t))
-                 for w in results for t in grid.TASK_ORDER]
-        counts[rep] = (sum(c < 0 for c, _ in calls), sum(k < 0 for _, k in calls))
-    return counts
+    counts = {rep: grid.clear_counts(results, rep) for rep in reps}
+    return {rep: (c["concat"][1], c["avg-k8"][1]) for rep, c in counts.items()}
 
 
 def plot_trade_off(counts: dict[str, tuple[int, int]], cells: int, path: Path, title: str) -> None:
@@ -136,17 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     for (world, work), record in tqdm(runs.items(), unit="run", desc="probes on both", dynamic_ncols=True):
         record["probes"].update(score_run(work, folds=folds, seeds=seeds))
         results.setdefault(world, []).append(record)
-    lines = grid.grid_summary(results, grid.run_names(results, list(variants)), extra=ROWS)
-    shown = ("avg-k3", "avg-k8", "clip+next12", ":context-output", ":context+input", ":sharp+input", *ROWS)
+    names = grid.run_names(results, list(variants))
     print(f"{len(runs)} runs of {len(results)} worlds ({out}); folds {folds}, fold seeds {seeds}\n")
-    print("\n".join([*lines[:2], *(x for x in lines[2:] if x.split(" | ")[0].removeprefix("| ").endswith(shown))]))
+    print("\n".join(grid.grid_summary(results, names, extra=ROWS)))
     if args.plot:
-        reps = [x.split(" | ")[0].removeprefix("| ") for x in lines[2:]]
-        reps = [r for r in reps if r.endswith(shown)]
-        cells = sum(len(grid.TASK_ORDER) for _ in results)
-        seeds_run = sorted({len(v) for v in results.values()})
-        plot_trade_off(trade_off(results, reps), cells, Path(args.plot),
-                       f"{len(results)} worlds, {'-'.join(map(str, seeds_run))} seeds: one point a row (green: MediaFM)")
+        seeds_run = "-".join(str(n) for n in sorted({len(v) for v in results.values()}))
+        plot_trade_off(trade_off(results, grid.summary_rows(results, names, ROWS)), len(results) * len(grid.TASK_ORDER),
+                       Path(args.plot), f"{len(results)} worlds, {seeds_run} seeds: one point a row (green: MediaFM)")
         print(f"wrote {args.plot}")
     return 0
 

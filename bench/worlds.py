@@ -259,20 +259,45 @@ def paired_verdict(results: dict, world: str, rep: str, ref: str, task: str, *, 
     return int(np.sign(t)) if 2 * stats.t.sf(abs(t), len(diff) - 1) < alpha else 0
 
 
+def summary_rows(results: dict, names: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    """The rows grid_summary counts, in its order, that some run of the results has: the moving averages, each
+    variant's published rows (CONTEXT_ROWS but the hidden state), then `extra`."""
+    rows = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context"), *extra]
+    found = {rep for runs in results.values() for r in runs for rep in r["probes"]}
+    return [rep for rep in rows if rep in found]
+
+
+def clear_counts(results: dict, rep: str) -> dict[str, tuple[int, int]]:
+    """Over the grid's cells, by paired_verdict: the cells where `rep` is clearly above and clearly below concat,
+    avg-k8, and all four baselines ("all": above every one of them / below at least one), as (above, below)."""
+    clear = {"concat": [0, 0], "avg-k8": [0, 0], "all": [0, 0]}
+    for world in results:
+        for t in TASK_ORDER:
+            if matched_means(results, world, (rep, *BASE_ROWS), t) is None:
+                continue
+            verdict = {b: paired_verdict(results, world, rep, b, t) for b in BASE_ROWS if b != rep}
+            for ref in ("concat", "avg-k8"):
+                clear[ref][0] += verdict.get(ref, 0) > 0
+                clear[ref][1] += verdict.get(ref, 0) < 0
+            clear["all"][0] += rep not in BASE_ROWS and all(v > 0 for v in verdict.values())
+            clear["all"][1] += any(v < 0 for v in verdict.values())
+    return {k: (above, below) for k, (above, below) in clear.items()}
+
+
 def grid_summary(results: dict, names: list[str], extra: tuple[str, ...] = ()) -> list[str]:
     """Per representation, over the grid's cells (world x task, each the mean over the seeds the representation
     has, the baselines' on the same seeds: matched_means): how many are at or above concat, below it in every seed,
     above avg-k8, above all four baselines, the mean ratio to concat (overall, per task), and by paired_verdict
     how many are clearly above and clearly below concat, avg-k8, and all four baselines (below: below at least
     one). extra: further rows of the results to count the same way (bench/both.py's)."""
-    reps = [*BASE_ROWS[1:], *(f"{n}:{k}" for n in names for k in CONTEXT_ROWS if k != "context"), *extra]
+    reps = summary_rows(results, names, extra)
     lines = ["| representation | cells | at or above concat | below concat in every seed | above avg-k8 | above all "
              "four baselines | mean ratio to concat | " + " / ".join(TASK_ORDER) + " | paired t: clearly above / "
              "below concat | clearly above / below avg-k8 | clearly above all four / below one |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rep in reps:
         n = ge = always = k8 = best = 0
-        clear = {"concat": [0, 0], "avg-k8": [0, 0], "all": [0, 0]}  # cells clearly above, clearly below
+        clear = clear_counts(results, rep)
         ratios: dict[str, list[float]] = {t: [] for t in TASK_ORDER}
         for world in results:
             for t in TASK_ORDER:
@@ -287,12 +312,6 @@ def grid_summary(results: dict, names: list[str], extra: tuple[str, ...] = ()) -
                 k8 += x > base[BASE_ROWS.index("avg-k8")]
                 best += x > max(base)
                 ratios[t].append(x / c)
-                verdict = {b: paired_verdict(results, world, rep, b, t) for b in BASE_ROWS if b != rep}
-                for ref in ("concat", "avg-k8"):
-                    clear[ref][0] += verdict.get(ref, 0) > 0
-                    clear[ref][1] += verdict.get(ref, 0) < 0
-                clear["all"][0] += rep not in BASE_ROWS and all(v > 0 for v in verdict.values())
-                clear["all"][1] += any(v < 0 for v in verdict.values())
         if n:
             per = " / ".join(f"{np.mean(ratios[t]):.2f}" if ratios[t] else "-" for t in TASK_ORDER)
             vs_k8 = "-" if rep == "avg-k8" else "{} / {}".format(*clear["avg-k8"])

@@ -301,18 +301,23 @@ def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, Medi
     return made
 
 
+def evaluation_clips(ds: Dataset, split: str = "test"):
+    """The labelled clips of the split's titles (a pyarrow table, clips.parquet's rows in order): what every
+    representation is probed on. Pretraining never sees these titles: the trainer reads split "train" only."""
+    clips = ds.clips()
+    if clips is None:
+        raise DatasetError(f"{ds.root / 'clips.parquet'}: missing; evaluation needs labelled clips")
+    eval_titles = {t.title_id for t in ds.split(split)}
+    if not eval_titles:
+        raise DatasetError(f"{ds.root / 'titles.parquet'}: no titles with split={split!r} to evaluate on")
+    return clips.filter(np.array([t in eval_titles for t in clips.column("title_id").to_pylist()]))
+
+
 def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds: int = 3, folds: int = 10,
              split: str = "test", progress: bool = True, plot: bool = True) -> dict:
     t0 = time.perf_counter()
     ds = Dataset(data)
-    clips = ds.clips()
-    if clips is None:
-        raise DatasetError(f"{Path(data) / 'clips.parquet'}: missing; evaluation needs labelled clips")
-    eval_titles = {t.title_id for t in ds.split(split)}
-    if not eval_titles:
-        raise DatasetError(f"{Path(data) / 'titles.parquet'}: no titles with split={split!r} to evaluate on")
-    mask = np.array([t in eval_titles for t in clips.column("title_id").to_pylist()])
-    clips = clips.filter(mask)  # pretraining never sees these titles: the trainer reads split "train" only
+    clips = evaluation_clips(ds, split)
     specs = [parse_run(r) for r in runs]
     if len({name for name, _, _ in specs}) < len(specs):
         raise ValueError(f"runs {[str(r) for r in runs]}: two have the same name; their rows would mix")
@@ -330,7 +335,7 @@ def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds
         "split": split, "seeds": seeds, "folds": folds, "n_clips": clips.num_rows,
         "n_titles": len(set(clips.column("title_id").to_pylist())), "seconds": elapsed, "results": results}, indent=2))
     (out / "report.md").write_text(f"# MediaFM linear-probe evaluation\n\ndata: `{data}`, {clips.num_rows} clips of "
-                                   f"{len(eval_titles)} `{split}` titles\n\n{table}")
+                                   f"{len(ds.split(split))} `{split}` titles\n\n{table}")
     made = plots(out, results, kept, encoders, run_dirs) if plot else []
     if progress:
         print(table)

@@ -5,7 +5,7 @@ import numpy as np
 from mediafm.dataset import Dataset
 from mediafm.fusion import Layout, unit
 from mediafm.synth import write_corpus
-from trainer.evaluate import clip_features
+from trainer.evaluate import clip_features, evaluation_clips
 from trainer.probes import TASKS
 
 LAYOUT = Layout("test", video=16, audio=16, text=16, title=16)
@@ -29,9 +29,7 @@ def test_a_run_is_scored_on_its_test_clips_with_the_grids_probes_and_a_stale_fea
     work = tmp_path / "w" / "seed1"
     data = write_corpus(work / "data", n_titles=40, layout=LAYOUT, seed=1, shots=(30, 60), test_fraction=0.5)
     ds = Dataset(data)
-    test = {t.title_id for t in ds.split("test")}
-    clips = ds.clips()
-    clips = clips.filter(np.array([t in test for t in clips.column("title_id").to_pylist()]))
+    clips = evaluation_clips(ds)
     clip_features(ds, clips, {}, store=work / "report" / "features", progress=False)  # as mediafm evaluate stores them
 
     scores = both.score_run(work, folds=3, seeds=1)
@@ -63,6 +61,9 @@ def test_the_grid_summary_counts_extra_rows_as_it_counts_a_variants(bench_script
     cells = [c.strip() for c in rows["both:side-by-side"].strip("|").split("|")]
     assert cells[1:6] == ["5", "5", "0", "5", "5"]  # 5 cells, all above concat and every baseline on the mean
     assert cells[-1] == "5 / 0"  # and clearly above all four in each, by the paired test over 3 seeds
+    # rows no run has are left out, not counted as clearly below nothing (a false point at the plot's corner)
+    assert worlds.summary_rows({"w": seeds}, ["m", "gone"], ("both:side-by-side", "both:unit-mean")) == [
+        "avg-k3", "avg-k8", "clip+next12", "m:context-output", "both:side-by-side"]
 
 
 def test_the_trade_off_counts_each_rows_cells_clearly_below_concat_and_avg_k8_and_draws_them(bench_script, tmp_path):
