@@ -423,11 +423,15 @@ class MaskedShotModel(nn.Module):
         title: torch.Tensor,
         lengths: torch.Tensor,
         mask: torch.Tensor | None = None,
+        view: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (prediction (B, T, fused_dim), loss).
 
         mask (B, T) bool selects the shots to hide; None means no masking and no
         loss (inference). loss = mean over masked shots of 1 - cos(pred, shot).
+        view (B, T, fused_dim) bool: features of masked shots left as they are
+        (a partial view: trainer/train.py partial_views); the loss still scores
+        the whole shot.
         """
         if mask is None:
             return self.encoder(shots, title, lengths)[1], None
@@ -442,7 +446,8 @@ class MaskedShotModel(nn.Module):
             mask_with_token = mask & (u < 1 - keep - rand)
         else:
             mask_with_token = mask
-        x = torch.where(mask_with_token[..., None], self.mask_token.to(shots.dtype), x)
+        hide = mask_with_token[..., None] if view is None else mask_with_token[..., None] & ~view
+        x = torch.where(hide, self.mask_token.to(shots.dtype), x)
         _, pred = self.encoder(x, title, lengths, wide=False)  # the loss fits the sharp copy
         loss = msm_loss(pred, shots, mask)
         return pred, loss

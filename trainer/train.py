@@ -91,6 +91,12 @@ class TrainConfig:
     as SpanBERT masks words (10 there: mean 3.8), so a masked shot's neighbours are often hidden too and the
     model has to find it further off (issue 17 ablation; 1 = the source, single shots). The rate is the
     model's mask_rate either way, and validation keeps single-shot masks, so runs compare."""
+    mask_view: float = 0.0
+    """Of the shots masked in training, the fraction that keeps one modality slice of its own (one of the slices
+    the shot has, at random; the rest of it [MASK]), as MultiMAE masks by modality: the copy's query then sees
+    part of the shot it copies for and learns to choose the neighbours that match it, as it must when served,
+    where every shot is visible. The loss is unchanged (the whole shot); validation keeps whole masks, so runs
+    compare (issue 17 ablation; 0 = the source)."""
 
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
@@ -113,6 +119,8 @@ class TrainConfig:
                               "loss=contrastive (which is InfoNCE alone)")
         if self.mask_span < 1:
             raise ConfigError(f"mask_span={self.mask_span} must be >= 1 (1: single shots, the source)")
+        if not 0 <= self.mask_view <= 1:
+            raise ConfigError(f"mask_view={self.mask_view} must be in [0, 1] (0: whole masks, the source)")
 
     @property
     def source_objective(self) -> bool:
@@ -309,6 +317,25 @@ def drop_modalities(shots: torch.Tensor, mask: torch.Tensor, slices: list[tuple[
     return shots * keep
 
 
+def partial_views(shots: torch.Tensor, mask: torch.Tensor, slices: list[tuple[int, int]], p: float,
+                  generator: torch.Generator) -> torch.Tensor | None:
+    """(B, T, fused_dim) bool: the features of masked shots left visible (`TrainConfig.mask_view`). Each masked
+    shot, with probability p, keeps one of its modality slices, drawn uniformly among those it has (a nonzero
+    slice: a shot without timed text never shows its empty text); a shot with none keeps nothing. None if no
+    shot keeps anything."""
+    B, T, _ = shots.shape
+    has = torch.stack([shots[..., lo:hi].detach().abs().amax(-1) > 0 for lo, hi in slices], -1).cpu()  # (B, T, M)
+    u = torch.rand(B, T, len(slices) + 1, generator=generator)
+    chosen = (u[..., 0] < p) & mask.cpu() & has.any(-1)  # (B, T): masked shots that keep a slice
+    if not chosen.any():
+        return None
+    pick = torch.where(has, u[..., 1:], -1.0).argmax(-1)  # (B, T): a random slice among those the shot has
+    view = torch.zeros(shots.shape, dtype=torch.bool)
+    for m, (lo, hi) in enumerate(slices):
+        view[..., lo:hi] = (chosen & (pick == m))[..., None]
+    return view.to(shots.device)
+
+
 def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
     """Two context-free predictors of a masked shot, scored like the model.
 
@@ -442,7 +469,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     optimizers = setup_optimizers(model, tc)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tc)) for o in optimizers]
     mask_gen = torch.Generator().manual_seed(tc.seed + 1)
-    drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout only
+    drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout and partial views only
     slices = [tuple(v) for v in ds.meta.modalities.values()]
     whiten = tuple(v.to(device) for v in whitening(ds, train_titles)) if tc.loss == "whitened" else None
     step = 0
@@ -508,8 +535,9 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
                               max_span=tc.mask_span)
         shots, lengths, mask = batch.shots.to(device), batch.lengths.to(device), mask.to(device)
         inputs = drop_modalities(shots, mask, slices, tc.modality_dropout, drop_gen) if tc.modality_dropout else shots
+        view = partial_views(shots, mask, slices, tc.mask_view, drop_gen) if tc.mask_view else None
         with amp:
-            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask)
+            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask, view)
             if not tc.source_objective:  # the ablations score against the real shots, not the dropped inputs
                 loss = objective(pred, shots, lengths, mask, tc, slices, whiten)
         for o in optimizers:
@@ -572,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --contrastive_weight 0.1   add InfoNCE over the masked shots to the cosine loss, at that weight\n"
         "  --mask_span 10   mask runs of shots (SpanBERT's lengths, mean 3.8) instead of single shots\n"
         "  --copy_norm entmax15   sparse copy weights (1.5-entmax) instead of the softmax: exact zeros\n"
+        "  --mask_view 0.5   half the masked shots keep one modality slice of their own (MultiMAE-like)\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

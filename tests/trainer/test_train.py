@@ -307,11 +307,60 @@ def test_modality_dropout_zeroes_whole_slices_of_visible_shots_only():
     assert 0.3 < dropped / (3 * int((~mask).sum())) < 0.7, dropped
 
 
+def test_partial_views_keep_one_slice_the_shot_has_of_masked_shots_only():
+    from trainer.train import partial_views
+
+    torch.manual_seed(0)
+    shots = torch.rand(8, 20, 6) + 0.1
+    shots[:, 1::2, 4:6] = 0  # every other shot has no timed text
+    mask = torch.zeros(8, 20, dtype=torch.bool)
+    mask[:, ::2] = mask[:, 1::4] = True
+    slices = [(0, 2), (2, 4), (4, 6)]
+    view = partial_views(shots, mask, slices, 0.5, torch.Generator().manual_seed(0))
+    assert view.shape == shots.shape and not view[~mask].any(), "visible shots are not views"
+    kept = torch.stack([view[..., lo:hi].all(-1) for lo, hi in slices], -1)  # (B, T, 3)
+    for lo, hi in slices:
+        part = view[..., lo:hi]
+        assert torch.equal(part.all(-1), part.any(-1)), "a slice is kept whole or not at all"
+    assert kept.sum(-1).max() == 1, "a view keeps one slice"
+    assert not kept[:, 1::2, 2].any(), "a shot never shows a slice it does not have"
+    share = kept.any(-1)[mask].float().mean().item()
+    assert 0.35 < share < 0.65, share
+    assert kept[:, ::2].any((0, 1)).all(), "every slice is drawn"
+    whole = partial_views(shots, mask, slices, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(whole.any(-1), mask), "p = 1: every masked shot keeps a slice"
+    assert partial_views(shots, mask, slices, 0.0, torch.Generator().manual_seed(0)) is None
+
+
+def test_a_partial_view_reaches_the_model_and_the_loss_still_scores_the_whole_shot():
+    torch.manual_seed(0)
+    cfg = MediaFMConfig(**{**CONFIGS["tiny"], "fused_dim": 6, "title_dim": 4, "dropout": 0.0})
+    model = MaskedShotModel(cfg).eval()
+    shots, title, lengths = torch.randn(1, 5, 6), torch.randn(1, 4), torch.tensor([5])
+    mask = torch.tensor([[False, True, False, False, False]])
+    view = torch.zeros(1, 5, 6, dtype=torch.bool)
+    view[0, 1, 0:2] = True
+    seen = []
+    hook = model.encoder.in_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    _, whole = model(shots, title, lengths, mask)
+    _, part = model(shots, title, lengths, mask, view)
+    hook.remove()
+    token = model.mask_token.detach()
+    assert torch.equal(seen[0][0, 1], token), "a whole mask is the token"
+    assert torch.equal(seen[1][0, 1, 0:2], shots[0, 1, 0:2]) and torch.equal(seen[1][0, 1, 2:], token[2:])
+    assert torch.equal(seen[1][0, [0, 2, 3, 4]], shots[0, [0, 2, 3, 4]]), "visible shots are untouched"
+    assert whole.item() != part.item()
+    pred, _ = model(shots, title, lengths, mask, view)
+    cos = torch.nn.functional.cosine_similarity(pred[0, 1], shots[0, 1], dim=0)
+    assert part.item() == pytest.approx(1 - cos.item(), abs=1e-6), "scored against the whole shot"
+
+
 @pytest.mark.parametrize("key, value, match", [("loss", "l2", "loss='l2'"),
                                                ("loss", "infonce", "choose one of cosine, per_modality, contrastive"),
                                                ("visible_loss_weight", -1.0, "visible_loss_weight=-1.0"),
                                                ("modality_dropout", 1.0, "modality_dropout=1.0"),
                                                ("mask_span", 0, "mask_span=0"),
+                                               ("mask_view", 1.5, "mask_view=1.5"),
                                                ("contrastive_weight", -0.1, "contrastive_weight=-0.1")])
 def test_ablation_settings_are_validated(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -323,7 +372,7 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes; the
     whitened loss resumes exactly too (its whitening is a function of the data, made again on resume)."""
     ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10,
-                    contrastive_weight=0.1)
+                    contrastive_weight=0.1, mask_view=0.5)
     train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
     train(corpus, tmp_path / "a", _cfg(max_steps=4, **ablation), quiet=True)
     train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True, until_step=3)
