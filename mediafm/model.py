@@ -275,7 +275,8 @@ class MediaFMEncoder(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def forward(
-        self, shots: torch.Tensor, title: torch.Tensor, lengths: torch.Tensor | None = None, *, wide: bool = True
+        self, shots: torch.Tensor, title: torch.Tensor, lengths: torch.Tensor | None = None, *, wide: bool = True,
+        values: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """shots (B, T, fused_dim), title (B, title_dim), lengths (B,) real shots per row.
 
@@ -284,6 +285,8 @@ class MediaFMEncoder(nn.Module):
         Padding positions (>= length) hold values that mean nothing.
         wide=False: the copy head's sharp copy alone over the whole window, as trained, even with copy_wide
         or sharp_span set.
+        values (B, T, fused_dim): what the copy head mixes, if not the shots the transformer sees (training with
+        partial views that are not copied: MaskedShotModel.forward).
         """
         B, T, D = shots.shape
         assert D == self.cfg.fused_dim, f"shots have dim {D}, model expects fused_dim={self.cfg.fused_dim}"
@@ -305,9 +308,10 @@ class MediaFMEncoder(nn.Module):
             return hidden, self.out_proj(hidden)
         # copy head: each shot's output is a mean of the window's input shots, weighted by a learnt
         # attention over them; it cannot leave fused space, so what the shots carry survives.
+        copied = shots if values is None else values
         if not wide:
-            return hidden, self._copy(hidden, shots, real, 1.0)
-        return hidden, self.served_copy(hidden, shots, real)
+            return hidden, self._copy(hidden, copied, real, 1.0)
+        return hidden, self.served_copy(hidden, copied, real)
 
     def served_copy(self, hidden: torch.Tensor, shots: torch.Tensor, real: torch.Tensor | None = None, *,
                     trained: torch.Tensor | None = None) -> torch.Tensor:
@@ -424,6 +428,8 @@ class MaskedShotModel(nn.Module):
         lengths: torch.Tensor,
         mask: torch.Tensor | None = None,
         view: torch.Tensor | None = None,
+        *,
+        view_copied: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (prediction (B, T, fused_dim), loss).
 
@@ -431,7 +437,9 @@ class MaskedShotModel(nn.Module):
         loss (inference). loss = mean over masked shots of 1 - cos(pred, shot).
         view (B, T, fused_dim) bool: features of masked shots left as they are
         (a partial view: trainer/train.py partial_views); the loss still scores
-        the whole shot.
+        the whole shot. view_copied=False: the transformer sees the views, but
+        a copy head mixes [MASK] at their positions, as for a whole mask, so a
+        view steers the copy and is never copied into its own prediction.
         """
         if mask is None:
             return self.encoder(shots, title, lengths)[1], None
@@ -446,9 +454,11 @@ class MaskedShotModel(nn.Module):
             mask_with_token = mask & (u < 1 - keep - rand)
         else:
             mask_with_token = mask
+        token = self.mask_token.to(shots.dtype)
         hide = mask_with_token[..., None] if view is None else mask_with_token[..., None] & ~view
-        x = torch.where(hide, self.mask_token.to(shots.dtype), x)
-        _, pred = self.encoder(x, title, lengths, wide=False)  # the loss fits the sharp copy
+        values = None if view is None or view_copied else torch.where(mask_with_token[..., None], token, x)
+        x = torch.where(hide, token, x)
+        _, pred = self.encoder(x, title, lengths, wide=False, values=values)  # the loss fits the sharp copy
         loss = msm_loss(pred, shots, mask)
         return pred, loss
 

@@ -97,6 +97,10 @@ class TrainConfig:
     part of the shot it copies for and learns to choose the neighbours that match it, as it must when served,
     where every shot is visible. The loss is unchanged (the whole shot); validation keeps whole masks, so runs
     compare (issue 17 ablation; 0 = the source)."""
+    view_copied: bool = True
+    """With mask_view: True, a partial view is also what the copy mixes at its own position, so the shot can copy its
+    own slice into its prediction; False, the transformer sees the view but the copy mixes [MASK] there, as for a
+    whole mask, so the view only steers the choice of neighbours (issue 17 ablation)."""
 
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
@@ -121,6 +125,8 @@ class TrainConfig:
             raise ConfigError(f"mask_span={self.mask_span} must be >= 1 (1: single shots, the source)")
         if not 0 <= self.mask_view <= 1:
             raise ConfigError(f"mask_view={self.mask_view} must be in [0, 1] (0: whole masks, the source)")
+        if not self.view_copied and not self.mask_view:
+            raise ConfigError("view_copied=0 says what the copy mixes for a partial view; it needs mask_view > 0")
 
     @property
     def source_objective(self) -> bool:
@@ -537,7 +543,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         inputs = drop_modalities(shots, mask, slices, tc.modality_dropout, drop_gen) if tc.modality_dropout else shots
         view = partial_views(shots, mask, slices, tc.mask_view, drop_gen) if tc.mask_view else None
         with amp:
-            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask, view)
+            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask, view, view_copied=tc.view_copied)
             if not tc.source_objective:  # the ablations score against the real shots, not the dropped inputs
                 loss = objective(pred, shots, lengths, mask, tc, slices, whiten)
         for o in optimizers:
@@ -601,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --mask_span 10   mask runs of shots (SpanBERT's lengths, mean 3.8) instead of single shots\n"
         "  --copy_norm entmax15   sparse copy weights (1.5-entmax) instead of the softmax: exact zeros\n"
         "  --mask_view 0.5   half the masked shots keep one modality slice of their own (MultiMAE-like)\n"
+        "  --view_copied 0   ... seen by the transformer only: the copy mixes [MASK] there, the view steers it\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

@@ -354,6 +354,20 @@ def test_a_partial_view_reaches_the_model_and_the_loss_still_scores_the_whole_sh
     cos = torch.nn.functional.cosine_similarity(pred[0, 1], shots[0, 1], dim=0)
     assert part.item() == pytest.approx(1 - cos.item(), abs=1e-6), "scored against the whole shot"
 
+    # view_copied=False: the transformer sees the view, the copy mixes [MASK] at its position
+    seen.clear()
+    hook = model.encoder.in_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    steered, _ = model(shots, title, lengths, mask, view, view_copied=False)
+    hook.remove()
+    assert torch.equal(seen[0][0, 1, 0:2], shots[0, 1, 0:2]), "the transformer sees the view"
+    masked = torch.where(mask[..., None], token, shots)
+    _, expect = model.encoder(seen[0], title, lengths, wide=False, values=masked)
+    assert torch.allclose(steered, expect), "the copy mixes the whole-masked shots"
+    _, copied = model.encoder(seen[0], title, lengths, wide=False)
+    assert not torch.allclose(steered, copied), "not the view itself"
+    assert torch.allclose(model.encoder(shots, title, lengths, wide=False, values=torch.zeros_like(shots))[1],
+                          torch.zeros_like(shots)), "values are what the copy mixes"
+
 
 @pytest.mark.parametrize("key, value, match", [("loss", "l2", "loss='l2'"),
                                                ("loss", "infonce", "choose one of cosine, per_modality, contrastive"),
@@ -361,6 +375,7 @@ def test_a_partial_view_reaches_the_model_and_the_loss_still_scores_the_whole_sh
                                                ("modality_dropout", 1.0, "modality_dropout=1.0"),
                                                ("mask_span", 0, "mask_span=0"),
                                                ("mask_view", 1.5, "mask_view=1.5"),
+                                               ("view_copied", False, "needs mask_view > 0"),
                                                ("contrastive_weight", -0.1, "contrastive_weight=-0.1")])
 def test_ablation_settings_are_validated(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -372,7 +387,7 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes; the
     whitened loss resumes exactly too (its whitening is a function of the data, made again on resume)."""
     ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10,
-                    contrastive_weight=0.1, mask_view=0.5)
+                    contrastive_weight=0.1, mask_view=0.5, view_copied=False)
     train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
     train(corpus, tmp_path / "a", _cfg(max_steps=4, **ablation), quiet=True)
     train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True, until_step=3)
@@ -384,11 +399,14 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     assert any(not torch.equal(a["model"][k], src["model"][k]) for k in a["model"])
     train(corpus, tmp_path / "src2", _cfg(max_steps=2), quiet=True)
     src2 = torch.load(tmp_path / "src2" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
+    runs = {}
     for key, value in [*ablation.items(), ("loss", "contrastive"), ("loss", "whitened")]:  # each alone trains, and differently
-        r = train(corpus, tmp_path / f"{key}-{value}", _cfg(max_steps=2, **{key: value}), quiet=True)
+        over = {key: value} | ({"mask_view": 0.5} if key == "view_copied" else {})  # against views that are copied
+        r = train(corpus, tmp_path / f"{key}-{value}", _cfg(max_steps=2, **over), quiet=True)
         assert r["step"] == 2 and 0 < r["val_loss"] < 2, r  # validated with the cosine loss whatever it trains on
-        alone = torch.load(tmp_path / f"{key}-{value}" / "checkpoints" / "step-0000002.pt", weights_only=False)
-        assert any(not torch.equal(alone["model"][k], src2[k]) for k in src2), f"{key}={value} changed nothing"
+        runs[key] = torch.load(tmp_path / f"{key}-{value}" / "checkpoints" / "step-0000002.pt", weights_only=False)
+        ref = runs["mask_view"]["model"] if key == "view_copied" else src2
+        assert any(not torch.equal(runs[key]["model"][k], ref[k]) for k in ref), f"{key}={value} changed nothing"
     train(corpus, tmp_path / "w", _cfg(max_steps=2, loss="whitened"), quiet=True, until_step=1)
     train(corpus, tmp_path / "w", _cfg(max_steps=2, loss="whitened"), quiet=True)
     resumed = torch.load(tmp_path / "w" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
