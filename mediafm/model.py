@@ -454,11 +454,12 @@ class MaskedShotModel(nn.Module):
             mask_with_token = mask & (u < 1 - keep - rand)
         else:
             mask_with_token = mask
-        token = self.mask_token.to(shots.dtype)
-        hide = mask_with_token[..., None] if view is None else mask_with_token[..., None] & ~view
-        values = None if view is None or view_copied else torch.where(mask_with_token[..., None], token, x)
-        x = torch.where(hide, token, x)
-        _, pred = self.encoder(x, title, lengths, wide=False, values=values)  # the loss fits the sharp copy
+        masked = torch.where(mask_with_token[..., None], self.mask_token.to(shots.dtype), x)
+        seen, values = masked, None
+        if view is not None:  # a partial view: those features as they are (view holds masked shots' only)
+            seen = torch.where(view, x, masked)
+            values = None if view_copied else masked
+        _, pred = self.encoder(seen, title, lengths, wide=False, values=values)  # the loss fits the sharp copy
         loss = msm_loss(pred, shots, mask)
         return pred, loss
 

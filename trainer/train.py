@@ -246,11 +246,11 @@ def per_modality_loss(pred: torch.Tensor, target: torch.Tensor, where: torch.Ten
     """Mean of 1 - cos over (shot, modality) pairs at `where` (B, T), skipping absent (all-zero) slices."""
     p, t = pred[where].float(), target[where].float()  # (N, fused_dim)
     total, count = p.new_zeros(()), p.new_zeros(())
-    for lo, hi in slices:
-        present = t[:, lo:hi].norm(dim=-1) > 0  # (N,)
+    present = present_slices(t, slices)  # (N, M)
+    for m, (lo, hi) in enumerate(slices):
         cos = torch.nn.functional.cosine_similarity(p[:, lo:hi], t[:, lo:hi], dim=-1)
-        total = total + ((1.0 - cos) * present).sum()
-        count = count + present.sum()
+        total = total + ((1.0 - cos) * present[:, m]).sum()
+        count = count + present[:, m].sum()
     return total / count.clamp(min=1)
 
 
@@ -315,34 +315,40 @@ def objective(pred: torch.Tensor, shots: torch.Tensor, lengths: torch.Tensor, ma
     return loss
 
 
+def present_slices(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
+    """(..., M) bool: which modality slices of each vector in x (..., fused_dim) it has (any nonzero value); an
+    absent modality is all zeros in a fused shot (mediafm/fusion.py)."""
+    return torch.stack([(x[..., lo:hi] != 0).any(-1) for lo, hi in slices], -1)
+
+
+def spread_slices(per_slice: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
+    """(..., M) -> (..., fused_dim): each slice's value over its features. The slices tile [0, fused_dim) in
+    order (the dataset's meta.json checks it)."""
+    widths = torch.tensor([hi - lo for lo, hi in slices], device=per_slice.device)
+    return per_slice.repeat_interleave(widths, dim=-1)
+
+
 def drop_modalities(shots: torch.Tensor, mask: torch.Tensor, slices: list[tuple[int, int]], p: float,
                     generator: torch.Generator) -> torch.Tensor:
     """Zero each modality slice of each visible shot with probability p (masked shots become [MASK] anyway)."""
     B, T, _ = shots.shape
     drop = (torch.rand(B, T, len(slices), generator=generator) < p).to(shots.device) & ~mask[..., None]  # (B, T, M)
-    keep = torch.ones_like(shots)
-    for m, (lo, hi) in enumerate(slices):
-        keep[..., lo:hi] = (~drop[..., m]).to(shots.dtype)[..., None]
-    return shots * keep
+    return shots * spread_slices(~drop, slices).to(shots.dtype)
 
 
 def partial_views(shots: torch.Tensor, mask: torch.Tensor, slices: list[tuple[int, int]], p: float,
-                  generator: torch.Generator) -> torch.Tensor | None:
+                  generator: torch.Generator) -> torch.Tensor:
     """(B, T, fused_dim) bool: the features of masked shots left visible (`TrainConfig.mask_view`). Each masked
     shot, with probability p, keeps one of its modality slices, drawn uniformly among those it has (a nonzero
-    slice: a shot without timed text never shows its empty text); a shot with none keeps nothing. None if no
-    shot keeps anything."""
+    slice: a shot without timed text never shows its empty text); a shot with none keeps nothing. The draws come
+    from `generator` (CPU, so that a checkpoint resumes them); the rest runs where the shots are."""
     B, T, _ = shots.shape
-    has = torch.stack([shots[..., lo:hi].detach().abs().amax(-1) > 0 for lo, hi in slices], -1).cpu()  # (B, T, M)
-    u = torch.rand(B, T, len(slices) + 1, generator=generator)
-    chosen = (u[..., 0] < p) & mask.cpu() & has.any(-1)  # (B, T): masked shots that keep a slice
-    if not chosen.any():
-        return None
+    has = present_slices(shots, slices)  # (B, T, M)
+    u = torch.rand(B, T, len(slices) + 1, generator=generator).to(shots.device)
+    chosen = (u[..., 0] < p) & mask & has.any(-1)  # (B, T): masked shots that keep a slice
     pick = torch.where(has, u[..., 1:], -1.0).argmax(-1)  # (B, T): a random slice among those the shot has
-    view = torch.zeros(shots.shape, dtype=torch.bool)
-    for m, (lo, hi) in enumerate(slices):
-        view[..., lo:hi] = (chosen & (pick == m))[..., None]
-    return view.to(shots.device)
+    kept = chosen[..., None] & (torch.arange(len(slices), device=shots.device) == pick[..., None])  # (B, T, M)
+    return spread_slices(kept, slices)
 
 
 def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
