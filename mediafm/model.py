@@ -430,6 +430,7 @@ class MaskedShotModel(nn.Module):
         view: torch.Tensor | None = None,
         *,
         view_copied: bool = True,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (prediction (B, T, fused_dim), loss).
 
@@ -440,6 +441,9 @@ class MaskedShotModel(nn.Module):
         the whole shot. view_copied=False: the transformer sees the views, but
         a copy head mixes [MASK] at their positions, as for a whole mask, so a
         view steers the copy and is never copied into its own prediction.
+        noise (B, T, fused_dim), a copy head only (trainer/train.py value_noise): the
+        prediction at visible shots is the copy, with the same scores, of what it
+        mixes plus noise; masked shots' predictions and the loss are unchanged.
         """
         if mask is None:
             return self.encoder(shots, title, lengths)[1], None
@@ -459,7 +463,12 @@ class MaskedShotModel(nn.Module):
         if view is not None:  # a partial view: those features as they are (view holds masked shots' only)
             seen = torch.where(view, x, masked)
             values = None if view_copied else masked
-        _, pred = self.encoder(seen, title, lengths, wide=False, values=values)  # the loss fits the sharp copy
+        hidden, pred = self.encoder(seen, title, lengths, wide=False, values=values)  # the loss fits the sharp copy
+        if noise is not None:  # visible shots: the same scores over noisy inputs, so copying itself is not free
+            assert self.cfg.head == "copy", "noise is what a copy head mixes; a projection head has none"
+            real = torch.arange(shots.shape[1], device=shots.device)[None, :] < lengths[:, None]
+            mixed = (seen if values is None else values) + noise.to(shots.dtype)
+            pred = torch.where(mask[..., None], pred, self.encoder._copy(hidden, mixed, real, 1.0))
         loss = msm_loss(pred, shots, mask)
         return pred, loss
 

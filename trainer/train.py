@@ -105,6 +105,15 @@ class TrainConfig:
     whole mask, so the view only steers the choice of neighbours (issue 17 ablation; on the grid, 2026-12-05, 5
     seeds with mask_view 0.5: 1 cell better than the recipe and 4 worse, 55 not told apart)."""
 
+    visible_noise: float = 0.0
+    """With visible_loss_weight and a copy head: at visible shots, what the copy mixes is each of the window's
+    inputs plus Gaussian noise of this many times its energy (over the modality slices it has; [MASK] stays
+    [MASK]), and the target is the shot as it is. Copying itself then costs the noise and copying neighbours costs
+    how much they differ from it, so the copy learns per shot how much of the shot's own input to keep (the
+    weight a served copy puts on its own shot, never trained by masked shots). The transformer sees the shots as
+    they are; the masked loss and validation are unchanged (issue 17 ablation; 0 = none: without noise the
+    visible loss of a copy head is met by copying the shot itself)."""
+
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
             raise ConfigError(f"config={self.config!r} is not a named model config; choose from {sorted(CONFIGS)}")
@@ -128,6 +137,9 @@ class TrainConfig:
             raise ConfigError(f"mask_span={self.mask_span} must be >= 1 (1: single shots, the source)")
         if not 0 <= self.mask_view <= 1:
             raise ConfigError(f"mask_view={self.mask_view} must be in [0, 1] (0: whole masks, the source)")
+        if self.visible_noise < 0 or (self.visible_noise and not self.visible_loss_weight):
+            raise ConfigError(f"visible_noise={self.visible_noise} must be >= 0, and needs visible_loss_weight > 0 "
+                              "(it is the noise of the visible loss's copy)")
         if not self.view_copied and not self.mask_view:
             raise ConfigError("view_copied=0 says what the copy mixes for a partial view; it needs mask_view > 0")
 
@@ -351,6 +363,23 @@ def partial_views(shots: torch.Tensor, mask: torch.Tensor, slices: list[tuple[in
     return spread_slices(kept, slices)
 
 
+def value_noise(shots: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, slices: list[tuple[int, int]],
+                scale: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, T, fused_dim): Gaussian noise for the visible shots' copy (`TrainConfig.visible_noise`), over the
+    modality slices each real visible shot has, of exactly `scale` times the shot's energy; zero at masked shots,
+    padding and absent slices. One seed comes from `generator` (CPU, so that a checkpoint resumes it); the noise is
+    drawn where the shots are."""
+    B, T, _ = shots.shape
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    g = torch.Generator(device=shots.device).manual_seed(seed)
+    z = torch.randn(shots.shape, generator=g, device=shots.device, dtype=torch.float32)
+    real = torch.arange(T, device=shots.device)[None, :] < lengths[:, None]
+    z = z * spread_slices(present_slices(shots, slices), slices) * (real & ~mask)[..., None]
+    energy = shots.float().pow(2).sum(-1, keepdim=True)
+    z = z * (scale * energy / z.pow(2).sum(-1, keepdim=True).clamp(min=1e-12)).sqrt()
+    return z.to(shots.dtype)
+
+
 def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
     """Two context-free predictors of a masked shot, scored like the model.
 
@@ -474,6 +503,9 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     cfg = MediaFMConfig(**over, fused_dim=ds.meta.fused_dim, title_dim=ds.meta.title_dim,  # slices: only where used
                         modalities=[list(v) for v in ds.meta.modalities.values()] if over.get("copy_per_modality")
                         else [])
+    if tc.visible_noise and cfg.head != "copy":
+        raise ConfigError(f"visible_noise={tc.visible_noise} is the noise of what a copy head mixes; head={cfg.head!r} "
+                          "has none (drop --head projection, or the setting)")
     train_titles = ds.split("train")
     loader = WindowLoader(ds, train_titles, batch_size=tc.batch_size, max_shots=cfg.max_shots, seed=tc.seed,
                           rank=rank, world=world)
@@ -484,7 +516,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     optimizers = setup_optimizers(model, tc)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tc)) for o in optimizers]
     mask_gen = torch.Generator().manual_seed(tc.seed + 1)
-    drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout and partial views only
+    drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout, partial views and visible noise only
     slices = [tuple(v) for v in ds.meta.modalities.values()]
     whiten = tuple(v.to(device) for v in whitening(ds, train_titles)) if tc.loss == "whitened" else None
     step = 0
@@ -551,8 +583,10 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
         shots, lengths, mask = batch.shots.to(device), batch.lengths.to(device), mask.to(device)
         inputs = drop_modalities(shots, mask, slices, tc.modality_dropout, drop_gen) if tc.modality_dropout else shots
         view = partial_views(shots, mask, slices, tc.mask_view, drop_gen) if tc.mask_view else None
+        noise = value_noise(shots, mask, lengths, slices, tc.visible_noise, drop_gen) if tc.visible_noise else None
         with amp:
-            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask, view, view_copied=tc.view_copied)
+            pred, loss = fwd(inputs, batch.title.to(device), lengths, mask, view, view_copied=tc.view_copied,
+                             noise=noise)
             if not tc.source_objective:  # the ablations score against the real shots, not the dropped inputs
                 loss = objective(pred, shots, lengths, mask, tc, slices, whiten)
         for o in optimizers:
@@ -617,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  --copy_norm entmax15   sparse copy weights (1.5-entmax) instead of the softmax: exact zeros\n"
         "  --mask_view 0.5   half the masked shots keep one modality slice of their own (MultiMAE-like)\n"
         "  --view_copied 0   ... seen by the transformer only: the copy mixes [MASK] there, the view steers it\n"
+        "  --visible_loss_weight 1 --visible_noise 0.5   also fit the copy at visible shots, mixing noisy copies of\n"
+        "                 the window: it learns how much of a shot's own input to keep\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")

@@ -369,6 +369,48 @@ def test_a_partial_view_reaches_the_model_and_the_loss_still_scores_the_whole_sh
                           torch.zeros_like(shots)), "values are what the copy mixes"
 
 
+def test_value_noise_has_the_asked_energy_over_the_slices_visible_shots_have():
+    from trainer.train import value_noise
+
+    torch.manual_seed(0)
+    shots = torch.nn.functional.normalize(torch.rand(4, 12, 6) + 0.1, dim=-1)
+    shots[:, 1::2, 4:6] = 0  # every other shot has no timed text
+    lengths = torch.tensor([12, 9, 12, 5])
+    mask = torch.zeros(4, 12, dtype=torch.bool)
+    mask[:, ::4] = True
+    slices = [(0, 2), (2, 4), (4, 6)]
+    z = value_noise(shots, mask, lengths, slices, 0.5, torch.Generator().manual_seed(0))
+    real = torch.arange(12)[None, :] < lengths[:, None]
+    noisy = real & ~mask
+    assert not z[~noisy].any(), "no noise at masked shots or padding"
+    assert not z[:, 1::2, 4:6].any(), "none in a slice the shot lacks"
+    energy = z.pow(2).sum(-1)
+    assert torch.allclose(energy[noisy], 0.5 * shots.pow(2).sum(-1)[noisy], rtol=1e-5), "0.5 of each shot's energy"
+    assert (z[noisy][:, :4] != 0).all(), "over every slice the shot has"
+    again = value_noise(shots, mask, lengths, slices, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(z, again), "the generator decides the draw (a checkpoint resumes it)"
+    assert not torch.equal(z, value_noise(shots, mask, lengths, slices, 0.5, torch.Generator().manual_seed(1)))
+
+
+def test_visible_noise_reaches_the_copy_at_visible_shots_only():
+    torch.manual_seed(0)
+    cfg = MediaFMConfig(**{**CONFIGS["tiny"], "fused_dim": 6, "title_dim": 4, "dropout": 0.0})
+    model = MaskedShotModel(cfg).eval()
+    shots, title, lengths = torch.randn(1, 6, 6), torch.randn(1, 4), torch.tensor([5])  # the last is padding
+    mask = torch.tensor([[False, True, False, False, False, False]])
+    noise = torch.randn(1, 6, 6)
+    noise[0, 1] = noise[0, 5] = 0
+    clean, loss = model(shots, title, lengths, mask)
+    noisy, noisy_loss = model(shots, title, lengths, mask, noise=noise)
+    assert torch.equal(noisy[0, 1], clean[0, 1]) and noisy_loss.item() == loss.item(), "masked shots: unchanged"
+    hidden, _ = model.encoder(torch.where(mask[..., None], model.mask_token, shots), title, lengths, wide=False)
+    masked = torch.where(mask[..., None], model.mask_token, shots)
+    real = torch.arange(6)[None, :] < lengths[:, None]
+    expect = model.encoder._copy(hidden, masked + noise, real, 1.0)
+    assert torch.allclose(noisy[0, [0, 2, 3, 4]], expect[0, [0, 2, 3, 4]]), "visible: the same scores, noisy inputs"
+    assert not torch.allclose(noisy[0, [0, 2, 3, 4]], clean[0, [0, 2, 3, 4]])
+
+
 @pytest.mark.parametrize("key, value, match", [("loss", "l2", "loss='l2'"),
                                                ("loss", "infonce", "choose one of cosine, per_modality, contrastive"),
                                                ("visible_loss_weight", -1.0, "visible_loss_weight=-1.0"),
@@ -376,6 +418,8 @@ def test_a_partial_view_reaches_the_model_and_the_loss_still_scores_the_whole_sh
                                                ("mask_span", 0, "mask_span=0"),
                                                ("mask_view", 1.5, "mask_view=1.5"),
                                                ("view_copied", False, "needs mask_view > 0"),
+                                               ("visible_noise", -0.5, "visible_noise=-0.5"),
+                                               ("visible_noise", 0.5, "needs visible_loss_weight > 0"),
                                                ("contrastive_weight", -0.1, "contrastive_weight=-0.1")])
 def test_ablation_settings_are_validated(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -386,8 +430,8 @@ def test_ablation_settings_are_validated(key, value, match):
 def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     """Each ablation changes training (weights differ from the source's), and modality dropout's RNG resumes; the
     whitened loss resumes exactly too (its whitening is a function of the data, made again on resume)."""
-    ablation = dict(loss="per_modality", visible_loss_weight=0.3, modality_dropout=0.2, mask_span=10,
-                    contrastive_weight=0.1, mask_view=0.5, view_copied=False)
+    ablation = dict(loss="per_modality", visible_loss_weight=0.3, visible_noise=0.5, modality_dropout=0.2,
+                    mask_span=10, contrastive_weight=0.1, mask_view=0.5, view_copied=False)
     train(corpus, tmp_path / "src", _cfg(max_steps=4), quiet=True)
     train(corpus, tmp_path / "a", _cfg(max_steps=4, **ablation), quiet=True)
     train(corpus, tmp_path / "b", _cfg(max_steps=4, **ablation), quiet=True, until_step=3)
@@ -401,12 +445,16 @@ def test_ablations_train_and_resume_exactly(corpus, tmp_path):
     src2 = torch.load(tmp_path / "src2" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
     runs = {}
     for key, value in [*ablation.items(), ("loss", "contrastive"), ("loss", "whitened")]:  # each alone trains, and differently
-        over = {key: value} | ({"mask_view": 0.5} if key == "view_copied" else {})  # against views that are copied
+        needs = {"view_copied": {"mask_view": 0.5}, "visible_noise": {"visible_loss_weight": 0.3}}
+        over = {key: value} | needs.get(key, {})  # against views that are copied, a visible loss without noise
         r = train(corpus, tmp_path / f"{key}-{value}", _cfg(max_steps=2, **over), quiet=True)
         assert r["step"] == 2 and 0 < r["val_loss"] < 2, r  # validated with the cosine loss whatever it trains on
         runs[key] = torch.load(tmp_path / f"{key}-{value}" / "checkpoints" / "step-0000002.pt", weights_only=False)
-        ref = runs["mask_view"]["model"] if key == "view_copied" else src2
+        ref = runs[next(iter(needs[key]))]["model"] if key in needs else src2
         assert any(not torch.equal(runs[key]["model"][k], ref[k]) for k in ref), f"{key}={value} changed nothing"
+    with pytest.raises(ConfigError, match="head='projection' has none"):
+        train(corpus, tmp_path / "p", _cfg(max_steps=1, visible_loss_weight=0.3, visible_noise=0.5),
+              {"head": "projection"}, quiet=True)
     train(corpus, tmp_path / "w", _cfg(max_steps=2, loss="whitened"), quiet=True, until_step=1)
     train(corpus, tmp_path / "w", _cfg(max_steps=2, loss="whitened"), quiet=True)
     resumed = torch.load(tmp_path / "w" / "checkpoints" / "step-0000002.pt", weights_only=False)["model"]
