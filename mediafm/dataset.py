@@ -79,13 +79,17 @@ class Meta:
                                    "with 0 <= start < end")
         if not isinstance(d.get("encoders", {}), dict):
             raise DatasetError(f"{path}: 'encoders' is {d['encoders']!r}; give an object of modality -> free text")
-        mods = {k: tuple(v) for k, v in d["modalities"].items()}
+        mods = dict(sorted(((k, tuple(v)) for k, v in d["modalities"].items()), key=lambda kv: kv[1][0]))
+        # in feature order, whatever order the file lists them in: every reader of slices may rely on it
         ends = sorted(mods.values())
         if (ends[0][0] != 0 or ends[-1][1] != d["fused_dim"]
                 or any(a[1] != b[0] for a, b in zip(ends, ends[1:], strict=False))):
             raise DatasetError(f"{path}: modalities {mods} do not tile [0, fused_dim={d['fused_dim']})")
         return cls(d["fused_dim"], mods, d["title_dim"], dict(d.get("encoders", {})))
 
+
+_FIXED_LIST_HINT = ("; write it as a fixed-size list (pyarrow: pa.list_(pa.float32(), {dim}), or "
+                    "pa.FixedSizeListArray.from_arrays(values, {dim})), not the variable-length list pandas writes")
 
 OPTIONAL = {"split", "genres", "ad_labels", "popularity", "tones", "clip_worthy"}
 """Columns whose cells may be null (DATASET_FORMAT.md): one that is null throughout may have arrow's null type
@@ -154,8 +158,9 @@ def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path, *, uni
     t = arr.type
     if not pa.types.is_fixed_size_list(t) or t.list_size != dim:
         got = t.list_size if pa.types.is_fixed_size_list(t) else str(t)
+        hint = "" if pa.types.is_fixed_size_list(t) else _FIXED_LIST_HINT.format(dim=dim)
         raise DatasetError(f"{path}: column {col!r} has dim {got}, expected fixed_size_list<float32>[{dim}] "
-                           "(from meta.json)")
+                           f"(from meta.json){hint}")
     if arr.null_count:
         raise DatasetError(f"{path}: column {col!r} has {arr.null_count} null rows")
     # a writable copy: arrow buffers are read-only, and torch wants to own what it wraps
@@ -237,7 +242,12 @@ class Dataset:
         if None in ids:
             raise DatasetError(f"{path}: column 'title_id' is null in row {ids.index(None)}; every title needs an id")
         if len(set(ids)) != len(ids):
-            raise DatasetError(f"{path}: column 'title_id' has duplicates")
+            seen: dict[str, int] = {}
+            for i, tid in enumerate(ids):
+                if tid in seen:
+                    raise DatasetError(f"{path}: column 'title_id' has {tid!r} twice, rows {seen[tid]} and {i}; "
+                                       "one row a title (a title's shots may span files, its row may not repeat)")
+                seen[tid] = i
         kinds = t.column("kind").to_pylist()
         splits = t.column("split").to_pylist() if "split" in t.column_names else ["train"] * len(ids)
         genres = t.column("genres").to_pylist() if "genres" in t.column_names else [None] * len(ids)
@@ -273,8 +283,9 @@ class Dataset:
             ft = pf.schema_arrow.field("fused").type
             if not pa.types.is_fixed_size_list(ft) or ft.list_size != self.meta.fused_dim:
                 got = ft.list_size if pa.types.is_fixed_size_list(ft) else str(ft)
+                hint = "" if pa.types.is_fixed_size_list(ft) else _FIXED_LIST_HINT.format(dim=self.meta.fused_dim)
                 raise DatasetError(f"{path}: column 'fused' has dim {got}, meta.json says fused_dim="
-                                   f"{self.meta.fused_dim}")
+                                   f"{self.meta.fused_dim}{hint}")
             _check_types(path, pf.schema_arrow, {
                 "title_id": (_is_text, "string"), "shot_index": (pa.types.is_integer, "int32"),
                 "start_s": (_is_number, "float64"), "end_s": (_is_number, "float64")})

@@ -55,7 +55,8 @@ class WindowLoader:
     def __init__(self, ds: Dataset, titles: list[TitleInfo], *, batch_size: int, max_shots: int, seed: int,
                  rank: int = 0, world: int = 1) -> None:
         if not titles:
-            raise ValueError("no titles to train on: the split is empty")
+            raise ValueError(f"{ds.root / 'titles.parquet'}: no titles to train on: none has split 'train' (column "
+                             "'split'; a title without one, or a null cell, is train)")
         self.ds, self.titles = ds, titles
         self.batch_size, self.max_shots, self.seed = batch_size, max_shots, seed
         self.rank, self.world = rank, world

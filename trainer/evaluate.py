@@ -35,8 +35,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import get_type_hints
 
@@ -122,6 +125,12 @@ def contextual(enc: MediaFMEncoder, fused: np.ndarray, title: np.ndarray, *, siz
 MOVING_AVERAGES: dict[str, tuple[int, int]] = {"avg-k3": (3, 3), "avg-k8": (8, 8), "clip+next12": (0, 12)}
 
 
+def feature_file(name: str) -> str:
+    """The .npy file of a representation's clip features: its name with ':' as '.' and anything a file name
+    should not hold (a '/' in a modality's name, which the dataset format allows) as '_'."""
+    return re.sub(r"[^\w.+@=,-]", "_", name.replace(":", ".")) + ".npy"
+
+
 def window_mean(fused: np.ndarray, first: int, last: int, before: int, after: int) -> np.ndarray:
     """Mean of fused[first - before : last + after + 1], cut at the title's ends."""
     return fused[max(0, first - before) : min(len(fused), last + after + 1)].mean(0)
@@ -150,7 +159,7 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
                 feats[name] = np.zeros((n, v.shape[-1]), np.float32)
             else:
                 store.mkdir(parents=True, exist_ok=True)
-                feats[name] = np.lib.format.open_memmap(store / f"{name.replace(':', '.')}.npy", mode="w+",
+                feats[name] = np.lib.format.open_memmap(store / feature_file(name), mode="w+",
                                                         dtype=np.float32, shape=(n, v.shape[-1]))
         feats[name][i] = v
 
@@ -168,10 +177,8 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
             put("concat", i, title.fused[sl].mean(0))
             for name, (before, after) in MOVING_AVERAGES.items():
                 put(name, i, window_mean(title.fused, int(first[i]), int(last[i]), before, after))
-            for name, enc in runs.items():
-                with torch.no_grad():
-                    h, _ = enc(torch.from_numpy(title.fused[sl])[None], torch.tensor(title.info.title_embedding)[None], None)
-                put(f"{name}:clip", i, h[0].numpy().mean(0))
+            for name, enc in runs.items():  # the clip alone, in windows as a title (a clip may outgrow one)
+                put(f"{name}:clip", i, contextual(enc, title.fused[sl], title.info.title_embedding)[0].mean(0))
                 put(f"{name}:context", i, ctx[name][0][sl].mean(0))
                 put(f"{name}:context-output", i, ctx[name][1][sl].mean(0))
                 put(f"{name}:context+input", i, context_plus_input(ctx[name][1][sl], title.fused[sl]).mean(0))
@@ -187,7 +194,7 @@ def targets(task: Task, clips) -> tuple[np.ndarray, np.ndarray]:
     if task.column not in clips.column_names:
         return np.zeros(clips.num_rows), np.zeros(clips.num_rows, bool)
     col = clips.column(task.column).to_pylist()
-    mask = np.array([v is not None for v in col])
+    mask = np.array([v is not None for v in col], dtype=bool)
     if task.kind == "multilabel":
         n_classes = task.n_classes or 1 + max((max(v) for v in col if v), default=0)
         return multilabel_targets([v or [] for v in col], n_classes), mask
@@ -200,31 +207,81 @@ def run_probes(feats: dict[str, np.ndarray], clips, *, seeds: int, folds: int, p
     jobs = [(rep, task) for rep in feats for task in TASKS]
     for rep, task in tqdm(jobs, desc="probes", disable=not progress):
         y, labelled = targets(task, clips)
-        if labelled.sum() == 0:
+        n_titles = len(np.unique(titles[labelled]))
+        if n_titles < 2:  # no held-out title to score a probe on; markdown() says so
             continue
-        k = min(task.folds, folds)
+        k = min(task.folds, folds, n_titles)  # fewer labelled titles than folds: one title a fold
         vals = [evaluate_task(task, feats[rep][labelled], y[labelled], titles[labelled], n_folds=k, seed=s)
                 for s in range(seeds)]
-        results.setdefault(rep, {})[task.name] = {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals)),
-                                                  "seeds": vals, "n_clips": int(labelled.sum())}
+        with warnings.catch_warnings():  # a task undefined on every fold (all NaN) is reported as n/a
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = float(np.nanmean(vals)), float(np.nanstd(vals))
+        results.setdefault(rep, {})[task.name] = {"mean": mean, "std": std, "seeds": vals,
+                                                  "n_clips": int(labelled.sum()), "n_titles": n_titles, "folds": k}
     return results
 
 
-def markdown(results: dict, *, seeds: int, folds: int) -> str:
+def labelled_titles(clips) -> dict[str, int]:
+    """Task name -> how many titles have a labelled clip for it."""
+    titles = np.array(clips.column("title_id").to_pylist(), dtype=object)
+    return {task.name: len(set(titles[targets(task, clips)[1]])) for task in TASKS}
+
+
+def strict_json(x):
+    """x with every NaN or infinite float as None: results.json stays JSON any parser reads (no bare NaN)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [strict_json(v) for v in x]
+    return x
+
+
+UNDEFINED = {
+    "multilabel": "no positive label in any test fold",
+    "binary": "every test fold holds one class only (all positives or all negatives)",
+    "ranking": "no title with 2 or more labelled clips in a test fold (Kendall's tau is within a title)",
+}
+"""Why a task's metric can be undefined on every fold (the report's n/a), by kind."""
+
+
+def markdown(results: dict, *, seeds: int, folds: int, labelled: dict[str, int] | None = None) -> str:
     tasks = [t for t in TASKS if any(t.name in r for r in results.values())]
     lines = [f"| representation | {' | '.join(t.name for t in tasks)} |",
              "| --- |" + " --- |" * len(tasks),
              f"| *metric* | {' | '.join(t.metric for t in tasks)} |"]
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        return "n/a" if not math.isfinite(r["mean"]) else f"{r['mean']:.3f} ± {r['std']:.3f}"
+
     for rep, row in results.items():
-        cells = [f"{row[t.name]['mean']:.3f} ± {row[t.name]['std']:.3f}" if t.name in row else "-" for t in tasks]
-        lines.append(f"| {rep} | {' | '.join(cells)} |")
-    k = ", ".join(f"{t.name} {min(t.folds, folds)}" for t in tasks)
+        lines.append(f"| {rep} | {' | '.join(cell(row.get(t.name)) for t in tasks)} |")
+    first = {t.name: next(r[t.name] for r in results.values() if t.name in r) for t in tasks}
+    k = ", ".join(f"{t.name} {first[t.name].get('folds', min(t.folds, folds))}" for t in tasks)
     note = ""
     if any(name in results for name in MOVING_AVERAGES):
         note = ("\n\nContext without learning: avg-k3 / avg-k8 = mean of the fused vectors of the clip and k shots on "
                 "either side; clip+next12 = the clip and the 12 shots after it (cut at the title's ends).\n")
+    undefined = sorted({t.name for t in tasks for row in results.values()
+                        if t.name in row and not math.isfinite(row[t.name]["mean"])})
+    for name in undefined:
+        task = next(t for t in TASKS if t.name == name)
+        note += f"\n{name}: n/a where its metric is undefined on every fold: {UNDEFINED[task.kind]}.\n"
+    for name, n in (labelled or {}).items():
+        if name not in first:
+            note += (f"\n{name}: not probed: {'no clip is' if n == 0 else 'only 1 title is'} labelled for it "
+                     "(a probe is scored on held-out titles).\n")
+        elif first[name].get("folds", folds) < min(next(t for t in TASKS if t.name == name).folds, folds):
+            note += (f"\n{name}: {first[name]['folds']} folds, one a title: only {n} titles are labelled for it.\n")
     return "\n".join(lines) + (f"\n\nmean ± std over {seeds} seeds of k-fold cross-validation over titles "
                                f"(folds: {k}); ridge probes, alpha by 3-fold inner CV over training titles.\n") + note
+
+
+SIMILARITY_SHOTS = 512
+"""similarity.png shows at most this many shots of its title (a pass over them alone)."""
 
 
 def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, MediaFMEncoder],
@@ -279,21 +336,24 @@ def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, Medi
     if kept and runs:
         title = next(iter(kept.values()))
         name, enc = next(iter(runs.items()))
-        hid, _, _ = contextual(enc, title.fused, title.info.title_embedding)
+        shown = min(len(title.fused), SIMILARITY_SHOTS)  # an n x n matrix: a 30,000-shot title would need GBs
+        fused = title.fused[:shown]
+        hid, _, _ = contextual(enc, fused, title.info.title_embedding)
 
         def cos(x: np.ndarray) -> np.ndarray:
             x = x / np.linalg.norm(x, axis=1, keepdims=True)
             return x @ x.T
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
-        for ax, mat, label in ((axes[0], cos(title.fused), "fused shots (no context)"),
+        for ax, mat, label in ((axes[0], cos(fused), "fused shots (no context)"),
                                (axes[1], cos(hid), f"MediaFM in context ({name})")):
             im = ax.imshow(mat, cmap="viridis", vmin=-0.2, vmax=1)
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("shot")
         axes[0].set_ylabel("shot")
         fig.colorbar(im, ax=axes, shrink=0.8, label="cosine similarity")
-        fig.suptitle(f"shot-by-shot similarity, title {title.info.title_id}: scenes emerge as blocks")
+        first = f", its first {shown} of {len(title.fused)} shots" if shown < len(title.fused) else ""
+        fig.suptitle(f"shot-by-shot similarity, title {title.info.title_id}{first}: scenes emerge as blocks")
         path = out / "similarity.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -309,7 +369,9 @@ def evaluation_clips(ds: Dataset, split: str = "test"):
         raise DatasetError(f"{ds.root / 'clips.parquet'}: missing; evaluation needs labelled clips")
     eval_titles = {t.title_id for t in ds.split(split)}
     if not eval_titles:
-        raise DatasetError(f"{ds.root / 'titles.parquet'}: no titles with split={split!r} to evaluate on")
+        raise DatasetError(f"{ds.root / 'titles.parquet'}: no titles with split={split!r} to evaluate on (column "
+                           "'split'; a title without one, or a null cell, is train); mark the titles to evaluate on, "
+                           "which training never reads, or pass --split")
     return clips.filter(np.array([t in eval_titles for t in clips.column("title_id").to_pylist()]))
 
 
@@ -323,17 +385,30 @@ def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds
         raise ValueError(f"runs {[str(r) for r in runs]}: two have the same name; their rows would mix")
     run_dirs = {name: path for name, path, _ in specs}
     encoders = {name: load_run_encoder(path, served) for name, path, served in specs}
+    for name, enc in encoders.items():
+        if (enc.cfg.fused_dim, enc.cfg.title_dim) != (ds.meta.fused_dim, ds.meta.title_dim):
+            raise ModelError(f"--run {run_dirs[name]}: the model takes fused_dim={enc.cfg.fused_dim}, "
+                             f"title_dim={enc.cfg.title_dim}; {ds.root / 'meta.json'} says fused_dim="
+                             f"{ds.meta.fused_dim}, title_dim={ds.meta.title_dim}: evaluate it on a dataset of its "
+                             "layout, or train a run on this one")
+    labelled = labelled_titles(clips)
+    if max(labelled.values()) < 2:
+        raise DatasetError(f"{ds.root / 'clips.parquet'}: nothing to probe: {clips.num_rows} clips of the "
+                           f"{len(ds.split(split))} {split!r} titles, and no task has labelled clips on 2 or more of "
+                           f"them (titles with a labelled clip: {labelled}); a probe is scored on held-out titles. "
+                           "Label clips of more titles (a null cell is unlabelled), or evaluate another --split")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     feats, kept = clip_features(ds, clips, encoders, store=out / "features", progress=progress)
     results = run_probes(feats, clips, seeds=seeds, folds=folds, progress=progress)
-    table = markdown(results, seeds=seeds, folds=folds)
+    table = markdown(results, seeds=seeds, folds=folds, labelled=labelled)
     elapsed = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps({
+    (out / "results.json").write_text(json.dumps(strict_json({
         "data": str(Path(data).resolve()), "runs": {k: str(v.resolve()) for k, v in run_dirs.items()},
         "served": {name: served for name, _, served in specs if served},
         "split": split, "seeds": seeds, "folds": folds, "n_clips": clips.num_rows,
-        "n_titles": len(set(clips.column("title_id").to_pylist())), "seconds": elapsed, "results": results}, indent=2))
+        "n_titles": len(set(clips.column("title_id").to_pylist())), "seconds": elapsed, "results": results}),
+        indent=2, allow_nan=False))
     (out / "report.md").write_text(f"# MediaFM linear-probe evaluation\n\ndata: `{data}`, {clips.num_rows} clips of "
                                    f"{len(ds.split(split))} `{split}` titles\n\n{table}")
     made = plots(out, results, kept, encoders, run_dirs) if plot else []

@@ -8,10 +8,12 @@ inner cross-validation over the training titles only.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import kendalltau
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import GroupKFold
@@ -60,10 +62,16 @@ def title_folds(titles: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.nd
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray):
-    """Standardise + ridge; alpha by 3-fold inner CV over the training titles."""
+    """Standardise + ridge; alpha by 3-fold inner CV over the training titles.
+
+    Where an inner fold cannot score R^2 (a fold of one clip: datasets with one labelled clip a title), scikit-learn
+    warns once a fit and keeps the first alpha; those warnings (thousands over an evaluation) are not shown."""
     inner = min(3, len(np.unique(groups)))
     cv = list(GroupKFold(n_splits=inner).split(x, y, groups)) if inner >= 2 else None
-    return make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=cv)).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=cv)).fit(x, y)
 
 
 def macro_ap_present(y: np.ndarray, s: np.ndarray) -> tuple[float, int]:

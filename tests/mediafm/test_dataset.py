@@ -403,3 +403,33 @@ def test_an_optional_column_null_throughout_is_read_as_unlabelled(tmp_path):
     assert pq.read_table(tmp_path / "ds" / "clips.parquet").schema.field("popularity").type == pa.null()
     assert {i.split for i in ds.titles.values()} == {"train"}
     assert ds.clips().column("popularity").null_count == 1
+
+
+def test_modalities_listed_out_of_order_are_read_in_feature_order(tmp_path):
+    """meta.json may list the modalities in any order (an object): every reader of slices gets them by start, so
+    modality dropout, partial views and a copy per modality act on the named features."""
+    _write(tmp_path / "ds")
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    meta["modalities"] = {"text": [8, 12], "video": [0, 4], "audio": [4, 8]}
+    (tmp_path / "ds" / "meta.json").write_text(json.dumps(meta))
+    mods = Dataset(tmp_path / "ds").meta.modalities
+    assert list(mods.items()) == [("video", (0, 4)), ("audio", (4, 8)), ("text", (8, 12))]
+
+
+def test_a_repeated_title_id_is_named_with_its_rows(tmp_path):
+    _write(tmp_path / "ds")
+    _rewrite(tmp_path / "ds" / "titles.parquet",
+             lambda t: t.set_column(0, "title_id", pa.array(["t0", "t1", "t0"])))
+    with pytest.raises(DatasetError, match=r"column 'title_id' has 't0' twice, rows 0 and 2"):
+        Dataset(tmp_path / "ds")
+
+
+def test_a_variable_length_fused_column_is_refused_with_the_fix(tmp_path):
+    """pandas writes a column of arrays as list<double>; the format wants fixed_size_list<float32>[fused_dim]."""
+    _write(tmp_path / "ds")
+    shard = _shard(tmp_path / "ds")
+    _rewrite(shard, lambda t: t.set_column(t.column_names.index("fused"), "fused",
+                                           pa.array(t.column("fused").to_pylist(), pa.list_(pa.float64()))))
+    with pytest.raises(DatasetError, match=r"column 'fused' has dim list<.*write it as a fixed-size list \(pyarrow: "
+                                           r"pa.list_\(pa.float32\(\), 12\)"):
+        Dataset(tmp_path / "ds")
