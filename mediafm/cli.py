@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(mediafm/media/embed.py). Timed text: --subtitles plus the container's text "
                        "subtitle streams; a shot without any gets zeros in its text slice.",
                        epilog='--meta JSON: {"title_id": "tt01", "title": "...", "synopsis": "...", '
-                       '"tags": ["..."], "genres": [4], "kind": "title", "split": "train"}')
+                       '"tags": ["..."], "genres": [4], "split": "train"}')
     s.add_argument("video", help="media file path or file:// URI")
     s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
     s.add_argument("--subtitles", metavar="FILE", help="SRT, WebVTT or ASS file of timed text")

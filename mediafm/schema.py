@@ -394,7 +394,8 @@ class TitleMeta:
         known = [f.name for f in dataclasses.fields(cls) if f.name not in ("title_id", "kind")]
         unknown = sorted(set(meta) - set(known))
         if unknown:
-            raise SchemaError(f"meta has unknown keys {unknown}; known: {known}")
+            raise SchemaError(f"meta has unknown keys {unknown}; known: {['title_id', *known]} (kind is set by how "
+                              "the title is published: a title, or a live event)")
         hints = typing.get_type_hints(cls)
         out = cls(title_id=title_id, kind=kind, **{k: _check_type(f"meta.{k}", v, hints[k]) for k, v in meta.items()})
         size = len(out.title) + len(out.synopsis) + sum(len(t) + 2 for t in out.tags)

@@ -392,14 +392,58 @@ class FrameTimes:
                 f"{t - self.base:.2f} s: recordings joined end to end? Lay them out in one timeline, e.g. "
                 "`ffmpeg -i IN -c copy OUT.mp4` (FFmpeg's CLI joins MPEG-TS discontinuities), or the concat demuxer")
         self.last = t
+        if self.time_offset is not None and self.first is None:
+            self.first = t
+        return self.place(t)
+
+    def place(self, t: float) -> float:
+        """A timestamp of this stream (s) on the clock the frames are given on."""
         if self.time_offset is None:
             return t - self.base
-        self.first = t if self.first is None else self.first
         return self.time_offset + (t - self.first)
 
 
+TRUNCATED_S = 1.0
+"""Video that ends this much or more before the end its file declares is reported (a warning): a truncated file
+(Matroska and MP4 cut short still open and decode up to the cut, with their headers' duration)."""
+
+
+@dataclass
+class VideoEnd:
+    """Where the video of one pass of iter_video_frames ends, on the clock its frames are given on; filled in
+    when the pass reaches the end of the stream (iter_video_frames(end=...))."""
+
+    last_s: float | None = None
+    """The last frame's time."""
+    end_s: float | None = None
+    """The last frame's time plus its duration (the container's, else the stream's nominal frame period; never
+    the gap before it, which with variable frame rate can be seconds), and never past the end the file declares
+    for its video, when it declares one."""
+
+
+def _declared_end(c, v, base: float) -> float | None:
+    """Where the file says its video ends, on its timestamps' clock (s), None when it does not say: the stream's
+    own duration where FFmpeg knows it (MP4, MPEG-TS), else the DURATION tag Matroska muxers write per track
+    (the end of its last frame), else the container's duration (Matroska's runs from timestamp 0, not from
+    the first one; it covers every track, subtitles included)."""
+    if v.duration and v.time_base:
+        start = float(v.start_time * v.time_base) if v.start_time is not None else base
+        return start + float(v.duration * v.time_base)
+    tag = v.metadata.get("DURATION")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            pass
+    if c.duration:
+        return c.duration / av.time_base + (0.0 if "matroska" in c.format.name else base)
+    return None
+
+
 def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None,
-                      seek_s: float | None = None, tap=None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
+                      seek_s: float | None = None, tap=None,
+                      end: VideoEnd | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
     """(index, time_s, av frame, rotation) for every decoded frame; the av frame is not converted.
 
     time_offset None: times from the container start; a number: the first frame gets that time
@@ -407,6 +451,8 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
     or before it) instead of at the first frame; frame indices then count from start_index.
     tap: told what a replay needs (mediafm.media.segment_cache.SegmentRecorder): `tap.opened(base, rate,
     has_audio)` once, then `tap.frame(frame.time, frame, rotation)` per frame.
+    end: told where the video ends (VideoEnd), once the pass reaches the end of the stream. Video that ends
+    TRUNCATED_S or more before the end the file declares is reported (a warning: a truncated file).
     """
     with open_media(path) as c:
         v = video_stream(c)
@@ -421,11 +467,13 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
             tap.opened(base, clock.rate, audio_stream(c) is not None)
         damage = Damage(path, "video")
         i = start_index
+        t, dur = 0.0, None  # the last frame's time and its own duration (s)
         try:
             for frame in _decode(c, v, base, seek_s if time_offset is None else None, damage):
                 raw = frame.time
                 rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
                 t = clock(raw)
+                dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
                 if tap is not None:
                     tap.frame(raw, frame, rot)
                 yield i, t, frame, rot
@@ -433,6 +481,15 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
             if i == start_index:
                 raise CorruptMediaError(f"{path}: the video stream does not decode "
                                         f"({damage.first or damage.ended or 'no frame'}); re-encode or re-fetch it")
+            declared = _declared_end(c, v, base)
+            ends = clock.last + (dur or 1.0 / float(v.guessed_rate or v.average_rate or 25))
+            if declared is not None and clock.last < declared < ends:
+                ends = declared
+            if end is not None:
+                end.last_s, end.end_s = t, clock.place(ends)
+            if declared is not None and declared - ends >= TRUNCATED_S and not damage.ended:
+                log.warning("%s: the file declares %.2f s of video but it ends at %.2f s; using what decoded: a "
+                            "truncated file? Re-fetch it for a complete copy", path, declared - base, ends - base)
         finally:  # also for a pass its reader leaves early (the encode stage's batches)
             if i > start_index:
                 damage.report()  # a damaged stretch, or a truncated tail after good frames: what decoded is used
@@ -480,15 +537,30 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
 
 def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None, seek_s: float | None,
                   damage: Damage) -> Iterator[tuple[int, int, np.ndarray]]:
-    """iter_audio's chunks from an open container's stream `a`."""
-    res = None  # downmix to mono float (and convert the rate only where `rate` asks it)
+    """iter_audio's chunks from an open container's stream `a`.
+
+    A stream whose sample format, channel layout or rate changes part way (a broadcast recording switching
+    mono to stereo, or 44.1 to 48 kHz, at an ad break) is converted to the first one's mono float rate
+    throughout: the converter made for the old format gives what it holds, then one is made for the new."""
+    res, made_for = None, None  # downmix to mono float (and convert the rate only where `rate` asks it)
     pos = 0  # the next sample's index
     origin = (0.0, 0)  # (timestamp, index) samples are placed from
+    started = False
+
+    def _out(frames) -> list[np.ndarray]:
+        return [o.to_ndarray().reshape(-1).astype(np.float32, copy=False) for o in frames]
+
     for frame in _decode(c, a, base, seek_s if time_offset is None else None, damage):
         drop = 0
-        if res is None:
+        fmt = (frame.format.name, frame.layout.name, frame.layout.nb_channels, frame.sample_rate)
+        if res is not None and fmt != made_for:  # what the old converter holds comes before this frame
+            for x in _out(res.resample(None)):
+                yield pos, rate, x
+                pos += len(x)
+            res = None
+        if not started:
+            started = True
             rate = rate or frame.sample_rate
-            res = av.AudioResampler(format="flt", layout="mono", rate=rate)
             ft = frame.time if frame.time is not None else base
             pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
             # From the container start, an index follows from the timestamp alone, wherever decoding began.
@@ -504,15 +576,16 @@ def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None
         if frame.format.name in ("flt", "fltp") and frame.layout.nb_channels == 1 and frame.sample_rate == rate:
             outs = [frame.to_ndarray().reshape(-1)]  # mono float at the rate asked: what the resampler gives
         else:
-            outs = [o.to_ndarray().reshape(-1).astype(np.float32, copy=False) for o in res.resample(frame)]
+            if res is None:
+                res, made_for = av.AudioResampler(format="flt", layout="mono", rate=rate), fmt
+            outs = _out(res.resample(frame))
         for x in outs:
             x, drop = x[drop:], max(0, drop - len(x))
             if len(x):
                 yield pos, rate, x
                 pos += len(x)
     if res is not None:
-        for out in res.resample(None):
-            x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+        for x in _out(res.resample(None)):
             yield pos, rate, x
             pos += len(x)
 

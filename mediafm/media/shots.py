@@ -29,8 +29,9 @@ for that to mean anything: a segmenter that re-encodes lossily changes them.
 
 Shots tile the timeline: shot k is frames [start_frame, end_frame) and seconds
 [start_s, end_s), where end_s is the next shot's first frame time (the last
-shot ends one frame duration after its last frame). Each shot keeps a small
-RGB thumbnail of its first frame.
+shot ends where the video does: its last frame's time plus that frame's own
+duration, never past the end the file declares; decode.VideoEnd). Each shot
+keeps a small RGB thumbnail of its first frame.
 
 API for the agents (live events arrive as segments)::
 
@@ -62,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from mediafm.config import SHOT_DETECTORS as DETECTORS
-from mediafm.media.decode import iter_video_frames, turn
+from mediafm.media.decode import VideoEnd, iter_video_frames, turn
 
 THUMB_WIDTH = 128
 _TN_SIZE = (48, 27)  # TransNetV2's input (w, h)
@@ -108,17 +109,17 @@ class Scaler:
 
 def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_index: int = 0,
                     time_offset: float | None = None, thumb_width: int = THUMB_WIDTH,
-                    scaler: Scaler | None = None, tap=None):
+                    scaler: Scaler | None = None, tap=None, end: VideoEnd | None = None):
     """(index, time_s, small, thumb) for every frame of one file, exactly as ShotDetector.push_segment
     feeds them to `detector`: small is 48x27 RGB for the TransNetV2 detectors, 256 px wide BGR for
     content; thumb is (h, thumb_width, 3) RGB. The frames of a film cut into segments (same frames,
     e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it.
-    tap: sees every decoded frame too (iter_video_frames)."""
+    tap: sees every decoded frame too; end: told where the video ends (iter_video_frames)."""
     scaler = scaler or Scaler()
     sizes = None  # (thumb, content detector's) sizes, from the first frame: a stream whose frame size changes
     # (a broadcast switching 16:9 to 4:3) keeps them, as the detectors compare frames of one size
     for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset,
-                                              tap=tap):
+                                              tap=tap, end=end):
         if sizes is None:
             fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
             h = max(2, round(thumb_width * fh / fw / 2) * 2)
@@ -505,7 +506,8 @@ class ShotDetector:
         self._shot_start: tuple[int, float, np.ndarray | None] | None = None
         self._n_shots = 0
         self._last_t = 0.0
-        self._frame_dt = 1 / 25
+        self._frame_dt = 1 / 25  # the last gap between frames: the last frame's duration for frames pushed alone
+        self._end: float | None = None  # where the media pushed so far ends, when a decoded file said (VideoEnd)
         self._scaler = Scaler()
         if detector in ("transnetv2", "transnetv2-fast"):
             self.threshold = 0.5 if threshold is None else threshold
@@ -520,8 +522,11 @@ class ShotDetector:
 
     @property
     def end_s(self) -> float:
-        """Where the media pushed so far ends: the last frame's time plus one frame duration."""
-        return self._last_t + self._frame_dt if self.n_frames else 0.0
+        """Where the media pushed so far ends: the last frame's time plus its duration (decode.VideoEnd: the
+        frame's own, never past the end its file declares; for frames pushed alone, the last gap between two)."""
+        if not self.n_frames:
+            return 0.0
+        return self._end if self._end is not None else self._last_t + self._frame_dt
 
     # --- feeding
     def push_segment(self, path: str | Path, *, time_offset: float | None = None, tap=None) -> list[Shot]:
@@ -535,10 +540,12 @@ class ShotDetector:
         if time_offset is None and self.n_frames:
             time_offset = self.end_s
         out: list[Shot] = []
+        end = VideoEnd()
         for i, t, small, thumb in detector_frames(path, self.detector, start_index=self.n_frames,
                                                   time_offset=time_offset, thumb_width=self.thumb_width,
-                                                  scaler=self._scaler, tap=tap):
+                                                  scaler=self._scaler, tap=tap, end=end):
             out += self.push_frame(i, t, small, thumb)
+        self._end = end.end_s
         if self.detector == "transnetv2":  # what this segment's frames can decide, decided now
             out += self._on_scores(self._scorer.drain())
         return out
@@ -559,6 +566,7 @@ class ShotDetector:
                 self._frame_dt = dt
         self.n_frames += 1
         self._last_t = time_s
+        self._end = None
         if self._shot_start is None:
             self._shot_start = (index, time_s, thumb)
         self._times[index] = (time_s, thumb)
@@ -575,7 +583,7 @@ class ShotDetector:
                 out += self._cut_after_run()
         if self._shot_start is not None and self.n_frames > self._shot_start[0]:
             s_idx, s_t, s_thumb = self._shot_start
-            out.append(Shot(self._n_shots, s_t, self._last_t + self._frame_dt, s_idx, self.n_frames, s_thumb))
+            out.append(Shot(self._n_shots, s_t, self.end_s, s_idx, self.n_frames, s_thumb))
             self._n_shots += 1
             self._shot_start = None
         self._times.clear()

@@ -13,6 +13,7 @@ text is its cues' text in time order, joined with spaces. Bitmap subtitles
 from __future__ import annotations
 
 import codecs
+import html
 import logging
 import re
 from collections.abc import Sequence
@@ -47,6 +48,51 @@ _TAGS = re.compile(r"\{[^}]*\}|<[^>]+>")
 def _clean(text: str) -> str:
     text = _TAGS.sub("", text.replace("\\N", " ").replace("\\n", " ").replace("\\h", " "))
     return " ".join(text.split())
+
+
+_VTT_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})[.,](\d{1,3})"
+_VTT_TIMING = re.compile(rf"^\s*{_VTT_TIME}\s+-->\s+{_VTT_TIME}(?:\s.*)?$")
+_VTT_TAGS = re.compile(r"<[^>]*>")
+
+
+def _vtt_seconds(h: str | None, m: str, s: str, frac: str) -> float:
+    return int(h or 0) * 3600 + int(m) * 60 + int(s) + int(frac.ljust(3, "0")) / 1000.0
+
+
+def _webvtt(text: str) -> list[Cue]:
+    """The cues of a WebVTT file, parsed as the WebVTT spec's parser does (https://www.w3.org/TR/webvtt1/).
+
+    Blocks are separated by blank lines; a cue block is an optional identifier line, the timing line
+    (`start --> end [settings]`), then its text, up to a blank line or another line with `-->`. Other
+    blocks (the header, NOTE comments, STYLE and REGION definitions) and cues whose timing does not parse
+    are passed over. The text loses its tags (`<v Roger>`, `<b>`, `<00:01.000>`) and then has its
+    character references decoded (`&amp;` `&lt;` `&gt;` `&nbsp;` `&#233;`)."""
+    lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    cues: list[Cue] = []
+    i, n = 0, len(lines)
+    if lines[0].startswith("WEBVTT"):
+        while i < n and lines[i].strip() and (i == 0 or "-->" not in lines[i]):  # the header: up to a blank line
+            i += 1
+    while i < n:
+        if not lines[i].strip():
+            i += 1
+            continue
+        # a block: the timing line is its first line, or its second after an identifier
+        k = i if "-->" in lines[i] else i + 1
+        if k >= n or "-->" not in lines[k]:
+            while i < n and lines[i].strip():  # not a cue (NOTE, STYLE, REGION, stray text): skip the block
+                i += 1
+            continue
+        j = k + 1
+        while j < n and lines[j].strip() and "-->" not in lines[j]:
+            j += 1
+        m = _VTT_TIMING.match(lines[k])
+        if m:
+            g = m.groups()
+            body = html.unescape(_VTT_TAGS.sub("", "\n".join(lines[k + 1:j])))
+            cues.append(Cue(_vtt_seconds(*g[:4]), _vtt_seconds(*g[4:]), " ".join(body.split())))
+        i = j
+    return cues
 
 
 def _decode(raw: bytes, path: Path, encoding: str | None) -> str:
@@ -88,27 +134,29 @@ def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue
     n = max(text.count("-->"), text.count("\nDialogue:"))  # SRT/WebVTT timings, ASS events: cheap, before parsing
     if n > MAX_CUES:
         raise SubtitleError(f"{path}: {n} cues, over the limit of {MAX_CUES}; is it the timed text of this title?")
-    fmt = "vtt" if path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT") else None
-    try:
-        subs = pysubs2.SSAFile.from_string(text, format_=fmt)
-    except Exception as e:  # pysubs2 raises several types (FormatAutodetectionError, ValueError, ...)
-        raise SubtitleError(f"{path}: not a readable subtitle file ({type(e).__name__}: {e}); "
-                            "expected SRT, WebVTT or ASS") from None
-    cues = [Cue(ev.start / 1000.0, ev.end / 1000.0, _clean(ev.plaintext)) for ev in subs
-            if not ev.is_comment and ev.end > ev.start]
-    cues = [c for c in cues if c.text]
+    if path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT"):
+        cues = _webvtt(text)
+    else:
+        try:
+            subs = pysubs2.SSAFile.from_string(text)
+        except Exception as e:  # pysubs2 raises several types (FormatAutodetectionError, ValueError, ...)
+            raise SubtitleError(f"{path}: not a readable subtitle file ({type(e).__name__}: {e}); "
+                                "expected SRT, WebVTT or ASS") from None
+        cues = [Cue(ev.start / 1000.0, ev.end / 1000.0, _clean(ev.plaintext)) for ev in subs if not ev.is_comment]
+    cues = [c for c in cues if c.text and c.end_s > c.start_s]
     if not cues:
         raise SubtitleError(f"{path}: no timed text found (is it a subtitle file?); expected SRT, WebVTT or ASS")
     return sorted(cues, key=lambda c: (c.start_s, c.end_s))
 
 
 def write_webvtt(cues: list[Cue], path: str | Path) -> Path:
-    """Cues as a WebVTT file (times as given), readable by load_subtitles."""
+    """Cues as a WebVTT file (times as given), readable by load_subtitles (`&`, `<` and `>` written as
+    character references, as WebVTT text needs them)."""
     def ts(t: float) -> str:
         ms = max(0, round(t * 1000))
         return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
-    body = "".join(f"{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for c in cues)
+    body = "".join(f"{ts(c.start_s)} --> {ts(c.end_s)}\n{html.escape(c.text, quote=False)}\n\n" for c in cues)
     Path(path).write_text("WEBVTT\n\n" + body, encoding="utf-8")
     return Path(path)
 

@@ -224,3 +224,48 @@ def test_huge_frames_after_small_ones_are_not_decoded(tmp_path, caplog):
         sizes = {(f.width, f.height) for _, _, f, _ in iter_video_frames(film)}
     assert sizes == {(160, 90)}
     assert "2 video packets did not decode and were skipped" in caplog.text
+
+
+@pytest.mark.parametrize("change", ["channels", "rate"])
+def test_audio_whose_format_changes_mid_stream_stays_on_its_timeline(tmp_path, change):
+    """An MPEG-TS recording whose audio switches mono to stereo, or 44.1 to 48 kHz, at 3 s (a broadcast's ad
+    break): 440 Hz before, 880 Hz after. Before: `ValueError: Frame does not match AudioResampler setup.` at
+    the switch (the resampler was made for the first frame's format), a traceback from `mediafm embed`."""
+    second = {"channels": ("44100", "2"), "rate": ("48000", "1")}[change]
+    a, b, both = tmp_path / "a.ts", tmp_path / "b.ts", tmp_path / "both.ts"
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=25:d=3", "-f", "lavfi", "-i", "sine=f=440:r=44100:d=3",
+               "-pix_fmt", "yuv420p", "-c:v", "libx264", "-c:a", "mp2", "-ar", "44100", "-ac", "1", a)
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=25:d=3", "-f", "lavfi", "-i", "sine=f=880:r=44100:d=3",
+               "-pix_fmt", "yuv420p", "-c:v", "libx264", "-c:a", "mp2", "-ar", second[0], "-ac", second[1],
+               "-output_ts_offset", "3", b)
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    chunks = list(iter_audio(both))
+    assert {r for _, r, _ in chunks} == {44100}, "one rate throughout: the first segment's"
+    assert all(i + len(x) == j for (i, _, x), (j, _, _) in zip(chunks, chunks[1:], strict=False)), "no gap, no overlap"
+    x, rate = _audio(both)
+    assert 5.9 * rate < len(x) < 6.1 * rate
+    for t0, t1, f in [(0.5, 2.5, 440), (2.5, 2.95, 440), (3.05, 3.5, 880), (3.5, 5.8, 880)]:
+        assert abs(_tone_at(x, rate, t0, t1) - f) < 5, (t0, t1, f)
+
+
+@pytest.mark.parametrize("container", ["mkv", "mp4"])
+def test_a_truncated_file_is_reported(tmp_path, caplog, container):
+    """A 6-s film cut at 60% of its bytes still opens (Matroska; MP4 with its index first) and decodes up to the
+    cut, its header still saying 6 s. Before: its shots covered the first 3.6 s with no word that the rest
+    was missing (FFmpeg's CLI says "File ended prematurely")."""
+    from mediafm.media.shots import detect_shots
+
+    full, cut = tmp_path / f"full.{container}", tmp_path / f"cut.{container}"
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=25:d=6", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+               *(["-movflags", "+faststart"] if container == "mp4" else []), full)
+    data = full.read_bytes()
+    cut.write_bytes(data[:len(data) * 6 // 10])
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        shots = detect_shots(full, detector="content")
+    assert shots[-1].end_s == pytest.approx(6.0, abs=0.05) and not caplog.records
+    with caplog.at_level("WARNING", logger="mediafm.media.decode"):
+        shots = detect_shots(cut, detector="content")
+    assert 2.0 < shots[-1].end_s < 4.5
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert msg.startswith(f"{cut}: the file declares 6.0") and "a truncated file?" in msg
+    assert f"of video but it ends at {shots[-1].end_s:.2f} s" in msg

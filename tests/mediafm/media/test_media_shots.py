@@ -245,3 +245,44 @@ def test_4k_film_decodes_in_bounded_memory(tmp_path):
     assert n_shots == 2
     # a few decoded 4K frames (25 MB each) plus the detector: far below the 1.2 GB of the whole film
     assert growth_kb < 600 * 1024, f"peak RSS grew {growth_kb / 1024:.0f} MB while decoding"
+
+
+@pytest.fixture(scope="module")
+def slideshow(tmp_path_factory):
+    """Variable frame rate: 50 frames at 25 fps, then one more 8 s later (a slideshow or screen recording whose
+    last picture comes after a long still); the file is 10.04 s long."""
+    path = tmp_path_factory.mktemp("vfr") / "slideshow.mp4"
+    subprocess.run([ffmpeg(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=160x90:r=25",
+                    "-frames:v", "51", "-vf", "setpts='if(lt(N,50),N/25,10)/TB'", "-fps_mode", "vfr",
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-bf", "0", str(path)], check=True)
+    assert probe(path).duration_s == pytest.approx(10.04)
+    return path
+
+
+@pytest.mark.parametrize("detector", ["content", "transnetv2-fast", "transnetv2"])
+def test_the_last_shot_ends_where_the_video_does(slideshow, detector):
+    """Before: the last shot ended the last gap between frames after its last frame: at 18.04 s, 8 s past
+    the end of the file. Now: the last frame's own duration (0.04 s), never past the file's end."""
+    shots = detect_shots(slideshow, detector=detector)
+    assert shots[0].start_s == 0.0 and shots[-1].end_frame == 51
+    assert shots[-1].end_s == pytest.approx(10.04, abs=1e-6)
+
+
+def test_segments_pushed_one_after_another_start_where_the_video_ended(slideshow):
+    """A live event's detector: a segment given no time continues where the previous one's video ended (its
+    last frame plus that frame's duration), and the event's last shot ends where its last segment does.
+    Before: the last gap (8 s) was taken for the last frame's duration, both for the next segment's start and
+    for the last shot's end."""
+    det = ShotDetector("content")
+    shots = det.push_segment(slideshow)
+    assert det.end_s == pytest.approx(10.04, abs=1e-6)
+    shots += det.push_segment(slideshow)
+    assert det.end_s == pytest.approx(20.08, abs=1e-6)
+    shots += det.flush()
+    assert shots[-1].end_s == pytest.approx(20.08, abs=1e-6) and shots[-1].end_frame == 102
+    assert all(a.end_s == b.start_s for a, b in zip(shots, shots[1:], strict=False))
+    # the segment stage's way: each segment at its start on the event's clock
+    det = ShotDetector("content")
+    shots = det.push_segment(slideshow, time_offset=0.0) + det.push_segment(slideshow, time_offset=10.04)
+    shots += det.flush()
+    assert shots[-1].end_s == pytest.approx(20.08, abs=1e-6)
