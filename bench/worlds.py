@@ -157,11 +157,12 @@ def trained_as(run: Path) -> str:
 
 def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], args, work: Path) -> dict:
     """Corpus, training of every variant and evaluation for one (world, seed); a finished one is read back
-    (evaluated again when a --served row is missing from it)."""
+    (evaluated again when a variant's or a --served row is missing from it: a report written before a variant
+    finished, by a run stopped between its training and its evaluation, does not count for it)."""
     served = [f"{v}@{x}" for v in variants for x in args.served]
     done = collect(work, variants)
     if (done is not None and all(done["losses"].get(v) for v in variants)
-            and all(f"{name}:context-output" in done["probes"] for name in served)):
+            and all(f"{name}:context-output" in done["probes"] for name in [*variants, *served])):
         return done
     from mediafm.fusion import Layout
     from mediafm.synth import write_corpus
@@ -189,7 +190,7 @@ def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], 
                      test_fraction=0.35, world=knobs)
     for name, flags in variants.items():  # a run already at --steps returns at once (train resumes)
         if done is not None and done["losses"].get(name):
-            continue  # trained and validated: evaluated again only (a --served row was missing)
+            continue  # trained and validated: evaluated again only (a row was missing from its report)
         train_over, model_over = parse_overrides([*TRAIN_DEFAULTS, "--max_steps", str(args.steps), "--eval_every",
                                                   str(args.steps), "--ckpt_every", str(args.steps), "--seed",
                                                   str(seed), *flags])
