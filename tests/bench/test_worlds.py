@@ -160,3 +160,29 @@ def test_the_shot_spectrum_tells_a_near_isotropic_world_from_a_steep_one_and_the
                                                                 .read_text()) == a
     table = worlds.tables(results, [], 1)
     assert f"| else | {b['top_share']:.3f} ± 0.000 | {b['effective_rank']:.3f} ± 0.000 |" in table, table
+
+
+def test_a_seed_whose_report_lacks_a_variants_rows_is_evaluated_again_not_read_back(bench_script, tmp_path):
+    """A run stopped between a variant's training and the seed's evaluation leaves a report without that variant:
+    the next start evaluates the seed again (its trained runs kept) instead of reading it back as finished."""
+    import argparse
+
+    from mediafm.fusion import Layout
+    from mediafm.synth import write_corpus
+    from trainer.train import TrainConfig, train
+
+    worlds = bench_script("worlds")
+    work = tmp_path / "world" / "seed1"
+    write_corpus(work / "data", n_titles=30, layout=Layout("t", video=8, audio=8, text=8, title=8), seed=1,
+                 shots=(20, 40), val_fraction=0.1, test_fraction=0.35)
+    args = argparse.Namespace(served=[], steps=2, config="tiny", dims=8, shots="20,40", titles=30, eval_seeds=1,
+                              folds=3)
+    first = worlds.one_seed("world", {}, 1, {"a": []}, args, work)
+    assert "a:context-output" in first["probes"] and "b:context-output" not in first["probes"]
+    train(work / "data", work / "b", TrainConfig(config="tiny", max_steps=2, eval_every=2, ckpt_every=2,
+                                                 batch_size=4, val_batches=1, seed=1, mask_span=3), quiet=True)
+    a_ckpt = (work / "a" / "checkpoints" / "step-0000002.pt").stat().st_mtime_ns
+    both = worlds.one_seed("world", {}, 1, {"a": [], "b": ["--mask_span", "3"]}, args, work)
+    assert {"a:context-output", "b:context-output"} <= set(both["probes"]), "b's rows made, not read back without"
+    assert (work / "a" / "checkpoints" / "step-0000002.pt").stat().st_mtime_ns == a_ckpt, "a is not trained again"
+    assert both["probes"]["a:context-output"] == first["probes"]["a:context-output"]
