@@ -516,6 +516,14 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
 
 _ID_FIELDS = {"title_id": False, "event_id": False, "request_id": True}  # field -> may be empty
 _TIME_FIELDS = ("start_s", "end_s", "media_start_s", "published_at", "produced_at", "at")
+_WALL_CLOCK = ("published_at", "produced_at", "at")  # seconds since the epoch, set by a clock
+MAX_TIME_S = 1e11
+"""Largest time a message may carry (s; epoch seconds are about 1.8e9 now): float64 keeps milliseconds only
+below about 1e12, and a media seek converts seconds to a C long (a span at 1e15 overflowed it)."""
+MAX_TITLE_SHOTS = 200_000
+"""Most shots a title may have (a 12-hour title, max_media_duration_s, cut every 0.2 s): a title's progress
+record keeps 8 bytes a shot and must fit one changelog message (MAX_MESSAGE_BYTES); a claimed n_shots of 30
+million made it 4.8 MB, and the worker's producer crashed. A live event has no such record and no limit."""
 
 
 def _check_values(name: str, f: dict) -> None:
@@ -530,6 +538,10 @@ def _check_values(name: str, f: dict) -> None:
     for key in _TIME_FIELDS:
         if key in f and not math.isfinite(f[key]):
             raise SchemaError(f"{name}: field {key!r} is {f[key]}; times are finite seconds")
+        if key in f and not (0 if key in _WALL_CLOCK else -MAX_TIME_S) <= f[key] <= MAX_TIME_S:
+            what = "seconds since the epoch (time.time())" if key in _WALL_CLOCK else "seconds on the media's clock"
+            raise SchemaError(f"{name}: field {key!r} is {f[key]:g}; it is {what}, within "
+                              f"{'0' if key in _WALL_CLOCK else f'-{MAX_TIME_S:g}'}..{MAX_TIME_S:g}")
     if "start_s" in f and "end_s" in f and f["end_s"] < f["start_s"]:
         raise SchemaError(f"{name} has span [{f['start_s']}, {f['end_s']}), which ends before it starts")
     for key in ("segment_index", "start_frame", "end_frame", "window_start", "partition", "offset"):
@@ -538,6 +550,11 @@ def _check_values(name: str, f: dict) -> None:
     i, n = f.get("shot_index"), f.get("n_shots")
     if n is not None and n < 1:
         raise SchemaError(f"{name}: n_shots={n}; a title has at least one shot")
+    if n is not None and f.get("kind", "title") == "title" and n > MAX_TITLE_SHOTS:
+        raise SchemaError(f"{name}: n_shots={n} for {f.get('title_id')!r}, over the {MAX_TITLE_SHOTS:,} a title "
+                          "may have; cut a longer recording into titles (or publish it as a live event)")
+    if f.get("kind") is not None and f["kind"] not in ("title", "live"):
+        raise SchemaError(f"{name}: kind={f['kind']!r}; a shot is of a 'title' or of a 'live' event")
     # a live shot's index is checked against its event's n_shots where that is known (streams/contextualise.py)
     if i is not None and (i < 0 or (n is not None and f.get("kind", "title") == "title" and i >= n)):
         raise SchemaError(f"{name}: shot_index {i} outside 0..{'' if n is None else n - 1} of {f.get('title_id')!r}")

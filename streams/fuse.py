@@ -64,6 +64,8 @@ def checked(shot: EncodedShot) -> Parsed:
         vecs[m] = bytes_to_vec(raw_vec, dim, what=m) if raw_vec is not None else np.zeros(dim, np.float32)
     if not present.any():
         raise SchemaError(f"shot {shot.shot_index} of {shot.title_id!r} has no modality (video/audio/text all null)")
+    if shot.title_embedding is not None:  # refused here, on the topic its sender wrote, not a stage later
+        bytes_to_vec(shot.title_embedding, layout.title, what="title_embedding")
     return shot, vecs, present
 
 

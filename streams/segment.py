@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -157,6 +158,7 @@ def advance(state: dict, seg: LiveSegment, shots: list[Shot]) -> None:
     state["segments"] = [s for i, s in enumerate(segs) if i + 1 == len(segs) or segs[i + 1][1] > state["cut_s"] - 1.0]
     state["cues"] = [c for c in state.get("cues", []) if c[1] > state["cut_s"]]  # only cues of shots still open
     state["done"] = seg.last
+    state["last_published_at"] = max(state.get("last_published_at", 0.0), seg.published_at)
 
 
 def segment_cues(seg: LiveSegment, media_settings: Settings) -> list[list]:
@@ -168,12 +170,25 @@ def segment_cues(seg: LiveSegment, media_settings: Settings) -> list[list]:
 
 
 def check_next(state: dict, seg: LiveSegment) -> bool:
-    """True if `seg` is the event's next segment, False if already processed; SchemaError on a gap."""
+    """True if `seg` is the event's next segment, False if already processed (a redelivery); SchemaError on a
+    gap, on a segment after the event's last, on a segment published after the event ended (its id used again),
+    and on a clock that goes back."""
+    ended = f"event {seg.event_id!r} ended with segment {state['next_segment'] - 1} (last=true)"
+    if state["done"] and seg.segment_index >= state["next_segment"]:
+        raise SchemaError(f"{ended}; segment {seg.segment_index} arrived after it. A new broadcast needs a new "
+                          "event id")
+    if state["done"] and seg.published_at > state.get("last_published_at", math.inf):
+        raise SchemaError(f"{ended} and segment {seg.segment_index} was published after that, at "
+                          f"{seg.published_at:.3f}: not a redelivery. A new broadcast needs a new event id")
     if seg.segment_index < state["next_segment"] or state["done"]:
         return False
     if seg.segment_index > state["next_segment"]:
         raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} arrived but segment "
                           f"{state['next_segment']} is next; publish segments in order, without gaps")
+    if state["segments"] and seg.start_s < state["segments"][-1][1]:
+        raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} starts at {seg.start_s:g} s, before "
+                          f"the segment before it ({state['segments'][-1][1]:g} s); an event's clock only goes "
+                          "forward (start_s on one clock for the whole event)")
     return True
 
 

@@ -79,6 +79,15 @@ def test_wrong_field_type_and_unknown_field():
     ("title_id", "a\x7fb", "field 'title_id' has control characters"),
     ("request_id", "r\u2028", "field 'request_id' has control characters"),
     ("request_id", "a#b", "has '#' or '/'"),
+    # found by sending raw messages to a worker (2026-12-05): a span at 1e15 s overflowed a media seek, a clock
+    # at 1e16 s lost its frames to float precision, a publication time of -1e12 s skewed the latency metrics, and
+    # an n_shots of 30 million made a title's progress record too large to store, which crashed the worker
+    ("end_s", 1e15, r"field 'end_s' is 1e\+15; it is seconds on the media's clock, within -1e\+11..1e\+11"),
+    ("start_s", -1e16, r"field 'start_s' is -1e\+16"),
+    ("published_at", -1e12, r"field 'published_at' is -1e\+12; it is seconds since the epoch \(time.time\(\)\), "
+                            r"within 0..1e\+11"),
+    ("n_shots", 30_000_000, r"n_shots=30000000 for 'tt1', over the 200,000 a title may have"),
+    ("kind", "clip", r"kind='clip'; a shot is of a 'title' or of a 'live' event"),
 ])
 def test_each_field_is_checked_on_the_fast_path_too(field, value, match):
     """decode checks plain-typed fields by exact type first (mediafm.schema._exact_types): what it let through
@@ -195,3 +204,11 @@ def test_request_ids_that_could_join_two_titles_table_keys_are_refused(rid):
     with pytest.raises(SchemaError, match=r"request_id .* has '#' or '/'; request ids are tokens"):
         decode(TitleRequest(title_id="a", uri="/m/a.mp4", request_id=rid).to_bytes())
     assert decode(TitleRequest(title_id="a#b", uri="/m/a.mp4", request_id="c0ffee").to_bytes()).title_id == "a#b"
+
+
+def test_limits_leave_real_work_alone():
+    """A 12-hour title cut every 0.2 s, epoch-second clocks, and a live event of any length pass."""
+    for kw in ({"n_shots": 200_000, "shot_index": 199_999}, {"published_at": 1.8e9, "start_s": 1.8e9, "end_s": 1.8e9 + 2},
+               {"kind": "live", "n_shots": None, "shot_index": 5_000_000}):
+        shot = _shot(**kw)
+        assert decode(shot.to_bytes()) == shot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -96,8 +98,35 @@ def test_live_segments_must_come_in_order_without_gaps():
     assert not segment.check_next(state, _seg(1, 2.0))  # already done: a redelivery
     with pytest.raises(SchemaError, match="segment 3 arrived but segment 2 is next"):
         segment.check_next(state, _seg(3, 6.0))
-    state["done"] = True
-    assert not segment.check_next(state, _seg(2, 4.0))
+    state["done"], state["last_published_at"] = True, 100.0  # segment 1 was the last, published at 100
+    with pytest.raises(SchemaError, match=r"event 'ev' ended with segment 1 \(last=true\); segment 2 arrived "
+                                          r"after it. A new broadcast needs a new event id"):
+        segment.check_next(state, _seg(2, 4.0))
+    redelivered = dataclasses.replace(_seg(1, 2.0), published_at=99.0)
+    assert not segment.check_next(state, redelivered), "a segment of the ended event, sent again: a redelivery"
+    reused = dataclasses.replace(_seg(0, 0.0), published_at=200.0)
+    with pytest.raises(SchemaError, match=r"ended with segment 1 \(last=true\) and segment 0 was published after "
+                                          r"that, at 200.000: not a redelivery"):
+        segment.check_next(state, reused)
+
+
+def test_a_live_clock_that_goes_back_is_refused_at_the_segment():
+    """Before: the segment stage published a shot that ended before it started, and every later shot of the
+    event was dead-lettered a stage later for arriving out of order."""
+    state = segment.new_state(_seg(0, 5.0))
+    state["segments"].append(["/m/0.ts", 5.0, 0])
+    state["next_segment"] = 1
+    with pytest.raises(SchemaError, match=r"segment 1 starts at 1 s, before the segment before it \(5 s\); an "
+                                          r"event's clock only goes forward"):
+        segment.check_next(state, _seg(1, 1.0))
+    assert segment.check_next(state, _seg(1, 7.0))
+
+
+def test_advance_records_when_the_event_was_last_published():
+    state = segment.new_state(_seg(0, 0.0))
+    segment.advance(state, dataclasses.replace(_seg(0, 0.0), published_at=50.0), [])
+    segment.advance(state, dataclasses.replace(_seg(1, 2.0, last=True), published_at=60.0), [])
+    assert state["done"] and state["last_published_at"] == 60.0
 
 
 def test_covering_segments_of_a_shot():
@@ -194,6 +223,7 @@ def test_fuse_parse_marks_present_modalities_and_zero_fills_the_rest():
     ({"video": vec_to_bytes(np.ones(7))}, "video has 28 bytes"),
     ({"start_s": 2.0}, "has span"),
     ({"video": vec_to_bytes(np.full(LAY.video, np.nan))}, "NaN or inf"),
+    ({"title_embedding": vec_to_bytes(np.ones(3))}, "title_embedding has 12 bytes"),  # refused where it was sent
 ])
 def test_fuse_parse_rejects(change, match):
     with pytest.raises(SchemaError, match=match):
@@ -229,7 +259,7 @@ def _fused(**kw) -> FusedShot:
     ({"shot_index": 3}, "outside 0..2"),
     ({"shot_index": -1}, "outside 0..2"),
     ({"n_shots": None}, "needs a known n_shots"),
-    ({"kind": "clip"}, "kind is 'title' or 'live'"),
+    ({"kind": "clip"}, "kind='clip'; a shot is of a 'title' or of a 'live' event"),
     ({"profile": "nope"}, "unknown encoder profile"),
     ({"fused": vec_to_bytes(np.ones(5))}, "fused has 20 bytes"),
     ({"title_embedding": vec_to_bytes(np.ones(3))}, "title_embedding has 12 bytes"),
