@@ -520,6 +520,8 @@ _WALL_CLOCK = ("published_at", "produced_at", "at")  # seconds since the epoch, 
 MAX_TIME_S = 1e11
 """Largest time a message may carry (s; epoch seconds are about 1.8e9 now): float64 keeps milliseconds only
 below about 1e12, and a media seek converts seconds to a C long (a span at 1e15 overflowed it)."""
+MAX_INDEX = 10**9
+"""Largest shot, frame or segment index a message may carry (a billion frames: 385 days at 30 fps)."""
 MAX_TITLE_SHOTS = 200_000
 """Most shots a title may have (a 12-hour title, max_media_duration_s, cut every 0.2 s): a title's progress
 record keeps 8 bytes a shot and must fit one changelog message (MAX_MESSAGE_BYTES); a claimed n_shots of 30
@@ -547,6 +549,12 @@ def _check_values(name: str, f: dict) -> None:
     for key in ("segment_index", "start_frame", "end_frame", "window_start", "partition", "offset"):
         if f.get(key) is not None and f[key] < 0:
             raise SchemaError(f"{name}: field {key!r} is {f[key]}; it counts from 0")
+    for key in ("segment_index", "start_frame", "end_frame", "window_start", "shot_index"):
+        if f.get(key) is not None and f[key] > MAX_INDEX:
+            raise SchemaError(f"{name}: field {key!r} is {f[key]}, over {MAX_INDEX:,}; it counts shots, frames or "
+                              "segments of one title or event")
+    if f.get("start_frame") is not None and f.get("end_frame") is not None and f["end_frame"] < f["start_frame"]:
+        raise SchemaError(f"{name} has frames [{f['start_frame']}, {f['end_frame']}), which end before they start")
     i, n = f.get("shot_index"), f.get("n_shots")
     if n is not None and n < 1:
         raise SchemaError(f"{name}: n_shots={n}; a title has at least one shot")

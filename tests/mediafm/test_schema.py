@@ -212,3 +212,18 @@ def test_limits_leave_real_work_alone():
                {"kind": "live", "n_shots": None, "shot_index": 5_000_000}):
         shot = _shot(**kw)
         assert decode(shot.to_bytes()) == shot
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"end_frame": 2**62}, r"field 'end_frame' is 4611686018427387904, over 1,000,000,000"),
+    ({"start_frame": 30, "end_frame": 20}, r"has frames \[30, 20\), which end before they start"),
+])
+def test_a_shot_refs_frames_are_checked(change, match):
+    """Found by sending raw messages to a worker (2026-12-05): both were accepted and embedded."""
+    from mediafm.schema import ShotRef
+
+    body = dict(title_id="tt1", shot_index=0, start_s=0.0, end_s=1.0, start_frame=0, end_frame=25,
+                media=["/m/a.mp4"], media_start_s=0.0, text="", title_text="t", profile="offline", n_shots=1)
+    assert decode(ShotRef(**body).to_bytes()).end_frame == 25
+    with pytest.raises(SchemaError, match=match):
+        decode(ShotRef(**{**body, **change}).to_bytes())
