@@ -112,9 +112,10 @@ class TrainConfig:
     how much they differ from it, so the copy learns per shot how much of the shot's own input to keep (the
     weight a served copy puts on its own shot, never trained by masked shots). The transformer sees the shots as
     they are; the masked loss and validation are unchanged (issue 17 ablation; 0 = none: without noise the
-    visible loss of a copy head is met by copying the shot itself). Tried on the grid (2026-12-05, 5 seeds, 0.5):
-    the same 3 cells clearly below `concat`, 10 below a baseline against 5; it learns to keep a shot most where
-    shots are noisiest, as nothing tells a shot's noise from its own detail; not the recipe (bench/WORLDS.md)."""
+    visible loss of a copy head is met by copying the shot itself). Tried on the grid (2026-12-05, 5 seeds, 0.5 and 1):
+    3-4 cells clearly below `concat` (the recipe: 3), 10-11 below a baseline against 5; it learns to keep a shot
+    most where shots are noisiest, as nothing tells a shot's noise from its own detail; not the recipe
+    (bench/WORLDS.md)."""
 
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
