@@ -282,7 +282,9 @@ def _cases(run: str, m: dict) -> list[Case]:
         Case("shot-negative-index", "shots", _raw(ShotRef, **_shot_ref(k("shot-negative-index"), good, shot_index=-1)),
              "shot_index -1 outside 0..1"),
         Case("shot-huge-index", "shots", _raw(ShotRef, **_shot_ref(k("shot-huge-index"), good, shot_index=2**62)),
-             f"shot_index {2**62} outside 0..1"),
+             f"field 'shot_index' is {2**62}, over 1,000,000,000"),
+        Case("shot-index-past-the-title", "shots", _raw(ShotRef, **_shot_ref(k("shot-index-past-the-title"), good,
+                                                                            shot_index=2)), "shot_index 2 outside 0..1"),
         Case("shot-zero-n-shots", "shots", _raw(ShotRef, **_shot_ref(k("shot-zero-n-shots"), good, n_shots=0)),
              "n_shots=0"),
         Case("shot-nan-time", "shots", _raw(ShotRef, **_shot_ref(k("shot-nan-time"), good, start_s=float("nan"))),
@@ -313,7 +315,9 @@ def _cases(run: str, m: dict) -> list[Case]:
         Case("fused-wrong-width", "fused",
              _raw(FusedShot, **_fused(k("fused-wrong-width"), fused=vec_to_bytes(np.ones(7)))), "fused has 28 bytes"),
         Case("fused-huge-index", "fused", _raw(FusedShot, **_fused(k("fused-huge-index"), shot_index=10**12)),
-             "outside 0..1"),
+             "over 1,000,000,000"),
+        Case("fused-index-past-the-title", "fused", _raw(FusedShot, **_fused(k("fused-index-past-the-title"),
+                                                                             shot_index=2)), "outside 0..1"),
         # --- several fused shots in one record (what the fuse stage sends)
         Case("fused-shots-two-titles", "fused", _raw(FusedShots, title_id=k("fused-shots-two-titles"), shots=[
             _raw(FusedShot, **_fused(k("fused-shots-two-titles"))), _raw(FusedShot, **_fused(k("other"), shot_index=1))]),
