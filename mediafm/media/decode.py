@@ -413,8 +413,6 @@ class VideoEnd:
     """Where the video of one pass of iter_video_frames ends, on the clock its frames are given on; filled in
     when the pass reaches the end of the stream (iter_video_frames(end=...))."""
 
-    last_s: float | None = None
-    """The last frame's time."""
     end_s: float | None = None
     """The last frame's time plus its duration (the container's, else the stream's nominal frame period; never
     the gap before it, which with variable frame rate can be seconds), and never past the end the file declares
@@ -467,7 +465,7 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
             tap.opened(base, clock.rate, audio_stream(c) is not None)
         damage = Damage(path, "video")
         i = start_index
-        t, dur = 0.0, None  # the last frame's time and its own duration (s)
+        dur = None  # the last frame's own duration (s)
         try:
             for frame in _decode(c, v, base, seek_s if time_offset is None else None, damage):
                 raw = frame.time
@@ -486,7 +484,7 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
             if declared is not None and clock.last < declared < ends:
                 ends = declared
             if end is not None:
-                end.last_s, end.end_s = t, clock.place(ends)
+                end.end_s = clock.place(ends)
             if declared is not None and declared - ends >= TRUNCATED_S and not damage.ended:
                 log.warning("%s: the file declares %.2f s of video but it ends at %.2f s; using what decoded: a "
                             "truncated file? Re-fetch it for a complete copy", path, declared - base, ends - base)
