@@ -28,6 +28,7 @@ import stat
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -124,7 +125,7 @@ class MediaInfo:
     """Container duration, None when the container does not say (live segments, raw streams)."""
     width: int
     height: int
-    """Display size, after rotation."""
+    """Display size: the stored width scaled by the sample aspect ratio (anamorphic video), then rotation."""
     fps: float
     """Average frame rate (informational: times come from each frame's timestamp)."""
     rotation: int
@@ -198,6 +199,29 @@ def _rotation(stream) -> int:
     return -rot % 360
 
 
+def sample_aspect(stream) -> Fraction:
+    """The width a pixel of `stream` is shown at over its height (SAR), as FFmpeg's CLI and players take it
+    (av_guess_sample_aspect_ratio: the container's, else the codec's): anamorphic video (DVD, DV, broadcast SD;
+    320x240 at 16:11 is shown 465x240) is stored squeezed. 1 (square) where the file gives none or 0:1."""
+    sar = stream.sample_aspect_ratio
+    return sar if sar is not None and sar > 0 else Fraction(1)
+
+
+def display_size(width: int, height: int, sar: Fraction, rot: int) -> tuple[float, float]:
+    """The (w, h) a player shows stored `width` x `height` pixels at: the width scaled by the sample aspect
+    ratio, then turned by the display matrix's angle (the ratio is the stored pixels', so it applies first)."""
+    w, h = width * float(sar), float(height)
+    return (h, w) if rot in (90, 270) else (w, h)
+
+
+@dataclass
+class PixelAspect:
+    """The sample aspect ratio of one pass's video (sample_aspect), filled in when iter_video_frames opens the
+    stream (iter_video_frames(aspect=...)): what sizes a picture as a player shows it (display_size)."""
+
+    sar: Fraction = Fraction(1)
+
+
 def turn(img: np.ndarray, rot: int) -> np.ndarray:
     """Pixels as a player shows them. `rot` is the display matrix's angle, counter-clockwise (what PyAV's
     frame.rotation and ffprobe report); FFmpeg's own autorotation turns the picture counter-clockwise by it."""
@@ -223,10 +247,8 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
             raise CorruptMediaError(f"{path}: the video stream has no decodable frame; the file is truncated "
                                     "or empty: re-fetch it")
         rot = int(getattr(first, "rotation", 0) or 0) % 360 or _rotation(v)
-        w, h = first.width, first.height
-        _check_frame_size(path, w, h, "has frames of")
-        if rot in (90, 270):
-            w, h = h, w
+        _check_frame_size(path, first.width, first.height, "has frames of")
+        w, h = (max(1, round(x)) for x in display_size(first.width, first.height, sample_aspect(v), rot))
         dur = c.duration / av.time_base if c.duration else None
         if settings is not None and dur is not None and dur > settings.max_media_duration_s:
             raise MediaURIError(f"{path}: {dur:.0f} s long, over max_media_duration_s="
@@ -404,8 +426,8 @@ class FrameTimes:
 
 
 TRUNCATED_S = 1.0
-"""Video that ends this much or more before the end its file declares is reported (a warning): a truncated file
-(Matroska and MP4 cut short still open and decode up to the cut, with their headers' duration)."""
+"""Video that ends this much or more before the end its file declares for it is reported (a warning): a truncated
+file (Matroska and MP4 cut short still open and decode up to the cut, with their headers' duration)."""
 
 
 @dataclass
@@ -414,34 +436,40 @@ class VideoEnd:
     when the pass reaches the end of the stream (iter_video_frames(end=...))."""
 
     end_s: float | None = None
-    """The last frame's time plus its duration (the container's, else the stream's nominal frame period; never
-    the gap before it, which with variable frame rate can be seconds), and never past the end the file declares
-    for its video, when it declares one."""
+    """The last frame's time plus its duration (the container's, else the nominal frame period its times are
+    placed at, FrameTimes.rate: one period for one stream; never the gap before it, which with variable frame
+    rate can be seconds), and never past the end the file declares (_declared_end: the video's own, or the
+    container's, which bounds every track's), when it declares one."""
 
 
-def _declared_end(c, v, base: float) -> float | None:
+def _declared_end(c, v, base: float) -> tuple[float | None, bool]:
     """Where the file says its video ends, on its timestamps' clock (s), None when it does not say: the stream's
     own duration where FFmpeg knows it (MP4, MPEG-TS), else the DURATION tag Matroska muxers write per track
     (the end of its last frame), else the container's duration (Matroska's runs from timestamp 0, not from
-    the first one; it covers every track, subtitles included)."""
+    the first one). And whether that end is the video's own: the container's covers every track, subtitles
+    included, so it is the video's only where no other stream is timed (a muxer that writes no DURATION tags,
+    audio running past the video: the video is not short of anything the file says of it)."""
     if v.duration and v.time_base:
         start = float(v.start_time * v.time_base) if v.start_time is not None else base
-        return start + float(v.duration * v.time_base)
+        return start + float(v.duration * v.time_base), True
     tag = v.metadata.get("DURATION")
     if tag:
         try:
             h, m, sec = tag.split(":")
-            return int(h) * 3600 + int(m) * 60 + float(sec)
+            return int(h) * 3600 + int(m) * 60 + float(sec), True
         except ValueError:
             pass
     if c.duration:
-        return c.duration / av.time_base + (0.0 if "matroska" in c.format.name else base)
-    return None
+        pic = av.stream.Disposition.attached_pic  # a cover picture (Matroska's attached images) has no span
+        alone = all(s.index == v.index or s.type == "attachment" or (s.type == "video" and s.disposition & pic)
+                    for s in c.streams)
+        return c.duration / av.time_base + (0.0 if "matroska" in c.format.name else base), alone
+    return None, False
 
 
 def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None,
-                      seek_s: float | None = None, tap=None,
-                      end: VideoEnd | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
+                      seek_s: float | None = None, tap=None, end: VideoEnd | None = None,
+                      aspect: PixelAspect | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
     """(index, time_s, av frame, rotation) for every decoded frame; the av frame is not converted.
 
     time_offset None: times from the container start; a number: the first frame gets that time
@@ -450,7 +478,8 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
     tap: told what a replay needs (mediafm.media.segment_cache.SegmentRecorder): `tap.opened(base, rate,
     has_audio)` once, then `tap.frame(frame.time, frame, rotation)` per frame.
     end: told where the video ends (VideoEnd), once the pass reaches the end of the stream. Video that ends
-    TRUNCATED_S or more before the end the file declares is reported (a warning: a truncated file).
+    TRUNCATED_S or more before the end the file declares for it is reported (a warning: a truncated file).
+    aspect: told the video's sample aspect ratio (PixelAspect) when the stream is opened, before any frame.
     """
     with open_media(path) as c:
         v = video_stream(c)
@@ -460,6 +489,8 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
         _limit_pixels(v)
         base = _start(c)
         stream_rot = _rotation(v)
+        if aspect is not None:
+            aspect.sar = sample_aspect(v)
         clock = FrameTimes(base, float(v.average_rate or 25), time_offset, path)
         if tap is not None:
             tap.opened(base, clock.rate, audio_stream(c) is not None)
@@ -479,13 +510,13 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
             if i == start_index:
                 raise CorruptMediaError(f"{path}: the video stream does not decode "
                                         f"({damage.first or damage.ended or 'no frame'}); re-encode or re-fetch it")
-            declared = _declared_end(c, v, base)
-            ends = clock.last + (dur or 1.0 / float(v.guessed_rate or v.average_rate or 25))
+            declared, own = _declared_end(c, v, base)
+            ends = clock.last + (dur or 1.0 / clock.rate)
             if declared is not None and clock.last < declared < ends:
                 ends = declared
             if end is not None:
                 end.end_s = clock.place(ends)
-            if declared is not None and declared - ends >= TRUNCATED_S and not damage.ended:
+            if own and declared - ends >= TRUNCATED_S and not damage.ended:
                 log.warning("%s: the file declares %.2f s of video but it ends at %.2f s; using what decoded: a "
                             "truncated file? Re-fetch it for a complete copy", path, declared - base, ends - base)
         finally:  # also for a pass its reader leaves early (the encode stage's batches)

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from mediafm.config import SHOT_DETECTORS as DETECTORS
-from mediafm.media.decode import VideoEnd, iter_video_frames, turn
+from mediafm.media.decode import PixelAspect, VideoEnd, display_size, iter_video_frames, turn
 
 THUMB_WIDTH = 128
 _TN_SIZE = (48, 27)  # TransNetV2's input (w, h)
@@ -114,14 +114,17 @@ def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_ind
     feeds them to `detector`: small is 48x27 RGB for the TransNetV2 detectors, 256 px wide BGR for
     content; thumb is (h, thumb_width, 3) RGB. The frames of a film cut into segments (same frames,
     e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it.
-    tap: sees every decoded frame too; end: told where the video ends (iter_video_frames)."""
+    tap: sees every decoded frame too; end: told where the video ends (iter_video_frames).
+    The thumbnail and the content detector's frames have the shape a player shows (decode.display_size):
+    anamorphic video's stored pixels are not square, so its stored shape would squeeze or stretch them."""
     scaler = scaler or Scaler()
+    aspect = PixelAspect()
     sizes = None  # (thumb, content detector's) sizes, from the first frame: a stream whose frame size changes
     # (a broadcast switching 16:9 to 4:3) keeps them, as the detectors compare frames of one size
     for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset,
-                                              tap=tap, end=end):
+                                              tap=tap, end=end, aspect=aspect):
         if sizes is None:
-            fw, fh = (frame.width, frame.height) if rot in (0, 180) else (frame.height, frame.width)
+            fw, fh = display_size(frame.width, frame.height, aspect.sar, rot)
             h = max(2, round(thumb_width * fh / fw / 2) * 2)
             sizes = (thumb_width, h), (_CONTENT_WIDTH, max(2, round(_CONTENT_WIDTH * h / thumb_width / 2) * 2))
         thumb = scaler(frame, sizes[0], rot)
