@@ -91,9 +91,10 @@ class LiveCutter:
         self.frame_size = get_profile(settings.encoder_profile).frame_size
         self.detectors: dict[str, tuple[ShotDetector, int]] = {}  # event id -> (detector, its frame 0 in the event)
 
-    def push(self, state: dict, seg: LiveSegment, path: str) -> tuple[list[Shot], int]:
+    def push(self, state: dict, seg: LiveSegment, path: str) -> tuple[list[Shot], int, float]:
         """Blocking: feed one segment (rebuilding the detector after a restart); (closed shots, renumbered
-        in the event's shots and frames; the segment's frame count). state is read, not changed.
+        in the event's shots and frames; the segment's frame count; where its media ends on the event's
+        clock). state is read, not changed.
 
         state["segments"] holds [uri, start_s, first frame in the event] of each kept segment, so a
         detector rebuilt after a restart numbers frames where the event was."""
@@ -106,7 +107,7 @@ class LiveCutter:
         det, frame0 = self.detectors[seg.event_id]
         before = det.n_frames
         shots = self._push(det, path, seg.start_s)
-        n_frames = det.n_frames - before
+        n_frames, end_s = det.n_frames - before, det.end_s
         if seg.last:
             shots += det.flush()
             del self.detectors[seg.event_id]
@@ -118,7 +119,7 @@ class LiveCutter:
             first = max(s.start_frame + frame0, state.get("cut_frame", 0))
             out.append(dataclasses.replace(s, index=state["next_shot"] + len(out), start_s=start, start_frame=first,
                                            end_frame=s.end_frame + frame0))
-        return out, n_frames
+        return out, n_frames, end_s
 
     def _push(self, det: ShotDetector, path: str, start_s: float) -> list[Shot]:
         rec = self.decoded.recorder(self.frame_size) if self.decoded is not None else None
@@ -169,10 +170,16 @@ def segment_cues(seg: LiveSegment, media_settings: Settings) -> list[list]:
     return [[c.start_s, c.end_s, c.text] for c in cues]
 
 
+OVERLAP_S = 0.5
+"""check_next: a segment may start this much before the media of the one before it ends (start times rounded
+by a segmenter), not more: segments that overlap would give the shots across their edge times that go back."""
+
+
 def check_next(state: dict, seg: LiveSegment) -> bool:
     """True if `seg` is the event's next segment, False if already processed (a redelivery); SchemaError on a
     gap, on a segment after the event's last, on a segment published after the event ended (its id used again),
-    and on a clock that goes back."""
+    and on a clock that goes back (before the segment before it, or into its media). A clock that jumps ahead
+    is a gap in the media, and cut there (mediafm.media.shots.GAP_S)."""
     ended = f"event {seg.event_id!r} ended with segment {state['next_segment'] - 1} (last=true)"
     if state["done"] and seg.segment_index >= state["next_segment"]:
         raise SchemaError(f"{ended}; segment {seg.segment_index} arrived after it. A new broadcast needs a new "
@@ -189,6 +196,10 @@ def check_next(state: dict, seg: LiveSegment) -> bool:
         raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} starts at {seg.start_s:g} s, before "
                           f"the segment before it ({state['segments'][-1][1]:g} s); an event's clock only goes "
                           "forward (start_s on one clock for the whole event)")
+    if "end_s" in state and seg.start_s < state["end_s"] - OVERLAP_S:
+        raise SchemaError(f"event {seg.event_id!r}: segment {seg.segment_index} starts at {seg.start_s:g} s, inside "
+                          f"the media of the segment before it, which ends at {state['end_s']:g} s; start_s is "
+                          "the time of a segment's first frame on the event's clock, and segments do not overlap")
     return True
 
 
@@ -239,7 +250,7 @@ def register(rt: Runtime) -> None:
                 continue
             try:
                 path = str(check_uri(seg.uri, rt.media_settings))
-                shots, n_frames = await asyncio.to_thread(probe_and_push, state, seg, path)
+                shots, n_frames, end_s = await asyncio.to_thread(probe_and_push, state, seg, path)
             except Exception as e:  # this segment is unusable: say so, and let the event go on without it
                 if not isinstance(e, MediaError):
                     log.exception("live segmentation failed")
@@ -251,6 +262,7 @@ def register(rt: Runtime) -> None:
                 continue
             state["segments"].append([path, seg.start_s, state.get("frames", 0)])
             state["frames"] = state.get("frames", 0) + n_frames
+            state["end_s"] = end_s
             try:
                 held = state.setdefault("cues", [])
                 held += [c for c in segment_cues(seg, rt.media_settings) if c not in held]  # one cue, two segments

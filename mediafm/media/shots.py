@@ -31,7 +31,9 @@ Shots tile the timeline: shot k is frames [start_frame, end_frame) and seconds
 [start_s, end_s), where end_s is the next shot's first frame time (the last
 shot ends where the video does: its last frame's time plus that frame's own
 duration, never past the end the file declares; decode.VideoEnd). Each shot
-keeps a small RGB thumbnail of its first frame.
+keeps a small RGB thumbnail of its first frame. A live event's segments tile
+it too, unless one starts more than GAP_S after the media before it ends: the
+shot before such a gap ends where its media does, and the next starts after it.
 
 API for the agents (live events arrive as segments)::
 
@@ -491,6 +493,15 @@ class _FastTransNetScorer:
         return out
 
 
+GAP_S = 1.0
+"""ShotDetector.push_segment: a segment that starts more than this after the media pushed before it ends (a live
+feed that stopped and came back, segments never published, a clock that jumps ahead) is cut from it. The shot
+open before the gap ends where that media ends, not at the first frame after the gap (a shot spanning the gap
+would sample its frames and audio from media that does not exist); the frames after it are scored as a new
+film's, since none of them neighbours the frames before. Segments laid end to end are within a frame of each
+other; one second of slack is far more than the rounding of any segmenter's start times."""
+
+
 class ShotDetector:
     """Streaming shot boundary detector. Not thread-safe: one per title or live event."""
 
@@ -512,16 +523,22 @@ class ShotDetector:
         self._frame_dt = 1 / 25  # the last gap between frames: the last frame's duration for frames pushed alone
         self._end: float | None = None  # where the media pushed so far ends, when a decoded file said (VideoEnd)
         self._scaler = Scaler()
-        if detector in ("transnetv2", "transnetv2-fast"):
-            self.threshold = 0.5 if threshold is None else threshold
-            self._scorer = _TransNetScorer() if detector == "transnetv2" else _FastTransNetScorer()
-            self._run: list[tuple[int, float]] = []  # (index, score) of the current above-threshold run
+        self.threshold = (0.5 if detector in ("transnetv2", "transnetv2-fast") else 27.0) if threshold is None \
+            else threshold
+        self._run: list[tuple[int, float]] = []  # (index, score) of the current above-threshold run
+        self._fps = None
+        self._new_film()
+
+    def _new_film(self) -> None:
+        """Fresh scoring state for frames from the next one on, as if a film started there (at the start, and
+        after a gap in a live event's media: GAP_S). Frames and shots go on counting."""
+        self._first_scored = self.n_frames  # the scorer's frame 0 in this detector's frames
+        if self.detector in ("transnetv2", "transnetv2-fast"):
+            self._scorer = _TransNetScorer() if self.detector == "transnetv2" else _FastTransNetScorer()
         else:
             from scenedetect import ContentDetector
 
-            self.threshold = 27.0 if threshold is None else threshold
             self._content = ContentDetector(threshold=self.threshold, min_scene_len=self.min_shot_frames)
-            self._fps = None
 
     @property
     def end_s(self) -> float:
@@ -540,9 +557,12 @@ class ShotDetector:
         tap: sees every decoded frame too (iter_video_frames; the live segment stage keeps them for the
         encoders, mediafm.media.segment_cache).
         """
+        out: list[Shot] = []
         if time_offset is None and self.n_frames:
             time_offset = self.end_s
-        out: list[Shot] = []
+        elif time_offset is not None and self.n_frames and time_offset - self.end_s > GAP_S:
+            out += self.flush()  # the media before the gap ends its shot; what follows is cut as a new film
+            self._new_film()
         end = VideoEnd()
         for i, t, small, thumb in detector_frames(path, self.detector, start_index=self.n_frames,
                                                   time_offset=time_offset, thumb_width=self.thumb_width,
@@ -565,7 +585,7 @@ class ShotDetector:
             raise ValueError(f"frame {index} pushed, expected {self.n_frames}: push consecutive frames")
         if self.n_frames:
             dt = time_s - self._last_t
-            if dt > 0:
+            if dt > 0 and index != self._first_scored:  # not across a gap
                 self._frame_dt = dt
         self.n_frames += 1
         self._last_t = time_s
@@ -609,7 +629,7 @@ class ShotDetector:
 
     def _on_scores(self, scores: list[float]) -> list[Shot]:
         out: list[Shot] = []
-        base = self._scorer.emitted - len(scores)
+        base = self._first_scored + self._scorer.emitted - len(scores)
         for k, p in enumerate(scores):
             i = base + k
             if p > self.threshold:

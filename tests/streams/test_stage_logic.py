@@ -122,6 +122,19 @@ def test_a_live_clock_that_goes_back_is_refused_at_the_segment():
     assert segment.check_next(state, _seg(1, 7.0))
 
 
+def test_a_live_segment_that_starts_inside_the_one_before_is_refused():
+    """Before: only the previous segment's start was checked, so a segment starting 3 s into a 4-s one was cut,
+    and the shot across the edge ended before it started (dead-lettered a stage later, for an empty span)."""
+    state = segment.new_state(_seg(0, 0.0))
+    state["segments"].append(["/m/0.ts", 0.0, 0])
+    state["next_segment"], state["end_s"] = 1, 4.0
+    with pytest.raises(SchemaError, match=r"segment 1 starts at 3 s, inside the media of the segment before it, "
+                                          r"which ends at 4 s"):
+        segment.check_next(state, _seg(1, 3.0))
+    assert segment.check_next(state, _seg(1, 3.8)), "start times rounded by a segmenter"
+    assert segment.check_next(state, _seg(1, 1000.0)), "a clock that jumps ahead: a gap, cut by the detector"
+
+
 def test_advance_records_when_the_event_was_last_published():
     state = segment.new_state(_seg(0, 0.0))
     segment.advance(state, dataclasses.replace(_seg(0, 0.0), published_at=50.0), [])

@@ -25,6 +25,7 @@ root cause of the issue's false cut; it now encodes with -qp 0 (test_publish_cut
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import av
 import numpy as np
 import pytest
 
-from mediafm.media.shots import ShotDetector, detect_shots, detector_frames
+from mediafm.media.shots import GAP_S, ShotDetector, detect_shots, detector_frames
 from mediafm.media.synthfilm import Film, ffmpeg, make_film
 
 FPS = 24
@@ -251,6 +252,30 @@ def test_issue13_film_live_equals_whole(issue_film, tmp_path, detector):
     live = live_shots(detector, segs)
     assert_same_shots(whole, live, "issue film")
     assert len(live) == 7 and live[3].start_s == 5.0
+
+
+@pytest.mark.parametrize("detector", ["transnetv2", "transnetv2-fast", "content"])
+def test_a_gap_in_a_live_events_media_ends_the_shot_before_it(issue_film, tmp_path, detector):
+    """A feed that stops after 6 s and comes back 1,000 s later (its clock jumps ahead). Before: the shot open at
+    the gap (frames 120-156) ran on to the first cut after it, [5 s, 1006.5 s), its frames and audio sampled
+    across 1,000 s of media that does not exist. Now each side is cut as a film of its own: the shots are
+    those of the frames before the gap pushed alone, then those of the frames after it, numbered on."""
+    segs = publish_cut(issue_film.path, tmp_path / "segs", 1.0)
+    jump = 1000.0
+    before, after = segs[:6], [(p, s0 + jump) for p, s0 in segs[6:]]
+    assert after[0][1] == 1006.0 and after[0][1] - 6.0 > GAP_S
+    live = live_shots(detector, before + after)
+
+    first = live_shots(detector, before)
+    det = ShotDetector(detector)
+    rest = [s for p, s0 in after for s in det.push_segment(p, time_offset=s0)] + det.flush()
+    n, f = len(first), first[-1].end_frame
+    expected = first + [dataclasses.replace(s, index=s.index + n, start_frame=s.start_frame + f,
+                                            end_frame=s.end_frame + f) for s in rest]
+    assert_same_shots(expected, live, "a gap after 6 s")
+    assert first[-1].start_s == 5.0 and first[-1].end_s == pytest.approx(6.0), "the shot open at the gap"
+    assert live[n].start_s == 1006.0 and live[n].start_frame == 144
+    assert all(s.end_s - s.start_s < 3.0 for s in live), [(s.start_s, s.end_s) for s in live]
 
 
 def test_publish_cut_segments_keep_the_frames(issue_film, tmp_path):
