@@ -164,15 +164,19 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
     has_audio = any(held[p].has_audio if held[p] is not None else _has_audio(p) for p in paths)
     audio = _AudioCursor(paths, audio_rate) if has_audio else None
     prev = nxt = None  # (time, av frame, rot)
+    video_end, dt = None, 0.04  # where the video ends (the last frame plus a frame), once it has ended
     for shot in shots:
         dur = max(shot.end_s - shot.start_s, 1e-6)
         want = [shot.start_s + (j + 0.5) * dur / frames_per_shot for j in range(frames_per_shot)]
         frames = []
         for s in want:
-            while nxt is None or nxt[0] < s:  # advance until the frame after s
+            while video_end is None and (nxt is None or nxt[0] < s):  # advance until the frame after s
                 got = next(video, None)
                 if got is None:
+                    video_end = nxt[0] + dt if nxt is not None else None
                     break
+                if nxt is not None and got[0] > nxt[0]:
+                    dt = got[0] - nxt[0]
                 prev, nxt = nxt, got
             cands = [c for c in (prev, nxt) if c is not None]
             if not cands:
@@ -180,12 +184,22 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
             best = min(cands, key=lambda c: abs(c[0] - s))
             frames.append(best[1] if isinstance(best[1], np.ndarray)  # replayed: pixels at frame_size already
                           else to_array(best[1], (frame_size, frame_size), best[2]))
+        if video_end is not None and (shot.start_s >= video_end or shot.end_s > video_end + PAST_END_S):
+            raise MediaError(f"{paths[-1]}: shot {shot.index} spans {shot.start_s:.3f}-{shot.end_s:.3f} s, but the "
+                             f"video ends at {video_end:.3f} s; the shot's times (or its media_start_s) do not "
+                             "match this media: send the shots this media was cut into")
         x = None
         if audio is not None:
             w = min(dur, audio_window_s)
             mid = (shot.start_s + shot.end_s) / 2
             x = audio.take(mid - w / 2, mid + w / 2)
         yield ShotMedia(shot, np.stack(frames), x)
+
+
+PAST_END_S = 1.0
+"""iter_shot_media: a shot may end this much past its media's video (another tool's idea of a last frame's
+duration), not more: a shot that lies beyond the video, wholly or for more than this, is refused (MediaError)
+rather than given the last frame's pixels for frames that do not exist."""
 
 
 def _has_audio(path: Path) -> bool:
@@ -343,6 +357,25 @@ async def _encode_batch(client, profile, batch, texts, settings) -> list[ShotVec
     return [ShotVectors(video[i], audio_e.get(i), text_e.get(i)) for i in range(len(batch))]
 
 
+def wait_for_encoders(triton_url: str, profile: str | Layout | EncoderProfile, *, give_up_after_s: float) -> None:
+    """Blocks until Triton at `triton_url` serves the profile's encoders (their configurations answer),
+    waiting out a server still starting; TritonUnavailable after `give_up_after_s`. For tools that decode a
+    whole film before their first request: a server that is down is found before the minutes of decoding."""
+    profile = get_profile(profile)
+    models = [profile.video_model, profile.audio_model] + ([] if profile.text_model == "openai" else
+                                                             [profile.text_model])
+
+    async def run():
+        client = TritonClient(triton_url, give_up_after_s=give_up_after_s)
+        try:
+            for model in models:
+                await client.model_config(model)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
 def encode_shots_sync(triton_url: str, media, shots, subtitles, meta, layout="offline", **kw) -> list[EncodedShot]:
     """Blocking wrapper of :func:`encode_shots` (own event loop and client; gives up after 120 s unreachable)."""
     async def run():
@@ -371,9 +404,12 @@ def fuse_encoded(msgs: list[EncodedShot], layout: Layout) -> tuple[np.ndarray, n
 
 def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subtitles: str | Path | None = None,
                 subtitle_encoding: str | None = None, meta: str | Path | None = None,
-                detector: str | None = None, progress=None, timings: dict | None = None) -> dict:
+                detector: str | None = None, progress=None, timings: dict | None = None,
+                triton_wait_s: float = 120.0) -> dict:
     """`mediafm embed`: one title -> a v1 dataset (shots, fused vectors, title embedding) via Triton.
 
+    Triton is asked for the profile's encoders first, waiting up to `triton_wait_s` for a server still
+    starting (TritonUnavailable after that), then the film is decoded and cut, then encoded.
     timings: if given, wall seconds per stage are added to it: "open" (checks, probe, subtitles), "shots"
     (decode + shot detection), "sample", "encode", "title" (see encode_shots), "fusion", "write".
     """
@@ -389,12 +425,13 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         tmeta = TitleMeta.load(meta, default_id=path.stem)
         cues = load_subtitles(subtitles, encoding=subtitle_encoding) if subtitles else []
         cues += container_subtitles(path)
+        wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
     with _timed(timings, "shots"):
         shots = detect_shots(path, detector=detector or settings.shot_detector)
     if progress:
         progress(f"{len(shots)} shots in {info.duration_s or 0:.1f} s of video; encoding on Triton")
     msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings,
-                             timings=timings)
+                             timings=timings, give_up_after_s=triton_wait_s)
     with _timed(timings, "fusion"):
         fused, present = fuse_encoded(msgs, profile.layout)
     with _timed(timings, "write"):

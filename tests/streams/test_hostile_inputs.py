@@ -289,6 +289,9 @@ def _cases(run: str, m: dict) -> list[Case]:
              "n_shots=0"),
         Case("shot-nan-time", "shots", _raw(ShotRef, **_shot_ref(k("shot-nan-time"), good, start_s=float("nan"))),
              "field 'start_s' is nan"),
+        Case("shot-beyond-the-media", "shots", _raw(ShotRef, **_shot_ref(k("shot-beyond-the-media"), good, start_s=1000.0,
+                                                                        end_s=1001.0, start_frame=24000, end_frame=24024)),
+             "shot 0 spans 1000.000-1001.000 s, but the video ends at"),
         Case("shot-media-outside", "shots", _raw(ShotRef, **_shot_ref(k("shot-media-outside"), "/etc/hostname")),
              "outside the allowed media_roots"),
         # --- encoded shots (fuse stage)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mediafm.dataset import Dataset
-from mediafm.errors import SubtitleError
+from mediafm.errors import MediaError, SubtitleError
 from mediafm.media.embed import encode_shots_sync, fuse_encoded, iter_shot_media
 from mediafm.media.shots import Shot
 from mediafm.media.subtitles import Cue as SubCue
@@ -80,6 +80,40 @@ def test_shot_media_is_sampled_inside_each_shot(film):
     assert all(np.abs(means[i] - means[i + 1]).mean() > 5 for i in range(3))
     assert [len(m.audio) for m in items] == [16000] * 4  # central 1 s window of each shot
     assert items[1].audio.std() > 0.05  # the 440 Hz tone
+
+
+def test_a_shot_beyond_its_media_is_refused(film):
+    """Before: a shot at 1,000 s of this 5.75-s film was embedded from the film's last frame, without a word (a
+    ShotRef whose times or media_start_s do not match its media)."""
+    shots = truth_shots(SHOTS)
+    kw = dict(frames_per_shot=4, frame_size=64, audio_rate=16000, audio_window_s=1.0)
+    past = Shot(3, shots[3].start_s, shots[3].end_s + 0.5, 108, 132)  # another tool's longer last frame
+    assert len(list(iter_shot_media(film.path, [*shots[:3], past], **kw))) == 4
+    with pytest.raises(MediaError, match=r"film.mp4: shot 4 spans 1000.000-1001.000 s, but the video ends at "
+                                         r"5.750 s; the shot's times \(or its media_start_s\) do not match"):
+        list(iter_shot_media(film.path, [*shots, Shot(4, 1000.0, 1001.0, 24000, 24024)], **kw))
+    with pytest.raises(MediaError, match=r"shot 3 spans 4.500-9.000 s, but the video ends at 5.750 s"):
+        list(iter_shot_media(film.path, [*shots[:3], Shot(3, 4.5, 9.0, 108, 216)], **kw))
+
+
+def test_embed_finds_triton_down_before_decoding_the_film(film, tmp_path, monkeypatch):
+    """Before: `mediafm embed` without Triton decoded and cut the whole film, then waited 120 s for Triton."""
+    import socket
+
+    import mediafm.media.shots
+    from mediafm.config import Settings, replace
+    from mediafm.errors import TritonUnavailable
+    from mediafm.media.embed import embed_title
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{sock.getsockname()[1]}"
+    cut = []
+    monkeypatch.setattr(mediafm.media.shots, "detect_shots", lambda *a, **k: cut.append(a) or [])
+    settings = replace(Settings(), triton_url=url, media_roots=(str(film.path.parent),))
+    with pytest.raises(TritonUnavailable, match=f"Triton at {url} unavailable"):
+        embed_title(film.path, out=tmp_path / "out", settings=settings, triton_wait_s=0.5)
+    assert cut == [], "the film was cut before Triton was found down"
 
 
 def _same_media_from_any_shot(path, shots, rate) -> list:
