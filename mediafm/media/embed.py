@@ -184,7 +184,8 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
             best = min(cands, key=lambda c: abs(c[0] - s))
             frames.append(best[1] if isinstance(best[1], np.ndarray)  # replayed: pixels at frame_size already
                           else to_array(best[1], (frame_size, frame_size), best[2]))
-        if video_end is not None and (shot.start_s >= video_end or shot.end_s > video_end + PAST_END_S):
+        if video_end is not None and (shot.start_s >= video_end or
+                                      len(paths) == 1 and shot.end_s > video_end + PAST_END_S):
             raise MediaError(f"{paths[-1]}: shot {shot.index} spans {shot.start_s:.3f}-{shot.end_s:.3f} s, but the "
                              f"video ends at {video_end:.3f} s; the shot's times (or its media_start_s) do not "
                              "match this media: send the shots this media was cut into")
@@ -199,7 +200,8 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
 PAST_END_S = 1.0
 """iter_shot_media: a shot may end this much past its media's video (another tool's idea of a last frame's
 duration), not more: a shot that lies beyond the video, wholly or for more than this, is refused (MediaError)
-rather than given the last frame's pixels for frames that do not exist."""
+rather than given the last frame's pixels for frames that do not exist. Segments laid end to end (live) are
+refused only wholly beyond: the gaps under a second the detector lets through (shots.GAP_S) would add up."""
 
 
 def _has_audio(path: Path) -> bool:
