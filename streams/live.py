@@ -85,6 +85,9 @@ class LiveEvents:
         st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
         if shot.shot_index < st.next or st.over:
             metrics.duplicates.labels(STAGE).inc()
+            if st.over and shot.shot_index == st.n - 1:  # a kill after the progress, before the shots were deleted
+                for j in range(max(0, st.n - 1 - self.rt.settings.window_shots), st.n):
+                    self.shots.pop(self.key(eid, j), None)
             return
         if shot.shot_index > st.next:
             raise SchemaError(f"event {eid!r}: shot {shot.shot_index} arrived before shot {st.next}; "
@@ -103,7 +106,7 @@ class LiveEvents:
             if rest:
                 await self.publish(eid, st.n, [], rest, st)
             st.final = st.n
-            unused = range(max(0, st.n - size), st.n)
+            unused = range(max(0, i - size), st.n)  # all it holds: the last window's shots, and the one before it
             log.info("live event %s finished: %d shots", eid, st.n)
         else:
             unused = range(max(0, i - size), i + 1 - size)  # no longer inside any future window

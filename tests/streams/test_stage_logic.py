@@ -433,3 +433,44 @@ def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_
     assert TitleProgress.from_bytes(titles.progress[b"a#"]).done
     assert len(letters) == 1 and "'b' (5 shots) cannot be contextualised" in letters[0], letters
     assert "does not hold it" in letters[0]
+
+
+@pytest.mark.parametrize("n", [1, 8, 9, 10, 40])
+def test_a_live_event_that_ended_holds_none_of_its_shots(n):
+    """Before: an event longer than its window (window_shots) ended with one fused shot left in the live-shots
+    table (shot n - 1 - window_shots), for good: 9 KB of table and changelog for each such event, every event.
+    A redelivered last shot (a kill after the progress record, before the deletes) deletes what is left."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.live import LiveEvents
+
+    passes = []
+
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        (w,), picks = windows_for(len(shots), 1)
+        passes.append((w.start, w.end, len(picks)))
+        return len(picks), "1"
+
+    async def acked():
+        pass
+
+    tables: dict[str, dict] = {}
+    rt = SimpleNamespace(settings=Settings(window_shots=8, window_stride=4, live_right_context=2),
+                         table=lambda name: tables.setdefault(name, {}), contextualise=contextualise_,
+                         sends_acknowledged=acked)
+    live = LiveEvents(rt)
+    shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
+             for i in range(n)]
+
+    async def main():
+        for s in shots:
+            await live.on_shot(s)
+            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
+
+    asyncio.run(main())
+    assert tables["live-shots"] == {}, sorted(tables["live-shots"])
+    assert sum(p[2] for p in passes) == 2 * n, "every shot: one provisional and one final"
+    tables["live-shots"][live.key("ev", n - 1)] = shots[-1].to_bytes()  # as if the deletes never ran
+    asyncio.run(live.on_shot(shots[-1]))
+    assert tables["live-shots"] == {}
