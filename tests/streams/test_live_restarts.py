@@ -16,6 +16,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from conftest import free_port, rest_of_output, start_worker, stop_worker
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
@@ -24,6 +26,7 @@ from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
 from mediafm.stack import kafka
 from mediafm.synth import write_corpus
 from mediafm.topics import Topics
+from streams.runtime import CHANGELOG_SEGMENT_MS
 from trainer.export import export
 from trainer.train import TrainConfig, train
 
@@ -99,3 +102,14 @@ def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack,
     for key, got in finals.items():  # published twice after the kill: the same final
         for _, v in got[1:]:
             np.testing.assert_allclose(v, got[0][1], atol=1e-5, err_msg=str(key))
+    # The held shots' changelog, as the worker declared it: compacted, a segment closed every hour (by default
+    # 1 GiB or 7 days, so a live event's puts and deletes were never compacted while it ran).
+    changelog = f"{s.topic_prefix}-live-shots-changelog"
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    keys = ("cleanup.policy", "segment.ms")
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog, dict.fromkeys(keys))],
+                                       config_filter="all")["topic"][changelog]
+    finally:
+        admin.close()
+    assert tuple(str(found[k]["value"]) for k in keys) == ("compact", str(CHANGELOG_SEGMENT_MS)), found
