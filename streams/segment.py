@@ -147,6 +147,14 @@ class LiveCutter:
         return out
 
 
+def pushed(state: dict, path: str, start_s: float, n_frames: int, end_s: float) -> None:
+    """The event's record once a segment is in its detector (LiveCutter.push): the segment kept for a replay,
+    with its first frame in the event, and where the event's media now ends (check_next)."""
+    state["segments"].append([path, start_s, state.get("frames", 0)])
+    state["frames"] = state.get("frames", 0) + n_frames
+    state["end_s"] = end_s
+
+
 def advance(state: dict, seg: LiveSegment, shots: list[Shot]) -> None:
     """The event's record after this segment and the shots it closed."""
     state["next_segment"] += 1
@@ -260,9 +268,7 @@ def register(rt: Runtime) -> None:
                 state["next_segment"] += 1
                 live_table[key] = msgpack.packb(state)
                 continue
-            state["segments"].append([path, seg.start_s, state.get("frames", 0)])
-            state["frames"] = state.get("frames", 0) + n_frames
-            state["end_s"] = end_s
+            pushed(state, path, seg.start_s, n_frames, end_s)
             try:
                 held = state.setdefault("cues", [])
                 held += [c for c in segment_cues(seg, rt.media_settings) if c not in held]  # one cue, two segments

@@ -47,9 +47,7 @@ def _run_event(settings, segs, vtts, restart_at=()):
         state = state or segment.new_state(seg)
         assert segment.check_next(state, seg)
         shots, n_frames, end_s = cutter.push(state, seg, str(path))
-        state["segments"].append([str(path), start, state.get("frames", 0)])
-        state["frames"] = state.get("frames", 0) + n_frames
-        state["end_s"] = end_s
+        segment.pushed(state, str(path), start, n_frames, end_s)
         state["cues"] += [c for c in segment.segment_cues(seg, settings) if c not in state["cues"]]
         refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
         segment.advance(state, seg, shots)
