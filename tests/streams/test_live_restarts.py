@@ -5,6 +5,9 @@ Its first shots are contextualised by version N; then a new version is exported 
 with SIGKILL, a new worker starts, and the rest of the event is published, together with a title. The
 event's finals all come from version N (pinned at its start), every shot has exactly one final (a final
 published again after the restart is the same vector), and the title is made by the new version.
+Windows of 16 shots, so the 40-shot event is longer than a window: once it is over, its held shots are all
+deleted, across the kill -9, as the live-shots changelog on the broker shows (each key's last record a
+tombstone), and its progress there says it is over.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
 from mediafm.stack import kafka
 from mediafm.synth import write_corpus
 from mediafm.topics import Topics
+from streams.progress import LiveProgress
 from streams.runtime import CHANGELOG_SEGMENT_MS
 from trainer.export import export
 from trainer.train import TrainConfig, train
@@ -48,7 +52,7 @@ def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack,
                                                 val_batches=1), quiet=True)
     first, _, _ = export(tmp_path / "run", settings=kafka_stack)
     s = replace(kafka_stack, topic_prefix=f"liver{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
-                live_right_context=2)
+                live_right_context=2, window_shots=16, window_stride=8)
     names = Topics.from_settings(s)
     kafka.create_topics(s, names.all())
     eid, tid, n = f"ev-{uuid.uuid4().hex[:6]}", f"t-{uuid.uuid4().hex[:6]}", 40
@@ -113,3 +117,23 @@ def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack,
     finally:
         admin.close()
     assert tuple(str(found[k]["value"]) for k in keys) == ("compact", str(CHANGELOG_SEGMENT_MS)), found
+
+    # What the tables hold, as their changelogs on the broker say (last record per key): the ended event holds
+    # none of its shots (an event longer than a window once leaked one), and its progress says it is over.
+    last: dict[bytes, bytes | None] = {}
+    held = Tail(s, f"{s.topic_prefix}-live-shots-changelog", from_beginning=True)
+    try:
+        for rec in held.to_end(timeout_s=60):
+            last[rec.key] = rec.value
+    finally:
+        held.close()
+    written = {k for k in last if k.startswith(f"{eid}/".encode())}
+    assert len(written) == n, f"{len(written)} of the event's {n} shots were ever held"
+    assert not [k for k in written if last[k] is not None], "the ended event still holds shots"
+    progress = Tail(s, f"{s.topic_prefix}-live-events-changelog", from_beginning=True)
+    try:
+        events = {rec.key: rec.value for rec in progress.to_end(timeout_s=60)}
+    finally:
+        progress.close()
+    st = LiveProgress.from_bytes(events[eid.encode()])
+    assert (st.over, st.n, st.final, st.version) == (True, n, n, str(first)), st
