@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -21,7 +22,7 @@ from mediafm.dataset import Dataset
 from mediafm.media.embed import embed_title
 from mediafm.media.synthfilm import Cue, make_film, write_srt
 from mediafm.profiles import OFFLINE
-from mediafm.publish import backfill, publish_live, publish_title, sink
+from mediafm.publish import backfill, cut_segments, publish_live, publish_title, sink
 from mediafm.schema import ContextualEmbedding, DeadLetter, LiveSegment, TitleRequest, decode
 from mediafm.stack import triton
 from mediafm.synth import write_corpus
@@ -160,6 +161,57 @@ def test_titles_and_a_live_event_end_to_end(kafka_stack, worker, offline_model, 
     # its tables' RocksDB stores share one budget (streams/store.py): in use, and within it
     table_memory = _sample(metrics, "mediafm_table_memory_bytes")
     assert 0 < table_memory <= 1.25 * kafka_stack.table_memory_mb * 2**20, table_memory
+    assert worker.poll() is None
+
+
+def test_a_live_feed_that_drops_out_and_comes_back(kafka_stack, worker, offline_model, films, tmp_path):
+    """The live film's feed stops after 3 s and comes back on the event's clock 100 s later, its media going on
+    where it stopped: the shot open at the gap ends where the media stops, the frames after it are cut as a
+    film of their own (mediafm.media.shots.GAP_S), and no shot spans the 100 s without media (before: one shot
+    ran from 2.75 s to the first cut after the gap, its frames and audio sampled across the gap). A second
+    event whose next segment starts inside the media of the one before is dead-lettered with the reason."""
+    names = Topics.from_settings(kafka_stack)
+    run = uuid.uuid4().hex[:6]
+    gap_id, lap_id = f"drop-{run}", f"overlap-{run}"
+    root = Path(kafka_stack.worker_media_roots[0]) / "live"
+    stop_s, jump = 3.0, 100.0
+    segs = cut_segments(films["live"].path, root / gap_id, 1.0)
+    assert [s for _, s in segs][:4] == [0.0, 1.0, 2.0, stop_s]
+    lap = cut_segments(films["live"].path, root / lap_id, 1.0)[:2]
+    tail, dead = Tail(kafka_stack, names.embeddings), Tail(kafka_stack, names.deadletter)
+    p = producer(kafka_stack)
+    for k, (path, start) in enumerate(segs):
+        seg = LiveSegment(event_id=gap_id, segment_index=k, uri=str(path.resolve()),
+                          start_s=start + (jump if start >= stop_s else 0.0), last=k == len(segs) - 1)
+        p.send(names.live_segments, key=gap_id.encode(), value=seg.to_bytes())
+    for k, ((path, _), start) in enumerate(zip(lap, [0.0, 0.3], strict=True)):  # 0.7 s into [0, 1)
+        seg = LiveSegment(event_id=lap_id, segment_index=k, uri=str(path.resolve()), start_s=start)
+        p.send(names.live_segments, key=lap_id.encode(), value=seg.to_bytes())
+    p.flush()
+    p.close()
+
+    want = []  # the film's shots, the one open at 3 s cut in two, those after it on the clock 100 s on
+    for a, b in films["live"].bounds_s:
+        if b <= stop_s + 1e-9:
+            want.append((a, b))
+        elif a >= stop_s - 1e-9:
+            want.append((a + jump, b + jump))
+        else:
+            want += [(a, stop_s), (stop_s + jump, b + jump)]
+    assert len(want) == len(films["live"].shot_frames) + 1
+    got = _collect(kafka_stack, tail, {gap_id: len(want)}, timeout_s=300)[gap_id]
+    tail.close()
+    finals = sorted((m for m in got if m.final), key=lambda m: m.shot_index)
+    assert [m.shot_index for m in finals] == list(range(len(want))), [m.shot_index for m in finals]
+    np.testing.assert_allclose([(m.start_s, m.end_s) for m in finals], want, atol=1.5 / FPS)
+    assert {m.n_shots for m in finals} <= {len(want), None}
+    letters = {}
+    for rec in dead.poll(timeout_s=60, stop=lambda: lap_id.encode() in letters):
+        letter = decode(rec.value, expect=DeadLetter)
+        letters[letter.key] = letter
+    dead.close()
+    assert gap_id.encode() not in letters, letters[gap_id.encode()].reason
+    assert "inside the media of the segment before it" in letters[lap_id.encode()].reason, letters[lap_id.encode()]
     assert worker.poll() is None
 
 
