@@ -69,8 +69,10 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.redact import redact_url
+
     for key, value, source in Settings.explain(args.config):
-        print(f"{key:24s} {str(value):50s} {source}")
+        print(f"{key:24s} {redact_url(str(value)):50s} {source}")
     return 0
 
 

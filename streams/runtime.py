@@ -41,6 +41,7 @@ from mediafm.config import Settings, replace
 from mediafm.errors import BadRequest, ConfigError, SchemaError
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
+from mediafm.redact import redact_url
 from mediafm.representations import published, served_output, uses_input
 from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, vec_to_bytes
 from mediafm.topics import Topics
@@ -59,6 +60,10 @@ may be a run of shots of up to 448 KiB (EncodedShots, FusedShots): 64 of them ar
 backlog of runs (bench/catalog.py --titles 40) peaked at 1.1 GiB with 4096, 0.9 GiB with 256, and 613-641 MiB
 with 64, against 546-582 MiB for one shot a record."""
 
+
+MAX_REASON_CHARS = 2000
+"""A dead letter's reason, as sent and as logged, is cut to this: reasons echo what was wrong, and a hostile message
+makes that megabytes (a 3 MB schema name gave a 3 MB log line)."""
 
 CHANGELOG_SEGMENT_MS = 3_600_000
 """A table changelog's log segment closes after an hour. The broker compacts closed segments only; by default one
@@ -363,12 +368,15 @@ class Runtime:
     async def dead_letter(self, stage: str, event: faust.EventT, reason: str) -> None:
         """Send the raw message and the reason to the dead-letter topic. Never raises on the reason."""
         msg = event.message
+        reason = redact_url(reason)
+        reason = reason if len(reason) <= MAX_REASON_CHARS else \
+            f"{reason[:MAX_REASON_CHARS - 40]}... ({len(reason)} characters in all)"
         log.warning("dead letter from %s (%s[%d]@%d): %s", stage, msg.topic, msg.partition, msg.offset, reason)
         metrics.dead_letters.labels(stage).inc()
         value = msg.value if isinstance(msg.value, bytes) else bytes(str(msg.value), "utf-8")
         letter = DeadLetter(stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                             key=msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode(),
-                            reason=reason[:2000], payload=value[: 1024 * 1024])
+                            reason=reason, payload=value[: 1024 * 1024])
         await self.send(self.topics.deadletter, letter.key, letter.to_bytes())
 
     # --- MediaFM ---------------------------------------------------------------------------------------

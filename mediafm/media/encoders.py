@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mediafm.errors import EncoderError
+from mediafm.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,10 @@ class OpenAIText:
         self.model, self.dimensions, self.batch_size = model, dimensions, batch_size
         self.max_retries, self.give_up_after_s, self.backoff_s = max_retries, give_up_after_s, backoff_s
         self.api_key_env = api_key_env
-        self.name = f"{model}@{dimensions}" + (f" ({base_url})" if base_url else "")
+        self.name = f"{model}@{dimensions}" + (f" ({redact_url(base_url)})" if base_url else "")
+        self._key = key  # only to scrub it from what a server sends back (_scrub)
+        # httpx logs each request's URL at INFO, a base_url's password included; its warnings still show
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
         kw = dict(api_key=key or "unused", base_url=base_url or None, timeout=timeout_s, max_retries=0)
         self.client = openai.OpenAI(**kw, http_client=http_client)
         self._openai = openai
@@ -463,6 +467,11 @@ class OpenAIText:
             return f"HTTP {e.status_code}" + (f" ({hint[e.status_code]})" if e.status_code in hint else "")
         return type(e).__name__  # connection refused/reset, timeout, a malformed answer
 
+    def _scrub(self, text: str) -> str:
+        """A server's answer, as errors and dead letters show it: without the key, should the server echo it back
+        (one that returns the request's Authorization header did), and without a URL's password."""
+        return redact_url(text.replace(self._key, "***") if self._key else text)
+
     def _request(self, batch: list[str]) -> np.ndarray:
         import random
 
@@ -481,7 +490,7 @@ class OpenAIText:
                 if why is None:
                     msg = getattr(e, "message", str(e))
                     raise EncoderError(f"embeddings API {self.name} refused the input (HTTP {e.status_code}: "
-                                       f"{str(msg)[:300]}); shorten or fix the text") from None
+                                       f"{self._scrub(str(msg))[:300]}); shorten or fix the text") from None
                 waited = time.monotonic() - start
                 if (self.max_retries is not None and attempt > self.max_retries) or \
                         (self.give_up_after_s is not None and waited >= self.give_up_after_s):

@@ -53,6 +53,8 @@ class _Api(BaseHTTPRequestHandler):
             status = 503
         if status is not None:
             msg = {400: "This model's maximum context length is 8192 tokens", 429: "rate limited"}.get(status, "down")
+            if status == "echo":  # a server that sends the request's headers back in its error
+                status, msg = 400, f"bad request; you sent Authorization: {self.headers.get('Authorization')}"
             send_json(self, status, json.dumps({"error": {"message": msg, "type": "test"}}).encode(),
                       {"Retry-After": "0"} if status == 429 else None)
         else:
@@ -157,3 +159,18 @@ def test_timeouts_are_retried_bad_input_is_not_and_patience_ends_in_a_transient(
     # 401 is the key's fault, not the input's: retried too (and the reason names the fix)
     _Api.script, _Api.cycle, _Api.down_until = [401], [], 0.0
     assert enc.encode(["hello"]).shape == (1, 768)
+
+
+def test_no_key_or_url_password_in_what_the_encoder_says(api, monkeypatch):
+    """The key is never a setting, but a server may send it back (one that echoes the request's headers in its
+    error did), and a base URL may hold a password: neither reaches an error, and so a dead letter or a log."""
+    monkeypatch.setenv("OUTAGE_TEST_KEY", "sk-very-secret-key")
+    api.start()
+    enc = OpenAIText(base_url=api.url, api_key_env="OUTAGE_TEST_KEY", timeout_s=2, backoff_s=(0.05, 0.1))
+    _Api.script = ["echo"]
+    with pytest.raises(EncoderError, match=r"Authorization: Bearer \*\*\*") as err:
+        enc.encode(["hello"])
+    assert "sk-very-secret-key" not in str(err.value)
+    with_password = OpenAIText(base_url=api.url.replace("http://", "http://me:url-password@"),
+                               api_key_env="OUTAGE_TEST_KEY")
+    assert "url-password" not in with_password.name and "me:***@127.0.0.1" in with_password.name
