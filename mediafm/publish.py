@@ -14,6 +14,7 @@ the stand-in for the object store an ingestion system uploads to.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import uuid
 from array import array
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -75,22 +77,37 @@ def check_file(path: str | Path, what: str = "media file") -> Path:
     raise MediaError(f"{p}: {problem}; pass a {what}")
 
 
+def id_dir(root: str | Path, name: str) -> Path:
+    """<root>/<name> with the id as one directory name, whatever it holds: an id is any printable text (a '/', a
+    '..'), and as a path `../../x` staged its media outside the root."""
+    part = quote(name, safe=" -_.,+=@()[]")
+    return Path(root) / (part.replace(".", "%2E") if part in (".", "..") else part)
+
+
 def stage_media(settings: Settings, path: str | Path, name: str, what: str = "media file") -> Path:
-    """The file as workers may read it: itself if under an allowed root, else linked/copied into <state_dir>/media."""
+    """The file as workers may read it: itself if under an allowed root, else hard-linked (or copied) into the first
+    root, at <root>/<name>/<version>/<file name>. The version tells apart the files published under one name (the
+    file's device, inode, size and modification time): publishing another film.mp4 for a title stages it beside
+    the first, where before the first one's media was embedded again, and publishing the same file again reuses
+    its link."""
     src = check_file(path, what)
     from mediafm.media.decode import under_roots
 
     roots = settings.worker_media_roots
     if under_roots(src, roots):
         return src.resolve()
-    dest_dir = Path(roots[0]) / name
+    st = src.stat()
+    version = hashlib.sha1(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    dest_dir = id_dir(roots[0], name) / version
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / src.name
     if not dest.exists():
+        tmp = dest_dir / f".{src.name}.{os.getpid()}.tmp"
         try:
-            os.link(src, dest)  # same filesystem: free
+            os.link(src, tmp)  # same filesystem: free
         except OSError:
-            shutil.copy2(src, dest)
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dest)  # a worker never sees a copy half made
     return dest.resolve()
 
 
@@ -343,7 +360,7 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str, segment
 
         check_file(subtitles, "subtitle file")
         cues = load_subtitles(subtitles, encoding=subtitle_encoding)
-    seg_dir = Path(settings.worker_media_roots[0]) / "live" / event_id
+    seg_dir = id_dir(Path(settings.worker_media_roots[0]) / "live", event_id)
     segments = cut_segments(file, seg_dir, segment_s)
     vtts = write_segment_cues(cues, segments, seg_dir)
     topic = Topics.from_settings(settings).live_segments

@@ -144,3 +144,27 @@ def test_publish_title_with_inline_meta(kafka_stack, tmp_path):
     finally:
         tail.close()
     assert got is not None and got.meta == {"title": "x", "tags": ["a b"]}
+
+
+def test_staged_media_stays_under_the_root_and_never_stands_for_another_file(tmp_path):
+    """A title id is any printable text: as a path, `../../x` staged the media outside the root. And a second
+    publish of another film.mp4 under the same id returned the first one's staged file, so the old media was
+    embedded again without a word."""
+    from mediafm.config import Settings
+    from mediafm.media.decode import under_roots
+    from mediafm.publish import stage_media
+
+    root = tmp_path / "media"
+    root.mkdir()
+    settings = Settings(media_roots=(str(root),), state_dir=tmp_path / "state")
+    first, second = tmp_path / "a" / "film.mp4", tmp_path / "b" / "film.mp4"
+    for f, body in ((first, b"\x01" * 100), (second, b"\x02" * 300)):
+        f.parent.mkdir()
+        f.write_bytes(body)
+    for tid in ("../../escaped", "..", "/abs/olute", "show/s01e01"):
+        staged = stage_media(settings, first, tid)
+        assert under_roots(staged, [str(root)]) and staged.read_bytes() == first.read_bytes(), (tid, staged)
+    a, b = stage_media(settings, first, "tt1"), stage_media(settings, second, "tt1")
+    assert a != b and (a.read_bytes(), b.read_bytes()) == (first.read_bytes(), second.read_bytes())
+    assert stage_media(settings, first, "tt1") == a, "the same file again: its staged copy"
+    assert not (tmp_path / "escaped").exists()
