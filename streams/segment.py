@@ -30,7 +30,7 @@ from pathlib import Path
 import msgpack
 
 from mediafm.config import Settings
-from mediafm.errors import BadInput, MediaError, SchemaError
+from mediafm.errors import BadInput, MediaError, SchemaError, SubtitleError
 from mediafm.media.decode import check_uri, probe
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.media.shots import Shot, ShotDetector, detect_shots
@@ -170,12 +170,27 @@ def advance(state: dict, seg: LiveSegment, shots: list[Shot]) -> None:
     state["last_published_at"] = max(state.get("last_published_at", 0.0), seg.published_at)
 
 
-def segment_cues(seg: LiveSegment, media_settings: Settings) -> list[list]:
-    """The segment's timed text as [start_s, end_s, text] on the event's clock. Raises BadInput."""
+MAX_HELD_TEXT_BYTES = 256 * 1024
+"""A live event's record holds the cues of the shots still open (a restarted worker aligns them again), and the
+ShotRef of a shot carries its text: both are messages (MAX_MESSAGE_BYTES). A segment whose cues would take the
+text held past this is published without its timed text, the reason dead-lettered. Captions run to a few hundred
+bytes a second; this is minutes of them even for a shot of MAX_SHOT_S. Before, one 5 MB WebVTT on one segment made
+a record over the producer's limit: the worker crashed on its changelog write, and on the next segment again."""
+
+
+def segment_cues(seg: LiveSegment, media_settings: Settings, held: list[list] = ()) -> list[list]:
+    """The segment's timed text as [start_s, end_s, text] on the event's clock, less the cues already `held`
+    (one cue over two segments). Raises BadInput, also when the text held would pass MAX_HELD_TEXT_BYTES."""
     if not seg.subtitles_uri:
         return []
     cues = load_subtitles(check_uri(seg.subtitles_uri, media_settings), encoding=seg.subtitle_encoding)
-    return [[c.start_s, c.end_s, c.text] for c in cues]
+    new = [c for c in ([c.start_s, c.end_s, c.text] for c in cues) if c not in held]
+    size = sum(len(c[2].encode()) for c in [*held, *new])
+    if size > MAX_HELD_TEXT_BYTES:
+        raise SubtitleError(f"{seg.subtitles_uri}: {len(new)} cues, with those of the shots still open "
+                            f"{size} bytes of text, over the {MAX_HELD_TEXT_BYTES} a live event holds; is it this "
+                            "segment's timed text? Publish each segment with the cues of its own seconds")
+    return new
 
 
 OVERLAP_S = 0.5
@@ -271,10 +286,12 @@ def register(rt: Runtime) -> None:
             pushed(state, path, seg.start_s, n_frames, end_s)
             try:
                 held = state.setdefault("cues", [])
-                held += [c for c in segment_cues(seg, rt.media_settings) if c not in held]  # one cue, two segments
-            except BadInput as e:  # the video goes on without this segment's text; the reason is kept
+                held += segment_cues(seg, rt.media_settings, held)
+            except Exception as e:  # the video goes on without this segment's text; the reason is kept
+                if not isinstance(e, BadInput):
+                    log.exception("live timed text failed")
                 await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index}: "
-                                                   f"timed text skipped: {e}")
+                                                   f"timed text skipped: {type(e).__name__}: {e}")
             for ref in cutter.refs(state, seg, shots, meta):
                 await rt.send(rt.topics.shots, key, ref.to_bytes())
                 metrics.stage_seconds.labels(STAGE, "live").observe(max(0.0, time.time() - seg.published_at))

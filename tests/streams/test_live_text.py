@@ -48,7 +48,7 @@ def _run_event(settings, segs, vtts, restart_at=()):
         assert segment.check_next(state, seg)
         shots, n_frames, end_s = cutter.push(state, seg, str(path))
         segment.pushed(state, str(path), start, n_frames, end_s)
-        state["cues"] += [c for c in segment.segment_cues(seg, settings) if c not in state["cues"]]
+        state["cues"] += segment.segment_cues(seg, settings, state["cues"])
         refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
         segment.advance(state, seg, shots)
         state = msgpack.unpackb(msgpack.packb(state))  # through the table, as the agent keeps it

@@ -474,3 +474,30 @@ def test_a_live_event_that_ended_holds_none_of_its_shots(n):
     tables["live-shots"][live.key("ev", n - 1)] = shots[-1].to_bytes()  # as if the deletes never ran
     asyncio.run(live.on_shot(shots[-1]))
     assert tables["live-shots"] == {}
+
+
+def test_a_live_segments_timed_text_is_bounded_by_what_the_event_holds(tmp_path):
+    """The cues a live event holds (its record) and a shot's text (its ShotRef) are messages: a segment whose cues
+    would take the text held past MAX_HELD_TEXT_BYTES is refused (the stage dead-letters its timed text and goes
+    on with the video). Before, a 5 MB WebVTT made a record over the producer's limit and crashed the worker."""
+    from mediafm.errors import SubtitleError
+
+    settings = Settings(media_roots=(str(tmp_path),))
+
+    def vtt(name: str, n: int, size: int) -> str:
+        body = "".join(f"00:00:{i // 10:02d}.{i % 10}00 --> 00:00:{i // 10:02d}.{i % 10}90\n{'x' * size}\n\n"
+                       for i in range(n))
+        (tmp_path / name).write_text("WEBVTT\n\n" + body)
+        return str(tmp_path / name)
+
+    def seg(uri: str) -> LiveSegment:
+        return LiveSegment(event_id="ev", segment_index=0, uri=str(tmp_path / "s.ts"), start_s=0.0, subtitles_uri=uri)
+
+    small = segment.segment_cues(seg(vtt("small.vtt", 3, 40)), settings)
+    assert len(small) == 3 and small[0][2] == "x" * 40
+    assert segment.segment_cues(seg(vtt("again.vtt", 3, 40)), settings, small) == [], "a held cue is not added twice"
+    with pytest.raises(SubtitleError, match=r"over the 262144 a live event holds"):
+        segment.segment_cues(seg(vtt("big.vtt", 100, 3_000)), settings)  # 300 KB in one segment
+    near = [[0.0, 1.0, "y" * (segment.MAX_HELD_TEXT_BYTES - 100)]]
+    with pytest.raises(SubtitleError, match="with those of the shots still open"):
+        segment.segment_cues(seg(vtt("more.vtt", 3, 40)), settings, near)
