@@ -6,6 +6,7 @@ Run `mediafm <command> --help` for each command's options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -76,9 +77,29 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def _two_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own heap arena (up to 8 per core) and keeps what is freed in
+    it: a live worker's decode and encoder threads held 232-291 MiB freed but kept (the RSS audit, 2026-12-05).
+    Two arenas: a median RSS 84 MiB lower over the same live event (1,294 against 1,378 MiB, one run each).
+    Before any thread starts; MALLOC_ARENA_MAX in the environment wins."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ or not (name := ctypes.util.find_library("c")):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to set
+        ctypes.CDLL(name).mallopt(M_ARENA_MAX, 2)
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.config import replace
     from streams.app import create_app
+
+    _two_malloc_arenas()
 
     if args.web_port:
         settings = replace(settings, worker_web_port=args.web_port)
