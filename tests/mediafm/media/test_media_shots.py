@@ -286,3 +286,29 @@ def test_segments_pushed_one_after_another_start_where_the_video_ended(slideshow
     shots = det.push_segment(slideshow, time_offset=0.0) + det.push_segment(slideshow, time_offset=10.04)
     shots += det.flush()
     assert shots[-1].end_s == pytest.approx(20.08, abs=1e-6)
+
+
+def test_loading_transnetv2_leaves_the_process_as_it_was():
+    """The wheel's constructor seeds torch's, numpy's and random's global generators and turns on deterministic
+    algorithms process-wide, which imports torch._inductor (+207 MiB of RSS for the load, against +62 without;
+    a worker loads it at its first segment). We take its weights only. In a fresh process: no reseeded
+    generator, no deterministic mode, no compiler module, and the network scores frames."""
+    import sys
+
+    code = """
+import random, sys
+import numpy as np, torch
+np.random.seed(7); random.seed(7); torch.manual_seed(7)
+want = (np.random.rand(), random.random(), torch.rand(1).item())
+np.random.seed(7); random.seed(7); torch.manual_seed(7)
+from mediafm.media.shots import transnetv2_model
+m = transnetv2_model()
+assert (np.random.rand(), random.random(), torch.rand(1).item()) == want, "a global generator was reseeded"
+assert not torch.are_deterministic_algorithms_enabled()
+assert "torch._inductor.config" not in sys.modules, "torch._inductor imported"
+with torch.no_grad():
+    single, _ = m(torch.zeros(1, 100, 27, 48, 3, dtype=torch.uint8))
+assert single.shape[:2] == (1, 100) and torch.isfinite(single).all()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
