@@ -444,21 +444,30 @@ class Dataset:
     def read_shard(self, shard: int, only: set[str] | None = None) -> dict[str, Title]:
         """Every title that starts in this shard (or those of them in `only`), whole: a title continued
         into the next shard(s) is completed with just its rows at their top (so one shard plus one
-        title's tail is in memory)."""
+        title's tail is in memory). When `only` leaves some of the shard's titles out, the kept ones are
+        copies of their rows, not views of the shard's array: a caller holding a few titles of many shards
+        (validation batches) holds those titles, not every shard they came from."""
         path = self.shards[shard]
         with _arrow(path):
             t = pq.read_table(path)
         fused = _check_vector_column(t, "fused", self.meta.fused_dim, path, unit=True)
         start, end = t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
+        kept = [info for info in self.titles.values()
+                if info.shard == shard and (only is None or info.title_id in only)]
+        # all the shard's rows kept (or all its titles asked for): views cost nothing more than the shard; fewer: copies
+        partial = only is not None and sum(n for info in kept for s, _, n in info.pieces if s == shard) < len(fused)
+
+        def rows(x: np.ndarray, r: int, n: int) -> np.ndarray:
+            return np.array(x[r:r + n]) if partial else x[r:r + n]
+
         out = {}
-        for info in self.titles.values():
-            if info.shard == shard and (only is None or info.title_id in only):
-                parts = [(fused[r:r + n], start[r:r + n], end[r:r + n]) if s == shard else self._read_rows(s, r, n)
-                         for s, r, n in info.pieces]
-                if len(parts) == 1:
-                    out[info.title_id] = Title(info, *parts[0])
-                else:
-                    out[info.title_id] = Title(info, *(np.concatenate(c) for c in zip(*parts, strict=True)))
+        for info in kept:
+            parts = [(rows(fused, r, n), rows(start, r, n), rows(end, r, n)) if s == shard
+                     else self._read_rows(s, r, n) for s, r, n in info.pieces]
+            if len(parts) == 1:
+                out[info.title_id] = Title(info, *parts[0])
+            else:
+                out[info.title_id] = Title(info, *(np.concatenate(c) for c in zip(*parts, strict=True)))
         return out
 
     def iter_titles(self, titles: list[TitleInfo] | None = None) -> Iterator[Title]:

@@ -49,7 +49,13 @@ class WindowLoader:
     """Endless, resumable stream of training batches over `titles`.
 
     rank/world split each batch list between DDP processes (batch i goes to
-    rank i % world), so every process sees different data.
+    rank i % world), so every process sees different data. An epoch has a
+    multiple of `world` batches, so every rank takes as many of them and the
+    ranks, stepping in lockstep, are always in the same epoch: after k steps
+    all of them have consumed the same `world * k` batches, a position any
+    rank's state_dict gives (`load_state_dict` rounds it up to a multiple of
+    the world it was saved with), and a resumed run continues each rank
+    exactly where it stopped.
     """
 
     def __init__(self, ds: Dataset, titles: list[TitleInfo], *, batch_size: int, max_shots: int, seed: int,
@@ -85,23 +91,31 @@ class WindowLoader:
         return self._shard[1][info.title_id]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed}
+        """This rank's position (rank 0's is 1 + the last batch it took, so 2k + 1 style under world 2) and the
+        world it strides over: `load_state_dict` turns it into the position every rank has reached."""
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "world": self.world}
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"checkpoint data seed {state['seed']} != configured seed {self.seed}")
-        self.epoch, self.batch = state["epoch"], state["batch"]
+        world = state.get("world", self.world)  # checkpoints from before the key: the world of this run
+        # every rank has taken its batch of each group of `world` up to the saved one: resume after the group,
+        # or rank 1 (behind rank 0's counter) would take again the batch it trained just before the checkpoint
+        self.epoch, self.batch = state["epoch"], -(-state["batch"] // world) * world
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
             plan = self.plan(self.epoch)
-            n_batches = len(plan) // self.batch_size or 1  # drop the ragged tail; tiny sets still train
+            # drop the ragged tail, and the last batches short of a multiple of world (every rank takes as many
+            # batches an epoch); tiny sets still train, a rank past the plan wrapping round to its start
+            n_batches = len(plan) // self.batch_size // self.world * self.world or self.world
             while self.batch < n_batches:
                 i = self.batch
                 self.batch += 1
                 if i % self.world != self.rank:
                     continue
-                chunk = plan[i * self.batch_size : (i + 1) * self.batch_size]
+                lo = i * self.batch_size
+                chunk = plan[lo : lo + self.batch_size] if lo < len(plan) else plan[lo % len(plan) :][: self.batch_size]
                 yield collate([(self._title(info), s, n) for info, s, n in chunk])
             self.epoch, self.batch = self.epoch + 1, 0
 

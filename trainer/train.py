@@ -12,11 +12,15 @@ checkpoint and continues exactly (model, optimizers, schedule, RNG, data).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import logging
 import math
 import os
+import pickle
 import sys
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,10 +32,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from mediafm.dataset import Dataset, TitleInfo
-from mediafm.errors import ConfigError, MediaFMError
+from mediafm.errors import ConfigError, MediaFMError, ModelError
 from mediafm.model import CONFIGS, INFERENCE_ONLY, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
 from trainer.data import Batch, WindowLoader, eval_batches, shot_moments
 
+log = logging.getLogger(__name__)
 LOSSES = ("cosine", "per_modality", "contrastive", "whitened")  # TrainConfig.loss
 CONTRASTIVE_TEMPERATURE = 0.1  # wav2vec 2.0's (Baevski et al. 2020, section 3.3)
 WHITEN_SHRINK = 0.1  # loss=whitened: (C + lam I)^-1/2 with lam this fraction of the mean variance (fixed before any run)
@@ -422,13 +427,25 @@ def validate(model: MaskedShotModel, ds: Dataset, tc: TrainConfig, cfg: MediaFMC
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(run: Path, state: dict, *, keep: int = 2) -> Path:
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     path = ckdir / f"step-{state['step']:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # whose it is, should two writers ever meet
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it takes the name: a power cut never leaves a truncated step-N.pt
     os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint behind
+    _fsync_dir(ckdir)
     (ckdir / "latest.json").write_text(json.dumps(
         {"path": path.name, "step": state["step"], "metrics": state.get("metrics", {})}, indent=2))
     for old in sorted(ckdir.glob("step-*.pt"))[:-keep]:
@@ -436,17 +453,74 @@ def save_checkpoint(run: Path, state: dict, *, keep: int = 2) -> Path:
     return path
 
 
+def _intact(path: Path) -> str | None:
+    """None if `path` reads as a whole torch checkpoint (a zip archive whose members all match their CRC),
+    else what is wrong with it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return f"member {bad} does not match its CRC" if bad else None
+
+
 def latest_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint of the run that reads whole (None if it has none). A newer one that does not (cut
+    short by a full disk or a copy) is skipped with a warning naming it; if none is whole, ModelError."""
     ckpts = sorted((run / "checkpoints").glob("step-*.pt"))
-    return ckpts[-1] if ckpts else None
+    bad = []
+    for path in reversed(ckpts):
+        why = _intact(path)
+        if why is None:
+            for b, w in bad:
+                log.warning("%s is unreadable (%s); using the older %s. Delete or move it aside", b, w, path.name)
+            return path
+        bad.append((path, why))
+    if bad:
+        raise ModelError(f"{bad[0][0]} is unreadable ({bad[0][1]}), and so is every older checkpoint in "
+                         f"{run / 'checkpoints'} ({', '.join(p.name for p, _ in bad[1:]) or 'none'}); retrain, or "
+                         "restore a checkpoint from a copy")
+    return None
+
+
+def read_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint's raw state; one torch cannot read is a ModelError naming the file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise ModelError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         "delete it to use the one before, or pass another") from None
 
 
 def load_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> tuple[MaskedShotModel, dict]:
     """A checkpoint as (model in eval mode, raw state); the encoder is `model.encoder`."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_checkpoint(path, device=device)
     model = MaskedShotModel(MediaFMConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
+
+
+def lock_run(run: Path):
+    """Hold `run/.lock` for this process (an exclusive flock, non-blocking; the OS drops it when the process
+    ends, kill -9 included), with our PID written in it; ConfigError naming the holder's PID if another
+    process holds it. Returns the open file: the lock lasts until it is closed."""
+    run.mkdir(parents=True, exist_ok=True)
+    f = open(run / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(f"{run} is in use by another trainer (PID {pid} holds {run / '.lock'}); wait for it to "
+                          f"end or stop it (a torchrun worker left behind by a killed launcher holds it too: kill "
+                          f"{pid}), or pass another --out") from None
+    except OSError as e:  # a file system without flock (some NFS): run unguarded rather than not at all
+        log.warning("%s: cannot lock it (%s); make sure no other trainer writes to this --out", run / ".lock", e)
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def plot_losses(run: Path) -> Path:
@@ -488,7 +562,21 @@ def plot_losses(run: Path) -> Path:
 def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: dict | None = None,
           *, quiet: bool = False, until_step: int | None = None) -> dict:
     """Train (or resume) the run in `out`. until_step stops early after that step
-    and a checkpoint, as a preempted job would; rerunning continues the schedule."""
+    and a checkpoint, as a preempted job would; rerunning continues the schedule.
+    Rank 0 holds `out/.lock` for the whole run (`lock_run`): a second trainer on the same
+    --out stops with ConfigError instead of writing the same log and checkpoints."""
+    lock = lock_run(Path(out)) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        for stale in (Path(out) / "checkpoints").glob("step-*.tmp") if lock is not None else ():
+            stale.unlink(missing_ok=True)  # left by a trainer killed mid-save (named by its PID); none writes now
+        return _train(data, out, tc, model_overrides, quiet=quiet, until_step=until_step)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: dict | None,
+           *, quiet: bool, until_step: int | None) -> dict:
     # --- distributed (torchrun sets these; a plain run is world 1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -528,7 +616,7 @@ def train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: d
     run = Path(out)
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = read_checkpoint(ckpt, device=device)
         defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys added since the checkpoint was written
         saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
