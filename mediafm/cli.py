@@ -175,7 +175,8 @@ def _cmd_shots(args: argparse.Namespace, settings: Settings) -> int:
 
     path = check_uri(args.video, settings)
     info = probe(path, settings)
-    shots = detect_shots(path, detector=args.detector or settings.shot_detector)
+    shots = detect_shots(path, detector=args.detector or settings.shot_detector,
+                         max_duration_s=settings.max_media_duration_s)
     if args.thumbnails:
         from pathlib import Path
 

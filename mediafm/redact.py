@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#@]*@")
+_USERINFO = re.compile(r"(//[^/?#@\s:]*):[^/?#\s]*@")  # the password runs to the last @ of the authority
 
 
 def redact_url(text: str) -> str:

@@ -86,7 +86,7 @@ class Encoder:
     async def encode_run(self, refs: list[ShotRef]) -> list[EncodedShot]:
         """One run of consecutive shots (runs()) -> their EncodedShot messages. Raises BadInput."""
         first = refs[0]
-        media = [str(check_uri(m, self.rt.media_settings)) for m in first.media]
+        media = [str(check_uri(m, self.rt.media_settings, allow_relative=False)) for m in first.media]
         off = first.media_start_s  # shot times in the media's own time
         shots = [Shot(r.shot_index, r.start_s - off, r.end_s - off, r.start_frame, r.end_frame) for r in refs]
         vecs = await encode_aligned(self.rt.triton, media if len(media) > 1 else media[0], shots,

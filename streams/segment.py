@@ -47,13 +47,14 @@ STAGE = "segment"
 def cut_title(req: TitleRequest, settings: Settings, media_settings: Settings) -> list[ShotRef]:
     """Blocking: decode, detect, align timed text. Runs in a thread."""
     meta = TitleMeta.from_dict(req.meta, title_id=req.title_id, kind="title")
-    path = check_uri(req.uri, media_settings)
+    path = check_uri(req.uri, media_settings, allow_relative=False)
     probe(path, media_settings)
     cues = []
     if req.subtitles_uri:
-        cues += load_subtitles(check_uri(req.subtitles_uri, media_settings), encoding=req.subtitle_encoding)
+        cues += load_subtitles(check_uri(req.subtitles_uri, media_settings, allow_relative=False),
+                               encoding=req.subtitle_encoding)
     cues += container_subtitles(path)
-    shots = detect_shots(path, detector=settings.shot_detector)
+    shots = detect_shots(path, detector=settings.shot_detector, max_duration_s=media_settings.max_media_duration_s)
     texts = align(cues, shots)
     return [ShotRef(title_id=req.title_id, shot_index=s.index, start_s=s.start_s, end_s=s.end_s,
                     start_frame=s.start_frame, end_frame=s.end_frame, media=[str(path)], media_start_s=0.0,
@@ -99,7 +100,7 @@ class LiveCutter:
         state["segments"] holds [uri, start_s, first frame in the event] of each kept segment, so a
         detector rebuilt after a restart numbers frames where the event was."""
         if seg.event_id not in self.detectors:
-            det = ShotDetector(self.settings.live_shot_detector)
+            det = ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
             kept = state["segments"]  # replay what is not yet behind a closed shot
             self.detectors[seg.event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
             for uri, s0, *_ in kept:
@@ -183,7 +184,8 @@ def segment_cues(seg: LiveSegment, media_settings: Settings, held: list[list] = 
     (one cue over two segments). Raises BadInput, also when the text held would pass MAX_HELD_TEXT_BYTES."""
     if not seg.subtitles_uri:
         return []
-    cues = load_subtitles(check_uri(seg.subtitles_uri, media_settings), encoding=seg.subtitle_encoding)
+    cues = load_subtitles(check_uri(seg.subtitles_uri, media_settings, allow_relative=False),
+                          encoding=seg.subtitle_encoding)
     new = [c for c in ([c.start_s, c.end_s, c.text] for c in cues) if c not in held]
     size = sum(len(c[2].encode()) for c in [*held, *new])
     if size > MAX_HELD_TEXT_BYTES:
@@ -272,7 +274,7 @@ def register(rt: Runtime) -> None:
                 await rt.dead_letter(STAGE, event, str(e))
                 continue
             try:
-                path = str(check_uri(seg.uri, rt.media_settings))
+                path = str(check_uri(seg.uri, rt.media_settings, allow_relative=False))
                 shots, n_frames, end_s = await asyncio.to_thread(probe_and_push, state, seg, path)
             except Exception as e:  # this segment is unusable: say so, and let the event go on without it
                 if not isinstance(e, MediaError):

@@ -20,6 +20,8 @@ one-line cause and fix; PyAV's own exceptions never escape.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
 import logging
 import math
@@ -36,6 +38,7 @@ import numpy as np
 
 from mediafm.config import Settings
 from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
+from mediafm.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,23 @@ _OPEN_OPTIONS = {"probesize": str(32 * 1024 * 1024), "analyzeduration": str(20_0
 _INDIRECT_FORMATS = {"hls", "applehttp", "dash", "concat", "imf"}
 _INDIRECT_MAGIC = (b"#EXTM3U", b"ffconcat version")
 
+MAX_FPS = 240
+"""Video whose average (else guessed) frame rate is over this is refused by probe: every frame is decoded, so
+12 hours at 1000 frames/s would take days of CPU. High-speed footage (120, 240 fps) passes; re-encode faster
+video at a lower rate first. Decoding stops, too, past max_duration_s * MAX_FPS frames (iter_video_frames)."""
+
+MAX_AUDIO_RATE = 384_000
+"""Audio sample rates over this (Hz; the highest real audio gear records at) are refused (probe, iter_audio): a
+header may declare 1,000,000,007 Hz, and resampling that to the encoders' rate needs a filter of GBs."""
+
+MAX_AUDIO_CHANNELS = 32
+"""Audio with more channels than this is refused (probe, iter_audio): FFmpeg's resampler cannot downmix them."""
+
+MAX_RESAMPLE_FACTOR = 1 << 16
+"""resample_span refuses rates whose ratio, in lowest terms (up/down), has a term over this: its filter has
+20 * max(up, down) + 1 taps (1.3 M taps, 10 MB, at this bound); every pair of real rates (44.1/48 kHz: 147/160,
+even 48001 Hz to 16 kHz) is far under it."""
+
 MAX_FRAME_SIDE = 16384
 MAX_FRAME_PIXELS = 8192 * 8192
 """Frames larger than this (8K UHD is 7680 x 4320) are refused before any is decoded: a small
@@ -61,18 +81,38 @@ def under_roots(path: Path, roots) -> bool:
     return any(path == r or r in path.parents for r in (Path(x).expanduser().resolve() for x in roots))
 
 
+def _netloc(parsed) -> str:
+    """A parsed URI's host part for a message, its password masked (user:***@host)."""
+    return redact_url(f"//{parsed.netloc}")[2:]
+
+
 def _show(path, fmt=str) -> str:
-    """A path or URI for a one-line message: long ones keep their start and end."""
-    text = fmt(os.fspath(path) if isinstance(path, os.PathLike) else path)
+    """A path or URI for a one-line message, any password in it masked: long ones keep their start and end."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    text = fmt(redact_url(text) if isinstance(text, str) else text)
     return text if len(text) <= 300 else f"{text[:150]}...{text[-100:]} ({len(text)} characters)"
 
 
-def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "not a file")
+
+
+def check_uri(uri: str | os.PathLike, settings: Settings, *, allow_relative: bool = True) -> Path:
     """A local path or file:// URI -> resolved Path, checked against the settings.
 
     Raises MediaURIError for another scheme (http://, s3://: fetch it first), a
     path outside `media_roots` (when set; symlinks are resolved first), a
     missing or non-regular file, an empty file, or one over `max_media_bytes`.
+    allow_relative=False (URIs from messages, which a worker must not resolve against its own working
+    directory: `C:/x.mp4` became `<cwd>/C:/x.mp4`): a path that is not absolute is refused too; True (the
+    CLI: `mediafm embed film.mp4`) resolves it against the working directory.
+    Passwords in a URI are masked (user:***@host) in every message.
+
+    The file may change after this check: open it with open_media or read_checked, which open exactly
+    the checked file (no symlink, no FIFO) or refuse it.
     """
     s = os.fspath(uri)
     if not s.strip():
@@ -82,13 +122,16 @@ def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
     parsed = urllib.parse.urlparse(s)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise MediaURIError(f"{_show(s)}: file URI names host {parsed.netloc!r}; only local files are read")
+            raise MediaURIError(f"{_show(s)}: file URI names host {_netloc(parsed)!r}; only local files are read")
         s = urllib.parse.unquote(parsed.path)
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in s):  # %00, %0a... decoded
             raise MediaURIError(f"{_show(uri)}: control characters in a media URI; pass a plain path or file:// URI")
     elif parsed.scheme and len(parsed.scheme) > 1:  # len 1: a Windows drive letter
         raise MediaURIError(f"{_show(s)}: scheme {parsed.scheme!r} is not supported; copy the media to a local "
                             "path (or file:// URI) under media_roots first")
+    if not allow_relative and not os.path.isabs(os.path.expanduser(s)):
+        raise MediaURIError(f"{_show(s)}: not an absolute path; media URIs must be absolute paths or file:// URIs "
+                            "under media_roots (a relative one would name a file in the worker's working directory)")
     try:
         path = Path(s).expanduser().resolve()
     except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long, an unknown ~user
@@ -105,10 +148,7 @@ def check_uri(uri: str | os.PathLike, settings: Settings) -> Path:
     except OSError as e:
         raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its permissions") from None
     if not stat.S_ISREG(st.st_mode):
-        what = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
-                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
-                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
-        raise MediaURIError(f"{_show(path)}: not a regular file ({what}); pass a media file")
+        raise MediaURIError(f"{_show(path)}: not a regular file ({_kind(st.st_mode)}); pass a media file")
     size = st.st_size
     if size == 0:
         raise MediaURIError(f"{_show(path)}: zero-length file; the upload or copy did not finish")
@@ -134,22 +174,116 @@ class MediaInfo:
     video_codec: str = ""
 
 
-def open_media(path: Path) -> av.container.InputContainer:
-    """The file opened for reading, with the guards every reader of media uses: not a playlist or concat
-    script, FFmpeg's file protocol only, a timeout; MediaURIError or CorruptMediaError otherwise."""
+_FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+"""Where an open descriptor has a name: opening `{_FD_DIR}/{fd}` opens the very file the descriptor is open on,
+whatever its path names now (Linux's /proc; /dev/fd elsewhere)."""
+
+
+def _open_checked(path: Path | str) -> int:
+    """A read-only descriptor on the regular file `path` names now, as check_uri checked it; MediaURIError for
+    anything else. Opened without following a symlink (O_NOFOLLOW) and without blocking (O_NONBLOCK: a FIFO
+    swapped in after the check would block an open or a read forever), then refused unless it is a regular
+    file whose real path is `path` (absolute: the resolved path check_uri gives), so a file swapped for a
+    symlink, or a directory on its path for one, after the check is not read. O_NONBLOCK is cleared after."""
+    want = os.path.abspath(os.fspath(path))
     try:
-        with open(path, "rb") as f:
-            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+        fd = os.open(want, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise MediaURIError(f"{path}: cannot read it ({e.strerror}); check the path and its permissions") from None
-    if head.startswith(_INDIRECT_MAGIC):
-        raise MediaURIError(f"{path}: a playlist or concat script, not media (it names other files or URLs, which "
-                            "are not read); publish the media file itself")
+        if e.errno == errno.ELOOP:
+            raise MediaURIError(f"{_show(path)}: a symbolic link (changed after it was checked?); pass the real path "
+                                "of a media file under media_roots, as check_uri gives it") from None
+        if e.errno == errno.ENOENT:
+            raise MediaURIError(f"{_show(path)}: no such file (removed after it was checked?)") from None
+        raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its "
+                            "permissions") from None
     try:
-        c = av.open(str(path), options=_OPEN_OPTIONS, timeout=30.0)
-    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
-        raise CorruptMediaError(f"{path}: FFmpeg cannot open it ({type(e).__name__}: {e}); the file is "
-                                "corrupt, truncated or not media: re-encode or re-fetch it") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MediaURIError(f"{_show(path)}: not a regular file ({_kind(st.st_mode)}; changed after it was "
+                                "checked?); pass a media file")
+        if _FD_DIR == "/proc/self/fd":
+            real = os.readlink(f"{_FD_DIR}/{fd}")
+            same = real == want
+        else:  # no /proc: the same file as the path names (a directory swapped on its path is not seen)
+            real, named = want, os.stat(want)
+            same = (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino)
+        if not same:
+            raise MediaURIError(f"{_show(path)}: changed after it was checked (it is now {_show(real)}: a "
+                                "directory on its path was replaced, by a symlink?); pass the real path of a media "
+                                "file under media_roots")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_checked(path: Path | str, max_bytes: int) -> bytes:
+    """The bytes of a small file (subtitles) at `path`, read safely after check_uri checked it: only a regular
+    file, not through a symlink, not a FIFO or device (a read that would never end), and at most `max_bytes`
+    (MediaURIError naming its size otherwise), the file read being the one the path named when it was opened
+    (_open_checked). MediaURIError for all of these, with the cause and the fix."""
+    fd = _open_checked(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise MediaURIError(f"{_show(path)}: {size} bytes, over the limit of {max_bytes}; pass a smaller file")
+        parts, got = [], 0
+        while True:
+            try:
+                b = os.read(fd, min(1 << 20, max_bytes + 1 - got))
+            except OSError as e:
+                raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the file") from None
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+            if got > max_bytes:  # it grew while read
+                raise MediaURIError(f"{_show(path)}: over the limit of {max_bytes} bytes (it grew while read); pass "
+                                    "a smaller file, and publish it only once it is complete")
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _read_head(path: Path | str, n: int) -> bytes:
+    """The first `n` bytes of the media file (opened as _open_checked opens it)."""
+    fd = _open_checked(path)
+    try:
+        return os.pread(fd, n, 0)
+    finally:
+        os.close(fd)
+
+
+def open_media(path: Path) -> av.container.InputContainer:
+    """The file opened for reading, with the guards every reader of media uses: a regular file only, the one
+    `path` (resolved, as check_uri gives it) named when checked: not a symlink, a FIFO or device, and not
+    through a directory replaced since (_open_checked); not a playlist or concat script, FFmpeg's file protocol
+    only, a timeout; MediaURIError or CorruptMediaError otherwise.
+
+    FFmpeg opens the checked descriptor's file (`/proc/self/fd/N`: the same file, at native speed, whatever the
+    path names by then), so the file checked is the file decoded; the descriptor is closed once FFmpeg holds
+    its own, which lives as long as the container."""
+    fd = _open_checked(path)
+    try:
+        try:
+            head = os.pread(fd, 64, 0).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except OSError as e:
+            raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its "
+                                "permissions") from None
+        if head.startswith(_INDIRECT_MAGIC):
+            raise MediaURIError(f"{_show(path)}: a playlist or concat script, not media (it names other files or "
+                                "URLs, which are not read); publish the media file itself")
+        name = f"{_FD_DIR}/{fd}"
+        try:
+            c = av.open(name, options=_OPEN_OPTIONS, timeout=30.0)
+        except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
+            why = str(e).replace(name, os.fspath(path))
+            raise CorruptMediaError(f"{_show(path)}: FFmpeg cannot open it ({type(e).__name__}: {why}); the file "
+                                    "is corrupt, truncated or not media: re-encode or re-fetch it") from None
+    finally:
+        os.close(fd)
     if _INDIRECT_FORMATS & set(c.format.name.split(",")):
         c.close()
         raise MediaURIError(f"{path}: a {c.format.name} playlist or manifest, not media (it names other files or "
@@ -183,6 +317,27 @@ def _check_frame_size(path: Path, width: int, height: int, what: str) -> None:
     if width > MAX_FRAME_SIDE or height > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS:
         raise MediaURIError(f"{path}: {what} {width}x{height} pixels, over the limit ({MAX_FRAME_SIDE} a side, "
                             f"{MAX_FRAME_PIXELS} in all); downscale it first")
+
+
+def _check_audio(path: Path, a) -> None:
+    """MediaURIError for an audio stream whose sample rate or channel count no real recording has (a header
+    declaring 1,000,000,007 Hz or 64 channels): refused before it is resampled or downmixed."""
+    cc = a.codec_context
+    rate = (cc.sample_rate if cc is not None else 0) or a.rate or 0
+    channels = (cc.channels if cc is not None else 0) or 0
+    if rate > MAX_AUDIO_RATE:
+        raise MediaURIError(f"{_show(path)}: audio at {rate} Hz, over the limit of {MAX_AUDIO_RATE} Hz; resample it "
+                            "first (e.g. `ffmpeg -i IN -c:v copy -ar 48000 OUT`)")
+    if channels > MAX_AUDIO_CHANNELS:
+        raise MediaURIError(f"{_show(path)}: audio with {channels} channels, over the limit of {MAX_AUDIO_CHANNELS}; "
+                            "downmix it first (e.g. `ffmpeg -i IN -c:v copy -ac 2 OUT`)")
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    """The (width, height) a PNG's header declares, None if `head` is not a PNG's start."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
 
 
 def _start(container) -> float:
@@ -241,20 +396,33 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
             raise CorruptMediaError(f"{path}: FFmpeg has no decoder for its video codec (unsupported or unknown "
                                     "codec); re-encode it, e.g. to H.264")
         _check_frame_size(path, v.codec_context.width or 0, v.codec_context.height or 0, "declares frames of")
+        rate = v.average_rate or v.guessed_rate
+        if rate and float(rate) > MAX_FPS:
+            raise MediaURIError(f"{_show(path)}: video at {float(rate):g} frames/s, over the limit of {MAX_FPS}; "
+                                "re-encode it at a lower frame rate first (e.g. `ffmpeg -i IN -r 60 OUT.mp4`)")
+        a = audio_stream(c)
+        if a is not None:
+            _check_audio(path, a)
         _limit_pixels(v)
         first = next(_frames(c, v, Damage(path, "video")), None)
         if first is None:
+            size = _png_size(_read_head(path, 24)) if v.codec_context.name in ("png", "apng") else None
+            if size is not None:  # FFmpeg finds no size before it decodes a PNG, and max_pixels refuses to
+                _check_frame_size(path, *size, "declares frames of")
             raise CorruptMediaError(f"{path}: the video stream has no decodable frame; the file is truncated "
                                     "or empty: re-fetch it")
         rot = int(getattr(first, "rotation", 0) or 0) % 360 or _rotation(v)
         _check_frame_size(path, first.width, first.height, "has frames of")
         w, h = (max(1, round(x)) for x in display_size(first.width, first.height, sample_aspect(v), rot))
         dur = c.duration / av.time_base if c.duration else None
-        if settings is not None and dur is not None and dur > settings.max_media_duration_s:
-            raise MediaURIError(f"{path}: {dur:.0f} s long, over max_media_duration_s="
+        # How long it is: Matroska's duration runs from timestamp 0, not from its first one (a file starting
+        # at 9e9 s declares 9e9 + its length); other containers' is already end minus start.
+        span = max(0.0, dur - _start(c)) if dur is not None and "matroska" in c.format.name else dur
+        if settings is not None and span is not None and span > settings.max_media_duration_s:
+            raise MediaURIError(f"{path}: {span:.0f} s long, over max_media_duration_s="
                                 f"{settings.max_media_duration_s:.0f}; raise the setting if this is intended")
-        fps = float(v.average_rate or v.guessed_rate or 0) or 25.0
-        return MediaInfo(path, dur, w, h, fps, rot, audio_stream(c) is not None,
+        fps = float(rate or 0) or 25.0
+        return MediaInfo(path, dur, w, h, fps, rot, a is not None,
                          [s.index for s in c.streams.subtitles], v.codec_context.name)
 
 
@@ -469,7 +637,8 @@ def _declared_end(c, v, base: float) -> tuple[float | None, bool]:
 
 def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | None = None,
                       seek_s: float | None = None, tap=None, end: VideoEnd | None = None,
-                      aspect: PixelAspect | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
+                      aspect: PixelAspect | None = None,
+                      max_duration_s: float | None = None) -> Iterator[tuple[int, float, av.VideoFrame, int]]:
     """(index, time_s, av frame, rotation) for every decoded frame; the av frame is not converted.
 
     time_offset None: times from the container start; a number: the first frame gets that time
@@ -480,6 +649,9 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
     end: told where the video ends (VideoEnd), once the pass reaches the end of the stream. Video that ends
     TRUNCATED_S or more before the end the file declares for it is reported (a warning: a truncated file).
     aspect: told the video's sample aspect ratio (PixelAspect) when the stream is opened, before any frame.
+    max_duration_s: settings.max_media_duration_s; MediaURIError once a frame lies further than that from the
+    container start, or more than max_duration_s * MAX_FPS frames decoded in this pass: a raw stream declares
+    no duration for probe to check, and a file may hold more than it declares. None: no limit.
     """
     with open_media(path) as c:
         v = video_stream(c)
@@ -497,11 +669,14 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
         damage = Damage(path, "video")
         i = start_index
         dur = None  # the last frame's own duration (s)
+        most = None if max_duration_s is None else max(1, math.ceil(max_duration_s * MAX_FPS))
         try:
             for frame in _decode(c, v, base, seek_s if time_offset is None else None, damage):
                 raw = frame.time
                 rot = int(getattr(frame, "rotation", 0) or 0) % 360 or stream_rot
                 t = clock(raw)
+                if max_duration_s is not None:
+                    _check_decoded(path, "video", clock.last - base, i - start_index, most, max_duration_s)
                 dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
                 if tap is not None:
                     tap.frame(raw, frame, rot)
@@ -524,10 +699,29 @@ def iter_video_frames(path: Path, *, start_index: int = 0, time_offset: float | 
                 damage.report()  # a damaged stretch, or a truncated tail after good frames: what decoded is used
 
 
+DURATION_SLACK_S = 1.0
+"""How far past max_duration_s decoding may go before it stops (iter_video_frames, iter_audio): streams may run a
+little past the duration their container declares (audio's priming samples, timestamp rounding)."""
+
+
+def _check_decoded(path, what: str, at_s: float, count: int, most: int | None, max_duration_s: float) -> None:
+    """MediaURIError once decoding reaches past max_duration_s of media (DURATION_SLACK_S more: a file probe
+    passed may run a little past the duration its container declares) or `most` frames."""
+    over = at_s > max_duration_s + DURATION_SLACK_S
+    if over or (most is not None and count >= most):
+        reached = f"{at_s:.1f} s" if over else f"{count} frames, at most {MAX_FPS} frames/s"
+        raise MediaURIError(f"{_show(path)}: its {what} runs past max_media_duration_s={max_duration_s:g} "
+                            f"(decoding reached {reached}; its container declares less, or no duration: a raw "
+                            "stream?); cut it, or raise the setting if this is intended")
+
+
 def iter_frames(path: Path, *, size: tuple[int, int] | None = None, fmt: str = "rgb24",
-                start_index: int = 0, time_offset: float | None = None) -> Iterator[Frame]:
-    """Decoded frames scaled to `size` (w, h) as they come; never more than one in memory."""
-    for i, t, frame, rot in iter_video_frames(path, start_index=start_index, time_offset=time_offset):
+                start_index: int = 0, time_offset: float | None = None,
+                max_duration_s: float | None = None) -> Iterator[Frame]:
+    """Decoded frames scaled to `size` (w, h) as they come; never more than one in memory.
+    max_duration_s: as iter_video_frames's."""
+    for i, t, frame, rot in iter_video_frames(path, start_index=start_index, time_offset=time_offset,
+                                              max_duration_s=max_duration_s):
         yield Frame(i, t, _to_array(frame, size, fmt, rot))
 
 
@@ -537,7 +731,7 @@ def to_array(frame, size: tuple[int, int] | None, rot: int, fmt: str = "rgb24") 
 
 
 def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None = None,
-               seek_s: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+               seek_s: float | None = None, max_duration_s: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """(first sample's index, rate, mono float32 samples) chunks of the audio stream (audio_stream: the default
     one, else the first); nothing if none.
 
@@ -551,21 +745,29 @@ def iter_audio(path: Path, *, rate: int | None = None, time_offset: float | None
     silence fills a gap (audio missing from the file, packets lost), and samples for times already given are
     dropped. A packet that does not decode is skipped (its samples are a gap then); a read error ends the
     stream (a truncated file keeps what it had).
+    A stream over MAX_AUDIO_RATE or MAX_AUDIO_CHANNELS is refused (MediaURIError), and an error FFmpeg raises
+    converting it is a CorruptMediaError. max_duration_s: settings.max_media_duration_s; MediaURIError once a
+    sample lies further than that from the container start (None: no limit).
     """
     with open_media(path) as c:
         a = audio_stream(c)
         if a is None:
             return
+        _check_audio(path, a)
         base = _start(c)
         damage = Damage(path, "audio")
         try:
-            yield from _audio_chunks(c, a, base, rate, time_offset, seek_s, damage)
+            yield from _audio_chunks(c, a, base, rate, time_offset, seek_s, damage, path, max_duration_s)
+        except av.FFmpegError as e:  # the resampler refusing a layout or format (ArgumentError...)
+            raise CorruptMediaError(f"{_show(path)}: FFmpeg cannot convert its audio ({type(e).__name__}: "
+                                    f"{str(e)[:200]}); re-encode the audio, e.g. to stereo AAC") from None
         finally:  # also for a pass its reader leaves early (_AudioCursor restarts every 30 s)
             damage.report()
 
 
 def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None, seek_s: float | None,
-                  damage: Damage) -> Iterator[tuple[int, int, np.ndarray]]:
+                  damage: Damage, path: Path | str = "",
+                  max_duration_s: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """iter_audio's chunks from an open container's stream `a`.
 
     A stream whose sample format, channel layout or rate changes part way (a broadcast recording switching
@@ -575,6 +777,11 @@ def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None
     pos = 0  # the next sample's index
     origin = (0.0, 0)  # (timestamp, index) samples are placed from
     started = False
+    at0 = (0.0, 0)  # (s from the container start, index) of the first sample: where the limit is counted from
+
+    def _limit(k: int) -> None:  # sample k (the next one given) must lie within max_duration_s
+        if max_duration_s is not None:
+            _check_decoded(path, "audio", at0[0] + (k - at0[1]) / rate, 0, None, max_duration_s)
 
     def _out(frames) -> list[np.ndarray]:
         return [o.to_ndarray().reshape(-1).astype(np.float32, copy=False) for o in frames]
@@ -594,10 +801,12 @@ def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None
             pos = round(time_offset * rate) if time_offset is not None else round(ft * rate) - round(base * rate)
             # From the container start, an index follows from the timestamp alone, wherever decoding began.
             origin = (ft, pos) if time_offset is not None else (base, 0)
+            at0 = (ft - base, pos)
         elif frame.time is not None:
             at = origin[1] + round((frame.time - origin[0]) * rate)  # where this frame's samples belong
             if at - pos > GAP_S * rate:
                 for k in range(pos, at, rate):  # silence for the missing audio, a second at a time
+                    _limit(k + min(rate, at - k))
                     yield k, rate, np.zeros(min(rate, at - k), np.float32)
                 pos = at
             elif pos - at > GAP_S * rate:
@@ -611,6 +820,7 @@ def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None
         for x in outs:
             x, drop = x[drop:], max(0, drop - len(x))
             if len(x):
+                _limit(pos + len(x))
                 yield pos, rate, x
                 pos += len(x)
     if res is not None:
@@ -619,10 +829,16 @@ def _audio_chunks(c, a, base: float, rate: int | None, time_offset: float | None
             pos += len(x)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _resample_filter(up: int, down: int) -> np.ndarray:
+    """resample_poly's filter for up/down (lowest terms); MediaURIError past MAX_RESAMPLE_FACTOR (its length
+    grows with them: 1,000,003 Hz to 44.1 kHz needs 20 M taps, 160 MB, kept in this cache)."""
     from scipy.signal import firwin  # what resample_poly designs, made once per ratio
 
+    if max(up, down) > MAX_RESAMPLE_FACTOR:
+        raise MediaURIError(f"resampling by {up}/{down} needs a filter of {20 * max(up, down) + 1} taps, over the "
+                            f"limit of {20 * MAX_RESAMPLE_FACTOR + 1}: the audio's sample rate is unusual; resample "
+                            "it first to a common rate (e.g. `ffmpeg -i IN -c:v copy -ar 48000 OUT`)")
     half = 10 * max(up, down)
     return firwin(2 * half + 1, 1.0 / max(up, down), window=("kaiser", 5.0))  # resample_poly scales it by up
 

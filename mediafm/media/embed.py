@@ -429,7 +429,8 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         cues += container_subtitles(path)
         wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
     with _timed(timings, "shots"):
-        shots = detect_shots(path, detector=detector or settings.shot_detector)
+        shots = detect_shots(path, detector=detector or settings.shot_detector,
+                             max_duration_s=settings.max_media_duration_s)
     if progress:
         progress(f"{len(shots)} shots in {info.duration_s or 0:.1f} s of video; encoding on Triton")
     msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings,

@@ -112,20 +112,21 @@ class Scaler:
 
 def detector_frames(path: str | Path, detector: str = "transnetv2", *, start_index: int = 0,
                     time_offset: float | None = None, thumb_width: int = THUMB_WIDTH,
-                    scaler: Scaler | None = None, tap=None, end: VideoEnd | None = None):
+                    scaler: Scaler | None = None, tap=None, end: VideoEnd | None = None,
+                    max_duration_s: float | None = None):
     """(index, time_s, small, thumb) for every frame of one file, exactly as ShotDetector.push_segment
     feeds them to `detector`: small is 48x27 RGB for the TransNetV2 detectors, 256 px wide BGR for
     content; thumb is (h, thumb_width, 3) RGB. The frames of a film cut into segments (same frames,
     e.g. stream-copied) are the frames of the whole film: tests/test_live_cuts.py checks it.
-    tap: sees every decoded frame too; end: told where the video ends (iter_video_frames).
-    The thumbnail and the content detector's frames have the shape a player shows (decode.display_size):
+    tap: sees every decoded frame too; end: told where the video ends; max_duration_s: MediaURIError once the
+    file runs past it, declared or not (iter_video_frames). The thumbnail and the content detector's frames have the shape a player shows (decode.display_size):
     anamorphic video's stored pixels are not square, so its stored shape would squeeze or stretch them."""
     scaler = scaler or Scaler()
     aspect = PixelAspect()
     sizes = None  # (thumb, content detector's) sizes, from the first frame: a stream whose frame size changes
     # (a broadcast switching 16:9 to 4:3) keeps them, as the detectors compare frames of one size
     for i, t, frame, rot in iter_video_frames(Path(path), start_index=start_index, time_offset=time_offset,
-                                              tap=tap, end=end, aspect=aspect):
+                                              tap=tap, end=end, aspect=aspect, max_duration_s=max_duration_s):
         if sizes is None:
             fw, fh = display_size(frame.width, frame.height, aspect.sar, rot)
             h = max(2, round(thumb_width * fh / fw / 2) * 2)
@@ -520,11 +521,15 @@ class ShotDetector:
     """Streaming shot boundary detector. Not thread-safe: one per title or live event."""
 
     def __init__(self, detector: str = "transnetv2", *, threshold: float | None = None,
-                 min_shot_frames: int | None = None, thumb_width: int = THUMB_WIDTH) -> None:
+                 min_shot_frames: int | None = None, thumb_width: int = THUMB_WIDTH,
+                 max_duration_s: float | None = None) -> None:
+        """max_duration_s: no file pushed may run longer (MediaURIError while it is decoded): max_media_duration_s,
+        which probe checks against the length a container declares, also for one that declares none."""
         if detector not in DETECTORS:
             raise ValueError(f"unknown shot detector {detector!r}; choose one of {DETECTORS}")
         self.detector = detector
         self.thumb_width = thumb_width
+        self.max_duration_s = max_duration_s
         # PySceneDetect's default minimum scene length (15 frames) keeps fast motion from cutting
         # every frame; TransNetV2 scores transitions themselves and needs none.
         self.min_shot_frames = min_shot_frames or (15 if detector == "content" else 1)
@@ -580,7 +585,8 @@ class ShotDetector:
         end = VideoEnd()
         for i, t, small, thumb in detector_frames(path, self.detector, start_index=self.n_frames,
                                                   time_offset=time_offset, thumb_width=self.thumb_width,
-                                                  scaler=self._scaler, tap=tap, end=end):
+                                                  scaler=self._scaler, tap=tap, end=end,
+                                                  max_duration_s=self.max_duration_s):
             out += self.push_frame(i, t, small, thumb)
         self._end = end.end_s
         if self.detector == "transnetv2":  # what this segment's frames can decide, decided now
@@ -686,7 +692,8 @@ class ShotDetector:
         return out
 
 
-def detect_shots(path: str | Path, *, detector: str = "transnetv2", threshold: float | None = None) -> list[Shot]:
+def detect_shots(path: str | Path, *, detector: str = "transnetv2", threshold: float | None = None,
+                 max_duration_s: float | None = None) -> list[Shot]:
     """All shots of one file (streamed through :class:`ShotDetector`)."""
-    det = ShotDetector(detector, threshold=threshold)
+    det = ShotDetector(detector, threshold=threshold, max_duration_s=max_duration_s)
     return det.push_segment(path) + det.flush()
