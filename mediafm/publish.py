@@ -359,7 +359,7 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str, segment
         from mediafm.media.subtitles import load_subtitles
 
         check_file(subtitles, "subtitle file")
-        cues = load_subtitles(subtitles, encoding=subtitle_encoding)
+        cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding)
     seg_dir = id_dir(Path(settings.worker_media_roots[0]) / "live", event_id)
     segments = cut_segments(file, seg_dir, segment_s)
     vtts = write_segment_cues(cues, segments, seg_dir)

@@ -425,7 +425,7 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         info = probe(path, settings)
         profile = get_profile(settings.encoder_profile)
         tmeta = TitleMeta.load(meta, default_id=path.stem)
-        cues = load_subtitles(subtitles, encoding=subtitle_encoding) if subtitles else []
+        cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding) if subtitles else []
         cues += container_subtitles(path)
         wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
     with _timed(timings, "shots"):

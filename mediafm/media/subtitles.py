@@ -8,6 +8,13 @@ the container (mov_text, SubRip, ASS, WebVTT via PyAV), aligned to shots.
 A cue belongs to every shot it overlaps (by more than `min_overlap_s`); a shot's
 text is its cues' text in time order, joined with spaces. Bitmap subtitles
 (DVD/PGS) carry no text and are skipped.
+
+Hostile input is bounded: a subtitle file is read only as SRT, ASS/SSA or WebVTT (other formats
+pysubs2 would guess, such as MPL2 or TMP, are refused), at most MAX_CUES cues, each cue's text cut at
+MAX_CUE_CHARS before its tags are removed, and tags are removed by linear-time patterns. An encoding
+must be a text codec (`check_encoding`). The module imports only the standard library at load time
+(pysubs2 and PyAV are imported by the functions that need them), so a message schema can import
+`check_encoding` cheaply.
 """
 
 from __future__ import annotations
@@ -20,10 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
 from mediafm.errors import MediaError, SubtitleError
-from mediafm.media.decode import open_media
 
 log = logging.getLogger(__name__)
 MAX_SUBTITLE_BYTES = 64 * 1024 * 1024
@@ -33,6 +37,17 @@ million of them cost the worker a GB of memory and half a minute to parse): refu
 MAX_SHOT_TEXT_CHARS = 32_000
 """A shot's timed text is cut here (the text encoders read at most 8191 tokens, MiniLM 256), so
 one shot's message stays far below the message size limit whatever the cues."""
+MAX_CUE_CHARS = 4_096
+"""A cue's raw text (tags included) is cut here before its tags are removed, and a warning names the
+file once: a spoken line is a few dozen characters, and a cue of hundreds of kilobytes (say of unclosed
+`<` or `{`) is not dialogue. The cut bounds the text kept per cue and the work of cleaning it. Cutting
+before the tags are removed can leave half a tag (`<i`) at the end of such a cue's text."""
+SUBTITLE_FORMATS = ("srt", "ass", "ssa", "vtt")
+"""The subtitle formats read (pysubs2's identifiers): SRT, ASS/SSA and WebVTT. The other formats pysubs2
+can guess (MPL2, TMP, MicroDVD, SAMI, TTML, JSON, Whisper) are refused: their lines are cues with no
+`-->` to count up front, and nobody delivers the timed text of a title in them."""
+_TEXT_ENCODING_HINT = "use a text encoding such as utf-8, cp1252, latin-1, utf-16"
+_REFUSED_CODECS = {"punycode": "a domain-name label encoding", "idna": "a domain-name label encoding"}
 
 
 @dataclass(frozen=True)
@@ -42,33 +57,63 @@ class Cue:
     text: str
 
 
-_TAGS = re.compile(r"\{[^}]*\}|<[^>]+>")
+# Linear: neither class can run past the next opener, so a run of unclosed `<` or `{` costs one pass
+# (`<[^>]+>` rescanned the rest of the text from every `<`: quadratic).
+_TAGS = re.compile(r"\{[^{}]*\}|<[^<>]+>")
+
+
+def check_encoding(name: str) -> None:
+    """SubtitleError unless `name` is a Python text codec that a subtitle file can be written in.
+
+    codecs.lookup also knows bytes-to-bytes and str-to-str codecs (rot13, hex_codec, base64, zlib_codec,
+    ...), whose decoding raises LookupError rather than UnicodeError; those, unknown names, and the
+    domain-name label codecs (punycode, idna) are refused, naming the encoding and what to use instead.
+    Cheap (no heavy imports): a message schema can check the field before any file is read."""
+    shown = repr(name[:64]) if isinstance(name, str) else repr(type(name).__name__)
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, TypeError, ValueError):
+        raise SubtitleError(f"unknown text encoding {shown}; {_TEXT_ENCODING_HINT}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise SubtitleError(f"{shown} is not a text encoding (it is the {info.name} codec, bytes to bytes or "
+                            f"str to str); {_TEXT_ENCODING_HINT}")
+    if info.name in _REFUSED_CODECS:
+        raise SubtitleError(f"{shown} is {_REFUSED_CODECS[info.name]}, not a file encoding; "
+                            f"{_TEXT_ENCODING_HINT}")
+
+
+def _cut(text: str) -> str:
+    return text[:MAX_CUE_CHARS]
 
 
 def _clean(text: str) -> str:
+    """A cue's plain text: cut at MAX_CUE_CHARS, ASS line breaks and hard spaces as spaces, ASS override
+    blocks (`{\\an8}`) and HTML-like tags (`<i>`, `<font color=...>`) removed, whitespace collapsed."""
+    text = _cut(text)
     text = _TAGS.sub("", text.replace("\\N", " ").replace("\\n", " ").replace("\\h", " "))
     return " ".join(text.split())
 
 
 _VTT_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})[.,](\d{1,3})"
 _VTT_TIMING = re.compile(rf"^\s*{_VTT_TIME}\s+-->\s+{_VTT_TIME}(?:\s.*)?$")
-_VTT_TAGS = re.compile(r"<[^>]*>")
+_VTT_TAGS = re.compile(r"<[^<>]*>")  # linear, as _TAGS
 
 
 def _vtt_seconds(h: str | None, m: str, s: str, frac: str) -> float:
     return int(h or 0) * 3600 + int(m) * 60 + int(s) + int(frac.ljust(3, "0")) / 1000.0
 
 
-def _webvtt(text: str) -> list[Cue]:
+def _webvtt(text: str, name: object = "WebVTT") -> list[Cue]:
     """The cues of a WebVTT file, parsed as the WebVTT spec's parser does (https://www.w3.org/TR/webvtt1/).
 
     Blocks are separated by blank lines; a cue block is an optional identifier line, the timing line
     (`start --> end [settings]`), then its text, up to a blank line or another line with `-->`. Other
     blocks (the header, NOTE comments, STYLE and REGION definitions) and cues whose timing does not parse
-    are passed over. The text loses its tags (`<v Roger>`, `<b>`, `<00:01.000>`) and then has its
-    character references decoded (`&amp;` `&lt;` `&gt;` `&nbsp;` `&#233;`)."""
+    are passed over. The text is cut at MAX_CUE_CHARS, loses its tags (`<v Roger>`, `<b>`, `<c.yellow>`,
+    `<00:01.000>`) and then has its character references decoded (`&amp;` `&lt;` `&gt;` `&nbsp;` `&#233;`)."""
     lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     cues: list[Cue] = []
+    cut = 0
     i, n = 0, len(lines)
     if lines[0].startswith("WEBVTT"):
         while i < n and lines[i].strip() and (i == 0 or "-->" not in lines[i]):  # the header: up to a blank line
@@ -89,24 +134,31 @@ def _webvtt(text: str) -> list[Cue]:
         m = _VTT_TIMING.match(lines[k])
         if m:
             g = m.groups()
-            body = html.unescape(_VTT_TAGS.sub("", "\n".join(lines[k + 1:j])))
+            raw = "\n".join(lines[k + 1:j])
+            if len(raw) > MAX_CUE_CHARS:
+                cut += 1
+            body = html.unescape(_VTT_TAGS.sub("", _cut(raw)))
             cues.append(Cue(_vtt_seconds(*g[:4]), _vtt_seconds(*g[4:]), " ".join(body.split())))
         i = j
+    if cut:
+        log.warning("%s: %d cue(s) over %d characters cut to that length", name, cut, MAX_CUE_CHARS)
     return cues
 
 
 def _decode(raw: bytes, path: Path, encoding: str | None) -> str:
     if encoding:
         try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise SubtitleError(f"{path}: unknown text encoding {encoding!r}; use a Python codec name such "
-                                "as utf-8, cp1252, latin-1, utf-16") from None
+            check_encoding(encoding)
+        except SubtitleError as e:
+            raise SubtitleError(f"{path}: {e}") from None
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError as e:
             raise SubtitleError(f"{path}: not valid {encoding} ({e.reason} at byte {e.start}); pass the file's "
                                 "real encoding") from None
+        except (UnicodeError, LookupError, ValueError, TypeError) as e:  # a codec's own failure: still bad input
+            raise SubtitleError(f"{path}: cannot decode as {encoding[:64]!r} ({type(e).__name__}: "
+                                f"{str(e)[:200]}); pass the file's real encoding, {_TEXT_ENCODING_HINT}") from None
     for bom, enc in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if raw.startswith(bom):
             return raw.decode(enc, errors="replace")
@@ -117,8 +169,59 @@ def _decode(raw: bytes, path: Path, encoding: str | None) -> str:
                             "cp1252) or convert it to UTF-8") from None
 
 
+_SRT_TIMESTAMP = re.compile(r"\d{1,2}:\d{1,2}:\d{1,2}[.,]\d{1,3}")  # pysubs2's: a line with two is a cue
+_ASS_ENTRY = re.compile(r"^[^\S\n]*(?:Dialogue|Comment|Style):", re.MULTILINE)  # pysubs2 keeps each one
+_BLANK_RUN = re.compile(r"\n\s*\n")
+
+
+def _count(pattern: re.Pattern[str], text: str, limit: int) -> int:
+    """Matches of `pattern` in `text`, counted up to `limit + 1` (no list of them is built)."""
+    n = 0
+    for _ in pattern.finditer(text):
+        n += 1
+        if n > limit:
+            break
+    return n
+
+
+def _detect_format(text: str, path: Path) -> str:
+    """pysubs2's guess from the file's first 10,000 characters (as its own autodetection reads), refused
+    unless it is one of SUBTITLE_FORMATS."""
+    from pysubs2.exceptions import FormatAutodetectionError
+    from pysubs2.formats import autodetect_format
+
+    accepted = "SRT, ASS/SSA or WebVTT"
+    try:
+        fmt = autodetect_format(text[:10_000])
+    except FormatAutodetectionError as e:
+        if e.formats:
+            raise SubtitleError(f"{path}: ambiguous subtitle format (looks like {', '.join(sorted(e.formats))}); "
+                                f"expected {accepted}") from None
+        raise SubtitleError(f"{path}: not a subtitle file (no known format recognised); expected {accepted}") from None
+    except Exception as e:  # a guesser failing on odd input is still bad input
+        raise SubtitleError(f"{path}: not a readable subtitle file ({type(e).__name__}: {str(e)[:200]}); "
+                            f"expected {accepted}") from None
+    if fmt not in SUBTITLE_FORMATS:
+        raise SubtitleError(f"{path}: subtitle format {fmt!r} is not read; convert it to {accepted} "
+                            f"(accepted: {', '.join(SUBTITLE_FORMATS)})")
+    return fmt
+
+
+def _too_many(path: Path, n: int, *, counted_to_limit: bool = False) -> SubtitleError:
+    """`counted_to_limit`: `n` is where the count stopped (just past the limit), not the file's count."""
+    return SubtitleError(f"{path}: {f'over {MAX_CUES}' if counted_to_limit else n} cues, over the limit of "
+                         f"{MAX_CUES}; is it the timed text of this title?")
+
+
 def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue]:
-    """Cues of an SRT / WebVTT / ASS file, sorted by start; SubtitleError when it cannot be read."""
+    """Cues of an SRT / WebVTT / ASS file, sorted by start; SubtitleError when it cannot be read.
+    `path` is read as check_uri gives it (decode.read_checked: the regular file itself, not through a symlink;
+    MediaURIError otherwise): a caller with a person's own path resolves it first.
+
+    The format is detected first and must be SRT, ASS/SSA or WebVTT (SUBTITLE_FORMATS); the cues are
+    counted before parsing (timestamps for SRT, `-->` for WebVTT, Dialogue/Comment/Style lines for ASS)
+    and again after, against MAX_CUES; each cue's text is cut at MAX_CUE_CHARS before its tags are removed
+    (a warning names the file)."""
     import pysubs2
 
     path = Path(path)
@@ -128,21 +231,46 @@ def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue
         raise SubtitleError(f"{path}: cannot read ({e.strerror})") from None
     if size > MAX_SUBTITLE_BYTES:
         raise SubtitleError(f"{path}: {size} bytes is not a subtitle file (limit {MAX_SUBTITLE_BYTES})")
-    text = _decode(path.read_bytes(), path, encoding)
+    from mediafm.media.decode import read_checked
+
+    text = _decode(read_checked(path, MAX_SUBTITLE_BYTES), path, encoding)  # the file checked, not one swapped in
     if not text.strip():
         raise SubtitleError(f"{path}: empty subtitle file; pass a non-empty SRT/WebVTT file or omit it")
-    n = max(text.count("-->"), text.count("\nDialogue:"))  # SRT/WebVTT timings, ASS events: cheap, before parsing
+    n = text.count("-->")  # SRT/WebVTT timings: cheap, before parsing
     if n > MAX_CUES:
-        raise SubtitleError(f"{path}: {n} cues, over the limit of {MAX_CUES}; is it the timed text of this title?")
+        raise _too_many(path, n)
     if path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT"):
-        cues = _webvtt(text)
+        cues = _webvtt(text, path)
     else:
-        try:
-            subs = pysubs2.SSAFile.from_string(text)
-        except Exception as e:  # pysubs2 raises several types (FormatAutodetectionError, ValueError, ...)
-            raise SubtitleError(f"{path}: not a readable subtitle file ({type(e).__name__}: {e}); "
-                                "expected SRT, WebVTT or ASS") from None
-        cues = [Cue(ev.start / 1000.0, ev.end / 1000.0, _clean(ev.plaintext)) for ev in subs if not ev.is_comment]
+        fmt = _detect_format(text, path)
+        if fmt == "vtt":  # "WEBVTT" after leading blank lines: the WebVTT reader, as above
+            cues = _webvtt(text.lstrip(), path)
+        else:
+            # pysubs2 keeps every timestamp line (SRT) or Dialogue/Comment/Style line (ASS), arrow or not
+            n = _count(_SRT_TIMESTAMP, text, 2 * MAX_CUES + 1) // 2 if fmt == "srt" else _count(_ASS_ENTRY, text, MAX_CUES)
+            if n > MAX_CUES:
+                raise _too_many(path, n, counted_to_limit=True)
+            # One line ending; runs of blank lines as one (they separate cues or are dropped with the rest of
+            # the whitespace): pysubs2's SRT reader strips a cue's trailing number with r"\n+ *\d+ *$", which
+            # rescans a run of newlines from each of them. Its own tag handling is left off (keep_html_tags:
+            # `< */? *[a-zA-Z][^>]*>` is quadratic on `<a<a<a...`); _clean removes the tags instead.
+            text = _BLANK_RUN.sub("\n\n", text.replace("\r\n", "\n").replace("\r", "\n"))
+            try:
+                subs = pysubs2.SSAFile.from_string(text, format_=fmt, **({"keep_html_tags": True} if fmt == "srt" else {}))
+            except Exception as e:  # pysubs2 raises several types (ValueError, Pysubs2Error, ...)
+                raise SubtitleError(f"{path}: not a readable {fmt} file ({type(e).__name__}: {str(e)[:200]}); "
+                                    "expected SRT, WebVTT or ASS") from None
+            if len(subs.events) > MAX_CUES or len(subs.styles) > MAX_CUES:
+                raise _too_many(path, max(len(subs.events), len(subs.styles)))
+            events = [ev for ev in subs if not ev.is_comment]
+            cut = sum(len(ev.text) > MAX_CUE_CHARS for ev in events)
+            if cut:
+                log.warning("%s: %d cue(s) over %d characters cut to that length", path, cut, MAX_CUE_CHARS)
+            # ev.text, not ev.plaintext: pysubs2's r"{[^}]*}" is quadratic on a run of `{`; _clean cuts the
+            # text first and removes the same override blocks.
+            cues = [Cue(ev.start / 1000.0, ev.end / 1000.0, _clean(ev.text)) for ev in events]
+    if len(cues) > MAX_CUES:
+        raise _too_many(path, len(cues))
     cues = [c for c in cues if c.text and c.end_s > c.start_s]
     if not cues:
         raise SubtitleError(f"{path}: no timed text found (is it a subtitle file?); expected SRT, WebVTT or ASS")
@@ -162,7 +290,12 @@ def write_webvtt(cues: list[Cue], path: str | Path) -> Path:
 
 
 def container_subtitles(path: str | Path) -> list[Cue]:
-    """Text subtitle streams inside the media container (all of them, merged by time)."""
+    """Text subtitle streams inside the media container (all of them, merged by time); each cue's text is
+    cut at MAX_CUE_CHARS before its tags are removed."""
+    import av
+
+    from mediafm.media.decode import open_media
+
     cues: list[Cue] = []
     try:
         with open_media(Path(path)) as c:  # the decoder's guards: no playlists, file protocol only, a timeout

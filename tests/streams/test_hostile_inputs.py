@@ -261,6 +261,18 @@ def _cases(run: str, m: dict) -> list[Case]:
              "unknown text encoding 'klingon'"),
         Case("subtitles-are-the-video", "titles", _title(k("subtitles-are-the-video"), good, subtitles_uri=good),
              "not UTF-8"),
+        # a codec that is not a text encoding (bytes to bytes): before, LookupError crashed the live agent
+        Case("subtitles-rot13", "titles", msgpack.packb({**valid, "title_id": k("subtitles-rot13"),
+                                                         "subtitles_uri": str(m["latin1"]), "subtitle_encoding": "rot13"}),
+             "'rot13' is not a text encoding"),
+        Case("live-subtitles-hex", "live_segments", msgpack.packb({
+            **msgpack.unpackb(LiveSegment(event_id=k("live-subtitles-hex"), segment_index=0, uri=good, start_s=0.0,
+                                          subtitles_uri=str(m["latin1"])).to_bytes()), "subtitle_encoding": "hex_codec"}),
+             "'hex_codec' is not a text encoding"),
+        # what is echoed back is cut (a 3 MB schema name made a 3 MB log line) and never shows a URL's password
+        Case("schema-3mb", "titles", msgpack.packb({**valid, "schema": "A" * 3_000_000}), "characters in all)"),
+        Case("url-password", "titles", _title(k("url-password"), "http://me:url-password@example.com/a.mp4"),
+             "http://me:***@example.com/a.mp4: scheme 'http' is not supported"),
         # --- live segments
         Case("live-negative-segment", "live_segments",
              LiveSegment(event_id=k("live-negative-segment"), segment_index=-1, uri=good, start_s=0.0).to_bytes(),
@@ -407,6 +419,9 @@ def test_hostile_inputs_are_dead_lettered_and_the_worker_goes_on(kafka_stack, wo
     assert {t: sorted(s) for t, s in finals.items()} == {t: list(range(n)) for t, n in good_ids.items()}, finals
     assert not [k for k in letters if any(k == t.encode() for t in good_ids)], "a good title was dead-lettered"
     assert worker.poll() is None, "the worker must survive every hostile input"
+    assert all(len(x.reason) <= 2000 for v in letters.values() for x in v)
+    lines = (kafka_stack.state_dir / "worker.log").read_text(errors="replace").splitlines()
+    assert max(map(len, lines)) < 10_000 and not [x for x in lines if "url-password" in x]
     import urllib.request
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{kafka_stack.worker_web_port}/metrics", timeout=10).read()
