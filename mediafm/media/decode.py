@@ -397,7 +397,9 @@ def probe(path: Path, settings: Settings | None = None) -> MediaInfo:
                                     "codec); re-encode it, e.g. to H.264")
         _check_frame_size(path, v.codec_context.width or 0, v.codec_context.height or 0, "declares frames of")
         rate = v.average_rate or v.guessed_rate
-        if rate and float(rate) > MAX_FPS:
+        # the average only: the guessed rate is the finest one the timestamps need, 1000/s for variable-rate
+        # WebM with millisecond timestamps; such a file is bounded while decoded (max_duration_s * MAX_FPS frames)
+        if v.average_rate and float(v.average_rate) > MAX_FPS:
             raise MediaURIError(f"{_show(path)}: video at {float(rate):g} frames/s, over the limit of {MAX_FPS}; "
                                 "re-encode it at a lower frame rate first (e.g. `ffmpeg -i IN -r 60 OUT.mp4`)")
         a = audio_stream(c)
