@@ -161,7 +161,7 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.export import export
 
     version, path, loaded = export(args.run, settings=settings, checkpoint=args.checkpoint, load=not args.no_load)
-    print(f"exported {args.run} as mediafm version {version} ({path}); "
+    print(f"exported {args.run} as {path.parent.name} version {version} ({path}); "
           + (f"Triton at {settings.triton_http_url} now serves it" if loaded else
              "not loaded (no Triton running, or --no-load): `mediafm stack up` serves it"))
     return 0
@@ -323,10 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="linear probes on frozen embeddings: the ablation table (see `mediafm evaluate --help`)",
                    add_help=False)  # handled in main()
 
-    s = sub.add_parser("export", help="export a trained run as the next Triton version of `mediafm`",
-                       description="Writes the run's encoder as model_repository/mediafm/<N+1>/ atomically, "
+    s = sub.add_parser("export", help="export a trained run as the next Triton version of its MediaFM model",
+                       description="Writes the run's encoder as <model_repository>/<model>/<N+1>/ atomically, "
                        "with lineage, and asks the running Triton to load it; the previous version keeps "
-                       "serving until the new one is ready. A broken export is rejected.")
+                       "serving until the new one is ready. A broken export is rejected. <model> follows the "
+                       "run's widths: `mediafm` (the production profile) or `mediafm_offline`; "
+                       "<model_repository> is the model_repository setting (MEDIAFM_MODEL_REPOSITORY).")
     s.add_argument("--run", required=True, help="run directory of `mediafm train`")
     s.add_argument("--checkpoint", help="a specific checkpoint file (default: the run's latest)")
     s.add_argument("--no-load", action="store_true", help="only write the version; do not ask Triton to load it")

@@ -136,3 +136,26 @@ def test_bad_window_is_an_error_response(triton_stack, run):
     x["SHOTS"] = x["SHOTS"][:, :, :50]
     with pytest.raises(BadRequest, match="SHOTS has dim 50, this model takes fused_dim=96"):
         infer_sync(triton_stack.triton_http_url, "mediafm", x, ["HIDDEN"])
+
+
+def test_the_cli_names_the_model_it_exported_to(tmp_path, monkeypatch, capsys):
+    """`mediafm export` said 'as mediafm version N' whatever model the run's widths chose (mediafm_offline for
+    the offline profile's), and its --help named model_repository/mediafm/ only."""
+    from mediafm.cli import main
+    from mediafm.config import REPO_ROOT
+    from mediafm.profiles import OFFLINE
+
+    data = write_corpus(tmp_path / "data", n_titles=6, layout=OFFLINE.layout, seed=0, shots=(20, 40))
+    run = tmp_path / "run"
+    train(data, run, TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
+                                 val_batches=1), quiet=True)
+
+    for config in (REPO_ROOT / "model_repository").glob("mediafm*/config.pbtxt"):  # the models, no versions
+        (tmp_path / "repo" / config.parent.name).mkdir(parents=True)
+        (tmp_path / "repo" / config.parent.name / "config.pbtxt").write_bytes(config.read_bytes())
+    monkeypatch.setenv("MEDIAFM_MODEL_REPOSITORY", str(tmp_path / "repo"))
+    monkeypatch.setenv("MEDIAFM_STATE_DIR", str(tmp_path / "state"))
+    assert main(["export", "--run", str(run), "--no-load"]) == 0
+    (model,) = [p.parent.name for p in (tmp_path / "repo").glob("*/1")]
+    assert model == "mediafm_offline"
+    assert f"as {model} version 1 ({tmp_path / 'repo' / model / '1'})" in capsys.readouterr().out
