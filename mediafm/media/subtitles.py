@@ -13,8 +13,7 @@ Hostile input is bounded: a subtitle file is read only as SRT, ASS/SSA or WebVTT
 pysubs2 would guess, such as MPL2 or TMP, are refused), at most MAX_CUES cues, each cue's text cut at
 MAX_CUE_CHARS before its tags are removed, and tags are removed by linear-time patterns. An encoding
 must be a text codec (`check_encoding`). The module imports only the standard library at load time
-(pysubs2 and PyAV are imported by the functions that need them), so a message schema can import
-`check_encoding` cheaply.
+(pysubs2 and PyAV are imported by the functions that need them).
 """
 
 from __future__ import annotations
@@ -67,8 +66,7 @@ def check_encoding(name: str) -> None:
 
     codecs.lookup also knows bytes-to-bytes and str-to-str codecs (rot13, hex_codec, base64, zlib_codec,
     ...), whose decoding raises LookupError rather than UnicodeError; those, unknown names, and the
-    domain-name label codecs (punycode, idna) are refused, naming the encoding and what to use instead.
-    Cheap (no heavy imports): a message schema can check the field before any file is read."""
+    domain-name label codecs (punycode, idna) are refused, naming the encoding and what to use instead."""
     shown = repr(name[:64]) if isinstance(name, str) else repr(type(name).__name__)
     try:
         info = codecs.lookup(name)
