@@ -135,10 +135,11 @@ async def settled(settings: Settings, model: str, before: dict, n: int, timeout_
 class ShmInputs:
     """One request's inputs in a system shared-memory region registered with Triton."""
 
-    def __init__(self, client, name: str, tensors: dict[str, np.ndarray]) -> None:
+    def __init__(self, client, name: str, tensors: dict[str, np.ndarray], control: dict[str, str]) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        self.shm, self.client, self.name = shm, client, name
+        # registering shared memory is one of the APIs `stack up` restricts to its control key (stack/triton.py)
+        self.shm, self.client, self.name, self.control = shm, client, name, control
         self.tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         self.size = sum(v.nbytes for v in self.tensors.values())
         self.handle = shm.create_shared_memory_region(name, f"/{name}", self.size)
@@ -147,7 +148,7 @@ class ShmInputs:
             shm.set_shared_memory_region(self.handle, [v], offset=off)
             self.offsets[k] = off
             off += v.nbytes
-        client.register_system_shared_memory(name, f"/{name}", self.size)
+        client.register_system_shared_memory(name, f"/{name}", self.size, headers=control)
 
     def infer_inputs(self, mod):
         from mediafm.triton_client import _DTYPES
@@ -160,7 +161,7 @@ class ShmInputs:
         return out
 
     def close(self) -> None:
-        self.client.unregister_system_shared_memory(self.name)
+        self.client.unregister_system_shared_memory(self.name, headers=self.control)
         self.shm.destroy_shared_memory_region(self.handle)
 
 
@@ -208,7 +209,9 @@ async def bench(settings: Settings, models, shots: int, rounds: int, transport: 
             reqs = [inputs(model, rng) for _ in range(shots)]
             regions = []
             if transport == "shm" and not model.startswith("text"):  # BYTES tensors cannot live in shm
-                regions = [ShmInputs(sync, f"bench_{model}_{i}", r) for i, r in enumerate(reqs)]
+                key = triton.control_key(settings)
+                control = {triton.CONTROL_HEADER: key} if key else {}
+                regions = [ShmInputs(sync, f"bench_{model}_{i}", r, control) for i, r in enumerate(reqs)]
                 reqs = regions
 
                 async def call(r, model=model):

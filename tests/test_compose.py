@@ -12,14 +12,19 @@ from conftest import REPO
 from mediafm.config import Settings
 from mediafm.schema import MAX_MESSAGE_BYTES
 
+CONTROL_KEY = "a-key-of-the-operator-s-own"
 
-def _config(pwd: Path | None = REPO) -> subprocess.CompletedProcess:
-    """`docker-compose config` as a shell in `pwd` runs it (None: a shell that sets no PWD)."""
+
+def _config(pwd: Path | None = REPO, control_key: str | None = CONTROL_KEY) -> subprocess.CompletedProcess:
+    """`docker-compose config` as a shell in `pwd` runs it (None: a shell that sets no PWD), with the README's
+    MEDIAFM_TRITON_CONTROL_KEY exported (None: not)."""
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose (Debian's, parses without an engine) is installed by scripts/bootstrap.sh"
     env = {k: v for k, v in os.environ.items() if k != "PWD" and not k.startswith("MEDIAFM_")}
     if pwd is not None:
         env["PWD"] = str(pwd)
+    if control_key is not None:
+        env["MEDIAFM_TRITON_CONTROL_KEY"] = control_key
     return subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "--project-directory", str(REPO), "config"],
                           capture_output=True, text=True, cwd=pwd or REPO, env=env, timeout=60)
 
@@ -89,6 +94,16 @@ def test_triton_serves_our_repository_with_explicit_control(compose):
         line.split("/")[1] == m and line.split("/")[2].isdigit() for line in committed.splitlines() if line.count("/") >= 3)}
     assert {"fusion", "video_efficientnet", "audio_aisfx", "text_minilm"} <= with_version
     assert sorted(c.split("=", 1)[1] for c in cmd if c.startswith("--load-model=")) == sorted(with_version)
+
+
+def test_triton_s_control_apis_answer_only_with_the_operator_s_key_as_under_stack_up(compose):
+    from mediafm.stack.triton import CONTROL_HEADER, RESTRICTED
+
+    cmd = compose["services"]["triton"]["command"]
+    want = f"{RESTRICTED}:{CONTROL_HEADER}={CONTROL_KEY}"
+    assert f"--http-restricted-api={want}" in cmd and f"--grpc-restricted-protocol={want}" in cmd
+    r = _config(control_key=None)  # no key: compose stops before starting anything, saying what to set
+    assert r.returncode != 0 and "export MEDIAFM_TRITON_CONTROL_KEY" in (r.stderr + r.stdout)
 
 
 def test_triton_runs_its_models_with_the_native_stack_s_openmp_settings(compose):

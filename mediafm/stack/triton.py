@@ -6,12 +6,18 @@ backend with one stub per Python version. We assemble a backend directory
 `bin` first on PATH (the stub's embedded interpreter finds its environment
 through the `python3` on PATH and ignores PYTHONPATH) and start the server in
 explicit model-control mode, so new model versions load without a restart.
+
+The APIs that change the server (model load/unload and the repository index, shared memory, log and trace
+settings, which can name files the server then writes) answer only requests carrying a key
+(`CONTROL_HEADER`): `up` makes one, readable by its user alone, and `mediafm export` and the stack commands
+send it. Inference, health, metadata and statistics stay open to loopback clients, as the workers need.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -35,6 +41,16 @@ with PASSIVE): a Triton host that serves no one else can be started with OMP_WAI
 operator's own values are kept."""
 
 
+CONTROL_HEADER = "mediafm-control-key"
+"""The header Triton checks on its restricted APIs (`--http-restricted-api`, `--grpc-restricted-protocol`)."""
+RESTRICTED = "model-repository,shared-memory,logging,trace"
+"""Triton's API groups that answer only with the control key: loading and unloading models (what a local
+process could otherwise swap the served MediaFM with), registering shared memory, and the logging and trace
+settings (both take a file path the server writes to). None of them is on the workers' path."""
+CONTROL_KEY_ENV = "MEDIAFM_TRITON_CONTROL_KEY"
+"""A key of the operator's own (docker-compose's Triton, a server started elsewhere); `up` uses it too."""
+
+
 def _wheel() -> Path:
     try:
         import pytriton
@@ -54,6 +70,42 @@ def service(settings: Settings) -> Service:
     d = _dir(settings)
     # The marker is our backend dir: only our instance has it on its command line.
     return Service("triton", d / "triton.pid", d / "triton.log", marker=str(d / "backends"))
+
+
+def control_key_file(settings: Settings) -> Path:
+    return _dir(settings) / "control.key"
+
+
+def control_key(settings: Settings) -> str | None:
+    """The key of the restricted APIs: $MEDIAFM_TRITON_CONTROL_KEY, else the one `up` wrote for this state dir
+    (None when neither exists: a server started without restrictions answers anyway)."""
+    if os.environ.get(CONTROL_KEY_ENV):
+        return os.environ[CONTROL_KEY_ENV]
+    try:
+        return control_key_file(settings).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _new_control_key(settings: Settings) -> str:
+    """$MEDIAFM_TRITON_CONTROL_KEY, or a fresh random key written to control.key, mode 0600.
+
+    What it keeps out: whatever reaches the loopback port without the key, such as a web page in the
+    operator's browser (a page may POST to 127.0.0.1 without reading the answer, but may not add a header
+    without a CORS preflight Triton does not grant) or a service made to fetch a URL. What it does not:
+    another local user, since the key is on the server's command line (/proc/PID/cmdline), unless /proc
+    hides other users' processes (`hidepid=2`)."""
+    if os.environ.get(CONTROL_KEY_ENV):
+        return os.environ[CONTROL_KEY_ENV]
+    key, path = secrets.token_urlsafe(32), control_key_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file left by an older stack keeps its mode through O_CREAT
+        os.write(fd, key.encode())
+    finally:
+        os.close(fd)
+    return key
 
 
 def _backend_dir(settings: Settings) -> Path:
@@ -105,8 +157,11 @@ def _get(settings: Settings, path: str, *, timeout_s: float = 2.0) -> tuple[int,
 
 def _post(settings: Settings, path: str, body: dict | None = None, *, timeout_s: float = 300.0) -> tuple[int, bytes]:
     url = f"http://{settings.triton_http_url}{path}"
-    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    key = control_key(settings)
+    if key:
+        headers[CONTROL_HEADER] = key
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return r.status, r.read()
@@ -193,12 +248,14 @@ def up(settings: Settings) -> str:
     # A model with no version yet (mediafm before the first export) cannot load;
     # at startup that would stop the server, so it is left for `mediafm export`.
     models = [m for m in settings.triton_models if _has_version(settings.model_repository / m)]
-    h = settings.bind_host
+    h, key = settings.bind_host, _new_control_key(settings)
     argv = [
         str(binary),
         f"--model-repository={settings.model_repository}",
         f"--backend-directory={backends}",
         "--model-control-mode=explicit",
+        f"--http-restricted-api={RESTRICTED}:{CONTROL_HEADER}={key}",
+        f"--grpc-restricted-protocol={RESTRICTED}:{CONTROL_HEADER}={key}",
         *(f"--load-model={m}" for m in models),
         f"--http-address={h}", f"--http-port={settings.triton_http_port}",
         f"--grpc-address={h}", f"--grpc-port={settings.triton_grpc_port}",

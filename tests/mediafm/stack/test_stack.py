@@ -146,3 +146,45 @@ def test_cpu_seconds_and_descendants_see_a_child_while_it_lives_and_not_once_it_
         busy.communicate(b"\n", timeout=30)
     assert cpu_seconds(busy.pid) == 0.0, "a reaped process has spent nothing more"
     assert busy.pid not in descendants(os.getpid())
+
+
+def test_the_apis_that_change_the_server_answer_only_with_the_control_key(triton_stack):
+    """Model load/unload, the repository index, shared memory, and the log and trace settings (which name
+    files the server writes) refuse a request without the key `up` wrote (mode 0600); inference, health and
+    metadata stay open; the stack's own calls send the key; the server's log does not print it."""
+    import json
+    import stat
+    import urllib.error
+    import urllib.request
+
+    key_file = triton.control_key_file(triton_stack)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) >= 32
+
+    def post(path: str, body: dict, headers: dict | None = None) -> int:
+        req = urllib.request.Request(f"http://{triton_stack.triton_http_url}{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    refused = {
+        "/v2/repository/index": {},
+        "/v2/repository/models/fusion/unload": {},
+        "/v2/logging": {"log_file": str(triton_stack.state_dir / "elsewhere.log")},
+        "/v2/trace/setting": {"trace_file": str(triton_stack.state_dir / "trace.json")},
+        "/v2/systemsharedmemory/region/x/register": {"key": "/x", "offset": 0, "byte_size": 8},
+    }
+    for path, body in refused.items():
+        assert post(path, body) == 403, path
+        assert post(path, body, {triton.CONTROL_HEADER: "not-the-key"}) == 403, path
+    assert not (triton_stack.state_dir / "elsewhere.log").exists()
+    assert triton.model_ready(triton_stack, "fusion"), "the refused unload unloaded fusion"
+    assert post("/v2/repository/index", {}, {triton.CONTROL_HEADER: key}) == 200
+    assert "fusion" in triton.ready_versions(triton_stack)  # the stack's own call, with the key from the file
+    assert triton.ready(triton_stack)  # health and metadata stay open
+    assert triton._get(triton_stack, "/v2/models/fusion")[0] == 200
+    assert key not in triton.service(triton_stack).log_file.read_text(errors="replace")
