@@ -80,7 +80,7 @@ def main() -> None:
     if args.shots > base.window_shots:
         ap.error(f"--shots {args.shots} is more than window_shots={base.window_shots}; the direct path makes one pass")
     world = World(get_layout(base.encoder_profile), seed=0)
-    with bench_worker(base, Path(tempfile.mkdtemp(prefix="mediafm-bench-"))) as (s, tail):
+    with bench_worker(base, Path(tempfile.mkdtemp(prefix="mediafm-bench-"))) as (s, tail, _):
         warm = [generate_title(world, "warm", 20, np.random.default_rng(99))]
         stages(s, tail, warm)
         asyncio.run(direct(s, warm))

@@ -1,6 +1,7 @@
 """Live latency at broadcast pace: a generated event published in real time, latency per minute of event.
 
     .venv/bin/python bench/live.py [--minutes 10] [--segment-s 2] [--detector transnetv2] [--right-context 16]
+                                   [--malloc-arena-max 16]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running) with the offline encoders;
 trains and exports a tiny MediaFM for the offline profile first if none is served.
@@ -12,12 +13,17 @@ segment that closed it to its provisional and to its final embedding (Contextual
 published_at; the worker exports the same as mediafm_e2e_latency_seconds{kind="live"}). Prints p50 / p99
 per minute of the event and overall, and the targets: provisional p99 <= 2 s, final p99 <= provisional p99
 + right context (seconds of the shots it waits for) + 2 s, last minute's p99 within 20% of the first's.
+Also the worker's memory over the event (VmRSS every 3 s: median and largest; VmHWM at the end).
+`--malloc-arena-max N` runs the worker with MALLOC_ARENA_MAX=N (16 is glibc's default on 2 cores: 8 a core)
+instead of the 2 arenas `mediafm worker` sets itself (mediafm/cli.py `_two_malloc_arenas`).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -55,12 +61,36 @@ def quantile(cum: dict[float, float], f: float) -> float:
     return float("nan")
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, MiB; {} once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) / 1024 for k, v in (ln.split(":", 1) for ln in lines) if k in ("VmRSS", "VmHWM")}
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of `pid` every `every_s` seconds until stopped."""
+
+    def __init__(self, pid: int, every_s: float = 3.0) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every_s, self.samples, self.done = pid, every_s, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.every_s):
+            if rss := memory_mib(self.pid).get("VmRSS"):
+                self.samples.append(rss)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--segment-s", type=float, default=2.0)
     ap.add_argument("--detector", default=None, help="live_shot_detector of the worker (default: the setting)")
     ap.add_argument("--right-context", type=int, default=16, help="live_right_context of the worker")
+    ap.add_argument("--malloc-arena-max", type=int, default=None,
+                    help="MALLOC_ARENA_MAX of the worker (default: unset, so the worker sets 2 arenas itself)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-live-"))
@@ -76,7 +106,8 @@ def main() -> None:
     if args.detector:
         overrides["live_shot_detector"] = args.detector
     s0 = Settings.load()
-    with bench_worker(s0, tmp, **overrides) as (s, tail):
+    env = {"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else None
+    with bench_worker(s0, tmp, env=env, **overrides) as (s, tail, pid):
         warm = make_film(tmp / "warm.mp4", shots=[30, 30, 30], fps=fps, size=(480, 270))
         wid = f"warm-{uuid.uuid4().hex[:6]}"
         publish_live(s, warm.path, event_id=wid, segment_s=args.segment_s)
@@ -85,8 +116,12 @@ def main() -> None:
         eid = f"live-{uuid.uuid4().hex[:6]}"
         print(f"live event {eid}: {len(shots)} shots, {frames / fps:.0f}s, {args.segment_s:g} s segments in real time, "
               f"detector {s.live_shot_detector}, right context {args.right_context}")
+        sampler = RssSampler(pid)
+        sampler.start()
         publish_live(s, film.path, event_id=eid, segment_s=args.segment_s, realtime=True)
         got = wait_finals(tail, {eid: len(shots)}, timeout_s=3600)[eid]
+        sampler.done.set()
+        hwm = memory_mib(pid).get("VmHWM", float("nan"))
         after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots
         held = {smp.labels["result"]: smp.value for fam in worker_metrics(s.worker_web_port)
                 if fam.name == "mediafm_live_decoded_segments" for smp in fam.samples if smp.name.endswith("_total")}
@@ -98,6 +133,10 @@ def main() -> None:
         cum = stages.get(stage, {})
         print(f"  {stage:8s} p50 {quantile(cum, 0.5):6.2f}  p99 {quantile(cum, 0.99):6.2f}  "
               f"({max(cum.values(), default=0):.0f} shots)")
+    rss = sampler.samples or [float("nan")]
+    arenas = args.malloc_arena_max or "unset: 2 arenas, set by the worker"
+    print(f"worker memory over the event (MALLOC_ARENA_MAX {arenas}): VmRSS median {statistics.median(rss):.0f} MiB, "
+          f"largest {max(rss):.0f} MiB ({len(rss)} samples every 3 s); peak VmHWM {hwm:.0f} MiB")
     print(f"segments the encode stage found decoded in memory: {held.get('hit', 0):.0f}, decoded again: "
           f"{held.get('miss', 0):.0f} (live_decoded_mb, mediafm/media/segment_cache.py)")
     rows = {}

@@ -106,23 +106,25 @@ def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
 
 
 @contextmanager
-def bench_worker(base: Settings, tmp: Path, **overrides) -> Iterator[tuple[Settings, Tail]]:
+def bench_worker(base: Settings, tmp: Path, *, env: dict[str, str] | None = None,
+                 **overrides) -> Iterator[tuple[Settings, Tail, int]]:
     """The local stack (started if needed, a MediaFM served), a fresh topic prefix with its topics, one
-    `mediafm worker` on it (settings `overrides` passed as MEDIAFM_* variables, log in `tmp`) and a
-    tail of its embeddings topic. Yields (settings, tail); the worker serves /metrics on settings.worker_web_port."""
+    `mediafm worker` on it (settings `overrides` passed as MEDIAFM_* variables, `env` added to its environment,
+    log in `tmp`) and a tail of its embeddings topic. Yields (settings, tail, the worker's pid); the worker
+    serves /metrics on settings.worker_web_port."""
     stack.up(base)
     print(ensure_model(base))
     s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=free_ports(1)[0], **overrides)
     kafka.create_topics(s, Topics.from_settings(s).all())
     env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(s.worker_web_port),
-           **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}}
+           **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}, **(env or {})}
     log = tmp / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,
                               stdout=log.open("ab"), stderr=subprocess.STDOUT)
     tail = Tail(s, Topics.from_settings(s).embeddings)
     print(f"worker pid {worker.pid} (log {log}); warming up (group joins, models load, tables recover)")
     try:
-        yield s, tail
+        yield s, tail, worker.pid
     finally:
         tail.close()
         worker.terminate()
@@ -160,7 +162,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-bench-"))
-    with bench_worker(Settings.load(), tmp, live_right_context=args.right_context) as (s, tail):
+    with bench_worker(Settings.load(), tmp, live_right_context=args.right_context) as (s, tail, _):
         pipeline(s, tail, films(tmp, 1, 3, seed=99))
         asyncio.run(direct(s, films(tmp, 1, 3, seed=98)))
         d, p = alternate(args.rounds, lambda r: films(tmp, args.titles, args.shots, seed=r),
