@@ -32,6 +32,9 @@ N_GENRES = 11
 """Genres of MEDIAFM.md (Action ... Thriller): titles.parquet's and clips.parquet's genre indices are below it."""
 SHARD_SHOTS = 16384
 """Shots per shard when writing: 16k x 2304 float32 = 151 MB before compression."""
+READ_ROWS = 2048
+"""Rows a block when a file is read in part (`Dataset._read_ranges`) or checked block by block
+(`Dataset.check_shard`): a read stops within a block of the last row it needs (at width 2,304, 19 MB a block)."""
 
 
 @dataclass
@@ -149,9 +152,20 @@ CLIPS_SCHEMA = pa.schema([
 ])
 
 
-def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path, *, unit: bool = False) -> np.ndarray:
+def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path, *, unit: bool = False,
+                         first_row: int = 0, copy: bool = True) -> np.ndarray:
     """fixed_size_list<float32>[dim] -> (n, dim) float32, or DatasetError. unit (the fused vectors): a row of
-    zeros is refused (it has no direction to norm), and rows off unit norm are logged, once a file."""
+    zeros is refused (it has no direction to norm), and rows off unit norm are logged, once a file.
+    first_row: the file row of the table's first row (errors name rows of the file, not of a slice of it);
+    copy=False: a read-only view where arrow allows one (a check that keeps nothing)."""
+    x = _vector_rows(table, col, dim, path, copy=copy)
+    check = _RowCheck(path, col, unit=unit)
+    check.add(x, first_row)
+    check.finish()
+    return x
+
+
+def _vector_rows(table: pa.Table, col: str, dim: int, path: Path, *, copy: bool = True) -> np.ndarray:
     if col not in table.column_names:
         raise DatasetError(f"{path}: missing column {col!r} (columns: {table.column_names})")
     arr = table.column(col).combine_chunks()
@@ -164,25 +178,52 @@ def _check_vector_column(table: pa.Table, col: str, dim: int, path: Path, *, uni
     if arr.null_count:
         raise DatasetError(f"{path}: column {col!r} has {arr.null_count} null rows")
     # a writable copy: arrow buffers are read-only, and torch wants to own what it wraps
-    x = np.array(arr.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise DatasetError(f"{path}: column {col!r} has NaN/inf in {int(bad.sum())} rows "
-                           f"(first at row {int(np.flatnonzero(bad)[0])})")
-    if unit and len(x):
-        norm = np.linalg.norm(x, axis=1)
-        zero = norm == 0
-        if zero.any():
-            raise DatasetError(f"{path}: column {col!r} has {int(zero.sum())} rows of zeros (first at row "
-                               f"{int(np.flatnonzero(zero)[0])}): a shot needs at least one modality; leave out "
-                               "shots with none")
-        off = np.abs(norm - 1) > 1e-3
-        if off.any() and path not in _WARNED:
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return (np.array(values, dtype=np.float32) if copy else values.astype(np.float32, copy=False)).reshape(-1, dim)
+
+
+class _RowCheck:
+    """The row checks of a vector column over one or more blocks of a file's rows, in any order: NaN/inf in a
+    row, and with unit (the fused vectors) a row of zeros, refused; rows off unit norm logged, once a file. The
+    error counts and first row are those of all the blocks together, so a file checked a block at a time
+    (`Dataset.check_shard`) is refused with the message a whole read of it gives."""
+
+    def __init__(self, path: Path, col: str, *, unit: bool) -> None:
+        self.path, self.col, self.unit = path, col, unit
+        self.rows = 0
+        self.bad: tuple[int, int | None] = (0, None)  # NaN/inf rows: count, first
+        self.zero: tuple[int, int | None] = (0, None)
+        self.off: tuple[int, int | None, float] = (0, None, 0.0)  # rows off unit norm: count, first, its norm
+
+    @staticmethod
+    def _merge(acc: tuple, rows: np.ndarray, first_row: int, *extra) -> tuple:
+        if not len(rows):
+            return acc
+        r = first_row + int(rows[0])
+        first = acc[1] is None or r < acc[1]
+        return (acc[0] + len(rows), r if first else acc[1], *(extra if first else acc[2:]))
+
+    def add(self, x: np.ndarray, first_row: int = 0) -> None:
+        self.rows += len(x)
+        self.bad = self._merge(self.bad, np.flatnonzero(~np.isfinite(x).all(axis=1)), first_row)
+        if self.unit and len(x):
+            norm = np.linalg.norm(x, axis=1)  # NaN for a NaN row: neither zero nor off below
+            self.zero = self._merge(self.zero, np.flatnonzero(norm == 0), first_row)
+            off = np.flatnonzero(np.abs(norm - 1) > 1e-3)
+            self.off = self._merge(self.off, off, first_row, float(norm[off[0]]) if len(off) else 0.0)
+
+    def finish(self) -> None:
+        path, col = self.path, self.col
+        if self.bad[0]:
+            raise DatasetError(f"{path}: column {col!r} has NaN/inf in {self.bad[0]} rows (first at row {self.bad[1]})")
+        if self.zero[0]:
+            raise DatasetError(f"{path}: column {col!r} has {self.zero[0]} rows of zeros (first at row "
+                               f"{self.zero[1]}): a shot needs at least one modality; leave out shots with none")
+        if self.off[0] and path not in _WARNED:
             _WARNED.add(path)
             log.warning("%s: %d of %d rows of column %r are not of unit norm (row %d: %.4f); DATASET_FORMAT.md "
                         "wants each row divided by its L2 norm, after the modalities are concatenated", path,
-                        int(off.sum()), len(x), col, int(np.flatnonzero(off)[0]), float(norm[off][0]))
-    return x
+                        self.off[0], self.rows, col, self.off[1], self.off[2])
 
 
 _WARNED: set[Path] = set()
@@ -225,6 +266,7 @@ class Dataset:
             raise DatasetError(f"{self.root / 'shots'}: no *.parquet shards")
         self.titles = self._load_titles()
         self._index_shots()
+        self._group_starts: dict[int, np.ndarray] = {}  # shard -> its row groups' first rows (`_row_groups`)
 
     def _load_titles(self) -> dict[str, TitleInfo]:
         path = self.root / "titles.parquet"
@@ -423,23 +465,59 @@ class Dataset:
     def split(self, name: str) -> list[TitleInfo]:
         return [i for i in self.titles.values() if i.split == name]
 
-    def _read_rows(self, shard: int, row: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fused, start_s, end_s) of rows [row, row + n) of one shard, reading no further than needed
-        (a title continued from the previous file sits at the top of this one)."""
+    def _row_groups(self, shard: int, pf: pq.ParquetFile) -> np.ndarray:
+        """First row of each row group of the shard, and its row count last (from the file's footer, once)."""
+        starts = self._group_starts.get(shard)
+        if starts is None:
+            md = pf.metadata
+            starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+            self._group_starts[shard] = starts
+        return starts
+
+    def _read_ranges(self, shard: int, ranges: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(fused, start_s, end_s) of rows [row, row + n) of one shard for each (row, n) of `ranges`, reading
+        only the row groups that hold them (the footer's row counts say which) and, inside each, no further
+        than its last row needed: a tail continued from the previous file, or the first shots of a few
+        titles, costs their rows, not the file. Each range's rows are checked (`_check_vector_column`, errors
+        naming rows of the file) and are arrays of their own, not views of what was read around them."""
         path = self.shards[shard]
-        batches, seen = [], 0
+        if not ranges:
+            return []
         with _arrow(path):
-            for b in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=["start_s", "end_s", "fused"]):
-                if seen + b.num_rows > row:
-                    batches.append(b.slice(max(0, row - seen)))
-                seen += b.num_rows
-                if seen >= row + n:
-                    break
-        t = pa.Table.from_batches(batches, schema=batches[0].schema if batches else None).slice(0, n)
-        if t.num_rows != n:
-            raise DatasetError(f"{path}: has {seen} rows, fewer than the index read ({row + n})")
-        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path, unit=True)
-        return fused, t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
+            pf = pq.ParquetFile(path)
+            starts = self._row_groups(shard, pf)
+            total = int(starts[-1])
+            if max(r + n for r, n in ranges) > total:
+                raise DatasetError(f"{path}: has {total} rows, fewer than the index read "
+                                   f"({max(r + n for r, n in ranges)})")
+            stop: dict[int, int] = {}  # row group -> the file row it is read up to
+            for r, n in ranges:
+                for g in range(int(np.searchsorted(starts, r, "right")) - 1,
+                               int(np.searchsorted(starts, r + n - 1, "right"))):
+                    stop[g] = max(stop.get(g, 0), min(r + n, int(starts[g + 1])))
+            blocks: list[tuple[int, pa.RecordBatch]] = []  # (file row of its first row, rows) touching a range
+            for g in sorted(stop):
+                at = int(starts[g])
+                for batch in pf.iter_batches(batch_size=READ_ROWS, row_groups=[g],
+                                             columns=["start_s", "end_s", "fused"]):
+                    if any(r < at + batch.num_rows and at < r + n for r, n in ranges):
+                        blocks.append((at, batch))
+                    at += batch.num_rows
+                    if at >= stop[g]:
+                        break
+        out = []
+        for r, n in ranges:
+            parts = [b.slice(max(0, r - at), min(r + n, at + b.num_rows) - max(r, at))
+                     for at, b in blocks if r < at + b.num_rows and at < r + n]
+            t = pa.Table.from_batches(parts)
+            fused = _check_vector_column(t, "fused", self.meta.fused_dim, path, unit=True, first_row=r)
+            out.append((fused, np.array(t.column("start_s").to_numpy()), np.array(t.column("end_s").to_numpy())))
+        return out
+
+    def _read_rows(self, shard: int, row: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fused, start_s, end_s) of rows [row, row + n) of one shard, reading only the row groups that hold
+        them (a title continued from the previous file sits at the top of this one)."""
+        return self._read_ranges(shard, [(row, n)])[0]
 
     def read_shard(self, shard: int, only: set[str] | None = None) -> dict[str, Title]:
         """Every title that starts in this shard (or those of them in `only`), whole: a title continued
@@ -477,6 +555,57 @@ class Dataset:
         for s in range(len(self.shards)):
             if any(i.shard == s and i.title_id in wanted for i in self.titles.values()):
                 yield from self.read_shard(s, wanted).values()
+
+    def in_order(self, titles: list[TitleInfo]) -> list[TitleInfo]:
+        """`titles` in the order iter_titles streams them: by the shard each starts in, then as titles.parquet
+        lists them."""
+        wanted = {i.title_id for i in titles}
+        return sorted((i for i in self.titles.values() if i.title_id in wanted), key=lambda i: i.shard)
+
+    def iter_heads(self, titles: list[TitleInfo], max_shots: int) -> Iterator[Title]:
+        """The first min(n_shots, max_shots) shots of each title, in iter_titles' order, reading only those
+        rows: each file that holds some once, and in it only the row groups that hold them, up to the last
+        one needed (`_read_ranges`). The Title's arrays are those rows, not n_shots of them (its info still
+        says n_shots); they are copies, holding no shard. What validation needs (its windows are the first
+        max_shots shots of each title), at a fraction of the cost of reading every shard that holds a title.
+        Lazy: a caller that stops early reads no file past the titles it took."""
+        order = self.in_order(titles)
+        need: dict[int, list[tuple[str, int, int]]] = {}  # file -> (title, row, rows) of the heads' pieces in it
+        last: dict[str, int] = {}  # title -> the last file its head reaches
+        for info in order:
+            left = min(info.n_shots, max_shots)
+            for s, r, n in info.pieces:
+                if left <= 0:
+                    break
+                need.setdefault(s, []).append((info.title_id, r, min(n, left)))
+                last[info.title_id], left = s, left - min(n, left)
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        k = 0  # the next title of `order` to yield
+        for s in sorted(need):
+            for (tid, _, _), rows in zip(need[s], self._read_ranges(s, [(r, n) for _, r, n in need[s]]),
+                                         strict=True):
+                parts.setdefault(tid, []).append(rows)
+            # titles come in the order of the file they start in, and a head reaches only later files: every
+            # title whose head ends by this file is whole, and yielded in order
+            while k < len(order) and last[order[k].title_id] <= s:
+                p = parts.pop(order[k].title_id)
+                yield Title(order[k], *(p[0] if len(p) == 1 else (np.concatenate(c) for c in zip(*p, strict=True))))
+                k += 1
+
+    def check_shard(self, shard: int) -> int:
+        """Every row of the shard's fused column finite and not all zeros, the check `read_shard` makes when
+        training reaches the shard, made now (the trainer's preflight): DatasetError with the message a whole
+        read gives, naming the file and the first bad row. Streams the file a block of READ_ROWS rows at a
+        time and keeps nothing. Returns the rows checked."""
+        path = self.shards[shard]
+        check, row = _RowCheck(path, "fused", unit=True), 0
+        with _arrow(path):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=["fused"]):
+                check.add(_vector_rows(pa.Table.from_batches([batch]), "fused", self.meta.fused_dim, path,
+                                       copy=False), row)
+                row += batch.num_rows
+        check.finish()
+        return row
 
 
 class DatasetWriter:
@@ -542,7 +671,9 @@ class DatasetWriter:
             "end_s": pa.array(np.concatenate([r["end_s"] for r in self._rows])),
             "fused": pa.FixedSizeListArray.from_arrays(pa.array(fused.reshape(-1)), self.meta.fused_dim),
         })
-        pq.write_table(table, self.tmp / "shots" / f"part-{self._shard:05d}.parquet")
+        # row groups of READ_ROWS: a reader that wants a few titles' first shots (validation) or a continued
+        # title's tail decodes the groups that hold them, not the file (pyarrow's default is one group a file)
+        pq.write_table(table, self.tmp / "shots" / f"part-{self._shard:05d}.parquet", row_group_size=READ_ROWS)
         self._shard += 1
         self._rows, self._n_rows = [], 0
 

@@ -21,6 +21,8 @@ import pickle
 import sys
 import time
 import zipfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from mediafm.dataset import Dataset, TitleInfo
 from mediafm.errors import ConfigError, MediaFMError, ModelError
 from mediafm.model import CONFIGS, INFERENCE_ONLY, MaskedShotModel, MediaFMConfig, mask_positions, msm_loss
-from trainer.data import Batch, WindowLoader, eval_batches, shot_moments
+from trainer.data import PREFETCH, Batch, EvalWindows, WindowLoader, eval_batches, shot_moments
 
 log = logging.getLogger(__name__)
 LOSSES = ("cosine", "per_modality", "contrastive", "whitened")  # TrainConfig.loss
@@ -69,6 +71,16 @@ class TrainConfig:
     """auto = cuda if available, else cpu."""
     compile: bool = False
     """torch.compile the model (GPU runs; slow to start on CPU)."""
+    prefetch: int = PREFETCH
+    """Shards the loader reads ahead in a background thread while the step runs (trainer/data.py WindowLoader):
+    the same batches in the same order; 0 reads on the training thread, between steps."""
+    preflight: bool = True
+    """Before step 1, check every shard's fused rows (finite, not all zeros), so that a bad row stops the run now,
+    not when training reaches its shard; shards an earlier start of the run checked, unchanged since
+    (RUN/preflight/), are not read again. 0 skips it (a bad row then stops the run when its shard is read)."""
+    val_cache_mb: int = 2048
+    """MiB of validation windows kept in memory after the first validation, which every later one then reads
+    from (trainer/data.py EvalWindows); batches past the budget are read again at each validation; 0 keeps none."""
     loss: str = "cosine"
     """cosine: 1 - cos over the whole fused vector (the source's, the recipe); per_modality: 1 - cos on each
     modality's slice, averaged over the slices present (a shot without timed text is not scored on text), so
@@ -128,6 +140,10 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "eval_every", "ckpt_every", "val_batches"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch={self.prefetch} must be >= 0 (0: read the shards on the training thread)")
+        if self.val_cache_mb < 0:
+            raise ConfigError(f"val_cache_mb={self.val_cache_mb} must be >= 0 (0: keep no validation windows in memory)")
         if self.optimizer not in ("muon", "adamw"):
             raise ConfigError(f"optimizer={self.optimizer!r}; choose muon or adamw")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -159,7 +175,8 @@ class TrainConfig:
 
 
 # What may differ when resuming a run (everything else must match the checkpoint).
-RESUMABLE_CHANGES = {"max_steps", "eval_every", "ckpt_every", "val_batches", "device", "compile"}
+RESUMABLE_CHANGES = {"max_steps", "eval_every", "ckpt_every", "val_batches", "device", "compile", "prefetch",
+                     "preflight", "val_cache_mb"}  # the last three change how the data is read, not what
 
 # Model fields a user may override; fused_dim, title_dim and modalities come from the dataset.
 MODEL_KEYS = {f.name for f in fields(MediaFMConfig)} - {"fused_dim", "title_dim", "modalities"}
@@ -409,14 +426,15 @@ def baseline_losses(batch: Batch, mask: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def validate(model: MaskedShotModel, ds: Dataset, tc: TrainConfig, cfg: MediaFMConfig, device: torch.device,
-             *, with_baselines: bool = False) -> dict[str, float]:
-    """Validation loss on fixed windows with fixed masks (comparable across steps and runs)."""
+             *, with_baselines: bool = False, windows: Iterable[Batch] | None = None) -> dict[str, float]:
+    """Validation loss on fixed windows with fixed masks (comparable across steps and runs). windows: the
+    run's EvalWindows (read once, then from memory); none reads them (eval_batches)."""
     model.eval()
     gen = torch.Generator().manual_seed(1234)
     sums: dict[str, float] = {}
     n = 0
-    for batch in eval_batches(ds, ds.split("val"), batch_size=tc.batch_size, max_shots=cfg.max_shots,
-                              max_batches=tc.val_batches):
+    for batch in windows if windows is not None else eval_batches(
+            ds, ds.split("val"), batch_size=tc.batch_size, max_shots=cfg.max_shots, max_batches=tc.val_batches):
         mask = mask_positions(batch.lengths, batch.shots.shape[1], cfg.mask_rate, generator=gen)
         _, loss = model(batch.shots.to(device), batch.title.to(device), batch.lengths.to(device), mask.to(device))
         parts = {"val_loss": loss.item()} | (baseline_losses(batch, mask) if with_baselines else {})
@@ -425,6 +443,61 @@ def validate(model: MaskedShotModel, ds: Dataset, tc: TrainConfig, cfg: MediaFMC
         n += 1
     model.train()
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+PREFLIGHT = "preflight"
+"""RUN/preflight/rank-R.json: the shards rank R found whole, {path: {size, mtime_ns}} (`preflight`)."""
+
+
+def io_threads() -> int:
+    """Shards the preflight reads at once: this process's cores, shared with the other ranks on the machine
+    (torchrun's LOCAL_WORLD_SIZE), at most 4 (reads past that contend for memory and disk more than they gain)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def preflight(ds: Dataset, run: Path, *, rank: int = 0, world: int = 1, quiet: bool = False,
+              threads: int | None = None) -> dict[str, float]:
+    """Check every shard's fused rows (`Dataset.check_shard`: finite, not all zeros) before step 1, so that a
+    bad row stops the run at once, with the DatasetError naming its file and row that reading its shard in
+    training would raise hours later. Under torchrun each rank checks every world-th shard, so the ranks share
+    the reading. Each shard found whole is recorded in RUN/preflight/rank-R.json with its size and mtime; a
+    later start of the run (a resume, under any world) reads again only the shards no rank recorded, or
+    changed since. `threads` shards are read at once (pyarrow's decoding and numpy's checks release the GIL;
+    default `io_threads`). Returns this rank's {"shards": its share, "checked": read now, "seconds": taken}."""
+    t0 = time.perf_counter()
+    folder = run / PREFLIGHT
+    recorded: dict[str, dict] = {}
+    for f in sorted(folder.glob("rank-*.json")):
+        try:
+            recorded |= json.loads(f.read_text())
+        except (OSError, ValueError, TypeError):  # a record cut short (or not ours): its shards are read again
+            log.warning("%s: unreadable; the shards it recorded are checked again", f)
+    mine = {str(ds.shards[s].resolve()): s for s in range(len(ds.shards)) if s % world == rank}
+    now = {p: _stat_key(ds.shards[s]) for p, s in mine.items()}
+    done = {p: k for p, k in now.items() if recorded.get(p) == k}
+    todo = [s for p, s in mine.items() if p not in done]
+    threads = io_threads() if threads is None else threads
+    pool = ThreadPoolExecutor(max(1, min(threads, len(todo))), thread_name_prefix="preflight")
+    bar = tqdm(total=len(todo), disable=quiet or not todo, unit="shard", desc="preflight: checking the shards",
+               dynamic_ncols=True)
+    try:
+        for s, _ in zip(todo, pool.map(ds.check_shard, todo), strict=True):  # in order: the first bad shard
+            path = str(ds.shards[s].resolve())
+            done[path] = now[path]
+            bar.update(1)
+    finally:  # what passed is recorded, also when a shard fails (the next start reads only the rest)
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"rank-{rank}.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(done, indent=1))
+        os.replace(tmp, folder / f"rank-{rank}.json")
+    return {"shards": len(mine), "checked": len(todo), "seconds": time.perf_counter() - t0}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -599,7 +672,7 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
                           "has none (drop --head projection, or the setting)")
     train_titles = ds.split("train")
     loader = WindowLoader(ds, train_titles, batch_size=tc.batch_size, max_shots=cfg.max_shots, seed=tc.seed,
-                          rank=rank, world=world)
+                          rank=rank, world=world, prefetch=tc.prefetch)
 
     # --- model, optimizers, schedule
     torch.manual_seed(tc.seed)
@@ -650,6 +723,15 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
         (run / "config.json").write_text(json.dumps(
             {"train": asdict(tc), "model": cfg.to_dict(), "data": str(Path(data).resolve()),
              "dataset_meta": ds.meta.to_json(), "world_size": world}, indent=2))
+    if tc.preflight:  # before step 1: a bad row stops the run now, with no checkpoint written
+        pre = preflight(ds, run, rank=rank, world=world, quiet=quiet or not master)
+        if master and not quiet:
+            print(f"preflight: {pre['checked']} of {pre['shards']} shards checked in {pre['seconds']:.1f} s"
+                  + (f" (rank 0's share; world {world})" if world > 1 else "")
+                  + (f", {pre['shards'] - pre['checked']} found whole by an earlier start of this run"
+                     if pre['checked'] < pre['shards'] else ""))
+    val_windows = EvalWindows(ds, ds.split("val"), batch_size=tc.batch_size, max_shots=cfg.max_shots,
+                              max_batches=tc.val_batches, budget_bytes=tc.val_cache_mb << 20) if master else None
 
     net = DDP(model) if world > 1 else model
     fwd = torch.compile(net) if tc.compile else net
@@ -693,7 +775,7 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
                "lr": [s.get_last_lr()[0] for s in schedulers]}
 
         if master and (step % tc.eval_every == 0 or step == tc.max_steps) and ds.split("val"):
-            metrics = validate(model, ds, tc, cfg, device, with_baselines=not baselines)
+            metrics = validate(model, ds, tc, cfg, device, with_baselines=not baselines, windows=val_windows)
             baselines = baselines or {k: metrics[k] for k in ("title_mean", "neighbours")}
             metrics |= baselines
             row |= metrics
@@ -713,6 +795,7 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
         bar.set_postfix(loss=f"{row['train_loss']:.4f}")
         bar.update(1)
     bar.close()
+    loader.close()  # its reader thread (an exception above ends it when the iterator is dropped)
     elapsed = time.perf_counter() - t0
     if log is not None:
         log.close()
@@ -744,6 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  --view_copied 0   ... seen by the transformer only: the copy mixes [MASK] there, the view steers it\n"
         "  --visible_loss_weight 1 --visible_noise 0.5   also fit the copy at visible shots, mixing noisy copies of\n"
         "                 the window: it learns how much of a shot's own input to keep\n"
+        "  --prefetch 4   shards the loader reads ahead in a background thread (default 2; 0: on the training thread)\n"
+        "  --val_cache_mb 4096   MiB of validation windows kept in memory after the first validation (default 2048)\n"
+        "  --preflight 0   skip the check of every shard's rows before step 1 (done once a run: RUN/preflight/)\n"
         "training keys: " + ", ".join(f.name for f in fields(TrainConfig) if f.name != "config") + "\n"
         "model keys: " + ", ".join(sorted(MODEL_KEYS)) + "\n\n"
         "multi-GPU: torchrun --nproc-per-node N -m trainer.train --data ... --out ...")
