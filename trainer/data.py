@@ -240,6 +240,7 @@ class WindowLoader:
             for b, epoch, position, _ in self._stream(self.epoch, self.batch):
                 self.epoch, self.batch = epoch, position
                 yield b
+            return  # not reached: the stream is endless
         self._readers = [r for r in self._readers if r.alive()]
         reader = _Reader(self._stream, self.epoch, self.batch, self.prefetch)
         self._readers.append(reader)
