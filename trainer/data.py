@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,9 +263,16 @@ def eval_batches(ds: Dataset, titles: list[TitleInfo], *, batch_size: int, max_s
                  max_batches: int | None = None) -> Iterator[Batch]:
     """Fixed validation windows: the first max_shots shots of each title, in dataset order. Reads only those
     rows (`Dataset.iter_heads`), not the shards that hold them."""
+    return window_batches(ds.iter_heads(titles, max_shots), batch_size=batch_size, max_shots=max_shots,
+                          max_batches=max_batches)
+
+
+def window_batches(titles: Iterable[Title], *, batch_size: int, max_shots: int,
+                   max_batches: int | None = None) -> Iterator[Batch]:
+    """Batches of the first max_shots shots of each title, in the order given, at most max_batches of them."""
     chunk: list[tuple[Title, int, int]] = []
     done = 0
-    for title in ds.iter_heads(titles, max_shots):
+    for title in titles:
         chunk.append((title, 0, min(title.info.n_shots, max_shots)))
         if len(chunk) == batch_size:
             yield collate(chunk)

@@ -20,7 +20,7 @@ from mediafm.dataset import Dataset, DatasetWriter, Meta
 from mediafm.errors import ConfigError, DatasetError
 from mediafm.fusion import Layout
 from mediafm.model import CONFIGS, MaskedShotModel, MediaFMConfig
-from trainer.data import EvalWindows, WindowLoader, collate
+from trainer.data import EvalWindows, WindowLoader, window_batches
 from trainer.train import PREFLIGHT, TrainConfig, parse_overrides, train, validate
 
 LAYOUT = Layout("test", video=16, audio=16, text=16, title=16)
@@ -228,18 +228,10 @@ class _Reads:
 
 
 def _old_eval_batches(ds, titles, *, batch_size, max_shots, max_batches=None):
-    """The validation windows as the code before this change made them: whole titles through iter_titles
+    """The validation windows as the code before this change read them: whole titles through iter_titles
     (every shard holding one read whole), the first max_shots shots of each."""
-    chunk, done = [], 0
-    for title in ds.iter_titles(titles):
-        chunk.append((title, 0, min(title.info.n_shots, max_shots)))
-        if len(chunk) == batch_size:
-            yield collate(chunk)
-            chunk, done = [], done + 1
-            if max_batches is not None and done >= max_batches:
-                return
-    if chunk:
-        yield collate(chunk)
+    return window_batches(ds.iter_titles(titles), batch_size=batch_size, max_shots=max_shots,
+                          max_batches=max_batches)
 
 
 def test_validation_windows_from_memory_give_the_same_loss_and_read_nothing(data, monkeypatch, caplog):
