@@ -41,6 +41,11 @@ MAX_CUE_CHARS = 4_096
 file once: a spoken line is a few dozen characters, and a cue of hundreds of kilobytes (say of unclosed
 `<` or `{`) is not dialogue. The cut bounds the text kept per cue and the work of cleaning it. Cutting
 before the tags are removed can leave half a tag (`<i`) at the end of such a cue's text."""
+MAX_SUBTITLE_LINES = 1_000_000
+"""Ten lines a cue at MAX_CUES (a cue is a number, a timing line, a line or two of text and a blank
+line). Both readers hold a file as a list of its lines, and 22 million short lines in a 63 MB file cost
+3.7 GB and 20 s in pysubs2: over this, the file is refused before either reader runs. Lines over
+MAX_CUE_CHARS are cut to it first (a warning names the file), so the list holds at most the file's text."""
 SUBTITLE_FORMATS = ("srt", "ass", "ssa", "vtt")
 """The subtitle formats read (pysubs2's identifiers): SRT, ASS/SSA and WebVTT. The other formats pysubs2
 can guess (MPL2, TMP, MicroDVD, SAMI, TTML, JSON, Whisper) are refused: their lines are cues with no
@@ -170,6 +175,23 @@ def _decode(raw: bytes, path: Path, encoding: str | None) -> str:
 _SRT_TIMESTAMP = re.compile(r"\d{1,2}:\d{1,2}:\d{1,2}[.,]\d{1,3}")  # pysubs2's: a line with two is a cue
 _ASS_ENTRY = re.compile(r"^[^\S\n]*(?:Dialogue|Comment|Style):", re.MULTILINE)  # pysubs2 keeps each one
 _BLANK_RUN = re.compile(r"\n\s*\n")
+# A line over MAX_CUE_CHARS and the rest of it. Anchored at line starts, so each line is scanned once.
+_LONG_LINE = re.compile(rf"^([^\n]{{{MAX_CUE_CHARS}}})[^\n]+", re.MULTILINE)
+
+
+def _bounded_lines(text: str, path: Path) -> str:
+    """`text` with one line ending (\\n), its lines counted against MAX_SUBTITLE_LINES and each cut at
+    MAX_CUE_CHARS: what either reader then splits into lines is bounded by the file's size, not by its
+    shape (a run of short lines, or one line of 60 MB)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    n = text.count("\n") + (not text.endswith("\n"))
+    if n > MAX_SUBTITLE_LINES:
+        raise SubtitleError(f"{path}: {n} lines, over the limit of {MAX_SUBTITLE_LINES} (ten a cue at "
+                            f"{MAX_CUES} cues); is it the timed text of this title?")
+    text, cut = _LONG_LINE.subn(r"\1", text)
+    if cut:
+        log.warning("%s: %d line(s) over %d characters cut to that length", path, cut, MAX_CUE_CHARS)
+    return text
 
 
 def _count(pattern: re.Pattern[str], text: str, limit: int) -> int:
@@ -205,6 +227,31 @@ def _detect_format(text: str, path: Path) -> str:
     return fmt
 
 
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")
+
+
+def _pysubs2_lines(text: str, fmt: str):
+    """The lines pysubs2's reader is given, one at a time (no StringIO copy of the file, which holds four
+    bytes a character). For SRT, after each timing line (pysubs2's own test: two timestamps) only the
+    lines that start within the first MAX_CUE_CHARS characters of its text pass: the reader joins a cue's
+    lines into one string and rewrites it with four regular expressions, so a cue of a million lines cost
+    a dozen times its size. The cue stays over MAX_CUE_CHARS, so the warning below still names it."""
+    from pysubs2.formats.subrip import SubripFormat
+
+    stamps = SubripFormat.TIMESTAMP
+    kept = 0
+    for m in _LINE.finditer(text):
+        line = m.group()
+        if fmt != "srt":
+            yield line
+        elif len(stamps.findall(line)) == 2:
+            kept = 0
+            yield line
+        elif kept <= MAX_CUE_CHARS:
+            kept += len(line)
+            yield line
+
+
 def _too_many(path: Path, n: int, *, counted_to_limit: bool = False) -> SubtitleError:
     """`counted_to_limit`: `n` is where the count stopped (just past the limit), not the file's count."""
     return SubtitleError(f"{path}: {f'over {MAX_CUES}' if counted_to_limit else n} cues, over the limit of "
@@ -237,6 +284,7 @@ def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue
     n = text.count("-->")  # SRT/WebVTT timings: cheap, before parsing
     if n > MAX_CUES:
         raise _too_many(path, n)
+    text = _bounded_lines(text, path)
     if path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT"):
         cues = _webvtt(text, path)
     else:
@@ -252,9 +300,10 @@ def load_subtitles(path: str | Path, *, encoding: str | None = None) -> list[Cue
             # the whitespace): pysubs2's SRT reader strips a cue's trailing number with r"\n+ *\d+ *$", which
             # rescans a run of newlines from each of them. Its own tag handling is left off (keep_html_tags:
             # `< */? *[a-zA-Z][^>]*>` is quadratic on `<a<a<a...`); _clean removes the tags instead.
-            text = _BLANK_RUN.sub("\n\n", text.replace("\r\n", "\n").replace("\r", "\n"))
+            text = _BLANK_RUN.sub("\n\n", text)  # one line ending already (_bounded_lines)
             try:
-                subs = pysubs2.SSAFile.from_string(text, format_=fmt, **({"keep_html_tags": True} if fmt == "srt" else {}))
+                subs = pysubs2.SSAFile.from_file(_pysubs2_lines(text, fmt), format_=fmt,
+                                                 **({"keep_html_tags": True} if fmt == "srt" else {}))
             except Exception as e:  # pysubs2 raises several types (ValueError, Pysubs2Error, ...)
                 raise SubtitleError(f"{path}: not a readable {fmt} file ({type(e).__name__}: {str(e)[:200]}); "
                                     "expected SRT, WebVTT or ASS") from None

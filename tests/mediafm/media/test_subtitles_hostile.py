@@ -176,3 +176,62 @@ def test_a_file_under_the_limit_still_reads(tmp_path, monkeypatch):
                    f"cue {i}\n\n" for i in range(1_000))
     cues = load_subtitles(_write(tmp_path, "a.srt", body))
     assert len(cues) == 1_000 and cues[0] == Cue(0.0, 0.005, "cue 0")
+
+
+# --- 4. memory: the shape of a file under 64 MB decided what the readers held -----------------------------
+
+@pytest.mark.parametrize("name, head, lines", [("a.srt", SRT_HEAD, 2_000_002), ("a.vtt", VTT_HEAD, 2_000_003)])
+def test_a_file_of_over_a_million_lines_is_refused_before_either_reader(tmp_path, monkeypatch, name, head, lines):
+    """Before: 22 million short lines (63 MB) cost 3.7 GB and 20 s in pysubs2, and 1.9 GB in the WebVTT
+    reader (`bench/subtitles.py`), since both hold a file as a list of its lines. Two million lines here (4 MB)."""
+    ran = []
+    monkeypatch.setattr(subtitles, "_webvtt", lambda *a, **k: ran.append("vtt") or [])
+    monkeypatch.setattr(subtitles, "_pysubs2_lines", lambda *a, **k: ran.append("pysubs2") or iter(()))
+    path = _write(tmp_path, name, head + "a\n" * 2_000_000)
+    with pytest.raises(SubtitleError, match=f"{lines} lines, over the limit of 1000000") as e:
+        load_subtitles(path)
+    assert str(path) in str(e.value) and ran == []
+
+
+def _spy_pysubs2(monkeypatch) -> list[str]:
+    """The lines pysubs2's reader is handed, whichever way load_subtitles hands them."""
+    import pysubs2
+
+    given: list[str] = []
+    real = pysubs2.SSAFile.from_file.__func__
+
+    def from_file(cls, fp, *args, **kwargs):
+        given.extend(fp)
+        return real(cls, iter(given), *args, **kwargs)
+
+    monkeypatch.setattr(pysubs2.SSAFile, "from_file", classmethod(from_file))
+    return given
+
+
+def test_pysubs2_is_handed_each_cue_cut_near_its_limit(tmp_path, monkeypatch, caplog):
+    """Before: an SRT cue of 200,000 short lines, or one line of 2 MB, went to pysubs2 whole (it joins a
+    cue's lines and rewrites them four times: 690 MB for a 58 MB cue). Now a line is cut at MAX_CUE_CHARS,
+    and after a timing line only the lines that start within its first MAX_CUE_CHARS characters pass; the
+    cues after it are read as before."""
+    given = _spy_pysubs2(monkeypatch)
+    many = "y" * 60 + "\n"
+    text = (SRT_HEAD + many * 200_000 + "\n2\n00:00:02,000 --> 00:00:03,000\n" + "z" * 2_000_000
+            + "\n\n3\n00:00:04,000 --> 00:00:05,000\nthe end\n")
+    cues = load_subtitles(_write(tmp_path, "a.srt", text))
+    assert [(c.start_s, c.end_s) for c in cues] == [(0.0, 1.0), (2.0, 3.0), (4.0, 5.0)]
+    assert cues[0].text.startswith(f"{'y' * 60} {'y' * 60} ") and set(cues[0].text) == {"y", " "}
+    assert MAX_CUE_CHARS - 70 < len(cues[0].text) <= MAX_CUE_CHARS
+    assert cues[1].text == "z" * MAX_CUE_CHARS and cues[2].text == "the end"
+    assert max(map(len, given)) <= MAX_CUE_CHARS + 1
+    assert sum(map(len, given)) < 3 * MAX_CUE_CHARS  # about two cues' worth and a few lines, not 14 MB
+    assert "1 line(s) over" in caplog.text and "1 cue(s) over" in caplog.text
+
+
+def test_a_long_ass_dialogue_line_is_cut_and_still_read(tmp_path, monkeypatch):
+    given = _spy_pysubs2(monkeypatch)
+    text = (ASS_HEAD + "Dialogue: 0,0:00:01.00,0:00:02.00,Default,,0,0,0,," + "w" * 1_000_000 + "\n"
+            "Dialogue: 0,0:00:03.00,0:00:04.00,Default,,0,0,0,,after\n")
+    cues = load_subtitles(_write(tmp_path, "a.ass", text))
+    assert [(c.start_s, c.end_s) for c in cues] == [(1.0, 2.0), (3.0, 4.0)]
+    assert cues[0].text.startswith("w") and len(cues[0].text) < MAX_CUE_CHARS and cues[1].text == "after"
+    assert max(map(len, given)) <= MAX_CUE_CHARS + 1
