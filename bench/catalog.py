@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from pipeline import counter, wait_finals
+from pipeline import counter, memory_mib, wait_finals
 
 from mediafm import stack
 from mediafm.bus import Tail, producer
@@ -151,13 +151,6 @@ def drop_pipeline(s: Settings) -> None:
             admin.delete_topics(mine, timeout_ms=60_000)
     finally:
         admin.close()
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def publish(s: Settings, world: World, n: int, shots: int, seed: int, packing: str) -> dict[str, int]:
@@ -303,7 +296,7 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
             used = cpu.per_1k(n)
             wait_finals(tail, ids, timeout_s=600)  # every shot has its final (raises if not)
             t = stage_span_s(s)
-            rss = [peak_rss_mib(p.pid) for p, _ in procs]
+            rss = [memory_mib(p.pid).get("VmHWM", float("nan")) for p, _ in procs]
             dead = [p.pid for p, _ in procs if p.poll() is not None]
             # redeliveries: acknowledgements not committed across rebalances, and the repeats the stages saw
             dropped = sum(counter(port, "mediafm_acks_dropped") for p, port in procs if p.poll() is None)

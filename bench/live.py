@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from pipeline import AUDIO, bench_worker, wait_finals, worker_metrics
+from pipeline import AUDIO, bench_worker, memory_mib, wait_finals, worker_metrics
 
 from mediafm.config import Settings
 from mediafm.media.synthfilm import make_film
@@ -59,15 +59,6 @@ def quantile(cum: dict[float, float], f: float) -> float:
             return lo if le == float("inf") else lo + (le - lo) * (rank - below) / (cum[le] - below)
         lo, below = le, cum[le]
     return float("nan")
-
-
-def memory_mib(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak) of a process, MiB; {} once it is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    return {k: int(v.split()[0]) / 1024 for k, v in (ln.split(":", 1) for ln in lines) if k in ("VmRSS", "VmHWM")}
 
 
 class RssSampler(threading.Thread):

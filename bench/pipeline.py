@@ -192,6 +192,15 @@ def worker_metrics(port: int) -> list:
         return list(text_string_to_metric_families(r.read().decode()))
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, MiB; {} once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) / 1024 for k, v in (ln.split(":", 1) for ln in lines) if k in ("VmRSS", "VmHWM")}
+
+
 def counter(port: int, name: str) -> float:
     """The sum over labels of a worker's Prometheus counter `name` (without _total)."""
     return sum(smp.value for fam in worker_metrics(port) if fam.name == name
