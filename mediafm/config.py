@@ -27,6 +27,8 @@ SHOT_DETECTORS = ("transnetv2", "transnetv2-fast", "content")
 """The shot detectors (mediafm/media/shots.py): the shot_detector setting and every --detector option."""
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 PORT_FIELDS = ("kafka_port", "kafka_controller_port", "triton_http_port", "triton_grpc_port",
                "triton_metrics_port", "worker_web_port")
 
@@ -68,6 +70,17 @@ class Settings:
     In docker-compose: kafka:19092."""
     triton_url: str = ""
     """Where clients find Triton's HTTP endpoint; empty = bind_host:triton_http_port."""
+    kafka_security_protocol: str = "PLAINTEXT"
+    """How every client (workers, tools) talks to the broker: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL, as
+    Kafka names them. A managed or shared broker asks for SASL_SSL. With SASL_PLAINTEXT, `mediafm stack up`
+    gives its local broker SASL listeners only, with the user below (mediafm/kafka_security.py)."""
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    """SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (send PLAIN only over SASL_SSL: it is the password in clear)."""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password_env: str = "MEDIAFM_KAFKA_PASSWORD"
+    """Name of the environment variable holding the SASL password (the password itself is never a setting)."""
+    kafka_ssl_cafile: str = ""
+    """CA bundle that signed the broker's certificate (SSL, SASL_SSL); empty = the system's CAs."""
 
     # --- Kafka broker
     kafka_version: str = "3.9.2"
@@ -212,6 +225,16 @@ class Settings:
         if self.kafka_group_join_delay_ms < 0:
             raise ConfigError(f"kafka_group_join_delay_ms={self.kafka_group_join_delay_ms} must be >= 0 "
                               "(0 = assign at the first join)")
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError(f"kafka_security_protocol={self.kafka_security_protocol!r}; choose one of "
+                              f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+                raise ConfigError(f"kafka_sasl_mechanism={self.kafka_sasl_mechanism!r}; choose one of "
+                                  f"{', '.join(KAFKA_SASL_MECHANISMS)}")
+            if not self.kafka_sasl_username:
+                raise ConfigError(f"kafka_security_protocol={self.kafka_security_protocol} needs kafka_sasl_username "
+                                  f"(MEDIAFM_KAFKA_SASL_USERNAME), and the password in ${self.kafka_sasl_password_env}")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":
             raise ConfigError(f"kafka_heap={self.kafka_heap!r} is not a JVM size like '512m' or '1g'")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 from mediafm.errors import BadInput, ConfigError, SchemaError
+from mediafm.kafka_security import client_security
 from mediafm.profiles import get_profile
 from mediafm.schema import FusedShot, FusedShots, bytes_to_vec, record_shots
 from mediafm.windows import plan
@@ -96,7 +97,7 @@ class Titles:
         self.progress = rt.table("contextualise-titles")
         self.pending: dict[bytes, tuple[TitleProgress, object]] = {}  # changed since flush(), with its last event
         self.held = HeldShots(rt.settings.held_shots_mb * 2**20)
-        self.reader = OffsetReader(rt.settings.kafka_bootstrap)
+        self.reader = OffsetReader(rt.settings.kafka_bootstrap, client_security(rt.settings))
         self.finishing: set[bytes] = set()  # titles whose MediaFM pass is running beside the agent (Runtime.later)
         metrics.held_shots.set_function(lambda: self.held.bytes)
 

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from mediafm.kafka_security import client_security
 from mediafm.schema import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ class OffsetReader:
     """Offsets further apart than this are reached by a seek, not by reading what lies between (other
     titles' shots: a fetch is about this many)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: str, security: dict | None = None) -> None:
+        self.bootstrap, self.security = bootstrap, security or {}  # security: mediafm.kafka_security.client_security
 
     async def read(self, topic: str, partition: int, offsets: list[int]) -> tuple[dict[int, bytes], list[int]]:
         """({offset: value} of the records found, offsets not in the partition any more).
@@ -124,7 +125,8 @@ class OffsetReader:
     async def _read(self, tp: TopicPartition, want: list[int]) -> tuple[dict[int, bytes], list[int]]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 65536,
-                                    fetch_max_bytes=4 * MAX_MESSAGE_BYTES, request_timeout_ms=30_000)
+                                    fetch_max_bytes=4 * MAX_MESSAGE_BYTES, request_timeout_ms=30_000,
+                                    **self.security)
         try:
             await consumer.start()
             consumer.assign([tp])
@@ -170,7 +172,8 @@ def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
 
     keys = ("cleanup.policy", "retention.ms", "retention.bytes")
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 **client_security(settings))
         try:
             found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(keys))],
                                            config_filter="all")["topic"].get(topic) or {}

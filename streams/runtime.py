@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediafm.config import Settings, replace
 from mediafm.errors import BadRequest, ConfigError, SchemaError
+from mediafm.kafka_security import client_security
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
 from mediafm.redact import redact_url
@@ -51,6 +52,19 @@ from streams import consumer, metrics
 from streams.store import TableMemory, budgeted
 
 log = logging.getLogger(__name__)
+
+
+def broker_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
+    """The broker security of mediafm.kafka_security.client_security as Faust takes it (None: PLAINTEXT). Faust's
+    aiokafka driver gives its consumer, producer and admin client the same keywords back, with the protocol
+    named by the credentials' kind: SASL with an SSL context is SASL_SSL, without one SASL_PLAINTEXT."""
+    sec = client_security(s)
+    if not sec:
+        return None
+    if "sasl_mechanism" not in sec:
+        return faust.SSLCredentials(sec["ssl_context"])
+    return faust.SASLCredentials(username=sec["sasl_plain_username"], password=sec["sasl_plain_password"],
+                                 mechanism=sec["sasl_mechanism"], ssl_context=sec.get("ssl_context"))
 
 
 RUNS_BUFFER = 64
@@ -115,6 +129,7 @@ class Runtime:
             # The app id names the consumer group and the changelog topics: one pipeline per topic prefix.
             s.topic_prefix,
             broker=f"kafka://{s.kafka_bootstrap}",
+            broker_credentials=broker_credentials(s),
             store="rocksdb://",
             datadir=str(datadir),
             # Pipeline topics are created by `mediafm stack up` with this same count

@@ -8,6 +8,7 @@ into the cache dir; the broker keeps its data and logs under the state dir.
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import time
@@ -15,7 +16,8 @@ import uuid
 from pathlib import Path
 
 from mediafm.config import Settings
-from mediafm.errors import MissingToolError, StackError
+from mediafm.errors import ConfigError, MissingToolError, StackError
+from mediafm.kafka_security import client_security, sasl_password
 from mediafm.schema import MAX_MESSAGE_BYTES
 from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
 
@@ -38,6 +40,7 @@ log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
 log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka=INFO
 log4j.logger.org.apache.kafka=WARN
+log4j.logger.org.apache.kafka.common.network.Selector=INFO
 log4j.logger.state.change.logger=WARN
 """
 
@@ -105,19 +108,80 @@ def _cluster_id() -> str:
     return cid
 
 
+_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PASSWORD = re.compile(r"[^\\\"',\]=\s]{8,256}")
+
+
+def _local_user(settings: Settings) -> tuple[str, str]:
+    """The SASL user and password the local broker is set up with, checked for what its files can hold: a user
+    name of letters, digits, `.`, `_` and `-`; a password of 8-256 characters with no space, quote, backslash,
+    comma, `]` or `=` (the properties file, JAAS and the storage tool's NAME=[name=...,password=...] syntax)."""
+    user, password = settings.kafka_sasl_username, sasl_password(settings)
+    if not _USER.fullmatch(user):
+        raise ConfigError(f"kafka_sasl_username={user[:64]!r}: the local broker's user name is 1-64 letters, digits, "
+                          "'.', '_' or '-'")
+    if not _PASSWORD.fullmatch(password):
+        raise ConfigError(f"${settings.kafka_sasl_password_env}: the local broker's password is 8-256 characters "
+                          "with no space, quote, backslash, ',', ']' or '='")
+    return user, password
+
+
+def _jaas(module: str, user: str, password: str, *, plain_users: bool = False) -> str:
+    users = f' user_{user}="{password}"' if plain_users else ""
+    return f'org.apache.kafka.common.security.{module} required username="{user}" password="{password}"{users};'
+
+
+def _sasl_props(settings: Settings) -> dict[str, str]:
+    """With kafka_security_protocol SASL_PLAINTEXT: every listener asks for SASL, the broker logs in to itself
+    as the configured user, and that user is the only one. SCRAM users live in the cluster's metadata (made when
+    the storage is formatted, `_scram_user`); the controller listener takes PLAIN, since a controller reads
+    SCRAM credentials from the metadata it serves. Loopback only, so PLAIN's clear password stays on this host."""
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return {}
+    if proto != "SASL_PLAINTEXT":
+        raise ConfigError(f"kafka_security_protocol={proto}: the local broker of `mediafm stack up` serves PLAINTEXT "
+                          "or SASL_PLAINTEXT on loopback; for SSL or SASL_SSL point kafka_servers at a broker set "
+                          "up with certificates")
+    mech, (user, password) = settings.kafka_sasl_mechanism, _local_user(settings)
+    plain = _jaas("plain.PlainLoginModule", user, password, plain_users=True)
+    props = {
+        "sasl.enabled.mechanisms": mech,
+        "sasl.mechanism.inter.broker.protocol": mech,
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain,
+    }
+    name = f"listener.name.{proto.lower()}.{mech.lower()}.sasl.jaas.config"
+    props[name] = plain if mech == "PLAIN" else _jaas("scram.ScramLoginModule", user, password)
+    return props
+
+
+def _scram_user(settings: Settings) -> list[str]:
+    """The storage tool's arguments that make the SCRAM user when the data dir is formatted ([] otherwise).
+    The password is on that tool's command line for the second it runs. A user made so stays until the data
+    is wiped (`mediafm stack down --wipe`)."""
+    if settings.kafka_security_protocol == "PLAINTEXT" or settings.kafka_sasl_mechanism == "PLAIN":
+        return []
+    user, password = _local_user(settings)
+    return ["--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]"]
+
+
 def _write_config(settings: Settings) -> Path:
     d = _dir(settings)
     d.mkdir(parents=True, exist_ok=True)
     h, p, c = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
+    proto = settings.kafka_security_protocol
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{h}:{c}",
-        "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-        "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+        "listeners": f"{proto}://{h}:{p},CONTROLLER://{h}:{c}",
+        "advertised.listeners": f"{proto}://{h}:{p}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:{proto}",
+        "inter.broker.listener.name": proto,
+        **_sasl_props(settings),
         "log.dirs": str(d / "data"),
         # Topics are created explicitly with Settings.partitions (mediafm/topics.py);
         # auto-creation would pick another count and faust would refuse to start.
@@ -133,6 +197,8 @@ def _write_config(settings: Settings) -> Path:
         "log.retention.hours": "168",
     }
     cfg = d / "server.properties"
+    cfg.touch(mode=0o600)  # with SASL it holds the user's password (the broker's own login)
+    cfg.chmod(0o600)
     cfg.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     (d / "log4j.properties").write_text(_LOG4J)
     return cfg
@@ -145,7 +211,7 @@ def ready(settings: Settings, *, timeout_s: float = 2.0) -> bool:
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                 request_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), **client_security(settings))
     except (KafkaError, OSError):
         return False
     try:
@@ -178,7 +244,8 @@ def up(settings: Settings) -> str:
     data = _dir(settings) / "data"
     if not (data / "meta.properties").exists():
         r = subprocess.run([java, "-cp", cp, f"-Dlog4j.configuration=file:{_dir(settings) / 'log4j.properties'}",
-                            "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(cfg)],
+                            "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(cfg),
+                            *_scram_user(settings)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise StackError(f"kafka: formatting {data} failed: {(r.stdout + r.stderr).strip()[-500:]}")
@@ -208,7 +275,7 @@ def create_topics(settings: Settings, names: list[str], *, configs: dict[str, st
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_security(settings))
     try:
         existing = set(admin.list_topics())
         new = [n for n in names if n not in existing]

@@ -1,0 +1,83 @@
+"""The broker security settings: checked when loaded, turned into the same keywords for every client, the
+password read from the environment only (tests/streams/test_kafka_sasl.py runs them on a real SASL broker)."""
+
+from __future__ import annotations
+
+import ssl
+
+import faust
+import pytest
+
+from mediafm.config import Settings
+from mediafm.errors import ConfigError
+from mediafm.kafka_security import client_security
+from mediafm.stack import kafka
+from streams.runtime import broker_credentials
+
+SASL = dict(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="pipeline",
+            kafka_sasl_password_env="MEDIAFM_TEST_PW")
+
+
+def test_plaintext_needs_nothing(tmp_path):
+    s = Settings(state_dir=tmp_path)
+    assert client_security(s) == {} and broker_credentials(s) is None
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(kafka_security_protocol="SASL"), "choose one of PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL"),
+    (dict(kafka_security_protocol="SASL_SSL"), "needs kafka_sasl_username"),
+    ({**SASL, "kafka_sasl_mechanism": "GSSAPI"}, "choose one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
+])
+def test_bad_settings_are_refused_when_loaded(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings(state_dir=tmp_path, **changes)
+
+
+def test_sasl_reads_the_password_from_the_variable_named(tmp_path, monkeypatch):
+    s = Settings(state_dir=tmp_path, **SASL)
+    monkeypatch.delenv("MEDIAFM_TEST_PW", raising=False)
+    with pytest.raises(ConfigError, match="export MEDIAFM_TEST_PW="):
+        client_security(s)
+    monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
+    assert client_security(s) == dict(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                                      sasl_plain_username="pipeline", sasl_plain_password="hunter2-hunter2")
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.to_env())  # never a setting
+    creds = broker_credentials(s)
+    assert isinstance(creds, faust.SASLCredentials) and creds.protocol.value == "SASL_PLAINTEXT"
+    assert creds.mechanism.value == "SCRAM-SHA-512" and "hunter2" not in repr(creds)
+
+
+def test_tls_verifies_the_broker_against_the_ca_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
+    s = Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": "SASL_SSL"})
+    ctx = client_security(s)["ssl_context"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert broker_credentials(s).protocol.value == "SASL_SSL"
+    tls = Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_cafile=str(tmp_path / "none.pem"))
+    with pytest.raises(ConfigError, match="not a readable CA bundle"):
+        client_security(tls)
+
+
+@pytest.mark.parametrize("user, password, message", [
+    ("pipe line", "hunter2-hunter2", "user name"),
+    ("pipeline", 'with"quote', "password"),
+    ("pipeline", "a,b=c]xxxxx", "password"),
+    ("pipeline", "short", "password"),
+])
+def test_the_local_broker_refuses_what_its_files_cannot_hold(tmp_path, monkeypatch, user, password, message):
+    monkeypatch.setenv("MEDIAFM_TEST_PW", password)
+    s = Settings(state_dir=tmp_path, **{**SASL, "kafka_sasl_username": user})
+    with pytest.raises(ConfigError, match=message) as e:
+        kafka._write_config(s)
+    assert password not in str(e.value)
+
+
+def test_the_local_broker_serves_sasl_on_every_listener_and_keeps_its_file_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
+    cfg = kafka._write_config(Settings(state_dir=tmp_path, **SASL))
+    props = dict(line.split("=", 1) for line in cfg.read_text().splitlines())
+    assert props["listener.security.protocol.map"] == "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512" and props["listeners"].startswith("SASL_PLAINTEXT://")
+    assert cfg.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ConfigError, match="for SSL or SASL_SSL point kafka_servers"):
+        kafka._write_config(Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": "SASL_SSL"}))
