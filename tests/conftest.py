@@ -124,6 +124,17 @@ def rest_of_output(settings: Settings, tail, sources: str | list[str], *, timeou
     yield from tail.to_end(timeout_s=timeout_s)
 
 
+def take_output(settings: Settings, tail, worker: subprocess.Popen, log: Path, source: str, take, done, *,
+                timeout_s: float) -> None:
+    """Every record `tail` gets to `take`: until `done()` or the worker exits, then the rest of what it will
+    publish for what is in `source` (rest_of_output); fails with the end of `log` if the worker died."""
+    for rec in tail.poll(timeout_s=timeout_s, stop=lambda: done() or worker.poll() is not None):
+        take(rec)
+    for rec in rest_of_output(settings, tail, source, timeout_s=120):
+        take(rec)
+    assert worker.poll() is None, log.read_text()[-3000:]
+
+
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
     """A `mediafm worker` process with `settings`, its output appended to `log`."""
     with open(log, "ab") as out:

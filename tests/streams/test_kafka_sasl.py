@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import free_port, rest_of_output, settings_env, start_worker, stop_worker
+from conftest import free_port, settings_env, start_worker, stop_worker, take_output
 
 from mediafm.config import Settings, replace
 from mediafm.errors import ConfigError
@@ -128,11 +128,7 @@ def test_a_worker_with_the_password_gives_every_shot_its_final(sasl_stack, offli
             finals[m.shot_index] = finals.get(m.shot_index, 0) + 1
 
     try:
-        for rec in tail.poll(timeout_s=300, stop=lambda: len(finals) >= n or w.poll() is not None):
-            take(rec)
-        for rec in rest_of_output(s, tail, names.fused, timeout_s=120):
-            take(rec)
-        assert w.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        take_output(s, tail, w, tmp_path / "worker.log", names.fused, take, lambda: len(finals) >= n, timeout_s=300)
     finally:
         stop_worker(w)
         tail.close()

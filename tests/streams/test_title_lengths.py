@@ -16,7 +16,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import free_port, newest_version, rest_of_output, start_worker, stop_worker
+from conftest import free_port, newest_version, start_worker, stop_worker, take_output
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
@@ -73,11 +73,7 @@ def test_titles_of_any_length_get_one_final_per_shot_on_the_served_plan(kafka_st
             finals[m.title_id].append(m)
 
     try:
-        for rec in tail.poll(timeout_s=900, stop=lambda: count() >= want or w.poll() is not None):
-            take(rec)
-        for rec in rest_of_output(s, tail, names.fused, timeout_s=120):
-            take(rec)
-        assert w.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        take_output(s, tail, w, tmp_path / "worker.log", names.fused, take, lambda: count() >= want, timeout_s=900)
     finally:
         stop_worker(w)
         tail.close()
