@@ -113,8 +113,9 @@ def _webvtt(text: str, name: object = "WebVTT") -> list[Cue]:
     (`start --> end [settings]`), then its text, up to a blank line or another line with `-->`. Other
     blocks (the header, NOTE comments, STYLE and REGION definitions) and cues whose timing does not parse
     are passed over. The text is cut at MAX_CUE_CHARS, loses its tags (`<v Roger>`, `<b>`, `<c.yellow>`,
-    `<00:01.000>`) and then has its character references decoded (`&amp;` `&lt;` `&gt;` `&nbsp;` `&#233;`)."""
-    lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    `<00:01.000>`) and then has its character references decoded (`&amp;` `&lt;` `&gt;` `&nbsp;` `&#233;`).
+    `text` has one line ending already (_bounded_lines)."""
+    lines = text.lstrip("\ufeff").split("\n")
     cues: list[Cue] = []
     cut = 0
     i, n = 0, len(lines)

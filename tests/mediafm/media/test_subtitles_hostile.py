@@ -235,3 +235,18 @@ def test_a_long_ass_dialogue_line_is_cut_and_still_read(tmp_path, monkeypatch):
     assert [(c.start_s, c.end_s) for c in cues] == [(1.0, 2.0), (3.0, 4.0)]
     assert cues[0].text.startswith("w") and len(cues[0].text) < MAX_CUE_CHARS and cues[1].text == "after"
     assert max(map(len, given)) <= MAX_CUE_CHARS + 1
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\r"])
+@pytest.mark.parametrize("name, text", [
+    ("a.vtt", "\ufeffWEBVTT\n\nNOTE a comment\n\n1\n00:00.000 --> 00:01.500\n<v Ann>one</v>\ntwo\n\n"
+              "00:02.000 --> 00:03.000\nthree\n"),
+    ("a.srt", "1\n00:00:00,000 --> 00:00:01,500\none\ntwo\n\n2\n00:00:02,000 --> 00:00:03,000\nthree\n"),
+])
+def test_windows_and_old_mac_line_endings_give_the_same_cues(tmp_path, ending, name, text):
+    """Both readers see one line ending, made once before either runs (_bounded_lines); a file written on
+    Windows (CRLF) or by an old Mac tool (CR) gives the cues its LF form gives."""
+    want = load_subtitles(_write(tmp_path, name, text))
+    assert [(c.start_s, c.end_s) for c in want] == [(0.0, 1.5), (2.0, 3.0)] and "three" in want[1].text
+    (tmp_path / "other").mkdir()
+    assert load_subtitles(_write(tmp_path / "other", name, text.replace("\n", ending))) == want
