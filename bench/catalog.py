@@ -53,11 +53,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from pipeline import counter, memory_mib, wait_finals
 
 from mediafm import stack
-from mediafm.bus import Tail, producer
+from mediafm.bus import Tail, consumer, producer
 from mediafm.config import Settings, free_ports, replace
 from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
@@ -144,7 +144,9 @@ def drop_pipeline(s: Settings) -> None:
     GB a 40 titles, and benchmark runs once filled the disk with them."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    from mediafm.kafka_security import client_security
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, **client_security(s))
     try:
         mine = [t for t in admin.list_topics() if t.startswith((f"{s.topic_prefix}.", f"{s.topic_prefix}-"))]
         if mine:
@@ -177,7 +179,7 @@ def publish(s: Settings, world: World, n: int, shots: int, seed: int, packing: s
 
 
 def records(s: Settings, topic: str) -> int:
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+    c = consumer(s)
     tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
     n = sum(c.end_offsets(tps).values())
     c.close()
@@ -187,7 +189,7 @@ def records(s: Settings, topic: str) -> int:
 def stage_span_s(s: Settings) -> float:
     """Seconds from the first fused shot to the last embedding, by the record timestamps the workers set."""
     names = Topics.from_settings(s)
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
+    c = consumer(s, consumer_timeout_ms=5000)
 
     def stamps(topic: str, last: bool) -> list[int]:
         out = []

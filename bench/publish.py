@@ -58,7 +58,7 @@ def configuration(name: str):
     records.calc_crc32c = lambda view: crc32c_py(view)  # what kafka-python uses when `crc32c` is missing
     mediafm.publish.producer = bus.producer = lambda s: bus.KafkaProducer(
         bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-        max_request_size=bus.MAX_MESSAGE_BYTES + 64 * 1024)
+        max_request_size=bus.MAX_MESSAGE_BYTES + 64 * 1024, **bus.client_security(s))
     try:
         yield
     finally:

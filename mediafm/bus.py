@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mediafm.config import Settings
-from mediafm.kafka_security import client_security
+from mediafm.kafka_security import check_login, client_security
 from mediafm.schema import MAX_MESSAGE_BYTES
 
 
@@ -20,14 +20,18 @@ def producer(settings: Settings) -> KafkaProducer:
     """acks=all + idempotence: a retried send is not written twice. Records gathered for 5 ms into batches of
     up to 512 KiB a partition, as the workers' producer does (streams/runtime.py): a shot message is 4-17 KiB,
     so kafka-python's default 16 KiB made nearly every record a batch of its own, and `mediafm publish dataset`
-    sent 200-400 shots/s (bench/publish.py)."""
+    sent 200-400 shots/s (bench/publish.py). A refused login is a ConfigError here (check_login), not 30 s of
+    retries."""
+    check_login(settings)
     return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
                          max_request_size=MAX_MESSAGE_BYTES + 64 * 1024, linger_ms=5, batch_size=512 * 1024,
                          **client_security(settings))
 
 
 def consumer(settings: Settings, **kwargs) -> KafkaConsumer:
-    """A consumer that fetches messages up to MAX_MESSAGE_BYTES and commits nothing by itself."""
+    """A consumer that fetches messages up to MAX_MESSAGE_BYTES and commits nothing by itself (a refused login:
+    ConfigError, as for producer)."""
+    check_login(settings)
     return KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                          fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024,
                          **client_security(settings), **kwargs)

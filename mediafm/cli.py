@@ -54,11 +54,15 @@ def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
+    from mediafm.kafka_security import check_login
     from mediafm.stack import kafka
     from mediafm.topics import Topics
 
     deadline = time.monotonic() + settings.start_timeout_s
-    while not kafka.ready(settings):  # in compose the broker may still be starting
+    while True:
+        check_login(settings)  # a refused login: ConfigError at once, not "no broker answered" after 90 s
+        if kafka.ready(settings):  # in compose the broker may still be starting
+            break
         if time.monotonic() > deadline:
             raise StackError(f"no broker answered at {settings.kafka_bootstrap} within {settings.start_timeout_s:.0f}s")
         time.sleep(1)
@@ -103,9 +107,11 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.web_port:
         settings = replace(settings, worker_web_port=args.web_port)
+    from mediafm.kafka_security import check_login
     from mediafm.topics import Topics
     from streams.fused_source import check_retention
 
+    check_login(settings)  # ConfigError: a refused login is a setting to fix, not a broker to wait for
     print(check_retention(settings, Topics.from_settings(settings).fused), file=sys.stderr)  # ConfigError: refused
     app = create_app(settings)  # these settings: --config FILE, then $MEDIAFM_*
     sys.argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel),

@@ -48,3 +48,59 @@ def client_security(settings: Settings) -> dict:
         out.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_sasl_username,
                    sasl_plain_password=sasl_password(settings))
     return out
+
+
+def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
+    """Log in to the first broker of kafka_bootstrap that answers, once, and say plainly when the broker refuses:
+    ConfigError naming the user, the mechanism and what to fix. The clients themselves retry a refused login until
+    their bootstrap times out (kafka-python: 30 s, then "Unable to bootstrap"), as if the broker were down. A broker
+    that does not answer is not judged here (the clients wait for it); nor is anything but the login and TLS."""
+    import asyncio
+
+    sec = client_security(settings)
+    if not sec:
+        return
+    from aiokafka.conn import AIOKafkaConnection  # lazy, as every Kafka client here
+    from aiokafka.errors import IllegalSaslStateError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+    async def login(host: str, port: int) -> None:
+        conn = AIOKafkaConnection(host, port, request_timeout_ms=int(timeout_s * 1000), **sec)
+        made = True
+        try:
+            await asyncio.wait_for(conn.connect(), timeout_s)  # TLS, then the SASL handshake and login
+        except OSError:  # refused, unreachable, or no TLS session: no connection was made
+            made = False
+            raise
+        finally:
+            # aiokafka's create_conn would leave a connection that failed open. Closing one takes a round trip
+            # (TLS's close_notify): wait for it, at most 1 s, before asyncio.run closes the loop under it.
+            closed = conn.close()
+            if made and closed is not None:
+                await asyncio.wait({closed}, timeout=1.0)
+
+    who = f"user {settings.kafka_sasl_username!r} with {settings.kafka_sasl_mechanism}"
+    for address in settings.kafka_bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        host = host.strip("[]")  # [::1]:9092
+        try:
+            asyncio.run(login(host, int(port)))
+            return
+        except SaslAuthenticationFailed:
+            raise ConfigError(f"Kafka at {address} refused the login of {who}: check the password in "
+                              f"${settings.kafka_sasl_password_env} and kafka_sasl_username (the broker's log says "
+                              "why); the local broker keeps the password its data was made with until "
+                              "`mediafm stack down --wipe`") from None
+        except (UnsupportedSaslMechanismError, IllegalSaslStateError) as e:
+            raise ConfigError(f"Kafka at {address} does not take the login of {who} ({type(e).__name__}): set "
+                              "kafka_sasl_mechanism to one the broker enables (sasl.enabled.mechanisms), and "
+                              "kafka_security_protocol to what its listener speaks") from None
+        except ssl.SSLCertVerificationError as e:
+            raise ConfigError(f"the TLS certificate of Kafka at {address} does not verify against "
+                              f"{settings.kafka_ssl_cafile or 'the system CAs'} ({e.verify_message}): set "
+                              "kafka_ssl_cafile to the PEM file of the CA that signed it") from None
+        except ssl.SSLError as e:
+            raise ConfigError(f"no TLS session with Kafka at {address} ({e.reason or e}): is that listener "
+                              f"{settings.kafka_security_protocol}? Set kafka_security_protocol to what it "
+                              "speaks") from None
+        except Exception:  # down, slow or starting (connection refused, timeouts): the clients wait for it
+            continue

@@ -15,12 +15,14 @@ from mediafm.schema import MAX_MESSAGE_BYTES
 CONTROL_KEY = "a-key-of-the-operator-s-own"
 
 
-def _config(pwd: Path | None = REPO, control_key: str | None = CONTROL_KEY) -> subprocess.CompletedProcess:
+def _config(pwd: Path | None = REPO, control_key: str | None = CONTROL_KEY,
+            exported: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`docker-compose config` as a shell in `pwd` runs it (None: a shell that sets no PWD), with the README's
-    MEDIAFM_TRITON_CONTROL_KEY exported (None: not)."""
+    MEDIAFM_TRITON_CONTROL_KEY exported (None: not), and the variables `exported`."""
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose (Debian's, parses without an engine) is installed by scripts/bootstrap.sh"
     env = {k: v for k, v in os.environ.items() if k != "PWD" and not k.startswith("MEDIAFM_")}
+    env.update(exported or {})
     if pwd is not None:
         env["PWD"] = str(pwd)
     if control_key is not None:
@@ -131,6 +133,32 @@ def test_worker_settings_load_from_its_environment(compose, monkeypatch, tmp_pat
     w = _worker_settings(compose["services"]["worker"]["environment"], monkeypatch, tmp_path)
     assert (w.kafka_bootstrap, w.triton_http_url, w.partitions) == ("kafka:19092", "triton:8000", Settings().partitions)
     assert w.worker_media_roots == (str(REPO / "media"),)
+
+
+def test_the_workers_take_a_managed_broker_and_its_login_from_the_host(compose, monkeypatch, tmp_path):
+    """By default the compose broker, PLAINTEXT; with the host's MEDIAFM_KAFKA_* exported (README), the workers
+    and the topic tool log in to the broker named there, the password passed through from the host's variable."""
+    from mediafm.kafka_security import client_security
+
+    for name in ("worker", "topics"):
+        env = compose["services"][name]["environment"]
+        assert env.get("MEDIAFM_KAFKA_PASSWORD") is None  # not set on the host: none in the container either
+        w = _worker_settings({k: v for k, v in env.items() if v is not None}, monkeypatch, tmp_path)
+        assert (w.kafka_bootstrap, client_security(w)) == ("kafka:19092", {})
+    host = {"MEDIAFM_KAFKA_SERVERS": "broker-1.example.net:9096", "MEDIAFM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "MEDIAFM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "MEDIAFM_KAFKA_SASL_USERNAME": "pipeline",
+            "MEDIAFM_KAFKA_PASSWORD": "the-host-s-secret"}
+    r = _config(exported=host)
+    assert r.returncode == 0, r.stderr
+    assert "the-host-s-secret" not in (REPO / "docker-compose.yml").read_text()
+    for name in ("worker", "topics"):
+        env = yaml.safe_load(r.stdout)["services"][name]["environment"]
+        w = _worker_settings(env, monkeypatch, tmp_path)
+        assert w.kafka_bootstrap == "broker-1.example.net:9096"
+        sec = client_security(w)
+        assert (sec["security_protocol"], sec["sasl_mechanism"], sec["sasl_plain_username"],
+                sec["sasl_plain_password"]) == ("SASL_SSL", "SCRAM-SHA-256", "pipeline", "the-host-s-secret")
+        assert sec["ssl_context"].check_hostname  # the system's CAs: a managed broker's public certificate
 
 
 def test_worker_reads_media_where_a_host_publish_stages_it(monkeypatch, tmp_path):

@@ -8,7 +8,10 @@ into the cache dir; the broker keeps its data and logs under the state dir.
 from __future__ import annotations
 
 import base64
+import ipaddress
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from mediafm.config import Settings
 from mediafm.errors import ConfigError, MissingToolError, StackError
-from mediafm.kafka_security import client_security, sasl_password
+from mediafm.kafka_security import check_login, client_security, sasl_password
 from mediafm.schema import MAX_MESSAGE_BYTES
 from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
 
@@ -132,17 +135,13 @@ def _jaas(module: str, user: str, password: str, *, plain_users: bool = False) -
 
 
 def _sasl_props(settings: Settings) -> dict[str, str]:
-    """With kafka_security_protocol SASL_PLAINTEXT: every listener asks for SASL, the broker logs in to itself
-    as the configured user, and that user is the only one. SCRAM users live in the cluster's metadata (made when
-    the storage is formatted, `_scram_user`); the controller listener takes PLAIN, since a controller reads
-    SCRAM credentials from the metadata it serves. Loopback only, so PLAIN's clear password stays on this host."""
+    """With kafka_security_protocol SASL_PLAINTEXT or SASL_SSL: every listener asks for SASL, the broker logs in
+    to itself as the configured user, and that user is the only one. SCRAM users live in the cluster's metadata
+    (made when the storage is formatted, `_scram_user`); the controller listener takes PLAIN, since a controller
+    reads SCRAM credentials from the metadata it serves. Loopback by default, and over TLS with SASL_SSL."""
     proto = settings.kafka_security_protocol
-    if proto == "PLAINTEXT":
+    if not proto.startswith("SASL_"):
         return {}
-    if proto != "SASL_PLAINTEXT":
-        raise ConfigError(f"kafka_security_protocol={proto}: the local broker of `mediafm stack up` serves PLAINTEXT "
-                          "or SASL_PLAINTEXT on loopback; for SSL or SASL_SSL point kafka_servers at a broker set "
-                          "up with certificates")
     mech, (user, password) = settings.kafka_sasl_mechanism, _local_user(settings)
     plain = _jaas("plain.PlainLoginModule", user, password, plain_users=True)
     props = {
@@ -157,17 +156,76 @@ def _sasl_props(settings: Settings) -> dict[str, str]:
     return props
 
 
+def certificate(settings: Settings) -> Path:
+    """The local broker's self-signed certificate (PEM), made by `stack up` with SSL or SASL_SSL: what
+    kafka_ssl_cafile names for clients of that broker."""
+    return _dir(settings) / "tls" / "broker.pem"
+
+
+def _keytool(java: str) -> str:
+    tool = Path(java).resolve().parent / "keytool"  # the JDK's own, beside the java that runs the broker
+    if not tool.exists():
+        raise MissingToolError(f"kafka: `keytool` not found beside {java}; it makes the local broker's TLS "
+                               "certificate (part of openjdk-17-jre-headless)")
+    return str(tool)
+
+
+def _tls_props(settings: Settings, java: str) -> dict[str, str]:
+    """With kafka_security_protocol SSL or SASL_SSL: every listener speaks TLS with a self-signed certificate for
+    bind_host (made once with the JDK's keytool: RSA 2048, ten years; `stack down --wipe` makes a new one), which
+    the broker also trusts for its connections to itself. Clients verify it, so kafka_ssl_cafile must hold it;
+    refused otherwise, naming the file. No client certificates are asked for (ssl.client.auth=none)."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return {}
+    pem = certificate(settings)
+    store, secret = pem.with_name("broker.p12"), pem.with_name("store.pass")
+    if not (pem.exists() and store.exists() and secret.exists()):
+        pem.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for f in (pem, store, secret):
+            f.unlink(missing_ok=True)
+        host = settings.bind_host
+        try:
+            san = f"IP:{ipaddress.ip_address(host)}"
+        except ValueError:
+            san = f"DNS:{host}"
+        password = secrets.token_urlsafe(24)
+        env = {**os.environ, "MEDIAFM_KEYSTORE_PASS": password}  # never on a command line
+        tool, common = _keytool(java), ["-keystore", str(store), "-storetype", "PKCS12", "-alias", "broker",
+                                        "-storepass:env", "MEDIAFM_KEYSTORE_PASS"]
+        for argv in ([tool, "-genkeypair", *common, "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650",
+                      "-dname", "CN=mediafm local kafka", "-ext", f"SAN={san}"],
+                     [tool, "-exportcert", *common, "-rfc", "-file", str(pem)]):
+            r = subprocess.run(argv, capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise StackError(f"kafka: making the broker's TLS certificate failed: {(r.stdout + r.stderr)[-500:]}")
+        secret.touch(mode=0o600)
+        secret.write_text(password)
+    cafile = settings.kafka_ssl_cafile
+    try:
+        holds = bool(cafile) and pem.read_text().strip() in Path(cafile).read_text(errors="replace")
+    except OSError:
+        holds = False
+    if not holds:
+        raise ConfigError(f"kafka_security_protocol={settings.kafka_security_protocol}: the local broker's "
+                          f"certificate is {pem}, and kafka_ssl_cafile={cafile!r} does not hold it; set "
+                          f"kafka_ssl_cafile={pem} (MEDIAFM_KAFKA_SSL_CAFILE) so clients can verify the broker")
+    password = secret.read_text().strip()
+    return {"ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(store), "ssl.keystore.password": password,
+            "ssl.key.password": password, "ssl.truststore.type": "PEM", "ssl.truststore.location": str(pem),
+            "ssl.client.auth": "none"}
+
+
 def _scram_user(settings: Settings) -> list[str]:
     """The storage tool's arguments that make the SCRAM user when the data dir is formatted ([] otherwise).
     The password is on that tool's command line for the second it runs. A user made so stays until the data
     is wiped (`mediafm stack down --wipe`)."""
-    if settings.kafka_security_protocol == "PLAINTEXT" or settings.kafka_sasl_mechanism == "PLAIN":
+    if not settings.kafka_security_protocol.startswith("SASL_") or settings.kafka_sasl_mechanism == "PLAIN":
         return []
     user, password = _local_user(settings)
     return ["--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]"]
 
 
-def _write_config(settings: Settings) -> Path:
+def _write_config(settings: Settings, java: str) -> Path:
     d = _dir(settings)
     d.mkdir(parents=True, exist_ok=True)
     h, p, c = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
@@ -182,6 +240,7 @@ def _write_config(settings: Settings) -> Path:
         "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:{proto}",
         "inter.broker.listener.name": proto,
         **_sasl_props(settings),
+        **_tls_props(settings, java),
         "log.dirs": str(d / "data"),
         # Topics are created explicitly with Settings.partitions (mediafm/topics.py);
         # auto-creation would pick another count and faust would refuse to start.
@@ -197,7 +256,7 @@ def _write_config(settings: Settings) -> Path:
         "log.retention.hours": "168",
     }
     cfg = d / "server.properties"
-    cfg.touch(mode=0o600)  # with SASL it holds the user's password (the broker's own login)
+    cfg.touch(mode=0o600)  # with SASL it holds the user's password (the broker's own login), with TLS the store's
     cfg.chmod(0o600)
     cfg.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     (d / "log4j.properties").write_text(_LOG4J)
@@ -226,6 +285,7 @@ def up(settings: Settings) -> str:
     """Start the broker unless ours already runs. Returns a one-line status."""
     svc = service(settings)
     if svc.alive():
+        check_login(settings)  # ConfigError: a refused login says so, and a running broker is left running
         if ready(settings):
             return f"kafka already running (pid {svc.pid()}) on {settings.kafka_bootstrap}"
         # Half-started or wedged: give it the normal start time, then replace it.
@@ -239,7 +299,7 @@ def up(settings: Settings) -> str:
     libs = install(settings)
     require_free_ports("kafka", settings.bind_host,
                        {"kafka_port": settings.kafka_port, "kafka_controller_port": settings.kafka_controller_port})
-    cfg = _write_config(settings)
+    cfg = _write_config(settings, java)
     cp = f"{libs}/*"
     data = _dir(settings) / "data"
     if not (data / "meta.properties").exists():
@@ -253,7 +313,9 @@ def up(settings: Settings) -> str:
             "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{_dir(settings) / 'log4j.properties'}",
             "-cp", cp, "kafka.Kafka", str(cfg)]
     pid = svc.start(argv)
-    start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="metadata")
+    # a broker that refuses our login is never ready: check_login says that, not "not ready"
+    start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="metadata",
+                   explain=lambda: check_login(settings))
     return f"kafka started (pid {pid}) on {settings.kafka_bootstrap}"
 
 
@@ -261,6 +323,7 @@ def down(settings: Settings, *, wipe: bool = False) -> str:
     stopped = service(settings).stop()
     if wipe:
         shutil.rmtree(_dir(settings) / "data", ignore_errors=True)
+        shutil.rmtree(certificate(settings).parent, ignore_errors=True)
     return ("kafka stopped" if stopped else "kafka was not running") + (" (data wiped)" if wipe else "")
 
 
@@ -275,6 +338,7 @@ def create_topics(settings: Settings, names: list[str], *, configs: dict[str, st
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    check_login(settings)  # ConfigError naming the setting, not 30 s of retries
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_security(settings))
     try:
         existing = set(admin.list_topics())

@@ -183,10 +183,16 @@ def wait_until(check, *, timeout_s: float, what: str, service: Service, interval
     )
 
 
-def start_and_wait(service: Service, check, *, timeout_s: float, what: str) -> None:
-    """Wait for a just-started service; stop it if it never gets ready (no orphans)."""
+def start_and_wait(service: Service, check, *, timeout_s: float, what: str, explain=None) -> None:
+    """Wait for a just-started service; stop it if it never gets ready (no orphans). `explain`, called while it
+    still runs, may raise a clearer error than "not ready" (e.g. a broker refusing our login)."""
     try:
-        wait_until(check, timeout_s=timeout_s, what=what, service=service)
+        try:
+            wait_until(check, timeout_s=timeout_s, what=what, service=service)
+        except StackError:
+            if explain is not None:
+                explain()
+            raise
     except BaseException:
         service.stop(timeout_s=10)
         raise

@@ -7,10 +7,11 @@ import ssl
 
 import faust
 import pytest
+from conftest import free_port
 
 from mediafm.config import Settings
 from mediafm.errors import ConfigError
-from mediafm.kafka_security import client_security
+from mediafm.kafka_security import check_login, client_security
 from mediafm.stack import kafka
 from streams.runtime import broker_credentials
 
@@ -58,6 +59,15 @@ def test_tls_verifies_the_broker_against_the_ca_given(tmp_path, monkeypatch):
         client_security(tls)
 
 
+def test_check_login_judges_only_a_broker_that_answers(tmp_path, monkeypatch):
+    """Nobody listening is not a wrong setting (the clients wait for the broker); PLAINTEXT has no login to check.
+    A broker that refuses is judged on real brokers: tests/streams/test_kafka_sasl.py and test_kafka_tls.py."""
+    monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
+    assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"127.0.0.1:{free_port()}", **SASL)) is None
+    assert check_login(Settings(state_dir=tmp_path, kafka_servers="nowhere.invalid:9092,[::1]:1", **SASL)) is None
+    assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"127.0.0.1:{free_port()}")) is None
+
+
 @pytest.mark.parametrize("user, password, message", [
     ("pipe line", "hunter2-hunter2", "user name"),
     ("pipeline", 'with"quote', "password"),
@@ -68,16 +78,40 @@ def test_the_local_broker_refuses_what_its_files_cannot_hold(tmp_path, monkeypat
     monkeypatch.setenv("MEDIAFM_TEST_PW", password)
     s = Settings(state_dir=tmp_path, **{**SASL, "kafka_sasl_username": user})
     with pytest.raises(ConfigError, match=message) as e:
-        kafka._write_config(s)
+        kafka._write_config(s, "java")
     assert password not in str(e.value)
 
 
 def test_the_local_broker_serves_sasl_on_every_listener_and_keeps_its_file_private(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
-    cfg = kafka._write_config(Settings(state_dir=tmp_path, **SASL))
+    cfg = kafka._write_config(Settings(state_dir=tmp_path, **SASL), "java")  # no TLS: java's keytool not needed
     props = dict(line.split("=", 1) for line in cfg.read_text().splitlines())
     assert props["listener.security.protocol.map"] == "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512" and props["listeners"].startswith("SASL_PLAINTEXT://")
     assert cfg.stat().st_mode & 0o777 == 0o600
-    with pytest.raises(ConfigError, match="for SSL or SASL_SSL point kafka_servers"):
-        kafka._write_config(Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": "SASL_SSL"}))
+    assert not any(k.startswith("ssl.") for k in props)
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_the_local_broker_with_tls_makes_its_certificate_and_asks_clients_to_trust_it(tmp_path, monkeypatch,
+                                                                                      protocol):
+    monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
+    s = Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": protocol})
+    pem = kafka.certificate(s)
+    with pytest.raises(ConfigError, match=f"set kafka_ssl_cafile={pem}"):  # clients could not verify it
+        kafka._write_config(s, kafka._java())
+    made = pem.read_text()
+    assert made.startswith("-----BEGIN CERTIFICATE-----")
+    assert (pem.parent / "store.pass").stat().st_mode & 0o777 == 0o600 and pem.parent.stat().st_mode & 0o777 == 0o700
+    bundle = tmp_path / "bundle.pem"  # a CA bundle that holds it among others is as good
+    bundle.write_text("# other CAs\n" + made + "\n")
+    cfg = kafka._write_config(Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": protocol,
+                                                             "kafka_ssl_cafile": str(bundle)}), kafka._java())
+    assert pem.read_text() == made  # made once, not again at every start
+    props = dict(line.split("=", 1) for line in cfg.read_text().splitlines())
+    assert props["listener.security.protocol.map"] == f"{protocol}:{protocol},CONTROLLER:{protocol}"
+    assert props["ssl.truststore.location"] == str(pem) and props["ssl.keystore.type"] == "PKCS12"
+    assert props["ssl.keystore.password"] == (pem.parent / "store.pass").read_text()
+    assert ("sasl.enabled.mechanisms" in props) == protocol.startswith("SASL_")
+    kafka.down(s, wipe=True)  # a wiped broker gets a new certificate
+    assert not pem.exists()
