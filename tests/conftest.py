@@ -9,6 +9,7 @@ Layers run alone with markers:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -144,6 +145,91 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
     if proc.poll() is not None:
         pytest.fail(f"worker exited at start:\n{log.read_text()[-3000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def broker_beside(base: Settings, state_dir: Path, password_env: str, password: str, **security):
+    """Settings for a broker of its own (the local stack's, with the `security` settings, on free ports, state in
+    `state_dir`) beside the session's Triton, its password in `password_env` while the block runs; the broker, if
+    the block starts it, is stopped at its end."""
+    import uuid
+
+    from mediafm.config import replace
+    from mediafm.stack import kafka
+
+    s = replace(base, state_dir=state_dir, kafka_port=free_port(), kafka_controller_port=free_port(),
+                kafka_sasl_password_env=password_env, topic_prefix=f"sec{uuid.uuid4().hex[:6]}", **security)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(password_env, password)
+        try:
+            yield s
+        finally:
+            kafka.down(s)
+
+
+def round_trip(settings: Settings, topic: str, value: bytes) -> list[bytes]:
+    """Send `value` to `topic` with the tools' producer, then read the topic from its beginning with their
+    consumer: what came back."""
+    from mediafm.bus import Tail, producer
+
+    p = producer(settings)
+    p.send(topic, key=b"k", value=value).get(timeout=30)
+    p.close()
+    tail = Tail(settings, topic, from_beginning=True)
+    try:
+        return [m.value for m in tail.to_end(timeout_s=30)]
+    finally:
+        tail.close()
+
+
+def worker_that_stops(settings: Settings, log: Path) -> tuple[int, str]:
+    """Run `mediafm worker` with settings it must refuse; its exit status and output (also in `log`)."""
+    env = {**settings_env(settings), "MEDIAFM_WORKER_WEB_PORT": str(free_port())}
+    with open(log, "wb") as out:
+        code = subprocess.run([sys.executable, "-m", "mediafm.cli", "worker"], env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=180).returncode
+    return code, log.read_text()
+
+
+def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int = 0) -> dict[int, int]:
+    """Publish one title of `n` random fused shots (the offline profile) to the fused topic, run a worker on it,
+    and count the finals it publishes per shot index (read by take_output, so a dead worker fails the test)."""
+    import uuid
+
+    import numpy as np
+
+    from mediafm.bus import Tail, producer
+    from mediafm.profiles import OFFLINE
+    from mediafm.schema import ContextualEmbedding, FusedShot, FusedShots, decode, shot_records, vec_to_bytes
+    from mediafm.topics import Topics
+
+    names, tid = Topics.from_settings(settings), f"fused-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(seed)
+    fused = rng.normal(size=(n, OFFLINE.layout.fused_dim)).astype(np.float32)
+    title = vec_to_bytes(rng.normal(size=OFFLINE.layout.title).astype(np.float32))
+    tail = Tail(settings, names.embeddings, from_beginning=True)
+    w = start_worker(settings, log)
+    p = producer(settings)
+    shots = [FusedShot(title_id=tid, request_id=tid, shot_index=i, start_s=float(i), end_s=i + 1.0, profile="offline",
+                       fused=vec_to_bytes(fused[i]), present=[True, True, True], n_shots=n,
+                       title_embedding=title).to_bytes() for i in range(n)]
+    for record in shot_records(FusedShots, shots, tid, request_id=tid):
+        p.send(names.fused, key=tid.encode(), value=record)
+    p.flush()
+    p.close()
+    finals: dict[int, int] = {}
+
+    def take(rec):
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.final and m.title_id == tid:
+            finals[m.shot_index] = finals.get(m.shot_index, 0) + 1
+
+    try:
+        take_output(settings, tail, w, log, names.fused, take, lambda: len(finals) >= n, timeout_s=300)
+    finally:
+        stop_worker(w)
+        tail.close()
+    return finals
 
 
 def stop_worker(proc: subprocess.Popen) -> None:

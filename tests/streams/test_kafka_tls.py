@@ -10,20 +10,14 @@ before any client waits on it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 
-import numpy as np
 import pytest
-from conftest import free_port, settings_env, start_worker, stop_worker, take_output
+from conftest import broker_beside, finals_of_a_fused_title, free_port, round_trip, worker_that_stops
 
 from mediafm.config import replace
 from mediafm.errors import ConfigError
 from mediafm.kafka_security import check_login, client_security
-from mediafm.profiles import OFFLINE
-from mediafm.schema import ContextualEmbedding, FusedShot, FusedShots, decode, shot_records, vec_to_bytes
 from mediafm.stack import kafka
 from mediafm.topics import Topics
 
@@ -35,13 +29,9 @@ PASSWORD = "pw-" + uuid.uuid4().hex
 def tls_stack(stack_settings, tmp_path_factory):
     """SASL_SSL on every listener of a second broker beside the session's Triton; the pipeline's topics made
     through it. `stack up` without kafka_ssl_cafile is refused first, naming the certificate to trust."""
-    before = os.environ.get(PASSWORD_ENV)
-    os.environ[PASSWORD_ENV] = PASSWORD
-    s = replace(stack_settings, state_dir=tmp_path_factory.mktemp("tls") / "state", kafka_port=free_port(),
-                kafka_controller_port=free_port(), kafka_security_protocol="SASL_SSL",
-                kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="pipeline",
-                kafka_sasl_password_env=PASSWORD_ENV, topic_prefix=f"tls{uuid.uuid4().hex[:6]}")
-    try:
+    with broker_beside(stack_settings, tmp_path_factory.mktemp("tls") / "state", PASSWORD_ENV, PASSWORD,
+                       kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-256",
+                       kafka_sasl_username="pipeline") as s:
         with pytest.raises(ConfigError, match=f"set kafka_ssl_cafile={kafka.certificate(s)}"):
             kafka.up(s)
         assert not kafka.service(s).alive()
@@ -49,12 +39,6 @@ def tls_stack(stack_settings, tmp_path_factory):
         kafka.up(s)
         kafka.create_topics(s, Topics.from_settings(s).all())
         yield s
-    finally:
-        kafka.down(s)
-        if before is None:
-            os.environ.pop(PASSWORD_ENV, None)
-        else:
-            os.environ[PASSWORD_ENV] = before
 
 
 @pytest.mark.kafka
@@ -62,16 +46,9 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
     from kafka import KafkaProducer
     from kafka.errors import KafkaTimeoutError
 
-    from mediafm.bus import Tail, producer
-
     s = tls_stack
     topic = Topics.from_settings(s).models
-    p = producer(s)
-    p.send(topic, key=b"k", value=b"over tls").get(timeout=30)
-    p.close()
-    tail = Tail(s, topic, from_beginning=True)
-    assert [m.value for m in tail.to_end(timeout_s=30)] == [b"over tls"]
-    tail.close()
+    assert round_trip(s, topic, b"over tls") == [b"over tls"]
     check_login(s)
     state = s.state_dir / "kafka"
     assert (state / "server.properties").stat().st_mode & 0o777 == 0o600  # the password and the store's
@@ -99,12 +76,7 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
     assert PASSWORD not in (state / "kafka.log").read_text(errors="replace")
 
     # a worker that cannot verify the broker stops in one line (no traceback, no 30 s of retries)
-    env = {**settings_env(system_cas), "MEDIAFM_WORKER_WEB_PORT": str(free_port())}
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        code = subprocess.run([sys.executable, "-m", "mediafm.cli", "worker"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT, timeout=180).returncode
-    said = log.read_text()
+    code, said = worker_that_stops(system_cas, tmp_path / "worker.log")
     assert code == 2 and "mediafm worker: error: the TLS certificate of Kafka at" in said, said[-2000:]
     assert "Traceback" not in said and PASSWORD not in said
 
@@ -113,34 +85,7 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
 @pytest.mark.triton
 def test_a_worker_over_tls_gives_every_shot_its_final(tls_stack, offline_model, tmp_path):
     s = replace(tls_stack, worker_web_port=free_port(), state_dir=tmp_path / "state", held_shots_mb=0)
-    names = Topics.from_settings(s)  # held_shots_mb=0: the title is read back from the fused topic, over TLS
-    from mediafm.bus import Tail, producer
-
-    tid, n = f"tls-{uuid.uuid4().hex[:6]}", 300
-    rng = np.random.default_rng(1)
-    fused = rng.normal(size=(n, OFFLINE.layout.fused_dim)).astype(np.float32)
-    title = vec_to_bytes(rng.normal(size=OFFLINE.layout.title).astype(np.float32))
-    tail = Tail(s, names.embeddings, from_beginning=True)
-    w = start_worker(s, tmp_path / "worker.log")
-    p = producer(s)
-    shots = [FusedShot(title_id=tid, request_id="tls", shot_index=i, start_s=float(i), end_s=i + 1.0, profile="offline",
-                       fused=vec_to_bytes(fused[i]), present=[True, True, True], n_shots=n,
-                       title_embedding=title).to_bytes() for i in range(n)]
-    for record in shot_records(FusedShots, shots, tid, request_id="tls"):
-        p.send(names.fused, key=tid.encode(), value=record)
-    p.flush()
-    p.close()
-    finals: dict[int, int] = {}
-
-    def take(rec):
-        m = decode(rec.value, expect=ContextualEmbedding)
-        if m.final and m.title_id == tid:
-            finals[m.shot_index] = finals.get(m.shot_index, 0) + 1
-
-    try:
-        take_output(s, tail, w, tmp_path / "worker.log", names.fused, take, lambda: len(finals) >= n, timeout_s=300)
-    finally:
-        stop_worker(w)
-        tail.close()
+    n = 300  # held_shots_mb=0: the title is read back from the fused topic, over TLS
+    finals = finals_of_a_fused_title(s, n, tmp_path / "worker.log", seed=1)
     assert sorted(finals) == list(range(n)) and set(finals.values()) == {1}
     assert PASSWORD not in (tmp_path / "worker.log").read_text()
