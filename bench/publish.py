@@ -33,6 +33,7 @@ import numpy as np
 
 from mediafm import bus, stack
 from mediafm.config import Settings, replace
+from mediafm.kafka_security import client_security
 from mediafm.profiles import get_layout
 from mediafm.publish import publish_dataset
 from mediafm.schema import ContextualEmbedding, vec_to_bytes
@@ -58,7 +59,7 @@ def configuration(name: str):
     records.calc_crc32c = lambda view: crc32c_py(view)  # what kafka-python uses when `crc32c` is missing
     mediafm.publish.producer = bus.producer = lambda s: bus.KafkaProducer(
         bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-        max_request_size=bus.MAX_MESSAGE_BYTES + 64 * 1024, **bus.client_security(s))
+        max_request_size=bus.MAX_MESSAGE_BYTES + 64 * 1024, **client_security(s))
     try:
         yield
     finally:

@@ -60,12 +60,33 @@ def test_tls_verifies_the_broker_against_the_ca_given(tmp_path, monkeypatch):
 
 
 def test_check_login_judges_only_a_broker_that_answers(tmp_path, monkeypatch):
-    """Nobody listening is not a wrong setting (the clients wait for the broker); PLAINTEXT has no login to check.
-    A broker that refuses is judged on real brokers: tests/streams/test_kafka_sasl.py and test_kafka_tls.py."""
+    """Nobody listening is not a wrong setting (the clients wait for the broker), and check_login goes on to the
+    next address; a listener that answers but is no broker is not judged either; PLAINTEXT has no login to check
+    and opens no connection. A broker that refuses is judged on real brokers: tests/streams/test_kafka_sasl.py
+    and test_kafka_tls.py."""
+    import socket
+    import threading
+
     monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
-    assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"127.0.0.1:{free_port()}", **SASL)) is None
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as server:  # answers, then hangs up: not a Kafka broker
+        server.settimeout(15)
+
+        def serve_once() -> None:  # the first connection in the backlog: PLAINTEXT's, had it opened one
+            conn, _ = server.accept()
+            with conn:
+                accepted.append(conn.recv(64))  # b"" from a client that only connected and left
+
+        listener = f"127.0.0.1:{server.getsockname()[1]}"
+        assert check_login(Settings(state_dir=tmp_path, kafka_servers=listener)) is None
+        thread = threading.Thread(target=serve_once, daemon=True)
+        thread.start()
+        nobody = f"127.0.0.1:{free_port()}"
+        assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"{nobody},{listener}", **SASL),
+                           timeout_s=5) is None
+        thread.join(10)
+    assert len(accepted) == 1 and accepted[0], "SASL: the second address gets a login; PLAINTEXT: none"
     assert check_login(Settings(state_dir=tmp_path, kafka_servers="nowhere.invalid:9092,[::1]:1", **SASL)) is None
-    assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"127.0.0.1:{free_port()}")) is None
 
 
 @pytest.mark.parametrize("user, password, message", [
