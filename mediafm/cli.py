@@ -176,13 +176,18 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_shots(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
+    from tqdm import tqdm
+
     from mediafm.media.decode import check_uri, probe
     from mediafm.media.shots import detect_shots
 
     path = check_uri(args.video, settings)
     info = probe(path, settings)
-    shots = detect_shots(path, detector=args.detector or settings.shot_detector,
-                         max_duration_s=settings.max_media_duration_s)
+    detector = args.detector or settings.shot_detector
+    with tqdm(total=int(info.duration_s or 0) or None, unit="s", mininterval=1,
+              desc=f"cutting shots ({detector})") as bar:
+        shots = detect_shots(path, detector=detector, max_duration_s=settings.max_media_duration_s, progress=bar)
+        bar.set_postfix_str(f"{len(shots)} shots")
     if args.thumbnails:
         from pathlib import Path
 
@@ -209,7 +214,7 @@ def _cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, encoder_profile=args.profile)
     r = embed_title(args.video, out=args.out, settings=settings, subtitles=args.subtitles,
                     subtitle_encoding=args.subtitle_encoding, meta=args.meta, detector=args.detector,
-                    progress=lambda m: print(m, file=sys.stderr))
+                    progress=True)
     print(f"wrote {r['shots']} shots of {r['title_id']} ({r['profile']} profile; shots with audio "
           f"{r['present']['audio']}, with timed text {r['present']['text']}) to {r['out']}")
     return 0

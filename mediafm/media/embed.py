@@ -268,13 +268,13 @@ def _timed(timings: dict | None, stage: str):
 async def encode_aligned(client: TritonClient, media, shots: Sequence[Shot], texts: Sequence[str],
                          profile: str | Layout | EncoderProfile, *, settings: Settings,
                          batch_shots: int = 16, timings: dict | None = None,
-                         decoded: DecodedSegments | None = None) -> list[ShotVectors]:
+                         decoded: DecodedSegments | None = None, progress=None) -> list[ShotVectors]:
     """The encoders on Triton over shots whose timed text is already aligned (texts[i]: shot i's, "" = none).
 
     Shot times are in `media`'s own time. One ShotVectors per shot, in order. decoded: segments held
     decoded (live, mediafm.media.segment_cache), read from memory instead of their files.
     timings: if given, wall seconds are added under "sample" (decoding, frame sampling, audio) and
-    "encode" (waiting for the encoders on Triton).
+    "encode" (waiting for the encoders on Triton). progress: a tqdm bar over the shots, moved by each batch.
     Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
     """
     profile = get_profile(profile)
@@ -293,6 +293,8 @@ async def encode_aligned(client: TritonClient, media, shots: Sequence[Shot], tex
             break
         with _timed(timings, "encode"):
             out += await _encode_batch(client, profile, batch, texts[len(out): len(out) + len(batch)], settings)
+        if progress is not None:
+            progress.update(len(batch))
     lay = profile.layout
     for v in out:
         for name in MODALITIES:
@@ -307,13 +309,14 @@ async def encode_shots(client: TritonClient, media, shots: Sequence[Shot], subti
                        meta: TitleMeta, layout: str | Layout | EncoderProfile = "offline", *,
                        settings: Settings | None = None, batch_shots: int = 16,
                        n_shots: int | None = -1, title_embedding: np.ndarray | None = None,
-                       timings: dict | None = None) -> list[EncodedShot]:
+                       timings: dict | None = None, progress=None) -> list[EncodedShot]:
     """Encode a title's shots on Triton; one EncodedShot per shot, in order.
 
     subtitles: cues to align to the shots; None = read the container's text subtitle streams.
     n_shots: total shots of the title (-1 = len(shots), None for a live event still running).
     title_embedding: the title's embedding if already made (else made here from meta).
     timings: if given, wall seconds per stage are added to it ("title", and encode_aligned's).
+    progress: a tqdm bar over the shots (encode_aligned).
     Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
     """
     settings = settings or Settings.load()
@@ -327,7 +330,7 @@ async def encode_shots(client: TritonClient, media, shots: Sequence[Shot], subti
     title_vec = vec_to_bytes(title_embedding)
     total = len(shots) if n_shots == -1 else n_shots
     vecs = await encode_aligned(client, media, shots, texts, profile, settings=settings, batch_shots=batch_shots,
-                                timings=timings)
+                                timings=timings, progress=progress)
     return [encoded_shot(v, title_id=meta.title_id, shot_index=s.index, start_s=float(s.start_s),
                          end_s=float(s.end_s), profile=profile.name, n_shots=total, kind=meta.kind,
                          title_embedding=title_vec)
@@ -406,7 +409,7 @@ def fuse_encoded(msgs: list[EncodedShot], layout: Layout) -> tuple[np.ndarray, n
 
 def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subtitles: str | Path | None = None,
                 subtitle_encoding: str | None = None, meta: str | Path | None = None,
-                detector: str | None = None, progress=None, timings: dict | None = None,
+                detector: str | None = None, progress: bool = False, timings: dict | None = None,
                 triton_wait_s: float = 120.0) -> dict:
     """`mediafm embed`: one title -> a v1 dataset (shots, fused vectors, title embedding) via Triton.
 
@@ -414,7 +417,10 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
     starting (TritonUnavailable after that), then the film is decoded and cut, then encoded.
     timings: if given, wall seconds per stage are added to it: "open" (checks, probe, subtitles), "shots"
     (decode + shot detection), "sample", "encode", "title" (see encode_shots), "fusion", "write".
+    progress: two bars on stderr, the film's seconds cut into shots, then the shots encoded.
     """
+    from tqdm import tqdm
+
     from mediafm.dataset import DatasetWriter, Meta
     from mediafm.media.decode import check_uri, probe
     from mediafm.media.shots import detect_shots
@@ -428,13 +434,17 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding) if subtitles else []
         cues += container_subtitles(path)
         wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
-    with _timed(timings, "shots"):
-        shots = detect_shots(path, detector=detector or settings.shot_detector,
-                             max_duration_s=settings.max_media_duration_s)
-    if progress:
-        progress(f"{len(shots)} shots in {info.duration_s or 0:.1f} s of video; encoding on Triton")
-    msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings,
-                             timings=timings, give_up_after_s=triton_wait_s)
+    detector = detector or settings.shot_detector
+    with _timed(timings, "shots"), tqdm(total=int(info.duration_s or 0) or None, unit="s", disable=not progress,
+                                        mininterval=1, desc=f"cutting shots ({detector})") as bar:
+        shots = detect_shots(path, detector=detector, max_duration_s=settings.max_media_duration_s,
+                             progress=bar if progress else None)
+        bar.set_postfix_str(f"{len(shots)} shots")
+    with tqdm(total=len(shots), unit="shot", disable=not progress, mininterval=1,
+              desc=f"encoding on Triton ({profile.name} profile)") as bar:
+        msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings,
+                                 timings=timings, give_up_after_s=triton_wait_s,
+                                 progress=bar if progress else None)
     with _timed(timings, "fusion"):
         fused, present = fuse_encoded(msgs, profile.layout)
     with _timed(timings, "write"):

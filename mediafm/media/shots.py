@@ -692,8 +692,27 @@ class ShotDetector:
         return out
 
 
+class _SecondsDecoded:
+    """A tap for iter_video_frames that moves a progress bar (tqdm) to the whole seconds of video decoded."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.base = bar, 0.0
+
+    def opened(self, base: float, rate: float, has_audio: bool) -> None:
+        self.base = base
+
+    def frame(self, raw: float | None, frame, rotation: int) -> None:
+        if raw is not None and (s := int(raw - self.base)) > self.bar.n:
+            self.bar.update(s - self.bar.n)
+
+
 def detect_shots(path: str | Path, *, detector: str = "transnetv2", threshold: float | None = None,
-                 max_duration_s: float | None = None) -> list[Shot]:
-    """All shots of one file (streamed through :class:`ShotDetector`)."""
+                 max_duration_s: float | None = None, progress=None) -> list[Shot]:
+    """All shots of one file (streamed through :class:`ShotDetector`).
+
+    progress: a tqdm bar over the film's seconds, moved as frames decode (`mediafm shots` and `embed`: a
+    2-hour film takes 9-40 minutes to cut on 2 CPU cores, by
+    the rates in bench/README.md)."""
     det = ShotDetector(detector, threshold=threshold, max_duration_s=max_duration_s)
-    return det.push_segment(path) + det.flush()
+    shots = det.push_segment(path, tap=None if progress is None else _SecondsDecoded(progress))
+    return shots + det.flush()

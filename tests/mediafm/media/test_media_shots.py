@@ -89,6 +89,22 @@ def test_transnetv2_streamed_segments_find_every_cut_once(film, segments):
     assert all(s.thumbnail is not None and s.thumbnail.shape[1] == 128 for s in shots)
 
 
+def test_the_progress_bar_follows_the_seconds_decoded_and_changes_no_cut(film):
+    """`mediafm shots` and `mediafm embed` show how far the cut has got: a 2-hour film takes 9-40 min to cut here."""
+    import io
+
+    from tqdm import tqdm
+
+    seconds = int(probe(film.path).duration_s)  # 293 frames at 24 fps: 12 whole seconds
+    text = io.StringIO()
+    with tqdm(total=seconds, unit="s", file=text, mininterval=0) as bar:
+        shots = detect_shots(film.path, detector="content", progress=bar)
+        assert bar.n == seconds == int((film.n_frames - 1) / 24)
+    assert f"{seconds}/{seconds}" in text.getvalue() and f"{seconds // 2}/{seconds}" in text.getvalue()
+    assert [(s.start_frame, s.end_frame) for s in shots] == \
+        [(s.start_frame, s.end_frame) for s in detect_shots(film.path, detector="content")]
+
+
 def test_content_detector_whole_equals_segments(film, segments):
     whole = detect_shots(film.path, detector="content")
     assert f1(cuts(whole), film.cuts) >= 0.9, (cuts(whole), film.cuts)

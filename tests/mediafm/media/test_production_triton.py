@@ -148,10 +148,12 @@ def test_film_through_production_triton_equals_in_process(production, encoders, 
     assert np.allclose(fused[1, :768] / np.linalg.norm(fused[1, :768]), v, atol=1e-5)
 
 
-def test_embed_title_on_production_profile(production, film, tmp_path):
+def test_embed_title_on_production_profile(production, film, tmp_path, capsys):
     out = tmp_path / "ds"
-    info = embed_title(film.path, out=out, settings=production)
+    info = embed_title(film.path, out=out, settings=production, progress=True)
     assert info["profile"] == "production" and info["shots"] >= 3
+    bars = capsys.readouterr().err  # `mediafm embed`: the seconds cut into shots, then the shots encoded
+    assert f"{info['shots']} shots" in bars and f"{info['shots']}/{info['shots']}" in bars, bars
     ds = Dataset(out)
     assert ds.meta.fused_dim == 2304 and ds.meta.title_dim == 768
     (title,) = list(ds.iter_titles())
