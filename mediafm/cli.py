@@ -176,18 +176,14 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_shots(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from tqdm import tqdm
-
     from mediafm.media.decode import check_uri, probe
-    from mediafm.media.shots import detect_shots
+    from mediafm.media.shots import cut_progress, detect_shots
 
     path = check_uri(args.video, settings)
     info = probe(path, settings)
     detector = args.detector or settings.shot_detector
-    with tqdm(total=int(info.duration_s or 0) or None, unit="s", mininterval=1,
-              desc=f"cutting shots ({detector})") as bar:
+    with cut_progress(info.duration_s, detector) as bar:
         shots = detect_shots(path, detector=detector, max_duration_s=settings.max_media_duration_s, progress=bar)
-        bar.set_postfix_str(f"{len(shots)} shots")
     if args.thumbnails:
         from pathlib import Path
 

@@ -423,7 +423,7 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
 
     from mediafm.dataset import DatasetWriter, Meta
     from mediafm.media.decode import check_uri, probe
-    from mediafm.media.shots import detect_shots
+    from mediafm.media.shots import cut_progress, detect_shots
     from mediafm.media.subtitles import load_subtitles
 
     with _timed(timings, "open"):
@@ -435,11 +435,9 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         cues += container_subtitles(path)
         wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
     detector = detector or settings.shot_detector
-    with _timed(timings, "shots"), tqdm(total=int(info.duration_s or 0) or None, unit="s", disable=not progress,
-                                        mininterval=1, desc=f"cutting shots ({detector})") as bar:
+    with _timed(timings, "shots"), cut_progress(info.duration_s, detector, disable=not progress) as bar:
         shots = detect_shots(path, detector=detector, max_duration_s=settings.max_media_duration_s,
                              progress=bar if progress else None)
-        bar.set_postfix_str(f"{len(shots)} shots")
     with tqdm(total=len(shots), unit="shot", disable=not progress, mininterval=1,
               desc=f"encoding on Triton ({profile.name} profile)") as bar:
         msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, tmeta, profile, settings=settings,

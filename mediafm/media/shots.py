@@ -710,9 +710,21 @@ def detect_shots(path: str | Path, *, detector: str = "transnetv2", threshold: f
                  max_duration_s: float | None = None, progress=None) -> list[Shot]:
     """All shots of one file (streamed through :class:`ShotDetector`).
 
-    progress: a tqdm bar over the film's seconds, moved as frames decode (`mediafm shots` and `embed`: a
-    2-hour film takes 9-40 minutes to cut on 2 CPU cores, by
-    the rates in bench/README.md)."""
+    progress: a tqdm bar over the film's seconds (cut_progress), moved as frames decode, then given the shot
+    count (`mediafm shots` and `embed`: a 2-hour film takes 9-40 minutes to cut on 2 CPU cores, by the rates in
+    bench/README.md)."""
     det = ShotDetector(detector, threshold=threshold, max_duration_s=max_duration_s)
     shots = det.push_segment(path, tap=None if progress is None else _SecondsDecoded(progress))
-    return shots + det.flush()
+    shots += det.flush()
+    if progress is not None:
+        progress.set_postfix_str(f"{len(shots)} shots")
+    return shots
+
+
+def cut_progress(duration_s: float | None, detector: str, *, disable: bool = False):
+    """The bar `mediafm shots` and `mediafm embed` show while a film is cut (detect_shots(progress=)): its whole
+    seconds, then the shot count."""
+    from tqdm import tqdm
+
+    return tqdm(total=int(duration_s or 0) or None, unit="s", mininterval=1, disable=disable,
+                desc=f"cutting shots ({detector})")
