@@ -10,6 +10,7 @@ names when a client is made, so it is never a setting, a command-line argument o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 
@@ -54,14 +55,23 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
     """Log in to the first broker of kafka_bootstrap that answers, once, and say plainly when the broker refuses:
     ConfigError naming the user, the mechanism and what to fix. The clients themselves retry a refused login until
     their bootstrap times out (kafka-python: 30 s, then "Unable to bootstrap"), as if the broker were down. A broker
-    that does not answer is not judged here (the clients wait for it); nor is anything but the login and TLS."""
+    that does not answer is not judged here (the clients wait for it); nor is anything but the login and TLS. A
+    listener that hangs up on the handshake and speaks the other transport (TLS or not) is named too: the clients
+    would wait for it as if it were down."""
     import asyncio
 
     sec = client_security(settings)
     if not sec:
         return
     from aiokafka.conn import AIOKafkaConnection  # lazy, as every Kafka client here
-    from aiokafka.errors import IllegalSaslStateError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+    from aiokafka.errors import (
+        IllegalSaslStateError,
+        KafkaConnectionError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
+    )
+
+    hung_up = (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError, KafkaConnectionError)
 
     async def login(host: str, port: int) -> None:
         conn = AIOKafkaConnection(host, port, request_timeout_ms=int(timeout_s * 1000), **sec)
@@ -102,5 +112,53 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
             raise ConfigError(f"no TLS session with Kafka at {address} ({e.reason or e}): is that listener "
                               f"{settings.kafka_security_protocol}? Set kafka_security_protocol to what it "
                               "speaks") from None
-        except Exception:  # down, slow or starting (connection refused, timeouts): the clients wait for it
+        except Exception as e:  # down, slow or starting (connection refused, timeouts): the clients wait for it
+            # A listener that took the connection and hung up may speak the other transport (TLS at a plain
+            # listener, or the reverse): the clients would retry it as if it were down.
+            if isinstance(e, hung_up) and (wrong := _other_protocol(settings, host, int(port), timeout_s)):
+                raise ConfigError(f"Kafka at {address} {wrong}") from None
             continue
+
+
+def _other_protocol(settings: Settings, host: str, port: int, timeout_s: float) -> str | None:
+    """What to say when the listener at host:port speaks the other transport than kafka_security_protocol's:
+    a client with TLS at a plain listener (it answers a Kafka request without TLS), or a client without TLS at a
+    TLS listener (it completes a TLS handshake; its certificate is not checked here, only what it speaks). None
+    when it answers neither: down, starting, or no Kafka."""
+    import asyncio
+
+    from aiokafka.conn import AIOKafkaConnection
+
+    async def speaks_plain() -> bool:  # a Kafka ApiVersions round trip, which a SASL listener answers before login
+        conn = AIOKafkaConnection(host, port, request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(conn.connect(), timeout_s)
+        except Exception:
+            conn.close()
+            return False
+        if (closed := conn.close()) is not None:  # as in login: let the close finish before the loop does
+            await asyncio.wait({closed}, timeout=1.0)
+        return True
+
+    async def speaks_tls() -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), timeout_s)
+        except Exception:
+            return False
+        writer.close()
+        with contextlib.suppress(Exception):  # TLS's close_notify: at most 1 s, then the loop closes it
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        return True
+
+    protocol = settings.kafka_security_protocol
+    if protocol.endswith("SSL"):
+        if asyncio.run(speaks_plain()):
+            return (f"speaks no TLS (it answered a Kafka request in plain text), and kafka_security_protocol="
+                    f"{protocol}: set it to {'SASL_PLAINTEXT' if protocol == 'SASL_SSL' else 'PLAINTEXT'} (or "
+                    "what that listener is), or point kafka_servers at the broker's TLS listener")
+    elif asyncio.run(speaks_tls()):
+        return (f"speaks TLS, and kafka_security_protocol={protocol}: set it to SASL_SSL (or what that listener "
+                "is) with kafka_ssl_cafile, or point kafka_servers at the broker's plain listener")
+    return None

@@ -5,7 +5,7 @@ A third real broker (the local stack's, kafka_security_protocol = SASL_SSL, SCRA
 certificate that `mediafm stack up` makes for bind_host. A worker trusting that certificate takes a title from the
 fused topic to one final per shot through Faust, the fused-topic reader and the tools' clients, all over TLS. A
 client that trusts only the system's CAs, or speaks no TLS, gets nothing; each wrong setting is named in one line
-before any client waits on it.
+before any client waits on it, and so is a TLS client at the session's plain broker.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
             s, kafka_sasl_password_env="MEDIAFM_TEST_WRONG_PASSWORD"),
         "does not take the login of user 'pipeline' with SCRAM-SHA-512": replace(
             s, kafka_sasl_mechanism="SCRAM-SHA-512"),
+        "speaks TLS, and kafka_security_protocol=SASL_PLAINTEXT: set it to SASL_SSL": replace(
+            s, kafka_security_protocol="SASL_PLAINTEXT"),
     }
     for message, settings in wrong.items():
         with pytest.raises(ConfigError, match=message):
@@ -79,6 +81,19 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
     code, said = worker_that_stops(system_cas, tmp_path / "worker.log")
     assert code == 2 and "mediafm worker: error: the TLS certificate of Kafka at" in said, said[-2000:]
     assert "Traceback" not in said and PASSWORD not in said
+
+
+@pytest.mark.kafka
+def test_a_client_with_tls_at_a_plain_listener_is_told_so(kafka_stack, monkeypatch):
+    """The session's PLAINTEXT broker hangs up on a TLS handshake, which the clients retry as if it were down:
+    check_login names the setting at once. A listener that answers neither (nobody there) is still waited for."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    for protocol, fix in {"SSL": "PLAINTEXT", "SASL_SSL": "SASL_PLAINTEXT"}.items():
+        s = replace(kafka_stack, kafka_security_protocol=protocol, kafka_sasl_username="pipeline",
+                    kafka_sasl_password_env=PASSWORD_ENV)
+        with pytest.raises(ConfigError, match=f"speaks no TLS .*kafka_security_protocol={protocol}: set it to {fix} "):
+            check_login(s)
+        assert check_login(replace(s, kafka_servers=f"127.0.0.1:{free_port()}"), timeout_s=2) is None
 
 
 @pytest.mark.kafka
