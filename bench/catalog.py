@@ -64,7 +64,7 @@ from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
 from mediafm.schema import EncodedShots, shot_records
 from mediafm.stack import kafka
-from mediafm.stack.process import cpu_seconds, descendants
+from mediafm.stack.process import cpu_seconds, descendants, interrupt_on_sigterm
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -241,6 +241,7 @@ class Cpu:
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--titles", type=int, default=200)
     ap.add_argument("--shots", type=int, default=1500, help="shots per title")

@@ -33,6 +33,7 @@ from pipeline import alternate, bench_worker, wait_finals
 from mediafm.bus import Tail, producer
 from mediafm.config import Settings
 from mediafm.profiles import get_layout, get_profile
+from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -70,6 +71,7 @@ def stages(s: Settings, tail: Tail, titles: list) -> tuple[int, float]:
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--titles", type=int, default=6, help="titles per round")
     ap.add_argument("--shots", type=int, default=150, help="shots per title (at most window_shots: one pass)")

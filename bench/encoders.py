@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mediafm.config import Settings, private_ports  # noqa: E402
 from mediafm.stack import triton  # noqa: E402
-from mediafm.stack.process import cpu_seconds  # noqa: E402
+from mediafm.stack.process import cpu_seconds, interrupt_on_sigterm  # noqa: E402
 from mediafm.triton_client import TritonClient  # noqa: E402
 
 MODELS = ("video_efficientnet", "audio_aisfx", "text_minilm")
@@ -250,6 +250,7 @@ async def bench(settings: Settings, models, shots: int, rounds: int, transport: 
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser()
     ap.add_argument("--shots", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)

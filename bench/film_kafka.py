@@ -23,6 +23,7 @@ from pipeline import bench_worker, memory_mib, worker_metrics
 from mediafm.config import SHOT_DETECTORS, Settings
 from mediafm.publish import publish_title
 from mediafm.schema import ContextualEmbedding, decode
+from mediafm.stack.process import interrupt_on_sigterm
 
 
 def shots_by_stage(port: int) -> dict[str, float]:
@@ -31,6 +32,7 @@ def shots_by_stage(port: int) -> dict[str, float]:
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=150.0, help="film length (default 150: about 3,000 shots)")
     ap.add_argument("--size", default="640x360", help="WxH (default 640x360)")

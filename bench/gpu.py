@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 from mediafm.config import Settings, private_ports  # noqa: E402
 from mediafm.stack import triton  # noqa: E402
+from mediafm.stack.process import interrupt_on_sigterm  # noqa: E402
 
 OFFLINE = ("video_efficientnet", "audio_aisfx", "text_minilm")
 PRODUCTION = ("video_clip", "audio_wav2vec2")
@@ -153,6 +154,7 @@ def embed_part(settings: Settings, tmp: Path, *, minutes: float, size: tuple[int
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check that every part runs")
     ap.add_argument("--parts", default="encoders,train,embed")

@@ -33,6 +33,7 @@ from pipeline import AUDIO, bench_worker, memory_mib, wait_finals, worker_metric
 from mediafm.config import Settings
 from mediafm.media.synthfilm import make_film
 from mediafm.publish import publish_live
+from mediafm.stack.process import interrupt_on_sigterm
 
 
 def p(x, q) -> float:
@@ -75,6 +76,7 @@ class RssSampler(threading.Thread):
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--segment-s", type=float, default=2.0)

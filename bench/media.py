@@ -42,6 +42,7 @@ from mediafm.media.embed import embed_title  # noqa: E402
 from mediafm.media.synthfilm import make_long_film  # noqa: E402
 from mediafm.profiles import OFFLINE  # noqa: E402
 from mediafm.stack import triton  # noqa: E402
+from mediafm.stack.process import interrupt_on_sigterm  # noqa: E402
 
 ENCODERS = (OFFLINE.video_model, OFFLINE.audio_model, OFFLINE.text_model)
 STAGES = ("open", "shots", "sample", "encode", "title", "fusion", "write")
@@ -123,6 +124,7 @@ def run(settings: Settings, path: Path, duration_s: float, detector: str, out: P
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0, help="film length (default 10)")
     ap.add_argument("--sizes", default="1280x720,1920x1080", help="comma-separated WxH (default 1280x720,1920x1080)")

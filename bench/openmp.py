@@ -29,6 +29,7 @@ from pathlib import Path
 
 from encoders import config_param  # bench/encoders.py: the same config.pbtxt reading
 
+from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.stack.triton import OPENMP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +79,7 @@ def measure(policy: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="named MediaFM size (default tiny: what `make demo` and "
                    "bench/catalog.py serve)")

@@ -48,6 +48,7 @@ from mediafm.profiles import get_profile
 from mediafm.publish import publish_live, publish_title
 from mediafm.schema import ContextualEmbedding, TitleMeta, decode
 from mediafm.stack import kafka
+from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 
@@ -153,6 +154,7 @@ def alternate(rounds: int, inputs: Callable, direct_run: Callable, streamed_run:
 
 
 def main() -> None:
+    interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--titles", type=int, default=4, help="films per round")
     ap.add_argument("--shots", type=int, default=8, help="shots per film")

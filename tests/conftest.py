@@ -25,6 +25,14 @@ from mediafm.config import Settings, free_ports, private_ports
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    """A session stopped by SIGTERM (a CI timeout, `kill`) tears its fixtures down as on Ctrl-C: the session's
+    broker and Triton, and each test's workers, are stopped, not left running."""
+    from mediafm.stack.process import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+
+
 _GIVEN: set[int] = set()
 
 

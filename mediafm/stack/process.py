@@ -165,6 +165,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def interrupt_on_sigterm() -> None:
+    """From now on SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, so the `finally` blocks of
+    a script (and pytest's fixture teardowns) stop what it started: a private Triton with its model processes, a
+    broker, workers, busy loops. Python's default dies at once and leaves all of those running. For scripts that
+    own such processes (bench/, the test session); call it from the main thread."""
+
+    def interrupt(signum: int, frame) -> None:
+        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def wait_until(check, *, timeout_s: float, what: str, service: Service, interval_s: float = 0.5) -> None:
     """Poll `check()` until it returns True; fail with the log's tail if the process dies."""
     deadline = time.monotonic() + timeout_s

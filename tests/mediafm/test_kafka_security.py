@@ -22,6 +22,9 @@ SASL = dict(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="pipel
 def test_plaintext_needs_nothing(tmp_path):
     s = Settings(state_dir=tmp_path)
     assert client_security(s) == {} and broker_credentials(s) is None
+    tls = Settings(state_dir=tmp_path, kafka_security_protocol="SSL")  # the same settings but the protocol
+    assert client_security(tls)["security_protocol"] == "SSL" and isinstance(broker_credentials(tls),
+                                                                             faust.SSLCredentials)
 
 
 @pytest.mark.parametrize("changes, message", [

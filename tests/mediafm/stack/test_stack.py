@@ -148,6 +148,40 @@ def test_cpu_seconds_and_descendants_see_a_child_while_it_lives_and_not_once_it_
     assert busy.pid not in descendants(os.getpid())
 
 
+def test_a_script_killed_with_sigterm_stops_the_services_it_started(tmp_path):
+    """A bench killed (SIGTERM: `kill`, `timeout`) used to die at once and leave its private Triton running, model
+    processes and all: interrupt_on_sigterm unwinds it as Ctrl-C does, and its `finally` stops the service."""
+    script = tmp_path / "owner.py"
+    script.write_text(f"""
+import sys
+from pathlib import Path
+from mediafm.stack.process import Service, interrupt_on_sigterm
+if sys.argv[1] == "interrupt":
+    interrupt_on_sigterm()
+d = Path({str(tmp_path)!r}) / sys.argv[1]
+svc = Service("sleeper", d / "pid", d / "log", marker=str(d))
+svc.start([sys.executable, "-c", "import time; time.sleep(600)", str(d)])
+try:
+    print(svc.pid(), flush=True)
+    sys.stdin.read()
+finally:
+    svc.stop(timeout_s=10)
+""")
+    sleepers = {}
+    for mode in ("interrupt", "default"):
+        with subprocess.Popen([sys.executable, str(script), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, cwd=REPO) as owner:
+            sleepers[mode] = int(owner.stdout.readline())  # the service runs
+            owner.terminate()
+            assert owner.wait(timeout=30) != 0
+    try:
+        assert not Service("s", tmp_path / "interrupt" / "pid", tmp_path / "l", str(tmp_path / "interrupt")).alive()
+        # without it (Python's default), the service outlives the script that started it
+        assert Service("s", tmp_path / "default" / "pid", tmp_path / "l", str(tmp_path / "default")).alive()
+    finally:
+        os.kill(sleepers["default"], 9)
+
+
 def test_the_apis_that_change_the_server_answer_only_with_the_control_key(triton_stack):
     """Model load/unload, the repository index, shared memory, and the log and trace settings (which name
     files the server writes) refuse a request without the key `up` wrote (mode 0600); inference, health and
