@@ -155,24 +155,15 @@ def trained_as(run: Path) -> str:
     return f"{train['config']}, {train['max_steps']} steps"
 
 
-def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], args, work: Path) -> dict:
-    """Corpus, training of every variant and evaluation for one (world, seed); a finished one is read back
-    (evaluated again when a variant's or a --served row is missing from it: a report written before a variant
-    finished, by a run stopped between its training and its evaluation, does not count for it)."""
-    served = [f"{v}@{x}" for v in variants for x in args.served]
-    done = collect(work, variants)
-    if (done is not None and all(done["losses"].get(v) for v in variants)
-            and all(f"{name}:context-output" in done["probes"] for name in [*variants, *served])):
-        return done
+def world_corpus(spec: dict, seed: int, args, data: Path) -> Path:
+    """The world's corpus for a seed at `data` (args: titles, shots "MIN,MAX", dims), written unless it is there:
+    the same titles for every run of the seed (bench/residual.py draws them too)."""
     from mediafm.fusion import Layout
     from mediafm.synth import write_corpus
-    from trainer.evaluate import evaluate
-    from trainer.train import TrainConfig, parse_overrides, train
 
     knobs = {k: v for k, v in spec.items() if k not in ("about", "noise", "generator")}
     d = args.dims
     lo, hi = (int(x) for x in args.shots.split(","))
-    data = work / "data"
     generator = spec.get("generator", "synth")
     if generator not in ("synth", "elsewhere"):
         raise SystemExit(f"generator = {generator!r}: 'synth' (mediafm/synth.py, the default) or 'elsewhere' "
@@ -188,6 +179,22 @@ def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], 
         write_corpus(data, n_titles=args.titles, layout=Layout(f"worlds-{d}", video=d, audio=d, text=d, title=d),
                      seed=seed, shots=(lo, hi), noise=float(spec.get("noise", 1.5)), val_fraction=0.1,
                      test_fraction=0.35, world=knobs)
+    return data
+
+
+def one_seed(world: str, spec: dict, seed: int, variants: dict[str, list[str]], args, work: Path) -> dict:
+    """Corpus, training of every variant and evaluation for one (world, seed); a finished one is read back
+    (evaluated again when a variant's or a --served row is missing from it: a report written before a variant
+    finished, by a run stopped between its training and its evaluation, does not count for it)."""
+    served = [f"{v}@{x}" for v in variants for x in args.served]
+    done = collect(work, variants)
+    if (done is not None and all(done["losses"].get(v) for v in variants)
+            and all(f"{name}:context-output" in done["probes"] for name in [*variants, *served])):
+        return done
+    from trainer.evaluate import evaluate
+    from trainer.train import TrainConfig, parse_overrides, train
+
+    data = world_corpus(spec, seed, args, work / "data")
     for name, flags in variants.items():  # a run already at --steps returns at once (train resumes)
         if done is not None and done["losses"].get(name):
             continue  # trained and validated: evaluated again only (a row was missing from its report)
