@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 ROW = "denoised"
-SPAN = 8  # avg-k8's shots either side
 
 
 def gavish_donoho_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> int:
@@ -48,14 +47,14 @@ def gavish_donoho_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> i
     return int((singular_values > omega * np.median(singular_values)).sum())
 
 
-def neighbourhood_residuals(fused: np.ndarray, span: int = SPAN) -> np.ndarray:
-    """Each shot (row) minus the mean of the shots within `span` either side of it, itself included, cut at the
-    title's ends (trainer/evaluate.py window_mean for a one-shot clip)."""
-    x = fused.astype(np.float64)
-    csum = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
-    idx = np.arange(len(x))
-    lo, hi = np.maximum(0, idx - span), np.minimum(len(x), idx + span + 1)
-    return x - (csum[hi] - csum[lo]) / (hi - lo)[:, None]
+def neighbourhood_residuals(fused: np.ndarray) -> np.ndarray:
+    """Each shot (row) less the mean of avg-k8's window around it: the shots within 8 either side, itself included,
+    cut at the title's ends (trainer/evaluate.py's window_mean and MOVING_AVERAGES, for a one-shot clip)."""
+    from trainer.evaluate import MOVING_AVERAGES, window_mean
+
+    before, after = MOVING_AVERAGES["avg-k8"]
+    x = fused.astype(np.float64)  # as the fit's SVD
+    return np.stack([x[i] - window_mean(x, i, i, before, after) for i in range(len(x))])
 
 
 def fit_projection(ds, split: str = "train") -> tuple[np.ndarray, int]:
