@@ -58,10 +58,12 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.stack import kafka
     from mediafm.topics import Topics
 
-    deadline = time.monotonic() + settings.start_timeout_s
+    deadline, answered = time.monotonic() + settings.start_timeout_s, False
     while True:
-        check_login(settings)  # a refused login: ConfigError at once, not "no broker answered" after 90 s
-        if kafka.ready(settings):  # in compose the broker may still be starting
+        # a refused login or the wrong protocol: ConfigError at once, not "no broker answered" after 90 s; once a
+        # broker has let us in, only its readiness is asked again
+        answered = answered or check_login(settings)
+        if answered and kafka.ready(settings):  # in compose the broker may still be starting
             break
         if time.monotonic() > deadline:
             raise StackError(f"no broker answered at {settings.kafka_bootstrap} within {settings.start_timeout_s:.0f}s")

@@ -51,18 +51,16 @@ def client_security(settings: Settings) -> dict:
     return out
 
 
-def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
+def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
     """Log in to the first broker of kafka_bootstrap that answers, once, and say plainly when the broker refuses:
     ConfigError naming the user, the mechanism and what to fix. The clients themselves retry a refused login until
     their bootstrap times out (kafka-python: 30 s, then "Unable to bootstrap"), as if the broker were down. A broker
     that does not answer is not judged here (the clients wait for it); nor is anything but the login and TLS. A
-    listener that hangs up on the handshake and speaks the other transport (TLS or not) is named too: the clients
-    would wait for it as if it were down."""
+    listener that hangs up and speaks the other transport (TLS or not), or a SASL listener that a PLAINTEXT client
+    asks for metadata without a login, is named too: the clients would wait for it as if it were down.
+    True when a broker answered and let us in (PLAINTEXT: answered a metadata request), False when none answered."""
     import asyncio
 
-    sec = client_security(settings)
-    if not sec:
-        return
     from aiokafka.conn import AIOKafkaConnection  # lazy, as every Kafka client here
     from aiokafka.errors import (
         IllegalSaslStateError,
@@ -70,23 +68,29 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
         SaslAuthenticationFailed,
         UnsupportedSaslMechanismError,
     )
+    from aiokafka.protocol.metadata import MetadataRequest
 
+    sec = client_security(settings)
     hung_up = (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError, KafkaConnectionError)
+
+    class WantsLogin(Exception):
+        """A PLAINTEXT client's metadata request hung up on after ApiVersions was answered: a SASL listener."""
 
     async def login(host: str, port: int) -> None:
         conn = AIOKafkaConnection(host, port, request_timeout_ms=int(timeout_s * 1000), **sec)
         made = True
         try:
-            await asyncio.wait_for(conn.connect(), timeout_s)  # TLS, then the SASL handshake and login
+            await asyncio.wait_for(conn.connect(), timeout_s)  # TLS, ApiVersions, then the SASL handshake and login
+            if not sec:  # PLAINTEXT has no login: ask for metadata (no topics), which a SASL listener hangs up on
+                try:
+                    await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+                except hung_up:
+                    raise WantsLogin from None
         except OSError:  # refused, unreachable, or no TLS session: no connection was made
             made = False
             raise
         finally:
-            # aiokafka's create_conn would leave a connection that failed open. Closing one takes a round trip
-            # (TLS's close_notify): wait for it, at most 1 s, before asyncio.run closes the loop under it.
-            closed = conn.close()
-            if made and closed is not None:
-                await asyncio.wait({closed}, timeout=1.0)
+            await _close(conn, wait=made)
 
     who = f"user {settings.kafka_sasl_username!r} with {settings.kafka_sasl_mechanism}"
     for address in settings.kafka_bootstrap.split(","):
@@ -94,7 +98,13 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
         host = host.strip("[]")  # [::1]:9092
         try:
             asyncio.run(login(host, int(port)))
-            return
+            return True
+        except WantsLogin:
+            raise ConfigError(f"Kafka at {address} answers only after a SASL login, and kafka_security_protocol="
+                              "PLAINTEXT: set it to SASL_PLAINTEXT (or SASL_SSL, what that listener is) with "
+                              "kafka_sasl_mechanism, kafka_sasl_username and the password in the environment "
+                              "variable kafka_sasl_password_env names, or point kafka_servers at the broker's "
+                              "PLAINTEXT listener") from None
         except SaslAuthenticationFailed:
             raise ConfigError(f"Kafka at {address} refused the login of {who}: check the password in "
                               f"${settings.kafka_sasl_password_env} and kafka_sasl_username (the broker's log says "
@@ -118,6 +128,18 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> None:
             if isinstance(e, hung_up) and (wrong := _other_protocol(settings, host, int(port), timeout_s)):
                 raise ConfigError(f"Kafka at {address} {wrong}") from None
             continue
+    return False
+
+
+async def _close(conn, *, wait: bool) -> None:
+    """Close an aiokafka connection (its create_conn would leave one that failed open). Closing a connection that
+    was made takes a round trip (TLS's close_notify): wait for it, at most 1 s, before asyncio.run closes the loop
+    under it; one never made has nothing to wait for (its future would not finish)."""
+    import asyncio
+
+    closed = conn.close()
+    if wait and closed is not None:
+        await asyncio.wait({closed}, timeout=1.0)
 
 
 def _other_protocol(settings: Settings, host: str, port: int, timeout_s: float) -> str | None:
@@ -134,10 +156,9 @@ def _other_protocol(settings: Settings, host: str, port: int, timeout_s: float) 
         try:
             await asyncio.wait_for(conn.connect(), timeout_s)
         except Exception:
-            conn.close()
+            await _close(conn, wait=False)
             return False
-        if (closed := conn.close()) is not None:  # as in login: let the close finish before the loop does
-            await asyncio.wait({closed}, timeout=1.0)
+        await _close(conn, wait=True)
         return True
 
     async def speaks_tls() -> bool:
@@ -159,6 +180,7 @@ def _other_protocol(settings: Settings, host: str, port: int, timeout_s: float) 
                     f"{protocol}: set it to {'SASL_PLAINTEXT' if protocol == 'SASL_SSL' else 'PLAINTEXT'} (or "
                     "what that listener is), or point kafka_servers at the broker's TLS listener")
     elif asyncio.run(speaks_tls()):
-        return (f"speaks TLS, and kafka_security_protocol={protocol}: set it to SASL_SSL (or what that listener "
-                "is) with kafka_ssl_cafile, or point kafka_servers at the broker's plain listener")
+        fix = "SASL_SSL" if protocol == "SASL_PLAINTEXT" else "SSL or SASL_SSL"
+        return (f"speaks TLS, and kafka_security_protocol={protocol}: set it to {fix} (what that listener is) with "
+                "kafka_ssl_cafile, or point kafka_servers at the broker's plain listener")
     return None

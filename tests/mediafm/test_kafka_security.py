@@ -64,32 +64,36 @@ def test_tls_verifies_the_broker_against_the_ca_given(tmp_path, monkeypatch):
 
 def test_check_login_judges_only_a_broker_that_answers(tmp_path, monkeypatch):
     """Nobody listening is not a wrong setting (the clients wait for the broker), and check_login goes on to the
-    next address; a listener that answers but is no broker is not judged either; PLAINTEXT has no login to check
-    and opens no connection. A broker that refuses is judged on real brokers: tests/streams/test_kafka_sasl.py
-    and test_kafka_tls.py."""
+    next address; a listener that answers but is no broker (it reads, then hangs up) is not judged either, with or
+    without a login to check. A broker that refuses, or speaks the other transport, is judged on real brokers:
+    tests/streams/test_kafka_sasl.py and test_kafka_tls.py."""
     import socket
     import threading
 
     monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
-    accepted = []
+    heard = []
     with socket.create_server(("127.0.0.1", 0)) as server:  # answers, then hangs up: not a Kafka broker
         server.settimeout(15)
 
-        def serve_once() -> None:  # the first connection in the backlog: PLAINTEXT's, had it opened one
-            conn, _ = server.accept()
-            with conn:
-                accepted.append(conn.recv(64))  # b"" from a client that only connected and left
+        def serve() -> None:  # every connection until the test closes the server
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    heard.append(conn.recv(64))  # b"" from a client that only connected and left
 
-        listener = f"127.0.0.1:{server.getsockname()[1]}"
-        assert check_login(Settings(state_dir=tmp_path, kafka_servers=listener)) is None
-        thread = threading.Thread(target=serve_once, daemon=True)
-        thread.start()
-        nobody = f"127.0.0.1:{free_port()}"
-        assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"{nobody},{listener}", **SASL),
-                           timeout_s=5) is None
-        thread.join(10)
-    assert len(accepted) == 1 and accepted[0], "SASL: the second address gets a login; PLAINTEXT: none"
-    assert check_login(Settings(state_dir=tmp_path, kafka_servers="nowhere.invalid:9092,[::1]:1", **SASL)) is None
+        threading.Thread(target=serve, daemon=True).start()
+        listener, nobody = f"127.0.0.1:{server.getsockname()[1]}", f"127.0.0.1:{free_port()}"
+        for security in ({}, SASL):  # PLAINTEXT asks for ApiVersions as a login does
+            heard.clear()
+            assert check_login(Settings(state_dir=tmp_path, kafka_servers=f"{nobody},{listener}", **security),
+                               timeout_s=5) is False
+            # the second address got a Kafka ApiVersions request (api key 18), then, having hung up on it, a TLS
+            # handshake (a record of type 22) to see whether it speaks TLS
+            assert [h[4:6] for h in heard[:1]] + [h[:1] for h in heard[1:]] == [b"\x00\x12", b"\x16"], heard
+    assert check_login(Settings(state_dir=tmp_path, kafka_servers="nowhere.invalid:9092,[::1]:1", **SASL)) is False
 
 
 @pytest.mark.parametrize("user, password, message", [

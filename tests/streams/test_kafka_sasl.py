@@ -70,7 +70,12 @@ def test_only_the_user_with_its_password_gets_in(sasl_stack, monkeypatch, tmp_pa
     with pytest.raises(ConfigError, match="refused the login of user 'pipeline' with SCRAM-SHA-512: check the "
                                           "password in \\$MEDIAFM_TEST_WRONG_PASSWORD"):
         check_login(wrong)
-    check_login(s)
+    assert check_login(s) is True
+    # a client with no login at all is told what the listener wants (it asked ApiVersions, then metadata, which
+    # the broker hangs up on before a login), not left to wait for 30 s as for a broker that is down
+    with pytest.raises(ConfigError, match="answers only after a SASL login, and kafka_security_protocol=PLAINTEXT: "
+                                          "set it to SASL_PLAINTEXT"):
+        check_login(replace(s, kafka_security_protocol="PLAINTEXT"))
     for tool in (lambda: producer(wrong), lambda: Tail(wrong, topic), lambda: kafka.create_topics(wrong, [topic])):
         with pytest.raises(ConfigError, match="refused the login"):
             tool()

@@ -49,7 +49,7 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
     s = tls_stack
     topic = Topics.from_settings(s).models
     assert round_trip(s, topic, b"over tls") == [b"over tls"]
-    check_login(s)
+    assert check_login(s) is True
     state = s.state_dir / "kafka"
     assert (state / "server.properties").stat().st_mode & 0o777 == 0o600  # the password and the store's
     assert (state / "tls" / "store.pass").stat().st_mode & 0o777 == 0o600
@@ -65,6 +65,8 @@ def test_only_clients_that_verify_the_broker_and_log_in_get_through(tls_stack, m
             s, kafka_sasl_mechanism="SCRAM-SHA-512"),
         "speaks TLS, and kafka_security_protocol=SASL_PLAINTEXT: set it to SASL_SSL": replace(
             s, kafka_security_protocol="SASL_PLAINTEXT"),
+        "speaks TLS, and kafka_security_protocol=PLAINTEXT: set it to SSL or SASL_SSL": replace(
+            s, kafka_security_protocol="PLAINTEXT"),
     }
     for message, settings in wrong.items():
         with pytest.raises(ConfigError, match=message):
@@ -93,7 +95,8 @@ def test_a_client_with_tls_at_a_plain_listener_is_told_so(kafka_stack, monkeypat
                     kafka_sasl_password_env=PASSWORD_ENV)
         with pytest.raises(ConfigError, match=f"speaks no TLS .*kafka_security_protocol={protocol}: set it to {fix} "):
             check_login(s)
-        assert check_login(replace(s, kafka_servers=f"127.0.0.1:{free_port()}"), timeout_s=2) is None
+        assert check_login(replace(s, kafka_servers=f"127.0.0.1:{free_port()}"), timeout_s=2) is False
+    assert check_login(kafka_stack) is True  # the plain client at the plain listener: asked metadata, answered
 
 
 @pytest.mark.kafka
