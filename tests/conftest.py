@@ -133,7 +133,7 @@ def rest_of_output(settings: Settings, tail, sources: str | list[str], *, timeou
     yield from tail.to_end(timeout_s=timeout_s)
 
 
-def take_output(settings: Settings, tail, worker: subprocess.Popen, log: Path, source: str, take, done, *,
+def take_output(settings: Settings, tail, worker: subprocess.Popen, log: Path, source: str | list[str], take, done, *,
                 timeout_s: float) -> None:
     """Every record `tail` gets to `take`: until `done()` or the worker exits, then the rest of what it will
     publish for what is in `source` (rest_of_output); fails with the end of `log` if the worker died."""

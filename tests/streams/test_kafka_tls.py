@@ -3,7 +3,8 @@ name, then log in.
 
 A third real broker (the local stack's, kafka_security_protocol = SASL_SSL, SCRAM-SHA-256) serves a self-signed
 certificate that `mediafm stack up` makes for bind_host. A worker trusting that certificate takes a title from the
-fused topic to one final per shot through Faust, the fused-topic reader and the tools' clients, all over TLS. A
+fused topic to one final per shot through Faust, the fused-topic reader and the tools' clients, and a live event
+from its segments to a provisional and a final per shot, all over TLS. A
 client that trusts only the system's CAs, or speaks no TLS, gets nothing; each wrong setting is named in one line
 before any client waits on it, and so is a TLS client at the session's plain broker.
 """
@@ -107,3 +108,43 @@ def test_a_worker_over_tls_gives_every_shot_its_final(tls_stack, offline_model, 
     finals = finals_of_a_fused_title(s, n, tmp_path / "worker.log", seed=1)
     assert sorted(finals) == list(range(n)) and set(finals.values()) == {1}
     assert PASSWORD not in (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.kafka
+@pytest.mark.triton
+def test_a_live_event_over_tls_gives_every_shot_a_provisional_then_a_final(tls_stack, offline_model, tmp_path):
+    """The live path over TLS with SCRAM: segments published by `publish_live`, cut, encoded and contextualised by
+    a worker whose every client logs in, each shot a provisional (left context only) and then its final."""
+    from conftest import start_worker, stop_worker, take_output
+
+    from mediafm.bus import Tail
+    from mediafm.media.synthfilm import make_film
+    from mediafm.publish import publish_live
+    from mediafm.schema import ContextualEmbedding, decode
+
+    s = replace(tls_stack, worker_web_port=free_port(), state_dir=tmp_path / "state")
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30], fps=24, size=(160, 96), first_source=1,
+                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
+    n, event = len(film.shot_frames), f"event-{uuid.uuid4().hex[:6]}"
+    names = Topics.from_settings(s)
+    tail = Tail(s, names.embeddings, from_beginning=True)
+    log = tmp_path / "worker.log"
+    w = start_worker(s, log)
+    got: dict[int, list[bool]] = {}
+
+    def take(rec) -> None:
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.title_id == event:
+            assert m.kind == "live" and (m.final or m.window_end == m.shot_index + 1), m
+            got.setdefault(m.shot_index, []).append(m.final)
+
+    try:
+        segments = publish_live(s, film.path, event_id=event, segment_s=1.0)
+        assert len(segments) >= 5 and segments[-1].last
+        take_output(s, tail, w, log, [names.live_segments, names.shots, names.encoded, names.fused], take,
+                    lambda: sum(kinds.count(True) for kinds in got.values()) >= n, timeout_s=300)
+    finally:
+        stop_worker(w)
+        tail.close()
+    assert got == {i: [False, True] for i in range(n)}, got
+    assert PASSWORD not in log.read_text()
