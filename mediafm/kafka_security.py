@@ -97,7 +97,10 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
         host, _, port = address.strip().rpartition(":")
         host = host.strip("[]")  # [::1]:9092
         try:
-            asyncio.run(login(host, int(port)))
+            try:
+                asyncio.run(login(host, int(port)))
+            except WantsLogin:  # once more: a broker stopping between the two requests would hang up too
+                asyncio.run(login(host, int(port)))
             return True
         except WantsLogin:
             raise ConfigError(f"Kafka at {address} answers only after a SASL login, and kafka_security_protocol="
