@@ -64,7 +64,7 @@ from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
 from mediafm.schema import EncodedShots, shot_records
 from mediafm.stack import kafka
-from mediafm.stack.process import cpu_seconds, descendants, interrupt_on_sigterm
+from mediafm.stack.process import cpu_seconds, descendants, interrupt_on_sigterm, tied_to_this_process
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -126,8 +126,8 @@ def workers(s: Settings, tmp: Path, k: int):
     for i, port in enumerate(free_ports(k)):  # chosen together: workers bind theirs only once started
         env = {**os.environ, **replace(s, worker_web_port=port).to_env()}
         log = tmp / f"{s.topic_prefix}-worker{i}.log"
-        procs.append((subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"],
-                                       env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT), port))
+        argv = tied_to_this_process([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"])
+        procs.append((subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT), port))
     tail = Tail(s, Topics.from_settings(s).embeddings, from_beginning=True)
     try:
         yield tail, procs

@@ -268,7 +268,7 @@ def main() -> None:
                                 threads=args.threads, passes=args.passes, per_pass=args.per_pass,
                                 delay_us=args.delay_us)
         s = Settings(state_dir=Path(d) / "state", model_repository=repo, **private_ports(), triton_models=tuple(models))
-        triton.up(s)
+        triton.up(s, tied=True)  # stopped below; by the kernel if this script is killed
         try:
             cfgs = {m: (repo / m / "config.pbtxt").read_text() for m in models}
             desc = {m: (re.search(r"count: (\d+)", c).group(1), config_param(c, "parallel_passes", "1"),

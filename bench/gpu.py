@@ -198,7 +198,7 @@ def main() -> None:
                          triton_models=tuple(models), encoder_profile="offline", shot_detector=args.detector,
                          **extra)
             t0 = time.perf_counter()
-            triton.up(s)
+            triton.up(s, tied=True)  # stopped below; by the kernel if this script is killed
             print(f"Triton up with {models} in {time.perf_counter() - t0:.0f} s", flush=True)
             try:
                 if "encoders" in parts:

@@ -148,7 +148,7 @@ def main() -> None:
             films.append((size, path))
             print(f"film {size[0]}x{size[1]}, {args.minutes:g} min: {path}"
                   + (f" (made in {made:.0f} s)" if made else " (cached)"), flush=True)
-        triton.up(s)
+        triton.up(s, tied=True)  # stopped below; by the kernel if this script is killed
         try:
             for size, path in films:
                 print(f"{size[0]}x{size[1]} @ 25 fps, {args.minutes:g} min:", flush=True)

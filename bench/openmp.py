@@ -29,7 +29,7 @@ from pathlib import Path
 
 from encoders import config_param  # bench/encoders.py: the same config.pbtxt reading
 
-from mediafm.stack.process import interrupt_on_sigterm
+from mediafm.stack.process import interrupt_on_sigterm, tied_to_this_process
 from mediafm.stack.triton import OPENMP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| beside | policy | CPU s / pass | wall s / pass |\n| --- | --- | --- | --- |")
     summary = []
     for busy in args.busy:
-        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        spinners = [subprocess.Popen(tied_to_this_process([sys.executable, "-c", "while True: pass"]))
+                    for _ in range(busy)]
         try:
             got: dict[str, list[dict]] = {name: [] for name in POLICIES}
             for r in range(args.rounds):

@@ -48,7 +48,7 @@ from mediafm.profiles import get_profile
 from mediafm.publish import publish_live, publish_title
 from mediafm.schema import ContextualEmbedding, TitleMeta, decode
 from mediafm.stack import kafka
-from mediafm.stack.process import interrupt_on_sigterm
+from mediafm.stack.process import interrupt_on_sigterm, tied_to_this_process
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 
@@ -120,7 +120,8 @@ def bench_worker(base: Settings, tmp: Path, *, env: dict[str, str] | None = None
     env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(s.worker_web_port),
            **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}, **(env or {})}
     log = tmp / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"], env=env,
+    worker = subprocess.Popen(tied_to_this_process([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel",
+                                                    "warning"]), env=env,
                               stdout=log.open("ab"), stderr=subprocess.STDOUT)
     tail = Tail(s, Topics.from_settings(s).embeddings)
     print(f"worker pid {worker.pid} (log {log}); warming up (group joins, models load, tables recover)")

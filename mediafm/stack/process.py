@@ -8,6 +8,7 @@ contains the marker we started it with (its config path under our state dir).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,13 +77,17 @@ class Service:
         self.pid_file.unlink(missing_ok=True)  # stale: dead, or the pid was reused
         return None
 
-    def start(self, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+    def start(self, argv: list[str], *, env: dict[str, str] | None = None, tied: bool = False) -> int:
+        """Start argv detached (its own session and process group), logging to log_file. It outlives us unless
+        `tied`: then it gets SIGTERM when this process ends, even by SIGKILL (tied_to_this_process)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
+            raise StackError(f"{self.name}: cannot run {argv[0]}: not found, or not executable")
         with open(self.log_file, "ab") as log:
             try:
                 proc = subprocess.Popen(
-                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, start_new_session=True,  # survives our exit; own process group
+                    tied_to_this_process(argv) if tied else argv, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,  # own process group
                 )
             except FileNotFoundError as e:
                 raise StackError(f"{self.name}: cannot run {argv[0]}: {e}") from None
@@ -175,6 +180,17 @@ def interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def tied_to_this_process(argv: list[str]) -> list[str]:
+    """argv run under util-linux's `setpriv --pdeathsig TERM`, which sets Linux's PR_SET_PDEATHSIG and execs it: the
+    process gets SIGTERM when the thread that started it ends, however it ends (`kill -9` included), where
+    interrupt_on_sigterm's `finally` blocks never run. For what a script owns and stops itself anyway (a bench's
+    workers and private Triton), started from its main thread; not for `mediafm stack up`, whose services outlive
+    it by design. Only the process itself is signalled (it stops its own children, as on `kill`). argv unchanged
+    where setpriv is missing (not Linux, no util-linux)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def wait_until(check, *, timeout_s: float, what: str, service: Service, interval_s: float = 0.5) -> None:

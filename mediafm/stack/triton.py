@@ -229,7 +229,9 @@ def _has_version(model_dir: Path) -> bool:
     return model_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir())
 
 
-def up(settings: Settings) -> str:
+def up(settings: Settings, *, tied: bool = False) -> str:
+    """Start Triton unless ours already runs (then wait for it to be ready). `tied`: it gets SIGTERM when this
+    process ends, however it ends (for a script's private server: process.tied_to_this_process)."""
     svc = service(settings)
     if svc.alive():
         try:
@@ -265,7 +267,7 @@ def up(settings: Settings) -> str:
         "--exit-timeout-secs=10",
         "--log-info=true",
     ]
-    pid = svc.start(argv, env=_env(settings))
+    pid = svc.start(argv, env=_env(settings), tied=tied)
     start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="/v2/health/ready")
     return f"triton started (pid {pid}) on http://{settings.triton_http_url}, models {models}"
 

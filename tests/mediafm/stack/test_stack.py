@@ -1,6 +1,7 @@
 """mediafm stack: real Kafka and Triton processes, started and stopped for real."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from conftest import REPO, _stack_settings, settings_env
 
 from mediafm.config import replace
 from mediafm.errors import MissingToolError, PortInUseError, StackError
-from mediafm.stack import kafka, triton
+from mediafm.stack import kafka, process, triton
 from mediafm.stack.process import Service, cpu_seconds, descendants
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton]
@@ -180,6 +181,43 @@ finally:
         assert Service("s", tmp_path / "default" / "pid", tmp_path / "l", str(tmp_path / "default")).alive()
     finally:
         os.kill(sleepers["default"], 9)
+
+
+def test_a_script_killed_with_sigkill_leaves_no_tied_process(tmp_path):
+    """`kill -9` runs no `finally`: a bench killed so left its workers and private Triton running. What a script
+    starts tied (Service.start(tied=True), tied_to_this_process for its own Popen) gets SIGTERM from the kernel when
+    the script dies; an untied service outlives it, as `mediafm stack up`'s must."""
+    script = tmp_path / "owner.py"
+    script.write_text(f"""
+import subprocess, sys
+from pathlib import Path
+from mediafm.stack.process import Service, tied_to_this_process
+d = Path({str(tmp_path)!r})
+sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+for name in ("tied", "untied"):
+    Service(name, d / name / "pid", d / name / "log", marker=str(d / name)).start([*sleep, str(d / name)],
+                                                                                   tied=name == "tied")
+worker = subprocess.Popen(tied_to_this_process(sleep))
+print(worker.pid, flush=True)
+sys.stdin.read()
+""")
+    with subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, cwd=REPO) as owner:
+        worker = int(owner.stdout.readline())  # all three run
+        services = {name: Service(name, tmp_path / name / "pid", tmp_path / "l", str(tmp_path / name))
+                    for name in ("tied", "untied")}
+        assert all(svc.alive() for svc in services.values()) and process._alive(worker)
+        owner.kill()
+        assert owner.wait(timeout=30) == -signal.SIGKILL
+    untied = services["untied"].pid()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (services["tied"].alive() or process._alive(worker)):
+            time.sleep(0.1)
+        assert not services["tied"].alive() and not process._alive(worker), "a tied process outlived its script"
+        assert services["untied"].alive()
+    finally:
+        os.kill(untied, signal.SIGKILL)
 
 
 def test_the_apis_that_change_the_server_answer_only_with_the_control_key(triton_stack):
