@@ -49,6 +49,21 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _settled_cmdline(pid: int, *, wait_s: float = 1.0) -> str:
+    """_cmdline, read again while it is empty for a live process: while a process execs, the kernel switches its
+    memory before it sets the new arguments up, and /proc/PID/cmdline reads empty in between (1,360 of 534 k reads
+    of a process exec'ing in a loop). A tied service execs twice after it starts (tied_to_this_process), so a
+    `stack status` or test reading then took it for dead and cleared its pid file. A zombie or a process gone is
+    empty at once; a kernel thread stays empty, after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while not (cmd := _cmdline(pid)) and time.monotonic() < deadline:
+        fields = _stat(pid)
+        if fields is None or fields[0] == "Z":
+            break
+        time.sleep(0.005)
+    return cmd
+
+
 @dataclass
 class Service:
     """A detached process of ours, known by its pid file and a command-line marker."""
@@ -72,7 +87,7 @@ class Service:
             if child.poll() is None:
                 return pid
             del _children[pid]
-        elif self.marker in _cmdline(pid):
+        elif self.marker in _settled_cmdline(pid):
             return pid
         self.pid_file.unlink(missing_ok=True)  # stale: dead, or the pid was reused
         return None
@@ -188,9 +203,18 @@ def tied_to_this_process(argv: list[str]) -> list[str]:
     interrupt_on_sigterm's `finally` blocks never run. For what a script owns and stops itself anyway (a bench's
     workers and private Triton), started from its main thread; not for `mediafm stack up`, whose services outlive
     it by design. Only the process itself is signalled (it stops its own children, as on `kill`). argv unchanged
-    where setpriv is missing (not Linux, no util-linux)."""
+    where setpriv is missing (not Linux, no util-linux).
+
+    The kernel signals only a death after the tie is made, and setpriv makes it in the child, some time after the
+    fork: a script killed in between would leave argv running untied (seen under load: a worker outlived its
+    `kill -9`ed owner). So after the tie a shell checks that its parent is still this process and exits 143 (as
+    if it had got the SIGTERM) where it is not, before argv runs. Start the argv from this process, then: started
+    by any other, it only exits."""
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
+    if not setpriv:
+        return argv
+    check = f'[ "$PPID" = {os.getpid()} ] || exit 143; exec "$@"'
+    return [setpriv, "--pdeathsig", "TERM", "--", "/bin/sh", "-c", check, "tied", *argv]
 
 
 def wait_until(check, *, timeout_s: float, what: str, service: Service, interval_s: float = 0.5) -> None:
