@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import threading
 import uuid
@@ -37,7 +36,7 @@ from pipeline import AUDIO, bench_worker, memory_mib, wait_finals, worker_metric
 
 from mediafm.bus import Tail, consumer
 from mediafm.config import Settings
-from mediafm.media.synthfilm import ffmpeg, make_film
+from mediafm.media.synthfilm import join_films, make_film
 from mediafm.publish import publish_live
 from mediafm.stack.process import interrupt_on_sigterm
 
@@ -83,8 +82,8 @@ class RssSampler(threading.Thread):
 
 def event_film(path: Path, shots: list[int], fps: int, part_shots: int = 100) -> Path:
     """The event's film: make_film `part_shots` shots at a time (the sources and audio of one call; hues restart
-    each part), joined without re-encoding by ffmpeg's concat demuxer. One call for a 90-minute event (1,066 shots)
-    passed the kernel's limit on one argument with its filter graph (E2BIG); up to `part_shots` shots, one call."""
+    each part), joined by synthfilm.join_films. One call for a 90-minute event (1,066 shots) passed the kernel's
+    limit on one argument with its filter graph (E2BIG); up to `part_shots` shots, one call."""
     audio = [AUDIO[j % len(AUDIO)] for j in range(len(shots))]
     if len(shots) <= part_shots:
         return make_film(path, shots=shots, fps=fps, size=(480, 270), audio=audio).path
@@ -94,10 +93,7 @@ def event_film(path: Path, shots: list[int], fps: int, part_shots: int = 100) ->
         make_film(part, shots=shots[k:k + part_shots], fps=fps, size=(480, 270), audio=audio[k:k + part_shots],
                   first_source=k)
         parts.append(part)
-    listing = path.with_name(f"{path.stem}.parts.txt")
-    listing.write_text("".join(f"file '{q.name}'\n" for q in parts))
-    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
-                    "-c", "copy", str(path)], check=True, timeout=600)
+    join_films(parts, path)
     for q in parts:
         q.unlink()
     return path

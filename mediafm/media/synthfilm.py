@@ -260,11 +260,27 @@ def make_long_film(path: str | Path, *, duration_s: float, fps: float = 25, size
         make_film(part, shots=frames[k:k + chunk_shots], fps=fps, size=size, audio=audio[k:k + chunk_shots],
                   first_source=k // chunk_shots, preset=preset)
         parts.append(part)
-    listing = work / "parts.txt"
-    listing.write_text("".join(f"file '{p.name}'\n" for p in parts))
-    srt = write_srt(work / "cues.srt", cues)
-    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
-                    "-i", str(srt), "-map", "0:v", "-map", "0:a", "-map", "1:s", "-c", "copy", "-c:s", "mov_text",
-                    str(path)], check=True, timeout=600)
+    join_films(parts, path, srt=write_srt(work / "cues.srt", cues))
     shutil.rmtree(work, ignore_errors=True)
     return Film(path, fps, frames, cues)
+
+
+def join_films(parts: list[Path], path: str | Path, *, srt: Path | None = None) -> Path:
+    """Films of the same codecs and sizes (make_film's parts) joined one after another into `path` without
+    re-encoding, by ffmpeg's concat demuxer: a long film made in parts keeps each filter graph small (one make_film
+    call of about a thousand shots passes the kernel's limit on one argument). `srt`: cues muxed as a mov_text
+    subtitle stream."""
+    path = Path(path)
+    listing = path.with_name(f"{path.stem}.parts.txt")
+    # the demuxer's own quoting: a ' inside a quoted name is written '\''
+    listing.write_text("".join("file '" + str(Path(q).resolve()).replace("'", "'\\''") + "'\n" for q in parts))
+    args = [ffmpeg(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing)]
+    if srt is not None:
+        args += ["-i", str(srt), "-map", "0:v", "-map", "0:a", "-map", "1:s", "-c", "copy", "-c:s", "mov_text"]
+    else:
+        args += ["-c", "copy"]
+    try:
+        subprocess.run([*args, str(path)], check=True, timeout=600)
+    finally:
+        listing.unlink(missing_ok=True)
+    return path
