@@ -176,21 +176,19 @@ def main() -> None:
           f"largest {max(rss):.0f} MiB ({len(rss)} samples every 3 s); peak VmHWM {hwm:.0f} MiB")
     print(f"segments the encode stage found decoded in memory: {held.get('hit', 0):.0f}, decoded again: "
           f"{held.get('miss', 0):.0f} (live_decoded_mb, mediafm/media/segment_cache.py)")
-    rows = {}
-    for final in (False, True):
-        ms = [m for m in got if m.final == final]
-        lat = np.array([m.produced_at - m.published_at for m in ms])
-        minute = np.array([int(m.start_s // 60) for m in ms])
-        rows[final] = (lat, minute)
     block = 1 if args.minutes <= 20 else 10  # minutes of event a row of the table covers
     blocks = int(np.ceil(args.minutes / block))
+    rows = {}  # per kind: each shot's latency and the block of event time it starts in
+    for final in (False, True):
+        ms = [m for m in got if m.final == final]
+        rows[final] = (np.array([m.produced_at - m.published_at for m in ms]),
+                       np.array([int(m.start_s // (60 * block)) for m in ms]))
+    (pl, pb), (fl, fb) = rows[False], rows[True]
     print(f"{'minute':>7s} {'provisional p50':>16s} {'p99':>7s} {'final p50':>10s} {'p99':>7s}")
     for b in range(blocks):
-        (pl, pm), (fl, fm) = rows[False], rows[True]
-        pb, fb = pm // block == b, fm // block == b
         label = f"{b * block}" if block == 1 else f"{b * block}-{min((b + 1) * block, args.minutes):g}"
-        print(f"{label:>7s} {p(pl[pb], 50):16.2f} {p(pl[pb], 99):7.2f} {p(fl[fb], 50):10.2f} {p(fl[fb], 99):7.2f}")
-    (pl, pm), (fl, fm) = rows[False], rows[True]
+        print(f"{label:>7s} {p(pl[pb == b], 50):16.2f} {p(pl[pb == b], 99):7.2f} {p(fl[fb == b], 50):10.2f} "
+              f"{p(fl[fb == b], 99):7.2f}")
     print(f"{'all':>7s} {p(pl, 50):16.2f} {p(pl, 99):7.2f} {p(fl, 50):10.2f} {p(fl, 99):7.2f}")
     print("table changelogs once the event ended: offsets written, records still in the log (compacted away)")
     for name, written, held in logs:
@@ -205,10 +203,10 @@ def main() -> None:
                                                          - ends[m.shot_index]) for m in finals])
     print(f"final less its right context's event time: p50 {p(extra, 50):.2f} s, p99 {p(extra, 99):.2f} s "
           f"(right context of {args.right_context} shots: {np.median([ends[min(i + args.right_context, n - 1)] - ends[i] for i in range(n)]):.1f} s median)")
-    last, first = (pm // block == blocks - 1, fm // block == blocks - 1), (pm // block == 0, fm // block == 0)
+    last = blocks - 1
     print(f"targets: provisional p99 {p(pl, 99):.2f} s (<= 2); final p99 less its right context {p(extra, 99):.2f} s "
           f"(<= provisional p99 + 2 = {p(pl, 99) + 2:.2f}); last {block} min p99 / first {block} min p99: provisional "
-          f"x{p(pl[last[0]], 99) / p(pl[first[0]], 99):.2f}, final x{p(fl[last[1]], 99) / p(fl[first[1]], 99):.2f} "
+          f"x{p(pl[pb == last], 99) / p(pl[pb == 0], 99):.2f}, final x{p(fl[fb == last], 99) / p(fl[fb == 0], 99):.2f} "
           f"(<= 1.2; about {12 * block} shots a block, so a one-minute block's p99 is its slowest shot)")
 
 
