@@ -46,7 +46,7 @@ def main() -> None:
     print(f"film {path}" + (f" (made in {made:.0f} s)" if made else " (cached)"), flush=True)
     title_id = f"long-film-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as d, \
-            bench_worker(Settings.load(), Path(d), shot_detector=args.detector) as (s, tail, pid):
+            bench_worker(Settings.load(), Path(d), shot_detector=args.detector) as (s, tail, worker):
         t0 = time.monotonic()
         publish_title(s, path, title_id=title_id)
         finals: set[int] = set()
@@ -59,7 +59,7 @@ def main() -> None:
                     n_shots = e.n_shots
             if time.monotonic() - last > 60:
                 last = time.monotonic()
-                rss = memory_mib(pid).get("VmRSS")
+                rss = memory_mib(worker.pid).get("VmRSS")
                 if rss is None:
                     raise SystemExit(f"the worker exited: see {Path(d) / 'worker.log'}")
                 print(f"+{last - t0:6.0f} s  shots by stage {shots_by_stage(s.worker_web_port)}  "
@@ -67,7 +67,7 @@ def main() -> None:
         wall = time.monotonic() - t0
         print(f"{len(finals)} finals of {n_shots} shots, {wall:.0f} s from publish, x{args.minutes * 60 / wall:.2f} "
               f"real time; every index has one: {n_shots is not None and finals == set(range(n_shots))}; "
-              f"worker peak RSS {memory_mib(pid).get('VmHWM', float('nan')):.0f} MiB", flush=True)
+              f"worker peak RSS {memory_mib(worker.pid).get('VmHWM', float('nan')):.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

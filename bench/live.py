@@ -1,7 +1,7 @@
 """Live latency at broadcast pace: a generated event published in real time, latency per minute of event.
 
     .venv/bin/python bench/live.py [--minutes 10] [--segment-s 2] [--detector transnetv2] [--right-context 16]
-                                   [--malloc-arena-max 16]
+                                   [--malloc-arena-max 16] [--kill-at 62]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running) with the offline encoders;
 trains and exports a tiny MediaFM for the offline profile first if none is served.
@@ -20,6 +20,13 @@ compacts a changelog's closed log segments only, and a segment closes after an h
 (streams/runtime.py CHANGELOG_SEGMENT_MS), so an event shorter than that shows none compacted.
 `--malloc-arena-max N` runs the worker with MALLOC_ARENA_MAX=N (16 is glibc's default on 2 cores: 8 a core)
 instead of the 2 arenas `mediafm worker` sets itself (mediafm/cli.py `_two_malloc_arenas`).
+`--kill-at M` kills the worker with SIGKILL at minute M of the event and starts a fresh one at once, as a
+supervisor would: it rejoins, recovers its tables from their changelogs and carries on with the event. Printed
+besides: seconds from the kill to its first embedding, the shots published while it was down, each minute
+around the kill, every shot's provisionals and finals (a shot may be published again, with the same values:
+ContextualEmbedding's docstring) and whether the event's spans still tile it. With --minutes past 60 and
+--kill-at past 60 the kill comes after a changelog segment has closed and been compacted.
+Every run also counts the pipeline's dead letters (none expected).
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ import argparse
 import statistics
 import tempfile
 import threading
+import time
 import uuid
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +48,9 @@ from mediafm.bus import Tail, consumer
 from mediafm.config import Settings
 from mediafm.media.synthfilm import join_films, make_film
 from mediafm.publish import publish_live
+from mediafm.schema import ContextualEmbedding
 from mediafm.stack.process import interrupt_on_sigterm
+from mediafm.topics import Topics
 
 
 def p(x, q) -> float:
@@ -68,15 +80,15 @@ def quantile(cum: dict[float, float], f: float) -> float:
 
 
 class RssSampler(threading.Thread):
-    """VmRSS of `pid` every `every_s` seconds until stopped."""
+    """VmRSS of the process `pid()` names every `every_s` seconds until stopped."""
 
-    def __init__(self, pid: int, every_s: float = 3.0) -> None:
+    def __init__(self, pid: Callable[[], int], every_s: float = 3.0) -> None:
         super().__init__(daemon=True)
         self.pid, self.every_s, self.samples, self.done = pid, every_s, [], threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(self.every_s):
-            if rss := memory_mib(self.pid).get("VmRSS"):
+            if rss := memory_mib(self.pid()).get("VmRSS"):
                 self.samples.append(rss)
 
 
@@ -119,6 +131,66 @@ def changelogs(s: Settings) -> list[tuple[str, int, int]]:
     return out
 
 
+def records(s: Settings, topic: str) -> int:
+    """How many records `topic` holds (it is read to its end)."""
+    tail = Tail(s, topic, from_beginning=True)
+    try:
+        return sum(1 for _ in tail.to_end(timeout_s=600))
+    finally:
+        tail.close()
+
+
+def after_the_kill(got: list[ContextualEmbedding], killed_at: float, restarted_at: float, kill_min: float,
+                   n_film: int) -> None:
+    """What a kill -9 mid-event did: the outage, the minutes around it, each shot's outputs, the spans."""
+    later = [m.produced_at for m in got if m.produced_at > killed_at]
+    first = min(later) if later else float("nan")
+    print(f"the kill at minute {kill_min:g} of the event: a new worker started {restarted_at - killed_at:.2f} s "
+          f"after it; its first embedding {first - killed_at:.1f} s after the kill")
+    down = [m for m in got if not m.final and killed_at <= m.published_at < first]
+    if down:
+        lat = [m.produced_at - m.published_at for m in down]
+        print(f"  {len(down)} shots closed by segments published while no worker served them: provisional "
+              f"latency {min(lat):.1f}-{max(lat):.1f} s")
+    print(f"  {'minute':>6s} {'shots':>5s} {'provisional p50':>16s} {'p99':>7s} {'final p50':>10s} {'p99':>7s}")
+    for minute in range(max(0, int(kill_min) - 1), int(kill_min) + 5):
+        ms = [m for m in got if int(m.start_s // 60) == minute]
+        pv = [m.produced_at - m.published_at for m in ms if not m.final]
+        fv = [m.produced_at - m.published_at for m in ms if m.final]
+        if ms:
+            print(f"  {minute:>6d} {len({m.shot_index for m in ms}):>5d} {p(pv, 50):16.2f} {p(pv, 99):7.2f} "
+                  f"{p(fv, 50):10.2f} {p(fv, 99):7.2f}")
+    r = per_shot(got)
+    print(f"  every shot of {r['shots']}: a final {not r['no_final']}, a provisional {not r['no_provisional']}; "
+          f"finals published more than once: {len(r['finals_twice'])} shots ({len(r['finals_differ'])} of them with "
+          f"different values); provisionals more than once: {r['provisionals_twice']} shots")
+    print(f"  shots cut: {r['shots']} (the film has {n_film}); the finals' spans tile the event: {not r['gaps']}"
+          + (f" (gaps or overlaps after shots {r['gaps'][:5]})" if r["gaps"] else ""))
+
+
+def per_shot(got: list[ContextualEmbedding]) -> dict:
+    """One event's outputs, shot by shot: how many shots (the highest index + 1); the indices with no final and
+    with no provisional; those whose final came more than once, and of them those whose copies differ; how many
+    shots had more than one provisional; and (shot index, seconds) where a final's span does not end where the
+    next one's starts."""
+    by: dict[int, dict[bool, list[ContextualEmbedding]]] = {}
+    for m in got:
+        by.setdefault(m.shot_index, {False: [], True: []})[m.final].append(m)
+    n = max(by, default=-1) + 1
+    twice = {i: v[True] for i, v in by.items() if len(v[True]) > 1}
+    finals = [by[i][True][0] for i in range(n) if i in by and by[i][True]]
+    return {
+        "shots": n,
+        "no_final": [i for i in range(n) if i not in by or not by[i][True]],
+        "no_provisional": [i for i in range(n) if i not in by or not by[i][False]],
+        "finals_twice": sorted(twice),
+        "finals_differ": sorted(i for i, fs in twice.items() if any(f.embedding != fs[0].embedding for f in fs[1:])),
+        "provisionals_twice": sum(len(v[False]) > 1 for v in by.values()),
+        "gaps": [(a.shot_index, round(b.start_s - a.end_s, 3)) for a, b in pairwise(finals)
+                 if b.shot_index != a.shot_index + 1 or abs(b.start_s - a.end_s) > 1e-3],
+    }
+
+
 def main() -> None:
     interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,7 +200,11 @@ def main() -> None:
     ap.add_argument("--right-context", type=int, default=16, help="live_right_context of the worker")
     ap.add_argument("--malloc-arena-max", type=int, default=None,
                     help="MALLOC_ARENA_MAX of the worker (default: unset, so the worker sets 2 arenas itself)")
+    ap.add_argument("--kill-at", type=float, default=None, metavar="M",
+                    help="SIGKILL the worker at minute M of the event and start a fresh one at once")
     args = ap.parse_args()
+    if args.kill_at is not None and not 0 < args.kill_at < args.minutes:
+        ap.error(f"--kill-at {args.kill_at:g} is not within the event's {args.minutes:g} minutes")
 
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-live-"))
     rng = np.random.default_rng(0)
@@ -143,7 +219,7 @@ def main() -> None:
         overrides["live_shot_detector"] = args.detector
     s0 = Settings.load()
     env = {"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else None
-    with bench_worker(s0, tmp, env=env, **overrides) as (s, tail, pid):
+    with bench_worker(s0, tmp, env=env, **overrides) as (s, tail, worker):
         warm = make_film(tmp / "warm.mp4", shots=[30, 30, 30], fps=fps, size=(480, 270))
         wid = f"warm-{uuid.uuid4().hex[:6]}"
         publish_live(s, warm.path, event_id=wid, segment_s=args.segment_s)
@@ -152,28 +228,52 @@ def main() -> None:
         eid = f"live-{uuid.uuid4().hex[:6]}"
         print(f"live event {eid}: {len(shots)} shots, {frames / fps:.0f}s, {args.segment_s:g} s segments in real time, "
               f"detector {s.live_shot_detector}, right context {args.right_context}")
-        sampler = RssSampler(pid)
+        sampler = RssSampler(lambda: worker.pid)
         sampler.start()
-        publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True)
-        got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
+        kill: dict[str, float] = {}
+
+        def kill9() -> None:
+            kill["at"] = time.time()
+            worker.kill9_and_restart()
+            kill["restarted"] = time.time()
+            print(f"killed the worker with SIGKILL at minute {args.kill_at:g} of the event; new worker pid "
+                  f"{worker.pid}", flush=True)
+
+        timer = threading.Timer(args.kill_at * 60, kill9) if args.kill_at is not None else None
+        if timer:
+            timer.start()  # publish_live's clock starts with its call: event time t is wall time start + t
+        try:
+            publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True)
+            got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
+        finally:
+            if timer:
+                timer.cancel()
         sampler.done.set()
-        hwm = memory_mib(pid).get("VmHWM", float("nan"))
+        hwm = memory_mib(worker.pid).get("VmHWM", float("nan"))
+        if kill:
+            before = {}  # the restarted worker's metrics start at zero: its shots only
         after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots
         held = {smp.labels["result"]: smp.value for fam in worker_metrics(s.worker_web_port)
                 if fam.name == "mediafm_live_decoded_segments" for smp in fam.samples if smp.name.endswith("_total")}
         stages = {k: {le: n - before.get(k, {}).get(le, 0.0) for le, n in v.items()} for k, v in after.items()}
         logs = changelogs(s)
+        dead = records(s, Topics.from_settings(s).deadletter)
 
     print("where a live shot's time goes: seconds from the segment's publication to each stage's output "
-          "(the worker's mediafm_stage_latency_seconds, p50 / p99 within histogram buckets)")
+          "(the worker's mediafm_stage_latency_seconds, p50 / p99 within histogram buckets"
+          + ("; the restarted worker's shots only)" if kill else ")"))
     for stage in ("segment", "encode", "fuse"):
         cum = stages.get(stage, {})
         print(f"  {stage:8s} p50 {quantile(cum, 0.5):6.2f}  p99 {quantile(cum, 0.99):6.2f}  "
               f"({max(cum.values(), default=0):.0f} shots)")
+    print(f"dead letters in the pipeline's topic: {dead}")
+    if kill:
+        after_the_kill(got, kill["at"], kill["restarted"], args.kill_at, len(shots))
     rss = sampler.samples or [float("nan")]
     arenas = args.malloc_arena_max or "unset: 2 arenas, set by the worker"
     print(f"worker memory over the event (MALLOC_ARENA_MAX {arenas}): VmRSS median {statistics.median(rss):.0f} MiB, "
-          f"largest {max(rss):.0f} MiB ({len(rss)} samples every 3 s); peak VmHWM {hwm:.0f} MiB")
+          f"largest {max(rss):.0f} MiB ({len(rss)} samples every 3 s); peak VmHWM {hwm:.0f} MiB"
+          + (" (the restarted worker's)" if kill else ""))
     print(f"segments the encode stage found decoded in memory: {held.get('hit', 0):.0f}, decoded again: "
           f"{held.get('miss', 0):.0f} (live_decoded_mb, mediafm/media/segment_cache.py)")
     block = 1 if args.minutes <= 20 else 10  # minutes of event a row of the table covers

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,31 +107,56 @@ def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
     return sum(ids.values()), time.perf_counter() - t0
 
 
+class BenchWorker:
+    """One `mediafm worker` process of a bench, tied to this process (it dies with it), log appended to `log`.
+    `kill9_and_restart()` does what a supervisor sees after a crash: SIGKILL, then a fresh process with the same
+    settings, which rejoins the group and recovers its tables from their changelogs."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        with self.log.open("ab") as out:
+            return subprocess.Popen(tied_to_this_process([sys.executable, "-m", "mediafm.cli", "worker",
+                                                          "--loglevel", "warning"]),
+                                    env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill9_and_restart(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 @contextmanager
 def bench_worker(base: Settings, tmp: Path, *, env: dict[str, str] | None = None,
-                 **overrides) -> Iterator[tuple[Settings, Tail, int]]:
+                 **overrides) -> Iterator[tuple[Settings, Tail, BenchWorker]]:
     """The local stack (started if needed, a MediaFM served), a fresh topic prefix with its topics, one
     `mediafm worker` on it (settings `overrides` passed as MEDIAFM_* variables, `env` added to its environment,
-    log in `tmp`) and a tail of its embeddings topic. Yields (settings, tail, the worker's pid); the worker
-    serves /metrics on settings.worker_web_port."""
+    log in `tmp`) and a tail of its embeddings topic. Yields (settings, tail, the worker); the worker serves
+    /metrics on settings.worker_web_port."""
     stack.up(base)
     print(ensure_model(base))
     s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=free_ports(1)[0], **overrides)
     kafka.create_topics(s, Topics.from_settings(s).all())
     env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(s.worker_web_port),
            **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}, **(env or {})}
-    log = tmp / "worker.log"
-    worker = subprocess.Popen(tied_to_this_process([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel",
-                                                    "warning"]), env=env,
-                              stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    worker = BenchWorker(env, tmp / "worker.log")
     tail = Tail(s, Topics.from_settings(s).embeddings)
-    print(f"worker pid {worker.pid} (log {log}); warming up (group joins, models load, tables recover)")
+    print(f"worker pid {worker.pid} (log {worker.log}); warming up (group joins, models load, tables recover)")
     try:
-        yield s, tail, worker.pid
+        yield s, tail, worker
     finally:
         tail.close()
-        worker.terminate()
-        worker.wait(timeout=30)
+        worker.stop()
 
 
 def alternate(rounds: int, inputs: Callable, direct_run: Callable, streamed_run: Callable,
