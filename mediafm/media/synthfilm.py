@@ -125,14 +125,15 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
         graph = _dissolve_graph(shots, dissolves, fps, len(sources or SOURCES))  # input i: shot i's source
     maps = ["-map", "[v]"]
     n_in = len(shots)
+    wavs: list[Path] = []  # ffmpeg's inputs only: removed once it has run
     if audio is not None:
         assert len(audio) == len(shots), f"audio has {len(audio)} entries for {len(shots)} shots"
         aparts = []
         for i, (spec, n) in enumerate(zip(audio, shots, strict=True)):
             dur = n / fps
             if spec.startswith("speech:"):
-                wav = speech_wav(spec[7:], path.with_name(f"{path.stem}.speech{i}.wav"))
-                args += ["-i", str(wav)]
+                wavs.append(speech_wav(spec[7:], path.with_name(f"{path.stem}.speech{i}.wav")))
+                args += ["-i", str(wavs[-1])]
             elif spec.startswith("tone:"):
                 args += ["-f", "lavfi", "-i", f"sine=frequency={spec[5:]}:sample_rate=44100"]
             elif spec == "noise":
@@ -154,7 +155,11 @@ def make_film(path: str | Path, *, shots: list[int], fps: float = 24, size: tupl
     if vcodec == "libx264":  # gop: segmenting with -c copy cuts at keyframes
         args += ["-preset", preset, "-g", str(gop), "-pix_fmt", "yuv420p"]
     args += [str(path)]
-    subprocess.run(args, check=True, timeout=300)
+    try:
+        subprocess.run(args, check=True, timeout=300)
+    finally:
+        for wav in wavs:
+            wav.unlink(missing_ok=True)
     return Film(path, fps, list(shots), list(cues or []), list(dissolves or []))
 
 

@@ -41,3 +41,13 @@ def test_a_long_film_made_in_parts_has_its_length_and_every_cue(tmp_path):
     read = container_subtitles(film.path)
     assert [c.text for c in read] == [c.text for c in film.cues] and film.cues
     assert all(abs(r.start_s - c.start_s) < 0.05 for r, c in zip(read, film.cues, strict=True))
+
+
+def test_a_film_with_speech_leaves_only_itself_behind(tmp_path):
+    """The espeak-ng WAVs are ffmpeg's inputs, not outputs: a 69-minute event (bench/live.py) left 272 of them
+    beside its film. The speech is in the film (its audio runs the film's length); the WAVs are gone."""
+    film = make_film(tmp_path / "s.mp4", shots=[24, 24, 24], fps=24, audio=["speech:hello there", "tone:440",
+                                                                          "speech:the train leaves at noon"])
+    frames, audio = _streams(film.path)
+    assert frames == 72 and abs(audio - 3.0) < 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mp4"]
