@@ -44,8 +44,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -54,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import TopicPartition
-from pipeline import counter, memory_mib, wait_finals
+from pipeline import BenchWorker, counter, memory_mib, stop, wait_finals
 
 from mediafm import stack
 from mediafm.bus import Tail, consumer, producer
@@ -64,7 +62,7 @@ from mediafm.profiles import get_layout, get_profile
 from mediafm.representations import published, served_output
 from mediafm.schema import EncodedShots, shot_records
 from mediafm.stack import kafka
-from mediafm.stack.process import cpu_seconds, descendants, interrupt_on_sigterm, tied_to_this_process
+from mediafm.stack.process import cpu_seconds, descendants, interrupt_on_sigterm
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
@@ -121,22 +119,16 @@ def pipeline_settings(base: Settings, partitions: int) -> Settings:
 
 @contextmanager
 def workers(s: Settings, tmp: Path, k: int):
-    """k `mediafm worker` processes of pipeline `s`; yields (tail from the beginning, [(process, web port)])."""
-    procs = []
-    for i, port in enumerate(free_ports(k)):  # chosen together: workers bind theirs only once started
-        env = {**os.environ, **replace(s, worker_web_port=port).to_env()}
-        log = tmp / f"{s.topic_prefix}-worker{i}.log"
-        argv = tied_to_this_process([sys.executable, "-m", "mediafm.cli", "worker", "--loglevel", "warning"])
-        procs.append((subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT), port))
+    """k `mediafm worker` processes of pipeline `s`; yields (tail from the beginning, [pipeline.BenchWorker])."""
+    env = {**os.environ, **s.to_env()}
+    procs = [BenchWorker(env, tmp / f"{s.topic_prefix}-worker{i}.log", port)
+             for i, port in enumerate(free_ports(k))]  # chosen together: workers bind theirs only once started
     tail = Tail(s, Topics.from_settings(s).embeddings, from_beginning=True)
     try:
         yield tail, procs
     finally:
         tail.close()
-        for p, _ in procs:
-            p.terminate()
-        for p, _ in procs:
-            p.wait(timeout=60)
+        stop(procs)
 
 
 def drop_pipeline(s: Settings) -> None:
@@ -292,18 +284,18 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
         print(f"published {n} encoded shots ({records(s, Topics.from_settings(s).encoded)} records) in "
               f"{time.perf_counter() - t0:.1f}s (this process, kafka-python)")
         with workers(s, tmp, k) as (tail, procs):
-            cpu.start([p.pid for p, _ in procs], "workers")  # their start-up and the group's join count too
+            cpu.start([w.pid for w in procs], "workers")  # their start-up and the group's join count too
             embeddings = Topics.from_settings(s).embeddings
-            while records(s, embeddings) < n and all(p.poll() is None for p, _ in procs):
+            while records(s, embeddings) < n and all(w.proc.poll() is None for w in procs):
                 time.sleep(0.5)  # the end offsets, not the records: reading them would take the workers' CPU
             used = cpu.per_1k(n)
             wait_finals(tail, ids, timeout_s=600)  # every shot has its final (raises if not)
             t = stage_span_s(s)
-            rss = [memory_mib(p.pid).get("VmHWM", float("nan")) for p, _ in procs]
-            dead = [p.pid for p, _ in procs if p.poll() is not None]
+            rss = [memory_mib(w.pid).get("VmHWM", float("nan")) for w in procs]
+            dead = [w.pid for w in procs if w.proc.poll() is not None]
             # redeliveries: acknowledgements not committed across rebalances, and the repeats the stages saw
-            dropped = sum(counter(port, "mediafm_acks_dropped") for p, port in procs if p.poll() is None)
-            dups = sum(counter(port, "mediafm_duplicates") for p, port in procs if p.poll() is None)
+            dropped = sum(counter(w.port, "mediafm_acks_dropped") for w in procs if w.proc.poll() is None)
+            dups = sum(counter(w.port, "mediafm_duplicates") for w in procs if w.proc.poll() is None)
         drop_pipeline(s)
         rates.setdefault(k, []).append(n / t)
         print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {n / t:.4g} "

@@ -1,7 +1,7 @@
 """Live latency at broadcast pace: a generated event published in real time, latency per minute of event.
 
     .venv/bin/python bench/live.py [--minutes 10] [--segment-s 2] [--detector transnetv2] [--right-context 16]
-                                   [--malloc-arena-max 16] [--kill-at 62]
+                                   [--malloc-arena-max 16] [--kill-at M]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running) with the offline encoders;
 trains and exports a tiny MediaFM for the offline profile first if none is served.
@@ -24,14 +24,18 @@ instead of the 2 arenas `mediafm worker` sets itself (mediafm/cli.py `_two_mallo
 supervisor would: it rejoins, recovers its tables from their changelogs and carries on with the event. Printed
 besides: seconds from the kill to its first embedding, the shots published while it was down, each minute
 around the kill, every shot's provisionals and finals (a shot may be published again, with the same values:
-ContextualEmbedding's docstring) and whether the event's spans still tile it. With --minutes past 60 and
---kill-at past 60 the kill comes after a changelog segment has closed and been compacted.
+ContextualEmbedding's docstring) and whether the event's spans still tile it. The kill comes right after the
+first segment that starts at or past minute M is published. A changelog's first log segment closes an hour
+after its first record (the warm-up event's, written before the film is cut into segments), so a kill past
+minute 60 comes after the first compaction, and one before it has the whole event's changelog to replay.
 Every run also counts the pipeline's dead letters (none expected).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import tempfile
 import threading
@@ -42,13 +46,13 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from pipeline import AUDIO, bench_worker, memory_mib, wait_finals, worker_metrics
+from pipeline import AUDIO, bench_worker, memory_mib, records_in_log, wait_finals, worker_metrics
 
 from mediafm.bus import Tail, consumer
 from mediafm.config import Settings
 from mediafm.media.synthfilm import join_films, make_film
 from mediafm.publish import publish_live
-from mediafm.schema import ContextualEmbedding
+from mediafm.schema import ContextualEmbedding, LiveSegment
 from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.topics import Topics
 
@@ -131,21 +135,12 @@ def changelogs(s: Settings) -> list[tuple[str, int, int]]:
     return out
 
 
-def records(s: Settings, topic: str) -> int:
-    """How many records `topic` holds (it is read to its end)."""
-    tail = Tail(s, topic, from_beginning=True)
-    try:
-        return sum(1 for _ in tail.to_end(timeout_s=600))
-    finally:
-        tail.close()
-
-
 def after_the_kill(got: list[ContextualEmbedding], killed_at: float, restarted_at: float, kill_min: float,
                    n_film: int) -> None:
     """What a kill -9 mid-event did: the outage, the minutes around it, each shot's outputs, the spans."""
     later = [m.produced_at for m in got if m.produced_at > killed_at]
     first = min(later) if later else float("nan")
-    print(f"the kill at minute {kill_min:g} of the event: a new worker started {restarted_at - killed_at:.2f} s "
+    print(f"the kill at minute {kill_min:.2f} of the event: a new worker started {restarted_at - killed_at:.2f} s "
           f"after it; its first embedding {first - killed_at:.1f} s after the kill")
     down = [m for m in got if not m.final and killed_at <= m.published_at < first]
     if down:
@@ -206,21 +201,23 @@ def main() -> None:
     if args.kill_at is not None and not 0 < args.kill_at < args.minutes:
         ap.error(f"--kill-at {args.kill_at:g} is not within the event's {args.minutes:g} minutes")
 
-    tmp = Path(tempfile.mkdtemp(prefix="mediafm-live-"))
+    tmp = Path(tempfile.mkdtemp(prefix="mediafm-live-"))  # the worker's log: kept
+    media = Path(tempfile.mkdtemp(prefix="mediafm-live-media-"))  # the films: 1.4 GB for 69 minutes, removed
+    atexit.register(shutil.rmtree, media, ignore_errors=True)  # also after Ctrl-C or SIGTERM (not SIGKILL)
     rng = np.random.default_rng(0)
     fps, frames, shots = 25, int(args.minutes * 60 * 25), []
     while sum(shots) < frames:
         shots.append(int(rng.integers(2 * fps, 8 * fps)))
     shots[-1] -= sum(shots) - frames
     print(f"making a {args.minutes:g}-minute film: {len(shots)} shots, 480x270 at {fps} fps")
-    film = event_film(tmp / "event.mp4", shots, fps)
+    film = event_film(media / "event.mp4", shots, fps)
     overrides = {"live_right_context": args.right_context}
     if args.detector:
         overrides["live_shot_detector"] = args.detector
     s0 = Settings.load()
     env = {"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else None
     with bench_worker(s0, tmp, env=env, **overrides) as (s, tail, worker):
-        warm = make_film(tmp / "warm.mp4", shots=[30, 30, 30], fps=fps, size=(480, 270))
+        warm = make_film(media / "warm.mp4", shots=[30, 30, 30], fps=fps, size=(480, 270))
         wid = f"warm-{uuid.uuid4().hex[:6]}"
         publish_live(s, warm.path, event_id=wid, segment_s=args.segment_s)
         wait_finals(tail, {wid: 3}, timeout_s=600)
@@ -232,22 +229,19 @@ def main() -> None:
         sampler.start()
         kill: dict[str, float] = {}
 
-        def kill9() -> None:
-            kill["at"] = time.time()
+        def kill9(seg: LiveSegment) -> None:
+            """Right after the first segment that starts at or past --kill-at is published (publish_live first
+            cuts the whole film into segments, minutes for an hour, then starts the event's clock)."""
+            if args.kill_at is None or kill or seg.start_s < args.kill_at * 60:
+                return
+            kill["at"], kill["minute"] = time.time(), seg.start_s / 60
             worker.kill9_and_restart()
             kill["restarted"] = time.time()
-            print(f"killed the worker with SIGKILL at minute {args.kill_at:g} of the event; new worker pid "
-                  f"{worker.pid}", flush=True)
+            print(f"killed the worker with SIGKILL at minute {kill['minute']:.2f} of the event (segment "
+                  f"{seg.segment_index} published); new worker pid {worker.pid}", flush=True)
 
-        timer = threading.Timer(args.kill_at * 60, kill9) if args.kill_at is not None else None
-        if timer:
-            timer.start()  # publish_live's clock starts with its call: event time t is wall time start + t
-        try:
-            publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True)
-            got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
-        finally:
-            if timer:
-                timer.cancel()
+        publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True, on_segment=kill9)
+        got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
         sampler.done.set()
         hwm = memory_mib(worker.pid).get("VmHWM", float("nan"))
         if kill:
@@ -257,7 +251,7 @@ def main() -> None:
                 if fam.name == "mediafm_live_decoded_segments" for smp in fam.samples if smp.name.endswith("_total")}
         stages = {k: {le: n - before.get(k, {}).get(le, 0.0) for le, n in v.items()} for k, v in after.items()}
         logs = changelogs(s)
-        dead = records(s, Topics.from_settings(s).deadletter)
+        dead = records_in_log(s, Topics.from_settings(s).deadletter)
 
     print("where a live shot's time goes: seconds from the segment's publication to each stage's output "
           "(the worker's mediafm_stage_latency_seconds, p50 / p99 within histogram buckets"
@@ -268,7 +262,7 @@ def main() -> None:
               f"({max(cum.values(), default=0):.0f} shots)")
     print(f"dead letters in the pipeline's topic: {dead}")
     if kill:
-        after_the_kill(got, kill["at"], kill["restarted"], args.kill_at, len(shots))
+        after_the_kill(got, kill["at"], kill["restarted"], kill["minute"], len(shots))
     rss = sampler.samples or [float("nan")]
     arenas = args.malloc_arena_max or "unset: 2 arenas, set by the worker"
     print(f"worker memory over the event (MALLOC_ARENA_MAX {arenas}): VmRSS median {statistics.median(rss):.0f} MiB, "

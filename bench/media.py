@@ -56,12 +56,14 @@ def busy_s(settings: Settings, model: str) -> float:
                for k in ("compute_input", "compute_infer", "compute_output")) / 1e9
 
 
-def film(cache: Path, minutes: float, size: tuple[int, int]) -> tuple[Path, float]:
-    path = cache / f"long-{minutes:g}min-{size[0]}x{size[1]}-25fps.mp4"
+def film(cache: Path, minutes: float, size: tuple[int, int], seed: int = 0) -> tuple[Path, float]:
+    """The long film of `minutes` at `size` (make_long_film with `seed`), made once into `cache`: (its path, the
+    seconds making it took; 0 when it was there)."""
+    path = cache / f"long-{minutes:g}min-{size[0]}x{size[1]}-25fps{f'-seed{seed}' if seed else ''}.mp4"
     if path.exists():
         return path, 0.0
     t = time.perf_counter()
-    make_long_film(path.with_suffix(".tmp.mp4"), duration_s=minutes * 60, fps=25, size=size)
+    make_long_film(path.with_suffix(".tmp.mp4"), duration_s=minutes * 60, fps=25, size=size, seed=seed)
     path.with_suffix(".tmp.mp4").rename(path)
     return path, time.perf_counter() - t
 

@@ -98,6 +98,15 @@ def wait_finals(tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str,
     return got
 
 
+def records_in_log(s: Settings, topic: str) -> int:
+    """How many records `topic` holds now, read to its end: what compaction left (end offsets count all written)."""
+    tail = Tail(s, topic, from_beginning=True)
+    try:
+        return sum(1 for _ in tail.to_end(timeout_s=600))
+    finally:
+        tail.close()
+
+
 def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
     ids = {f"{f.path.stem}-{uuid.uuid4().hex[:6]}": len(f.shot_frames) for f in fs}
     t0 = time.perf_counter()
@@ -108,12 +117,12 @@ def pipeline(s: Settings, tail: Tail, fs: list) -> tuple[int, float]:
 
 
 class BenchWorker:
-    """One `mediafm worker` process of a bench, tied to this process (it dies with it), log appended to `log`.
-    `kill9_and_restart()` does what a supervisor sees after a crash: SIGKILL, then a fresh process with the same
-    settings, which rejoins the group and recovers its tables from their changelogs."""
+    """One `mediafm worker` process of a bench, tied to this process (it dies with it), serving /metrics on
+    `port`, log appended to `log`. `kill9_and_restart()` does what a supervisor sees after a crash: SIGKILL, then a
+    fresh process with the same settings, which rejoins the group and recovers its tables from their changelogs."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+        self.env, self.log, self.port = {**env, "MEDIAFM_WORKER_WEB_PORT": str(port)}, log, port
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -131,32 +140,48 @@ class BenchWorker:
         self.proc.wait()
         self.proc = self._start()
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+
+def stop(workers: list[BenchWorker]) -> None:
+    """SIGTERM every worker, then wait for each: they shut down (commit, close their stores) side by side."""
+    for w in workers:
+        w.proc.terminate()
+    for w in workers:
+        w.proc.wait(timeout=60)
+
+
+@contextmanager
+def bench_workers(base: Settings, tmp: Path, k: int = 1, *, env: dict[str, str] | None = None,
+                  **overrides) -> Iterator[tuple[Settings, Tail, list[BenchWorker]]]:
+    """The local stack (started if needed, a MediaFM served), a fresh topic prefix with its topics, `k`
+    `mediafm worker` processes on it (settings `overrides` passed as MEDIAFM_* variables, `env` added to their
+    environment, logs in `tmp`, each its own /metrics port) and a tail of its embeddings topic. Yields (settings,
+    tail, the workers); settings.worker_web_port is the first worker's."""
+    stack.up(base)
+    print(ensure_model(base))
+    ports = free_ports(k)  # chosen together: workers bind theirs only once started
+    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=ports[0], **overrides)
+    kafka.create_topics(s, Topics.from_settings(s).all())
+    common = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix,
+              **{f"MEDIAFM_{name.upper()}": str(v) for name, v in overrides.items()}, **(env or {})}
+    workers = [BenchWorker(common, tmp / ("worker.log" if k == 1 else f"worker{i}.log"), port)
+               for i, port in enumerate(ports)]
+    tail = Tail(s, Topics.from_settings(s).embeddings)
+    for w in workers:
+        print(f"worker pid {w.pid} (log {w.log}, metrics on port {w.port})")
+    print("warming up (group joins, models load, tables recover)")
+    try:
+        yield s, tail, workers
+    finally:
+        tail.close()
+        stop(workers)
 
 
 @contextmanager
 def bench_worker(base: Settings, tmp: Path, *, env: dict[str, str] | None = None,
                  **overrides) -> Iterator[tuple[Settings, Tail, BenchWorker]]:
-    """The local stack (started if needed, a MediaFM served), a fresh topic prefix with its topics, one
-    `mediafm worker` on it (settings `overrides` passed as MEDIAFM_* variables, `env` added to its environment,
-    log in `tmp`) and a tail of its embeddings topic. Yields (settings, tail, the worker); the worker serves
-    /metrics on settings.worker_web_port."""
-    stack.up(base)
-    print(ensure_model(base))
-    s = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:6]}", worker_web_port=free_ports(1)[0], **overrides)
-    kafka.create_topics(s, Topics.from_settings(s).all())
-    env = {**os.environ, "MEDIAFM_TOPIC_PREFIX": s.topic_prefix, "MEDIAFM_WORKER_WEB_PORT": str(s.worker_web_port),
-           **{f"MEDIAFM_{k.upper()}": str(v) for k, v in overrides.items()}, **(env or {})}
-    worker = BenchWorker(env, tmp / "worker.log")
-    tail = Tail(s, Topics.from_settings(s).embeddings)
-    print(f"worker pid {worker.pid} (log {worker.log}); warming up (group joins, models load, tables recover)")
-    try:
-        yield s, tail, worker
-    finally:
-        tail.close()
-        worker.stop()
+    """bench_workers with one worker: yields (settings, tail, the worker)."""
+    with bench_workers(base, tmp, 1, env=env, **overrides) as (s, tail, workers):
+        yield s, tail, workers[0]
 
 
 def alternate(rounds: int, inputs: Callable, direct_run: Callable, streamed_run: Callable,
