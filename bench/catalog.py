@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import TopicPartition
-from pipeline import BenchWorker, counter, memory_mib, stop, wait_finals
+from pipeline import BenchWorker, counter, memory_mib, offsets_written, stop, wait_finals
 
 from mediafm import stack
 from mediafm.bus import Tail, consumer, producer
@@ -170,14 +170,6 @@ def publish(s: Settings, world: World, n: int, shots: int, seed: int, packing: s
     return ids
 
 
-def records(s: Settings, topic: str) -> int:
-    c = consumer(s)
-    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-    n = sum(c.end_offsets(tps).values())
-    c.close()
-    return n
-
-
 def stage_span_s(s: Settings) -> float:
     """Seconds from the first fused shot to the last embedding, by the record timestamps the workers set."""
     names = Topics.from_settings(s)
@@ -281,12 +273,12 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
         t0 = time.perf_counter()
         ids = publish(s, world, args.titles, args.shots, seed=1, packing=args.records)
         n = sum(ids.values())
-        print(f"published {n} encoded shots ({records(s, Topics.from_settings(s).encoded)} records) in "
+        print(f"published {n} encoded shots ({offsets_written(s, Topics.from_settings(s).encoded)} records) in "
               f"{time.perf_counter() - t0:.1f}s (this process, kafka-python)")
         with workers(s, tmp, k) as (tail, procs):
             cpu.start([w.pid for w in procs], "workers")  # their start-up and the group's join count too
             embeddings = Topics.from_settings(s).embeddings
-            while records(s, embeddings) < n and all(w.proc.poll() is None for w in procs):
+            while offsets_written(s, embeddings) < n and all(w.proc.poll() is None for w in procs):
                 time.sleep(0.5)  # the end offsets, not the records: reading them would take the workers' CPU
             used = cpu.per_1k(n)
             wait_finals(tail, ids, timeout_s=600)  # every shot has its final (raises if not)

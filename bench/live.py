@@ -1,7 +1,7 @@
 """Live latency at broadcast pace: a generated event published in real time, latency per minute of event.
 
     .venv/bin/python bench/live.py [--minutes 10] [--segment-s 2] [--detector transnetv2] [--right-context 16]
-                                   [--malloc-arena-max 16] [--kill-at M]
+                                   [--malloc-arena-max 16] [--kill-at M [M ...]] [--kill-triton-at M [M ...]]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running) with the offline encoders;
 trains and exports a tiny MediaFM for the offline profile first if none is served.
@@ -20,14 +20,17 @@ compacts a changelog's closed log segments only, and a segment closes after an h
 (streams/runtime.py CHANGELOG_SEGMENT_MS), so an event shorter than that shows none compacted.
 `--malloc-arena-max N` runs the worker with MALLOC_ARENA_MAX=N (16 is glibc's default on 2 cores: 8 a core)
 instead of the 2 arenas `mediafm worker` sets itself (mediafm/cli.py `_two_malloc_arenas`).
-`--kill-at M` kills the worker with SIGKILL at minute M of the event and starts a fresh one at once, as a
-supervisor would: it rejoins, recovers its tables from their changelogs and carries on with the event. Printed
-besides: seconds from the kill to its first embedding, the shots published while it was down, each minute
-around the kill, every shot's provisionals and finals (a shot may be published again, with the same values:
-ContextualEmbedding's docstring) and whether the event's spans still tile it. The kill comes right after the
-first segment that starts at or past minute M is published. A changelog's first log segment closes an hour
-after its first record (the warm-up event's, written before the film is cut into segments), so a kill past
-minute 60 comes after the first compaction, and one before it has the whole event's changelog to replay.
+`--kill-at M [M ...]` kills the worker with SIGKILL at each minute M of the event and starts a fresh one at
+once, as a supervisor would: it rejoins, recovers its tables from their changelogs and carries on with the
+event. `--kill-triton-at M [M ...]` kills the stack's Triton with SIGKILL at minute M and starts it again at
+once (`mediafm stack up`'s start, ready when its models are): the worker waits it out and retries. A fault
+comes right after the first segment that starts at or past its minute is published. Printed for each fault:
+seconds from it to the restart and to the first embedding after it, the provisional latency of the shots
+closed while the worker could not serve them, and each minute around it; and once, every shot's provisionals
+and finals (a shot may be published again, with the same values: ContextualEmbedding's docstring) and
+whether the event's spans still tile it. A changelog's first log segment closes an hour after its first
+record (the warm-up event's, written before the film is cut into segments), so a worker killed past minute
+60 comes back after the first compaction, and one killed before it has the whole event's changelog to replay.
 Every run also counts the pipeline's dead letters (none expected).
 """
 
@@ -35,30 +38,48 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import shutil
+import signal
 import statistics
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from pipeline import AUDIO, bench_worker, memory_mib, records_in_log, wait_finals, worker_metrics
+from pipeline import AUDIO, bench_worker, memory_mib, offsets_written, records_in_log, wait_finals, worker_metrics
 
-from mediafm.bus import Tail, consumer
+from mediafm.bus import consumer
 from mediafm.config import Settings
 from mediafm.media.synthfilm import join_films, make_film
 from mediafm.publish import publish_live
 from mediafm.schema import ContextualEmbedding, LiveSegment
+from mediafm.stack import triton
 from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.topics import Topics
 
 
 def p(x, q) -> float:
     return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def latencies(ms: list[ContextualEmbedding], final: bool) -> list[float]:
+    """Seconds from each segment's publication to its shot's provisional (or final) embedding."""
+    return [m.produced_at - m.published_at for m in ms if m.final == final]
+
+
+LATENCY_HEADER = f"{'provisional p50':>16s} {'p99':>7s} {'final p50':>10s} {'p99':>7s}"
+
+
+def latency_cells(ms: list[ContextualEmbedding]) -> str:
+    """One row of a latency table under LATENCY_HEADER: p50 and p99 of the provisionals, then of the finals."""
+    pv, fv = latencies(ms, final=False), latencies(ms, final=True)
+    return f"{p(pv, 50):16.2f} {p(pv, 99):7.2f} {p(fv, 50):10.2f} {p(fv, 99):7.2f}"
 
 
 def stage_buckets(port: int, kind: str = "live") -> dict[str, dict[float, float]]:
@@ -123,43 +144,60 @@ def changelogs(s: Settings) -> list[tuple[str, int, int]]:
         names = sorted(t for t in c.topics() if t.startswith(f"{s.topic_prefix}-") and t.endswith("-changelog"))
     finally:
         c.close()
-    out = []
-    for name in names:
-        tail = Tail(s, name, from_beginning=True)
-        try:
-            tps = sorted(tail.consumer.assignment())
-            written = sum(tail.consumer.end_offsets(tps).values())
-            out.append((name, written, sum(1 for _ in tail.to_end(timeout_s=600))))
-        finally:
-            tail.close()
-    return out
+    return [(name, offsets_written(s, name), records_in_log(s, name)) for name in names]
 
 
-def after_the_kill(got: list[ContextualEmbedding], killed_at: float, restarted_at: float, kill_min: float,
-                   n_film: int) -> None:
-    """What a kill -9 mid-event did: the outage, the minutes around it, each shot's outputs, the spans."""
-    later = [m.produced_at for m in got if m.produced_at > killed_at]
+@dataclass
+class Fault:
+    """One fault of the event: the process killed ("worker" or "Triton") at the minute asked for; once it has
+    come, the event minute it came at, and time.time() of the kill and of the process being back."""
+
+    what: str
+    minute: float
+    event_minute: float = float("nan")
+    at: float = float("nan")
+    back: float = float("nan")
+
+
+def kill_triton(s: Settings) -> None:
+    """SIGKILL the stack's Triton and wait until it no longer answers."""
+    os.kill(triton.service(s).pid(), signal.SIGKILL)
+    while triton.live(s):
+        time.sleep(0.1)
+
+
+def restart_triton(s: Settings, f: Fault) -> None:
+    """Start Triton again as `mediafm stack up` does, and note when it is ready (its models loaded)."""
+    triton.up(s)
+    f.back = time.time()
+
+
+def after_fault(got: list[ContextualEmbedding], f: Fault) -> None:
+    """What one fault did: the outage, the shots closed during it, the minutes around it."""
+    later = [m.produced_at for m in got if m.produced_at > f.at]
     first = min(later) if later else float("nan")
-    print(f"the kill at minute {kill_min:.2f} of the event: a new worker started {restarted_at - killed_at:.2f} s "
-          f"after it; its first embedding {first - killed_at:.1f} s after the kill")
-    down = [m for m in got if not m.final and killed_at <= m.published_at < first]
+    print(f"the {f.what} killed at minute {f.event_minute:.2f} of the event: back (a fresh process "
+          f"{'started' if f.what == 'worker' else 'ready'}) {f.back - f.at:.2f} s after the kill; the first embedding "
+          f"after it {first - f.at:.1f} s after the kill")
+    down = [m for m in got if not m.final and f.at <= m.published_at < max(first, f.back)]
     if down:
-        lat = [m.produced_at - m.published_at for m in down]
-        print(f"  {len(down)} shots closed by segments published while no worker served them: provisional "
+        lat = latencies(down, final=False)
+        print(f"  {len(down)} shots closed by segments published before it was back and served: provisional "
               f"latency {min(lat):.1f}-{max(lat):.1f} s")
-    print(f"  {'minute':>6s} {'shots':>5s} {'provisional p50':>16s} {'p99':>7s} {'final p50':>10s} {'p99':>7s}")
-    for minute in range(max(0, int(kill_min) - 1), int(kill_min) + 5):
+    print(f"  {'minute':>6s} {'shots':>5s} {LATENCY_HEADER}")
+    for minute in range(max(0, int(f.event_minute) - 1), int(f.event_minute) + 5):
         ms = [m for m in got if int(m.start_s // 60) == minute]
-        pv = [m.produced_at - m.published_at for m in ms if not m.final]
-        fv = [m.produced_at - m.published_at for m in ms if m.final]
         if ms:
-            print(f"  {minute:>6d} {len({m.shot_index for m in ms}):>5d} {p(pv, 50):16.2f} {p(pv, 99):7.2f} "
-                  f"{p(fv, 50):10.2f} {p(fv, 99):7.2f}")
+            print(f"  {minute:>6d} {len({m.shot_index for m in ms}):>5d} {latency_cells(ms)}")
+
+
+def every_shot(got: list[ContextualEmbedding], n_film: int) -> None:
+    """Each shot's outputs and the spans, after faults."""
     r = per_shot(got)
-    print(f"  every shot of {r['shots']}: a final {not r['no_final']}, a provisional {not r['no_provisional']}; "
+    print(f"every shot of {r['shots']}: a final {not r['no_final']}, a provisional {not r['no_provisional']}; "
           f"finals published more than once: {len(r['finals_twice'])} shots ({len(r['finals_differ'])} of them with "
           f"different values); provisionals more than once: {r['provisionals_twice']} shots")
-    print(f"  shots cut: {r['shots']} (the film has {n_film}); the finals' spans tile the event: {not r['gaps']}"
+    print(f"shots cut: {r['shots']} (the film has {n_film}); the finals' spans tile the event: {not r['gaps']}"
           + (f" (gaps or overlaps after shots {r['gaps'][:5]})" if r["gaps"] else ""))
 
 
@@ -195,11 +233,16 @@ def main() -> None:
     ap.add_argument("--right-context", type=int, default=16, help="live_right_context of the worker")
     ap.add_argument("--malloc-arena-max", type=int, default=None,
                     help="MALLOC_ARENA_MAX of the worker (default: unset, so the worker sets 2 arenas itself)")
-    ap.add_argument("--kill-at", type=float, default=None, metavar="M",
-                    help="SIGKILL the worker at minute M of the event and start a fresh one at once")
+    ap.add_argument("--kill-at", type=float, nargs="+", default=[], metavar="M",
+                    help="SIGKILL the worker at each minute M of the event and start a fresh one at once")
+    ap.add_argument("--kill-triton-at", type=float, nargs="+", default=[], metavar="M",
+                    help="SIGKILL Triton at each minute M of the event and start it again at once")
     args = ap.parse_args()
-    if args.kill_at is not None and not 0 < args.kill_at < args.minutes:
-        ap.error(f"--kill-at {args.kill_at:g} is not within the event's {args.minutes:g} minutes")
+    faults = sorted([Fault("worker", m) for m in args.kill_at] + [Fault("Triton", m) for m in args.kill_triton_at],
+                    key=lambda f: f.minute)
+    for f in faults:
+        if not 0 < f.minute < args.minutes:
+            ap.error(f"a {f.what} kill at minute {f.minute:g} is not within the event's {args.minutes:g} minutes")
 
     tmp = Path(tempfile.mkdtemp(prefix="mediafm-live-"))  # the worker's log: kept
     media = Path(tempfile.mkdtemp(prefix="mediafm-live-media-"))  # the films: 1.4 GB for 69 minutes, removed
@@ -227,24 +270,33 @@ def main() -> None:
               f"detector {s.live_shot_detector}, right context {args.right_context}")
         sampler = RssSampler(lambda: worker.pid)
         sampler.start()
-        kill: dict[str, float] = {}
+        pending, restarts = list(faults), []
 
-        def kill9(seg: LiveSegment) -> None:
-            """Right after the first segment that starts at or past --kill-at is published (publish_live first
-            cuts the whole film into segments, minutes for an hour, then starts the event's clock)."""
-            if args.kill_at is None or kill or seg.start_s < args.kill_at * 60:
-                return
-            kill["at"], kill["minute"] = time.time(), seg.start_s / 60
-            worker.kill9_and_restart()
-            kill["restarted"] = time.time()
-            print(f"killed the worker with SIGKILL at minute {kill['minute']:.2f} of the event (segment "
-                  f"{seg.segment_index} published); new worker pid {worker.pid}", flush=True)
+        def inject(seg: LiveSegment) -> None:
+            """Right after the first segment that starts at or past a fault's minute is published (publish_live
+            first cuts the whole film into segments, minutes for an hour, then starts the event's clock)."""
+            while pending and seg.start_s >= pending[0].minute * 60:
+                f = pending.pop(0)
+                f.at, f.event_minute = time.time(), seg.start_s / 60
+                if f.what == "worker":
+                    worker.kill9_and_restart()
+                    f.back = time.time()
+                else:  # Triton takes seconds to load its models: started beside the event's clock
+                    kill_triton(s)
+                    restarts.append(threading.Thread(target=restart_triton, args=(s, f), daemon=True))
+                    restarts[-1].start()
+                print(f"killed the {f.what} with SIGKILL at minute {f.event_minute:.2f} of the event (segment "
+                      f"{seg.segment_index} published)" + (f"; new worker pid {worker.pid}" if f.what == "worker"
+                                                            else ""), flush=True)
 
-        publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True, on_segment=kill9)
+        publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True, on_segment=inject)
         got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
         sampler.done.set()
+        for r in restarts:
+            r.join()
         hwm = memory_mib(worker.pid).get("VmHWM", float("nan"))
-        if kill:
+        killed = any(f.what == "worker" for f in faults)
+        if killed:
             before = {}  # the restarted worker's metrics start at zero: its shots only
         after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots
         held = {smp.labels["result"]: smp.value for fam in worker_metrics(s.worker_web_port)
@@ -255,35 +307,31 @@ def main() -> None:
 
     print("where a live shot's time goes: seconds from the segment's publication to each stage's output "
           "(the worker's mediafm_stage_latency_seconds, p50 / p99 within histogram buckets"
-          + ("; the restarted worker's shots only)" if kill else ")"))
+          + ("; the last restarted worker's shots only)" if killed else ")"))
     for stage in ("segment", "encode", "fuse"):
         cum = stages.get(stage, {})
         print(f"  {stage:8s} p50 {quantile(cum, 0.5):6.2f}  p99 {quantile(cum, 0.99):6.2f}  "
               f"({max(cum.values(), default=0):.0f} shots)")
     print(f"dead letters in the pipeline's topic: {dead}")
-    if kill:
-        after_the_kill(got, kill["at"], kill["restarted"], kill["minute"], len(shots))
+    for f in faults:
+        after_fault(got, f)
+    if faults:
+        every_shot(got, len(shots))
     rss = sampler.samples or [float("nan")]
     arenas = args.malloc_arena_max or "unset: 2 arenas, set by the worker"
     print(f"worker memory over the event (MALLOC_ARENA_MAX {arenas}): VmRSS median {statistics.median(rss):.0f} MiB, "
           f"largest {max(rss):.0f} MiB ({len(rss)} samples every 3 s); peak VmHWM {hwm:.0f} MiB"
-          + (" (the restarted worker's)" if kill else ""))
+          + (" (the last restarted worker's)" if killed else ""))
     print(f"segments the encode stage found decoded in memory: {held.get('hit', 0):.0f}, decoded again: "
           f"{held.get('miss', 0):.0f} (live_decoded_mb, mediafm/media/segment_cache.py)")
     block = 1 if args.minutes <= 20 else 10  # minutes of event a row of the table covers
     blocks = int(np.ceil(args.minutes / block))
-    rows = {}  # per kind: each shot's latency and the block of event time it starts in
-    for final in (False, True):
-        ms = [m for m in got if m.final == final]
-        rows[final] = (np.array([m.produced_at - m.published_at for m in ms]),
-                       np.array([int(m.start_s // (60 * block)) for m in ms]))
-    (pl, pb), (fl, fb) = rows[False], rows[True]
-    print(f"{'minute':>7s} {'provisional p50':>16s} {'p99':>7s} {'final p50':>10s} {'p99':>7s}")
+    in_block = [[m for m in got if int(m.start_s // (60 * block)) == b] for b in range(blocks)]  # by start time
+    print(f"{'minute':>7s} {LATENCY_HEADER}")
     for b in range(blocks):
         label = f"{b * block}" if block == 1 else f"{b * block}-{min((b + 1) * block, args.minutes):g}"
-        print(f"{label:>7s} {p(pl[pb == b], 50):16.2f} {p(pl[pb == b], 99):7.2f} {p(fl[fb == b], 50):10.2f} "
-              f"{p(fl[fb == b], 99):7.2f}")
-    print(f"{'all':>7s} {p(pl, 50):16.2f} {p(pl, 99):7.2f} {p(fl, 50):10.2f} {p(fl, 99):7.2f}")
+        print(f"{label:>7s} {latency_cells(in_block[b])}")
+    print(f"{'all':>7s} {latency_cells(got)}")
     print("table changelogs once the event ended: offsets written, records still in the log (compacted away)")
     for name, written, held in logs:
         gone = f"{1 - held / written:.0%} compacted away" if written else "nothing written"
@@ -297,10 +345,14 @@ def main() -> None:
                                                          - ends[m.shot_index]) for m in finals])
     print(f"final less its right context's event time: p50 {p(extra, 50):.2f} s, p99 {p(extra, 99):.2f} s "
           f"(right context of {args.right_context} shots: {np.median([ends[min(i + args.right_context, n - 1)] - ends[i] for i in range(n)]):.1f} s median)")
-    last = blocks - 1
+    pl = latencies(got, final=False)
+
+    def growth(final: bool) -> float:  # the last block's p99 over the first's
+        return p(latencies(in_block[-1], final), 99) / p(latencies(in_block[0], final), 99)
+
     print(f"targets: provisional p99 {p(pl, 99):.2f} s (<= 2); final p99 less its right context {p(extra, 99):.2f} s "
           f"(<= provisional p99 + 2 = {p(pl, 99) + 2:.2f}); last {block} min p99 / first {block} min p99: provisional "
-          f"x{p(pl[pb == last], 99) / p(pl[pb == 0], 99):.2f}, final x{p(fl[fb == last], 99) / p(fl[fb == 0], 99):.2f} "
+          f"x{growth(False):.2f}, final x{growth(True):.2f} "
           f"(<= 1.2; about {12 * block} shots a block, so a one-minute block's p99 is its slowest shot)")
 
 

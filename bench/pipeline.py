@@ -37,9 +37,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from kafka import TopicPartition
 
 from mediafm import stack
-from mediafm.bus import Tail
+from mediafm.bus import Tail, consumer
 from mediafm.config import Settings, free_ports, replace
 from mediafm.demo import ensure_model
 from mediafm.media.embed import encode_shots, fuse_encoded
@@ -96,6 +97,16 @@ def wait_finals(tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str,
     if not done():
         raise SystemExit(f"timed out waiting for {want}: got { {k: len(v) for k, v in got.items()} }")
     return got
+
+
+def offsets_written(s: Settings, topic: str) -> int:
+    """How many records were ever written to `topic`: its end offsets, summed over partitions."""
+    c = consumer(s)
+    try:
+        return sum(c.end_offsets([TopicPartition(topic, q) for q in sorted(c.partitions_for_topic(topic) or ())])
+                   .values())
+    finally:
+        c.close()
 
 
 def records_in_log(s: Settings, topic: str) -> int:

@@ -306,8 +306,9 @@ def bench_script():
     package)."""
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # importlib's recipe: a dataclass looks its module up there
         spec.loader.exec_module(mod)
         return mod
 
