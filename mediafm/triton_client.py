@@ -10,6 +10,13 @@ Two kinds of failure, two answers:
   backoff, for as long as the
   caller allows (`give_up_after_s`, default forever): nothing is dropped.
   Every retry counts in `mediafm_retries_total{service="triton"}` (mediafm/retry_metrics.py).
+
+While nothing listens at Triton's address (a restart, a crash) a try costs the server nothing, so the wait
+before each such retry is capped at `absent_s` (1 s; 0.5-1.5 s with the jitter): a Triton that comes back is
+used within about a second of listening, not after a backoff that grew through its outage (with the 10-s cap
+and its jitter, up to 15 s more, which live shots wait on). A server that answers and fails (5xx, a timeout,
+a dropped connection) is busy or broken: its backoff grows to the full cap, so a crowd of workers does not
+hammer it. Past the first 5 tries of a request, its warning is logged once every 30 s.
 """
 
 from __future__ import annotations
@@ -63,10 +70,11 @@ class TritonClient:
     float32) was compressed by the server and decompressed here, on the same CPUs, for a loopback hop."""
 
     def __init__(self, url: str, *, give_up_after_s: float | None = None,
-                 backoff_s: tuple[float, float] = (0.2, 10.0), on_latency=None) -> None:
+                 backoff_s: tuple[float, float] = (0.2, 10.0), absent_s: float = 1.0, on_latency=None) -> None:
         self.url = url
         self.give_up_after_s = give_up_after_s
         self.backoff_s = backoff_s
+        self.absent_s = absent_s  # the longest wait while nothing listens at `url` (the module's docstring)
         self.on_latency = on_latency  # callable(model, seconds), e.g. a Prometheus histogram
         self._client: aiohttpclient.InferenceServerClient | None = None
 
@@ -100,11 +108,12 @@ class TritonClient:
 
     async def _retry(self, model: str, call):
         """`await call(client)` until it answers: BadRequest at once on a 4xx, else wait with backoff."""
-        start = time.monotonic()
+        start = last_log = time.monotonic()
         delay = self.backoff_s[0]
         attempt = 0
         while True:
             attempt += 1
+            absent = False  # nothing listens at the address: trying again costs the server nothing
             try:
                 if self._client is None:
                     self._client = aiohttpclient.InferenceServerClient(self.url)
@@ -115,14 +124,19 @@ class TritonClient:
                 reason = f"{e.status()}: {e.message()}"
             except (TimeoutError, OSError, aiohttp.ClientError) as e:  # refused, reset, or the server died mid-request
                 reason = f"{type(e).__name__}: {e}"
+                absent = isinstance(e, aiohttp.ClientConnectorError | ConnectionRefusedError)
                 await self.close()
-            waited = time.monotonic() - start
-            if self.give_up_after_s is not None and waited > self.give_up_after_s:
-                raise TritonUnavailable(f"{model}: Triton at {self.url} unavailable for {waited:.0f}s "
+            now = time.monotonic()
+            if self.give_up_after_s is not None and now - start > self.give_up_after_s:
+                raise TritonUnavailable(f"{model}: Triton at {self.url} unavailable for {now - start:.0f}s "
                                         f"({attempt} attempts); last error {reason}")
-            log.warning("triton %s unavailable (attempt %d, %s); retrying in %.1fs", model, attempt, reason, delay)
+            wait = min(delay, self.absent_s) if absent else delay
+            if attempt <= 5 or now - last_log >= 30:  # an outage of minutes at 1 s: a line each 30 s, not each try
+                log.warning("triton %s unavailable for %.0fs (attempt %d, %s); retrying in %.1fs", model,
+                            now - start, attempt, reason, wait)
+                last_log = now
             count_retry("triton")  # mediafm_retries_total{service="triton"}
-            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in lockstep
+            await asyncio.sleep(wait * (0.5 + random.random()))  # jitter: workers don't retry in lockstep
             delay = min(delay * 2, self.backoff_s[1])
 
     async def close(self) -> None:

@@ -1,6 +1,7 @@
 """The `fusion` model served by real Triton equals mediafm.fusion.fuse in-process."""
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +67,61 @@ def test_unreachable_triton_is_retried_then_reported():
 
     with pytest.raises(TritonUnavailable, match=r"unavailable for \d+s \(\d+ attempts\)"):
         asyncio.run(run())
+
+
+def _retry_waits(url: str, caplog, give_up_after_s: float) -> list[float]:
+    """The waits a TritonClient logs before each retry of one request to `url`, until it gives up."""
+    from mediafm.errors import TritonUnavailable
+
+    async def run():
+        client = TritonClient(url, give_up_after_s=give_up_after_s, backoff_s=(0.2, 10.0), absent_s=0.5)
+        try:
+            v, a, t, p = _batch(1)
+            await client.infer("fusion", {"VIDEO": v, "AUDIO": a, "TEXT": t, "PRESENT": p}, ["FUSED"])
+        finally:
+            await client.close()
+
+    with caplog.at_level("WARNING", logger="mediafm.triton_client"), pytest.raises(TritonUnavailable):
+        asyncio.run(run())
+    return [float(m) for m in re.findall(r"retrying in ([0-9.]+)s", caplog.text)]
+
+
+def test_while_nothing_listens_retries_stay_absent_s_apart_and_a_failing_server_backs_off_further(caplog):
+    """A restarting Triton (connection refused) is tried again every absent_s, so it is used about a second
+    after it listens; one that answers 503 sees the backoff grow past that, to the cap."""
+    import http.server
+    import socket
+    import threading
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now: every connection is refused
+    refused = _retry_waits(f"127.0.0.1:{port}", caplog, give_up_after_s=3.0)
+    assert refused[:3] == [0.2, 0.4, 0.5] and len(refused) >= 5 and max(refused) == 0.5, refused
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"error": "overloaded"}'
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    caplog.clear()
+    try:
+        busy = _retry_waits(f"127.0.0.1:{srv.server_address[1]}", caplog, give_up_after_s=3.0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert busy[:3] == [0.2, 0.4, 0.8], busy  # doubling past absent_s: 503 is a server that answers
+    assert "503: overloaded" in caplog.text
 
 
 def test_a_server_dying_mid_request_is_waited_out_not_raised():
