@@ -158,6 +158,10 @@ class Fault:
     at: float = float("nan")
     back: float = float("nan")
 
+    @property
+    def name(self) -> str:
+        return "the worker" if self.what == "worker" else "Triton"
+
 
 def kill_triton(s: Settings) -> None:
     """SIGKILL the stack's Triton and wait until it no longer answers."""
@@ -176,7 +180,7 @@ def after_fault(got: list[ContextualEmbedding], f: Fault) -> None:
     """What one fault did: the outage, the shots closed during it, the minutes around it."""
     later = [m.produced_at for m in got if m.produced_at > f.at]
     first = min(later) if later else float("nan")
-    print(f"the {f.what} killed at minute {f.event_minute:.2f} of the event: back (a fresh process "
+    print(f"{f.name} killed at minute {f.event_minute:.2f} of the event: back (a fresh process "
           f"{'started' if f.what == 'worker' else 'ready'}) {f.back - f.at:.2f} s after the kill; the first embedding "
           f"after it {first - f.at:.1f} s after the kill")
     down = [m for m in got if not m.final and f.at <= m.published_at < max(first, f.back)]
@@ -285,7 +289,7 @@ def main() -> None:
                     kill_triton(s)
                     restarts.append(threading.Thread(target=restart_triton, args=(s, f), daemon=True))
                     restarts[-1].start()
-                print(f"killed the {f.what} with SIGKILL at minute {f.event_minute:.2f} of the event (segment "
+                print(f"killed {f.name} with SIGKILL at minute {f.event_minute:.2f} of the event (segment "
                       f"{seg.segment_index} published)" + (f"; new worker pid {worker.pid}" if f.what == "worker"
                                                             else ""), flush=True)
 
