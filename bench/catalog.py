@@ -278,16 +278,16 @@ def run(base: Settings, world: World, args, cpu: Cpu, tmp: Path, total: int) -> 
         with workers(s, tmp, k) as (tail, procs):
             cpu.start([w.pid for w in procs], "workers")  # their start-up and the group's join count too
             embeddings = Topics.from_settings(s).embeddings
-            while offsets_written(s, embeddings) < n and all(w.proc.poll() is None for w in procs):
+            while offsets_written(s, embeddings) < n and all(w.alive for w in procs):
                 time.sleep(0.5)  # the end offsets, not the records: reading them would take the workers' CPU
             used = cpu.per_1k(n)
             wait_finals(tail, ids, timeout_s=600)  # every shot has its final (raises if not)
             t = stage_span_s(s)
             rss = [memory_mib(w.pid).get("VmHWM", float("nan")) for w in procs]
-            dead = [w.pid for w in procs if w.proc.poll() is not None]
+            dead = [w.pid for w in procs if not w.alive]
             # redeliveries: acknowledgements not committed across rebalances, and the repeats the stages saw
-            dropped = sum(counter(w.port, "mediafm_acks_dropped") for w in procs if w.proc.poll() is None)
-            dups = sum(counter(w.port, "mediafm_duplicates") for w in procs if w.proc.poll() is None)
+            dropped = sum(counter(w.port, "mediafm_acks_dropped") for w in procs if w.alive)
+            dups = sum(counter(w.port, "mediafm_duplicates") for w in procs if w.alive)
         drop_pipeline(s)
         rates.setdefault(k, []).append(n / t)
         print(f"{k} worker(s), {args.partitions} partitions: {n} shots in {t:.1f}s, {n / t:.4g} "

@@ -146,6 +146,10 @@ class BenchWorker:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def kill9_and_restart(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
