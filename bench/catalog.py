@@ -55,7 +55,7 @@ from kafka import TopicPartition
 from pipeline import BenchWorker, counter, memory_mib, offsets_written, stop, wait_finals
 
 from mediafm import stack
-from mediafm.bus import Tail, consumer, producer
+from mediafm.bus import Tail, consumer, kafka_python_options, producer
 from mediafm.config import Settings, free_ports, replace
 from mediafm.demo import ensure_model
 from mediafm.profiles import get_layout, get_profile
@@ -136,9 +136,7 @@ def drop_pipeline(s: Settings) -> None:
     GB a 40 titles, and benchmark runs once filled the disk with them."""
     from kafka import KafkaAdminClient
 
-    from mediafm.kafka_security import client_security
-
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, **client_security(s))
+    admin = KafkaAdminClient(**kafka_python_options(s))
     try:
         mine = [t for t in admin.list_topics() if t.startswith((f"{s.topic_prefix}.", f"{s.topic_prefix}-"))]
         if mine:

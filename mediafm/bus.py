@@ -16,6 +16,20 @@ from mediafm.kafka_security import check_login, client_security
 from mediafm.schema import MAX_MESSAGE_BYTES
 
 
+def kafka_python_options(settings: Settings) -> dict:
+    """Keyword arguments every kafka-python client of ours starts from: the broker's address, its security
+    (client_security) and a reconnect backoff capped at 1 s.
+
+    kafka-python doubles its wait between attempts to reach a broker that is away, from 50 ms up to
+    reconnect_backoff_max_ms, 30 s unless set (the Java client's default is 1 s). So a client that kept trying while
+    the broker restarted could wait up to 30 s more once it was back: `mediafm publish live` held an event's
+    segments 23 s behind its clock for a broker that served again 12 s after a kill -9, and `mediafm stack up`
+    took 30 s to see that broker ready (bench/live.py --kill-broker-at). A refused connection costs the broker
+    nothing; a broker that is up but slow is waited for by request timeouts, not by this."""
+    return {"bootstrap_servers": settings.kafka_bootstrap, "reconnect_backoff_max_ms": 1000,
+            **client_security(settings)}
+
+
 def producer(settings: Settings) -> KafkaProducer:
     """acks=all + idempotence: a retried send is not written twice. Records gathered for 5 ms into batches of
     up to 512 KiB a partition, as the workers' producer does (streams/runtime.py): a shot message is 4-17 KiB,
@@ -23,18 +37,17 @@ def producer(settings: Settings) -> KafkaProducer:
     sent 200-400 shots/s (bench/publish.py). A refused login is a ConfigError here (check_login), not 30 s of
     retries."""
     check_login(settings)
-    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                         max_request_size=MAX_MESSAGE_BYTES + 64 * 1024, linger_ms=5, batch_size=512 * 1024,
-                         **client_security(settings))
+    return KafkaProducer(acks="all", enable_idempotence=True, max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
+                         linger_ms=5, batch_size=512 * 1024, **kafka_python_options(settings))
 
 
 def consumer(settings: Settings, **kwargs) -> KafkaConsumer:
     """A consumer that fetches messages up to MAX_MESSAGE_BYTES and commits nothing by itself (a refused login:
     ConfigError, as for producer)."""
     check_login(settings)
-    return KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                         fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024,
-                         **client_security(settings), **kwargs)
+    return KafkaConsumer(enable_auto_commit=False, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+                         max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024, **kafka_python_options(settings),
+                         **kwargs)
 
 
 class Tail:

@@ -26,7 +26,6 @@ from collections import OrderedDict
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from mediafm.kafka_security import client_security
 from mediafm.schema import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -168,12 +167,12 @@ def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import KafkaError
 
+    from mediafm.bus import kafka_python_options
     from mediafm.errors import ConfigError
 
     keys = ("cleanup.policy", "retention.ms", "retention.bytes")
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                                 **client_security(settings))
+        admin = KafkaAdminClient(request_timeout_ms=int(timeout_s * 1000), **kafka_python_options(settings))
         try:
             found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(keys))],
                                            config_filter="all")["topic"].get(topic) or {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mediafm.config import Settings
 from mediafm.errors import ConfigError, MissingToolError, StackError
-from mediafm.kafka_security import check_login, client_security, sasl_password
+from mediafm.kafka_security import check_login, sasl_password
 from mediafm.schema import MAX_MESSAGE_BYTES
 from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
 
@@ -264,13 +264,16 @@ def _write_config(settings: Settings, java: str) -> Path:
 
 
 def ready(settings: Settings, *, timeout_s: float = 2.0) -> bool:
-    """True when the broker answers a metadata request listing itself."""
+    """True when the broker answers a metadata request listing itself. A probe: False once `timeout_s` has gone by
+    without an answer (kafka-python's admin client waits 30 s for a first connection unless told otherwise)."""
     from kafka import KafkaAdminClient  # lazy: kafka-python is slow to import
     from kafka.errors import KafkaError
 
+    from mediafm.bus import kafka_python_options
+
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                 request_timeout_ms=int(timeout_s * 1000), **client_security(settings))
+        admin = KafkaAdminClient(request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 **kafka_python_options(settings))
     except (KafkaError, OSError):
         return False
     try:
@@ -338,8 +341,10 @@ def create_topics(settings: Settings, names: list[str], *, configs: dict[str, st
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from mediafm.bus import kafka_python_options
+
     check_login(settings)  # ConfigError naming the setting, not 30 s of retries
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_security(settings))
+    admin = KafkaAdminClient(**kafka_python_options(settings))
     try:
         existing = set(admin.list_topics())
         new = [n for n in names if n not in existing]
