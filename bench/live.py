@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/live.py [--minutes 10] [--segment-s 2] [--detector transnetv2] [--right-context 16]
                                    [--malloc-arena-max 16] [--kill-at M [M ...]] [--kill-triton-at M [M ...]]
+                                   [--kill-broker-at M [M ...]]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running) with the offline encoders;
 trains and exports a tiny MediaFM for the offline profile first if none is served.
@@ -23,10 +24,16 @@ instead of the 2 arenas `mediafm worker` sets itself (mediafm/cli.py `_two_mallo
 `--kill-at M [M ...]` kills the worker with SIGKILL at each minute M of the event and starts a fresh one at
 once, as a supervisor would: it rejoins, recovers its tables from their changelogs and carries on with the
 event. `--kill-triton-at M [M ...]` kills the stack's Triton with SIGKILL at minute M and starts it again at
-once (`mediafm stack up`'s start, ready when its models are): the worker waits it out and retries. A fault
+once (`mediafm stack up`'s start, ready when its models are): the worker waits it out and retries.
+`--kill-broker-at M [M ...]` does the same to the stack's Kafka broker (ready when it answers metadata again):
+the publisher's sends, the worker's consumers and producer and this bench's own reader wait for it. Throughout,
+this bench is the worker's supervisor, as compose's `restart: on-failure` is: a worker that exits (75,
+EX_TEMPFAIL, when a record it sent was not taken) is started again at once, and said so. A fault
 comes right after the first segment that starts at or past its minute is published. Printed for each fault:
-seconds from it to the restart and to the first embedding after it, the provisional latency of the shots
-closed while the worker could not serve them, and each minute around it; and once, every shot's provisionals
+seconds from it to the restart and to the first embedding after it, the shots whose last frame happened while
+the worker could not serve them with their provisional latency (from the publication of the segment that closed
+each, and from its last frame on the event's clock, which also counts a publisher held up by the broker), how
+late the publisher got segments out, and each minute around it; and once, every shot's provisionals
 and finals (a shot may be published again, with the same values: ContextualEmbedding's docstring) and
 whether the event's spans still tile it. A changelog's first log segment closes an hour after its first
 record (the warm-up event's, written before the film is cut into segments), so a worker killed past minute
@@ -59,7 +66,7 @@ from mediafm.config import Settings
 from mediafm.media.synthfilm import join_films, make_film
 from mediafm.publish import publish_live
 from mediafm.schema import ContextualEmbedding, LiveSegment
-from mediafm.stack import triton
+from mediafm.stack import kafka, triton
 from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.topics import Topics
 
@@ -149,8 +156,8 @@ def changelogs(s: Settings) -> list[tuple[str, int, int]]:
 
 @dataclass
 class Fault:
-    """One fault of the event: the process killed ("worker" or "Triton") at the minute asked for; once it has
-    come, the event minute it came at, and time.time() of the kill and of the process being back."""
+    """One fault of the event: the process killed ("worker", "Triton" or "broker") at the minute asked for; once
+    it has come, the event minute it came at, and time.time() of the kill and of the process being back."""
 
     what: str
     minute: float
@@ -160,34 +167,75 @@ class Fault:
 
     @property
     def name(self) -> str:
-        return "the worker" if self.what == "worker" else "Triton"
+        return {"worker": "the worker", "Triton": "Triton", "broker": "the broker"}[self.what]
 
 
-def kill_triton(s: Settings) -> None:
-    """SIGKILL the stack's Triton and wait until it no longer answers."""
-    os.kill(triton.service(s).pid(), signal.SIGKILL)
-    while triton.live(s):
+# The stack's services a fault can kill: the module that starts them, and whether the killed one is still there
+# (Triton: it answers HTTP; the broker: its process).
+SERVICES = {"Triton": (triton, triton.live), "broker": (kafka, lambda s: kafka.service(s).alive())}
+
+
+def kill_service(s: Settings, what: str) -> None:
+    """SIGKILL the stack's Triton or broker and wait until it is gone."""
+    module, up = SERVICES[what]
+    os.kill(module.service(s).pid(), signal.SIGKILL)
+    while up(s):
         time.sleep(0.1)
 
 
-def restart_triton(s: Settings, f: Fault) -> None:
-    """Start Triton again as `mediafm stack up` does, and note when it is ready (its models loaded)."""
-    triton.up(s)
+def restart_service(s: Settings, f: Fault) -> None:
+    """Start the service again as `mediafm stack up` does, and note when it is ready (Triton: its models loaded;
+    the broker: it answers a metadata request)."""
+    SERVICES[f.what][0].up(s)
     f.back = time.time()
 
 
-def after_fault(got: list[ContextualEmbedding], f: Fault) -> None:
-    """What one fault did: the outage, the shots closed during it, the minutes around it."""
+class Supervisor(threading.Thread):
+    """Starts the worker again whenever it has exited, as compose's `restart: on-failure` does, and keeps
+    (time.time(), exit status) of each exit."""
+
+    def __init__(self, worker) -> None:
+        super().__init__(daemon=True)
+        self.worker, self.exits, self.done = worker, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            if (rc := self.worker.restart_if_exited()) is not None:
+                self.exits.append((time.time(), rc))
+                print(f"the worker exited with status {rc}{' (EX_TEMPFAIL)' if rc == 75 else ''}; started again "
+                      f"(pid {self.worker.pid})", flush=True)
+
+
+def event_clock(sent: list[LiveSegment], segment_s: float) -> tuple[float, list[float]]:
+    """When the event started (time.time()) and how late each segment was published. publish_live sends segment k
+    once its last frame has happened (its end: the next segment's start) and stamps it just before; a send held up
+    (a broker away) makes the segments after it late. The start is the earliest publication less its segment's
+    end, which a timely segment gives to within a sleep's overshoot."""
+    ends = [b.start_s for b in sent[1:]] + [sent[-1].start_s + segment_s]
+    t0 = min(seg.published_at - end for seg, end in zip(sent, ends, strict=True))
+    return t0, [seg.published_at - t0 - end for seg, end in zip(sent, ends, strict=True)]
+
+
+def after_fault(got: list[ContextualEmbedding], f: Fault, sent: list[LiveSegment], segment_s: float) -> None:
+    """What one fault did: the outage, the shots whose last frame happened during it, how late the publisher
+    got, the minutes around it."""
     later = [m.produced_at for m in got if m.produced_at > f.at]
     first = min(later) if later else float("nan")
     print(f"{f.name} killed at minute {f.event_minute:.2f} of the event: back (a fresh process "
           f"{'started' if f.what == 'worker' else 'ready'}) {f.back - f.at:.2f} s after the kill; the first embedding "
           f"after it {first - f.at:.1f} s after the kill")
-    down = [m for m in got if not m.final and f.at <= m.published_at < max(first, f.back)]
+    t0, late = event_clock(sent, segment_s)
+    down = [m for m in got if not m.final and f.at <= t0 + m.end_s < max(first, f.back)]
     if down:
         lat = latencies(down, final=False)
-        print(f"  {len(down)} shots closed by segments published before it was back and served: provisional "
-              f"latency {min(lat):.1f}-{max(lat):.1f} s")
+        since = [m.produced_at - t0 - m.end_s for m in down]
+        print(f"  {len(down)} shots whose last frame happened before it was back and served: provisional latency "
+              f"{min(lat):.1f}-{max(lat):.1f} s from the segment's publication, {min(since):.1f}-{max(since):.1f} s "
+              f"from the shot's last frame")
+    held = [(x, seg) for x, seg in zip(late, sent, strict=True) if f.at <= seg.published_at < f.at + 120 and x > 1.0]
+    if held:
+        print(f"  the publisher was behind the event's clock for {len(held)} segments after it, by up to "
+              f"{max(x for x, _ in held):.1f} s (segment {max(held, key=lambda h: h[0])[1].segment_index})")
     print(f"  {'minute':>6s} {'shots':>5s} {LATENCY_HEADER}")
     for minute in range(max(0, int(f.event_minute) - 1), int(f.event_minute) + 5):
         ms = [m for m in got if int(m.start_s // 60) == minute]
@@ -241,9 +289,11 @@ def main() -> None:
                     help="SIGKILL the worker at each minute M of the event and start a fresh one at once")
     ap.add_argument("--kill-triton-at", type=float, nargs="+", default=[], metavar="M",
                     help="SIGKILL Triton at each minute M of the event and start it again at once")
+    ap.add_argument("--kill-broker-at", type=float, nargs="+", default=[], metavar="M",
+                    help="SIGKILL the Kafka broker at each minute M of the event and start it again at once")
     args = ap.parse_args()
-    faults = sorted([Fault("worker", m) for m in args.kill_at] + [Fault("Triton", m) for m in args.kill_triton_at],
-                    key=lambda f: f.minute)
+    faults = sorted([Fault("worker", m) for m in args.kill_at] + [Fault("Triton", m) for m in args.kill_triton_at]
+                    + [Fault("broker", m) for m in args.kill_broker_at], key=lambda f: f.minute)
     for f in faults:
         if not 0 < f.minute < args.minutes:
             ap.error(f"a {f.what} kill at minute {f.minute:g} is not within the event's {args.minutes:g} minutes")
@@ -272,8 +322,9 @@ def main() -> None:
         eid = f"live-{uuid.uuid4().hex[:6]}"
         print(f"live event {eid}: {len(shots)} shots, {frames / fps:.0f}s, {args.segment_s:g} s segments in real time, "
               f"detector {s.live_shot_detector}, right context {args.right_context}")
-        sampler = RssSampler(lambda: worker.pid)
+        sampler, supervisor = RssSampler(lambda: worker.pid), Supervisor(worker)
         sampler.start()
+        supervisor.start()
         pending, restarts = list(faults), []
 
         def inject(seg: LiveSegment) -> None:
@@ -285,21 +336,23 @@ def main() -> None:
                 if f.what == "worker":
                     worker.kill9_and_restart()
                     f.back = time.time()
-                else:  # Triton takes seconds to load its models: started beside the event's clock
-                    kill_triton(s)
-                    restarts.append(threading.Thread(target=restart_triton, args=(s, f), daemon=True))
+                else:  # Triton and the broker take seconds to start: started beside the event's clock
+                    kill_service(s, f.what)
+                    restarts.append(threading.Thread(target=restart_service, args=(s, f), daemon=True))
                     restarts[-1].start()
                 print(f"killed {f.name} with SIGKILL at minute {f.event_minute:.2f} of the event (segment "
                       f"{seg.segment_index} published)" + (f"; new worker pid {worker.pid}" if f.what == "worker"
                                                             else ""), flush=True)
 
-        publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True, on_segment=inject)
+        sent = publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True, on_segment=inject)
         got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
         sampler.done.set()
+        supervisor.done.set()
+        supervisor.join()
         for r in restarts:
             r.join()
         hwm = memory_mib(worker.pid).get("VmHWM", float("nan"))
-        killed = any(f.what == "worker" for f in faults)
+        killed = any(f.what == "worker" for f in faults) or bool(supervisor.exits)
         if killed:
             before = {}  # the restarted worker's metrics start at zero: its shots only
         after = stage_buckets(s.worker_web_port)  # less the warm-up event's shots
@@ -318,7 +371,7 @@ def main() -> None:
               f"({max(cum.values(), default=0):.0f} shots)")
     print(f"dead letters in the pipeline's topic: {dead}")
     for f in faults:
-        after_fault(got, f)
+        after_fault(got, f, sent, args.segment_s)
     if faults:
         every_shot(got, len(shots))
     rss = sampler.samples or [float("nan")]

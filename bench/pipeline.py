@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -134,6 +135,7 @@ class BenchWorker:
 
     def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
         self.env, self.log, self.port = {**env, "MEDIAFM_WORKER_WEB_PORT": str(port)}, log, port
+        self._lock = threading.Lock()  # a kill and a supervisor's restart never both start a process
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -151,9 +153,20 @@ class BenchWorker:
         return self.proc.poll() is None
 
     def kill9_and_restart(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = self._start()
+        with self._lock:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = self._start()
+
+    def restart_if_exited(self) -> int | None:
+        """What compose's `restart: on-failure` does: if the process has exited, start a fresh one and return the
+        exit status it ended with (75, EX_TEMPFAIL, when it stopped itself over a record the broker did not take);
+        None while it runs."""
+        with self._lock:
+            rc = self.proc.poll()
+            if rc is not None:
+                self.proc = self._start()
+            return rc
 
 
 def stop(workers: list[BenchWorker]) -> None:

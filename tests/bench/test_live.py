@@ -39,3 +39,20 @@ def test_a_missing_final_a_final_published_again_with_other_values_and_a_false_c
     assert r["finals_twice"] == [0, 1] and r["finals_differ"] == [1]
     assert r["provisionals_twice"] == 1
     assert r["gaps"] == [(1, 1.0), (3, 0.5)]  # 1 -> 3 skips the shot with no final; 3 -> 4 leaves 0.5 s
+
+
+def test_the_event_clock_starts_at_the_timely_segments_and_names_those_a_held_send_made_late(
+        bench_script, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    live = bench_script("live")
+    from mediafm.schema import LiveSegment
+
+    # 2-s segments of an event that started at t = 1000: each is stamped when its last frame has happened (its
+    # end, the next one's start), 0.01 s of sleep overshoot; the send of segment 2 was held 9 s, so 3 to 6 are
+    # stamped one after another once it returned, and 7 is on time again.
+    stamped = [1002.01, 1004.01, 1006.01, 1015.02, 1015.03, 1015.04, 1015.05, 1016.01]
+    sent = [LiveSegment(event_id="e", segment_index=k, uri=f"/s/{k}.ts", start_s=2.0 * k, published_at=at)
+            for k, at in enumerate(stamped)]
+    t0, late = live.event_clock(sent, segment_s=2.0)
+    assert abs(t0 - 1000.01) < 1e-9
+    np.testing.assert_allclose(late, [0.0, 0.0, 0.0, 7.01, 5.02, 3.03, 1.04, 0.0], atol=1e-9)
