@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mediafm.config import Settings
+from mediafm.errors import StackError
 from mediafm.kafka_security import check_login, client_security
 from mediafm.schema import MAX_MESSAGE_BYTES
 
@@ -39,6 +40,25 @@ def producer(settings: Settings) -> KafkaProducer:
     check_login(settings)
     return KafkaProducer(acks="all", enable_idempotence=True, max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
                          linger_ms=5, batch_size=512 * 1024, **kafka_python_options(settings))
+
+
+def send_and_wait(settings: Settings, p: KafkaProducer, what: str, records: list[tuple[str, bytes, bytes]]) -> None:
+    """Send (topic, key, value) records with `p` and wait until the broker has taken every one of them.
+
+    A broker that is away meanwhile (restarted, failed over) is waited out: the producer keeps trying until its
+    delivery timeout (kafka-python's delivery_timeout_ms, 2 minutes), and idempotence keeps a retried record from
+    being written twice. Past it, StackError naming `what` and the broker. Each call used to give up after 30 s
+    (`.get(timeout=30)`), so a broker restart a little longer than that stopped `mediafm publish live` mid-event
+    with a KafkaTimeoutError."""
+    from kafka.errors import KafkaError
+
+    try:
+        for f in [p.send(topic, key=key, value=value) for topic, key, value in records]:
+            f.get()  # no timeout of our own: the producer's delivery timeout fails the future
+    except KafkaError as e:
+        raise StackError(f"the broker at {settings.kafka_bootstrap} did not take {what} within the producer's "
+                         f"delivery timeout ({type(e).__name__}: {e}); is it running? (`mediafm stack status`)"
+                         ) from None
 
 
 def consumer(settings: Settings, **kwargs) -> KafkaConsumer:

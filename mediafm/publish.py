@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from mediafm.bus import Tail, consumer, producer
+from mediafm.bus import Tail, consumer, producer, send_and_wait
 from mediafm.config import Settings
 from mediafm.errors import ConfigError, DatasetError, MediaError, SchemaError, StackError
 from mediafm.fusion import MODALITIES, Layout
@@ -164,7 +164,8 @@ def publish_title(settings: Settings, file: str | Path, *, title_id: str | None 
                        subtitle_encoding=subtitle_encoding, meta=m)
     p = producer(settings)
     try:
-        p.send(Topics.from_settings(settings).titles, key=tid.encode(), value=req.to_bytes()).get(timeout=30)
+        send_and_wait(settings, p, f"the request for title {tid!r}",
+                      [(Topics.from_settings(settings).titles, tid.encode(), req.to_bytes())])
     finally:
         p.close()
     return req
@@ -269,15 +270,9 @@ def publish_dataset(settings: Settings, root: str | Path, *, title_ids: list[str
             tid = title.info.title_id
             req = uuid.uuid4().hex[:12]
             msgs = fused_shot_messages(title, layout, req)
-            futures = [p.send(topic, key=tid.encode(), value=record)  # as the fuse stage sends them
-                       for record in shot_records(FusedShots, [m.to_bytes() for m in msgs], tid, req)]
-            p.flush(timeout=60)
-            try:
-                for f in futures:
-                    f.get(timeout=30)
-            except KafkaError as e:
-                raise StackError(f"the broker at {settings.kafka_bootstrap} did not take title {tid!r} "
-                                 f"({type(e).__name__}: {e})") from None
+            send_and_wait(settings, p, f"title {tid!r}",  # as the fuse stage sends them
+                          [(topic, tid.encode(), record)
+                           for record in shot_records(FusedShots, [m.to_bytes() for m in msgs], tid, req)])
             sent.append((tid, req, len(msgs)))
             bar.update(len(msgs))
             bar.set_postfix_str(tid, refresh=False)
@@ -375,7 +370,8 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str, segment
             seg = LiveSegment(event_id=event_id, segment_index=k, uri=str(path.resolve()), start_s=start,
                               last=k == len(segments) - 1, meta=m if k == 0 else {},
                               subtitles_uri=str(vtts[k].resolve()) if vtts[k] else None)
-            p.send(topic, key=event_id.encode(), value=seg.to_bytes()).get(timeout=30)
+            send_and_wait(settings, p, f"segment {k} of live event {event_id!r}",
+                          [(topic, event_id.encode(), seg.to_bytes())])
             sent.append(seg)
             if on_segment:
                 on_segment(seg)
@@ -679,7 +675,8 @@ def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0) -
             req = TitleRequest(title_id=tid, uri=old.uri, request_id=uuid.uuid4().hex[:12],
                                subtitles_uri=old.subtitles_uri, subtitle_encoding=old.subtitle_encoding,
                                meta=old.meta)
-            p.send(Topics.from_settings(settings).titles, key=tid.encode(), value=req.to_bytes()).get(timeout=30)
+            send_and_wait(settings, p, f"the request for title {tid!r}",
+                          [(Topics.from_settings(settings).titles, tid.encode(), req.to_bytes())])
             sent.append(req)
     finally:
         p.close()

@@ -131,3 +131,40 @@ def test_triton_killed_mid_title_and_restarted(own_stack, tmp_path):
             time.sleep(0.2)
 
     _run_title_through_a_fault(s, tmp_path, kill, lambda: triton.up(s))
+
+
+def test_publish_live_waits_out_a_broker_away_for_longer_than_30_s(own_stack, tmp_path):
+    """`mediafm publish live` is an event's source: a broker restarted mid-event must not stop it. Each send used
+    to give up after 30 s (KafkaTimeoutError, the event's publisher gone); now it waits as long as the producer's
+    delivery timeout (2 minutes), and the event's segments reach the topic once each, in order."""
+    import threading
+
+    from mediafm.media.synthfilm import make_film
+    from mediafm.publish import publish_live
+    from mediafm.schema import LiveSegment
+
+    s = own_stack
+    film = make_film(tmp_path / "live.mp4", shots=[24, 24, 24, 24], fps=24, size=(160, 96), first_source=1)
+    event = f"away-{uuid.uuid4().hex[:6]}"
+    times: dict[str, float] = {}
+
+    def broker_away(seg):
+        if seg.segment_index == 0:  # the next segment's send finds no broker
+            kafka.down(s)
+            times["down"] = time.monotonic()
+
+            def back():
+                time.sleep(32)  # how long the broker stays away: the fault, not a wait for a result
+                kafka.up(s)
+                times["up"] = time.monotonic()
+
+            threading.Thread(target=back, daemon=True).start()
+
+    sent = publish_live(s, film.path, event_id=event, segment_s=1.0, on_segment=broker_away)
+    returned = time.monotonic()
+    assert "up" in times and times["up"] - times["down"] > 30 and returned >= times["up"]
+    tail = Tail(s, Topics.from_settings(s).live_segments, from_beginning=True)
+    got = [m for m in (decode(r.value, expect=LiveSegment) for r in tail.to_end(timeout_s=60)) if m.event_id == event]
+    tail.close()
+    assert len(sent) >= 4
+    assert [m.segment_index for m in got] == list(range(len(sent)))
