@@ -47,18 +47,20 @@ def send_and_wait(settings: Settings, p: KafkaProducer, what: str, records: list
 
     A broker that is away meanwhile (restarted, failed over) is waited out: the producer keeps trying until its
     delivery timeout (kafka-python's delivery_timeout_ms, 2 minutes), and idempotence keeps a retried record from
-    being written twice. Past it, StackError naming `what` and the broker. Each call used to give up after 30 s
-    (`.get(timeout=30)`), so a broker restart a little longer than that stopped `mediafm publish live` mid-event
-    with a KafkaTimeoutError."""
-    from kafka.errors import KafkaError
+    being written twice. Past it (or on any other refusal: the error is named), StackError naming `what` and the
+    broker. Each call used to give up after 30 s (`.get(timeout=30)`), so a broker restart a little longer than
+    that stopped `mediafm publish live` mid-event with a KafkaTimeoutError."""
+    from kafka.errors import KafkaError, KafkaTimeoutError
 
     try:
         for f in [p.send(topic, key=key, value=value) for topic, key, value in records]:
             f.get()  # no timeout of our own: the producer's delivery timeout fails the future
     except KafkaError as e:
-        raise StackError(f"the broker at {settings.kafka_bootstrap} did not take {what} within the producer's "
-                         f"delivery timeout ({type(e).__name__}: {e}); is it running? (`mediafm stack status`)"
-                         ) from None
+        away = isinstance(e, KafkaTimeoutError)
+        raise StackError(f"the broker at {settings.kafka_bootstrap} did not take {what}"
+                         + (" within the producer's delivery timeout" if away else "")
+                         + f" ({type(e).__name__}: {e})"
+                         + ("; is it running? (`mediafm stack status`)" if away else "")) from None
 
 
 def consumer(settings: Settings, **kwargs) -> KafkaConsumer:
