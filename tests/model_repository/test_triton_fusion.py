@@ -90,13 +90,11 @@ def test_while_nothing_listens_retries_stay_absent_s_apart_and_a_failing_server_
     """A restarting Triton (connection refused) is tried again every absent_s, so it is used about a second
     after it listens; one that answers 503 sees the backoff grow past that, to the cap."""
     import http.server
-    import socket
     import threading
 
-    free = socket.socket()
-    free.bind(("127.0.0.1", 0))
-    port = free.getsockname()[1]
-    free.close()  # nothing listens there now: every connection is refused
+    from mediafm.config import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there: every connection is refused
     refused = _retry_waits(f"127.0.0.1:{port}", caplog, give_up_after_s=3.0)
     assert refused[:3] == [0.2, 0.4, 0.5] and len(refused) >= 5 and max(refused) == 0.5, refused
 
