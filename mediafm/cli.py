@@ -109,11 +109,16 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.web_port:
         settings = replace(settings, worker_web_port=args.web_port)
-    from mediafm.kafka_security import check_login
+    from mediafm.kafka_security import wait_for_broker
     from mediafm.topics import Topics
     from streams.fused_source import check_retention
 
-    check_login(settings)  # ConfigError: a refused login is a setting to fix, not a broker to wait for
+    def say(line: str) -> None:
+        print(f"mediafm worker: {line}", file=sys.stderr, flush=True)
+
+    # Faust crashes at start without a broker: wait for one (ConfigError at once if it refuses the login)
+    if (waited := wait_for_broker(settings, say)) > 0.5:
+        say(f"the broker answers after {waited:.0f} s; starting")
     print(check_retention(settings, Topics.from_settings(settings).fused), file=sys.stderr)  # ConfigError: refused
     app = create_app(settings)  # these settings: --config FILE, then $MEDIAFM_*
     sys.argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel),

@@ -55,9 +55,10 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
     """Log in to the first broker of kafka_bootstrap that answers, once, and say plainly when the broker refuses:
     ConfigError naming the user, the mechanism and what to fix. The clients themselves retry a refused login until
     their bootstrap times out (kafka-python: 30 s, then "Unable to bootstrap"), as if the broker were down. A broker
-    that does not answer is not judged here (the clients wait for it); nor is anything but the login and TLS. A
-    listener that hangs up and speaks the other transport (TLS or not), or a SASL listener that a PLAINTEXT client
-    asks for metadata without a login, is named too: the clients would wait for it as if it were down.
+    that does not answer is not judged here (the caller waits for it, or wait_for_broker does); nor is anything but
+    the login and TLS. A listener that hangs up and speaks the other transport (TLS or not), or a SASL listener that
+    a PLAINTEXT client asks for metadata without a login, is named too: the clients would wait for it as if it were
+    down.
     True when a broker answered and let us in (PLAINTEXT: answered a metadata request), False when none answered."""
     import asyncio
 
@@ -132,6 +133,29 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
                 raise ConfigError(f"Kafka at {address} {wrong}") from None
             continue
     return False
+
+
+def wait_for_broker(settings: Settings, say, *, every_s: float = 2.0, say_every_s: float = 30.0) -> float:
+    """Return once a broker of kafka_bootstrap answers and lets us in (check_login), trying every `every_s`; `say`
+    gets a line for people when none answers, and again every `say_every_s` while none does. Returns the seconds
+    waited. A refused login is a ConfigError at once: a setting to fix, not a broker to wait for.
+
+    For what must not start without a broker: Faust's worker crashes at start when its producer cannot bootstrap
+    (aiokafka: "Unable to bootstrap from ..."), where it waits out a broker lost later on. A worker started
+    beside a broker still booting, or started again by its supervisor during an outage, waits here instead."""
+    import time
+
+    start = time.monotonic()
+    said = None
+    while not check_login(settings):
+        now = time.monotonic()
+        if said is None or now - said >= say_every_s:
+            say(f"no Kafka broker answers at {settings.kafka_bootstrap} (waited {now - start:.0f} s); waiting for "
+                f"it, trying every {every_s:g} s. Is it running (`mediafm stack status`), and is kafka_servers "
+                "where it listens?")
+            said = now
+        time.sleep(every_s)
+    return time.monotonic() - start
 
 
 async def _close(conn, *, wait: bool) -> None:

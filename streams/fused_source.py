@@ -162,7 +162,8 @@ class OffsetReader:
 
 def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
     """Refuse a fused topic that would delete shots a title still needs (ConfigError naming the fix); returns a
-    line saying what was found. A broker that does not answer is not checked (logged): Faust waits for it."""
+    line saying what was found. A broker that does not answer is not checked (logged): the worker asks once it
+    has waited for one (mediafm.kafka_security.wait_for_broker), so only one gone again in between goes unchecked."""
     from kafka import KafkaAdminClient  # lazy: kafka-python is slow to import
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import KafkaError

@@ -1,7 +1,8 @@
-"""Infrastructure faults mid-title on a stack of the test's own: the broker restarted, Triton killed -9.
+"""Infrastructure faults mid-title on a stack of the test's own: the broker restarted (under one worker and
+under two of one group), Triton killed -9.
 
-After each: every shot of the title has exactly one final (a final published again is the same vector),
-nothing was dead-lettered (nothing here is bad input), and the worker is still running, or it stopped
+After each: every shot of the titles has exactly one final (a final published again is the same vector),
+nothing was dead-lettered (nothing here is bad input), and each worker is still running, or it stopped
 with EX_TEMPFAIL (75) and, restarted as its supervisor (compose `restart: on-failure`) would, finished.
 The session's broker and Triton are not touched: this module starts and kills its own.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import _stack_settings, rest_of_output, start_worker, stop_worker
+from conftest import _stack_settings, free_port, rest_of_output, start_worker, stop_worker, take_output
 
 from mediafm.bus import Tail, producer
 from mediafm.config import replace
@@ -50,52 +52,132 @@ def own_stack(tmp_path_factory):
         kafka.down(s)
 
 
-def _run_title_through_a_fault(s, tmp_path, fault, recover):
+def _spread_title_ids(n: int, partitions: int) -> list[str]:
+    """`n` fresh title ids that Kafka's default partitioner (murmur2 of the key, as kafka-python's and Faust's
+    producers use) puts on every one of `partitions` partitions, so that each worker of a group gets titles."""
+    from kafka.partitioner.default import murmur2
+
+    ids: list[str] = []
+    while len(ids) < n:
+        tid = f"f-{uuid.uuid4().hex[:6]}"
+        part = (murmur2(tid.encode()) & 0x7FFFFFFF) % partitions
+        if part == len(ids) % partitions:
+            ids.append(tid)
+    return ids
+
+
+def _wait_for_group(s, members: int, *, timeout_s: float = 120) -> None:
+    """Until the pipeline's consumer group (named by the topic prefix) is Stable with `members` members: every
+    worker started has joined and has its partitions, a condition read from the broker, not a sleep."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from mediafm.bus import kafka_python_options
+
+    admin = KafkaAdminClient(**kafka_python_options(s))
+    try:
+        deadline, seen = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            try:
+                seen = admin.describe_groups([s.topic_prefix])[s.topic_prefix]
+            except KafkaError as e:  # the group's coordinator not loaded yet (a broker just started): ask again
+                if not e.retriable:
+                    raise
+                seen = f"{type(e).__name__}: {e}"
+            else:
+                if seen.get("group_state") == "Stable" and len(seen.get("members", ())) == members:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"group {s.topic_prefix} not Stable with {members} members in {timeout_s:.0f} s: {seen}")
+    finally:
+        admin.close()
+
+
+def _fused_so_far(settings) -> float:
+    """Messages the fuse stage of the worker with `settings` has consumed, from its /metrics (0 if it has none yet)."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{settings.worker_web_port}/metrics", timeout=5).read()
+    except OSError:
+        return 0.0
+    for line in body.decode().splitlines():
+        if line.startswith('mediafm_messages_total{stage="fuse"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _run_titles_through_a_fault(s, tmp_path, fault, recover, *, workers: int = 1, titles: int = 1,
+                                shots: int = 300) -> list[int]:
+    """`titles` titles of `shots` shots through `workers` workers of one pipeline, `fault()` then `recover()` once
+    two thirds of each is published and some of it fused (by every worker); then the rest. Returns the exit codes
+    of the workers that stopped on the way (each 75, then started again as a supervisor would)."""
     names = Topics.from_settings(s)
-    t = generate_title(World(OFFLINE.layout, seed=9), f"f-{uuid.uuid4().hex[:6]}", 300, np.random.default_rng(1))
-    msgs = encoded_shots(t)
-    want = {(t.title_id, i) for i in range(len(msgs))}
+    ts = [generate_title(World(OFFLINE.layout, seed=9), tid, shots, np.random.default_rng(1 + i))
+          for i, tid in enumerate(_spread_title_ids(titles, s.partitions))]
+    msgs = {t.title_id: encoded_shots(t) for t in ts}
+    want = {(tid, i) for tid, ms in msgs.items() for i in range(len(ms))}
     finals: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
-    fused_seen: set[int] = set()  # shot indices fused (the fuse stage sends several to a record)
+    fused_seen: set[tuple[str, int]] = set()  # shots fused (the fuse stage sends several to a record)
 
     def take(rec):
         m = decode(rec.value, expect=ContextualEmbedding)
-        if m.final and m.title_id == t.title_id:
+        if m.final and m.title_id in msgs:
             finals[(m.title_id, m.shot_index)].append(m.vector())
 
-    log = tmp_path / "worker.log"
+    each = [s] if workers == 1 else [replace(s, worker_web_port=free_port()) for _ in range(workers)]
+    logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
+
+    def log_ends() -> str:
+        return "\n".join(f"--- {lg.name}\n{lg.read_text()[-3000:]}" for lg in logs)
+
     tail, fused = Tail(s, names.embeddings), Tail(s, names.fused)
-    w = start_worker(s, log)
+    ws = [start_worker(w, lg) for w, lg in zip(each, logs, strict=True)]
     restarts = []
+    first, rest = 2 * shots // 3, shots - 2 * shots // 3
     try:
+        if workers > 1:
+            _wait_for_group(s, workers)  # else the first to join may take every partition and fuse it all
         p = producer(s)
-        for m in msgs[:200]:
-            p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
+        for tid, ms in msgs.items():
+            for m in ms[:first]:
+                p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
         p.flush()
-        for rec in fused.poll(timeout_s=300, stop=lambda: len(fused_seen) >= 60):
-            fused_seen.update(f.shot_index for f in record_shots(FusedShots, rec.value) if f.title_id == t.title_id)
-        assert len(fused_seen) >= 60, log.read_text()[-3000:]
-        fault()  # mid-title: some shots fused, most not, the title not yet contextualised
+        enough = min(60, first)
+        fused_of = {tid: 0 for tid in msgs}  # each title is fused by the worker that owns its partition
+
+        def fused_enough() -> bool:
+            return all(n >= enough for n in fused_of.values())
+
+        for rec in fused.poll(timeout_s=300, stop=fused_enough):
+            for f in record_shots(FusedShots, rec.value):
+                if f.title_id in msgs and (f.title_id, f.shot_index) not in fused_seen:
+                    fused_seen.add((f.title_id, f.shot_index))
+                    fused_of[f.title_id] += 1
+        assert fused_enough(), f"{fused_of}\n{log_ends()}"
+        # mid-title: some shots fused, most not, no title contextualised yet, and every worker at work
+        assert all(_fused_so_far(w) > 0 for w in each), log_ends()
+        fault()
         recover()
-        for m in msgs[200:]:
-            p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
+        for tid, ms in msgs.items():
+            for m in ms[first:first + rest]:
+                p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
         p.flush()
         p.close()
         deadline = time.monotonic() + 600
         while set(finals) < want:
-            assert time.monotonic() < deadline, f"{len(want - set(finals))} shots without a final\n" \
-                                                f"{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{len(want - set(finals))} shots without a final\n{log_ends()}"
             for rec in tail.poll(timeout_s=2):
                 take(rec)
-            if w.poll() is not None:  # a supervisor starts it again, if it asked for it
-                assert w.returncode == 75, f"worker crashed with {w.returncode}:\n{log.read_text()[-3000:]}"
-                restarts.append(w.returncode)
-                w = start_worker(s, log)
+            for i, w in enumerate(ws):
+                if w.poll() is not None:  # a supervisor starts it again, if it asked for it
+                    assert w.returncode == 75, f"worker {i} crashed with {w.returncode}:\n{log_ends()}"
+                    restarts.append(w.returncode)
+                    ws[i] = start_worker(each[i], logs[i])
         for rec in rest_of_output(s, tail, [names.encoded, names.fused]):
             take(rec)
     finally:
-        if w.poll() is None:
-            stop_worker(w)
+        for w in ws:
+            if w.poll() is None:
+                stop_worker(w)
         tail.close()
         fused.close()
     assert set(finals) == want
@@ -109,14 +191,21 @@ def _run_title_through_a_fault(s, tmp_path, fault, recover):
     return restarts
 
 
+def _stop_broker(s):
+    kafka.down(s)
+    assert not kafka.ready(s)
+
+
 def test_broker_stopped_and_restarted_mid_title(own_stack, tmp_path):
     s = own_stack
+    _run_titles_through_a_fault(s, tmp_path, lambda: _stop_broker(s), lambda: kafka.up(s))
 
-    def stop():
-        kafka.down(s)
-        assert not kafka.ready(s)
 
-    _run_title_through_a_fault(s, tmp_path, stop, lambda: kafka.up(s))
+def test_broker_stopped_and_restarted_under_two_workers(own_stack, tmp_path):
+    """Both workers of one group lose the broker mid-catalog, with titles of each in flight; the broker's restart
+    makes them rejoin (their sessions began before it went away) and recover their tables, each its own."""
+    s = own_stack
+    _run_titles_through_a_fault(s, tmp_path, lambda: _stop_broker(s), lambda: kafka.up(s), workers=2, titles=4)
 
 
 def test_triton_killed_mid_title_and_restarted(own_stack, tmp_path):
@@ -130,7 +219,7 @@ def test_triton_killed_mid_title_and_restarted(own_stack, tmp_path):
             assert time.monotonic() < deadline, "Triton still answers after SIGKILL"
             time.sleep(0.2)
 
-    _run_title_through_a_fault(s, tmp_path, kill, lambda: triton.up(s))
+    _run_titles_through_a_fault(s, tmp_path, kill, lambda: triton.up(s))
 
 
 def test_publish_live_waits_out_a_broker_away_for_longer_than_30_s(own_stack, tmp_path):
@@ -165,3 +254,45 @@ def test_publish_live_waits_out_a_broker_away_for_longer_than_30_s(own_stack, tm
     tail.close()
     assert len(sent) >= 4
     assert [m.segment_index for m in got] == list(range(len(sent)))
+
+
+
+def test_worker_started_while_the_broker_is_away_serves_once_it_is_back(own_stack, tmp_path):
+    """A worker started while the broker is down, as compose may start one beside a broker still booting, or as a
+    supervisor restarts one that stopped with 75 during an outage: it waits for the broker (45 s here), then
+    serves a title; it does not exit, nor hang."""
+    s = own_stack
+    _stop_broker(s)
+    log = tmp_path / "worker.log"
+    w = start_worker(s, log)
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:  # the outage: the worker must still be there at its end
+            assert w.poll() is None, f"the worker exited with {w.returncode} while the broker was away:\n" \
+                                     f"{log.read_text()[-3000:]}"
+            time.sleep(1)
+        kafka.up(s)
+        names = Topics.from_settings(s)
+        t = generate_title(World(OFFLINE.layout, seed=9), _spread_title_ids(1, s.partitions)[0], 120,
+                           np.random.default_rng(3))
+        tail = Tail(s, names.embeddings)
+        p = producer(s)
+        for m in encoded_shots(t):
+            p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
+        p.flush()
+        p.close()
+        finals = set()
+
+        def take(rec):
+            m = decode(rec.value, expect=ContextualEmbedding)
+            if m.final and m.title_id == t.title_id:
+                finals.add(m.shot_index)
+
+        take_output(s, tail, w, log, [names.encoded, names.fused], take, lambda: len(finals) >= 120, timeout_s=300)
+        tail.close()
+        assert finals == set(range(120)), log.read_text()[-3000:]
+    finally:
+        if w.poll() is None:
+            stop_worker(w)
+        if not kafka.ready(s):
+            kafka.up(s)
