@@ -98,16 +98,14 @@ def test_a_shot_beyond_its_media_is_refused(film):
 
 def test_embed_finds_triton_down_before_decoding_the_film(film, tmp_path, monkeypatch):
     """Before: `mediafm embed` without Triton decoded and cut the whole film, then waited 120 s for Triton."""
-    import socket
+    from conftest import free_port
 
     import mediafm.media.shots
     from mediafm.config import Settings, replace
     from mediafm.errors import TritonUnavailable
     from mediafm.media.embed import embed_title
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        url = f"127.0.0.1:{sock.getsockname()[1]}"
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there, nor will the session hand it to a service
     cut = []
     monkeypatch.setattr(mediafm.media.shots, "detect_shots", lambda *a, **k: cut.append(a) or [])
     settings = replace(Settings(), triton_url=url, media_roots=(str(film.path.parent),))
