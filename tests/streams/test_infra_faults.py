@@ -1,5 +1,5 @@
 """Infrastructure faults mid-title on a stack of the test's own: the broker restarted (under one worker and
-under two of one group), Triton killed -9.
+under two of one group), frozen (SIGSTOP) and away when a worker starts; Triton killed -9.
 
 After each: every shot of the titles has exactly one final (a final published again is the same vector),
 nothing was dead-lettered (nothing here is bad input), and each worker is still running, or it stopped
@@ -296,3 +296,22 @@ def test_worker_started_while_the_broker_is_away_serves_once_it_is_back(own_stac
             stop_worker(w)
         if not kafka.ready(s):
             kafka.up(s)
+
+
+def test_broker_frozen_mid_title(own_stack, tmp_path):
+    """SIGSTOP, 40 s, SIGCONT: the broker's connections hang instead of being refused (a stalled VM, a long GC
+    pause); the workers' requests time out or wait, and go on once it answers."""
+    s = own_stack
+    pid = kafka.service(s).pid()
+
+    def freeze():
+        os.kill(pid, signal.SIGSTOP)
+
+    def thaw():
+        time.sleep(40)  # the fault's length, not a wait for a result
+        os.kill(pid, signal.SIGCONT)
+
+    try:
+        _run_titles_through_a_fault(s, tmp_path, freeze, thaw, workers=2, titles=4)
+    finally:
+        os.kill(pid, signal.SIGCONT)
