@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import time
 import weakref
 from contextlib import contextmanager
@@ -140,6 +141,7 @@ class Runtime:
             # (kill -9, a lost machine), not after faust's default minute.
             broker_session_timeout=15.0,
             broker_heartbeat_interval=3.0,
+            consumer_group_instance_id=self._instance_id(),
             producer_max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
             # Sends gathered for 5 ms into batches of up to 512 KiB a partition (Faust: no linger, 16 KiB):
             # a fused shot and an embedding are 4-10 KiB each, so every few shots made a produce
@@ -192,6 +194,13 @@ class Runtime:
                      s.partitions)
 
         return app
+
+    def _instance_id(self) -> str | None:
+        """The worker's static group membership (Settings.worker_instance_id), None for dynamic."""
+        s = self.settings
+        if s.worker_instance_id == "auto":  # unique on a machine: the web port locks the state dir (_claim_state_dir)
+            return f"{socket.gethostname()}-{s.worker_web_port}"
+        return s.worker_instance_id or None
 
     def _claim_state_dir(self) -> Path:
         """This worker's own directory for its tables' RocksDB stores, locked for as long as it runs.

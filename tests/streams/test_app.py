@@ -48,6 +48,17 @@ def test_workers_of_one_machine_never_share_table_state(tmp_path):
         create_runtime(s)
 
 
+def test_static_group_membership_is_per_worker_and_off_when_unset(tmp_path):
+    import socket
+
+    s = Settings(state_dir=tmp_path, topic_prefix="m", worker_web_port=16069)
+    assert create_runtime(replace(s, worker_instance_id="")).app.conf.consumer_group_instance_id is None
+    assert create_runtime(replace(s, worker_instance_id="auto", worker_web_port=16070)).app.conf \
+        .consumer_group_instance_id == f"{socket.gethostname()}-16070"  # the port locks the state dir: one a machine
+    assert create_runtime(replace(s, worker_instance_id="ingest-7", worker_web_port=16071)).app.conf \
+        .consumer_group_instance_id == "ingest-7"
+
+
 @pytest.mark.parametrize("module", ["streams.segment", "streams.encode", "streams.fuse", "streams.contextualise",
                                     "streams.live", "streams.runtime", "streams.app"])
 def test_each_stage_imports_first_without_building_an_app(module, tmp_path):
