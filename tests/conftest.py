@@ -199,9 +199,11 @@ def worker_that_stops(settings: Settings, log: Path) -> tuple[int, str]:
     return code, log.read_text()
 
 
-def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int = 0) -> dict[int, int]:
-    """Publish one title of `n` random fused shots (the offline profile) to the fused topic, run a worker on it,
-    and count the finals it publishes per shot index (read by take_output, so a dead worker fails the test)."""
+def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int = 0,
+                            worker: subprocess.Popen | None = None) -> dict[int, int]:
+    """Publish one title of `n` random fused shots (the offline profile) to the fused topic, run a worker on it
+    (or let `worker`, writing to `log`, take it; it is left running), and count the finals it publishes per shot
+    index (read by take_output, so a dead worker fails the test)."""
     import uuid
 
     import numpy as np
@@ -216,7 +218,7 @@ def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int 
     fused = rng.normal(size=(n, OFFLINE.layout.fused_dim)).astype(np.float32)
     title = vec_to_bytes(rng.normal(size=OFFLINE.layout.title).astype(np.float32))
     tail = Tail(settings, names.embeddings, from_beginning=True)
-    w = start_worker(settings, log)
+    w = start_worker(settings, log) if worker is None else worker
     p = producer(settings)
     shots = [FusedShot(title_id=tid, request_id=tid, shot_index=i, start_s=float(i), end_s=i + 1.0, profile="offline",
                        fused=vec_to_bytes(fused[i]), present=[True, True, True], n_shots=n,
@@ -235,7 +237,8 @@ def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int 
     try:
         take_output(settings, tail, w, log, names.fused, take, lambda: len(finals) >= n, timeout_s=300)
     finally:
-        stop_worker(w)
+        if worker is None:
+            stop_worker(w)
         tail.close()
     return finals
 

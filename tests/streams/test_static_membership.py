@@ -13,16 +13,13 @@ import socket
 import time
 import uuid
 
-import numpy as np
 import pytest
-from conftest import free_port, rest_of_output, start_worker, stop_worker
+from conftest import finals_of_a_fused_title, free_port, start_worker, stop_worker
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from mediafm.bus import Tail, kafka_python_options, producer
+from mediafm.bus import kafka_python_options
 from mediafm.config import replace
-from mediafm.profiles import OFFLINE
-from mediafm.schema import ContextualEmbedding, FusedShot, decode, vec_to_bytes
 from mediafm.stack import kafka
 from mediafm.topics import Topics
 
@@ -79,30 +76,7 @@ def test_a_worker_killed_and_started_again_replaces_its_dead_self(kafka_stack, o
         _wait(admin, s.topic_prefix, lambda state, ms: state == "Stable" and len(ms) == 1, "one member, Stable")
 
         # and it serves: a title of fused shots, every shot one final
-        tid, n = f"st-{uuid.uuid4().hex[:6]}", 80
-        rng = np.random.default_rng(7)
-        tail = Tail(s, names.embeddings, from_beginning=True)
-        p = producer(s)
-        title = vec_to_bytes(rng.normal(size=OFFLINE.layout.title))
-        for j in range(n):
-            v = rng.normal(size=OFFLINE.layout.fused_dim)
-            p.send(names.fused, key=tid.encode(), value=FusedShot(
-                title_id=tid, shot_index=j, start_s=float(j), end_s=j + 1.0, profile="offline",
-                fused=vec_to_bytes(v / np.linalg.norm(v)), present=[True, True, True], n_shots=n,
-                title_embedding=title).to_bytes())
-        p.flush()
-        p.close()
-        finals = set()
-        for rec in tail.poll(timeout_s=240, stop=lambda: len(finals) >= n or w.poll() is not None):
-            m = decode(rec.value, expect=ContextualEmbedding)
-            if m.final and m.title_id == tid:
-                finals.add(m.shot_index)
-        for rec in rest_of_output(s, tail, names.fused):
-            m = decode(rec.value, expect=ContextualEmbedding)
-            if m.final and m.title_id == tid:
-                finals.add(m.shot_index)
-        tail.close()
-        assert finals == set(range(n)), log.read_text()[-3000:]
+        assert finals_of_a_fused_title(s, 80, log, seed=7, worker=w) == dict.fromkeys(range(80), 1)
     finally:
         admin.close()
         if w.poll() is None:
