@@ -256,7 +256,6 @@ def test_publish_live_waits_out_a_broker_away_for_longer_than_30_s(own_stack, tm
     assert [m.segment_index for m in got] == list(range(len(sent)))
 
 
-
 def test_worker_started_while_the_broker_is_away_serves_once_it_is_back(own_stack, tmp_path):
     """A worker started while the broker is down, as compose may start one beside a broker still booting, or as a
     supervisor restarts one that stopped with 75 during an outage: it waits for the broker (45 s here), then
