@@ -243,6 +243,34 @@ def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int 
     return finals
 
 
+def consumer_group(admin, group: str) -> tuple[str, list[dict]]:
+    """Consumer group `group`'s state and its members (member_id, group_instance_id, ...) as the broker has them
+    now (DescribeGroups with `admin`, a KafkaAdminClient); asked again while the group's coordinator is not loaded
+    yet (a broker just started)."""
+    from kafka.errors import KafkaError
+
+    while True:
+        try:
+            g = admin.describe_groups([group])[group]
+            return g.get("group_state", ""), list(g.get("members", ()))
+        except KafkaError as e:
+            if not e.retriable:
+                raise
+            time.sleep(0.2)
+
+
+def wait_for_group(admin, group: str, until, what: str, *, timeout_s: float = 120) -> tuple[str, list[dict]]:
+    """consumer_group(admin, group) once `until(state, members)` holds (a condition read from the broker, not a
+    sleep); fails naming `what` and the last state seen after `timeout_s`."""
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        seen = consumer_group(admin, group)
+        if until(*seen):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"group {group}: {what} not seen within {timeout_s:.0f} s; last {seen}")
+
+
 def stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

@@ -9,6 +9,7 @@ The session's broker and Triton are not touched: this module starts and kills it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -18,9 +19,18 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import _stack_settings, free_port, rest_of_output, start_worker, stop_worker, take_output
+from conftest import (
+    _stack_settings,
+    finals_of_a_fused_title,
+    free_port,
+    rest_of_output,
+    start_worker,
+    stop_worker,
+    wait_for_group,
+)
+from kafka import KafkaAdminClient
 
-from mediafm.bus import Tail, producer
+from mediafm.bus import Tail, kafka_python_options, producer
 from mediafm.config import replace
 from mediafm.profiles import OFFLINE
 from mediafm.schema import ContextualEmbedding, FusedShots, decode, record_shots
@@ -66,33 +76,6 @@ def _spread_title_ids(n: int, partitions: int) -> list[str]:
     return ids
 
 
-def _wait_for_group(s, members: int, *, timeout_s: float = 120) -> None:
-    """Until the pipeline's consumer group (named by the topic prefix) is Stable with `members` members: every
-    worker started has joined and has its partitions, a condition read from the broker, not a sleep."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    from mediafm.bus import kafka_python_options
-
-    admin = KafkaAdminClient(**kafka_python_options(s))
-    try:
-        deadline, seen = time.monotonic() + timeout_s, None
-        while time.monotonic() < deadline:
-            try:
-                seen = admin.describe_groups([s.topic_prefix])[s.topic_prefix]
-            except KafkaError as e:  # the group's coordinator not loaded yet (a broker just started): ask again
-                if not e.retriable:
-                    raise
-                seen = f"{type(e).__name__}: {e}"
-            else:
-                if seen.get("group_state") == "Stable" and len(seen.get("members", ())) == members:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"group {s.topic_prefix} not Stable with {members} members in {timeout_s:.0f} s: {seen}")
-    finally:
-        admin.close()
-
-
 def _fused_so_far(settings) -> float:
     """Messages the fuse stage of the worker with `settings` has consumed, from its /metrics (0 if it has none yet)."""
     try:
@@ -106,10 +89,10 @@ def _fused_so_far(settings) -> float:
 
 
 def _run_titles_through_a_fault(s, tmp_path, fault, recover, *, workers: int = 1, titles: int = 1,
-                                shots: int = 300) -> list[int]:
+                                shots: int = 300) -> None:
     """`titles` titles of `shots` shots through `workers` workers of one pipeline, `fault()` then `recover()` once
-    two thirds of each is published and some of it fused (by every worker); then the rest. Returns the exit codes
-    of the workers that stopped on the way (each 75, then started again as a supervisor would)."""
+    two thirds of each is published and some of it fused (by every worker); then the rest. A worker that stops on
+    the way must have stopped with 75, and is started again as a supervisor would."""
     names = Topics.from_settings(s)
     ts = [generate_title(World(OFFLINE.layout, seed=9), tid, shots, np.random.default_rng(1 + i))
           for i, tid in enumerate(_spread_title_ids(titles, s.partitions))]
@@ -131,11 +114,12 @@ def _run_titles_through_a_fault(s, tmp_path, fault, recover, *, workers: int = 1
 
     tail, fused = Tail(s, names.embeddings), Tail(s, names.fused)
     ws = [start_worker(w, lg) for w, lg in zip(each, logs, strict=True)]
-    restarts = []
-    first, rest = 2 * shots // 3, shots - 2 * shots // 3
+    first = 2 * shots // 3
     try:
-        if workers > 1:
-            _wait_for_group(s, workers)  # else the first to join may take every partition and fuse it all
+        if workers > 1:  # all in the group first, else the first to join may take every partition and fuse it all
+            with contextlib.closing(KafkaAdminClient(**kafka_python_options(s))) as admin:
+                wait_for_group(admin, s.topic_prefix, lambda state, ms: state == "Stable" and len(ms) == workers,
+                               f"{workers} members, Stable")
         p = producer(s)
         for tid, ms in msgs.items():
             for m in ms[:first]:
@@ -158,7 +142,7 @@ def _run_titles_through_a_fault(s, tmp_path, fault, recover, *, workers: int = 1
         fault()
         recover()
         for tid, ms in msgs.items():
-            for m in ms[first:first + rest]:
+            for m in ms[first:]:
                 p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
         p.flush()
         p.close()
@@ -170,7 +154,6 @@ def _run_titles_through_a_fault(s, tmp_path, fault, recover, *, workers: int = 1
             for i, w in enumerate(ws):
                 if w.poll() is not None:  # a supervisor starts it again, if it asked for it
                     assert w.returncode == 75, f"worker {i} crashed with {w.returncode}:\n{log_ends()}"
-                    restarts.append(w.returncode)
                     ws[i] = start_worker(each[i], logs[i])
         for rec in rest_of_output(s, tail, [names.encoded, names.fused]):
             take(rec)
@@ -188,7 +171,6 @@ def _run_titles_through_a_fault(s, tmp_path, fault, recover, *, workers: int = 1
     letters = [decode(r.value).reason for r in dead.to_end(timeout_s=30)]
     dead.close()
     assert not letters, letters[:3]
-    return restarts
 
 
 def _stop_broker(s):
@@ -271,25 +253,7 @@ def test_worker_started_while_the_broker_is_away_serves_once_it_is_back(own_stac
                                      f"{log.read_text()[-3000:]}"
             time.sleep(1)
         kafka.up(s)
-        names = Topics.from_settings(s)
-        t = generate_title(World(OFFLINE.layout, seed=9), _spread_title_ids(1, s.partitions)[0], 120,
-                           np.random.default_rng(3))
-        tail = Tail(s, names.embeddings)
-        p = producer(s)
-        for m in encoded_shots(t):
-            p.send(names.encoded, key=t.title_id.encode(), value=m.to_bytes())
-        p.flush()
-        p.close()
-        finals = set()
-
-        def take(rec):
-            m = decode(rec.value, expect=ContextualEmbedding)
-            if m.final and m.title_id == t.title_id:
-                finals.add(m.shot_index)
-
-        take_output(s, tail, w, log, [names.encoded, names.fused], take, lambda: len(finals) >= 120, timeout_s=300)
-        tail.close()
-        assert finals == set(range(120)), log.read_text()[-3000:]
+        assert finals_of_a_fused_title(s, 120, log, seed=3, worker=w) == dict.fromkeys(range(120), 1)
     finally:
         if w.poll() is None:
             stop_worker(w)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 import uuid
 
 import pytest
-from conftest import finals_of_a_fused_title, free_port, start_worker, stop_worker
+from conftest import finals_of_a_fused_title, free_port, start_worker, stop_worker, wait_for_group
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
 
 from mediafm.bus import kafka_python_options
 from mediafm.config import replace
@@ -24,28 +22,6 @@ from mediafm.stack import kafka
 from mediafm.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton, pytest.mark.slow]
-
-
-def _members(admin: KafkaAdminClient, group: str) -> tuple[str, list[dict]]:
-    """The group's state and its members (member_id, group_instance_id, ...), as the broker has them now."""
-    while True:
-        try:
-            g = admin.describe_groups([group])[group]
-            return g.get("group_state", ""), list(g.get("members", ()))
-        except KafkaError as e:  # its coordinator not loaded yet: ask again
-            if not e.retriable:
-                raise
-            time.sleep(0.2)
-
-
-def _wait(admin, group: str, until, what: str, timeout_s: float = 120):
-    deadline, seen = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        seen = _members(admin, group)
-        if until(*seen):
-            return seen
-        time.sleep(0.1)
-    raise AssertionError(f"group {group}: {what} not seen within {timeout_s:.0f} s; last {seen}")
 
 
 @pytest.mark.parametrize("instance_id", ["auto", ""], ids=["static", "dynamic"])
@@ -58,7 +34,7 @@ def test_a_worker_killed_and_started_again_replaces_its_dead_self(kafka_stack, o
     admin = KafkaAdminClient(**kafka_python_options(s))
     w = start_worker(s, log)
     try:
-        _, first = _wait(admin, s.topic_prefix, lambda state, ms: state == "Stable" and len(ms) == 1,
+        _, first = wait_for_group(admin, s.topic_prefix, lambda state, ms: state == "Stable" and len(ms) == 1,
                          "one member, Stable")
         dead = first[0]["member_id"]
         assert first[0].get("group_instance_id") == (f"{socket.gethostname()}-{s.worker_web_port}"
@@ -66,14 +42,14 @@ def test_a_worker_killed_and_started_again_replaces_its_dead_self(kafka_stack, o
         w.send_signal(signal.SIGKILL)
         w.wait()
         w = start_worker(s, log)  # the same settings: the same web port, state directory and instance id
-        state, members = _wait(admin, s.topic_prefix, lambda state, ms: any(m["member_id"] != dead for m in ms),
+        state, members = wait_for_group(admin, s.topic_prefix, lambda state, ms: any(m["member_id"] != dead for m in ms),
                                "the restarted worker")
         ids = {m["member_id"] for m in members}
         if instance_id:  # the dead member is gone the moment its successor joins
             assert dead not in ids and len(ids) == 1, (state, members)
         else:  # the dead member is waited for until its session times out
             assert dead in ids and len(ids) == 2, (state, members)
-        _wait(admin, s.topic_prefix, lambda state, ms: state == "Stable" and len(ms) == 1, "one member, Stable")
+        wait_for_group(admin, s.topic_prefix, lambda state, ms: state == "Stable" and len(ms) == 1, "one member, Stable")
 
         # and it serves: a title of fused shots, every shot one final
         assert finals_of_a_fused_title(s, 80, log, seed=7, worker=w) == dict.fromkeys(range(80), 1)
