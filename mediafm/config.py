@@ -90,6 +90,14 @@ class Settings:
     """Name of the environment variable holding the SASL password (the password itself is never a setting)."""
     kafka_ssl_cafile: str = ""
     """CA bundle that signed the broker's certificate (SSL, SASL_SSL); empty = the system's CAs."""
+    kafka_ssl_certfile: str = ""
+    """This client's certificate (PEM, its chain after it), for a broker that asks for one (mutual TLS, the
+    broker's ssl.client.auth=required): with SSL it is who the client is. Empty = none. With SSL, `mediafm stack
+    up` makes one for its broker and trusts the certificates this file holds."""
+    kafka_ssl_keyfile: str = ""
+    """The private key of kafka_ssl_certfile (PEM); empty = in kafka_ssl_certfile itself."""
+    kafka_ssl_key_password_env: str = "MEDIAFM_KAFKA_KEY_PASSWORD"
+    """Name of the environment variable holding the password of an encrypted kafka_ssl_keyfile."""
 
     # --- Kafka broker
     kafka_version: str = "3.9.2"
@@ -244,6 +252,12 @@ class Settings:
             if not self.kafka_sasl_username:
                 raise ConfigError(f"kafka_security_protocol={self.kafka_security_protocol} needs kafka_sasl_username "
                                   f"(MEDIAFM_KAFKA_SASL_USERNAME), and the password in ${self.kafka_sasl_password_env}")
+        if (self.kafka_ssl_certfile or self.kafka_ssl_keyfile) and not self.kafka_security_protocol.endswith("SSL"):
+            raise ConfigError(f"kafka_ssl_certfile and kafka_ssl_keyfile are for TLS, and kafka_security_protocol="
+                              f"{self.kafka_security_protocol}: set it to SSL or SASL_SSL, or leave them empty")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ConfigError(f"kafka_ssl_keyfile={self.kafka_ssl_keyfile!r} without kafka_ssl_certfile: name the "
+                              "client certificate that key belongs to (MEDIAFM_KAFKA_SSL_CERTFILE)")
         if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1] not in "kmgKMG":
             raise ConfigError(f"kafka_heap={self.kafka_heap!r} is not a JVM size like '512m' or '1g'")
 

@@ -29,12 +29,44 @@ def sasl_password(settings: Settings) -> str:
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
-    """Verifies the broker's certificate and host name, against kafka_ssl_cafile or the system's CAs."""
+    """Verifies the broker's certificate and host name, against kafka_ssl_cafile or the system's CAs; shows the
+    broker kafka_ssl_certfile when one is set (mutual TLS), its key read once here, its password (if the key is
+    encrypted) from the variable kafka_ssl_key_password_env names."""
     try:
-        return ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+        ctx = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"kafka_ssl_cafile={settings.kafka_ssl_cafile!r} is not a readable CA bundle ({e}); "
                           "give the PEM file of the CA that signed the broker's certificate") from None
+    if not settings.kafka_ssl_certfile:
+        return ctx
+    env = settings.kafka_ssl_key_password_env
+    asked = []
+
+    def key_password() -> str:  # called only for an encrypted key; never OpenSSL's prompt on a terminal
+        asked.append(True)
+        return os.environ.get(env, "")
+
+    files = f"kafka_ssl_certfile={settings.kafka_ssl_certfile!r}"
+    if settings.kafka_ssl_keyfile:
+        files += f" with kafka_ssl_keyfile={settings.kafka_ssl_keyfile!r}"
+    try:
+        ctx.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None, password=key_password)
+    except OSError as e:  # ssl.SSLError is an OSError too
+        if asked and not os.environ.get(env):
+            why = f"its private key is encrypted and ${env} is not set: export {env}=... (or name another " \
+                  "variable with kafka_ssl_key_password_env)"
+        elif asked:
+            why = f"its private key is encrypted and the password in ${env} does not open it"
+        elif getattr(e, "reason", None) == "KEY_VALUES_MISMATCH":
+            why = "the private key is not the one of that certificate: give the key it was made with"
+        elif isinstance(e, ssl.SSLError):
+            why = ("not a PEM certificate followed by its private key" if not settings.kafka_ssl_keyfile else
+                   "not a PEM certificate and a PEM private key") + \
+                  " (kafka_ssl_keyfile names the key when it is a file of its own)"
+        else:
+            why = f"not readable ({e.strerror or e})"
+        raise ConfigError(f"{files}: {why}") from None
+    return ctx
 
 
 def client_security(settings: Settings) -> dict:
@@ -127,12 +159,31 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
                               f"{settings.kafka_security_protocol}? Set kafka_security_protocol to what it "
                               "speaks") from None
         except Exception as e:  # down, slow or starting (connection refused, timeouts): the clients wait for it
+            if alert := _certificate_alert(e):  # the broker hung up on our certificate, or on our lack of one
+                if not settings.kafka_ssl_certfile:
+                    raise ConfigError(f"Kafka at {address} asks for a client certificate (mutual TLS; it sent "
+                                      f"{alert}), and kafka_ssl_certfile is empty: set kafka_ssl_certfile and "
+                                      "kafka_ssl_keyfile to a certificate the broker trusts and its key") from None
+                raise ConfigError(f"Kafka at {address} does not accept the client certificate in kafka_ssl_certfile="
+                                  f"{settings.kafka_ssl_certfile!r} (it sent {alert}): give one signed by a CA in the "
+                                  "broker's truststore, or have its CA added there") from None
             # A listener that took the connection and hung up may speak the other transport (TLS at a plain
             # listener, or the reverse): the clients would retry it as if it were down.
             if isinstance(e, hung_up) and (wrong := _other_protocol(settings, host, int(port), timeout_s)):
                 raise ConfigError(f"Kafka at {address} {wrong}") from None
             continue
     return False
+
+
+def _certificate_alert(e: BaseException) -> str | None:
+    """The TLS alert about a client certificate behind a closed connection (aiokafka raises KafkaConnectionError
+    from the ssl.SSLError), e.g. 'SSLV3_ALERT_BAD_CERTIFICATE' for none where one is required; None otherwise."""
+    while e is not None:
+        reason = getattr(e, "reason", None) if isinstance(e, ssl.SSLError) else None
+        if reason and "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+            return reason
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def wait_for_broker(settings: Settings, say, *, every_s: float = 2.0, say_every_s: float = 30.0) -> float:

@@ -174,7 +174,8 @@ def _tls_props(settings: Settings, java: str) -> dict[str, str]:
     """With kafka_security_protocol SSL or SASL_SSL: every listener speaks TLS with a self-signed certificate for
     bind_host (made once with the JDK's keytool: RSA 2048, ten years; `stack down --wipe` makes a new one), which
     the broker also trusts for its connections to itself. Clients verify it, so kafka_ssl_cafile must hold it;
-    refused otherwise, naming the file. No client certificates are asked for (ssl.client.auth=none)."""
+    refused otherwise, naming the file. With SASL_SSL no client certificates are asked for (ssl.client.auth=none):
+    the login says who calls; with SSL they are (_client_auth_props)."""
     if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
         return {}
     pem = certificate(settings)
@@ -205,14 +206,61 @@ def _tls_props(settings: Settings, java: str) -> dict[str, str]:
         holds = bool(cafile) and pem.read_text().strip() in Path(cafile).read_text(errors="replace")
     except OSError:
         holds = False
-    if not holds:
-        raise ConfigError(f"kafka_security_protocol={settings.kafka_security_protocol}: the local broker's "
-                          f"certificate is {pem}, and kafka_ssl_cafile={cafile!r} does not hold it; set "
-                          f"kafka_ssl_cafile={pem} (MEDIAFM_KAFKA_SSL_CAFILE) so clients can verify the broker")
+    fixes = [] if holds else [f"the local broker's certificate is {pem}, and kafka_ssl_cafile={cafile!r} does not "
+                              f"hold it; set kafka_ssl_cafile={pem} (MEDIAFM_KAFKA_SSL_CAFILE) so clients can "
+                              "verify the broker"]
     password = secret.read_text().strip()
-    return {"ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(store), "ssl.keystore.password": password,
-            "ssl.key.password": password, "ssl.truststore.type": "PEM", "ssl.truststore.location": str(pem),
-            "ssl.client.auth": "none"}
+    props = {"ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(store), "ssl.keystore.password": password,
+             "ssl.key.password": password, "ssl.truststore.type": "PEM", "ssl.truststore.location": str(pem),
+             "ssl.client.auth": "none"}
+    if settings.kafka_security_protocol == "SSL":  # no login: the client's certificate is who it is
+        props.update(_client_auth_props(settings, fixes))
+    if fixes:
+        raise ConfigError(f"kafka_security_protocol={settings.kafka_security_protocol}: " + "; and ".join(fixes))
+    return props
+
+
+_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----")
+
+
+def client_certificate(settings: Settings) -> tuple[Path, Path]:
+    """The client certificate and its key (PEM) that `stack up` makes for its broker with SSL: what
+    kafka_ssl_certfile and kafka_ssl_keyfile name for clients of that broker, unless they bring their own."""
+    return _dir(settings) / "tls" / "client.pem", _dir(settings) / "tls" / "client.key"
+
+
+def _client_auth_props(settings: Settings, fixes: list[str]) -> dict[str, str]:
+    """SSL without SASL: every listener asks each client for a certificate (mutual TLS, ssl.client.auth=required),
+    and trusts the broker's own and those in kafka_ssl_certfile. Without one the broker would let in anyone who
+    reaches the port. Makes a client certificate (openssl: RSA 2048, ten years, CN=mediafm local client, the key
+    unencrypted and 0600) for kafka_ssl_certfile to name; the broker trusts whatever that setting names, so a
+    client certificate of one's own works as well. Appends to `fixes` what the settings lack."""
+    pem, key = client_certificate(settings)
+    if not (pem.exists() and key.exists()):
+        if not (tool := shutil.which("openssl")):
+            raise MissingToolError("kafka: `openssl` not found; it makes the local broker's client certificate "
+                                   "(apt install openssl), or set kafka_ssl_certfile to one of your own")
+        for f in (pem, key):
+            f.unlink(missing_ok=True)
+        key.touch(mode=0o600)
+        r = subprocess.run([tool, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
+                            "/CN=mediafm local client", "-keyout", str(key), "-out", str(pem)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StackError(f"kafka: making the client certificate failed: {(r.stdout + r.stderr)[-500:]}")
+    certfile = settings.kafka_ssl_certfile
+    try:
+        theirs = _CERTIFICATE.findall(Path(certfile).read_text(errors="replace")) if certfile else []
+    except OSError:
+        theirs = []
+    if not theirs:
+        fixes.append(f"the local broker asks every client for a certificate, and kafka_ssl_certfile={certfile!r} "
+                     f"holds none; set kafka_ssl_certfile={pem} and kafka_ssl_keyfile={key} "
+                     "(MEDIAFM_KAFKA_SSL_CERTFILE, MEDIAFM_KAFKA_SSL_KEYFILE), or name a client certificate of "
+                     "your own")
+    trust = pem.with_name("trusted.pem")  # what the broker takes a client's certificate from: itself, and ours
+    trust.write_text("\n".join([certificate(settings).read_text().strip(), *theirs]) + "\n")
+    return {"ssl.truststore.location": str(trust), "ssl.client.auth": "required"}
 
 
 def _scram_user(settings: Settings) -> list[str]:

@@ -4,6 +4,7 @@ password read from the environment only (tests/streams/test_kafka_sasl.py runs t
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import faust
 import pytest
@@ -30,6 +31,8 @@ def test_plaintext_needs_nothing(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     (dict(kafka_security_protocol="SASL"), "choose one of PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL"),
     (dict(kafka_security_protocol="SASL_SSL"), "needs kafka_sasl_username"),
+    (dict(kafka_ssl_certfile="client.pem"), "are for TLS, and kafka_security_protocol=PLAINTEXT: set it to SSL"),
+    (dict(kafka_security_protocol="SSL", kafka_ssl_keyfile="client.key"), "without kafka_ssl_certfile"),
     ({**SASL, "kafka_sasl_mechanism": "GSSAPI"}, "choose one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
 ])
 def test_bad_settings_are_refused_when_loaded(tmp_path, changes, message):
@@ -60,6 +63,56 @@ def test_tls_verifies_the_broker_against_the_ca_given(tmp_path, monkeypatch):
     tls = Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_cafile=str(tmp_path / "none.pem"))
     with pytest.raises(ConfigError, match="not a readable CA bundle"):
         client_security(tls)
+
+
+def _client_certificate(folder, *, password: str = "") -> tuple[str, str]:
+    """A self-signed client certificate and its key (PEM) made by openssl in `folder`."""
+    import subprocess
+
+    folder.mkdir(exist_ok=True)
+    pem, key = folder / "client.pem", folder / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=client",
+                    *(["-passout", f"pass:{password}"] if password else ["-nodes"]), "-keyout", str(key), "-out",
+                    str(pem)], check=True, capture_output=True)
+    return str(pem), str(key)
+
+
+def test_tls_shows_the_broker_a_client_certificate_when_one_is_set(tmp_path, monkeypatch):
+    """kafka_ssl_certfile and its key go into the one SSL context every client (kafka-python, aiokafka, Faust)
+    takes; each way the files can be wrong is named, and an encrypted key's password comes from the environment."""
+    pem, key = _client_certificate(tmp_path)
+    s = Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_certfile=pem, kafka_ssl_keyfile=key)
+    ctx = client_security(s)["ssl_context"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert broker_credentials(s).context is not None
+    both = tmp_path / "both.pem"  # the certificate followed by its key, in one file
+    both.write_text(Path(pem).read_text() + Path(key).read_text())
+    client_security(Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_certfile=str(both)))
+
+    other = _client_certificate(tmp_path / "other")
+    wrong = {
+        "the private key is not the one of that certificate": dict(kafka_ssl_certfile=pem, kafka_ssl_keyfile=other[1]),
+        "not a PEM certificate followed by its private key": dict(kafka_ssl_certfile=pem),
+        "not a PEM certificate and a PEM private key": dict(kafka_ssl_certfile=pem, kafka_ssl_keyfile=pem),
+        "missing.pem': not readable": dict(kafka_ssl_certfile=str(tmp_path / "missing.pem")),
+    }
+    for message, changes in wrong.items():
+        with pytest.raises(ConfigError, match=message):
+            client_security(Settings(state_dir=tmp_path, kafka_security_protocol="SSL", **changes))
+
+    pem, key = _client_certificate(tmp_path / "enc", password="open-sesame")
+    s = Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_certfile=pem, kafka_ssl_keyfile=key,
+                 kafka_ssl_key_password_env="MEDIAFM_TEST_KEY_PW")
+    monkeypatch.delenv("MEDIAFM_TEST_KEY_PW", raising=False)  # never OpenSSL's prompt on the terminal
+    with pytest.raises(ConfigError, match="is encrypted and \\$MEDIAFM_TEST_KEY_PW is not set: export"):
+        client_security(s)
+    monkeypatch.setenv("MEDIAFM_TEST_KEY_PW", "not-open-sesame")
+    with pytest.raises(ConfigError, match="the password in \\$MEDIAFM_TEST_KEY_PW does not open it") as e:
+        client_security(s)
+    assert "open-sesame" not in str(e.value)
+    monkeypatch.setenv("MEDIAFM_TEST_KEY_PW", "open-sesame")
+    assert client_security(s)["ssl_context"] is not None
+    assert "open-sesame" not in repr(s) and "open-sesame" not in str(s.to_env())
 
 
 def test_check_login_judges_only_a_broker_that_answers(tmp_path, monkeypatch):
@@ -126,20 +179,30 @@ def test_the_local_broker_with_tls_makes_its_certificate_and_asks_clients_to_tru
     monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
     s = Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": protocol})
     pem = kafka.certificate(s)
-    with pytest.raises(ConfigError, match=f"set kafka_ssl_cafile={pem}"):  # clients could not verify it
+    client, key = kafka.client_certificate(s)
+    with pytest.raises(ConfigError, match=f"set kafka_ssl_cafile={pem}") as e:  # clients could not verify it
         kafka._write_config(s, kafka._java())
+    # SSL has no login: the broker asks each client for a certificate, and has made one to name
+    assert (f"set kafka_ssl_certfile={client} and kafka_ssl_keyfile={key}" in str(e.value)) == (protocol == "SSL")
+    assert client.exists() == key.exists() == (protocol == "SSL")
     made = pem.read_text()
     assert made.startswith("-----BEGIN CERTIFICATE-----")
     assert (pem.parent / "store.pass").stat().st_mode & 0o777 == 0o600 and pem.parent.stat().st_mode & 0o777 == 0o700
     bundle = tmp_path / "bundle.pem"  # a CA bundle that holds it among others is as good
     bundle.write_text("# other CAs\n" + made + "\n")
+    files = dict(kafka_ssl_certfile=str(client), kafka_ssl_keyfile=str(key)) if protocol == "SSL" else {}
     cfg = kafka._write_config(Settings(state_dir=tmp_path, **{**SASL, "kafka_security_protocol": protocol,
-                                                             "kafka_ssl_cafile": str(bundle)}), kafka._java())
+                                                             "kafka_ssl_cafile": str(bundle), **files}), kafka._java())
     assert pem.read_text() == made  # made once, not again at every start
     props = dict(line.split("=", 1) for line in cfg.read_text().splitlines())
     assert props["listener.security.protocol.map"] == f"{protocol}:{protocol},CONTROLLER:{protocol}"
-    assert props["ssl.truststore.location"] == str(pem) and props["ssl.keystore.type"] == "PKCS12"
+    assert props["ssl.keystore.type"] == "PKCS12"
     assert props["ssl.keystore.password"] == (pem.parent / "store.pass").read_text()
     assert ("sasl.enabled.mechanisms" in props) == protocol.startswith("SASL_")
+    if protocol == "SSL":  # trusts itself (its own connections) and the client's certificate, and asks for one
+        assert props["ssl.client.auth"] == "required" and key.stat().st_mode & 0o777 == 0o600
+        assert Path(props["ssl.truststore.location"]).read_text() == made.strip() + "\n" + client.read_text().strip() + "\n"
+    else:
+        assert props["ssl.client.auth"] == "none" and props["ssl.truststore.location"] == str(pem)
     kafka.down(s, wipe=True)  # a wiped broker gets a new certificate
-    assert not pem.exists()
+    assert not pem.exists() and not client.exists()

@@ -7,6 +7,10 @@ fused topic to one final per shot through Faust, the fused-topic reader and the 
 from its segments to a provisional and a final per shot, all over TLS. A
 client that trusts only the system's CAs, or speaks no TLS, gets nothing; each wrong setting is named in one line
 before any client waits on it, and so is a TLS client at the session's plain broker.
+
+A fourth (SSL, no login) asks each client for a certificate instead (mutual TLS): a worker showing the one `stack
+up` made gets every shot its final; a client with none, or with one the broker does not trust, gets nothing and is
+told which, at once.
 """
 
 from __future__ import annotations
@@ -148,3 +152,72 @@ def test_a_live_event_over_tls_gives_every_shot_a_provisional_then_a_final(tls_s
         tail.close()
     assert got == {i: [False, True] for i in range(n)}, got
     assert PASSWORD not in log.read_text()
+
+
+def _self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """A client certificate and key (PEM) no broker here was told to trust."""
+    import subprocess
+
+    pem, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+                    "-keyout", str(key), "-out", str(pem)], check=True, capture_output=True)
+    return str(pem), str(key)
+
+
+@pytest.fixture(scope="module")
+def mtls_stack(stack_settings, tmp_path_factory):
+    """SSL with no login on every listener of a broker beside the session's Triton: the broker asks each client
+    for a certificate (mutual TLS). `stack up` without kafka_ssl_cafile and kafka_ssl_certfile is refused first,
+    naming the broker's certificate to trust and the client certificate it made."""
+    with broker_beside(stack_settings, tmp_path_factory.mktemp("mtls") / "state", PASSWORD_ENV, PASSWORD,
+                       kafka_security_protocol="SSL") as s:
+        pem, key = kafka.client_certificate(s)
+        with pytest.raises(ConfigError, match=f"set kafka_ssl_cafile={kafka.certificate(s)} .*"
+                                              f"set kafka_ssl_certfile={pem} and kafka_ssl_keyfile={key} "):
+            kafka.up(s)
+        assert not kafka.service(s).alive() and key.stat().st_mode & 0o777 == 0o600
+        s = replace(s, kafka_ssl_cafile=str(kafka.certificate(s)), kafka_ssl_certfile=str(pem),
+                    kafka_ssl_keyfile=str(key))
+        kafka.up(s)
+        kafka.create_topics(s, Topics.from_settings(s).all())
+        yield s
+
+
+@pytest.mark.kafka
+def test_only_clients_with_a_certificate_the_broker_trusts_get_through(mtls_stack, tmp_path):
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    s = mtls_stack
+    topic = Topics.from_settings(s).models
+    assert round_trip(s, topic, b"mutual tls") == [b"mutual tls"]
+    assert check_login(s) is True
+    stranger = _self_signed(tmp_path, "stranger")
+    no_certificate = replace(s, kafka_ssl_certfile="", kafka_ssl_keyfile="")
+    wrong = {
+        "asks for a client certificate .*kafka_ssl_certfile is empty": no_certificate,
+        f"does not accept the client certificate in kafka_ssl_certfile='{stranger[0]}'": replace(
+            s, kafka_ssl_certfile=stranger[0], kafka_ssl_keyfile=stranger[1]),
+        "the private key is not the one of that certificate": replace(s, kafka_ssl_keyfile=stranger[1]),
+    }
+    for message, settings in wrong.items():  # at once: the clients would retry these as a broker that is down
+        with pytest.raises(ConfigError, match=message):
+            check_login(settings)
+    with pytest.raises(KafkaTimeoutError):  # a client with no certificate gets nothing
+        KafkaProducer(bootstrap_servers=s.kafka_bootstrap, bootstrap_timeout_ms=5_000, max_block_ms=5_000,
+                      **client_security(no_certificate)).send(topic, value=b"no certificate").get(timeout=10)
+    assert round_trip(s, topic, b"still") == [b"mutual tls", b"still"]  # and nothing it sent arrived
+
+    code, said = worker_that_stops(no_certificate, tmp_path / "worker.log")
+    assert code == 2 and "mediafm worker: error: Kafka at" in said and "asks for a client certificate" in said, \
+        said[-2000:]
+    assert "Traceback" not in said
+
+
+@pytest.mark.kafka
+@pytest.mark.triton
+def test_a_worker_with_a_client_certificate_gives_every_shot_its_final(mtls_stack, offline_model, tmp_path):
+    s = replace(mtls_stack, worker_web_port=free_port(), state_dir=tmp_path / "state", held_shots_mb=0)
+    n = 300  # held_shots_mb=0: the title is read back from the fused topic, over mutual TLS
+    finals = finals_of_a_fused_title(s, n, tmp_path / "worker.log", seed=2)
+    assert sorted(finals) == list(range(n)) and set(finals.values()) == {1}
