@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mediafm.config import Settings
 from mediafm.errors import StackError
-from mediafm.kafka_security import check_login, client_security
+from mediafm.kafka_security import check_login, client_security, denied
 from mediafm.schema import MAX_MESSAGE_BYTES
 
 
@@ -50,11 +50,13 @@ def send_and_wait(settings: Settings, p: KafkaProducer, what: str, records: list
     being written twice. Past it (or on any other refusal: the error is named), StackError naming `what` and the
     broker. Each call used to give up after 30 s (`.get(timeout=30)`), so a broker restart a little longer than
     that stopped `mediafm publish live` mid-event with a KafkaTimeoutError."""
-    from kafka.errors import KafkaError, KafkaTimeoutError
+    from kafka.errors import KafkaError, KafkaTimeoutError, TopicAuthorizationFailedError
 
     try:
         for f in [p.send(topic, key=key, value=value) for topic, key, value in records]:
             f.get()  # no timeout of our own: the producer's delivery timeout fails the future
+    except TopicAuthorizationFailedError:
+        raise denied(settings, f"writing {what} to {', '.join(sorted({t for t, _, _ in records}))}") from None
     except KafkaError as e:
         away = isinstance(e, KafkaTimeoutError)
         raise StackError(f"the broker at {settings.kafka_bootstrap} did not take {what}"

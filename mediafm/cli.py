@@ -109,6 +109,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.web_port:
         settings = replace(settings, worker_web_port=args.web_port)
+    from mediafm.acls import check_access
     from mediafm.kafka_security import wait_for_broker
     from mediafm.topics import Topics
     from streams.fused_source import check_retention
@@ -119,11 +120,28 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Faust crashes at start without a broker: wait for one (ConfigError at once if it refuses the login)
     if (waited := wait_for_broker(settings, say)) > 0.5:
         say(f"the broker answers after {waited:.0f} s; starting")
+    check_access(settings)  # ConfigError: the broker's ACLs deny a topic or the group (else Faust waits, silent)
     print(check_retention(settings, Topics.from_settings(settings).fused), file=sys.stderr)  # ConfigError: refused
     app = create_app(settings)  # these settings: --config FILE, then $MEDIAFM_*
     sys.argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel),
                 "--web-port", str(settings.worker_web_port)]
     app.main()  # faust's own CLI: handles signals, rebalances and clean shutdown
+    return 0
+
+
+def _cmd_acls(args: argparse.Namespace, settings: Settings) -> int:
+    from mediafm.acls import pipeline_acls
+    from mediafm.errors import ConfigError
+
+    principal = args.principal or (f"User:{settings.kafka_sasl_username}" if settings.kafka_sasl_username else "")
+    if not principal:
+        raise ConfigError("whom should the ACLs name? Give --principal (e.g. User:pipeline, or with SSL the client "
+                          "certificate's subject: `openssl x509 -noout -subject -nameopt RFC2253 -in CERT`), or "
+                          "set kafka_sasl_username")
+    print(f"# the grants {principal} needs for the pipeline with topic_prefix={settings.topic_prefix!r} "
+          "(mediafm/acls.py)")
+    for acl in pipeline_acls(settings):
+        print(acl.command(principal))
     return 0
 
 
@@ -296,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "the broker at kafka_servers (or the local stack), and checks existing ones agree. "
                        "`stack up` does this for the local stack; docker-compose runs it once at start.")
     s.set_defaults(fn=_cmd_topics)
+
+    s = sub.add_parser("acls", help="print the Kafka ACLs the pipeline's user needs (for a broker that checks them)",
+                       description="Prints one kafka-acls.sh line per grant the pipeline's Kafka user needs and no "
+                       "more (mediafm/acls.py): read, write, create and describe-configs on the topics named by "
+                       "topic_prefix (its own, `<prefix>.*`, and Faust's changelogs, `<prefix>-*`), and read on "
+                       "its consumer group (`<prefix>`). A broker's operator runs them with an admin login "
+                       "(ADMIN.properties); a worker whose user lacks one stops at start naming it. The local "
+                       "stack grants them itself with kafka_acls=true.")
+    s.add_argument("--principal", help="whom to grant them (default: User:<kafka_sasl_username>; with SSL, the "
+                   "client certificate's subject as the broker maps it, e.g. 'User:CN=pipeline')")
+    s.set_defaults(fn=_cmd_acls)
 
     s = sub.add_parser("config", help="print every setting, its value and where it came from")
     s.set_defaults(fn=_cmd_config)

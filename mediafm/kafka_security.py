@@ -83,6 +83,22 @@ def client_security(settings: Settings) -> dict:
     return out
 
 
+def who(settings: Settings) -> str:
+    """Who the broker takes our clients for, in words (for errors about what it denies them)."""
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return f"user {settings.kafka_sasl_username!r}"
+    if settings.kafka_ssl_certfile:
+        return f"the client certificate in {settings.kafka_ssl_certfile}"
+    return "an anonymous client (User:ANONYMOUS)"
+
+
+def denied(settings: Settings, what: str) -> ConfigError:
+    """The error for a request the broker's ACLs refused: `what` was denied, and what to grant."""
+    return ConfigError(f"Kafka at {settings.kafka_bootstrap} denies {who(settings)} {what}: its ACLs must grant what "
+                       "`mediafm acls` lists (topics and the consumer group named by topic_prefix="
+                       f"{settings.topic_prefix!r})")
+
+
 def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
     """Log in to the first broker of kafka_bootstrap that answers, once, and say plainly when the broker refuses:
     ConfigError naming the user, the mechanism and what to fix. The clients themselves retry a refused login until

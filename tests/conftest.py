@@ -243,6 +243,45 @@ def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int 
     return finals
 
 
+def kinds_of_a_live_event(settings: Settings, tmp_path: Path) -> tuple[dict[int, list[bool]], int]:
+    """Publish a 5-shot film as a live event in 1-s segments (`publish_live`), run a worker on it (its log in
+    tmp_path/worker.log) until every shot has a final, and return what it published per shot, in order (False:
+    provisional, True: final), and the film's shot count. Every stage of the live path runs: segments, shots,
+    encoded, fused, embeddings, and the live tables' changelogs."""
+    import uuid
+
+    from mediafm.bus import Tail
+    from mediafm.media.synthfilm import make_film
+    from mediafm.publish import publish_live
+    from mediafm.schema import ContextualEmbedding, decode
+    from mediafm.topics import Topics
+
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30], fps=24, size=(160, 96), first_source=1,
+                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
+    n, event = len(film.shot_frames), f"event-{uuid.uuid4().hex[:6]}"
+    names = Topics.from_settings(settings)
+    tail = Tail(settings, names.embeddings, from_beginning=True)
+    log = tmp_path / "worker.log"
+    w = start_worker(settings, log)
+    got: dict[int, list[bool]] = {}
+
+    def take(rec) -> None:
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.title_id == event:
+            assert m.kind == "live" and (m.final or m.window_end == m.shot_index + 1), m
+            got.setdefault(m.shot_index, []).append(m.final)
+
+    try:
+        segments = publish_live(settings, film.path, event_id=event, segment_s=1.0)
+        assert len(segments) >= 5 and segments[-1].last
+        take_output(settings, tail, w, log, [names.live_segments, names.shots, names.encoded, names.fused], take,
+                    lambda: sum(kinds.count(True) for kinds in got.values()) >= n, timeout_s=300)
+    finally:
+        stop_worker(w)
+        tail.close()
+    return got, n
+
+
 def consumer_group(admin, group: str) -> tuple[str, list[dict]]:
     """Consumer group `group`'s state and its members (member_id, group_instance_id, ...) as the broker has them
     now (DescribeGroups with `admin`, a KafkaAdminClient); asked again while the group's coordinator is not loaded

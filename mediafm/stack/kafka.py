@@ -129,30 +129,54 @@ def _local_user(settings: Settings) -> tuple[str, str]:
     return user, password
 
 
-def _jaas(module: str, user: str, password: str, *, plain_users: bool = False) -> str:
-    users = f' user_{user}="{password}"' if plain_users else ""
+def _jaas(module: str, user: str, password: str, *, plain_users: dict[str, str] | None = None) -> str:
+    users = "".join(f' user_{name}="{pw}"' for name, pw in (plain_users or {}).items())
     return f'org.apache.kafka.common.security.{module} required username="{user}" password="{password}"{users};'
+
+
+BROKER_USER = "mediafm-broker"
+"""With kafka_acls, the user the local broker logs in to itself as: its super user, which no client is given."""
+
+
+def _broker_user(settings: Settings) -> tuple[str, str]:
+    """With kafka_acls, the broker's own user and its password (made once, random, in <state_dir>/kafka/broker.pass,
+    mode 0600); without, the configured user, as before."""
+    if not settings.kafka_acls:
+        return _local_user(settings)
+    secret = _dir(settings) / "broker.pass"
+    if not secret.exists():
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.touch(mode=0o600)
+        secret.write_text(secrets.token_urlsafe(24))
+    return BROKER_USER, secret.read_text().strip()
 
 
 def _sasl_props(settings: Settings) -> dict[str, str]:
     """With kafka_security_protocol SASL_PLAINTEXT or SASL_SSL: every listener asks for SASL, the broker logs in
-    to itself as the configured user, and that user is the only one. SCRAM users live in the cluster's metadata
+    to itself as the configured user, and that user is the only one (without kafka_acls). SCRAM users live in the cluster's metadata
     (made when the storage is formatted, `_scram_user`); the controller listener takes PLAIN, since a controller
-    reads SCRAM credentials from the metadata it serves. Loopback by default, and over TLS with SASL_SSL."""
+    reads SCRAM credentials from the metadata it serves. Loopback by default, and over TLS with SASL_SSL.
+    With kafka_acls the broker checks ACLs and logs in to itself as a user of its own (BROKER_USER), its one super
+    user; the configured user gets only what `up` grants it (mediafm/acls.py)."""
     proto = settings.kafka_security_protocol
     if not proto.startswith("SASL_"):
         return {}
     mech, (user, password) = settings.kafka_sasl_mechanism, _local_user(settings)
-    plain = _jaas("plain.PlainLoginModule", user, password, plain_users=True)
+    me, mine = _broker_user(settings)
     props = {
         "sasl.enabled.mechanisms": mech,
         "sasl.mechanism.inter.broker.protocol": mech,
         "sasl.mechanism.controller.protocol": "PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
-        "listener.name.controller.plain.sasl.jaas.config": plain,
+        "listener.name.controller.plain.sasl.jaas.config": _jaas("plain.PlainLoginModule", me, mine,
+                                                                 plain_users={me: mine}),
     }
     name = f"listener.name.{proto.lower()}.{mech.lower()}.sasl.jaas.config"
-    props[name] = plain if mech == "PLAIN" else _jaas("scram.ScramLoginModule", user, password)
+    props[name] = (_jaas("plain.PlainLoginModule", me, mine, plain_users={me: mine, user: password})
+                   if mech == "PLAIN" else _jaas("scram.ScramLoginModule", me, mine))
+    if settings.kafka_acls:
+        props.update({"authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                      "super.users": f"User:{BROKER_USER}", "allow.everyone.if.no.acl.found": "false"})
     return props
 
 
@@ -269,8 +293,36 @@ def _scram_user(settings: Settings) -> list[str]:
     is wiped (`mediafm stack down --wipe`)."""
     if not settings.kafka_security_protocol.startswith("SASL_") or settings.kafka_sasl_mechanism == "PLAIN":
         return []
-    user, password = _local_user(settings)
-    return ["--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]"]
+    users = dict([_local_user(settings), _broker_user(settings)])
+    return [arg for user, password in users.items()
+            for arg in ("--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]")]
+
+
+def grant_acls(settings: Settings) -> int:
+    """With kafka_acls: grant kafka_sasl_username what the pipeline needs (mediafm.acls.pipeline_acls), logged
+    in as the broker's own user. Granting one that is there already changes nothing. Returns how many."""
+    if not settings.kafka_acls:
+        return 0
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from mediafm.acls import pipeline_acls
+    from mediafm.bus import kafka_python_options
+
+    me, mine = _broker_user(settings)
+    acls = [a.to_kafka_python(f"User:{settings.kafka_sasl_username}") for a in pipeline_acls(settings)]
+    admin = KafkaAdminClient(**{**kafka_python_options(settings), "sasl_plain_username": me,
+                                "sasl_plain_password": mine})
+    try:
+        failed = admin.create_acls(acls)["failed"]
+    except KafkaError as e:
+        raise StackError(f"kafka: granting the pipeline's ACLs failed ({e}); see "
+                         f"{_dir(settings) / 'kafka.log'}") from None
+    finally:
+        admin.close()
+    if failed:
+        raise StackError(f"kafka: the broker refused to grant {failed[0][0]} ({failed[0][1]})")
+    return len(acls)
 
 
 def _write_config(settings: Settings, java: str) -> Path:
@@ -338,12 +390,12 @@ def up(settings: Settings) -> str:
     if svc.alive():
         check_login(settings)  # ConfigError: a refused login says so, and a running broker is left running
         if ready(settings):
-            return f"kafka already running (pid {svc.pid()}) on {settings.kafka_bootstrap}"
+            return f"kafka already running (pid {svc.pid()}) on {settings.kafka_bootstrap}{_granted(settings)}"
         # Half-started or wedged: give it the normal start time, then replace it.
         try:
             wait_until(lambda: ready(settings), timeout_s=settings.start_timeout_s,
                        what="metadata", service=svc)
-            return f"kafka already running (pid {svc.pid()}) on {settings.kafka_bootstrap}"
+            return f"kafka already running (pid {svc.pid()}) on {settings.kafka_bootstrap}{_granted(settings)}"
         except StackError:
             svc.stop()
     java = _java()
@@ -353,6 +405,12 @@ def up(settings: Settings) -> str:
     cfg = _write_config(settings, java)
     cp = f"{libs}/*"
     data = _dir(settings) / "data"
+    made_with = _dir(settings) / "broker.user"  # whom the broker logs in as, written when its data is formatted
+    scram = settings.kafka_security_protocol.startswith("SASL_") and settings.kafka_sasl_mechanism != "PLAIN"
+    if (settings.kafka_acls and scram and (data / "meta.properties").exists()
+            and not (made_with.exists() and made_with.read_text().strip() == BROKER_USER)):
+        raise ConfigError(f"kafka_acls: the local broker's data ({data}) was made without the broker's own SCRAM "
+                          "user; `mediafm stack down --wipe` (its topics are lost), then `stack up` again")
     if not (data / "meta.properties").exists():
         r = subprocess.run([java, "-cp", cp, f"-Dlog4j.configuration=file:{_dir(settings) / 'log4j.properties'}",
                             "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(cfg),
@@ -360,6 +418,8 @@ def up(settings: Settings) -> str:
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise StackError(f"kafka: formatting {data} failed: {(r.stdout + r.stderr).strip()[-500:]}")
+        if scram:
+            made_with.write_text(_broker_user(settings)[0] + "\n")
     argv = [java, f"-Xmx{settings.kafka_heap}", f"-Xms{settings.kafka_heap}", "-XX:+UseG1GC",
             "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{_dir(settings) / 'log4j.properties'}",
             "-cp", cp, "kafka.Kafka", str(cfg)]
@@ -367,7 +427,12 @@ def up(settings: Settings) -> str:
     # a broker that refuses our login is never ready: check_login says that, not "not ready"
     start_and_wait(svc, lambda: ready(settings), timeout_s=settings.start_timeout_s, what="metadata",
                    explain=lambda: check_login(settings))
-    return f"kafka started (pid {pid}) on {settings.kafka_bootstrap}"
+    return f"kafka started (pid {pid}) on {settings.kafka_bootstrap}{_granted(settings)}"
+
+
+def _granted(settings: Settings) -> str:
+    n = grant_acls(settings)
+    return f"; ACLs on, {n} grants to User:{settings.kafka_sasl_username} (`mediafm acls` lists them)" if n else ""
 
 
 def down(settings: Settings, *, wipe: bool = False) -> str:
@@ -375,6 +440,8 @@ def down(settings: Settings, *, wipe: bool = False) -> str:
     if wipe:
         shutil.rmtree(_dir(settings) / "data", ignore_errors=True)
         shutil.rmtree(certificate(settings).parent, ignore_errors=True)
+        for f in ("broker.user", "broker.pass"):  # the broker's own user went with the data
+            (_dir(settings) / f).unlink(missing_ok=True)
     return ("kafka stopped" if stopped else "kafka was not running") + (" (data wiped)" if wipe else "")
 
 
@@ -387,20 +454,23 @@ def create_topics(settings: Settings, names: list[str], *, configs: dict[str, st
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
     from mediafm.bus import kafka_python_options
+    from mediafm.kafka_security import denied
 
     check_login(settings)  # ConfigError naming the setting, not 30 s of retries
     admin = KafkaAdminClient(**kafka_python_options(settings))
     try:
-        existing = set(admin.list_topics())
+        existing = set(admin.list_topics())  # with ACLs: those it may describe
         new = [n for n in names if n not in existing]
         if new:
             try:
                 admin.create_topics([NewTopic(n, settings.partitions, 1, topic_configs=configs or {}) for n in new])
             except TopicAlreadyExistsError:
                 pass  # another process raced us; the partition check below decides
+            except TopicAuthorizationFailedError:
+                raise denied(settings, f"creating topics {', '.join(new)}") from None
         deadline = time.monotonic() + 30
         while True:  # a topic just created may not be in the metadata yet (UNKNOWN_TOPIC_OR_PARTITION)
             described = admin.describe_topics(names)

@@ -10,10 +10,11 @@ import faust
 import pytest
 from conftest import free_port
 
-from mediafm.config import Settings
+from mediafm.config import Settings, replace
 from mediafm.errors import ConfigError
 from mediafm.kafka_security import check_login, client_security
 from mediafm.stack import kafka
+from mediafm.topics import Topics
 from streams.runtime import broker_credentials
 
 SASL = dict(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="pipeline",
@@ -31,6 +32,7 @@ def test_plaintext_needs_nothing(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     (dict(kafka_security_protocol="SASL"), "choose one of PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL"),
     (dict(kafka_security_protocol="SASL_SSL"), "needs kafka_sasl_username"),
+    (dict(kafka_acls=True), "kafka_acls with kafka_security_protocol=PLAINTEXT: .* set SASL_PLAINTEXT or SASL_SSL"),
     (dict(kafka_ssl_certfile="client.pem"), "are for TLS, and kafka_security_protocol=PLAINTEXT: set it to SSL"),
     (dict(kafka_security_protocol="SSL", kafka_ssl_keyfile="client.key"), "without kafka_ssl_certfile"),
     ({**SASL, "kafka_sasl_mechanism": "GSSAPI"}, "choose one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
@@ -171,6 +173,63 @@ def test_the_local_broker_serves_sasl_on_every_listener_and_keeps_its_file_priva
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512" and props["listeners"].startswith("SASL_PLAINTEXT://")
     assert cfg.stat().st_mode & 0o777 == 0o600
     assert not any(k.startswith("ssl.") for k in props)
+
+
+def test_with_acls_the_local_broker_logs_in_as_its_own_super_user(tmp_path, monkeypatch):
+    """kafka_acls: the authorizer denies what is not granted, and the broker's own user (a password of its own,
+    0600) is its one super user, so the pipeline's user gets only its grants; both SCRAM users are made when the
+    data is formatted, and data formatted without the broker's user is refused, naming the fix."""
+    monkeypatch.setenv("MEDIAFM_TEST_PW", "hunter2-hunter2")
+    s = Settings(state_dir=tmp_path, **SASL, kafka_acls=True)
+    props = dict(line.split("=", 1) for line in kafka._write_config(s, "java").read_text().splitlines())
+    secret = tmp_path / "kafka" / "broker.pass"
+    mine = secret.read_text()
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(mine) >= 24 and mine != "hunter2-hunter2"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["super.users"] == f"User:{kafka.BROKER_USER}" and props["allow.everyone.if.no.acl.found"] == "false"
+    assert f'username="{kafka.BROKER_USER}" password="{mine}"' in props[
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert "pipeline" not in props["listener.name.controller.plain.sasl.jaas.config"]
+    users = kafka._scram_user(s)
+    assert users[::2] == ["--add-scram"] * 2 and {u.split(",")[0] for u in users[1::2]} == {
+        "SCRAM-SHA-512=[name=pipeline", f"SCRAM-SHA-512=[name={kafka.BROKER_USER}"}
+    # without ACLs the broker logs in as the one user, as before, and checks nothing
+    plain = dict(line.split("=", 1) for line in kafka._write_config(Settings(state_dir=tmp_path / "off", **SASL),
+                                                                      "java").read_text().splitlines())
+    assert "authorizer.class.name" not in plain and 'username="pipeline"' in plain[
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    formatted = tmp_path / "kafka" / "data" / "meta.properties"  # as if formatted before kafka_acls was set
+    formatted.parent.mkdir(parents=True)
+    formatted.write_text("")
+    monkeypatch.setattr(kafka, "install", lambda settings: tmp_path)
+    monkeypatch.setattr(kafka, "_java", lambda: "java")
+    with pytest.raises(ConfigError, match="made without the broker's own SCRAM user; `mediafm stack down --wipe`"):
+        kafka.up(replace(s, kafka_port=free_port(), kafka_controller_port=free_port()))
+
+
+def test_the_acls_are_on_the_pipelines_names_only(tmp_path, capsys, monkeypatch):
+    from kafka.admin import ACLPermissionType, ResourceType
+
+    from mediafm.acls import pipeline_acls
+    from mediafm.cli import main
+
+    s = Settings(state_dir=tmp_path, topic_prefix="prod")
+    acls = pipeline_acls(s)
+    assert {(a.resource, a.name, a.pattern) for a in acls} == {
+        ("TOPIC", "prod.", "PREFIXED"), ("TOPIC", "prod-", "PREFIXED"), ("GROUP", "prod", "LITERAL")}
+    topics = Topics.from_settings(s).all()
+    assert all(any(t.startswith(a.name) for a in acls if a.resource == "TOPIC") for t in topics)
+    assert not any(a.operation in ("ALL", "ALTER", "DELETE", "ALTER_CONFIGS") for a in acls)  # nothing to spare
+    granted = acls[0].to_kafka_python("User:pipeline")
+    assert granted.permission_type == ACLPermissionType.ALLOW and granted.resource_pattern.resource_type == \
+        ResourceType.TOPIC and granted.host == "*"
+
+    monkeypatch.setenv("MEDIAFM_TOPIC_PREFIX", "prod")
+    assert main(["acls", "--principal", "User:CN=pipeline"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == len(acls) and all("--allow-principal User:CN=pipeline " in x for x in lines)
+    assert "--operation DescribeConfigs --topic 'prod.' --resource-pattern-type prefixed" in "\n".join(lines)
+    assert main(["acls"]) == 2 and "Give --principal" in capsys.readouterr().err  # PLAINTEXT: nobody to name
 
 
 @pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])

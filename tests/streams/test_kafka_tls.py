@@ -18,7 +18,14 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import broker_beside, finals_of_a_fused_title, free_port, round_trip, worker_that_stops
+from conftest import (
+    broker_beside,
+    finals_of_a_fused_title,
+    free_port,
+    kinds_of_a_live_event,
+    round_trip,
+    worker_that_stops,
+)
 
 from mediafm.config import replace
 from mediafm.errors import ConfigError
@@ -119,39 +126,10 @@ def test_a_worker_over_tls_gives_every_shot_its_final(tls_stack, offline_model, 
 def test_a_live_event_over_tls_gives_every_shot_a_provisional_then_a_final(tls_stack, offline_model, tmp_path):
     """The live path over TLS with SCRAM: segments published by `publish_live`, cut, encoded and contextualised by
     a worker whose every client logs in, each shot a provisional (left context only) and then its final."""
-    from conftest import start_worker, stop_worker, take_output
-
-    from mediafm.bus import Tail
-    from mediafm.media.synthfilm import make_film
-    from mediafm.publish import publish_live
-    from mediafm.schema import ContextualEmbedding, decode
-
     s = replace(tls_stack, worker_web_port=free_port(), state_dir=tmp_path / "state")
-    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30], fps=24, size=(160, 96), first_source=1,
-                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
-    n, event = len(film.shot_frames), f"event-{uuid.uuid4().hex[:6]}"
-    names = Topics.from_settings(s)
-    tail = Tail(s, names.embeddings, from_beginning=True)
-    log = tmp_path / "worker.log"
-    w = start_worker(s, log)
-    got: dict[int, list[bool]] = {}
-
-    def take(rec) -> None:
-        m = decode(rec.value, expect=ContextualEmbedding)
-        if m.title_id == event:
-            assert m.kind == "live" and (m.final or m.window_end == m.shot_index + 1), m
-            got.setdefault(m.shot_index, []).append(m.final)
-
-    try:
-        segments = publish_live(s, film.path, event_id=event, segment_s=1.0)
-        assert len(segments) >= 5 and segments[-1].last
-        take_output(s, tail, w, log, [names.live_segments, names.shots, names.encoded, names.fused], take,
-                    lambda: sum(kinds.count(True) for kinds in got.values()) >= n, timeout_s=300)
-    finally:
-        stop_worker(w)
-        tail.close()
+    got, n = kinds_of_a_live_event(s, tmp_path)
     assert got == {i: [False, True] for i in range(n)}, got
-    assert PASSWORD not in log.read_text()
+    assert PASSWORD not in (tmp_path / "worker.log").read_text()
 
 
 def _self_signed(tmp_path, name: str) -> tuple[str, str]:
@@ -203,9 +181,13 @@ def test_only_clients_with_a_certificate_the_broker_trusts_get_through(mtls_stac
     for message, settings in wrong.items():  # at once: the clients would retry these as a broker that is down
         with pytest.raises(ConfigError, match=message):
             check_login(settings)
-    with pytest.raises(KafkaTimeoutError):  # a client with no certificate gets nothing
-        KafkaProducer(bootstrap_servers=s.kafka_bootstrap, bootstrap_timeout_ms=5_000, max_block_ms=5_000,
-                      **client_security(no_certificate)).send(topic, value=b"no certificate").get(timeout=10)
+    with pytest.raises(KafkaTimeoutError):  # a client with no certificate gets nothing (no bootstrap, no send)
+        stranger = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, bootstrap_timeout_ms=5_000, max_block_ms=5_000,
+                                 **client_security(no_certificate))
+        try:
+            stranger.send(topic, value=b"no certificate").get(timeout=10)
+        finally:
+            stranger.close(timeout=5)
     assert round_trip(s, topic, b"still") == [b"mutual tls", b"still"]  # and nothing it sent arrived
 
     code, said = worker_that_stops(no_certificate, tmp_path / "worker.log")
