@@ -161,6 +161,39 @@ def test_the_workers_take_a_managed_broker_and_its_login_from_the_host(compose, 
         assert sec["ssl_context"].check_hostname  # the system's CAs: a managed broker's public certificate
 
 
+def test_the_workers_see_the_hosts_kafka_tls_files_at_the_paths_it_names(compose, monkeypatch, tmp_path):
+    """Mutual TLS from compose: the host's MEDIAFM_KAFKA_TLS_DIR is mounted read-only at the same path in the
+    workers and the topic tool, so the CA, the client certificate and its key are found by the paths the host's
+    MEDIAFM_KAFKA_SSL_* name, and the key's password is passed through, never written in the file. By default
+    an empty directory of the repository's is mounted and no file is named."""
+    import subprocess
+
+    from mediafm.kafka_security import client_security
+
+    for name in ("worker", "topics"):
+        mounts = _mounts(compose["services"][name])
+        assert mounts["/run/mediafm/kafka-tls"] == (str(REPO / "docker" / "kafka-tls"), "ro"), mounts
+    tls = tmp_path / "kafka-tls"
+    tls.mkdir()
+    pem, key = tls / "client.pem", tls / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=pipeline",
+                    "-passout", "pass:the-key-s-secret", "-keyout", str(key), "-out", str(pem)], check=True,
+                   capture_output=True)
+    host = {"MEDIAFM_KAFKA_SERVERS": "broker-1.example.net:9094", "MEDIAFM_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "MEDIAFM_KAFKA_TLS_DIR": str(tls), "MEDIAFM_KAFKA_SSL_CAFILE": str(pem),
+            "MEDIAFM_KAFKA_SSL_CERTFILE": str(pem), "MEDIAFM_KAFKA_SSL_KEYFILE": str(key),
+            "MEDIAFM_KAFKA_KEY_PASSWORD": "the-key-s-secret"}
+    r = _config(exported=host)
+    assert r.returncode == 0, r.stderr
+    assert "the-key-s-secret" not in (REPO / "docker-compose.yml").read_text()
+    for name in ("worker", "topics"):
+        service = yaml.safe_load(r.stdout)["services"][name]
+        assert _mounts(service)[str(tls)] == (str(tls), "ro")
+        w = _worker_settings(service["environment"], monkeypatch, tmp_path)
+        assert all(Path(f).parent == tls for f in (w.kafka_ssl_cafile, w.kafka_ssl_certfile, w.kafka_ssl_keyfile))
+        assert client_security(w)["ssl_context"].verify_mode.name == "CERT_REQUIRED"  # the key opened
+
+
 def test_worker_reads_media_where_a_host_publish_stages_it(monkeypatch, tmp_path):
     """Title requests carry host paths: the worker must see the host's media directory at the same path,
     read-only, and have it as its only media root; a host `publish` with the README's MEDIAFM_MEDIA_ROOTS
