@@ -68,13 +68,21 @@ def pipeline_acls(settings: Settings) -> list[Acl]:
 
 
 def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
-    """Ask the broker, as the pipeline's user, for what every worker needs before Faust starts: the pipeline's
-    topics and its consumer group. ConfigError naming what is denied and what to grant. Without it a worker the
-    broker denies its group waits for ever, saying nothing (aiokafka's coordinator task dies with
-    GroupAuthorizationFailedError, which Faust never reads). What it asks (metadata, the group's offsets) needs
-    DESCRIBE, which READ and WRITE imply, so a topic or group granted DESCRIBE alone passes here and is not served."""
+    """Ask the broker, as the pipeline's user, for what every worker needs before Faust starts, and raise
+    ConfigError naming what it denies and what to grant. Asked with no side effect: the pipeline's topics (their
+    metadata), reading those a worker consumes and Faust's own (a fetch of nothing), making Faust's leader topic
+    (CreateTopics with validate_only) and the consumer group (its offsets). Without this a worker denied its group
+    waits for ever, saying nothing (aiokafka's coordinator task dies with GroupAuthorizationFailedError, which
+    Faust never reads), and one denied a read or a create crashes with a traceback. Writing cannot be asked without
+    writing: a worker denied a write stops when it first sends (streams/runtime.py names the grant)."""
     from kafka import KafkaAdminClient
-    from kafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
+    from kafka.admin import NewTopic
+    from kafka.errors import (
+        GroupAuthorizationFailedError,
+        KafkaError,
+        TopicAlreadyExistsError,
+        TopicAuthorizationFailedError,
+    )
 
     from mediafm.bus import kafka_python_options
     from mediafm.kafka_security import denied
@@ -85,16 +93,26 @@ def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
     except (KafkaError, OSError):  # gone again since the login: the worker's own clients wait for it
         return
     try:
-        names = Topics.from_settings(settings).all()
+        names = Topics.from_settings(settings)
         try:
-            described = admin.describe_topics(names)
+            described = admin.describe_topics(names.all())
         except TopicAuthorizationFailedError:
-            described = [{"name": n, "error_code": TopicAuthorizationFailedError.errno} for n in names]
+            described = [{"name": n, "error_code": TopicAuthorizationFailedError.errno} for n in names.all()]
         refused = {t.get("name", t.get("topic")) for t in described
                    if t["error_code"] == TopicAuthorizationFailedError.errno}
-        refused = [n for n in names if n in refused]  # in the data path's order
-        if refused:
+        if refused := [n for n in names.all() if n in refused]:  # in the data path's order
             raise denied(settings, f"the topics {', '.join(refused)}")
+        faust = sorted(t for t in admin.list_topics() if t.startswith(f"{settings.topic_prefix}-"))
+        consumed = [names.titles, names.live_segments, names.shots, names.encoded, names.fused, *faust]
+        if refused := [t for t in consumed if t in _unreadable(settings, consumed)]:
+            raise denied(settings, f"reading {', '.join(refused)}")
+        try:
+            admin.create_topics([NewTopic(f"{settings.topic_prefix}-__assignor-__leader", 1, 1)], validate_only=True)
+        except TopicAuthorizationFailedError:
+            raise denied(settings, f"making Faust's topics ({settings.topic_prefix}-*: its tables' changelogs)") \
+                from None
+        except TopicAlreadyExistsError:
+            pass  # allowed, and there
         deadline = time.monotonic() + retry_s
         while True:
             try:
@@ -113,3 +131,39 @@ def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
         return
     finally:
         admin.close()
+
+
+def _unreadable(settings: Settings, topics: list[str], *, timeout_s: float = 10.0) -> set[str]:
+    """The topics a fetch of partition 0 (nothing: no wait, at most 1 byte) is refused with
+    TOPIC_AUTHORIZATION_FAILED, asked of the first broker that answers. A fetch is how Kafka checks READ; a broker
+    checks it before whether it leads the partition, so any broker can say."""
+    import asyncio
+
+    from aiokafka.conn import AIOKafkaConnection
+    from aiokafka.protocol.fetch import FetchRequest
+
+    from mediafm.kafka_security import client_security, close_connection
+
+    denied_code = 29  # TOPIC_AUTHORIZATION_FAILED
+
+    async def ask(host: str, port: int) -> set[str]:
+        conn = AIOKafkaConnection(host, port, request_timeout_ms=int(timeout_s * 1000), **client_security(settings))
+        try:
+            await asyncio.wait_for(conn.connect(), timeout_s)
+        except BaseException:
+            await close_connection(conn, wait=False)
+            raise
+        try:
+            r = await asyncio.wait_for(conn.send(FetchRequest(0, 0, 1, 0, [(t, [(0, 0, 1)]) for t in topics])),
+                                       timeout_s)
+        finally:
+            await close_connection(conn, wait=True)
+        return {topic for topic, partitions in r.topics if any(p[1] == denied_code for p in partitions)}
+
+    for address in settings.kafka_bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            return asyncio.run(ask(host.strip("[]"), int(port)))
+        except Exception:  # noqa: BLE001 - not this broker: the next, or no verdict
+            continue
+    return set()

@@ -139,7 +139,7 @@ def check_login(settings: Settings, *, timeout_s: float = 10.0) -> bool:
             made = False
             raise
         finally:
-            await _close(conn, wait=made)
+            await close_connection(conn, wait=made)
 
     who = f"user {settings.kafka_sasl_username!r} with {settings.kafka_sasl_mechanism}"
     for address in settings.kafka_bootstrap.split(","):
@@ -225,7 +225,7 @@ def wait_for_broker(settings: Settings, say, *, every_s: float = 2.0, say_every_
     return time.monotonic() - start
 
 
-async def _close(conn, *, wait: bool) -> None:
+async def close_connection(conn, *, wait: bool) -> None:
     """Close an aiokafka connection (its create_conn would leave one that failed open). Closing a connection that
     was made takes a round trip (TLS's close_notify): wait for it, at most 1 s, before asyncio.run closes the loop
     under it; one never made has nothing to wait for (its future would not finish)."""
@@ -250,9 +250,9 @@ def _other_protocol(settings: Settings, host: str, port: int, timeout_s: float) 
         try:
             await asyncio.wait_for(conn.connect(), timeout_s)
         except Exception:
-            await _close(conn, wait=False)
+            await close_connection(conn, wait=False)
             return False
-        await _close(conn, wait=True)
+        await close_connection(conn, wait=True)
         return True
 
     async def speaks_tls() -> bool:

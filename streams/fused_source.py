@@ -183,8 +183,9 @@ def check_retention(settings, topic: str, *, timeout_s: float = 10.0) -> str:
         log.warning("could not read the configuration of %s (%s: %s); its retention is not checked", topic,
                     type(e).__name__, e)
         return f"{topic}: retention not checked (broker did not answer)"
-    if not found:
-        return f"{topic}: not there yet; retention not checked"
+    if not found:  # kafka-python gives {} for a topic that is not there and for one whose configs it is denied
+        return f"{topic}: no configuration given (not there yet, or the broker's ACLs deny DescribeConfigs on it: " \
+               "`mediafm acls` lists the grant); retention not checked"
     value = {k: str(found.get(k, {}).get("value")) for k in keys}
     alter = f"kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics " \
             f"--entity-name {topic} --add-config"

@@ -279,8 +279,13 @@ class Runtime:
 
     @staticmethod
     def _stop(e: BaseException) -> None:
+        from aiokafka.errors import TopicAuthorizationFailedError
+
+        grant = ("; the broker's ACLs deny this worker's user writing there: grant what `mediafm acls` lists (it "
+                 "cannot be asked before a write, as reading can)" if isinstance(e, TopicAuthorizationFailedError)
+                 else "")
         log.critical("a record did not reach its topic (%s: %s); stopping this worker now so that the "
-                     "events it came from are processed again", type(e).__name__, e)
+                     "events it came from are processed again%s", type(e).__name__, e, grant)
         logging.shutdown()
         os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
 

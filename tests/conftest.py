@@ -199,34 +199,45 @@ def worker_that_stops(settings: Settings, log: Path) -> tuple[int, str]:
     return code, log.read_text()
 
 
-def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int = 0,
-                            worker: subprocess.Popen | None = None) -> dict[int, int]:
-    """Publish one title of `n` random fused shots (the offline profile) to the fused topic, run a worker on it
-    (or let `worker`, writing to `log`, take it; it is left running), and count the finals it publishes per shot
-    index (read by take_output, so a dead worker fails the test)."""
+def publish_fused_title(settings: Settings, n: int, *, seed: int = 0) -> str:
+    """One title of `n` random fused shots (the offline profile) on the fused topic; its title id."""
     import uuid
 
     import numpy as np
 
-    from mediafm.bus import Tail, producer
+    from mediafm.bus import producer
     from mediafm.profiles import OFFLINE
-    from mediafm.schema import ContextualEmbedding, FusedShot, FusedShots, decode, shot_records, vec_to_bytes
+    from mediafm.schema import FusedShot, FusedShots, shot_records, vec_to_bytes
     from mediafm.topics import Topics
 
-    names, tid = Topics.from_settings(settings), f"fused-{uuid.uuid4().hex[:6]}"
+    tid = f"fused-{uuid.uuid4().hex[:6]}"
     rng = np.random.default_rng(seed)
     fused = rng.normal(size=(n, OFFLINE.layout.fused_dim)).astype(np.float32)
     title = vec_to_bytes(rng.normal(size=OFFLINE.layout.title).astype(np.float32))
-    tail = Tail(settings, names.embeddings, from_beginning=True)
-    w = start_worker(settings, log) if worker is None else worker
     p = producer(settings)
     shots = [FusedShot(title_id=tid, request_id=tid, shot_index=i, start_s=float(i), end_s=i + 1.0, profile="offline",
                        fused=vec_to_bytes(fused[i]), present=[True, True, True], n_shots=n,
                        title_embedding=title).to_bytes() for i in range(n)]
     for record in shot_records(FusedShots, shots, tid, request_id=tid):
-        p.send(names.fused, key=tid.encode(), value=record)
+        p.send(Topics.from_settings(settings).fused, key=tid.encode(), value=record)
     p.flush()
     p.close()
+    return tid
+
+
+def finals_of_a_fused_title(settings: Settings, n: int, log: Path, *, seed: int = 0,
+                            worker: subprocess.Popen | None = None) -> dict[int, int]:
+    """Publish one title of `n` random fused shots (the offline profile) to the fused topic, run a worker on it
+    (or let `worker`, writing to `log`, take it; it is left running), and count the finals it publishes per shot
+    index (read by take_output, so a dead worker fails the test)."""
+    from mediafm.bus import Tail
+    from mediafm.schema import ContextualEmbedding, decode
+    from mediafm.topics import Topics
+
+    names = Topics.from_settings(settings)
+    tail = Tail(settings, names.embeddings, from_beginning=True)
+    w = start_worker(settings, log) if worker is None else worker
+    tid = publish_fused_title(settings, n, seed=seed)
     finals: dict[int, int] = {}
 
     def take(rec):

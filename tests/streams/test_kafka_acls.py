@@ -9,6 +9,8 @@ same user is denied another pipeline's topics, and what denies it is named.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import uuid
 
 import pytest
@@ -21,7 +23,7 @@ from conftest import (
     worker_that_stops,
 )
 
-from mediafm.acls import check_access
+from mediafm.acls import check_access, pipeline_acls
 from mediafm.bus import producer, send_and_wait
 from mediafm.config import replace
 from mediafm.errors import ConfigError
@@ -62,39 +64,6 @@ def test_the_user_gets_its_topics_and_no_others(acl_stack):
 
 
 @pytest.mark.kafka
-def test_a_worker_denied_its_group_stops_saying_so(acl_stack, tmp_path):
-    """Without the group's grant a worker would wait for ever, silent: the broker says no to Faust's consumer,
-    whose coordinator task dies with an error nobody reads. It stops in one line instead; granted again, it runs."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import (
-        ACLFilter,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePatternFilter,
-        ResourceType,
-    )
-
-    from mediafm.bus import kafka_python_options
-
-    s = acl_stack
-    me, mine = kafka._broker_user(s)  # the broker's own user, the only one that may change ACLs
-    admin = KafkaAdminClient(**{**kafka_python_options(s), "sasl_plain_username": me, "sasl_plain_password": mine})
-    group = ResourcePatternFilter(ResourceType.GROUP, s.topic_prefix, ACLResourcePatternType.LITERAL)
-    try:
-        (_, dropped, _), = admin.delete_acls([ACLFilter("User:pipeline", "*", ACLOperation.ANY, ACLPermissionType.ANY,
-                                                        group)])
-        assert dropped, "the group's grant was there to take away"
-        code, said = worker_that_stops(s, tmp_path / "worker.log")
-        assert code == 2 and f"denies user 'pipeline' the consumer group '{s.topic_prefix}'" in said, said[-2000:]
-        assert "Traceback" not in said
-    finally:
-        kafka.grant_acls(s)
-        admin.close()
-    check_access(s)
-
-
-@pytest.mark.kafka
 @pytest.mark.triton
 def test_a_worker_with_only_the_listed_acls_gives_every_shot_its_final(acl_stack, offline_model, tmp_path):
     s = replace(acl_stack, worker_web_port=free_port(), state_dir=tmp_path / "state", held_shots_mb=0)
@@ -110,3 +79,73 @@ def test_a_live_event_with_only_the_listed_acls_gives_every_shot_a_provisional_t
     s = replace(acl_stack, worker_web_port=free_port(), state_dir=tmp_path / "state")
     got, n = kinds_of_a_live_event(s, tmp_path)
     assert got == {i: [False, True] for i in range(n)}, got
+
+
+@contextlib.contextmanager
+def _taken_away(s, resource: str, name: str, operation: str):
+    """The pipeline user's grant of `operation` on `name` taken away while the block runs (by the broker's own
+    user, the only one that may change ACLs), then everything granted again."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ResourcePatternFilter, ResourceType
+
+    from mediafm.bus import kafka_python_options
+
+    me, mine = kafka._broker_user(s)
+    admin = KafkaAdminClient(**{**kafka_python_options(s), "sasl_plain_username": me, "sasl_plain_password": mine})
+    (acl,) = [a for a in pipeline_acls(s) if (a.resource, a.name, a.operation) == (resource, name, operation)]
+    granted = acl.to_kafka_python("User:pipeline")
+    pattern = ResourcePatternFilter(ResourceType[resource], name, granted.resource_pattern.pattern_type)
+    try:
+        (_, dropped, _), = admin.delete_acls([ACLFilter("User:pipeline", "*", ACLOperation[operation],
+                                                        ACLPermissionType.ALLOW, pattern)])
+        assert len(dropped) == 1, dropped
+        yield
+    finally:
+        kafka.grant_acls(s)
+        admin.close()
+
+
+# After the runs above: Faust's own topics (<prefix>-*) are there to be denied.
+@pytest.mark.kafka
+@pytest.mark.parametrize("resource, name, operation, said", [
+    ("GROUP", "{p}", "READ", "the consumer group '{p}'"),
+    ("TOPIC", "{p}.", "READ", "reading {p}.titles, {p}.live.segments, {p}.shots, {p}.shots.encoded, {p}.shots.fused: "),
+    ("TOPIC", "{p}-", "READ", "reading {p}-__assignor-__leader, {p}-contextualise-titles-changelog, "),
+    ("TOPIC", "{p}-", "CREATE", "making Faust's topics ({p}-*: "),
+])
+def test_a_worker_denied_a_grant_it_can_ask_about_stops_at_once_naming_it(acl_stack, tmp_path, resource, name,
+                                                                         operation, said):
+    """Denied its group, a worker would wait for ever, silent (aiokafka's coordinator task dies with an error
+    nobody reads); denied a read or Faust's topics, it would crash with a traceback. It asks first, with no side
+    effect, and stops in one line naming what to grant; granted again, the same asking lets it through."""
+    s, p = acl_stack, acl_stack.topic_prefix
+    with _taken_away(s, resource, name.format(p=p), operation):
+        code, out = worker_that_stops(s, tmp_path / "worker.log")
+        assert code == 2 and re.search("mediafm worker: error: Kafka at .* denies user 'pipeline' "
+                                       + re.escape(said.format(p=p)), out), out[-2000:]
+        assert "Traceback" not in out
+    check_access(s)
+
+
+@pytest.mark.kafka
+@pytest.mark.triton
+def test_a_worker_denied_a_write_stops_at_its_first_send_naming_the_grant(acl_stack, offline_model, tmp_path):
+    """Writing cannot be asked without writing: a worker denied WRITE on the pipeline's topics starts, and at its
+    first embedding stops (75: its supervisor starts it again, and it goes on once the grant is back) saying what
+    to grant; nothing of the title was committed as done."""
+    from conftest import publish_fused_title, start_worker
+
+    s = replace(acl_stack, worker_web_port=free_port(), state_dir=tmp_path / "state", held_shots_mb=0)
+    log = tmp_path / "worker.log"
+    publish_fused_title(s, 20, seed=4)  # before the grant goes: the same user publishes
+    with _taken_away(acl_stack, "TOPIC", f"{s.topic_prefix}.", "WRITE"):
+        w = start_worker(s, log)
+        try:
+            code = w.wait(timeout=180)  # the condition: it exits (a wedged worker fails here)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    said = log.read_text()
+    assert code == 75, said[-2000:]
+    assert "TopicAuthorizationFailedError" in said and "grant what `mediafm acls` lists" in said, said[-2000:]
