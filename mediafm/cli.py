@@ -120,7 +120,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Faust crashes at start without a broker: wait for one (ConfigError at once if it refuses the login)
     if (waited := wait_for_broker(settings, say)) > 0.5:
         say(f"the broker answers after {waited:.0f} s; starting")
-    check_access(settings)  # ConfigError: the broker's ACLs deny a topic or the group (else Faust waits, silent)
+    check_access(settings)  # ConfigError: ACLs deny a topic, a read, Faust's topics or the group (Faust: silent wait, crash)
     print(check_retention(settings, Topics.from_settings(settings).fused), file=sys.stderr)  # ConfigError: refused
     app = create_app(settings)  # these settings: --config FILE, then $MEDIAFM_*
     sys.argv = ["mediafm worker", "worker", "--loglevel", {"warning": "warn"}.get(args.loglevel, args.loglevel),
@@ -317,11 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("acls", help="print the Kafka ACLs the pipeline's user needs (for a broker that checks them)",
                        description="Prints one kafka-acls.sh line per grant the pipeline's Kafka user needs and no "
-                       "more (mediafm/acls.py): read, write, create and describe-configs on the topics named by "
-                       "topic_prefix (its own, `<prefix>.*`, and Faust's changelogs, `<prefix>-*`), and read on "
-                       "its consumer group (`<prefix>`). A broker's operator runs them with an admin login "
-                       "(ADMIN.properties); a worker whose user lacks one stops at start naming it. The local "
-                       "stack grants them itself with kafka_acls=true.")
+                       "more (mediafm/acls.py): read, write and create on the topics named by topic_prefix (its "
+                       "own, `<prefix>.*`, and Faust's changelogs, `<prefix>-*`), describe-configs on its own, and "
+                       "read on its consumer group (`<prefix>`). A broker's operator runs them with an admin login "
+                       "(ADMIN.properties). A worker whose user lacks one stops at start naming it (a write: at its "
+                       "first send). The local stack grants them itself with kafka_acls=true.")
     s.add_argument("--principal", help="whom to grant them (default: User:<kafka_sasl_username>; with SSL, the "
                    "client certificate's subject as the broker maps it, e.g. 'User:CN=pipeline')")
     s.set_defaults(fn=_cmd_acls)
