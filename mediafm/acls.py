@@ -70,7 +70,7 @@ def pipeline_acls(settings: Settings) -> list[Acl]:
 def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
     """Ask the broker, as the pipeline's user, for what every worker needs before Faust starts, and raise
     ConfigError naming what it denies and what to grant. Asked with no side effect: the pipeline's topics (their
-    metadata), reading those a worker consumes and Faust's own (a fetch of nothing), making Faust's leader topic
+    metadata), reading them and Faust's own (a fetch of nothing), making Faust's leader topic
     (CreateTopics with validate_only) and the consumer group (its offsets). Without this a worker denied its group
     waits for ever, saying nothing (aiokafka's coordinator task dies with GroupAuthorizationFailedError, which
     Faust never reads), and one denied a read or a create crashes with a traceback. Writing cannot be asked without
@@ -103,8 +103,8 @@ def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
         if refused := [n for n in names.all() if n in refused]:  # in the data path's order
             raise denied(settings, f"the topics {', '.join(refused)}")
         faust = sorted(t for t in admin.list_topics() if t.startswith(f"{settings.topic_prefix}-"))
-        consumed = [names.titles, names.live_segments, names.shots, names.encoded, names.fused, *faust]
-        if refused := [t for t in consumed if t in _unreadable(settings, consumed)]:
+        readable = [*names.all(), *faust]  # the workers read five of its own, the tools the rest
+        if refused := [t for t in readable if t in _unreadable(settings, readable)]:
             raise denied(settings, f"reading {', '.join(refused)}")
         try:
             admin.create_topics([NewTopic(f"{settings.topic_prefix}-__assignor-__leader", 1, 1)], validate_only=True)

@@ -298,21 +298,29 @@ def _scram_user(settings: Settings) -> list[str]:
             for arg in ("--add-scram", f"{settings.kafka_sasl_mechanism}=[name={user},password={password}]")]
 
 
+def broker_admin(settings: Settings):
+    """With kafka_acls: a kafka-python admin client logged in as the broker's own user, its super user: the one
+    login that may change ACLs."""
+    from kafka import KafkaAdminClient
+
+    from mediafm.bus import kafka_python_options
+
+    me, mine = _broker_user(settings)
+    return KafkaAdminClient(**{**kafka_python_options(settings), "sasl_plain_username": me,
+                               "sasl_plain_password": mine})
+
+
 def grant_acls(settings: Settings) -> int:
     """With kafka_acls: grant kafka_sasl_username what the pipeline needs (mediafm.acls.pipeline_acls), logged
     in as the broker's own user. Granting one that is there already changes nothing. Returns how many."""
     if not settings.kafka_acls:
         return 0
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     from mediafm.acls import pipeline_acls
-    from mediafm.bus import kafka_python_options
 
-    me, mine = _broker_user(settings)
     acls = [a.to_kafka_python(f"User:{settings.kafka_sasl_username}") for a in pipeline_acls(settings)]
-    admin = KafkaAdminClient(**{**kafka_python_options(settings), "sasl_plain_username": me,
-                                "sasl_plain_password": mine})
+    admin = broker_admin(settings)
     try:
         failed = admin.create_acls(acls)["failed"]
     except KafkaError as e:

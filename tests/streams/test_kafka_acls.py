@@ -85,13 +85,9 @@ def test_a_live_event_with_only_the_listed_acls_gives_every_shot_a_provisional_t
 def _taken_away(s, resource: str, name: str, operation: str):
     """The pipeline user's grant of `operation` on `name` taken away while the block runs (by the broker's own
     user, the only one that may change ACLs), then everything granted again."""
-    from kafka import KafkaAdminClient
     from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ResourcePatternFilter, ResourceType
 
-    from mediafm.bus import kafka_python_options
-
-    me, mine = kafka._broker_user(s)
-    admin = KafkaAdminClient(**{**kafka_python_options(s), "sasl_plain_username": me, "sasl_plain_password": mine})
+    admin = kafka.broker_admin(s)
     (acl,) = [a for a in pipeline_acls(s) if (a.resource, a.name, a.operation) == (resource, name, operation)]
     granted = acl.to_kafka_python("User:pipeline")
     pattern = ResourcePatternFilter(ResourceType[resource], name, granted.resource_pattern.pattern_type)
@@ -109,7 +105,8 @@ def _taken_away(s, resource: str, name: str, operation: str):
 @pytest.mark.kafka
 @pytest.mark.parametrize("resource, name, operation, said", [
     ("GROUP", "{p}", "READ", "the consumer group '{p}'"),
-    ("TOPIC", "{p}.", "READ", "reading {p}.titles, {p}.live.segments, {p}.shots, {p}.shots.encoded, {p}.shots.fused: "),
+    ("TOPIC", "{p}.", "READ", "reading {p}.titles, {p}.live.segments, {p}.shots, {p}.shots.encoded, {p}.shots.fused, "
+                             "{p}.embeddings, {p}.deadletter, {p}.models: "),
     ("TOPIC", "{p}-", "READ", "reading {p}-__assignor-__leader, {p}-contextualise-titles-changelog, "),
     ("TOPIC", "{p}-", "CREATE", "making Faust's topics ({p}-*: "),
 ])
