@@ -12,6 +12,7 @@ cannot touch another's (`mediafm2.titles` does not start with `mediafm.`).
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 
@@ -38,11 +39,13 @@ class Acl:
     operation: str
 
     def command(self, principal: str) -> str:
-        """The kafka-acls.sh line that grants it to `principal` (e.g. User:pipeline)."""
+        """The kafka-acls.sh line that grants it to `principal` (e.g. User:pipeline), quoted for a shell where it
+        needs it (a certificate's subject: User:CN=pipeline,O=Example\\, Inc.)."""
         flag = {"TOPIC": "--topic", "GROUP": "--group"}[self.resource]
         op = "".join(w.capitalize() for w in self.operation.split("_"))  # DESCRIBE_CONFIGS -> DescribeConfigs
         return (f"kafka-acls.sh --bootstrap-server BROKER --command-config ADMIN.properties --add --allow-principal "
-                f"{principal} --operation {op} {flag} '{self.name}' --resource-pattern-type {self.pattern.lower()}")
+                f"{shlex.quote(principal)} --operation {op} {flag} '{self.name}' "
+                f"--resource-pattern-type {self.pattern.lower()}")
 
     def to_kafka_python(self, principal: str):
         """The same grant as kafka-python's admin client takes it (KafkaAdminClient.create_acls)."""
@@ -71,9 +74,10 @@ def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
     """Ask the broker, as the pipeline's user, for what every worker needs before Faust starts, and raise
     ConfigError naming what it denies and what to grant. Asked with no side effect: the pipeline's topics (their
     metadata), reading them and Faust's own (a fetch of nothing), making Faust's leader topic
-    (CreateTopics with validate_only) and the consumer group (its offsets). Without this a worker denied its group
-    waits for ever, saying nothing (aiokafka's coordinator task dies with GroupAuthorizationFailedError, which
-    Faust never reads), and one denied a read or a create crashes with a traceback. Writing cannot be asked without
+    (CreateTopics with validate_only) and the consumer group (its offsets, which DESCRIBE allows, then a heartbeat of
+    no member, which READ allows: joining it needs READ). Without this a worker denied its group waits for ever,
+    saying nothing (aiokafka's coordinator task dies with GroupAuthorizationFailedError, which Faust never reads),
+    and one denied a read or a create crashes with a traceback. Writing cannot be asked without
     writing: a worker denied a write stops when it first sends (streams/runtime.py names the grant)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -120,33 +124,56 @@ def check_access(settings: Settings, *, retry_s: float = 30.0) -> None:
                     admin.list_group_offsets({settings.topic_prefix: None})
                 else:  # 2.x
                     admin.list_consumer_group_offsets(settings.topic_prefix)
-                return
             except GroupAuthorizationFailedError:
                 raise denied(settings, f"the consumer group {settings.topic_prefix!r}") from None
             except KafkaError as e:  # a new broker makes its offsets topic at the first group asked for
                 if not e.retriable or time.monotonic() > deadline:
                     return  # not a denial: the worker's own clients wait for it, or say what it is
                 time.sleep(0.5)
+                continue
+            if _group_unreadable(settings):  # DESCRIBE alone passes the offsets, and a worker then waits for ever
+                raise denied(settings, f"the consumer group {settings.topic_prefix!r} (reading it: joining it needs "
+                                       "READ)")
+            return
     except (KafkaError, OSError):  # not a denial (the broker went away meanwhile): left to the worker's clients
         return
     finally:
         admin.close()
 
 
-def _unreadable(settings: Settings, topics: list[str], *, timeout_s: float = 10.0) -> set[str]:
+def _unreadable(settings: Settings, topics: list[str]) -> set[str]:
     """The topics a fetch of partition 0 (nothing: no wait, at most 1 byte) is refused with
-    TOPIC_AUTHORIZATION_FAILED, asked of the first broker that answers. A fetch is how Kafka checks READ; a broker
-    checks it before whether it leads the partition, so any broker can say."""
+    TOPIC_AUTHORIZATION_FAILED. A fetch is how Kafka checks READ; a broker checks it before whether it leads the
+    partition, so any broker can say."""
+    from aiokafka.protocol.fetch import FetchRequest
+
+    r = _ask(settings, FetchRequest(0, 0, 1, 0, [(t, [(0, 0, 1)]) for t in topics]))
+    return set() if r is None else {topic for topic, partitions in r.topics
+                                    if any(p[1] == TOPIC_AUTHORIZATION_FAILED for p in partitions)}
+
+
+def _group_unreadable(settings: Settings) -> bool:
+    """Whether a heartbeat to the consumer group from a member that is not in it is refused with
+    GROUP_AUTHORIZATION_FAILED: a broker checks READ on the group first (JoinGroup needs the same), then answers
+    UNKNOWN_MEMBER_ID (or that it is not the group's coordinator) and changes nothing."""
+    from aiokafka.protocol.group import HeartbeatRequest
+
+    r = _ask(settings, HeartbeatRequest(settings.topic_prefix, -1, "mediafm-access-check"))
+    return r is not None and r.error_code == GROUP_AUTHORIZATION_FAILED
+
+
+TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 29, 30  # Kafka's error codes
+
+
+def _ask(settings: Settings, request, *, timeout_s: float = 10.0):
+    """`request`'s response from the first broker of kafka_bootstrap that answers it; None when none does."""
     import asyncio
 
     from aiokafka.conn import AIOKafkaConnection
-    from aiokafka.protocol.fetch import FetchRequest
 
     from mediafm.kafka_security import client_security, close_connection
 
-    denied_code = 29  # TOPIC_AUTHORIZATION_FAILED
-
-    async def ask(host: str, port: int) -> set[str]:
+    async def ask(host: str, port: int):
         conn = AIOKafkaConnection(host, port, request_timeout_ms=int(timeout_s * 1000), **client_security(settings))
         try:
             await asyncio.wait_for(conn.connect(), timeout_s)
@@ -154,11 +181,9 @@ def _unreadable(settings: Settings, topics: list[str], *, timeout_s: float = 10.
             await close_connection(conn, wait=False)
             raise
         try:
-            r = await asyncio.wait_for(conn.send(FetchRequest(0, 0, 1, 0, [(t, [(0, 0, 1)]) for t in topics])),
-                                       timeout_s)
+            return await asyncio.wait_for(conn.send(request), timeout_s)
         finally:
             await close_connection(conn, wait=True)
-        return {topic for topic, partitions in r.topics if any(p[1] == denied_code for p in partitions)}
 
     for address in settings.kafka_bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
@@ -166,4 +191,4 @@ def _unreadable(settings: Settings, topics: list[str], *, timeout_s: float = 10.
             return asyncio.run(ask(host.strip("[]"), int(port)))
         except Exception:  # noqa: BLE001 - not this broker: the next, or no verdict
             continue
-    return set()
+    return None

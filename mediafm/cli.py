@@ -132,12 +132,16 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_acls(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.acls import pipeline_acls
     from mediafm.errors import ConfigError
+    from mediafm.kafka_security import principal as our_principal
 
-    principal = args.principal or (f"User:{settings.kafka_sasl_username}" if settings.kafka_sasl_username else "")
+    ours = settings.kafka_security_protocol.startswith("SASL_") or (settings.kafka_security_protocol == "SSL"
+                                                                      and settings.kafka_ssl_certfile)
+    principal = args.principal or (our_principal(settings) if ours else
+                                   f"User:{settings.kafka_sasl_username}" if settings.kafka_sasl_username else "")
     if not principal:
         raise ConfigError("whom should the ACLs name? Give --principal (e.g. User:pipeline, or with SSL the client "
                           "certificate's subject: `openssl x509 -noout -subject -nameopt RFC2253 -in CERT`), or "
-                          "set kafka_sasl_username")
+                          "set kafka_sasl_username (SASL) or kafka_ssl_certfile (SSL)")
     print(f"# the grants {principal} needs for the pipeline with topic_prefix={settings.topic_prefix!r} "
           "(mediafm/acls.py)")
     for acl in pipeline_acls(settings):
@@ -322,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "read on its consumer group (`<prefix>`). A broker's operator runs them with an admin login "
                        "(ADMIN.properties). A worker whose user lacks one stops at start naming it (a write: at its "
                        "first send). The local stack grants them itself with kafka_acls=true.")
-    s.add_argument("--principal", help="whom to grant them (default: User:<kafka_sasl_username>; with SSL, the "
-                   "client certificate's subject as the broker maps it, e.g. 'User:CN=pipeline')")
+    s.add_argument("--principal", help="whom to grant them (default: User:<kafka_sasl_username>; with SSL, "
+                   "User:<the subject of the certificate in kafka_ssl_certfile>, as Kafka's default principal "
+                   "builder names it, e.g. 'User:CN=pipeline,O=Example'; give it yourself when the broker maps "
+                   "names with ssl.principal.mapping.rules)")
     s.set_defaults(fn=_cmd_acls)
 
     s = sub.add_parser("config", help="print every setting, its value and where it came from")

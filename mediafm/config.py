@@ -109,9 +109,11 @@ class Settings:
     `mediafm worker`, a scaled docker-compose) then share the first assignment instead of a rebalance as each
     joins, which sends the work of the first seconds again. The tests set 0: their workers start one at a time."""
     kafka_acls: bool = False
-    """The local broker checks ACLs (KRaft's StandardAuthorizer; what is not granted is denied), with SASL: it logs
-    in to itself as a user of its own, its super user, and `mediafm stack up` grants kafka_sasl_username what
-    `mediafm acls` lists and no more (mediafm/acls.py). Off: any user that logs in may use every topic."""
+    """The local broker checks ACLs (KRaft's StandardAuthorizer; what is not granted is denied), and `mediafm stack
+    up` grants the pipeline what `mediafm acls` lists and no more (mediafm/acls.py): with SASL to kafka_sasl_username
+    (the broker logs in to itself as a user of its own, its super user), with SSL to the subject of the client
+    certificate in kafka_ssl_certfile (the broker's own certificate and one `stack up` keeps for granting are its
+    super users). Off: any client that gets in may use every topic."""
     partitions: int = 4
     """Partitions of every pipeline topic. Faust and the broker must agree on it."""
 
@@ -256,9 +258,10 @@ class Settings:
             if not self.kafka_sasl_username:
                 raise ConfigError(f"kafka_security_protocol={self.kafka_security_protocol} needs kafka_sasl_username "
                                   f"(MEDIAFM_KAFKA_SASL_USERNAME), and the password in ${self.kafka_sasl_password_env}")
-        if self.kafka_acls and not self.kafka_security_protocol.startswith("SASL_"):
-            raise ConfigError(f"kafka_acls with kafka_security_protocol={self.kafka_security_protocol}: the local "
-                              "broker grants ACLs to its SASL user; set SASL_PLAINTEXT or SASL_SSL, or kafka_acls=false")
+        if self.kafka_acls and self.kafka_security_protocol == "PLAINTEXT":
+            raise ConfigError("kafka_acls with kafka_security_protocol=PLAINTEXT: the local broker grants ACLs to the "
+                              "pipeline's user (SASL) or client certificate (SSL), and a PLAINTEXT client is anonymous; "
+                              "set SASL_PLAINTEXT, SASL_SSL or SSL, or kafka_acls=false")
         if (self.kafka_ssl_certfile or self.kafka_ssl_keyfile) and not self.kafka_security_protocol.endswith("SSL"):
             raise ConfigError(f"kafka_ssl_certfile and kafka_ssl_keyfile are for TLS, and kafka_security_protocol="
                               f"{self.kafka_security_protocol}: set it to SSL or SASL_SSL, or leave them empty")

@@ -83,12 +83,44 @@ def client_security(settings: Settings) -> dict:
     return out
 
 
+def certificate_subject(path: str) -> str | None:
+    """The subject of the (first) certificate in PEM file `path`, written as RFC 2253 writes a name (`openssl x509
+    -noout -subject -nameopt RFC2253`): what Kafka's default principal builder calls a client that shows it, after
+    `User:`. None when openssl is missing or cannot read the file.
+
+    The same as Kafka's for the usual attributes (CN, OU, O, L, ST, C, DC, UID, STREET); for others (emailAddress)
+    openssl writes a name where Kafka writes the attribute's number, and a broker with ssl.principal.mapping.rules
+    names its clients its own way: then give the principal yourself (`mediafm acls --principal`)."""
+    import shutil
+    import subprocess
+
+    if not (tool := shutil.which("openssl")):
+        return None
+    r = subprocess.run([tool, "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", path],
+                       capture_output=True, text=True)
+    subject = r.stdout.strip().removeprefix("subject=").strip()
+    return subject if r.returncode == 0 and subject else None
+
+
+def principal(settings: Settings) -> str | None:
+    """The principal a broker's ACLs name our clients by with its default principal builder: `User:<SASL user>`, or
+    with SSL `User:<the client certificate's subject>` (certificate_subject; None when it cannot be read), or
+    `User:ANONYMOUS` for a client that shows no certificate and does not log in."""
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return f"User:{settings.kafka_sasl_username}"
+    if settings.kafka_security_protocol == "SSL" and settings.kafka_ssl_certfile:
+        subject = certificate_subject(settings.kafka_ssl_certfile)
+        return f"User:{subject}" if subject else None
+    return "User:ANONYMOUS"
+
+
 def who(settings: Settings) -> str:
     """Who the broker takes our clients for, in words (for errors about what it denies them)."""
     if settings.kafka_security_protocol.startswith("SASL_"):
         return f"user {settings.kafka_sasl_username!r}"
-    if settings.kafka_ssl_certfile:
-        return f"the client certificate in {settings.kafka_ssl_certfile}"
+    if settings.kafka_security_protocol == "SSL" and settings.kafka_ssl_certfile:
+        known = principal(settings)
+        return f"the client certificate in {settings.kafka_ssl_certfile}" + (f" ({known})" if known else "")
     return "an anonymous client (User:ANONYMOUS)"
 
 

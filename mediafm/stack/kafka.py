@@ -18,9 +18,9 @@ import time
 import uuid
 from pathlib import Path
 
-from mediafm.config import Settings
+from mediafm.config import Settings, replace
 from mediafm.errors import ConfigError, MissingToolError, StackError
-from mediafm.kafka_security import check_login, sasl_password
+from mediafm.kafka_security import check_login, principal, sasl_password
 from mediafm.schema import MAX_MESSAGE_BYTES
 from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
 
@@ -175,9 +175,22 @@ def _sasl_props(settings: Settings) -> dict[str, str]:
     props[name] = (_jaas("plain.PlainLoginModule", me, mine, plain_users={me: mine, user: password})
                    if mech == "PLAIN" else _jaas("scram.ScramLoginModule", me, mine))
     if settings.kafka_acls:
-        props.update({"authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                      "super.users": f"User:{BROKER_USER}", "allow.everyone.if.no.acl.found": "false"})
+        props.update(_authorizer_props([f"User:{BROKER_USER}"]))
     return props
+
+
+def _authorizer_props(super_users: list[str]) -> dict[str, str]:
+    """With kafka_acls: KRaft's StandardAuthorizer, which denies what no ACL grants, and the principals that may
+    do anything (the broker's own, and the one that grants the rest)."""
+    return {"authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": ";".join(super_users), "allow.everyone.if.no.acl.found": "false"}
+
+
+BROKER_SUBJECT = "CN=mediafm local kafka"
+"""The subject of the local broker's certificate: with SSL its principal, User:CN=mediafm local kafka."""
+ADMIN_SUBJECT = "CN=mediafm local admin"
+"""With SSL and kafka_acls, the subject of the certificate `stack up` grants the pipeline's ACLs with (a super
+user); no client is given it."""
 
 
 def certificate(settings: Settings) -> Path:
@@ -218,7 +231,7 @@ def _tls_props(settings: Settings, java: str) -> dict[str, str]:
         tool, common = _keytool(java), ["-keystore", str(store), "-storetype", "PKCS12", "-alias", "broker",
                                         "-storepass:env", "MEDIAFM_KEYSTORE_PASS"]
         for argv in ([tool, "-genkeypair", *common, "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650",
-                      "-dname", "CN=mediafm local kafka", "-ext", f"SAN={san}"],
+                      "-dname", BROKER_SUBJECT, "-ext", f"SAN={san}"],
                      [tool, "-exportcert", *common, "-rfc", "-file", str(pem)]):
             r = subprocess.run(argv, capture_output=True, text=True, env=env)
             if r.returncode != 0:
@@ -253,25 +266,39 @@ def client_certificate(settings: Settings) -> tuple[Path, Path]:
     return _dir(settings) / "tls" / "client.pem", _dir(settings) / "tls" / "client.key"
 
 
+def _admin_certificate(settings: Settings) -> tuple[Path, Path]:
+    """With SSL and kafka_acls: the certificate and key (PEM) of ADMIN_SUBJECT, the super user that grants ACLs."""
+    return _dir(settings) / "tls" / "admin.pem", _dir(settings) / "tls" / "admin.key"
+
+
+def _make_certificate(pem: Path, key: Path, subject: str) -> None:
+    """A self-signed certificate for `subject`, one attribute (`CN=...`) (openssl: RSA 2048, ten years, the key
+    unencrypted and 0600), unless both files are there."""
+    if pem.exists() and key.exists():
+        return
+    if not (tool := shutil.which("openssl")):
+        raise MissingToolError("kafka: `openssl` not found; it makes the local broker's client certificates "
+                               "(apt install openssl), or set kafka_ssl_certfile to one of your own")
+    for f in (pem, key):
+        f.unlink(missing_ok=True)
+    key.touch(mode=0o600)
+    r = subprocess.run([tool, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
+                        f"/{subject}", "-keyout", str(key), "-out", str(pem)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise StackError(f"kafka: making the certificate of {subject} failed: {(r.stdout + r.stderr)[-500:]}")
+
+
 def _client_auth_props(settings: Settings, fixes: list[str]) -> dict[str, str]:
     """SSL without SASL: every listener asks each client for a certificate (mutual TLS, ssl.client.auth=required),
     and trusts the broker's own and those in kafka_ssl_certfile. Without one the broker would let in anyone who
-    reaches the port. Makes a client certificate (openssl: RSA 2048, ten years, CN=mediafm local client, the key
-    unencrypted and 0600) for kafka_ssl_certfile to name; the broker trusts whatever that setting names, so a
-    client certificate of one's own works as well. Appends to `fixes` what the settings lack."""
+    reaches the port. Makes a client certificate (CN=mediafm local client) for kafka_ssl_certfile to name; the
+    broker trusts whatever that setting names, so a client certificate of one's own works as well. With
+    kafka_acls, the broker checks ACLs against each certificate's subject (Kafka's default principal builder), and
+    its own certificate and ADMIN_SUBJECT's (made here, trusted, given to no client) are its super users. Appends to
+    `fixes` what the settings lack."""
     pem, key = client_certificate(settings)
-    if not (pem.exists() and key.exists()):
-        if not (tool := shutil.which("openssl")):
-            raise MissingToolError("kafka: `openssl` not found; it makes the local broker's client certificate "
-                                   "(apt install openssl), or set kafka_ssl_certfile to one of your own")
-        for f in (pem, key):
-            f.unlink(missing_ok=True)
-        key.touch(mode=0o600)
-        r = subprocess.run([tool, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
-                            "/CN=mediafm local client", "-keyout", str(key), "-out", str(pem)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise StackError(f"kafka: making the client certificate failed: {(r.stdout + r.stderr)[-500:]}")
+    _make_certificate(pem, key, "CN=mediafm local client")
     certfile = settings.kafka_ssl_certfile
     try:
         theirs = _CERTIFICATE.findall(Path(certfile).read_text(errors="replace")) if certfile else []
@@ -282,9 +309,16 @@ def _client_auth_props(settings: Settings, fixes: list[str]) -> dict[str, str]:
                      f"holds none; set kafka_ssl_certfile={pem} and kafka_ssl_keyfile={key} "
                      "(MEDIAFM_KAFKA_SSL_CERTFILE, MEDIAFM_KAFKA_SSL_KEYFILE), or name a client certificate of "
                      "your own")
-    trust = pem.with_name("trusted.pem")  # what the broker takes a client's certificate from: itself, and ours
-    trust.write_text("\n".join([certificate(settings).read_text().strip(), *theirs]) + "\n")
-    return {"ssl.truststore.location": str(trust), "ssl.client.auth": "required"}
+    trusted = [certificate(settings).read_text().strip(), *theirs]
+    props = {"ssl.client.auth": "required"}
+    if settings.kafka_acls:
+        admin, admin_key = _admin_certificate(settings)
+        _make_certificate(admin, admin_key, ADMIN_SUBJECT)
+        trusted.append(admin.read_text().strip())
+        props.update(_authorizer_props([f"User:{BROKER_SUBJECT}", f"User:{ADMIN_SUBJECT}"]))
+    trust = pem.with_name("trusted.pem")  # what the broker takes a client's certificate from
+    trust.write_text("\n".join(trusted) + "\n")
+    return {"ssl.truststore.location": str(trust), **props}
 
 
 def _scram_user(settings: Settings) -> list[str]:
@@ -299,27 +333,35 @@ def _scram_user(settings: Settings) -> list[str]:
 
 
 def broker_admin(settings: Settings):
-    """With kafka_acls: a kafka-python admin client logged in as the broker's own user, its super user: the one
-    login that may change ACLs."""
+    """With kafka_acls: a kafka-python admin client as the broker's super user, the one that may change ACLs: with
+    SASL logged in as the broker's own user, with SSL showing ADMIN_SUBJECT's certificate."""
     from kafka import KafkaAdminClient
 
     from mediafm.bus import kafka_python_options
 
+    if settings.kafka_security_protocol == "SSL":
+        pem, key = _admin_certificate(settings)
+        return KafkaAdminClient(**kafka_python_options(replace(settings, kafka_ssl_certfile=str(pem),
+                                                               kafka_ssl_keyfile=str(key))))
     me, mine = _broker_user(settings)
     return KafkaAdminClient(**{**kafka_python_options(settings), "sasl_plain_username": me,
                                "sasl_plain_password": mine})
 
 
 def grant_acls(settings: Settings) -> int:
-    """With kafka_acls: grant kafka_sasl_username what the pipeline needs (mediafm.acls.pipeline_acls), logged
-    in as the broker's own user. Granting one that is there already changes nothing. Returns how many."""
+    """With kafka_acls: grant the pipeline's principal (kafka_security.principal: its SASL user, or its client
+    certificate's subject) what the pipeline needs (mediafm.acls.pipeline_acls), as the broker's super user.
+    Granting one that is there already changes nothing. Returns how many."""
     if not settings.kafka_acls:
         return 0
     from kafka.errors import KafkaError
 
     from mediafm.acls import pipeline_acls
 
-    acls = [a.to_kafka_python(f"User:{settings.kafka_sasl_username}") for a in pipeline_acls(settings)]
+    if not (whom := principal(settings)):
+        raise StackError(f"kafka: cannot read the subject of kafka_ssl_certfile={settings.kafka_ssl_certfile!r} "
+                         "with `openssl x509`, so cannot grant it the pipeline's ACLs (is openssl installed?)")
+    acls = [a.to_kafka_python(whom) for a in pipeline_acls(settings)]
     admin = broker_admin(settings)
     try:
         failed = admin.create_acls(acls)["failed"]
@@ -440,7 +482,7 @@ def up(settings: Settings) -> str:
 
 def _granted(settings: Settings) -> str:
     n = grant_acls(settings)
-    return f"; ACLs on, {n} grants to User:{settings.kafka_sasl_username} (`mediafm acls` lists them)" if n else ""
+    return f"; ACLs on, {n} grants to {principal(settings)} (`mediafm acls` lists them)" if n else ""
 
 
 def down(settings: Settings, *, wipe: bool = False) -> str:

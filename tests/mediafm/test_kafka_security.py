@@ -32,7 +32,7 @@ def test_plaintext_needs_nothing(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     (dict(kafka_security_protocol="SASL"), "choose one of PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL"),
     (dict(kafka_security_protocol="SASL_SSL"), "needs kafka_sasl_username"),
-    (dict(kafka_acls=True), "kafka_acls with kafka_security_protocol=PLAINTEXT: .* set SASL_PLAINTEXT or SASL_SSL"),
+    (dict(kafka_acls=True), "kafka_acls with kafka_security_protocol=PLAINTEXT: .* set SASL_PLAINTEXT, SASL_SSL or SSL"),
     (dict(kafka_ssl_certfile="client.pem"), "are for TLS, and kafka_security_protocol=PLAINTEXT: set it to SSL"),
     (dict(kafka_security_protocol="SSL", kafka_ssl_keyfile="client.key"), "without kafka_ssl_certfile"),
     ({**SASL, "kafka_sasl_mechanism": "GSSAPI"}, "choose one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
@@ -205,6 +205,51 @@ def test_with_acls_the_local_broker_logs_in_as_its_own_super_user(tmp_path, monk
     monkeypatch.setattr(kafka, "_java", lambda: "java")
     with pytest.raises(ConfigError, match="made without the broker's own SCRAM user; `mediafm stack down --wipe`"):
         kafka.up(replace(s, kafka_port=free_port(), kafka_controller_port=free_port()))
+
+
+def test_with_acls_and_mutual_tls_the_broker_and_its_admin_certificate_are_the_super_users(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """SSL with kafka_acls: no logins, so the broker's ACLs name each client by its certificate's subject. The
+    broker's own certificate and an admin certificate `stack up` keeps for granting (trusted, 0600 key, given to no
+    client) are the super users; the pipeline's certificate gets only its grants, named by its subject as RFC 2253
+    writes it (Kafka's default principal builder), commas in a value escaped."""
+    import subprocess
+
+    from mediafm.kafka_security import certificate_subject, principal, who
+
+    pem, key = tmp_path / "mine.pem", tmp_path / "mine.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/C=NL/O=Example, Inc./CN=pipeline", "-keyout", str(key), "-out", str(pem)],
+                   check=True, capture_output=True)
+    s = Settings(state_dir=tmp_path / "state", kafka_security_protocol="SSL", kafka_ssl_certfile=str(pem),
+                 kafka_ssl_keyfile=str(key), kafka_acls=True)
+    assert certificate_subject(str(pem)) == r"CN=pipeline,O=Example\, Inc.,C=NL"
+    assert principal(s) == r"User:CN=pipeline,O=Example\, Inc.,C=NL"
+    assert who(s) == rf"the client certificate in {pem} (User:CN=pipeline,O=Example\, Inc.,C=NL)"
+    assert certificate_subject(str(key)) is None  # not a certificate: no principal, and grant_acls says so
+    for name, value in (("SECURITY_PROTOCOL", "SSL"), ("SSL_CERTFILE", str(pem)), ("SSL_KEYFILE", str(key))):
+        monkeypatch.setenv(f"MEDIAFM_KAFKA_{name}", value)
+    from mediafm.cli import main
+
+    assert main(["acls"]) == 0  # `mediafm acls` grants to that subject unless told another, quoted for the shell
+    assert r"--allow-principal 'User:CN=pipeline,O=Example\, Inc.,C=NL' --operation" in capsys.readouterr().out
+    tls = s.state_dir / "kafka" / "tls"
+    tls.mkdir(parents=True)
+    (tls / "broker.pem").write_text("-----BEGIN CERTIFICATE-----\nbroker\n-----END CERTIFICATE-----\n")
+    props = kafka._client_auth_props(s, fixes := [])
+    assert not fixes and props["ssl.client.auth"] == "required"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer") and props[
+        "allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == f"User:{kafka.BROKER_SUBJECT};User:{kafka.ADMIN_SUBJECT}"
+    admin, admin_key = kafka._admin_certificate(s)
+    assert certificate_subject(str(admin)) == kafka.ADMIN_SUBJECT and admin_key.stat().st_mode & 0o777 == 0o600
+    trusted = Path(props["ssl.truststore.location"]).read_text()
+    assert "broker" in trusted and pem.read_text().strip() in trusted and admin.read_text().strip() in trusted
+    client, _ = kafka.client_certificate(s)
+    assert client.read_text().strip() not in trusted  # ours was named instead of the one stack up made
+    off = kafka._client_auth_props(replace(s, kafka_acls=False), [])  # no ACLs: no authorizer, no admin in trust
+    assert "authorizer.class.name" not in off and admin.read_text().strip() not in Path(
+        off["ssl.truststore.location"]).read_text()
 
 
 def test_the_acls_are_on_the_pipelines_names_only(tmp_path, capsys, monkeypatch):

@@ -5,12 +5,18 @@ kafka_acls: SASL, KRaft's StandardAuthorizer, the broker's own user its one supe
 only the list: a worker with it takes a title from the fused topic to one final per shot and a live event from its
 segments to a provisional and a final per shot, through every topic, its consumer group and Faust's changelogs. The
 same user is denied another pipeline's topics, and what denies it is named.
+
+A second broker (SSL, no login: mutual TLS) names each client by its certificate's subject instead. There the
+pipeline shows a certificate of its own whose subject has three attributes, one with a comma, and `stack up` grants
+that subject as the broker writes it: a worker takes a title to one final per shot, and is told what it is denied
+under that name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid
 
 import pytest
@@ -27,6 +33,7 @@ from mediafm.acls import check_access, pipeline_acls
 from mediafm.bus import producer, send_and_wait
 from mediafm.config import replace
 from mediafm.errors import ConfigError
+from mediafm.kafka_security import principal
 from mediafm.stack import kafka
 from mediafm.topics import Topics
 
@@ -83,16 +90,16 @@ def test_a_live_event_with_only_the_listed_acls_gives_every_shot_a_provisional_t
 
 @contextlib.contextmanager
 def _taken_away(s, resource: str, name: str, operation: str):
-    """The pipeline user's grant of `operation` on `name` taken away while the block runs (by the broker's own
-    user, the only one that may change ACLs), then everything granted again."""
+    """The pipeline principal's grant of `operation` on `name` taken away while the block runs (by the broker's
+    super user, the only one that may change ACLs), then everything granted again."""
     from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ResourcePatternFilter, ResourceType
 
     admin = kafka.broker_admin(s)
     (acl,) = [a for a in pipeline_acls(s) if (a.resource, a.name, a.operation) == (resource, name, operation)]
-    granted = acl.to_kafka_python("User:pipeline")
+    granted = acl.to_kafka_python(principal(s))
     pattern = ResourcePatternFilter(ResourceType[resource], name, granted.resource_pattern.pattern_type)
     try:
-        (_, dropped, _), = admin.delete_acls([ACLFilter("User:pipeline", "*", ACLOperation[operation],
+        (_, dropped, _), = admin.delete_acls([ACLFilter(principal(s), "*", ACLOperation[operation],
                                                         ACLPermissionType.ALLOW, pattern)])
         assert len(dropped) == 1, dropped
         yield
@@ -125,6 +132,44 @@ def test_a_worker_denied_a_grant_it_can_ask_about_stops_at_once_naming_it(acl_st
 
 
 @pytest.mark.kafka
+def test_a_worker_that_may_describe_its_group_but_not_read_it_stops_naming_it(acl_stack, tmp_path):
+    """DESCRIBE on the group lets a client read the group's offsets, not join it (JoinGroup needs READ): a worker
+    with that alone would pass a check of the offsets and then wait for ever, silent. It also asks to read the group
+    (a heartbeat of no member, refused before anything else when READ is denied) and stops naming it."""
+    from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ResourcePatternFilter, ResourceType
+
+    from mediafm.acls import Acl
+
+    s, p = acl_stack, acl_stack.topic_prefix
+    describe = Acl("GROUP", p, "LITERAL", "DESCRIBE").to_kafka_python("User:pipeline")
+    admin = kafka.broker_admin(s)
+    try:
+        with _taken_away(s, "GROUP", p, "READ"):
+            assert not admin.create_acls([describe])["failed"]
+            from kafka import KafkaAdminClient
+            from kafka.errors import KafkaError
+
+            from mediafm.bus import kafka_python_options
+
+            with contextlib.closing(KafkaAdminClient(**kafka_python_options(s))) as mine:
+                deadline = time.monotonic() + 60
+                while True:  # allowed: what check_access asked alone until 2026-12-07
+                    try:
+                        mine.list_group_offsets({p: None})
+                        break
+                    except KafkaError as e:  # a new broker makes its offsets topic at the first group asked for
+                        assert e.retriable and time.monotonic() < deadline, e
+                        time.sleep(0.5)
+            code, out = worker_that_stops(s, tmp_path / "worker.log")
+            assert code == 2 and f"denies user 'pipeline' the consumer group '{p}'" in out, out[-2000:]
+    finally:
+        admin.delete_acls([ACLFilter("User:pipeline", "*", ACLOperation.DESCRIBE, ACLPermissionType.ALLOW,
+                                     ResourcePatternFilter(ResourceType.GROUP, p, describe.resource_pattern.pattern_type))])
+        admin.close()
+    check_access(s)
+
+
+@pytest.mark.kafka
 @pytest.mark.triton
 def test_a_worker_denied_a_write_stops_at_its_first_send_naming_the_grant(acl_stack, offline_model, tmp_path):
     """Writing cannot be asked without writing: a worker denied WRITE on the pipeline's topics starts, and at its
@@ -146,3 +191,61 @@ def test_a_worker_denied_a_write_stops_at_its_first_send_naming_the_grant(acl_st
     said = log.read_text()
     assert code == 75, said[-2000:]
     assert "TopicAuthorizationFailedError" in said and "grant what `mediafm acls` lists" in said, said[-2000:]
+
+
+SUBJECT = r"CN=pipeline,O=Example\, Inc.,C=NL"  # how RFC 2253, and so the broker, writes /C=NL/O=Example, Inc./CN=pipeline
+
+
+@pytest.fixture(scope="module")
+def mtls_acl_stack(stack_settings, tmp_path_factory):
+    """SSL with kafka_acls on a broker beside the session's Triton: no login, so its ACLs name each client by its
+    certificate's subject; the pipeline shows a certificate of its own (the broker trusts what kafka_ssl_certfile
+    names), and `stack up` grants its subject what `mediafm acls` lists."""
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("mtls-acls")
+    pem, key = tmp / "pipeline.pem", tmp / "pipeline.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/C=NL/O=Example, Inc./CN=pipeline", "-keyout", str(key), "-out", str(pem)],
+                   check=True, capture_output=True)
+    with broker_beside(stack_settings, tmp / "state", PASSWORD_ENV, PASSWORD, kafka_security_protocol="SSL",
+                       kafka_ssl_certfile=str(pem), kafka_ssl_keyfile=str(key), kafka_acls=True) as s:
+        with pytest.raises(ConfigError, match="set kafka_ssl_cafile="):  # makes the broker's certificate
+            kafka.up(s)
+        s = replace(s, kafka_ssl_cafile=str(kafka.certificate(s)))
+        said = kafka.up(s)
+        assert f"ACLs on, {len(pipeline_acls(s))} grants to User:{SUBJECT} " in said, said
+        kafka.create_topics(s, Topics.from_settings(s).all())
+        yield s
+
+
+@pytest.mark.kafka
+def test_a_client_certificate_gets_its_topics_and_no_others(mtls_acl_stack):
+    s = mtls_acl_stack
+    assert round_trip(s, Topics.from_settings(s).models, b"granted") == [b"granted"]
+    other = replace(s, topic_prefix="other" + uuid.uuid4().hex[:4])
+    with pytest.raises(ConfigError, match=re.escape(f"denies the client certificate in {s.kafka_ssl_certfile} "
+                                                    f"(User:{SUBJECT}) the topics {other.topic_prefix}.titles, ")):
+        check_access(other)
+    check_access(s)  # its own: allowed
+
+
+@pytest.mark.kafka
+@pytest.mark.triton
+def test_a_worker_with_a_certificate_granted_only_the_listed_acls_gives_every_shot_its_final(
+        mtls_acl_stack, offline_model, tmp_path):
+    s = replace(mtls_acl_stack, worker_web_port=free_port(), state_dir=tmp_path / "state", held_shots_mb=0)
+    n = 300  # held_shots_mb=0: the title is read back from the fused topic too
+    finals = finals_of_a_fused_title(s, n, tmp_path / "worker.log", seed=5)
+    assert sorted(finals) == list(range(n)) and set(finals.values()) == {1}
+
+
+@pytest.mark.kafka
+def test_a_worker_whose_certificate_is_denied_its_group_stops_naming_the_certificate(mtls_acl_stack, tmp_path):
+    s = mtls_acl_stack
+    with _taken_away(s, "GROUP", s.topic_prefix, "READ"):
+        code, out = worker_that_stops(s, tmp_path / "worker.log")
+        assert code == 2 and re.search(re.escape(f"mediafm worker: error: Kafka at {s.kafka_bootstrap} denies the "
+                                                 f"client certificate in {s.kafka_ssl_certfile} (User:{SUBJECT}) "
+                                                 f"the consumer group '{s.topic_prefix}'"), out), out[-2000:]
+    check_access(s)
