@@ -199,6 +199,17 @@ def worker_that_stops(settings: Settings, log: Path) -> tuple[int, str]:
     return code, log.read_text()
 
 
+def self_signed(folder: Path, name: str, *, subject: str = "", password: str = "") -> tuple[str, str]:
+    """A self-signed certificate `<name>.pem` and its key `<name>.key` (PEM, one day) made by openssl in `folder`;
+    the subject in openssl's form (default /CN=<name>), the key encrypted with `password` if one is given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pem, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", subject or f"/CN={name}",
+                    *(["-passout", f"pass:{password}"] if password else ["-nodes"]), "-keyout", str(key), "-out",
+                    str(pem)], check=True, capture_output=True)
+    return str(pem), str(key)
+
+
 def publish_fused_title(settings: Settings, n: int, *, seed: int = 0) -> str:
     """One title of `n` random fused shots (the offline profile) on the fused topic; its title id."""
     import uuid

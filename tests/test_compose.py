@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, self_signed
 
 from mediafm.config import Settings
 from mediafm.schema import MAX_MESSAGE_BYTES
@@ -166,7 +166,6 @@ def test_the_workers_see_the_hosts_kafka_tls_files_at_the_paths_it_names(compose
     workers and the topic tool, so the CA, the client certificate and its key are found by the paths the host's
     MEDIAFM_KAFKA_SSL_* name, and the key's password is passed through, never written in the file. By default
     an empty directory of the repository's is mounted and no file is named."""
-    import subprocess
 
     from mediafm.kafka_security import client_security
 
@@ -174,11 +173,7 @@ def test_the_workers_see_the_hosts_kafka_tls_files_at_the_paths_it_names(compose
         mounts = _mounts(compose["services"][name])
         assert mounts["/run/mediafm/kafka-tls"] == (str(REPO / "docker" / "kafka-tls"), "ro"), mounts
     tls = tmp_path / "kafka-tls"
-    tls.mkdir()
-    pem, key = tls / "client.pem", tls / "client.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=pipeline",
-                    "-passout", "pass:the-key-s-secret", "-keyout", str(key), "-out", str(pem)], check=True,
-                   capture_output=True)
+    pem, key = (Path(f) for f in self_signed(tls, "client", subject="/CN=pipeline", password="the-key-s-secret"))
     host = {"MEDIAFM_KAFKA_SERVERS": "broker-1.example.net:9094", "MEDIAFM_KAFKA_SECURITY_PROTOCOL": "SSL",
             "MEDIAFM_KAFKA_TLS_DIR": str(tls), "MEDIAFM_KAFKA_SSL_CAFILE": str(pem),
             "MEDIAFM_KAFKA_SSL_CERTFILE": str(pem), "MEDIAFM_KAFKA_SSL_KEYFILE": str(key),

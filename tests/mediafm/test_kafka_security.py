@@ -8,7 +8,7 @@ from pathlib import Path
 
 import faust
 import pytest
-from conftest import free_port
+from conftest import free_port, self_signed
 
 from mediafm.config import Settings, replace
 from mediafm.errors import ConfigError
@@ -67,22 +67,10 @@ def test_tls_verifies_the_broker_against_the_ca_given(tmp_path, monkeypatch):
         client_security(tls)
 
 
-def _client_certificate(folder, *, password: str = "") -> tuple[str, str]:
-    """A self-signed client certificate and its key (PEM) made by openssl in `folder`."""
-    import subprocess
-
-    folder.mkdir(exist_ok=True)
-    pem, key = folder / "client.pem", folder / "client.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=client",
-                    *(["-passout", f"pass:{password}"] if password else ["-nodes"]), "-keyout", str(key), "-out",
-                    str(pem)], check=True, capture_output=True)
-    return str(pem), str(key)
-
-
 def test_tls_shows_the_broker_a_client_certificate_when_one_is_set(tmp_path, monkeypatch):
     """kafka_ssl_certfile and its key go into the one SSL context every client (kafka-python, aiokafka, Faust)
     takes; each way the files can be wrong is named, and an encrypted key's password comes from the environment."""
-    pem, key = _client_certificate(tmp_path)
+    pem, key = self_signed(tmp_path, "client")
     s = Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_certfile=pem, kafka_ssl_keyfile=key)
     ctx = client_security(s)["ssl_context"]
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
@@ -91,7 +79,7 @@ def test_tls_shows_the_broker_a_client_certificate_when_one_is_set(tmp_path, mon
     both.write_text(Path(pem).read_text() + Path(key).read_text())
     client_security(Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_certfile=str(both)))
 
-    other = _client_certificate(tmp_path / "other")
+    other = self_signed(tmp_path / "other", "client")
     wrong = {
         "the private key is not the one of that certificate": dict(kafka_ssl_certfile=pem, kafka_ssl_keyfile=other[1]),
         "not a PEM certificate followed by its private key": dict(kafka_ssl_certfile=pem),
@@ -102,7 +90,7 @@ def test_tls_shows_the_broker_a_client_certificate_when_one_is_set(tmp_path, mon
         with pytest.raises(ConfigError, match=message):
             client_security(Settings(state_dir=tmp_path, kafka_security_protocol="SSL", **changes))
 
-    pem, key = _client_certificate(tmp_path / "enc", password="open-sesame")
+    pem, key = self_signed(tmp_path / "enc", "client", password="open-sesame")
     s = Settings(state_dir=tmp_path, kafka_security_protocol="SSL", kafka_ssl_certfile=pem, kafka_ssl_keyfile=key,
                  kafka_ssl_key_password_env="MEDIAFM_TEST_KEY_PW")
     monkeypatch.delenv("MEDIAFM_TEST_KEY_PW", raising=False)  # never OpenSSL's prompt on the terminal
@@ -213,14 +201,9 @@ def test_with_acls_and_mutual_tls_the_broker_and_its_admin_certificate_are_the_s
     broker's own certificate and an admin certificate `stack up` keeps for granting (trusted, 0600 key, given to no
     client) are the super users; the pipeline's certificate gets only its grants, named by its subject as RFC 2253
     writes it (Kafka's default principal builder), commas in a value escaped."""
-    import subprocess
-
     from mediafm.kafka_security import certificate_subject, principal, who
 
-    pem, key = tmp_path / "mine.pem", tmp_path / "mine.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/C=NL/O=Example, Inc./CN=pipeline", "-keyout", str(key), "-out", str(pem)],
-                   check=True, capture_output=True)
+    pem, key = (Path(f) for f in self_signed(tmp_path, "mine", subject="/C=NL/O=Example, Inc./CN=pipeline"))
     s = Settings(state_dir=tmp_path / "state", kafka_security_protocol="SSL", kafka_ssl_certfile=str(pem),
                  kafka_ssl_keyfile=str(key), kafka_acls=True)
     assert certificate_subject(str(pem)) == r"CN=pipeline,O=Example\, Inc.,C=NL"

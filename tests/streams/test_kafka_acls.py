@@ -26,6 +26,7 @@ from conftest import (
     free_port,
     kinds_of_a_live_event,
     round_trip,
+    self_signed,
     worker_that_stops,
 )
 
@@ -201,15 +202,10 @@ def mtls_acl_stack(stack_settings, tmp_path_factory):
     """SSL with kafka_acls on a broker beside the session's Triton: no login, so its ACLs name each client by its
     certificate's subject; the pipeline shows a certificate of its own (the broker trusts what kafka_ssl_certfile
     names), and `stack up` grants its subject what `mediafm acls` lists."""
-    import subprocess
-
     tmp = tmp_path_factory.mktemp("mtls-acls")
-    pem, key = tmp / "pipeline.pem", tmp / "pipeline.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/C=NL/O=Example, Inc./CN=pipeline", "-keyout", str(key), "-out", str(pem)],
-                   check=True, capture_output=True)
+    pem, key = self_signed(tmp, "pipeline", subject="/C=NL/O=Example, Inc./CN=pipeline")
     with broker_beside(stack_settings, tmp / "state", PASSWORD_ENV, PASSWORD, kafka_security_protocol="SSL",
-                       kafka_ssl_certfile=str(pem), kafka_ssl_keyfile=str(key), kafka_acls=True) as s:
+                       kafka_ssl_certfile=pem, kafka_ssl_keyfile=key, kafka_acls=True) as s:
         with pytest.raises(ConfigError, match="set kafka_ssl_cafile="):  # makes the broker's certificate
             kafka.up(s)
         s = replace(s, kafka_ssl_cafile=str(kafka.certificate(s)))

@@ -24,6 +24,7 @@ from conftest import (
     free_port,
     kinds_of_a_live_event,
     round_trip,
+    self_signed,
     worker_that_stops,
 )
 
@@ -132,16 +133,6 @@ def test_a_live_event_over_tls_gives_every_shot_a_provisional_then_a_final(tls_s
     assert PASSWORD not in (tmp_path / "worker.log").read_text()
 
 
-def _self_signed(tmp_path, name: str) -> tuple[str, str]:
-    """A client certificate and key (PEM) no broker here was told to trust."""
-    import subprocess
-
-    pem, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
-                    "-keyout", str(key), "-out", str(pem)], check=True, capture_output=True)
-    return str(pem), str(key)
-
-
 @pytest.fixture(scope="module")
 def mtls_stack(stack_settings, tmp_path_factory):
     """SSL with no login on every listener of a broker beside the session's Triton: the broker asks each client
@@ -170,7 +161,7 @@ def test_only_clients_with_a_certificate_the_broker_trusts_get_through(mtls_stac
     topic = Topics.from_settings(s).models
     assert round_trip(s, topic, b"mutual tls") == [b"mutual tls"]
     assert check_login(s) is True
-    stranger = _self_signed(tmp_path, "stranger")
+    stranger = self_signed(tmp_path, "stranger")
     no_certificate = replace(s, kafka_ssl_certfile="", kafka_ssl_keyfile="")
     wrong = {
         "asks for a client certificate .*kafka_ssl_certfile is empty": no_certificate,
