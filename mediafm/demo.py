@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -50,8 +51,9 @@ def ensure_model(settings: Settings) -> str:
     result = train(data, run, tc, {"max_shots": settings.window_shots})
     version, _, _ = export(run, settings=settings)
     val, base = result.get("val_loss", float("nan")), {k: result.get(k, float("nan")) for k in ("title_mean", "neighbours")}
-    verdict = "beats both" if val < min(base.values()) else \
-        "does not beat both: a demo-sized model, not a trained one (README, Evaluation)"
+    verdict = ("not validated: the corpus has no validation titles" if math.isnan(val) else "beats both"
+               if val < min(base.values()) else
+               "does not beat both: a demo-sized model, not a trained one (README, Evaluation)")
     return (f"exported and serving {name} version {version} (masked-shot val loss {val:.3f}; context-free "
             f"predictors: title mean {base['title_mean']:.3f}, neighbours {base['neighbours']:.3f}; {verdict})")
 

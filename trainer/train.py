@@ -743,8 +743,11 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
               f"{len(ds.split('val'))} val titles, device {device}, world {world}")
 
     # --- the loop: step, eval, checkpoint, log
-    metrics: dict[str, float] = {}
-    baselines: dict[str, float] = {}
+    # a resumed run starts from its checkpoint's last validation: a run already at max_steps (`make demo` again,
+    # a bench that finds its run done) returns it rather than nothing (before: val loss "nan", "does not beat both")
+    metrics: dict[str, float] = dict(state.get("metrics") or {}) if ckpt is not None else {}
+    baselines: dict[str, float] = ({k: metrics[k] for k in ("title_mean", "neighbours")}
+                                   if {"title_mean", "neighbours"} <= metrics.keys() else {})
     bar = tqdm(total=tc.max_steps, initial=step, disable=not master or quiet, unit="step", dynamic_ncols=True)
     batches = iter(loader)
     t0, shots_seen = time.perf_counter(), 0

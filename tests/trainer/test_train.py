@@ -84,6 +84,18 @@ def test_resume_continues_exactly(corpus, tmp_path):
     assert len(list((tmp_path / "b" / "checkpoints").glob("step-*.pt"))) == 2, "keeps the last two"
 
 
+def test_a_finished_run_trained_again_returns_its_last_validation(corpus, tmp_path):
+    """`make demo` or a bench that finds its run already at max_steps: no step is left to run, and the result still
+    carries the run's validation (it came back without one, printed as val loss nan, "does not beat both")."""
+    first = train(corpus, tmp_path / "r", _cfg(max_steps=3), quiet=True)
+    assert {"val_loss", "title_mean", "neighbours"} <= first.keys()
+    again = train(corpus, tmp_path / "r", _cfg(max_steps=3), quiet=True)
+    assert again["step"] == 3
+    assert {k: again[k] for k in ("val_loss", "title_mean", "neighbours")} == \
+        {k: first[k] for k in ("val_loss", "title_mean", "neighbours")}
+    assert len(list((tmp_path / "r" / "checkpoints").glob("step-*.pt"))) == 1, "nothing trained or saved again"
+
+
 def test_resume_refuses_another_config(corpus, tmp_path):
     train(corpus, tmp_path / "r", _cfg(max_steps=3), quiet=True)
     with pytest.raises(ConfigError, match="holds a run with another config"):
