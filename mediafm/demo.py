@@ -24,6 +24,7 @@ import numpy as np
 from mediafm import stack
 from mediafm.bus import Tail
 from mediafm.config import Settings
+from mediafm.errors import ConfigError
 from mediafm.profiles import get_layout, get_profile
 from mediafm.schema import ContextualEmbedding, decode
 from mediafm.stack import triton
@@ -38,7 +39,6 @@ def ensure_model(settings: Settings) -> str:
     if served:
         return f"serving {name} version {max(served, key=int)}"
     from trainer.export import export
-    from trainer.train import TrainConfig, train
 
     data = settings.state_dir / "demo" / f"synth-corpus-{settings.encoder_profile}"
     run = settings.state_dir / "demo" / f"run-tiny-{settings.encoder_profile}"
@@ -46,9 +46,7 @@ def ensure_model(settings: Settings) -> str:
     write_corpus(data, n_titles=120, layout=get_layout(settings.encoder_profile), seed=0, shots=(40, 200),
                  progress=True)
     print(f"   training a tiny MediaFM (CPU, about two minutes) -> {run}")
-    tc = TrainConfig(config="tiny", max_steps=300, batch_size=8, eval_every=300, ckpt_every=300, lr_adamw=3e-3,
-                     warmup_steps=20)
-    result = train(data, run, tc, {"max_shots": settings.window_shots})
+    result = train_demo_model(settings, data, run)
     version, _, _ = export(run, settings=settings)
     val, base = result.get("val_loss", float("nan")), {k: result.get(k, float("nan")) for k in ("title_mean", "neighbours")}
     verdict = ("not validated: the corpus has no validation titles" if math.isnan(val) else "beats both"
@@ -56,6 +54,19 @@ def ensure_model(settings: Settings) -> str:
                "does not beat both: a demo-sized model, not a trained one (README, Evaluation)")
     return (f"exported and serving {name} version {version} (masked-shot val loss {val:.3f}; context-free "
             f"predictors: title mean {base['title_mean']:.3f}, neighbours {base['neighbours']:.3f}; {verdict})")
+
+
+def train_demo_model(settings: Settings, data, run, *, until_step: int | None = None) -> dict:
+    """The demo's tiny MediaFM (300 steps), trained into `run` or resumed there; train()'s result."""
+    from trainer.train import TrainConfig, train
+
+    tc = TrainConfig(config="tiny", max_steps=300, batch_size=8, eval_every=300, ckpt_every=300, lr_adamw=3e-3,
+                     warmup_steps=20)
+    try:
+        return train(data, run, tc, {"max_shots": settings.window_shots}, until_step=until_step)
+    except ConfigError as e:  # train's advice (--out) is not the demo's to take: name the folder to remove
+        raise ConfigError(f"{e}. It is the demo's own tiny run, made under other settings (window_shots, or "
+                          f"a version of mediafm before this one): remove it (`rm -r {run}`) and run again") from None
 
 
 def _films(d) -> tuple:

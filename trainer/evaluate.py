@@ -53,7 +53,7 @@ from mediafm.model import INFERENCE_ONLY, MediaFMConfig, MediaFMEncoder
 from mediafm.representations import context_plus_input
 from mediafm.windows import plan
 from trainer.probes import TASKS, Task, evaluate_task, multilabel_targets
-from trainer.train import latest_checkpoint, load_checkpoint
+from trainer.train import latest_checkpoint, load_checkpoint, read_log
 
 SERVED = {name: get_type_hints(MediaFMConfig)[name] for name in INFERENCE_ONLY}
 """MediaFMConfig fields used at inference only, and their types: a trained run can be evaluated with other
@@ -314,7 +314,7 @@ def plots(out: Path, results: dict, kept: dict[str, Title], runs: dict[str, Medi
     for run, name in curves.items():
         log = run / "log.jsonl"
         if log.exists():
-            rows = [json.loads(x) for x in log.read_text().splitlines()]
+            rows = read_log(log)
             fig, ax = plt.subplots(figsize=(6, 3.5))
             ax.plot([r["step"] for r in rows if "train_loss" in r], [r["train_loss"] for r in rows if "train_loss" in r],
                     alpha=0.5, label="train")
@@ -378,6 +378,9 @@ def evaluation_clips(ds: Dataset, split: str = "test"):
 def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds: int = 3, folds: int = 10,
              split: str = "test", progress: bool = True, plot: bool = True) -> dict:
     t0 = time.perf_counter()
+    if folds < 2 or seeds < 1:  # before the feature pass, which can take hours on a catalog
+        raise ValueError(f"--folds {folds} --seeds {seeds}: a probe needs at least 2 folds (one to fit, one to "
+                         "score) and 1 seed; the defaults are --folds 10 --seeds 3")
     ds = Dataset(data)
     clips = evaluation_clips(ds, split)
     specs = [parse_run(r) for r in runs]

@@ -56,6 +56,8 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     (the version is then served from the next `mediafm stack up`)."""
     run = Path(run)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
+    if checkpoint and not ckpt.is_file():
+        raise ModelError(f"--checkpoint {ckpt}: no such checkpoint file (the run's are in {run / 'checkpoints'})")
     if ckpt is None or not ckpt.exists():
         raise ModelError(f"no checkpoint in {run / 'checkpoints'}; train first (`mediafm train --out {run}`)")
     model, state = load_checkpoint(ckpt)

@@ -596,13 +596,29 @@ def lock_run(run: Path):
     return f
 
 
+def read_log(path: Path) -> list[dict]:
+    """The rows of a run's log.jsonl, one a step, the last written for each step: a resumed run logs again the
+    steps after its checkpoint. A line cut short (a full disk, a kill mid-write) is passed over, with a warning."""
+    rows: dict[int, dict] = {}
+    bad = 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        print(f"{path}: {bad} line(s) cut short or not JSON, passed over", file=sys.stderr)
+    return [rows[k] for k in sorted(rows)]
+
+
 def plot_losses(run: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    rows = read_log(run / "log.jsonl")
     fig, ax = plt.subplots(figsize=(7, 4))
     tr = [r for r in rows if "train_loss" in r]
     config = run / "config.json"
@@ -711,10 +727,11 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
         for sch, s in zip(schedulers, state["schedulers"], strict=True):
             sch.load_state_dict(s)
         loader.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        mask_gen.set_state(state["rng"]["mask"])
+        # RNG states are CPU byte tensors; map_location=device put them on the GPU, where set_state refuses them
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        mask_gen.set_state(state["rng"]["mask"].cpu())
         if "drop" in state["rng"]:  # checkpoints from before the modality-dropout ablation have none
-            drop_gen.set_state(state["rng"]["drop"])
+            drop_gen.set_state(state["rng"]["drop"].cpu())
         step = state["step"]
         if master and not quiet:
             print(f"resuming {run} from {ckpt.name} (step {step})")
@@ -744,10 +761,10 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
 
     # --- the loop: step, eval, checkpoint, log
     # a resumed run starts from its checkpoint's last validation: a run already at max_steps (`make demo` again,
-    # a bench that finds its run done) returns it rather than nothing (before: val loss "nan", "does not beat both")
+    # a bench that finds its run done) returns it rather than nothing (before: val loss "nan", "does not beat both").
+    # The baselines are measured again at the first validation: --val_batches may have changed since.
     metrics: dict[str, float] = dict(state.get("metrics") or {}) if ckpt is not None else {}
-    baselines: dict[str, float] = ({k: metrics[k] for k in ("title_mean", "neighbours")}
-                                   if {"title_mean", "neighbours"} <= metrics.keys() else {})
+    baselines: dict[str, float] = {}
     bar = tqdm(total=tc.max_steps, initial=step, disable=not master or quiet, unit="step", dynamic_ncols=True)
     batches = iter(loader)
     t0, shots_seen = time.perf_counter(), 0

@@ -105,6 +105,18 @@ def test_evaluate_command_end_to_end(corpus, tmp_path):
         assert (out / png).stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("folds, seeds", [(0, 3), (1, 3), (10, 0)])
+def test_folds_and_seeds_that_cannot_make_a_probe_are_refused_before_any_work(tmp_path, folds, seeds):
+    """--folds 0 was a ZeroDivisionError, --folds 1 a scaler's "0 sample(s)" and --seeds 0 a table of n/a, each
+    after every clip was embedded (hours on a catalog). Refused before the dataset is opened (it is not there)."""
+    r = subprocess.run([sys.executable, "-m", "mediafm.cli", "evaluate", "--data", str(tmp_path / "nothing"),
+                        "--run", str(tmp_path / "run"), "--out", str(tmp_path / "report"), "--folds", str(folds),
+                        "--seeds", str(seeds)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"--folds {folds} --seeds {seeds}: a probe needs at least 2 folds" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "report").exists()
+
+
 @pytest.mark.parametrize("column, value, match", [
     ("tones", [100], r"clip '.*' column 'tones' has classes \[100\] outside 0..99"),
     ("genres", [-1], r"column 'genres' has classes \[-1\] outside 0..10"),

@@ -159,3 +159,15 @@ def test_the_cli_names_the_model_it_exported_to(tmp_path, monkeypatch, capsys):
     (model,) = [p.parent.name for p in (tmp_path / "repo").glob("*/1")]
     assert model == "mediafm_offline"
     assert f"as {model} version 1 ({tmp_path / 'repo' / model / '1'})" in capsys.readouterr().out
+
+
+def test_a_checkpoint_path_that_is_not_there_is_named(tmp_path, run):
+    """A mistyped --checkpoint was answered "no checkpoint in RUN/checkpoints; train first", though the run had
+    good ones."""
+    from pathlib import Path
+
+    from mediafm.config import Settings
+
+    missing = Path(run) / "checkpoints" / "step-9999999.pt"
+    with pytest.raises(ModelError, match=r"--checkpoint .*step-9999999\.pt: no such checkpoint file \(the run's are"):
+        export(run, settings=Settings(state_dir=tmp_path), checkpoint=missing, load=False)

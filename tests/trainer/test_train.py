@@ -96,6 +96,64 @@ def test_a_finished_run_trained_again_returns_its_last_validation(corpus, tmp_pa
     assert len(list((tmp_path / "r" / "checkpoints").glob("step-*.pt"))) == 1, "nothing trained or saved again"
 
 
+def test_a_resumed_run_measures_its_baselines_again(corpus, tmp_path):
+    """--val_batches may change on resume: the baselines are then measured on the new windows, as val_loss is,
+    not carried from the checkpoint's validation."""
+    train(corpus, tmp_path / "r", _cfg(max_steps=3, val_batches=1), quiet=True)
+    resumed = train(corpus, tmp_path / "r", _cfg(max_steps=6, val_batches=3), quiet=True)
+    fresh = train(corpus, tmp_path / "f", _cfg(max_steps=6, val_batches=3), quiet=True)
+    assert resumed["title_mean"] == pytest.approx(fresh["title_mean"])
+    assert resumed["neighbours"] == pytest.approx(fresh["neighbours"])
+    three = torch.load(tmp_path / "r" / "checkpoints" / "step-0000003.pt", weights_only=False)["metrics"]
+    assert three["title_mean"] != pytest.approx(resumed["title_mean"]), "1 batch against 3: other windows"
+
+
+class _OnTheGpu:
+    """An RNG state as `torch.load(map_location="cuda")` gives it: set_state refuses it (TypeError: RNG state must
+    be a torch.ByteTensor) until `.cpu()`. The stand-in for a GPU this machine does not have."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+    def cpu(self) -> torch.Tensor:
+        return self.t
+
+
+def test_a_run_resumes_from_a_checkpoint_mapped_to_the_gpu(corpus, tmp_path, monkeypatch):
+    """On a GPU the checkpoint is read with map_location=device, which moves the saved RNG states there too; every
+    resume of a GPU run raised TypeError before they were brought back to the CPU."""
+    import trainer.train as train_mod
+
+    real = train_mod.read_checkpoint
+
+    def on_the_gpu(path, *, device="cpu"):
+        state = real(path, device=device)
+        state["rng"] = {k: _OnTheGpu(v) for k, v in state["rng"].items()}
+        return state
+
+    train(corpus, tmp_path / "a", _cfg(max_steps=4), quiet=True)
+    train(corpus, tmp_path / "b", _cfg(max_steps=4), quiet=True, until_step=2)
+    monkeypatch.setattr(train_mod, "read_checkpoint", on_the_gpu)
+    train(corpus, tmp_path / "b", _cfg(max_steps=4), quiet=True)
+    a, b = (torch.load(latest_checkpoint(tmp_path / r), weights_only=False)["model"] for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed exactly, from the states brought back to the CPU"
+
+
+def test_the_log_passes_over_a_line_cut_short_and_keeps_a_steps_last_row(tmp_path):
+    """A full disk or a kill mid-write leaves part of a row; a resumed run logs again the steps after its
+    checkpoint. The plot (at the end of every run, and in `mediafm evaluate`) used to fail on the first for good."""
+    from trainer.train import plot_losses, read_log
+
+    rows = [{"step": 1, "train_loss": 0.9}, {"step": 2, "train_loss": 0.8}, {"step": 3, "train_loss": 0.7}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 4, "train_lo'  # cut short mid-row
+                   + json.dumps({"step": 3, "train_loss": 0.6, "val_loss": 0.5}) + "\n")  # the resume, on its tail
+    assert read_log(log) == rows, "the glued line passed over, the rows before it kept"
+    log.write_text(log.read_text() + json.dumps({"step": 3, "train_loss": 0.65, "val_loss": 0.55}) + "\n")
+    assert read_log(log)[-1] == {"step": 3, "train_loss": 0.65, "val_loss": 0.55}, "the step's last row"
+    assert plot_losses(tmp_path).exists()
+
+
 def test_resume_refuses_another_config(corpus, tmp_path):
     train(corpus, tmp_path / "r", _cfg(max_steps=3), quiet=True)
     with pytest.raises(ConfigError, match="holds a run with another config"):
@@ -494,3 +552,15 @@ def test_copy_per_modality_takes_the_slices_from_the_dataset_and_resumes_exactly
     train(corpus, tmp_path / "whole", _cfg(max_steps=2), quiet=True)
     whole = torch.load(tmp_path / "whole" / "checkpoints" / "step-0000002.pt", weights_only=False)
     assert whole["model_config"]["modalities"] == [] and not whole["model_config"]["copy_per_modality"]
+
+
+def test_the_demos_own_run_made_under_other_settings_names_the_folder_to_remove(tmp_path):
+    """The demo keeps its tiny run in the state dir; one made with another window_shots refused to resume with
+    train's advice, "pass a new --out", which `mediafm demo` has no way to take."""
+    from mediafm.config import Settings
+    from mediafm.demo import train_demo_model
+
+    data = write_corpus(tmp_path / "data", n_titles=12, layout=LAYOUT, seed=0, shots=(20, 40))
+    train_demo_model(Settings(state_dir=tmp_path, window_shots=64, window_stride=32), data, tmp_path / "run", until_step=1)
+    with pytest.raises(ConfigError, match=r"another config .*max_shots.* remove it \(`rm -r .*run`\) and run again"):
+        train_demo_model(Settings(state_dir=tmp_path, window_shots=128, window_stride=64), data, tmp_path / "run", until_step=1)
