@@ -113,7 +113,11 @@ class TitleRequest(Message):
     """An ingestion system asks for a title to be embedded. Key: title_id.
 
     `request_id` names this request: publishing the same title again with a new
-    request id (`mediafm backfill`) re-embeds it with the model served now.
+    request id (`mediafm backfill`) re-embeds it with the model served now. An empty
+    one is named by the worker after the record (partition and offset): each
+    publication is embedded, a redelivery of one is recognised. Before, every
+    publication of a title without one after the first was skipped as a duplicate,
+    silently.
     """
 
     SCHEMA: ClassVar[str] = "mediafm.title_request"

@@ -162,22 +162,21 @@ class Titles:
                 await self.contextualise(tid, shots, rid)
             finally:
                 self.held.release(work)
-        except ShotsGone as e:  # nothing will send them again: say so, and let a new publication start afresh
+        except BadInput as e:  # the title itself is unusable: say so, do not retry forever
+            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")
+        except Exception as e:  # its shots gone, or a failure no check foresaw: nothing will try it again by itself
+            if not isinstance(e, ShotsGone):
+                log.exception("contextualising %s failed", tid)
+            why = str(e) if isinstance(e, ShotsGone) else f"contextualise failed: {type(e).__name__}: {e}"
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) cannot be "
-                                                    f"contextualised: {e}; publish it again")
+                                                    f"contextualised: {why}; publish it again")
             self.pending.pop(tkey, None)
             self.held.drop(tkey)
             # Not forgotten: a redelivery of this publication's shots (a restart before the commit) would open a
-            # record that never completes. Shots after this event's offset are a new publication.
+            # record that never completes. Shots after this event's offset are a new publication. (An unforeseen
+            # failure was once dead-lettered with the record left as it was, committed, and never tried again.)
             self.progress[tkey] = TitleProgress(progress.n, partition=progress.partition,
                                                 floor=event.message.offset).to_bytes()
-            return
-        except BadInput as e:  # the title itself is unusable: say so, do not retry forever
-            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")
-        except Exception as e:  # unforeseen: say so, as the agent does for a shot (the title stays not done)
-            log.exception("contextualising %s failed", tid)
-            await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots): contextualise failed: "
-                                                    f"{type(e).__name__}: {e}")
             return
         finally:
             self.finishing.discard(tkey)

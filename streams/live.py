@@ -25,15 +25,18 @@ version; only a second export within one event retires it, and the event then
 moves to the newest version (logged; every message names its version).
 
 Shots arrive in order (one partition per event, each stage keeps order); a
-redelivered shot is recognised and skipped. Only the last window_shots fused
-vectors of an event are kept.
+redelivered shot is recognised and skipped. A shot that never comes (dead-lettered
+on an earlier stage, with its reason there: a segment file gone, an encoder's
+refusal) is a gap: the event goes on, its windows holding the shots there are,
+and the gap is logged and counted (mediafm_live_shots_lost_total). Only the last
+window_shots fused vectors of an event are kept.
 """
 
 from __future__ import annotations
 
 import logging
 
-from mediafm.errors import SchemaError, VersionRetired
+from mediafm.errors import VersionRetired
 from mediafm.schema import FusedShot, decode
 from mediafm.windows import Window
 from streams import metrics
@@ -62,7 +65,8 @@ class LiveEvents:
         takes, on the event's version (st.version, pinned by its first pass); the provisional and final
         embeddings it yields, in index order."""
         start = max(0, end - self.rt.settings.window_shots)  # every shot a window may hold is kept
-        shots = [decode(self.shots[self.key(event_id, i)], expect=FusedShot) for i in range(start, end)]
+        held = (self.shots.get(self.key(event_id, i)) for i in range(start, end))  # less those lost upstream
+        shots = [decode(raw, expect=FusedShot) for raw in held if raw is not None]
         picks = sorted([(i, 0, False) for i in provisional] + [(i, 0, True) for i in final])
 
         def windows_for(size: int, _stride: int):
@@ -89,27 +93,33 @@ class LiveEvents:
                 for j in range(max(0, st.n - 1 - self.rt.settings.window_shots), st.n):
                     self.shots.pop(self.key(eid, j), None)
             return
-        if shot.shot_index > st.next:
-            raise SchemaError(f"event {eid!r}: shot {shot.shot_index} arrived before shot {st.next}; "
-                              "a live event's shots must arrive in order (one partition, keyed by event id)")
-        self.shots[self.key(eid, shot.shot_index)] = shot.to_bytes()
+        i, was = shot.shot_index, st.next
+        if i > st.next:  # shots order is kept on every stage, so those before it were lost (dead-lettered) upstream
+            st.lost += i - st.next
+            metrics.live_shots_lost.inc(i - st.next)
+            log.warning("live event %s: shots %d-%d never reached this stage (dead-lettered upstream, where the "
+                        "reason is); the event goes on without them, its windows holding the shots there are",
+                        eid, st.next, i - 1)
+        self.shots[self.key(eid, i)] = shot.to_bytes()
         if shot.n_shots is not None:
             st.n = shot.n_shots
-        i = shot.shot_index
         size, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
-        final = [i - R] if i - R >= st.final else []
+        if i - R >= st.final:  # shot i - R has its right context now (and any before it a gap skipped over)
+            final = [j for j in range(st.final, i - R + 1) if self.key(eid, j) in self.shots]
+            st.final = i - R + 1
+        else:
+            final = []
         await self.publish(eid, i + 1, [i], final, st)
         st.next = i + 1
-        st.final += len(final)
         if st.n is not None and st.next == st.n:  # the event is over: finalise the rest
-            rest = list(range(st.final, st.n))
+            rest = [j for j in range(st.final, st.n) if self.key(eid, j) in self.shots]
             if rest:
                 await self.publish(eid, st.n, [], rest, st)
             st.final = st.n
-            unused = range(max(0, i - size), st.n)  # all it holds: the last window's shots, and the one before it
-            log.info("live event %s finished: %d shots", eid, st.n)
+            unused = range(max(0, was - size), st.n)  # all it holds: the last window's shots, and the one before it
+            log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:
-            unused = range(max(0, i - size), i + 1 - size)  # no longer inside any future window
+            unused = range(max(0, was - size), i + 1 - size)  # no longer inside any future window (after a gap: more)
         # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
         # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
         # and that progress before the shots it makes unused are deleted.

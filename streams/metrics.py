@@ -32,6 +32,8 @@ table_memory = Gauge("mediafm_table_memory_bytes",
 held_shots = Gauge("mediafm_held_shots_bytes",
                    "Fused shots of titles still arriving, held in memory (bounded by held_shots_mb; "
                    "see streams/fused_source.py)")
+live_shots_lost = Counter("mediafm_live_shots_lost_total",
+                          "Live shots that never reached the live stage (dead-lettered upstream); the event went on")
 read_back = Counter("mediafm_read_back_shots_total",
                     "Fused shots read back from their topic by offset when their title was complete "
                     "(not held in memory: a restart, a rebalance, held_shots_mb)")

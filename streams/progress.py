@@ -94,14 +94,17 @@ class LiveProgress:
     n: int | None = None
     version: str = ""
     """The MediaFM version that made the event's first embeddings: all of its embeddings ask for it."""
+    lost: int = 0
+    """Shots that never arrived (dead-lettered upstream): the event went on without them."""
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LiveProgress:
         d = msgpack.unpackb(raw)
-        return cls(next=d["next"], final=d["final"], n=d["n"], version=d.get("version", ""))
+        return cls(next=d["next"], final=d["final"], n=d["n"], version=d.get("version", ""), lost=d.get("lost", 0))
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb({"next": self.next, "final": self.final, "n": self.n, "version": self.version})
+        return msgpack.packb({"next": self.next, "final": self.final, "n": self.n, "version": self.version,
+                              "lost": self.lost})
 
     @property
     def over(self) -> bool:

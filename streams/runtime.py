@@ -28,6 +28,7 @@ import re
 import socket
 import time
 import weakref
+from bisect import bisect_left
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -504,14 +505,18 @@ class Runtime:
                             version: str = "") -> tuple[int, str]:
         """MediaFM over windows of a title's (or live event's) shots, then one ContextualEmbedding per pick.
 
-        shots: consecutive fused shots, shots[0] being shot `shots[0].shot_index`.
-        windows_for(size, stride) -> (windows, picks): the windows to run, for the served plan (size,
-        stride), and the picks (shot index, index into windows, final) to publish, in the order given.
+        shots: fused shots in index order: a title's are consecutive; a live event's may lack shots lost upstream
+        (dead-lettered there), and a window then holds the shots of its index range that there are.
+        windows_for(size, stride) -> (windows, picks): the windows to run (ranges of shot indices), for the
+        served plan (size, stride), and the picks (shot index, index into windows, final) to publish, in the
+        order given.
         version: the MediaFM version to ask for ("" = the newest; VersionRetired once it is gone).
         The one publishing path of contextual embeddings, for titles and live events alike.
         Returns (embeddings published, the version that made them) once the broker has acknowledged them all.
         """
         first = shots[0].shot_index
+        indices = [s.shot_index for s in shots]
+        at = {i: p for p, i in enumerate(indices)}  # shot index -> row of `fused`
         profile = get_profile(shots[0].profile)
         width = 4 * profile.layout.fused_dim
         for s in shots:
@@ -527,8 +532,8 @@ class Runtime:
             if limit is not None and limit < size:
                 size, stride = limit, max(1, min(limit, round(stride * limit / size)))
             windows, picks = windows_for(size, stride)
-            local = [Window(w.start - first, w.end - first) for w in windows]
-            rows = [(k, i - windows[k].start) for i, k, _ in picks]
+            local = [Window(bisect_left(indices, w.start), bisect_left(indices, w.end)) for w in windows]
+            rows = [(k, at[i] - local[k].start) for i, k, _ in picks]
             try:
                 vectors, version = await self.run_windows(fused, title, local, rows, profile.name, version=version)
                 break
@@ -538,10 +543,10 @@ class Runtime:
                 limit = e.limit
                 log.info("%s; planning the windows again", e)
         s, count = self.settings, 0
-        inputs = fused[[i - first for i, _, _ in picks]] if uses_input(s.embedding_representation) else None
+        inputs = fused[[at[i] for i, _, _ in picks]] if uses_input(s.embedding_representation) else None
         embs = published(s.embedding_representation, vectors, inputs)  # all rows at once
         for emb, (i, k, final) in zip(embs, picks, strict=True):
-            shot, w = shots[i - first], windows[k]
+            shot, w = shots[at[i]], windows[k]
             msg = ContextualEmbedding(
                 title_id=shot.title_id, shot_index=i, start_s=shot.start_s, end_s=shot.end_s,
                 embedding=vec_to_bytes(emb, s.embedding_dtype), dtype=s.embedding_dtype, dim=int(emb.shape[0]),

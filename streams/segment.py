@@ -99,19 +99,34 @@ class LiveCutter:
 
         state["segments"] holds [uri, start_s, first frame in the event] of each kept segment, so a
         detector rebuilt after a restart numbers frames where the event was."""
-        if seg.event_id not in self.detectors:
-            det = ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
-            kept = state["segments"]  # replay what is not yet behind a closed shot
-            self.detectors[seg.event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
-            for uri, s0, *_ in kept:
-                self._push(det, uri, s0)
-        det, frame0 = self.detectors[seg.event_id]
+        det, frame0 = self._detector(state, seg.event_id)
         before = det.n_frames
         shots = self._push(det, path, seg.start_s)
         n_frames, end_s = det.n_frames - before, det.end_s
         if seg.last:
             shots += det.flush()
             del self.detectors[seg.event_id]
+        return self._numbered(state, shots, frame0), n_frames, end_s
+
+    def close(self, state: dict, seg: LiveSegment) -> list[Shot]:
+        """Blocking: end the event without `seg`, its last segment, whose media could not be used: the shot still
+        open closes where the media before it ends. The closed shots, numbered as push() numbers them."""
+        det, frame0 = self._detector(state, seg.event_id)
+        shots = det.flush()
+        del self.detectors[seg.event_id]
+        return self._numbered(state, shots, frame0)
+
+    def _detector(self, state: dict, event_id: str) -> tuple[ShotDetector, int]:
+        if event_id not in self.detectors:  # after a restart, or a segment that failed
+            det = ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
+            kept = state["segments"]  # replay what is not yet behind a closed shot
+            self.detectors[event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
+            for uri, s0, *_ in kept:
+                self._push(det, uri, s0)
+        return self.detectors[event_id]
+
+    @staticmethod
+    def _numbered(state: dict, shots: list[Shot], frame0: int) -> list[Shot]:
         out = []
         for s in shots:  # a replayed detector re-finds shots already published: skip them
             if s.end_s <= state["cut_s"] + 1e-6:
@@ -120,7 +135,7 @@ class LiveCutter:
             first = max(s.start_frame + frame0, state.get("cut_frame", 0))
             out.append(dataclasses.replace(s, index=state["next_shot"] + len(out), start_s=start, start_frame=first,
                                            end_frame=s.end_frame + frame0))
-        return out, n_frames, end_s
+        return out
 
     def _push(self, det: ShotDetector, path: str, start_s: float) -> list[Shot]:
         rec = self.decoded.recorder(self.frame_size) if self.decoded is not None else None
@@ -238,6 +253,8 @@ def register(rt: Runtime) -> None:
             metrics.messages.labels(STAGE).inc()
             try:
                 req = decode(event.message.value, expect=TitleRequest)
+                if not req.request_id:  # named by its record: a redelivery is the same request, a new publication not
+                    req = dataclasses.replace(req, request_id=f"p{event.message.partition}o{event.message.offset}")
                 refs = await asyncio.to_thread(cut_title, req, rt.settings, rt.media_settings)  # CPU: off the loop
                 out = [ref.to_bytes() for ref in refs]  # an oversize shot message is the title's fault too
             except BadInput as e:
@@ -257,6 +274,30 @@ def register(rt: Runtime) -> None:
     def probe_and_push(state: dict, seg: LiveSegment, path: str):
         probe(Path(path), rt.media_settings)  # its size and length limits, as a title's, before decoding it all
         return cutter.push(state, seg, path)
+
+    async def skip_segment(event, seg: LiveSegment, state: dict, meta: TitleMeta, why: str) -> None:
+        """A segment whose media cannot be used: dead-lettered with `why`, the event's record moved past it. A
+        last segment still ends the event: the shot still open closes where the media before it ends, and the
+        event's last ShotRefs carry n_shots, so every shot gets its final and the live stage lets go of them."""
+        cutter.forget(seg.event_id)  # rebuilt from the record's segments when next needed
+        if not seg.last:
+            await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index} skipped: {why}")
+            state["next_segment"] += 1
+            return
+        await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index} (its last) skipped: "
+                                           f"{why}; the event ends with the media before it")
+        try:
+            shots = await asyncio.to_thread(cutter.close, state, seg)
+        except Exception as e:  # the media before it is gone too: the open shot cannot be cut
+            log.exception("live event %s: closing its open shot failed", seg.event_id)
+            cutter.forget(seg.event_id)
+            await rt.dead_letter(STAGE, event, f"event {seg.event_id!r}: its open shot could not be closed either "
+                                               f"({type(e).__name__}: {e}); its last shots get no final embedding")
+            shots = []
+        for ref in cutter.refs(state, seg, shots, meta):
+            await rt.send(rt.topics.shots, seg.event_id.encode(), ref.to_bytes())
+        metrics.shots.labels(STAGE).inc(len(shots))
+        advance(state, seg, shots)
 
     @rt.app.agent(rt.topics.live_segments, name=f"{__name__}.segment_live")
     async def segment_live(stream):
@@ -279,10 +320,7 @@ def register(rt: Runtime) -> None:
             except Exception as e:  # this segment is unusable: say so, and let the event go on without it
                 if not isinstance(e, MediaError):
                     log.exception("live segmentation failed")
-                cutter.forget(seg.event_id)
-                await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index} skipped: "
-                                                   f"{type(e).__name__}: {e}")
-                state["next_segment"] += 1
+                await skip_segment(event, seg, state, meta, f"{type(e).__name__}: {e}")
                 live_table[key] = msgpack.packb(state)
                 continue
             pushed(state, path, seg.start_s, n_frames, end_s)

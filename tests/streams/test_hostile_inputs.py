@@ -425,3 +425,84 @@ def test_hostile_inputs_are_dead_lettered_and_the_worker_goes_on(kafka_stack, wo
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{kafka_stack.worker_web_port}/metrics", timeout=10).read()
     assert b"# TYPE mediafm_retries_total counter" in metrics, "retries are visible on the worker's /metrics"
+
+
+def test_a_live_event_whose_last_segment_cannot_be_read_still_ends(kafka_stack, worker, offline_model, media):
+    """The last segment of an event (last=true) is a zero-length file. Before, it was dead-lettered as "skipped"
+    like any other and the event never ended: the shot still open was never published, no shot carried the
+    event's n_shots, so its last live_right_context shots never got a final and its held shots stayed. Now the
+    event ends with the media before it: every shot cut gets one provisional and one final."""
+    from mediafm.publish import cut_segments
+
+    names = Topics.from_settings(kafka_stack)
+    eid = f"hx-{uuid.uuid4().hex[:6]}-last-segment-empty"
+    film = make_film(media["root"] / f"{eid}.mp4", shots=[30, 36, 24, 40, 30], fps=24, size=(160, 96),
+                     first_source=1, audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
+    segs = cut_segments(film.path, media["root"] / eid, 1.0)
+    assert len(segs) >= 5
+    dead, tail = Tail(kafka_stack, names.deadletter), Tail(kafka_stack, names.embeddings)
+    p = producer(kafka_stack)
+    try:
+        for k, (path, start) in enumerate(segs):
+            last = k == len(segs) - 1
+            p.send(names.live_segments, key=eid.encode(), value=LiveSegment(
+                event_id=eid, segment_index=k, uri=str(media["empty"] if last else path), start_s=start,
+                last=last).to_bytes())
+        p.flush()
+    finally:
+        p.close()
+    kinds: dict[int, list[bool]] = defaultdict(list)
+    ends: set[int] = set()
+
+    def ended() -> bool:
+        return bool(ends) and all(True in kinds[i] for i in range(max(ends)))
+
+    try:
+        for rec in tail.poll(timeout_s=240, stop=ended):
+            e = decode(rec.value, expect=ContextualEmbedding)
+            if e.title_id == eid:
+                kinds[e.shot_index].append(e.final)
+                if e.n_shots is not None:
+                    ends.add(e.n_shots)
+        reasons = [letter.reason for letter in (decode(r.value, expect=DeadLetter) for r in dead.to_end(timeout_s=60))
+                   if letter.key == eid.encode()]
+    finally:
+        dead.close()
+        tail.close()
+    (n,) = ends
+    assert n >= 4, "the film's 5 shots, less any the detector merges: the last second is inside the fifth"
+    assert {i: sorted(k) for i, k in kinds.items()} == {i: [False, True] for i in range(n)}
+    assert len(reasons) == 1 and f"segment {len(segs) - 1} (its last) skipped" in reasons[0] \
+        and "the event ends with the media before it" in reasons[0], reasons
+    assert worker.poll() is None
+
+
+def test_a_title_published_again_without_a_request_id_is_embedded_again(kafka_stack, worker, offline_model, media):
+    """An ingestion system that leaves request_id out and publishes a title again (the file replaced, say): before,
+    every shot of the second publication was skipped as a redelivery of the first, with no dead letter and no
+    embedding. The worker names such a request after its record, so each publication gets its finals."""
+    names = Topics.from_settings(kafka_stack)
+    tid = f"hx-{uuid.uuid4().hex[:6]}-no-request-id"
+    tail = Tail(kafka_stack, names.embeddings)
+    finals: dict[int, int] = defaultdict(int)
+
+    def publish_and_wait(times: int) -> None:
+        p = producer(kafka_stack)
+        try:
+            p.send(names.titles, key=tid.encode(), value=_title(tid, str(media["good"])))
+            p.flush()
+        finally:
+            p.close()
+        for rec in tail.poll(timeout_s=240, stop=lambda: len(finals) == 2 and min(finals.values()) >= times):
+            e = decode(rec.value, expect=ContextualEmbedding)
+            if e.title_id == tid and e.final:
+                finals[e.shot_index] += 1
+
+    try:
+        publish_and_wait(1)
+        assert dict(finals) == {0: 1, 1: 1}
+        publish_and_wait(2)
+    finally:
+        tail.close()
+    assert dict(finals) == {0: 2, 1: 2}, "the second publication embedded too"
+    assert worker.poll() is None

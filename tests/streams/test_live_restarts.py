@@ -137,3 +137,59 @@ def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack,
         progress.close()
     st = LiveProgress.from_bytes(events[eid.encode()])
     assert (st.over, st.n, st.final, st.version) == (True, n, n, str(first)), st
+
+
+def test_a_live_event_goes_on_past_shots_lost_upstream(kafka_stack, triton_stack, tmp_path):
+    """Shots 7, 8 and 25 of a 40-shot event never reach shots.fused (dead-lettered on an earlier stage: a segment
+    file gone, an encoder's refusal). Before, every shot after the first gap was dead-lettered ("arrived before
+    shot 7") and the event never ended. Now each shot that came gets one provisional and one final, nothing of
+    the event is dead-lettered here, and the ended event holds none of its shots (the changelog's last records)."""
+    data = write_corpus(tmp_path / "data", n_titles=6, layout=LAY, seed=0, shots=(20, 40))
+    train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
+                                                val_batches=1), quiet=True)
+    export(tmp_path / "run", settings=kafka_stack)
+    s = replace(kafka_stack, topic_prefix=f"livegap{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
+                live_right_context=2, window_shots=16, window_stride=8, worker_web_port=free_port())
+    names = Topics.from_settings(s)
+    kafka.create_topics(s, names.all())
+    eid, n, lost = f"ev-{uuid.uuid4().hex[:6]}", 40, {7, 8, 25}
+    rng = np.random.default_rng(5)
+    shots = {i: _shot(eid, i, n if i == n - 1 else None, rng) for i in range(n)}
+    kinds: dict[int, list[bool]] = defaultdict(list)
+
+    def take(rec):
+        m = decode(rec.value, expect=ContextualEmbedding)
+        if m.title_id == eid:
+            kinds[m.shot_index].append(m.final)
+
+    tail = Tail(s, names.embeddings, from_beginning=True)
+    letters = Tail(s, names.deadletter, from_beginning=True)
+    w = start_worker(s, tmp_path / "w.log")
+    try:
+        p = producer(s)
+        for i in sorted(set(shots) - lost):
+            p.send(names.fused, key=eid.encode(), value=shots[i])
+        p.flush()
+        p.close()
+        for rec in tail.poll(timeout_s=300, stop=lambda: sum(k.count(True) for k in kinds.values()) >= n - len(lost)
+                             or w.poll() is not None):
+            take(rec)
+        for rec in rest_of_output(s, tail, names.fused, timeout_s=120):
+            take(rec)
+        assert w.poll() is None, (tmp_path / "w.log").read_text()[-3000:]
+        dead = [rec.value for rec in letters.to_end(timeout_s=60)]
+    finally:
+        stop_worker(w)
+        tail.close()
+        letters.close()
+    assert {i: sorted(k) for i, k in kinds.items()} == {i: [False, True] for i in range(n) if i not in lost}
+    assert not [d for d in dead if eid.encode() in d], dead
+    last: dict[bytes, bytes | None] = {}
+    held = Tail(s, f"{s.topic_prefix}-live-shots-changelog", from_beginning=True)
+    try:
+        for rec in held.to_end(timeout_s=60):
+            last[rec.key] = rec.value
+    finally:
+        held.close()
+    written = {k for k in last if k.startswith(f"{eid}/".encode())}
+    assert len(written) == n - len(lost) and not [k for k in written if last[k] is not None], "held after its end"

@@ -7,6 +7,8 @@ file's shots get from the same cues (mediafm.media.subtitles.align), cue by cue.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import msgpack
 import pytest
 
@@ -69,3 +71,38 @@ def test_a_restarted_worker_numbers_frames_and_shots_where_the_event_was(tmp_pat
     if detector == "content":  # TransNetV2 on re-encoded segments can still differ from the cuts (issue 13)
         assert len(straight) == 6
     assert _run_event(settings, segs, vtts, restart_at=restarts) == straight
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_an_event_whose_last_segment_fails_closes_its_open_shot_with_the_media_before_it(tmp_path, restart):
+    """The segment agent's path for a last segment it cannot read: forget the detector, close() the event from the
+    segments kept in its record. The shot still open ends where the media before the last segment ends, numbered
+    after the shots published, and the refs carry the event's n_shots (what lets the live stage finish it)."""
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content")
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    cutter, state, refs = segment.LiveCutter(settings), None, []
+    for k, (path, start) in enumerate(segs[:-1]):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start)
+        state = state or segment.new_state(seg)
+        shots, n_frames, end_s = cutter.push(state, seg, str(path))
+        segment.pushed(state, str(path), start, n_frames, end_s)
+        refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
+        segment.advance(state, seg, shots)
+        state = msgpack.unpackb(msgpack.packb(state))
+    last = LiveSegment(event_id="ev", segment_index=len(segs) - 1, uri=str(tmp_path / "gone.ts"),
+                       start_s=segs[-1][1], last=True)
+    if restart:
+        cutter = segment.LiveCutter(settings)
+    cutter.forget("ev")  # as the agent does when a segment fails
+    shots = cutter.close(state, last)
+    refs += cutter.refs(state, last, shots, TitleMeta("ev", kind="live"))
+    segment.advance(state, last, shots)
+    frames = state["frames"]  # the media before the last segment
+    whole = detect_shots(film.path, detector="content")
+    got = [(r.shot_index, r.start_frame, r.end_frame) for r in refs]
+    assert [i for i, _, _ in got] == list(range(len(got))) and got[0][1] == 0 and got[-1][2] == frames
+    assert all(a[2] == b[1] for a, b in pairwise(got)), "the shots tile the media, no frame twice or lost"
+    assert got[:-1] == [(i, s.start_frame, s.end_frame) for i, s in enumerate(whole[:len(got) - 1])]
+    assert shots and all(r.n_shots == len(got) for r in refs[-len(shots):]), "the closing refs carry n_shots"
+    assert state["done"] and state["next_shot"] == len(got)

@@ -338,10 +338,11 @@ def test_a_title_given_up_for_shots_gone_ignores_its_stragglers_and_starts_afres
     assert TitleProgress.from_bytes(titles.progress[b"t#"]).done
 
 
-def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_not_recorded_done(tmp_path):
+def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_starts_afresh_when_published_again(tmp_path):
     """The title's pass runs beside the agent (Runtime.later), outside the agent's per-shot try: an error no
-    check foresaw is still dead-lettered with its reason, as it was inside the agent, and the title is not
-    recorded done, so a redelivery of its last shot tries again."""
+    check foresaw is still dead-lettered with its reason, as it was inside the agent. The event that completed the
+    title is then committed, so nothing would try it again: the reason says to publish it again, and the record
+    starts afresh after that event, as for shots gone (before: left counted, never done, never tried again)."""
     import asyncio
     from types import SimpleNamespace
 
@@ -356,25 +357,34 @@ def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_not_recorded_d
     titles = contextualise.Titles(SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: {},
                                                   dead_letter=dead_letter, later=later))
 
-    async def failing(tid, shots, rid=""):
-        raise KeyError("a bug")
+    done = []
 
-    titles.contextualise = failing
+    async def failing_once(tid, shots, rid=""):
+        if not letters:
+            raise KeyError("a bug")
+        done.append([s.shot_index for s in shots])
+
+    titles.contextualise = failing_once
 
     class Event:
         def __init__(self, message):
             self.message = message
 
     async def main():
-        for offset, i in [(5, 0), (6, 1), (7, 2)]:
+        for offset, i in [(5, 0), (6, 1), (7, 2), (6, 1), (7, 2), (8, 0), (9, 1), (10, 2)]:
             raw = _fused(shot_index=i).to_bytes()
             (shot,) = contextualise.parse(raw)
             await titles.on_shot(shot, Event(SimpleNamespace(partition=0, offset=offset, value=raw)), len(raw))
             titles.flush()
+            if offset == 7 and letters:  # given up: the record says where, and counts nothing
+                p = TitleProgress.from_bytes(titles.progress[b"t#"])
+                assert (p.count, p.floor, p.done) == (0, 7, False) and not titles.finishing
 
     asyncio.run(main())
-    assert letters == [("contextualise", 7, "title 't' (3 shots): contextualise failed: KeyError: 'a bug'")]
-    assert not TitleProgress.from_bytes(titles.progress[b"t#"]).done and not titles.finishing
+    assert letters == [("contextualise", 7, "title 't' (3 shots) cannot be contextualised: contextualise failed: "
+                                            "KeyError: 'a bug'; publish it again")]
+    assert done == [[0, 1, 2]], "published again after the failure, the title completes once"
+    assert TitleProgress.from_bytes(titles.progress[b"t#"]).done
 
 
 def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_without_its_shot_named(tmp_path):
@@ -501,3 +511,92 @@ def test_a_live_segments_timed_text_is_bounded_by_what_the_event_holds(tmp_path)
     near = [[0.0, 1.0, "y" * (segment.MAX_HELD_TEXT_BYTES - 100)]]
     with pytest.raises(SubtitleError, match="with those of the shots still open"):
         segment.segment_cues(seg(vtt("more.vtt", 3, 40)), settings, near)
+
+
+def test_a_live_event_goes_on_past_shots_lost_upstream():
+    """A live shot dead-lettered on an earlier stage (its segment file gone, an encoder's refusal) never reaches
+    the live stage. Before, every later shot of the event was dead-lettered ("arrived before shot k"): one lost
+    shot ended the event's embeddings, and its held shots stayed in the table for good. Now the gap is counted and
+    each shot that arrives gets one provisional and one final, from windows of the shots there are."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.live import LiveEvents
+
+    n, lost = 40, {0, 10, 20, 21, 22, 37}
+    provisional, final, windows = [], [], []
+
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        (w,), picks = windows_for(8, 4)
+        held = [s.shot_index for s in shots]
+        assert held == sorted(held) and not set(held) & lost and all(w.start <= i < w.end for i in held)
+        for i, _, is_final in picks:
+            assert i in held, "a pick is a shot of the window"
+            (final if is_final else provisional).append(i)
+            if is_final:
+                windows.append((i, w.end))
+        return len(picks), "1"
+
+    async def acked():
+        pass
+
+    tables: dict[str, dict] = {}
+    rt = SimpleNamespace(settings=Settings(window_shots=8, window_stride=4, live_right_context=2),
+                         table=lambda name: tables.setdefault(name, {}), contextualise=contextualise_,
+                         sends_acknowledged=acked)
+    live = LiveEvents(rt)
+    arrive = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i >= 38 else None), title_id="ev", kind="live")
+              for i in range(n) if i not in lost]
+
+    async def main():
+        for s in arrive:
+            await live.on_shot(s)
+            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
+
+    asyncio.run(main())
+    kept = [i for i in range(n) if i not in lost]
+    assert provisional == kept and sorted(final) == kept, "each shot that came: one provisional, one final"
+    assert all(end >= min(i + 3, n) for i, end in windows if end < n), "a final has its right context (2 shots)"
+    assert tables["live-shots"] == {}, "the event ended holding none of its shots"
+    st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
+    assert st.over and st.lost == len(lost)
+
+
+def test_contextualise_maps_a_window_with_gaps_to_its_shots():
+    """Runtime.contextualise (the one publishing path) takes a live window that lacks shots lost upstream: each
+    pick's row is its own shot's, not the shot at its offset from the window's first."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from mediafm.schema import ContextualEmbedding, bytes_to_vec, decode
+    from mediafm.windows import Window
+    from streams.runtime import Runtime
+
+    rng = np.random.default_rng(0)
+    present = [3, 4, 6, 9, 10]
+    vecs = {i: (v := rng.normal(size=LAY.fused_dim)) / np.linalg.norm(v) for i in present}
+    shots = [dataclasses.replace(_fused(shot_index=i, fused=vec_to_bytes(vecs[i]), n_shots=None), kind="live",
+                                 title_id="ev") for i in present]
+    sent = []
+
+    async def run_windows(fused, title, local, rows, profile, version=""):
+        assert [(w.start, w.end) for w in local] == [(0, 5), (2, 5)], "rows of `fused`, not shot indices"
+        return np.stack([fused[local[k].start + r] for k, r in rows]), "1"
+
+    async def plan(profile):
+        return 8, 4
+
+    async def send(topic, key, value):
+        sent.append(decode(value, expect=ContextualEmbedding))
+
+    async def acked():
+        pass
+
+    me = SimpleNamespace(settings=Settings(), window_plan=plan, run_windows=run_windows, send=send,
+                         sends_acknowledged=acked, topics=SimpleNamespace(embeddings="e"))
+    picks = [(6, 0, False), (9, 1, True), (10, 1, True), (3, 0, True)]
+    count, _ = asyncio.run(Runtime.contextualise(me, shots, lambda size, stride: ([Window(3, 11), Window(6, 11)],
+                                                                                 picks), n_shots=None))
+    assert count == 4 and [m.shot_index for m in sent] == [6, 9, 10, 3]
+    for m in sent:
+        assert np.allclose(bytes_to_vec(m.embedding, m.dim, dtype=m.dtype), vecs[m.shot_index], atol=1e-2), m.shot_index
