@@ -117,12 +117,25 @@ class LiveCutter:
         return self._numbered(state, shots, frame0)
 
     def _detector(self, state: dict, event_id: str) -> tuple[ShotDetector, int]:
-        if event_id not in self.detectors:  # after a restart, or a segment that failed
-            det = ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
+        """The event's detector and its frame 0 in the event; after a restart, or a segment that failed, one
+        rebuilt by replaying the segments since the last cut. One of those that cannot be read any more (a live
+        encoder deletes old segment files; an HLS playlist keeps a minute or less) gives a fresh detector from the
+        event's next frame: the shot open there is lost (its frames are gone; logged), the event goes on."""
+        if event_id not in self.detectors:
             kept = state["segments"]  # replay what is not yet behind a closed shot
-            self.detectors[event_id] = (det, kept[0][2] if kept and len(kept[0]) > 2 else 0)
-            for uri, s0, *_ in kept:
-                self._push(det, uri, s0)
+            det = ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
+            frame0 = kept[0][2] if kept and len(kept[0]) > 2 else 0
+            try:
+                for uri, s0, *_ in kept:
+                    self._push(det, uri, s0)
+            except Exception as e:
+                log.warning("live event %s: a segment since its last cut cannot be read again (%s: %s); the shot "
+                            "open from %.3f s is lost, the event goes on from its next segment", event_id,
+                            type(e).__name__, e, state["cut_s"])
+                det = ShotDetector(self.settings.live_shot_detector,
+                                   max_duration_s=self.settings.max_media_duration_s)
+                frame0 = state.get("frames", 0)
+            self.detectors[event_id] = (det, frame0)
         return self.detectors[event_id]
 
     @staticmethod

@@ -8,6 +8,7 @@ file's shots get from the same cues (mediafm.media.subtitles.align), cue by cue.
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -106,3 +107,32 @@ def test_an_event_whose_last_segment_fails_closes_its_open_shot_with_the_media_b
     assert got[:-1] == [(i, s.start_frame, s.end_frame) for i, s in enumerate(whole[:len(got) - 1])]
     assert shots and all(r.n_shots == len(got) for r in refs[-len(shots):]), "the closing refs carry n_shots"
     assert state["done"] and state["next_shot"] == len(got)
+
+
+def test_a_restarted_worker_whose_segments_to_replay_are_gone_goes_on_from_the_next(tmp_path):
+    """A restarted worker rebuilds its detector from the segments since the last cut. A live encoder deletes old
+    segment files (an HLS playlist keeps a minute or less): before, the replay raised on every later segment, each
+    was dead-lettered and the event was over. Now the shot open there is lost and the event goes on: the next
+    shots numbered after those published, from the next segment's first frame."""
+    film = make_film(tmp_path / "live.mp4", shots=[30, 90, 36, 40], fps=24, size=(160, 96), first_source=2)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content")
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    cutter, state, refs, restart = segment.LiveCutter(settings), None, [], 3  # inside the 90-frame shot
+    for k, (path, start) in enumerate(segs):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1)
+        if k == restart:
+            assert len(state["segments"]) >= 2, "the open shot spans segments to replay"
+            for uri, *_ in state["segments"]:
+                Path(uri).unlink()
+            cutter, frames_before = segment.LiveCutter(settings), state["frames"]
+        state = state or segment.new_state(seg)
+        shots, n_frames, end_s = cutter.push(state, seg, str(path))
+        segment.pushed(state, str(path), start, n_frames, end_s)
+        refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
+        segment.advance(state, seg, shots)
+        state = msgpack.unpackb(msgpack.packb(state))
+    got = [(r.shot_index, r.start_frame, r.end_frame) for r in refs]
+    assert [i for i, _, _ in got] == list(range(len(got)))
+    assert got[0] == (0, 0, 30), "the shot closed before the restart"
+    assert got[1][1] == frames_before and got[-1][2] == sum([30, 90, 36, 40]), "from the next segment, to the end"
+    assert state["done"] and refs[-1].n_shots == len(got)
