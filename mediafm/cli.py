@@ -288,6 +288,9 @@ def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
           f"to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
     for tid, why in r["refused"].items():
         print(f"left out {tid!r}: {why} (the workers dead-letter it too)")
+    if r["representations_left_out"]:
+        print(f"final embeddings of other representations left out: {', '.join(r['representations_left_out'])} "
+              "(contextual.parquet holds one: the one made last)")
     return 0
 
 
@@ -495,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reads shots.fused and embeddings from the beginning until nothing new "
                        "arrives for --idle seconds, and writes every complete title (its last request) as the "
                        "v1 dataset format (the trainer's and evaluation's input) plus contextual.parquet with "
-                       "the final contextual embeddings, one per (title, shot, model version). Each topic is read "
+                       "the final contextual embeddings, one per (title, shot, model version): those of the "
+                       "written profile, of one representation (the one made last; any other is named). Each "
+                       "topic is read "
                        "twice (where each shot is, then the shots chosen, written title by title), so it holds "
                        "about 16 bytes a shot, not the shots.")
     s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")

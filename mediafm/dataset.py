@@ -618,7 +618,7 @@ class DatasetWriter:
 
     def __init__(self, root: str | Path, meta: Meta, *, shard_shots: int = SHARD_SHOTS,
                  split_titles: bool = False) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # a link to a dataset: the dataset it names is replaced, the link kept
         self.meta = meta
         if shard_shots < 1:
             raise DatasetError(f"shard_shots must be >= 1, got {shard_shots}")
@@ -696,7 +696,12 @@ class DatasetWriter:
         })
         pq.write_table(table, self.tmp / "titles.parquet")
         (self.tmp / "meta.json").write_text(json.dumps(self.meta.to_json(), indent=2) + "\n")
+        # the old dataset moves aside before the new one takes its name, and goes only then: a kill in between
+        # leaves DIR.old whole, never no dataset at all (before: deleted first, then the new one renamed in)
+        old = self.root.with_name(self.root.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
         if self.root.exists():
-            shutil.rmtree(self.root)
+            os.replace(self.root, old)
         os.replace(self.tmp, self.root)
+        shutil.rmtree(old, ignore_errors=True)
         return self.root

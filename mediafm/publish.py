@@ -599,9 +599,14 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             raise MediaError(f"{missing} shots indexed on {names.fused} were gone when read back (the topic's "
                              "retention?); nothing was written: run the sink again")
         n_shots = {tid: len(at) for tid, (_, at) in latest.items() if tid not in refused}
+        if not n_shots:  # --out is left as it was: a dataset of no titles is not one Dataset() opens
+            raise MediaError(f"every complete title on {names.fused} was refused ({refused}); nothing was written")
         del latest, open_titles, wanted
 
-        finals: dict[tuple[str, str], np.ndarray] = {}  # (title, model version) -> offset of each shot's last final
+        # (title, model version, representation, dim) -> offset of each shot's last final; only the written
+        # profile's finals (a title id may have been run under both), and one representation in the file
+        finals: dict[tuple[str, str, str, int], np.ndarray] = {}
+        newest: dict[tuple[str, int], float] = {}  # (representation, dim) -> when its newest final was made
         final_partition: dict[str, int] = {}
 
         def note_final(rec) -> None:
@@ -610,18 +615,24 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             except SchemaError:
                 return
             n = n_shots.get(e.title_id)
-            if not e.final or n is None or not 0 <= e.shot_index < n:
+            if not e.final or n is None or not 0 <= e.shot_index < n or e.profile != written.name:
                 return
-            at = finals.get((e.title_id, e.model_version))
+            key = (e.title_id, e.model_version, e.representation, e.dim)
+            at = finals.get(key)
             if at is None:
-                at = finals[(e.title_id, e.model_version)] = np.full(n, -1, np.int64)
+                at = finals[key] = np.full(n, -1, np.int64)
             at[e.shot_index] = rec.offset
             final_partition[e.title_id] = rec.partition
+            newest[(e.representation, e.dim)] = max(newest.get((e.representation, e.dim), 0.0), e.produced_at)
 
         _index(settings, names.embeddings, idle_s, deadline, progress, note_final)
+        # several representations (embedding_representation changed between runs): the one made last
+        kept = max(newest, key=newest.get) if newest else None
+        left_out = sorted({f"{r} ({d}-d)" for r, d in newest if (r, d) != kept})
         chosen: dict[int, list[np.ndarray]] = {}
-        for (tid, _), at in finals.items():
-            chosen.setdefault(final_partition[tid], []).append(at[at >= 0])
+        for (tid, _, rep, dim), at in finals.items():
+            if (rep, dim) == kept:
+                chosen.setdefault(final_partition[tid], []).append(at[at >= 0])
         path, pqw, rows, count = writer.tmp / "contextual.parquet", None, [], 0
 
         def write(rows: list[ContextualEmbedding]) -> None:
@@ -630,7 +641,8 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
                 "title_id": pa.array([e.title_id for e in rows], pa.string()),
                 "shot_index": pa.array([e.shot_index for e in rows], pa.int32()),
                 "model_version": pa.array([e.model_version for e in rows], pa.string()),
-                "embedding": pa.array([e.vector() for e in rows], pa.list_(pa.float32(), rows[0].dim if rows else 0)),
+                "representation": pa.array([e.representation for e in rows], pa.string()),
+                "embedding": pa.array([e.vector() for e in rows], pa.list_(pa.float32(), kept[1] if kept else 0)),
             })
             if pqw is None:
                 pqw = pq.ParquetWriter(path, table.schema)
@@ -651,7 +663,8 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
         raise
     root = writer.close()
     return {"out": str(root), "titles": len(n_shots), "shots": sum(n_shots.values()),
-            "contextual": count, "incomplete": sorted(skipped - set(n_shots) - set(refused)), "refused": refused}
+            "contextual": count, "incomplete": sorted(skipped - set(n_shots) - set(refused)), "refused": refused,
+            "representations_left_out": left_out}
 
 
 def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0) -> list[TitleRequest]:

@@ -384,3 +384,73 @@ def test_sink_of_a_pipeline_carrying_two_profiles_writes_the_one_named(kafka_sta
             np.testing.assert_array_equal(title.fused, want[title.info.title_id]["fused"])
     with pytest.raises(ConfigError, match="nonesuch"):
         sink(settings, tmp_path / "x", idle_s=1.0, timeout_s=60, profile="nonesuch")
+
+
+@pytest.mark.kafka
+def test_sink_keeps_the_written_profiles_finals_of_one_representation_into_a_linked_out(kafka_stack, tmp_path):
+    """Finals of the same title id under the other profile are not the written dataset's (before: mixed in by
+    version, the last published winning); finals of an earlier representation of another width are left out and
+    named (before: pyarrow's "Length of item not correct", a traceback, after the whole read). --out a link to a
+    dataset: that dataset is replaced and the link kept (before: rmtree on a link, a traceback, the .partial
+    left). Every complete title refused: nothing written, --out left as it was (before: a dataset with no
+    shards, reported as written)."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from mediafm.bus import producer
+    from mediafm.config import replace
+    from mediafm.errors import MediaError
+    from mediafm.publish import sink
+    from mediafm.schema import ContextualEmbedding
+    from mediafm.topics import Topics
+
+    settings = replace(kafka_stack, topic_prefix=f"sinkrep-{uuid.uuid4().hex[:6]}", partitions=1)
+    _create_topics(settings)
+    names = Topics.from_settings(settings)
+    data = write_dataset(tmp_path / "ds", [4, 3], prefix="r-")
+    p = producer(settings)
+    for title in Dataset(tmp_path / "ds").iter_titles():
+        for m in fused_shot_messages(title, LAYOUT, "r"):
+            p.send(names.fused, key=m.title_id.encode(), value=m.to_bytes())
+    rng = np.random.default_rng(2)
+    want = {}
+    for profile, representation, dim in (("offline", "hidden", 6), ("production", "output", 8),
+                                         ("offline", "output", 8)):
+        for tid, d in data.items():
+            for i in range(len(d["fused"])):
+                v = rng.standard_normal(dim).astype(np.float32)
+                if (profile, representation) == ("offline", "output"):
+                    want[(tid, i)] = v
+                e = ContextualEmbedding(title_id=tid, shot_index=i, start_s=0.0, end_s=1.0, embedding=vec_to_bytes(v),
+                                        dim=dim, model_version="1", profile=profile, representation=representation,
+                                        window_start=0, window_end=len(d["fused"]), final=True, n_shots=len(d["fused"]))
+                p.send(names.embeddings, key=tid.encode(), value=e.to_bytes())
+    p.flush()
+    p.close()
+
+    (tmp_path / "elsewhere").mkdir()
+    write_dataset(tmp_path / "elsewhere" / "sunk", [2], prefix="old-")  # what the link names now
+    os.symlink(tmp_path / "elsewhere" / "sunk", tmp_path / "link")
+    out = sink(settings, tmp_path / "link", idle_s=1.0, timeout_s=120, profile="offline")
+    assert (out["titles"], out["shots"], out["contextual"]) == (2, 7, 7)
+    assert out["representations_left_out"] == ["hidden (6-d)"]
+    assert (tmp_path / "link").is_symlink() and out["out"] == str(tmp_path / "elsewhere" / "sunk")
+    assert sorted(t.info.title_id for t in Dataset(tmp_path / "link").iter_titles()) == ["r-t0", "r-t1"]
+    assert not list((tmp_path / "elsewhere").glob("sunk.*")), "no .partial or .old left"
+    rows = pq.read_table(tmp_path / "link" / "contextual.parquet").to_pylist()
+    assert {r["representation"] for r in rows} == {"output"} and len(rows) == 7
+    for r in rows:
+        np.testing.assert_array_equal(np.array(r["embedding"], np.float32), want[(r["title_id"], r["shot_index"])])
+
+    bad = replace(kafka_stack, topic_prefix=f"sinkbad-{uuid.uuid4().hex[:6]}", partitions=1)
+    _create_topics(bad)
+    p = producer(bad)
+    for m in fused_shot_messages(next(iter(Dataset(tmp_path / "ds").iter_titles())), LAYOUT, "r"):
+        m.title_embedding = vec_to_bytes(np.full(LAYOUT.title, np.inf, np.float32))  # refused, as a worker would
+        p.send(Topics.from_settings(bad).fused, key=m.title_id.encode(), value=m.to_bytes())
+    p.flush()
+    p.close()
+    with pytest.raises(MediaError, match=r"every complete title on .* was refused \(\{'r-t0': .*nothing was written"):
+        sink(bad, tmp_path / "link", idle_s=1.0, timeout_s=60)
+    assert sorted(t.info.title_id for t in Dataset(tmp_path / "link").iter_titles()) == ["r-t0", "r-t1"], "untouched"
