@@ -297,8 +297,8 @@ def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.publish import backfill
 
-    for req in backfill(settings, args.titles):
-        print(f"re-published {req.title_id} as request {req.request_id}")
+    backfill(settings, args.titles, on_sent=lambda req: print(f"re-published {req.title_id} as request "
+                                                               f"{req.request_id}", flush=True))
     return 0
 
 

@@ -406,15 +406,6 @@ def follow(settings: Settings, *, from_beginning: bool = False, title_id: str | 
     return n
 
 
-def _drain(settings: Settings, topic: str, idle_s: float, timeout_s: float):
-    """Every record of `topic` from the beginning, until nothing new for idle_s (or timeout_s)."""
-    tail = Tail(settings, topic, from_beginning=True)
-    try:
-        yield from tail.until_idle(idle_s=idle_s, timeout_s=timeout_s)
-    finally:
-        tail.close()
-
-
 def _index(settings: Settings, topic: str, idle_s: float, deadline: float, progress: bool, keep):
     """Pass 1 of the sink: every record of `topic` from its beginning, handed to keep(record); first every
     record there now (MediaError if that takes past `deadline`), then any that arrive until idle_s passes
@@ -667,15 +658,33 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             "representations_left_out": left_out}
 
 
-def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0) -> list[TitleRequest]:
-    """Publish each title's last request again with a new request id: re-embedded with the model served now."""
+def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0, timeout_s: float = 300.0,
+             on_sent=None) -> list[TitleRequest]:
+    """Publish each title's last request again with a new request id: re-embedded with the model served now.
+    The titles topic is read to its end first (MediaError if that takes past timeout_s: a request missed there
+    would be reused old or reported missing). Each id once, in order; on_sent(request) as each is on the broker,
+    and a failure part way names those already sent."""
+    title_ids = list(dict.fromkeys(title_ids))  # `backfill t1 t1` re-embeds t1 once
+    topic = Topics.from_settings(settings).titles
     last: dict[str, TitleRequest] = {}
-    for rec in _drain(settings, Topics.from_settings(settings).titles, idle_s, 300.0):
+
+    def note(rec) -> None:
         try:
             r = decode(rec.value, expect=TitleRequest)
         except SchemaError:
-            continue
+            return
         last[r.title_id] = r
+
+    tail = Tail(settings, topic, from_beginning=True)
+    try:
+        for rec in tail.to_end(timeout_s=timeout_s):
+            note(rec)
+        for rec in tail.until_idle(idle_s=idle_s, timeout_s=timeout_s):  # what is published meanwhile
+            note(rec)
+    except TimeoutError as e:
+        raise MediaError(f"{topic}: {e}; nothing was re-published: give backfill more time") from None
+    finally:
+        tail.close()
     missing = [t for t in title_ids if t not in last]
     if missing:
         raise MediaError(f"no earlier request for {missing} on the titles topic; publish them with "
@@ -688,9 +697,17 @@ def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0) -
             req = TitleRequest(title_id=tid, uri=old.uri, request_id=uuid.uuid4().hex[:12],
                                subtitles_uri=old.subtitles_uri, subtitle_encoding=old.subtitle_encoding,
                                meta=old.meta)
-            send_and_wait(settings, p, f"the request for title {tid!r}",
-                          [(Topics.from_settings(settings).titles, tid.encode(), req.to_bytes())])
+            send_and_wait(settings, p, f"the request for title {tid!r}", [(topic, tid.encode(), req.to_bytes())])
             sent.append(req)
+            if on_sent is not None:
+                on_sent(req)
+    except StackError as e:
+        if not sent:
+            raise
+        raise StackError(f"{e}; {len(sent)} of {len(title_ids)} titles were re-published before it "
+                         f"({', '.join(r.title_id for r in sent[:5])}{', ...' if len(sent) > 5 else ''}); "
+                         f"backfill the others: {' '.join(title_ids[len(sent):][:5])}"
+                         f"{' ...' if len(title_ids) > len(sent) + 5 else ''}") from None
     finally:
         p.close()
     return sent

@@ -454,3 +454,48 @@ def test_sink_keeps_the_written_profiles_finals_of_one_representation_into_a_lin
     with pytest.raises(MediaError, match=r"every complete title on .* was refused \(\{'r-t0': .*nothing was written"):
         sink(bad, tmp_path / "link", idle_s=1.0, timeout_s=60)
     assert sorted(t.info.title_id for t in Dataset(tmp_path / "link").iter_titles()) == ["r-t0", "r-t1"], "untouched"
+
+
+@pytest.mark.kafka
+def test_backfill_sends_each_title_once_and_names_what_it_sent_when_the_broker_stops_taking(kafka_stack, monkeypatch):
+    """`backfill a b a c`: a once. A send that fails part way (the broker's refusal stood in for on the third
+    send; the broker faults themselves are tests/streams/test_infra_faults.py) names the titles already
+    re-published and those left; before, it named only the failing one, and a rerun re-embedded them all."""
+    from mediafm import publish as publish_mod
+    from mediafm.bus import Tail, producer
+    from mediafm.config import replace
+    from mediafm.errors import StackError
+    from mediafm.schema import TitleRequest
+    from mediafm.topics import Topics
+
+    settings = replace(kafka_stack, topic_prefix=f"backfill-{uuid.uuid4().hex[:6]}", partitions=1)
+    _create_topics(settings)
+    topic = Topics.from_settings(settings).titles
+    p = producer(settings)
+    for tid in "abcd":
+        p.send(topic, key=tid.encode(), value=TitleRequest(title_id=tid, uri=f"/m/{tid}.mp4", request_id="r0").to_bytes())
+    p.flush()
+    p.close()
+
+    said = []
+    (a,) = publish_mod.backfill(settings, ["a", "a"], idle_s=0.5, on_sent=said.append)
+    assert said == [a] and a.uri == "/m/a.mp4" and a.request_id != "r0"
+
+    real, calls = publish_mod.send_and_wait, []
+
+    def refused_on_the_third(settings, p, what, records):
+        calls.append(what)
+        if len(calls) == 3:
+            raise StackError(f"{what}: the broker did not take it (stood in)")
+        return real(settings, p, what, records)
+
+    monkeypatch.setattr(publish_mod, "send_and_wait", refused_on_the_third)
+    with pytest.raises(StackError, match=r"title 'd'.*; 2 of 3 titles were re-published before it \(b, c\); "
+                                         r"backfill the others: d$"):
+        publish_mod.backfill(settings, ["b", "c", "b", "d"], idle_s=0.5)
+    tail = Tail(settings, topic, from_beginning=True)
+    try:
+        again = [r.key.decode() for r in tail.to_end(timeout_s=30)][4:]
+    finally:
+        tail.close()
+    assert again == ["a", "b", "c"]
