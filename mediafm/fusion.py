@@ -99,4 +99,13 @@ def fuse(
             f"shots {np.flatnonzero(empty).tolist()[:10]} have no modality present; "
             "a shot needs at least one of video/audio/text"
         )
-    return unit(out)
+    # the length in float64: float32 squares underflow to 0 near 1e-23 and overflow past 1e19, which made a row
+    # of zeros (no error) where a unit vector was promised
+    norm = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)
+    zero = np.flatnonzero(norm[:, 0] == 0)
+    if zero.size:
+        raise ValueError(
+            f"shots {zero.tolist()[:10]}: every modality marked present is all zeros; mark a modality the shot "
+            "lacks absent (present=False) rather than sending zeros"
+        )
+    return (out / norm).astype(np.float32)

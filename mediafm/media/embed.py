@@ -40,7 +40,7 @@ import numpy as np
 from mediafm.config import Settings
 from mediafm.errors import EncoderError, MediaError
 from mediafm.fusion import MODALITIES, Layout, fuse
-from mediafm.media.decode import has_audio, iter_audio, iter_video_frames, resample_span, to_array
+from mediafm.media.decode import VideoEnd, has_audio, iter_audio, iter_video_frames, resample_span, to_array
 from mediafm.media.segment_cache import DecodedSegment, DecodedSegments
 from mediafm.media.shots import Shot
 from mediafm.media.subtitles import Cue, align, container_subtitles
@@ -61,14 +61,17 @@ def _segments(media) -> list[Path]:
 
 
 def _video(paths: list[Path], seek_s: float | None = None,
-           held: dict[Path, DecodedSegment | None] | None = None) -> Iterator[tuple[float, object, int]]:
+           held: dict[Path, DecodedSegment | None] | None = None,
+           end: VideoEnd | None = None) -> Iterator[tuple[float, object, int]]:
     """(time, frame, rotation) of the files laid end to end; a file `held` decoded is replayed from memory
-    (its frames already pixels at the encoders' size), the others are decoded (av frames)."""
+    (its frames already pixels at the encoders' size), the others are decoded (av frames). `end` is told where
+    the last file's video ends when it is decoded (its last frame's own duration, as the shot detector has it)."""
     offset, idx, last, dt = None, 0, None, 0.04
-    for p in paths:
+    for k, p in enumerate(paths):
         seg = (held or {}).get(p)
         frames = seg.replay(start_index=idx, time_offset=offset) if seg is not None else \
-            iter_video_frames(p, start_index=idx, time_offset=offset, seek_s=seek_s if len(paths) == 1 else None)
+            iter_video_frames(p, start_index=idx, time_offset=offset, seek_s=seek_s if len(paths) == 1 else None,
+                              end=end if k == len(paths) - 1 else None)
         for i, t, frame, rot in frames:
             if last is not None and t > last:
                 dt = t - last
@@ -160,7 +163,8 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
     paths = _segments(media)
     seek = max(0.0, shots[0].start_s - 1.0) if shots else None
     held = {p: decoded.get(str(p), frame_size) if decoded is not None else None for p in paths}
-    video = _video(paths, seek, held)
+    ends = VideoEnd()
+    video = _video(paths, seek, held, ends)
     has_audio = any(held[p].has_audio if held[p] is not None else _has_audio(p) for p in paths)
     audio = _AudioCursor(paths, audio_rate) if has_audio else None
     prev = nxt = None  # (time, av frame, rot)
@@ -172,16 +176,17 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
         for s in want:
             while video_end is None and (nxt is None or nxt[0] < s):  # advance until the frame after s
                 got = next(video, None)
-                if got is None:
-                    video_end = nxt[0] + dt if nxt is not None else None
+                if got is None:  # the last frame's own duration where the file gives it (a held end card, VFR)
+                    video_end = ends.end_s if ends.end_s is not None else nxt[0] + dt if nxt is not None else None
                     break
                 if nxt is not None and got[0] > nxt[0]:
                     dt = got[0] - nxt[0]
                 prev, nxt = nxt, got
-            cands = [c for c in (prev, nxt) if c is not None]
-            if not cands:
+            if nxt is None:
                 raise MediaError(f"{paths[0]}: no video frames for shot {shot.index}; the media ended early")
-            best = min(cands, key=lambda c: abs(c[0] - s))
+            # the frame on screen at s: the last one shown at or before it (the nearest one, as before 2026-12-07,
+            # gave a shot under 8 frames the first frames of the next shot: half of a 1-frame shot's samples)
+            best = nxt if nxt[0] <= s or prev is None else prev
             frames.append(best[1] if isinstance(best[1], np.ndarray)  # replayed: pixels at frame_size already
                           else to_array(best[1], (frame_size, frame_size), best[2]))
         if video_end is not None and (shot.start_s >= video_end or
@@ -191,7 +196,9 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
                              "match this media: send the shots this media was cut into")
         x = None
         if audio is not None:
-            w = min(dur, audio_window_s)
+            # at least twice MIN_AUDIO_S, centred: a shot of a few frames has the sound around it, where before
+            # (under MIN_AUDIO_S of window) it counted as having no audio
+            w = min(max(dur, 2 * MIN_AUDIO_S), audio_window_s)
             mid = (shot.start_s + shot.end_s) / 2
             x = audio.take(mid - w / 2, mid + w / 2)
         yield ShotMedia(shot, np.stack(frames), x)

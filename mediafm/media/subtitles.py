@@ -89,10 +89,32 @@ def _cut(text: str) -> str:
     return text[:MAX_CUE_CHARS]
 
 
+_BLOCK = re.compile(r"\{[^{}]*\}")  # an ASS override block; linear, as _TAGS
+_DRAW = re.compile(r"\\p(\d+)")  # \p1 .. \p4 start drawing mode, \p0 ends it (not \pos, \pbo)
+
+
+def _undrawn(text: str) -> str:
+    """ASS drawing commands (`{\\p1}m 0 0 l 1920 0 1920 1080{\\p0}`: a typeset sign's or a mask's shape) removed;
+    they are vector paths, not words, and were embedded as the shot's text."""
+    if "\\p" not in text:
+        return text
+    out, pos, drawing = [], 0, False
+    for m in _BLOCK.finditer(text):
+        if not drawing:
+            out.append(text[pos:m.start()])
+        out.append(m.group())  # removed with the other tags by _clean
+        for level in _DRAW.findall(m.group()):
+            drawing = int(level) > 0
+        pos = m.end()
+    if not drawing:
+        out.append(text[pos:])
+    return "".join(out)
+
+
 def _clean(text: str) -> str:
-    """A cue's plain text: cut at MAX_CUE_CHARS, ASS line breaks and hard spaces as spaces, ASS override
-    blocks (`{\\an8}`) and HTML-like tags (`<i>`, `<font color=...>`) removed, whitespace collapsed."""
-    text = _cut(text)
+    """A cue's plain text: cut at MAX_CUE_CHARS, ASS line breaks and hard spaces as spaces, ASS drawings and
+    override blocks (`{\\an8}`) and HTML-like tags (`<i>`, `<font color=...>`) removed, whitespace collapsed."""
+    text = _undrawn(_cut(text))
     text = _TAGS.sub("", text.replace("\\N", " ").replace("\\n", " ").replace("\\h", " "))
     return " ".join(text.split())
 
@@ -376,6 +398,8 @@ def container_subtitles(path: str | Path) -> list[Cue]:
 
 def align(cues: list[Cue], shots, *, min_overlap_s: float = 0.05) -> list[str]:
     """One string per shot: the text of the cues overlapping it ("" when none), cut at MAX_SHOT_TEXT_CHARS.
+    A cue counts where it overlaps the shot by more than min_overlap_s, or by more than half the shot for a shot
+    shorter than twice that (a 1-frame shot inside a cue has its text; before 2026-12-07 it never did).
 
     One sweep over shots and cues in time order, so a long film with many cues stays linear
     (the cues still open at a shot's start are the only ones looked at again).
@@ -389,11 +413,11 @@ def align(cues: list[Cue], shots, *, min_overlap_s: float = 0.05) -> list[str]:
         while nxt < len(cues) and cues[nxt].start_s < shot.end_s:
             active.append(cues[nxt])
             nxt += 1
-        # a cue that overlaps this shot by min_overlap_s at most overlaps no later shot more
-        active = [c for c in active if c.end_s - shot.start_s > min_overlap_s]
+        active = [c for c in active if c.end_s > shot.start_s]  # one that ended before it overlaps no later shot
+        need = min(min_overlap_s, (shot.end_s - shot.start_s) / 2)
         texts, size = [], 0
         for c in active:
-            if min(c.end_s, shot.end_s) - max(c.start_s, shot.start_s) > min_overlap_s:
+            if min(c.end_s, shot.end_s) - max(c.start_s, shot.start_s) > need:
                 texts.append(c.text)
                 size += len(c.text) + 1
                 if size > MAX_SHOT_TEXT_CHARS:

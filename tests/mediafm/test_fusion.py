@@ -53,6 +53,31 @@ def test_bad_input_is_named(bad, match):
         fuse(v, a, t, present, layout=PRODUCTION.layout)
 
 
+@pytest.mark.parametrize("scale", [1e-23, 1e20, 3e38])
+def test_a_row_of_tiny_or_huge_values_is_still_a_unit_vector(scale):
+    """Its length was taken in float32: squares underflow to 0 near 1e-23 and overflow past 1e19, and the row
+    came out all zeros, with no error, where a unit vector was promised."""
+    v, a, t = _parts(2)
+    v[0] = np.sign(v[0]) * scale
+    present = np.array([[1, 0, 0], [1, 1, 1]], bool)
+    out = fuse(v, a, t, present, layout=PRODUCTION.layout)
+    np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out[0, :768], np.sign(v[0]) / np.sqrt(768), rtol=1e-5)
+
+
+def test_a_present_modality_of_zeros_alone_is_named():
+    """A shot whose only present modality is all zeros has no direction to publish (a producer that sends zeros
+    for a modality it lacks): a ValueError (a 400 from Triton, dead-lettered), not a row of zeros."""
+    v, a, t = _parts(3)
+    v[1] = 0
+    present = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0]], bool)
+    with pytest.raises(ValueError, match=r"shots \[1\]: every modality marked present is all zeros"):
+        fuse(v, a, t, present, layout=PRODUCTION.layout)
+    v[2] = 0  # zeros beside another present modality: the row has a direction
+    assert np.linalg.norm(fuse(v, a, t, np.array([[1, 0, 0], [1, 1, 0], [1, 1, 0]], bool),
+                               layout=PRODUCTION.layout)[2]) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_other_layouts_tile_their_slices():
     lay = Layout("small", video=3, audio=5, text=2, title=4)
     assert lay.fused_dim == 10 and lay.slices["text"] == (8, 10)

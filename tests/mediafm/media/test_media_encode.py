@@ -96,6 +96,61 @@ def test_a_shot_beyond_its_media_is_refused(film):
         list(iter_shot_media(film.path, [*shots[:3], Shot(3, 4.5, 9.0, 108, 216)], **kw))
 
 
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_a_shot_shorter_than_its_samples_gets_only_its_own_frames(film, n):
+    """A shot of n < frames_per_shot frames (TransNetV2 allows 1): each sample is the frame on screen at its
+    time. Before, the nearest frame by timestamp: the later samples of the shot's last frame rounded forward into
+    the next shot (half of a 1-frame shot's samples). The last n frames of shot 0, then shot 1 (another source).
+    Its audio window is at least 0.2 s, centred (a shot under 0.1 s of window counted as having no audio)."""
+    from mediafm.media.decode import iter_video_frames, to_array
+
+    cut = SHOTS[0]
+    short = Shot(0, (cut - n) / FPS, cut / FPS, cut - n, cut)
+    (m,) = iter_shot_media(film.path, [short], frames_per_shot=8, frame_size=64, audio_rate=16000,
+                           audio_window_s=1.0)
+    decoded = [to_array(f, (64, 64), rot).astype(int) for i, _, f, rot in iter_video_frames(film.path)
+               if cut - n <= i <= cut]
+    own, after = decoded[:n], decoded[n]
+    assert np.abs(after - own[-1]).mean() > 5, "the next shot's first frame differs (another source)"
+    for sample in m.frames:
+        assert min(np.abs(sample.astype(int) - f).mean() for f in own) < 0.5, "one of the shot's own frames"
+    from mediafm.media.embed import MIN_AUDIO_S
+
+    assert len(m.audio) >= MIN_AUDIO_S * 16000, "the sound around it (under 0.1 s it counted as no audio)"
+
+
+def test_a_video_whose_last_frame_is_held_long_is_embedded_to_its_end(tmp_path):
+    """Variable frame rate: 50 frames at 25 fps, then one frame at 2.0 s shown for 8 s (an end card, a slideshow,
+    a GIF made MP4). The shot detector ends the video at the last frame's own duration (10 s); iter_shot_media
+    ended it at the last frame plus the gap before it (2.04 s) and refused the detector's shot: "shot 0 spans
+    0.000-10.000 s, but the video ends at 2.040 s", the whole title lost."""
+    from fractions import Fraction
+
+    import av
+
+    from mediafm.media.shots import detect_shots
+
+    path = tmp_path / "held.mp4"
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        st.codec_context.time_base = st.time_base = Fraction(1, 1000)
+        packets = []
+        for k, pts in enumerate([*range(0, 2000, 40), 2000]):
+            img = np.full((48, 64, 3), 200 if k == 50 else (k * 5) % 255, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            packets += st.encode(frame)
+        for packet in [*packets, *st.encode()]:
+            if packet.pts == 2000:
+                packet.duration = 8000  # the last frame is shown for 8 s
+            out.mux(packet)
+    shots = detect_shots(path, detector="content")
+    assert shots[-1].end_s == pytest.approx(10.0, abs=0.05)
+    got = list(iter_shot_media(path, shots, frames_per_shot=8, frame_size=32, audio_rate=16000, audio_window_s=1.0))
+    assert [m.shot.index for m in got] == [s.index for s in shots]
+
+
 def test_embed_finds_triton_down_before_decoding_the_film(film, tmp_path, monkeypatch):
     """Before: `mediafm embed` without Triton decoded and cut the whole film, then waited 120 s for Triton."""
     from conftest import free_port

@@ -122,6 +122,28 @@ def test_ass_override_blocks_and_line_breaks_are_removed(tmp_path):
     assert load_subtitles(path) == [Cue(1.0, 2.5, "Hello world again")]
 
 
+def test_ass_drawings_are_not_text(tmp_path):
+    """Typeset ASS (signs, masks) draws vector shapes between {\\p1} and {\\p0} (or the end of the line): the
+    path commands were kept as the shot's text ("m 0 0 l 1920 0 ..."). \\pos and \\pbo are not drawing mode."""
+    path = _write(tmp_path, "a.ass", ASS_HEAD
+                  + "Dialogue: 0,0:00:01.00,0:00:02.00,Default,,0,0,0,,{\\p1}m 0 0 l 1920 0 1920 1080 0 1080{\\p0}\n"
+                  + "Dialogue: 0,0:00:02.00,0:00:03.00,Default,,0,0,0,,{\\pos(960,80)}Exit{\\p2}m 0 0 b 1 1 2 2\n"
+                  + "Dialogue: 0,0:00:03.00,0:00:04.00,Default,,0,0,0,,Mind{\\p1\\pbo5}m 5 5{\\p0} the gap\n")
+    assert load_subtitles(path) == [Cue(2.0, 3.0, "Exit"), Cue(3.0, 4.0, "Mind the gap")]
+
+
+def test_a_shot_shorter_than_the_overlap_asked_for_has_the_cue_it_lies_in():
+    """align counts a cue that overlaps a shot by more than 0.05 s: a 1-frame shot (0.04 s) inside a cue never had
+    its text. Now more than half of such a shot will do; a cue that only touches it still does not count."""
+    from mediafm.media.shots import Shot
+    from mediafm.media.subtitles import align
+
+    shots = [Shot(0, 0.0, 0.48, 0, 12), Shot(1, 0.48, 0.52, 12, 13), Shot(2, 0.52, 2.0, 13, 48)]
+    assert align([Cue(0.0, 1.0, "hi")], shots) == ["hi", "hi", "hi"]
+    assert align([Cue(0.0, 0.49, "touch")], shots) == ["touch", "", ""]
+    assert align([Cue(0.51, 2.0, "later")], shots) == ["", "", "later"]
+
+
 def test_webvtt_voice_class_and_timestamp_tags_are_removed(tmp_path):
     path = _write(tmp_path, "a.vtt", "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\n"
                   "<v Roger><c.yellow>Hi</c> <00:00:01.500>there <b>you</b> &lt;3</v>\n")
