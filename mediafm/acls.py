@@ -7,7 +7,9 @@
 Every name the pipeline uses starts with topic_prefix: its topics (`<prefix>.titles`, ...: mediafm/topics.py), the
 workers' consumer group (the Faust app id, `<prefix>`) and the topics Faust makes for itself (`<prefix>-...`: table
 changelogs, the assignor's leader topic). So the grants are on names with those prefixes, and one pipeline's user
-cannot touch another's (`mediafm2.titles` does not start with `mediafm.`).
+cannot touch another's (`mediafm2.titles` does not start with `mediafm.`; a prefix has no '.', config.py). One
+overlap is left: Faust's topics are granted as `<prefix>-`, so pipelines `mediafm` and `mediafm-staging` on one
+broker share the second's names; give pipelines that share a broker prefixes of which none is another's plus '-'.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ One typed dataclass, filled in three layers, later wins:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -209,6 +211,19 @@ class Settings:
         self.state_dir = Path(self.state_dir).expanduser()
         self.cache_dir = Path(self.cache_dir).expanduser()
         self.model_repository = Path(self.model_repository).expanduser()
+        # `~` in every path setting, as the shell would (before: media_roots and the TLS files were taken as written,
+        # so `publish` staged media under ./~/ and a worker refused it; `~/ca.pem` was "not a readable CA bundle")
+        self.media_roots = tuple(os.path.expanduser(r) for r in self.media_roots)
+        for key in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "clip_dir", "wav2vec2_dir"):
+            if getattr(self, key, ""):
+                setattr(self, key, os.path.expanduser(getattr(self, key)))
+        for f in fields(self):
+            if f.type == "float" and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"{f.name}={getattr(self, f.name)} must be a finite number")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.topic_prefix):
+            raise ConfigError(f"topic_prefix={self.topic_prefix!r}: use letters, digits, '_' and '-' (no '.': topics "
+                              "are <prefix>.<stage>, and a broker's ACLs grant every name starting '<prefix>.', which "
+                              "would cover a pipeline whose prefix is '<prefix>.<more>')")
         for name in PORT_FIELDS:
             port = getattr(self, name)
             if not 0 < port < 65536:
@@ -312,7 +327,9 @@ def _coerce(name: str, raw: object, typ: str) -> object:
             if word not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError("say true or false")
             return word in ("true", "1", "yes")
-        if typ == "int":
+        if typ == "int":  # a whole number: TOML's 9092.9 or true were cut to 9092 and 1 without a word
+            if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+                raise ValueError("a whole number")
             return int(raw)
         if typ == "float":
             return float(raw)

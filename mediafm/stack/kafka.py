@@ -376,6 +376,10 @@ def grant_acls(settings: Settings) -> int:
 
 
 def _write_config(settings: Settings, java: str) -> Path:
+    if settings.bind_host in ("0.0.0.0", "::", "[::]", ""):  # Kafka refuses to start: "cannot use the nonroutable"
+        raise ConfigError(f"bind_host={settings.bind_host!r}: the local broker tells its clients this address (its "
+                          "advertised listener, its certificate), and Kafka refuses a wildcard there; give this "
+                          "machine's address on the network to expose it to (e.g. 192.168.1.10), or keep 127.0.0.1")
     d = _dir(settings)
     d.mkdir(parents=True, exist_ok=True)
     h, p, c = settings.bind_host, settings.kafka_port, settings.kafka_controller_port

@@ -33,6 +33,12 @@ def test_loopback_by_default():
     ({"MEDIAFM_LIVE_DECODED_MB": "-1"}, "live_decoded_mb=-1 must be >= 0"),
     ({"MEDIAFM_TABLE_MEMORY_MB": "4"}, "table_memory_mb=4 must be >= 8"),
     ({"MEDIAFM_HELD_SHOTS_MB": "-1"}, "held_shots_mb=-1 must be >= 0"),
+    # "no limit" said as inf (or nan) passed the > 0 check and broke every decode (math.ceil(inf * fps))
+    ({"MEDIAFM_MAX_MEDIA_DURATION_S": "inf"}, "max_media_duration_s=inf must be a finite number"),
+    ({"MEDIAFM_AUDIO_WINDOW_S": "nan"}, "audio_window_s=nan must be a finite number"),
+    # ACLs grant '<prefix>.': a dotted prefix would share another pipeline's ('mediafm' and 'mediafm.eu')
+    ({"MEDIAFM_TOPIC_PREFIX": "mediafm.eu"}, r"topic_prefix='mediafm.eu': use letters, digits, '_' and '-' \(no '.'"),
+    ({"MEDIAFM_TOPIC_PREFIX": ""}, "topic_prefix='': use letters"),
 ])
 def test_bad_values_are_named(env, match, monkeypatch):
     for k, v in env.items():
@@ -57,3 +63,37 @@ def test_private_ports_are_distinct_and_free(tmp_path):
     for port in ports.values():  # nothing listens there: each can be bound
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_toml_numbers_that_are_not_whole_are_refused_for_whole_settings(tmp_path):
+    """int(9092.9) and int(True) cut a TOML value to 9092 and 1 without a word; the environment refused "9092.9"."""
+    cfg = tmp_path / "m.toml"
+    for text, match in (("kafka_port = 9092.9", r"kafka_port=9092.9 is not a valid int: a whole number"),
+                        ("partitions = true", r"partitions=True is not a valid int: a whole number")):
+        cfg.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=match):
+            Settings.load(cfg)
+    cfg.write_text("partitions = 4.0\n")
+    assert Settings.load(cfg).partitions == 4
+
+
+def test_paths_expand_the_home_directory(tmp_path, monkeypatch):
+    """`publish` staged media under a literal ./~/ (and the worker refused it) and `~/ca.pem` was "not a readable CA
+    bundle": media_roots and the TLS files were taken as written, where state_dir and the others expanded `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = Settings(media_roots=("~/media", "/srv/media"), kafka_security_protocol="SSL", kafka_ssl_cafile="~/ca.pem",
+                 kafka_ssl_certfile="~/me.pem", kafka_ssl_keyfile="~/me.key")
+    assert s.media_roots == (str(tmp_path / "media"), "/srv/media") == s.worker_media_roots
+    assert (s.kafka_ssl_cafile, s.kafka_ssl_certfile, s.kafka_ssl_keyfile) == \
+        (str(tmp_path / "ca.pem"), str(tmp_path / "me.pem"), str(tmp_path / "me.key"))
+
+
+def test_the_local_broker_refuses_a_wildcard_bind_host_naming_the_fix(tmp_path):
+    """bind_host=0.0.0.0 (what a worker in a container binds its web port to) made the local broker advertise
+    0.0.0.0, which Kafka refuses at start: `stack up` failed with "kafka exited while starting"."""
+    from mediafm.stack import kafka
+
+    s = Settings(state_dir=tmp_path, bind_host="0.0.0.0")
+    with pytest.raises(ConfigError, match=r"bind_host='0.0.0.0': the local broker tells its clients this address"):
+        kafka._write_config(s, "java")
+    assert not (tmp_path / "kafka").exists()
