@@ -195,7 +195,8 @@ def _world_knobs(specs: list[str]) -> dict:
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.export import export
 
-    version, path, loaded = export(args.run, settings=settings, checkpoint=args.checkpoint, load=not args.no_load)
+    version, path, loaded = export(args.run, settings=settings, checkpoint=args.checkpoint, load=not args.no_load,
+                                   model=args.model)
     print(f"exported {args.run} as {path.parent.name} version {version} ({path}); "
           + (f"Triton at {settings.triton_http_url} now serves it" if loaded else
              "not loaded (no Triton running, or --no-load): `mediafm stack up` serves it"))
@@ -384,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="run directory of `mediafm train`")
     s.add_argument("--checkpoint", help="a specific checkpoint file (default: the run's latest)")
     s.add_argument("--no-load", action="store_true", help="only write the version; do not ask Triton to load it")
+    s.add_argument("--model", help="the Triton model to export to (default: the one of the encoder profile whose "
+                   "widths the run takes; a run of other widths is refused without it)")
     s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("shots", help="cut a video into shots (TransNetV2 or PySceneDetect) and print them",

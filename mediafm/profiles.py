@@ -95,9 +95,10 @@ def profile_for_widths(video: int, audio: int, text: int) -> EncoderProfile:
                       f"known: {known}")
 
 
-def mediafm_model_for(fused_dim: int, title_dim: int) -> str:
-    """The Triton model a MediaFM run with these input widths is served by: its profile's, else `mediafm`."""
+def mediafm_model_for(fused_dim: int, title_dim: int) -> str | None:
+    """The Triton model a MediaFM run with these input widths is served by: its profile's; None when no profile
+    has them (before: `mediafm`, the production model, which then refused every production window)."""
     for p in PROFILES.values():
         if (p.layout.fused_dim, p.layout.title) == (fused_dim, title_dim):
             return p.mediafm_model
-    return PRODUCTION.mediafm_model
+    return None

@@ -34,8 +34,8 @@ from trainer.train import latest_checkpoint, load_checkpoint
 def record_max_shots(config: Path, max_shots: int) -> None:
     """Set the served model config's max_shots parameter (replaced in place, written atomically).
 
-    Triton reads it with the config when it loads the new version; the python backend refuses a version
-    whose weights disagree (mediafm/served_mediafm.py), and the workers cut their windows to it.
+    Triton reads it with the config when it loads the new version; the python backend warns of a version whose
+    weights disagree (mediafm/served_mediafm.py), and the workers cut their windows to what it answers.
     """
     text = config.read_text()
     line = f'parameters {{ key: "{MAX_SHOTS_PARAM}" value: {{ string_value: "{max_shots}" }} }}'
@@ -51,10 +51,10 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None = None, load: bool = True,
-           timeout_s: float = 300.0) -> tuple[int, Path, bool]:
+           timeout_s: float = 300.0, model: str | None = None) -> tuple[int, Path, bool]:
     """Returns (version, directory, loaded): loaded is False when no Triton was running
     (the version is then served from the next `mediafm stack up`)."""
-    run = Path(run)
+    run, target = Path(run), model  # `model`: the Triton model's name (the checkpoint's model is loaded below)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
     if checkpoint and not ckpt.is_file():
         raise ModelError(f"--checkpoint {ckpt}: no such checkpoint file (the run's are in {run / 'checkpoints'})")
@@ -64,7 +64,14 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
     encoder, cfg = model.encoder, model.cfg
     check_encoder(encoder)
 
-    name = mediafm_model_for(cfg.fused_dim, cfg.title_dim)  # one Triton model per encoder profile
+    name = target or mediafm_model_for(cfg.fused_dim, cfg.title_dim)  # one Triton model per encoder profile
+    if name is None:
+        from mediafm.profiles import PROFILES
+
+        known = ", ".join(f"{p.name} {p.layout.fused_dim}/{p.layout.title}" for p in PROFILES.values())
+        raise ModelError(f"{run} takes fused_dim={cfg.fused_dim}, title_dim={cfg.title_dim}, which no encoder profile "
+                         f"feeds ({known}): the pipeline could not serve it. Train on a dataset of a profile, or "
+                         "name the Triton model to export it to (--model NAME, a folder of the model repository)")
     model_dir = settings.model_repository / name
     if not (model_dir / "config.pbtxt").exists():
         raise ModelError(f"{model_dir / 'config.pbtxt'} is missing; is MEDIAFM_MODEL_REPOSITORY right?")

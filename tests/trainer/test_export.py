@@ -45,7 +45,7 @@ def _served_version(settings) -> str:
 
 
 def test_export_serves_and_matches_in_process(triton_stack, run):
-    version, path, loaded = export(run, settings=triton_stack)
+    version, path, loaded = export(run, settings=triton_stack, model="mediafm")
     assert loaded
     assert _served_version(triton_stack) == str(version)
     lineage = json.loads((path / "lineage.json").read_text())
@@ -61,7 +61,7 @@ def test_export_serves_and_matches_in_process(triton_stack, run):
 
 
 def test_new_version_loads_while_the_old_keeps_answering(triton_stack, run):
-    before, _, _ = export(run, settings=triton_stack)
+    before, _, _ = export(run, settings=triton_stack, model="mediafm")
     errors, answered, stop = [], [], threading.Event()
 
     def client():
@@ -92,7 +92,7 @@ def test_new_version_loads_while_the_old_keeps_answering(triton_stack, run):
     t.start()
     try:
         wait_for(lambda: answered, "the old version answers before the export")
-        version, _, _ = export(run, settings=triton_stack)
+        version, _, _ = export(run, settings=triton_stack, model="mediafm")
         seen = len(answered)
         wait_for(lambda: len(answered) > seen + 2, "requests after the export")  # the new one answers them
     finally:
@@ -114,16 +114,16 @@ def test_non_finite_weights_are_rejected_before_anything_is_written(triton_stack
     repo = triton_stack.model_repository / "mediafm"
     before = sorted(p.name for p in repo.iterdir())
     with pytest.raises(ModelError, match="NaN/inf in 1 tensors"):
-        export(run, settings=triton_stack, checkpoint=bad)
+        export(run, settings=triton_stack, model="mediafm", checkpoint=bad)
     assert sorted(p.name for p in repo.iterdir()) == before
 
 
 def test_version_triton_refuses_is_moved_aside_and_old_keeps_serving(triton_stack, run, monkeypatch):
-    export(run, settings=triton_stack)  # this module's 96-d model, whatever other tests served
+    export(run, settings=triton_stack, model="mediafm")  # this module's 96-d model, whatever other tests served
     old = _served_version(triton_stack)
     monkeypatch.setattr(export_mod, "MODEL_PY", "raise RuntimeError('broken on purpose')\n")
     with pytest.raises(ModelError, match=rf"Triton refused version {int(old) + 1}.*version {old} keeps serving"):
-        export(run, settings=triton_stack)
+        export(run, settings=triton_stack, model="mediafm")
     assert _served_version(triton_stack) == old
     assert not (triton_stack.model_repository / "mediafm" / str(int(old) + 1)).exists()
     assert list((triton_stack.model_repository / "mediafm").glob(f".rejected-{int(old) + 1}-*"))
@@ -131,7 +131,7 @@ def test_version_triton_refuses_is_moved_aside_and_old_keeps_serving(triton_stac
 
 
 def test_bad_window_is_an_error_response(triton_stack, run):
-    export(run, settings=triton_stack)
+    export(run, settings=triton_stack, model="mediafm")
     x = _window()
     x["SHOTS"] = x["SHOTS"][:, :, :50]
     with pytest.raises(BadRequest, match="SHOTS has dim 50, this model takes fused_dim=96"):
@@ -171,3 +171,33 @@ def test_a_checkpoint_path_that_is_not_there_is_named(tmp_path, run):
     missing = Path(run) / "checkpoints" / "step-9999999.pt"
     with pytest.raises(ModelError, match=r"--checkpoint .*step-9999999\.pt: no such checkpoint file \(the run's are"):
         export(run, settings=Settings(state_dir=tmp_path), checkpoint=missing, load=False)
+
+
+def test_a_run_no_profile_feeds_is_not_exported_into_the_production_model(tmp_path, run):
+    """A 96/32 run (a synthetic layout) went to `mediafm`, the production model, whenever no profile matched: Triton
+    loaded it (its dims are -1) and then refused every production window ("SHOTS has dim 2304") until the next
+    export. Now it is refused, naming the profiles' widths, unless --model names where it goes."""
+    from mediafm.config import Settings
+
+    repo = tmp_path / "repo"
+    with pytest.raises(ModelError, match=r"takes fused_dim=96, title_dim=32, which no encoder profile feeds "
+                                         r"\(production 2304/768, offline 2176/384\).*--model NAME"):
+        export(run, settings=Settings(state_dir=tmp_path, model_repository=repo), load=False)
+    assert not repo.exists()
+
+
+def test_a_model_of_windows_under_8_shots_is_checked_and_exported(tmp_path):
+    """check_encoder ran an 8-shot window whatever the model took: a run with --max_shots 4 failed its export with
+    an AssertionError (a traceback), though live_right_context 2 serves it."""
+    from mediafm.config import REPO_ROOT, Settings
+
+    data = write_corpus(tmp_path / "data", n_titles=6, layout=LAYOUT, seed=0, shots=(10, 20))
+    train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=1, batch_size=2, eval_every=1, ckpt_every=1,
+                                              val_batches=1), {"max_shots": 4}, quiet=True)
+    (tmp_path / "repo" / "mediafm").mkdir(parents=True)
+    (tmp_path / "repo" / "mediafm" / "config.pbtxt").write_bytes(
+        (REPO_ROOT / "model_repository" / "mediafm" / "config.pbtxt").read_bytes())
+    version, path, loaded = export(tmp_path / "run", settings=Settings(state_dir=tmp_path, live_right_context=2,
+                                                                        model_repository=tmp_path / "repo"),
+                                   load=False, model="mediafm")
+    assert (version, loaded) == (1, False) and path == tmp_path / "repo" / "mediafm" / "1"
