@@ -46,6 +46,18 @@ def _shot(eid: str, i: int, n: int | None, rng, kind: str = "live") -> bytes:
                      title_embedding=vec_to_bytes(np.ones(LAY.title))).to_bytes()
 
 
+def _last_records(settings, topic: str) -> dict[bytes, bytes | None]:
+    """Each key's last record on `topic` (a changelog: None for a tombstone), read to its end offsets."""
+    last: dict[bytes, bytes | None] = {}
+    tail = Tail(settings, topic, from_beginning=True)
+    try:
+        for rec in tail.to_end(timeout_s=60):
+            last[rec.key] = rec.value
+    finally:
+        tail.close()
+    return last
+
+
 def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack, triton_stack, tmp_path):
     data = write_corpus(tmp_path / "data", n_titles=6, layout=LAY, seed=0, shots=(20, 40))
     train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
@@ -120,13 +132,7 @@ def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack,
 
     # What the tables hold, as their changelogs on the broker say (last record per key): the ended event holds
     # none of its shots (an event longer than a window once leaked one), and its progress says it is over.
-    last: dict[bytes, bytes | None] = {}
-    held = Tail(s, f"{s.topic_prefix}-live-shots-changelog", from_beginning=True)
-    try:
-        for rec in held.to_end(timeout_s=60):
-            last[rec.key] = rec.value
-    finally:
-        held.close()
+    last = _last_records(s, f"{s.topic_prefix}-live-shots-changelog")
     written = {k for k in last if k.startswith(f"{eid}/".encode())}
     assert len(written) == n, f"{len(written)} of the event's {n} shots were ever held"
     assert not [k for k in written if last[k] is not None], "the ended event still holds shots"
@@ -184,12 +190,6 @@ def test_a_live_event_goes_on_past_shots_lost_upstream(kafka_stack, triton_stack
         letters.close()
     assert {i: sorted(k) for i, k in kinds.items()} == {i: [False, True] for i in range(n) if i not in lost}
     assert not [d for d in dead if eid.encode() in d], dead
-    last: dict[bytes, bytes | None] = {}
-    held = Tail(s, f"{s.topic_prefix}-live-shots-changelog", from_beginning=True)
-    try:
-        for rec in held.to_end(timeout_s=60):
-            last[rec.key] = rec.value
-    finally:
-        held.close()
+    last = _last_records(s, f"{s.topic_prefix}-live-shots-changelog")
     written = {k for k in last if k.startswith(f"{eid}/".encode())}
     assert len(written) == n - len(lost) and not [k for k in written if last[k] is not None], "held after its end"

@@ -74,6 +74,16 @@ def test_a_restarted_worker_numbers_frames_and_shots_where_the_event_was(tmp_pat
     assert _run_event(settings, segs, vtts, restart_at=restarts) == straight
 
 
+def _segment(cutter, state: dict, seg: LiveSegment):
+    """One segment of event "ev" through the live segment logic, as the agent runs it (no timed text):
+    (the event's record, through the table as the agent keeps it; the refs of the shots it closed)."""
+    shots, n_frames, end_s = cutter.push(state, seg, seg.uri)
+    segment.pushed(state, seg.uri, seg.start_s, n_frames, end_s)
+    refs = cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
+    segment.advance(state, seg, shots)
+    return msgpack.unpackb(msgpack.packb(state)), refs
+
+
 @pytest.mark.parametrize("restart", [False, True])
 def test_an_event_whose_last_segment_fails_closes_its_open_shot_with_the_media_before_it(tmp_path, restart):
     """The segment agent's path for a last segment it cannot read: forget the detector, close() the event from the
@@ -85,12 +95,8 @@ def test_an_event_whose_last_segment_fails_closes_its_open_shot_with_the_media_b
     cutter, state, refs = segment.LiveCutter(settings), None, []
     for k, (path, start) in enumerate(segs[:-1]):
         seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start)
-        state = state or segment.new_state(seg)
-        shots, n_frames, end_s = cutter.push(state, seg, str(path))
-        segment.pushed(state, str(path), start, n_frames, end_s)
-        refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
-        segment.advance(state, seg, shots)
-        state = msgpack.unpackb(msgpack.packb(state))
+        state, closed = _segment(cutter, state or segment.new_state(seg), seg)
+        refs += closed
     last = LiveSegment(event_id="ev", segment_index=len(segs) - 1, uri=str(tmp_path / "gone.ts"),
                        start_s=segs[-1][1], last=True)
     if restart:
@@ -125,12 +131,8 @@ def test_a_restarted_worker_whose_segments_to_replay_are_gone_goes_on_from_the_n
             for uri, *_ in state["segments"]:
                 Path(uri).unlink()
             cutter, frames_before = segment.LiveCutter(settings), state["frames"]
-        state = state or segment.new_state(seg)
-        shots, n_frames, end_s = cutter.push(state, seg, str(path))
-        segment.pushed(state, str(path), start, n_frames, end_s)
-        refs += cutter.refs(state, seg, shots, TitleMeta("ev", kind="live"))
-        segment.advance(state, seg, shots)
-        state = msgpack.unpackb(msgpack.packb(state))
+        state, closed = _segment(cutter, state or segment.new_state(seg), seg)
+        refs += closed
     got = [(r.shot_index, r.start_frame, r.end_frame) for r in refs]
     assert [i for i, _, _ in got] == list(range(len(got)))
     assert got[0] == (0, 0, 30), "the shot closed before the restart"

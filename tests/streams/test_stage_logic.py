@@ -445,22 +445,11 @@ def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_
     assert "does not hold it" in letters[0]
 
 
-@pytest.mark.parametrize("n", [1, 8, 9, 10, 40])
-def test_a_live_event_that_ended_holds_none_of_its_shots(n):
-    """Before: an event longer than its window (window_shots) ended with one fused shot left in the live-shots
-    table (shot n - 1 - window_shots), for good: 9 KB of table and changelog for each such event, every event.
-    A redelivered last shot (a kill after the progress record, before the deletes) deletes what is left."""
-    import asyncio
+def _live_stage(contextualise_):
+    """The live stage on dict tables (no broker), windows of 8 shots, right context 2; (LiveEvents, tables)."""
     from types import SimpleNamespace
 
     from streams.live import LiveEvents
-
-    passes = []
-
-    async def contextualise_(shots, windows_for, *, n_shots, version=""):
-        (w,), picks = windows_for(len(shots), 1)
-        passes.append((w.start, w.end, len(picks)))
-        return len(picks), "1"
 
     async def acked():
         pass
@@ -469,7 +458,25 @@ def test_a_live_event_that_ended_holds_none_of_its_shots(n):
     rt = SimpleNamespace(settings=Settings(window_shots=8, window_stride=4, live_right_context=2),
                          table=lambda name: tables.setdefault(name, {}), contextualise=contextualise_,
                          sends_acknowledged=acked)
-    live = LiveEvents(rt)
+    return LiveEvents(rt), tables
+
+
+@pytest.mark.parametrize("n", [1, 8, 9, 10, 40])
+def test_a_live_event_that_ended_holds_none_of_its_shots(n):
+    """Before: an event longer than its window (window_shots) ended with one fused shot left in the live-shots
+    table (shot n - 1 - window_shots), for good: 9 KB of table and changelog for each such event, every event.
+    A redelivered last shot (a kill after the progress record, before the deletes) deletes what is left."""
+    import asyncio
+
+
+    passes = []
+
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        (w,), picks = windows_for(len(shots), 1)
+        passes.append((w.start, w.end, len(picks)))
+        return len(picks), "1"
+
+    live, tables = _live_stage(contextualise_)
     shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
              for i in range(n)]
 
@@ -519,9 +526,7 @@ def test_a_live_event_goes_on_past_shots_lost_upstream():
     shot ended the event's embeddings, and its held shots stayed in the table for good. Now the gap is counted and
     each shot that arrives gets one provisional and one final, from windows of the shots there are."""
     import asyncio
-    from types import SimpleNamespace
 
-    from streams.live import LiveEvents
 
     n, lost = 40, {0, 10, 20, 21, 22, 37}
     provisional, final, windows = [], [], []
@@ -537,14 +542,7 @@ def test_a_live_event_goes_on_past_shots_lost_upstream():
                 windows.append((i, w.end))
         return len(picks), "1"
 
-    async def acked():
-        pass
-
-    tables: dict[str, dict] = {}
-    rt = SimpleNamespace(settings=Settings(window_shots=8, window_stride=4, live_right_context=2),
-                         table=lambda name: tables.setdefault(name, {}), contextualise=contextualise_,
-                         sends_acknowledged=acked)
-    live = LiveEvents(rt)
+    live, tables = _live_stage(contextualise_)
     arrive = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i >= 38 else None), title_id="ev", kind="live")
               for i in range(n) if i not in lost]
 
