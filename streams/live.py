@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 
-from mediafm.errors import VersionRetired
+from mediafm.errors import SchemaError, VersionRetired
 from mediafm.schema import FusedShot, decode
 from mediafm.windows import Window
 from streams import metrics
@@ -63,14 +63,24 @@ class LiveEvents:
                       st: LiveProgress) -> None:
         """One MediaFM pass over the window ending at shot `end` (exclusive), as long as the served model
         takes, on the event's version (st.version, pinned by its first pass); the provisional and final
-        embeddings it yields, in index order."""
-        start = max(0, end - self.rt.settings.window_shots)  # every shot a window may hold is kept
-        held = (self.shots.get(self.key(event_id, i)) for i in range(start, end))  # less those lost upstream
+        embeddings it yields, in index order. A final the window cannot hold (a gap of lost shots longer than
+        a window since it) gets a window ending at it, run in the same request."""
+        most = self.rt.settings.window_shots  # every shot a window may hold is kept
+        wanted = set(range(max(0, end - most), end))
+        for j in final:
+            if j < end - most:
+                wanted.update(range(max(0, j + 1 - most), j + 1))
+        held = (self.shots.get(self.key(event_id, i)) for i in sorted(wanted))  # less those lost upstream
         shots = [decode(raw, expect=FusedShot) for raw in held if raw is not None]
-        picks = sorted([(i, 0, False) for i in provisional] + [(i, 0, True) for i in final])
+        picks = sorted([(i, False) for i in provisional] + [(i, True) for i in final])
 
         def windows_for(size: int, _stride: int):
-            return [Window(max(0, end - size), end)], picks
+            windows, out = [Window(max(0, end - size), end)], []
+            for i, is_final in reversed(picks):
+                if i < windows[-1].start:
+                    windows.append(Window(max(0, i + 1 - size), i + 1))
+                out.append((i, len(windows) - 1, is_final))
+            return windows, out[::-1]
 
         try:
             published, st.version = await self.rt.contextualise(shots, windows_for, n_shots=st.n,
@@ -93,33 +103,41 @@ class LiveEvents:
                 for j in range(max(0, st.n - 1 - self.rt.settings.window_shots), st.n):
                     self.shots.pop(self.key(eid, j), None)
             return
+        if st.profile and shot.profile != st.profile:  # refused before it is held: every window would refuse it
+            raise SchemaError(f"shot {shot.shot_index} of live event {eid!r} is of profile {shot.profile!r}, the "
+                              f"event's shots before it of {st.profile!r}: one event, one profile (a worker of "
+                              "another encoder_profile cut or encoded it?)")
+        st.profile = shot.profile
         i, was = shot.shot_index, st.next
         if i > st.next:  # shots order is kept on every stage, so those before it were lost (dead-lettered) upstream
             st.lost += i - st.next
             metrics.live_shots_lost.inc(i - st.next)
-            log.warning("live event %s: shots %d-%d never reached this stage (dead-lettered upstream, where the "
+            log.warning("live event %s: shots %d-%d never reached this stage or were refused by it (dead-lettered, where the "
                         "reason is); the event goes on without them, its windows holding the shots there are",
                         eid, st.next, i - 1)
         self.shots[self.key(eid, i)] = shot.to_bytes()
         if shot.n_shots is not None:
             st.n = shot.n_shots
         size, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
+        # What the table may hold of the event: the window before the shots' next one, and this shot. Only these
+        # are looked at, so a jump in the indices (a gap, a hostile index of a billion) costs no more than a window.
+        held = [*range(max(0, was - size), was), i]
         if i - R >= st.final:  # shot i - R has its right context now (and any before it a gap skipped over)
-            final = [j for j in range(st.final, i - R + 1) if self.key(eid, j) in self.shots]
+            final = [j for j in held if st.final <= j <= i - R and self.key(eid, j) in self.shots]
             st.final = i - R + 1
         else:
             final = []
         await self.publish(eid, i + 1, [i], final, st)
         st.next = i + 1
         if st.n is not None and st.next == st.n:  # the event is over: finalise the rest
-            rest = [j for j in range(st.final, st.n) if self.key(eid, j) in self.shots]
+            rest = [j for j in held if j >= st.final and self.key(eid, j) in self.shots]
             if rest:
                 await self.publish(eid, st.n, [], rest, st)
             st.final = st.n
-            unused = range(max(0, was - size), st.n)  # all it holds: the last window's shots, and the one before it
+            unused = held  # all it holds: the last window's shots, and the one before it
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:
-            unused = range(max(0, was - size), i + 1 - size)  # no longer inside any future window (after a gap: more)
+            unused = [j for j in held if j < i + 1 - size]  # no longer inside any future window (after a gap: more)
         # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
         # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
         # and that progress before the shots it makes unused are deleted.

@@ -4,7 +4,7 @@ TitleProgress (contextualise-titles): which of a title's n shots have arrived, t
 partition of the fused topic (streams/fused_source.py reads them back from there), and whether it is done
 (or where a publication whose shots were gone was given up).
 LiveProgress (live-events): the next shot expected, how many have their final embedding, n once known,
-and the MediaFM version the event is pinned to.
+the MediaFM version the event is pinned to, and its shots' profile.
 
 The wire formats extend those the tables have always held, so state written by
 an older worker is read by a newer one. One exception: a title in flight under a
@@ -96,15 +96,18 @@ class LiveProgress:
     """The MediaFM version that made the event's first embeddings: all of its embeddings ask for it."""
     lost: int = 0
     """Shots that never arrived (dead-lettered upstream): the event went on without them."""
+    profile: str = ""
+    """The encoder profile of the event's shots ("": none yet, or a record from before it was kept)."""
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LiveProgress:
         d = msgpack.unpackb(raw)
-        return cls(next=d["next"], final=d["final"], n=d["n"], version=d.get("version", ""), lost=d.get("lost", 0))
+        return cls(next=d["next"], final=d["final"], n=d["n"], version=d.get("version", ""), lost=d.get("lost", 0),
+                   profile=d.get("profile", ""))
 
     def to_bytes(self) -> bytes:
         return msgpack.packb({"next": self.next, "final": self.final, "n": self.n, "version": self.version,
-                              "lost": self.lost})
+                              "lost": self.lost, "profile": self.profile})
 
     @property
     def over(self) -> bool:

@@ -560,6 +560,155 @@ def test_a_live_event_goes_on_past_shots_lost_upstream():
     assert st.over and st.lost == len(lost)
 
 
+def _through_runtime(served_shots: int = 8):
+    """Runtime.contextualise itself (its window mapping and row checks) over a stand-in Triton answering each
+    row with the shot's own fused vector, the served model taking windows of `served_shots`:
+    (contextualise, the ContextualEmbeddings sent, the local windows of each call)."""
+    from types import SimpleNamespace
+
+    from mediafm.schema import ContextualEmbedding, decode
+    from streams.runtime import Runtime
+
+    sent, calls = [], []
+
+    async def run_windows(fused, title, local, rows, profile, version=""):
+        calls.append(local)
+        for k, r in rows:
+            if not 0 <= r < local[k].end - local[k].start:  # as the real one refuses it
+                raise IndexError("rows wanted from outside their window")
+        return np.stack([fused[local[k].start + r] for k, r in rows]), "1"
+
+    async def plan(profile):
+        return served_shots, served_shots // 2
+
+    async def send(topic, key, value):
+        sent.append(decode(value, expect=ContextualEmbedding))
+
+    async def acked():
+        pass
+
+    me = SimpleNamespace(settings=Settings(), window_plan=plan, run_windows=run_windows, send=send,
+                         sends_acknowledged=acked, topics=SimpleNamespace(embeddings="e"))
+
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        return await Runtime.contextualise(me, shots, windows_for, n_shots=n_shots, version=version)
+
+    return contextualise_, sent, calls
+
+
+@pytest.mark.parametrize("served", [8, 4])
+def test_a_live_event_goes_on_past_a_gap_longer_than_its_window(served):
+    """Shots 6-29 of a 40-shot event are lost upstream, more than a window (8 shots; the served model may take
+    fewer). Before, the finals still owed to shots 4 and 5 were asked of the window ending at shot 30, which does
+    not hold them: KeyError in Runtime.contextualise, shot 30 dead-lettered, the event's record never written
+    again, and so every later shot of the event dead-lettered the same way. Now those finals get a window
+    ending at them, in the same request, and each shot that came has one provisional and one final, of its own
+    vector, from a window that holds it."""
+    import asyncio
+
+    contextualise_, sent, _ = _through_runtime(served)
+    live, tables = _live_stage(contextualise_)
+    n, lost = 40, set(range(6, 30))
+    rng = np.random.default_rng(1)
+    vecs = {i: (v := rng.normal(size=LAY.fused_dim)) / np.linalg.norm(v) for i in range(n)}
+    arrive = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None, fused=vec_to_bytes(vecs[i])),
+                                  title_id="ev", kind="live") for i in range(n) if i not in lost]
+
+    async def main():
+        for s in arrive:
+            await live.on_shot(s)
+            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
+
+    asyncio.run(main())
+    kept = [i for i in range(n) if i not in lost]
+    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, False) for i in kept] + [(i, True) for i in kept])
+    for m in sent:
+        assert m.window_start <= m.shot_index < m.window_end and m.window_end - m.window_start <= served
+        assert np.allclose(m.vector(), vecs[m.shot_index], atol=1e-6), m.shot_index
+    late = {m.shot_index: m for m in sent if m.final and m.shot_index in (4, 5)}
+    assert [late[4].window_end, late[5].window_end] == [6, 6], "the finals left behind: a window ending at them"
+    st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
+    assert st.over and st.lost == len(lost) and tables["live-shots"] == {}
+
+
+def test_a_jump_in_a_live_events_indices_costs_a_window_of_lookups_not_the_jump():
+    """A hostile live shot, index a billion less one, carrying n_shots of a billion, after shots 0-3. Before, the
+    stage looked up (and deleted) every index of the jump in its table: a billion RocksDB calls in one go, the
+    worker's event loop blocked for hours. Now it looks at what the table can hold, a window's worth, and the
+    event ends with every shot that came finalised."""
+    import asyncio
+
+    from mediafm.schema import MAX_INDEX
+
+    class Counted(dict):
+        looked = 0
+
+        def __contains__(self, k):
+            Counted.looked += 1
+            return super().__contains__(k)
+
+        def get(self, k, default=None):
+            Counted.looked += 1
+            return super().get(k, default)
+
+        def pop(self, k, *default):
+            Counted.looked += 1
+            return super().pop(k, *default)
+
+    contextualise_, sent, _ = _through_runtime(8)
+    live, tables = _live_stage(contextualise_)
+    live.shots = tables["live-shots"] = Counted()
+    n = min(10**9, MAX_INDEX + 1)
+    arrive = [dataclasses.replace(_fused(shot_index=i, n_shots=None), title_id="ev", kind="live") for i in range(4)]
+    arrive.append(dataclasses.replace(_fused(shot_index=n - 1, n_shots=n), title_id="ev", kind="live"))
+
+    async def main():
+        for s in arrive:
+            await live.on_shot(s)
+
+    asyncio.run(main())
+    assert Counted.looked < 200, Counted.looked
+    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, f) for i in [0, 1, 2, 3, n - 1]
+                                                                    for f in (False, True)])
+    st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
+    assert st.over and st.lost == n - 5 and tables["live-shots"] == {}
+
+
+def test_a_live_shot_of_another_profile_is_refused_and_the_event_goes_on():
+    """One shot of an offline-profile event comes encoded under another profile (a worker started with another
+    encoder_profile). Before, it was held, every window holding it was refused ("one title, one profile"), and
+    every later shot of the event was dead-lettered until it left the window. Now that shot is refused before it
+    is held, naming both profiles, and the others each get one provisional and one final."""
+    import asyncio
+
+    from mediafm.profiles import PRODUCTION
+
+    contextualise_, sent, _ = _through_runtime(8)
+    live, tables = _live_stage(contextualise_)
+    n, odd = 12, 5
+    other = PRODUCTION.layout
+    shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
+             for i in range(n)]
+    shots[odd] = dataclasses.replace(shots[odd], profile=PRODUCTION.name, fused=vec_to_bytes(np.ones(other.fused_dim)))
+
+    async def main():
+        refused = []
+        for s in shots:
+            try:
+                await live.on_shot(s)
+            except SchemaError as e:
+                refused.append((s.shot_index, str(e)))
+        return refused
+
+    refused = asyncio.run(main())
+    assert [i for i, _ in refused] == [odd]
+    assert f"profile {PRODUCTION.name!r}" in refused[0][1] and "'offline'" in refused[0][1], refused
+    kept = [i for i in range(n) if i != odd]
+    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, False) for i in kept] + [(i, True) for i in kept])
+    st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
+    assert st.over and st.lost == 1 and st.profile == "offline"
+
+
 def test_contextualise_maps_a_window_with_gaps_to_its_shots():
     """Runtime.contextualise (the one publishing path) takes a live window that lacks shots lost upstream: each
     pick's row is its own shot's, not the shot at its offset from the window's first."""
