@@ -240,22 +240,26 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.fused, name=f"{__name__}.contextualise")
     async def contextualise(stream):
         async for events in rt.batches(stream, BATCH, WITHIN_S):
-            for event in events:
-                metrics.messages.labels(STAGE).inc()
-                stage = STAGE
-                try:
-                    with processing(event):
-                        shots = parse(event.message.value)  # all checked before any is counted
-                        size = len(event.message.value) // len(shots)
-                        for shot in shots:
-                            if shot.kind == "live":
-                                stage = "live"
-                                await live.on_shot(shot)
-                            else:
-                                await titles.on_shot(shot, event, size)
-                except BadInput as e:
-                    await rt.dead_letter(stage, event, str(e))
-                except Exception as e:  # unforeseen: say so, never lose the batch with the agent
-                    log.exception("%s failed", stage)
-                    await rt.dead_letter(stage, event, f"{stage} failed: {type(e).__name__}: {e}")
-            titles.flush()
+            with rt.failure_stops():
+                for event in events:
+                    await on_record(event)
+                titles.flush()
+
+    async def on_record(event) -> None:
+        metrics.messages.labels(STAGE).inc()
+        stage = STAGE
+        try:
+            with processing(event):
+                shots = parse(event.message.value)  # all checked before any is counted
+                size = len(event.message.value) // len(shots)
+                for shot in shots:
+                    if shot.kind == "live":
+                        stage = "live"
+                        await live.on_shot(shot)
+                    else:
+                        await titles.on_shot(shot, event, size)
+        except BadInput as e:
+            await rt.dead_letter(stage, event, str(e))
+        except Exception as e:  # unforeseen: say so, never lose the batch with the agent
+            log.exception("%s failed", stage)
+            await rt.dead_letter(stage, event, f"{stage} failed: {type(e).__name__}: {e}")

@@ -300,7 +300,8 @@ class Runtime:
         while its event's table writes were still buffered, and a crash then would lose them with nothing to
         redeliver the event (read from Faust's code; not seen in a test run). It also says when a partition's
         offsets jump within one consumer generation: messages that never reached the agent (the loss
-        `_hold_streams_until_seek` closes), logged and counted.
+        `_hold_streams_until_seek` closes), logged and counted. Run each event's body inside
+        `with rt.failure_stops():`.
         """
         last: dict = {}  # TP -> (consumer generation, offset) of the last event from it
         async for event in stream.events():
@@ -313,7 +314,8 @@ class Runtime:
         """Like events(), a batch at a time: Faust's take_events acknowledges a batch's events once the agent
         asks for the next batch, and this waits for the batch's records and table writes first. One wait per
         batch, not per event: what lets a stage keep up with a title of thousands of shots arriving at once.
-        Process each event inside `with processing(event):` so its table writes go to its partition."""
+        Process each event inside `with processing(event):` so its table writes go to its partition, and each
+        batch inside `with rt.failure_stops():`."""
         last: dict = {}
         async for events in stream.take_events(size, within=within_s):
             for event in events:
@@ -332,16 +334,27 @@ class Runtime:
         held = self.app.consumer.unfinished
         messages = [event.message for event in events]
         held.update(messages)
+        with self.failure_stops():
+            yield
+        held.difference_update(messages)
+
+    @contextmanager
+    def failure_stops(self):
+        """An exception out of this block (not a stop: CancelledError, GeneratorExit) is an agent failing outside
+        its stage's own checks: Faust would restart the agent without a seek, and the offsets not committed would
+        hold up every later commit of their partitions until a rebalance. So the worker stops, as a lost write
+        does, and they are fetched again.
+
+        An agent iterating events() or batches() runs its body in this block itself: an exception in the body
+        of an `async for` is not thrown into the generator it iterates (the generator is only closed, later,
+        with GeneratorExit), so their own `unfinished` block never sees it."""
         try:
             yield
-        except Exception as e:  # not a stop (CancelledError, GeneratorExit): the agent failed outside its own checks
-            # Faust would restart the agent without a seek, and the offsets not committed would hold up every later
-            # commit of these partitions until a rebalance: stop, as a lost write does, so they are fetched again.
+        except Exception as e:
             log.critical("a batch failed outside the stage's checks (%s: %s); stopping this worker now so that its "
                          "messages are processed again", type(e).__name__, e, exc_info=True)
             logging.shutdown()
             os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
-        held.difference_update(messages)
 
     async def later(self, work, event, *, at_most: int, size: int = 0, budget: int = 0) -> None:
         """Run coroutine `work`, started by `event`, beside the agent; `event` is committed once it is done.

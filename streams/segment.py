@@ -123,7 +123,7 @@ class LiveCutter:
         event's next frame: the shot open there is lost (its frames are gone; logged), the event goes on."""
         if event_id not in self.detectors:
             kept = state["segments"]  # replay what is not yet behind a closed shot
-            det = ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
+            det = self._new_detector()
             frame0 = kept[0][2] if kept and len(kept[0]) > 2 else 0
             try:
                 for uri, s0, *_ in kept:
@@ -132,11 +132,13 @@ class LiveCutter:
                 log.warning("live event %s: a segment since its last cut cannot be read again (%s: %s); the shot "
                             "open from %.3f s is lost, the event goes on from its next segment", event_id,
                             type(e).__name__, e, state["cut_s"])
-                det = ShotDetector(self.settings.live_shot_detector,
-                                   max_duration_s=self.settings.max_media_duration_s)
+                det = self._new_detector()
                 frame0 = state.get("frames", 0)
             self.detectors[event_id] = (det, frame0)
         return self.detectors[event_id]
+
+    def _new_detector(self) -> ShotDetector:
+        return ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)
 
     @staticmethod
     def _numbered(state: dict, shots: list[Shot], frame0: int) -> list[Shot]:
@@ -263,26 +265,30 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.titles, name=f"{__name__}.segment_titles")
     async def segment_titles(stream):
         async for event in rt.events(stream):  # a stop while cutting: the title is fetched again, not committed
-            metrics.messages.labels(STAGE).inc()
-            try:
-                req = decode(event.message.value, expect=TitleRequest)
-                if not req.request_id:  # named by its record: a redelivery is the same request, a new publication not
-                    req = dataclasses.replace(req, request_id=f"p{event.message.partition}o{event.message.offset}")
-                refs = await asyncio.to_thread(cut_title, req, rt.settings, rt.media_settings)  # CPU: off the loop
-                out = [ref.to_bytes() for ref in refs]  # an oversize shot message is the title's fault too
-            except BadInput as e:
-                await rt.dead_letter(STAGE, event, str(e))
-                continue
-            except Exception as e:  # a decoder/library failure on this input must not stop the worker
-                log.exception("segmenting failed")
-                await rt.dead_letter(STAGE, event, f"segmentation failed: {type(e).__name__}: {e}")
-                continue
-            for raw in out:
-                await rt.send(rt.topics.shots, req.title_id.encode(), raw)
-            if refs:
-                metrics.stage_seconds.labels(STAGE, "title").observe(max(0.0, time.time() - refs[0].published_at))
-            metrics.shots.labels(STAGE).inc(len(refs))
-            log.info("segmented %s: %d shots", req.title_id, len(refs))
+            with rt.failure_stops():
+                await segment_title(event)
+
+    async def segment_title(event) -> None:
+        metrics.messages.labels(STAGE).inc()
+        try:
+            req = decode(event.message.value, expect=TitleRequest)
+            if not req.request_id:  # named by its record: a redelivery is the same request, a new publication not
+                req = dataclasses.replace(req, request_id=f"p{event.message.partition}o{event.message.offset}")
+            refs = await asyncio.to_thread(cut_title, req, rt.settings, rt.media_settings)  # CPU: off the loop
+            out = [ref.to_bytes() for ref in refs]  # an oversize shot message is the title's fault too
+        except BadInput as e:
+            await rt.dead_letter(STAGE, event, str(e))
+            return
+        except Exception as e:  # a decoder/library failure on this input must not stop the worker
+            log.exception("segmenting failed")
+            await rt.dead_letter(STAGE, event, f"segmentation failed: {type(e).__name__}: {e}")
+            return
+        for raw in out:
+            await rt.send(rt.topics.shots, req.title_id.encode(), raw)
+        if refs:
+            metrics.stage_seconds.labels(STAGE, "title").observe(max(0.0, time.time() - refs[0].published_at))
+        metrics.shots.labels(STAGE).inc(len(refs))
+        log.info("segmented %s: %d shots", req.title_id, len(refs))
 
     def probe_and_push(state: dict, seg: LiveSegment, path: str):
         probe(Path(path), rt.media_settings)  # its size and length limits, as a title's, before decoding it all
@@ -315,39 +321,43 @@ def register(rt: Runtime) -> None:
     @rt.app.agent(rt.topics.live_segments, name=f"{__name__}.segment_live")
     async def segment_live(stream):
         async for event in rt.events(stream):
-            metrics.messages.labels(STAGE).inc()
-            try:
-                seg = decode(event.message.value, expect=LiveSegment)
-                key = seg.event_id.encode()
-                state = msgpack.unpackb(live_table[key]) if key in live_table else new_state(seg)
-                if not check_next(state, seg):
-                    metrics.duplicates.labels(STAGE).inc()  # redelivered after a restart
-                    continue
-                meta = TitleMeta.from_dict(state["meta"] or seg.meta, title_id=seg.event_id, kind="live")
-            except SchemaError as e:
-                await rt.dead_letter(STAGE, event, str(e))
-                continue
-            try:
-                path = str(check_uri(seg.uri, rt.media_settings, allow_relative=False))
-                shots, n_frames, end_s = await asyncio.to_thread(probe_and_push, state, seg, path)
-            except Exception as e:  # this segment is unusable: say so, and let the event go on without it
-                if not isinstance(e, MediaError):
-                    log.exception("live segmentation failed")
-                await skip_segment(event, seg, state, meta, f"{type(e).__name__}: {e}")
-                live_table[key] = msgpack.packb(state)
-                continue
-            pushed(state, path, seg.start_s, n_frames, end_s)
-            try:
-                held = state.setdefault("cues", [])
-                held += segment_cues(seg, rt.media_settings, held)
-            except Exception as e:  # the video goes on without this segment's text; the reason is kept
-                if not isinstance(e, BadInput):
-                    log.exception("live timed text failed")
-                await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index}: "
-                                                   f"timed text skipped: {type(e).__name__}: {e}")
-            for ref in cutter.refs(state, seg, shots, meta):
-                await rt.send(rt.topics.shots, key, ref.to_bytes())
-                metrics.stage_seconds.labels(STAGE, "live").observe(max(0.0, time.time() - seg.published_at))
-            metrics.shots.labels(STAGE).inc(len(shots))
-            advance(state, seg, shots)
+            with rt.failure_stops():
+                await segment_segment(event)
+
+    async def segment_segment(event) -> None:
+        metrics.messages.labels(STAGE).inc()
+        try:
+            seg = decode(event.message.value, expect=LiveSegment)
+            key = seg.event_id.encode()
+            state = msgpack.unpackb(live_table[key]) if key in live_table else new_state(seg)
+            if not check_next(state, seg):
+                metrics.duplicates.labels(STAGE).inc()  # redelivered after a restart
+                return
+            meta = TitleMeta.from_dict(state["meta"] or seg.meta, title_id=seg.event_id, kind="live")
+        except SchemaError as e:
+            await rt.dead_letter(STAGE, event, str(e))
+            return
+        try:
+            path = str(check_uri(seg.uri, rt.media_settings, allow_relative=False))
+            shots, n_frames, end_s = await asyncio.to_thread(probe_and_push, state, seg, path)
+        except Exception as e:  # this segment is unusable: say so, and let the event go on without it
+            if not isinstance(e, MediaError):
+                log.exception("live segmentation failed")
+            await skip_segment(event, seg, state, meta, f"{type(e).__name__}: {e}")
             live_table[key] = msgpack.packb(state)
+            return
+        pushed(state, path, seg.start_s, n_frames, end_s)
+        try:
+            held = state.setdefault("cues", [])
+            held += segment_cues(seg, rt.media_settings, held)
+        except Exception as e:  # the video goes on without this segment's text; the reason is kept
+            if not isinstance(e, BadInput):
+                log.exception("live timed text failed")
+            await rt.dead_letter(STAGE, event, f"event {seg.event_id!r} segment {seg.segment_index}: "
+                                               f"timed text skipped: {type(e).__name__}: {e}")
+        for ref in cutter.refs(state, seg, shots, meta):
+            await rt.send(rt.topics.shots, key, ref.to_bytes())
+            metrics.stage_seconds.labels(STAGE, "live").observe(max(0.0, time.time() - seg.published_at))
+        metrics.shots.labels(STAGE).inc(len(shots))
+        advance(state, seg, shots)
+        live_table[key] = msgpack.packb(state)

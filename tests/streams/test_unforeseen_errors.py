@@ -150,3 +150,36 @@ async def _fuse_records(rt):
     whole = [c for c in calls if len(c) > 1]  # before one call was taken apart to find the refused shot
     assert whole and all(len(c) <= BATCH for c in whole), [len(c) for c in whole]
     assert all(c[0] % per == 0 and len(c) % per == 0 for c in whole), "a record is never split across calls"
+
+
+@pytest.mark.parametrize("agent_name, value", [
+    ("streams.contextualise.contextualise", b"not a fused shot"),
+    ("streams.segment.segment_live", b"not a live segment"),
+    ("streams.segment.segment_titles", b"not a title request"),
+])
+def test_an_agent_that_fails_outside_its_stages_checks_stops_the_worker(rt, worker_exits, agent_name, value):
+    """The agents that iterate Runtime.batches or Runtime.events: a record the stage refuses, and then the dead
+    letter itself fails (a failure outside the stage's checks). The worker stops (exit 75, so the record is
+    fetched again). Before, the exception left the agent's body without reaching the generator's `unfinished`
+    block (Python closes an async generator, later, with GeneratorExit; it does not throw the body's exception
+    into it): Faust restarted the agent with no seek, and the record was neither processed nor fetched again."""
+    try:
+        asyncio.run(_dead_letter_fails(rt, agent_name, value, worker_exits))
+    except (SystemExit, asyncio.CancelledError):  # the stand-in exit's SystemExit, out of the agent's task
+        pass
+    assert worker_exits == [75]
+
+
+async def _dead_letter_fails(rt, agent_name, value, exits):
+    tried = []
+
+    async def dead_letter(stage, event, reason):
+        tried.append(reason)
+        raise RuntimeError("the dead-letter topic could not be written")
+
+    rt.dead_letter = dead_letter
+    agent = rt.app.agents[agent_name]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"x", value=value)
+        await until(lambda: bool(exits), "the worker stopped (exit 75)")
+    assert len(tried) == 1, tried
