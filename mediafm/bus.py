@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -38,8 +39,23 @@ def producer(settings: Settings) -> KafkaProducer:
     sent 200-400 shots/s (bench/publish.py). A refused login is a ConfigError here (check_login), not 30 s of
     retries."""
     check_login(settings)
-    return KafkaProducer(acks="all", enable_idempotence=True, max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
-                         linger_ms=5, batch_size=512 * 1024, **kafka_python_options(settings))
+    with _no_broker_named(settings):
+        return KafkaProducer(acks="all", enable_idempotence=True, max_request_size=MAX_MESSAGE_BYTES + 64 * 1024,
+                             linger_ms=5, batch_size=512 * 1024, **kafka_python_options(settings))
+
+
+@contextmanager
+def _no_broker_named(settings: Settings):
+    """A client that could not bootstrap (kafka-python 3 waits 30 s for a broker to answer, then raises
+    KafkaTimeoutError "Unable to bootstrap") as a StackError that names the address and what to check, so every
+    command says it in one line rather than a traceback."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        yield
+    except KafkaTimeoutError as e:
+        raise StackError(f"no Kafka broker answered at {settings.kafka_bootstrap} ({e}); is it running? (`mediafm "
+                         "stack status`; kafka_servers / MEDIAFM_KAFKA_SERVERS say where it is)") from None
 
 
 def send_and_wait(settings: Settings, p: KafkaProducer, what: str, records: list[tuple[str, bytes, bytes]]) -> None:
@@ -69,9 +85,10 @@ def consumer(settings: Settings, **kwargs) -> KafkaConsumer:
     """A consumer that fetches messages up to MAX_MESSAGE_BYTES and commits nothing by itself (a refused login:
     ConfigError, as for producer)."""
     check_login(settings)
-    return KafkaConsumer(enable_auto_commit=False, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
-                         max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024, **kafka_python_options(settings),
-                         **kwargs)
+    with _no_broker_named(settings):
+        return KafkaConsumer(enable_auto_commit=False, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 64 * 1024, **kafka_python_options(settings),
+                             **kwargs)
 
 
 class Tail:
@@ -81,7 +98,9 @@ class Tail:
         self.consumer = consumer(settings)
         parts = self.consumer.partitions_for_topic(topic) or set()
         if not parts:
-            raise RuntimeError(f"topic {topic!r} does not exist; run `mediafm stack up` first")
+            self.consumer.close()
+            raise StackError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}; make the pipeline's "
+                             "topics (`mediafm topics`, or `mediafm stack up` for the local stack)")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(tps)
         if from_beginning:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 from mediafm.config import SHOT_DETECTORS, Settings
 from mediafm.errors import MediaFMError, StackError
@@ -254,15 +253,14 @@ def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                                     subtitle_encoding=args.subtitle_encoding)
         print(f"published title {req.title_id} (request {req.request_id}): {req.uri}")
     elif args.what == "live":
-        event = args.id or Path(args.file).stem
-
         def said(seg):
-            print(f"segment {seg.segment_index:4d} of {event} at {seg.start_s:8.2f}s{' (last)' if seg.last else ''}")
+            print(f"segment {seg.segment_index:4d} of {seg.event_id} at {seg.start_s:8.2f}s"
+                  f"{' (last)' if seg.last else ''}")
 
-        segs = publish.publish_live(settings, args.file, event_id=event, segment_s=args.segment_s,
+        segs = publish.publish_live(settings, args.file, event_id=args.id, segment_s=args.segment_s,
                                     realtime=args.realtime, meta=args.meta, subtitles=args.subtitles,
                                     subtitle_encoding=args.subtitle_encoding, on_segment=said)
-        print(f"published live event {event}: {len(segs)} segments")
+        print(f"published live event {segs[0].event_id}: {len(segs)} segments")
     else:
         from mediafm.topics import Topics
 
@@ -458,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  mediafm publish live match.mp4 --id match-01 --segment-s 2 --realtime\n"
                        + meta_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("file", help="the media file (a regular file)")
-    t.add_argument("--id", help="event id (default: the file name without extension)")
+    t.add_argument("--id", help="event id (default: title_id of --meta, else the file name without extension); "
+                   "a new one for each broadcast")
     t.add_argument("--meta", metavar="JSON|FILE", help=meta_help)
     t.add_argument("--subtitles", metavar="FILE", help="SRT / WebVTT timed text of FILE: each segment carries "
                    "its cues as a WebVTT file (as HLS does), so live shots get their timed text")

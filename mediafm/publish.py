@@ -39,8 +39,10 @@ from mediafm.schema import (
     FusedShot,
     FusedShots,
     LiveSegment,
+    TitleMeta,
     TitleRequest,
     bytes_to_vec,
+    check_id,
     decode,
     record_shots,
     shot_records,
@@ -79,9 +81,30 @@ def check_file(path: str | Path, what: str = "media file") -> Path:
 
 def id_dir(root: str | Path, name: str) -> Path:
     """<root>/<name> with the id as one directory name, whatever it holds: an id is any printable text (a '/', a
-    '..'), and as a path `../../x` staged its media outside the root."""
+    '..'), and as a path `../../x` staged its media outside the root. A name quoted past 200 bytes (an id may
+    have 512 characters, and a CJK one quotes to 9 bytes a character; a file system takes 255) keeps its first
+    160 and a hash of the whole."""
     part = quote(name, safe=" -_.,+=@()[]")
+    if len(part) > 200:
+        cut = part[:160]
+        if (k := cut.rfind("%", 158)) >= 0:  # not half a %XX escape
+            cut = cut[:k]
+        part = cut + "~" + hashlib.sha1(name.encode()).hexdigest()[:16]
     return Path(root) / (part.replace(".", "%2E") if part in (".", "..") else part)
+
+
+def named(meta: dict, given: str | None, file: str | Path, kind: str) -> tuple[str, dict]:
+    """The id a publication goes under (`given`: --id; else the metadata's title_id; else the file's name without
+    its extension) and its metadata less title_id, both checked as a worker checks them (SchemaError naming what
+    to fix), before any media is staged or cut: a worker dead-letters what it refuses, and the publisher said
+    it was published."""
+    said = meta.pop("title_id", None)
+    name = given or said or Path(file).stem
+    if not isinstance(name, str):
+        raise SchemaError(f"the metadata's title_id is {said!r}, a JSON {type(said).__name__}; an id is a string")
+    check_id(name, "title_id" if kind == "title" else "event id")
+    TitleMeta.from_dict(meta, title_id=name, kind=kind)
+    return name, meta
 
 
 def stage_media(settings: Settings, path: str | Path, name: str, what: str = "media file") -> Path:
@@ -153,15 +176,14 @@ def _load_meta(meta: str | Path | dict | None) -> dict:
 def publish_title(settings: Settings, file: str | Path, *, title_id: str | None = None,
                   meta: str | Path | dict | None = None, subtitles: str | Path | None = None,
                   subtitle_encoding: str | None = None) -> TitleRequest:
-    m = _load_meta(meta)
-    tid = title_id or m.pop("title_id", None) or Path(file).stem
-    m.pop("title_id", None)
+    tid, m = named(_load_meta(meta), title_id, file, "title")
     check_file(file)
     if subtitles:
         check_file(subtitles, "subtitle file")  # before anything is staged
     req = TitleRequest(title_id=tid, uri=str(stage_media(settings, file, tid)), request_id=uuid.uuid4().hex[:12],
                        subtitles_uri=str(stage_media(settings, subtitles, tid, "subtitle file")) if subtitles else None,
                        subtitle_encoding=subtitle_encoding, meta=m)
+    req.check()
     p = producer(settings)
     try:
         send_and_wait(settings, p, f"the request for title {tid!r}",
@@ -340,22 +362,29 @@ def write_segment_cues(cues: list, segments: list[tuple[Path, float]], out_dir: 
     return out
 
 
-def publish_live(settings: Settings, file: str | Path, *, event_id: str, segment_s: float = 2.0,
+def publish_live(settings: Settings, file: str | Path, *, event_id: str | None = None, segment_s: float = 2.0,
                  realtime: bool = False, meta: str | Path | dict | None = None,
                  subtitles: str | Path | None = None, subtitle_encoding: str | None = None,
                  on_segment: Callable[[LiveSegment], None] | None = None) -> list[LiveSegment]:
     """Simulate a live event from FILE: cut it into segments and publish them in order
     (paced at real time with realtime=True, else as fast as the broker takes them). With `subtitles`
-    (SRT / WebVTT of the whole file), each segment carries the cues overlapping it as a WebVTT file."""
-    m = _load_meta(meta)
+    (SRT / WebVTT of the whole file), each segment carries the cues overlapping it as a WebVTT file.
+    event_id: default the metadata's title_id, else the file's name without its extension. The segments are
+    written under <media root>/live/<event id>: an event id published before is refused (a worker may still
+    read its segments, and a finished event takes no new ones)."""
+    event_id, m = named(_load_meta(meta), event_id, file, "live")
     check_file(file)
+    seg_dir = id_dir(Path(settings.worker_media_roots[0]) / "live", event_id)
+    if seg_dir.is_dir() and any(seg_dir.glob("seg*.ts")):
+        raise MediaError(f"live event {event_id!r} was published before (its segments are in {seg_dir}); a new "
+                         "broadcast needs a new event id (--id). To publish this one again, stop the workers reading "
+                         f"it and remove {seg_dir}")
     cues = []
     if subtitles:
         from mediafm.media.subtitles import load_subtitles
 
         check_file(subtitles, "subtitle file")
         cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding)
-    seg_dir = id_dir(Path(settings.worker_media_roots[0]) / "live", event_id)
     segments = cut_segments(file, seg_dir, segment_s)
     vtts = write_segment_cues(cues, segments, seg_dir)
     topic = Topics.from_settings(settings).live_segments

@@ -168,3 +168,49 @@ def test_staged_media_stays_under_the_root_and_never_stands_for_another_file(tmp
     assert a != b and (a.read_bytes(), b.read_bytes()) == (first.read_bytes(), second.read_bytes())
     assert stage_media(settings, first, "tt1") == a, "the same file again: its staged copy"
     assert not (tmp_path / "escaped").exists()
+
+
+def test_what_a_worker_would_refuse_is_refused_before_anything_is_staged_or_cut(env, tmp_path, capsys):
+    """The worker checks a request's metadata and id, and dead-letters what it refuses. Before, the publisher
+    checked neither: `publish live --meta '{"titel": ...}'` cut the whole film, published every segment, said
+    "published", and the worker dead-lettered segment 0 and then every other. Now the publisher refuses it first,
+    with the worker's own words, before any media is staged or cut."""
+    media_root = tmp_path / "state" / "media"
+    cases = [
+        (["title", "--meta", '{"titel": "x"}'], "meta has unknown keys ['titel']"),
+        (["live", "--meta", '{"title": "x", "tags": "drama"}'], "meta.tags"),
+        (["live", "--meta", '{"title_id": 5}'], "the metadata's title_id is 5, a JSON int; an id is a string"),
+        (["title", "--id", "a\x07b"], "control characters"),
+        (["live", "--id", "x" * 600], "over the 512 limit"),
+        (["title", "--id", "tt02", "--meta", '{"synopsis": "' + "w" * 40_000 + '"}'], "over the 32000 limit"),
+    ]
+    for (what, *flags), said in cases:
+        err = _err(capsys, "publish", what, str(env), *flags)
+        assert err.startswith("mediafm publish: error: ") and said in err, (flags, err)
+        assert not media_root.exists() or not any(media_root.rglob("*.*")), f"{flags}: media staged or cut"
+
+
+def test_a_live_event_published_again_under_its_id_is_refused(env, tmp_path, capsys):
+    """`publish live` writes an event's segments under <media root>/live/<event id>. Before, a second publication
+    under the same id (the default id is the file's name: two match.mp4) deleted and rewrote the segment files the
+    first event's messages name, under a worker maybe still reading them, and a finished event takes no new
+    segments anyway. Now it is refused, naming the folder, and the first event's segments are left as they are."""
+    seg = tmp_path / "state" / "media" / "live" / "film" / "seg00000.ts"
+    seg.parent.mkdir(parents=True)
+    seg.write_bytes(b"the first event's segment")
+    err = _err(capsys, "publish", "live", str(env))  # the id: the file's name, film
+    assert "live event 'film' was published before" in err and "a new broadcast needs a new event id (--id)" in err
+    assert seg.read_bytes() == b"the first event's segment"
+
+
+def test_no_broker_and_an_id_too_long_for_a_folder_name_are_said_in_one_line(env, tmp_path, capsys):
+    """An id of 35 CJK characters (within the 512 an id may have) quotes to 315 bytes: as a folder name (the
+    staged media's) mkdir failed with OSError 36, a traceback. And no broker answering (after the 30 s kafka-python
+    waits for one) was its KafkaTimeoutError "Unable to bootstrap", a traceback too. Now the folder name is
+    shortened with a hash, and the missing broker is one line naming its address."""
+    tid = "映画のタイトル" * 5
+    err = _err(capsys, "publish", "title", str(env), "--id", tid)
+    assert err.startswith("mediafm publish: error: no Kafka broker answered at 127.0.0.1:"), err
+    assert "`mediafm stack status`" in err and "\n" not in err
+    staged = [p for p in (tmp_path / "state" / "media").rglob("film.mp4")]
+    assert len(staged) == 1 and all(len(part.encode()) <= 255 for part in staged[0].parts), staged
