@@ -6,15 +6,18 @@ Needs the local stack (`mediafm stack up`; started here if it is not running);
 trains and exports a tiny MediaFM for the configured profile first if none is
 served (as `mediafm demo` does).
 
-In one run, on the same synthetic titles (encoded shots, as the encoding stage
-publishes them), alternating rounds, medians:
+In one run, on the same synthetic titles (encoded shots in EncodedShots records
+of a run of shots, as the encoding stage publishes them), alternating rounds,
+medians:
 - direct: per title, the fusion model and one MediaFM pass on Triton, called
   from this process;
 - stages: the encoded shots published to a fresh topic prefix, one `mediafm
   worker`, timed from the first publish to the last final embedding. This is
   what the streaming costs on top of the models: Kafka round trips, Faust
   tables (every table write in its changelog before the event is acknowledged)
-  and per-shot messages.
+  and messages; the span also holds this process's publishing and its reading
+  of the embeddings, on the same cores (bench/catalog.py times the worker's
+  share alone).
 Prints shots/s of each and stages / direct.
 """
 
@@ -33,6 +36,7 @@ from pipeline import alternate, bench_worker, wait_finals
 from mediafm.bus import Tail, producer
 from mediafm.config import Settings
 from mediafm.profiles import get_layout, get_profile
+from mediafm.schema import EncodedShots, shot_records
 from mediafm.stack.process import interrupt_on_sigterm
 from mediafm.synth import World, encoded_shots, generate_title
 from mediafm.topics import Topics
@@ -61,9 +65,11 @@ def stages(s: Settings, tail: Tail, titles: list) -> tuple[int, float]:
     for t in titles:
         tid = f"{t.title_id}-{uuid.uuid4().hex[:6]}"
         ids[tid] = len(t.start_s)
-        for m in encoded_shots(t):
+        shots = encoded_shots(t)
+        for m in shots:
             m.title_id = tid
-            p.send(names.encoded, key=tid.encode(), value=m.to_bytes())
+        for record in shot_records(EncodedShots, [m.to_bytes() for m in shots], tid, shots[0].request_id):
+            p.send(names.encoded, key=tid.encode(), value=record)  # in runs, as the encode stage sends them
     p.flush()
     p.close()
     wait_finals(tail, ids, timeout_s=900)

@@ -88,8 +88,13 @@ def main() -> None:
         dead = records_in_log(s, Topics.from_settings(s).deadletter)
     for title_id in ids:
         n = n_shots.get(title_id)
-        print(f"{title_id}: {len(finals[title_id])} finals of {n} shots, the last {done_at.get(title_id, wall):.0f} s "
-              f"after the first publish; every index has one: {n is not None and finals[title_id] == set(range(n))}")
+        when = f"the last {done_at[title_id]:.0f} s after the first publish" if title_id in done_at else \
+            f"NOT COMPLETE after --timeout {args.timeout:g} s"
+        print(f"{title_id}: {len(finals[title_id])} finals of {n} shots, {when}; "
+              f"every index has one: {n is not None and finals[title_id] == set(range(n))}")
+    if len(done_at) < len(ids):
+        raise SystemExit(f"{len(ids) - len(done_at)} film(s) without every final after --timeout {args.timeout:g} s: "
+                         f"no time to the last final to report (dead letters {dead}; the workers' logs in {logs})")
     print(f"{args.films} film(s) of {args.minutes:g} min, {args.workers} worker(s): {wall:.0f} s to the last final, "
           f"x{args.films * args.minutes * 60 / wall:.2f} real time (minutes of film per minute); shots each worker "
           f"contextualised {[int(x) for x in by_worker]}; peak RSS (VmHWM) {', '.join(f'{h:.0f}' for h in hwm)} MiB; "

@@ -15,7 +15,8 @@ published_at; the worker exports the same as mediafm_e2e_latency_seconds{kind="l
 per minute of the event (per 10 minutes when it is longer than 20) and overall, and the targets: provisional
 p99 <= 2 s, final p99 <= provisional p99 + right context (seconds of the shots it waits for) + 2 s, the last
 block's p99 within 20% of the first's.
-Also the worker's memory over the event (VmRSS every 3 s: median and largest; VmHWM at the end), and each table
+Also the worker's memory over the event (VmRSS every 3 s: median and largest, overall and in each block of
+the table; VmHWM at the end), and each table
 changelog's records: offsets written against records still in the log once the event has ended. The broker
 compacts a changelog's closed log segments only, and a segment closes after an hour
 (streams/runtime.py CHANGELOG_SEGMENT_MS), so an event shorter than that shows none compacted.
@@ -112,16 +113,25 @@ def quantile(cum: dict[float, float], f: float) -> float:
 
 
 class RssSampler(threading.Thread):
-    """VmRSS of the process `pid()` names every `every_s` seconds until stopped."""
+    """VmRSS of the process `pid()` names every `every_s` seconds until stopped: `samples` in MiB, `times` when
+    each was read (time.time())."""
 
     def __init__(self, pid: Callable[[], int], every_s: float = 3.0) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every_s, self.samples, self.done = pid, every_s, [], threading.Event()
+        self.pid, self.every_s, self.done = pid, every_s, threading.Event()
+        self.samples: list[float] = []
+        self.times: list[float] = []
 
     def run(self) -> None:
         while not self.done.wait(self.every_s):
             if rss := memory_mib(self.pid()).get("VmRSS"):
                 self.samples.append(rss)
+                self.times.append(time.time())
+
+    def cells(self, t0: float, start_s: float, end_s: float) -> str:
+        """Median and largest VmRSS read in [start_s, end_s) of the event's clock (t0: its start)."""
+        got = [r for r, t in zip(self.samples, self.times, strict=True) if start_s <= t - t0 < end_s]
+        return f"{statistics.median(got):9.0f} {max(got):7.0f}" if got else f"{'-':>9s} {'-':>7s}"
 
 
 def event_film(path: Path, shots: list[int], fps: int, part_shots: int = 100) -> Path:
@@ -384,11 +394,12 @@ def main() -> None:
     block = 1 if args.minutes <= 20 else 10  # minutes of event a row of the table covers
     blocks = int(np.ceil(args.minutes / block))
     in_block = [[m for m in got if int(m.start_s // (60 * block)) == b] for b in range(blocks)]  # by start time
-    print(f"{'minute':>7s} {LATENCY_HEADER}")
+    t0, _ = event_clock(sent, args.segment_s)  # the worker's memory in each block, by when it was read
+    print(f"{'minute':>7s} {LATENCY_HEADER} {'VmRSS p50':>9s} {'largest':>7s}  (MiB)")
     for b in range(blocks):
         label = f"{b * block}" if block == 1 else f"{b * block}-{min((b + 1) * block, args.minutes):g}"
-        print(f"{label:>7s} {latency_cells(in_block[b])}")
-    print(f"{'all':>7s} {latency_cells(got)}")
+        print(f"{label:>7s} {latency_cells(in_block[b])} {sampler.cells(t0, b * block * 60, (b + 1) * block * 60)}")
+    print(f"{'all':>7s} {latency_cells(got)} {sampler.cells(t0, -np.inf, np.inf)}")
     print("table changelogs once the event ended: offsets written, records still in the log (compacted away)")
     for name, written, held in logs:
         gone = f"{1 - held / written:.0%} compacted away" if written else "nothing written"
@@ -397,19 +408,25 @@ def main() -> None:
     # shot i + R (the event's last shot at most). What is left is the pipeline's own delay.
     ends = {m.shot_index: m.end_s for m in got}
     n = max(ends) + 1
-    finals = [m for m in got if m.final]
-    extra = np.array([m.produced_at - m.published_at - (ends[min(m.shot_index + args.right_context, n - 1)]
-                                                         - ends[m.shot_index]) for m in finals])
+
+    def beyond_right_context(ms: list[ContextualEmbedding]) -> np.ndarray:  # the finals' own delay
+        return np.array([m.produced_at - m.published_at - (ends[min(m.shot_index + args.right_context, n - 1)]
+                                                           - ends[m.shot_index]) for m in ms if m.final])
+
+    extra = beyond_right_context(got)
     print(f"final less its right context's event time: p50 {p(extra, 50):.2f} s, p99 {p(extra, 99):.2f} s "
           f"(right context of {args.right_context} shots: {np.median([ends[min(i + args.right_context, n - 1)] - ends[i] for i in range(n)]):.1f} s median)")
     pl = latencies(got, final=False)
 
     def growth(final: bool) -> float:  # the last block's p99 over the first's
+        if final:  # less the right context's event time: the event's last shots wait for less of it (their
+            # finals come with the last shot), so their raw latency would hide any growth
+            return p(beyond_right_context(in_block[-1]), 99) / p(beyond_right_context(in_block[0]), 99)
         return p(latencies(in_block[-1], final), 99) / p(latencies(in_block[0], final), 99)
 
     print(f"targets: provisional p99 {p(pl, 99):.2f} s (<= 2); final p99 less its right context {p(extra, 99):.2f} s "
           f"(<= provisional p99 + 2 = {p(pl, 99) + 2:.2f}); last {block} min p99 / first {block} min p99: provisional "
-          f"x{growth(False):.2f}, final x{growth(True):.2f} "
+          f"x{growth(False):.2f}, final less its right context x{growth(True):.2f} "
           f"(<= 1.2; about {12 * block} shots a block, so a one-minute block's p99 is its slowest shot)")
 
 
