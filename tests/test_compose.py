@@ -125,6 +125,10 @@ def test_kafka_agrees_with_native_broker_settings(compose):
     assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_MESSAGE_BYTES + 64 * 1024
     worker_env = compose["services"]["worker"]["environment"]
     assert int(worker_env["MEDIAFM_PARTITIONS"]) == s.partitions
+    # the broker's log in its volume: apache/kafka's configureDefaults puts it in /tmp/kraft-combined-logs when
+    # KAFKA_LOG_DIRS is unset, so `docker compose down && up` lost every topic and kept the workers' tables
+    data = [v.split(":")[1] for v in compose["services"]["kafka"]["volumes"] if v.startswith("kafka-data:")]
+    assert data == [env["KAFKA_LOG_DIRS"]], (data, env.get("KAFKA_LOG_DIRS"))
     assert worker_env["MEDIAFM_KAFKA_SERVERS"] == "kafka:19092" and "DOCKER://kafka:19092" in env["KAFKA_ADVERTISED_LISTENERS"]
 
 
