@@ -559,13 +559,14 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
 
     _index(settings, names.fused, idle_s, deadline, progress, note_shot)
     latest: dict[str, tuple[_Publication, np.ndarray]] = {}
+    request: dict[str, str] = {}  # title -> the request whose shots are written: only its finals go with them
     skipped = set()
-    for (tid, _), pub in pubs.items():
+    for (tid, rid), pub in pubs.items():
         at = pub.offsets()
         if at is None:
             skipped.add(tid)
         else:
-            latest[tid] = (pub, at)
+            latest[tid], request[tid] = (pub, at), rid
     pubs.clear()
     if not latest:
         raise MediaError(f"no complete title{f' of profile {profile!r}' if profile else ''} on {names.fused}; "
@@ -636,6 +637,8 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
                 return
             n = n_shots.get(e.title_id)
             if not e.final or n is None or not 0 <= e.shot_index < n or e.profile != written.name:
+                return
+            if e.request_id and e.request_id != request[e.title_id]:  # another publication's (its shots, its cuts)
                 return
             key = (e.title_id, e.model_version, e.representation, e.dim)
             at = finals.get(key)

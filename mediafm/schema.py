@@ -278,13 +278,16 @@ def shot_records(kind: Runs, shots: list[bytes], title_id: str, request_id: str,
         k = end
 
 
-def record_shots(kind: Runs, data: bytes) -> list:
+def record_shots(kind: Runs, data: bytes, *, refusals: bool = False) -> list | ShotsRefused:
     """The shots of one record: a lone `kind.SHOT`, or the shots of a `kind` record, each checked as a lone
-    one is. Raises SchemaError naming what is wrong (a shot of another title, none at all, which shot)."""
+    one is. Raises SchemaError naming what is wrong (a shot of another title, none at all, which shot).
+    refusals: a ShotsRefused record (the encoded and fused topics carry them) is returned as it is."""
     one = kind.SHOT
     msg = decode(data)
     if isinstance(msg, one):
         return [msg]
+    if refusals and isinstance(msg, ShotsRefused):
+        return msg
     if not isinstance(msg, kind):
         raise SchemaError(f"expected a {one.SCHEMA} or {kind.SCHEMA} message, got {msg.SCHEMA}")
     if not msg.shots:
@@ -307,7 +310,9 @@ class ContextualEmbedding(Message):
     """A shot as MediaFM understands it in its title: the product's output. Key: title_id.
 
     Consumers deduplicate on (title_id, shot_index, model_version): after a
-    worker restart a shot may be published again, with the same values.
+    worker restart a shot may be published again, with the same values. A title
+    published again (a new request_id) is embedded again, and its passes may
+    interleave on the topic: keep one request_id's embeddings of a title.
     """
 
     SCHEMA: ClassVar[str] = "mediafm.contextual_embedding"
@@ -339,10 +344,32 @@ class ContextualEmbedding(Message):
     produced_at: float = field(default_factory=time.time)
     dtype: str = "float32"
     """float32, or float16 where the pipeline is configured so (embedding_dtype): half the bytes."""
+    request_id: str = ""
+    """The publication of the title its shots came from (TitleRequest.request_id; "" for a live event, and in
+    messages from before this field)."""
 
     def vector(self) -> np.ndarray:
         """The embedding as a float32 array, whatever its wire dtype."""
         return bytes_to_vec(self.embedding, self.dim, what="embedding", dtype=self.dtype)
+
+
+@dataclass
+class ShotsRefused(Message):
+    """Shots [first, last] of a live event that a stage refused (each dead-lettered there, with the reason), sent
+    on down the pipeline in their place, on the event's partition, after the shots before them: the live stage
+    counts them lost and goes on, and where they carried the event's n_shots, it ends the event. Without it an
+    event whose last shots were refused never ended. Key: title_id (the event's id)."""
+
+    SCHEMA: ClassVar[str] = "mediafm.shots_refused"
+    title_id: str
+    first: int
+    last: int
+    stage: str
+    reason: str
+    n_shots: int | None = None
+    """The event's n_shots, where the refused shots carried it (its last segment's)."""
+    kind: str = "live"
+    published_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -434,7 +461,7 @@ class TitleMeta:
 
 SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot,
                                                             EncodedShots, FusedShot, FusedShots, ContextualEmbedding,
-                                                            DeadLetter)}
+                                                            ShotsRefused, DeadLetter)}
 
 
 def _check_type(name: str, value: object, hint: object) -> object:
@@ -550,15 +577,22 @@ def _check_values(name: str, f: dict) -> None:
                               f"{'0' if key in _WALL_CLOCK else f'-{MAX_TIME_S:g}'}..{MAX_TIME_S:g}")
     if "start_s" in f and "end_s" in f and f["end_s"] < f["start_s"]:
         raise SchemaError(f"{name} has span [{f['start_s']}, {f['end_s']}), which ends before it starts")
-    for key in ("segment_index", "start_frame", "end_frame", "window_start", "partition", "offset"):
+    for key in ("segment_index", "start_frame", "end_frame", "window_start", "partition", "offset", "first", "last"):
         if f.get(key) is not None and f[key] < 0:
             raise SchemaError(f"{name}: field {key!r} is {f[key]}; it counts from 0")
-    for key in ("segment_index", "start_frame", "end_frame", "window_start", "shot_index"):
+    for key in ("segment_index", "start_frame", "end_frame", "window_start", "shot_index", "first", "last"):
         if f.get(key) is not None and f[key] > MAX_INDEX:
             raise SchemaError(f"{name}: field {key!r} is {f[key]}, over {MAX_INDEX:,}; it counts shots, frames or "
                               "segments of one title or event")
     if f.get("start_frame") is not None and f.get("end_frame") is not None and f["end_frame"] < f["start_frame"]:
         raise SchemaError(f"{name} has frames [{f['start_frame']}, {f['end_frame']}), which end before they start")
+    if "first" in f and "last" in f and f["last"] < f["first"]:
+        raise SchemaError(f"{name}: shots [{f['first']}, {f['last']}] end before they start")
+    if name == ShotsRefused.SCHEMA and f.get("kind", "live") != "live":
+        raise SchemaError(f"{name}: kind={f['kind']!r}; only a live event's refused shots are sent on (a title's "
+                          "are named in the dead-letter topic: publish it again)")
+    if name == ShotsRefused.SCHEMA and f.get("n_shots") is not None and f["last"] >= f["n_shots"]:
+        raise SchemaError(f"{name}: shots [{f['first']}, {f['last']}] outside the event's {f['n_shots']}")
     i, n = f.get("shot_index"), f.get("n_shots")
     if n is not None and n < 1:
         raise SchemaError(f"{name}: n_shots={n}; a title has at least one shot")

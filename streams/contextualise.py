@@ -27,7 +27,7 @@ import logging
 from mediafm.errors import BadInput, ConfigError, SchemaError
 from mediafm.kafka_security import client_security
 from mediafm.profiles import get_profile
-from mediafm.schema import FusedShot, FusedShots, bytes_to_vec, record_shots
+from mediafm.schema import FusedShot, FusedShots, ShotsRefused, bytes_to_vec, record_shots
 from mediafm.windows import plan
 from streams import metrics
 from streams.fused_source import HeldShots, OffsetReader
@@ -54,9 +54,12 @@ width) took one worker to 1.35 GiB (bench/catalog.py --titles 12 --shots 10000).
 alone."""
 
 
-def parse(raw: bytes) -> list[FusedShot]:
-    """The fused shots of a record (a FusedShot, or a FusedShots of one title's), each checked (check)."""
-    shots = record_shots(FusedShots, raw)
+def parse(raw: bytes) -> list[FusedShot] | ShotsRefused:
+    """The fused shots of a record (a FusedShot, or a FusedShots of one title's), each checked (check); or a live
+    event's ShotsRefused."""
+    shots = record_shots(FusedShots, raw, refusals=True)
+    if isinstance(shots, ShotsRefused):
+        return shots
     if len(shots) == 1:
         return [check(shots[0])]
     for shot in shots:
@@ -64,6 +67,17 @@ def parse(raw: bytes) -> list[FusedShot]:
             check(shot)
         except SchemaError as e:
             raise SchemaError(f"shot {shot.shot_index} of {shot.title_id!r} in a record of {len(shots)}: {e}") from None
+    # taken whole or refused whole: shots that disagree would be counted up to the one refused (a live event's
+    # n_shots comes with its last shots only, so it may differ within a record)
+    def what(s: FusedShot) -> tuple:
+        return s.kind, s.profile, s.n_shots if s.kind == "title" else None
+
+    first = what(shots[0])
+    for shot in shots[1:]:
+        if what(shot) != first:
+            raise SchemaError(f"shot {shot.shot_index} of {shot.title_id!r} in a record of {len(shots)} has kind, "
+                              f"profile and n_shots {what(shot)}, the record's first {first}: a record carries one "
+                              "title's shots alike")
     return shots
 
 
@@ -251,6 +265,10 @@ def register(rt: Runtime) -> None:
         try:
             with processing(event):
                 shots = parse(event.message.value)  # all checked before any is counted
+                if isinstance(shots, ShotsRefused):
+                    stage = "live"
+                    await live.on_refused(shots)
+                    return
                 size = len(event.message.value) // len(shots)
                 for shot in shots:
                     if shot.kind == "live":

@@ -28,7 +28,15 @@ from mediafm.media.decode import check_uri
 from mediafm.media.embed import encode_aligned, encode_title, encoded_shot
 from mediafm.media.shots import Shot
 from mediafm.profiles import get_profile
-from mediafm.schema import EncodedShot, EncodedShots, ShotRef, TitleMeta, decode, shot_records, vec_to_bytes
+from mediafm.schema import (
+    EncodedShot,
+    EncodedShots,
+    ShotRef,
+    TitleMeta,
+    decode,
+    shot_records,
+    vec_to_bytes,
+)
 from streams import metrics
 from streams.runtime import Runtime
 
@@ -132,11 +140,14 @@ def register(rt: Runtime) -> None:
                     except BadInput as e:
                         for event, ref in run:
                             await rt.dead_letter(STAGE, event, f"shot {ref.shot_index} of {ref.title_id!r}: {e}")
+                        await rt.refused(STAGE, rt.topics.encoded, [ref for _, ref in run], str(e))
                         continue
                     except Exception as e:  # a decoder failure on this media must not stop the worker
                         log.exception("encoding failed")
                         for event, _ in run:
                             await rt.dead_letter(STAGE, event, f"encoding failed: {type(e).__name__}: {e}")
+                        await rt.refused(STAGE, rt.topics.encoded, [ref for _, ref in run],
+                                         f"encoding failed: {type(e).__name__}: {e}")
                         continue
                     first = msgs[0]  # a run is of one title and request: it goes out in EncodedShots records
                     for record in shot_records(EncodedShots, [m.to_bytes() for m in msgs], first.title_id,

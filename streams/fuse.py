@@ -10,7 +10,10 @@ dead-letters its record alone, naming the shot. Shots are fused in Triton calls
 of up to BATCH shots across records and titles. A call's fused shots of one
 title go out together, in FusedShots records (mediafm.schema.shot_records): the
 contextualise stage then reads, records and acknowledges a record per run of a
-title's shots, not one per shot.
+title's shots, not one per shot. A live event's refused record is followed by a
+ShotsRefused in its place (mediafm.schema), and one from the encode stage is passed
+on in order: the live stage goes on past the shots, and ends the event where they
+carried its n_shots.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mediafm.schema import (
     EncodedShots,
     FusedShot,
     FusedShots,
+    ShotsRefused,
     bytes_to_vec,
     record_shots,
     shot_records,
@@ -69,10 +73,13 @@ def checked(shot: EncodedShot) -> Parsed:
     return shot, vecs, present
 
 
-def parse(raw: bytes) -> list[Parsed]:
-    """The encoded shots of one record (an EncodedShot, or the shots of an EncodedShots), each checked. Raises
-    SchemaError for the whole record, naming the shot at fault in a record of several."""
-    shots = record_shots(EncodedShots, raw)
+def parse(raw: bytes) -> list[Parsed] | ShotsRefused:
+    """The encoded shots of one record (an EncodedShot, or the shots of an EncodedShots), each checked; or a
+    ShotsRefused (passed on as it is). Raises SchemaError for the whole record, naming the shot at fault in a
+    record of several."""
+    shots = record_shots(EncodedShots, raw, refusals=True)
+    if isinstance(shots, ShotsRefused):
+        return shots
     out = []
     for k, shot in enumerate(shots):
         try:
@@ -128,6 +135,12 @@ async def _fuse_batch(rt: Runtime, events: list) -> None:
         except SchemaError as e:
             await rt.dead_letter(STAGE, event, str(e))
             continue
+        if isinstance(shots, ShotsRefused):  # passed on after the shots before it (rare: the slice is cut here)
+            if records:
+                await _fuse_slice(rt, records)
+                records, size = [], 0
+            await rt.send(rt.topics.fused, shots.title_id.encode(), event.message.value)
+            continue
         if records and size + len(shots) > BATCH:
             await _fuse_slice(rt, records)
             records, size = [], 0
@@ -176,3 +189,7 @@ async def _fuse_slice(rt: Runtime, records: list[tuple[object, list[Parsed]]]) -
         for shot, _ in run:
             metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, now - shot.published_at))
         metrics.shots.labels(STAGE).inc(len(run))
+    # A live event's refused records, said after the slice's runs (after the shots before them; a later shot of
+    # the event may have gone first, which the live stage takes: it then learns only their n_shots)
+    for k, why in sorted(refused.items()):
+        await rt.refused(STAGE, rt.topics.fused, [shot for shot, _, _ in records[k][1]], why)

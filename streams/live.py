@@ -28,8 +28,11 @@ Shots arrive in order (one partition per event, each stage keeps order); a
 redelivered shot is recognised and skipped. A shot that never comes (dead-lettered
 on an earlier stage, with its reason there: a segment file gone, an encoder's
 refusal) is a gap: the event goes on, its windows holding the shots there are,
-and the gap is logged and counted (mediafm_live_shots_lost_total). Only the last
-window_shots fused vectors of an event are kept.
+and the gap is logged and counted (mediafm_live_shots_lost_total). The encode and
+fuse stages send a ShotsRefused in place of the live shots they refuse, so the
+gap is known when they would have come, and an event whose last shots (those
+carrying n_shots) were refused still ends. Only the last window_shots fused
+vectors of an event are kept.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from __future__ import annotations
 import logging
 
 from mediafm.errors import SchemaError, VersionRetired
-from mediafm.schema import FusedShot, decode
+from mediafm.schema import FusedShot, ShotsRefused, decode
 from mediafm.windows import Window
 from streams import metrics
 from streams.progress import LiveProgress
@@ -109,40 +112,74 @@ class LiveEvents:
                               "another encoder_profile cut or encoded it?)")
         st.profile = shot.profile
         i, was = shot.shot_index, st.next
-        if i > st.next:  # shots order is kept on every stage, so those before it were lost (dead-lettered) upstream
-            st.lost += i - st.next
-            metrics.live_shots_lost.inc(i - st.next)
-            log.warning("live event %s: shots %d-%d never reached this stage or were refused by it (dead-lettered, where the "
-                        "reason is); the event goes on without them, its windows holding the shots there are",
-                        eid, st.next, i - 1)
+        self._lost(eid, st, i, "never reached this stage or were refused by it (dead-lettered, where the reason is)")
         self.shots[self.key(eid, i)] = shot.to_bytes()
         if shot.n_shots is not None:
             st.n = shot.n_shots
+        await self._advance(eid, st, was, i + 1, shot=i)
+
+    async def on_refused(self, refused: ShotsRefused) -> None:
+        """Shots [first, last] of a live event that a stage refused (each dead-lettered there): counted lost, the
+        finals they held up go out with the right context there is, and where they carried the event's n_shots,
+        the event ends. One that comes after later shots (the fuse stage sends it after its batch) only brings
+        n_shots. Raises BadInput."""
+        metrics.messages.labels(STAGE).inc()
+        eid, r = refused.title_id, refused
+        ekey = eid.encode()
+        st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
+        if st.over:
+            metrics.duplicates.labels(STAGE).inc()
+            return
+        if r.n_shots is not None and r.n_shots < st.next:
+            raise SchemaError(f"shots {r.first}-{r.last} of live event {eid!r} refused with n_shots={r.n_shots}, "
+                              f"but shots up to {st.next - 1} have come")
+        was, end = st.next, max(st.next, r.last + 1)
+        if end == was and (r.n_shots is None or r.n_shots == st.n):
+            metrics.duplicates.labels(STAGE).inc()  # nothing new: a redelivery, or after the shots it names
+            return
+        st.n = r.n_shots if r.n_shots is not None else st.n
+        self._lost(eid, st, end, f"were refused at the {r.stage} stage ({r.reason[:300]})")
+        await self._advance(eid, st, was, end)
+
+    def _lost(self, eid: str, st: LiveProgress, upto: int, why: str) -> None:
+        """Shots [st.next, upto) will not come: counted, logged."""
+        if upto > st.next:
+            st.lost += upto - st.next
+            metrics.live_shots_lost.inc(upto - st.next)
+            log.warning("live event %s: shots %d-%d %s; the event goes on without them, its windows holding the "
+                        "shots there are", eid, st.next, upto - 1, why)
+
+    async def _advance(self, eid: str, st: LiveProgress, was: int, end: int, shot: int | None = None) -> None:
+        """The event's shots before `end` have come or are lost (`was`: its next shot before): shot `shot`'s
+        provisional, the finals now due, and once every shot is in, the rest; then the record, and the held shots
+        no window needs any more let go."""
         size, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
         # What the table may hold of the event: the window before the shots' next one, and this shot. Only these
         # are looked at, so a jump in the indices (a gap, a hostile index of a billion) costs no more than a window.
-        held = [*range(max(0, was - size), was), i]
-        if i - R >= st.final:  # shot i - R has its right context now (and any before it a gap skipped over)
-            final = [j for j in held if st.final <= j <= i - R and self.key(eid, j) in self.shots]
-            st.final = i - R + 1
+        held = [*range(max(0, was - size), was), *([] if shot is None else [shot])]
+        wend = end if shot is not None else was  # the window's end: just past the newest shot held
+        if end - 1 - R >= st.final:  # shot end-1-R has its right context now (any before it a gap skipped over)
+            final = [j for j in held if st.final <= j <= end - 1 - R and self.key(eid, j) in self.shots]
+            st.final = end - R
         else:
             final = []
-        await self.publish(eid, i + 1, [i], final, st)
-        st.next = i + 1
-        if st.n is not None and st.next == st.n:  # the event is over: finalise the rest
+        if shot is not None or final:
+            await self.publish(eid, wend, [] if shot is None else [shot], final, st)
+        st.next = end
+        if st.n is not None and st.next >= st.n:  # the event is over: finalise the rest
             rest = [j for j in held if j >= st.final and self.key(eid, j) in self.shots]
             if rest:
-                await self.publish(eid, st.n, [], rest, st)
+                await self.publish(eid, wend, [], rest, st)
             st.final = st.n
             unused = held  # all it holds: the last window's shots, and the one before it
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:
-            unused = [j for j in held if j < i + 1 - size]  # no longer inside any future window (after a gap: more)
+            unused = [j for j in held if j < end - size]  # no longer inside any future window (after a gap: more)
         # Each write is in its changelog before the next one is made, so a kill -9 anywhere in between leaves
         # state this shot's redelivery can carry on from: the shot held before the progress that counts it,
         # and that progress before the shots it makes unused are deleted.
         await self.rt.sends_acknowledged()
-        self.events[ekey] = st.to_bytes()
+        self.events[eid.encode()] = st.to_bytes()
         await self.rt.sends_acknowledged()
         for j in unused:
             self.shots.pop(self.key(eid, j), None)

@@ -46,7 +46,15 @@ from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
 from mediafm.redact import redact_url
 from mediafm.representations import published, served_output, uses_input
-from mediafm.schema import MAX_MESSAGE_BYTES, ContextualEmbedding, DeadLetter, FusedShot, bytes_to_vec, vec_to_bytes
+from mediafm.schema import (
+    MAX_MESSAGE_BYTES,
+    ContextualEmbedding,
+    DeadLetter,
+    FusedShot,
+    ShotsRefused,
+    bytes_to_vec,
+    vec_to_bytes,
+)
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 from mediafm.windows import Window
@@ -289,6 +297,18 @@ class Runtime:
                      "events it came from are processed again%s", type(e).__name__, e, grant)
         logging.shutdown()
         os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
+
+    async def refused(self, stage: str, topic, shots: list, reason: str) -> None:
+        """After a run of a live event's shots (ShotRefs, EncodedShots) was dead-lettered: a ShotsRefused in their
+        place on `topic`, the next stage's, which passes it on (the fuse stage), so that the live stage goes on past
+        them and ends the event where they carried its n_shots. A title's refused shots are in the dead letters
+        only: the title is published again."""
+        first = shots[0]
+        if first.kind != "live":
+            return
+        msg = ShotsRefused(title_id=first.title_id, first=first.shot_index, last=shots[-1].shot_index, stage=stage,
+                           reason=reason[:2000], n_shots=shots[-1].n_shots, published_at=first.published_at)
+        await self.send(topic, first.title_id.encode(), msg.to_bytes())
 
     async def events(self, stream):
         """`stream.events()`, each event acknowledged only once the records it made (Runtime.send, its table
@@ -565,7 +585,7 @@ class Runtime:
                 embedding=vec_to_bytes(emb, s.embedding_dtype), dtype=s.embedding_dtype, dim=int(emb.shape[0]),
                 model=profile.mediafm_model, model_version=version, representation=s.embedding_representation,
                 profile=shot.profile, window_start=w.start, window_end=w.end, final=final, n_shots=n_shots,
-                kind=shot.kind, published_at=shot.published_at)
+                kind=shot.kind, published_at=shot.published_at, request_id=shot.request_id)
             await self.send(self.topics.embeddings, shot.title_id.encode(), msg.to_bytes())
             metrics.e2e_seconds.labels(shot.kind, "final" if final else "provisional").observe(
                 max(0.0, time.time() - shot.published_at))

@@ -457,6 +457,51 @@ def test_sink_keeps_the_written_profiles_finals_of_one_representation_into_a_lin
 
 
 @pytest.mark.kafka
+def test_sink_writes_the_finals_of_the_publication_whose_shots_it_writes(kafka_stack, tmp_path):
+    """A title published twice (requests "a", then "b"): the sink writes b's shots. Before, the finals were chosen
+    by title and model version only, the last published winning, so a's finals (published after b's: its pass
+    ran late) went into contextual.parquet beside b's shots, though a's shots may be other cuts of other media.
+    Now each final names its request (ContextualEmbedding.request_id), and only b's are written; a final without
+    one (from before the field) is still taken."""
+    import pyarrow.parquet as pq
+
+    from mediafm.bus import producer
+    from mediafm.config import replace
+    from mediafm.publish import sink
+    from mediafm.schema import ContextualEmbedding
+    from mediafm.topics import Topics
+
+    settings = replace(kafka_stack, topic_prefix=f"sinkreq-{uuid.uuid4().hex[:6]}", partitions=1)
+    _create_topics(settings)
+    names = Topics.from_settings(settings)
+    write_dataset(tmp_path / "ds", [5], prefix="q-")
+    (title,) = Dataset(tmp_path / "ds").iter_titles()
+    tid, n = title.info.title_id, len(title.fused)
+    rng = np.random.default_rng(4)
+    vecs = {rid: rng.standard_normal((n, 8)).astype(np.float32) for rid in ("a", "b", "")}
+    p = producer(settings)
+    for rid in ("a", "b"):
+        for m in fused_shot_messages(title, LAYOUT, rid):
+            p.send(names.fused, key=tid.encode(), value=m.to_bytes())
+    for rid in ("b", "a", ""):  # a's pass after b's; then one final from before request ids, for shot 0
+        for i in range(1 if rid == "" else n):
+            e = ContextualEmbedding(title_id=tid, shot_index=i, start_s=0.0, end_s=1.0, embedding=vec_to_bytes(
+                vecs[rid][i]), dim=8, model_version="1", profile="offline", representation="output", window_start=0,
+                window_end=n, final=True, n_shots=n, request_id=rid)
+            p.send(names.embeddings, key=tid.encode(), value=e.to_bytes())
+    p.flush()
+    p.close()
+    out = sink(settings, tmp_path / "sunk", idle_s=1.0, timeout_s=120)
+    assert (out["titles"], out["shots"], out["contextual"]) == (1, n, n)
+    rows = {r["shot_index"]: np.array(r["embedding"], np.float32)
+            for r in pq.read_table(tmp_path / "sunk" / "contextual.parquet").to_pylist()}
+    assert sorted(rows) == list(range(n))
+    np.testing.assert_array_equal(rows[0], vecs[""][0])  # the last final of shot 0 without a request id
+    for i in range(1, n):
+        np.testing.assert_array_equal(rows[i], vecs["b"][i])
+
+
+@pytest.mark.kafka
 def test_backfill_sends_each_title_once_and_names_what_it_sent_when_the_broker_stops_taking(kafka_stack, monkeypatch):
     """`backfill a b a c`: a once. A send that fails part way (the broker's refusal stood in for on the third
     send; the broker faults themselves are tests/streams/test_infra_faults.py) names the titles already

@@ -477,6 +477,47 @@ def test_a_live_event_whose_last_segment_cannot_be_read_still_ends(kafka_stack, 
     assert worker.poll() is None
 
 
+def test_a_live_event_whose_last_shots_the_encoder_refuses_still_ends(kafka_stack, worker, offline_model, media):
+    """A live event of 5 shots whose last two (those of its last segment, carrying n_shots) point at media no
+    decoder reads, so the encode stage dead-letters them. Before, nothing told the live stage: no shot it got
+    carried n_shots, the event never ended, and shots 0-2 never had a final (they wait for 16 shots of right
+    context, or the end). Now the encode stage sends a ShotsRefused in their place, the fuse stage passes it on,
+    and the live stage ends the event: shots 0-2 each get one provisional and one final, 3 and 4 none."""
+    names = Topics.from_settings(kafka_stack)
+    eid = f"hx-{uuid.uuid4().hex[:6]}-last-shots-refused"
+    frames, fps = [30, 36, 24, 40, 30], 24
+    film = make_film(media["root"] / f"{eid}.mp4", shots=frames, fps=fps, size=(160, 96), first_source=2,
+                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
+    starts = np.concatenate([[0], np.cumsum(frames)])
+    refs = [ShotRef(title_id=eid, shot_index=i, start_s=starts[i] / fps, end_s=starts[i + 1] / fps,
+                    start_frame=int(starts[i]), end_frame=int(starts[i + 1]),
+                    media=[str(film.path if i < 3 else media["garbage"])], media_start_s=0.0, text="", title_text="",
+                    profile=kafka_stack.encoder_profile, n_shots=5 if i >= 3 else None, kind="live")
+            for i in range(5)]
+    dead, tail = Tail(kafka_stack, names.deadletter), Tail(kafka_stack, names.embeddings)
+    p = producer(kafka_stack)
+    try:
+        for ref in refs:
+            p.send(names.shots, key=eid.encode(), value=ref.to_bytes())
+        p.flush()
+    finally:
+        p.close()
+    kinds: dict[int, list[bool]] = defaultdict(list)
+    try:
+        for rec in tail.poll(timeout_s=240, stop=lambda: all(True in kinds[i] for i in range(3))):
+            e = decode(rec.value, expect=ContextualEmbedding)
+            if e.title_id == eid:
+                kinds[e.shot_index].append(e.final)
+        letters = [x for x in (decode(r.value, expect=DeadLetter) for r in dead.to_end(timeout_s=60))
+                   if x.key == eid.encode()]
+    finally:
+        dead.close()
+        tail.close()
+    assert {i: sorted(k) for i, k in kinds.items()} == {i: [False, True] for i in range(3)}
+    assert sorted(x.stage for x in letters) == ["encode", "encode"], [(x.stage, x.reason) for x in letters]
+    assert worker.poll() is None
+
+
 def test_a_title_published_again_without_a_request_id_is_embedded_again(kafka_stack, worker, offline_model, media):
     """An ingestion system that leaves request_id out and publishes a title again (the file replaced, say): before,
     every shot of the second publication was skipped as a redelivery of the first, with no dead letter and no

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -281,6 +282,27 @@ def _fused(**kw) -> FusedShot:
 def test_contextualise_parse_rejects(change, match):
     with pytest.raises(SchemaError, match=match):
         contextualise.parse(_fused(**change).to_bytes())
+
+
+def test_contextualise_takes_a_record_of_shots_whole_or_refuses_it_whole():
+    """A FusedShots record (pre-encoded input may be published so) whose shots disagree on n_shots, kind or profile.
+    Before, each shot was checked alone: the shots before the odd one were counted in their title's progress and
+    the record dead-lettered, so the title could complete from a record refused. Now the record is refused whole,
+    naming the shot; a live event's shots may differ in n_shots (only its last ones carry it)."""
+    from mediafm.schema import FusedShots
+
+    def record(*shots):
+        return FusedShots(title_id="t", shots=[x.to_bytes() for x in shots]).to_bytes()
+
+    ok = [_fused(shot_index=i, n_shots=3) for i in range(3)]
+    assert [x.shot_index for x in contextualise.parse(record(*ok))] == [0, 1, 2]
+    live = [dataclasses.replace(_fused(shot_index=i, n_shots=3 if i == 2 else None), kind="live") for i in range(3)]
+    assert len(contextualise.parse(record(*live))) == 3
+    for odd, said in [(dataclasses.replace(ok[2], n_shots=4), "('title', 'offline', 4)"),
+                      (dataclasses.replace(ok[2], kind="live"), "('live', 'offline', None)")]:
+        with pytest.raises(SchemaError, match=re.escape(f"shot 2 of 't' in a record of 3 has kind, profile and "
+                                                        f"n_shots {said}")):
+            contextualise.parse(record(ok[0], ok[1], odd))
 
 
 def test_contextualise_parse_accepts_live_shots_before_their_event_ends():
@@ -672,6 +694,52 @@ def test_a_jump_in_a_live_events_indices_costs_a_window_of_lookups_not_the_jump(
                                                                     for f in (False, True)])
     st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
     assert st.over and st.lost == n - 5 and tables["live-shots"] == {}
+
+
+def test_shots_refused_upstream_end_a_live_event_or_let_it_go_on():
+    """The encode and fuse stages send a ShotsRefused in place of the live shots they dead-letter. Before, the
+    live stage learnt of them only from a later shot, so an event whose last shots (those carrying n_shots) were
+    refused never ended: its last shots never had a final, its held shots stayed. Now:
+    - refused last shots end the event (every shot that came: one provisional, one final);
+    - refused shots mid-event are counted when they would have come, and the event goes on;
+    - a ShotsRefused that comes after later shots only brings n_shots, and one after the end changes nothing;
+    - one whose n_shots is below the shots that came is refused, naming both."""
+    import asyncio
+
+    from mediafm.schema import ShotsRefused
+
+    def shot(i: int, n: int | None = None):
+        return dataclasses.replace(_fused(shot_index=i, n_shots=n), title_id="ev", kind="live")
+
+    def refused(first: int, last: int, n: int | None = None):
+        return ShotsRefused(title_id="ev", first=first, last=last, stage="encode", reason="undecodable", n_shots=n)
+
+    def run(steps):
+        contextualise_, sent, _ = _through_runtime(8)
+        live, tables = _live_stage(contextualise_)
+
+        async def main():
+            for x in steps:
+                await (live.on_refused(x) if isinstance(x, ShotsRefused) else live.on_shot(x))
+
+        asyncio.run(main())
+        st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
+        return sorted((m.shot_index, m.final) for m in sent), st, tables["live-shots"]
+
+    def each(kept):
+        return sorted([(i, False) for i in kept] + [(i, True) for i in kept])
+
+    got, st, held = run([shot(i) for i in range(16)] + [refused(16, 19, 20)])
+    assert got == each(range(16)) and st.over and st.lost == 4 and held == {}
+    got, st, held = run([shot(i) for i in range(6)] + [refused(6, 9)] + [shot(i, 20 if i == 19 else None)
+                                                                          for i in range(10, 20)])
+    assert got == each([*range(6), *range(10, 20)]) and st.over and st.lost == 4 and held == {}
+    got, st, held = run([shot(i) for i in range(10)] + [refused(12, 13, 14), refused(10, 11, 14)])
+    assert got == each(range(10)) and st.over and st.lost == 4 and held == {}
+    got, st, _ = run([shot(i) for i in range(10)] + [refused(8, 9), refused(6, 7, 10)])  # late, then n only
+    assert got == each(range(10)) and st.over and st.lost == 0
+    with pytest.raises(SchemaError, match="n_shots=5, but shots up to 9 have come"):
+        run([shot(i) for i in range(10)] + [refused(3, 4, 5)])
 
 
 def test_a_live_shot_of_another_profile_is_refused_and_the_event_goes_on():
