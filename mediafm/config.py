@@ -224,6 +224,10 @@ class Settings:
             raise ConfigError(f"topic_prefix={self.topic_prefix!r}: use letters, digits, '_' and '-' (no '.': topics "
                               "are <prefix>.<stage>, and a broker's ACLs grant every name starting '<prefix>.', which "
                               "would cover a pipeline whose prefix is '<prefix>.<more>')")
+        if ":" in self.bind_host or not self.bind_host:
+            raise ConfigError(f"bind_host={self.bind_host!r}: give an IPv4 address or a host name (the services' "
+                              "addresses are written host:port, which an IPv6 literal breaks; a name that resolves "
+                              "to ::1 works)")
         for name in PORT_FIELDS:
             port = getattr(self, name)
             if not 0 < port < 65536:

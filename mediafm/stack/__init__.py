@@ -21,13 +21,15 @@ def up(settings: Settings, *, echo=print) -> None:
 
 
 def down(settings: Settings, *, wipe: bool = False, echo=print) -> None:
+    from mediafm.stack import process
+
+    if wipe:  # Faust's table state must go with the broker's data, or recovery breaks: both, or neither
+        process.wipeable(settings.state_dir / "faust")
+        process.wipeable(kafka.data_dir(settings))
     echo(triton.down(settings))
     echo(kafka.down(settings, wipe=wipe))
     if wipe:
-        # Faust's table state must go with the broker's data, or recovery breaks.
-        import shutil
-
-        shutil.rmtree(settings.state_dir / "faust", ignore_errors=True)
+        process.wipe(settings.state_dir / "faust")
         echo("worker state wiped")
 
 

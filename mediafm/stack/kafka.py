@@ -22,7 +22,8 @@ from mediafm.config import Settings, replace
 from mediafm.errors import ConfigError, MissingToolError, StackError
 from mediafm.kafka_security import check_login, principal, sasl_password
 from mediafm.schema import MAX_MESSAGE_BYTES
-from mediafm.stack.process import Service, require_free_ports, start_and_wait, wait_until
+from mediafm.stack.process import Service, port_is_free, require_free_ports, start_and_wait, wait_until
+from mediafm.stack.process import wipe as wipe_dir
 
 # Kafka 3.9 logs through SLF4J 1.7 and needs a binding on the classpath.
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -458,7 +459,7 @@ def up(settings: Settings) -> str:
                        {"kafka_port": settings.kafka_port, "kafka_controller_port": settings.kafka_controller_port})
     cfg = _write_config(settings, java)
     cp = f"{libs}/*"
-    data = _dir(settings) / "data"
+    data = data_dir(settings)
     made_with = _dir(settings) / "broker.user"  # whom the broker logs in as, written when its data is formatted
     scram = settings.kafka_security_protocol.startswith("SASL_") and settings.kafka_sasl_mechanism != "PLAIN"
     if (settings.kafka_acls and scram and (data / "meta.properties").exists()
@@ -489,11 +490,19 @@ def _granted(settings: Settings) -> str:
     return f"; ACLs on, {n} grants to {principal(settings)} (`mediafm acls` lists them)" if n else ""
 
 
+def data_dir(settings: Settings) -> Path:
+    """The broker's log (its topics)."""
+    return _dir(settings) / "data"
+
+
 def down(settings: Settings, *, wipe: bool = False) -> str:
     stopped = service(settings).stop()
     if wipe:
-        shutil.rmtree(_dir(settings) / "data", ignore_errors=True)
-        shutil.rmtree(certificate(settings).parent, ignore_errors=True)
+        if not port_is_free(settings.bind_host, settings.kafka_port):  # not deleted under a broker that runs
+            raise StackError(f"a broker still listens on {settings.bind_host}:{settings.kafka_port} (not one this "
+                             f"stack started, or it did not stop): stop it, then `mediafm stack down --wipe` again")
+        wipe_dir(data_dir(settings))
+        wipe_dir(certificate(settings).parent)
         for f in ("broker.user", "broker.pass"):  # the broker's own user went with the data
             (_dir(settings) / f).unlink(missing_ok=True)
     return ("kafka stopped" if stopped else "kafka was not running") + (" (data wiped)" if wipe else "")

@@ -42,6 +42,27 @@ def require_free_ports(service: str, host: str, ports: dict[str, int]) -> None:
             )
 
 
+def wipeable(path: Path) -> None:
+    """StackError if `wipe` would refuse `path`: a symbolic link (it deletes only inside the state dir)."""
+    if path.is_symlink():
+        raise StackError(f"{path} is a symbolic link (to {os.readlink(path)}); --wipe deletes only inside the state "
+                         "dir: empty what it points to yourself, or remove the link")
+
+
+def wipe(path: Path) -> None:
+    """Delete the folder `path` of a stack's state (a broker's log, the workers' tables), or StackError saying why
+    it could not be: before, `rmtree(ignore_errors=True)` said "wiped" over a folder it had left as it was (a
+    symbolic link, which rmtree refuses; a file it may not delete), and the next `up` then met the old data."""
+    wipeable(path)
+    if not path.exists():
+        return
+    failed: list[str] = []
+    shutil.rmtree(path, onerror=lambda _fn, p, info: failed.append(f"{p}: {info[1]}"))  # onexc from Python 3.12
+    if failed:
+        raise StackError(f"could not wipe {path}: {failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1
+                                                                     else ""))
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -88,16 +88,16 @@ def control_key(settings: Settings) -> str | None:
 
 
 def _new_control_key(settings: Settings) -> str:
-    """$MEDIAFM_TRITON_CONTROL_KEY, or a fresh random key written to control.key, mode 0600.
+    """$MEDIAFM_TRITON_CONTROL_KEY, or a fresh random key; written to control.key, mode 0600.
 
     What it keeps out: whatever reaches the loopback port without the key, such as a web page in the
     operator's browser (a page may POST to 127.0.0.1 without reading the answer, but may not add a header
     without a CORS preflight Triton does not grant) or a service made to fetch a URL. What it does not:
     another local user, since the key is on the server's command line (/proc/PID/cmdline), unless /proc
     hides other users' processes (`hidepid=2`)."""
-    if os.environ.get(CONTROL_KEY_ENV):
-        return os.environ[CONTROL_KEY_ENV]
-    key, path = secrets.token_urlsafe(32), control_key_file(settings)
+    key, path = os.environ.get(CONTROL_KEY_ENV) or secrets.token_urlsafe(32), control_key_file(settings)
+    # the key the server runs with, also when it came from the environment: a key an earlier `up` wrote there
+    # would otherwise answer for this server in a shell without the variable (stack status, export: refused)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:

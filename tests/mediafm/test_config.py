@@ -97,3 +97,12 @@ def test_the_local_broker_refuses_a_wildcard_bind_host_naming_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"bind_host='0.0.0.0': the local broker tells its clients this address"):
         kafka._write_config(s, "java")
     assert not (tmp_path / "kafka").exists()
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "::", ""])
+def test_an_ipv6_literal_bind_host_is_refused_naming_what_works(host):
+    """bind_host=::1 made every port read as taken (an IPv4 socket cannot bind an IPv6 address), and the
+    addresses the stack writes (host:port, the Triton URL) cannot hold an IPv6 literal unbracketed."""
+    with pytest.raises(ConfigError, match="give an IPv4 address or a host name"):
+        Settings(bind_host=host)
+    assert Settings(bind_host="localhost").kafka_bootstrap == "localhost:9092"

@@ -304,3 +304,56 @@ def test_the_apis_that_change_the_server_answer_only_with_the_control_key(triton
     assert triton.ready(triton_stack)  # health and metadata stay open
     assert triton._get(triton_stack, "/v2/models/fusion")[0] == 200
     assert key not in triton.service(triton_stack).log_file.read_text(errors="replace")
+
+
+def test_the_control_key_file_holds_the_key_the_server_runs_with(tmp_path, monkeypatch):
+    """`up` writes its random key to control.key, which the stack's own calls read (status, export) in a shell
+    without $MEDIAFM_TRITON_CONTROL_KEY. Before, a key taken from the variable was not written there, so the key an
+    earlier `up` had left answered for the new server: refused, and `stack status` stopped on it."""
+    import stat
+
+    from mediafm.config import Settings
+
+    s = Settings(state_dir=tmp_path)
+    monkeypatch.delenv(triton.CONTROL_KEY_ENV, raising=False)
+    first = triton._new_control_key(s)
+    assert triton.control_key(s) == first and len(first) >= 32
+    monkeypatch.setenv(triton.CONTROL_KEY_ENV, "the-operators-key")
+    assert triton._new_control_key(s) == "the-operators-key"
+    monkeypatch.delenv(triton.CONTROL_KEY_ENV)
+    assert triton.control_key(s) == "the-operators-key", "the old key answered for the new server"
+    assert stat.S_IMODE(triton.control_key_file(s).stat().st_mode) == 0o600
+
+
+def test_wipe_deletes_or_says_why_it_did_not(tmp_path):
+    """`stack down --wipe` said "(data wiped)" and "worker state wiped" whatever rmtree(ignore_errors=True) did: a
+    folder that is a symbolic link (moved to another disk) was left whole, and so was a broker's log under a
+    broker still listening. Now the link is refused and named, a listener on the broker's port stops the wipe
+    before anything is deleted, and what is wiped is gone."""
+    import socket
+
+    from conftest import free_port
+
+    from mediafm import stack
+    from mediafm.config import Settings
+
+    s = Settings(state_dir=tmp_path / "state", kafka_port=free_port())
+    data = tmp_path / "state" / "kafka" / "data"
+    (data / "topic-0").mkdir(parents=True)
+    (data / "topic-0" / "00000.log").write_bytes(b"records")
+    with socket.create_server((s.bind_host, s.kafka_port)):  # something answers where our broker would
+        with pytest.raises(StackError, match=f"a broker still listens on 127.0.0.1:{s.kafka_port}"):
+            kafka.down(s, wipe=True)
+    assert (data / "topic-0" / "00000.log").exists(), "nothing deleted under a listening broker"
+    elsewhere = tmp_path / "other-disk" / "faust"
+    (elsewhere / "tables").mkdir(parents=True)
+    (s.state_dir / "faust").symlink_to(elsewhere)
+    with pytest.raises(StackError, match="faust is a symbolic link .*--wipe deletes only inside the state dir"):
+        stack.down(s, wipe=True, echo=lambda _: None)
+    assert (elsewhere / "tables").is_dir()
+    assert (data / "topic-0" / "00000.log").exists(), "the broker's log and the tables go together, or neither"
+    (s.state_dir / "faust").unlink()
+    (s.state_dir / "faust" / "tables").mkdir(parents=True)
+    said: list[str] = []
+    stack.down(s, wipe=True, echo=said.append)
+    assert not (s.state_dir / "faust").exists() and not data.exists() and said[-1] == "worker state wiped"
