@@ -78,7 +78,9 @@ def send_and_wait(settings: Settings, p: KafkaProducer, what: str, records: list
         raise StackError(f"the broker at {settings.kafka_bootstrap} did not take {what}"
                          + (" within the producer's delivery timeout" if away else "")
                          + f" ({type(e).__name__}: {e})"
-                         + ("; is it running? (`mediafm stack status`)" if away else "")) from None
+                         + ("; is it running (`mediafm stack status`), and are the pipeline's topics made "
+                            "(`mediafm topics`)? A topic missing looks the same: no metadata for it" if away else "")
+                         ) from None
 
 
 def consumer(settings: Settings, **kwargs) -> KafkaConsumer:

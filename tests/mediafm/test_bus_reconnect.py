@@ -73,3 +73,20 @@ def test_the_readiness_probe_says_no_within_its_timeout_while_nothing_listens(ka
     # kafka-python's admin client waits 30 s for a first connection unless told otherwise; `mediafm stack up`
     # probes every half second and must see a broker as soon as it answers
     assert time.monotonic() - t < 10
+
+
+def test_a_send_to_a_topic_that_was_never_made_says_how_to_make_it(kafka_stack):
+    """The local broker does not create topics on use: a publisher with a topic_prefix whose topics were never made
+    waited for their metadata and was told only "is it running?", of a broker that was. Now the error also names
+    the missing topics' command."""
+    from kafka import KafkaProducer
+
+    from mediafm.bus import send_and_wait
+    from mediafm.errors import StackError
+
+    p = KafkaProducer(max_block_ms=2000, **kafka_python_options(kafka_stack))
+    try:
+        with pytest.raises(StackError, match=r"did not take the test record within .*`mediafm topics`"):
+            send_and_wait(kafka_stack, p, "the test record", [("never-made.titles", b"k", b"v")])
+    finally:
+        p.close()
