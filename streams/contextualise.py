@@ -259,6 +259,22 @@ def register(rt: Runtime) -> None:
                     await on_record(event)
                 titles.flush()
 
+    async def live_refused(event, reason: str) -> None:
+        """A live event's record refused here: its shots counted lost in their place (and the event ended where they
+        carried its n_shots), as a ShotsRefused from an earlier stage would."""
+        try:
+            refusal = rt.refusal(STAGE, record_shots(FusedShots, event.message.value), reason)
+        except SchemaError:
+            return
+        if refusal is None:
+            return
+        try:
+            with processing(event):
+                await live.on_refused(refusal)
+        except Exception:  # its own dead letter says why; the event goes on as it would without this
+            log.exception("live event %s: its refused shots %d-%d could not be counted", refusal.title_id,
+                          refusal.first, refusal.last)
+
     async def on_record(event) -> None:
         metrics.messages.labels(STAGE).inc()
         stage = STAGE
@@ -278,6 +294,8 @@ def register(rt: Runtime) -> None:
                         await titles.on_shot(shot, event, size)
         except BadInput as e:
             await rt.dead_letter(stage, event, str(e))
+            await live_refused(event, str(e))
         except Exception as e:  # unforeseen: say so, never lose the batch with the agent
             log.exception("%s failed", stage)
-            await rt.dead_letter(stage, event, f"{stage} failed: {type(e).__name__}: {e}")
+            await rt.dead_letter(stage, event, f"{stage} failed: {type(e).__name__}: {e}")  # not counted: the
+            # same shot published again is taken (tests/streams/test_unforeseen_errors.py)

@@ -32,6 +32,7 @@ from mediafm.schema import (
     EncodedShot,
     EncodedShots,
     ShotRef,
+    ShotsRefused,
     TitleMeta,
     decode,
     shot_records,
@@ -60,11 +61,12 @@ def parse(raw: bytes) -> ShotRef:
 
 
 def runs(items: list[tuple]) -> list[list[tuple]]:
-    """Split (event, ref) pairs into runs of consecutive shots sharing title, request, media and n_shots."""
+    """Split (event, ref) pairs into runs of consecutive shots sharing title, request, media and n_shots; an
+    (event, ShotsRefused) is a run of its own, in its place."""
     out: list[list[tuple]] = []
     for item in items:
         ref = item[1]
-        if out:
+        if out and not isinstance(ref, ShotsRefused) and not isinstance(out[-1][-1][1], ShotsRefused):
             prev = out[-1][-1][1]
             if (prev.title_id, prev.request_id, prev.media, prev.n_shots, prev.profile) == \
                (ref.title_id, ref.request_id, ref.media, ref.n_shots, ref.profile) and \
@@ -73,6 +75,16 @@ def runs(items: list[tuple]) -> list[list[tuple]]:
                 continue
         out.append([item])
     return out
+
+
+def refused_ref(raw: bytes, reason: str) -> ShotsRefused | None:
+    """The ShotsRefused standing for a live ShotRef that parse() refused (a profile unknown, an empty span), where
+    the message is a ShotRef at all."""
+    try:
+        ref = decode(raw, expect=ShotRef)
+    except SchemaError:
+        return None
+    return Runtime.refusal(STAGE, [ref], reason)
 
 
 class Encoder:
@@ -127,14 +139,19 @@ def register(rt: Runtime) -> None:
     async def encode(stream):
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             with rt.unfinished(events):  # left mid-way (a stop while encoding): fetched again, not committed
-                parsed = []
+                parsed = []  # (event, ShotRef), or (event, ShotsRefused) for a live shot refused here, in order
                 for event in events:
                     metrics.messages.labels(STAGE).inc()
                     try:
                         parsed.append((event, parse(event.message.value)))
                     except BadInput as e:
                         await rt.dead_letter(STAGE, event, str(e))
+                        if (refusal := refused_ref(event.message.value, str(e))) is not None:
+                            parsed.append((event, refusal))
                 for run in runs(parsed):
+                    if isinstance(run[0][1], ShotsRefused):  # after the shots before it, as they came
+                        await rt.send(rt.topics.encoded, run[0][1].title_id.encode(), run[0][1].to_bytes())
+                        continue
                     try:
                         msgs = await encoder.encode_run_patiently([r for _, r in run])
                     except BadInput as e:

@@ -134,12 +134,17 @@ async def _fuse_batch(rt: Runtime, events: list) -> None:
             shots = parse(event.message.value)
         except SchemaError as e:
             await rt.dead_letter(STAGE, event, str(e))
-            continue
+            try:  # a live event's record refused (a NaN in a vector, say): said in its place, as below
+                shots = rt.refusal(STAGE, record_shots(EncodedShots, event.message.value), str(e))
+            except SchemaError:
+                shots = None
+            if shots is None:
+                continue
         if isinstance(shots, ShotsRefused):  # passed on after the shots before it (rare: the slice is cut here)
             if records:
                 await _fuse_slice(rt, records)
                 records, size = [], 0
-            await rt.send(rt.topics.fused, shots.title_id.encode(), event.message.value)
+            await rt.send(rt.topics.fused, shots.title_id.encode(), shots.to_bytes())
             continue
         if records and size + len(shots) > BATCH:
             await _fuse_slice(rt, records)

@@ -74,8 +74,12 @@ class LiveEvents:
             if j < end - most:
                 wanted.update(range(max(0, j + 1 - most), j + 1))
         held = (self.shots.get(self.key(event_id, i)) for i in sorted(wanted))  # less those lost upstream
-        shots = [decode(raw, expect=FusedShot) for raw in held if raw is not None]
-        picks = sorted([(i, False) for i in provisional] + [(i, True) for i in final])
+        shots = [s for s in (decode(raw, expect=FusedShot) for raw in held if raw is not None)
+                 if s.profile == st.profile]  # after a change of profile: this profile's shots only
+        have = {s.shot_index for s in shots}
+        picks = sorted([(i, False) for i in provisional if i in have] + [(i, True) for i in final if i in have])
+        if not picks:
+            return
 
         def windows_for(size: int, _stride: int):
             windows, out = [Window(max(0, end - size), end)], []
@@ -103,13 +107,10 @@ class LiveEvents:
         if shot.shot_index < st.next or st.over:
             metrics.duplicates.labels(STAGE).inc()
             if st.over and shot.shot_index == st.n - 1:  # a kill after the progress, before the shots were deleted
-                for j in range(max(0, st.n - 1 - self.rt.settings.window_shots), st.n):
-                    self.shots.pop(self.key(eid, j), None)
+                self._let_go(eid, st)
             return
-        if st.profile and shot.profile != st.profile:  # refused before it is held: every window would refuse it
-            raise SchemaError(f"shot {shot.shot_index} of live event {eid!r} is of profile {shot.profile!r}, the "
-                              f"event's shots before it of {st.profile!r}: one event, one profile (a worker of "
-                              "another encoder_profile cut or encoded it?)")
+        if st.profile and shot.profile != st.profile:  # a worker of another encoder_profile cut or encoded it
+            await self._change_profile(eid, st, shot)
         st.profile = shot.profile
         i, was = shot.shot_index, st.next
         self._lost(eid, st, i, "never reached this stage or were refused by it (dead-lettered, where the reason is)")
@@ -129,6 +130,7 @@ class LiveEvents:
         st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
         if st.over:
             metrics.duplicates.labels(STAGE).inc()
+            self._let_go(eid, st)  # the one that ended it, again: a kill after the progress, before the deletes
             return
         if r.n_shots is not None and r.n_shots < st.next:
             raise SchemaError(f"shots {r.first}-{r.last} of live event {eid!r} refused with n_shots={r.n_shots}, "
@@ -140,6 +142,29 @@ class LiveEvents:
         st.n = r.n_shots if r.n_shots is not None else st.n
         self._lost(eid, st, end, f"were refused at the {r.stage} stage ({r.reason[:300]})")
         await self._advance(eid, st, was, end)
+
+    async def _change_profile(self, eid: str, st: LiveProgress, shot: FusedShot) -> None:
+        """The event's shots change encoder profile at `shot` (a worker of another encoder_profile took the
+        partition): windows never mix the two (their vectors differ in width and meaning). The finals owed go
+        out now, from windows of the profile before, with the right context there is; the event goes on in the
+        new one. Before, the shot was held and every window holding it refused (and a pin to the first profile
+        would refuse the rest of an event that changed for good)."""
+        size = self.rt.settings.window_shots
+        owed = [j for j in range(max(0, st.next - size), st.next) if j >= st.final]
+        log.warning("live event %s: shot %d is of profile %r, the shots before it of %r; its windows from there hold "
+                    "only %r shots, and the finals owed before it go out now", eid, shot.shot_index, shot.profile,
+                    st.profile, shot.profile)
+        if owed:
+            await self.publish(eid, st.next, [], owed, st)
+        st.final = max(st.final, st.next)
+
+    def _let_go(self, eid: str, st: LiveProgress) -> None:
+        """The shots an ended event held at its end (its record's `tail`; a record from before it: the last
+        window's)."""
+        size = self.rt.settings.window_shots
+        start = st.tail if st.tail >= 0 else max(0, st.n - 1 - size)
+        for j in [*range(start, min(start + size, st.n)), st.n - 1]:
+            self.shots.pop(self.key(eid, j), None)
 
     def _lost(self, eid: str, st: LiveProgress, upto: int, why: str) -> None:
         """Shots [st.next, upto) will not come: counted, logged."""
@@ -170,7 +195,7 @@ class LiveEvents:
             rest = [j for j in held if j >= st.final and self.key(eid, j) in self.shots]
             if rest:
                 await self.publish(eid, wend, [], rest, st)
-            st.final = st.n
+            st.final, st.tail = st.n, max(0, was - size)
             unused = held  # all it holds: the last window's shots, and the one before it
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:

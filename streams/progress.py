@@ -98,16 +98,19 @@ class LiveProgress:
     """Shots that never arrived (dead-lettered upstream): the event went on without them."""
     profile: str = ""
     """The encoder profile of the event's shots ("": none yet, or a record from before it was kept)."""
+    tail: int = -1
+    """Once the event is over: the first of the shots it held at its end (they are let go after this record is
+    written; a kill -9 in between leaves them to the redelivery). -1: not over, or a record from before."""
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LiveProgress:
         d = msgpack.unpackb(raw)
         return cls(next=d["next"], final=d["final"], n=d["n"], version=d.get("version", ""), lost=d.get("lost", 0),
-                   profile=d.get("profile", ""))
+                   profile=d.get("profile", ""), tail=d.get("tail", -1))
 
     def to_bytes(self) -> bytes:
         return msgpack.packb({"next": self.next, "final": self.final, "n": self.n, "version": self.version,
-                              "lost": self.lost, "profile": self.profile})
+                              "lost": self.lost, "profile": self.profile, "tail": self.tail})
 
     @property
     def over(self) -> bool:

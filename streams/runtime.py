@@ -298,17 +298,28 @@ class Runtime:
         logging.shutdown()
         os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
 
-    async def refused(self, stage: str, topic, shots: list, reason: str) -> None:
-        """After a run of a live event's shots (ShotRefs, EncodedShots) was dead-lettered: a ShotsRefused in their
-        place on `topic`, the next stage's, which passes it on (the fuse stage), so that the live stage goes on past
-        them and ends the event where they carried its n_shots. A title's refused shots are in the dead letters
-        only: the title is published again."""
+    @staticmethod
+    def refusal(stage: str, shots: list, reason: str) -> ShotsRefused | None:
+        """The ShotsRefused that stands for a run of a live event's shots (ShotRefs, EncodedShots, FusedShots) a
+        stage dead-lettered; None for a title's (named in the dead letters only: the title is published again) or
+        for shots too malformed to name."""
         first = shots[0]
         if first.kind != "live":
-            return
+            return None
         msg = ShotsRefused(title_id=first.title_id, first=first.shot_index, last=shots[-1].shot_index, stage=stage,
                            reason=reason[:2000], n_shots=shots[-1].n_shots, published_at=first.published_at)
-        await self.send(topic, first.title_id.encode(), msg.to_bytes())
+        try:
+            msg.check()
+        except SchemaError:
+            return None
+        return msg
+
+    async def refused(self, stage: str, topic, shots: list, reason: str) -> None:
+        """After a run of a live event's shots was dead-lettered: its ShotsRefused (refusal) on `topic`, the next
+        stage's, which passes it on (the fuse stage), so that the live stage goes on past them and ends the event
+        where they carried its n_shots."""
+        if (msg := self.refusal(stage, shots, reason)) is not None:
+            await self.send(topic, msg.title_id.encode(), msg.to_bytes())
 
     async def events(self, stream):
         """`stream.events()`, each event acknowledged only once the records it made (Runtime.send, its table

@@ -742,76 +742,106 @@ def test_shots_refused_upstream_end_a_live_event_or_let_it_go_on():
         run([shot(i) for i in range(10)] + [refused(3, 4, 5)])
 
 
-def test_a_live_shot_of_another_profile_is_refused_and_the_event_goes_on():
-    """One shot of an offline-profile event comes encoded under another profile (a worker started with another
-    encoder_profile). Before, it was held, every window holding it was refused ("one title, one profile"), and
-    every later shot of the event was dead-lettered until it left the window. Now that shot is refused before it
-    is held, naming both profiles, and the others each get one provisional and one final."""
+@pytest.mark.parametrize("odd", [{5}, {0}, set(range(6, 12))])
+def test_a_live_event_whose_shots_change_profile_goes_on_in_windows_of_one_profile(odd):
+    """Shots of an offline-profile event come encoded under the production profile (a worker started with another
+    encoder_profile took the partition): one shot mid-event, the first shot only, or every shot from 6 on. Before,
+    the odd shot was held and every window holding it refused ("one title, one profile"), so every later shot was
+    dead-lettered until it left the window. Now windows hold one profile's shots (Runtime.contextualise refuses any
+    other), the finals owed at a change go out at once, and every shot gets one provisional and one final."""
     import asyncio
 
     from mediafm.profiles import PRODUCTION
 
     contextualise_, sent, _ = _through_runtime(8)
     live, tables = _live_stage(contextualise_)
-    n, odd = 12, 5
-    other = PRODUCTION.layout
+    n = 12
     shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
              for i in range(n)]
-    shots[odd] = dataclasses.replace(shots[odd], profile=PRODUCTION.name, fused=vec_to_bytes(np.ones(other.fused_dim)))
+    for i in odd:
+        shots[i] = dataclasses.replace(shots[i], profile=PRODUCTION.name,
+                                       fused=vec_to_bytes(np.ones(PRODUCTION.layout.fused_dim)))
 
     async def main():
-        refused = []
         for s in shots:
-            try:
-                await live.on_shot(s)
-            except SchemaError as e:
-                refused.append((s.shot_index, str(e)))
-        return refused
+            await live.on_shot(s)
 
-    refused = asyncio.run(main())
-    assert [i for i, _ in refused] == [odd]
-    assert f"profile {PRODUCTION.name!r}" in refused[0][1] and "'offline'" in refused[0][1], refused
-    kept = [i for i in range(n) if i != odd]
-    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, False) for i in kept] + [(i, True) for i in kept])
+    asyncio.run(main())
+    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, f) for i in range(n) for f in (False, True)])
+    assert all(m.profile == shots[m.shot_index].profile for m in sent)
     st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
-    assert st.over and st.lost == 1 and st.profile == "offline"
+    assert st.over and st.lost == 0 and st.profile == shots[-1].profile and tables["live-shots"] == {}
+
+
+@pytest.mark.parametrize("end", ["last shot after a gap", "ShotsRefused"])
+def test_an_ended_live_event_killed_before_its_deletes_lets_go_of_its_shots_on_the_redelivery(end):
+    """A kill -9 after an ended event's record is written, before the shots it held are deleted: the redelivered
+    message that ended it deletes them. Before, it deleted the last window before shot n-1, which after a gap (or
+    when a ShotsRefused ended the event, which deleted nothing) were not the shots held: up to a window of them
+    stayed in the table for good."""
+    import asyncio
+
+    from mediafm.schema import ShotsRefused
+
+    contextualise_, _, _ = _through_runtime(8)
+    live, tables = _live_stage(contextualise_)
+    n = 40
+    first = [dataclasses.replace(_fused(shot_index=i, n_shots=None), title_id="ev", kind="live") for i in range(10)]
+    last = (dataclasses.replace(_fused(shot_index=n - 1, n_shots=n), title_id="ev", kind="live")
+            if end.startswith("last") else
+            ShotsRefused(title_id="ev", first=10, last=n - 1, stage="encode", reason="x", n_shots=n))
+
+    async def deliver(x):
+        await (live.on_refused(x) if isinstance(x, ShotsRefused) else live.on_shot(x))
+
+    async def main():
+        for s in first:
+            await deliver(s)
+        kept = dict(tables["live-shots"])
+        await deliver(last)
+        tables["live-shots"].update(kept)  # as if the deletes never ran
+        if not isinstance(last, ShotsRefused):
+            tables["live-shots"][live.key("ev", n - 1)] = last.to_bytes()
+        await deliver(last)  # the redelivery
+
+    asyncio.run(main())
+    assert LiveProgress.from_bytes(tables["live-events"][b"ev"]).over
+    assert tables["live-shots"] == {}, sorted(tables["live-shots"])
 
 
 def test_contextualise_maps_a_window_with_gaps_to_its_shots():
     """Runtime.contextualise (the one publishing path) takes a live window that lacks shots lost upstream: each
     pick's row is its own shot's, not the shot at its offset from the window's first."""
     import asyncio
-    from types import SimpleNamespace
 
-    from mediafm.schema import ContextualEmbedding, bytes_to_vec, decode
     from mediafm.windows import Window
-    from streams.runtime import Runtime
 
     rng = np.random.default_rng(0)
     present = [3, 4, 6, 9, 10]
     vecs = {i: (v := rng.normal(size=LAY.fused_dim)) / np.linalg.norm(v) for i in present}
     shots = [dataclasses.replace(_fused(shot_index=i, fused=vec_to_bytes(vecs[i]), n_shots=None), kind="live",
                                  title_id="ev") for i in present]
-    sent = []
-
-    async def run_windows(fused, title, local, rows, profile, version=""):
-        assert [(w.start, w.end) for w in local] == [(0, 5), (2, 5)], "rows of `fused`, not shot indices"
-        return np.stack([fused[local[k].start + r] for k, r in rows]), "1"
-
-    async def plan(profile):
-        return 8, 4
-
-    async def send(topic, key, value):
-        sent.append(decode(value, expect=ContextualEmbedding))
-
-    async def acked():
-        pass
-
-    me = SimpleNamespace(settings=Settings(), window_plan=plan, run_windows=run_windows, send=send,
-                         sends_acknowledged=acked, topics=SimpleNamespace(embeddings="e"))
+    contextualise_, sent, calls = _through_runtime(8)
     picks = [(6, 0, False), (9, 1, True), (10, 1, True), (3, 0, True)]
-    count, _ = asyncio.run(Runtime.contextualise(me, shots, lambda size, stride: ([Window(3, 11), Window(6, 11)],
-                                                                                 picks), n_shots=None))
+    count, _ = asyncio.run(contextualise_(shots, lambda size, stride: ([Window(3, 11), Window(6, 11)], picks),
+                                          n_shots=None))
+    assert [[(w.start, w.end) for w in local] for local in calls] == [[(0, 5), (2, 5)]], "rows of `fused`"
     assert count == 4 and [m.shot_index for m in sent] == [6, 9, 10, 3]
     for m in sent:
-        assert np.allclose(bytes_to_vec(m.embedding, m.dim, dtype=m.dtype), vecs[m.shot_index], atol=1e-2), m.shot_index
+        assert np.allclose(m.vector(), vecs[m.shot_index], atol=1e-2), m.shot_index
+
+
+def test_a_live_shot_ref_refused_at_the_encode_stage_is_said_in_its_place():
+    """A live ShotRef the encode stage refuses before encoding (an unknown profile, an empty span) was only
+    dead-lettered: an event whose last shot that was never ended. Now a ShotsRefused stands in its place, a run of
+    its own between the shots around it, so it goes out after the shots before it; a title's is not sent."""
+    bad = dataclasses.replace(_ref(4, title="ev", kind="live"), n_shots=5, profile="nope")
+    with pytest.raises(BadInput, match="nope"):
+        encode.parse(bad.to_bytes())
+    r = encode.refused_ref(bad.to_bytes(), "unknown encoder profile 'nope'")
+    assert (r.title_id, r.first, r.last, r.n_shots, r.stage) == ("ev", 4, 4, 5, "encode")
+    assert encode.refused_ref(dataclasses.replace(_ref(4), profile="nope").to_bytes(), "x") is None, "a title's"
+    assert encode.refused_ref(b"not msgpack", "x") is None
+    items = [(f"e{i}", _ref(i, title="ev", kind="live")) for i in (2, 3)] + [("e4", r)] + \
+        [("e5", _ref(5, title="ev", kind="live"))]
+    assert [[e for e, _ in run] for run in encode.runs(items)] == [["e2", "e3"], ["e4"], ["e5"]]

@@ -183,3 +183,73 @@ async def _dead_letter_fails(rt, agent_name, value, exits):
         await ctx.put(key=b"x", value=value)
         await until(lambda: bool(exits), "the worker stopped (exit 75)")
     assert len(tried) == 1, tried
+
+
+def test_a_live_record_refused_at_the_fuse_stage_is_said_in_its_place_after_the_shots_before_it(rt):
+    """The last shot of a live event (carrying n_shots) comes from an encoder with a NaN in its vector: the fuse
+    stage refuses its record. Before, nothing told the live stage, and the event never ended. Now a ShotsRefused
+    follows the shots fused before it, on the fused topic, naming the shot and n_shots."""
+    asyncio.run(_fuse_refuses_a_live_record(rt))
+
+
+async def _fuse_refuses_a_live_record(rt):
+    from mediafm.schema import ShotsRefused, decode
+
+    def live(i: int, value: float = 1.0) -> bytes:
+        return EncodedShot(title_id="ev", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                           video=vec_to_bytes(np.full(LAY.dims["video"], value, np.float32)), audio=None, text=None,
+                           n_shots=3 if i == 2 else None, kind="live", published_at=1.0).to_bytes()
+
+    async def infer(model, inputs, outputs, **kw):
+        return {"FUSED": np.ones((len(inputs["VIDEO"]), LAY.fused_dim), np.float32)}
+
+    async def send(topic, key, value):
+        assert topic is rt.topics.fused
+        got = record_shots(FusedShots, value, refusals=True)
+        rt.sent.append(got if isinstance(got, ShotsRefused) else [s.shot_index for s in got])
+
+    rt.triton.infer, rt.send = infer, send
+    agent = rt.app.agents["streams.fuse.fuse_shots"]
+    async with agent.test_context() as ctx:
+        for i in range(2):
+            await ctx.put(key=b"ev", value=live(i))
+        await ctx.put(key=b"ev", value=live(2, np.nan))
+        await until(lambda: len(rt.sent) >= 2 and isinstance(rt.sent[-1], ShotsRefused), f"got {rt.sent}")
+    assert [x for x in rt.sent if not isinstance(x, ShotsRefused)] in ([[0, 1]], [[0], [1]])
+    refusal = rt.sent[-1]
+    assert (refusal.title_id, refusal.first, refusal.last, refusal.n_shots, refusal.stage) == ("ev", 2, 2, 3, "fuse")
+    assert "NaN" in refusal.reason and decode(refusal.to_bytes()) == refusal
+    assert len(rt.letters) == 1 and rt.letters[0][0] == "fuse"
+
+
+def test_a_live_shot_refused_at_the_live_stage_ends_its_event_where_it_carried_n_shots(rt):
+    """The last shot of a live event reaches the live stage with a fused vector of the wrong width: refused there.
+    Before, the event never ended and its shots never had a final (they wait for 16 shots of right context). Now
+    the refused shot is counted lost in its place, and the event ends: shots 0 and 1 get their finals."""
+    asyncio.run(_live_refuses_its_last_shot(rt))
+
+
+async def _live_refuses_its_last_shot(rt):
+    finals = []
+
+    async def contextualise(shots, windows_for, *, n_shots, version=""):
+        _, picks = windows_for(64, 32)
+        finals.extend(i for i, _, final in picks if final)
+        return len(picks), "1"
+
+    async def sends_acknowledged():
+        return None
+
+    def shot(i: int, width: int, n: int | None) -> bytes:
+        return FusedShot(title_id="ev", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                         fused=vec_to_bytes(np.ones(width, np.float32)), present=[True, False, False],
+                         n_shots=n, kind="live", published_at=1.0).to_bytes()
+
+    rt.contextualise, rt.sends_acknowledged = contextualise, sends_acknowledged
+    agent = rt.app.agents["streams.contextualise.contextualise"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"ev", value=shot(0, LAY.fused_dim, None))
+        await ctx.put(key=b"ev", value=shot(1, LAY.fused_dim, None))
+        await ctx.put(key=b"ev", value=shot(2, 5, 3))  # the wrong width: refused by the live stage's check
+        await until(lambda: sorted(finals) == [0, 1], f"finals of shots 0 and 1, got {finals}")
+    assert len(rt.letters) == 1 and "fused has 20 bytes" in rt.letters[0][2], rt.letters
