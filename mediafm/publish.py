@@ -370,12 +370,14 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str | None =
     (paced at real time with realtime=True, else as fast as the broker takes them). With `subtitles`
     (SRT / WebVTT of the whole file), each segment carries the cues overlapping it as a WebVTT file.
     event_id: default the metadata's title_id, else the file's name without its extension. The segments are
-    written under <media root>/live/<event id>: an event id published before is refused (a worker may still
-    read its segments, and a finished event takes no new ones)."""
+    written under <media root>/live/<event id>: an event id with a segment on the broker is refused (a worker may
+    still read its segments, and a finished event takes no new ones); one whose publication sent nothing (no
+    broker, ffmpeg failed, Ctrl-C while cutting) may be published again."""
     event_id, m = named(_load_meta(meta), event_id, file, "live")
     check_file(file)
     seg_dir = id_dir(Path(settings.worker_media_roots[0]) / "live", event_id)
-    if seg_dir.is_dir() and any(seg_dir.glob("seg*.ts")):
+    sent_mark = seg_dir / ".sent"  # made once its first segment is on the broker
+    if sent_mark.exists():
         raise MediaError(f"live event {event_id!r} was published before (its segments are in {seg_dir}); a new "
                          "broadcast needs a new event id (--id). To publish this one again, stop the workers reading "
                          f"it and remove {seg_dir}")
@@ -385,13 +387,13 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str | None =
 
         check_file(subtitles, "subtitle file")
         cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding)
-    segments = cut_segments(file, seg_dir, segment_s)
-    vtts = write_segment_cues(cues, segments, seg_dir)
     topic = Topics.from_settings(settings).live_segments
-    p = producer(settings)
+    p = producer(settings)  # the broker found (or named) before minutes of cutting
     sent = []
-    t0 = time.monotonic()
     try:
+        segments = cut_segments(file, seg_dir, segment_s)
+        vtts = write_segment_cues(cues, segments, seg_dir)
+        t0 = time.monotonic()
         for k, (path, start) in enumerate(segments):
             if realtime:  # a segment exists once its last frame has happened
                 end = segments[k + 1][1] if k + 1 < len(segments) else start + segment_s
@@ -401,6 +403,8 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str | None =
                               subtitles_uri=str(vtts[k].resolve()) if vtts[k] else None)
             send_and_wait(settings, p, f"segment {k} of live event {event_id!r}",
                           [(topic, event_id.encode(), seg.to_bytes())])
+            if k == 0:
+                sent_mark.touch()
             sent.append(seg)
             if on_segment:
                 on_segment(seg)

@@ -82,12 +82,13 @@ def down(settings: Settings, *, wipe: bool = False, echo=print) -> None:
     if wipe:  # Faust's table state must go with the broker's data, or recovery breaks: both, or neither
         process.wipeable(settings.state_dir / "faust")
         process.wipeable(kafka.data_dir(settings))
+    def tables() -> None:  # first: tables outliving the log break recovery; a log outliving them rebuilds them
+        process.wipe(settings.state_dir / "faust")
+        echo("worker state wiped")
+
     with locked(settings, echo=echo):
         echo(triton.down(settings))
-        echo(kafka.down(settings, wipe=wipe))
-        if wipe:
-            process.wipe(settings.state_dir / "faust")
-            echo("worker state wiped")
+        echo(kafka.down(settings, wipe=wipe, before_wipe=tables))
 
 
 def status(settings: Settings) -> list[tuple[str, str, str]]:

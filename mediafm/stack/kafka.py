@@ -495,12 +495,16 @@ def data_dir(settings: Settings) -> Path:
     return _dir(settings) / "data"
 
 
-def down(settings: Settings, *, wipe: bool = False) -> str:
+def down(settings: Settings, *, wipe: bool = False, before_wipe=None) -> str:
+    """Stop the broker; with `wipe`, delete its log, certificate and user once nothing listens on its port
+    (`before_wipe()` first: what must go before the log does, the workers' tables)."""
     stopped = service(settings).stop()
     if wipe:
         if not port_is_free(settings.bind_host, settings.kafka_port):  # not deleted under a broker that runs
             raise StackError(f"a broker still listens on {settings.bind_host}:{settings.kafka_port} (not one this "
                              f"stack started, or it did not stop): stop it, then `mediafm stack down --wipe` again")
+        if before_wipe is not None:
+            before_wipe()
         wipe_dir(data_dir(settings))
         wipe_dir(certificate(settings).parent)
         for f in ("broker.user", "broker.pass"):  # the broker's own user went with the data

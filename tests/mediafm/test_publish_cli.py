@@ -194,13 +194,19 @@ def test_a_live_event_published_again_under_its_id_is_refused(env, tmp_path, cap
     """`publish live` writes an event's segments under <media root>/live/<event id>. Before, a second publication
     under the same id (the default id is the file's name: two match.mp4) deleted and rewrote the segment files the
     first event's messages name, under a worker maybe still reading them, and a finished event takes no new
-    segments anyway. Now it is refused, naming the folder, and the first event's segments are left as they are."""
+    segments anyway. Now it is refused, naming the folder, and the first event's segments are left as they are.
+    A publication that sent nothing (here: no broker) is no publication: its id is not refused, and the broker is
+    found missing before any segment is cut."""
     seg = tmp_path / "state" / "media" / "live" / "film" / "seg00000.ts"
     seg.parent.mkdir(parents=True)
-    seg.write_bytes(b"the first event's segment")
-    err = _err(capsys, "publish", "live", str(env))  # the id: the file's name, film
+    seg.write_bytes(b"an attempt's segment, never sent")
+    err = _err(capsys, "publish", "live", str(env))  # the id: the file's name, film; no broker
+    assert "no Kafka broker answered" in err, err
+    assert seg.read_bytes() == b"an attempt's segment, never sent", "nothing cut before the broker was found"
+    (seg.parent / ".sent").touch()  # as a publication leaves it once its first segment is on the broker
+    err = _err(capsys, "publish", "live", str(env))
     assert "live event 'film' was published before" in err and "a new broadcast needs a new event id (--id)" in err
-    assert seg.read_bytes() == b"the first event's segment"
+    assert seg.read_bytes() == b"an attempt's segment, never sent"
 
 
 def test_no_broker_and_an_id_too_long_for_a_folder_name_are_said_in_one_line(env, tmp_path, capsys):

@@ -356,9 +356,24 @@ def test_wipe_deletes_or_says_why_it_did_not(tmp_path):
     assert (data / "topic-0" / "00000.log").exists(), "the broker's log and the tables go together, or neither"
     (s.state_dir / "faust").unlink()
     (s.state_dir / "faust" / "tables").mkdir(parents=True)
+    real = process.wipe
+
+    def cannot(path):
+        if path.name == "faust":
+            raise StackError(f"could not wipe {path}: a file it may not delete")
+        real(path)
+
+    process.wipe = cannot  # the tables cannot be deleted: the broker's log is kept, and they rebuild from it
+    try:
+        with pytest.raises(StackError, match="may not delete"):
+            stack.down(s, wipe=True, echo=lambda _: None)
+    finally:
+        process.wipe = real
+    assert (data / "topic-0" / "00000.log").exists(), "the tables go first: a log that outlives them rebuilds them"
     said: list[str] = []
     stack.down(s, wipe=True, echo=said.append)
-    assert not (s.state_dir / "faust").exists() and not data.exists() and said[-1] == "worker state wiped"
+    assert not (s.state_dir / "faust").exists() and not data.exists()
+    assert said[-2:] == ["worker state wiped", "kafka was not running (data wiped)"], said
 
 
 def test_stack_up_refuses_settings_that_point_at_other_servers(tmp_path):
