@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 
-from mediafm.errors import SchemaError, VersionRetired
+from mediafm.errors import BadInput, SchemaError, VersionRetired
 from mediafm.schema import FusedShot, ShotsRefused, decode
 from mediafm.windows import Window
 from streams import metrics
@@ -68,8 +68,12 @@ class LiveEvents:
         takes, on the event's version (st.version, pinned by its first pass); the provisional and final
         embeddings it yields, in index order. A final the window cannot hold (a gap of lost shots longer than
         a window since it) gets a window ending at it, run in the same request."""
-        most = self.rt.settings.window_shots  # every shot a window may hold is kept
-        wanted = set(range(max(0, end - most), end))
+        most, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
+        # the windows' shots: the last window_shots before `end`; and where a final's own window (a served model
+        # of s <= R shots a window cannot hold it with `end`) may start below that, which needs 2R > window_shots,
+        # the window_shots before each final too
+        lo = min([end - most] + [j + 1 - most for j in final if j >= end - most]) if 2 * R > most else end - most
+        wanted = set(range(max(0, lo), end))
         for j in final:
             if j < end - most:
                 wanted.update(range(max(0, j + 1 - most), j + 1))
@@ -106,8 +110,7 @@ class LiveEvents:
         st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
         if shot.shot_index < st.next or st.over:
             metrics.duplicates.labels(STAGE).inc()
-            if st.over and shot.shot_index == st.n - 1:  # a kill after the progress, before the shots were deleted
-                self._let_go(eid, st)
+            self._let_go(eid, st)  # a kill after the progress, before the shots it let go were deleted
             return
         if st.profile and shot.profile != st.profile:  # a worker of another encoder_profile cut or encoded it
             await self._change_profile(eid, st, shot)
@@ -117,7 +120,11 @@ class LiveEvents:
         self.shots[self.key(eid, i)] = shot.to_bytes()
         if shot.n_shots is not None:
             st.n = shot.n_shots
-        await self._advance(eid, st, was, i + 1, shot=i)
+        try:
+            await self._advance(eid, st, was, i + 1, shot=i)
+        except BaseException:  # not held as context, nor finalised later, when its own pass failed (dead-lettered)
+            self.shots.pop(self.key(eid, i), None)
+            raise
 
     async def on_refused(self, refused: ShotsRefused) -> None:
         """Shots [first, last] of a live event that a stage refused (each dead-lettered there): counted lost, the
@@ -138,10 +145,11 @@ class LiveEvents:
         was, end = st.next, max(st.next, r.last + 1)
         if end == was and (r.n_shots is None or r.n_shots == st.n):
             metrics.duplicates.labels(STAGE).inc()  # nothing new: a redelivery, or after the shots it names
+            self._let_go(eid, st)
             return
         st.n = r.n_shots if r.n_shots is not None else st.n
         self._lost(eid, st, end, f"were refused at the {r.stage} stage ({r.reason[:300]})")
-        await self._advance(eid, st, was, end)
+        await self._advance(eid, st, was, end, best_effort=True)
 
     async def _change_profile(self, eid: str, st: LiveProgress, shot: FusedShot) -> None:
         """The event's shots change encoder profile at `shot` (a worker of another encoder_profile took the
@@ -157,13 +165,20 @@ class LiveEvents:
         if owed:
             await self.publish(eid, st.next, [], owed, st)
         st.final = max(st.final, st.next)
+        st.version = ""  # the pin was of the other profile's model: the new one's first pass pins its own
 
     def _let_go(self, eid: str, st: LiveProgress) -> None:
-        """The shots an ended event held at its end (its record's `tail`; a record from before it: the last
-        window's)."""
+        """On a redelivery: delete again the shots the record's last step let go (`held_from`: where what it held
+        started), which a kill -9 after the record was written, before the deletes, left in the table; the
+        steps after it delete only what they hold. An ended event's: all it held (a record from before
+        `held_from`: the last window's)."""
         size = self.rt.settings.window_shots
-        start = st.tail if st.tail >= 0 else max(0, st.n - 1 - size)
-        for j in [*range(start, min(start + size, st.n)), st.n - 1]:
+        if st.over:
+            start = st.held_from if st.held_from >= 0 else max(0, st.n - 1 - size)
+            gone = [*range(start, min(start + size, st.n)), st.n - 1]
+        else:
+            gone = range(max(0, st.held_from), max(0, st.held_from, st.next - size))
+        for j in gone:
             self.shots.pop(self.key(eid, j), None)
 
     def _lost(self, eid: str, st: LiveProgress, upto: int, why: str) -> None:
@@ -174,10 +189,13 @@ class LiveEvents:
             log.warning("live event %s: shots %d-%d %s; the event goes on without them, its windows holding the "
                         "shots there are", eid, st.next, upto - 1, why)
 
-    async def _advance(self, eid: str, st: LiveProgress, was: int, end: int, shot: int | None = None) -> None:
+    async def _advance(self, eid: str, st: LiveProgress, was: int, end: int, shot: int | None = None,
+                       best_effort: bool = False) -> None:
         """The event's shots before `end` have come or are lost (`was`: its next shot before): shot `shot`'s
         provisional, the finals now due, and once every shot is in, the rest; then the record, and the held shots
-        no window needs any more let go."""
+        no window needs any more let go. best_effort: a pass refused (BadInput: the shots' own fault, dead-lettered
+        before) loses its finals, logged, and the record still moves on (else one shot that every window holding it
+        fails on would stop the event)."""
         size, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
         # What the table may hold of the event: the window before the shots' next one, and this shot. Only these
         # are looked at, so a jump in the indices (a gap, a hostile index of a billion) costs no more than a window.
@@ -188,14 +206,23 @@ class LiveEvents:
             st.final = end - R
         else:
             final = []
+        async def publish(provisional: list[int], finals: list[int]) -> None:
+            try:
+                await self.publish(eid, wend, provisional, finals, st)
+            except BadInput as e:
+                if not best_effort:
+                    raise
+                log.warning("live event %s: the finals of shots %s are lost: their pass was refused (%s)", eid,
+                            finals, e)
+
         if shot is not None or final:
-            await self.publish(eid, wend, [] if shot is None else [shot], final, st)
-        st.next = end
+            await publish([] if shot is None else [shot], final)
+        st.next, st.held_from = end, max(0, was - size)
         if st.n is not None and st.next >= st.n:  # the event is over: finalise the rest
             rest = [j for j in held if j >= st.final and self.key(eid, j) in self.shots]
             if rest:
-                await self.publish(eid, wend, [], rest, st)
-            st.final, st.tail = st.n, max(0, was - size)
+                await publish([], rest)
+            st.final = st.n
             unused = held  # all it holds: the last window's shots, and the one before it
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:

@@ -98,19 +98,19 @@ class LiveProgress:
     """Shots that never arrived (dead-lettered upstream): the event went on without them."""
     profile: str = ""
     """The encoder profile of the event's shots ("": none yet, or a record from before it was kept)."""
-    tail: int = -1
-    """Once the event is over: the first of the shots it held at its end (they are let go after this record is
-    written; a kill -9 in between leaves them to the redelivery). -1: not over, or a record from before."""
+    held_from: int = -1
+    """Where the shots the last step held started (those it let go are deleted after this record is written: a
+    kill -9 in between leaves them to the redelivery, streams/live.py _let_go). -1: a record from before."""
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LiveProgress:
         d = msgpack.unpackb(raw)
         return cls(next=d["next"], final=d["final"], n=d["n"], version=d.get("version", ""), lost=d.get("lost", 0),
-                   profile=d.get("profile", ""), tail=d.get("tail", -1))
+                   profile=d.get("profile", ""), held_from=d.get("held_from", -1))
 
     def to_bytes(self) -> bytes:
         return msgpack.packb({"next": self.next, "final": self.final, "n": self.n, "version": self.version,
-                              "lost": self.lost, "profile": self.profile, "tail": self.tail})
+                              "lost": self.lost, "profile": self.profile, "held_from": self.held_from})
 
     @property
     def over(self) -> bool:

@@ -585,7 +585,7 @@ def test_a_live_event_goes_on_past_shots_lost_upstream():
 def _through_runtime(served_shots: int = 8):
     """Runtime.contextualise itself (its window mapping and row checks) over a stand-in Triton answering each
     row with the shot's own fused vector, the served model taking windows of `served_shots`:
-    (contextualise, the ContextualEmbeddings sent, the local windows of each call)."""
+    (contextualise, the ContextualEmbeddings sent, (the local windows, the version asked) of each call)."""
     from types import SimpleNamespace
 
     from mediafm.schema import ContextualEmbedding, decode
@@ -594,7 +594,7 @@ def _through_runtime(served_shots: int = 8):
     sent, calls = [], []
 
     async def run_windows(fused, title, local, rows, profile, version=""):
-        calls.append(local)
+        calls.append((local, version))
         for k, r in rows:
             if not 0 <= r < local[k].end - local[k].start:  # as the real one refuses it
                 raise IndexError("rows wanted from outside their window")
@@ -753,7 +753,7 @@ def test_a_live_event_whose_shots_change_profile_goes_on_in_windows_of_one_profi
 
     from mediafm.profiles import PRODUCTION
 
-    contextualise_, sent, _ = _through_runtime(8)
+    contextualise_, sent, calls = _through_runtime(8)
     live, tables = _live_stage(contextualise_)
     n = 12
     shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
@@ -771,6 +771,72 @@ def test_a_live_event_whose_shots_change_profile_goes_on_in_windows_of_one_profi
     assert all(m.profile == shots[m.shot_index].profile for m in sent)
     st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
     assert st.over and st.lost == 0 and st.profile == shots[-1].profile and tables["live-shots"] == {}
+    changes = sum(shots[i].profile != shots[i - 1].profile for i in range(1, n))
+    assert [v for _, v in calls].count("") == 1 + changes, "each profile's model pins its own version"
+
+
+@pytest.mark.parametrize("bad", [12, 39])
+def test_a_live_shot_whose_own_pass_is_refused_is_not_held(bad):
+    """Every MediaFM pass holding shot `bad` is refused (a 400 from Triton: the shot's own fault). Its pass fails,
+    it is dead-lettered and counted lost (as the contextualise agent does, by a ShotsRefused). Before, it stayed in
+    the table: later windows held it, so every later shot was refused too and the table grew for good; or, where
+    a later pass did take it, it got a final with no provisional. The last shot (39): the event ends, nothing held."""
+    import asyncio
+
+    from mediafm.errors import BadRequest
+    from streams.runtime import Runtime
+
+    real, sent, _ = _through_runtime(8)
+
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        if bad in [s.shot_index for s in shots]:
+            raise BadRequest(f"shot {bad}: the model refuses it")
+        return await real(shots, windows_for, n_shots=n_shots, version=version)
+
+    live, tables = _live_stage(contextualise_)
+    n = 40
+    shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
+             for i in range(n)]
+
+    async def main():
+        for s in shots:
+            try:
+                await live.on_shot(s)
+            except BadInput as e:
+                await live.on_refused(Runtime.refusal("contextualise", [s], str(e)))
+
+    asyncio.run(main())
+    kept = [i for i in range(n) if i != bad]
+    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, f) for i in kept for f in (False, True)])
+    st = LiveProgress.from_bytes(tables["live-events"][b"ev"])
+    assert st.over and st.lost == 1 and tables["live-shots"] == {}, sorted(tables["live-shots"])
+
+
+@pytest.mark.parametrize("gap", [False, True])
+def test_a_live_shot_redelivered_after_a_kill_before_its_deletes_lets_go_of_what_its_step_did(gap):
+    """A kill -9 after a shot's record is written, before the shots its step let go are deleted: the redelivered
+    shot is a duplicate. Before, it deleted nothing, and no later step looks below its own window again: a shot (a
+    window of them after a gap) stayed in the table for good. Now the duplicate deletes what that step let go."""
+    import asyncio
+
+    contextualise_, _, _ = _through_runtime(8)
+    live, tables = _live_stage(contextualise_)
+    n, at = 40, 20
+    order = [i for i in range(n) if not gap or not 12 <= i < at]
+    shots = {i: dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev",
+                                    kind="live") for i in order}
+
+    async def main():
+        for i in order:
+            kept = dict(tables.get("live-shots", {}))
+            await live.on_shot(shots[i])
+            if i == at:
+                tables["live-shots"].update({k: v for k, v in kept.items() if k not in tables["live-shots"]})
+                await live.on_shot(shots[i])  # the redelivery
+
+    asyncio.run(main())
+    assert LiveProgress.from_bytes(tables["live-events"][b"ev"]).over
+    assert tables["live-shots"] == {}, sorted(tables["live-shots"])
 
 
 @pytest.mark.parametrize("end", ["last shot after a gap", "ShotsRefused"])
@@ -825,7 +891,7 @@ def test_contextualise_maps_a_window_with_gaps_to_its_shots():
     picks = [(6, 0, False), (9, 1, True), (10, 1, True), (3, 0, True)]
     count, _ = asyncio.run(contextualise_(shots, lambda size, stride: ([Window(3, 11), Window(6, 11)], picks),
                                           n_shots=None))
-    assert [[(w.start, w.end) for w in local] for local in calls] == [[(0, 5), (2, 5)]], "rows of `fused`"
+    assert [[(w.start, w.end) for w in local] for local, _ in calls] == [[(0, 5), (2, 5)]], "rows of `fused`"
     assert count == 4 and [m.shot_index for m in sent] == [6, 9, 10, 3]
     for m in sent:
         assert np.allclose(m.vector(), vecs[m.shot_index], atol=1e-2), m.shot_index
