@@ -57,6 +57,7 @@ class LiveEvents:
         self.rt = rt
         self.shots = rt.table("live-shots")
         self.events = rt.table("live-events")
+        self.short_windows: set[int] = set()  # served window sizes no longer than live_right_context, said
 
     @staticmethod
     def key(event_id: str, index: int) -> bytes:
@@ -69,11 +70,7 @@ class LiveEvents:
         embeddings it yields, in index order. A final the window cannot hold (a gap of lost shots longer than
         a window since it) gets a window ending at it, run in the same request."""
         most, R = self.rt.settings.window_shots, self.rt.settings.live_right_context
-        # the windows' shots: the last window_shots before `end`; and where a final's own window (a served model
-        # of s <= R shots a window cannot hold it with `end`) may start below that, which needs 2R > window_shots,
-        # the window_shots before each final too
-        lo = min([end - most] + [j + 1 - most for j in final if j >= end - most]) if 2 * R > most else end - most
-        wanted = set(range(max(0, lo), end))
+        wanted = set(range(max(0, end - most), end))
         for j in final:
             if j < end - most:
                 wanted.update(range(max(0, j + 1 - most), j + 1))
@@ -86,6 +83,12 @@ class LiveEvents:
             return
 
         def windows_for(size: int, _stride: int):
+            if size <= R and size not in self.short_windows:  # said once per size and worker
+                self.short_windows.add(size)
+                log.warning("the served MediaFM takes windows of %d shots, no more than live_right_context=%d: a live "
+                            "final gets at most %d shots of right context (and, where %d + %d > window_shots, less "
+                            "left context than its window's range: the shots before it are let go); lower "
+                            "live_right_context, or export a model of longer windows", size, R, size - 1, size, R)
             windows, out = [Window(max(0, end - size), end)], []
             for i, is_final in reversed(picks):
                 if i < windows[-1].start:

@@ -839,6 +839,32 @@ def test_a_live_shot_redelivered_after_a_kill_before_its_deletes_lets_go_of_what
     assert tables["live-shots"] == {}, sorted(tables["live-shots"])
 
 
+def test_a_served_window_no_longer_than_the_right_context_is_said(caplog):
+    """A served model of 4-shot windows under live_right_context=6 (window_shots 8): a final's window cannot hold
+    its right context, and its own window reaches back to shots already let go. Before, nothing said so. Now a
+    warning names both settings, once, and every shot still gets one provisional and one final."""
+    import asyncio
+    import logging
+
+    contextualise_, sent, _ = _through_runtime(4)
+    live, tables = _live_stage(contextualise_)
+    live.rt.settings = Settings(window_shots=8, window_stride=4, live_right_context=6)
+    n = 20
+    shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
+             for i in range(n)]
+
+    async def main():
+        for s in shots:
+            await live.on_shot(s)
+
+    with caplog.at_level(logging.WARNING, logger="streams.live"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "live_right_context=6" in r.getMessage()]
+    assert len(said) == 1 and "windows of 4 shots" in said[0], said
+    assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, f) for i in range(n) for f in (False, True)])
+    assert tables["live-shots"] == {}
+
+
 @pytest.mark.parametrize("end", ["last shot after a gap", "ShotsRefused"])
 def test_an_ended_live_event_killed_before_its_deletes_lets_go_of_its_shots_on_the_redelivery(end):
     """A kill -9 after an ended event's record is written, before the shots it held are deleted: the redelivered
