@@ -29,10 +29,12 @@ redelivered shot is recognised and skipped. A shot that never comes (dead-letter
 on an earlier stage, with its reason there: a segment file gone, an encoder's
 refusal) is a gap: the event goes on, its windows holding the shots there are,
 and the gap is logged and counted (mediafm_live_shots_lost_total). The encode and
-fuse stages send a ShotsRefused in place of the live shots they refuse, so the
-gap is known when they would have come, and an event whose last shots (those
-carrying n_shots) were refused still ends. Only the last window_shots fused
-vectors of an event are kept.
+fuse stages send a ShotsRefused in place of the live shots they refuse (and this
+stage counts its own refusals so), so the gap is known when they would have
+come, and an event whose last shots (those carrying n_shots) were refused still
+ends. A change of encoder profile mid-event (a worker of another encoder_profile
+took the partition) starts windows of the new profile. Only the last
+window_shots fused vectors of an event are kept.
 """
 
 from __future__ import annotations
