@@ -79,7 +79,7 @@ def up(settings: Settings, *, echo=print) -> None:
 def down(settings: Settings, *, wipe: bool = False, echo=print) -> None:
     from mediafm.stack import process
 
-    if wipe:  # Faust's table state must go with the broker's data, or recovery breaks: both, or neither
+    if wipe:  # a link where either should be is refused before anything is stopped or deleted
         process.wipeable(settings.state_dir / "faust")
         process.wipeable(kafka.data_dir(settings))
     def tables() -> None:  # first: tables outliving the log break recovery; a log outliving them rebuilds them
