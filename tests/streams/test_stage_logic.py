@@ -483,6 +483,18 @@ def _live_stage(contextualise_):
     return LiveEvents(rt), tables
 
 
+def _feed(live, tables: dict, shots: list) -> None:
+    """Each shot to the live stage in turn, the table holding at most a window (8) and the shot being added."""
+    import asyncio
+
+    async def main():
+        for s in shots:
+            await live.on_shot(s)
+            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("n", [1, 8, 9, 10, 40])
 def test_a_live_event_that_ended_holds_none_of_its_shots(n):
     """Before: an event longer than its window (window_shots) ended with one fused shot left in the live-shots
@@ -502,12 +514,7 @@ def test_a_live_event_that_ended_holds_none_of_its_shots(n):
     shots = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None), title_id="ev", kind="live")
              for i in range(n)]
 
-    async def main():
-        for s in shots:
-            await live.on_shot(s)
-            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
-
-    asyncio.run(main())
+    _feed(live, tables, shots)
     assert tables["live-shots"] == {}, sorted(tables["live-shots"])
     assert sum(p[2] for p in passes) == 2 * n, "every shot: one provisional and one final"
     tables["live-shots"][live.key("ev", n - 1)] = shots[-1].to_bytes()  # as if the deletes never ran
@@ -547,7 +554,6 @@ def test_a_live_event_goes_on_past_shots_lost_upstream():
     the live stage. Before, every later shot of the event was dead-lettered ("arrived before shot k"): one lost
     shot ended the event's embeddings, and its held shots stayed in the table for good. Now the gap is counted and
     each shot that arrives gets one provisional and one final, from windows of the shots there are."""
-    import asyncio
 
 
     n, lost = 40, {0, 10, 20, 21, 22, 37}
@@ -568,12 +574,7 @@ def test_a_live_event_goes_on_past_shots_lost_upstream():
     arrive = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i >= 38 else None), title_id="ev", kind="live")
               for i in range(n) if i not in lost]
 
-    async def main():
-        for s in arrive:
-            await live.on_shot(s)
-            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
-
-    asyncio.run(main())
+    _feed(live, tables, arrive)
     kept = [i for i in range(n) if i not in lost]
     assert provisional == kept and sorted(final) == kept, "each shot that came: one provisional, one final"
     assert all(end >= min(i + 3, n) for i, end in windows if end < n), "a final has its right context (2 shots)"
@@ -626,7 +627,6 @@ def test_a_live_event_goes_on_past_a_gap_longer_than_its_window(served):
     again, and so every later shot of the event dead-lettered the same way. Now those finals get a window
     ending at them, in the same request, and each shot that came has one provisional and one final, of its own
     vector, from a window that holds it."""
-    import asyncio
 
     contextualise_, sent, _ = _through_runtime(served)
     live, tables = _live_stage(contextualise_)
@@ -636,12 +636,7 @@ def test_a_live_event_goes_on_past_a_gap_longer_than_its_window(served):
     arrive = [dataclasses.replace(_fused(shot_index=i, n_shots=n if i == n - 1 else None, fused=vec_to_bytes(vecs[i])),
                                   title_id="ev", kind="live") for i in range(n) if i not in lost]
 
-    async def main():
-        for s in arrive:
-            await live.on_shot(s)
-            assert len(tables["live-shots"]) <= 9, "at most a window, and the shot being added"
-
-    asyncio.run(main())
+    _feed(live, tables, arrive)
     kept = [i for i in range(n) if i not in lost]
     assert sorted((m.shot_index, m.final) for m in sent) == sorted([(i, False) for i in kept] + [(i, True) for i in kept])
     for m in sent:
