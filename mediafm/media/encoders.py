@@ -346,6 +346,11 @@ class Wav2Vec2Audio:
         self.net = Wav2Vec2Model.from_pretrained(str(path)).eval().to(self.device)
         self.dim = int(self.net.config.hidden_size)
         self.name = f"wav2vec2 ({path.name})"
+        self.one_by_one = self.net.config.feat_extract_norm != "layer"
+        """A group-norm feature extractor (wav2vec2-base) normalises each conv channel over the whole input,
+        padding included, so a padded shot's embedding depended on the longest shot of its pass (HF's documented
+        limitation): its shots go one per pass, each cut to its own length. A layer-norm one (wav2vec2-large)
+        masks padding and takes passes of several."""
 
     per_pass = 4
     """Shots per forward pass (a 10 s shot's first conv layer alone is 65 MB of activations in wav2vec2-base)."""
@@ -353,7 +358,10 @@ class Wav2Vec2Audio:
     @torch.inference_mode()
     def encode(self, audio: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         audio, lengths = np.asarray(audio, np.float32), np.asarray(lengths).reshape(-1)
-        parts = [(audio[c], lengths[c]) for c in _chunks(len(audio), _pass_size(self.device, self.per_pass))]
+        if self.one_by_one:
+            parts = [(audio[i:i + 1, :max(400, int(n))], lengths[i:i + 1]) for i, n in enumerate(lengths)]
+        else:
+            parts = [(audio[c], lengths[c]) for c in _chunks(len(audio), _pass_size(self.device, self.per_pass))]
         return _unit(torch.cat(_passes(self._pooled, parts)))
 
     def _pooled(self, part: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
