@@ -39,6 +39,7 @@ from mediafm.schema import (
     FusedShot,
     FusedShots,
     LiveSegment,
+    ShotsRefused,
     TitleMeta,
     TitleRequest,
     bytes_to_vec,
@@ -542,11 +543,19 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     if profile is not None:
         get_profile(profile)  # a ConfigError naming the known profiles
 
+    given_up: dict[tuple[str, str], str] = {}  # a title's publication whose shots a stage refused (ShotsRefused)
+
     def note_shot(rec) -> None:
         try:
-            shots = record_shots(FusedShots, rec.value)
+            shots = record_shots(FusedShots, rec.value, refusals=True)
         except SchemaError:
             return  # the workers dead-letter it; nothing to sink
+        if isinstance(shots, ShotsRefused):
+            if shots.kind == "title":
+                what = f"shot {shots.first}" if shots.first == shots.last else f"shots {shots.first}-{shots.last}"
+                given_up.setdefault((shots.title_id, shots.request_id),
+                                    f"{what} refused at the {shots.stage} stage: {shots.reason}")
+            return
         for s in shots:
             if profile is not None and s.profile != profile:
                 others.add(s.profile)
@@ -571,6 +580,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             skipped.add(tid)
         else:
             latest[tid], request[tid] = (pub, at), rid
+    pubs_order = list(pubs)
     pubs.clear()
     if not latest:
         raise MediaError(f"no complete title{f' of profile {profile!r}' if profile else ''} on {names.fused}; "
@@ -595,7 +605,13 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     writer = DatasetWriter(out, Meta.from_layout(layout, written.encoders))
     try:
         open_titles: dict[str, list] = {}  # title -> [shots so far (n slots), count]
-        refused: dict[str, str] = {}  # title -> why its shots are not written
+        # title -> why its shots are not written; first, those whose last publication on the topic was given up for
+        # shots a stage refused, none of them complete (with no shot at all on the topic: where no profile is named)
+        refused: dict[str, str] = {}
+        last_request = dict(pubs_order)
+        for (tid, rid), why in given_up.items():
+            if tid not in latest and last_request.get(tid, rid if profile is None else None) == rid:
+                refused[tid] = why
         found, last = 0, (None, {})  # the record read last and its shots by index (a record holds several)
         for p, k, rec in _fetch(settings, names.fused, {p: w[0] for p, w in wanted.items()},
                                 f"writing titles from {names.fused}", deadline, progress):

@@ -355,10 +355,13 @@ class ContextualEmbedding(Message):
 
 @dataclass
 class ShotsRefused(Message):
-    """Shots [first, last] of a live event that a stage refused (each dead-lettered there, with the reason), sent
-    on down the pipeline in their place, on the event's partition, after the shots before them: the live stage
-    counts them lost and goes on, and where they carried the event's n_shots, it ends the event. Without it an
-    event whose last shots were refused never ended. Key: title_id (the event's id)."""
+    """Shots [first, last] of a live event or of a title's publication that a stage refused (each dead-lettered
+    there, with the reason), sent on down the pipeline in their place, on the key's partition, after the shots
+    before them. For a live event the live stage counts them lost and goes on, and where they carried the event's
+    n_shots, it ends the event (without it, an event whose last shots were refused never ended). For a title the
+    contextualise stage gives up that publication: one dead letter for the title says which shots went and why,
+    and what it held for the title is let go (without it, the title waited for them for ever, its progress record
+    and held shots kept). Key: title_id (the event's id)."""
 
     SCHEMA: ClassVar[str] = "mediafm.shots_refused"
     title_id: str
@@ -367,9 +370,21 @@ class ShotsRefused(Message):
     stage: str
     reason: str
     n_shots: int | None = None
-    """The event's n_shots, where the refused shots carried it (its last segment's)."""
+    """The event's n_shots, where the refused shots carried it (its last segment's); a title's."""
     kind: str = "live"
     published_at: float = field(default_factory=time.time)
+    request_id: str = ""
+    """The title's publication (TitleRequest.request_id); "" for a live event."""
+
+    def to_bytes(self) -> bytes:
+        """As every message's, without request_id where it is "" (a live event's): as the message was before the
+        field, which a worker of then reads."""
+        data = super().to_bytes()
+        if self.request_id:
+            return data
+        body = msgpack.unpackb(data, raw=False)
+        del body["request_id"]
+        return msgpack.packb(body, use_bin_type=True)
 
 
 @dataclass
@@ -588,9 +603,8 @@ def _check_values(name: str, f: dict) -> None:
         raise SchemaError(f"{name} has frames [{f['start_frame']}, {f['end_frame']}), which end before they start")
     if "first" in f and "last" in f and f["last"] < f["first"]:
         raise SchemaError(f"{name}: shots [{f['first']}, {f['last']}] end before they start")
-    if name == ShotsRefused.SCHEMA and f.get("kind", "live") != "live":
-        raise SchemaError(f"{name}: kind={f['kind']!r}; only a live event's refused shots are sent on (a title's "
-                          "are named in the dead-letter topic: publish it again)")
+    if name == ShotsRefused.SCHEMA and f.get("kind") == "title" and f.get("n_shots") is None:
+        raise SchemaError(f"{name}: a title's refused shots carry its n_shots")
     if name == ShotsRefused.SCHEMA and f.get("n_shots") is not None and f["last"] >= f["n_shots"]:
         raise SchemaError(f"{name}: shots [{f['first']}, {f['last']}] outside the event's {f['n_shots']}")
     i, n = f.get("shot_index"), f.get("n_shots")

@@ -16,6 +16,9 @@ record lives in a changelog-backed RocksDB table, written to the partition of
 the event being processed, so it is co-partitioned with the title-keyed source
 topic and a restarted or rebalanced worker resumes where it stopped, reading the
 shots it does not hold back from the topic.
+A title some of whose shots a stage before refused (a ShotsRefused in their
+place) is given up once the rest have come: one dead letter for the title, and
+what it held let go.
 Live shots are handed to streams/live.py: one agent reads this topic, so each
 message is decoded and checked once.
 """
@@ -55,8 +58,8 @@ alone."""
 
 
 def parse(raw: bytes) -> list[FusedShot] | ShotsRefused:
-    """The fused shots of a record (a FusedShot, or a FusedShots of one title's), each checked (check); or a live
-    event's ShotsRefused."""
+    """The fused shots of a record (a FusedShot, or a FusedShots of one title's), each checked (check); or a
+    ShotsRefused."""
     shots = record_shots(FusedShots, raw, refusals=True)
     if isinstance(shots, ShotsRefused):
         return shots
@@ -129,7 +132,7 @@ class Titles:
             metrics.duplicates.labels(STAGE).inc()  # redelivery after a restart
             return
         if msg.offset <= progress.floor and msg.partition == progress.partition:
-            metrics.duplicates.labels(STAGE).inc()  # redelivered from the publication given up (ShotsGone)
+            metrics.duplicates.labels(STAGE).inc()  # redelivered from a publication given up (ShotsGone, refused shots)
             return
         if progress.partition < 0:
             progress.partition = msg.partition
@@ -150,6 +153,51 @@ class Titles:
             title_bytes = progress.n * size
             await self.rt.later(self._finish(tid, rid, progress, event, title_bytes), event,
                                 at_most=FINISHING, size=title_bytes, budget=PASSES_BYTES)
+        elif progress.settled:  # its last shot but those refused before (on_refused)
+            await self._give_up(tkey, progress, event)
+
+    async def on_refused(self, refused: ShotsRefused, event) -> None:
+        """Shots of a title's publication that a stage before refused (each dead-lettered there, ShotsRefused).
+        Marked so in its record: once every shot has arrived or been refused, the publication is given up
+        (_give_up). A copy of a refused shot that arrives before then is taken (a bad copy refused, then a good
+        one), and a refusal of shots the title holds (a copy refused on a redelivery) changes nothing."""
+        tid, rid, n, msg = refused.title_id, refused.request_id, refused.n_shots, event.message
+        tkey = f"{tid}#{rid}".encode()
+        progress = self.pending[tkey][0] if tkey in self.pending else self._read(tkey, n)
+        if progress.n != n:
+            raise SchemaError(f"{tid!r}: a ShotsRefused of n_shots={n} disagrees with {progress.n} from the "
+                              "title's shots")
+        if progress.partition >= 0 and progress.partition != msg.partition:
+            raise SchemaError(f"a ShotsRefused of {tid!r} came on partition {msg.partition}, its title's "
+                              f"shots on {progress.partition}: key it by its title id")
+        what = f"shot {refused.first}" if refused.first == refused.last else f"shots {refused.first}-{refused.last}"
+        if progress.done or tkey in self.finishing or msg.offset <= progress.floor or \
+                not progress.refuse(refused.first, refused.last,
+                                    f"{what} refused at the {refused.stage} stage: {refused.reason}"[:2000]):
+            metrics.duplicates.labels(STAGE).inc()  # the title has these shots, or this is a redelivery
+            return
+        progress.partition = msg.partition
+        self.pending[tkey] = (progress, event)
+        if progress.settled:
+            await self._give_up(tkey, progress, event)
+
+    async def _give_up(self, tkey: bytes, progress: TitleProgress, event) -> None:
+        """Every shot of the publication has arrived or been refused: one dead letter says so for the title, its
+        held shots are let go, and its record starts afresh after this event (floor), as for shots gone: a
+        redelivery of the publication's records is not counted, and a publication after it (its request id
+        used again) is taken."""
+        tid, rid = tkey.decode().rsplit("#", 1)
+        refused = (int.from_bytes(progress.refused, "little") & ~int.from_bytes(progress.have, "little")).bit_count()
+        self.held.drop(tkey)
+        self.pending[tkey] = (TitleProgress(progress.n, partition=progress.partition, floor=event.message.offset),
+                              event)
+        metrics.titles_given_up.inc()
+        await self.rt.dead_letter(STAGE, event, f"title {tid!r} (request {rid!r}, {progress.n} shots) given up: "
+                                                f"{progress.why}; {refused} of its shots were refused before this "
+                                                "stage, so no embedding of this publication is made. Mend what the "
+                                                "reason names and publish the title again")
+        log.warning("title %s given up: %d shots refused before this stage (%s)", tkey.decode(), refused,
+                    progress.why)
 
     def _read(self, tkey: bytes, n: int) -> TitleProgress:
         if tkey not in self.progress:
@@ -259,9 +307,10 @@ def register(rt: Runtime) -> None:
                     await on_record(event)
                 titles.flush()
 
-    async def live_refused(event, reason: str) -> None:
-        """A live event's record refused here: its shots counted lost in their place (and the event ended where they
-        carried its n_shots), as a ShotsRefused from an earlier stage would."""
+    async def refused_here(event, reason: str) -> None:
+        """A record refused here, dead-lettered: its shots go as a ShotsRefused from an earlier stage's would. A
+        live event's are counted lost (the event ended where they carried its n_shots); a title's publication is
+        given up, unless the record contradicts the title's other shots (another n_shots or partition): they go on."""
         try:
             refusal = rt.refusal(STAGE, record_shots(FusedShots, event.message.value), reason)
         except SchemaError:
@@ -270,9 +319,15 @@ def register(rt: Runtime) -> None:
             return
         try:
             with processing(event):
-                await live.on_refused(refusal)
+                if refusal.kind == "live":
+                    await live.on_refused(refusal)
+                else:
+                    await titles.on_refused(refusal, event)
+        except BadInput as e:
+            log.warning("%s %s: its refused shots %d-%d are not counted against it: %s", refusal.kind,
+                        refusal.title_id, refusal.first, refusal.last, e)
         except Exception:  # its own dead letter says why; the event goes on as it would without this
-            log.exception("live event %s: its refused shots %d-%d could not be counted", refusal.title_id,
+            log.exception("%s %s: its refused shots %d-%d could not be counted", refusal.kind, refusal.title_id,
                           refusal.first, refusal.last)
 
     async def on_record(event) -> None:
@@ -282,8 +337,11 @@ def register(rt: Runtime) -> None:
             with processing(event):
                 shots = parse(event.message.value)  # all checked before any is counted
                 if isinstance(shots, ShotsRefused):
-                    stage = "live"
-                    await live.on_refused(shots)
+                    if shots.kind == "live":
+                        stage = "live"
+                        await live.on_refused(shots)
+                    else:
+                        await titles.on_refused(shots, event)
                     return
                 size = len(event.message.value) // len(shots)
                 for shot in shots:
@@ -294,7 +352,7 @@ def register(rt: Runtime) -> None:
                         await titles.on_shot(shot, event, size)
         except BadInput as e:
             await rt.dead_letter(stage, event, str(e))
-            await live_refused(event, str(e))
+            await refused_here(event, str(e))
         except Exception as e:  # unforeseen: say so, never lose the batch with the agent
             log.exception("%s failed", stage)
             await rt.dead_letter(stage, event, f"{stage} failed: {type(e).__name__}: {e}")  # not counted: the

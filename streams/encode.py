@@ -11,7 +11,10 @@ shots arrive with their timed text already aligned by the segment stage). The
 title embedding is made once per title (request) and reused. A run's encoded
 shots go out together, in EncodedShots records (mediafm.schema.shot_records).
 Fusion is the next stage (streams/fuse.py), so pre-encoded input can join
-there, a shot or a run of a title's shots per record.
+there, a shot or a run of a title's shots per record. A run refused here is
+dead-lettered shot by shot and followed by a ShotsRefused in its place
+(mediafm.schema), which the fuse stage passes on: the live stage goes on past
+it, and the contextualise stage gives up the title's publication.
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ def runs(items: list[tuple]) -> list[list[tuple]]:
 
 
 def refused_ref(raw: bytes, reason: str) -> ShotsRefused | None:
-    """The ShotsRefused standing for a live ShotRef that parse() refused (a profile unknown, an empty span), where
-    the message is a ShotRef at all."""
+    """The ShotsRefused standing for a ShotRef that parse() refused (a profile unknown, an empty span), where the
+    message is a ShotRef at all."""
     try:
         ref = decode(raw, expect=ShotRef)
     except SchemaError:
@@ -139,7 +142,7 @@ def register(rt: Runtime) -> None:
     async def encode(stream):
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             with rt.unfinished(events):  # left mid-way (a stop while encoding): fetched again, not committed
-                parsed = []  # (event, ShotRef), or (event, ShotsRefused) for a live shot refused here, in order
+                parsed = []  # (event, ShotRef), or (event, ShotsRefused) for a shot refused here, in order
                 for event in events:
                     metrics.messages.labels(STAGE).inc()
                     try:

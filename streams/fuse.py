@@ -10,10 +10,11 @@ dead-letters its record alone, naming the shot. Shots are fused in Triton calls
 of up to BATCH shots across records and titles. A call's fused shots of one
 title go out together, in FusedShots records (mediafm.schema.shot_records): the
 contextualise stage then reads, records and acknowledges a record per run of a
-title's shots, not one per shot. A live event's refused record is followed by a
-ShotsRefused in its place (mediafm.schema), and one from the encode stage is passed
-on in order: the live stage goes on past the shots, and ends the event where they
-carried its n_shots.
+title's shots, not one per shot. A refused record is followed by a ShotsRefused
+in its place (mediafm.schema), and one from the encode stage is passed on in
+order: the live stage goes on past a live event's shots, and ends the event where
+they carried its n_shots; the contextualise stage gives up a title's publication
+with one dead letter for the title, instead of waiting for its shots for ever.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ async def _fuse_batch(rt: Runtime, events: list) -> None:
             shots = parse(event.message.value)
         except SchemaError as e:
             await rt.dead_letter(STAGE, event, str(e))
-            try:  # a live event's record refused (a NaN in a vector, say): said in its place, as below
+            try:  # a record refused (a NaN in a vector, say): said in its place, as below
                 shots = rt.refusal(STAGE, record_shots(EncodedShots, event.message.value), str(e))
             except SchemaError:
                 shots = None
@@ -194,7 +195,7 @@ async def _fuse_slice(rt: Runtime, records: list[tuple[object, list[Parsed]]]) -
         for shot, _ in run:
             metrics.stage_seconds.labels(STAGE, shot.kind).observe(max(0.0, now - shot.published_at))
         metrics.shots.labels(STAGE).inc(len(run))
-    # A live event's refused records, said after the slice's runs (after the shots before them; a later shot of
-    # the event may have gone first, which the live stage takes: it then learns only their n_shots)
+    # The refused records, said after the slice's runs (after the shots before them; a later shot of a live event
+    # may have gone first, which the live stage takes: it then learns only their n_shots)
     for k, why in sorted(refused.items()):
         await rt.refused(STAGE, rt.topics.fused, [shot for shot, _, _ in records[k][1]], why)

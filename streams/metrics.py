@@ -37,3 +37,6 @@ live_shots_lost = Counter("mediafm_live_shots_lost_total",
 read_back = Counter("mediafm_read_back_shots_total",
                     "Fused shots read back from their topic by offset when their title was complete "
                     "(not held in memory: a restart, a rebalance, held_shots_mb)")
+titles_given_up = Counter("mediafm_titles_given_up_total",
+                          "Title publications given up because a stage refused some of their shots (ShotsRefused; "
+                          "one dead letter each, for the title)")

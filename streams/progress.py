@@ -2,7 +2,8 @@
 
 TitleProgress (contextualise-titles): which of a title's n shots have arrived, the offset of each in its
 partition of the fused topic (streams/fused_source.py reads them back from there), and whether it is done
-(or where a publication whose shots were gone was given up).
+(or where a publication whose shots were gone, or some refused by a stage before, was given up), and which
+shots a stage before refused.
 LiveProgress (live-events): the next shot expected, how many have their final embedding, n once known,
 the MediaFM version the event is pinned to, and its shots' profile.
 
@@ -37,6 +38,12 @@ class TitleProgress:
     floor: int = -1
     """A publication of this request was given up at this offset of `partition` (its shots were gone from the
     topic): a redelivery at or below it is not counted, and shots after it start the title afresh."""
+    refused: bytearray = field(default_factory=bytearray)
+    """Bit i is set when a stage before refused shot i (ShotsRefused); empty: none was. A copy of it that arrives
+    after all the same is taken. Once every shot has arrived or been refused (settled), the publication is given
+    up: dead-lettered for the title, and its record starts afresh after that event (floor), as for shots gone."""
+    why: str = ""
+    """The first refusal's words (shots, stage, reason), for the title's dead letter."""
 
     def __post_init__(self) -> None:
         self.have = bytearray(self.have) or bytearray((self.n + 7) // 8)
@@ -44,12 +51,13 @@ class TitleProgress:
             raise ValueError(f"progress of {self.n} shots needs {(self.n + 7) // 8} bytes, has {len(self.have)}")
         if self.offsets is None:
             self.offsets = np.full(self.n, -1, np.int64)
+        self.refused = bytearray(self.refused)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> TitleProgress:
         d = msgpack.unpackb(raw)
         p = cls(n=d["n"], have=bytearray(d["have"]), done=d["done"], partition=d.get("p", -1),
-                floor=d.get("floor", -1))
+                floor=d.get("floor", -1), refused=bytearray(d.get("rf", b"")), why=d.get("why", ""))
         if "offs" in d:  # deltas, so that a title's mostly consecutive offsets compress to little
             p.offsets = np.cumsum(np.frombuffer(zlib.decompress(d["offs"]), "<i8"))
         elif not p.done and p.count:  # an older worker's: the shots it held in its table are not known here
@@ -63,6 +71,8 @@ class TitleProgress:
             d["offs"] = zlib.compress(np.diff(self.offsets, prepend=0).astype("<i8").tobytes(), 1)
             if self.floor >= 0:
                 d["floor"] = self.floor
+            if self.refused:
+                d["rf"], d["why"] = bytes(self.refused), self.why
         return msgpack.packb(d)
 
     def holds(self, i: int) -> bool:
@@ -83,6 +93,26 @@ class TitleProgress:
     @property
     def complete(self) -> bool:
         return self.count == self.n
+
+    def refuse(self, first: int, last: int, why: str) -> bool:
+        """Mark shots first..last refused where they have not arrived; False if every one of them has (a copy
+        refused on a redelivery: nothing changes)."""
+        late = [i for i in range(first, min(last, self.n - 1) + 1) if not self.holds(i)]
+        if not late:
+            return False
+        if not self.refused:
+            self.refused, self.why = bytearray(len(self.have)), why
+        for i in late:
+            self.refused[i // 8] |= 1 << (i % 8)
+        return True
+
+    @property
+    def settled(self) -> bool:
+        """Every shot has arrived or been refused, and at least one was refused and has not arrived: the
+        publication cannot complete."""
+        if not self.refused or self.complete:
+            return False
+        return (int.from_bytes(self.have, "little") | int.from_bytes(self.refused, "little")).bit_count() == self.n
 
 
 @dataclass

@@ -300,14 +300,13 @@ class Runtime:
 
     @staticmethod
     def refusal(stage: str, shots: list, reason: str) -> ShotsRefused | None:
-        """The ShotsRefused that stands for a run of a live event's shots (ShotRefs, EncodedShots, FusedShots) a
-        stage dead-lettered; None for a title's (named in the dead letters only: the title is published again) or
-        for shots too malformed to name."""
+        """The ShotsRefused that stands for a run of one live event's or one title publication's shots (ShotRefs,
+        EncodedShots, FusedShots) a stage dead-lettered; None for shots too malformed to name."""
         first = shots[0]
-        if first.kind != "live":
-            return None
-        msg = ShotsRefused(title_id=first.title_id, first=first.shot_index, last=shots[-1].shot_index, stage=stage,
-                           reason=reason[:2000], n_shots=shots[-1].n_shots, published_at=first.published_at)
+        msg = ShotsRefused(title_id=first.title_id, first=min(s.shot_index for s in shots),
+                           last=max(s.shot_index for s in shots), stage=stage, reason=reason[:2000],
+                           n_shots=shots[-1].n_shots, kind=first.kind, published_at=first.published_at,
+                           request_id=first.request_id if first.kind == "title" else "")
         try:
             msg.check()
         except SchemaError:
@@ -315,9 +314,9 @@ class Runtime:
         return msg
 
     async def refused(self, stage: str, topic, shots: list, reason: str) -> None:
-        """After a run of a live event's shots was dead-lettered: its ShotsRefused (refusal) on `topic`, the next
-        stage's, which passes it on (the fuse stage), so that the live stage goes on past them and ends the event
-        where they carried its n_shots."""
+        """After a run of shots was dead-lettered: its ShotsRefused (refusal) on `topic`, the next stage's, which
+        passes it on (the fuse stage). The live stage goes on past them and ends the event where they carried its
+        n_shots; the contextualise stage gives up the title's publication, with one dead letter that says so."""
         if (msg := self.refusal(stage, shots, reason)) is not None:
             await self.send(topic, msg.title_id.encode(), msg.to_bytes())
 

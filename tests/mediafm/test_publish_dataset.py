@@ -291,7 +291,7 @@ def test_sink_reads_back_interleaved_repeated_and_replaced_publications(kafka_st
     from mediafm.config import replace
     from mediafm.errors import MediaError
     from mediafm.publish import sink
-    from mediafm.schema import ContextualEmbedding
+    from mediafm.schema import ContextualEmbedding, ShotsRefused
     from mediafm.topics import Topics
 
     settings = replace(kafka_stack, topic_prefix=f"sink-{uuid.uuid4().hex[:6]}", partitions=1)  # all interleaved
@@ -311,6 +311,17 @@ def test_sink_reads_back_interleaved_repeated_and_replaced_publications(kafka_st
     for m in lone:
         m.title_id = "s-lone"  # a title with no complete request
     order += lone
+    gone = fused_shot_messages(titles["s-t2"], LAYOUT, "g")[:2]
+    for m in gone:
+        m.title_id = "s-gone"  # a title whose third shot a stage refused: given up, and named so
+    order += gone
+    order += [ShotsRefused(title_id="s-gone", first=2, last=2, stage="encode", reason="no decoder reads it",
+                           n_shots=6, kind="title", request_id="g"),
+              ShotsRefused(title_id="s-t1", first=3, last=4, stage="fuse", reason="NaN", n_shots=5, kind="title",
+                           request_id="cut"),  # an earlier request of it is whole: that one is written
+              ShotsRefused(title_id="s-live", first=0, last=0, stage="encode", reason="x"),  # a live event's
+              ShotsRefused(title_id="s-lone", first=0, last=0, stage="encode", reason="x", n_shots=6, kind="title",
+                           request_id="before")]  # an earlier publication's: its last one is incomplete
     for m in order:
         p.send(names.fused, key=m.title_id.encode(), value=m.to_bytes())
     rng = np.random.default_rng(1)
@@ -333,6 +344,7 @@ def test_sink_reads_back_interleaved_repeated_and_replaced_publications(kafka_st
     out = sink(settings, tmp_path / "sunk", idle_s=1.0, timeout_s=120)
     assert (out["titles"], out["shots"], out["contextual"]) == (3, 18, 36)
     assert out["incomplete"] == ["s-lone"]  # s-t1's last request is incomplete too, but an earlier one is whole
+    assert out["refused"] == {"s-gone": "shot 2 refused at the encode stage: no decoder reads it"}
     sunk = Dataset(tmp_path / "sunk")
     for title in sunk.iter_titles():
         np.testing.assert_array_equal(title.fused, data[title.info.title_id]["fused"])  # the "new" request's shots

@@ -227,3 +227,21 @@ def test_a_shot_refs_frames_are_checked(change, match):
     assert decode(ShotRef(**body).to_bytes()).end_frame == 25
     with pytest.raises(SchemaError, match=match):
         decode(ShotRef(**{**body, **change}).to_bytes())
+
+
+def test_a_live_shots_refused_is_written_as_before_its_request_id_and_a_titles_names_its_request():
+    """ShotsRefused gained request_id (a title's refused shots are sent on too, 2026-12-07). A worker from before
+    refuses a message with a field it does not know, so a live event's, whose request_id is "", is written
+    without it, byte for byte as before; a title's names its request and n_shots, or is refused."""
+    import msgpack
+
+    from mediafm.schema import ShotsRefused
+
+    live = ShotsRefused(title_id="ev", first=3, last=4, stage="encode", reason="x", n_shots=5, published_at=1.0)
+    body = msgpack.unpackb(live.to_bytes())
+    assert "request_id" not in body and decode(live.to_bytes()) == live
+    title = ShotsRefused(title_id="t", first=3, last=4, stage="fuse", reason="x", n_shots=5, kind="title",
+                         request_id="r1", published_at=1.0)
+    assert msgpack.unpackb(title.to_bytes())["request_id"] == "r1" and decode(title.to_bytes()) == title
+    with pytest.raises(SchemaError, match="a title's refused shots carry its n_shots"):
+        decode(ShotsRefused(title_id="t", first=3, last=4, stage="fuse", reason="x", kind="title").to_bytes())

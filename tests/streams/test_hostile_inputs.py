@@ -14,6 +14,7 @@ tombstone); media it needs goes in the `media` fixture (small, made with ffmpeg 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -515,6 +516,70 @@ def test_a_live_event_whose_last_shots_the_encoder_refuses_still_ends(kafka_stac
         tail.close()
     assert {i: sorted(k) for i, k in kinds.items()} == {i: [False, True] for i in range(3)}
     assert sorted(x.stage for x in letters) == ["encode", "encode"], [(x.stage, x.reason) for x in letters]
+    assert worker.poll() is None
+
+
+def test_a_title_whose_shots_the_encoder_refuses_is_given_up_with_one_dead_letter(kafka_stack, worker, offline_model,
+                                                                                   media):
+    """A title of 5 shots whose last two point at media no decoder reads. Before, the encode stage dead-lettered
+    those two and nothing took their place: the contextualise stage waited for them for ever, its progress record
+    and held shots kept, and no word was said for the title. Now a ShotsRefused takes their place: one dead letter
+    from the contextualise stage names the title, the shots and the reason, and no final is made of it. Published
+    again with good media (a new request), the title is embedded."""
+    import urllib.request
+
+    names = Topics.from_settings(kafka_stack)
+    tid = f"hx-{uuid.uuid4().hex[:6]}-title-shots-refused"
+    frames, fps = [30, 36, 24, 40, 30], 24
+    film = make_film(media["root"] / f"{tid}.mp4", shots=frames, fps=fps, size=(160, 96), first_source=2,
+                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
+    starts = np.concatenate([[0], np.cumsum(frames)])
+
+    def refs(request_id: str, bad: set[int]) -> list[ShotRef]:
+        return [ShotRef(title_id=tid, shot_index=i, start_s=starts[i] / fps, end_s=starts[i + 1] / fps,
+                        start_frame=int(starts[i]), end_frame=int(starts[i + 1]),
+                        media=[str(media["garbage"] if i in bad else film.path)], media_start_s=0.0, text="",
+                        title_text="", profile=kafka_stack.encoder_profile, n_shots=5, kind="title",
+                        request_id=request_id) for i in range(5)]
+
+    def send(messages) -> None:
+        p = producer(kafka_stack)
+        try:
+            for m in messages:
+                p.send(names.shots, key=tid.encode(), value=m.to_bytes())
+            p.flush()
+        finally:
+            p.close()
+
+    dead, tail = Tail(kafka_stack, names.deadletter), Tail(kafka_stack, names.embeddings)
+    letters, finals = [], defaultdict(set)
+    try:
+        send(refs("r1", {3, 4}))
+        for rec in dead.poll(timeout_s=240, stop=lambda: any(x.stage == "contextualise" for x in letters)):
+            letter = decode(rec.value, expect=DeadLetter)
+            if letter.key == tid.encode():
+                letters.append(letter)
+        send(refs("r2", set()))
+        for rec in tail.poll(timeout_s=240, stop=lambda: len(finals["r2"]) == 5):
+            e = decode(rec.value, expect=ContextualEmbedding)
+            if e.title_id == tid and e.final:
+                finals[e.request_id].add(e.shot_index)
+        letters += [x for x in (decode(r.value, expect=DeadLetter) for r in dead.to_end(timeout_s=60))
+                    if x.key == tid.encode()]  # any after the first of the contextualise stage
+    finally:
+        dead.close()
+        tail.close()
+    assert sorted(x.stage for x in letters) == ["contextualise", "encode", "encode"], [(x.stage, x.reason)
+                                                                                        for x in letters]
+    (given_up,) = [x.reason for x in letters if x.stage == "contextualise"]
+    assert re.match(rf"title '{tid}' \(request 'r1', 5 shots\) given up: shots? 3(-4)? refused at the encode stage: ",
+                    given_up), given_up  # one run of shots 3-4, or two where a batch ended between them
+    assert "2 of its shots were refused before this stage" in given_up and "publish the title again" in given_up
+    assert dict(finals) == {"r2": {0, 1, 2, 3, 4}}, "none of the publication given up; all of the next"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{kafka_stack.worker_web_port}/metrics", timeout=10).read()
+    (count,) = [float(line.split()[1]) for line in metrics.decode().splitlines()
+                if line.startswith("mediafm_titles_given_up_total ")]
+    assert count >= 1, "counted on the worker's /metrics"
     assert worker.poll() is None
 
 

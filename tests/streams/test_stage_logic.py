@@ -409,6 +409,90 @@ def test_a_title_whose_pass_fails_unforeseen_is_dead_lettered_and_starts_afresh_
     assert TitleProgress.from_bytes(titles.progress[b"t#"]).done
 
 
+def test_a_title_some_of_whose_shots_a_stage_refused_is_given_up_once_and_lets_go_of_what_it_held(tmp_path):
+    """Shots of a title's publication dead-lettered upstream (media no decoder reads, a vector the fusion model
+    refuses): before, nothing reached this stage in their place, so the title waited for them for ever, its
+    progress record and held shots kept and no word said for the title. Now a ShotsRefused takes their place: once
+    every shot has arrived or been refused, the publication is given up with one dead letter naming the shots, the
+    stage and the reason; what it held is let go; a redelivery of its records (after a restart too) counts
+    nothing, and a publication after it under the same request id is taken. A refused shot whose good copy comes
+    after (a bad copy refused first), and a refusal of shots the title holds (a copy refused on a redelivery),
+    leave the title to complete."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from mediafm.schema import ShotsRefused
+
+    letters, done, table = [], [], {}
+
+    async def dead_letter(stage, event, reason):
+        letters.append((stage, event.message.offset, reason))
+
+    async def later(work, event, *, at_most, size=0, budget=0):
+        await work
+
+    def stage():
+        titles = contextualise.Titles(SimpleNamespace(settings=Settings(state_dir=tmp_path), table=lambda name: table,
+                                                      dead_letter=dead_letter, later=later))
+
+        async def contextualise_(tid, shots, rid=""):
+            done.append((tid, rid, [s.shot_index for s in shots]))
+
+        titles.contextualise = contextualise_
+        return titles
+
+    class Event:
+        def __init__(self, message):
+            self.message = message
+
+    def refusal(first, last, *, tid="t", rid="r1", n=5):
+        return ShotsRefused(title_id=tid, first=first, last=last, stage="encode", reason="no decoder reads it",
+                            n_shots=n, kind="title", request_id=rid)
+
+    async def feed(titles, items, partition=0):
+        for offset, x in items:
+            raw = x.to_bytes()
+            event = Event(SimpleNamespace(partition=partition, offset=offset, value=raw))
+            if isinstance(x, ShotsRefused):
+                await titles.on_refused(x, event)
+            else:
+                await titles.on_shot(x, event, len(raw))
+            titles.flush()
+
+    def shot(i, *, tid="t", rid="r1", n=5):
+        return _fused(title_id=tid, shot_index=i, n_shots=n, request_id=rid)
+
+    async def main():
+        titles = stage()
+        await feed(titles, [(10, shot(0)), (11, shot(1)), (12, shot(2)), (13, refusal(3, 3))])
+        assert titles.held.bytes > 0 and not letters, "shot 4 may still come"
+        await feed(titles, [(14, refusal(4, 4))])
+        assert [o for _, o, _ in letters] == [14] and titles.held.bytes == 0, "given up; its held shots let go"
+        p = TitleProgress.from_bytes(table[b"t#r1"])
+        assert (p.count, p.floor, p.done, bytes(p.refused)) == (0, 14, False, b"")
+        await feed(titles, [(13, refusal(3, 3)), (12, shot(2))])  # redelivered
+        await feed(stage(), [(14, refusal(4, 4)), (11, shot(1))])  # redelivered after a restart
+        assert len(letters) == 1
+        # a bad copy of shot 0 refused, then the good one: the title completes
+        await feed(titles, [(20, refusal(0, 0, tid="u", n=3))] + [(21 + i, shot(i, tid="u", n=3)) for i in range(3)])
+        # a copy of shots held refused on a redelivery: the title goes on; after it is done, nothing
+        await feed(titles, [(30, shot(0, tid="v", n=3)), (31, shot(1, tid="v", n=3)), (32, refusal(0, 1, tid="v", n=3)),
+                            (33, shot(2, tid="v", n=3)), (34, refusal(2, 2, tid="v", n=3))])
+        with pytest.raises(SchemaError, match="n_shots=4 disagrees with 3"):
+            await titles.on_refused(refusal(1, 1, tid="v", n=4), Event(SimpleNamespace(partition=0, offset=35)))
+        await feed(titles, [(36, shot(0, tid="w", n=3))])
+        with pytest.raises(SchemaError, match="came on partition 1, its title's shots on 0"):
+            await titles.on_refused(refusal(2, 2, tid="w", n=3), Event(SimpleNamespace(partition=1, offset=37)))
+        await feed(titles, [(40 + i, shot(i)) for i in range(5)])  # published again under the same request id
+
+    asyncio.run(main())
+    assert [(s, o) for s, o, _ in letters] == [("contextualise", 14)], "one dead letter, for the title"
+    assert letters[0][2] == ("title 't' (request 'r1', 5 shots) given up: shot 3 refused at the encode stage: no "
+                             "decoder reads it; 2 of its shots were refused before this stage, so no embedding of "
+                             "this publication is made. Mend what the reason names and publish the title again")
+    assert done == [("u", "r1", [0, 1, 2]), ("v", "r1", [0, 1, 2]), ("t", "r1", [0, 1, 2, 3, 4])]
+
+
 def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_without_its_shot_named(tmp_path):
     """A FusedShots record stands at one offset for each of its shots: the title's record names that offset for
     each, and the shots the memory did not keep (held_shots_mb=0 here) are picked from the records read back.
@@ -921,13 +1005,15 @@ def test_contextualise_maps_a_window_with_gaps_to_its_shots():
 def test_a_live_shot_ref_refused_at_the_encode_stage_is_said_in_its_place():
     """A live ShotRef the encode stage refuses before encoding (an unknown profile, an empty span) was only
     dead-lettered: an event whose last shot that was never ended. Now a ShotsRefused stands in its place, a run of
-    its own between the shots around it, so it goes out after the shots before it; a title's is not sent."""
+    its own between the shots around it, so it goes out after the shots before it. A title's is sent too (naming
+    its request and n_shots): the contextualise stage gives the publication up on it."""
     bad = dataclasses.replace(_ref(4, title="ev", kind="live"), n_shots=5, profile="nope")
     with pytest.raises(BadInput, match="nope"):
         encode.parse(bad.to_bytes())
     r = encode.refused_ref(bad.to_bytes(), "unknown encoder profile 'nope'")
     assert (r.title_id, r.first, r.last, r.n_shots, r.stage) == ("ev", 4, 4, 5, "encode")
-    assert encode.refused_ref(dataclasses.replace(_ref(4), profile="nope").to_bytes(), "x") is None, "a title's"
+    t = encode.refused_ref(dataclasses.replace(_ref(4), profile="nope", request_id="r1").to_bytes(), "x")
+    assert (t.kind, t.title_id, t.request_id, t.first, t.last, t.n_shots) == ("title", "t", "r1", 4, 4, 10)
     assert encode.refused_ref(b"not msgpack", "x") is None
     items = [(f"e{i}", _ref(i, title="ev", kind="live")) for i in (2, 3)] + [("e4", r)] + \
         [("e5", _ref(5, title="ev", kind="live"))]

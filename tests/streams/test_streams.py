@@ -16,6 +16,7 @@ from mediafm.schema import (
     DeadLetter,
     FusedShot,
     FusedShots,
+    ShotsRefused,
     bytes_to_vec,
     decode,
     record_shots,
@@ -60,8 +61,16 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
 
     want = {t.title_id: len(t.start_s) for t in titles}
     got: dict[str, dict[int, FusedShot]] = {t: {} for t in want}
-    for rec in fused_tail.poll(timeout_s=120, stop=lambda: all(len(got[t]) == n for t, n in want.items())):
-        for m in record_shots(FusedShots, rec.value):  # the fuse stage sends a batch's shots of one title in one record
+    refusals = []  # in place of the bad copies the fuse stage could read as shots (no modality, a wrong width)
+    for rec in fused_tail.poll(timeout_s=120, stop=lambda: all(len(got[t]) == n for t, n in want.items())
+                               and len(refusals) == 2):
+        shots = record_shots(FusedShots, rec.value, refusals=True)
+        if isinstance(shots, ShotsRefused):
+            if shots.title_id in got:
+                refusals.append((shots.title_id, shots.request_id, shots.first, shots.last, shots.stage, shots.kind,
+                                 rec.key))
+            continue
+        for m in shots:  # the fuse stage sends a batch's shots of one title in one record
             if m.title_id in got:
                 assert m.shot_index not in got[m.title_id], "duplicate fused shot"
                 got[m.title_id][m.shot_index] = m
@@ -80,6 +89,8 @@ def test_titles_are_fused_and_bad_messages_dead_lettered(kafka_stack, worker):
         np.testing.assert_allclose(ours, fuse(t.video, t.audio, t.text, t.present, layout=t.layout), atol=1e-6)
         assert [m.present for m in got[t.title_id].values()] == t.present.tolist()
     assert len(letters) == len(bad)
+    tid = titles[1].title_id  # the contextualise stage takes the good copy of shot 0 all the same (test_stage_logic)
+    assert refusals == [(tid, "", 0, 0, "fuse", "title", tid.encode())] * 2, refusals
     for letter in letters:
         assert letter.stage == "fuse" and letter.topic == names.encoded
         assert bad[letter.payload] in letter.reason, letter.reason

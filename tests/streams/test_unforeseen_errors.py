@@ -17,7 +17,16 @@ from conftest import until
 from mediafm.config import Settings
 from mediafm.errors import BadRequest
 from mediafm.profiles import OFFLINE
-from mediafm.schema import EncodedShot, EncodedShots, FusedShot, FusedShots, record_shots, shot_records, vec_to_bytes
+from mediafm.schema import (
+    EncodedShot,
+    EncodedShots,
+    FusedShot,
+    FusedShots,
+    ShotsRefused,
+    record_shots,
+    shot_records,
+    vec_to_bytes,
+)
 from streams.app import create_runtime
 from streams.fuse import BATCH
 
@@ -61,9 +70,15 @@ async def _fuse(rt):
             raise RuntimeError("a library bug")
         return {"FUSED": np.zeros((len(inputs["VIDEO"]), LAY.fused_dim), np.float32)}
 
+    refusals = []
+
     async def send(topic, key, value):
         assert topic is rt.topics.fused
-        rt.sent.extend(shot.shot_index for shot in record_shots(FusedShots, value))
+        got = record_shots(FusedShots, value, refusals=True)
+        if isinstance(got, ShotsRefused):  # in place of each record dead-lettered: its title is given up
+            refusals.append((got.kind, got.first, got.last, got.n_shots, got.stage))
+        else:
+            rt.sent.extend(shot.shot_index for shot in got)
 
     rt.triton.infer, rt.send = infer, send
     agent = rt.app.agents["streams.fuse.fuse_shots"]
@@ -77,6 +92,7 @@ async def _fuse(rt):
     assert [(s, v) for s, v, _ in rt.letters] == [("fuse", encoded(0)), ("fuse", encoded(1))]
     assert all("fusing failed: RuntimeError: a library bug" in r for _, _, r in rt.letters), rt.letters
     assert "shot 0 of 't'" in rt.letters[0][2]
+    assert sorted(refusals) == [("title", 0, 0, 4, "fuse"), ("title", 1, 1, 4, "fuse")]
 
 
 def test_contextualise_dead_letters_a_live_shot_it_cannot_contextualise_and_goes_on(rt):
@@ -135,8 +151,14 @@ async def _fuse_records(rt):
             raise BadRequest(f"shot {bad} refused")
         return {"FUSED": np.zeros((len(firsts), LAY.fused_dim), np.float32)}
 
+    refusals = []
+
     async def send(topic, key, value):
-        rt.sent.extend(s.shot_index for s in record_shots(FusedShots, value))
+        got = record_shots(FusedShots, value, refusals=True)
+        if isinstance(got, ShotsRefused):
+            refusals.append((got.first, got.last, got.n_shots))
+        else:
+            rt.sent.extend(s.shot_index for s in got)
 
     rt.triton.infer, rt.send = infer, send
     agent = rt.app.agents["streams.fuse.fuse_shots"]
@@ -145,6 +167,8 @@ async def _fuse_records(rt):
             await ctx.put(key=b"t", value=r)
         want = [i for i in range(n) if i // per != bad // per]
         await until(lambda: rt.sent == want, f"every shot but those of record 2, in order; got {len(rt.sent)}")
+        await until(lambda: refusals, "a ShotsRefused in place of record 2")
+    assert refusals == [(100, 149, n)], "record 2's shots, once"
     assert [(s, v) for s, v, _ in rt.letters] == [("fuse", records[bad // per])], "record 2, once"
     assert f"shot {bad} refused" in rt.letters[0][2]
     whole = [c for c in calls if len(c) > 1]  # before one call was taken apart to find the refused shot
@@ -193,7 +217,7 @@ def test_a_live_record_refused_at_the_fuse_stage_is_said_in_its_place_after_the_
 
 
 async def _fuse_refuses_a_live_record(rt):
-    from mediafm.schema import ShotsRefused, decode
+    from mediafm.schema import decode
 
     def live(i: int, value: float = 1.0) -> bytes:
         return EncodedShot(title_id="ev", shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
@@ -253,3 +277,36 @@ async def _live_refuses_its_last_shot(rt):
         await ctx.put(key=b"ev", value=shot(2, 5, 3))  # the wrong width: refused by the live stage's check
         await until(lambda: sorted(finals) == [0, 1], f"finals of shots 0 and 1, got {finals}")
     assert len(rt.letters) == 1 and "fused has 20 bytes" in rt.letters[0][2], rt.letters
+
+
+def test_the_contextualise_agent_gives_up_a_title_for_shots_refused_before_it_or_by_it(rt):
+    """Through the agent: a title's ShotsRefused from an earlier stage reaches the titles, not the live stage, and
+    a title's record the stage refuses itself (a fused vector of the wrong width) counts as refused there too.
+    Either way, once every shot has arrived or been refused, one dead letter gives the publication up. Before, a
+    title's refused shots were said in the dead letters only, and the title waited for them for ever."""
+    asyncio.run(_give_up(rt))
+
+
+async def _give_up(rt):
+    def fused(tid: str, i: int, width: int = LAY.fused_dim) -> bytes:
+        return FusedShot(title_id=tid, shot_index=i, start_s=i, end_s=i + 1, profile=OFFLINE.name,
+                         fused=vec_to_bytes(np.ones(width, np.float32)), present=[True, False, False], n_shots=3,
+                         request_id="r1", published_at=1.0).to_bytes()
+
+    async def sends_acknowledged():
+        return None
+
+    rt.sends_acknowledged = sends_acknowledged
+    agent = rt.app.agents["streams.contextualise.contextualise"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"a", value=ShotsRefused(title_id="a", first=0, last=2, stage="encode", reason="gone",
+                                                   n_shots=3, kind="title", request_id="r1").to_bytes())
+        for i, width in [(0, LAY.fused_dim), (1, LAY.fused_dim), (2, 5)]:
+            await ctx.put(key=b"b", value=fused("b", i, width))
+        await until(lambda: len(rt.letters) == 3, f"three dead letters, got {rt.letters}")
+    reasons = [(stage, reason.split(":")[0]) for stage, _, reason in rt.letters]
+    assert reasons == [("contextualise", "title 'a' (request 'r1', 3 shots) given up"),
+                       ("contextualise", "fused has 20 bytes, expected 8704 (float32 x 2176)"),
+                       ("contextualise", "title 'b' (request 'r1', 3 shots) given up")], rt.letters
+    assert "shots 0-2 refused at the encode stage: gone" in rt.letters[0][2]
+    assert "shot 2 refused at the contextualise stage: fused has 20 bytes" in rt.letters[2][2]
