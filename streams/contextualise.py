@@ -33,7 +33,7 @@ from mediafm.profiles import get_profile
 from mediafm.schema import FusedShot, FusedShots, ShotsRefused, bytes_to_vec, record_shots
 from mediafm.windows import plan
 from streams import metrics
-from streams.fused_source import HeldShots, OffsetReader
+from streams.fused_source import HeldShots, OffsetReader, ReadRefused
 from streams.live import LiveEvents
 from streams.progress import TitleProgress
 from streams.runtime import Runtime, processing
@@ -226,6 +226,8 @@ class Titles:
                 self.held.release(work)
         except BadInput as e:  # the title itself is unusable: say so, do not retry forever
             await self.rt.dead_letter(STAGE, event, f"title {tid!r} ({progress.n} shots) rejected: {e}")
+        except ReadRefused:  # not the title's fault: the worker stops (Runtime.later), and the event comes again
+            raise
         except Exception as e:  # its shots gone, or a failure no check foresaw: nothing will try it again by itself
             if not isinstance(e, ShotsGone):
                 log.exception("contextualising %s failed", tid)

@@ -93,6 +93,10 @@ class HeldShots:
             self.bytes -= sum(size for _, size, _ in shots.values())
 
 
+class ReadRefused(Exception):
+    """The broker refused a read back in a way no retry mends (OffsetReader.read)."""
+
+
 class OffsetReader:
     """Records of one topic partition read back by offset, with a consumer of no group (nothing committed)."""
 
@@ -109,13 +113,19 @@ class OffsetReader:
         An offset is gone when it lies outside the partition's offsets (below the first: retention deleted
         it; at or past the end: not this topic's record, say a topic made again) or when reading passed it
         without meeting it (compaction). A broker that is down or slow is waited out: the read starts again
-        after a pause, logged, for as long as it takes (a transient fault is never reported as gone).
+        after a pause, logged, for as long as it takes (a transient fault is never reported as gone). An error
+        the broker says retrying will not mend (its ACLs deny the read, a version it does not support) is raised
+        as ReadRefused: the worker stops on it (Runtime.later), its event is fetched again, and the worker's start
+        names what is missing (mediafm.acls.check_access). Before (2026-12-07), it was retried for ever, a warning
+        every 30 s, the title's pass holding one of the passes that may run at once.
         """
         pause = 1.0
         while True:
             try:
                 return await self._read(TopicPartition(topic, partition), sorted(set(offsets)))
             except KafkaError as e:
+                if not e.retriable and not isinstance(e, KafkaTimeoutError):  # (ours: nothing fetched for 30 s)
+                    raise ReadRefused(f"reading {topic}[{partition}] back: {type(e).__name__}: {e}") from e
                 log.warning("reading %s[%d] back: %s: %s; again in %.0f s", topic, partition, type(e).__name__, e,
                             pause)
                 await asyncio.sleep(pause)

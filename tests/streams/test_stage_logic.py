@@ -493,6 +493,52 @@ def test_a_title_some_of_whose_shots_a_stage_refused_is_given_up_once_and_lets_g
     assert done == [("u", "r1", [0, 1, 2]), ("v", "r1", [0, 1, 2]), ("t", "r1", [0, 1, 2, 3, 4])]
 
 
+def test_a_title_whose_shots_the_broker_refuses_to_read_back_stops_the_worker_and_is_not_dead_lettered(tmp_path):
+    """A read back the broker refuses for good (ReadRefused: its ACLs deny it) is not the title's fault: it is
+    raised out of the title's pass, which stops the worker (Runtime.later) with the event to come again, and
+    the title is neither dead-lettered nor started afresh. (Before, the read was retried for ever.)"""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.fused_source import ReadRefused
+
+    letters = []
+
+    async def dead_letter(stage, event, reason):
+        letters.append(reason)
+
+    async def later(work, event, *, at_most, size=0, budget=0):
+        await work
+
+    table = {}
+    titles = contextualise.Titles(SimpleNamespace(
+        settings=Settings(state_dir=tmp_path, held_shots_mb=0), table=lambda name: table, dead_letter=dead_letter,
+        later=later, topics=SimpleNamespace(fused=SimpleNamespace(get_topic_name=lambda: "shots.fused"))))
+
+    class Reader:
+        async def read(self, name, partition, offsets):
+            raise ReadRefused("reading shots.fused[0] back: TopicAuthorizationFailedError")
+
+    titles.reader = Reader()
+
+    class Event:
+        def __init__(self, message):
+            self.message = message
+
+    async def main():
+        for i in range(3):
+            raw = _fused(shot_index=i).to_bytes()
+            (shot,) = contextualise.parse(raw)
+            await titles.on_shot(shot, Event(SimpleNamespace(partition=0, offset=10 + i, value=raw)), len(raw))
+            titles.flush()
+
+    with pytest.raises(ReadRefused):
+        asyncio.run(main())
+    assert letters == [] and not titles.finishing
+    p = TitleProgress.from_bytes(table[b"t#"])
+    assert (p.count, p.floor, p.done) == (2, -1, False), "its record as it was: the event that completed it comes again"
+
+
 def test_a_title_in_records_of_several_shots_is_gathered_by_offset_and_a_record_without_its_shot_named(tmp_path):
     """A FusedShots record stands at one offset for each of its shots: the title's record names that offset for
     each, and the shots the memory did not keep (held_shots_mb=0 here) are picked from the records read back.
