@@ -628,6 +628,7 @@ class DatasetWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         (self.tmp / "shots").mkdir(parents=True)
         self._titles: list[dict] = []
+        self._ids: set[str] = set()
         self._rows: list[dict] = []
         self._n_rows = 0
         self._shard = 0
@@ -636,13 +637,39 @@ class DatasetWriter:
     def add_title(self, *, title_id: str, title_embedding: np.ndarray, fused: np.ndarray,
                   start_s: np.ndarray, end_s: np.ndarray, kind: str = "title",
                   split: str = "train", genres: list[int] | None = None) -> None:
+        """One title, checked here as Dataset() checks what it reads (DatasetError naming the title and what is
+        wrong): before (2026-12-07), a title of no shots, one added twice, an unknown split or kind, or genres out
+        of range were written, the old dataset replaced, and the new one then refused by every reader; times or a
+        title embedding of the wrong length failed later in pyarrow, naming nothing."""
         fused = np.asarray(fused, np.float32)
+        start_s, end_s = np.asarray(start_s, np.float64), np.asarray(end_s, np.float64)
+        title_embedding = np.asarray(title_embedding, np.float32)
+        what = f"title {title_id!r}"
+        if not isinstance(title_id, str) or not title_id:
+            raise DatasetError(f"{what}: a title id is a non-empty string")
+        if title_id in self._ids:
+            raise DatasetError(f"{what} was added twice; a dataset holds each title once")
         if fused.ndim != 2 or fused.shape[1] != self.meta.fused_dim:
-            raise DatasetError(f"title {title_id!r}: fused has shape {fused.shape}, expected (n, {self.meta.fused_dim})")
-        self._titles.append(dict(title_id=title_id, title_embedding=np.asarray(title_embedding, np.float32),
-                                 kind=kind, split=split, genres=genres))
-        self._rows.append(dict(title_id=title_id, fused=fused, start_s=np.asarray(start_s, np.float64),
-                               end_s=np.asarray(end_s, np.float64), first=0))
+            raise DatasetError(f"{what}: fused has shape {fused.shape}, expected (n, {self.meta.fused_dim})")
+        if len(fused) == 0:
+            raise DatasetError(f"{what} has no shots")
+        if start_s.shape != (len(fused),) or end_s.shape != (len(fused),):
+            raise DatasetError(f"{what}: start_s {start_s.shape} and end_s {end_s.shape}, expected one time per "
+                               f"shot ({len(fused)},)")
+        if title_embedding.shape != (self.meta.title_dim,):
+            raise DatasetError(f"{what}: title_embedding has shape {title_embedding.shape}, expected "
+                               f"({self.meta.title_dim},)")
+        if split not in ("train", "val", "test"):
+            raise DatasetError(f"{what}: split {split!r}; use train/val/test")
+        if kind not in ("title", "live"):
+            raise DatasetError(f"{what}: kind {kind!r}; use 'title' or 'live'")
+        if bad := [g for g in genres or [] if not isinstance(g, int | np.integer) or not 0 <= g < N_GENRES]:
+            raise DatasetError(f"{what}: genres {bad}: indices into the {N_GENRES} genres of MEDIAFM.md, "
+                               f"0..{N_GENRES - 1}")
+        self._ids.add(title_id)
+        self._titles.append(dict(title_id=title_id, title_embedding=title_embedding, kind=kind, split=split,
+                                 genres=None if genres is None else [int(g) for g in genres]))
+        self._rows.append(dict(title_id=title_id, fused=fused, start_s=start_s, end_s=end_s, first=0))
         self._n_rows += len(fused)
         if not self.split_titles:
             if self._n_rows >= self.shard_shots:
@@ -682,6 +709,10 @@ class DatasetWriter:
         self._clips = (self._clips or []) + list(rows)
 
     def close(self) -> Path:
+        if not self._titles:  # what is at root stays as it was
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise DatasetError(f"{self.root}: no title was added; a dataset holds at least one, and the one there "
+                               "(if any) is left as it was")
         self._flush()
         if self._clips is not None:
             pq.write_table(pa.Table.from_pylist(self._clips, schema=CLIPS_SCHEMA), self.tmp / "clips.parquet")

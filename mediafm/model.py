@@ -449,7 +449,9 @@ class MaskedShotModel(nn.Module):
             return self.encoder(shots, title, lengths)[1], None
         x = shots
         keep, rand = self.cfg.mask_keep, self.cfg.mask_random
-        if keep or rand:  # BERT's rule: some chosen shots stay visible or turn into another shot
+        if (keep or rand) and self.training:  # BERT's rule: some chosen shots stay visible or turn into another
+            # shot. In training only: a validation loss with shots left visible was random (the global RNG) and
+            # let a copy head copy the answer, so it was not comparable with the baselines, which hide them all
             u = torch.rand(mask.shape, device=shots.device)
             real = (torch.arange(shots.shape[1], device=shots.device)[None, :] < lengths[:, None]).flatten()
             pool = shots.flatten(0, 1)[real]  # every real shot of the batch

@@ -78,6 +78,17 @@ def parse_run(spec: str | Path) -> tuple[str, Path, dict]:
     return f"{Path(path).name}@{tail}", Path(path), served
 
 
+def _trained_modalities(run: Path) -> dict | None:
+    """The modality slices of the dataset the run was trained on (its config.json's dataset_meta); None where the
+    run does not say."""
+    try:
+        meta = json.loads((run / "config.json").read_text()).get("dataset_meta") or {}
+    except (OSError, ValueError):
+        return None
+    mods = meta.get("modalities")
+    return {k: list(v) for k, v in mods.items()} if isinstance(mods, dict) else None
+
+
 def load_run_encoder(run: Path, served: dict | None = None) -> MediaFMEncoder:
     """The encoder of a run's latest checkpoint, with `served` (SERVED fields) in place of its own values."""
     ckpt = latest_checkpoint(run)
@@ -372,7 +383,7 @@ def evaluation_clips(ds: Dataset, split: str = "test"):
         raise DatasetError(f"{ds.root / 'titles.parquet'}: no titles with split={split!r} to evaluate on (column "
                            "'split'; a title without one, or a null cell, is train); mark the titles to evaluate on, "
                            "which training never reads, or pass --split")
-    return clips.filter(np.array([t in eval_titles for t in clips.column("title_id").to_pylist()]))
+    return clips.filter(np.array([t in eval_titles for t in clips.column("title_id").to_pylist()], dtype=bool))
 
 
 def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds: int = 3, folds: int = 10,
@@ -394,6 +405,13 @@ def evaluate(data: str | Path, runs: list[str | Path], out: str | Path, *, seeds
                              f"title_dim={enc.cfg.title_dim}; {ds.root / 'meta.json'} says fused_dim="
                              f"{ds.meta.fused_dim}, title_dim={ds.meta.title_dim}: evaluate it on a dataset of its "
                              "layout, or train a run on this one")
+        trained = _trained_modalities(run_dirs[name])
+        here = {k: list(v) for k, v in ds.meta.modalities.items()}
+        if trained is not None and trained != here:  # the same widths in another order: inputs shuffled, silently
+            raise ModelError(f"--run {run_dirs[name]} was trained on modality slices {trained}; "
+                             f"{ds.root / 'meta.json'} has {here}: the same width, another layout, so the model "
+                             "would read one modality as another. Evaluate it on a dataset of its layout (or "
+                             "reorder this one's fused columns), or train a run on this one")
     labelled = labelled_titles(clips)
     if max(labelled.values()) < 2:
         raise DatasetError(f"{ds.root / 'clips.parquet'}: nothing to probe: {clips.num_rows} clips of the "

@@ -6,7 +6,10 @@
 Reads top to bottom: config -> data -> model -> optimizers -> schedule ->
 resume -> one loop doing step, eval, checkpoint, log, in that order.
 Re-running the same command on the same --out resumes from its last
-checkpoint and continues exactly (model, optimizers, schedule, RNG, data).
+checkpoint and continues exactly (model, optimizers, schedule, every rank's
+RNG streams, data), under the same number of processes (a resume under another
+is refused). A step whose gradients are not finite stops the run before it is
+applied, so no checkpoint holds a diverged model.
 """
 
 from __future__ import annotations
@@ -537,6 +540,11 @@ def _intact(path: Path) -> str | None:
     return f"member {bad} does not match its CRC" if bad else None
 
 
+def _last_saved(run: Path) -> str:
+    ckpts = sorted((run / "checkpoints").glob("step-*.pt"))
+    return ckpts[-1].name if ckpts else "none yet"
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     """The newest checkpoint of the run that reads whole (None if it has none). A newer one that does not (cut
     short by a full disk or a copy) is skipped with a warning naming it; if none is whole, ModelError."""
@@ -669,13 +677,16 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
     # --- distributed (torchrun sets these; a plain run is world 1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     master = rank == 0
     if tc.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(tc.device)
+        if device.type == "cuda" and device.index is None and world > 1:  # each rank its own GPU, as auto does
+            device = torch.device("cuda", local)
+    if world > 1 and not dist.is_initialized():  # the backend for the device: gloo for --device cpu on a GPU host
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     # --- data
     ds = Dataset(data)
@@ -695,8 +706,10 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
     model = MaskedShotModel(cfg).to(device)
     optimizers = setup_optimizers(model, tc)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tc)) for o in optimizers]
-    mask_gen = torch.Generator().manual_seed(tc.seed + 1)
-    drop_gen = torch.Generator().manual_seed(tc.seed + 2)  # modality dropout, partial views and visible noise only
+    # each rank its own streams (rank 0's as a single process's): ranks with the same seed masked the same
+    # positions of their windows and dropped the same modalities at every step
+    mask_gen = torch.Generator().manual_seed(tc.seed + 1 + 7919 * rank)
+    drop_gen = torch.Generator().manual_seed(tc.seed + 2 + 7919 * rank)  # modality dropout, views and noise only
     slices = [tuple(v) for v in ds.meta.modalities.values()]
     whiten = tuple(v.to(device) for v in whitening(ds, train_titles)) if tc.loss == "whitened" else None
     step = 0
@@ -706,6 +719,14 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
         state = read_checkpoint(ckpt, device=device)
+        was = state.get("world_size")
+        if was is None and (run / "config.json").exists():  # checkpoints from before it was saved in them
+            was = json.loads((run / "config.json").read_text()).get("world_size")
+        if was is not None and was != world:
+            raise ConfigError(f"{run} was trained by {was} process(es), and this run has {world}: batch_size is per "
+                              f"process, so the global batch (and the data each rank resumes at) would change "
+                              f"under the same schedule. Resume it with `torchrun --nproc-per-node {was}` (or a "
+                              f"plain run for 1), or pass a new --out")
         defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys added since the checkpoint was written
         saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
@@ -727,11 +748,15 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
         for sch, s in zip(schedulers, state["schedulers"], strict=True):
             sch.load_state_dict(s)
         loader.load_state_dict(state["data"])
-        # RNG states are CPU byte tensors; map_location=device put them on the GPU, where set_state refuses them
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        mask_gen.set_state(state["rng"]["mask"].cpu())
-        if "drop" in state["rng"]:  # checkpoints from before the modality-dropout ablation have none
-            drop_gen.set_state(state["rng"]["drop"].cpu())
+        # RNG states are CPU byte tensors; map_location=device put them on the GPU, where set_state refuses them.
+        # Each rank's own (rng_ranks); checkpoints from before it hold rank 0's only, which every rank took.
+        rng = (state.get("rng_ranks") or [state["rng"]] * world)[rank]
+        torch.set_rng_state(rng["torch"].cpu())
+        mask_gen.set_state(rng["mask"].cpu())
+        if "drop" in rng:  # checkpoints from before the modality-dropout ablation have none
+            drop_gen.set_state(rng["drop"].cpu())
+        if "cuda" in rng and device.type == "cuda":  # dropout on the GPU
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
         step = state["step"]
         if master and not quiet:
             print(f"resuming {run} from {ckpt.name} (step {step})")
@@ -786,6 +811,15 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
             o.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        if not torch.isfinite(gnorm):  # (all-reduced: every rank sees the same, and stops here alike)
+            if log is not None:
+                log.close()
+            raise ModelError(
+                f"{run}: training diverged at step {step + 1}: loss {loss.item()}, gradient norm {float(gnorm)}. "
+                f"Nothing of this step was applied or saved; the last checkpoint ({_last_saved(run)}) is as it was. "
+                "Train again into a new --out with a lower learning rate (--lr_muon, --lr_adamw) or a longer "
+                "--warmup_steps (before 2026-12-07, the run went on and its next checkpoints, NaN, replaced the good "
+                "ones)")
         for o, sch in zip(optimizers, schedulers, strict=True):
             o.step()
             sch.step()
@@ -802,13 +836,21 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
             if not quiet:
                 bar.write(f"step {step:6d}  val {metrics['val_loss']:.4f}  |  baselines: title mean "
                           f"{baselines['title_mean']:.4f}, neighbours {baselines['neighbours']:.4f}")
-        if master and (step % tc.ckpt_every == 0 or step in (tc.max_steps, stop)):
-            save_checkpoint(run, {
-                "step": step, "model": model.state_dict(), "model_config": cfg.to_dict(),
-                "train_config": asdict(tc), "optimizers": [o.state_dict() for o in optimizers],
-                "schedulers": [s.state_dict() for s in schedulers], "data": loader.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "mask": mask_gen.get_state(), "drop": drop_gen.get_state()},
-                "metrics": metrics, "dataset": str(Path(data).resolve())})
+        if step % tc.ckpt_every == 0 or step in (tc.max_steps, stop):
+            rng = {"torch": torch.get_rng_state(), "mask": mask_gen.get_state(), "drop": drop_gen.get_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            ranks = [rng]
+            if world > 1:  # every rank's streams into rank 0's checkpoint (every rank is at this step)
+                ranks = [None] * world
+                dist.all_gather_object(ranks, rng)
+            if master:
+                save_checkpoint(run, {
+                    "step": step, "model": model.state_dict(), "model_config": cfg.to_dict(),
+                    "train_config": asdict(tc), "optimizers": [o.state_dict() for o in optimizers],
+                    "schedulers": [s.state_dict() for s in schedulers], "data": loader.state_dict(),
+                    "rng": rng, "rng_ranks": ranks, "world_size": world,
+                    "metrics": metrics, "dataset": str(Path(data).resolve())})
         if log is not None:
             log.write(json.dumps(row) + "\n")
             log.flush()

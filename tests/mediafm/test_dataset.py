@@ -433,3 +433,32 @@ def test_a_variable_length_fused_column_is_refused_with_the_fix(tmp_path):
     with pytest.raises(DatasetError, match=r"column 'fused' has dim list<.*write it as a fixed-size list \(pyarrow: "
                                            r"pa.list_\(pa.float32\(\), 12\)"):
         Dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"fused": np.zeros((0, 12), np.float32), "start_s": [], "end_s": []}, "'b' has no shots"),
+    ({"title_id": "a"}, "'a' was added twice"),
+    ({"split": "validation"}, "split 'validation'; use train/val/test"),
+    ({"kind": "clip"}, "kind 'clip'; use 'title' or 'live'"),
+    ({"genres": [3, 11]}, r"genres \[11\]: indices into the 11 genres"),
+    ({"start_s": [0.0]}, r"start_s \(1,\) and end_s \(2,\), expected one time per shot \(2,\)"),
+    ({"title_embedding": np.zeros(4)}, r"title_embedding has shape \(4,\), expected \(3,\)"),
+])
+def test_the_writer_refuses_a_title_the_reader_would_refuse_and_keeps_the_dataset_there(tmp_path, change, match):
+    """Before (2026-12-07), a title of no shots, one added twice, an unknown split or kind, or genres out of
+    range were written, the dataset already at the path replaced, and the new one refused by every reader; times
+    or a title embedding of the wrong length failed in pyarrow naming nothing. Now add_title refuses it, naming the
+    title, and the dataset there is left as it was; so is it when no title is added at all."""
+    path = tmp_path / "ds"
+    _write(path)
+    before = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    w = DatasetWriter(path, Meta.from_layout(LAYOUT))
+    good = dict(title_id="a", title_embedding=np.zeros(3), fused=np.ones((2, 12)), start_s=[0.0, 1.0],
+                end_s=[1.0, 2.0])
+    w.add_title(**good)
+    with pytest.raises(DatasetError, match=match):
+        w.add_title(**{**good, "title_id": "b", **change})
+    with pytest.raises(DatasetError, match="no title was added"):
+        DatasetWriter(path, Meta.from_layout(LAYOUT)).close()
+    assert {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    assert not path.with_name(path.name + ".partial").exists()

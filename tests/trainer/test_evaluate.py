@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from mediafm.dataset import Dataset
-from mediafm.errors import DatasetError
+from mediafm.errors import DatasetError, ModelError
 from mediafm.fusion import Layout
 from mediafm.representations import REPRESENTATIONS, context_plus_input, published, uses_input
 from mediafm.synth import write_corpus
@@ -208,3 +208,30 @@ def test_a_run_is_evaluated_with_other_inference_settings_beside_itself(corpus, 
                         f"{run}@mask_rate=0.5", "--out", str(tmp_path / "bad")], capture_output=True, text=True,
                        cwd=REPO, timeout=600)
     assert r.returncode == 2 and "KEY one of copy_wide, copy_span, sharp_span" in r.stderr, r.stderr[-2000:]
+
+
+def test_a_run_on_a_dataset_of_its_widths_but_another_modality_order_is_refused(corpus, tmp_path):
+    """A dataset from another tool with the same widths but its modalities in another order (say text first):
+    before, only fused_dim and title_dim were compared, so the model read one modality as another and the probes
+    scored it without a word. Now the run's training layout (its config.json) is compared too. And a clips.parquet
+    of no rows is "nothing to probe", not a pyarrow error about a float filter."""
+    import shutil
+
+    train(corpus, tmp_path / "run", TrainConfig(config="tiny", max_steps=1, batch_size=4, eval_every=1, ckpt_every=1,
+                                                val_batches=1), quiet=True)
+    other = tmp_path / "other"
+    shutil.copytree(corpus, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (a, sa), (b, sb), *rest = meta["modalities"].items()
+    assert sa[1] - sa[0] == sb[1] - sb[0]  # (LAYOUT: 32 each)
+    meta["modalities"] = {b: sa, a: sb, **dict(rest)}  # the second modality first
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"was trained on modality slices .* the same width, another layout"):
+        evaluate(other, [tmp_path / "run"], tmp_path / "report", seeds=1, folds=2, progress=False, plot=False)
+
+    empty = tmp_path / "empty"
+    shutil.copytree(corpus, empty)
+    t = pq.read_table(empty / "clips.parquet")
+    pq.write_table(t.slice(0, 0), empty / "clips.parquet")
+    with pytest.raises(DatasetError, match="nothing to probe"):
+        evaluate(empty, [tmp_path / "run"], tmp_path / "report2", seeds=1, folds=2, progress=False, plot=False)

@@ -244,6 +244,16 @@ def test_torchrun_ddp_runs_without_code_changes(corpus, tmp_path):
     ckpt = torch.load(run / "checkpoints" / "step-0000004.pt", weights_only=False)
     # rank 0 took batches 0, 2, 4, 6 of the plan (rank 1 took the odd ones): its position is 7
     assert ckpt["step"] == 4 and ckpt["data"]["batch"] == 7
+    # each rank's own mask stream, saved for its resume (before: one seed, the same masks on every rank)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
+    assert not torch.equal(ckpt["rng_ranks"][0]["mask"], ckpt["rng_ranks"][1]["mask"])
+    assert torch.equal(ckpt["rng_ranks"][0]["mask"], ckpt["rng"]["mask"])
+    again = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "trainer.train",
+                            "--data", str(corpus), "--out", str(run), "--config", "tiny", "--max_steps", "6",
+                            "--eval_every", "4", "--batch_size", "4", "--val_batches", "1"],
+                           capture_output=True, text=True, cwd=REPO, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-3000:]
 
 
 def test_muon_on_cpu_orthogonalises_in_float32_like_torch_does_in_bf16():

@@ -171,3 +171,65 @@ def test_a_checkpoint_is_written_under_a_temp_name_with_the_writers_pid(tmp_path
     monkeypatch.undo()
     assert moved == [(f"step-0000003.{os.getpid()}.tmp", "step-0000003.pt")] and path.name == "step-0000003.pt"
     assert torch.load(path, weights_only=False) == {"step": 3} and latest_checkpoint(tmp_path) == path
+
+
+def test_a_step_whose_gradients_are_not_finite_stops_the_run_and_keeps_the_good_checkpoints(corpus, tmp_path,
+                                                                                            monkeypatch):
+    """Gradients turned NaN at step 3 (as a learning rate too high or an overflow makes them). Before, nothing
+    checked: the optimizers stepped, and the next checkpoints, NaN, replaced the good ones (two are kept). Now
+    the run stops before the step is applied, naming it, and the step-2 checkpoint stays the newest, finite."""
+    original, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def diverging(params, max_norm, *a, **kw):
+        params = list(params)
+        calls.append(1)
+        if len(calls) == 3:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+        return original(params, max_norm, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(ModelError, match=r"training diverged at step 3: .*gradient norm nan.*the last checkpoint "
+                                         r"\(step-0000002.pt\) is as it was"):
+        train(corpus, run, _cfg(max_steps=8), quiet=True)
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert ckpts == ["step-0000002.pt"]
+    state = torch.load(run / "checkpoints" / ckpts[-1], weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_validation_with_bert_keep_and_replace_is_the_same_every_time_and_hides_every_masked_shot():
+    """mask_keep / mask_random (BERT's rule) applied in eval too, from the global RNG: the validation loss of the
+    same model, batch and mask changed call to call (0.911, 0.903, 0.897 on a tiny copy-head model), and shots
+    left visible let a copy head copy the answer. In eval every masked shot is now hidden, as the baselines do."""
+    from mediafm.model import MaskedShotModel, MediaFMConfig, mask_positions
+
+    torch.manual_seed(0)
+    cfg = MediaFMConfig(**{**__import__("mediafm.model", fromlist=["CONFIGS"]).CONFIGS["tiny"], "mask_keep": 0.5},
+                        fused_dim=48, title_dim=16)
+    plain = MaskedShotModel(MediaFMConfig(**{**cfg.to_dict(), "mask_keep": 0.0})).eval()
+    model = MaskedShotModel(cfg).eval()
+    model.load_state_dict(plain.state_dict())
+    shots, title = torch.randn(4, 32, 48), torch.randn(4, 16)
+    lengths = torch.full((4,), 32)
+    mask = mask_positions(lengths, 32, 0.2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        losses = {model(shots, title, lengths, mask)[1].item() for _ in range(3)}
+        assert losses == {plain(shots, title, lengths, mask)[1].item()}
+
+
+def test_a_run_resumed_under_another_number_of_processes_is_refused_naming_it(corpus, tmp_path):
+    """batch_size is per process: resumed under another world size, a run went on with another global batch under
+    the same schedule, and each rank at a data position that was not its own. Now refused, saying how to resume."""
+    run = tmp_path / "run"
+    train(corpus, run, _cfg(max_steps=4), quiet=True, until_step=2)
+    path = run / "checkpoints" / "step-0000002.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["world_size"] == 1 and len(state["rng_ranks"]) == 1
+    state["world_size"] = 2  # as a torchrun --nproc-per-node 2 run writes it
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"trained by 2 process\(es\), and this run has 1.*torchrun "
+                                          r"--nproc-per-node 2"):
+        train(corpus, run, _cfg(max_steps=4), quiet=True)
