@@ -576,8 +576,15 @@ def read_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> dict:
 def load_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> tuple[MaskedShotModel, dict]:
     """A checkpoint as (model in eval mode, raw state); the encoder is `model.encoder`."""
     state = read_checkpoint(path, device=device)
-    model = MaskedShotModel(MediaFMConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
+    if not isinstance(state, dict) or not {"model_config", "model"} <= set(state):
+        raise ModelError(f"{path}: not a training checkpoint (it has no model_config and model: an exported "
+                         "model.pt, or another file?); pass a run's checkpoints/step-*.pt, or the run directory")
+    try:
+        model = MaskedShotModel(MediaFMConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:  # a field this code does not know, shapes that disagree
+        raise ModelError(f"{path}: its model does not load into this version's MediaFM ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0]}); use the version of mediafm that trained it") from None
     return model.eval(), state
 
 

@@ -233,3 +233,22 @@ def test_a_run_resumed_under_another_number_of_processes_is_refused_naming_it(co
     with pytest.raises(ConfigError, match=r"trained by 2 process\(es\), and this run has 1.*torchrun "
                                           r"--nproc-per-node 2"):
         train(corpus, run, _cfg(max_steps=4), quiet=True)
+
+
+def test_a_file_that_is_not_a_training_checkpoint_is_named_not_a_key_error(corpus, tmp_path):
+    """`mediafm export --checkpoint .../mediafm/N/model.pt` (an exported model, not a training checkpoint) raised a
+    bare KeyError: 'model_config', and a checkpoint whose model config holds a field this version does not know a
+    bare TypeError; the CLI, which reports MediaFMError, showed a traceback. Both are ModelError now, saying what
+    the file is and what to pass."""
+    run = tmp_path / "run"
+    train(corpus, run, _cfg(max_steps=2), quiet=True)
+    exported = tmp_path / "model.pt"
+    torch.save({"encoder": {}}, exported)
+    with pytest.raises(ModelError, match="not a training checkpoint"):
+        load_checkpoint(exported)
+    state = torch.load(run / "checkpoints" / "step-0000002.pt", weights_only=False)
+    state["model_config"]["a_field_from_the_future"] = 1
+    future = tmp_path / "future.pt"
+    torch.save(state, future)
+    with pytest.raises(ModelError, match="does not load into this version's MediaFM"):
+        load_checkpoint(future)
