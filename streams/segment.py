@@ -49,11 +49,11 @@ def cut_title(req: TitleRequest, settings: Settings, media_settings: Settings) -
     meta = TitleMeta.from_dict(req.meta, title_id=req.title_id, kind="title")
     path = check_uri(req.uri, media_settings, allow_relative=False)
     probe(path, media_settings)
-    cues = []
-    if req.subtitles_uri:
-        cues += load_subtitles(check_uri(req.subtitles_uri, media_settings, allow_relative=False),
-                               encoding=req.subtitle_encoding)
-    cues += container_subtitles(path)
+    if req.subtitles_uri:  # the text: the container's own subtitle streams are read only without one
+        cues = load_subtitles(check_uri(req.subtitles_uri, media_settings, allow_relative=False),
+                              encoding=req.subtitle_encoding)
+    else:
+        cues = container_subtitles(path)
     shots = detect_shots(path, detector=settings.shot_detector, max_duration_s=media_settings.max_media_duration_s)
     texts = align(cues, shots)
     return [ShotRef(title_id=req.title_id, shot_index=s.index, start_s=s.start_s, end_s=s.end_s,

@@ -438,8 +438,9 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         info = probe(path, settings)
         profile = get_profile(settings.encoder_profile)
         tmeta = TitleMeta.load(meta, default_id=path.stem)
-        cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding) if subtitles else []
-        cues += container_subtitles(path)
+        # a subtitle file given is the text: the container's own streams are read only without one
+        cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding) if subtitles else \
+            container_subtitles(path)
         wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
     detector = detector or settings.shot_detector
     with _timed(timings, "shots"), cut_progress(info.duration_s, detector, disable=not progress) as bar:

@@ -359,27 +359,54 @@ def write_webvtt(cues: list[Cue], path: str | Path) -> Path:
     return Path(path)
 
 
+def _one_track(streams):
+    """The text subtitle stream a shot's text comes from: the default one (not forced-only, not for the hearing
+    impaired), else the first full one, else the first; None where every stream is bitmaps (no text)."""
+    text = [s for s in streams if s.codec_context.codec.text_sub]
+    if not text:
+        return None
+
+    def full(s) -> bool:
+        d = s.disposition
+        return not (d & d.forced or d & d.hearing_impaired)
+
+    return next((s for s in text if s.disposition & s.disposition.default and full(s)), None) or \
+        next((s for s in text if full(s)), text[0])
+
+
 def container_subtitles(path: str | Path) -> list[Cue]:
-    """Text subtitle streams inside the media container (all of them, merged by time); each cue's text is
-    cut at MAX_CUE_CHARS before its tags are removed."""
+    """The text of one subtitle stream inside the media container (_one_track: the default one, else the first
+    full one), each cue's text cut at MAX_CUE_CHARS before its tags are removed. Before (2026-12-07), every
+    stream was read and merged, so a film with English and French tracks gave shots "Hello there Bonjour". A cue
+    FFmpeg cannot decode (text that is not UTF-8, say) is left out, counted in a warning; before, it ended the
+    read, and every later cue of every track was lost."""
     import av
 
     from mediafm.media.decode import open_media
 
     cues: list[Cue] = []
+    skipped = 0
     try:
         with open_media(Path(path)) as c:  # the decoder's guards: no playlists, file protocol only, a timeout
-            streams = [s for s in c.streams.subtitles]
-            if not streams:
+            stream = _one_track(c.streams.subtitles)
+            if stream is None:
                 return []
+            if len(c.streams.subtitles) > 1:
+                log.info("%s: timed text from subtitle stream %d (%s) of %d", path, stream.index,
+                         stream.metadata.get("language", "language not given"), len(c.streams.subtitles))
             base = c.start_time / av.time_base if c.start_time is not None else 0.0
-            for packet in c.demux(*streams):
+            for packet in c.demux(stream):
                 if packet.pts is None:
                     continue
                 tb = packet.time_base
                 start = float(packet.pts * tb) - base
                 end = start + float((packet.duration or 0) * tb)
-                for sub in packet.decode():
+                try:
+                    subs = packet.decode()
+                except av.FFmpegError:
+                    skipped += 1
+                    continue
+                for sub in subs:
                     items = sub if isinstance(sub, Sequence) else [sub]
                     for item in items:
                         raw = getattr(item, "dialogue", None) or getattr(item, "text", None)
@@ -393,6 +420,9 @@ def container_subtitles(path: str | Path) -> list[Cue]:
                                                     "remux it without them (ffmpeg -sn) or fix them")
     except (av.FFmpegError, MediaError) as e:
         log.warning("%s: subtitle streams unreadable (%s); continuing without them", path, e)
+    if skipped:
+        log.warning("%s: %d subtitle cues could not be decoded (text that is not UTF-8?) and were left out; give the "
+                    "subtitles as a file with its encoding to keep them", path, skipped)
     return sorted(cues, key=lambda c: (c.start_s, c.end_s))
 
 

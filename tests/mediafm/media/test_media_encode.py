@@ -54,6 +54,32 @@ def test_srt_vtt_and_container_subtitles_align_to_shots(film, tmp_path):
     assert align([SubCue(1.0, 2.0, "across")], shots) == ["across", "across", "", ""]
 
 
+def test_container_subtitles_come_from_one_track_and_a_cue_not_utf8_costs_only_itself(tmp_path):
+    """A film with a French track and an English one marked default: before (2026-12-07), both were read and
+    merged, so a shot's text was "Hello there Bonjour"; now the default track's alone. A track with one cue in
+    cp1252 (an older rip): FFmpeg refuses that cue, and before, the refusal ended the read, so every cue after it
+    was lost; now that cue alone is left out."""
+    import subprocess
+
+    from mediafm.media.synthfilm import ffmpeg
+
+    film = make_film(tmp_path / "film.mp4", shots=[24, 24, 24], fps=FPS, size=(64, 48))
+    write_srt(tmp_path / "eng.srt", [Cue(0.1, 0.9, "Hello there"), Cue(1.1, 1.9, "How are you"),
+                                     Cue(2.1, 2.9, "Goodbye")])
+    write_srt(tmp_path / "fre.srt", [Cue(0.1, 0.9, "Bonjour"), Cue(2.1, 2.9, "Au revoir")])
+    (tmp_path / "old.srt").write_bytes("1\n00:00:00,100 --> 00:00:00,900\nHello there\n\n2\n00:00:01,100 --> "
+                                       "00:00:01,900\nÇa va très bien\n\n3\n00:00:02,100 --> 00:00:02,900\n"
+                                       "Goodbye\n\n".encode("cp1252"))
+    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-i", str(film.path), "-i", str(tmp_path / "fre.srt"),
+                    "-i", str(tmp_path / "eng.srt"), "-map", "0:v", "-map", "1", "-map", "2", "-c:v", "copy",
+                    "-c:s", "copy", "-metadata:s:s:0", "language=fre", "-metadata:s:s:1", "language=eng",
+                    "-disposition:s:0", "0", "-disposition:s:1", "default", str(tmp_path / "two.mkv")], check=True)
+    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-i", str(film.path), "-i", str(tmp_path / "old.srt"),
+                    "-map", "0:v", "-map", "1", "-c:v", "copy", "-c:s", "copy", str(tmp_path / "old.mkv")], check=True)
+    assert [c.text for c in container_subtitles(tmp_path / "two.mkv")] == ["Hello there", "How are you", "Goodbye"]
+    assert [c.text for c in container_subtitles(tmp_path / "old.mkv")] == ["Hello there", "Goodbye"]
+
+
 def test_broken_subtitles_and_encodings(tmp_path):
     bad = tmp_path / "bad.srt"
     bad.write_bytes(b"\x00\x01garbage that is not a subtitle file\n")
