@@ -70,8 +70,13 @@ class TritonClient:
     float32) was compressed by the server and decompressed here, on the same CPUs, for a loopback hop."""
 
     def __init__(self, url: str, *, give_up_after_s: float | None = None,
-                 backoff_s: tuple[float, float] = (0.2, 10.0), absent_s: float = 1.0, on_latency=None) -> None:
+                 backoff_s: tuple[float, float] = (0.2, 10.0), absent_s: float = 1.0, on_latency=None,
+                 request_timeout_s: float = 600.0) -> None:
         self.url = url
+        self.request_timeout_s = request_timeout_s
+        """A request's whole time, its wait in Triton's queue included: tritonclient's own 60 s was passed by a
+        backlog of encoder batches on CPUs, and each request timed out was sent again (Triton's HTTP endpoint
+        does not cancel what its client left), so a backlog grew on itself."""
         self.give_up_after_s = give_up_after_s
         self.backoff_s = backoff_s
         self.absent_s = absent_s  # the longest wait while nothing listens at `url` (the module's docstring)
@@ -116,16 +121,17 @@ class TritonClient:
             absent = False  # nothing listens at the address: trying again costs the server nothing
             try:
                 if self._client is None:
-                    self._client = aiohttpclient.InferenceServerClient(self.url)
+                    self._client = aiohttpclient.InferenceServerClient(self.url, conn_timeout=self.request_timeout_s)
                 return await call(self._client)
             except InferenceServerException as e:
                 if _is_bad_request(e) and not _model_missing(e):
                     raise BadRequest(f"{model}: {e.message()}") from None
                 reason = f"{e.status()}: {e.message()}"
             except (TimeoutError, OSError, aiohttp.ClientError) as e:  # refused, reset, or the server died mid-request
+                # The session stays: its connector drops a broken connection and opens another. Closing it here
+                # (before 2026-12-07) aborted every other request in flight on it, each of them then sent again.
                 reason = f"{type(e).__name__}: {e}"
                 absent = isinstance(e, aiohttp.ClientConnectorError | ConnectionRefusedError)
-                await self.close()
             now = time.monotonic()
             if self.give_up_after_s is not None and now - start > self.give_up_after_s:
                 raise TritonUnavailable(f"{model}: Triton at {self.url} unavailable for {now - start:.0f}s "

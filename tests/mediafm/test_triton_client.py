@@ -1,0 +1,61 @@
+"""TritonClient against a local HTTP stand-in speaking Triton's v2 protocol: what one failed request does to the
+others in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+from aiohttp import web
+
+from mediafm.triton_client import TritonClient
+
+
+def test_a_request_whose_connection_drops_is_sent_again_alone_and_the_others_in_flight_finish_once():
+    """Request 0's connection drops while requests 1-3 are in flight on the same client. Before (2026-12-07), the
+    failure closed the session they all shared: 1-3 were aborted and sent again, and as Triton's HTTP endpoint
+    does not cancel what a client leaves, their work was done twice (under a backlog of timeouts, a backlog that
+    grew on itself). Now only request 0 is sent again: 5 calls for 4 answers. The stand-in orders the calls with
+    events, not times: 0 drops once 1-3 are in, and 1-3 answer once 0 is back."""
+    calls: list[int] = []
+    others_in, retry_in = asyncio.Event(), asyncio.Event()
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()  # a JSON header, the tensors' bytes after it (binary_data)
+        n = int(request.headers.get("Inference-Header-Content-Length", len(raw)))
+        inp = json.loads(raw[:n])["inputs"][0]
+        k = int(inp["data"][0]) if "data" in inp else int(np.frombuffer(raw[n:n + 4], np.float32)[0])
+        calls.append(k)
+        if sorted(set(calls) - {0}) == [1, 2, 3]:
+            others_in.set()
+        if k == 0 and calls.count(0) == 1:
+            await others_in.wait()
+            request.transport.close()  # the connection drops mid-request
+            return web.Response(status=500)
+        if k == 0:
+            retry_in.set()
+        else:
+            await retry_in.wait()
+        return web.json_response({"model_name": "m", "model_version": "1", "outputs": [
+            {"name": "Y", "datatype": "FP32", "shape": [1, 1], "data": [float(k)]}]})
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v2/models/m/infer", infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        client = TritonClient(f"127.0.0.1:{port}", backoff_s=(0.05, 0.1), give_up_after_s=60)
+        try:
+            got = await asyncio.wait_for(asyncio.gather(*(
+                client.infer("m", {"X": np.full((1, 1), k, np.float32)}, ["Y"]) for k in range(4))), timeout=60)
+        finally:
+            await client.close()
+            await runner.cleanup()
+        return [float(g["Y"][0, 0]) for g in got]
+
+    assert asyncio.run(main()) == [0.0, 1.0, 2.0, 3.0]
+    assert sorted(calls) == [0, 0, 1, 2, 3], calls
