@@ -175,3 +175,59 @@ def test_mediafm_forward_failures_answer_5xx_and_bad_windows_400():
     model.encoder = bug
     (only,) = model.execute([request()])
     assert only.error.code == "INTERNAL"
+
+
+def test_the_fusion_backend_blames_the_input_only_for_what_it_caused(monkeypatch):
+    """The fusion backend answered INVALID_ARG (400) for every failure, so a server out of memory had good shots
+    dead-lettered. Now, as the encoders: a request its input spoils (widths of no profile, NaN) is INVALID_ARG for
+    itself alone, out of memory UNAVAILABLE and anything else INTERNAL (both retried by the client), and the other
+    requests of the batch are fused."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mediafm.fusion import fuse
+    from mediafm.profiles import OFFLINE
+
+    class PB(_PB):
+        Tensor = staticmethod(lambda name, array: (name, array))
+        InferenceResponse = staticmethod(lambda output_tensors=None, error=None: SimpleNamespace(
+            outputs=output_tensors, error=error))
+        get_output_config_by_name = staticmethod(lambda config, name: {"data_type": "TYPE_FP32"})
+        triton_string_to_numpy = staticmethod(lambda s: np.float32)
+        get_input_tensor_by_name = staticmethod(lambda request, name: SimpleNamespace(
+            as_numpy=lambda: request[name]))
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", PB)
+    path = Path(__file__).resolve().parents[2] / "model_repository" / "fusion" / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location("fusion_backend_under_test", path)
+    backend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backend)
+    model = backend.TritonPythonModel()
+    model.initialize({"model_config": "{}"})
+    lay = OFFLINE.layout
+    rng = np.random.default_rng(0)
+
+    def request(video_width=lay.dims["video"], marker=0.0):
+        v = rng.standard_normal((2, video_width)).astype(np.float32)
+        v[:, 0] = marker
+        return {"VIDEO": v, "AUDIO": rng.standard_normal((2, lay.dims["audio"])).astype(np.float32),
+                "TEXT": rng.standard_normal((2, lay.dims["text"])).astype(np.float32),
+                "PRESENT": np.ones((2, 3), bool)}
+
+    def failing(v, a, t, p, *, layout):  # what a server under memory pressure or with a bug raises
+        if v[0, 0] == 7.0:
+            raise MemoryError()
+        if v[0, 0] == 8.0:
+            raise KeyError("a bug")
+        return fuse(v, a, t, p, layout=layout)
+
+    monkeypatch.setattr(backend, "fuse", failing)
+    good, nan = request(), request()
+    nan["AUDIO"][0, 0] = np.nan
+    out = model.execute([good, request(video_width=5), nan, request(marker=7.0), request(marker=8.0)])
+    assert [r.error.code if r.error else None for r in out] == [None, "INVALID_ARG", "INVALID_ARG", "UNAVAILABLE",
+                                                                "INTERNAL"]
+    np.testing.assert_allclose(out[0].outputs[0][1], fuse(good["VIDEO"], good["AUDIO"], good["TEXT"],
+                                                          good["PRESENT"], layout=lay))

@@ -2,13 +2,19 @@
 
 Requests are fused one by one (fusion is a few microseconds per shot); a bad
 request gets its own INVALID_ARG error and never fails the others in the batch.
+Only a failure its input caused is INVALID_ARG (400: the shots dead-lettered);
+out of memory is UNAVAILABLE and anything else INTERNAL, both retried by the
+client (mediafm.media.served_encoders.triton_error). Before (2026-12-07), every
+failure was INVALID_ARG, so good shots were dead-lettered for a server's fault.
 """
 
 import json
 
 import triton_python_backend_utils as pb_utils
 
+from mediafm.errors import ConfigError
 from mediafm.fusion import fuse
+from mediafm.media.served_encoders import triton_error
 from mediafm.profiles import profile_for_widths
 
 
@@ -30,6 +36,6 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("FUSED", fused.astype(self.out_dtype))]))
             except Exception as e:  # one bad request must not fail the batch
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"fusion: {e}", pb_utils.TritonError.INVALID_ARG)))
+                responses.append(pb_utils.InferenceResponse(error=triton_error(
+                    pb_utils, "fusion", e, input_errors=(ValueError, TypeError, ConfigError))))
         return responses
