@@ -522,13 +522,30 @@ def _limit_pixels(stream) -> None:
     stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(MAX_FRAME_PIXELS)}
 
 
-def _seek(c, base: float, seek_s: float | None) -> None:
-    """Jump to the keyframe at or before seek_s (container time); decoding goes on from there."""
+AVFMT_NOTIMESTAMPS = 128
+"""libavformat's flag of a format whose packets carry no timestamps (raw .h264, .hevc): it is decoded from its
+start, never sought by time (a seek there failed, and so did the rewind after it)."""
+
+
+def _seek(c, base: float, seek_s: float | None) -> bool:
+    """Jump to the keyframe at or before seek_s (container time); decoding goes on from there. False where the
+    container cannot seek at all, not even to its start (a raw .h264 stream): it stays where it is."""
     if seek_s and seek_s > 0:
         try:
             c.seek(int((base + seek_s) * av.time_base), backward=True)
         except av.FFmpegError:  # not seekable (a pipe, a broken index): decode from the start
-            c.seek(0)
+            return _rewind(c)
+    return True
+
+
+def _rewind(c) -> bool:
+    """Back to the start; False where the container refuses even that (before 2026-12-07, FFmpeg's
+    PermissionError escaped, and every batch of a raw stream's shots after the first was dead-lettered)."""
+    try:
+        c.seek(0)
+    except av.FFmpegError:
+        return False
+    return True
 
 
 def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
@@ -539,12 +556,15 @@ def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
     s more), and decode from the start after that: the frames a caller wants are never skipped, and the same
     file and time always give the same first frame. The container seeks (its index is usually the video's:
     Matroska's cues, whose audio-stream seek reads the file from its start), for audio too."""
-    if not seek_s or seek_s <= 0:
+    if not seek_s or seek_s <= 0 or int(c.format.flags) & AVFMT_NOTIMESTAMPS:  # a raw stream: no time to seek to
         yield from _frames(c, stream, damage)
         return
     target, back = seek_s, 1.0
     while target > 0:
-        _seek(c, base, target)
+        if not _seek(c, base, target):  # cannot seek: on from where it is (its start: nothing was read yet)
+            damage.restart()
+            yield from _frames(c, stream, damage)
+            return
         damage.restart()
         frames = _frames(c, stream, damage)
         first = next(frames, None)
@@ -555,7 +575,9 @@ def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
             yield from frames
             return
         target, back = target - back, back * 2  # landed late, or past the stream's last frame
-    c.seek(0)
+    if not _rewind(c):
+        raise CorruptMediaError(f"{c.name}: cannot seek back to its start; remux it into a container "
+                                "(ffmpeg -i IN -c copy OUT.mkv)")
     damage.restart()
     yield from _frames(c, stream, damage)
 

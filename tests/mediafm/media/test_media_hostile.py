@@ -269,3 +269,21 @@ def test_a_truncated_file_is_reported(tmp_path, caplog, container):
     (msg,) = [r.getMessage() for r in caplog.records]
     assert msg.startswith(f"{cut}: the file declares 6.0") and "a truncated file?" in msg
     assert f"of video but it ends at {shots[-1].end_s:.2f} s" in msg
+
+
+def test_a_raw_video_stream_is_decoded_from_its_start_when_a_seek_is_asked(tmp_path):
+    """A raw .h264 stream carries no timestamps to seek by. Before (2026-12-07), a seek there failed, and the
+    rewind after it raised FFmpeg's PermissionError out of the decoder: the encode stage dead-lettered every batch
+    of the title's shots after the first ("encoding failed: PermissionError"). Now it is decoded from its start,
+    which holds every frame at or after the time asked."""
+    import subprocess
+
+    from mediafm.media.decode import iter_video_frames
+    from mediafm.media.synthfilm import ffmpeg
+
+    raw = tmp_path / "film.h264"
+    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "6",
+                    "-c:v", "libx264", "-g", "25", str(raw)], check=True)
+    whole = [(i, t) for i, t, _, _ in iter_video_frames(raw)]
+    sought = [(i, t) for i, t, _, _ in iter_video_frames(raw, seek_s=4.0)]
+    assert len(whole) == 150 and sought == whole
