@@ -5,11 +5,13 @@ for runs on the offline encoder profile's dims).
 
 1. load the run's latest checkpoint and keep the encoder (the MSM head stays behind);
 2. reject it if any weight or a test forward pass is not finite;
-3. write weights + lineage into a staging directory next to the versions, then
-   rename it to `<N+1>/` in one step: a half-written version is never visible;
+3. write weights + lineage into a staging directory next to the versions, fsync
+   it, then rename it to `<N+1>/` in one step: a half-written version is never
+   visible, not even after a power cut;
 4. ask the running Triton to load the model (explicit model control). Triton
    brings the new version up while the old keeps answering; if the new one
-   fails to load, its directory is moved aside and the old keeps serving.
+   fails to load (refused, no answer in time, or never ready), its directory is
+   moved aside, config.pbtxt restored, and the old keeps serving.
 """
 
 from __future__ import annotations
@@ -92,28 +94,60 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
         "train_config": state.get("train_config"), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=2))
     final = model_dir / str(version)
-    os.rename(staging, final)  # atomic on one filesystem; fails if <version> appeared meanwhile
+    _sync(staging)  # on disk before it takes its name: a power cut never leaves a version of empty files
+    try:
+        os.rename(staging, final)  # atomic on one filesystem; fails if <version> appeared meanwhile
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelError(f"{final} appeared while this export wrote it ({e.strerror}): another export took version "
+                         f"{version}; run this one again") from None
+    _sync_dir(model_dir)
     config_before = (model_dir / "config.pbtxt").read_text()
     record_max_shots(model_dir / "config.pbtxt", cfg.max_shots)  # the workers' window plan follows it
+
+    def roll_back(why: str) -> ModelError:
+        """Move the new version aside and serve the old set again (config.pbtxt as it was)."""
+        rejected = model_dir / f".rejected-{version}-{int(time.time())}"
+        os.rename(final, rejected)
+        tmp = model_dir / f".config.pbtxt.{os.getpid()}"
+        tmp.write_text(config_before)  # the old version's max_shots again, replaced whole
+        os.replace(tmp, model_dir / "config.pbtxt")
+        if previous:  # make Triton settle on the old version set again
+            try:
+                triton.load_model(settings, name)
+            except (StackError, OSError):
+                pass
+        return ModelError(f"{why}; moved it to {rejected}, version {previous[-1] if previous else 'none'} keeps "
+                          "serving")
 
     loaded = load and triton.live(settings)
     if loaded:
         try:
             triton.load_model(settings, name)
         except StackError as e:
-            rejected = model_dir / f".rejected-{version}-{int(time.time())}"
-            os.rename(final, rejected)
-            (model_dir / "config.pbtxt").write_text(config_before)  # the old version's max_shots again
-            if previous:  # make Triton settle on the old version set again
-                try:
-                    triton.load_model(settings, name)
-                except StackError:
-                    pass
-            raise ModelError(f"Triton refused version {version} ({e}); moved it to {rejected}, "
-                             f"version {previous[-1] if previous else 'none'} keeps serving") from None
+            raise roll_back(f"Triton refused version {version} ({e})") from None
+        except OSError as e:  # no answer in time, or Triton gone (URLError, TimeoutError): before 2026-12-07 the
+            # new version and its max_shots were left in place, half served
+            raise roll_back(f"Triton did not answer the load of version {version} ({type(e).__name__}: {e})") from None
         deadline = time.monotonic() + timeout_s
         while not triton.model_ready(settings, name, str(version)):
             if time.monotonic() > deadline:
-                raise ModelError(f"version {version} was loaded but is not ready after {timeout_s:.0f}s")
+                raise roll_back(f"version {version} was loaded but is not ready after {timeout_s:.0f}s")
             time.sleep(0.5)
     return version, final, loaded
+
+
+def _sync(folder: Path) -> None:
+    """fsync every file of `folder`, then the folder itself."""
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -201,3 +201,73 @@ def test_a_model_of_windows_under_8_shots_is_checked_and_exported(tmp_path):
                                                                         model_repository=tmp_path / "repo"),
                                    load=False, model="mediafm")
     assert (version, loaded) == (1, False) and path == tmp_path / "repo" / "mediafm" / "1"
+
+
+def _repo(tmp_path):
+    from mediafm.config import REPO_ROOT, Settings
+
+    (tmp_path / "repo" / "mediafm").mkdir(parents=True)
+    (tmp_path / "repo" / "mediafm" / "config.pbtxt").write_bytes(
+        (REPO_ROOT / "model_repository" / "mediafm" / "config.pbtxt").read_bytes())
+    return Settings(state_dir=tmp_path / "state", model_repository=tmp_path / "repo")
+
+
+@pytest.mark.parametrize("fault", ["load times out", "never ready"])
+def test_a_load_triton_does_not_answer_or_finish_is_rolled_back(tmp_path, run, monkeypatch, fault):
+    """Only a load Triton answered with an HTTP error was rolled back. A load that timed out (or a Triton gone
+    between `live` and the load: URLError) and a version never ready left the new version and its max_shots in
+    config.pbtxt in place. Now each is moved aside and config.pbtxt restored, as for a refusal."""
+    settings = _repo(tmp_path)
+    model_dir = settings.model_repository / "mediafm"
+    export(run, settings=settings, model="mediafm", load=False)  # version 1, served before
+    config = (model_dir / "config.pbtxt").read_text()
+    loads = []
+
+    def load_model(s, name):
+        loads.append(name)
+        if fault == "load times out" and len(loads) == 1:
+            raise TimeoutError("timed out")
+
+    monkeypatch.setattr(triton, "live", lambda s: True)
+    monkeypatch.setattr(triton, "load_model", load_model)
+    monkeypatch.setattr(triton, "model_ready", lambda s, name, version: False)
+    match = "did not answer the load of version 2" if fault == "load times out" else "not ready after 0s"
+    with pytest.raises(ModelError, match=rf"{match}.*; moved it to .*\.rejected-2-.*version 1 keeps serving"):
+        export(run, settings=settings, model="mediafm", timeout_s=0.0)
+    assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".rejected")) == ["1", "config.pbtxt"]
+    assert (model_dir / "config.pbtxt").read_text() == config
+    assert loads == ["mediafm", "mediafm"], "the old version set loaded again"
+
+
+def test_a_version_is_on_disk_before_it_takes_its_name_and_a_race_for_it_is_named(tmp_path, run, monkeypatch):
+    """Its files and folder are fsynced before the rename, and the model folder after it (before, a power cut
+    soon after an export could leave an empty model.pt under a valid version, and Triton then unloaded the whole
+    set). A second export that took the same version number meanwhile: a ModelError saying so, its staging gone
+    (before, a bare OSError and a .staging folder left behind)."""
+    import os
+
+    settings = _repo(tmp_path)
+    model_dir = settings.model_repository / "mediafm"
+    synced, renamed = [], []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def rename(a, b):
+        renamed.append((str(a), len(synced)))
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    export(run, settings=settings, model="mediafm", load=False)
+    (staging, before), = renamed
+    assert {f"{staging}/model.pt", f"{staging}/model.py", staging} <= set(synced[:before])
+    assert str(model_dir) in synced[before:]
+
+    monkeypatch.setattr(export_mod, "versions", lambda d: [])  # another export wrote version 1 meanwhile
+    with pytest.raises(ModelError, match=r"mediafm/1 appeared while this export wrote it .*another export took "
+                                         r"version 1; run this one again"):
+        export(run, settings=settings, model="mediafm", load=False)
+    assert not list(model_dir.glob(".staging-*"))
