@@ -30,7 +30,7 @@ from mediafm.errors import ModelError, StackError
 from mediafm.profiles import mediafm_model_for
 from mediafm.served_mediafm import LINEAGE, MAX_SHOTS_PARAM, MODEL_PY, WEIGHTS, check_encoder
 from mediafm.stack import triton
-from trainer.train import latest_checkpoint, load_checkpoint
+from trainer.train import fsync_dir, latest_checkpoint, load_checkpoint
 
 
 def record_max_shots(config: Path, max_shots: int) -> None:
@@ -101,7 +101,7 @@ def export(run: str | Path, *, settings: Settings, checkpoint: str | Path | None
         shutil.rmtree(staging, ignore_errors=True)
         raise ModelError(f"{final} appeared while this export wrote it ({e.strerror}): another export took version "
                          f"{version}; run this one again") from None
-    _sync_dir(model_dir)
+    fsync_dir(model_dir)
     config_before = (model_dir / "config.pbtxt").read_text()
     record_max_shots(model_dir / "config.pbtxt", cfg.max_shots)  # the workers' window plan follows it
 
@@ -142,12 +142,4 @@ def _sync(folder: Path) -> None:
     for f in folder.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _sync_dir(folder)
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(folder)

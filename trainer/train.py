@@ -503,7 +503,8 @@ def preflight(ds: Dataset, run: Path, *, rank: int = 0, world: int = 1, quiet: b
     return {"shards": len(mine), "checked": len(todo), "seconds": time.perf_counter() - t0}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder: the names in it (a file renamed into it) are on disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -521,7 +522,7 @@ def save_checkpoint(run: Path, state: dict, *, keep: int = 2) -> Path:
         f.flush()
         os.fsync(f.fileno())  # on disk before it takes the name: a power cut never leaves a truncated step-N.pt
     os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint behind
-    _fsync_dir(ckdir)
+    fsync_dir(ckdir)
     (ckdir / "latest.json").write_text(json.dumps(
         {"path": path.name, "step": state["step"], "metrics": state.get("metrics", {})}, indent=2))
     for old in sorted(ckdir.glob("step-*.pt"))[:-keep]:

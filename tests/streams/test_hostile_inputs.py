@@ -478,6 +478,34 @@ def test_a_live_event_whose_last_segment_cannot_be_read_still_ends(kafka_stack, 
     assert worker.poll() is None
 
 
+def _five_shots(kafka_stack, media, key: str):
+    """A 5-shot film for `key`, and a maker of its ShotRefs cut by hand: those in `bad` point at media no decoder
+    reads."""
+    frames, fps = [30, 36, 24, 40, 30], 24
+    film = make_film(media["root"] / f"{key}.mp4", shots=frames, fps=fps, size=(160, 96), first_source=2,
+                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
+    starts = np.concatenate([[0], np.cumsum(frames)])
+
+    def make(*, bad: set[int], kind: str, n_shots: list, request_id: str = "") -> list[ShotRef]:
+        return [ShotRef(title_id=key, shot_index=i, start_s=starts[i] / fps, end_s=starts[i + 1] / fps,
+                        start_frame=int(starts[i]), end_frame=int(starts[i + 1]),
+                        media=[str(media["garbage"] if i in bad else film.path)], media_start_s=0.0, text="",
+                        title_text="", profile=kafka_stack.encoder_profile, n_shots=n_shots[i], kind=kind,
+                        request_id=request_id) for i in range(5)]
+
+    return make
+
+
+def _send(kafka_stack, topic: str, key: str, messages) -> None:
+    p = producer(kafka_stack)
+    try:
+        for m in messages:
+            p.send(topic, key=key.encode(), value=m.to_bytes())
+        p.flush()
+    finally:
+        p.close()
+
+
 def test_a_live_event_whose_last_shots_the_encoder_refuses_still_ends(kafka_stack, worker, offline_model, media):
     """A live event of 5 shots whose last two (those of its last segment, carrying n_shots) point at media no
     decoder reads, so the encode stage dead-letters them. Before, nothing told the live stage: no shot it got
@@ -486,23 +514,9 @@ def test_a_live_event_whose_last_shots_the_encoder_refuses_still_ends(kafka_stac
     and the live stage ends the event: shots 0-2 each get one provisional and one final, 3 and 4 none."""
     names = Topics.from_settings(kafka_stack)
     eid = f"hx-{uuid.uuid4().hex[:6]}-last-shots-refused"
-    frames, fps = [30, 36, 24, 40, 30], 24
-    film = make_film(media["root"] / f"{eid}.mp4", shots=frames, fps=fps, size=(160, 96), first_source=2,
-                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
-    starts = np.concatenate([[0], np.cumsum(frames)])
-    refs = [ShotRef(title_id=eid, shot_index=i, start_s=starts[i] / fps, end_s=starts[i + 1] / fps,
-                    start_frame=int(starts[i]), end_frame=int(starts[i + 1]),
-                    media=[str(film.path if i < 3 else media["garbage"])], media_start_s=0.0, text="", title_text="",
-                    profile=kafka_stack.encoder_profile, n_shots=5 if i >= 3 else None, kind="live")
-            for i in range(5)]
+    make = _five_shots(kafka_stack, media, eid)
     dead, tail = Tail(kafka_stack, names.deadletter), Tail(kafka_stack, names.embeddings)
-    p = producer(kafka_stack)
-    try:
-        for ref in refs:
-            p.send(names.shots, key=eid.encode(), value=ref.to_bytes())
-        p.flush()
-    finally:
-        p.close()
+    _send(kafka_stack, names.shots, eid, make(bad={3, 4}, kind="live", n_shots=[None, None, None, 5, 5]))
     kinds: dict[int, list[bool]] = defaultdict(list)
     try:
         for rec in tail.poll(timeout_s=240, stop=lambda: all(True in kinds[i] for i in range(3))):
@@ -530,36 +544,20 @@ def test_a_title_whose_shots_the_encoder_refuses_is_given_up_with_one_dead_lette
 
     names = Topics.from_settings(kafka_stack)
     tid = f"hx-{uuid.uuid4().hex[:6]}-title-shots-refused"
-    frames, fps = [30, 36, 24, 40, 30], 24
-    film = make_film(media["root"] / f"{tid}.mp4", shots=frames, fps=fps, size=(160, 96), first_source=2,
-                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"])
-    starts = np.concatenate([[0], np.cumsum(frames)])
+    make = _five_shots(kafka_stack, media, tid)
 
-    def refs(request_id: str, bad: set[int]) -> list[ShotRef]:
-        return [ShotRef(title_id=tid, shot_index=i, start_s=starts[i] / fps, end_s=starts[i + 1] / fps,
-                        start_frame=int(starts[i]), end_frame=int(starts[i + 1]),
-                        media=[str(media["garbage"] if i in bad else film.path)], media_start_s=0.0, text="",
-                        title_text="", profile=kafka_stack.encoder_profile, n_shots=5, kind="title",
-                        request_id=request_id) for i in range(5)]
-
-    def send(messages) -> None:
-        p = producer(kafka_stack)
-        try:
-            for m in messages:
-                p.send(names.shots, key=tid.encode(), value=m.to_bytes())
-            p.flush()
-        finally:
-            p.close()
+    def send(request_id: str, bad: set[int]) -> None:
+        _send(kafka_stack, names.shots, tid, make(bad=bad, kind="title", n_shots=[5] * 5, request_id=request_id))
 
     dead, tail = Tail(kafka_stack, names.deadletter), Tail(kafka_stack, names.embeddings)
     letters, finals = [], defaultdict(set)
     try:
-        send(refs("r1", {3, 4}))
+        send("r1", {3, 4})
         for rec in dead.poll(timeout_s=240, stop=lambda: any(x.stage == "contextualise" for x in letters)):
             letter = decode(rec.value, expect=DeadLetter)
             if letter.key == tid.encode():
                 letters.append(letter)
-        send(refs("r2", set()))
+        send("r2", set())
         for rec in tail.poll(timeout_s=240, stop=lambda: len(finals["r2"]) == 5):
             e = decode(rec.value, expect=ContextualEmbedding)
             if e.title_id == tid and e.final:
