@@ -24,7 +24,13 @@ import time
 from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+    UnsupportedVersionError,
+)
 
 from mediafm.schema import MAX_MESSAGE_BYTES
 
@@ -93,6 +99,11 @@ class HeldShots:
             self.bytes -= sum(size for _, size, _ in shots.values())
 
 
+REFUSED_FOR_GOOD = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError, UnsupportedVersionError)
+"""What the broker says no retry mends: its ACLs, or a request it does not support. Others aiokafka calls not
+retriable are passing in a broker's roll (BrokerNotAvailableError, ReplicaNotAvailableError, ...): waited out."""
+
+
 class ReadRefused(Exception):
     """The broker refused a read back in a way no retry mends (OffsetReader.read)."""
 
@@ -124,7 +135,7 @@ class OffsetReader:
             try:
                 return await self._read(TopicPartition(topic, partition), sorted(set(offsets)))
             except KafkaError as e:
-                if not e.retriable and not isinstance(e, KafkaTimeoutError):  # (ours: nothing fetched for 30 s)
+                if isinstance(e, REFUSED_FOR_GOOD):
                     raise ReadRefused(f"reading {topic}[{partition}] back: {type(e).__name__}: {e}") from e
                 log.warning("reading %s[%d] back: %s: %s; again in %.0f s", topic, partition, type(e).__name__, e,
                             pause)

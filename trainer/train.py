@@ -693,6 +693,8 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
         device = torch.device(tc.device)
         if device.type == "cuda" and device.index is None and world > 1:  # each rank its own GPU, as auto does
             device = torch.device("cuda", local)
+    if device.type == "cuda":  # NCCL's collectives (all_gather_object too) use the current device: this rank's
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():  # the backend for the device: gloo for --device cpu on a GPU host
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 

@@ -561,8 +561,11 @@ def _decode(c, stream, base: float, seek_s: float | None, damage: Damage):
         return
     target, back = seek_s, 1.0
     while target > 0:
-        if not _seek(c, base, target):  # cannot seek: on from where it is (its start: nothing was read yet)
-            damage.restart()
+        if not _seek(c, base, target):
+            if target != seek_s:  # frames were read on the pass before: where it is now is not the start
+                raise CorruptMediaError(f"{c.name}: cannot seek back to an earlier time; remux it into a "
+                                        "container (ffmpeg -i IN -c copy OUT.mkv)")
+            damage.restart()  # cannot seek: on from where it is (its start: nothing was read yet)
             yield from _frames(c, stream, damage)
             return
         damage.restart()

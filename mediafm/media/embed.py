@@ -6,7 +6,7 @@ aligns a title's subtitles first; the encode stage (streams/encode.py) calls it
 directly, since its shots arrive with their text already aligned::
 
     shots = detect_shots(path)                                  # or ShotDetector on live segments
-    cues = load_subtitles(srt) + container_subtitles(path)      # or None: the container's streams
+    cues = load_subtitles(srt)                                  # or container_subtitles(path), or None: the container's
     msgs = await encode_shots(client, path, shots, cues, TitleMeta("tt01", synopsis=...), "offline")
     msgs = encode_shots_sync(settings.triton_http_url, path, shots, cues, meta, "offline")
     vecs = await encode_aligned(client, path, shots, texts, "offline", settings=settings)

@@ -2,7 +2,7 @@
 the container (mov_text, SubRip, ASS, WebVTT via PyAV), aligned to shots.
 
     cues = load_subtitles("film.srt")                # SubtitleError: broken file, unknown encoding
-    cues += container_subtitles(path)                # text subtitle streams of the media itself
+    cues = container_subtitles(path)                 # or, without a file: one text subtitle stream of the media
     texts = align(cues, shots)                       # one string per shot ("" = no timed text)
 
 A cue belongs to every shot it overlaps (by more than `min_overlap_s`); a shot's
@@ -362,7 +362,8 @@ def write_webvtt(cues: list[Cue], path: str | Path) -> Path:
 def _one_track(streams):
     """The text subtitle stream a shot's text comes from: the default one (not forced-only, not for the hearing
     impaired), else the first full one, else the first; None where every stream is bitmaps (no text)."""
-    text = [s for s in streams if s.codec_context.codec.text_sub]
+    text = [s for s in streams if s.codec_context is not None and s.codec_context.codec.text_sub]  # (None: no
+    # decoder in this FFmpeg for it, as TTML or DVB teletext)
     if not text:
         return None
 

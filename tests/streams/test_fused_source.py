@@ -101,8 +101,9 @@ def test_a_broker_that_does_not_answer_is_waited_for_not_taken_for_lost_shots(ca
 def test_a_read_back_the_broker_refuses_for_good_is_raised_not_retried_for_ever(caplog):
     """An error the broker says no retry mends (its ACLs deny the read) was retried for ever, a warning every
     30 s, with the title's pass waiting. Now it is raised (ReadRefused: the worker stops, and names the missing
-    grant when it starts again); our own "nothing fetched for 30 s" is still waited out, as a broker down is."""
-    from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
+    grant when it starts again); our own "nothing fetched for 30 s" and a broker not available (a roll) are still
+    waited out, as a broker down is."""
+    from aiokafka.errors import BrokerNotAvailableError, KafkaTimeoutError, TopicAuthorizationFailedError
 
     from streams.fused_source import ReadRefused
 
@@ -111,15 +112,16 @@ def test_a_read_back_the_broker_refuses_for_good_is_raised_not_retried_for_ever(
     class Reader(OffsetReader):
         async def _read(self, tp, want):
             calls.append(tp)
-            raise (KafkaTimeoutError("nothing fetched from offset 1 for 30 s") if len(calls) == 1
-                   else TopicAuthorizationFailedError("shots.fused"))
+            raise [KafkaTimeoutError("nothing fetched from offset 1 for 30 s"),
+                   BrokerNotAvailableError("a broker's roll"),  # not retriable by aiokafka's flag, yet passing
+                   TopicAuthorizationFailedError("shots.fused")][len(calls) - 1]
 
     async def main():
         return await asyncio.wait_for(Reader("127.0.0.1:9").read("shots.fused", 2, [1]), timeout=20)
 
     with pytest.raises(ReadRefused, match=r"reading shots.fused\[2\] back: TopicAuthorizationFailedError"):
         asyncio.run(main())
-    assert len(calls) == 2, "the time-out retried once, then the refusal raised"
+    assert len(calls) == 3, "the time-out and the broker's roll waited out, then the refusal raised"
     assert "reading shots.fused[2] back: KafkaTimeoutError" in caplog.text
 
 

@@ -78,6 +78,11 @@ def test_container_subtitles_come_from_one_track_and_a_cue_not_utf8_costs_only_i
                     "-map", "0:v", "-map", "1", "-c:v", "copy", "-c:s", "copy", str(tmp_path / "old.mkv")], check=True)
     assert [c.text for c in container_subtitles(tmp_path / "two.mkv")] == ["Hello there", "How are you", "Goodbye"]
     assert [c.text for c in container_subtitles(tmp_path / "old.mkv")] == ["Hello there", "Goodbye"]
+    # a stream this FFmpeg has no decoder for (TTML in MP4; DVB teletext in broadcast .ts): no text, no error
+    subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-i", str(film.path), "-i", str(tmp_path / "eng.srt"),
+                    "-map", "0:v", "-map", "1", "-c:v", "copy", "-c:s", "ttml", "-tag:s", "stpp",
+                    str(tmp_path / "ttml.mp4")], check=True)
+    assert container_subtitles(tmp_path / "ttml.mp4") == []
 
 
 def test_broken_subtitles_and_encodings(tmp_path):
