@@ -552,9 +552,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
             return  # the workers dead-letter it; nothing to sink
         if isinstance(shots, ShotsRefused):
             if shots.kind == "title":
-                what = f"shot {shots.first}" if shots.first == shots.last else f"shots {shots.first}-{shots.last}"
-                given_up.setdefault((shots.title_id, shots.request_id),
-                                    f"{what} refused at the {shots.stage} stage: {shots.reason}")
+                given_up.setdefault((shots.title_id, shots.request_id), shots.describe())
             return
         for s in shots:
             if profile is not None and s.profile != profile:

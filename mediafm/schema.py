@@ -91,11 +91,14 @@ class Message:
     SCHEMA: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
 
-    def to_bytes(self) -> bytes:
+    def _body(self) -> dict:
         # fields are flat (no nested records): a shallow dict, not dataclasses.asdict's deep copy
         body = {"schema": self.SCHEMA, "v": self.VERSION}
         body.update((name, getattr(self, name)) for name, _, _ in _fields(type(self)))
-        data = msgpack.packb(body, use_bin_type=True)
+        return body
+
+    def to_bytes(self) -> bytes:
+        data = msgpack.packb(self._body(), use_bin_type=True)
         if len(data) > MAX_MESSAGE_BYTES:
             raise SchemaError(
                 f"{self.SCHEMA} message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES} limit"
@@ -376,15 +379,18 @@ class ShotsRefused(Message):
     request_id: str = ""
     """The title's publication (TitleRequest.request_id); "" for a live event."""
 
-    def to_bytes(self) -> bytes:
+    def _body(self) -> dict:
         """As every message's, without request_id where it is "" (a live event's): as the message was before the
         field, which a worker of then reads."""
-        data = super().to_bytes()
-        if self.request_id:
-            return data
-        body = msgpack.unpackb(data, raw=False)
-        del body["request_id"]
-        return msgpack.packb(body, use_bin_type=True)
+        body = super()._body()
+        if not self.request_id:
+            del body["request_id"]
+        return body
+
+    def describe(self) -> str:
+        """"shots 3-4 refused at the encode stage: <reason>": what the title's dead letter and the sink say."""
+        what = f"shot {self.first}" if self.first == self.last else f"shots {self.first}-{self.last}"
+        return f"{what} refused at the {self.stage} stage: {self.reason}"
 
 
 @dataclass

@@ -170,10 +170,8 @@ class Titles:
         if progress.partition >= 0 and progress.partition != msg.partition:
             raise SchemaError(f"a ShotsRefused of {tid!r} came on partition {msg.partition}, its title's "
                               f"shots on {progress.partition}: key it by its title id")
-        what = f"shot {refused.first}" if refused.first == refused.last else f"shots {refused.first}-{refused.last}"
         if progress.done or tkey in self.finishing or msg.offset <= progress.floor or \
-                not progress.refuse(refused.first, refused.last,
-                                    f"{what} refused at the {refused.stage} stage: {refused.reason}"[:2000]):
+                not progress.refuse(refused.first, refused.last, refused.describe()[:2000]):
             metrics.duplicates.labels(STAGE).inc()  # the title has these shots, or this is a redelivery
             return
         progress.partition = msg.partition
