@@ -253,6 +253,19 @@ class Title:
     end_s: np.ndarray
 
 
+
+def check_title_fields(where: str, tid: str, kind, split, genres) -> None:
+    """DatasetError naming `where` (a titles.parquet, or the writer) where a title's kind, split (None: train) or
+    genres break DATASET_FORMAT.md: what Dataset() refuses, and so what DatasetWriter does not write."""
+    if split not in ("train", "val", "test", None):
+        raise DatasetError(f"{where}: column 'split' has {split!r} for {tid!r}; use train/val/test")
+    if kind not in ("title", "live"):
+        raise DatasetError(f"{where}: column 'kind' has {kind!r} for {tid!r}; use 'title' or 'live'")
+    if bad := [g for g in genres or [] if not isinstance(g, int | np.integer) or not 0 <= g < N_GENRES]:
+        raise DatasetError(f"{where}: column 'genres' of {tid!r} has {bad}: indices into the {N_GENRES} genres of "
+                           f"MEDIAFM.md, 0..{N_GENRES - 1}, none null")
+
+
 class Dataset:
     """An opened, validated v1 dataset. Cheap to open: reads only ids and indices."""
 
@@ -295,14 +308,7 @@ class Dataset:
         genres = t.column("genres").to_pylist() if "genres" in t.column_names else [None] * len(ids)
         out = {}
         for i, tid in enumerate(ids):
-            if splits[i] not in ("train", "val", "test", None):
-                raise DatasetError(f"{path}: column 'split' has {splits[i]!r} for {tid!r}; use train/val/test")
-            if kinds[i] not in ("title", "live"):
-                raise DatasetError(f"{path}: column 'kind' has {kinds[i]!r} for {tid!r}; use 'title' or 'live'")
-            bad = [g for g in genres[i] or [] if g is None or not 0 <= g < N_GENRES]
-            if bad:
-                raise DatasetError(f"{path}: column 'genres' of {tid!r} has {bad}: indices into the {N_GENRES} "
-                                   f"genres of MEDIAFM.md, 0..{N_GENRES - 1}, none null")
+            check_title_fields(str(path), tid, kinds[i], splits[i], genres[i])
             out[tid] = TitleInfo(tid, emb[i], kinds[i], splits[i] or "train", genres[i], 0, -1, -1)
         return out
 
@@ -659,13 +665,7 @@ class DatasetWriter:
         if title_embedding.shape != (self.meta.title_dim,):
             raise DatasetError(f"{what}: title_embedding has shape {title_embedding.shape}, expected "
                                f"({self.meta.title_dim},)")
-        if split not in ("train", "val", "test"):
-            raise DatasetError(f"{what}: split {split!r}; use train/val/test")
-        if kind not in ("title", "live"):
-            raise DatasetError(f"{what}: kind {kind!r}; use 'title' or 'live'")
-        if bad := [g for g in genres or [] if not isinstance(g, int | np.integer) or not 0 <= g < N_GENRES]:
-            raise DatasetError(f"{what}: genres {bad}: indices into the {N_GENRES} genres of MEDIAFM.md, "
-                               f"0..{N_GENRES - 1}")
+        check_title_fields("DatasetWriter", title_id, kind, split, genres)
         self._ids.add(title_id)
         self._titles.append(dict(title_id=title_id, title_embedding=title_embedding, kind=kind, split=split,
                                  genres=None if genres is None else [int(g) for g in genres]))

@@ -541,11 +541,6 @@ def _intact(path: Path) -> str | None:
     return f"member {bad} does not match its CRC" if bad else None
 
 
-def _last_saved(run: Path) -> str:
-    ckpts = sorted((run / "checkpoints").glob("step-*.pt"))
-    return ckpts[-1].name if ckpts else "none yet"
-
-
 def latest_checkpoint(run: Path) -> Path | None:
     """The newest checkpoint of the run that reads whole (None if it has none). A newer one that does not (cut
     short by a full disk or a copy) is skipped with a warning naming it; if none is whole, ModelError."""
@@ -826,7 +821,7 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
                 log.close()
             raise ModelError(
                 f"{run}: training diverged at step {step + 1}: loss {loss.item()}, gradient norm {float(gnorm)}. "
-                f"Nothing of this step was applied or saved; the last checkpoint ({_last_saved(run)}) is as it was. "
+                f"Nothing of this step was applied or saved; the last checkpoint ({getattr(latest_checkpoint(run), 'name', 'none yet')}) is as it was. "
                 "Train again into a new --out with a lower learning rate (--lr_muon, --lr_adamw) or a longer "
                 "--warmup_steps (before 2026-12-07, the run went on and its next checkpoints, NaN, replaced the good "
                 "ones)")

@@ -438,9 +438,9 @@ def test_a_variable_length_fused_column_is_refused_with_the_fix(tmp_path):
 @pytest.mark.parametrize("change, match", [
     ({"fused": np.zeros((0, 12), np.float32), "start_s": [], "end_s": []}, "'b' has no shots"),
     ({"title_id": "a"}, "'a' was added twice"),
-    ({"split": "validation"}, "split 'validation'; use train/val/test"),
-    ({"kind": "clip"}, "kind 'clip'; use 'title' or 'live'"),
-    ({"genres": [3, 11]}, r"genres \[11\]: indices into the 11 genres"),
+    ({"split": "validation"}, "DatasetWriter: column 'split' has 'validation' for 'b'; use train/val/test"),
+    ({"kind": "clip"}, "column 'kind' has 'clip' for 'b'; use 'title' or 'live'"),
+    ({"genres": [3, 11]}, r"column 'genres' of 'b' has \[11\]: indices into the 11 genres"),
     ({"start_s": [0.0]}, r"start_s \(1,\) and end_s \(2,\), expected one time per shot \(2,\)"),
     ({"title_embedding": np.zeros(4)}, r"title_embedding has shape \(4,\), expected \(3,\)"),
 ])
