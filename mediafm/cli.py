@@ -282,9 +282,11 @@ def _cmd_follow(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     from mediafm.publish import sink
 
-    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout, profile=args.profile, progress=True)
-    print(f"wrote {r['titles']} titles, {r['shots']} shots and {r['contextual']} final contextual embeddings "
-          f"to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
+    r = sink(settings, args.out, idle_s=args.idle, timeout_s=args.timeout, profile=args.profile, progress=True,
+             val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    splits = ", ".join(f"{r['splits'].get(k, 0)} {k}" for k in ("train", "val", "test"))
+    print(f"wrote {r['titles']} titles ({splits}), {r['shots']} shots and {r['contextual']} final contextual "
+          f"embeddings to {r['out']}" + (f"; incomplete, left out: {r['incomplete']}" if r["incomplete"] else ""))
     for tid, why in r["refused"].items():
         print(f"left out {tid!r}: {why} (the workers dead-letter it too)")
     if r["representations_left_out"]:
@@ -512,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "shots needs more); past it the sink stops with an error and writes nothing")
     s.add_argument("--profile", help="write only titles of this encoder profile (offline, production): a dataset "
                    "has one layout, so a pipeline that carries both is sunk once per profile")
+    s.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of titles in split val, the trainer's validation (default 0.1)")
+    s.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of titles in split test, the evaluation's, never trained on (default 0.1). Each "
+                        "title's split is drawn from a hash of its id, so it keeps it from one sink to the next")
     s.set_defaults(fn=_cmd_sink)
 
     s = sub.add_parser("backfill", help="re-embed titles with the MediaFM version served now",

@@ -10,6 +10,7 @@ Every format problem raises :class:`DatasetError` naming the file and column.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -252,6 +253,17 @@ class Title:
     start_s: np.ndarray  # (n_shots,)
     end_s: np.ndarray
 
+
+
+def split_for(title_id: str, val_fraction: float, test_fraction: float) -> str:
+    """The split of a title drawn from a hash of its id, not from the other titles: a title keeps its split as the
+    catalog grows and between runs (so a test title is never trained on by a later refresh), and about
+    test_fraction of the titles are "test", val_fraction "val", the rest "train"."""
+    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction <= 1):
+        raise DatasetError(f"val_fraction={val_fraction} and test_fraction={test_fraction}: each must be in [0, 1] "
+                           "and their sum at most 1")
+    u = int.from_bytes(hashlib.blake2b(title_id.encode(), digest_size=8).digest(), "big") / 2.0**64  # in [0, 1)
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
 def check_title_fields(where: str, tid: str, kind, split, genres) -> None:

@@ -517,7 +517,8 @@ class _Publication:
 
 
 def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s: float = 600.0,
-         profile: str | None = None, progress: bool = False) -> dict:
+         profile: str | None = None, progress: bool = False, val_fraction: float = 0.1,
+         test_fraction: float = 0.1) -> dict:
     """Write what the pipeline produced as a v1 dataset: every complete title's fused shots
     (shots.fused; the trainer's and the evaluation's input) and, in contextual.parquet, the final
     contextual embeddings (one per title, shot and model version; rows in the order they were published).
@@ -527,13 +528,17 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     back the records chosen, a partition at a time, writing each title as soon as its shots are in. What is
     held is the titles whose shots are still being read (the shots of one title are in one partition).
     A dataset has one layout: with titles of several encoder profiles on the topic, `profile` names the one
-    to write (the others are left out). Raises MediaError when the topics cannot be read to their end before
+    to write (the others are left out). Each title's split is drawn from its id (`split_for`): about val_fraction
+    of the titles are "val" and test_fraction "test", and a title keeps its split from one sink to the next, so
+    the evaluation titles of a refreshed dataset are never among those an earlier model was trained on. Raises MediaError when the topics cannot be read to their end before
     timeout_s."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mediafm.dataset import DatasetWriter, Meta
+    from mediafm.dataset import DatasetWriter, Meta, split_for
     from mediafm.profiles import get_profile
+
+    split_for("", val_fraction, test_fraction)  # a DatasetError for fractions that are no shares, before any read
 
     names = Topics.from_settings(settings)
     deadline = time.monotonic() + timeout_s
@@ -610,6 +615,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
         for (tid, rid), why in given_up.items():
             if tid not in latest and last_request.get(tid, rid if profile is None else None) == rid:
                 refused[tid] = why
+        splits: dict[str, int] = {}  # split -> titles written
         found, last = 0, (None, {})  # the record read last and its shots by index (a record holds several)
         for p, k, rec in _fetch(settings, names.fused, {p: w[0] for p, w in wanted.items()},
                                 f"writing titles from {names.fused}", deadline, progress):
@@ -631,8 +637,11 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
                 except SchemaError as e:
                     refused[tid] = str(e)
                     continue
+                split = split_for(tid, val_fraction, test_fraction)
+                splits[split] = splits.get(split, 0) + 1
                 writer.add_title(title_id=tid, kind=shots[0].kind, title_embedding=title, fused=fused,
-                                 start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]))
+                                 start_s=np.array([s.start_s for s in shots]), end_s=np.array([s.end_s for s in shots]),
+                                 split=split)
         missing = sum(len(w[0]) for w in wanted.values()) - found
         if missing:  # cannot happen unless the topic lost records between the passes (retention)
             raise MediaError(f"{missing} shots indexed on {names.fused} were gone when read back (the topic's "
@@ -705,7 +714,7 @@ def sink(settings: Settings, out: str | Path, *, idle_s: float = 5.0, timeout_s:
     root = writer.close()
     return {"out": str(root), "titles": len(n_shots), "shots": sum(n_shots.values()),
             "contextual": count, "incomplete": sorted(skipped - set(n_shots) - set(refused)), "refused": refused,
-            "representations_left_out": left_out}
+            "representations_left_out": left_out, "splits": splits}
 
 
 def backfill(settings: Settings, title_ids: list[str], *, idle_s: float = 3.0, timeout_s: float = 300.0,

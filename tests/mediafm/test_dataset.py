@@ -462,3 +462,22 @@ def test_the_writer_refuses_a_title_the_reader_would_refuse_and_keeps_the_datase
         DatasetWriter(path, Meta.from_layout(LAYOUT)).close()
     assert {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
     assert not path.with_name(path.name + ".partial").exists()
+
+
+def test_split_for_is_a_stable_share_drawn_from_the_title_id():
+    from mediafm.dataset import split_for
+
+    ids = [f"title-{i}" for i in range(20_000)]
+    got = [split_for(t, 0.1, 0.2) for t in ids]
+    share = {k: got.count(k) / len(ids) for k in ("train", "val", "test")}
+    assert abs(share["val"] - 0.1) < 0.01 and abs(share["test"] - 0.2) < 0.01 and abs(share["train"] - 0.7) < 0.01
+    # a title's split does not depend on the other titles, nor on the run: the catalog grows, test stays test
+    assert [split_for(t, 0.1, 0.2) for t in reversed(ids)] == got[::-1]
+    # a larger test share only moves titles into test: none of the old test titles is trained on
+    more = [split_for(t, 0.1, 0.3) for t in ids]
+    assert all(m == "test" for g, m in zip(got, more) if g == "test")
+    assert {split_for(t, 0.0, 0.0) for t in ids[:500]} == {"train"}
+    assert {split_for(t, 0.5, 0.5) for t in ids[:500]} == {"val", "test"}
+    for bad in [(-0.1, 0.1), (0.6, 0.5), (0.1, float("nan"))]:
+        with pytest.raises(DatasetError, match="each must be in"):
+            split_for("t", *bad)

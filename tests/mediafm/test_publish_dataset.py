@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mediafm.config import Settings
-from mediafm.dataset import Dataset, DatasetWriter, Meta
+from mediafm.dataset import Dataset, DatasetWriter, Meta, split_for
 from mediafm.errors import DatasetError
 from mediafm.fusion import Layout
 from mediafm.profiles import OFFLINE
@@ -230,10 +230,14 @@ def test_publish_dataset_on_a_real_broker(kafka_stack, tmp_path):
     p.close()
 
     # the sink collects them: the same dataset back (no worker runs here, so no contextual embeddings)
-    out = sink(settings, tmp_path / "sunk", idle_s=1.0, timeout_s=60)
+    # (half the titles val, half test: each title's split drawn from its id, the same in every sink)
+    out = sink(settings, tmp_path / "sunk", idle_s=1.0, timeout_s=60, val_fraction=0.5, test_fraction=0.5)
     assert (out["titles"], out["shots"], out["incomplete"]) == (4, sum(lengths), [])
     assert list(out["refused"]) == [f"{run}-bad"] and "shot 1's fused contains NaN or inf" in out["refused"][f"{run}-bad"]
     sunk = Dataset(tmp_path / "sunk")
+    want = {tid: split_for(tid, 0.5, 0.5) for tid in data}
+    assert {tid: i.split for tid, i in sunk.titles.items()} == want and "train" not in want.values()
+    assert out["splits"] == {k: list(want.values()).count(k) for k in set(want.values())}
     for title in sunk.iter_titles():
         d = data[title.info.title_id]
         np.testing.assert_array_equal(title.fused, d["fused"])
