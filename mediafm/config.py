@@ -81,6 +81,11 @@ class Settings:
     In docker-compose: kafka:19092."""
     triton_url: str = ""
     """Where clients find Triton's HTTP endpoint; empty = bind_host:triton_http_port."""
+    triton_timeout_s: float = 600.0
+    """A worker's longest wait for one Triton request, its time in Triton's queue included; past it the request is
+    sent again (a timeout is transient, never dead-lettered). Long enough for a backlog of encoder batches on CPUs:
+    a request timed out too soon is sent again while Triton still works on the first (its HTTP endpoint does not
+    cancel), and the backlog grows on itself."""
     kafka_security_protocol: str = "PLAINTEXT"
     """How every client (workers, tools) talks to the broker: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL, as
     Kafka names them. A managed or shared broker asks for SASL_SSL. With SASL_PLAINTEXT, `mediafm stack up`
@@ -262,6 +267,8 @@ class Settings:
         for key in ("shot_detector", "live_shot_detector"):
             if getattr(self, key) not in SHOT_DETECTORS:
                 raise ConfigError(f"{key}={getattr(self, key)!r}; choose one of {', '.join(SHOT_DETECTORS)}")
+        if not self.triton_timeout_s > 0:
+            raise ConfigError(f"triton_timeout_s={self.triton_timeout_s} must be > 0 (seconds; default 600)")
         if self.audio_window_s <= 0 or self.max_media_bytes <= 0 or self.max_media_duration_s <= 0:
             raise ConfigError("audio_window_s, max_media_bytes and max_media_duration_s must be > 0")
         if self.kafka_group_join_delay_ms < 0:

@@ -111,7 +111,7 @@ class Runtime:
         self.app = self._make_app()
         self.topics = SimpleNamespace(**{name: self._topic(topic, RUNS_BUFFER if name in ("encoded", "fused") else None)
                                          for name, topic in vars(self.names).items()})
-        self.triton = TritonClient(settings.triton_http_url,
+        self.triton = TritonClient(settings.triton_http_url, request_timeout_s=settings.triton_timeout_s,
                                    on_latency=lambda m, s: metrics.triton_seconds.labels(m).observe(s))
         self._served: dict[str, Served] = {}  # MediaFM model -> what it accepts
         # Live segments the segment stage decoded, kept for the encode stage (mediafm/media/segment_cache.py)

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import numpy as np
+import pytest
 from aiohttp import web
 
 from mediafm.triton_client import TritonClient
@@ -59,3 +60,55 @@ def test_a_request_whose_connection_drops_is_sent_again_alone_and_the_others_in_
 
     assert asyncio.run(main()) == [0.0, 1.0, 2.0, 3.0]
     assert sorted(calls) == [0, 0, 1, 2, 3], calls
+
+
+def test_the_workers_triton_timeout_is_a_setting_and_a_request_past_it_is_sent_again(tmp_path):
+    """triton_timeout_s reaches the client a worker builds (before 2026-12-08 it was fixed at 600 s): a request
+    Triton holds past it is abandoned and sent again, a transient fault, not an error. The stand-in holds the first
+    call until the second one arrives, which only the client's timeout sends."""
+    from mediafm.config import Settings
+    from streams.app import create_runtime
+
+    calls: list[float] = []
+    second = asyncio.Event()
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            await second.wait()
+        else:
+            second.set()
+        return web.json_response({"model_name": "m", "model_version": "1", "outputs": [
+            {"name": "Y", "datatype": "FP32", "shape": [1, 1], "data": [7.0]}]})
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v2/models/m/infer", infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="tmo", worker_web_port=16074,
+                                     triton_url=f"127.0.0.1:{port}", triton_timeout_s=0.5))
+        client = rt.triton
+        client.backoff_s = (0.05, 0.1)
+        try:
+            got = await asyncio.wait_for(client.infer("m", {"X": np.zeros((1, 1), np.float32)}, ["Y"]), timeout=30)
+        finally:
+            await client.close()
+            await runner.cleanup()
+        return float(got["Y"][0, 0])
+
+    assert asyncio.run(main()) == 7.0
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.45, calls
+
+
+@pytest.mark.parametrize("bad, match", [(0.0, "must be > 0"), (-1.0, "must be > 0"), (float("inf"), "must be a finite number")])
+def test_a_triton_timeout_that_is_no_time_is_refused(bad, match):
+    from mediafm.config import Settings
+    from mediafm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"triton_timeout_s={bad} {match}"):
+        Settings(triton_timeout_s=bad)
