@@ -475,7 +475,7 @@ def test_split_for_is_a_stable_share_drawn_from_the_title_id():
     assert [split_for(t, 0.1, 0.2) for t in reversed(ids)] == got[::-1]
     # a larger test share only moves titles into test: none of the old test titles is trained on
     more = [split_for(t, 0.1, 0.3) for t in ids]
-    assert all(m == "test" for g, m in zip(got, more) if g == "test")
+    assert all(m == "test" for g, m in zip(got, more, strict=True) if g == "test")
     assert {split_for(t, 0.0, 0.0) for t in ids[:500]} == {"train"}
     assert {split_for(t, 0.5, 0.5) for t in ids[:500]} == {"val", "test"}
     for bad in [(-0.1, 0.1), (0.6, 0.5), (0.1, float("nan"))]:
