@@ -483,6 +483,19 @@ class Dataset:
     def split(self, name: str) -> list[TitleInfo]:
         return [i for i in self.titles.values() if i.split == name]
 
+    def fingerprint(self) -> dict:
+        """What a training run's data order rests on, to tell the same dataset (wherever it now lies) from another
+        one: titles and shots per split, and a digest of the layout and each title's id, split and length (not of
+        the vectors: reading them all costs what a pass over the data costs)."""
+        h = hashlib.blake2b(json.dumps(self.meta.to_json(), sort_keys=True).encode(), digest_size=16)
+        counts: dict[str, list[int]] = {}
+        for info in self.titles.values():  # in titles.parquet's order, which the loader's order follows
+            h.update(f"{info.title_id}\0{info.split}\0{info.n_shots}\n".encode())
+            c = counts.setdefault(info.split, [0, 0])
+            c[0], c[1] = c[0] + 1, c[1] + info.n_shots
+        return {"digest": h.hexdigest(), **{f"{k}_titles": v[0] for k, v in sorted(counts.items())},
+                **{f"{k}_shots": v[1] for k, v in sorted(counts.items())}}
+
     def _row_groups(self, shard: int, pf: pq.ParquetFile) -> np.ndarray:
         """First row of each row group of the shard, and its row count last (from the file's footer, once)."""
         starts = self._group_starts.get(shard)
@@ -537,17 +550,38 @@ class Dataset:
         them (a title continued from the previous file sits at the top of this one)."""
         return self._read_ranges(shard, [(row, n)])[0]
 
+    def _read_whole(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fused, start_s, end_s) of every row of one shard, read READ_ROWS rows at a time into arrays of their
+        own: the shard's vectors are in memory once, not twice (before 2026-12-08 the whole file was read as an
+        arrow table, every column a producer added to it included, and then copied), and checked as
+        `check_shard` checks them."""
+        path = self.shards[shard]
+        dim = self.meta.fused_dim
+        with _arrow(path):
+            pf = pq.ParquetFile(path)
+            n = pf.metadata.num_rows
+            fused, start, end = np.empty((n, dim), np.float32), np.empty(n), np.empty(n)
+            check, row = _RowCheck(path, "fused", unit=True), 0
+            for batch in pf.iter_batches(batch_size=READ_ROWS, columns=["start_s", "end_s", "fused"]):
+                t = pa.Table.from_batches([batch])
+                x = _vector_rows(t, "fused", dim, path, copy=False)
+                check.add(x, row)
+                fused[row:row + len(x)] = x
+                start[row:row + len(x)] = t.column("start_s").to_numpy()
+                end[row:row + len(x)] = t.column("end_s").to_numpy()
+                row += len(x)
+        if row != n:
+            raise DatasetError(f"{path}: its footer says {n} rows and {row} were read; write the file again")
+        check.finish()
+        return fused, start, end
+
     def read_shard(self, shard: int, only: set[str] | None = None) -> dict[str, Title]:
         """Every title that starts in this shard (or those of them in `only`), whole: a title continued
         into the next shard(s) is completed with just its rows at their top (so one shard plus one
         title's tail is in memory). When `only` leaves some of the shard's titles out, the kept ones are
         copies of their rows, not views of the shard's array: a caller holding a few titles of many shards
         (validation batches) holds those titles, not every shard they came from."""
-        path = self.shards[shard]
-        with _arrow(path):
-            t = pq.read_table(path)
-        fused = _check_vector_column(t, "fused", self.meta.fused_dim, path, unit=True)
-        start, end = t.column("start_s").to_numpy(), t.column("end_s").to_numpy()
+        fused, start, end = self._read_whole(shard)
         kept = [info for info in self.titles.values()
                 if info.shard == shard and (only is None or info.title_id in only)]
         # all the shard's rows kept (or all its titles asked for): views cost nothing more than the shard; fewer: copies

@@ -720,6 +720,7 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
     step = 0
 
     # --- resume
+    data_print = ds.fingerprint()
     run = Path(out)
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
@@ -732,6 +733,15 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
                               f"process, so the global batch (and the data each rank resumes at) would change "
                               f"under the same schedule. Resume it with `torchrun --nproc-per-node {was}` (or a "
                               f"plain run for 1), or pass a new --out")
+        saved_data, data_now = state.get("dataset_fingerprint"), data_print
+        if saved_data is not None and saved_data != data_now:  # checkpoints from before it (2026-12-08): unchecked
+            diff = {k: (saved_data.get(k), data_now.get(k)) for k in sorted(saved_data.keys() | data_now.keys())
+                    if k != "digest" and saved_data.get(k) != data_now.get(k)}
+            what = diff or "the same counts, other titles or lengths"
+            raise ConfigError(f"{run} was trained on another dataset than {data} ({what}; saved, now): its data "
+                              "order and position would be another "
+                              f"dataset's. Resume it on the dataset it was trained on ({state.get('dataset')}), or "
+                              "pass a new --out to train on this one")
         defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys added since the checkpoint was written
         saved = {k: v for k, v in {**defaults, **state["train_config"]}.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
@@ -855,7 +865,7 @@ def _train(data: str | Path, out: str | Path, tc: TrainConfig, model_overrides: 
                     "train_config": asdict(tc), "optimizers": [o.state_dict() for o in optimizers],
                     "schedulers": [s.state_dict() for s in schedulers], "data": loader.state_dict(),
                     "rng": rng, "rng_ranks": ranks, "world_size": world,
-                    "metrics": metrics, "dataset": str(Path(data).resolve())})
+                    "metrics": metrics, "dataset": str(Path(data).resolve()), "dataset_fingerprint": data_print})
         if log is not None:
             log.write(json.dumps(row) + "\n")
             log.flush()

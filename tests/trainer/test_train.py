@@ -160,6 +160,20 @@ def test_resume_refuses_another_config(corpus, tmp_path):
         train(corpus, tmp_path / "r", _cfg(max_steps=6, lr_muon=0.5), quiet=True)
 
 
+def test_resume_refuses_another_dataset_and_takes_the_same_one_moved(corpus, tmp_path):
+    """Before 2026-12-08 a run resumed on whatever --data said: a dataset of other titles (a later sink, another
+    corpus) continued the saved epoch and position over another title order, and nothing said so."""
+    import shutil
+
+    train(corpus, tmp_path / "r", _cfg(max_steps=2), quiet=True)
+    other = write_corpus(tmp_path / "other", n_titles=150, layout=LAYOUT, seed=0, noise=0.8)
+    with pytest.raises(ConfigError, match=r"trained on another dataset .*'train_titles': \(\d+, \d+\).*pass a new --out"):
+        train(other, tmp_path / "r", _cfg(max_steps=4), quiet=True)
+    moved = shutil.copytree(corpus, tmp_path / "moved")  # the same dataset elsewhere: resumed
+    train(moved, tmp_path / "r", _cfg(max_steps=4), quiet=True)
+    assert torch.load(latest_checkpoint(tmp_path / "r"), weights_only=False)["step"] == 4
+
+
 def test_a_run_resumes_whatever_its_inference_only_settings_say(corpus, tmp_path, capsys):
     """copy_wide, copy_span, sharp_span act at inference only: a run trained with other values (or from before
     a key existed) resumes exactly as if they had never changed, says what it now serves, and its checkpoint
