@@ -414,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
     s.add_argument("--subtitles", metavar="FILE", help="SRT, WebVTT or ASS file of timed text")
     s.add_argument("--subtitle-encoding", help="text encoding of --subtitles when not UTF-8 (e.g. cp1252)")
-    s.add_argument("--meta", metavar="JSON", help="title metadata file (default: title_id = file name)")
+    s.add_argument("--meta", metavar="JSON|FILE", help="title metadata, embedded as the title embedding: inline JSON "
+                   "(a value starting with '{') or a JSON file, e.g. '{\"title\": \"Film\", \"synopsis\": \"...\"}' "
+                   "(default: no metadata, title_id = the file name)")
     s.add_argument("--detector", choices=SHOT_DETECTORS,
                    help="default: the shot_detector setting")
     s.add_argument("--profile", choices=["offline", "production"], help="default: the encoder_profile setting")
@@ -540,14 +542,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # the trainer owns its arguments (open-ended --key value overrides)
+    # `mediafm [--config FILE] train|evaluate ...`: the trainer owns its arguments (open-ended --key value
+    # overrides) and reads no pipeline setting, so a settings file before it is passed over (before 2026-12-08,
+    # an AttributeError)
+    skip = 2 if argv[:1] == ["--config"] else 1 if argv[:1] and argv[0].startswith("--config=") else 0
+    if argv[skip:skip + 1] == ["train"]:
         from trainer.train import main as train_main
 
-        return train_main(argv[1:])
-    if argv[:1] == ["evaluate"]:
+        return train_main(argv[skip + 1:])
+    if argv[skip:skip + 1] == ["evaluate"]:
         from trainer.evaluate import main as evaluate_main
 
-        return evaluate_main(argv[1:])
+        return evaluate_main(argv[skip + 1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args.config)

@@ -19,7 +19,9 @@
     │       └── EncoderError     an encoder checkpoint is missing, or an embedding service refused the input
     └── Transient                a service is down, overloaded or out of memory: wait and retry
         ├── TritonUnavailable    Triton did not answer within the caller's patience
-        └── EncoderUnavailable   an embedding service (the OpenAI API) stayed unavailable that long
+        ├── EncoderUnavailable   an embedding service (the OpenAI API) stayed unavailable that long
+        └── MediaUnavailable     the media's storage failed to answer (too many open files, an I/O error, a
+                                 stale or unreachable network mount): the same file may read later
 
 Two families decide what the streams do with a failure: ``BadInput`` goes to
 the dead-letter topic with its message as the reason; ``Transient`` is waited
@@ -109,3 +111,8 @@ class EncoderError(MediaError):
 
 class VersionRetired(ModelError):
     """A model version asked for by number (a live event's pinned MediaFM) is no longer served."""
+
+
+class MediaUnavailable(Transient):
+    """The storage holding a media file did not answer a read (EMFILE, EIO, ESTALE, ETIMEDOUT, ...): a fault of
+    the machine or its mount, not of the file; waited out and retried, never dead-lettered."""

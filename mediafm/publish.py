@@ -15,10 +15,8 @@ the stand-in for the object store an ingestion system uploads to.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -45,34 +43,20 @@ from mediafm.schema import (
     bytes_to_vec,
     check_id,
     decode,
+    load_meta,
+    not_a_file,
     record_shots,
     shot_records,
     vec_to_bytes,
 )
 from mediafm.topics import Topics
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
-
-
-def _not_a_file(p: Path) -> str | None:
-    """None if p is a regular file (or a link to one), else what it is instead."""
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        return "no such file" + (" (a symbolic link to a missing file)" if p.is_symlink() else "")
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    if stat.S_ISREG(mode):
-        return None
-    return f"exists but is {next((name for test, name in _KINDS if test(mode)), 'not a file')}, not a regular file"
-
 
 def check_file(path: str | Path, what: str = "media file") -> Path:
     """`path` if it is a regular file (or a link to one); else MediaError saying what it is instead
     (missing, a directory, a device, a FIFO) and that a `what` is wanted."""
     p = Path(path).expanduser()
-    problem = _not_a_file(p)
+    problem = not_a_file(p)
     if problem is None:
         return p
     if problem.startswith("no such file"):
@@ -135,49 +119,10 @@ def stage_media(settings: Settings, path: str | Path, name: str, what: str = "me
     return dest.resolve()
 
 
-META_EXAMPLE = '{"title": "...", "synopsis": "...", "tags": ["..."]}'
-
-
-def _load_meta(meta: str | Path | dict | None) -> dict:
-    """Title metadata from a dict, inline JSON (a str starting with '{') or a JSON file path.
-
-    MediaError saying which of the two it was read as and what is wrong."""
-    if meta is None or isinstance(meta, dict):
-        return dict(meta or {})
-    if isinstance(meta, str) and meta.lstrip().startswith("{"):
-        source = "inline JSON (the --meta value starts with '{')"
-        try:
-            d = json.loads(meta)
-        except json.JSONDecodeError as e:
-            raise MediaError(f"metadata read as {source} is not valid JSON: {e.msg} at character {e.pos} of "
-                             f"{meta!r}; pass a JSON object like {META_EXAMPLE} (quoted for the shell), "
-                             "or the path of a JSON file") from None
-    else:
-        path = Path(meta).expanduser()
-        source = f"the file {path} (the --meta value does not start with '{{', so it is taken as a path)"
-        problem = _not_a_file(path)
-        if problem is not None:
-            raise MediaError(f"metadata (--meta) {str(meta)!r} does not start with '{{', so it was taken as a file "
-                             f"path, but {path}: {problem}; pass a JSON file, or inline JSON like {META_EXAMPLE}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise MediaError(f"metadata read from {source} could not be read: {e}") from None
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MediaError(f"metadata read from {source} is not valid JSON: {e}; the file must hold a JSON "
-                             f"object like {META_EXAMPLE}") from None
-    if not isinstance(d, dict):
-        raise MediaError(f"metadata read from {source} must be a JSON object like {META_EXAMPLE}, "
-                         f"got a JSON {type(d).__name__}")
-    return d
-
-
 def publish_title(settings: Settings, file: str | Path, *, title_id: str | None = None,
                   meta: str | Path | dict | None = None, subtitles: str | Path | None = None,
                   subtitle_encoding: str | None = None) -> TitleRequest:
-    tid, m = named(_load_meta(meta), title_id, file, "title")
+    tid, m = named(load_meta(meta), title_id, file, "title")
     check_file(file)
     if subtitles:
         check_file(subtitles, "subtitle file")  # before anything is staged
@@ -374,7 +319,7 @@ def publish_live(settings: Settings, file: str | Path, *, event_id: str | None =
     written under <media root>/live/<event id>: an event id with a segment on the broker is refused (a worker may
     still read its segments, and a finished event takes no new ones); one whose publication sent nothing (no
     broker, ffmpeg failed, Ctrl-C while cutting) may be published again."""
-    event_id, m = named(_load_meta(meta), event_id, file, "live")
+    event_id, m = named(load_meta(meta), event_id, file, "live")
     check_file(file)
     seg_dir = id_dir(Path(settings.worker_media_roots[0]) / "live", event_id)
     sent_mark = seg_dir / ".sent"  # made once its first segment is on the broker

@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import re
+import stat
 import time
 import types
 import typing
@@ -409,6 +410,63 @@ class DeadLetter(Message):
     at: float = field(default_factory=time.time)
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_a_file(p: Path) -> str | None:
+    """None if p is a regular file (or a link to one), else what it is instead."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return "no such file" + (" (a symbolic link to a missing file)" if p.is_symlink() else "")
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return f"exists but is {next((name for test, name in _KINDS if test(mode)), 'not a file')}, not a regular file"
+
+
+
+META_EXAMPLE = '{"title": "...", "synopsis": "...", "tags": ["..."]}'
+
+
+def load_meta(meta: str | Path | dict | None) -> dict:
+    """Title metadata from a dict, inline JSON (a str starting with '{') or a JSON file path.
+
+    MediaError saying which of the two it was read as and what is wrong."""
+    if meta is None or isinstance(meta, dict):
+        return dict(meta or {})
+    if isinstance(meta, str) and meta.lstrip().startswith("{"):
+        source = "inline JSON (the --meta value starts with '{')"
+        try:
+            d = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise MediaError(f"metadata read as {source} is not valid JSON: {e.msg} at character {e.pos} of "
+                             f"{meta!r}; pass a JSON object like {META_EXAMPLE} (quoted for the shell), "
+                             "or the path of a JSON file") from None
+    else:
+        path = Path(meta).expanduser()
+        source = f"the file {path} (the --meta value does not start with '{{', so it is taken as a path)"
+        problem = not_a_file(path)
+        if problem is not None:
+            raise MediaError(f"metadata (--meta) {str(meta)!r} does not start with '{{', so it was taken as a file "
+                             f"path, but {path}: {problem}; pass a JSON file, or inline JSON like {META_EXAMPLE}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MediaError(f"metadata read from {source} could not be read: {e}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MediaError(f"metadata read from {source} is not valid JSON: {e}; the file must hold a JSON "
+                             f"object like {META_EXAMPLE}") from None
+    if not isinstance(d, dict):
+        raise MediaError(f"metadata read from {source} must be a JSON object like {META_EXAMPLE}, "
+                         f"got a JSON {type(d).__name__}")
+    return d
+
+
 @dataclass
 class TitleMeta:
     """Title metadata: a TitleRequest's or LiveSegment's `meta`, or a `--meta` JSON file.
@@ -444,7 +502,7 @@ class TitleMeta:
         if said != title_id:
             raise SchemaError(f"meta names title_id {said!r}, but this is {title_id!r}; drop it or make them agree")
         known = [f.name for f in dataclasses.fields(cls) if f.name not in ("title_id", "kind")]
-        unknown = sorted(set(meta) - set(known))
+        unknown = sorted(set(meta) - set(known), key=str)  # a msgpack map may have bytes keys beside str ones
         if unknown:
             raise SchemaError(f"meta has unknown keys {unknown}; known: {['title_id', *known]} (kind is set by how "
                               "the title is published: a title, or a live event)")
@@ -456,28 +514,16 @@ class TitleMeta:
                               "limit (the text encoders read only its first few thousand tokens); shorten the synopsis")
         return out
 
-    @staticmethod
-    def read(path: str | Path) -> dict:
-        """A metadata JSON file as a dict (checked by from_dict); MediaError naming what is wrong."""
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MediaError(f"{path}: metadata is not readable JSON ({e}); pass a JSON object like "
-                             '{"title": "...", "synopsis": "...", "tags": ["..."]}') from None
-        if not isinstance(d, dict):
-            raise MediaError(f"{path}: metadata must be a JSON object, got {type(d).__name__}")
-        return d
-
     @classmethod
-    def load(cls, path: str | Path | None, *, default_id: str) -> TitleMeta:
-        """`mediafm embed --meta FILE`: the file's metadata; its title_id (or default_id) names the title."""
-        if path is None:
-            return cls(default_id)
-        d = cls.read(path)
+    def load(cls, meta: str | Path | dict | None, *, default_id: str) -> TitleMeta:
+        """`mediafm embed --meta`: inline JSON (a value starting with '{') or a JSON file, as `publish --meta` reads
+        it (load_meta; before 2026-12-08 embed took a path only, and its error offered inline
+        JSON as the fix); its title_id (or default_id) names the title. MediaError naming what is wrong."""
+        d = load_meta(meta)
         try:
             return cls.from_dict(d, title_id=d.get("title_id", default_id))
         except SchemaError as e:
-            raise MediaError(f"{path}: {e}") from None
+            raise MediaError(f"metadata (--meta): {e}") from None
 
 
 SCHEMAS: dict[str, type[Message]] = {c.SCHEMA: c for c in (TitleRequest, LiveSegment, ShotRef, EncodedShot,
@@ -546,7 +592,10 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
     if not isinstance(body, dict):
         raise SchemaError(f"message must be a msgpack map, got {type(body).__name__}")
     name, version = body.pop("schema", None), body.pop("v", None)
-    cls = SCHEMAS.get(name)  # type: ignore[arg-type]
+    if not isinstance(name, str):  # a list or map here was a TypeError out of the lookup, and the worker stopped
+        raise SchemaError(f"field 'schema' must be a string naming the record, got {type(name).__name__}; known: "
+                          f"{sorted(SCHEMAS)}")
+    cls = SCHEMAS.get(name)
     if cls is None:
         raise SchemaError(f"unknown schema {name!r}; known: {sorted(SCHEMAS)}")
     if expect is not None and cls is not expect:
@@ -561,7 +610,7 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
         elif required:
             raise SchemaError(f"{name} is missing required field {fname!r}")
     if body:
-        raise SchemaError(f"{name} has unknown fields {sorted(body)}")
+        raise SchemaError(f"{name} has unknown fields {sorted(body, key=str)}")  # str and bytes keys together
     _check_values(name, kwargs)
     return cls(**kwargs)
 
@@ -624,3 +673,7 @@ def _check_values(name: str, f: dict) -> None:
     # a live shot's index is checked against its event's n_shots where that is known (streams/contextualise.py)
     if i is not None and (i < 0 or (n is not None and f.get("kind", "title") == "title" and i >= n)):
         raise SchemaError(f"{name}: shot_index {i} outside 0..{'' if n is None else n - 1} of {f.get('title_id')!r}")
+    if name == ContextualEmbedding.SCHEMA:  # what follow, the sink and every consumer read: whole, finite, as said
+        if not 0 < f["dim"] <= MAX_MESSAGE_BYTES // 2:
+            raise SchemaError(f"{name}: dim={f['dim']}; an embedding has at least one value and fits a message")
+        bytes_to_vec(f["embedding"], f["dim"], what=f"{name}'s embedding", dtype=f.get("dtype", "float32"))

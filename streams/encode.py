@@ -19,14 +19,13 @@ it, and the contextualise stage gives up the title's publication.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 
 import numpy as np
 
-from mediafm.errors import BadInput, ConfigError, SchemaError, Transient
+from mediafm.errors import BadInput, ConfigError, SchemaError
 from mediafm.media.decode import check_uri
 from mediafm.media.embed import encode_aligned, encode_title, encoded_shot
 from mediafm.media.shots import Shot
@@ -122,17 +121,10 @@ class Encoder:
                 for r, v in zip(refs, vecs, strict=True)]
 
     async def encode_run_patiently(self, refs: list[ShotRef]) -> list[EncodedShot]:
-        """encode_run, waiting out what is transient (an embedding service down past its own patience):
-        retried with capped backoff, never dead-lettered."""
-        delay = 1.0
-        while True:
-            try:
-                return await self.encode_run(refs)
-            except Transient as e:
-                log.warning("encoding %s shots %d..%d waits: %s; retrying in %.0fs", refs[0].title_id,
-                            refs[0].shot_index, refs[-1].shot_index, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 60.0)
+        """encode_run, waiting out what is transient (an embedding service down past its own patience, the
+        media's storage failing a read): retried with capped backoff, never dead-lettered."""
+        return await self.rt.patiently(f"encoding {refs[0].title_id} shots {refs[0].shot_index}.."
+                                       f"{refs[-1].shot_index}", lambda: self.encode_run(refs))
 
 
 def register(rt: Runtime) -> None:

@@ -40,12 +40,13 @@ from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediafm.config import Settings, replace
-from mediafm.errors import BadRequest, ConfigError, SchemaError
+from mediafm.errors import BadRequest, ConfigError, MediaUnavailable, SchemaError, Transient
 from mediafm.kafka_security import client_security
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
 from mediafm.redact import redact_url
 from mediafm.representations import published, served_output, uses_input
+from mediafm.retry_metrics import count_retry
 from mediafm.schema import (
     MAX_MESSAGE_BYTES,
     ContextualEmbedding,
@@ -85,6 +86,8 @@ backlog of runs (bench/catalog.py --titles 40) peaked at 1.1 GiB with 4096, 0.9 
 with 64, against 546-582 MiB for one shot a record."""
 
 
+MAX_LETTER_KEY_BYTES = 1024
+"""A dead letter keeps this much of the record's key (the broker takes keys of megabytes; ours are ids)."""
 MAX_REASON_CHARS = 2000
 """A dead letter's reason, as sent and as logged, is cut to this: reasons echo what was wrong, and a hostile message
 makes that megabytes (a 3 MB schema name gave a 3 MB log line)."""
@@ -199,7 +202,7 @@ class Runtime:
 
         @app.on_after_configured.connect
         def _configure(app, **kwargs):  # pragma: no cover - faust signal
-            log.info("mediafm worker: broker %s, triton %s, %d partitions", s.kafka_bootstrap, s.triton_http_url,
+            log.info("mediafm worker: broker %s, triton %s, %d partitions", s.kafka_bootstrap, redact_url(s.triton_http_url),
                      s.partitions)
 
         return app
@@ -312,6 +315,22 @@ class Runtime:
         except SchemaError:
             return None
         return msg
+
+    @staticmethod
+    async def patiently(what: str, call, *, first_s: float = 1.0, most_s: float = 60.0):
+        """`await call()` again while it raises Transient (a service down, the media's storage failing a read):
+        waited out with capped backoff, a log line each time, never dead-lettered. What the input caused
+        (BadInput) and anything else goes to the caller."""
+        delay = first_s
+        while True:
+            try:
+                return await call()
+            except Transient as e:
+                if isinstance(e, MediaUnavailable):
+                    count_retry("media")
+                log.warning("%s waits: %s; retrying in %.0fs", what, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, most_s)
 
     async def refused(self, stage: str, topic, shots: list, reason: str) -> None:
         """After a run of shots was dead-lettered: its ShotsRefused (refusal) on `topic`, the next stage's, which
@@ -447,9 +466,13 @@ class Runtime:
         log.warning("dead letter from %s (%s[%d]@%d): %s", stage, msg.topic, msg.partition, msg.offset, reason)
         metrics.dead_letters.labels(stage).inc()
         value = msg.value if isinstance(msg.value, bytes) else bytes(str(msg.value), "utf-8")
+        key = msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode()
+        if key is not None and len(key) > MAX_LETTER_KEY_BYTES:  # a key of megabytes made the letter too large to
+            # pack: SchemaError out of the stage's handler, the worker stopped, and again on the same record
+            reason = f"{reason} (its key of {len(key)} bytes is cut to {MAX_LETTER_KEY_BYTES} here)"
+            key = key[:MAX_LETTER_KEY_BYTES]
         letter = DeadLetter(stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                            key=msg.key if isinstance(msg.key, bytes | None) else str(msg.key).encode(),
-                            reason=reason, payload=value[: 1024 * 1024])
+                            key=key, reason=reason, payload=value[: 1024 * 1024])
         await self.send(self.topics.deadletter, letter.key, letter.to_bytes())
 
     # --- MediaFM ---------------------------------------------------------------------------------------

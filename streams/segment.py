@@ -274,7 +274,8 @@ def register(rt: Runtime) -> None:
             req = decode(event.message.value, expect=TitleRequest)
             if not req.request_id:  # named by its record: a redelivery is the same request, a new publication not
                 req = dataclasses.replace(req, request_id=f"p{event.message.partition}o{event.message.offset}")
-            refs = await asyncio.to_thread(cut_title, req, rt.settings, rt.media_settings)  # CPU: off the loop
+            refs = await rt.patiently(f"cutting {req.title_id!r}", lambda: asyncio.to_thread(  # CPU: off the loop
+                cut_title, req, rt.settings, rt.media_settings))
             out = [ref.to_bytes() for ref in refs]  # an oversize shot message is the title's fault too
         except BadInput as e:
             await rt.dead_letter(STAGE, event, str(e))
@@ -339,7 +340,9 @@ def register(rt: Runtime) -> None:
             return
         try:
             path = str(check_uri(seg.uri, rt.media_settings, allow_relative=False))
-            shots, n_frames, end_s = await asyncio.to_thread(probe_and_push, state, seg, path)
+            shots, n_frames, end_s = await rt.patiently(
+                f"event {seg.event_id!r} segment {seg.segment_index}",
+                lambda: asyncio.to_thread(probe_and_push, state, seg, path))
         except Exception as e:  # this segment is unusable: say so, and let the event go on without it
             if not isinstance(e, MediaError):
                 log.exception("live segmentation failed")

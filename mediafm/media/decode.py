@@ -37,10 +37,27 @@ import av
 import numpy as np
 
 from mediafm.config import Settings
-from mediafm.errors import CorruptMediaError, MediaURIError, NoVideoError
+from mediafm.errors import CorruptMediaError, MediaUnavailable, MediaURIError, NoVideoError
 from mediafm.redact import redact_url
 
 log = logging.getLogger(__name__)
+
+STORAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO, errno.EAGAIN,
+                            errno.EINTR, errno.EBUSY, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET,
+                            errno.ECONNABORTED, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN,
+                            errno.ENETUNREACH, errno.ENOLINK, errno.EREMOTEIO})
+"""Errors of a read that say the machine or its storage failed, not the file: too many open files, out of memory,
+an I/O error, a network mount stale or unreachable. The same read may succeed later, so they are MediaUnavailable
+(Transient: retried, never dead-lettered); before 2026-12-08 they were MediaURIError, and a mount's hiccup
+dead-lettered every title read during it as "check the path and its permissions"."""
+
+
+def storage_fault(path: object, e: BaseException) -> MediaUnavailable | None:
+    """MediaUnavailable for an OSError (or FFmpeg's, which carry an errno too) in STORAGE_ERRNOS; None otherwise."""
+    code = getattr(e, "errno", None)
+    if code not in STORAGE_ERRNOS:
+        return None
+    return MediaUnavailable(f"{_show(path)}: its storage did not answer a read ({os.strerror(code)}); retried")
 
 # Opening a stream reads this much at most before giving up on finding streams
 # (a garbage file must fail fast, not scan gigabytes). FFmpeg may open local files
@@ -146,7 +163,8 @@ def check_uri(uri: str | os.PathLike, settings: Settings, *, allow_relative: boo
     except FileNotFoundError:
         raise MediaURIError(f"{_show(path)}: no such file") from None
     except OSError as e:
-        raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its permissions") from None
+        raise storage_fault(path, e) or MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path "
+                                                      "and its permissions") from None
     if not stat.S_ISREG(st.st_mode):
         raise MediaURIError(f"{_show(path)}: not a regular file ({_kind(st.st_mode)}); pass a media file")
     size = st.st_size
@@ -194,8 +212,8 @@ def _open_checked(path: Path | str) -> int:
                                 "of a media file under media_roots, as check_uri gives it") from None
         if e.errno == errno.ENOENT:
             raise MediaURIError(f"{_show(path)}: no such file (removed after it was checked?)") from None
-        raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its "
-                            "permissions") from None
+        raise storage_fault(path, e) or MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the "
+                                                      "path and its permissions") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -234,7 +252,8 @@ def read_checked(path: Path | str, max_bytes: int) -> bytes:
             try:
                 b = os.read(fd, min(1 << 20, max_bytes + 1 - got))
             except OSError as e:
-                raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the file") from None
+                raise storage_fault(path, e) or MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); "
+                                                              "check the file") from None
             if not b:
                 break
             parts.append(b)
@@ -270,8 +289,8 @@ def open_media(path: Path) -> av.container.InputContainer:
         try:
             head = os.pread(fd, 64, 0).lstrip(b"\xef\xbb\xbf \t\r\n")
         except OSError as e:
-            raise MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check the path and its "
-                                "permissions") from None
+            raise storage_fault(path, e) or MediaURIError(f"{_show(path)}: cannot read it ({e.strerror}); check "
+                                                          "the path and its permissions") from None
         if head.startswith(_INDIRECT_MAGIC):
             raise MediaURIError(f"{_show(path)}: a playlist or concat script, not media (it names other files or "
                                 "URLs, which are not read); publish the media file itself")
@@ -279,6 +298,8 @@ def open_media(path: Path) -> av.container.InputContainer:
         try:
             c = av.open(name, options=_OPEN_OPTIONS, timeout=30.0)
         except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
+            if (fault := storage_fault(path, e)) is not None:
+                raise fault from None
             why = str(e).replace(name, os.fspath(path))
             raise CorruptMediaError(f"{_show(path)}: FFmpeg cannot open it ({type(e).__name__}: {why}); the file "
                                     "is corrupt, truncated or not media: re-encode or re-fetch it") from None
@@ -503,7 +524,9 @@ def _frames(c, stream, damage: Damage):
             packet = next(packets)
         except StopIteration:
             return
-        except av.FFmpegError as e:
+        except av.FFmpegError as e:  # the end of a truncated file; a read the storage failed is no end of the file
+            if (fault := storage_fault("the media", e)) is not None:
+                raise fault from None
             damage.ended = str(e)
             return
         try:

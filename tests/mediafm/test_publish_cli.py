@@ -11,7 +11,7 @@ import pytest
 
 from mediafm.cli import main
 from mediafm.errors import MediaError
-from mediafm.publish import _load_meta
+from mediafm.publish import load_meta
 
 
 @pytest.fixture
@@ -104,14 +104,14 @@ def test_meta_file_content_errors(env, tmp_path, capsys):
 
 
 def test_meta_inline_or_file_read(tmp_path):
-    assert _load_meta('{"title": "x", "tags": ["a"]}') == {"title": "x", "tags": ["a"]}
-    assert _load_meta('  {"title": "x"}') == {"title": "x"}
+    assert load_meta('{"title": "x", "tags": ["a"]}') == {"title": "x", "tags": ["a"]}
+    assert load_meta('  {"title": "x"}') == {"title": "x"}
     f = tmp_path / "m.json"
     f.write_text(json.dumps({"title_id": "tt1", "synopsis": "s"}))
-    assert _load_meta(str(f)) == _load_meta(f) == {"title_id": "tt1", "synopsis": "s"}
-    assert _load_meta(None) == {} and _load_meta({"a": 1}) == {"a": 1}
+    assert load_meta(str(f)) == load_meta(f) == {"title_id": "tt1", "synopsis": "s"}
+    assert load_meta(None) == {} and load_meta({"a": 1}) == {"a": 1}
     with pytest.raises(MediaError, match="read as inline JSON"):
-        _load_meta("{")
+        load_meta("{")
 
 
 @pytest.mark.kafka
@@ -220,3 +220,33 @@ def test_no_broker_and_an_id_too_long_for_a_folder_name_are_said_in_one_line(env
     assert "`mediafm stack status`" in err and "\n" not in err
     staged = [p for p in (tmp_path / "state" / "media").rglob("film.mp4")]
     assert len(staged) == 1 and all(len(part.encode()) <= 255 for part in staged[0].parts), staged
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_settings_file_before_the_trainers_commands_is_passed_over(tmp_path, capsys, command):
+    """`mediafm [--config FILE] COMMAND`, as the usage line says: before 2026-12-08 `mediafm --config f.toml train`
+    was an AttributeError (and with its arguments, "unrecognized arguments")."""
+    from mediafm.cli import main
+
+    (tmp_path / "f.toml").write_text("")
+    for lead in (["--config", str(tmp_path / "f.toml")], [f"--config={tmp_path / 'f.toml'}"]):
+        args = ["--data", str(tmp_path / "no-such-dataset")] + (["--out", str(tmp_path / "run")]
+                                                                if command == "train" else ["--run", str(tmp_path), "--out", str(tmp_path / "e")])
+        assert main([*lead, command, *args]) == 2
+        err = capsys.readouterr().err
+        assert f"mediafm {command}: error:" in err and "no-such-dataset" in err, err
+
+
+def test_embeds_meta_is_read_as_publishs_inline_json_or_a_file(tmp_path):
+    """`mediafm embed --meta` took a path only, and its error offered inline JSON as the fix (before 2026-12-08)."""
+    from mediafm.errors import MediaError
+    from mediafm.schema import TitleMeta
+
+    assert TitleMeta.load('{"title": "Film", "tags": ["a"]}', default_id="f") == TitleMeta("f", title="Film", tags=["a"])
+    (tmp_path / "m.json").write_text('{"title_id": "tt9", "synopsis": "s"}')
+    assert TitleMeta.load(str(tmp_path / "m.json"), default_id="f") == TitleMeta("tt9", synopsis="s")
+    assert TitleMeta.load(None, default_id="f") == TitleMeta("f")
+    with pytest.raises(MediaError, match=r"metadata \(--meta\): meta has unknown keys \['titl'\]"):
+        TitleMeta.load('{"titl": "x"}', default_id="f")
+    with pytest.raises(MediaError, match="taken as a file path, but .*no such file"):
+        TitleMeta.load(str(tmp_path / "none.json"), default_id="f")

@@ -245,3 +245,74 @@ def test_a_live_shots_refused_is_written_as_before_its_request_id_and_a_titles_n
     assert msgpack.unpackb(title.to_bytes())["request_id"] == "r1" and decode(title.to_bytes()) == title
     with pytest.raises(SchemaError, match="a title's refused shots carry its n_shots"):
         decode(ShotsRefused(title_id="t", first=3, last=4, stage="fuse", reason="x", kind="title").to_bytes())
+
+
+def _one_of_each():
+    from mediafm.schema import ContextualEmbedding, DeadLetter, LiveSegment, ShotRef, ShotsRefused
+
+    v = vec_to_bytes(np.ones(4, np.float32) / 2)
+    return [
+        TitleRequest(title_id="t", uri="file:///x.mp4", meta={"title": "a"}),
+        LiveSegment(event_id="e", segment_index=0, uri="file:///x.ts", start_s=0.0, meta={"title": "a"}),
+        ShotRef(title_id="t", shot_index=0, start_s=0, end_s=1, start_frame=0, end_frame=10, media=["file:///x"],
+                media_start_s=0, text="", title_text="", profile="offline", n_shots=2),
+        _shot(),
+        FusedShot(title_id="t", shot_index=0, start_s=0, end_s=1, profile="offline", fused=v,
+                  present=[True, False, False], n_shots=2),
+        EncodedShots(title_id="tt1", shots=[_shot().to_bytes()]),
+        ContextualEmbedding(title_id="t", shot_index=0, start_s=0, end_s=1, embedding=v, dim=4, model_version="1",
+                            profile="offline", window_start=0, window_end=1, final=True),
+        ShotsRefused(title_id="t", first=0, last=1, stage="encode", reason="x"),
+        DeadLetter(stage="s", topic="t", partition=0, offset=0, key=None, reason="r", payload=b"p"),
+    ]
+
+
+_ODD = [None, 1, -1, 2**63, 1.5, float("nan"), "s", b"b", [], [1, "a"], [b"x"], {}, {b"k": 1, "k": 2},
+        {"a": {b"x": 1}}, True, [[[]]], {"k": [b"x", {b"y": 1}]}]
+
+
+def test_a_malformed_message_is_a_schema_error_in_every_stage_that_reads_it():
+    """Every field of every record replaced by values of other shapes (lists, maps with bytes keys beside str ones,
+    nested), and keys added: decode and each stage's parse either take it or raise SchemaError, the error a stage
+    dead-letters. Before 2026-12-08 a list as the schema name or a bytes key beside a str key raised TypeError,
+    which no stage catches: the worker stopped, and stopped again on the same message after each restart."""
+    from mediafm.schema import TitleMeta
+    from streams import contextualise, encode, fuse
+
+    readers = {"ShotRef": encode.parse, "EncodedShot": fuse.parse, "EncodedShots": fuse.parse,
+               "FusedShot": contextualise.parse}
+    tried = 0
+    for m in _one_of_each():
+        body = msgpack.unpackb(m.to_bytes(), raw=False)
+        variants = [{**body, k: x} for k in body for x in _ODD] + [{**body, b"extra": 1, "extra2": x} for x in _ODD]
+        for b in variants:
+            raw = msgpack.packb(b, use_bin_type=True)
+            for read in (decode, readers.get(type(m).__name__)):
+                if read is None:
+                    continue
+                tried += 1
+                try:
+                    got = read(raw)
+                except SchemaError:
+                    continue
+                if hasattr(got, "meta"):  # the segment stages check meta when they use it
+                    try:
+                        TitleMeta.from_dict(got.meta, title_id="t")
+                    except SchemaError:
+                        pass
+    assert tried > 2000
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"dtype": "bogus"}, "dtype 'bogus' is not one of"),
+    ({"dim": 5}, "has 16 bytes, expected 20"),
+    ({"dim": 0}, "dim=0"),
+    ({"embedding": vec_to_bytes(np.array([1, np.nan, 0, 0], np.float32))}, "NaN or inf"),
+])
+def test_a_contextual_embedding_is_checked_whole_where_it_is_decoded(change, match):
+    """follow, the sink and any consumer call .vector() on what decode gave them, outside their own checks: a
+    message with a vector that is not what it says stopped `mediafm follow` and the sink (before 2026-12-08)."""
+    (emb,) = [m for m in _one_of_each() if type(m).__name__ == "ContextualEmbedding"]
+    body = msgpack.unpackb(emb.to_bytes(), raw=False) | change
+    with pytest.raises(SchemaError, match=match):
+        decode(msgpack.packb(body, use_bin_type=True))

@@ -344,6 +344,15 @@ def _cases(run: str, m: dict) -> list[Case]:
              "shot 1 of 'hx-"),
         Case("fused-shots-not-bytes", "fused", _raw(FusedShots, title_id=k("fused-shots-not-bytes"), shots=[7]),
              "field 'shots[]' must be bytes"),
+        # --- shapes the field checks did not foresee: before 2026-12-08 a TypeError no stage catches, the worker
+        # stopped and stopped again on the same record after each restart
+        Case("schema-a-list", "shots", msgpack.packb({**msgpack.unpackb(_raw(ShotRef, **_shot_ref(
+            k("schema-a-list"), good))), "schema": [1]}), "field 'schema' must be a string"),
+        Case("bytes-and-str-keys", "encoded", msgpack.packb({**msgpack.unpackb(_raw(EncodedShot, **_encoded(
+            k("bytes-and-str-keys")))), b"x": 1, "y": 2}, use_bin_type=True), "has unknown fields [b'x', 'y']"),
+        Case("live-meta-bytes-keys", "live_segments", _raw(LiveSegment, event_id=k("live-meta-bytes-keys"),
+                                                            segment_index=0, uri=good, start_s=0.0,
+                                                            meta={b"a": 1, "b": 2}), "meta has unknown keys"),
     ]
     return cases
 
@@ -355,6 +364,7 @@ def test_hostile_inputs_are_dead_lettered_and_the_worker_goes_on(kafka_stack, wo
     assert len({c.name for c in cases}) == len(cases) >= 30
     # n_shots that disagrees with the title's other shots: shot 0 says 2, shot 1 says 5
     nkey = f"hx-{run}-n-shots-disagree"
+    huge_key = f"hx-{run}-huge-key-".encode().ljust(3 * 2**20, b"k")
     disagree = [_raw(FusedShot, **_fused(nkey, n_shots=2)),
                 _raw(FusedShot, **_fused(nkey, shot_index=1, start_s=1.0, end_s=2.0, n_shots=5))]
 
@@ -372,6 +382,9 @@ def test_hostile_inputs_are_dead_lettered_and_the_worker_goes_on(kafka_stack, wo
             p.send(getattr(names, case.topic), key=f"hx-{run}-{case.name}".encode(), value=case.payload)
         for raw in disagree:
             p.send(names.fused, key=nkey.encode(), value=raw)
+        # a key of 3 MiB and a value that is no message: the letter keeps 1 KiB of the key (before, it was too large
+        # to pack, and the worker stopped on it again and again)
+        p.send(names.encoded, key=huge_key, value=b"\xc1 not msgpack")
         p.flush()
     finally:
         p.close()
@@ -390,7 +403,8 @@ def test_hostile_inputs_are_dead_lettered_and_the_worker_goes_on(kafka_stack, wo
     publish_title(kafka_stack, media["good"], title_id=f"hx-{run}-good", meta={"title": "A good one"})
     publish_title(kafka_stack, media["video_only"], title_id=f"hx-{run}-video-only")
 
-    expect = {f"hx-{run}-{c.name}".encode(): c.reason for c in cases} | {nkey.encode(): "disagrees with 2"}
+    expect = {f"hx-{run}-{c.name}".encode(): c.reason for c in cases} | {nkey.encode(): "disagrees with 2",
+                                                                         huge_key[:1024]: "key of 3145728 bytes is cut"}
     letters: dict[bytes, list[DeadLetter]] = defaultdict(list)
     for rec in dead.poll(timeout_s=240, stop=lambda: set(expect) <= set(letters)):
         letter = decode(rec.value, expect=DeadLetter)
