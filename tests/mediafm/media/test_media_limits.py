@@ -243,6 +243,32 @@ def test_passwords_in_uris_are_masked(uri, tmp_path):
     assert "PASSWORD" not in str(e.value) and "user:***@" in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize("text, shown", [
+    # an AWS secret key holds '/': before 2026-12-08 the whole URL was echoed as written
+    ("s3://AKIAEXAMPLE:wJalr/K7MDENG/bPxRfiCY@bucket/film.mp4", "s3://AKIAEXAMPLE:***@bucket/film.mp4"),
+    ("https://ghp_SECRETTOKEN@host/a.mp4", "https://***@host/a.mp4"),  # a token as the user name
+    ("http://user:p@ss#word@host/x", "http://user:***@host/x"),  # the password runs to the last @
+    ("https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=SECRET&X-Amz-Security-Token=SECRET"
+     "&x=1", "https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***&x=1"),
+    ("https://a.blob.core.windows.net/c/v.mp4?sv=2020&sig=SECRET%3D&se=1", "https://a.blob.core.windows.net/c/v.mp4?sv=2020&sig=***&se=1"),
+    ("see http://a:SECRET@c and http://d:SECRET@f", "see http://a:***@c and http://d:***@f"),
+    # nothing to hide: left as written
+    ("https://host/@user/v.mp4", "https://host/@user/v.mp4"),
+    ("file:///srv/media/a@b.mp4?x=1", "file:///srv/media/a@b.mp4?x=1"),
+])
+def test_the_secrets_of_a_url_are_masked_wherever_it_is_echoed(text, shown):
+    from mediafm.redact import redact_url
+
+    assert redact_url(text) == shown
+
+
+def test_a_presigned_urls_signature_is_not_in_the_error(tmp_path):
+    with pytest.raises(MediaURIError) as e:
+        check_uri("https://b.s3.amazonaws.com/f.mp4?X-Amz-Signature=SECRET&X-Amz-Security-Token=SECRET",
+                  Settings(media_roots=(str(tmp_path),)))
+    assert "SECRET" not in str(e.value) and "scheme 'https' is not supported" in str(e.value), str(e.value)
+
+
 def test_relative_paths_are_refused_where_asked(tmp_path, monkeypatch):
     """Before: 'C:/x.mp4' from a message became <the worker's cwd>/C:/x.mp4. The CLI's relative paths still
     resolve against the working directory."""
