@@ -2,9 +2,10 @@
 
 Two kinds of failure, two answers:
 
-- the request is bad (Triton answers 4xx: wrong shape, no modality): raise
+- the request is bad (Triton answers 400, INVALID_ARG: wrong shape, no modality): raise
   :class:`BadRequest` at once, so the caller can dead-letter that input;
-- Triton is unreachable or overloaded (connection refused, 5xx, model not
+- anything else is retried: another 4xx is of a proxy in front of Triton (401, 403, 413) or of a model not
+  loaded (404), and Triton may be unreachable or overloaded (connection refused, 5xx, model not
   ready, unloaded or not yet exported; a served encoder out of memory answers
   503, mediafm/media/served_encoders.py): wait and retry with capped exponential
   backoff, for as long as the
@@ -53,13 +54,17 @@ def _inputs(mod, tensors: dict[str, np.ndarray]) -> list:
 
 def _model_missing(e: InferenceServerException) -> bool:
     """The model is not served right now (unloaded, loading, no version yet): wait, do not reject."""
-    text = str(e)
+    text = str(e).lower()  # Triton's own words, and a proxy's "Not Found"
     return any(s in text for s in ("not found", "not ready", "unknown model", "no available versions"))
 
 
 def _is_bad_request(e: InferenceServerException) -> bool:
-    status = str(e.status() or "")
-    return status.startswith("4") and status not in ("408", "429")
+    """What the input caused: Triton says so with 400 (INVALID_ARG) alone. Any other 4xx is of what stands between
+    (a proxy's 401, 403 or 413: nginx's default 1 MB body is less than one MediaFM window) or of the server (404:
+    the model not loaded yet), and the same input goes through once that is mended: retried, never dead-lettered.
+    Before 2026-12-08 every 4xx but 408 and 429 was the input's, and a proxy in front of Triton dead-lettered
+    every title."""
+    return str(e.status() or "") == "400"
 
 
 class TritonClient:

@@ -112,3 +112,45 @@ def test_a_triton_timeout_that_is_no_time_is_refused(bad, match):
 
     with pytest.raises(ConfigError, match=f"triton_timeout_s={bad} {match}"):
         Settings(triton_timeout_s=bad)
+
+
+def test_a_proxys_4xx_is_retried_and_only_tritons_400_is_the_inputs():
+    """Triton behind a proxy: nginx answers 413 to a body over its limit (1 MB by default, less than one MediaFM
+    window) until its limit is raised. Before 2026-12-08 every 4xx but 408 and 429 was BadRequest, and every title
+    was dead-lettered as the input's fault; now only Triton's 400 (INVALID_ARG) is, and the rest is waited out."""
+    from mediafm.errors import BadRequest
+
+    answers = [web.Response(status=413, text="<html>413 Request Entity Too Large</html>"),
+               web.Response(status=403, text="Forbidden"), web.Response(status=404, text="Not Found")]
+    calls: list[int] = []
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        calls.append(1)
+        if request.match_info["model"] == "bad":
+            return web.json_response({"error": "unexpected shape for input 'X'"}, status=400)
+        if answers:
+            return answers.pop(0)
+        return web.json_response({"model_name": "m", "model_version": "1", "outputs": [
+            {"name": "Y", "datatype": "FP32", "shape": [1, 1], "data": [5.0]}]})
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v2/models/{model}/infer", infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        client = TritonClient(f"127.0.0.1:{port}", backoff_s=(0.01, 0.02), give_up_after_s=30)
+        try:
+            got = await client.infer("m", {"X": np.zeros((1, 1), np.float32)}, ["Y"])
+            n = len(calls)
+            with pytest.raises(BadRequest, match="unexpected shape"):
+                await client.infer("bad", {"X": np.zeros((1, 1), np.float32)}, ["Y"])
+            return float(got["Y"][0, 0]), n, len(calls) - n
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    assert asyncio.run(main()) == (5.0, 4, 1), "413, 403, 404 waited out, then the answer; a 400 at once"
