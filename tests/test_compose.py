@@ -83,27 +83,60 @@ def test_ports_match_native_defaults_and_stay_on_loopback(compose):
             assert ip == "127.0.0.1", f"{name} publishes a port beyond loopback"
 
 
-def test_triton_serves_our_repository_with_explicit_control(compose):
+def _triton_argv(compose: dict, models: Path) -> list[str]:
+    """The arguments Triton's container starts tritonserver with, its command run by a real shell against the
+    model repository `models` (for /models), with a tritonserver that prints them."""
+    cmd = compose["services"]["triton"]["command"]
+    assert cmd[:2] == ["/bin/sh", "-c"]
+    script = cmd[2].replace("$$", "$").replace("/models", str(models))  # `config` prints compose's $$ escapes
+    fake = models.parent / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "tritonserver").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (fake / "tritonserver").chmod(0o755)
+    r = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30,
+                       env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_triton_serves_our_repository_with_explicit_control(compose, tmp_path):
     t = compose["services"]["triton"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in t["volumes"]}
     assert mounts["/models"] == str(REPO / "model_repository")
-    cmd = t["command"]
-    assert "--model-repository=/models" in cmd and "--model-control-mode=explicit" in cmd
-    # Like `stack up`: load at start the configured models that have a version in the repository
-    # (committed ones; MediaFM versions arrive later through `mediafm export` and the load API).
+    # Like `stack up`: load at start the configured models that have a version in the repository: the committed
+    # ones, and MediaFM's once `mediafm export` made one (before 2026-12-08 never, so a Triton restarted after an
+    # export served no MediaFM until the next export)
     committed = subprocess.run(["git", "ls-files", "model_repository"], capture_output=True, text=True, cwd=REPO).stdout
-    with_version = {m for m in Settings().triton_models if any(
-        line.split("/")[1] == m and line.split("/")[2].isdigit() for line in committed.splitlines() if line.count("/") >= 3)}
-    assert {"fusion", "video_efficientnet", "audio_aisfx", "text_minilm"} <= with_version
-    assert sorted(c.split("=", 1)[1] for c in cmd if c.startswith("--load-model=")) == sorted(with_version)
+    repo = tmp_path / "models"
+    for line in committed.splitlines():
+        (repo / Path(line).relative_to("model_repository")).parent.mkdir(parents=True, exist_ok=True)
+    with_version = {m for m in Settings().triton_models if any(p.name.isdigit() for p in (repo / m).glob("*"))}
+    assert {"fusion", "video_efficientnet", "audio_aisfx", "text_minilm"} == with_version, "no MediaFM is committed"
+    argv = _triton_argv(compose, repo)
+    assert f"--model-repository={repo}" in argv and "--model-control-mode=explicit" in argv
+    assert sorted(a.split("=", 1)[1] for a in argv if a.startswith("--load-model=")) == sorted(with_version)
+    (repo / "mediafm_offline" / "3").mkdir(parents=True)  # what `mediafm export --profile offline` writes
+    (repo / "mediafm" / "config.pbtxt").parent.mkdir(exist_ok=True)
+    argv = _triton_argv(compose, repo)
+    assert sorted(a.split("=", 1)[1] for a in argv if a.startswith("--load-model=")) == sorted(
+        with_version | {"mediafm_offline"})
 
 
-def test_triton_s_control_apis_answer_only_with_the_operator_s_key_as_under_stack_up(compose):
+def test_the_services_that_stop_are_started_again(compose):
+    """A worker stops itself with exit 75 where only a restart helps (README, "Faults"): before 2026-12-08 only the
+    one-shot topics service had a restart policy, and under compose the pipeline stayed stopped."""
+    svc = compose["services"]
+    assert svc["worker"].get("restart") in ("on-failure", "unless-stopped", "always")
+    assert svc["kafka"].get("restart") == svc["triton"].get("restart") == "unless-stopped"
+
+
+def test_triton_s_control_apis_answer_only_with_the_operator_s_key_as_under_stack_up(compose, tmp_path):
     from mediafm.stack.triton import CONTROL_HEADER, RESTRICTED
 
-    cmd = compose["services"]["triton"]["command"]
+    (tmp_path / "models").mkdir()
+    argv = _triton_argv(compose, tmp_path / "models")
     want = f"{RESTRICTED}:{CONTROL_HEADER}={CONTROL_KEY}"
-    assert f"--http-restricted-api={want}" in cmd and f"--grpc-restricted-protocol={want}" in cmd
+    assert f"--http-restricted-api={want}" in argv and f"--grpc-restricted-protocol={want}" in argv
     r = _config(control_key=None)  # no key: compose stops before starting anything, saying what to set
     assert r.returncode != 0 and "export MEDIAFM_TRITON_CONTROL_KEY" in (r.stderr + r.stdout)
 

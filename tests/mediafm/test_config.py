@@ -106,3 +106,19 @@ def test_an_ipv6_literal_bind_host_is_refused_naming_what_works(host):
     with pytest.raises(ConfigError, match="give an IPv4 address or a host name"):
         Settings(bind_host=host)
     assert Settings(bind_host="localhost").kafka_bootstrap == "localhost:9092"
+
+
+def test_every_setting_is_in_the_readmes_table():
+    """A setting the README does not list is one a user cannot find (four were missing before 2026-12-08)."""
+    import dataclasses
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("\n## Settings\n"):]
+    table = table[:table.index("\n## ", 1)]
+    named = {k for row in table.splitlines() if row.startswith("| `") for k in re.findall(r"`([a-z0-9_]+)`",
+                                                                                          row.split("|")[1])}
+    missing = [f.name for f in dataclasses.fields(Settings) if f.name not in named]
+    assert not missing, f"settings not in README's table: {missing}"
