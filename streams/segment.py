@@ -90,7 +90,8 @@ class LiveCutter:
         self.settings = settings
         self.decoded = decoded
         self.frame_size = get_profile(settings.encoder_profile).frame_size
-        self.detectors: dict[str, tuple[ShotDetector, int]] = {}  # event id -> (detector, its frame 0 in the event)
+        # event id -> (detector, its frame 0 in the event, the segment it takes next)
+        self.detectors: dict[str, tuple[ShotDetector, int, int]] = {}
 
     def push(self, state: dict, seg: LiveSegment, path: str) -> tuple[list[Shot], int, float]:
         """Blocking: feed one segment (rebuilding the detector after a restart); (closed shots, renumbered
@@ -103,6 +104,7 @@ class LiveCutter:
         before = det.n_frames
         shots = self._push(det, path, seg.start_s)
         n_frames, end_s = det.n_frames - before, det.end_s
+        self.detectors[seg.event_id] = (det, frame0, state["next_segment"] + 1)
         if seg.last:
             shots += det.flush()
             del self.detectors[seg.event_id]
@@ -121,6 +123,14 @@ class LiveCutter:
         rebuilt by replaying the segments since the last cut. One of those that cannot be read any more (a live
         encoder deletes old segment files; an HLS playlist keeps a minute or less) gives a fresh detector from the
         event's next frame: the shot open there is lost (its frames are gone; logged), the event goes on."""
+        cached = self.detectors.get(event_id)
+        if cached is not None and cached[2] != state["next_segment"]:
+            # the record went on without this detector: the event's partition was another worker's meanwhile (a
+            # rebalance there and back). Before 2026-12-08 it was fed on from where it had stopped: the segments
+            # between were a gap to it, its frame numbers stale, and the shots after them cut wrong or refused
+            log.info("live event %s: its detector stopped at segment %d and the event is at %d; rebuilt from the "
+                     "event's record", event_id, cached[2], state["next_segment"])
+            del self.detectors[event_id]
         if event_id not in self.detectors:
             kept = state["segments"]  # replay what is not yet behind a closed shot
             det = self._new_detector()
@@ -134,8 +144,8 @@ class LiveCutter:
                             type(e).__name__, e, state["cut_s"])
                 det = self._new_detector()
                 frame0 = state.get("frames", 0)
-            self.detectors[event_id] = (det, frame0)
-        return self.detectors[event_id]
+            self.detectors[event_id] = (det, frame0, state["next_segment"])
+        return self.detectors[event_id][:2]
 
     def _new_detector(self) -> ShotDetector:
         return ShotDetector(self.settings.live_shot_detector, max_duration_s=self.settings.max_media_duration_s)

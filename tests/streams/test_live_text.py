@@ -138,3 +138,26 @@ def test_a_restarted_worker_whose_segments_to_replay_are_gone_goes_on_from_the_n
     assert got[0] == (0, 0, 30), "the shot closed before the restart"
     assert got[1][1] == frames_before and got[-1][2] == sum([30, 90, 36, 40]), "from the next segment, to the end"
     assert state["done"] and refs[-1].n_shots == len(got)
+
+
+def test_a_worker_given_an_event_back_after_another_cut_some_of_it_numbers_where_the_event_is(tmp_path):
+    """A rebalance moves the event's partition to worker B for a few segments and back to A. A still held its
+    detector from before: before 2026-12-08 it fed it on as if nothing had come between (the segments B cut were
+    a gap to it, its frame numbers stale), and the shots after came out cut wrong or with frames that end before
+    they start. A detector that is behind the event's record is rebuilt from it; the shots equal a straight run."""
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content")
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    assert len(segs) >= 7
+    straight = _run_event(settings, segs, [None] * len(segs))
+    workers = {"A": segment.LiveCutter(settings), "B": segment.LiveCutter(settings)}
+    owner = ["A", "A", "B", "B", "B"] + ["A"] * (len(segs) - 5)
+    state, refs = None, []
+    for k, (path, start) in enumerate(segs):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1)
+        state = state or segment.new_state(seg)
+        assert segment.check_next(state, seg)
+        state, got = _segment(workers[owner[k]], state, seg)
+        refs += got
+    assert [(r.shot_index, r.start_frame, r.end_frame, round(r.start_s, 6), round(r.end_s, 6), r.text)
+            for r in refs] == straight
