@@ -144,6 +144,11 @@ class Settings:
     live_right_context: int = 16
     """Live events: a shot's final embedding waits for this many later shots (or the event's end);
     until then consumers get a provisional one from its left context."""
+    live_idle_end_s: float = 1800.0
+    """Live events: one with no shot for this long is ended as if its last segment had come (a feed that died
+    without `last`, a packager that crashed): the shots still owed a final get it from the right context there
+    is, and the worker lets go of what it held for the event. A shot of it after that is dead-lettered (publish
+    the rest as a new event). 0 = never: such an event holds a window of fused shots for good."""
     live_decoded_mb: int = 256
     """Live events: MiB of a worker's memory for segments the shot detector has decoded, kept at the video
     encoder's frame size so a live shot is encoded without decoding its segments again
@@ -252,6 +257,8 @@ class Settings:
             raise ConfigError(f"live_right_context={self.live_right_context} must be in [0, window_shots)")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
+        if self.live_idle_end_s < 0:
+            raise ConfigError(f"live_idle_end_s={self.live_idle_end_s} must be >= 0 (seconds; 0 = never)")
         if self.live_decoded_mb < 0:
             raise ConfigError(f"live_decoded_mb={self.live_decoded_mb} must be >= 0 (0 = off)")
         if self.table_memory_mb < 8:

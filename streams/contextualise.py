@@ -26,6 +26,7 @@ message is decoded and checked once.
 from __future__ import annotations
 
 import logging
+import time
 
 from mediafm.errors import BadInput, ConfigError, SchemaError
 from mediafm.kafka_security import client_security
@@ -306,6 +307,23 @@ def register(rt: Runtime) -> None:
                 for event in events:
                     await on_record(event)
                 titles.flush()
+
+    if rt.settings.live_idle_end_s > 0:
+        @rt.app.timer(interval=min(60.0, max(1.0, rt.settings.live_idle_end_s / 4)))
+        async def end_idle_events() -> None:
+            """Live events of this worker's partitions with no shot for live_idle_end_s: ended as their last segment
+            would end them (LiveEvents.idle_end), through the fused topic, so that the agent takes it in order."""
+            try:
+                fused = rt.topics.fused.get_topic_name()
+                mine = {tp.partition for tp in rt.app.assignor.assigned_actives() if tp.topic == fused}
+                now = time.monotonic()
+                for eid, st in live.idle(now, mine):
+                    idle_s = now - live.seen.pop(eid)
+                    log.warning("live event %s: no shot for %.0f s (live_idle_end_s): ended at shot %d, its owed "
+                                "finals from the right context there is", eid, idle_s, st.next - 1)
+                    await rt.send(rt.topics.fused, eid.encode(), live.idle_end(eid, st, idle_s).to_bytes())
+            except Exception:  # the next tick tries again; the events go on meanwhile
+                log.exception("ending idle live events failed")
 
     async def refused_here(event, reason: str) -> None:
         """A record refused here, dead-lettered: its shots go as a ShotsRefused from an earlier stage's would. A

@@ -40,6 +40,9 @@ window_shots fused vectors of an event are kept.
 from __future__ import annotations
 
 import logging
+import time
+
+from aiokafka.partitioner import murmur2
 
 from mediafm.errors import BadInput, SchemaError, VersionRetired
 from mediafm.schema import FusedShot, ShotsRefused, decode
@@ -60,6 +63,8 @@ class LiveEvents:
         self.shots = rt.table("live-shots")
         self.events = rt.table("live-events")
         self.short_windows: set[int] = set()  # served window sizes no longer than live_right_context, said
+        self.seen: dict[str, float] = {}  # event id -> when a shot or refusal of it last came (monotonic)
+        self.scanned = False  # the events of this worker's table from before it started are in `seen`
 
     @staticmethod
     def key(event_id: str, index: int) -> bytes:
@@ -113,6 +118,11 @@ class LiveEvents:
         eid = shot.title_id
         ekey = eid.encode()
         st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
+        if st.over and shot.shot_index >= st.n:
+            raise SchemaError(f"live event {eid!r} ended at shot {st.n - 1} (its last segment, or no shot for "
+                              f"live_idle_end_s={self.rt.settings.live_idle_end_s:g} s), and shot {shot.shot_index} "
+                              "comes after its end; publish the rest of the feed as a new event (a new --id)")
+        self.seen[eid] = time.monotonic()
         if shot.shot_index < st.next or st.over:
             metrics.duplicates.labels(STAGE).inc()
             self._let_go(eid, st)  # a kill after the progress, before the shots it let go were deleted
@@ -140,7 +150,9 @@ class LiveEvents:
         eid, r = refused.title_id, refused
         ekey = eid.encode()
         st = LiveProgress.from_bytes(self.events[ekey]) if ekey in self.events else LiveProgress()
+        self.seen[eid] = time.monotonic()
         if st.over:
+            self.seen.pop(eid, None)
             metrics.duplicates.labels(STAGE).inc()
             self._let_go(eid, st)  # the one that ended it, again: a kill after the progress, before the deletes
             return
@@ -171,6 +183,41 @@ class LiveEvents:
             await self.publish(eid, st.next, [], owed, st)
         st.final = max(st.final, st.next)
         st.version = ""  # the pin was of the other profile's model: the new one's first pass pins its own
+
+    def idle(self, now: float, partitions: set[int] | None = None) -> list[tuple[str, LiveProgress]]:
+        """The events (and their records) with no shot for live_idle_end_s by `now` (monotonic), of `partitions`
+        (those this worker holds; None: all), that have shots and are not over. The events of the table from
+        before this worker started are counted from the first call."""
+        limit = self.rt.settings.live_idle_end_s
+        n = self.rt.settings.partitions
+
+        def mine(eid: str) -> bool:  # the partition its records are in (keyed by event id; Kafka's partitioner)
+            return partitions is None or (murmur2(eid.encode()) & 0x7FFFFFFF) % n in partitions
+
+        if not self.scanned:
+            self.scanned = True
+            for key in list(self.events.keys()):
+                self.seen.setdefault(key.decode() if isinstance(key, bytes) else key, now)
+        out = []
+        for eid, at in list(self.seen.items()):
+            if now - at < limit or not mine(eid):
+                continue
+            raw = self.events.get(eid.encode())
+            st = LiveProgress.from_bytes(raw) if raw is not None else None
+            if st is None or st.over or st.next == 0:
+                self.seen.pop(eid, None)
+                continue
+            out.append((eid, st))
+        return out
+
+    def idle_end(self, eid: str, st: LiveProgress, idle_s: float) -> ShotsRefused:
+        """What ends an idle event as its last segment would: its last shot said to be its last (n_shots =
+        st.next; nothing is counted lost). Sent to the fused topic keyed by the event, so the worker holding its
+        partition takes it in order, after any shot of it still on the way (one that came first makes it a
+        contradiction there: dead-lettered, and the event goes on)."""
+        return ShotsRefused(title_id=eid, first=st.next - 1, last=st.next - 1, stage=STAGE, kind="live",
+                            n_shots=st.next, reason=f"no shot for {idle_s:.0f} s (live_idle_end_s): the event is "
+                                                    "ended without its last segment")
 
     def _let_go(self, eid: str, st: LiveProgress) -> None:
         """On a redelivery: delete again the shots the record's last step let go (`held_from`: where what it held
@@ -229,6 +276,7 @@ class LiveEvents:
                 await publish([], rest)
             st.final = st.n
             unused = held  # all it holds: the last window's shots, and the one before it
+            self.seen.pop(eid, None)
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:
             unused = [j for j in held if j < end - size]  # no longer inside any future window (after a gap: more)

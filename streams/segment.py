@@ -92,6 +92,7 @@ class LiveCutter:
         self.frame_size = get_profile(settings.encoder_profile).frame_size
         # event id -> (detector, its frame 0 in the event, the segment it takes next)
         self.detectors: dict[str, tuple[ShotDetector, int, int]] = {}
+        self.used: dict[str, float] = {}  # event id -> when its detector was last fed (monotonic)
 
     def push(self, state: dict, seg: LiveSegment, path: str) -> tuple[list[Shot], int, float]:
         """Blocking: feed one segment (rebuilding the detector after a restart); (closed shots, renumbered
@@ -100,14 +101,16 @@ class LiveCutter:
 
         state["segments"] holds [uri, start_s, first frame in the event] of each kept segment, so a
         detector rebuilt after a restart numbers frames where the event was."""
+        self._let_go_idle()
         det, frame0 = self._detector(state, seg.event_id)
         before = det.n_frames
         shots = self._push(det, path, seg.start_s)
         n_frames, end_s = det.n_frames - before, det.end_s
         self.detectors[seg.event_id] = (det, frame0, state["next_segment"] + 1)
+        self.used[seg.event_id] = time.monotonic()
         if seg.last:
             shots += det.flush()
-            del self.detectors[seg.event_id]
+            self.forget(seg.event_id)
         return self._numbered(state, shots, frame0), n_frames, end_s
 
     def close(self, state: dict, seg: LiveSegment) -> list[Shot]:
@@ -115,8 +118,20 @@ class LiveCutter:
         open closes where the media before it ends. The closed shots, numbered as push() numbers them."""
         det, frame0 = self._detector(state, seg.event_id)
         shots = det.flush()
-        del self.detectors[seg.event_id]
+        self.forget(seg.event_id)
         return self._numbered(state, shots, frame0)
+
+    def _let_go_idle(self) -> None:
+        """The detectors of events with no segment for live_idle_end_s (a feed that died without its last): let
+        go, a few MB of decoder state each, which before 2026-12-08 stayed for the worker's life. One whose event
+        goes on after all is rebuilt from its record, as after a restart."""
+        limit = self.settings.live_idle_end_s
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        for eid in [e for e, at in self.used.items() if now - at > limit]:
+            log.info("live event %s: no segment for %.0f s; its shot detector is let go", eid, now - self.used[eid])
+            self.forget(eid)
 
     def _detector(self, state: dict, event_id: str) -> tuple[ShotDetector, int]:
         """The event's detector and its frame 0 in the event; after a restart, or a segment that failed, one
@@ -171,6 +186,7 @@ class LiveCutter:
 
     def forget(self, event_id: str) -> None:
         self.detectors.pop(event_id, None)  # rebuilt from the table's segments on the next segment
+        self.used.pop(event_id, None)
 
     def refs(self, state: dict, seg: LiveSegment, shots: list[Shot], meta: TitleMeta) -> list[ShotRef]:
         """The ShotRefs of the shots this segment closed (state["segments"] includes the segment), each with

@@ -52,10 +52,19 @@ an I/O error, a network mount stale or unreachable. The same read may succeed la
 dead-lettered every title read during it as "check the path and its permissions"."""
 
 
+FFMPEG_STORAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET,
+                                   errno.ECONNABORTED, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN,
+                                   errno.ENETUNREACH, errno.ENOLINK, errno.EREMOTEIO})
+"""Those of STORAGE_ERRNOS that FFmpeg's errors mean only of the system: FFmpeg also says ENOMEM, EIO, EAGAIN or
+EBUSY for what the file itself causes (a y4m header of 100000x100000 pixels is EBUSY), and a file that always fails
+so must be dead-lettered, not retried for ever."""
+
+
 def storage_fault(path: object, e: BaseException) -> MediaUnavailable | None:
-    """MediaUnavailable for an OSError (or FFmpeg's, which carry an errno too) in STORAGE_ERRNOS; None otherwise."""
+    """MediaUnavailable for an OSError of a system call in STORAGE_ERRNOS, or an FFmpeg error in
+    FFMPEG_STORAGE_ERRNOS; None otherwise."""
     code = getattr(e, "errno", None)
-    if code not in STORAGE_ERRNOS:
+    if code not in (FFMPEG_STORAGE_ERRNOS if isinstance(e, av.FFmpegError) else STORAGE_ERRNOS):
         return None
     return MediaUnavailable(f"{_show(path)}: its storage did not answer a read ({os.strerror(code)}); retried")
 

@@ -58,6 +58,15 @@ def _last_records(settings, topic: str) -> dict[bytes, bytes | None]:
     return last
 
 
+def _last_records_of(settings, topic: str) -> list:
+    """Every record of `topic`, read to its end offsets."""
+    tail = Tail(settings, topic, from_beginning=True)
+    try:
+        return list(tail.to_end(timeout_s=60))
+    finally:
+        tail.close()
+
+
 def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack, triton_stack, tmp_path):
     data = write_corpus(tmp_path / "data", n_titles=6, layout=LAY, seed=0, shots=(20, 40))
     train(data, tmp_path / "run", TrainConfig(config="tiny", max_steps=2, batch_size=2, eval_every=2, ckpt_every=2,
@@ -193,3 +202,62 @@ def test_a_live_event_goes_on_past_shots_lost_upstream(kafka_stack, triton_stack
     last = _last_records(s, f"{s.topic_prefix}-live-shots-changelog")
     written = {k for k in last if k.startswith(f"{eid}/".encode())}
     assert len(written) == n - len(lost) and not [k for k in written if last[k] is not None], "held after its end"
+
+
+def test_a_live_event_whose_feed_dies_without_its_last_segment_is_ended_after_live_idle_end_s(
+        kafka_stack, triton_stack, offline_model, tmp_path):
+    """20 shots of an event, none saying it is the last (the feed died). Before 2026-12-08 its last
+    live_right_context shots never got a final and the event held a window of fused shots in the table and its
+    changelog for good. With live_idle_end_s=4 the worker ends it: every shot one provisional and one final, the
+    end said in a dead-letter-free way (its ShotsRefused on the fused topic), nothing held; a shot sent after the
+    end is dead-lettered saying to publish a new event."""
+    from mediafm.profiles import OFFLINE
+    from mediafm.schema import DeadLetter, FusedShots, ShotsRefused, record_shots
+
+    s = replace(kafka_stack, topic_prefix=f"liveidle{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state",
+                live_right_context=2, window_shots=16, window_stride=8, worker_web_port=free_port(),
+                live_idle_end_s=4.0)
+    names = Topics.from_settings(s)
+    kafka.create_topics(s, names.all())
+    eid, n, rng = f"ev-{uuid.uuid4().hex[:6]}", 20, np.random.default_rng(3)
+
+    def shot(i: int) -> bytes:
+        v = rng.normal(size=OFFLINE.layout.fused_dim)
+        return FusedShot(title_id=eid, shot_index=i, start_s=2.0 * i, end_s=2.0 * i + 2, profile=OFFLINE.name,
+                         fused=vec_to_bytes(v / np.linalg.norm(v)), present=[True, True, False], n_shots=None,
+                         kind="live").to_bytes()
+
+    kinds: dict[int, list[bool]] = defaultdict(list)
+    tail = Tail(s, names.embeddings, from_beginning=True)
+    w = start_worker(s, tmp_path / "w.log")
+    try:
+        p = producer(s)
+        for i in range(n):
+            p.send(names.fused, key=eid.encode(), value=shot(i))
+        p.flush()
+        for rec in tail.poll(timeout_s=300, stop=lambda: sum(k.count(True) for k in kinds.values()) >= n
+                             or w.poll() is not None):
+            m = decode(rec.value, expect=ContextualEmbedding)
+            if m.title_id == eid:
+                kinds[m.shot_index].append(m.final)
+        assert w.poll() is None, (tmp_path / "w.log").read_text()[-3000:]
+        p.send(names.fused, key=eid.encode(), value=shot(n)).get(30)  # the feed back after its end
+        p.close()
+        for rec in rest_of_output(s, tail, names.fused, timeout_s=120):
+            m = decode(rec.value, expect=ContextualEmbedding)
+            if m.title_id == eid:
+                kinds[m.shot_index].append(m.final)
+        dead = [decode(r.value, expect=DeadLetter) for r in _last_records_of(s, names.deadletter)]
+        ends = [x for r in _last_records_of(s, names.fused)
+                if isinstance(x := record_shots(FusedShots, r.value, refusals=True), ShotsRefused)]
+    finally:
+        stop_worker(w)
+        tail.close()
+    assert {i: sorted(k) for i, k in kinds.items()} == {i: [False, True] for i in range(n)}
+    assert [(e.title_id, e.n_shots, e.stage) for e in ends] == [(eid, n, "live")]
+    assert [d.reason for d in dead if d.key == eid.encode()] == [
+        d.reason for d in dead if "comes after its end; publish the rest of the feed as a new event" in d.reason]
+    assert len(dead) == 1, [d.reason for d in dead]
+    last = _last_records(s, f"{s.topic_prefix}-live-shots-changelog")
+    assert not [k for k, v in last.items() if k.startswith(f"{eid}/".encode()) and v is not None], "held after its end"
+    assert LiveProgress.from_bytes(_last_records(s, f"{s.topic_prefix}-live-events-changelog")[eid.encode()]).over

@@ -161,3 +161,27 @@ def test_a_worker_given_an_event_back_after_another_cut_some_of_it_numbers_where
         refs += got
     assert [(r.shot_index, r.start_frame, r.end_frame, round(r.start_s, 6), round(r.end_s, 6), r.text)
             for r in refs] == straight
+
+
+def test_a_detector_idle_past_live_idle_end_s_is_let_go_and_rebuilt_if_its_event_goes_on(tmp_path):
+    """A feed that dies without its last segment left its shot detector in the worker for good (before 2026-12-08).
+    Now one idle past live_idle_end_s is let go when the cutter is next used; should the event go on after all,
+    its detector is rebuilt from the record and the shots are those of a straight run."""
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content",
+                        live_idle_end_s=60)
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    straight = _run_event(settings, segs, [None] * len(segs))
+    cutter, state, refs = segment.LiveCutter(settings), None, []
+    for k, (path, start) in enumerate(segs):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1)
+        state = state or segment.new_state(seg)
+        if k == 3:  # the feed paused past live_idle_end_s: the next use of the cutter lets its detector go
+            cutter.used["ev"] -= 61
+            cutter._let_go_idle()
+            assert "ev" not in cutter.detectors and "ev" not in cutter.used
+        state, got = _segment(cutter, state, seg)
+        refs += got
+    assert cutter.detectors == {} and cutter.used == {}
+    assert [(r.shot_index, r.start_frame, r.end_frame, round(r.start_s, 6), round(r.end_s, 6), r.text)
+            for r in refs] == straight

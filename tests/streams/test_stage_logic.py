@@ -1064,3 +1064,62 @@ def test_a_live_shot_ref_refused_at_the_encode_stage_is_said_in_its_place():
     items = [(f"e{i}", _ref(i, title="ev", kind="live")) for i in (2, 3)] + [("e4", r)] + \
         [("e5", _ref(5, title="ev", kind="live"))]
     assert [[e for e, _ in run] for run in encode.runs(items)] == [["e2", "e3"], ["e4"], ["e5"]]
+
+
+def test_a_live_event_with_no_shot_for_live_idle_end_s_is_ended_and_holds_nothing():
+    """A feed that dies without its last segment: before 2026-12-08 its event held a window of fused shots in the
+    table (and changelog) for good, and its last live_right_context shots never got a final. Now the worker's
+    timer finds it idle (LiveEvents.idle), and the record it sends through the fused topic (idle_end) ends it as
+    a last segment would: every shot one final, nothing held; a shot after that end is refused, a redelivery
+    of one before it is not."""
+    import asyncio
+
+    provisional, final = [], []
+
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        _, picks = windows_for(8, 4)
+        for i, _, is_final in picks:
+            (final if is_final else provisional).append(i)
+        return len(picks), "1"
+
+    live, tables = _live_stage(contextualise_)
+    live.rt.settings = Settings(window_shots=8, window_stride=4, live_right_context=2, live_idle_end_s=60,
+                                partitions=4)
+    shots = [dataclasses.replace(_fused(shot_index=i, n_shots=None), title_id="ev", kind="live") for i in range(20)]
+    _feed(live, tables, shots)
+    assert len(final) == 18 and len(tables["live-shots"]) == 8, "two shots owed a final, a window held"
+
+    t = live.seen["ev"]
+    assert live.idle(t + 59) == [], "not idle yet"
+    from aiokafka.partitioner import murmur2
+
+    theirs = {(murmur2(b"ev") & 0x7FFFFFFF) % 4}
+    assert live.idle(t + 61, partitions={0, 1, 2, 3} - theirs) == [], "another worker's partition"
+    ((eid, st),) = live.idle(t + 61, partitions=theirs)
+    refusal = live.idle_end(eid, st, 61.0)
+    assert (refusal.first, refusal.last, refusal.n_shots, refusal.kind) == (19, 19, 20, "live")
+    from mediafm.schema import ShotsRefused, decode
+
+    asyncio.run(live.on_refused(decode(refusal.to_bytes(), expect=ShotsRefused)))  # as the agent takes it
+    assert sorted(final) == list(range(20)) and sorted(provisional) == list(range(20)), "each shot once of each"
+    assert tables["live-shots"] == {} and LiveProgress.from_bytes(tables["live-events"][b"ev"]).over
+    assert "ev" not in live.seen
+    asyncio.run(live.on_shot(shots[5]))  # a redelivery from before the end: a duplicate, nothing more
+    late = dataclasses.replace(shots[0], shot_index=20)
+    with pytest.raises(SchemaError, match=r"ended at shot 19 .*live_idle_end_s=60.*publish the rest .* new event"):
+        asyncio.run(live.on_shot(late))
+
+
+def test_a_worker_started_after_its_events_went_quiet_finds_them_in_its_table():
+    """Events idle from before the worker started are in no shot it saw: the first look counts them from then."""
+    async def contextualise_(shots, windows_for, *, n_shots, version=""):
+        _, picks = windows_for(8, 4)
+        return len(picks), "1"
+
+    live, tables = _live_stage(contextualise_)
+    live.rt.settings = Settings(window_shots=8, window_stride=4, live_right_context=2, live_idle_end_s=60)
+    _feed(live, tables, [dataclasses.replace(_fused(shot_index=i, n_shots=None), title_id="ev", kind="live")
+                         for i in range(5)])
+    restarted = type(live)(live.rt)  # a new worker on the same table
+    assert restarted.idle(1000.0) == [] and restarted.seen == {"ev": 1000.0}
+    assert [e for e, _ in restarted.idle(1061.0)] == ["ev"]

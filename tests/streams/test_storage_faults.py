@@ -127,3 +127,20 @@ def test_the_title_stage_waits_out_a_storage_fault_and_cuts_the_title(film, monk
     assert [r.shot_index for r in refs] == [0, 1, 2] and {r.n_shots for r in refs} == {3}
     assert retry_count("media") - before == 2 and len(calls) >= 3, "two failed reads waited out, then read"
     assert worker_exits == []
+
+
+def test_what_ffmpeg_says_of_the_file_itself_is_not_taken_for_the_storage(film):
+    """FFmpeg answers EBUSY to a y4m header of 100000x100000 pixels, and ENOMEM, EIO or EAGAIN to other files that
+    fail the same way every time: such a file is dead-lettered, not retried for ever (the first version of
+    storage_fault took any errno of STORAGE_ERRNOS, and the hostile-input test's title waited for good)."""
+    import av
+
+    for code in (errno.EBUSY, errno.ENOMEM, errno.EIO, errno.EAGAIN):
+        assert decode.storage_fault("f", av.error.FFmpegError(code, os.strerror(code))) is None
+        assert isinstance(decode.storage_fault("f", OSError(code, os.strerror(code))), MediaUnavailable)
+    for code in (errno.EMFILE, errno.ESTALE, errno.ETIMEDOUT):
+        assert isinstance(decode.storage_fault("f", av.error.FFmpegError(code, os.strerror(code))), MediaUnavailable)
+    huge = film / "media" / "huge.y4m"
+    huge.write_bytes(b"YUV4MPEG2 W100000 H100000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(1024))
+    with pytest.raises(BadInput):
+        decode.probe(huge.resolve(), Settings(media_roots=(str(film / "media"),)))
