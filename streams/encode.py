@@ -113,7 +113,8 @@ class Encoder:
         shots = [Shot(r.shot_index, r.start_s - off, r.end_s - off, r.start_frame, r.end_frame) for r in refs]
         vecs = await encode_aligned(self.rt.triton, media if len(media) > 1 else media[0], shots,
                                     [r.text for r in refs], first.profile, settings=self.rt.settings,
-                                    batch_shots=BATCH, decoded=self.rt.decoded if first.kind == "live" else None)
+                                    batch_shots=BATCH, decoded=self.rt.decoded if first.kind == "live" else None,
+                                    live=first.kind == "live")
         title = vec_to_bytes(await self.title_embedding(first))
         return [encoded_shot(v, title_id=r.title_id, shot_index=r.shot_index, start_s=r.start_s, end_s=r.end_s,
                              profile=r.profile, n_shots=r.n_shots, kind=r.kind, title_embedding=title,

@@ -28,6 +28,7 @@ every message.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -151,7 +152,7 @@ class _AudioCursor:
 
 def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame_size: int,
                     audio_rate: int, audio_window_s: float,
-                    decoded: DecodedSegments | None = None) -> Iterator[ShotMedia]:
+                    decoded: DecodedSegments | None = None, live: bool = False) -> Iterator[ShotMedia]:
     """Per shot, in order: sampled frames and the central audio window, decoded in one streaming pass.
 
     A run of shots from the middle of one file (the agents encode a title in batches) starts
@@ -159,12 +160,24 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
     decoded so that a shot gets the same samples in any run (_AudioCursor). Live segments the
     segment stage decoded moments ago are read from `decoded` instead (mediafm.media.segment_cache:
     the same pixels at the same times).
+
+    live: shot times are on the live detector's clock, which puts the first video frame of the first segment at
+    0 (shots.ShotDetector.push_segment with the segment's start_s), where the container's clock puts it at its
+    lead over the audio (tens of ms with B-frames and AAC). Before 2026-12-08 a live shot's frames and audio were
+    taken on the container's clock: that lead early, a frame or two (a shot of one or two frames got the pixels of
+    the shot before it). Now the times are moved by the lead, the audio's with them.
     """
     paths = _segments(media)
-    seek = max(0.0, shots[0].start_s - 1.0) if shots else None
+    seek = max(0.0, shots[0].start_s - 1.0) if shots and not live else None  # a segment is decoded from its start
     held = {p: decoded.get(str(p), frame_size) if decoded is not None else None for p in paths}
     ends = VideoEnd()
     video = _video(paths, seek, held, ends)
+    lead = 0.0  # live: the first video frame's time on the container's clock, which the detector's clock calls 0
+    if live:
+        first = next(video, None)
+        if first is not None:
+            lead = first[0]
+            video = ((t - lead, f, r) for t, f, r in itertools.chain([first], video))
     has_audio = any(held[p].has_audio if held[p] is not None else _has_audio(p) for p in paths)
     audio = _AudioCursor(paths, audio_rate) if has_audio else None
     prev = nxt = None  # (time, av frame, rot)
@@ -177,7 +190,8 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
             while video_end is None and (nxt is None or nxt[0] < s):  # advance until the frame after s
                 got = next(video, None)
                 if got is None:  # the last frame's own duration where the file gives it (a held end card, VFR)
-                    video_end = ends.end_s if ends.end_s is not None else nxt[0] + dt if nxt is not None else None
+                    video_end = (ends.end_s - lead if ends.end_s is not None else nxt[0] + dt if nxt is not None
+                                 else None)
                     break
                 if nxt is not None and got[0] > nxt[0]:
                     dt = got[0] - nxt[0]
@@ -200,7 +214,7 @@ def iter_shot_media(media, shots: Sequence[Shot], *, frames_per_shot: int, frame
             # (under MIN_AUDIO_S of window) it counted as having no audio
             w = min(max(dur, 2 * MIN_AUDIO_S), audio_window_s)
             mid = (shot.start_s + shot.end_s) / 2
-            x = audio.take(mid - w / 2, mid + w / 2)
+            x = audio.take(mid - w / 2 + lead, mid + w / 2 + lead)
         yield ShotMedia(shot, np.stack(frames), x)
 
 
@@ -275,18 +289,21 @@ def _timed(timings: dict | None, stage: str):
 async def encode_aligned(client: TritonClient, media, shots: Sequence[Shot], texts: Sequence[str],
                          profile: str | Layout | EncoderProfile, *, settings: Settings,
                          batch_shots: int = 16, timings: dict | None = None,
-                         decoded: DecodedSegments | None = None, progress=None) -> list[ShotVectors]:
+                         decoded: DecodedSegments | None = None, live: bool = False,
+                         progress=None) -> list[ShotVectors]:
     """The encoders on Triton over shots whose timed text is already aligned (texts[i]: shot i's, "" = none).
 
     Shot times are in `media`'s own time. One ShotVectors per shot, in order. decoded: segments held
-    decoded (live, mediafm.media.segment_cache), read from memory instead of their files.
+    decoded (live, mediafm.media.segment_cache), read from memory instead of their files. live: the shots are on
+    the live detector's clock (iter_shot_media).
     timings: if given, wall seconds are added under "sample" (decoding, frame sampling, audio) and
     "encode" (waiting for the encoders on Triton). progress: a tqdm bar over the shots, moved by each batch.
     Raises MediaError subclasses for unusable media, BadRequest / TritonUnavailable from Triton.
     """
     profile = get_profile(profile)
     it = iter_shot_media(media, shots, frames_per_shot=settings.frames_per_shot, frame_size=profile.frame_size,
-                         audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s, decoded=decoded)
+                         audio_rate=profile.audio_rate, audio_window_s=settings.audio_window_s, decoded=decoded,
+                         live=live)
     out: list[ShotVectors] = []
     while True:
         batch: list[ShotMedia] = []

@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 
 from mediafm.config import Settings
@@ -185,3 +186,47 @@ def test_a_detector_idle_past_live_idle_end_s_is_let_go_and_rebuilt_if_its_event
     assert cutter.detectors == {} and cutter.used == {}
     assert [(r.shot_index, r.start_frame, r.end_frame, round(r.start_s, 6), round(r.end_s, 6), r.text)
             for r in refs] == straight
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_live_shot_is_encoded_from_the_frames_the_detector_cut_it_at(tmp_path, held):
+    """The live detector puts each segment's first video frame at its start_s; the container's clock puts the
+    first segment's at its lead over the audio (23 ms here: x264 with B-frames, AAC). Before 2026-12-08 the encode
+    stage sampled a live shot on the container's clock: that lead early, the frames of another instant than the
+    detector cut (a shot of a frame or two got the shot before it). Each live shot's sampled frames must be those
+    on screen, on the detector's clock, at its sample times: decoded again from the segments (held=False) and
+    replayed from what the detector decoded (held=True, the worker's default)."""
+    from mediafm.media.decode import iter_video_frames, to_array
+    from mediafm.media.embed import iter_shot_media
+    from mediafm.media.segment_cache import DecodedSegments
+    from mediafm.media.shots import Shot
+
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30], fps=25, size=(160, 96), first_source=1,
+                     audio=["tone:330", "noise", "tone:660", "noise", "tone:220"], preset="veryfast")
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    (_, lead, _, _), *_ = iter_video_frames(segs[0][0])
+    assert lead > 0.01, "the film's video must lead on the container's clock, or this test shows nothing"
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content")
+    decoded = DecodedSegments(64 * 2**20) if held else None
+    cutter, state, refs = segment.LiveCutter(settings, decoded), None, []
+    for k, (path, start) in enumerate(segs):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1)
+        state = state or segment.new_state(seg)
+        state, got = _segment(cutter, state, seg)
+        refs += got
+    assert len(refs) == 5
+    starts = dict((str(p), s) for p, s in segs)
+    for r in refs:
+        # the detector's clock: each covered segment's frames from its start_s, relative to the shot's media_start_s
+        frames = [(t - r.media_start_s, f, rot) for m in r.media
+                  for _, t, f, rot in iter_video_frames(Path(m), time_offset=starts[m])]
+        shot = Shot(r.shot_index, r.start_s - r.media_start_s, r.end_s - r.media_start_s, r.start_frame, r.end_frame)
+        (m,) = iter_shot_media(r.media if len(r.media) > 1 else r.media[0], [shot], frames_per_shot=4,
+                               frame_size=32, audio_rate=16000, audio_window_s=1.0, decoded=decoded, live=True)
+        dur = shot.end_s - shot.start_s
+        for j in range(4):
+            s = shot.start_s + (j + 0.5) * dur / 4
+            t, f, rot = [x for x in frames if x[0] <= s + 1e-9][-1]
+            np.testing.assert_array_equal(m.frames[j], to_array(f, (32, 32), rot), err_msg=f"shot {r.shot_index} "
+                                          f"sample {j} at {s:.3f} s: not the frame at {t:.3f} s")
+        assert m.audio is not None and len(m.audio) == round(min(max(dur, 0.2), 1.0) * 16000)
