@@ -592,7 +592,7 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
     if not isinstance(body, dict):
         raise SchemaError(f"message must be a msgpack map, got {type(body).__name__}")
     name, version = body.pop("schema", None), body.pop("v", None)
-    if not isinstance(name, str):  # a list or map here was a TypeError out of the lookup, and the worker stopped
+    if name is not None and not isinstance(name, str):  # a list or map: a TypeError out of the lookup, before
         raise SchemaError(f"field 'schema' must be a string naming the record, got {type(name).__name__}; known: "
                           f"{sorted(SCHEMAS)}")
     cls = SCHEMAS.get(name)

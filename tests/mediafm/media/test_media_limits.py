@@ -262,6 +262,31 @@ def test_the_secrets_of_a_url_are_masked_wherever_it_is_echoed(text, shown):
     assert redact_url(text) == shown
 
 
+_HUGE = """
+import sys, time
+from mediafm.redact import redact_url
+n = 3_000_000
+for text in ["A" * n, "?" * n, "//" * (n // 2), "a:" * (n // 2), "&x" * (n // 2), "http://" + "a" * n + "@h",
+             "?" + "k" * n + "=v", "//a@" * (n // 4), "x://" * (n // 4), "//a " * (n // 4)]:
+    t = time.monotonic()
+    redact_url(text)
+    print(f"{time.monotonic() - t:.2f}")
+"""
+
+
+def test_redacting_megabytes_takes_linear_time():
+    """A dead letter's reason echoes what was wrong, and a hostile record makes that megabytes (a 3 MB schema
+    name). The first pattern of 2026-12-08 backtracked over every run of letters (an optional scheme before '//'):
+    the worker's event loop spent minutes on one reason, every stage of it stopped. Run in a process of its own
+    under a timeout that only a quadratic pass would reach."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _HUGE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 10
+
+
 def test_a_presigned_urls_signature_is_not_in_the_error(tmp_path):
     with pytest.raises(MediaURIError) as e:
         check_uri("https://b.s3.amazonaws.com/f.mp4?X-Amz-Signature=SECRET&X-Amz-Security-Token=SECRET",
