@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                          for x in (p.layout for p in PROFILES.values()))
     t = pub.add_parser("dataset", help="the fused shots of a v1 dataset, into the pipeline after fusion",
                        description=fill("Publishes every title of a v1 dataset (or those of --titles) as FusedShot "
-                       "messages on shots.fused, keyed by title id, one message per shot, with n_shots set and "
+                       "messages on shots.fused, keyed by title id, in FusedShots records of runs of a title's shots (as the fuse "
+                       "stage sends them), with n_shots set and "
                        "a new request id per title: the workers contextualise each title once all its shots "
                        "arrived, and `mediafm sink` collects them with the rest. A v1 dataset holds fused "
                        "vectors only, so no encoding or fusion runs. Its modality widths and title_dim must be "
