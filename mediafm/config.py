@@ -144,6 +144,10 @@ class Settings:
     live_right_context: int = 16
     """Live events: a shot's final embedding waits for this many later shots (or the event's end);
     until then consumers get a provisional one from its left context."""
+    media_retry_s: float = 1800.0
+    """How long a stage waits out a media file whose storage fails its reads (too many open files, an I/O
+    error, a stale network mount: MediaUnavailable) before it dead-letters the title, segment or shots with the
+    last error. The same read may succeed later, but a bad sector or a FUSE mount's refusal fails every time."""
     live_idle_end_s: float = 1800.0
     """Live events: one with no shot for this long is ended as if its last segment had come (a feed that died
     without `last`, a packager that crashed): the shots still owed a final get it from the right context there
@@ -257,6 +261,8 @@ class Settings:
             raise ConfigError(f"live_right_context={self.live_right_context} must be in [0, window_shots)")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions} must be >= 1")
+        if self.media_retry_s < 0:
+            raise ConfigError(f"media_retry_s={self.media_retry_s} must be >= 0 (seconds)")
         if self.live_idle_end_s < 0:
             raise ConfigError(f"live_idle_end_s={self.live_idle_end_s} must be >= 0 (seconds; 0 = never)")
         if self.live_decoded_mb < 0:

@@ -67,8 +67,15 @@ DTYPES = {"float32": "<f4", "float16": "<f2"}
 _ITEMSIZE = {name: np.dtype(code).itemsize for name, code in DTYPES.items()}
 
 
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
 def vec_to_bytes(x: np.ndarray, dtype: str = "float32") -> bytes:
-    """A 1-D vector as little-endian float32 (or float16) bytes."""
+    """A 1-D vector as little-endian float32 (or float16) bytes. To float16, values past its range (65504) are
+    saturated: cast as they were, they became inf, which every reader refuses (decode), so a `hidden` embedding
+    with one large activation, published with embedding_dtype=float16, was a message no consumer could read."""
+    if dtype == "float16":
+        x = np.clip(np.asarray(x, dtype=np.float32), -_F16_MAX, _F16_MAX)
     return np.ascontiguousarray(x, dtype=DTYPES[dtype]).tobytes()
 
 

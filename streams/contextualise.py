@@ -311,19 +311,31 @@ def register(rt: Runtime) -> None:
     if rt.settings.live_idle_end_s > 0:
         @rt.app.timer(interval=min(60.0, max(1.0, rt.settings.live_idle_end_s / 4)))
         async def end_idle_events() -> None:
-            """Live events of this worker's partitions with no shot for live_idle_end_s: ended as their last segment
-            would end them (LiveEvents.idle_end), through the fused topic, so that the agent takes it in order."""
+            """Live events of this worker's partitions with no shot and no segment for live_idle_end_s, and nothing
+            of theirs waiting upstream: ended as their last segment would end them (LiveEvents.idle_end), through the
+            fused topic, so that the agent takes it in order."""
             try:
                 fused = rt.topics.fused.get_topic_name()
                 mine = {tp.partition for tp in rt.app.assignor.assigned_actives() if tp.topic == fused}
                 now = time.monotonic()
-                for eid, st in live.idle(now, mine):
-                    idle_s = now - live.seen.pop(eid)
+                for eid, st in live.idle(now, mine, fed=rt.live_fed, backlog=upstream_backlog()):
+                    idle_s = now - live.seen[eid]
+                    await rt.send(rt.topics.fused, eid.encode(), live.idle_end(eid, st, idle_s).to_bytes())
+                    live.seen.pop(eid, None)  # sent: its end comes back through the agent
                     log.warning("live event %s: no shot for %.0f s (live_idle_end_s): ended at shot %d, its owed "
                                 "finals from the right context there is", eid, idle_s, st.next - 1)
-                    await rt.send(rt.topics.fused, eid.encode(), live.idle_end(eid, st, idle_s).to_bytes())
             except Exception:  # the next tick tries again; the events go on meanwhile
                 log.exception("ending idle live events failed")
+
+        def upstream_backlog() -> set[int]:
+            """Partitions with records not yet committed on a topic before the live stage (a live event's
+            records are in the same partition of each)."""
+            names = {t.get_topic_name() for t in (rt.topics.live_segments, rt.topics.shots, rt.topics.encoded,
+                                                  rt.topics.fused)}
+            mon = rt.app.monitor
+            committed = mon.tp_committed_offsets or {}
+            return {tp.partition for tp, end in (mon.tp_end_offsets or {}).items()
+                    if tp.topic in names and end > (committed.get(tp) or 0)}
 
     async def refused_here(event, reason: str) -> None:
         """A record refused here, dead-lettered: its shots go as a ShotsRefused from an earlier stage's would. A

@@ -64,7 +64,7 @@ class LiveEvents:
         self.events = rt.table("live-events")
         self.short_windows: set[int] = set()  # served window sizes no longer than live_right_context, said
         self.seen: dict[str, float] = {}  # event id -> when a shot or refusal of it last came (monotonic)
-        self.scanned = False  # the events of this worker's table from before it started are in `seen`
+        self.partitions: set[int] | None = None  # the partitions `seen` was last counted for (idle())
 
     @staticmethod
     def key(event_id: str, index: int) -> bytes:
@@ -184,23 +184,33 @@ class LiveEvents:
         st.final = max(st.final, st.next)
         st.version = ""  # the pin was of the other profile's model: the new one's first pass pins its own
 
-    def idle(self, now: float, partitions: set[int] | None = None) -> list[tuple[str, LiveProgress]]:
-        """The events (and their records) with no shot for live_idle_end_s by `now` (monotonic), of `partitions`
-        (those this worker holds; None: all), that have shots and are not over. The events of the table from
-        before this worker started are counted from the first call."""
-        limit = self.rt.settings.live_idle_end_s
-        n = self.rt.settings.partitions
+    def partition_of(self, eid: str) -> int:
+        """The partition of the event's records in every pipeline topic (keyed by event id; Kafka's partitioner)."""
+        return (murmur2(eid.encode()) & 0x7FFFFFFF) % self.rt.settings.partitions
 
-        def mine(eid: str) -> bool:  # the partition its records are in (keyed by event id; Kafka's partitioner)
-            return partitions is None or (murmur2(eid.encode()) & 0x7FFFFFFF) % n in partitions
-
-        if not self.scanned:
-            self.scanned = True
+    def idle(self, now: float, partitions: set[int], *, fed: dict[str, float] | None = None,
+             backlog: set[int] = frozenset()) -> list[tuple[str, LiveProgress]]:
+        """The events (and their records) of `partitions` (those this worker holds) that have shots, are not over,
+        and have had no shot here and no segment at the segment stage (`fed`: when one last came, on this worker)
+        for live_idle_end_s by `now` (monotonic). An event of a partition with a `backlog` upstream (records not yet
+        through the segment, encode or fuse stage: Triton down, a burst) is not idle: its shots may be on the way.
+        The events of a partition this worker gains are counted from then (its table's records; an old count of
+        a partition that comes back is stale), and those of one it lost are dropped."""
+        limit, fed = self.rt.settings.live_idle_end_s, fed or {}
+        if partitions != self.partitions:
+            was = self.partitions if self.partitions is not None else set(range(self.rt.settings.partitions))
+            gained, lost = partitions - (self.partitions or set()), was - partitions
+            self.partitions = set(partitions)
+            for eid in [e for e in self.seen if self.partition_of(e) in lost]:
+                del self.seen[eid]
             for key in list(self.events.keys()):
-                self.seen.setdefault(key.decode() if isinstance(key, bytes) else key, now)
+                eid = key.decode() if isinstance(key, bytes) else key
+                if self.partition_of(eid) in gained:
+                    self.seen[eid] = now
         out = []
         for eid, at in list(self.seen.items()):
-            if now - at < limit or not mine(eid):
+            p = self.partition_of(eid)
+            if p not in partitions or p in backlog or now - max(at, fed.get(eid, at)) < limit:
                 continue
             raw = self.events.get(eid.encode())
             st = LiveProgress.from_bytes(raw) if raw is not None else None
@@ -277,6 +287,7 @@ class LiveEvents:
             st.final = st.n
             unused = held  # all it holds: the last window's shots, and the one before it
             self.seen.pop(eid, None)
+            getattr(self.rt, "live_fed", {}).pop(eid, None)
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:
             unused = [j for j in held if j < end - size]  # no longer inside any future window (after a gap: more)

@@ -40,7 +40,7 @@ from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediafm.config import Settings, replace
-from mediafm.errors import BadRequest, ConfigError, MediaUnavailable, SchemaError, Transient
+from mediafm.errors import BadRequest, ConfigError, MediaError, MediaUnavailable, SchemaError, Transient
 from mediafm.kafka_security import client_security
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.profiles import get_profile
@@ -118,6 +118,7 @@ class Runtime:
                                    on_latency=lambda m, s: metrics.triton_seconds.labels(m).observe(s))
         self._served: dict[str, Served] = {}  # MediaFM model -> what it accepts
         # Live segments the segment stage decoded, kept for the encode stage (mediafm/media/segment_cache.py)
+        self.live_fed: dict[str, float] = {}  # live event id -> when a segment of it last came here (monotonic)
         self.decoded = DecodedSegments(settings.live_decoded_mb * 2**20,
                                        on_lookup=lambda hit: metrics.live_decoded.labels("hit" if hit else "miss").inc())
 
@@ -316,18 +317,22 @@ class Runtime:
             return None
         return msg
 
-    @staticmethod
-    async def patiently(what: str, call, *, first_s: float = 1.0, most_s: float = 60.0):
+    async def patiently(self, what: str, call, *, first_s: float = 1.0, most_s: float = 60.0):
         """`await call()` again while it raises Transient (a service down, the media's storage failing a read):
-        waited out with capped backoff, a log line each time, never dead-lettered. What the input caused
-        (BadInput) and anything else goes to the caller."""
-        delay = first_s
+        waited out with capped backoff, a log line each time. What the input caused (BadInput) and anything else
+        goes to the caller, and so does a media read the storage keeps failing for media_retry_s: as a MediaError
+        with its last error (the caller dead-letters it), since a bad sector or a FUSE mount's refusal fails the
+        same way every time and would hold the partition for good."""
+        delay, start = first_s, time.monotonic()
         while True:
             try:
                 return await call()
             except Transient as e:
                 if isinstance(e, MediaUnavailable):
                     count_retry("media")
+                    if time.monotonic() - start >= self.settings.media_retry_s:
+                        raise MediaError(f"{e} for {time.monotonic() - start:.0f} s (media_retry_s): given up; "
+                                         "mend the storage and publish it again") from None
                 log.warning("%s waits: %s; retrying in %.0fs", what, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, most_s)

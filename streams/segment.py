@@ -30,7 +30,7 @@ from pathlib import Path
 import msgpack
 
 from mediafm.config import Settings
-from mediafm.errors import BadInput, MediaError, SchemaError, SubtitleError
+from mediafm.errors import BadInput, MediaError, SchemaError, SubtitleError, Transient
 from mediafm.media.decode import check_uri, probe
 from mediafm.media.segment_cache import DecodedSegments
 from mediafm.media.shots import Shot, ShotDetector, detect_shots
@@ -104,7 +104,11 @@ class LiveCutter:
         self._let_go_idle()
         det, frame0 = self._detector(state, seg.event_id)
         before = det.n_frames
-        shots = self._push(det, path, seg.start_s)
+        try:
+            shots = self._push(det, path, seg.start_s)
+        except BaseException:  # part of the segment may be in the detector: the next try starts from the record
+            self.forget(seg.event_id)
+            raise
         n_frames, end_s = det.n_frames - before, det.end_s
         self.detectors[seg.event_id] = (det, frame0, state["next_segment"] + 1)
         self.used[seg.event_id] = time.monotonic()
@@ -153,6 +157,8 @@ class LiveCutter:
             try:
                 for uri, s0, *_ in kept:
                     self._push(det, uri, s0)
+            except Transient:  # the storage did not answer: the segments are there, the caller waits and retries
+                raise
             except Exception as e:
                 log.warning("live event %s: a segment since its last cut cannot be read again (%s: %s); the shot "
                             "open from %.3f s is lost, the event goes on from its next segment", event_id,
@@ -355,6 +361,7 @@ def register(rt: Runtime) -> None:
         metrics.messages.labels(STAGE).inc()
         try:
             seg = decode(event.message.value, expect=LiveSegment)
+            rt.live_fed[seg.event_id] = time.monotonic()  # the feed is alive, whatever is held up downstream
             key = seg.event_id.encode()
             state = msgpack.unpackb(live_table[key]) if key in live_table else new_state(seg)
             if not check_next(state, seg):

@@ -93,8 +93,9 @@ def _triton_argv(compose: dict, models: Path) -> list[str]:
     fake.mkdir(exist_ok=True)
     (fake / "tritonserver").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
     (fake / "tritonserver").chmod(0o755)
+    env = {k: str(v).replace("$$", "$") for k, v in compose["services"]["triton"].get("environment", {}).items()}
     r = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30,
-                       env={"PATH": f"{fake}:/usr/bin:/bin"})
+                       env={**env, "PATH": f"{fake}:/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines()
 
@@ -137,6 +138,14 @@ def test_triton_s_control_apis_answer_only_with_the_operator_s_key_as_under_stac
     argv = _triton_argv(compose, tmp_path / "models")
     want = f"{RESTRICTED}:{CONTROL_HEADER}={CONTROL_KEY}"
     assert f"--http-restricted-api={want}" in argv and f"--grpc-restricted-protocol={want}" in argv
+    # a key with what a shell reads as syntax reaches Triton as it is (before 2026-12-08's quoting, a ';' in it ended
+    # the command there and started Triton with no restriction on its gRPC control API)
+    odd = "k y;e$x`t'\"z"
+    r = _config(control_key=odd)
+    assert r.returncode == 0, r.stderr
+    argv = _triton_argv(yaml.safe_load(r.stdout), tmp_path / "models")
+    want = f"{RESTRICTED}:{CONTROL_HEADER}={odd}"
+    assert f"--http-restricted-api={want}" in argv and f"--grpc-restricted-protocol={want}" in argv, argv
     r = _config(control_key=None)  # no key: compose stops before starting anything, saying what to set
     assert r.returncode != 0 and "export MEDIAFM_TRITON_CONTROL_KEY" in (r.stderr + r.stdout)
 

@@ -316,3 +316,15 @@ def test_a_contextual_embedding_is_checked_whole_where_it_is_decoded(change, mat
     body = msgpack.unpackb(emb.to_bytes(), raw=False) | change
     with pytest.raises(SchemaError, match=match):
         decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_a_float16_embedding_past_its_range_is_saturated_not_inf():
+    """decode refuses a vector with inf in it: a worker publishing float16 must not make one of a large value."""
+    from mediafm.schema import ContextualEmbedding
+
+    v = np.array([1e6, -1e6, 0.5, 70000.0], np.float32)
+    e = ContextualEmbedding(title_id="t", shot_index=0, start_s=0, end_s=1, embedding=vec_to_bytes(v, "float16"),
+                            dim=4, model_version="1", profile="offline", window_start=0, window_end=1, final=True,
+                            dtype="float16")
+    got = decode(e.to_bytes()).vector()
+    np.testing.assert_array_equal(got, np.array([65504, -65504, 0.5, 65504], np.float32))

@@ -230,3 +230,41 @@ def test_a_live_shot_is_encoded_from_the_frames_the_detector_cut_it_at(tmp_path,
             np.testing.assert_array_equal(m.frames[j], to_array(f, (32, 32), rot), err_msg=f"shot {r.shot_index} "
                                           f"sample {j} at {s:.3f} s: not the frame at {t:.3f} s")
         assert m.audio is not None and len(m.audio) == round(min(max(dur, 0.2), 1.0) * 16000)
+
+
+def test_a_storage_fault_midway_through_a_segment_is_retried_from_the_events_record(tmp_path, monkeypatch):
+    """The segment stage waits out a storage fault (MediaUnavailable) and feeds the segment again. A fault after
+    the detector took part of the segment left those frames in it (this session's first version): the retry fed
+    them again, a shot was lost and every later frame number was off. Now the detector is let go on any failure
+    and rebuilt from the event's record; the shots equal a straight run."""
+    from mediafm.errors import MediaUnavailable
+    from mediafm.media import shots as shots_mod
+
+    film = make_film(tmp_path / "live.mp4", shots=[30, 36, 24, 40, 30, 28], fps=24, size=(160, 96), first_source=2)
+    settings = Settings(state_dir=tmp_path / "state", media_roots=(str(tmp_path),), live_shot_detector="content")
+    segs = cut_segments(film.path, tmp_path / "segs", 1.0)
+    straight = _run_event(settings, segs, [None] * len(segs))
+    real, failed = shots_mod.detector_frames, []
+
+    def flaky(path, *a, **kw):  # segment 3's first read fails after 12 frames, as an NFS mount going stale would
+        for k, item in enumerate(real(path, *a, **kw)):
+            if str(path) == str(segs[3][0]) and not failed and k == 12:
+                failed.append(k)
+                raise MediaUnavailable(f"{path}: its storage did not answer a read (Stale file handle); retried")
+            yield item
+
+    monkeypatch.setattr(shots_mod, "detector_frames", flaky)
+    cutter, state, refs = segment.LiveCutter(settings), None, []
+    for k, (path, start) in enumerate(segs):
+        seg = LiveSegment(event_id="ev", segment_index=k, uri=str(path), start_s=start, last=k == len(segs) - 1)
+        state = state or segment.new_state(seg)
+        while True:  # what Runtime.patiently does with the stage's call
+            try:
+                state, got = _segment(cutter, msgpack.unpackb(msgpack.packb(state)), seg)
+                break
+            except MediaUnavailable:
+                pass
+        refs += got
+    assert failed == [12]
+    assert [(r.shot_index, r.start_frame, r.end_frame, round(r.start_s, 6), round(r.end_s, 6), r.text)
+            for r in refs] == straight

@@ -1089,13 +1089,19 @@ def test_a_live_event_with_no_shot_for_live_idle_end_s_is_ended_and_holds_nothin
     _feed(live, tables, shots)
     assert len(final) == 18 and len(tables["live-shots"]) == 8, "two shots owed a final, a window held"
 
-    t = live.seen["ev"]
-    assert live.idle(t + 59) == [], "not idle yet"
+    p = live.partition_of("ev")
     from aiokafka.partitioner import murmur2
 
-    theirs = {(murmur2(b"ev") & 0x7FFFFFFF) % 4}
-    assert live.idle(t + 61, partitions={0, 1, 2, 3} - theirs) == [], "another worker's partition"
-    ((eid, st),) = live.idle(t + 61, partitions=theirs)
+    assert p == (murmur2(b"ev") & 0x7FFFFFFF) % 4, "the partition Kafka's partitioner gives its records"
+    t = live.seen["ev"]
+    assert live.idle(t + 61, {0, 1, 2, 3} - {p}) == [], "another worker's partition: and its count is dropped"
+    assert "ev" not in live.seen
+    assert live.idle(t + 61, {0, 1, 2, 3}) == [], "the partition gained: counted from now"
+    t = live.seen["ev"]
+    assert live.idle(t + 59, {0, 1, 2, 3}) == [], "not idle yet"
+    assert live.idle(t + 61, {0, 1, 2, 3}, fed={"ev": t + 30}) == [], "a segment came 31 s ago: the feed is alive"
+    assert live.idle(t + 61, {0, 1, 2, 3}, backlog={p}) == [], "its partition has records on the way"
+    ((eid, st),) = live.idle(t + 61, {0, 1, 2, 3}, fed={"ev": t - 5}, backlog={(p + 1) % 4})
     refusal = live.idle_end(eid, st, 61.0)
     assert (refusal.first, refusal.last, refusal.n_shots, refusal.kind) == (19, 19, 20, "live")
     from mediafm.schema import ShotsRefused, decode
@@ -1121,5 +1127,6 @@ def test_a_worker_started_after_its_events_went_quiet_finds_them_in_its_table():
     _feed(live, tables, [dataclasses.replace(_fused(shot_index=i, n_shots=None), title_id="ev", kind="live")
                          for i in range(5)])
     restarted = type(live)(live.rt)  # a new worker on the same table
-    assert restarted.idle(1000.0) == [] and restarted.seen == {"ev": 1000.0}
-    assert [e for e, _ in restarted.idle(1061.0)] == ["ev"]
+    everything = set(range(live.rt.settings.partitions))
+    assert restarted.idle(1000.0, everything) == [] and restarted.seen == {"ev": 1000.0}
+    assert [e for e, _ in restarted.idle(1061.0, everything)] == ["ev"]

@@ -144,3 +144,35 @@ def test_what_ffmpeg_says_of_the_file_itself_is_not_taken_for_the_storage(film):
     huge.write_bytes(b"YUV4MPEG2 W100000 H100000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(1024))
     with pytest.raises(BadInput):
         decode.probe(huge.resolve(), Settings(media_roots=(str(film / "media"),)))
+
+
+def test_a_file_whose_storage_keeps_failing_is_dead_lettered_after_media_retry_s(film, monkeypatch, worker_exits):
+    """A bad sector, or a FUSE mount turning the bucket's refusal into EIO, fails every read: waited out for ever
+    it would hold the partition for good. Past media_retry_s the title is dead-lettered with the last error."""
+    from streams.app import create_runtime
+
+    settings = Settings(state_dir=film, topic_prefix="storage2", worker_web_port=16076, shot_detector="content",
+                        media_retry_s=0.0)
+    rt = create_runtime(settings)
+    sent, letters = [], []
+
+    async def send(topic, key, value, **kw):
+        (letters if topic == rt.topics.deadletter.get_topic_name() else sent).append(value)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    rt.app.producer.send = send
+    path = (film / "media" / "film.mp4").resolve()
+    _failing_open(monkeypatch, path, errno.EIO, times=10**6)
+
+    async def main():
+        agent = rt.app.agents["streams.segment.segment_titles"]
+        async with agent.test_context() as ctx:
+            await ctx.put(key=b"film", value=TitleRequest(title_id="film", uri=str(path), request_id="r2").to_bytes())
+            await until(lambda: letters, "the title's dead letter", timeout_s=60)
+
+    asyncio.run(main())
+    (letter,) = [decode_msg(x) for x in letters]
+    assert "Input/output error" in letter.reason and "media_retry_s" in letter.reason, letter.reason
+    assert sent == [] and worker_exits == []
