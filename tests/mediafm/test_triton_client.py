@@ -4,6 +4,7 @@ others in flight."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import numpy as np
@@ -11,6 +12,22 @@ import pytest
 from aiohttp import web
 
 from mediafm.triton_client import TritonClient
+
+
+@contextlib.asynccontextmanager
+async def stand_in(infer, route: str = "/v2/models/m/infer"):
+    """A local HTTP server answering Triton's infer route with `infer`; yields its host:port."""
+    app = web.Application()
+    app.router.add_post(route, infer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
 
 
 def test_a_request_whose_connection_drops_is_sent_again_alone_and_the_others_in_flight_finish_once():
@@ -42,20 +59,13 @@ def test_a_request_whose_connection_drops_is_sent_again_alone_and_the_others_in_
             {"name": "Y", "datatype": "FP32", "shape": [1, 1], "data": [float(k)]}]})
 
     async def main():
-        app = web.Application()
-        app.router.add_post("/v2/models/m/infer", infer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        client = TritonClient(f"127.0.0.1:{port}", backoff_s=(0.05, 0.1), give_up_after_s=60)
-        try:
-            got = await asyncio.wait_for(asyncio.gather(*(
-                client.infer("m", {"X": np.full((1, 1), k, np.float32)}, ["Y"]) for k in range(4))), timeout=60)
-        finally:
-            await client.close()
-            await runner.cleanup()
+        async with stand_in(infer) as url:
+            client = TritonClient(url, backoff_s=(0.05, 0.1), give_up_after_s=60)
+            try:
+                got = await asyncio.wait_for(asyncio.gather(*(
+                    client.infer("m", {"X": np.full((1, 1), k, np.float32)}, ["Y"]) for k in range(4))), timeout=60)
+            finally:
+                await client.close()
         return [float(g["Y"][0, 0]) for g in got]
 
     assert asyncio.run(main()) == [0.0, 1.0, 2.0, 3.0]
@@ -83,22 +93,16 @@ def test_the_workers_triton_timeout_is_a_setting_and_a_request_past_it_is_sent_a
             {"name": "Y", "datatype": "FP32", "shape": [1, 1], "data": [7.0]}]})
 
     async def main():
-        app = web.Application()
-        app.router.add_post("/v2/models/m/infer", infer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="tmo", worker_web_port=16074,
-                                     triton_url=f"127.0.0.1:{port}", triton_timeout_s=0.5))
-        client = rt.triton
-        client.backoff_s = (0.05, 0.1)
-        try:
-            got = await asyncio.wait_for(client.infer("m", {"X": np.zeros((1, 1), np.float32)}, ["Y"]), timeout=30)
-        finally:
-            await client.close()
-            await runner.cleanup()
+        async with stand_in(infer) as url:
+            rt = create_runtime(Settings(state_dir=tmp_path, topic_prefix="tmo", worker_web_port=16074,
+                                         triton_url=url, triton_timeout_s=0.5))
+            client = rt.triton
+            client.backoff_s = (0.05, 0.1)
+            try:
+                got = await asyncio.wait_for(client.infer("m", {"X": np.zeros((1, 1), np.float32)}, ["Y"]),
+                                             timeout=30)
+            finally:
+                await client.close()
         return float(got["Y"][0, 0])
 
     assert asyncio.run(main()) == 7.0
@@ -135,22 +139,15 @@ def test_a_proxys_4xx_is_retried_and_only_tritons_400_is_the_inputs():
             {"name": "Y", "datatype": "FP32", "shape": [1, 1], "data": [5.0]}]})
 
     async def main():
-        app = web.Application()
-        app.router.add_post("/v2/models/{model}/infer", infer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        client = TritonClient(f"127.0.0.1:{port}", backoff_s=(0.01, 0.02), give_up_after_s=30)
-        try:
-            got = await client.infer("m", {"X": np.zeros((1, 1), np.float32)}, ["Y"])
-            n = len(calls)
-            with pytest.raises(BadRequest, match="unexpected shape"):
-                await client.infer("bad", {"X": np.zeros((1, 1), np.float32)}, ["Y"])
-            return float(got["Y"][0, 0]), n, len(calls) - n
-        finally:
-            await client.close()
-            await runner.cleanup()
+        async with stand_in(infer, "/v2/models/{model}/infer") as url:
+            client = TritonClient(url, backoff_s=(0.01, 0.02), give_up_after_s=30)
+            try:
+                got = await client.infer("m", {"X": np.zeros((1, 1), np.float32)}, ["Y"])
+                n = len(calls)
+                with pytest.raises(BadRequest, match="unexpected shape"):
+                    await client.infer("bad", {"X": np.zeros((1, 1), np.float32)}, ["Y"])
+                return float(got["Y"][0, 0]), n, len(calls) - n
+            finally:
+                await client.close()
 
     assert asyncio.run(main()) == (5.0, 4, 1), "413, 403, 404 waited out, then the answer; a 400 at once"

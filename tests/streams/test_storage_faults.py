@@ -97,11 +97,12 @@ def test_a_process_out_of_file_descriptors_is_transient(film):
     assert "transient:" in r.stdout and "Too many open files" in r.stdout, r.stdout
 
 
-def test_the_title_stage_waits_out_a_storage_fault_and_cuts_the_title(film, monkeypatch, worker_exits):
+def _cut_title(film, until_, **settings) -> tuple[list[bytes], list[bytes]]:
+    """The film published as a title to the title stage, run in-process (its producer records what is sent) until
+    until_(sent, letters): (the records sent to the shots topic, the dead letters)."""
     from streams.app import create_runtime
 
-    settings = Settings(state_dir=film, topic_prefix="storage", worker_web_port=16075, shot_detector="content")
-    rt = create_runtime(settings)
+    rt = create_runtime(Settings(state_dir=film, worker_web_port=16075, shot_detector="content", **settings))
     sent, letters = [], []
 
     async def send(topic, key, value, **kw):
@@ -112,16 +113,22 @@ def test_the_title_stage_waits_out_a_storage_fault_and_cuts_the_title(film, monk
 
     rt.app.producer.send = send
     path = (film / "media" / "film.mp4").resolve()
-    calls = _failing_open(monkeypatch, path, errno.EIO, times=2)
-    before = retry_count("media")
 
     async def main():
         agent = rt.app.agents["streams.segment.segment_titles"]
         async with agent.test_context() as ctx:
             await ctx.put(key=b"film", value=TitleRequest(title_id="film", uri=str(path), request_id="r1").to_bytes())
-            await until(lambda: len(sent) == 3 or letters, f"the title's 3 shots, got {len(sent)}", timeout_s=120)
+            await until(lambda: until_(sent, letters), f"the title's end: {len(sent)} shots, {len(letters)} letters",
+                        timeout_s=120)
 
     asyncio.run(main())
+    return sent, letters
+
+
+def test_the_title_stage_waits_out_a_storage_fault_and_cuts_the_title(film, monkeypatch, worker_exits):
+    calls = _failing_open(monkeypatch, (film / "media" / "film.mp4").resolve(), errno.EIO, times=2)
+    before = retry_count("media")
+    sent, letters = _cut_title(film, lambda sent, letters: len(sent) == 3 or letters, topic_prefix="storage")
     assert not letters, [decode_msg(x).reason for x in letters]
     refs = [decode_msg(x, expect=ShotRef) for x in sent]
     assert [r.shot_index for r in refs] == [0, 1, 2] and {r.n_shots for r in refs} == {3}
@@ -149,30 +156,8 @@ def test_what_ffmpeg_says_of_the_file_itself_is_not_taken_for_the_storage(film):
 def test_a_file_whose_storage_keeps_failing_is_dead_lettered_after_media_retry_s(film, monkeypatch, worker_exits):
     """A bad sector, or a FUSE mount turning the bucket's refusal into EIO, fails every read: waited out for ever
     it would hold the partition for good. Past media_retry_s the title is dead-lettered with the last error."""
-    from streams.app import create_runtime
-
-    settings = Settings(state_dir=film, topic_prefix="storage2", worker_web_port=16076, shot_detector="content",
-                        media_retry_s=0.0)
-    rt = create_runtime(settings)
-    sent, letters = [], []
-
-    async def send(topic, key, value, **kw):
-        (letters if topic == rt.topics.deadletter.get_topic_name() else sent).append(value)
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-    rt.app.producer.send = send
-    path = (film / "media" / "film.mp4").resolve()
-    _failing_open(monkeypatch, path, errno.EIO, times=10**6)
-
-    async def main():
-        agent = rt.app.agents["streams.segment.segment_titles"]
-        async with agent.test_context() as ctx:
-            await ctx.put(key=b"film", value=TitleRequest(title_id="film", uri=str(path), request_id="r2").to_bytes())
-            await until(lambda: letters, "the title's dead letter", timeout_s=60)
-
-    asyncio.run(main())
+    _failing_open(monkeypatch, (film / "media" / "film.mp4").resolve(), errno.EIO, times=10**6)
+    sent, letters = _cut_title(film, lambda sent, letters: letters, topic_prefix="storage2", media_retry_s=0.0)
     (letter,) = [decode_msg(x) for x in letters]
     assert "Input/output error" in letter.reason and "media_retry_s" in letter.reason, letter.reason
     assert sent == [] and worker_exits == []
