@@ -45,7 +45,12 @@ MAX_META_TEXT_CHARS = 32_000
 few thousand tokens (MiniLM 256, OpenAI 8191), and every shot message of the title carries it."""
 
 _BIDI_AND_LINE = set("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_NOT_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(_BIDI_AND_LINE)) + "]")
+_INVISIBLE = set("\u200b\u200e\u200f\u061c\u2060\ufeff")
+"""Characters that show as nothing: a zero-width space, the direction marks, a word joiner, a byte-order mark (two
+ids that look the same). ZWNJ and ZWJ are not among them: Persian and Indic words are written with them."""
+_NOT_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(_BIDI_AND_LINE | _INVISIBLE)) + "\ud800-\udfff]")
+"""...and lone surrogates (\ud800-\udfff): no UTF-8 holds them, so a message naming one could not be written
+(a file name in a foreign encoding, taken as an id, was a UnicodeEncodeError at the publisher)."""
 
 
 def check_id(value: str, name: str = "title_id", *, empty_ok: bool = False) -> str:
@@ -56,9 +61,9 @@ def check_id(value: str, name: str = "title_id", *, empty_ok: bool = False) -> s
     if len(value) > MAX_ID_CHARS:
         raise SchemaError(f"field {name!r} is {len(value)} characters, over the {MAX_ID_CHARS} limit: {value[:40]!r}...")
     if _NOT_IN_ID.search(value):  # checked per message: a regex, not a loop over the characters
-        bad = [ch for ch in value if ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in _BIDI_AND_LINE]
-        raise SchemaError(f"field {name!r} has control characters {sorted(set(bad))!r}: {value[:80]!r}; "
-                          "ids are printable text")
+        bad = sorted(set(_NOT_IN_ID.findall(value)))
+        raise SchemaError(f"field {name!r} has control characters {bad!r}: {value[:80]!r}; ids are printable text "
+                          "(no control, invisible or unencodable character)")
     return value
 
 

@@ -78,6 +78,11 @@ def test_wrong_field_type_and_unknown_field():
     ("title_id", "a\x85b", "field 'title_id' has control characters"),
     ("title_id", "a\x7fb", "field 'title_id' has control characters"),
     ("request_id", "r\u2028", "field 'request_id' has control characters"),
+    # invisible (two ids that look the same) and unencodable (a lone surrogate: a file name in another encoding
+    # taken as an id was a UnicodeEncodeError at the publisher, before 2026-12-08)
+    ("title_id", "film\u200b", r"has control characters \['\\u200b'\]"),
+    ("title_id", "\ufefffilm", r"has control characters \['\\ufeff'\]"),
+    ("title_id", "fi\u200elm", r"has control characters \['\\u200e'\]"),
     ("request_id", "a#b", "has '#' or '/'"),
     # found by sending raw messages to a worker (2026-12-05): a span at 1e15 s overflowed a media seek, a clock
     # at 1e16 s lost its frames to float precision, a publication time of -1e12 s skewed the latency metrics, and
@@ -328,3 +333,14 @@ def test_a_float16_embedding_past_its_range_is_saturated_not_inf():
                             dtype="float16")
     got = decode(e.to_bytes()).vector()
     np.testing.assert_array_equal(got, np.array([65504, -65504, 0.5, 65504], np.float32))
+
+
+def test_an_id_with_a_lone_surrogate_is_refused_before_it_is_written_and_persian_text_is_an_id():
+    """No UTF-8 holds a lone surrogate (a file name in another encoding taken as an id): before 2026-12-08 check_id
+    took it and writing the message was a UnicodeEncodeError at the publisher. ZWNJ, which Persian words are
+    written with, stays allowed."""
+    from mediafm.schema import check_id
+
+    with pytest.raises(SchemaError, match=r"has control characters \['\\udcff'\]"):
+        check_id("film\udcff")
+    assert check_id("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
