@@ -155,6 +155,12 @@ def clip_features(ds: Dataset, clips, runs: dict[str, MediaFMEncoder], *, store:
     .npy files there (one per representation), so a catalog-sized evaluation
     does not hold them in RAM, and they stay behind for other probes.
     """
+    taken = {"concat", *MOVING_AVERAGES} | {f"{r}:{what}" for r in runs for what in
+                                            ("clip", "context", "context-output", "context+input", "sharp+input")}
+    for m in ds.meta.modalities:  # a row each: one of the same name would be overwritten by the other's features
+        if m in taken or m in runs:
+            raise DatasetError(f"{ds.root / 'meta.json'}: modality {m!r} has the name of another row of the report "
+                               f"({sorted(taken | set(runs))}); rename it in meta.json's modalities")
     by_title: dict[str, list[int]] = {}
     for i, tid in enumerate(clips.column("title_id").to_pylist()):
         by_title.setdefault(tid, []).append(i)

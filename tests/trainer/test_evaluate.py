@@ -210,6 +210,27 @@ def test_a_run_is_evaluated_with_other_inference_settings_beside_itself(corpus, 
     assert r.returncode == 2 and "KEY one of copy_wide, copy_span, sharp_span" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("name", ["concat", "avg-k8"])
+def test_a_modality_named_as_another_row_of_the_report_is_refused(tmp_path, name):
+    """The format allows any modality names: one named as a baseline row had its features overwritten by the
+    baseline's (or the other way), and the report scored one under the other's name, without a word (before
+    2026-12-08)."""
+    from mediafm.dataset import DatasetWriter, Meta
+
+    meta = Meta.from_layout(LAYOUT)
+    meta.modalities = {(name if k == 0 else m): v for k, (m, v) in enumerate(meta.modalities.items())}
+    w = DatasetWriter(tmp_path / "d", meta)
+    fused = np.full((4, LAYOUT.fused_dim), 1 / np.sqrt(LAYOUT.fused_dim), np.float32)
+    w.add_title(title_id="a", title_embedding=np.ones(LAYOUT.title, np.float32), fused=fused,
+                start_s=np.arange(4, dtype=float), end_s=np.arange(4, dtype=float) + 1, split="test", genres=[0])
+    w.add_clips([{"clip_id": "a-0", "title_id": "a", "first_shot": 0, "last_shot": 1, "ad_labels": [0],
+                  "popularity": 0.0, "tones": [0], "genres": [0], "clip_worthy": None}])
+    ds = Dataset(w.close())
+    assert name in ds.meta.modalities
+    with pytest.raises(DatasetError, match=f"modality '{name}' has the name of another row of the report"):
+        clip_features(ds, ds.clips(), {}, progress=False)
+
+
 def test_a_run_on_a_dataset_of_its_widths_but_another_modality_order_is_refused(corpus, tmp_path):
     """A dataset from another tool with the same widths but its modalities in another order (say text first):
     before, only fused_dim and title_dim were compared, so the model read one modality as another and the probes
