@@ -144,6 +144,11 @@ class Settings:
     live_right_context: int = 16
     """Live events: a shot's final embedding waits for this many later shots (or the event's end);
     until then consumers get a provisional one from its left context."""
+    subtitle_languages: tuple[str, ...] = ()
+    """The timed text of a title with several subtitle streams and no subtitle file: the first full stream (not
+    forced-only, not for the hearing impaired) in the first of these languages the container has, as its tags
+    write them (ISO 639-2 "eng", "fre"/"fra", or "en"; a region is ignored). Empty, or none of them there: the
+    container's default stream, else its first full one. Comma-separated in the environment variable."""
     media_retry_s: float = 1800.0
     """How long a stage waits out a media file whose storage fails its reads (too many open files, an I/O
     error, a stale network mount: MediaUnavailable) before it dead-letters the title, segment or shots with the

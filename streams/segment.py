@@ -53,7 +53,7 @@ def cut_title(req: TitleRequest, settings: Settings, media_settings: Settings) -
         cues = load_subtitles(check_uri(req.subtitles_uri, media_settings, allow_relative=False),
                               encoding=req.subtitle_encoding)
     else:
-        cues = container_subtitles(path)
+        cues = container_subtitles(path, settings.subtitle_languages)
     shots = detect_shots(path, detector=settings.shot_detector, max_duration_s=media_settings.max_media_duration_s)
     texts = align(cues, shots)
     return [ShotRef(title_id=req.title_id, shot_index=s.index, start_s=s.start_s, end_s=s.end_s,

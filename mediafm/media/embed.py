@@ -346,7 +346,8 @@ async def encode_shots(client: TritonClient, media, shots: Sequence[Shot], subti
     settings = settings or Settings.load()
     profile = get_profile(layout)
     if subtitles is None:
-        subtitles = container_subtitles(_segments(media)[0]) if len(_segments(media)) == 1 else []
+        subtitles = container_subtitles(_segments(media)[0], settings.subtitle_languages) \
+            if len(_segments(media)) == 1 else []
     texts = align(subtitles, shots)
     if title_embedding is None:  # callers encoding a title in batches pass the one they made first
         with _timed(timings, "title"):
@@ -457,7 +458,7 @@ def embed_title(media: str | Path, *, out: str | Path, settings: Settings, subti
         tmeta = TitleMeta.load(meta, default_id=path.stem)
         # a subtitle file given is the text: the container's own streams are read only without one
         cues = load_subtitles(Path(subtitles).resolve(), encoding=subtitle_encoding) if subtitles else \
-            container_subtitles(path)
+            container_subtitles(path, settings.subtitle_languages)
         wait_for_encoders(settings.triton_http_url, profile, give_up_after_s=triton_wait_s)
     detector = detector or settings.shot_detector
     with _timed(timings, "shots"), cut_progress(info.duration_s, detector, disable=not progress) as bar:

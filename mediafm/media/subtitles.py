@@ -359,9 +359,15 @@ def write_webvtt(cues: list[Cue], path: str | Path) -> Path:
     return Path(path)
 
 
-def _one_track(streams):
-    """The text subtitle stream a shot's text comes from: the default one (not forced-only, not for the hearing
-    impaired), else the first full one, else the first; None where every stream is bitmaps (no text)."""
+def _language(stream) -> str:
+    """A stream's language tag, lower case, without its region (en-US -> en); "" where the container gives none."""
+    return str(stream.metadata.get("language", "")).lower().split("-")[0]
+
+
+def _one_track(streams, languages: Sequence[str] = ()):
+    """The text subtitle stream a shot's text comes from: the first full one (not forced-only, not for the hearing
+    impaired) in the first of `languages` the container has (tags as it writes them: ISO 639-2 "eng", or "en"),
+    else the default full one, else the first full one, else the first; None where every stream is bitmaps."""
     text = [s for s in streams if s.codec_context is not None and s.codec_context.codec.text_sub]  # (None: no
     # decoder in this FFmpeg for it, as TTML or DVB teletext)
     if not text:
@@ -371,13 +377,18 @@ def _one_track(streams):
         d = s.disposition
         return not (d & d.forced or d & d.hearing_impaired)
 
+    for lang in languages:
+        chosen = next((s for s in text if full(s) and _language(s) == lang.lower().split("-")[0]), None)
+        if chosen is not None:
+            return chosen
     return next((s for s in text if s.disposition & s.disposition.default and full(s)), None) or \
         next((s for s in text if full(s)), text[0])
 
 
-def container_subtitles(path: str | Path) -> list[Cue]:
-    """The text of one subtitle stream inside the media container (_one_track: the default one, else the first
-    full one), each cue's text cut at MAX_CUE_CHARS before its tags are removed. Before (2026-12-07), every
+def container_subtitles(path: str | Path, languages: Sequence[str] = ()) -> list[Cue]:
+    """The text of one subtitle stream inside the media container (_one_track: the first full one in the first of
+    `languages` it has, the subtitle_languages setting; else the default one, else the first full one), each cue's
+    text cut at MAX_CUE_CHARS before its tags are removed. Before (2026-12-07), every
     stream was read and merged, so a film with English and French tracks gave shots "Hello there Bonjour". A cue
     FFmpeg cannot decode (text that is not UTF-8, say) is left out, counted in a warning; before, it ended the
     read, and every later cue of every track was lost."""
@@ -389,7 +400,7 @@ def container_subtitles(path: str | Path) -> list[Cue]:
     skipped = 0
     try:
         with open_media(Path(path)) as c:  # the decoder's guards: no playlists, file protocol only, a timeout
-            stream = _one_track(c.streams.subtitles)
+            stream = _one_track(c.streams.subtitles, languages)
             if stream is None:
                 return []
             if len(c.streams.subtitles) > 1:

@@ -77,6 +77,12 @@ def test_container_subtitles_come_from_one_track_and_a_cue_not_utf8_costs_only_i
     subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-i", str(film.path), "-i", str(tmp_path / "old.srt"),
                     "-map", "0:v", "-map", "1", "-c:v", "copy", "-c:s", "copy", str(tmp_path / "old.mkv")], check=True)
     assert [c.text for c in container_subtitles(tmp_path / "two.mkv")] == ["Hello there", "How are you", "Goodbye"]
+    # the subtitle_languages setting: the first of them the film has, whatever its default (region ignored)
+    assert [c.text for c in container_subtitles(tmp_path / "two.mkv", ("fre",))] == ["Bonjour", "Au revoir"]
+    assert [c.text for c in container_subtitles(tmp_path / "two.mkv", ("ger", "FRE-ca", "eng"))] == [
+        "Bonjour", "Au revoir"]
+    assert [c.text for c in container_subtitles(tmp_path / "two.mkv", ("ger",))] == [
+        "Hello there", "How are you", "Goodbye"], "none of them there: the default"
     assert [c.text for c in container_subtitles(tmp_path / "old.mkv")] == ["Hello there", "Goodbye"]
     # a stream this FFmpeg has no decoder for (TTML in MP4; DVB teletext in broadcast .ts): no text, no error
     subprocess.run([ffmpeg(), "-y", "-loglevel", "error", "-i", str(film.path), "-i", str(tmp_path / "eng.srt"),
