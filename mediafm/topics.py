@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from aiokafka.partitioner import murmur2
+
 from mediafm.config import Settings
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of a title's or live event's records in every pipeline topic: Kafka's default partitioner
+    (murmur2 of the key), which the workers' producers and kafka-python's use."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)

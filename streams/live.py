@@ -42,10 +42,9 @@ from __future__ import annotations
 import logging
 import time
 
-from aiokafka.partitioner import murmur2
-
 from mediafm.errors import BadInput, SchemaError, VersionRetired
 from mediafm.schema import FusedShot, ShotsRefused, decode
+from mediafm.topics import partition_of
 from mediafm.windows import Window
 from streams import metrics
 from streams.progress import LiveProgress
@@ -184,10 +183,6 @@ class LiveEvents:
         st.final = max(st.final, st.next)
         st.version = ""  # the pin was of the other profile's model: the new one's first pass pins its own
 
-    def partition_of(self, eid: str) -> int:
-        """The partition of the event's records in every pipeline topic (keyed by event id; Kafka's partitioner)."""
-        return (murmur2(eid.encode()) & 0x7FFFFFFF) % self.rt.settings.partitions
-
     def idle(self, now: float, partitions: set[int], *, fed: dict[str, float] | None = None,
              backlog: set[int] = frozenset()) -> list[tuple[str, LiveProgress]]:
         """The events (and their records) of `partitions` (those this worker holds) that have shots, are not over,
@@ -201,15 +196,16 @@ class LiveEvents:
             was = self.partitions if self.partitions is not None else set(range(self.rt.settings.partitions))
             gained, lost = partitions - (self.partitions or set()), was - partitions
             self.partitions = set(partitions)
-            for eid in [e for e in self.seen if self.partition_of(e) in lost]:
+            n = self.rt.settings.partitions
+            for eid in [e for e in self.seen if partition_of(e, n) in lost]:
                 del self.seen[eid]
             for key in list(self.events.keys()):
                 eid = key.decode() if isinstance(key, bytes) else key
-                if self.partition_of(eid) in gained:
+                if partition_of(eid, n) in gained:
                     self.seen[eid] = now
         out = []
         for eid, at in list(self.seen.items()):
-            p = self.partition_of(eid)
+            p = partition_of(eid, self.rt.settings.partitions)
             if p not in partitions or p in backlog or now - max(at, fed.get(eid, at)) < limit:
                 continue
             raw = self.events.get(eid.encode())
@@ -287,7 +283,7 @@ class LiveEvents:
             st.final = st.n
             unused = held  # all it holds: the last window's shots, and the one before it
             self.seen.pop(eid, None)
-            getattr(self.rt, "live_fed", {}).pop(eid, None)
+            self.rt.live_fed.pop(eid, None)
             log.info("live event %s finished: %d shots%s", eid, st.n, f", {st.lost} lost upstream" if st.lost else "")
         else:
             unused = [j for j in held if j < end - size]  # no longer inside any future window (after a gap: more)

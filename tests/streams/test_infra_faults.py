@@ -65,13 +65,12 @@ def own_stack(tmp_path_factory):
 def _spread_title_ids(n: int, partitions: int) -> list[str]:
     """`n` fresh title ids that Kafka's default partitioner (murmur2 of the key, as kafka-python's and Faust's
     producers use) puts on every one of `partitions` partitions, so that each worker of a group gets titles."""
-    from kafka.partitioner.default import murmur2
+    from mediafm.topics import partition_of
 
     ids: list[str] = []
     while len(ids) < n:
         tid = f"f-{uuid.uuid4().hex[:6]}"
-        part = (murmur2(tid.encode()) & 0x7FFFFFFF) % partitions
-        if part == len(ids) % partitions:
+        if partition_of(tid, partitions) == len(ids) % partitions:
             ids.append(tid)
     return ids
 

@@ -46,25 +46,18 @@ def _shot(eid: str, i: int, n: int | None, rng, kind: str = "live") -> bytes:
                      title_embedding=vec_to_bytes(np.ones(LAY.title))).to_bytes()
 
 
-def _last_records(settings, topic: str) -> dict[bytes, bytes | None]:
-    """Each key's last record on `topic` (a changelog: None for a tombstone), read to its end offsets."""
-    last: dict[bytes, bytes | None] = {}
-    tail = Tail(settings, topic, from_beginning=True)
-    try:
-        for rec in tail.to_end(timeout_s=60):
-            last[rec.key] = rec.value
-    finally:
-        tail.close()
-    return last
-
-
-def _last_records_of(settings, topic: str) -> list:
+def _records(settings, topic: str) -> list:
     """Every record of `topic`, read to its end offsets."""
     tail = Tail(settings, topic, from_beginning=True)
     try:
         return list(tail.to_end(timeout_s=60))
     finally:
         tail.close()
+
+
+def _last_records(settings, topic: str) -> dict[bytes, bytes | None]:
+    """Each key's last record on `topic` (a changelog: None for a tombstone), read to its end offsets."""
+    return {rec.key: rec.value for rec in _records(settings, topic)}
 
 
 def test_live_event_keeps_its_version_across_an_export_and_a_kill_9(kafka_stack, triton_stack, tmp_path):
@@ -247,8 +240,8 @@ def test_a_live_event_whose_feed_dies_without_its_last_segment_is_ended_after_li
             m = decode(rec.value, expect=ContextualEmbedding)
             if m.title_id == eid:
                 kinds[m.shot_index].append(m.final)
-        dead = [decode(r.value, expect=DeadLetter) for r in _last_records_of(s, names.deadletter)]
-        ends = [x for r in _last_records_of(s, names.fused)
+        dead = [decode(r.value, expect=DeadLetter) for r in _records(s, names.deadletter)]
+        ends = [x for r in _records(s, names.fused)
                 if isinstance(x := record_shots(FusedShots, r.value, refusals=True), ShotsRefused)]
     finally:
         stop_worker(w)
