@@ -550,29 +550,38 @@ class Dataset:
         them (a title continued from the previous file sits at the top of this one)."""
         return self._read_ranges(shard, [(row, n)])[0]
 
-    def _read_whole(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fused, start_s, end_s) of every row of one shard, read READ_ROWS rows at a time into arrays of their
-        own: the shard's vectors are in memory once, not twice (before 2026-12-08 the whole file was read as an
-        arrow table, every column a producer added to it included, and then copied), and checked as
-        `check_shard` checks them."""
+    def _checked_blocks(self, shard: int, columns: list[str]) -> Iterator[tuple[int, pa.Table, np.ndarray]]:
+        """(file row of its first row, the block, its fused rows as a read-only view) of the shard's `columns`,
+        READ_ROWS rows at a time; the rows' checks (_RowCheck: finite, not all zeros) over all of them, raised once
+        the last block is taken, with the message a whole read gives."""
         path = self.shards[shard]
-        dim = self.meta.fused_dim
+        check, row = _RowCheck(path, "fused", unit=True), 0
         with _arrow(path):
-            pf = pq.ParquetFile(path)
-            n = pf.metadata.num_rows
-            fused, start, end = np.empty((n, dim), np.float32), np.empty(n), np.empty(n)
-            check, row = _RowCheck(path, "fused", unit=True), 0
-            for batch in pf.iter_batches(batch_size=READ_ROWS, columns=["start_s", "end_s", "fused"]):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=columns):
                 t = pa.Table.from_batches([batch])
-                x = _vector_rows(t, "fused", dim, path, copy=False)
+                x = _vector_rows(t, "fused", self.meta.fused_dim, path, copy=False)
                 check.add(x, row)
-                fused[row:row + len(x)] = x
-                start[row:row + len(x)] = t.column("start_s").to_numpy()
-                end[row:row + len(x)] = t.column("end_s").to_numpy()
+                yield row, t, x
                 row += len(x)
-        if row != n:
-            raise DatasetError(f"{path}: its footer says {n} rows and {row} were read; write the file again")
         check.finish()
+
+    def _read_whole(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fused, start_s, end_s) of every row of one shard, read a block at a time into arrays of their own: the
+        shard's vectors are in memory once, not twice (before 2026-12-08 the whole file was read as an arrow
+        table, every column a producer added to it included, and then copied), and checked as `check_shard`
+        checks them."""
+        path = self.shards[shard]
+        with _arrow(path):
+            n = pq.ParquetFile(path).metadata.num_rows
+        fused, start, end = np.empty((n, self.meta.fused_dim), np.float32), np.empty(n), np.empty(n)
+        rows = 0
+        for row, t, x in self._checked_blocks(shard, ["start_s", "end_s", "fused"]):
+            fused[row:row + len(x)] = x
+            start[row:row + len(x)] = t.column("start_s").to_numpy()
+            end[row:row + len(x)] = t.column("end_s").to_numpy()
+            rows = row + len(x)
+        if rows != n:
+            raise DatasetError(f"{path}: its footer says {n} rows and {rows} were read; write the file again")
         return fused, start, end
 
     def read_shard(self, shard: int, only: set[str] | None = None) -> dict[str, Title]:
@@ -649,15 +658,10 @@ class Dataset:
         training reaches the shard, made now (the trainer's preflight): DatasetError with the message a whole
         read gives, naming the file and the first bad row. Streams the file a block of READ_ROWS rows at a
         time and keeps nothing. Returns the rows checked."""
-        path = self.shards[shard]
-        check, row = _RowCheck(path, "fused", unit=True), 0
-        with _arrow(path):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=["fused"]):
-                check.add(_vector_rows(pa.Table.from_batches([batch]), "fused", self.meta.fused_dim, path,
-                                       copy=False), row)
-                row += batch.num_rows
-        check.finish()
-        return row
+        rows = 0
+        for row, _, x in self._checked_blocks(shard, ["fused"]):
+            rows = row + len(x)
+        return rows
 
 
 class DatasetWriter:
