@@ -323,13 +323,14 @@ class Runtime:
         goes to the caller, and so does a media read the storage keeps failing for media_retry_s: as a MediaError
         with its last error (the caller dead-letters it), since a bad sector or a FUSE mount's refusal fails the
         same way every time and would hold the partition for good."""
-        delay, start = first_s, time.monotonic()
+        delay, start = first_s, None  # start: the first storage fault (a Triton outage before it does not count)
         while True:
             try:
                 return await call()
             except Transient as e:
                 if isinstance(e, MediaUnavailable):
                     count_retry("media")
+                    start = time.monotonic() if start is None else start
                     if time.monotonic() - start >= self.settings.media_retry_s:
                         raise MediaError(f"{e} for {time.monotonic() - start:.0f} s (media_retry_s): given up; "
                                          "mend the storage and publish it again") from None

@@ -161,3 +161,28 @@ def test_a_file_whose_storage_keeps_failing_is_dead_lettered_after_media_retry_s
     (letter,) = [decode_msg(x) for x in letters]
     assert "Input/output error" in letter.reason and "media_retry_s" in letter.reason, letter.reason
     assert sent == [] and worker_exits == []
+
+
+def test_media_retry_s_counts_from_the_first_storage_fault_not_from_a_triton_outage_before_it():
+    """The first version counted media_retry_s from the call's start: a title that waited out a Triton outage
+    longer than it was dead-lettered at its first storage fault."""
+    from types import SimpleNamespace
+
+    from mediafm.errors import TritonUnavailable
+    from streams.runtime import Runtime
+
+    faults = [TritonUnavailable("down"), MediaUnavailable("stale"), MediaUnavailable("stale")]
+    rt = SimpleNamespace(settings=Settings(media_retry_s=0.05))
+
+    async def call():
+        if faults:
+            e = faults.pop(0)
+            if isinstance(e, TritonUnavailable):
+                await asyncio.sleep(0.2)  # an outage longer than media_retry_s
+            raise e
+        return "cut"
+
+    assert asyncio.run(Runtime.patiently(rt, "t", call, first_s=0.01, most_s=0.01)) == "cut"
+    faults[:] = [MediaUnavailable("stale")] * 20
+    with pytest.raises(BadInput, match="media_retry_s"):
+        asyncio.run(Runtime.patiently(rt, "t", call, first_s=0.01, most_s=0.01))
