@@ -31,15 +31,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from pipeline import alternate, bench_worker, wait_finals
+from pipeline import alternate, bench_worker, publish_encoded, wait_finals
 
-from mediafm.bus import Tail, producer
+from mediafm.bus import Tail
 from mediafm.config import Settings
 from mediafm.profiles import get_layout, get_profile
-from mediafm.schema import EncodedShots, shot_records
 from mediafm.stack.process import interrupt_on_sigterm
-from mediafm.synth import World, encoded_shots, generate_title
-from mediafm.topics import Topics
+from mediafm.synth import World, generate_title
 from mediafm.triton_client import TritonClient
 
 
@@ -58,20 +56,8 @@ async def direct(settings: Settings, titles: list) -> int:
 
 
 def stages(s: Settings, tail: Tail, titles: list) -> tuple[int, float]:
-    names = Topics.from_settings(s)
-    ids = {}
-    p = producer(s)
     t0 = time.perf_counter()
-    for t in titles:
-        tid = f"{t.title_id}-{uuid.uuid4().hex[:6]}"
-        ids[tid] = len(t.start_s)
-        shots = encoded_shots(t)
-        for m in shots:
-            m.title_id = tid
-        for record in shot_records(EncodedShots, [m.to_bytes() for m in shots], tid, shots[0].request_id):
-            p.send(names.encoded, key=tid.encode(), value=record)  # in runs, as the encode stage sends them
-    p.flush()
-    p.close()
+    ids = publish_encoded(s, titles, f"-{uuid.uuid4().hex[:6]}")  # in runs, as the encode stage sends them
     wait_finals(tail, ids, timeout_s=900)
     return sum(ids.values()), time.perf_counter() - t0
 

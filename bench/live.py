@@ -3,6 +3,7 @@
     .venv/bin/python bench/live.py [--minutes 10] [--segment-s 2] [--detector transnetv2] [--right-context 16]
                                    [--malloc-arena-max 16] [--kill-at M [M ...]] [--kill-triton-at M [M ...]]
                                    [--kill-broker-at M [M ...]]
+                                   [--titles N] [--title-shots S] [--titles-at M]
 
 Needs the local stack (`mediafm stack up`; started here if it is not running) with the offline encoders;
 trains and exports a tiny MediaFM for the offline profile first if none is served.
@@ -39,6 +40,11 @@ and finals (a shot may be published again, with the same values: ContextualEmbed
 whether the event's spans still tile it. A changelog's first log segment closes an hour after its first
 record (the warm-up event's, written before the film is cut into segments), so a worker killed past minute
 60 comes back after the first compaction, and one killed before it has the whole event's changelog to replay.
+`--titles N` publishes N synthetic titles of --title-shots shots each (mediafm.synth, as the encode stage
+sends them, so that only the fuse and contextualise stages work on them) right after the first segment at or past
+minute --titles-at: the same worker fuses them and runs their MediaFM passes beside the event (the contextualise
+agent reads titles' and live events' fused shots alike). Printed: when each title's last final came, and the live
+shots' latency before the titles came, while they were worked on, and after.
 Every run also counts the pipeline's dead letters (none expected).
 """
 
@@ -60,15 +66,26 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from pipeline import AUDIO, bench_worker, memory_mib, offsets_written, records_in_log, wait_finals, worker_metrics
+from pipeline import (
+    AUDIO,
+    bench_worker,
+    memory_mib,
+    offsets_written,
+    publish_encoded,
+    records_in_log,
+    wait_finals,
+    worker_metrics,
+)
 
 from mediafm.bus import consumer
 from mediafm.config import Settings
 from mediafm.media.synthfilm import join_films, make_film
+from mediafm.profiles import get_layout
 from mediafm.publish import publish_live
 from mediafm.schema import ContextualEmbedding, LiveSegment
 from mediafm.stack import kafka, triton
 from mediafm.stack.process import interrupt_on_sigterm
+from mediafm.synth import World, generate_title
 from mediafm.topics import Topics
 
 
@@ -286,6 +303,47 @@ def per_shot(got: list[ContextualEmbedding]) -> dict:
     }
 
 
+class TitlesBeside(threading.Thread):
+    """--titles: synthetic titles published to the encoded topic at `minute` of the event (start() from the
+    publisher's segment callback; the titles are drawn before the event starts)."""
+
+    def __init__(self, s: Settings, n: int, n_shots: int, minute: float) -> None:
+        super().__init__(daemon=True)
+        self.s, self.minute, self.at = s, minute, None
+        world, rng = World(get_layout(s.encoder_profile), seed=0), np.random.default_rng(7)
+        self.titles = [generate_title(world, f"beside{i}", n_shots, rng) for i in range(n)]
+        self.ids: dict[str, int] = {}
+
+    def run(self) -> None:
+        self.ids = publish_encoded(self.s, self.titles, f"-{uuid.uuid4().hex[:6]}")
+        print(f"published {len(self.ids)} titles of {len(self.titles[0].start_s)} shots at minute {self.minute:g} in "
+              f"{time.time() - self.at:.1f} s", flush=True)
+
+    def start(self) -> None:
+        self.at = time.time()  # (before the thread's first step: one start however many segments follow)
+        super().start()
+
+    def join(self) -> dict[str, int]:
+        """{title id: shots}, once published (the event may end first)."""
+        if self.at is None:
+            raise SystemExit(f"the event ended before minute {self.minute:g}: no titles published")
+        super().join()
+        return self.ids
+
+    def report(self, got: dict[str, list[ContextualEmbedding]], live: list[ContextualEmbedding]) -> None:
+        """When each title's last final came; the live shots' latency before, during and after the titles."""
+        done = {tid: max(m.produced_at for m in ms if m.final) for tid, ms in got.items()}
+        for tid, t in sorted(done.items(), key=lambda kv: kv[1]):
+            print(f"title {tid} ({self.ids[tid]} shots): its last final {t - self.at:.1f} s after it was published")
+        end = max(done.values())
+        print(f"live shots by when their segment was published (titles from {0:.0f} to {end - self.at:.0f} s):")
+        print(f"  {'':24s} {'shots':>5s} {LATENCY_HEADER}")
+        for label, lo, hi in (("before the titles", -np.inf, self.at), ("while they were worked on", self.at, end),
+                              ("after", end, np.inf)):
+            ms = [m for m in live if lo <= m.published_at < hi]
+            print(f"  {label:24s} {len({m.shot_index for m in ms}):>5d} {latency_cells(ms) if ms else ''}")
+
+
 def main() -> None:
     interrupt_on_sigterm()  # a kill unwinds as Ctrl-C does: the finally blocks stop what this bench started
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -301,7 +359,14 @@ def main() -> None:
                     help="SIGKILL Triton at each minute M of the event and start it again at once")
     ap.add_argument("--kill-broker-at", type=float, nargs="+", default=[], metavar="M",
                     help="SIGKILL the Kafka broker at each minute M of the event and start it again at once")
+    ap.add_argument("--titles", type=int, default=0, help="synthetic titles published beside the event")
+    ap.add_argument("--title-shots", type=int, default=3000, help="shots of each title of --titles")
+    ap.add_argument("--titles-at", type=float, default=None, metavar="M",
+                    help="the minute of the event the titles are published at (default: a third of the way)")
     args = ap.parse_args()
+    titles_at = args.minutes / 3 if args.titles_at is None else args.titles_at
+    if args.titles and not 0 <= titles_at < args.minutes:
+        ap.error(f"--titles-at {titles_at:g} is not within the event's {args.minutes:g} minutes")
     faults = sorted([Fault("worker", m) for m in args.kill_at] + [Fault("Triton", m) for m in args.kill_triton_at]
                     + [Fault("broker", m) for m in args.kill_broker_at], key=lambda f: f.minute)
     for f in faults:
@@ -336,10 +401,14 @@ def main() -> None:
         sampler.start()
         supervisor.start()
         pending, restarts = list(faults), []
+        beside = TitlesBeside(s, args.titles, args.title_shots, titles_at) if args.titles else None
 
         def inject(seg: LiveSegment) -> None:
             """Right after the first segment that starts at or past a fault's minute is published (publish_live
-            first cuts the whole film into segments, minutes for an hour, then starts the event's clock)."""
+            first cuts the whole film into segments, minutes for an hour, then starts the event's clock); the
+            titles of --titles likewise."""
+            if beside is not None and beside.at is None and seg.start_s >= beside.minute * 60:
+                beside.start()
             while pending and seg.start_s >= pending[0].minute * 60:
                 f = pending.pop(0)
                 f.at, f.event_minute = time.time(), seg.start_s / 60
@@ -355,7 +424,9 @@ def main() -> None:
                                                             else ""), flush=True)
 
         sent = publish_live(s, film, event_id=eid, segment_s=args.segment_s, realtime=True, on_segment=inject)
-        got = wait_finals(tail, {eid: len(shots)}, timeout_s=max(3600.0, args.minutes * 60 + 900))[eid]
+        want = {eid: len(shots), **(beside.join() if beside is not None else {})}
+        everything = wait_finals(tail, want, timeout_s=max(3600.0, args.minutes * 60 + 900))
+        got = everything.pop(eid)
         sampler.done.set()
         supervisor.done.set()
         supervisor.join()
@@ -384,6 +455,8 @@ def main() -> None:
         after_fault(got, f, sent, args.segment_s)
     if faults:
         every_shot(got, len(shots))
+    if beside is not None:
+        beside.report(everything, got)
     rss = sampler.samples or [float("nan")]
     arenas = args.malloc_arena_max or "unset: 2 arenas, set by the worker"
     print(f"worker memory over the event (MALLOC_ARENA_MAX {arenas}): VmRSS median {statistics.median(rss):.0f} MiB, "

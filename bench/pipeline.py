@@ -41,7 +41,7 @@ import numpy as np
 from kafka import TopicPartition
 
 from mediafm import stack
-from mediafm.bus import Tail, consumer
+from mediafm.bus import Tail, consumer, producer
 from mediafm.config import Settings, free_ports, replace
 from mediafm.demo import ensure_model
 from mediafm.media.embed import encode_shots, fuse_encoded
@@ -49,9 +49,10 @@ from mediafm.media.shots import detect_shots
 from mediafm.media.synthfilm import make_film
 from mediafm.profiles import get_profile
 from mediafm.publish import publish_live, publish_title
-from mediafm.schema import ContextualEmbedding, TitleMeta, decode
+from mediafm.schema import ContextualEmbedding, EncodedShots, TitleMeta, decode, shot_records
 from mediafm.stack import kafka
 from mediafm.stack.process import interrupt_on_sigterm, tied_to_this_process
+from mediafm.synth import encoded_shots
 from mediafm.topics import Topics
 from mediafm.triton_client import TritonClient
 
@@ -98,6 +99,27 @@ def wait_finals(tail: Tail, want: dict[str, int], timeout_s: float) -> dict[str,
     if not done():
         raise SystemExit(f"timed out waiting for {want}: got { {k: len(v) for k, v in got.items()} }")
     return got
+
+
+def publish_encoded(s: Settings, titles: list, suffix: str = "") -> dict[str, int]:
+    """Synthetic titles (mediafm.synth.generate_title) published to the pipeline's encoded topic in runs of shots,
+    as the encode stage sends them (EncodedShots), each title id with `suffix` added: the work of the fuse and
+    contextualise stages alone. Returns {title id: shots}."""
+    names, ids = Topics.from_settings(s), {}
+    p = producer(s)
+    try:
+        for t in titles:
+            tid = f"{t.title_id}{suffix}"
+            ids[tid] = len(t.start_s)
+            shots = encoded_shots(t)
+            for m in shots:
+                m.title_id = tid
+            for record in shot_records(EncodedShots, [m.to_bytes() for m in shots], tid, shots[0].request_id):
+                p.send(names.encoded, key=tid.encode(), value=record)
+        p.flush()
+    finally:
+        p.close()
+    return ids
 
 
 def offsets_written(s: Settings, topic: str) -> int:

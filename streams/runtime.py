@@ -21,6 +21,7 @@ each stage's `register`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fcntl
 import logging
 import os
@@ -29,6 +30,7 @@ import socket
 import time
 import weakref
 from bisect import bisect_left
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,24 @@ never compacted while it ran, and a restarted worker replayed every record of it
 Set when Faust declares a changelog: one declared by an older worker keeps its configuration (`kafka-configs.sh
 --alter --entity-type topics --entity-name PREFIX-TABLE-changelog --add-config segment.ms=3600000`)."""
 
+LATER_QUEUED = 32
+"""Works (titles' MediaFM passes) handed to Runtime.later that may wait for their turn to start before the agent
+that hands over one more waits too. Each holds only its event uncommitted and its title's progress record (its
+shots are held within held_shots_mb, or read back by offset when its pass starts)."""
+
+
+@dataclass
+class _Later:
+    """Work handed to Runtime.later, waiting its turn: the coroutine, its event, its size and the limits it starts
+    within, and the context it was handed over in."""
+
+    work: object
+    event: object
+    size: int
+    at_most: int
+    budget: int
+    context: contextvars.Context
+
 
 class Runtime:
     """The Faust app of one worker and what its stages share; built from one Settings object."""
@@ -111,6 +131,7 @@ class Runtime:
         self._unsent: set[asyncio.Future] = set()  # records handed to the producer, not yet acknowledged
         self._lost: BaseException | None = None  # the first of them the producer could not deliver
         self._later: dict[asyncio.Task, int] = {}  # work running beside the agents (later()), with its size
+        self._waiting: deque[_Later] = deque()  # work handed to later() that waits its turn to start
         self.app = self._make_app()
         self.topics = SimpleNamespace(**{name: self._topic(topic, RUNS_BUFFER if name in ("encoded", "fused") else None)
                                          for name, topic in vars(self.names).items()})
@@ -411,40 +432,62 @@ class Runtime:
             logging.shutdown()
             os._exit(75)  # EX_TEMPFAIL: a supervisor (compose `restart:`) starts it again
 
-    async def later(self, work, event, *, at_most: int, size: int = 0, budget: int = 0) -> None:
+    async def later(self, work, event, *, at_most: int, size: int = 0, budget: int = 0,
+                    queued_most: int = LATER_QUEUED) -> None:
         """Run coroutine `work`, started by `event`, beside the agent; `event` is committed once it is done.
 
-        The agent goes on with its next events meanwhile (a title's MediaFM pass while the next titles' shots
-        arrive). `event` stays uncommitted, and with it its partition from there on (streams/consumer.py, 6),
-        until `work` and the records and table writes it made are in their topics: a worker that dies first
-        has the event delivered again. Waits here while `at_most` are running, or, with a `budget`, while
-        others are running whose sizes and this one's `size` together are over it (work over the budget on
-        its own runs alone). `work` must handle bad input itself (dead letters); anything else it raises stops
-        the worker, as an unfinished batch does.
+        The agent goes on with its next events meanwhile (a title's MediaFM pass while the next titles' shots,
+        and live events' shots, arrive). `event` stays uncommitted, and with it its partition from there on
+        (streams/consumer.py, 6), until `work` and the records and table writes it made are in their topics: a
+        worker that dies first has the event delivered again. `work` starts at once while fewer than `at_most`
+        run and, with a `budget`, while the sizes of those running and its own `size` together are within it
+        (work over the budget on its own runs alone); else it waits its turn, first come first started, and
+        this returns at once all the same: the agent is not held up by work it does not wait for (a live shot
+        behind two titles' passes). Only with `queued_most` works already waiting does this wait too, for one
+        of those running to finish: what holds a fast upstream back. `work` runs in the context it was handed
+        over in (its event's: its table writes' partition). `work` must handle bad input itself (dead
+        letters); anything else it raises stops the worker, as an unfinished batch does.
         """
-        while len(self._later) >= at_most or (budget and self._later and sum(self._later.values()) + size > budget):
+        while len(self._waiting) >= queued_most and self._later:
             await asyncio.wait(self._later, return_when=asyncio.FIRST_COMPLETED)
-        consumer = self.app.consumer
-        consumer.deferred.add(event.message)
+        self.app.consumer.deferred.add(event.message)
+        self._waiting.append(_Later(work, event, size, at_most, budget, contextvars.copy_context()))
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Start the works waiting (later()), in order, while the first of them fits beside those running."""
+        while self._waiting:
+            w = self._waiting[0]
+            running = sum(self._later.values())
+            if self._later and (len(self._later) >= w.at_most or (w.budget and running + w.size > w.budget)):
+                return
+            self._waiting.popleft()
+            self._run_beside(w)
+
+    def _run_beside(self, w: _Later) -> None:
+        consumer, work = self.app.consumer, w.work
 
         async def run():
             await work
             await self.sends_acknowledged()
 
-        task = asyncio.ensure_future(run())  # with the current event's context: its table writes' partition
-        self._later[task] = size
+        task = asyncio.get_running_loop().create_task(run(), context=w.context)
+        self._later[task] = w.size
 
         def done(t: asyncio.Task) -> None:
             self._later.pop(t, None)
-            if t.cancelled():  # the worker is stopping: the event is fetched again
+            if t.cancelled():  # the worker is stopping: the event is fetched again, and so are those waiting
                 work.close()  # never started, if cancelled at once
+                while self._waiting:
+                    self._waiting.popleft().work.close()
                 return
             if t.exception() is not None:
                 e = t.exception()
                 log.critical("work left to run beside the agent failed (%s: %s); stopping this worker now so that "
                              "its event is processed again", type(e).__name__, e, exc_info=e)
                 self._stop(e)
-            consumer.settle(event.message)
+            consumer.settle(w.event.message)
+            self._start_waiting()
 
         task.add_done_callback(done)
 

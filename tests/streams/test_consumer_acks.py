@@ -12,6 +12,7 @@ joining, leaving and dying mid-catalog), which lost shots in most runs before th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 from types import SimpleNamespace
 
@@ -255,23 +256,90 @@ async def _budget(rt):
     await until(lambda: started == ["big", "small"], "the second pass to start beside the first")
     gates["small"].set()
     await until(lambda: len(rt._later) == 1, "the small pass to finish")
-    waiting = later("bigger", 150, 2)  # over the budget on its own: waits for the big one, then runs alone
+    await later("bigger", 150, 2)  # over the budget on its own: waits for the big one, then runs alone
     for _ in range(20):
         await asyncio.sleep(0)
-    assert not waiting.done() and started == ["big", "small"], "a pass started beside one it does not fit with"
+    assert started == ["big", "small"], "a pass started beside one it does not fit with"
     gates["big"].set()
-    await waiting
     await until(lambda: started[-1] == "bigger", "the large pass to run once alone")
     assert list(rt._later.values()) == [150]
-    nxt = later("next", 1, 3)  # anything beside a pass over the budget waits too
+    await later("next", 1, 3)  # anything beside a pass over the budget waits too
     for _ in range(20):
         await asyncio.sleep(0)
-    assert not nxt.done()
+    assert started[-1] == "bigger"
     gates["bigger"].set()
-    await nxt
+    await until(lambda: started[-1] == "next", "the pass after the large one to start")
     gates["next"].set()
     await until(lambda: not rt._later, "every pass to finish")
     assert not c.deferred, "each pass's event is settled once its pass is done"
+
+
+def test_the_agent_is_not_held_up_by_work_that_waits_its_turn_beside_it(rt):
+    """Runtime.later with `at_most` passes running: a third title's pass waits its turn, and the agent goes on at
+    once (the live shots behind it in the fused topic are not held up by titles' passes). Passes start first come
+    first started, each in the context it was handed over in (its event's, which names the partition of its table
+    writes); each event is committed once its own pass is done. Only with `queued_most` waiting does the agent
+    wait too (what holds a fast upstream back), and a stop closes those that never started."""
+    asyncio.run(_turns(rt))
+
+
+async def _turns(rt):
+    app, c, tp = flowing(rt)
+    started, gates = [], {}
+    tag = contextvars.ContextVar("tag")
+
+    def title_pass(name):
+        gates[name] = asyncio.Event()
+
+        async def run():
+            started.append((name, tag.get()))
+            await gates[name].wait()
+        return run()
+
+    async def later(name, offset):
+        tag.set(name)
+        await asyncio.wait_for(rt.later(title_pass(name), SimpleNamespace(message=delivered(rt, tp, offset)),
+                                        at_most=2, queued_most=2), timeout=5)
+
+    for offset, name in enumerate("abcd"):  # a, b run; c, d wait: none of the four holds the agent up
+        await later(name, offset)
+    await until(lambda: len(started) == 2, "two passes to start")
+    assert started == [("a", "a"), ("b", "b")] and len(rt._waiting) == 2
+    blocked = asyncio.ensure_future(later("e", 4))  # two waiting already: the agent waits for a turn
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not blocked.done(), "the agent handed over more work than queued_most while none could start"
+    gates["b"].set()  # b done: c starts in its own event's context, and e is taken in
+    await blocked
+    await until(lambda: len(started) == 3, "the first pass waiting to start")
+    assert started[-1] == ("c", "c") and [w.event.message.offset for w in rt._waiting] == [3, 4]
+    for m in (delivered(rt, tp, o) for o in range(5, 8)):  # the agent's batches meanwhile, acknowledged
+        m.ack(c)
+    assert c._new_offset(tp) is None, "offset 0 is committed before its pass (a) is done"
+    gates["a"].set()
+    await until(lambda: len(started) == 4, "the next pass to start")
+    assert started[-1] == ("d", "d")
+    for name in "cd":
+        gates[name].set()
+    await until(lambda: len(started) == 5, "the last pass to start")
+    gates["e"].set()
+    await until(lambda: not rt._later and not rt._waiting, "every pass to finish")
+    assert [n for n, _ in started] == list("abcde") and all(n == t for n, t in started), started
+    assert c._new_offset(tp) == 8 and not c.deferred
+    c._committed_offset[tp] = 8
+
+    await later("f", 8)
+    await later("g", 9)
+    await later("h", 10)
+    waiting = rt._waiting[0].work
+    await until(lambda: len(started) == 7, "two passes to start")
+    for task in list(rt._later):  # the worker stops: what runs is cancelled, what waits is never started
+        task.cancel()
+    await until(lambda: not rt._later and not rt._waiting, "the passes to be cancelled")
+    assert waiting.cr_frame is None, "a pass that never started is left unclosed"
+    assert [n for n, _ in started][-2:] == ["f", "g"]
+    assert c._new_offset(tp) is None, "a pass cut short must be run again: its offset stays uncommitted"
+    c.deferred.clear()
 
 
 def test_work_beside_the_agent_that_fails_outside_its_checks_stops_the_worker(rt, worker_exits):
