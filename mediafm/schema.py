@@ -321,6 +321,20 @@ def record_shots(kind: Runs, data: bytes, *, refusals: bool = False) -> list | S
     return shots
 
 
+
+def record_kind(data: bytes) -> str | None:
+    """The kind ('title' or 'live') of the shots of a record of shots (a lone shot, a record of a run, or a
+    ShotsRefused), read from its first shot without checking the record: for ordering work only, never for
+    accepting a record (record_shots does that). None where it cannot be read."""
+    try:
+        body = msgpack.unpackb(data, raw=False)
+        if isinstance(body.get("shots"), list):
+            body = msgpack.unpackb(body["shots"][0], raw=False)
+        kind = body.get("kind", "title")
+    except Exception:  # anything unreadable: record_shots says what is wrong with it
+        return None
+    return kind if isinstance(kind, str) else None
+
 @dataclass
 class ContextualEmbedding(Message):
     """A shot as MediaFM understands it in its title: the product's output. Key: title_id.

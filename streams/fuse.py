@@ -15,6 +15,8 @@ in its place (mediafm.schema), and one from the encode stage is passed on in
 order: the live stage goes on past a live event's shots, and ends the event where
 they carried its n_shots; the contextualise stage gives up a title's publication
 with one dead letter for the title, instead of waiting for its shots for ever.
+A batch's live records are fused before its titles' (live_first), each kind in
+the order it came.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mediafm.schema import (
     FusedShots,
     ShotsRefused,
     bytes_to_vec,
+    record_kind,
     record_shots,
     shot_records,
     vec_to_bytes,
@@ -123,13 +126,27 @@ def register(rt: Runtime) -> None:
                 await _fuse_batch(rt, events)
 
 
+def live_first(events: list) -> list:
+    """The batch's records, live events' first: each kind's in the order they came, so that a title's records, and
+    a live event's, keep theirs (a ShotsRefused after the shots before it). A live run of shots fetched behind a
+    backfill's runs then waits for the Triton call under way, not for the batch's calls before it (bench/live.py
+    --titles). The kind is peeked (mediafm.schema.record_kind); a record that cannot be read goes with the titles',
+    where parse() refuses it."""
+    flags = [record_kind(e.message.value) == "live" for e in events]
+    if all(flags) or not any(flags):
+        return events
+    return [e for e, f in zip(events, flags, strict=True) if f] + [e for e, f in zip(events, flags, strict=True)
+                                                                  if not f]
+
+
 async def _fuse_batch(rt: Runtime, events: list) -> None:
     """Fuse one batch of encoded-shot records and publish the fused shots; bad records to the dead-letter topic.
     Records are parsed, fused and published in slices of up to BATCH shots (a record is never split), so that
-    a batch of records of many shots holds one slice's decoded shots and fused vectors at a time."""
+    a batch of records of many shots holds one slice's decoded shots and fused vectors at a time. Live events'
+    records go first (live_first)."""
     records: list[tuple[object, list[Parsed]]] = []
     size = 0
-    for event in events:
+    for event in live_first(events):
         metrics.messages.labels(STAGE).inc()
         try:
             shots = parse(event.message.value)

@@ -19,6 +19,7 @@ from mediafm.schema import (
     FusedShots,
     LiveSegment,
     ShotRef,
+    ShotsRefused,
     TitleMeta,
     vec_to_bytes,
 )
@@ -262,6 +263,37 @@ def test_fused_shot_keeps_the_identity_of_its_encoded_shot():
 
 
 # --- contextualise ----------------------------------------------------------------------------------
+
+def test_the_fuse_stage_takes_live_records_first_and_each_kind_in_the_order_it_came():
+    """streams/fuse.py live_first: a live event's run fetched behind a backfill's runs is fused in the batch's
+    first Triton call. Records of one kind keep their order (a live ShotsRefused after the live shots before it);
+    a record that cannot be read stays with the titles', where parse() refuses it with its reason."""
+    from types import SimpleNamespace
+
+    def run(tid, kind, first, n):
+        shots = [_encoded(title_id=tid, kind=kind, shot_index=first + k, n_shots=None if kind == "live" else 99)
+                 for k in range(n)]
+        return EncodedShots(title_id=tid, shots=[x.to_bytes() for x in shots]).to_bytes() if n > 1 \
+            else shots[0].to_bytes()
+
+    records = {
+        "title a 0-2": run("a", "title", 0, 3),
+        "live e 0-1": run("e", "live", 0, 2),
+        "title b 0": run("b", "title", 0, 1),
+        "garbage": b"\x92\x01",  # a msgpack list, no map
+        "live e 2": run("e", "live", 2, 1),
+        "title a 3-4": run("a", "title", 3, 2),
+        "live e refused 3-4": ShotsRefused(title_id="e", first=3, last=4, stage="encode", reason="x").to_bytes(),
+        "title b refused 1": ShotsRefused(title_id="b", first=1, last=1, stage="encode", reason="x",
+                                          kind="title").to_bytes(),
+    }
+    events = [SimpleNamespace(name=k, message=SimpleNamespace(value=v)) for k, v in records.items()]
+    assert [e.name for e in fuse.live_first(events)] == [
+        "live e 0-1", "live e 2", "live e refused 3-4",
+        "title a 0-2", "title b 0", "garbage", "title a 3-4", "title b refused 1"]
+    titles_only = [e for e in events if not e.name.startswith("live")]
+    assert fuse.live_first(titles_only) == titles_only
+
 
 def _fused(**kw) -> FusedShot:
     base = dict(title_id="t", shot_index=0, start_s=0.0, end_s=1.0, profile="offline",
