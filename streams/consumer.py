@@ -70,7 +70,9 @@ is committed meanwhile: Faust's own offset finder (Consumer._new_offset, 0.15.3)
 unacknowledged message at the head (it takes the committed offset for the last one processed) and past any
 number of them before the partition's first commit, so the acknowledged offsets at or above a deferred message
 are set aside while it looks. If the worker dies first, the partition is read again from that event on, and the title
-is contextualised again; a rebalance meanwhile drops the late acknowledgement as in 2.
+is contextualised again; a rebalance meanwhile drops the late acknowledgement as in 2. Faust's rebalance and
+stop wait for every unacknowledged message (stream_wait_empty), deferred ones included: they wait for the passes
+running and those waiting their turn (streams/runtime.py LATER_QUEUED), which go on starting meanwhile.
 
 7. A partition whose position is being looked up does not crash the worker.
 Faust's livelock detector (verify_event_path, every few seconds) reads each assigned partition's position from

@@ -47,7 +47,8 @@ WITHIN_S = 0.02
 waits at most WITHIN_S for its batch to fill."""
 FINISHING = 2
 """Titles whose MediaFM pass runs beside the agent at once: the agent goes on with the next shots meanwhile
-(Runtime.later), and each holds its title's shots."""
+(Runtime.later; a title complete while FINISHING run waits its turn, streams/runtime.py LATER_QUEUED), and each
+holds its title's shots."""
 PASS_COPIES = 4
 """A title's MediaFM pass holds about this many times its shots' bytes: the shots, their vectors in one block,
 the outputs kept, and a request with its answer (streams/runtime.py Runtime.contextualise, run_windows)."""
@@ -116,7 +117,7 @@ class Titles:
         self.pending: dict[bytes, tuple[TitleProgress, object]] = {}  # changed since flush(), with its last event
         self.held = HeldShots(rt.settings.held_shots_mb * 2**20)
         self.reader = OffsetReader(rt.settings.kafka_bootstrap, client_security(rt.settings))
-        self.finishing: set[bytes] = set()  # titles whose MediaFM pass is running beside the agent (Runtime.later)
+        self.finishing: set[bytes] = set()  # titles whose MediaFM pass runs beside the agent or waits its turn
         metrics.held_shots.set_function(lambda: self.held.bytes)
 
     async def on_shot(self, shot: FusedShot, event, size: int) -> None:
@@ -149,7 +150,7 @@ class Titles:
             metrics.duplicates.labels(STAGE).inc()
         if progress.offsets[i] == msg.offset and tkey not in self.finishing:  # the recorded copy (after a
             self.held.put(tkey, i, msg.offset, shot, size)                     # restart: read back otherwise)
-        if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs
+        if progress.complete and tkey not in self.finishing:  # else: a repeat while its pass runs or waits
             self.finishing.add(tkey)
             title_bytes = progress.n * size
             await self.rt.later(self._finish(tid, rid, progress, event, title_bytes), event,

@@ -101,10 +101,14 @@ never compacted while it ran, and a restarted worker replayed every record of it
 Set when Faust declares a changelog: one declared by an older worker keeps its configuration (`kafka-configs.sh
 --alter --entity-type topics --entity-name PREFIX-TABLE-changelog --add-config segment.ms=3600000`)."""
 
-LATER_QUEUED = 32
+LATER_QUEUED = 8
 """Works (titles' MediaFM passes) handed to Runtime.later that may wait for their turn to start before the agent
-that hands over one more waits too. Each holds only its event uncommitted and its title's progress record (its
-shots are held within held_shots_mb, or read back by offset when its pass starts)."""
+that hands over one more waits too. Each holds its partition's commits from its event on (streams/consumer.py, 6)
+and keeps its title's shots held within held_shots_mb (or they are read back by offset when its pass starts).
+Faust's rebalance and stop wait for every deferred event, so a rebalance under a backfill waits for up to
+FINISHING + LATER_QUEUED passes (the agent, held up, waited for FINISHING and what its batch then started): a
+longer queue would keep a live event's shots moving through more titles' passes and make rebalances that much
+longer."""
 
 
 @dataclass
