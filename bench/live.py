@@ -313,9 +313,14 @@ class TitlesBeside(threading.Thread):
         world, rng = World(get_layout(s.encoder_profile), seed=0), np.random.default_rng(7)
         self.titles = [generate_title(world, f"beside{i}", n_shots, rng) for i in range(n)]
         self.ids: dict[str, int] = {}
+        self.error: Exception | None = None
 
     def run(self) -> None:
-        self.ids = publish_encoded(self.s, self.titles, f"-{uuid.uuid4().hex[:6]}")
+        try:
+            self.ids = publish_encoded(self.s, self.titles, f"-{uuid.uuid4().hex[:6]}")
+        except Exception as e:  # said by join(), not lost in the thread
+            self.error = e
+            return
         print(f"published {len(self.ids)} titles of {len(self.titles[0].start_s)} shots at minute {self.minute:g} in "
               f"{time.time() - self.at:.1f} s", flush=True)
 
@@ -328,6 +333,8 @@ class TitlesBeside(threading.Thread):
         if self.at is None:
             raise SystemExit(f"the event ended before minute {self.minute:g}: no titles published")
         super().join()
+        if self.error is not None:
+            raise SystemExit(f"publishing the titles failed: {type(self.error).__name__}: {self.error}")
         return self.ids
 
     def report(self, got: dict[str, list[ContextualEmbedding]], live: list[ContextualEmbedding]) -> None:
@@ -365,8 +372,9 @@ def main() -> None:
                     help="the minute of the event the titles are published at (default: a third of the way)")
     args = ap.parse_args()
     titles_at = args.minutes / 3 if args.titles_at is None else args.titles_at
-    if args.titles and not 0 <= titles_at < args.minutes:
-        ap.error(f"--titles-at {titles_at:g} is not within the event's {args.minutes:g} minutes")
+    if args.titles and not 0 <= titles_at * 60 <= args.minutes * 60 - args.segment_s:
+        ap.error(f"--titles-at {titles_at:g} is not within the event's {args.minutes:g} minutes (its last segment "
+                 f"starts {args.segment_s:g} s before the end)")
     faults = sorted([Fault("worker", m) for m in args.kill_at] + [Fault("Triton", m) for m in args.kill_triton_at]
                     + [Fault("broker", m) for m in args.kill_broker_at], key=lambda f: f.minute)
     for f in faults:

@@ -330,7 +330,8 @@ def record_kind(data: bytes) -> str | None:
         body = msgpack.unpackb(data, raw=False)
         if isinstance(body.get("shots"), list):
             body = msgpack.unpackb(body["shots"][0], raw=False)
-        kind = body.get("kind", "title")
+        cls = SCHEMAS.get(body.get("schema"))  # a field left out is the schema's default (a ShotsRefused's: live)
+        kind = body.get("kind", cls.kind if cls is not None and hasattr(cls, "kind") else "title")
     except Exception:  # anything unreadable: record_shots says what is wrong with it
         return None
     return kind if isinstance(kind, str) else None

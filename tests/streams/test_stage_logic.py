@@ -270,6 +270,8 @@ def test_the_fuse_stage_takes_live_records_first_and_each_kind_in_the_order_it_c
     a record that cannot be read stays with the titles', where parse() refuses it with its reason."""
     from types import SimpleNamespace
 
+    import msgpack
+
     def run(tid, kind, first, n):
         shots = [_encoded(title_id=tid, kind=kind, shot_index=first + k, n_shots=None if kind == "live" else 99)
                  for k in range(n)]
@@ -284,12 +286,14 @@ def test_the_fuse_stage_takes_live_records_first_and_each_kind_in_the_order_it_c
         "live e 2": run("e", "live", 2, 1),
         "title a 3-4": run("a", "title", 3, 2),
         "live e refused 3-4": ShotsRefused(title_id="e", first=3, last=4, stage="encode", reason="x").to_bytes(),
+        "live e refused 5, no kind": msgpack.packb({k: v for k, v in msgpack.unpackb(ShotsRefused(
+            title_id="e", first=5, last=5, stage="encode", reason="x").to_bytes()).items() if k != "kind"}),
         "title b refused 1": ShotsRefused(title_id="b", first=1, last=1, stage="encode", reason="x",
                                           kind="title").to_bytes(),
     }
     events = [SimpleNamespace(name=k, message=SimpleNamespace(value=v)) for k, v in records.items()]
     assert [e.name for e in fuse.live_first(events)] == [
-        "live e 0-1", "live e 2", "live e refused 3-4",
+        "live e 0-1", "live e 2", "live e refused 3-4", "live e refused 5, no kind",
         "title a 0-2", "title b 0", "garbage", "title a 3-4", "title b refused 1"]
     titles_only = [e for e in events if not e.name.startswith("live")]
     assert fuse.live_first(titles_only) == titles_only
