@@ -321,7 +321,6 @@ def record_shots(kind: Runs, data: bytes, *, refusals: bool = False) -> list | S
     return shots
 
 
-
 def record_kind(data: bytes) -> str | None:
     """The kind ('title' or 'live') of the shots of a record of shots (a lone shot, a record of a run, or a
     ShotsRefused), read from its first shot without checking the record: for ordering work only, never for
@@ -335,6 +334,7 @@ def record_kind(data: bytes) -> str | None:
     except Exception:  # anything unreadable: record_shots says what is wrong with it
         return None
     return kind if isinstance(kind, str) else None
+
 
 @dataclass
 class ContextualEmbedding(Message):

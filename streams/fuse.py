@@ -130,8 +130,9 @@ def live_first(events: list) -> list:
     """The batch's records, live events' first: each kind's in the order they came, so that a title's records, and
     a live event's, keep theirs (a ShotsRefused after the shots before it). A live run of shots fetched behind a
     backfill's runs is fused in its batch's first Triton call, ahead of the titles' runs fetched before it
-    (bench/live.py --titles); it still waits for the rest of the batch under way when it was fetched. The kind is peeked (mediafm.schema.record_kind); a record that cannot be read goes with the titles',
-    where parse() refuses it."""
+    (bench/live.py --titles); it still waits for the rest of the batch under way when it was fetched. The kind is
+    peeked (mediafm.schema.record_kind); a record that cannot be read goes with the titles', where parse()
+    refuses it."""
     flags = [record_kind(e.message.value) == "live" for e in events]
     if all(flags) or not any(flags):
         return events

@@ -107,9 +107,8 @@ that hands over one more waits too. Each holds its partition's commits from its 
 and keeps its title's shots held within held_shots_mb (or they are read back by offset when its pass starts).
 Faust's rebalance and stop wait for every deferred event, so a rebalance under a backfill waits for up to
 FINISHING + LATER_QUEUED passes, and those the agent's batch in hand completes after them (the agent, held up,
-waited for FINISHING and what its batch then started): a
-longer queue would keep a live event's shots moving through more titles' passes and make rebalances that much
-longer."""
+waited for FINISHING and what its batch then started): a longer queue would keep a live event's shots moving
+through more titles' passes and make rebalances that much longer."""
 
 
 @dataclass
