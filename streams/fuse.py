@@ -133,11 +133,7 @@ def live_first(events: list) -> list:
     (bench/live.py --titles); it still waits for the rest of the batch under way when it was fetched. The kind is
     peeked (mediafm.schema.record_kind); a record that cannot be read goes with the titles', where parse()
     refuses it."""
-    flags = [record_kind(e.message.value) == "live" for e in events]
-    if all(flags) or not any(flags):
-        return events
-    return [e for e, f in zip(events, flags, strict=True) if f] + [e for e, f in zip(events, flags, strict=True)
-                                                                  if not f]
+    return sorted(events, key=lambda e: record_kind(e.message.value) != "live")  # a stable sort
 
 
 async def _fuse_batch(rt: Runtime, events: list) -> None:
